@@ -1,0 +1,64 @@
+# Berth: CNI plugins and a node-local IPAM daemon.
+# `make demo` runs the main job, `make test` runs every test suite.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+PREFIX ?= /usr
+DESTDIR ?=
+CNI_BIN_DIR ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
+
+SOURCES := $(shell find cni ipamd -name '*.ts') package.json tsconfig.json
+
+.PHONY: all build test test-host test-lab lab typecheck demo bench install clean
+
+all: build
+
+build: dist/.built
+
+dist/.built: $(SOURCES) scripts/build.sh
+	scripts/build.sh
+	@touch $@
+
+typecheck:
+	npx tsc --noEmit -p .
+
+test: build typecheck test-host test-lab
+	@scripts/test-summary.sh
+
+# Every host test suite: real namespaces, real daemon, real SQLite, built executables.
+test-host: build
+	BERTH_DIST=$(CURDIR)/dist scripts/run-vitest.sh host
+
+# The VLAN suite needs a kernel with 802.1Q: it runs inside Debian's kernel under qemu.
+test-lab: build
+	@if scripts/kernel-lab.sh --check >/dev/null 2>&1; then \
+		BERTH_DIST=$(CURDIR)/dist scripts/kernel-lab.sh scripts/run-vitest.sh lab; \
+	else \
+		echo "kernel lab skipped: $$(scripts/kernel-lab.sh --check 2>&1 || true)"; \
+	fi
+
+lab: test-lab
+
+demo: build
+	scripts/demo.sh
+
+bench: build
+	scripts/bench.sh
+
+install: build
+	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(CNI_CONF_DIR) $(DESTDIR)/etc/berth \
+		$(DESTDIR)$(PREFIX)/lib/berth/ipamd $(DESTDIR)/lib/systemd/system
+	install -m 0755 dist/bin/berth $(DESTDIR)$(CNI_BIN_DIR)/berth
+	for p in $(PLUGINS); do ln -sf berth $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	cp -a dist/ipamd/. $(DESTDIR)$(PREFIX)/lib/berth/ipamd/
+	test -e $(DESTDIR)$(CNI_CONF_DIR)/10-berth.conflist || \
+		install -m 0644 conf/cni/10-berth.conflist $(DESTDIR)$(CNI_CONF_DIR)/10-berth.conflist
+	test -e $(DESTDIR)/etc/berth/ipamd.json || \
+		install -m 0644 conf/ipamd.json $(DESTDIR)/etc/berth/ipamd.json
+	install -m 0644 conf/systemd/berth-ipamd.service $(DESTDIR)/lib/systemd/system/berth-ipamd.service
+
+clean:
+	rm -rf dist

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds what ships:
+#   dist/bin/berth            one multi-call executable (bun --compile, koffi embedded)
+#   dist/bin/<plugin>         links to it; a CNI runtime finds a plugin by file name
+#   dist/ipamd/ipamd.mjs      the daemon, bundled by esbuild, run by Node 20
+#   dist/ipamd/*.node         the native modules it loads from beside itself
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version=$(node -p 'require("./package.json").version')
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || commit="${commit}-dirty"
+
+rm -rf dist.new
+mkdir -p dist.new/bin dist.new/ipamd
+
+npx --no-install bun build --compile --minify \
+  --define "__BERTH_VERSION__=\"$version\"" --define "__BERTH_COMMIT__=\"$commit\"" \
+  cni/main.ts --outfile dist.new/bin/berth >/dev/null
+for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
+  ln -s berth "dist.new/bin/$name"
+done
+
+# esbuild's ESM output has no `require`; the banner gives the bundled CommonJS
+# modules (better-sqlite3) a real one so they can load native addons by path.
+npx --no-install esbuild ipamd/main.ts --bundle --platform=node --target=node20 --format=esm \
+  --define:__BERTH_VERSION__="\"$version\"" --define:__BERTH_COMMIT__="\"$commit\"" \
+  --banner:js="import { createRequire as __berthCreateRequire } from 'node:module'; const require = __berthCreateRequire(import.meta.url);" \
+  --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
+cp node_modules/better-sqlite3/build/Release/better_sqlite3.node dist.new/ipamd/
+cp node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node dist.new/ipamd/
+printf '{"type":"module"}\n' > dist.new/ipamd/package.json
+
+rm -rf dist
+mv dist.new dist
+echo "built dist/bin/berth ($version $commit) and dist/ipamd/"
