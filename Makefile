@@ -25,7 +25,9 @@ dist/.built: $(SOURCES) scripts/build.sh
 typecheck:
 	npx tsc --noEmit -p .
 
-test: build typecheck test-host test-lab
+test: build typecheck
+	@rm -rf test-results
+	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh
 
 # Every host test suite: real namespaces, real daemon, real SQLite, built executables.
@@ -36,6 +38,8 @@ test-host: build
 test-lab: build
 	@if scripts/kernel-lab.sh --check >/dev/null 2>&1; then \
 		BERTH_DIST=$(CURDIR)/dist scripts/kernel-lab.sh scripts/run-vitest.sh lab; \
+	elif [ "$${CI:-}" = true ]; then \
+		scripts/kernel-lab.sh --check; exit 1; \
 	else \
 		echo "kernel lab skipped: $$(scripts/kernel-lab.sh --check 2>&1 || true)"; \
 	fi

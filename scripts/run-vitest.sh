@@ -6,5 +6,5 @@ suite=${1:?usage: run-vitest.sh host|lab}
 mkdir -p test-results
 config=vitest.config.ts
 [ "$suite" = lab ] && config=test/lab/vitest.config.ts
-exec npx --no-install vitest run --config "$config" --reporter=default \
+exec node_modules/.bin/vitest run --config "$config" --reporter=default \
   --reporter=json --outputFile.json="test-results/$suite.json"
