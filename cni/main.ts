@@ -1,0 +1,86 @@
+// Multi-call entry of the `berth` executable. A CNI runtime runs a plugin by its file name, so
+// dist/bin/berth-ipam etc. are links to this one binary and the name it was started under picks
+// the plugin. Under `bun build --compile`, process.argv[0] is "bun" and process.argv[1] a
+// virtual "/$bunfs/root/..." path; process.argv0 is the name as invoked (symlink or hardlink
+// name), process.execPath is /proc/self/exe (a symlink resolved, a hardlink kept). So: argv0
+// first, execPath second, else `berth <plugin>`.
+import { basename } from "node:path";
+import { writeSync } from "node:fs";
+
+declare const __BERTH_VERSION__: string | undefined;
+declare const __BERTH_COMMIT__: string | undefined;
+const VERSION = typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev";
+const COMMIT = typeof __BERTH_COMMIT__ === "string" ? __BERTH_COMMIT__ : "unknown";
+
+type Entry = (argv: string[]) => Promise<number>;
+
+// Each entry imports its module only when chosen, so a plugin loads only what it needs.
+const ENTRIES: Record<string, Entry> = {
+  "berth-ipam": async () => {
+    const [{ pluginMain }, { ipamPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/ipam")]);
+    return pluginMain(ipamPlugin);
+  },
+  "berth-macvlan": async () => notBuilt("berth-macvlan"),
+  "berth-hostdev": async () => notBuilt("berth-hostdev"),
+  "berth-sriov": async () => notBuilt("berth-sriov"),
+  ipamctl: async (argv) => (await import("../ipamd/ipamctl")).main(argv),
+};
+
+/** CNI error for a plugin name this build does not contain (stdout: one CNI error document). */
+async function notBuilt(name: string): Promise<number> {
+  const { CniError, ErrorCode } = await import("./spec/errors");
+  const err = new CniError(ErrorCode.PluginNotBuilt, `plugin ${name} not built yet`,
+    `this berth ${VERSION} (${COMMIT}) executable does not contain ${name}; install a release that does`);
+  writeSync(1, JSON.stringify(err.toJSON("1.1.0")) + "\n");
+  return 1;
+}
+
+function usage(): string {
+  return [
+    `berth ${VERSION} (commit ${COMMIT})`,
+    "",
+    "Usage: berth <command> [args]     (or run through a link named after the command)",
+    "",
+    "Commands:",
+    ...Object.keys(ENTRIES).map((name) => `  ${name}`),
+    "  --version                 print version and commit",
+    "",
+    "The berth-* plugins are CNI plugins: the container runtime runs them with CNI_COMMAND and",
+    "the other CNI_* variables set and the network config on stdin.",
+    "",
+  ].join("\n");
+}
+
+async function main(): Promise<number> {
+  const invoked = basename(process.argv0 || "");
+  const exe = basename(process.execPath || "");
+  const byName = ENTRIES[invoked] ?? ENTRIES[exe];
+  const argv = process.argv.slice(2);
+  if (byName) return byName(argv);
+
+  const [sub, ...rest] = argv;
+  if (sub === "--version" || sub === "version") {
+    writeSync(1, `berth ${VERSION} (commit ${COMMIT})\n`);
+    return 0;
+  }
+  if (sub === undefined || sub === "--help" || sub === "-h" || sub === "help") {
+    writeSync(sub === undefined ? 2 : 1, usage());
+    return sub === undefined ? 2 : 0;
+  }
+  const entry = ENTRIES[sub];
+  if (!entry) {
+    writeSync(2, `berth: unknown command "${sub}"\n\n${usage()}`);
+    return 2;
+  }
+  return entry(rest);
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    // Only reached if loading a module failed: still answer as a CNI plugin would.
+    const msg = e instanceof Error ? e.message : String(e);
+    writeSync(1, JSON.stringify({ cniVersion: "1.1.0", code: 999, msg: `internal error: ${msg}`, details: "this is a bug in Berth; please report it" }) + "\n");
+    process.exit(1);
+  },
+);

@@ -1,0 +1,105 @@
+// Delegation to another IPAM plugin the standard way (libcni invoke.Delegate*): find the
+// executable named by ipam.type in CNI_PATH, run it with the same environment (CNI_COMMAND set
+// to the verb) and the whole network config on stdin, and read its result or error.
+import { spawnSync } from "node:child_process";
+import { accessSync, constants, statSync } from "node:fs";
+import { join } from "node:path";
+import { CniError, ErrorCode } from "./errors";
+import type { Logger } from "./log";
+import { isObject, parseResult, type Result } from "./result";
+import { isSupportedVersion } from "./version";
+
+export interface DelegateRequest {
+  command: "ADD" | "DEL" | "CHECK" | "STATUS" | "GC";
+  /** ipam.type: a plugin file name, looked up in cniPath. */
+  ipamType: string;
+  /** The whole network config, passed on unchanged. */
+  stdin: string;
+  /** The caller's environment; CNI_COMMAND is replaced. */
+  env: NodeJS.ProcessEnv;
+  cniPath: string[];
+  /** The config's cniVersion: the result is returned in the internal shape from it. */
+  cniVersion: string;
+  log?: Logger;
+}
+
+/** Absolute path of plugin `type` in the CNI_PATH directories (code 100 when absent). */
+export function findPlugin(type: string, cniPath: string[]): string {
+  if (type.includes("/") || type === "." || type === "..") {
+    throw new CniError(ErrorCode.InvalidConfig, `invalid network config: ipam.type "${type}" is not a plugin name`,
+      "ipam.type names an executable in CNI_PATH, without a directory, e.g. host-local");
+  }
+  for (const dir of cniPath) {
+    const path = join(dir, type);
+    try {
+      if (!statSync(path).isFile()) continue;
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch {
+      continue;
+    }
+  }
+  throw new CniError(ErrorCode.IpamPluginNotFound, `failed to find IPAM plugin "${type}" in CNI_PATH [${cniPath.join(" ")}]`,
+    `install the "${type}" plugin into one of the CNI_PATH directories (usually /opt/cni/bin), or fix ipam.type`);
+}
+
+/**
+ * Runs the IPAM plugin. ADD returns its result in the internal shape; the other verbs return
+ * undefined. A CNI error from the plugin is rethrown with its own code.
+ */
+export function delegateIpam(req: DelegateRequest): Result | undefined {
+  const path = findPlugin(req.ipamType, req.cniPath);
+  const env = { ...req.env, CNI_COMMAND: req.command, CNI_PATH: req.cniPath.join(":") };
+  req.log?.debug("delegating to IPAM plugin", { plugin: path, verb: req.command });
+  const run = spawnSync(path, [], { input: req.stdin, env, encoding: "utf8", maxBuffer: 16 << 20 });
+  const name = req.ipamType;
+  if (run.error) {
+    throw new CniError(ErrorCode.IpamPluginFailed, `cannot run IPAM plugin ${path}: ${run.error.message}`,
+      `check that ${path} is an executable CNI plugin for this machine`);
+  }
+  const stdout = run.stdout ?? "";
+  const stderr = (run.stderr ?? "").trim();
+  if (run.status !== 0) {
+    const e = parseCniError(stdout);
+    req.log?.warn("IPAM plugin failed", { plugin: path, status: run.status, signal: run.signal, stdout, stderr });
+    if (e) {
+      throw new CniError(e.code, `IPAM plugin ${name} ${req.command} failed: ${e.msg}`, e.details);
+    }
+    const why = run.signal ? `killed by ${run.signal}` : `exit status ${run.status}`;
+    throw new CniError(ErrorCode.IpamPluginFailed, `IPAM plugin ${name} ${req.command} failed (${why})`,
+      (stderr || stdout.trim() || "no output").slice(0, 2000));
+  }
+  if (req.command !== "ADD") return undefined;
+
+  let raw: unknown;
+  try {
+    raw = JSON.parse(stdout);
+  } catch {
+    throw new CniError(ErrorCode.IpamBadResult, `IPAM plugin ${name} returned a result that is not JSON`,
+      `output was: ${stdout.slice(0, 500) || "(empty)"}`);
+  }
+  // libcni reads the result in the version it declares, then converts to the config's version.
+  const declared = isObject(raw) && typeof raw.cniVersion === "string" ? raw.cniVersion : req.cniVersion;
+  if (!isSupportedVersion(declared)) {
+    throw new CniError(ErrorCode.IpamBadResult, `IPAM plugin ${name} returned a CNI ${declared} result`,
+      `configure cniVersion so that ${name} answers in a version Berth reads (0.3.0 or later)`);
+  }
+  try {
+    return parseResult(raw, declared, `IPAM plugin ${name} result`);
+  } catch (e) {
+    const err = e as CniError;
+    throw new CniError(ErrorCode.IpamBadResult, err.message, err.details);
+  }
+}
+
+function parseCniError(stdout: string): { code: number; msg: string; details: string } | undefined {
+  try {
+    const o = JSON.parse(stdout) as Record<string, unknown>;
+    if (isObject(o) && typeof o.code === "number") {
+      return { code: o.code, msg: typeof o.msg === "string" ? o.msg : "", details: typeof o.details === "string" ? o.details : "" };
+    }
+  } catch {
+    // not a CNI error document
+  }
+  return undefined;
+}

@@ -1,0 +1,203 @@
+// runPlugin: the one place that talks CNI to the runtime. Reads stdin, validates the
+// environment and the config, calls the plugin, prints exactly one JSON document (the result,
+// the version info or the error) on stdout, and returns the exit code. It never throws.
+import { readFileSync, readSync, writeSync } from "node:fs";
+import { configVersion, decodeConfig, parseConfig, requireVerbSupported, type NetConf } from "./config";
+import { parseCniArgs, readCommand, readEnv, type Command } from "./env";
+import { CniError, ErrorCode, toCniError } from "./errors";
+import { hasIpam, ipamGc, ipamStatus } from "./ipam";
+import { createLogger, nullLogger, type Logger } from "./log";
+import type { CniContext, CniPlugin } from "./plugin";
+import { encodeResult } from "./result";
+import { CURRENT_VERSION, isSupportedVersion, versionInfo } from "./version";
+
+export interface PluginIo {
+  env: NodeJS.ProcessEnv;
+  /** Reads all of stdin. */
+  readStdin: () => string;
+  /** Writes the one output document. */
+  write: (text: string) => void;
+}
+
+export function processIo(): PluginIo {
+  return {
+    env: process.env,
+    readStdin: readAllStdin,
+    write: (text) => writeAll(1, text),
+  };
+}
+
+export async function runPlugin<P>(plugin: CniPlugin<P>, io: PluginIo = processIo()): Promise<number> {
+  let stdin = "";
+  let version: string = CURRENT_VERSION;
+  let log: Logger = nullLogger;
+  let command: Command | undefined;
+  try {
+    command = readCommand(io.env);
+    try {
+      stdin = io.readStdin();
+    } catch (e) {
+      throw new CniError(ErrorCode.IOFailure, `cannot read the network config from stdin: ${(e as Error).message}`,
+        "the runtime must pass the network configuration on stdin");
+    }
+    version = peekVersion(stdin) ?? CURRENT_VERSION;
+    if (command === "VERSION") {
+      io.write(JSON.stringify(versionInfo()) + "\n");
+      return 0;
+    }
+    const env = readEnv(io.env, command);
+    const raw = decodeConfig(stdin);
+    configVersion(raw);
+    requireVerbSupported(command, raw.cniVersion as string);
+    const conf = parseConfig(raw, command);
+    log = createLogger(conf.logFile, conf.logLevel, {
+      plugin: plugin.name, cmd: command, network: conf.name,
+      ...(env.containerId ? { containerID: env.containerId, ifName: env.ifName } : {}),
+    });
+    const perAttachment = command === "ADD" || command === "DEL" || command === "CHECK";
+    const args = perAttachment ? parseCniArgs(env.argsRaw, plugin.cniArgs) : parseCniArgs("");
+    const pluginConfig = plugin.parse ? plugin.parse(conf, command) : (undefined as P);
+    const ctx = buildContext(command, env, args, conf, pluginConfig, stdin, io.env, log);
+    log.debug("invoked", { netns: ctx.netns, cniArgs: env.argsRaw });
+
+    switch (command) {
+      case "ADD": {
+        const result = await plugin.add(ctx);
+        const out = encodeResult(result, conf.cniVersion);
+        log.info("ADD done", { result: out });
+        io.write(JSON.stringify(out) + "\n");
+        return 0;
+      }
+      case "DEL":
+        await plugin.del(ctx);
+        break;
+      case "CHECK":
+        await plugin.check(ctx);
+        break;
+      case "STATUS":
+        if (plugin.status) await plugin.status(ctx);
+        else if (hasIpam(ctx)) await ipamStatus(ctx);
+        break;
+      case "GC":
+        if (plugin.gc) await plugin.gc(ctx);
+        else if (hasIpam(ctx)) await ipamGc(ctx);
+        break;
+    }
+    log.info(`${command} done`);
+    return 0;
+  } catch (e) {
+    const err = toCniError(e);
+    log.error(`${command ?? "command"} failed`, {
+      code: err.code, error: err.message, details: err.details,
+      ...(err.code === ErrorCode.Internal && e instanceof Error ? { stack: e.stack } : {}),
+    });
+    try {
+      io.write(JSON.stringify(err.toJSON(version)) + "\n");
+    } catch {
+      // stdout is gone; the exit code still says it failed
+    }
+    return 1;
+  }
+}
+
+export function buildContext<P>(command: Command, env: ReturnType<typeof readEnv>, args: ReturnType<typeof parseCniArgs>,
+  conf: NetConf, pluginConfig: P, stdin: string, processEnv: NodeJS.ProcessEnv, log: Logger): CniContext<P> {
+  const requested: string[] = [];
+  for (const ip of [...(conf.runtimeConfig.ips ?? []), ...(conf.argsCni.ips ?? []), ...(args.IP ?? [])]) {
+    if (!requested.includes(ip)) requested.push(ip);
+  }
+  return {
+    command, env, args, conf, pluginConfig, stdin, processEnv, log,
+    containerId: env.containerId,
+    ifName: env.ifName,
+    netns: env.netns,
+    pod: { namespace: args.K8S_POD_NAMESPACE, name: args.K8S_POD_NAME, uid: args.K8S_POD_UID },
+    requestedIps: requested,
+    requestedMac: conf.runtimeConfig.mac ?? conf.argsCni.mac ?? args.MAC,
+    deviceId: conf.runtimeConfig.deviceID,
+  };
+}
+
+/** The config's cniVersion when it is readable and supported, for the error document. */
+function peekVersion(stdin: string): string | undefined {
+  try {
+    const v = (JSON.parse(stdin) as { cniVersion?: unknown }).cniVersion;
+    return typeof v === "string" && isSupportedVersion(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function readAllStdin(): string {
+  try {
+    return readFileSync(0, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EAGAIN") return readNonBlocking();
+    if (code === "EOF" || code === "EBADF" || code === "ENXIO") return ""; // no stdin at all
+    throw e;
+  }
+}
+
+// stdin left in O_NONBLOCK mode by the parent: poll until EOF.
+function readNonBlocking(): string {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(65536);
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
+        Atomics.wait(sleeper, 0, 0, 5);
+        continue;
+      }
+      throw e;
+    }
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function writeAll(fd: number, text: string): void {
+  const data = Buffer.from(text);
+  let off = 0;
+  while (off < data.length) {
+    try {
+      off += writeSync(fd, data, off, data.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
+    }
+  }
+}
+
+/**
+ * Entry for an executable: runs the plugin on the real process and exits with its code. An
+ * exception escaping anywhere (even from a stray callback) still produces one CNI error.
+ */
+export async function pluginMain<P>(plugin: CniPlugin<P>): Promise<never> {
+  let answered = false;
+  const io = processIo();
+  const write = io.write;
+  io.write = (text) => {
+    answered = true;
+    write(text);
+  };
+  const crash = (e: unknown) => {
+    if (!answered) {
+      answered = true;
+      try {
+        write(JSON.stringify(toCniError(e).toJSON(CURRENT_VERSION)) + "\n");
+      } catch {
+        // nothing left to report through
+      }
+    }
+    process.exit(1);
+  };
+  process.on("uncaughtException", crash);
+  process.on("unhandledRejection", crash);
+  const code = await runPlugin(plugin, io);
+  process.exit(code);
+}
