@@ -1,0 +1,351 @@
+// Links: list/get, create macvlan / 802.1Q vlan / veth, change state, name, MTU,
+// MAC, alias, namespace, delete. Message layouts match iproute2 6.1 byte for byte
+// (see test/fixtures/iproute2 and scripts/capture-iproute2.sh).
+import { NetlinkError, NetlinkSocket } from "./socket";
+import { parseVfInfoList, VfInfo, ETH_P_8021AD, ETH_P_8021Q } from "./vfinfo";
+import {
+  AF_UNSPEC, Attrs, MessageBuilder, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLM_F_ACK, NlMsg,
+  RTM_DELLINK, RTM_GETLINK, RTM_NAMES, RTM_NEWLINK, attrList, attrS32, attrStr, attrU16, attrU32, attrU8, bufferToMac,
+  macToBuffer, parseAttrs,
+} from "./wire";
+
+export const IFLA_ADDRESS = 1;
+export const IFLA_IFNAME = 3;
+export const IFLA_MTU = 4;
+export const IFLA_LINK = 5;
+export const IFLA_MASTER = 10;
+export const IFLA_OPERSTATE = 16;
+export const IFLA_LINKINFO = 18;
+export const IFLA_IFALIAS = 20;
+export const IFLA_NUM_VF = 21;
+export const IFLA_VFINFO_LIST = 22;
+export const IFLA_NET_NS_FD = 28;
+export const IFLA_EXT_MASK = 29;
+export const IFLA_LINK_NETNSID = 37;
+export const IFLA_PROP_LIST = 52;
+export const IFLA_ALT_IFNAME = 53;
+export const IFLA_PERM_ADDRESS = 54;
+
+export const IFLA_INFO_KIND = 1;
+export const IFLA_INFO_DATA = 2;
+export const IFLA_INFO_SLAVE_KIND = 4;
+export const IFLA_MACVLAN_MODE = 1;
+export const IFLA_VLAN_ID = 1;
+export const IFLA_VLAN_PROTOCOL = 5;
+export const VETH_INFO_PEER = 1;
+
+export const IFF_UP = 0x1;
+export const RTEXT_FILTER_VF = 1;
+export const RTEXT_FILTER_SKIP_STATS = 8;
+const IFNAMSIZ = 16;
+
+export type MacvlanMode = "private" | "vepa" | "bridge" | "passthru" | "source";
+export const MACVLAN_MODES: Record<MacvlanMode, number> = { private: 1, vepa: 2, bridge: 4, passthru: 8, source: 16 };
+export type VlanProtocol = "802.1Q" | "802.1ad";
+export type OperState = "unknown" | "notpresent" | "down" | "lowerlayerdown" | "testing" | "dormant" | "up";
+const OPER_STATES: OperState[] = ["unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"];
+
+export interface Link {
+  index: number;
+  name: string;
+  altNames: string[];
+  /** "aa:bb:cc:dd:ee:ff"; empty for links without a hardware address */
+  mac: string;
+  mtu: number;
+  /** administratively up (IFF_UP) */
+  up: boolean;
+  /** raw IFF_* flags */
+  flags: number;
+  operState: OperState;
+  alias?: string;
+  /** IFLA_LINK: the parent (lower) link; in the namespace linkNetnsId when that is set */
+  parentIndex?: number;
+  masterIndex?: number;
+  /** the peer/parent lives in the namespace with this id (as seen from this namespace) */
+  linkNetnsId?: number;
+  kind?: string;
+  slaveKind?: string;
+  macvlan?: { mode: MacvlanMode | "unknown" };
+  vlan?: { id: number; protocol: VlanProtocol };
+  numVfs?: number;
+  vfs?: VfInfo[];
+  permAddress?: string;
+}
+
+function ifinfomsg(index = 0, flags = 0, change = 0): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeUInt8(AF_UNSPEC, 0);
+  b.writeInt32LE(index, 4);
+  b.writeUInt32LE(flags, 8);
+  b.writeUInt32LE(change, 12);
+  return b;
+}
+
+export function parseLink(m: NlMsg): Link {
+  const d = m.data;
+  const a = parseAttrs(d, 16);
+  const flags = d.readUInt32LE(8);
+  const link: Link = {
+    index: d.readInt32LE(4),
+    name: attrStr(a, IFLA_IFNAME) ?? "",
+    altNames: [],
+    mac: a.has(IFLA_ADDRESS) ? bufferToMac(a.get(IFLA_ADDRESS)!) : "",
+    mtu: attrU32(a, IFLA_MTU) ?? 0,
+    up: (flags & IFF_UP) !== 0,
+    flags,
+    operState: OPER_STATES[attrU8(a, IFLA_OPERSTATE) ?? 0] ?? "unknown",
+  };
+  const alias = attrStr(a, IFLA_IFALIAS);
+  if (alias) link.alias = alias;
+  const parent = attrS32(a, IFLA_LINK);
+  // may equal link.index when the parent is in another namespace (linkNetnsId)
+  if (parent !== undefined) link.parentIndex = parent;
+  const master = attrU32(a, IFLA_MASTER);
+  if (master) link.masterIndex = master;
+  const nsid = attrS32(a, IFLA_LINK_NETNSID);
+  if (nsid !== undefined) link.linkNetnsId = nsid;
+  const props = a.get(IFLA_PROP_LIST);
+  if (props) for (const [t, v] of attrList(props)) if (t === IFLA_ALT_IFNAME) link.altNames.push(attrStr(new Map([[t, v]]), t)!);
+  if (a.has(IFLA_PERM_ADDRESS)) link.permAddress = bufferToMac(a.get(IFLA_PERM_ADDRESS)!);
+  const numVfs = attrU32(a, IFLA_NUM_VF);
+  if (numVfs !== undefined) link.numVfs = numVfs;
+  const vfList = a.get(IFLA_VFINFO_LIST);
+  if (vfList) link.vfs = parseVfInfoList(vfList);
+  const info = a.get(IFLA_LINKINFO);
+  if (info) parseLinkInfo(link, parseAttrs(info));
+  return link;
+}
+
+function parseLinkInfo(link: Link, info: Attrs): void {
+  link.kind = attrStr(info, IFLA_INFO_KIND);
+  const slaveKind = attrStr(info, IFLA_INFO_SLAVE_KIND);
+  if (slaveKind) link.slaveKind = slaveKind;
+  const data = info.get(IFLA_INFO_DATA);
+  if (!data) return;
+  const d = parseAttrs(data);
+  if (link.kind === "macvlan" || link.kind === "macvtap") {
+    const mode = attrU32(d, IFLA_MACVLAN_MODE) ?? 0;
+    const name = (Object.keys(MACVLAN_MODES) as MacvlanMode[]).find((k) => MACVLAN_MODES[k] === mode);
+    link.macvlan = { mode: name ?? "unknown" };
+  } else if (link.kind === "vlan") {
+    const proto = d.get(IFLA_VLAN_PROTOCOL)?.readUInt16BE(0);
+    link.vlan = { id: attrU16(d, IFLA_VLAN_ID) ?? 0, protocol: proto === ETH_P_8021AD ? "802.1ad" : "802.1Q" };
+  }
+}
+
+// ---- reading
+
+function getLinkMessage(filter: { index?: number; name?: string }): MessageBuilder {
+  const msg = new MessageBuilder(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(filter.index ?? 0));
+  if (filter.name !== undefined) {
+    // Names longer than IFNAMSIZ-1 can only be altnames.
+    if (Buffer.byteLength(filter.name) < IFNAMSIZ) msg.strz(IFLA_IFNAME, filter.name);
+    else msg.strz(IFLA_ALT_IFNAME, filter.name);
+  }
+  return msg.u32(IFLA_EXT_MASK, RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS);
+}
+
+export function listLinks(nl: NetlinkSocket): Link[] {
+  const msg = new MessageBuilder(RTM_GETLINK, 0, ifinfomsg()).u32(IFLA_EXT_MASK, RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS);
+  return nl.dump(msg, "RTM_GETLINK dump").filter((m) => m.type === RTM_NEWLINK).map(parseLink);
+}
+
+/** The link with this name or altname; throws NetlinkError ENODEV when there is none. */
+export function getLinkByName(nl: NetlinkSocket, name: string): Link {
+  if (!name || Buffer.byteLength(name) > 127 || /[\s/]/.test(name)) {
+    throw new TypeError(`invalid interface name "${name}": 1-15 characters (altnames up to 127), no spaces or "/"`);
+  }
+  const replies = nl.request(getLinkMessage({ name }), `RTM_GETLINK "${name}"`);
+  return parseLink(replies[0]);
+}
+
+/** Throws NetlinkError ENODEV when no link has this index. */
+export function getLinkByIndex(nl: NetlinkSocket, index: number): Link {
+  const replies = nl.request(getLinkMessage({ index }), `RTM_GETLINK ifindex ${index}`);
+  return parseLink(replies[0]);
+}
+
+/** Like getLinkByName, but undefined when the link does not exist. */
+export function findLinkByName(nl: NetlinkSocket, name: string): Link | undefined {
+  try {
+    return getLinkByName(nl, name);
+  } catch (e) {
+    if (e instanceof NetlinkError && e.code === "ENODEV") return undefined;
+    throw e;
+  }
+}
+
+export function findLinkByIndex(nl: NetlinkSocket, index: number): Link | undefined {
+  try {
+    return getLinkByIndex(nl, index);
+  } catch (e) {
+    if (e instanceof NetlinkError && e.code === "ENODEV") return undefined;
+    throw e;
+  }
+}
+
+/** First link whose MAC (or permanent MAC) equals `mac` (any case, ":" or "-"). */
+export function findLinkByMac(nl: NetlinkSocket, mac: string): Link | undefined {
+  const want = bufferToMac(macToBuffer(mac));
+  const links = listLinks(nl);
+  return links.find((l) => l.mac === want) ?? links.find((l) => l.permAddress === want);
+}
+
+/** `"eth0"` for an index, or `ifindex 7` when it cannot be resolved; for error messages. */
+export function describeLink(nl: NetlinkSocket, index: number): string {
+  try {
+    return `"${getLinkByIndex(nl, index).name}"`;
+  } catch {
+    return `ifindex ${index}`;
+  }
+}
+
+// ---- creating
+
+export interface MacvlanOptions {
+  name: string;
+  parentIndex: number;
+  mode: MacvlanMode;
+  mtu?: number;
+  mac?: string;
+  /** create the link directly in the namespace of this fd (see openNetnsFd) */
+  netnsFd?: number;
+}
+
+function checkName(name: string, field = "name"): void {
+  if (!name || Buffer.byteLength(name) >= IFNAMSIZ || /[\s/:]/.test(name) || name === "." || name === "..") {
+    throw new TypeError(`invalid interface ${field} "${name}": use 1-15 characters without spaces, "/" or ":"`);
+  }
+}
+
+/** = `ip link add link PARENT name NAME [mtu M] [address A] [netns NS] type macvlan mode MODE` */
+export function encodeAddMacvlan(o: MacvlanOptions): MessageBuilder {
+  checkName(o.name);
+  const mode = MACVLAN_MODES[o.mode];
+  if (!mode) throw new TypeError(`invalid macvlan mode "${o.mode}": use one of ${Object.keys(MACVLAN_MODES).join(", ")}`);
+  const msg = new MessageBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifinfomsg());
+  if (o.mtu !== undefined) msg.u32(IFLA_MTU, o.mtu);
+  if (o.mac !== undefined) msg.attr(IFLA_ADDRESS, macToBuffer(o.mac, "macvlan MAC address"));
+  if (o.netnsFd !== undefined) msg.u32(IFLA_NET_NS_FD, o.netnsFd);
+  msg.u32(IFLA_LINK, o.parentIndex).strz(IFLA_IFNAME, o.name);
+  return msg.nest(IFLA_LINKINFO, (m) => m.str(IFLA_INFO_KIND, "macvlan").nest(IFLA_INFO_DATA, (d) => d.u32(IFLA_MACVLAN_MODE, mode)));
+}
+
+export function addMacvlan(nl: NetlinkSocket, o: MacvlanOptions): void {
+  const msg = encodeAddMacvlan(o);
+  requestNaming(nl, msg, () => `RTM_NEWLINK macvlan "${o.name}" on ${describeLink(nl, o.parentIndex)}`);
+}
+
+export interface VlanOptions {
+  name: string;
+  parentIndex: number;
+  id: number;
+  /** omitted: the kernel's default, 802.1Q */
+  protocol?: VlanProtocol;
+}
+
+/** = `ip link add link PARENT name NAME type vlan id ID [protocol P]` */
+export function encodeAddVlan(o: VlanOptions): MessageBuilder {
+  checkName(o.name);
+  if (!Number.isInteger(o.id) || o.id < 1 || o.id > 4094) throw new TypeError(`invalid VLAN id ${o.id}: use 1-4094`);
+  if (o.protocol !== undefined && o.protocol !== "802.1Q" && o.protocol !== "802.1ad") {
+    throw new TypeError(`invalid VLAN protocol "${o.protocol}": use 802.1Q or 802.1ad`);
+  }
+  const msg = new MessageBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifinfomsg());
+  msg.u32(IFLA_LINK, o.parentIndex).strz(IFLA_IFNAME, o.name);
+  return msg.nest(IFLA_LINKINFO, (m) => m.str(IFLA_INFO_KIND, "vlan").nest(IFLA_INFO_DATA, (d) => {
+    d.u16(IFLA_VLAN_ID, o.id);
+    if (o.protocol) d.u16be(IFLA_VLAN_PROTOCOL, o.protocol === "802.1ad" ? ETH_P_8021AD : ETH_P_8021Q);
+  }));
+}
+
+export function addVlan(nl: NetlinkSocket, o: VlanOptions): void {
+  requestNaming(nl, encodeAddVlan(o), () => `RTM_NEWLINK vlan ${o.id} "${o.name}" on ${describeLink(nl, o.parentIndex)}`);
+}
+
+export interface VethOptions {
+  name: string;
+  peerName: string;
+  /** create the peer directly in this namespace */
+  peerNetnsFd?: number;
+}
+
+/** = `ip link add NAME type veth peer name PEER [netns NS]` */
+export function encodeAddVeth(o: VethOptions): MessageBuilder {
+  checkName(o.name);
+  checkName(o.peerName, "peer name");
+  const msg = new MessageBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifinfomsg());
+  msg.strz(IFLA_IFNAME, o.name);
+  return msg.nest(IFLA_LINKINFO, (m) => m.str(IFLA_INFO_KIND, "veth").nest(IFLA_INFO_DATA, (d) => d.nest(VETH_INFO_PEER, (p) => {
+    p.raw(ifinfomsg());
+    if (o.peerNetnsFd !== undefined) p.u32(IFLA_NET_NS_FD, o.peerNetnsFd);
+    p.strz(IFLA_IFNAME, o.peerName);
+  })));
+}
+
+export function addVeth(nl: NetlinkSocket, o: VethOptions): void {
+  nl.request(encodeAddVeth(o), `RTM_NEWLINK veth "${o.name}" peer "${o.peerName}"`);
+}
+
+// ---- changing
+
+const setMsg = (index: number, flags = 0, change = 0) =>
+  new MessageBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index, flags, change));
+
+/** = `ip link set dev X up` */
+export const encodeSetLinkUp = (index: number) => setMsg(index, IFF_UP, IFF_UP);
+/** = `ip link set dev X down` */
+export const encodeSetLinkDown = (index: number) => setMsg(index, 0, IFF_UP);
+/** = `ip link set dev X name NAME` */
+export function encodeSetLinkName(index: number, name: string): MessageBuilder {
+  checkName(name);
+  return setMsg(index).strz(IFLA_IFNAME, name);
+}
+/** = `ip link set dev X mtu MTU` */
+export function encodeSetLinkMtu(index: number, mtu: number): MessageBuilder {
+  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw new TypeError(`invalid MTU ${mtu}: use 68-65535`);
+  return setMsg(index).u32(IFLA_MTU, mtu);
+}
+/** = `ip link set dev X address MAC` */
+export const encodeSetLinkMac = (index: number, mac: string) => setMsg(index).attr(IFLA_ADDRESS, macToBuffer(mac));
+/** = `ip link set dev X alias ALIAS` (no terminating NUL, like iproute2) */
+export function encodeSetLinkAlias(index: number, alias: string): MessageBuilder {
+  if (Buffer.byteLength(alias) > 255) throw new TypeError(`interface alias too long (${Buffer.byteLength(alias)} bytes): at most 255`);
+  return setMsg(index).str(IFLA_IFALIAS, alias);
+}
+/** = `ip link set dev X netns NS` */
+export const encodeSetLinkNetns = (index: number, netnsFd: number) => setMsg(index).u32(IFLA_NET_NS_FD, netnsFd);
+/** = `ip link del dev X` */
+export const encodeDeleteLink = (index: number) =>
+  new MessageBuilder(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index));
+
+export const setLinkUp = (nl: NetlinkSocket, index: number) =>
+  requestNaming(nl, encodeSetLinkUp(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} up`);
+export const setLinkDown = (nl: NetlinkSocket, index: number) =>
+  requestNaming(nl, encodeSetLinkDown(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} down`);
+export const setLinkName = (nl: NetlinkSocket, index: number, name: string) =>
+  requestNaming(nl, encodeSetLinkName(index, name), () => `RTM_NEWLINK rename ${describeLink(nl, index)} to "${name}"`);
+export const setLinkMtu = (nl: NetlinkSocket, index: number, mtu: number) =>
+  requestNaming(nl, encodeSetLinkMtu(index, mtu), () => `RTM_NEWLINK set ${describeLink(nl, index)} mtu ${mtu}`);
+export const setLinkMac = (nl: NetlinkSocket, index: number, mac: string) =>
+  requestNaming(nl, encodeSetLinkMac(index, mac), () => `RTM_NEWLINK set ${describeLink(nl, index)} address ${mac}`);
+export const setLinkAlias = (nl: NetlinkSocket, index: number, alias: string) =>
+  requestNaming(nl, encodeSetLinkAlias(index, alias), () => `RTM_NEWLINK set ${describeLink(nl, index)} alias "${alias}"`);
+/** Moves the link into the namespace of `netnsFd` (see openNetnsFd). Its index may change there. */
+export const setLinkNetns = (nl: NetlinkSocket, index: number, netnsFd: number) =>
+  requestNaming(nl, encodeSetLinkNetns(index, netnsFd), () => `RTM_NEWLINK move ${describeLink(nl, index)} to netns fd ${netnsFd}`);
+export const deleteLink = (nl: NetlinkSocket, index: number) =>
+  requestNaming(nl, encodeDeleteLink(index), () => `RTM_DELLINK ${describeLink(nl, index)}`);
+
+/**
+ * Sends a request; on failure, rethrows with a description built only then
+ * (it may need another netlink round trip to name the links involved).
+ */
+export function requestNaming(nl: NetlinkSocket, msg: MessageBuilder, what: () => string): void {
+  try {
+    nl.request(msg, RTM_NAMES[msg.type] ?? `netlink type ${msg.type}`);
+  } catch (e) {
+    if (e instanceof NetlinkError) throw new NetlinkError(what(), e.errno, e.kernelMessage);
+    throw e;
+  }
+}

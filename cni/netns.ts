@@ -1,0 +1,166 @@
+// Network namespaces: enter one on the calling thread for the duration of a
+// synchronous function and always come back; netlink sockets bound to a
+// namespace; sysctl under /proc/sys/net of the current namespace.
+//
+// setns(2) moves only the calling thread. The function given to withNetns must
+// therefore be synchronous: async fs calls or worker threads would run in the
+// original namespace.
+import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "./netlink/libc";
+import { NetlinkSocket } from "./netlink/socket";
+
+const SELF_NETNS = "/proc/thread-self/ns/net";
+
+/** Raised when a namespace path is missing or is not a network namespace. */
+export class NetnsError extends Error {
+  readonly code: string;
+  constructor(message: string, code: string) {
+    super(message);
+    this.name = "NetnsError";
+    this.code = code;
+  }
+}
+
+/**
+ * Opens a network namespace file (/var/run/netns/X, /proc/PID/ns/net) and checks
+ * that it is one; the fd can be given to setLinkNetns or addMacvlan({netnsFd}).
+ * Close it with closeFd.
+ */
+export function openNetnsFd(nsPath: string): number {
+  const fd = Number(libc.open(nsPath, O_RDONLY | O_CLOEXEC, 0));
+  if (fd < 0) {
+    const e = new SyscallError(`open network namespace "${nsPath}"`, lastErrno());
+    throw new NetnsError(
+      e.code === "ENOENT" ? `network namespace "${nsPath}" does not exist (the container may be gone): ${e.message}` : e.message,
+      e.code,
+    );
+  }
+  try {
+    const st = Buffer.alloc(120); // struct statfs; f_type is the first field
+    check(libc.fstatfs(fd, st), `statfs "${nsPath}"`);
+    const magic = Number(st.readBigInt64LE(0));
+    if (magic !== NSFS_MAGIC) {
+      throw new NetnsError(`"${nsPath}" is not a namespace file (filesystem magic 0x${magic.toString(16)}, expected nsfs): pass the path of a network namespace, such as /var/run/netns/NAME or /proc/PID/ns/net`, "EINVAL");
+    }
+    const type = Number(libc.ioctl(fd, NS_GET_NSTYPE));
+    if (type >= 0 && type !== CLONE_NEWNET) {
+      throw new NetnsError(`"${nsPath}" is a namespace but not a network namespace (type 0x${type.toString(16)}): pass a network namespace such as /proc/PID/ns/net`, "EINVAL");
+    }
+    return fd;
+  } catch (e) {
+    libc.close(fd);
+    throw e;
+  }
+}
+
+export function closeFd(fd: number): void {
+  libc.close(fd);
+}
+
+function setns(fd: number, what: string): void {
+  if (Number(libc.setns(fd, CLONE_NEWNET)) < 0) {
+    const e = new SyscallError(what, lastErrno());
+    // EINVAL: an nsfs file of another kind (mnt, pid, ...)
+    throw new NetnsError(e.code === "EINVAL" ? `${e.message}: not a network namespace` : e.message, e.code);
+  }
+}
+
+/**
+ * Runs `fn` with the calling thread inside the network namespace at `nsPath`
+ * and returns its result; the thread is back in its original namespace when
+ * this returns or throws.
+ */
+export function inNetns<T>(nsPath: string, fn: () => T): T {
+  const target = openNetnsFd(nsPath);
+  let original: number;
+  try {
+    original = check(libc.open(SELF_NETNS, O_RDONLY | O_CLOEXEC, 0), `open ${SELF_NETNS}`);
+  } catch (e) {
+    libc.close(target);
+    throw e;
+  }
+  try {
+    setns(target, `setns into "${nsPath}"`);
+    try {
+      const result = fn();
+      if (result && typeof (result as { then?: unknown }).then === "function") {
+        throw new TypeError("inNetns/withNetns callbacks must be synchronous: setns applies to this thread only until the callback returns");
+      }
+      return result;
+    } finally {
+      if (Number(libc.setns(original, CLONE_NEWNET)) < 0) {
+        // Staying in the wrong namespace would make every later call act on the wrong interfaces.
+        const err = new SyscallError("FATAL: setns back to the original network namespace", lastErrno());
+        process.stderr.write(`${err.message}\n`);
+        process.exit(70);
+      }
+    }
+  } finally {
+    libc.close(original);
+    libc.close(target);
+  }
+}
+
+/** Runs `fn` inside the namespace with a netlink socket opened there; closes the socket afterwards. */
+export function withNetns<T>(nsPath: string, fn: (nl: NetlinkSocket) => T): T {
+  return inNetns(nsPath, () => {
+    const nl = NetlinkSocket.open();
+    try {
+      return fn(nl);
+    } finally {
+      nl.close();
+    }
+  });
+}
+
+/** A netlink socket that acts on the namespace at `nsPath`, usable from the original namespace. */
+export function openNetlinkIn(nsPath: string): NetlinkSocket {
+  return inNetns(nsPath, () => NetlinkSocket.open());
+}
+
+/** Inode of the calling thread's network namespace (to compare namespaces). */
+export function currentNetnsInode(): number {
+  // "net:[4026531840]"
+  const link = readlinkSync(SELF_NETNS);
+  const m = /\[(\d+)\]/.exec(link);
+  if (!m) throw new Error(`unexpected namespace link ${SELF_NETNS} -> ${link}`);
+  return Number(m[1]);
+}
+
+// ---- sysctl (in the calling thread's current namespace: call inside withNetns)
+
+/**
+ * Path under /proc/sys for a key. "net.ipv4.conf.eth0.arp_notify" uses dots;
+ * for interface names containing dots (eth0.101) pass the parts as an array or
+ * a slash-separated key ("net/ipv4/conf/eth0.101/arp_notify").
+ */
+export function sysctlPath(key: string | string[]): string {
+  const parts = Array.isArray(key) ? key : key.includes("/") ? key.split("/") : key.split(".");
+  if (parts.length === 0 || parts.some((p) => p === "" || p === "." || p === "..")) {
+    throw new TypeError(`invalid sysctl key "${Array.isArray(key) ? key.join("/") : key}"`);
+  }
+  return `/proc/sys/${parts.join("/")}`;
+}
+
+export function getSysctl(key: string | string[]): string {
+  return readFileSync(sysctlPath(key), "utf8").trim();
+}
+
+export function setSysctl(key: string | string[], value: string | number): void {
+  const path = sysctlPath(key);
+  try {
+    writeFileSync(path, `${value}\n`);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "EIO";
+    throw new NetnsError(`set sysctl ${path} = ${value}: ${code} (${(e as Error).message})`, code);
+  }
+}
+
+/** sysctl key for an interface: ifaceSysctl(6, "eth0.101", "accept_dad") */
+export function ifaceSysctl(family: 4 | 6, ifName: string, key: string): string[] {
+  return ["net", family === 4 ? "ipv4" : "ipv6", "conf", ifName, key];
+}
+
+export const getSysctlIn = (nsPath: string, key: string | string[]) => inNetns(nsPath, () => getSysctl(key));
+export const setSysctlIn = (nsPath: string, key: string | string[], value: string | number) =>
+  inNetns(nsPath, () => setSysctl(key, value));

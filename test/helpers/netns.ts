@@ -1,0 +1,45 @@
+// Test namespaces: created with `ip netns add` (so they appear under /run/netns
+// like the ones a container runtime makes) with names unique to this test run.
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+
+export interface TestNetns {
+  name: string;
+  /** /run/netns/NAME */
+  path: string;
+}
+
+let counter = 0;
+const created = new Set<string>();
+
+/** A fresh network namespace with loopback up; remove it with removeNetns (afterAll). */
+export function createNetns(label = "t"): TestNetns {
+  const name = `berth-${label}-${process.pid}-${Date.now().toString(36)}-${counter++}`;
+  execFileSync("ip", ["netns", "add", name], { stdio: "pipe" });
+  created.add(name);
+  execFileSync("ip", ["-n", name, "link", "set", "lo", "up"], { stdio: "pipe" });
+  return { name, path: `/run/netns/${name}` };
+}
+
+export function removeNetns(ns: TestNetns | undefined): void {
+  if (!ns) return;
+  if (existsSync(ns.path)) execFileSync("ip", ["netns", "del", ns.name], { stdio: "pipe" });
+  created.delete(ns.name);
+}
+
+/** Run an `ip` command inside the namespace and return stdout (to cross-check our results). */
+export function ipIn(ns: TestNetns, ...args: string[]): string {
+  return execFileSync("ip", ["-n", ns.name, ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+}
+
+/** JSON output of `ip -j ...` inside the namespace. */
+export function ipJson<T = unknown>(ns: TestNetns, ...args: string[]): T {
+  return JSON.parse(ipIn(ns, "-j", ...args) || "[]") as T;
+}
+
+// Safety net when a test file dies between create and afterAll.
+process.on("exit", () => {
+  for (const name of created) {
+    try { execFileSync("ip", ["netns", "del", name], { stdio: "ignore" }); } catch { /* already gone */ }
+  }
+});
