@@ -14,7 +14,7 @@ git diff --quiet HEAD 2>/dev/null || commit="${commit}-dirty"
 rm -rf dist.new
 mkdir -p dist.new/bin dist.new/ipamd
 
-npx --no-install bun build --compile --minify \
+node_modules/.bin/bun build --compile --minify \
   --define "__BERTH_VERSION__=\"$version\"" --define "__BERTH_COMMIT__=\"$commit\"" \
   cni/main.ts --outfile dist.new/bin/berth >/dev/null
 for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
@@ -23,10 +23,10 @@ done
 
 # esbuild's ESM output has no `require`; the banner gives the bundled CommonJS
 # modules (better-sqlite3) a real one so they can load native addons by path.
-npx --no-install esbuild ipamd/main.ts --bundle --platform=node --target=node20 --format=esm \
+node_modules/.bin/esbuild ipamd/main.ts --bundle --platform=node --target=node20 --format=esm \
   --define:__BERTH_VERSION__="\"$version\"" --define:__BERTH_COMMIT__="\"$commit\"" \
   --banner:js="import { createRequire as __berthCreateRequire } from 'node:module'; const require = __berthCreateRequire(import.meta.url);" \
-  --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
+  --external:@koromix/koffi-linux-x64/* --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
 cp node_modules/better-sqlite3/build/Release/better_sqlite3.node dist.new/ipamd/
 cp node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node dist.new/ipamd/
 printf '{"type":"module"}\n' > dist.new/ipamd/package.json
