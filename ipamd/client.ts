@@ -1,0 +1,122 @@
+// Small client of the ipamd API over its unix socket. Imports nothing heavy: CNI plugins and
+// ipamctl load it.
+import { Agent, request } from "node:http";
+import type {
+  AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseReservationsResponse, ReleaseResponse,
+  ReservationsResponse, ReserveResponse, StatefulSetsResponse, StatusResponse,
+} from "./types";
+
+export const DEFAULT_SOCKET = "/run/berth/ipamd.sock";
+
+/** The daemon could not be reached (no socket, nobody listening, or no answer in time). */
+export class IpamdUnreachable extends Error {
+  constructor(readonly socketPath: string, readonly reason: string) {
+    super(`ipamd is not reachable on ${socketPath}: ${reason}. Is ipamd running (and is this the right --socket)?`);
+    this.name = "IpamdUnreachable";
+  }
+}
+
+/** The daemon answered with an error. */
+export class IpamdError extends Error {
+  constructor(readonly code: string, message: string, readonly httpStatus: number, readonly field?: string) {
+    super(message);
+    this.name = "IpamdError";
+  }
+}
+
+export interface ClientOptions {
+  timeoutMs?: number;
+  /** Reuse connections (for many calls from one process, e.g. ipamctl scripts, benchmarks). */
+  keepAlive?: boolean;
+}
+
+export interface Attachment { containerID: string; ifName: string; network: string }
+export interface AllocateArgs extends Attachment {
+  podNamespace?: string; podName?: string; podUID?: string; pools?: string[]; ips?: string[];
+}
+export interface ReservationFilter {
+  namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
+  state?: "attached" | "detached"; limit?: number;
+}
+
+export class IpamdClient {
+  private readonly timeoutMs: number;
+  private readonly agent?: Agent;
+
+  constructor(readonly socketPath: string = DEFAULT_SOCKET, options: ClientOptions = {}) {
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    if (options.keepAlive) this.agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  }
+
+  allocate(args: AllocateArgs): Promise<AllocateResponse> { return this.call("POST", "/v1/allocate", args); }
+  release(args: Attachment): Promise<ReleaseResponse> { return this.call("POST", "/v1/release", args); }
+  check(args: Attachment): Promise<AllocateResponse> { return this.call("POST", "/v1/check", args); }
+  gc(network: string, validAttachments: { containerID: string; ifName: string }[]): Promise<GcResponse> {
+    return this.call("POST", "/v1/gc", { network, validAttachments });
+  }
+  status(): Promise<StatusResponse> { return this.call("GET", "/v1/status"); }
+  pools(): Promise<{ pools: PoolUsage[] }> { return this.call("GET", "/v1/pools"); }
+  pool(name: string): Promise<{ pool: PoolUsage }> { return this.call("GET", `/v1/pools/${encodeURIComponent(name)}`); }
+  reservations(filter: ReservationFilter = {}): Promise<ReservationsResponse> {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(filter)) if (v !== undefined && v !== "") q.set(k, String(v));
+    const qs = q.toString();
+    return this.call("GET", `/v1/reservations${qs ? `?${qs}` : ""}`);
+  }
+  reserve(args: { namespace: string; statefulset: string; replicas: number; pools?: string[]; network?: string }): Promise<ReserveResponse> {
+    return this.call("POST", "/v1/reservations/reserve", args);
+  }
+  pin(args: { namespace: string; statefulset: string; ordinal: number; ip: string; force?: boolean }): Promise<PinResponse> {
+    return this.call("POST", "/v1/reservations/pin", args);
+  }
+  releaseReservations(args: { ip?: string; namespace?: string; statefulset?: string; ordinal?: number; pool?: string; force?: boolean }): Promise<ReleaseReservationsResponse> {
+    return this.call("POST", "/v1/reservations/release", args);
+  }
+  statefulSets(): Promise<StatefulSetsResponse> { return this.call("GET", "/v1/statefulsets"); }
+  registerStatefulSet(namespace: string, statefulset: string): Promise<unknown> {
+    return this.call("POST", "/v1/statefulsets/register", { namespace, statefulset });
+  }
+  unregisterStatefulSet(namespace: string, statefulset: string): Promise<{ unregistered: boolean }> {
+    return this.call("POST", "/v1/statefulsets/unregister", { namespace, statefulset });
+  }
+  async metrics(): Promise<string> { return this.raw("GET", "/metrics").then((r) => r.body); }
+
+  close(): void { this.agent?.destroy(); }
+
+  async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
+    const res = await this.raw(method, path, body === undefined ? undefined : JSON.stringify(body));
+    let parsed: unknown;
+    try { parsed = JSON.parse(res.body); } catch {
+      throw new IpamdError("bad_response", `ipamd answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON`, res.status);
+    }
+    if (res.status >= 200 && res.status < 300) return parsed as T;
+    const err = (parsed as { error?: { code?: string; message?: string; field?: string } }).error ?? {};
+    throw new IpamdError(err.code ?? "unknown", err.message ?? `HTTP ${res.status}`, res.status, err.field);
+  }
+
+  raw(method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string | number> = { accept: "application/json" };
+      if (body !== undefined) { headers["content-type"] = "application/json"; headers["content-length"] = Buffer.byteLength(body); }
+      const req = request({ socketPath: this.socketPath, method, path, headers, agent: this.agent ?? false }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => { clearTimeout(timer); resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }); });
+        res.on("error", (e) => { clearTimeout(timer); reject(new IpamdUnreachable(this.socketPath, e.message)); });
+      });
+      const timer = setTimeout(() => {
+        req.destroy(new Error(`no answer within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      req.on("error", (e: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        const reason = e.code === "ENOENT" ? "the socket does not exist"
+          : e.code === "ECONNREFUSED" ? "nothing is listening on the socket (connection refused)"
+          : e.code === "EACCES" ? "permission denied on the socket (run as root or a member of its group)"
+          : e.message;
+        reject(new IpamdUnreachable(this.socketPath, reason));
+      });
+      if (body !== undefined) req.write(body);
+      req.end();
+    });
+  }
+}

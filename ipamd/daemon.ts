@@ -1,0 +1,62 @@
+// Wires config, store, allocator, API server, metrics and the TTL reaper together.
+import { createServer, type Server } from "node:http";
+import type { Logger } from "pino";
+import { Allocator } from "./allocator";
+import type { Config } from "./config";
+import { Metrics } from "./metrics";
+import { ApiServer } from "./server";
+import { openStore } from "./store";
+
+export interface Daemon { close(): Promise<void> }
+
+export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
+  const db = openStore(config.database);
+  const allocator = new Allocator(db, config);
+  allocator.onTakeover = (row, req) => log.warn({ owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
+    "sticky reservation moved to a new container while the old one was still attached");
+  const metrics = new Metrics(() => allocator.poolUsage(Date.now()));
+  const api = new ApiServer({ config, db, log, metrics, allocator });
+  await api.listen(config.socket);
+
+  let metricsServer: Server | undefined;
+  if (config.metricsAddress) {
+    const i = config.metricsAddress.lastIndexOf(":");
+    const host = config.metricsAddress.slice(0, i).replace(/^\[|\]$/g, "");
+    const port = Number(config.metricsAddress.slice(i + 1));
+    metricsServer = createServer((req, res) => {
+      if (req.method === "GET" && req.url === "/metrics") {
+        void metrics.registry.metrics().then((text) => { res.writeHead(200, { "content-type": metrics.registry.contentType }); res.end(text); });
+      } else { res.writeHead(404, { "content-type": "text/plain" }); res.end("only /metrics is served here\n"); }
+    });
+    await new Promise<void>((resolve, reject) => {
+      metricsServer!.once("error", (e) => reject(new Error(`cannot listen for metrics on ${config.metricsAddress}: ${e.message}`)));
+      metricsServer!.listen(port, host, () => resolve());
+    });
+  }
+
+  let reaper: NodeJS.Timeout | undefined;
+  if (config.detachedTtlMs > 0) {
+    const every = Math.max(1000, Math.min(60_000, Math.floor(config.detachedTtlMs / 4)));
+    reaper = setInterval(() => {
+      api.commit.submit(() => allocator.reapExpired(Date.now()))
+        .then((ips) => { if (ips.length) log.info({ ips }, "released detached reservations past their TTL"); })
+        .catch((e) => log.error({ err: e }, "TTL reaper failed"));
+    }, every);
+    reaper.unref();
+  }
+
+  log.info({
+    socket: config.socket, database: config.database, labels: config.nodeLabels,
+    pools: allocator.nodePools.map((p) => p.name), metrics: config.metricsAddress,
+  }, "ipamd serving");
+
+  return {
+    async close() {
+      if (reaper) clearInterval(reaper);
+      await api.close();
+      if (metricsServer) await new Promise<void>((r) => metricsServer!.close(() => r()));
+      db.pragma("wal_checkpoint(TRUNCATE)");
+      db.close();
+    },
+  };
+}

@@ -1,0 +1,75 @@
+// ipamd entry point: node-local IPAM daemon for Berth.
+import { unlinkSync } from "node:fs";
+import { Command } from "commander";
+import pino from "pino";
+import { ConfigError, loadConfig } from "./config";
+import { startDaemon } from "./daemon";
+import { VERSION } from "./server";
+import { StoreError } from "./store";
+
+function collectLabel(value: string, previous: Record<string, string>): Record<string, string> {
+  const i = value.indexOf("=");
+  if (i <= 0) throw new Error(`--node-label ${value}: expected key=value`);
+  return { ...previous, [value.slice(0, i)]: value.slice(i + 1) };
+}
+
+async function main(): Promise<void> {
+  const program = new Command("ipamd")
+    .description("Berth node-local IPAM daemon")
+    .version(VERSION)
+    .option("--config <path>", "config file", "/etc/berth/ipamd.json")
+    .option("--socket <path>", "unix socket to serve (default from config, else /run/berth/ipamd.sock)")
+    .option("--db <path>", "SQLite database file (default from config, else /var/lib/berth/ipamd.db)")
+    .option("--node-name <name>", "this node's name (default from config or $NODE_NAME)")
+    .option("--node-label <key=value>", "a node label (repeatable; overrides the config's labels)", collectLabel, {})
+    .option("--metrics-address <host:port>", "also serve GET /metrics on this TCP address")
+    .option("--log-file <path>", "write JSON logs to this file instead of stderr")
+    .parse();
+  const opts = program.opts<{
+    config: string; socket?: string; db?: string; nodeName?: string; nodeLabel: Record<string, string>;
+    metricsAddress?: string; logFile?: string;
+  }>();
+
+  let config;
+  try {
+    config = loadConfig(opts.config, {
+      socket: opts.socket, database: opts.db, nodeName: opts.nodeName,
+      nodeLabels: Object.keys(opts.nodeLabel).length ? opts.nodeLabel : undefined,
+      metricsAddress: opts.metricsAddress, logFile: opts.logFile,
+    });
+  } catch (e) {
+    if (e instanceof ConfigError) { process.stderr.write(`ipamd: ${e.message}\n`); process.exit(2); }
+    throw e;
+  }
+  const log = pino({ base: { service: "ipamd", node: config.nodeName } },
+    pino.destination({ dest: config.logFile ?? 2, sync: true, mkdir: true }));
+
+  let daemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (e) {
+    const msg = e instanceof StoreError ? e.message : `cannot start: ${(e as Error).message}`;
+    log.fatal(msg);
+    process.stderr.write(`ipamd: ${msg}\n`);
+    process.exit(1);
+  }
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down");
+    const force = setTimeout(() => { log.error("shutdown took too long; exiting"); process.exit(1); }, 15_000);
+    force.unref();
+    daemon.close().then(() => {
+      try { unlinkSync(config.socket); } catch { /* already gone */ }
+      log.info("stopped");
+      process.exit(0);
+    }, (e) => { log.error({ err: e }, "shutdown failed"); process.exit(1); });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("uncaughtException", (e) => { log.fatal({ err: e }, "uncaught exception"); process.exit(70); });
+}
+
+void main();

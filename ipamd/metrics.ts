@@ -1,0 +1,47 @@
+// Prometheus metrics (own registry, so tests and embedders never collide with the default one).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { PoolUsage } from "./types";
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly allocationSeconds = new Histogram({
+    name: "berth_ipamd_allocation_duration_seconds",
+    help: "Time from receiving an allocate request to sending its committed reply",
+    buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
+  readonly requests = new Counter({
+    name: "berth_ipamd_requests_total", help: "Requests by route and HTTP status",
+    labelNames: ["route", "status"], registers: [this.registry],
+  });
+  readonly errors = new Counter({
+    name: "berth_ipamd_errors_total", help: "Error replies by error code",
+    labelNames: ["code"], registers: [this.registry],
+  });
+  readonly batchSize = new Histogram({
+    name: "berth_ipamd_commit_batch_size", help: "Requests applied per group-commit transaction",
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], registers: [this.registry],
+  });
+  readonly commitSeconds = new Histogram({
+    name: "berth_ipamd_commit_duration_seconds", help: "Duration of one group-commit transaction including fsync",
+    buckets: [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25], registers: [this.registry],
+  });
+
+  constructor(usage: () => PoolUsage[]) {
+    collectDefaultMetrics({ register: this.registry, prefix: "berth_ipamd_" });
+    const poolGauge = (name: string, help: string, pick: (u: PoolUsage) => number): void => {
+      new Gauge({
+        name, help, labelNames: ["pool"], registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const u of usage()) this.set({ pool: u.name }, pick(u));
+        },
+      });
+    };
+    poolGauge("berth_ipamd_pool_used_addresses", "Addresses attached to running containers", (u) => u.used);
+    poolGauge("berth_ipamd_pool_reserved_addresses", "Addresses held by detached reservations (sticky, reserved ahead, pinned)", (u) => u.reserved);
+    poolGauge("berth_ipamd_pool_cooling_addresses", "Released addresses waiting for the cooldown", (u) => u.cooling);
+    poolGauge("berth_ipamd_pool_free_addresses", "Addresses available now", (u) => Number(u.free));
+    poolGauge("berth_ipamd_pool_size_addresses", "Usable addresses in the pool", (u) => Number(u.total));
+  }
+}

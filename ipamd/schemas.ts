@@ -1,0 +1,90 @@
+// zod schemas of every request body the daemon accepts.
+import { z } from "zod";
+import { parseCidr, parseIp } from "./ip";
+
+const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const dnsSubdomain = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+
+export const namespaceField = z.string().max(63).regex(dnsLabel, {
+  message: "must be a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)",
+});
+export const statefulSetField = z.string().max(253).regex(dnsSubdomain, {
+  message: "must be a Kubernetes object name (lowercase letters, digits, '-' and '.')",
+});
+const containerID = z.string().min(1).max(256).regex(/^[A-Za-z0-9][A-Za-z0-9_.\-]*$/, {
+  message: "must be the runtime's container ID (letters, digits, '_', '.', '-')",
+});
+const ifName = z.string().min(1).max(15).regex(/^[^\s/:]+$/, {
+  message: "must be a Linux interface name (1-15 characters, no '/', ':' or spaces)",
+});
+const network = z.string().min(1).max(253);
+const poolName = z.string().min(1).max(63);
+const ipOrCidr = z.string().refine((s) => parseIp(s) !== null || parseCidr(s) !== null, {
+  message: "must be an IP address, optionally with /prefix (e.g. 10.99.0.7 or 10.99.0.7/24)",
+});
+
+export const attachmentSchema = z.object({ containerID, ifName, network });
+
+export const allocateSchema = attachmentSchema.extend({
+  podNamespace: z.string().max(253).optional(),
+  podName: z.string().max(253).optional(),
+  podUID: z.string().max(64).optional(),
+  pools: z.array(poolName).max(16).optional(),
+  ips: z.array(ipOrCidr).max(2).optional(),
+});
+export type AllocateRequest = z.infer<typeof allocateSchema>;
+export type AttachmentRequest = z.infer<typeof attachmentSchema>;
+
+export const gcSchema = z.object({
+  network,
+  validAttachments: z.array(z.object({ containerID, ifName })).max(100_000),
+});
+export type GcRequest = z.infer<typeof gcSchema>;
+
+export const reserveSchema = z.strictObject({
+  namespace: namespaceField,
+  statefulset: statefulSetField,
+  replicas: z.number().int().min(0).max(10_000),
+  pools: z.array(poolName).max(16).optional(),
+  network: network.optional(),
+});
+export type ReserveRequest = z.infer<typeof reserveSchema>;
+
+export const pinSchema = z.strictObject({
+  namespace: namespaceField,
+  statefulset: statefulSetField,
+  ordinal: z.number().int().min(0).max(1_000_000),
+  ip: ipOrCidr,
+  force: z.boolean().optional(),
+});
+export type PinRequest = z.infer<typeof pinSchema>;
+
+export const releaseReservationSchema = z.strictObject({
+  ip: ipOrCidr.optional(),
+  namespace: namespaceField.optional(),
+  statefulset: statefulSetField.optional(),
+  ordinal: z.number().int().min(0).optional(),
+  pool: poolName.optional(),
+  force: z.boolean().optional(),
+}).superRefine((r, ctx) => {
+  if (!r.ip && !(r.namespace && r.statefulset)) {
+    ctx.addIssue({ code: "custom", path: ["ip"], message: "give either ip, or namespace and statefulset (optionally ordinal and pool)" });
+  }
+  if (r.ordinal !== undefined && !r.statefulset) {
+    ctx.addIssue({ code: "custom", path: ["statefulset"], message: "ordinal needs namespace and statefulset" });
+  }
+});
+export type ReleaseReservationRequest = z.infer<typeof releaseReservationSchema>;
+
+export const statefulSetSchema = z.strictObject({ namespace: namespaceField, statefulset: statefulSetField });
+export type StatefulSetRequest = z.infer<typeof statefulSetSchema>;
+
+export const reservationsQuerySchema = z.strictObject({
+  namespace: z.string().optional(),
+  statefulset: z.string().optional(),
+  pool: z.string().optional(),
+  owner: z.string().optional(),
+  ip: z.string().optional(),
+  state: z.enum(["attached", "detached"]).optional(),
+  limit: z.coerce.number().int().min(1).max(1_000_000).optional(),
+});

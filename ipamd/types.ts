@@ -1,0 +1,89 @@
+// Response shapes of the ipamd API, shared by the daemon, the client and ipamctl (types only).
+
+export interface AllocatedIp {
+  pool: string;
+  family: 4 | 6;
+  address: string; // "10.99.0.5/24"
+  gateway?: string;
+  vlan?: number;
+}
+
+export interface AllocateResponse {
+  owner: string;
+  sticky: boolean;
+  ips: AllocatedIp[];
+  routes: { dst: string; gw?: string }[];
+  dns: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
+}
+
+export interface ReleaseResponse { released: string[]; kept: string[] }
+export interface GcResponse { released: string[]; detached: string[] }
+
+export interface StatusResponse {
+  status: "ok";
+  version: string;
+  node: { name: string; labels: Record<string, string> };
+  pools: number;
+  poolsSelected: string[];
+  reservations: number;
+  uptimeSeconds: number;
+  database: string;
+  cooldownSeconds: number;
+  detachedTTLSeconds: number;
+}
+
+export interface PoolUsage {
+  name: string;
+  family: 4 | 6;
+  subnet: string;
+  gateway?: string;
+  vlan?: number;
+  networks?: string[];
+  selected: boolean; // this node's labels match the pool's selector
+  nodeSelector: unknown;
+  ranges: { start: string; end: string }[];
+  total: string; // decimal; may exceed 2^53 for IPv6
+  used: number; // attached to a running container
+  reserved: number; // held but detached (sticky, reserved ahead, pinned)
+  cooling: number; // released, waiting for the cooldown
+  free: string; // decimal: total - used - reserved - cooling
+  routes: { dst: string; gw?: string }[];
+  dns: Record<string, unknown>;
+}
+
+export interface Reservation {
+  ip: string;
+  address: string; // with prefix
+  pool: string;
+  family: 4 | 6;
+  owner: string;
+  kind: "statefulset" | "attachment";
+  sticky: boolean;
+  pinned: boolean;
+  state: "attached" | "detached";
+  namespace?: string;
+  statefulset?: string;
+  ordinal?: number;
+  containerID?: string;
+  ifName?: string;
+  network?: string;
+  podNamespace?: string;
+  podName?: string;
+  podUID?: string;
+  createdAt: string;
+  attachedAt?: string;
+  detachedAt?: string;
+}
+
+export interface ReservationsResponse { reservations: Reservation[]; truncated: boolean }
+export interface ReserveResponse {
+  statefulset: { namespace: string; name: string };
+  reservations: Reservation[];
+}
+export interface PinResponse { reservation: Reservation; released: string[] }
+export interface ReleaseReservationsResponse { released: Reservation[] }
+export interface StatefulSetsResponse {
+  statefulsets: { namespace: string; name: string; source: "config" | "api"; registeredAt?: string }[];
+}
+
+export interface ApiErrorBody { error: { code: string; message: string; field?: string } }

@@ -1,0 +1,149 @@
+// Builds ipamd/ipamctl with esbuild and runs a REAL daemon process on a REAL unix socket with a
+// REAL SQLite file in a temp dir.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { build } from "esbuild";
+import { IpamdClient } from "../../ipamd/client";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+// Inside the repo so the bundles' external imports (better-sqlite3, koffi) resolve to node_modules.
+const OUT_DIR = join(ROOT, "node_modules/.cache/berth-ipamd", String(process.pid));
+// The daemon runs on Node even when this helper runs under bun (bench script).
+const NODE = process.versions.bun ? "node" : process.execPath;
+
+let built: Promise<{ ipamd: string; ipamctl: string }> | undefined;
+
+/** With BERTH_DIST (make test), the shipped artifacts: dist/ipamd/ipamd.mjs and dist/bin/ipamctl. */
+function distArtifacts(): { ipamd: string; ipamctl: string } | undefined {
+  if (!process.env.BERTH_DIST) return undefined;
+  const dist = resolve(process.env.BERTH_DIST);
+  return { ipamd: join(dist, "ipamd/ipamd.mjs"), ipamctl: join(dist, "bin/ipamctl") };
+}
+
+export function buildIpamd(): Promise<{ ipamd: string; ipamctl: string }> {
+  const dist = distArtifacts();
+  if (dist) return Promise.resolve(dist);
+  built ??= (async () => {
+    mkdirSync(OUT_DIR, { recursive: true });
+    const common = {
+      bundle: true, platform: "node" as const, format: "esm" as const, target: "node20",
+      external: ["better-sqlite3", "koffi", "@koromix/*"], logLevel: "error" as const,
+      banner: { js: "import { createRequire as __berthRequire } from 'node:module'; const require = __berthRequire(import.meta.url);" },
+    };
+    const ipamd = join(OUT_DIR, "ipamd.mjs");
+    const ipamctl = join(OUT_DIR, "ipamctl.mjs");
+    await build({ ...common, entryPoints: [join(ROOT, "ipamd/main.ts")], outfile: ipamd });
+    await build({ ...common, entryPoints: [join(ROOT, "ipamd/ipamctl-entry.ts")], outfile: ipamctl });
+    return { ipamd, ipamctl };
+  })();
+  return built;
+}
+
+export function cleanupBuild(): void {
+  rmSync(OUT_DIR, { recursive: true, force: true });
+}
+
+export interface DaemonHandle {
+  dir: string;
+  socket: string;
+  db: string;
+  configPath: string;
+  client: IpamdClient;
+  proc: ChildProcess;
+  stderr(): string;
+  /** SIGTERM and wait for exit; returns the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait for exit. */
+  kill9(): Promise<void>;
+  /** Start again on the same socket/db/config. */
+  restart(extraArgs?: string[]): Promise<DaemonHandle>;
+}
+
+export interface StartOptions {
+  config: Record<string, unknown>;
+  dir?: string;
+  args?: string[];
+}
+
+const tempDirs: string[] = [];
+
+const running = new Set<ChildProcess>();
+
+/** Stops daemons still running, removes this process's temp dirs and bundles (for afterAll). */
+export async function cleanupIpamdTest(): Promise<void> {
+  await Promise.all([...running].map((p) => new Promise<void>((resolveExit) => {
+    if (p.exitCode !== null || p.signalCode !== null) { resolveExit(); return; }
+    p.once("exit", () => resolveExit());
+    p.kill("SIGTERM");
+  })));
+  for (const d of tempDirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  cleanupBuild();
+  built = undefined;
+}
+
+/** A temp dir removed when the test process exits (daemons are stopped by then). */
+export function makeTempDir(prefix = "berth-ipamd-"): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
+
+export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
+  const { ipamd } = await buildIpamd();
+  const dir = opts.dir ?? makeTempDir();
+  const configPath = join(dir, "ipamd.json");
+  const socket = join(dir, "run", "ipamd.sock");
+  const db = join(dir, "lib", "ipamd.db");
+  writeFileSync(configPath, JSON.stringify({ node: { name: "test-node" }, ...opts.config }, null, 2));
+  const args = [ipamd, "--config", configPath, "--socket", socket, "--db", db, ...(opts.args ?? [])];
+  const proc = spawn(NODE, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  proc.stderr!.on("data", (c: Buffer) => { err += c.toString(); });
+  running.add(proc);
+  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => { running.delete(proc); r(code); }));
+  const client = new IpamdClient(socket, { timeoutMs: 5000 });
+  const handle: DaemonHandle = {
+    dir, socket, db, configPath, client, proc,
+    stderr: () => err,
+    async stop() { proc.kill("SIGTERM"); return exited; },
+    async kill9() { proc.kill("SIGKILL"); await exited; },
+    restart: (extraArgs) => startIpamd({ ...opts, dir, args: extraArgs ?? opts.args }),
+  };
+  const deadline = Date.now() + 15_000;
+  let exitCode: number | null | undefined;
+  void exited.then((c) => { exitCode = c; });
+  for (;;) {
+    if (exitCode !== undefined) throw new Error(`ipamd exited with ${exitCode} before serving:\n${err}`);
+    try { await client.status(); return handle; } catch { /* not yet */ }
+    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error(`ipamd did not serve ${socket} within 15s:\n${err}`); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Runs ipamd expecting it to refuse to start; returns exit code and stderr. */
+export async function runIpamdExpectingFailure(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  const { ipamd } = await buildIpamd();
+  const r = spawnSync(NODE, [ipamd, ...args], { encoding: "utf8", timeout: 15_000 });
+  return { code: r.status, stderr: r.stderr };
+}
+
+/** Runs the ipamctl bundle; returns exit code, stdout, stderr. */
+export async function runIpamctl(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const { ipamctl } = await buildIpamd();
+  return new Promise((resolvePromise) => {
+    const [file, argv] = ipamctl.endsWith(".mjs") ? [NODE, [ipamctl, ...args]] : [ipamctl, args];
+    const p = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
+    p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
+    p.on("exit", (code) => resolvePromise({ code, stdout, stderr }));
+  });
+}
+
+/** A pool config with a v4 subnet, open to every node and network unless told otherwise. */
+export function v4Pool(name: string, subnet: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { name, subnet, ...extra };
+}

@@ -1,0 +1,67 @@
+// `make demo` (scripts/demo.sh on the built dist/) runs to the end, shows web-0 keeping its IP,
+// and leaves nothing behind: no namespaces, no links, no daemon, no temp dir; also on Ctrl-C.
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ROOT, pluginDir } from "../helpers/plugins";
+
+const DEMO = join(ROOT, "scripts/demo.sh");
+
+function leftovers(tag: string, workDir: string): string[] {
+  const found: string[] = [];
+  const netns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" });
+  for (const line of netns.split("\n")) if (line.startsWith(`${tag}-`)) found.push(`netns ${line}`);
+  const links = JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string }[];
+  for (const l of links) if (l.ifname.startsWith(tag)) found.push(`link ${l.ifname}`);
+  if (existsSync(workDir)) found.push(`dir ${workDir}`);
+  const daemons = spawnSync("pgrep", ["-f", `${workDir}/ipamd.sock`], { encoding: "utf8" }).stdout.trim();
+  if (daemons) found.push(`ipamd pid ${daemons}`);
+  return found;
+}
+
+function tagAndWorkDir(output: string): { tag: string; workDir: string } {
+  const nic = /\b(bd\d+)nic \(veth\)/.exec(output);
+  const work = /state in (\/tmp\/berth-demo\.\w+)/.exec(output);
+  expect(nic, output).not.toBeNull();
+  expect(work, output).not.toBeNull();
+  return { tag: nic![1], workDir: work![1] };
+}
+
+describe("make demo", () => {
+  it("runs every step, web-0 keeps its IP, and nothing is left behind", () => {
+    pluginDir(); // the demo runs dist/: fail here with a clear message when it is not built
+    const r = spawnSync("bash", [DEMO], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+    const output = r.stdout + r.stderr;
+    expect(r.status, output).toBe(0);
+    for (const heading of ["1. ADD two pods", "2. ping from", "3. delete web-0", "4. what ipamd holds", "cleaning up"]) {
+      expect(output).toContain(heading);
+    }
+    const first = /web-0 \(netns \S+, container \w+\): eth0 UP (\d+\.\d+\.\d+\.\d+)\/24/.exec(output);
+    expect(first, output).not.toBeNull();
+    expect(output).toContain(`web-0 came back with the same IP: ${first![1]}`);
+    expect(output).toMatch(/2 packets transmitted, 2 received/);
+    expect(output).toMatch(/default\s+│\s+web\s+│\s+0/); // ipamctl reservations lists default/web/0
+    const { tag, workDir } = tagAndWorkDir(output);
+    expect(leftovers(tag, workDir)).toEqual([]);
+  }, 150_000);
+
+  it("cleans up when interrupted with Ctrl-C", async () => {
+    const child = spawn("bash", [DEMO], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`demo never reached step 2:\n${output}`)), 60_000);
+      child.stdout.on("data", () => {
+        if (output.includes("2. ping from")) { clearTimeout(timer); resolve(); }
+      });
+    });
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+    expect(code, output).toBe(130);
+    expect(output).toContain("interrupted");
+    const { tag, workDir } = tagAndWorkDir(output);
+    expect(leftovers(tag, workDir)).toEqual([]);
+  }, 90_000);
+});

@@ -1,0 +1,118 @@
+// The Kubernetes manifests, the install script and the systemd unit agree with the code:
+// binary names, paths, the socket, and config keys the daemon and the plugins accept.
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseAllDocuments } from "yaml";
+import { describe, expect, it } from "vitest";
+import { configSchema } from "../../ipamd/config";
+import { DEFAULT_SOCKET } from "../../ipamd/client";
+import { ROOT } from "../helpers/plugins";
+
+const K8S = join(ROOT, "conf/kubernetes");
+const PLUGINS = ["berth-macvlan", "berth-hostdev", "berth-sriov", "berth-ipam", "ipamctl"];
+
+function docs(file: string): any[] {
+  return parseAllDocuments(readFileSync(file, "utf8")).map((d) => {
+    expect(d.errors, `${file}: YAML errors`).toEqual([]);
+    return d.toJS();
+  });
+}
+const all = readdirSync(K8S).filter((f) => f.endsWith(".yaml")).flatMap((f) => docs(join(K8S, f)));
+const find = (kind: string) => all.find((d) => d.kind === kind);
+const daemonSet = find("DaemonSet");
+const configMap = find("ConfigMap");
+const pod = daemonSet.spec.template.spec;
+
+describe("conf/kubernetes", () => {
+  it("every document has apiVersion, kind and a name", () => {
+    for (const d of all) {
+      expect(d.apiVersion, JSON.stringify(d).slice(0, 80)).toBeTruthy();
+      expect(d.kind).toBeTruthy();
+      expect(d.metadata.name).toBeTruthy();
+    }
+  });
+
+  it("the DaemonSet mounts exactly the host paths it needs", () => {
+    expect(pod.hostNetwork).toBe(true);
+    const hostPaths = pod.volumes.filter((v: any) => v.hostPath).map((v: any) => v.hostPath.path).sort();
+    expect(hostPaths).toEqual(["/etc/cni/net.d", "/opt/cni/bin", "/run/berth", "/run/netns", "/var/lib/berth"]);
+    for (const c of [...pod.initContainers, ...pod.containers]) {
+      expect(c.securityContext.privileged ?? false).toBe(false);
+      expect(c.securityContext.allowPrivilegeEscalation).toBe(false);
+      expect(c.securityContext.capabilities.drop).toEqual(["ALL"]);
+      expect(c.securityContext.capabilities.add).toBeUndefined();
+    }
+  });
+
+  it("the probes ask ipamctl about the socket the daemon serves", () => {
+    const ipamd = pod.containers.find((c: any) => c.name === "ipamd");
+    const config = configSchema.parse(JSON.parse(configMap.data["ipamd.json"]));
+    expect(config.socket).toBe(DEFAULT_SOCKET);
+    for (const probe of [ipamd.readinessProbe, ipamd.livenessProbe]) {
+      expect(probe.exec.command).toEqual(["/usr/lib/berth/bin/ipamctl", "--socket", DEFAULT_SOCKET, "status"]);
+    }
+    const socketMount = ipamd.volumeMounts.find((m: any) => m.mountPath === "/run/berth");
+    expect(pod.volumes.find((v: any) => v.name === socketMount.name).hostPath.path).toBe("/run/berth");
+    expect(config.database?.startsWith("/var/lib/berth/")).toBe(true);
+    expect(ipamd.command.slice(0, 4)).toEqual(["node", "/usr/lib/berth/ipamd/ipamd.mjs", "--config", "/etc/berth/ipamd.json"]);
+  });
+
+  it("the ConfigMap's ipamd.json is a valid daemon config", () => {
+    const parsed = configSchema.safeParse(JSON.parse(configMap.data["ipamd.json"]));
+    expect(parsed.error?.issues ?? []).toEqual([]);
+  });
+
+  it("the ConfigMap's conflist uses plugins this build ships and points at the daemon's socket", () => {
+    const list = JSON.parse(configMap.data["10-berth.conflist"]);
+    expect(list.cniVersion).toBe("1.1.0");
+    for (const p of list.plugins) {
+      expect(PLUGINS).toContain(p.type);
+      if (p.ipam?.type === "berth-ipam") expect(p.ipam.socket ?? DEFAULT_SOCKET).toBe(DEFAULT_SOCKET);
+    }
+    const init = pod.initContainers.find((c: any) => c.name === "install-cni");
+    const env = Object.fromEntries(init.env.map((e: any) => [e.name, e.value]));
+    expect(env.CNI_CONFLIST).toBe("/etc/berth/10-berth.conflist");
+  });
+
+  it("RBAC only reads nodes, pods and statefulsets", () => {
+    const role = find("ClusterRole");
+    const granted = role.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}`)).sort();
+    expect(granted).toEqual(["/nodes", "/pods", "apps/statefulsets"]);
+    for (const r of role.rules) expect(r.verbs.sort()).toEqual(["get", "list", "watch"]);
+    expect(find("ServiceAccount").metadata.name).toBe(pod.serviceAccountName);
+  });
+
+  it("the install script and the Containerfile install every binary the build makes", () => {
+    const install = readFileSync(join(ROOT, "scripts/install-cni.sh"), "utf8");
+    const build = readFileSync(join(ROOT, "scripts/build.sh"), "utf8");
+    const makefile = readFileSync(join(ROOT, "Makefile"), "utf8");
+    for (const name of PLUGINS) {
+      expect(install).toContain(name);
+      expect(build).toContain(name);
+      expect(makefile).toContain(name);
+    }
+    const containerfile = readFileSync(join(K8S, "Containerfile"), "utf8");
+    expect(containerfile).toContain("COPY dist/bin/ /usr/lib/berth/bin/");
+    expect(containerfile).toContain("COPY dist/ipamd/ /usr/lib/berth/ipamd/");
+    expect(containerfile).toContain("COPY scripts/install-cni.sh /usr/lib/berth/install-cni.sh");
+    expect(pod.initContainers[0].command).toEqual(["/usr/lib/berth/install-cni.sh"]);
+  });
+
+  it("every Multus NetworkAttachmentDefinition holds a valid CNI config for a known plugin", () => {
+    const nads = readdirSync(join(K8S, "multus")).flatMap((f) => docs(join(K8S, "multus", f)));
+    const types = nads.map((n) => JSON.parse(n.spec.config).type).sort();
+    expect(types).toEqual(["berth-hostdev", "berth-macvlan", "berth-sriov", "ipvlan"]);
+    for (const n of nads) {
+      const conf = JSON.parse(n.spec.config);
+      expect(conf.cniVersion).toBe("1.1.0");
+      expect(conf.ipam.type).toBe("berth-ipam");
+    }
+  });
+
+  it("the systemd unit runs the installed daemon with the installed config", () => {
+    const unit = readFileSync(join(ROOT, "conf/systemd/berth-ipamd.service"), "utf8");
+    expect(unit).toContain("ExecStart=/usr/bin/node /usr/lib/berth/ipamd/ipamd.mjs --config /etc/berth/ipamd.json");
+    expect(unit).toMatch(/RuntimeDirectory=berth\n/);
+    expect(unit).toMatch(/StateDirectory=berth\n/);
+  });
+});
