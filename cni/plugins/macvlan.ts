@@ -1,0 +1,493 @@
+// berth-macvlan: puts a macvlan of a host NIC, or of its VLAN sub-interface master.vlan, into the
+// pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
+// before any link is made). See conf/cni/README-macvlan.md for the config keys.
+import { addAddress, listAddresses } from "../netlink/addr";
+import {
+  addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkName, setLinkUp,
+  type Link, type MacvlanMode,
+} from "../netlink/link";
+import { addRoute, listRoutes } from "../netlink/route";
+import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
+import { NetnsError, closeFd, ifaceSysctl, openNetnsFd, setSysctl, withNetns } from "../netns";
+import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
+import { canonicalCidr, canonicalIp, parseCidr } from "../spec/cidr";
+import { validateIfName } from "../spec/env";
+import { CniError, ErrorCode } from "../spec/errors";
+import { hasIpam, ipamAdd, ipamCheck, ipamDel, ipamGc, type IpamAllocation } from "../spec/ipam";
+import type { Logger } from "../spec/log";
+import { definePlugin, type CniContext } from "../spec/plugin";
+import type { NetConf } from "../spec/config";
+import type { IpConfig, Result, Route } from "../spec/result";
+import { withUndo } from "../spec/undo";
+import {
+  DEFAULT_STATE_DIR, attachmentKey, ensureVlanLink, readRecord, recordAttachment, recordNames, recordsHolding, releaseVlanLink, vlanLinkName,
+  withVlanLock,
+} from "./vlan";
+
+export type PodMacvlanMode = Exclude<MacvlanMode, "source">;
+const MODES: PodMacvlanMode[] = ["bridge", "private", "vepa", "passthru"];
+const DAD_TIMEOUT_MS = 5_000;
+
+export interface MacvlanConfig {
+  master: string;
+  /** 0: untagged on the master (unless the pool carries a VLAN) */
+  vlan: number;
+  mode: PodMacvlanMode;
+  /** 0: the parent's */
+  mtu: number;
+  mac?: string;
+  macFromIP: boolean;
+  stateDir: string;
+}
+
+function invalid(field: string, why: string, fix: string): CniError {
+  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
+}
+
+const MAC = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/;
+
+/** Lower-case colon form; code 7 for malformed, multicast or all-zero MACs. */
+export function normalizeMac(value: unknown, field: string): string {
+  if (typeof value !== "string" || !MAC.test(value)) {
+    throw invalid(field, `"${String(value)}" is not a MAC address`, "use the form 0a:58:0a:01:00:05");
+  }
+  const mac = value.toLowerCase().replace(/-/g, ":");
+  if (parseInt(mac.slice(0, 2), 16) & 1) {
+    throw invalid(field, `${mac} is a multicast MAC address`, "a pod needs a unicast MAC: the lowest bit of the first byte must be 0 (e.g. 0a:...)");
+  }
+  if (mac === "00:00:00:00:00:00") throw invalid(field, "is all zeros", "use a unicast MAC such as 0a:58:0a:01:00:05");
+  return mac;
+}
+
+export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
+  const raw = conf.raw;
+  if (typeof raw.master !== "string" || raw.master === "") {
+    throw invalid("master", "is missing", 'set "master" to the host NIC that carries the pod traffic, e.g. "master": "eth0"');
+  }
+  try {
+    validateIfName(raw.master);
+  } catch (e) {
+    throw invalid("master", `"${raw.master}" is not an interface name (${(e as CniError).message.replace(/^CNI_IFNAME /, "")})`,
+      "use the name of a host interface, 1-15 characters without '/', ':' or spaces");
+  }
+  const cfg: MacvlanConfig = { master: raw.master, vlan: 0, mode: "bridge", mtu: 0, macFromIP: false, stateDir: DEFAULT_STATE_DIR };
+
+  if (raw.vlan !== undefined && raw.vlan !== null) {
+    if (typeof raw.vlan !== "number" || !Number.isInteger(raw.vlan) || raw.vlan < 0 || raw.vlan > 4094) {
+      throw invalid("vlan", `${JSON.stringify(raw.vlan)} is not a VLAN ID`, "use an integer 1-4094, or 0 (or leave it out) for untagged traffic on the master or the pool's VLAN");
+    }
+    cfg.vlan = raw.vlan;
+  }
+  if (raw.mode !== undefined && raw.mode !== null && raw.mode !== "") {
+    if (typeof raw.mode !== "string" || !(MODES as string[]).includes(raw.mode)) {
+      throw invalid("mode", `${JSON.stringify(raw.mode)} is not a macvlan mode`, `use one of ${MODES.join(", ")} (default bridge)`);
+    }
+    cfg.mode = raw.mode as PodMacvlanMode;
+  }
+  if (raw.mtu !== undefined && raw.mtu !== null) {
+    if (typeof raw.mtu !== "number" || !Number.isInteger(raw.mtu) || (raw.mtu !== 0 && (raw.mtu < 68 || raw.mtu > 65535))) {
+      throw invalid("mtu", `${JSON.stringify(raw.mtu)} is not an MTU`, "use 68-65535 (at most the master's MTU), or 0 to use the master's MTU");
+    }
+    cfg.mtu = raw.mtu;
+  }
+  if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = normalizeMac(raw.mac, "mac");
+  if (raw.macFromIP !== undefined && raw.macFromIP !== null) {
+    if (typeof raw.macFromIP !== "boolean") throw invalid("macFromIP", `${JSON.stringify(raw.macFromIP)} is not true or false`, 'use "macFromIP": true');
+    cfg.macFromIP = raw.macFromIP;
+  }
+  if (cfg.macFromIP && !conf.ipam) {
+    throw invalid("macFromIP", "needs an ipam section", "macFromIP derives the MAC from the pod's IP; add ipam or remove macFromIP");
+  }
+  if (raw.stateDir !== undefined && raw.stateDir !== null) {
+    if (typeof raw.stateDir !== "string" || !raw.stateDir.startsWith("/")) {
+      throw invalid("stateDir", "is not an absolute path", `remove it to use ${DEFAULT_STATE_DIR}`);
+    }
+    cfg.stateDir = raw.stateDir;
+  }
+  return cfg;
+}
+
+/**
+ * The MAC derived from the pod's address, as ovn-kubernetes does: 0a:58 + the 4 bytes of the
+ * first IPv4 address (10.1.0.5 -> 0a:58:0a:01:00:05); without IPv4, the last 4 bytes of the first
+ * IPv6 address. A sticky IP that comes back brings the same MAC, so switches' and neighbours' ARP
+ * caches stay right.
+ */
+export function macFromIp(addresses: string[]): string | undefined {
+  const cidrs = addresses.map(parseCidr).filter((c) => c !== undefined);
+  const v4 = cidrs.find((c) => c.family === 4);
+  let bytes: number[] | undefined;
+  if (v4) bytes = v4.ip.split(".").map(Number);
+  else {
+    const v6 = cidrs.find((c) => c.family === 6);
+    if (v6) {
+      const groups = canonicalIp(v6.ip);
+      const full = expandV6(groups);
+      bytes = [full[6]! >> 8, full[6]! & 255, full[7]! >> 8, full[7]! & 255];
+    }
+  }
+  if (!bytes) return undefined;
+  return ["0a", "58", ...bytes.map((b) => b.toString(16).padStart(2, "0"))].join(":");
+}
+
+function expandV6(ip: string): number[] {
+  const [head, tail] = ip.includes("::") ? ip.split("::") as [string, string] : [ip, undefined];
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const fill = tail !== undefined ? Array(8 - h.length - t.length).fill("0") : [];
+  return [...h, ...fill, ...t].map((g) => parseInt(g, 16));
+}
+
+type Ctx = CniContext<MacvlanConfig>;
+
+/** Kernel and namespace failures as CNI errors naming what was attempted. */
+function kernelError(e: unknown, doing: string): unknown {
+  if (e instanceof CniError) return e;
+  if (e instanceof NetlinkError) {
+    return new CniError(ErrorCode.NetlinkFailure, `${doing}: ${e.message}`, "see the kernel's reason above; the plugin log (logFile) has the details");
+  }
+  if (e instanceof NetnsError) {
+    return new CniError(ErrorCode.NetnsFailure, `${doing}: ${e.message}`, "check CNI_NETNS: the container's network namespace must exist");
+  }
+  return e;
+}
+
+function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
+  const master = findLinkByName(nl, cfg.master);
+  if (!master) {
+    throw invalid("master", `"${cfg.master}" does not exist in the host network namespace`,
+      "set master to an existing host interface (see `ip link show`); the NIC may have another name on this node");
+  }
+  return master;
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const cfg = ctx.pluginConfig;
+  const log = ctx.log;
+  // Everything that can be refused is refused before anything changes.
+  const host = NetlinkSocket.open();
+  try {
+    const master = lookupMaster(host, cfg);
+    if (cfg.mtu > master.mtu) {
+      throw invalid("mtu", `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
+        `use at most ${master.mtu}, or 0 for the master's MTU`);
+    }
+    const requested = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
+    const existing = withNetns(ctx.netns, (nl) => findLinkByName(nl, ctx.ifName));
+    if (existing) {
+      throw new CniError(ErrorCode.DeviceBusy, `interface "${ctx.ifName}" already exists in network namespace ${ctx.netns}`,
+        "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
+    }
+
+    return await withUndo(log, async (undo) => {
+      const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
+      const addresses = (alloc?.result.ips ?? []).map((ip) => ip.address);
+      if (cfg.vlan && alloc?.vlan && alloc.vlan !== cfg.vlan) {
+        log.warn("the config's vlan overrides the pool's", { configVlan: cfg.vlan, poolVlan: alloc.vlan });
+      }
+      const vlan = cfg.vlan || alloc?.vlan || 0;
+      let mac = requested ?? cfg.mac;
+      if (!mac && cfg.macFromIP) {
+        mac = macFromIp(addresses);
+        if (!mac) throw invalid("macFromIP", "is set but IPAM returned no address", "configure IPAM to return an address, or remove macFromIP");
+      }
+      const tmpName = `bmv${Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0")}`;
+      const netnsFd = openNetnsFd(ctx.netns);
+      try {
+        const create = (parent: Link) => {
+          createMacvlan(host, ctx, cfg, parent, tmpName, mac, netnsFd);
+          undo.push(`delete macvlan ${tmpName}/${ctx.ifName} in ${ctx.netns}`, () => deletePodLink(ctx, [tmpName, ctx.ifName], log));
+        };
+        if (vlan) {
+          const name = vlanLinkName(master.name, vlan);
+          const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
+          withVlanLock(cfg.stateDir, name, () => {
+            const { link } = ensureVlanLink(host, master, vlan, name, log);
+            recordAttachment(cfg.stateDir, name, master.name, vlan, key);
+            undo.push(`release VLAN sub-interface ${name}`, () => releaseVlanLink(cfg.stateDir, name, key, log));
+            if (cfg.mtu > link.mtu) {
+              throw invalid("mtu", `${cfg.mtu} is larger than the MTU of VLAN sub-interface ${name} (${link.mtu})`, `use at most ${link.mtu}, or 0`);
+            }
+            create(link);
+          });
+        } else {
+          create(master);
+        }
+      } finally {
+        closeFd(netnsFd);
+      }
+      const link = withNetns(ctx.netns, (nl) => configurePod(nl, ctx, tmpName, alloc));
+      return {
+        interfaces: [{ name: ctx.ifName, mac: link.mac, mtu: link.mtu, sandbox: ctx.netns }],
+        ips: (alloc?.result.ips ?? []).map((ip): IpConfig => ({ ...ip, interface: 0 })),
+        routes: alloc?.result.routes ?? [],
+        dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
+      };
+    });
+  } catch (e) {
+    throw kernelError(e, `berth-macvlan ADD ${ctx.ifName} on ${cfg.master}`);
+  } finally {
+    host.close();
+  }
+}
+
+function createMacvlan(host: NetlinkSocket, ctx: Ctx, cfg: MacvlanConfig, parent: Link, tmpName: string, mac: string | undefined, netnsFd: number): void {
+  try {
+    addMacvlan(host, {
+      name: tmpName, parentIndex: parent.index, mode: cfg.mode, netnsFd,
+      ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(mac ? { mac } : {}),
+    });
+  } catch (e) {
+    if (cfg.mode === "passthru" && isNetlinkError(e, "EINVAL", "EBUSY")) {
+      throw new CniError(ErrorCode.DeviceBusy, `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
+        `passthru mode gives the whole parent to one pod and allows one macvlan only; ${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`);
+    }
+    if (isNetlinkError(e, "EADDRINUSE", "EADDRNOTAVAIL") && mac) {
+      throw new CniError(ErrorCode.InvalidConfig, `cannot use MAC ${mac} for the pod on ${parent.name}: ${(e as Error).message}`,
+        "another macvlan on this parent already has that MAC; pick a different mac (runtimeConfig.mac, CNI_ARGS MAC or mac)");
+    }
+    throw kernelError(e, `create macvlan (mode ${cfg.mode}) on ${parent.name} in ${ctx.netns}`);
+  }
+}
+
+/** Inside the pod namespace: rename, sysctls, addresses, up, DAD, routes. Returns the final link. */
+function configurePod(nl: NetlinkSocket, ctx: Ctx, tmpName: string, alloc: IpamAllocation | undefined): Link {
+  const { ifName, log } = ctx;
+  const tmp = getLinkByName(nl, tmpName);
+  try {
+    setLinkName(nl, tmp.index, ifName);
+  } catch (e) {
+    if (isNetlinkError(e, "EEXIST")) {
+      throw new CniError(ErrorCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${ctx.netns}`,
+        "another plugin created it meanwhile; CNI_IFNAME must name a new interface in the pod");
+    }
+    throw e;
+  }
+  const ips = alloc?.result.ips ?? [];
+  const hasV6 = ips.some((ip) => parseCidr(ip.address)?.family === 6);
+  // Neighbours learn the (possibly new) MAC of a returning IP at once: gratuitous ARP and
+  // unsolicited NA when the link comes up with its addresses.
+  setSysctl(ifaceSysctl(4, ifName, "arp_notify"), 1);
+  if (hasV6) {
+    for (const dev of ["lo", ifName]) {
+      try {
+        setSysctl(ifaceSysctl(6, dev, "disable_ipv6"), 0);
+      } catch (e) {
+        throw new CniError(ErrorCode.NetnsFailure, `cannot enable IPv6 on ${dev} in ${ctx.netns}: ${(e as Error).message}`,
+          "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)");
+      }
+    }
+    setSysctl(ifaceSysctl(6, ifName, "ndisc_notify"), 1);
+  }
+  // Addresses before up, so that arp_notify announces them as the link comes up.
+  for (const ip of ips) addAddress(nl, { index: tmp.index, cidr: ip.address });
+  setLinkUp(nl, tmp.index);
+  if (hasV6) waitForDad(nl, ctx, tmp.index, ips);
+  addRoutes(nl, tmp.index, ips, alloc?.result.routes ?? [], log);
+  return getLinkByName(nl, ifName);
+}
+
+/** Real duplicate address detection: wait until no address is tentative; fail on dadfailed. */
+function waitForDad(nl: NetlinkSocket, ctx: Ctx, index: number, ips: IpConfig[]): void {
+  const want = new Set(ips.map((ip) => canonicalCidr(ip.address)).filter((c) => c.includes(":")));
+  const deadline = Date.now() + DAD_TIMEOUT_MS;
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    const mine = listAddresses(nl, { index, family: 6 }).filter((a) => want.has(canonicalCidr(a.cidr)));
+    const failed = mine.find((a) => a.dadFailed);
+    if (failed) {
+      throw new CniError(ErrorCode.IpamIpUnavailable, `IPv6 address ${failed.cidr} is already in use on the network: duplicate address detection failed on ${ctx.ifName}`,
+        "another host answers for this address; find it (ip -6 neigh) and remove the duplicate, or exclude the address from the pool");
+    }
+    if (!mine.some((a) => a.tentative)) return;
+    if (Date.now() > deadline) {
+      const link = findLinkByIndex(nl, index);
+      throw new CniError(ErrorCode.NetlinkFailure,
+        `duplicate address detection for ${mine.filter((a) => a.tentative).map((a) => a.cidr).join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
+        link && link.operState !== "up"
+          ? `${ctx.ifName} is ${link.operState}: the master (or its VLAN sub-interface) has no carrier; bring it up and check the cable/switch port`
+          : "the link may be losing packets; check the master and the switch port");
+    }
+    Atomics.wait(sleeper, 0, 0, 20);
+  }
+}
+
+const SCOPES: Record<number, "global" | "site" | "link" | "host"> = { 0: "global", 200: "site", 253: "link", 254: "host" };
+
+/**
+ * IPAM routes on the pod interface. A route without gw uses its family's gateway (as the
+ * reference plugins do); a gateway no address prefix of the interface covers (a /32 address, a
+ * gateway outside the subnet) is added on-link instead of failing with "Nexthop has invalid gateway".
+ */
+function addRoutes(nl: NetlinkSocket, index: number, ips: IpConfig[], routes: Route[], log: Logger): void {
+  const gw4 = ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === 4)?.gateway;
+  const gw6 = ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === 6)?.gateway;
+  const prefixes = ips.map((ip) => parseCidr(ip.address)!).filter(Boolean);
+  for (const r of routes) {
+    const family = parseCidr(r.dst)?.family;
+    const gw = r.gw ?? (family === 4 ? gw4 : gw6);
+    const onLink = gw !== undefined && !prefixes.some((p) => p.family === family && covers(p.ip, p.prefix, gw));
+    if (r.mtu || r.advmss) log.warn("route mtu/advmss are not applied", { route: r });
+    try {
+      addRoute(nl, {
+        dst: r.dst, index, ...(gw ? { gateway: gw } : {}), ...(onLink ? { onLink } : {}),
+        ...(r.priority !== undefined ? { metric: r.priority } : {}), ...(r.table !== undefined ? { table: r.table } : {}),
+        ...(r.scope !== undefined && SCOPES[r.scope] ? { scope: SCOPES[r.scope] } : {}),
+      });
+    } catch (e) {
+      if (isNetlinkError(e, "EEXIST")) continue; // listed twice by IPAM
+      throw e;
+    }
+  }
+}
+
+function covers(net: string, prefix: number, ip: string): boolean {
+  const a = bits(net), b = bits(ip);
+  if (a.length !== b.length) return false;
+  return a.slice(0, prefix) === b.slice(0, prefix);
+}
+
+function bits(ip: string): string {
+  if (!ip.includes(":")) return ip.split(".").map((o) => Number(o).toString(2).padStart(8, "0")).join("");
+  return expandV6(canonicalIp(ip)).map((g) => g.toString(2).padStart(16, "0")).join("");
+}
+
+/** Deletes the first of `names` that exists in the pod namespace; fine when the namespace is gone. */
+function deletePodLink(ctx: Ctx, names: string[], log: Logger): void {
+  if (!ctx.netns) return;
+  try {
+    withNetns(ctx.netns, (nl) => {
+      for (const name of names) {
+        const link = findLinkByName(nl, name);
+        if (!link) continue;
+        if (link.kind !== "macvlan") {
+          log.warn("pod interface is not a macvlan; leaving it", { name, kind: link.kind });
+          return;
+        }
+        try {
+          deleteLink(nl, link.index);
+        } catch (e) {
+          if (!isNetlinkError(e, "ENODEV")) throw e;
+        }
+        log.info("deleted pod interface", { name });
+        return;
+      }
+    });
+  } catch (e) {
+    // ENOENT: the namespace is gone, and its links with it. EINVAL: the path is no longer a netns.
+    if (e instanceof NetnsError && (e.code === "ENOENT" || e.code === "EINVAL")) {
+      log.info("pod network namespace is gone; nothing to delete", { netns: ctx.netns });
+      return;
+    }
+    throw e;
+  }
+}
+
+async function del(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  let ipamError: unknown;
+  if (hasIpam(ctx)) {
+    try {
+      await ipamDel(ctx);
+    } catch (e) {
+      ipamError = e; // still remove the interface; report the IPAM failure afterwards
+    }
+  }
+  try {
+    deletePodLink(ctx, [ctx.ifName], ctx.log);
+    const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
+    for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);
+  } catch (e) {
+    throw kernelError(e, `berth-macvlan DEL ${ctx.ifName}`);
+  }
+  if (ipamError) throw ipamError;
+}
+
+function mismatch(what: string, fix = "delete and re-create the pod sandbox to repair it"): CniError {
+  return new CniError(ErrorCode.CheckMismatch, what, fix);
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  const prev = requirePrevResult(ctx);
+  const alloc = hasIpam(ctx) ? await ipamCheck(ctx) : undefined;
+  const found = findInterface(prev, ctx.ifName, ctx.netns);
+  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
+  const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
+  const vlan = cfg.vlan || alloc?.vlan || 0;
+  const host = NetlinkSocket.open();
+  try {
+    const master = findLinkByName(host, cfg.master);
+    if (!master) throw mismatch(`master "${cfg.master}" no longer exists in the host network namespace`);
+    const pod = withNetns(ctx.netns, (nl) => {
+      const link = findLinkByName(nl, ctx.ifName);
+      if (!link) throw mismatch(`interface "${ctx.ifName}" does not exist in ${ctx.netns}`);
+      if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
+      if (link.macvlan?.mode !== cfg.mode) throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
+      const wantMac = found.iface.mac?.toLowerCase();
+      if (wantMac && link.mac !== wantMac) throw mismatch(`interface "${ctx.ifName}" has MAC ${link.mac}, prevResult says ${wantMac}`);
+      if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
+      const have = new Set(listAddresses(nl, { index: link.index }).map((a) => canonicalCidr(a.cidr)));
+      for (const ip of ips) {
+        if (!have.has(canonicalCidr(ip.address))) throw mismatch(`interface "${ctx.ifName}" lacks address ${ip.address} from prevResult`);
+      }
+      const routes = listRoutes(nl, { table: "all" });
+      const gw = (fam: 4 | 6) => ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === fam)?.gateway;
+      for (const r of prev.routes ?? []) {
+        const dst = canonicalCidr(r.dst);
+        const fam = parseCidr(r.dst)?.family as 4 | 6;
+        const via = r.gw ?? gw(fam);
+        const ok = routes.some((k) => canonicalCidr(k.dst) === dst && k.index === link.index
+          && (via === undefined ? k.gateway === undefined : k.gateway !== undefined && canonicalIp(k.gateway) === canonicalIp(via)));
+        if (!ok) throw mismatch(`route ${r.dst}${via ? ` via ${via}` : ""} dev ${ctx.ifName} from prevResult is missing in ${ctx.netns}`);
+      }
+      return link;
+    });
+    if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);
+    const parent = findLinkByIndex(host, pod.parentIndex);
+    if (vlan) {
+      const name = vlanLinkName(master.name, vlan);
+      if (!parent || parent.kind !== "vlan" || parent.vlan?.id !== vlan || parent.parentIndex !== master.index) {
+        throw mismatch(`interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parent ? `"${parent.name}"${parent.vlan ? ` (VLAN ${parent.vlan.id})` : ""}` : `ifindex ${pod.parentIndex} (gone)`}, expected "${name}"`);
+      }
+    } else if (!parent || parent.index !== master.index) {
+      throw mismatch(`interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`}`);
+    }
+  } catch (e) {
+    throw kernelError(e, `berth-macvlan CHECK ${ctx.ifName}`);
+  } finally {
+    host.close();
+  }
+}
+
+/**
+ * GC: IPAM's, then the VLAN records: attachments of this network the runtime no longer lists
+ * are dropped (a DEL that never came), and sub-interfaces Berth created that nobody uses go.
+ */
+async function gc(ctx: Ctx): Promise<void> {
+  if (hasIpam(ctx)) await ipamGc(ctx);
+  const cfg = ctx.pluginConfig;
+  const valid = new Set((ctx.conf.validAttachments ?? []).map((a) => attachmentKey(ctx.conf.name, a.containerID, a.ifname)));
+  const prefix = `${ctx.conf.name}/`;
+  try {
+    for (const name of recordNames(cfg.stateDir)) {
+      for (const key of readRecord(cfg.stateDir, name)?.attachments ?? []) {
+        if (key.startsWith(prefix) && !valid.has(key)) {
+          ctx.log.info("GC: dropping VLAN attachment the runtime no longer has", { subInterface: name, attachment: key });
+          releaseVlanLink(cfg.stateDir, name, key, ctx.log);
+        }
+      }
+    }
+  } catch (e) {
+    throw kernelError(e, "berth-macvlan GC");
+  }
+}
+
+export const macvlanPlugin = definePlugin<MacvlanConfig>({
+  name: "berth-macvlan",
+  parse: (conf) => parseMacvlanConfig(conf),
+  add,
+  del,
+  check,
+  gc,
+});

@@ -1,0 +1,138 @@
+// berth-macvlan with berth-ipam against a REAL ipamd: parallel ADDs, sticky StatefulSet IPs, the
+// pool's VLAN, and no leaked address on failure.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
+import { ipIn } from "../helpers/netns";
+import { addresses, cni, cniAsync, destroyLab, links, macvlan, macvlans, makeLab, newPod, podLink, routes, stateFiles, type Lab } from "./macvlan-fixture";
+
+let lab: Lab;
+let daemon: DaemonHandle;
+const stateDir = mkdtempSync(join(tmpdir(), "berth-macvlan-ipam-state-"));
+let seq = 0;
+
+const POOLS = [
+  { name: "lan-v4", subnet: "10.78.0.0/24", gateway: "10.78.0.1", ranges: [{ start: "10.78.0.10", end: "10.78.0.99" }],
+    routes: [{ dst: "0.0.0.0/0" }], dns: { nameservers: ["10.78.0.53"] }, networks: ["underlay"] },
+  { name: "tagged-v4", subnet: "10.79.0.0/24", gateway: "10.79.0.1", vlan: 301, networks: ["tagged"] },
+];
+
+function conf(extra: Record<string, unknown> = {}, name = "underlay") {
+  return { cniVersion: "1.1.0", name, type: "berth-macvlan", master: "m0", stateDir, ipam: { type: "berth-ipam", socket: daemon.socket }, ...extra };
+}
+
+const stsArgs = (pod: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${pod};K8S_POD_UID=uid-${pod}`;
+
+async function held(): Promise<string[]> {
+  const r = await daemon.client.reservations({});
+  return r.reservations.filter((x) => x.state === "attached").map((x) => x.ip).sort();
+}
+
+beforeAll(async () => {
+  lab = makeLab("mvi", ["10.78.0.1/24"]);
+  daemon = await startIpamd({ config: { pools: POOLS, statefulSets: [{ namespace: "default", name: "web" }], cooldownSeconds: 0 } });
+}, 120_000);
+
+afterAll(async () => {
+  destroyLab(lab);
+  await daemon?.stop();
+  if (daemon) rmSync(daemon.dir, { recursive: true, force: true });
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+describe("berth-macvlan + berth-ipam (real ipamd)", () => {
+  it("ADD / CHECK / DEL; the pool's gateway, routes and DNS reach the pod and the result", async () => {
+    const pod = newPod(lab);
+    const call = { containerId: `c-${seq++}`, netns: pod.path, ifName: "eth0", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-1" };
+    const add = cni(lab, macvlan(), { command: "ADD", config: conf(), ...call });
+    expect(add.code, add.stdout).toBe(0);
+    const ip = add.json.ips[0].address;
+    expect(ip).toMatch(/^10\.78\.0\.\d+\/24$/);
+    expect(add.json).toMatchObject({ interfaces: [{ name: "eth0", sandbox: pod.path }], ips: [{ interface: 0, gateway: "10.78.0.1" }],
+      routes: [{ dst: "0.0.0.0/0", gw: "10.78.0.1" }], dns: { nameservers: ["10.78.0.53"] } });
+    expect(addresses(pod)).toEqual([ip]);
+    expect(routes(pod)).toContainEqual({ dst: "default", gateway: "10.78.0.1", dev: "eth0", flags: [] });
+    expect(ipIn(pod, "netns", "exec", pod.name, "ping", "-c1", "-W2", "10.78.0.1")).toContain("1 received");
+    expect(cni(lab, macvlan(), { command: "CHECK", config: { ...conf(), prevResult: add.json }, ...call }).code).toBe(0);
+    expect(await held()).toContain(ip.split("/")[0]);
+    expect(cni(lab, macvlan(), { command: "STATUS", config: conf() }).code).toBe(0);
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(), ...call }).code).toBe(0);
+    expect(await held()).not.toContain(ip.split("/")[0]);
+    expect(podLink(pod)).toBeUndefined();
+  });
+
+  it("20 parallel ADDs on one master get 20 different IPs; parallel DELs free them", async () => {
+    const pods = Array.from({ length: 20 }, () => newPod(lab, "par"));
+    const calls = pods.map((p) => ({ containerId: `par-${seq++}`, netns: p.path, ifName: "eth0" }));
+    const adds = await Promise.all(calls.map((c) => cniAsync(lab, macvlan(), { command: "ADD", config: conf(), ...c })));
+    for (const a of adds) expect(a.code, a.stdout).toBe(0);
+    const ips = adds.map((a) => a.json.ips[0].address);
+    expect(new Set(ips).size).toBe(20);
+    pods.forEach((p, i) => expect(addresses(p)).toEqual([ips[i]]));
+    const macs = pods.map((p) => podLink(p)!.address);
+    expect(new Set(macs).size).toBe(20);
+    const dels = await Promise.all(calls.map((c) => cniAsync(lab, macvlan(), { command: "DEL", config: conf(), ...c })));
+    for (const d of dels) expect(d.code, d.stdout).toBe(0);
+    expect(await held()).toEqual([]);
+  }, 120_000);
+
+  it("sticky: web-0 of StatefulSet web gets the same IP (and with macFromIP the same MAC) after DEL and a new container", () => {
+    const config = conf({ macFromIP: true });
+    const first = newPod(lab);
+    const a1 = cni(lab, macvlan(), { command: "ADD", config, containerId: "web0-a", netns: first.path, ifName: "eth0", cniArgs: stsArgs("web-0") });
+    expect(a1.code, a1.stdout).toBe(0);
+    const ip = a1.json.ips[0].address;
+    const mac = podLink(first)!.address;
+    expect(mac).toBe(`0a:58:${ip.split("/")[0].split(".").map((o: string) => Number(o).toString(16).padStart(2, "0")).join(":")}`);
+    expect(cni(lab, macvlan(), { command: "DEL", config, containerId: "web0-a", netns: first.path, ifName: "eth0", cniArgs: stsArgs("web-0") }).code).toBe(0);
+    // others allocate meanwhile
+    const other = newPod(lab);
+    const o = cni(lab, macvlan(), { command: "ADD", config, containerId: "other-1", netns: other.path, ifName: "eth0" });
+    expect(o.json.ips[0].address).not.toBe(ip);
+    const second = newPod(lab);
+    const a2 = cni(lab, macvlan(), { command: "ADD", config, containerId: "web0-b", netns: second.path, ifName: "eth0", cniArgs: stsArgs("web-0") });
+    expect(a2.code, a2.stdout).toBe(0);
+    expect(a2.json.ips[0].address).toBe(ip);
+    expect(podLink(second)!.address).toBe(mac);
+    for (const [id, p, args] of [["other-1", other, undefined], ["web0-b", second, stsArgs("web-0")]] as const) {
+      expect(cni(lab, macvlan(), { command: "DEL", config, containerId: id, netns: p.path, ifName: "eth0", ...(args ? { cniArgs: args } : {}) }).code).toBe(0);
+    }
+  });
+
+  it("ADD when CNI_IFNAME exists leaves nothing behind: no IP held, no temporary link", async () => {
+    const pod = newPod(lab);
+    ipIn(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "x0");
+    const before = await held();
+    const add = cni(lab, macvlan(), { command: "ADD", config: conf(), containerId: "exists-1", netns: pod.path, ifName: "eth0" });
+    expect(add.json).toMatchObject({ code: 142 });
+    expect(await held()).toEqual(before);
+    expect(macvlans(pod)).toEqual([]);
+    expect(links(pod).map((l) => l.ifname).sort()).toEqual(["eth0", "lo", "x0"]);
+  });
+
+  it("the pool's VLAN is used when the config has none: on this kernel (no 8021q) the ADD fails cleanly and gives the IP back", async () => {
+    const pod = newPod(lab);
+    const before = await held();
+    const add = cni(lab, macvlan(), { command: "ADD", config: conf({}, "tagged"), containerId: "tagged-1", netns: pod.path, ifName: "eth0" });
+    expect(add.json).toMatchObject({ code: 140 });
+    expect(add.json.msg).toContain("m0.301");
+    expect(add.json.msg).toContain("8021q");
+    expect(await held()).toEqual(before);
+    expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
+    expect(links(lab.host).map((l) => l.ifname).sort()).toEqual(["lo", "m0"]);
+    expect(stateFiles(stateDir)).toEqual([]);
+  });
+
+  it("GC releases addresses of attachments the runtime no longer has", async () => {
+    const pod = newPod(lab);
+    const add = cni(lab, macvlan(), { command: "ADD", config: conf(), containerId: "gc-1", netns: pod.path, ifName: "eth0" });
+    expect(add.code, add.stdout).toBe(0);
+    const ip = add.json.ips[0].address.split("/")[0];
+    const gc = cni(lab, macvlan(), { command: "GC", config: { ...conf(), "cni.dev/valid-attachments": [] } });
+    expect(gc.code, gc.stdout).toBe(0);
+    expect(await held()).not.toContain(ip);
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(), containerId: "gc-1", netns: pod.path, ifName: "eth0" }).code).toBe(0);
+  });
+});

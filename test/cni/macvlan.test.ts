@@ -1,0 +1,359 @@
+// berth-macvlan through the BUILT executable, run like a runtime runs it, on real namespaces and
+// links: every config form, CHECK/DEL, failures that must leave nothing behind.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ipIn, removeNetns } from "../helpers/netns";
+import {
+  addresses, cni, destroyLab, links, macvlan, macvlans, makeLab, newPod, podLink, routes, stateFiles, type Lab,
+} from "./macvlan-fixture";
+
+let lab: Lab;
+const stateDir = mkdtempSync(join(tmpdir(), "berth-macvlan-state-"));
+let seq = 0;
+
+const staticIpam = (addrs = [{ address: "10.77.0.5/24", gateway: "10.77.0.1" }], routesList: unknown[] = [{ dst: "0.0.0.0/0" }]) =>
+  ({ type: "static", addresses: addrs, routes: routesList });
+
+function conf(extra: Record<string, unknown> = {}, version = "1.0.0") {
+  return { cniVersion: version, name: "underlay", type: "berth-macvlan", master: "m0", stateDir, ipam: staticIpam(), ...extra };
+}
+
+function attach(config: unknown, opts: { cniArgs?: string; ifName?: string } = {}) {
+  const pod = newPod(lab);
+  const call = { containerId: `ctr-${process.pid}-${seq++}`, netns: pod.path, ifName: opts.ifName ?? "eth0", ...(opts.cniArgs ? { cniArgs: opts.cniArgs } : {}) };
+  const add = cni(lab, macvlan(), { command: "ADD", config, ...call });
+  return { pod, call, add };
+}
+
+function withPrev(config: Record<string, unknown>, prevResult: unknown) {
+  return { ...config, prevResult };
+}
+
+beforeAll(() => {
+  lab = makeLab("mv");
+}, 120_000);
+
+afterAll(() => {
+  destroyLab(lab);
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+describe("berth-macvlan ADD / CHECK / DEL", () => {
+  it("VERSION lists the supported versions", () => {
+    const r = cni(lab, macvlan(), { command: "VERSION", config: "{}" });
+    expect(r.json).toEqual({ cniVersion: "1.1.0", supportedVersions: ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] });
+  });
+
+  it("untagged bridge-mode macvlan with static IPAM: interface, addresses, routes, result; CHECK; DEL twice", () => {
+    const config = conf({ dns: { nameservers: ["10.77.0.53"], search: ["svc.example"] } });
+    const { pod, call, add } = attach(config);
+    expect(add.stderr).toBe("");
+    expect(add.code, add.stdout).toBe(0);
+    const eth0 = podLink(pod)!;
+    expect(eth0.linkinfo?.info_kind).toBe("macvlan");
+    expect(eth0.linkinfo?.info_data?.mode).toBe("bridge");
+    expect(eth0.mtu).toBe(1500);
+    expect(eth0.operstate).toBe("UP");
+    expect(addresses(pod)).toEqual(["10.77.0.5/24"]);
+    expect(routes(pod)).toEqual([
+      { dst: "10.77.0.0/24", dev: "eth0", scope: "link", flags: [] },
+      { dst: "default", gateway: "10.77.0.1", dev: "eth0", flags: [] },
+    ]);
+    expect(add.json).toEqual({
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "eth0", mac: eth0.address, sandbox: pod.path }],
+      ips: [{ interface: 0, address: "10.77.0.5/24", gateway: "10.77.0.1" }],
+      routes: [{ dst: "0.0.0.0/0" }],
+      dns: { nameservers: ["10.77.0.53"], search: ["svc.example"] },
+    });
+    expect(ipIn(pod, "netns", "exec", pod.name, "sysctl", "-n", "net.ipv4.conf.eth0.arp_notify").trim()).toBe("1");
+    // The gateway answers: the pod is really on the master's L2.
+    expect(ipIn(pod, "netns", "exec", pod.name, "ping", "-c1", "-W2", "10.77.0.1")).toContain("1 received");
+
+    const chk = cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, add.json), ...call });
+    expect(chk.code, chk.stdout).toBe(0);
+
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+    expect(podLink(pod)).toBeUndefined();
+    const again = cni(lab, macvlan(), { command: "DEL", config, ...call });
+    expect(again.code, again.stdout).toBe(0);
+    expect(again.stdout).toBe("");
+  });
+
+  it("CHECK reports a changed MAC, a missing address and a missing route with code 120", () => {
+    const config = conf();
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    const wrongMac = { ...add.json, interfaces: [{ ...add.json.interfaces[0], mac: "0a:00:00:00:00:01" }] };
+    let r = cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, wrongMac), ...call });
+    expect(r.json).toMatchObject({ code: 120 });
+    expect(r.json.msg).toContain("MAC");
+    ipIn(pod, "addr", "del", "10.77.0.5/24", "dev", "eth0");
+    r = cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, add.json), ...call });
+    expect(r.json).toMatchObject({ code: 120 });
+    expect(r.json.msg).toContain("10.77.0.5/24");
+    r = cni(lab, macvlan(), { command: "CHECK", config: withPrev(conf({ mode: "private" }), add.json), ...call });
+    expect(r.json.code).toBe(120);
+    expect(r.json.msg).toContain("mode");
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+  });
+
+  for (const mode of ["bridge", "private", "vepa", "passthru"]) {
+    it(`mode ${mode}: ADD, CHECK, DEL`, () => {
+      const config = conf({ mode });
+      const { pod, call, add } = attach(config);
+      expect(add.code, add.stdout).toBe(0);
+      expect(podLink(pod)?.linkinfo?.info_data?.mode).toBe(mode);
+      expect(cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, add.json), ...call }).code).toBe(0);
+      expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+      expect(podLink(pod)).toBeUndefined();
+    });
+  }
+
+  it("mtu sets the pod's MTU; larger than the master's is refused with code 7 before anything changes", () => {
+    const { pod, call, add } = attach(conf({ mtu: 1400 }));
+    expect(add.code, add.stdout).toBe(0);
+    expect(podLink(pod)?.mtu).toBe(1400);
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf({ mtu: 1400 }), ...call }).code).toBe(0);
+
+    const big = attach(conf({ mtu: 9000 }));
+    expect(big.add.json).toMatchObject({ code: 7 });
+    expect(big.add.json.msg).toContain("mtu 9000 is larger than the MTU of master m0 (1500)");
+    expect(links(big.pod).map((l) => l.ifname)).toEqual(["lo"]);
+  });
+
+  it("MAC: runtimeConfig.mac > CNI_ARGS MAC > config mac", () => {
+    const cases = [
+      { config: conf({ mac: "0a:00:00:00:00:03", runtimeConfig: { mac: "0a:00:00:00:00:01" } }), cniArgs: "IgnoreUnknown=1;MAC=0a:00:00:00:00:02", want: "0a:00:00:00:00:01" },
+      { config: conf({ mac: "0a:00:00:00:00:03" }), cniArgs: "IgnoreUnknown=1;MAC=0a:00:00:00:00:02", want: "0a:00:00:00:00:02" },
+      { config: conf({ mac: "0A:00:00:00:00:03" }), cniArgs: undefined, want: "0a:00:00:00:00:03" },
+    ];
+    for (const c of cases) {
+      const { pod, call, add } = attach(c.config, { cniArgs: c.cniArgs });
+      expect(add.code, add.stdout).toBe(0);
+      expect(podLink(pod)?.address).toBe(c.want);
+      expect(add.json.interfaces[0].mac).toBe(c.want);
+      expect(cni(lab, macvlan(), { command: "CHECK", config: withPrev(c.config, add.json), ...call }).code).toBe(0);
+      expect(cni(lab, macvlan(), { command: "DEL", config: c.config, ...call }).code).toBe(0);
+    }
+  });
+
+  it("macFromIP derives 0a:58:<IPv4 bytes>; an explicit MAC still wins", () => {
+    const config = conf({ macFromIP: true, ipam: staticIpam([{ address: "10.77.0.9/24", gateway: "10.77.0.1" }]) });
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    expect(podLink(pod)?.address).toBe("0a:58:0a:4d:00:09");
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+    const explicit = attach({ ...config, mac: "0a:00:00:00:00:07" });
+    expect(podLink(explicit.pod)?.address).toBe("0a:00:00:00:00:07");
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...explicit.call }).code).toBe(0);
+  });
+
+  it("host-local IPAM through delegation: ADD, CHECK, DEL gives the address back", () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "berth-hl-"));
+    try {
+      const config = conf({ ipam: { type: "host-local", dataDir, ranges: [[{ subnet: "10.77.0.0/24", rangeStart: "10.77.0.100", rangeEnd: "10.77.0.110", gateway: "10.77.0.1" }]], routes: [{ dst: "0.0.0.0/0" }] } });
+      const a = attach(config);
+      expect(a.add.code, a.add.stdout).toBe(0);
+      expect(addresses(a.pod)).toEqual(["10.77.0.100/24"]);
+      expect(cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, a.add.json), ...a.call }).code).toBe(0);
+      expect(cni(lab, macvlan(), { command: "DEL", config, ...a.call }).code).toBe(0);
+      const b = attach(config);
+      expect(b.add.json.ips[0].address).toMatch(/^10\.77\.0\.10\d\/24$/);
+      expect(cni(lab, macvlan(), { command: "DEL", config, ...b.call }).code).toBe(0);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it("dual stack: IPv6 passes real DAD before ADD returns; default routes per family", () => {
+    const config = conf({ ipam: staticIpam(
+      [{ address: "10.77.0.6/24", gateway: "10.77.0.1" }, { address: "fd77::6/64", gateway: "fd77::1" }],
+      [{ dst: "0.0.0.0/0" }, { dst: "::/0" }]) }, "1.1.0");
+    // static speaks up to 1.0.0: run the config at 1.0.0 for IPAM but ask our result in 1.1.0 below
+    const cfg = { ...config, cniVersion: "1.0.0" };
+    const { pod, call, add } = attach(cfg);
+    expect(add.code, add.stdout).toBe(0);
+    expect(addresses(pod)).toEqual(["10.77.0.6/24", "fd77::6/64"]);
+    const [eth0] = JSON.parse(ipIn(pod, "-j", "-6", "addr", "show", "dev", "eth0"));
+    const v6 = eth0.addr_info.find((a: any) => a.local === "fd77::6");
+    expect(v6.tentative).toBeUndefined(); // DAD finished before ADD answered
+    expect(v6.dadfailed).toBeUndefined();
+    expect(routes(pod).filter((r) => r.dst === "default")).toEqual([
+      { dst: "default", gateway: "10.77.0.1", dev: "eth0", flags: [] },
+      { dst: "default", gateway: "fd77::1", dev: "eth0", flags: [] },
+    ]);
+    expect(ipIn(pod, "netns", "exec", pod.name, "ping", "-6", "-c1", "-W2", "fd77::1")).toContain("1 received");
+    expect(cni(lab, macvlan(), { command: "CHECK", config: withPrev(cfg, add.json), ...call }).code).toBe(0);
+    expect(cni(lab, macvlan(), { command: "DEL", config: cfg, ...call }).code).toBe(0);
+  });
+
+  it("a duplicate IPv6 address fails DAD: error naming it, nothing left in the pod", () => {
+    ipIn(lab.lan, "addr", "add", "fd77::66/64", "dev", "lan0", "nodad");
+    try {
+      const config = conf({ ipam: staticIpam([{ address: "fd77::66/64", gateway: "fd77::1" }], []) });
+      const { pod, add } = attach(config);
+      expect(add.json).toMatchObject({ code: 104 });
+      expect(add.json.msg).toContain("fd77::66/64");
+      expect(add.json.msg).toContain("duplicate address detection failed");
+      expect(macvlans(pod)).toEqual([]);
+    } finally {
+      ipIn(lab.lan, "addr", "del", "fd77::66/64", "dev", "lan0");
+    }
+  });
+
+  it("a gateway outside the pod's prefix is routed on-link", () => {
+    const config = conf({ ipam: staticIpam([{ address: "10.77.0.7/32", gateway: "10.77.0.1" }]) });
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    expect(routes(pod)).toContainEqual({ dst: "default", gateway: "10.77.0.1", dev: "eth0", flags: ["onlink"] });
+    expect(cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, add.json), ...call }).code).toBe(0);
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+  });
+
+  it("result conversion to every supported version", () => {
+    for (const version of ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]) {
+      const config = conf({}, version);
+      const { pod, call, add } = attach(config);
+      expect(add.code, add.stdout).toBe(0);
+      const mac = podLink(pod)!.address;
+      const ip = version.startsWith("0.") ? { version: "4", interface: 0, address: "10.77.0.5/24", gateway: "10.77.0.1" }
+        : { interface: 0, address: "10.77.0.5/24", gateway: "10.77.0.1" };
+      expect(add.json).toEqual({ cniVersion: version, interfaces: [{ name: "eth0", mac, sandbox: pod.path }], ips: [ip], routes: [{ dst: "0.0.0.0/0" }], dns: {} });
+      expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+    }
+    // 1.1.0 (the static plugin stops at 1.0.0: IPAM-less config)
+    const config = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", master: "m0", stateDir, mtu: 1450 };
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json).toEqual({ cniVersion: "1.1.0", interfaces: [{ name: "eth0", mac: podLink(pod)!.address, mtu: 1450, sandbox: pod.path }], dns: {} });
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+  });
+});
+
+describe("berth-macvlan conformance", () => {
+  it("DEL succeeds when the netns has vanished and with an empty CNI_NETNS", () => {
+    const config = conf();
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    removeNetns(pod);
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+    const empty = cni(lab, macvlan(), { command: "DEL", config, ...call, netns: "" });
+    expect(empty.code, empty.stdout).toBe(0);
+  });
+
+  it("DEL succeeds after the master was deleted", () => {
+    ipIn(lab.host, "link", "add", "m9", "type", "veth", "peer", "name", "m9p");
+    ipIn(lab.host, "link", "set", "m9", "up");
+    ipIn(lab.host, "link", "set", "m9p", "up");
+    const config = conf({ master: "m9" });
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    ipIn(lab.host, "link", "del", "m9");
+    expect(podLink(pod)).toBeUndefined(); // the kernel removed the macvlan with its parent
+    const del = cni(lab, macvlan(), { command: "DEL", config, ...call });
+    expect(del.code, del.stdout).toBe(0);
+  });
+
+  it("ADD when CNI_IFNAME already exists fails and leaves the pod as it was", () => {
+    const pod = newPod(lab);
+    ipIn(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "other");
+    const before = links(pod).map((l) => l.ifname).sort();
+    const config = conf();
+    const add = cni(lab, macvlan(), { command: "ADD", config, containerId: "ctr-exists", netns: pod.path, ifName: "eth0" });
+    expect(add.json).toMatchObject({ code: 142 });
+    expect(add.json.msg).toContain('interface "eth0" already exists');
+    expect(links(pod).map((l) => l.ifname).sort()).toEqual(before);
+    expect(macvlans(lab.host)).toEqual([]);
+  });
+
+  it("an unknown CNI_ARGS key is refused unless IgnoreUnknown is set", () => {
+    const config = conf();
+    const bad = attach(config, { cniArgs: "FOO=bar" });
+    expect(bad.add.json).toMatchObject({ code: 2 });
+    expect(bad.add.json.msg).toContain("FOO");
+    expect(macvlans(bad.pod)).toEqual([]);
+    const ok = attach(config, { cniArgs: "IgnoreUnknown=true;FOO=bar" });
+    expect(ok.add.code, ok.add.stdout).toBe(0);
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...ok.call }).code).toBe(0);
+  });
+
+  it("every invalid value is refused with code 7 naming the field, before any change", () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ master: undefined }, "master"],
+      [{ master: "no/such" }, "master"],
+      [{ master: "nosuchnic0" }, 'master "nosuchnic0" does not exist'],
+      [{ vlan: 4095 }, "vlan"],
+      [{ vlan: "101" }, "vlan"],
+      [{ mode: "source" }, "mode"],
+      [{ mtu: 20 }, "mtu"],
+      [{ mac: "01:00:5e:00:00:01" }, "mac"],
+      [{ mac: "zz" }, "mac"],
+      [{ macFromIP: "yes" }, "macFromIP"],
+      [{ stateDir: "relative" }, "stateDir"],
+      [{ runtimeConfig: { mac: "nope" } }, "runtimeConfig.mac"],
+    ];
+    for (const [extra, field] of cases) {
+      const { pod, add } = attach(conf(extra));
+      expect(add.json?.code, `${JSON.stringify(extra)}: ${add.stdout}`).toBe(7);
+      expect(add.json.msg).toContain(field);
+      expect(add.json.details.length).toBeGreaterThan(10);
+      expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
+    }
+  });
+
+  it("a VLAN without 802.1Q in the kernel fails cleanly naming 8021q, and leaves nothing behind", () => {
+    const config = conf({ vlan: 101 });
+    const { pod, add } = attach(config);
+    expect(add.json).toMatchObject({ code: 140 });
+    expect(add.json.msg).toContain("8021q");
+    expect(add.json.details).toContain("modprobe 8021q");
+    expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
+    expect(links(lab.host).map((l) => l.ifname).sort()).toEqual(["lo", "m0"]);
+    expect(stateFiles(stateDir)).toEqual([]);
+  });
+
+  it("GC drops VLAN records of attachments the runtime no longer lists, and keeps valid ones and other networks'", () => {
+    const dir = mkdtempSync(join(tmpdir(), "berth-macvlan-gc-"));
+    try {
+      writeFileSync(join(dir, "m0.2000.json"), JSON.stringify({ master: "m0", vlan: 2000,
+        attachments: ["underlay/gone-1/eth0", "underlay/live-1/eth0", "othernet/x/eth0"] }));
+      const config = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", master: "m0", stateDir: dir,
+        "cni.dev/valid-attachments": [{ containerID: "live-1", ifname: "eth0" }] };
+      const gc = cni(lab, macvlan(), { command: "GC", config });
+      expect(gc.code, gc.stdout).toBe(0);
+      expect(JSON.parse(readFileSync(join(dir, "m0.2000.json"), "utf8")).attachments).toEqual(["underlay/live-1/eth0", "othernet/x/eth0"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("STATUS and GC without IPAM succeed; with a bad config they report it", () => {
+    const config = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", master: "m0", stateDir };
+    expect(cni(lab, macvlan(), { command: "STATUS", config }).code).toBe(0);
+    expect(cni(lab, macvlan(), { command: "GC", config: { ...config, "cni.dev/valid-attachments": [] } }).code).toBe(0);
+    const bad = cni(lab, macvlan(), { command: "STATUS", config: { ...config, mode: "nope" } });
+    expect(bad.json).toMatchObject({ code: 7 });
+  });
+});
+
+describe("names and derived MACs", () => {
+  it("sub-interface names: master.vlan when it fits, else a documented deterministic short form", async () => {
+    const { vlanLinkName } = await import("../../cni/plugins/vlan");
+    expect(vlanLinkName("eth0", 101)).toBe("eth0.101");
+    expect(vlanLinkName("enp175s0f0", 4094)).toBe("enp175s0f0.4094"); // exactly 15
+    const long = vlanLinkName("enp175s0f0np0", 101);
+    expect(long).toMatch(/^enp175s[0-9a-f]{4}\.101$/);
+    expect(vlanLinkName("enp175s0f0np0", 101)).toBe(long);
+    expect(vlanLinkName("enp175s0f0np1", 101)).not.toBe(long);
+  });
+
+  it("macFromIP: 0a:58 + IPv4 bytes, else the last 4 bytes of IPv6", async () => {
+    const { macFromIp } = await import("../../cni/plugins/macvlan");
+    expect(macFromIp(["fd00::1/64", "10.1.0.5/24"])).toBe("0a:58:0a:01:00:05");
+    expect(macFromIp(["fd00::a:b0c/64"])).toBe("0a:58:00:0a:0b:0c");
+    expect(macFromIp([])).toBeUndefined();
+  });
+});
