@@ -77,12 +77,13 @@ ip link add "$nic" type veth peer name "${nic}p"
 ip link set "${nic}p" up
 ip link set "$nic" up
 vlan_json=
+modprobe 8021q 2>/dev/null || true
 if ip link add link "$nic" name "$tag.probe" type vlan id 4000 2>/dev/null; then
   ip link del "$tag.probe"
   vlan_json='"vlan": 101,'
   say "$nic (veth); this kernel has 802.1Q, so pods go on VLAN 101: $nic.101 is created on demand"
 else
-  say "$nic (veth); this kernel has no 802.1Q (modprobe 8021q failed or is absent), so pods are untagged on $nic"
+  say "$nic (veth); this kernel has no 802.1Q (modprobe 8021q failed), so pods are untagged on $nic"
 fi
 
 cat > "$work/10-demo.conflist" <<CONF

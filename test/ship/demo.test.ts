@@ -37,11 +37,12 @@ describe("make demo", () => {
     for (const heading of ["1. ADD two pods", "2. ping from", "3. delete web-0", "4. what ipamd holds", "cleaning up"]) {
       expect(output).toContain(heading);
     }
-    const first = /web-0 \(netns \S+, container \w+\): eth0 UP (\d+\.\d+\.\d+\.\d+)\/24/.exec(output);
+    const first = /web-0 \(netns \S+, container \w+\): eth0 (\d+\.\d+\.\d+\.\d+)\/24/.exec(output);
     expect(first, output).not.toBeNull();
     expect(output).toContain(`web-0 came back with the same IP: ${first![1]}`);
     expect(output).toMatch(/2 packets transmitted, 2 received/);
-    expect(output).toMatch(/default\s+│\s+web\s+│\s+0/); // ipamctl reservations lists default/web/0
+    const webRow = output.split("\n").find((line) => line.includes("default/web/0"));
+    expect(webRow?.split("│").map((cell) => cell.trim()).slice(1, 6)).toEqual([`${first![1]}/24`, "demo-v4", "default/web/0", "attached", "yes"]);
     const { tag, workDir } = tagAndWorkDir(output);
     expect(leftovers(tag, workDir)).toEqual([]);
   }, 150_000);
