@@ -20,14 +20,23 @@ const ENTRIES: Record<string, Entry> = {
     const [{ pluginMain }, { ipamPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/ipam")]);
     return pluginMain(ipamPlugin);
   },
-  "berth-macvlan": async () => notBuilt("berth-macvlan"),
-  "berth-hostdev": async () => notBuilt("berth-hostdev"),
-  "berth-sriov": async () => notBuilt("berth-sriov"),
+  "berth-macvlan": async () => {
+    const [{ pluginMain }, { macvlanPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/macvlan")]);
+    return pluginMain(macvlanPlugin);
+  },
+  "berth-hostdev": async () => {
+    const [{ pluginMain }, { hostdevPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/hostdev")]);
+    return pluginMain(hostdevPlugin);
+  },
+  "berth-sriov": async () => {
+    const [{ pluginMain }, { sriovPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/sriov")]);
+    return pluginMain(sriovPlugin);
+  },
   ipamctl: async (argv) => (await import("../ipamd/ipamctl")).main(argv),
 };
 
 /** CNI error for a plugin name this build does not contain (stdout: one CNI error document). */
-async function notBuilt(name: string): Promise<number> {
+export async function notBuilt(name: string): Promise<number> {
   const { CniError, ErrorCode } = await import("./spec/errors");
   const err = new CniError(ErrorCode.PluginNotBuilt, `plugin ${name} not built yet`,
     `this berth ${VERSION} (${COMMIT}) executable does not contain ${name}; install a release that does`);

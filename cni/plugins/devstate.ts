@@ -1,0 +1,432 @@
+// Moving a whole host device (ENI, SR-IOV VF netdev) into a pod and giving it back exactly as it
+// was. Shared by berth-hostdev and berth-sriov.
+//
+// Before the first change, ADD records the device's host state (name, MTU, MAC, up/down, alias,
+// altnames, addresses, routes) in a state file (<stateDir>/<containerID>-<ifName>.json, 0600,
+// written to a temp file, fsync-ed, renamed, directory fsync-ed). DEL restores from that file,
+// whatever happened meanwhile: the device renamed inside the pod, the namespace deleted (the kernel
+// gives a physical device back to the host namespace, as "devN" or under its pod name, so it is
+// found by MAC or PCI address), or DEL run twice (no file: nothing to do).
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { basename, join } from "node:path";
+import { addAddress, listAddresses } from "../netlink/addr";
+import { koffi } from "../netlink/koffi";
+import {
+  IFLA_ALT_IFNAME, IFLA_PROP_LIST, findLinkByName, getLinkByIndex, listLinks, setLinkAlias, setLinkDown, setLinkMac,
+  setLinkMtu, setLinkName, setLinkNetns, setLinkUp, type Link,
+} from "../netlink/link";
+import { addRoute, listRoutes, type RouteOptions } from "../netlink/route";
+import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
+import { AF_UNSPEC, MessageBuilder, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST } from "../netlink/wire";
+import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
+import { CniError, ErrorCode } from "../spec/errors";
+import type { Logger } from "../spec/log";
+import type { Scope } from "../netlink/addr";
+
+export const SELF_NETNS = "/proc/thread-self/ns/net";
+
+export interface SavedAddress { cidr: string; broadcast?: string }
+export interface SavedRoute { dst: string; gateway?: string; metric?: number; table: number; scope: Scope; onLink: boolean }
+
+/** The host-side state of a device, as ADD found it. */
+export interface DeviceSnapshot {
+  name: string;
+  mac: string;
+  permAddress?: string;
+  mtu: number;
+  up: boolean;
+  alias?: string;
+  altNames: string[];
+  /** rtnetlink kind ("veth"...); absent for physical NICs, which the kernel returns to the host when a netns dies */
+  kind?: string;
+  addresses: SavedAddress[];
+  routes: SavedRoute[];
+}
+
+export interface AttachmentState {
+  version: 1;
+  plugin: string;
+  network: string;
+  containerId: string;
+  ifName: string;
+  netns: string;
+  /** PCI address of the device, when it has one */
+  pciAddress?: string;
+  original: DeviceSnapshot;
+  /** the MAC the device has in the pod */
+  podMac: string;
+  /** ifindex in the pod namespace (stable there across renames and MAC changes) */
+  podIndex?: number;
+  /** altnames removed on the host side because the pod namespace had the same names */
+  removedAltNames?: string[];
+  /** plugin-specific data (berth-sriov: the VF's PF-side state) */
+  extra?: Record<string, unknown>;
+}
+
+// ---- state files
+
+export function ensureStateDir(dir: string, plugin: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new CniError(ErrorCode.IOFailure, `cannot create the state directory ${dir}: ${(e as Error).message}`,
+      `${plugin} records each device's original state there before moving it; make it writable for root or set stateDir`);
+  }
+}
+
+export function stateFileName(containerId: string, ifName: string): string {
+  return `${containerId}-${ifName}.json`;
+}
+
+/** Writes `data` durably: temp file 0600, fsync, rename over `path`, fsync of the directory. */
+export function writeDurable(path: string, data: unknown): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  const fd = openSync(tmp, "w", 0o600);
+  try {
+    writeSync(fd, JSON.stringify(data, null, 1) + "\n");
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dirFd = openSync(join(path, ".."), "r");
+  try {
+    fsyncSync(dirFd);
+  } finally {
+    closeSync(dirFd);
+  }
+}
+
+export function readJson<T>(path: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as T;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new CniError(ErrorCode.IOFailure, `cannot read state file ${path}: ${(e as Error).message}`,
+      "the file is damaged; restore the device by hand (see the file) and remove it");
+  }
+}
+
+export function removeFile(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+  }
+}
+
+export function listStateFiles(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((f) => f.endsWith(".json")).map((f) => join(dir, f));
+  } catch {
+    return [];
+  }
+}
+
+// ---- locks (flock: released by the kernel when the plugin dies)
+
+const libc = koffi.load("libc.so.6");
+const flock = libc.func("int flock(int fd, int operation)");
+const LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
+const LOCK_TIMEOUT_MS = 30_000;
+
+/** Runs `fn` holding an exclusive flock on `path` (code 11 after 30 s). */
+export function withFileLock<T>(path: string, what: string, fn: () => T): T {
+  const fd = openSync(path, "a", 0o600);
+  try {
+    const sleeper = new Int32Array(new SharedArrayBuffer(4));
+    const deadline = Date.now() + LOCK_TIMEOUT_MS;
+    while (Number(flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
+      if (Date.now() > deadline) {
+        throw new CniError(ErrorCode.TryAgainLater, `timed out after ${LOCK_TIMEOUT_MS / 1000} s waiting for the lock on ${what} (${path})`,
+          `another plugin call holds it; if one is hung, find it with \`fuser ${path}\`; the runtime retries`);
+      }
+      Atomics.wait(sleeper, 0, 0, 10);
+    }
+    try {
+      return fn();
+    } finally {
+      flock(fd, LOCK_UN);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// ---- sysfs
+
+/** PCI address (0000:3b:02.0) of a netdev by name, from <sysfs>/class/net/<name>/device; undefined if none. */
+export function pciAddressOf(sysfsRoot: string, name: string): string | undefined {
+  try {
+    const target = basename(readlinkSync(join(sysfsRoot, "class/net", name, "device")));
+    return PCI_ADDRESS.test(target) ? target : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+
+/** Netdev names under <sysfs>/bus/pci/devices/<addr>/net/. */
+export function netdevsOfPci(sysfsRoot: string, addr: string): string[] {
+  try {
+    return readdirSync(join(sysfsRoot, "bus/pci/devices", addr, "net")).sort();
+  } catch {
+    return [];
+  }
+}
+
+// ---- snapshot
+
+function isLinkLocal6(cidr: string): boolean {
+  return /^fe[89ab][0-9a-f]:/i.test(cidr);
+}
+
+/** The device's current host state: what DEL restores. */
+export function snapshotDevice(nl: NetlinkSocket, link: Link): DeviceSnapshot {
+  // The kernel regenerates IPv6 link-local addresses and the prefix/local/multicast routes of
+  // addresses; only what an operator or a cloud agent configured is saved.
+  const addresses = listAddresses(nl, { index: link.index })
+    .filter((a) => !(a.family === 6 && isLinkLocal6(a.cidr)) && (a.permanent || a.family === 4))
+    .map((a) => ({ cidr: a.cidr, ...(a.broadcast ? { broadcast: a.broadcast } : {}) }));
+  const routes = listRoutes(nl, { table: "all", index: link.index })
+    .filter((r) => r.protocol !== 2 /* kernel */ && r.table !== 255 && r.type === 1 /* unicast */ && !r.multipath
+      && !(r.family === 6 && (isLinkLocal6(r.dst) || /^ff/i.test(r.dst))))
+    .map((r) => ({
+      dst: r.dst, table: r.table, scope: (typeof r.scope === "string" && !/^\d+$/.test(r.scope) ? r.scope : "global") as Scope, onLink: r.onLink,
+      ...(r.gateway ? { gateway: r.gateway } : {}), ...(r.metric !== undefined ? { metric: r.metric } : {}),
+    }));
+  return {
+    name: link.name, mac: link.mac, mtu: link.mtu, up: link.up, altNames: link.altNames, addresses, routes,
+    ...(link.permAddress ? { permAddress: link.permAddress } : {}),
+    ...(link.alias ? { alias: link.alias } : {}),
+    ...(link.kind ? { kind: link.kind } : {}),
+  };
+}
+
+// ---- altnames (RTM_NEWLINKPROP / RTM_DELLINKPROP)
+
+const RTM_NEWLINKPROP = 108;
+const RTM_DELLINKPROP = 109;
+
+function encodeLinkProp(type: number, index: number, altName: string): MessageBuilder {
+  const ifi = Buffer.alloc(16);
+  ifi.writeUInt8(AF_UNSPEC, 0);
+  ifi.writeInt32LE(index, 4);
+  return new MessageBuilder(type, NLM_F_REQUEST | NLM_F_ACK, ifi)  // the kernel's strict validation wants the nested flag on IFLA_PROP_LIST, as iproute2 sets it
+    .nest(IFLA_PROP_LIST | NLA_F_NESTED, (p) => p.strz(IFLA_ALT_IFNAME, altName));
+}
+
+/** = `ip link property add dev X altname NAME` */
+export function addAltName(nl: NetlinkSocket, index: number, name: string): void {
+  nl.request(encodeLinkProp(RTM_NEWLINKPROP, index, name), `RTM_NEWLINKPROP altname "${name}"`);
+}
+/** = `ip link property del dev X altname NAME` */
+export function deleteAltName(nl: NetlinkSocket, index: number, name: string): void {
+  nl.request(encodeLinkProp(RTM_DELLINKPROP, index, name), `RTM_DELLINKPROP altname "${name}"`);
+}
+
+// ---- move in
+
+export function tempName(prefix: string): string {
+  return `${prefix}${Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0")}`;
+}
+
+/** Every name and altname used in the namespace of `nl`. */
+function namesIn(nl: NetlinkSocket): Set<string> {
+  const names = new Set<string>();
+  for (const l of listLinks(nl)) {
+    names.add(l.name);
+    for (const a of l.altNames) names.add(a);
+  }
+  return names;
+}
+
+/**
+ * Moves the host link into the pod under a temporary name (unique in both namespaces), renames it
+ * to ifName there. Altnames that the pod already uses are removed first and returned (DEL adds
+ * them back). Returns the link as it is in the pod.
+ */
+export function moveIntoPod(host: NetlinkSocket, link: Link, netns: string, ifName: string, prefix: string, log: Logger): { link: Link; removedAltNames: string[] } {
+  const podNames = withNetns(netns, (nl) => namesIn(nl));
+  if (podNames.has(ifName)) {
+    throw new CniError(ErrorCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${netns}`,
+      "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
+  }
+  const removedAltNames = link.altNames.filter((a) => podNames.has(a));
+  for (const a of removedAltNames) {
+    deleteAltName(host, link.index, a);
+    log.info("removed altname that the pod namespace already uses", { device: link.name, altname: a });
+  }
+  const hostNames = namesIn(host);
+  let tmp = tempName(prefix);
+  while (podNames.has(tmp) || hostNames.has(tmp)) tmp = tempName(prefix);
+  if (link.up) setLinkDown(host, link.index);
+  setLinkName(host, link.index, tmp);
+  const fd = openNetnsFd(netns);
+  try {
+    setLinkNetns(host, link.index, fd);
+  } catch (e) {
+    setLinkName(host, link.index, link.name);
+    throw e;
+  } finally {
+    closeFd(fd);
+  }
+  const moved = withNetns(netns, (nl) => {
+    const l = findLinkByName(nl, tmp);
+    if (!l) throw new CniError(ErrorCode.DeviceNotFound, `device ${link.name} (as ${tmp}) vanished after the move into ${netns}`, "check the node for a concurrent network agent");
+    setLinkName(nl, l.index, ifName);
+    return getLinkByIndex(nl, l.index);
+  });
+  return { link: moved, removedAltNames };
+}
+
+// ---- give back
+
+/** The link that is our device in `nl`'s namespace: by name first when its MAC fits, else by MAC/PCI. */
+function findDevice(nl: NetlinkSocket, st: AttachmentState, preferName: string | undefined, sysfsRoot: string | undefined, nameAlone = false): Link | undefined {
+  const macs = new Set([st.podMac, st.original.mac, st.original.permAddress].filter((m): m is string => !!m && m !== "00:00:00:00:00:00"));
+  const links = listLinks(nl);
+  const matches = (l: Link) => macs.has(l.mac) || (l.permAddress !== undefined && macs.has(l.permAddress));
+  const byName = preferName ? links.find((l) => l.name === preferName) : undefined;
+  if (byName && (matches(byName) || macs.size === 0)) return byName;
+  const byMac = links.filter(matches).filter((l) => l.kind === st.original.kind);
+  if (byMac.length === 1) return byMac[0];
+  if (st.pciAddress && sysfsRoot) {
+    for (const n of netdevsOfPci(sysfsRoot, st.pciAddress)) {
+      const l = links.find((x) => x.name === n);
+      if (l) return l;
+    }
+  }
+  // Inside the pod only: the pod's ifname with the right kind, even if its MAC was changed there.
+  if (nameAlone && byName && byName.kind === st.original.kind) return byName;
+  const byIndex = nameAlone && st.podIndex !== undefined ? links.find((l) => l.index === st.podIndex) : undefined;
+  if (byIndex && byIndex.kind === st.original.kind && !byMac.length) return byIndex;
+  return byMac[0];
+}
+
+export interface ReturnOptions {
+  /** where to look when the device is no longer in the pod (the host namespace) */
+  sysfsRoot?: string;
+  /** how long to wait for the kernel to return a physical device of a deleted namespace */
+  returnWaitMs?: number;
+  log: Logger;
+}
+
+/**
+ * Puts the device back into the calling namespace (the host) and restores its recorded state.
+ * Returns false when the device is nowhere to be found (a virtual device destroyed with its
+ * namespace); throws only when it exists but cannot be restored.
+ */
+export function returnToHost(host: NetlinkSocket, st: AttachmentState, o: ReturnOptions): boolean {
+  const { log } = o;
+  let hostLink: Link | undefined;
+  if (st.netns) {
+    try {
+      hostLink = pullFromPod(host, st, o);
+    } catch (e) {
+      if (!(e instanceof NetnsError && (e.code === "ENOENT" || e.code === "EINVAL"))) throw e;
+      log.info("pod network namespace is gone; looking for the device in the host namespace", { netns: st.netns });
+    }
+  }
+  if (!hostLink) {
+    hostLink = findDevice(host, st, st.ifName, o.sysfsRoot);
+    // The kernel returns physical devices of a dying namespace asynchronously.
+    const deadline = Date.now() + (st.original.kind ? 0 : o.returnWaitMs ?? 2000);
+    const sleeper = new Int32Array(new SharedArrayBuffer(4));
+    while (!hostLink && Date.now() < deadline) {
+      Atomics.wait(sleeper, 0, 0, 50);
+      hostLink = findDevice(host, st, st.ifName, o.sysfsRoot);
+    }
+  }
+  if (!hostLink) {
+    log.warn("device not found in the pod or the host namespace; nothing to restore", { device: st.original.name, mac: st.podMac, kind: st.original.kind });
+    return false;
+  }
+  restoreOnHost(host, hostLink, st, log);
+  return true;
+}
+
+/** Moves the device from the pod to the host under a temporary name; undefined when it is not in the pod. */
+function pullFromPod(host: NetlinkSocket, st: AttachmentState, o: ReturnOptions): Link | undefined {
+  const hostNames = namesIn(host);
+  let tmp = tempName("bret");
+  while (hostNames.has(tmp)) tmp = tempName("bret");
+  const hostFd = openNetnsFd(SELF_NETNS);
+  try {
+    const moved = withNetns(st.netns, (nl) => {
+      const link = findDevice(nl, st, st.ifName, undefined, true);
+      if (!link) return false;
+      if (link.name !== st.ifName) o.log.info("device was renamed inside the pod", { expected: st.ifName, found: link.name });
+      if (link.up) setLinkDown(nl, link.index);
+      setLinkName(nl, link.index, tmp);
+      setLinkNetns(nl, link.index, hostFd);
+      return true;
+    });
+    return moved ? findLinkByName(host, tmp) : undefined;
+  } finally {
+    closeFd(hostFd);
+  }
+}
+
+function ignoreExists(fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    if (!isNetlinkError(e, "EEXIST")) throw e;
+  }
+}
+
+/** Name, MTU, MAC, alias, altnames, addresses, up/down, routes: back as they were. */
+export function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log: Logger): void {
+  const o = st.original;
+  if (link.up) setLinkDown(host, link.index);
+  if (link.name !== o.name) {
+    const holder = findLinkByName(host, o.name);
+    if (holder && holder.index !== link.index) {
+      throw new CniError(ErrorCode.DeviceBusy, `cannot give ${link.name} its original name "${o.name}": another host interface (ifindex ${holder.index}) now has it`,
+        `rename or remove that interface, then run DEL again; the device's saved state stays in the state file until then`);
+    }
+    setLinkName(host, link.index, o.name);
+  }
+  if (link.mtu !== o.mtu) setLinkMtu(host, link.index, o.mtu);
+  if (o.mac && link.mac !== o.mac) setLinkMac(host, link.index, o.mac);
+  if ((link.alias ?? "") !== (o.alias ?? "")) setLinkAlias(host, link.index, o.alias ?? "");
+  const current = getLinkByIndex(host, link.index);
+  for (const a of [...new Set([...(st.removedAltNames ?? [])])]) {
+    if (!current.altNames.includes(a)) {
+      try {
+        addAltName(host, link.index, a);
+      } catch (e) {
+        log.warn("could not restore altname", { altname: a, error: (e as Error).message });
+      }
+    }
+  }
+  for (const a of o.addresses) ignoreExists(() => addAddress(host, { index: link.index, cidr: a.cidr, ...(a.broadcast ? { broadcast: a.broadcast } : { broadcast: false }) }));
+  if (o.up) setLinkUp(host, link.index);
+  for (const r of o.routes) {
+    const opts: RouteOptions = {
+      dst: r.dst, index: link.index, table: r.table, scope: r.scope,
+      ...(r.gateway ? { gateway: r.gateway } : {}), ...(r.metric !== undefined ? { metric: r.metric } : {}), ...(r.onLink ? { onLink: true } : {}),
+    };
+    try {
+      ignoreExists(() => addRoute(host, opts));
+    } catch (e) {
+      // A route via a gateway that is only reachable once another route exists: log, keep going.
+      log.warn("could not restore route", { route: r, error: (e as Error).message });
+    }
+  }
+  log.info("device restored on the host", { name: o.name, mtu: o.mtu, mac: o.mac, up: o.up });
+}
+
+/** Kernel and namespace failures as CNI errors naming what was attempted. */
+export function kernelError(e: unknown, doing: string): unknown {
+  if (e instanceof CniError) return e;
+  if (e instanceof NetlinkError) {
+    return new CniError(ErrorCode.NetlinkFailure, `${doing}: ${e.message}`, "see the kernel's reason above; the plugin log (logFile) has the details");
+  }
+  if (e instanceof NetnsError) {
+    return new CniError(ErrorCode.NetnsFailure, `${doing}: ${e.message}`, "check CNI_NETNS: the container's network namespace must exist");
+  }
+  return e;
+}

@@ -1,0 +1,307 @@
+// berth-hostdev: moves a whole host NIC (a cloud ENI, a spare port) into the pod and gives it back
+// on DEL exactly as it was: name, MTU, MAC, up/down, alias, altnames, addresses and routes. The
+// original state is on disk before the first change (devstate.ts). See conf/cni/README-hostdev.md.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
+import { NetlinkSocket } from "../netlink/socket";
+import { withNetns } from "../netns";
+import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
+import { canonicalCidr, parseCidr } from "../spec/cidr";
+import type { NetConf } from "../spec/config";
+import { validateIfName } from "../spec/env";
+import { CniError, ErrorCode } from "../spec/errors";
+import { hasIpam, ipamAdd, ipamCheck, ipamDel } from "../spec/ipam";
+import { definePlugin, type CniContext } from "../spec/plugin";
+import type { IpConfig, Result } from "../spec/result";
+import { withUndo } from "../spec/undo";
+import {
+  PCI_ADDRESS, ensureStateDir, kernelError, listStateFiles, moveIntoPod, netdevsOfPci, pciAddressOf, readJson, removeFile,
+  returnToHost, snapshotDevice, stateFileName, withFileLock, writeDurable, type AttachmentState,
+} from "./devstate";
+import { normalizeMac } from "./macvlan";
+import { checkPodInterface, configurePodInterface, mismatch } from "./podnet";
+
+export const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
+const PLUGIN = "berth-hostdev";
+
+export type DeviceSelector =
+  | { by: "device"; value: string }
+  | { by: "hwaddr"; value: string }
+  | { by: "pciBusID"; value: string }
+  | { by: "deviceID"; value: string };
+
+export interface HostdevConfig {
+  selector: DeviceSelector;
+  mtu?: number;
+  mac?: string;
+  /** static addresses per device, keyed by lower-case MAC or by name */
+  addresses: Record<string, string[]>;
+  stateDir: string;
+  sysfsRoot: string;
+}
+
+function invalid(field: string, why: string, fix: string): CniError {
+  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
+}
+
+export function sysfsRootFrom(raw: Record<string, unknown>): string {
+  if (raw.sysfsRoot !== undefined && raw.sysfsRoot !== null) {
+    if (typeof raw.sysfsRoot !== "string" || !raw.sysfsRoot.startsWith("/")) {
+      throw invalid("sysfsRoot", "is not an absolute path", 'remove it to use "/sys"');
+    }
+    return raw.sysfsRoot;
+  }
+  return process.env.BERTH_SYSFS_ROOT || "/sys";
+}
+
+export function stateDirFrom(raw: Record<string, unknown>, dflt: string): string {
+  if (raw.stateDir === undefined || raw.stateDir === null) return dflt;
+  if (typeof raw.stateDir !== "string" || !raw.stateDir.startsWith("/")) throw invalid("stateDir", "is not an absolute path", `remove it to use ${dflt}`);
+  return raw.stateDir;
+}
+
+export function mtuFrom(raw: Record<string, unknown>): number | undefined {
+  if (raw.mtu === undefined || raw.mtu === null || raw.mtu === 0) return undefined;
+  if (typeof raw.mtu !== "number" || !Number.isInteger(raw.mtu) || raw.mtu < 68 || raw.mtu > 65535) {
+    throw invalid("mtu", `${JSON.stringify(raw.mtu)} is not an MTU`, "use 68-65535, or leave it out to keep the device's MTU");
+  }
+  return raw.mtu;
+}
+
+export function normalizePci(value: unknown, field: string): string {
+  if (typeof value !== "string") throw invalid(field, `${JSON.stringify(value)} is not a PCI address`, 'use the form "0000:3b:02.0"');
+  const v = value.toLowerCase();
+  const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(v) ? `0000:${v}` : v;
+  if (!PCI_ADDRESS.test(full)) throw invalid(field, `"${value}" is not a PCI address`, 'use the form "0000:3b:02.0" (domain:bus:device.function)');
+  return full;
+}
+
+export function parseHostdevConfig(conf: NetConf): HostdevConfig {
+  const raw = conf.raw;
+  const given: DeviceSelector[] = [];
+  const present = (k: string) => raw[k] !== undefined && raw[k] !== null && raw[k] !== "";
+  if (present("device")) {
+    try {
+      validateIfName(raw.device as string);
+    } catch {
+      throw invalid("device", `${JSON.stringify(raw.device)} is not an interface name`, "use the host interface name, 1-15 characters without '/', ':' or spaces");
+    }
+    given.push({ by: "device", value: raw.device as string });
+  }
+  if (present("hwaddr")) given.push({ by: "hwaddr", value: normalizeMac(raw.hwaddr, "hwaddr") });
+  if (present("pciBusID")) given.push({ by: "pciBusID", value: normalizePci(raw.pciBusID, "pciBusID") });
+  if (conf.runtimeConfig.deviceID !== undefined && conf.runtimeConfig.deviceID !== "") {
+    given.push({ by: "deviceID", value: normalizePci(conf.runtimeConfig.deviceID, "runtimeConfig.deviceID") });
+  }
+  if (given.length !== 1) {
+    throw invalid("device selection", given.length === 0 ? "is missing" : `is ambiguous (${given.map((g) => g.by).join(" and ")} given)`,
+      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", or runtimeConfig.deviceID (from a device plugin through Multus)');
+  }
+  const addresses: Record<string, string[]> = {};
+  if (raw.addresses !== undefined && raw.addresses !== null) {
+    if (typeof raw.addresses !== "object" || Array.isArray(raw.addresses)) {
+      throw invalid("addresses", "is not an object", 'use {"<MAC or device name>": ["10.0.0.5/24"]}');
+    }
+    for (const [key, list] of Object.entries(raw.addresses as Record<string, unknown>)) {
+      if (!Array.isArray(list) || !list.every((c) => typeof c === "string" && parseCidr(c) !== undefined && c.includes("/"))) {
+        throw invalid(`addresses["${key}"]`, "is not a list of addresses with prefix length", 'use e.g. ["10.0.0.5/24", "fd00::5/64"]');
+      }
+      const k = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/.test(key) ? normalizeMac(key, `addresses key "${key}"`) : key;
+      addresses[k] = list as string[];
+    }
+  }
+  return {
+    selector: given[0]!,
+    mtu: mtuFrom(raw),
+    ...(present("mac") ? { mac: normalizeMac(raw.mac, "mac") } : {}),
+    addresses,
+    stateDir: stateDirFrom(raw, DEFAULT_HOSTDEV_STATE_DIR),
+    sysfsRoot: sysfsRootFrom(raw),
+  };
+}
+
+type Ctx = CniContext<HostdevConfig>;
+
+function describeSelector(s: DeviceSelector): string {
+  return s.by === "device" ? `device "${s.value}"` : s.by === "hwaddr" ? `device with MAC ${s.value}` : `device at PCI ${s.value} (${s.by})`;
+}
+
+/** The selected device in the host namespace (code 141 when there is none). */
+function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
+  const s = cfg.selector;
+  let link: Link | undefined;
+  let hint = "check the name with `ip link show` on the node";
+  if (s.by === "device") link = findLinkByName(nl, s.value);
+  else if (s.by === "hwaddr") link = findLinkByMac(nl, s.value);
+  else {
+    const names = netdevsOfPci(cfg.sysfsRoot, s.value);
+    hint = names.length ? `its netdev ${names.join(", ")} is not in the host namespace (already in a pod?)`
+      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value, "net")} lists no netdev: the device does not exist or is bound to a userspace driver (vfio-pci)`;
+    for (const n of names) link ??= findLinkByName(nl, n);
+  }
+  if (!link) {
+    throw new CniError(ErrorCode.DeviceNotFound, `${describeSelector(s)} not found in the host network namespace`, hint);
+  }
+  return link;
+}
+
+function statePath(cfg: HostdevConfig, ctx: Ctx): string {
+  return join(cfg.stateDir, stateFileName(ctx.containerId, ctx.ifName));
+}
+
+/** The record is of the device the selector names (as the record saw it before the move). */
+function selects(s: DeviceSelector, a: AttachmentState): boolean {
+  if (s.by === "device") return a.original.name === s.value;
+  if (s.by === "hwaddr") return [a.original.mac, a.original.permAddress, a.podMac].includes(s.value);
+  return a.pciAddress === s.value;
+}
+
+function sameDevice(a: AttachmentState, link: Link, pci: string | undefined): boolean {
+  if (pci && a.pciAddress) return pci === a.pciAddress;
+  const mine = new Set([link.mac, link.permAddress].filter(Boolean));
+  return mine.has(a.original.permAddress ?? a.original.mac) || mine.has(a.podMac);
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const cfg = ctx.pluginConfig;
+  const log = ctx.log;
+  const requestedMac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const host = NetlinkSocket.open();
+  try {
+    ensureStateDir(cfg.stateDir, PLUGIN);
+    // A device whose pod died without DEL may be back under another name (devN, the pod's
+    // ifname): records that name it by the selector are restored first, then it is found.
+    withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => clearStaleRecords(host, cfg, (a) => selects(cfg.selector, a), ctx));
+    findHostDevice(host, cfg); // refuse before allocating anything
+    if (withNetns(ctx.netns, (nl) => findLinkByName(nl, ctx.ifName))) {
+      throw new CniError(ErrorCode.DeviceBusy, `interface "${ctx.ifName}" already exists in network namespace ${ctx.netns}`,
+        "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
+    }
+    const path = statePath(cfg, ctx);
+    if (existsSync(path)) {
+      throw new CniError(ErrorCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
+        "run DEL for this attachment first; ADD is not repeated for an existing attachment");
+    }
+    return await withUndo(log, async (undo) => {
+      const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
+      const configured = withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
+        let link = findHostDevice(host, cfg);
+        const pci = cfg.selector.by === "pciBusID" || cfg.selector.by === "deviceID" ? cfg.selector.value : pciAddressOf(cfg.sysfsRoot, link.name);
+        if (clearStaleRecords(host, cfg, (a) => sameDevice(a, link, pci), ctx)) link = findHostDevice(host, cfg);
+        const staticIps = cfg.addresses[link.mac] ?? (link.permAddress ? cfg.addresses[link.permAddress] : undefined) ?? cfg.addresses[link.name] ?? [];
+        const ips: IpConfig[] = [...staticIps.map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
+        const st: AttachmentState = {
+          version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns,
+          ...(pci ? { pciAddress: pci } : {}),
+          original: snapshotDevice(host, link),
+          podMac: requestedMac ?? link.mac,
+        };
+        writeDurable(path, st); // before the first change
+        undo.push(`give ${link.name} back to the host`, () => {
+          returnToHost(host, st, { log, returnWaitMs: 0 });
+          removeFile(path);
+        });
+        const moved = moveIntoPod(host, link, ctx.netns, ctx.ifName, "bhd", log);
+        st.podIndex = moved.link.index;
+        if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
+        writeDurable(path, st);
+        log.info("moved host device into the pod", { device: link.name, ifName: ctx.ifName, netns: ctx.netns });
+        const podLink = withNetns(ctx.netns, (nl) => configurePodInterface(nl, moved.link.index, {
+          ifName: ctx.ifName, netns: ctx.netns, ips, routes: alloc?.result.routes ?? [], log,
+          ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
+        }));
+        return { podLink, ips, pci };
+      });
+      return {
+        interfaces: [{ name: ctx.ifName, mac: configured.podLink.mac, mtu: configured.podLink.mtu, sandbox: ctx.netns, ...(configured.pci ? { pciID: configured.pci } : {}) }],
+        ips: configured.ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
+        routes: alloc?.result.routes ?? [],
+        dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
+      };
+    });
+  } catch (e) {
+    throw kernelError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
+  } finally {
+    host.close();
+  }
+}
+
+/**
+ * A record of another attachment for the same device whose namespace is gone is stale (its DEL
+ * never came): drop it so that DEL can never take the device from the pod that has it now.
+ */
+function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a: AttachmentState) => boolean, ctx: Ctx): boolean {
+  let cleared = false;
+  for (const file of listStateFiles(cfg.stateDir)) {
+    const other = readJson<AttachmentState>(file);
+    if (!other || !matches(other)) continue;
+    if (other.netns && existsSync(other.netns)) {
+      throw new CniError(ErrorCode.DeviceBusy, `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
+        `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`);
+    }
+    // Its DEL never came: put the device back as that record saw it first, so that this ADD
+    // records the host's state and not the dead pod's.
+    ctx.log.warn("restoring the device from the stale record of a deleted pod", { file, containerId: other.containerId });
+    try {
+      returnToHost(host, { ...other, netns: "" }, { log: ctx.log, sysfsRoot: cfg.sysfsRoot, returnWaitMs: 0 });
+    } catch (e) {
+      ctx.log.warn("restoring from the stale record failed; taking the device as it is", { error: (e as Error).message });
+    }
+    removeFile(file);
+    cleared = true;
+  }
+  return cleared;
+}
+
+async function del(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  let deviceError: unknown;
+  const path = statePath(cfg, ctx);
+  const st = readJson<AttachmentState>(path);
+  if (st) {
+    const host = NetlinkSocket.open();
+    try {
+      withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
+        returnToHost(host, { ...st, netns: ctx.netns || st.netns }, { log: ctx.log, sysfsRoot: cfg.sysfsRoot });
+        removeFile(path);
+      });
+    } catch (e) {
+      deviceError = kernelError(e, `${PLUGIN} DEL ${ctx.ifName}: give ${st.original.name} back to the host`);
+    } finally {
+      host.close();
+    }
+  } else {
+    ctx.log.info("no saved device state for this attachment; nothing to give back", { path });
+  }
+  if (hasIpam(ctx)) await ipamDel(ctx);
+  if (deviceError) throw deviceError;
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  const prev = requirePrevResult(ctx);
+  if (hasIpam(ctx)) await ipamCheck(ctx);
+  const found = findInterface(prev, ctx.ifName, ctx.netns);
+  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
+  const st = readJson<AttachmentState>(statePath(cfg, ctx));
+  if (!st) throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} in ${cfg.stateDir}: the device was not attached by this plugin or already given back`);
+  const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
+  try {
+    const link = withNetns(ctx.netns, (nl) => checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac));
+    if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
+    const staticIps = cfg.addresses[st.original.mac] ?? cfg.addresses[st.original.name] ?? [];
+    const have = new Set(ips.map((ip) => canonicalCidr(ip.address)));
+    for (const a of staticIps) if (!have.has(canonicalCidr(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
+  } catch (e) {
+    throw kernelError(e, `${PLUGIN} CHECK ${ctx.ifName}`);
+  }
+}
+
+export const hostdevPlugin = definePlugin<HostdevConfig>({
+  name: PLUGIN,
+  parse: (conf) => parseHostdevConfig(conf),
+  add,
+  del,
+  check,
+});

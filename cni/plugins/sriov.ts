@@ -1,0 +1,466 @@
+// berth-sriov: gives a pod an SR-IOV virtual function. The VF's PF-side settings (VLAN, MAC,
+// spoofchk, trust, link state, rates) are applied through the PF, its netdev is moved into the pod
+// (devstate.ts), and DEL restores both exactly as they were. See conf/cni/README-sriov.md.
+//
+// Per VF (keyed by its PCI address) <stateDir>/vf-<pci>.json records which attachment holds it,
+// under the flock <stateDir>/vf-<pci>.lock. A VF held by a live namespace is refused (code 11); a
+// record whose namespace is gone is stale and is cleared (the VF restored first); an old pod's DEL
+// never resets a VF that a new pod holds.
+import { appendFileSync, existsSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
+import { NetlinkSocket } from "../netlink/socket";
+import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
+import { withNetns } from "../netns";
+import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
+import type { NetConf } from "../spec/config";
+import { CniError, ErrorCode } from "../spec/errors";
+import { hasIpam, ipamAdd, ipamCheck, ipamDel } from "../spec/ipam";
+import type { Logger } from "../spec/log";
+import { definePlugin, type CniContext } from "../spec/plugin";
+import type { IpConfig, Result } from "../spec/result";
+import { withUndo } from "../spec/undo";
+import {
+  ensureStateDir, kernelError, moveIntoPod, netdevsOfPci, readJson, removeFile, returnToHost, snapshotDevice, stateFileName,
+  withFileLock, writeDurable, type AttachmentState,
+} from "./devstate";
+import { mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom } from "./hostdev";
+import { normalizeMac } from "./macvlan";
+import { checkPodInterface, configurePodInterface, mismatch } from "./podnet";
+
+export const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
+const PLUGIN = "berth-sriov";
+const DPDK_DRIVERS = ["vfio-pci", "uio_pci_generic", "igb_uio"];
+
+export interface SriovConfig {
+  /** VF PCI address from config or runtimeConfig.deviceID (which wins) */
+  deviceID?: string;
+  pf?: string;
+  vf?: number;
+  vlan?: number;
+  vlanQoS?: number;
+  vlanProto?: "802.1Q" | "802.1ad";
+  mac?: string;
+  spoofchk?: boolean;
+  trust?: boolean;
+  linkState?: VfLinkState;
+  minTxRate?: number;
+  maxTxRate?: number;
+  mtu?: number;
+  stateDir: string;
+  sysfsRoot: string;
+}
+
+function invalid(field: string, why: string, fix: string): CniError {
+  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
+}
+
+function intIn(raw: Record<string, unknown>, key: string, min: number, max: number, fix: string): number | undefined {
+  const v = raw[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) throw invalid(key, `${JSON.stringify(v)} is out of range`, fix);
+  return v;
+}
+
+function onOff(raw: Record<string, unknown>, key: string): boolean | undefined {
+  const v = raw[key];
+  if (v === undefined || v === null || v === "") return undefined;
+  if (v !== "on" && v !== "off") throw invalid(key, `${JSON.stringify(v)} is not "on" or "off"`, `use "${key}": "on" or "off", or leave it out to keep the VF's setting`);
+  return v === "on";
+}
+
+export function parseSriovConfig(conf: NetConf): SriovConfig {
+  const raw = conf.raw;
+  const cfg: SriovConfig = { stateDir: stateDirFrom(raw, DEFAULT_SRIOV_STATE_DIR), sysfsRoot: sysfsRootFrom(raw) };
+  const runtimeId = conf.runtimeConfig.deviceID;
+  if (runtimeId !== undefined && runtimeId !== "") cfg.deviceID = normalizePci(runtimeId, "runtimeConfig.deviceID");
+  else if (raw.deviceID !== undefined && raw.deviceID !== null && raw.deviceID !== "") cfg.deviceID = normalizePci(raw.deviceID, "deviceID");
+  const hasPf = raw.pf !== undefined && raw.pf !== null && raw.pf !== "";
+  const vf = intIn(raw, "vf", 0, 65535, "use the VF index on the PF, from 0");
+  if (hasPf || vf !== undefined) {
+    if (cfg.deviceID) throw invalid("pf/vf", "are given together with deviceID", "select the VF either by deviceID (its PCI address) or by pf + vf, not both");
+    if (!hasPf || typeof raw.pf !== "string" || vf === undefined) throw invalid("pf/vf", "must be given together", 'use e.g. "pf": "ens1f0", "vf": 3');
+    cfg.pf = raw.pf;
+    cfg.vf = vf;
+  } else if (!cfg.deviceID) {
+    throw invalid("deviceID", "is missing", 'set runtimeConfig.deviceID (the SR-IOV device plugin does it through Multus), "deviceID": "0000:3b:02.0", or "pf" + "vf"');
+  }
+  cfg.vlan = intIn(raw, "vlan", 0, 4094, "use 0-4094 (0: untagged)");
+  cfg.vlanQoS = intIn(raw, "vlanQoS", 0, 7, "use an 802.1p priority 0-7");
+  if (raw.vlanProto !== undefined && raw.vlanProto !== null && raw.vlanProto !== "") {
+    const p = String(raw.vlanProto).toLowerCase();
+    if (p !== "802.1q" && p !== "802.1ad") throw invalid("vlanProto", `${JSON.stringify(raw.vlanProto)} is not a VLAN protocol`, 'use "802.1q" (default) or "802.1ad"');
+    cfg.vlanProto = p === "802.1ad" ? "802.1ad" : "802.1Q";
+  }
+  const poolVlan = conf.ipam?.type === "berth-ipam";
+  if ((cfg.vlanQoS !== undefined || cfg.vlanProto !== undefined) && cfg.vlan === undefined && !poolVlan) {
+    throw invalid("vlanQoS/vlanProto", "need vlan", 'set "vlan" (or use berth-ipam with a pool that carries a VLAN)');
+  }
+  if (cfg.vlan === 0 && (cfg.vlanQoS || cfg.vlanProto === "802.1ad")) throw invalid("vlanQoS/vlanProto", "need a non-zero vlan", "set vlan 1-4094 or remove them");
+  if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = normalizeMac(raw.mac, "mac");
+  cfg.spoofchk = onOff(raw, "spoofchk");
+  cfg.trust = onOff(raw, "trust");
+  if (raw.link_state !== undefined && raw.link_state !== null && raw.link_state !== "") {
+    if (!["auto", "enable", "disable"].includes(raw.link_state as string)) throw invalid("link_state", `${JSON.stringify(raw.link_state)} is not a VF link state`, 'use "auto", "enable" or "disable"');
+    cfg.linkState = raw.link_state as VfLinkState;
+  }
+  cfg.minTxRate = intIn(raw, "min_tx_rate", 0, 0xffffffff, "use Mbps, 0 for no guarantee");
+  cfg.maxTxRate = intIn(raw, "max_tx_rate", 0, 0xffffffff, "use Mbps, 0 for no limit");
+  if (cfg.minTxRate !== undefined && cfg.maxTxRate !== undefined && cfg.maxTxRate !== 0 && cfg.minTxRate > cfg.maxTxRate) {
+    throw invalid("min_tx_rate", `(${cfg.minTxRate}) is above max_tx_rate (${cfg.maxTxRate})`, "min_tx_rate must be at most max_tx_rate");
+  }
+  cfg.mtu = mtuFrom(raw);
+  return cfg;
+}
+
+// ---- sysfs
+
+export interface VfDevice {
+  vfPci: string;
+  pfPci: string;
+  pfName: string;
+  vfIndex: number;
+  driver?: string;
+  dpdk: boolean;
+  /** the VF's netdev name as sysfs lists it; undefined for userspace drivers */
+  netdev?: string;
+}
+
+function link(path: string): string | undefined {
+  try {
+    return basename(readlinkSync(path));
+  } catch {
+    return undefined;
+  }
+}
+
+/** PF, VF index, driver and netdev of the selected VF, from sysfs (code 141 when absent). */
+export function resolveVf(cfg: SriovConfig): VfDevice {
+  const devices = join(cfg.sysfsRoot, "bus/pci/devices");
+  let vfPci: string;
+  let pfPci: string;
+  if (cfg.deviceID) {
+    vfPci = cfg.deviceID;
+    if (!existsSync(join(devices, vfPci))) {
+      throw new CniError(ErrorCode.DeviceNotFound, `PCI device ${vfPci} does not exist (${join(devices, vfPci)})`, "check deviceID against `lspci -D` and the device plugin's resource pool");
+    }
+    const pf = link(join(devices, vfPci, "physfn"));
+    if (!pf) throw new CniError(ErrorCode.DeviceNotFound, `PCI device ${vfPci} is not an SR-IOV VF (no physfn link)`, "deviceID must be a VF's PCI address, not the PF's");
+    pfPci = pf;
+  } else {
+    const pf = link(join(cfg.sysfsRoot, "class/net", cfg.pf!, "device"));
+    if (!pf) throw new CniError(ErrorCode.DeviceNotFound, `PF "${cfg.pf}" not found (${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device")})`, "set pf to the name of the SR-IOV physical function's netdev");
+    pfPci = pf;
+    const vf = link(join(devices, pfPci, `virtfn${cfg.vf}`));
+    if (!vf) throw new CniError(ErrorCode.DeviceNotFound, `PF "${cfg.pf}" has no VF ${cfg.vf}`, `see ${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device/sriov_numvfs")}`);
+    vfPci = vf;
+  }
+  let vfIndex = -1;
+  for (const entry of readdirSync(join(devices, pfPci))) {
+    const m = /^virtfn(\d+)$/.exec(entry);
+    if (m && link(join(devices, pfPci, entry)) === vfPci) vfIndex = Number(m[1]);
+  }
+  if (vfIndex < 0) throw new CniError(ErrorCode.DeviceNotFound, `no virtfnN link of PF ${pfPci} points to VF ${vfPci}`, "the VF list of the PF changed; check sriov_numvfs");
+  const pfName = netdevsOfPci(cfg.sysfsRoot, pfPci)[0];
+  if (!pfName) throw new CniError(ErrorCode.DeviceNotFound, `PF ${pfPci} of VF ${vfPci} has no netdev`, "the PF must be bound to its kernel driver to configure VFs");
+  const driver = link(join(devices, vfPci, "driver"));
+  const dpdk = driver !== undefined && DPDK_DRIVERS.includes(driver);
+  const netdev = dpdk ? undefined : netdevsOfPci(cfg.sysfsRoot, vfPci)[0];
+  return { vfPci, pfPci, pfName, vfIndex, dpdk, ...(driver ? { driver } : {}), ...(netdev ? { netdev } : {}) };
+}
+
+// ---- PF-side VF operations
+
+/** The PF-side VF operations: one setting per request, so a driver refusing one is named. */
+export interface PfOps {
+  readVf(pf: string, vf: number): VfInfo;
+  setVf(pf: string, vf: number, s: VfSettings, what: string): void;
+}
+
+export class NetlinkPfOps implements PfOps {
+  constructor(private readonly nl: NetlinkSocket) {}
+  readVf(pf: string, vf: number): VfInfo {
+    return getVf(this.nl, getLinkByName(this.nl, pf).index, vf);
+  }
+  setVf(pf: string, vf: number, s: VfSettings, what: string): void {
+    const index = getLinkByName(this.nl, pf).index;
+    requestNaming(this.nl, encodeSetVf(index, vf, s), () => `RTM_NEWLINK set "${pf}" vf ${vf} ${what}`);
+  }
+}
+
+/**
+ * Test double for kernels without SR-IOV (BERTH_SRIOV_FAKE_PF=<dir>): the VF table is
+ * <dir>/<pf>.json ({"vfs": [VfInfo...]}); each request is encoded exactly as it would be sent
+ * (pfIndex of the real PF link) and appended to <dir>/ops.jsonl instead of being sent.
+ */
+export class RecordingPfOps implements PfOps {
+  constructor(private readonly dir: string, private readonly nl: NetlinkSocket) {}
+  private table(pf: string): { vfs: VfInfo[] } {
+    const t = readJson<{ vfs: VfInfo[] }>(join(this.dir, `${pf}.json`));
+    if (!t) throw new Error(`fake PF table ${join(this.dir, `${pf}.json`)} missing`);
+    return t;
+  }
+  readVf(pf: string, vf: number): VfInfo {
+    const info = this.table(pf).vfs.find((v) => v.vf === vf);
+    if (!info) throw new RangeError(`VF ${vf} not found on "${pf}"`);
+    return info;
+  }
+  setVf(pf: string, vf: number, s: VfSettings, what: string): void {
+    const index = getLinkByName(this.nl, pf).index;
+    const hex = encodeSetVf(index, vf, s).build(0, 0).toString("hex");
+    appendFileSync(join(this.dir, "ops.jsonl"), JSON.stringify({ pf, vf, op: what, settings: s, hex }) + "\n");
+    const t = this.table(pf);
+    const v = t.vfs.find((x) => x.vf === vf)!;
+    if (s.mac !== undefined) v.mac = s.mac;
+    if (s.vlan !== undefined) { v.vlan = s.vlan; v.qos = s.qos ?? 0; v.vlanProto = s.vlanProto ?? "802.1Q"; }
+    if (s.spoofChk !== undefined) v.spoofChk = s.spoofChk;
+    if (s.trust !== undefined) v.trust = s.trust;
+    if (s.linkState !== undefined) v.linkState = s.linkState;
+    if (s.minTxRate !== undefined) v.minTxRate = s.minTxRate;
+    if (s.maxTxRate !== undefined) v.maxTxRate = s.maxTxRate;
+    writeFileSync(join(this.dir, `${pf}.json`), JSON.stringify(t));
+  }
+}
+
+function pfOps(nl: NetlinkSocket, log: Logger): PfOps {
+  const fake = process.env.BERTH_SRIOV_FAKE_PF;
+  if (fake) {
+    log.warn("BERTH_SRIOV_FAKE_PF is set: PF-side VF settings are recorded, not sent to the kernel", { dir: fake });
+    return new RecordingPfOps(fake, nl);
+  }
+  return new NetlinkPfOps(nl);
+}
+
+export type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
+
+interface Step { step: VfStep; settings: VfSettings; what: string }
+
+/** The PF-side steps for this config, in apply order (as sriov-cni: vlan, mac, rate, spoofchk, trust, state). */
+export function applySteps(cfg: SriovConfig, vlan: number, mac: string | undefined): Step[] {
+  const steps: Step[] = [];
+  const proto = cfg.vlanProto ?? "802.1Q";
+  // The VLAN is always set (0 = untagged) so that a VF left tagged by someone else is not inherited.
+  steps.push({ step: "vlan", settings: { vlan, qos: cfg.vlanQoS ?? 0, ...(proto === "802.1ad" ? { vlanProto: proto } : {}) }, what: `vlan ${vlan} qos ${cfg.vlanQoS ?? 0} proto ${proto}` });
+  if (mac) steps.push({ step: "mac", settings: { mac }, what: `mac ${mac}` });
+  if (cfg.minTxRate !== undefined || cfg.maxTxRate !== undefined) {
+    const min = cfg.minTxRate ?? 0, max = cfg.maxTxRate ?? 0;
+    steps.push({ step: "rate", settings: { minTxRate: min, maxTxRate: max }, what: `min_tx_rate ${min} max_tx_rate ${max}` });
+  }
+  if (cfg.spoofchk !== undefined) steps.push({ step: "spoofchk", settings: { spoofChk: cfg.spoofchk }, what: `spoofchk ${cfg.spoofchk ? "on" : "off"}` });
+  if (cfg.trust !== undefined) steps.push({ step: "trust", settings: { trust: cfg.trust }, what: `trust ${cfg.trust ? "on" : "off"}` });
+  if (cfg.linkState !== undefined) steps.push({ step: "link_state", settings: { linkState: cfg.linkState }, what: `state ${cfg.linkState}` });
+  return steps;
+}
+
+/**
+ * Steps that put back the original values of `applied`, in reverse apply order: link state, trust,
+ * spoofchk (so spoofchk is back before the admin MAC changes), rate, MAC, VLAN last.
+ */
+export function restoreSteps(applied: VfStep[], orig: VfInfo): Step[] {
+  const out: Step[] = [];
+  for (const step of [...applied].reverse()) {
+    if (step === "vlan") {
+      out.push({ step, settings: { vlan: orig.vlan, qos: orig.qos, ...(orig.vlanProto === "802.1ad" && orig.vlan ? { vlanProto: "802.1ad" as const } : {}) }, what: `vlan ${orig.vlan} qos ${orig.qos} proto ${orig.vlanProto}` });
+    } else if (step === "mac") out.push({ step, settings: { mac: orig.mac }, what: `mac ${orig.mac}` });
+    else if (step === "rate") out.push({ step, settings: { minTxRate: orig.minTxRate, maxTxRate: orig.maxTxRate }, what: `min_tx_rate ${orig.minTxRate} max_tx_rate ${orig.maxTxRate}` });
+    else if (step === "spoofchk") out.push({ step, settings: { spoofChk: orig.spoofChk ?? true }, what: `spoofchk ${orig.spoofChk ?? true ? "on" : "off"}` });
+    else if (step === "trust") out.push({ step, settings: { trust: orig.trust ?? false }, what: `trust ${orig.trust ? "on" : "off"}` });
+    else out.push({ step, settings: { linkState: orig.linkState ?? "auto" }, what: `state ${orig.linkState ?? "auto"}` });
+  }
+  return out;
+}
+
+interface SriovExtra { pf: string; pfPci: string; vfIndex: number; dpdk: boolean; vf: VfInfo; applied: VfStep[] }
+interface VfRecord { containerId: string; ifName: string; network: string; netns: string; stateFile: string }
+
+type Ctx = CniContext<SriovConfig>;
+
+const recordPath = (dir: string, pci: string) => join(dir, `vf-${pci}.json`);
+const lockPath = (dir: string, pci: string) => join(dir, `vf-${pci}.lock`);
+const statePath = (cfg: SriovConfig, ctx: Ctx) => join(cfg.stateDir, stateFileName(ctx.containerId, ctx.ifName));
+
+/** Restores the VF's PF-side settings and its netdev; tolerates a VF or netdev that is gone. */
+function restoreVf(host: NetlinkSocket, ops: PfOps, st: AttachmentState, cfg: SriovConfig, log: Logger): void {
+  const x = st.extra as unknown as SriovExtra;
+  let error: unknown;
+  // PF side first: once the admin MAC is back, drivers that pin an administratively set MAC
+  // (iavf/ice without trust) accept the netdev's own MAC being set back.
+  if (!existsSync(join(cfg.sysfsRoot, "bus/pci/devices", x.pfPci, `virtfn${x.vfIndex}`))) {
+    log.warn("VF no longer exists (sriov_numvfs changed or the node rebooted); PF-side settings not restored", { pf: x.pf, vf: x.vfIndex });
+  } else {
+    for (const s of restoreSteps(x.applied, x.vf)) {
+      try {
+        ops.setVf(x.pf, x.vfIndex, s.settings, s.what);
+      } catch (e) {
+        log.warn("could not restore a VF setting", { pf: x.pf, vf: x.vfIndex, step: s.what, error: (e as Error).message });
+        error ??= e;
+      }
+    }
+  }
+  if (!x.dpdk) {
+    try {
+      returnToHost(host, st, { log, sysfsRoot: cfg.sysfsRoot });
+    } catch (e) {
+      error ??= e;
+    }
+  }
+  if (error) throw error;
+}
+
+/** Under the VF lock: refuse a VF held by a live namespace; restore and clear a stale holder. */
+function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf: VfDevice): void {
+  const rec = readJson<VfRecord>(recordPath(cfg.stateDir, vf.vfPci));
+  if (!rec) return;
+  if (rec.containerId === ctx.containerId && rec.ifName === ctx.ifName) {
+    throw new CniError(ErrorCode.DeviceBusy, `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`, "run DEL for this attachment first");
+  }
+  if (rec.netns && existsSync(rec.netns)) {
+    throw new CniError(ErrorCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} (${rec.ifName} in ${rec.netns})`,
+      "the device plugin gave out a VF that is still in use; the runtime retries, and the VF is free once that pod's DEL ran");
+  }
+  ctx.log.warn("clearing the stale record of a VF whose pod namespace is gone", { vf: vf.vfPci, containerId: rec.containerId });
+  const stale = readJson<AttachmentState>(rec.stateFile);
+  if (stale) {
+    try {
+      restoreVf(host, ops, stale, cfg, ctx.log);
+    } catch (e) {
+      ctx.log.warn("restoring the stale holder's VF state failed; continuing with the VF as it is", { error: (e as Error).message });
+    }
+    removeFile(rec.stateFile);
+  }
+  removeFile(recordPath(cfg.stateDir, vf.vfPci));
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const cfg = ctx.pluginConfig;
+  const log = ctx.log;
+  const mac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const host = NetlinkSocket.open();
+  try {
+    const vf = resolveVf(cfg);
+    if (!vf.dpdk) {
+      if (!vf.netdev) throw new CniError(ErrorCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
+      if (withNetns(ctx.netns, (nl) => findLinkByName(nl, ctx.ifName))) {
+        throw new CniError(ErrorCode.DeviceBusy, `interface "${ctx.ifName}" already exists in network namespace ${ctx.netns}`, "CNI_IFNAME must name a new interface in the pod");
+      }
+    }
+    ensureStateDir(cfg.stateDir, PLUGIN);
+    const ops = pfOps(host, log);
+    return await withUndo(log, async (undo) => {
+      const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
+      if (cfg.vlan !== undefined && alloc?.vlan !== undefined && alloc.vlan !== cfg.vlan) log.warn("the config's vlan overrides the pool's", { config: cfg.vlan, pool: alloc.vlan });
+      const vlan = cfg.vlan ?? alloc?.vlan ?? 0;
+      if ((cfg.vlanQoS || cfg.vlanProto === "802.1ad") && vlan === 0) {
+        throw invalid("vlanQoS/vlanProto", "need a VLAN, and neither the config nor the pool has one", 'set "vlan" or remove vlanQoS/vlanProto');
+      }
+      const ips: IpConfig[] = alloc?.result.ips ?? [];
+      const podLink = withFileLock(lockPath(cfg.stateDir, vf.vfPci), `VF ${vf.vfPci}`, () => {
+        claimVf(host, ops, cfg, ctx, vf);
+        const netdev = vf.dpdk ? undefined : findLinkByName(host, vf.netdev!);
+        if (!vf.dpdk && !netdev) {
+          throw new CniError(ErrorCode.DeviceBusy, `VF netdev ${vf.netdev} (${vf.vfPci}) is not in the host network namespace`, "another pod or agent holds it; DEL that attachment first");
+        }
+        const steps = applySteps(cfg, vlan, mac);
+        const path = statePath(cfg, ctx);
+        const extra: SriovExtra = { pf: vf.pfName, pfPci: vf.pfPci, vfIndex: vf.vfIndex, dpdk: vf.dpdk, vf: ops.readVf(vf.pfName, vf.vfIndex), applied: steps.map((s) => s.step) };
+        const st: AttachmentState = {
+          version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns, pciAddress: vf.vfPci,
+          original: netdev ? snapshotDevice(host, netdev) : { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+          podMac: mac ?? netdev?.mac ?? "", extra: extra as unknown as Record<string, unknown>,
+        };
+        writeDurable(path, st); // before the first change
+        writeDurable(recordPath(cfg.stateDir, vf.vfPci), { containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path } satisfies VfRecord);
+        undo.push(`restore VF ${vf.vfPci}`, () => {
+          try {
+            restoreVf(host, ops, st, cfg, log);
+          } finally {
+            removeFile(recordPath(cfg.stateDir, vf.vfPci));
+            removeFile(path);
+          }
+        });
+        for (const s of steps) ops.setVf(vf.pfName, vf.vfIndex, s.settings, s.what);
+        if (!netdev) return undefined;
+        const moved = moveIntoPod(host, netdev, ctx.netns, ctx.ifName, "bsv", log);
+        st.podIndex = moved.link.index;
+        if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
+        writeDurable(path, st);
+        return withNetns(ctx.netns, (nl) => configurePodInterface(nl, moved.link.index, {
+          ifName: ctx.ifName, netns: ctx.netns, ips, routes: alloc?.result.routes ?? [], log,
+          ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(mac ? { mac } : {}),
+        }));
+      });
+      return {
+        interfaces: [podLink
+          ? { name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, pciID: vf.vfPci }
+          : { name: ctx.ifName, sandbox: ctx.netns, pciID: vf.vfPci }],
+        ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
+        routes: alloc?.result.routes ?? [],
+        dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
+      };
+    });
+  } catch (e) {
+    throw kernelError(e, `${PLUGIN} ADD ${ctx.ifName}`);
+  } finally {
+    host.close();
+  }
+}
+
+async function del(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  const path = statePath(cfg, ctx);
+  const st = readJson<AttachmentState>(path);
+  let deviceError: unknown;
+  if (st) {
+    const x = st.extra as unknown as SriovExtra;
+    const host = NetlinkSocket.open();
+    try {
+      withFileLock(lockPath(cfg.stateDir, st.pciAddress!), `VF ${st.pciAddress}`, () => {
+        const rec = readJson<VfRecord>(recordPath(cfg.stateDir, st.pciAddress!));
+        if (rec && (rec.containerId !== ctx.containerId || rec.ifName !== ctx.ifName)) {
+          ctx.log.warn("the VF now belongs to another attachment; not touching it", { vf: st.pciAddress, holder: rec.containerId });
+        } else {
+          restoreVf(host, pfOps(host, ctx.log), { ...st, netns: ctx.netns || st.netns }, cfg, ctx.log);
+          removeFile(recordPath(cfg.stateDir, st.pciAddress!));
+        }
+        removeFile(path);
+      });
+      ctx.log.info("VF given back", { vf: st.pciAddress, pf: x.pf, index: x.vfIndex });
+    } catch (e) {
+      deviceError = kernelError(e, `${PLUGIN} DEL ${ctx.ifName}: give VF ${st.pciAddress} back`);
+    } finally {
+      host.close();
+    }
+  } else {
+    ctx.log.info("no saved VF state for this attachment; nothing to give back", { path });
+  }
+  if (hasIpam(ctx)) await ipamDel(ctx);
+  if (deviceError) throw deviceError;
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  const prev = requirePrevResult(ctx);
+  if (hasIpam(ctx)) await ipamCheck(ctx);
+  const found = findInterface(prev, ctx.ifName, ctx.netns);
+  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
+  const st = readJson<AttachmentState>(statePath(cfg, ctx));
+  if (!st) throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} in ${cfg.stateDir}`);
+  const x = st.extra as unknown as SriovExtra;
+  if (x.dpdk) return;
+  try {
+    const link = withNetns(ctx.netns, (nl) => checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ipsForInterface(prev, ctx.ifName, ctx.netns), found.iface.mac));
+    if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
+  } catch (e) {
+    throw kernelError(e, `${PLUGIN} CHECK ${ctx.ifName}`);
+  }
+}
+
+export const sriovPlugin = definePlugin<SriovConfig>({
+  name: PLUGIN,
+  parse: (conf) => parseSriovConfig(conf),
+  add,
+  del,
+  check,
+});
+
+
