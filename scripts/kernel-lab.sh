@@ -1,6 +1,11 @@
 #!/bin/bash
 # Kernel lab: run a command inside a qemu (TCG) guest booted from Debian's
 # kernel, which has the 802.1Q, dummy, macvlan and veth modules this host lacks.
+# The guest also has three virtio-net PCI NICs (eth0..eth2, MACs
+# 52:54:00:be:00:01..03), each on its own empty qemu hub: no backend, so no
+# frame ever leaves the guest. They stand in for physical NICs / cloud ENIs,
+# which, unlike virtual links, the kernel returns to the host namespace when a
+# pod's namespace dies.
 #
 #   scripts/kernel-lab.sh [--] CMD [ARG...]
 #   scripts/kernel-lab.sh --check     exit 0 if the lab can run here, else say what is missing and exit 2
@@ -65,7 +70,7 @@ if [[ -z $kver ]]; then
 fi
 [[ -n $kver && -r /boot/vmlinuz-$kver && -d /lib/modules/$kver/kernel ]] ||
 	die "no kernel with modules found (/boot/vmlinuz-K and /lib/modules/K); install one: apt-get install -y --no-install-recommends linux-image-amd64"
-for module in 8021q macvlan dummy veth; do
+for module in 8021q macvlan dummy veth virtio_net; do
 	modprobe -S "$kver" --show-depends "$module" >/dev/null 2>&1 ||
 		die "kernel $kver has no $module module; the lab needs Debian's linux-image-amd64 (apt-get install -y --no-install-recommends linux-image-amd64)"
 done
@@ -137,6 +142,23 @@ for dir in "$repo/test-results" ${BERTH_LAB_RW:-}; do
 	printf '%s %s\n' "$tag" "$dir" >>"$run/io/rw-mounts"
 done
 
+# The guest mounts fresh tmpfs on /tmp, /run and /dev/shm, hiding a repository that lives
+# there (CI clones may): share it on its own, overlaid like the root, at the same path.
+repo_args=()
+: >"$run/io/repo-mount"
+case "$(cd "$repo" && pwd -P)/" in
+/tmp/* | /run/* | /var/run/* | /dev/shm/*)
+	repo_args=(-virtfs "local,path=$(cd "$repo" && pwd -P),mount_tag=repo,security_model=none,readonly=on,multidevs=remap")
+	printf '%s\n' "$repo" >"$run/io/repo-mount"
+	;;
+esac
+
+# Isolated NICs: hub N has only the guest's NIC on it (no user/tap/socket backend).
+nic_args=()
+for n in 1 2 3; do
+	nic_args+=(-netdev "hubport,id=nic$n,hubid=$n" -device "virtio-net-pci,netdev=nic$n,mac=52:54:00:be:00:0$n")
+done
+
 passed_env=(CI FORCE_COLOR NO_COLOR ${BERTH_LAB_ENV:-})
 for name in $(compgen -v BERTH_); do
 	[[ $name == BERTH_LAB_* ]] || passed_env+=("$name")
@@ -162,14 +184,18 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 \
 	-kernel "/boot/vmlinuz-$kver" -initrd "$initramfs" \
 	-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off random.trust_cpu=on" \
 	-nic none \
+	"${nic_args[@]}" \
 	-device virtio-rng-pci \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$run/io,mount_tag=labio,security_model=none,multidevs=remap" \
+	"${repo_args[@]}" \
 	"${rw_args[@]}" \
 	-serial "file:$run/console.log" \
 	-chardev stdio,id=cmdout,signal=off -serial chardev:cmdout \
-	</dev/null
+	</dev/null 2>"$run/qemu.err"
 qemu_status=$?
+# An empty hub is the point (see nic_args): drop qemu's warning about it.
+grep -v '^qemu-system-x86_64: warning: hub [0-9]* is not connected to host network$' "$run/qemu.err" >&2 || true
 set -e
 elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
 
