@@ -153,10 +153,11 @@ case "$(cd "$repo" && pwd -P)/" in
 	;;
 esac
 
-# Isolated NICs: hub N has only the guest's NIC on it (no user/tap/socket backend).
+# Isolated NICs: hub N has only the guest's NIC on it (no user/tap/socket backend);
+# romfile= skips the PXE option ROM nobody boots from.
 nic_args=()
 for n in 1 2 3; do
-	nic_args+=(-netdev "hubport,id=nic$n,hubid=$n" -device "virtio-net-pci,netdev=nic$n,mac=52:54:00:be:00:0$n")
+	nic_args+=(-netdev "hubport,id=nic$n,hubid=$n" -device "virtio-net-pci,netdev=nic$n,mac=52:54:00:be:00:0$n,romfile=")
 done
 
 passed_env=(CI FORCE_COLOR NO_COLOR ${BERTH_LAB_ENV:-})

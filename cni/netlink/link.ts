@@ -4,7 +4,7 @@
 import { NetlinkError, NetlinkSocket } from "./socket";
 import { parseVfInfoList, VfInfo, ETH_P_8021AD, ETH_P_8021Q } from "./vfinfo";
 import {
-  AF_UNSPEC, Attrs, MessageBuilder, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLM_F_ACK, NlMsg,
+  AF_UNSPEC, Attrs, MessageBuilder, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLM_F_ACK, NlMsg,
   RTM_DELLINK, RTM_GETLINK, RTM_NAMES, RTM_NEWLINK, attrList, attrS32, attrStr, attrU16, attrU32, attrU8, bufferToMac,
   macToBuffer, parseAttrs,
 } from "./wire";
@@ -348,4 +348,23 @@ export function requestNaming(nl: NetlinkSocket, msg: MessageBuilder, what: () =
     if (e instanceof NetlinkError) throw new NetlinkError(what(), e.errno, e.kernelMessage);
     throw e;
   }
+}
+
+const RTM_NEWLINKPROP = 108;
+const RTM_DELLINKPROP = 109;
+
+function encodeLinkProp(type: number, index: number, altName: string): MessageBuilder {
+  // The kernel's strict validation wants the nested flag on IFLA_PROP_LIST, as iproute2 sets it.
+  return new MessageBuilder(type, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index))
+    .nest(IFLA_PROP_LIST | NLA_F_NESTED, (p) => p.strz(IFLA_ALT_IFNAME, altName));
+}
+
+/** = `ip link property add dev X altname NAME` */
+export function addAltName(nl: NetlinkSocket, index: number, name: string): void {
+  nl.request(encodeLinkProp(RTM_NEWLINKPROP, index, name), `RTM_NEWLINKPROP altname "${name}"`);
+}
+
+/** = `ip link property del dev X altname NAME` */
+export function deleteAltName(nl: NetlinkSocket, index: number, name: string): void {
+  nl.request(encodeLinkProp(RTM_DELLINKPROP, index, name), `RTM_DELLINKPROP altname "${name}"`);
 }

@@ -7,17 +7,15 @@
 // whatever happened meanwhile: the device renamed inside the pod, the namespace deleted (the kernel
 // gives a physical device back to the host namespace, as "devN" or under its pod name, so it is
 // found by MAC or PCI address), or DEL run twice (no file: nothing to do).
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeSync } from "node:fs";
-import { basename, join } from "node:path";
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { addAddress, listAddresses } from "../netlink/addr";
-import { koffi } from "../netlink/koffi";
 import {
-  IFLA_ALT_IFNAME, IFLA_PROP_LIST, findLinkByName, getLinkByIndex, listLinks, setLinkAlias, setLinkDown, setLinkMac,
+  addAltName, deleteAltName, findLinkByName, getLinkByIndex, listLinks, setLinkAlias, setLinkDown, setLinkMac,
   setLinkMtu, setLinkName, setLinkNetns, setLinkUp, type Link,
 } from "../netlink/link";
 import { addRoute, listRoutes, type RouteOptions } from "../netlink/route";
-import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { AF_UNSPEC, MessageBuilder, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST } from "../netlink/wire";
+import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
 import { CniError, ErrorCode } from "../spec/errors";
 import type { Logger } from "../spec/log";
@@ -123,43 +121,21 @@ export function listStateFiles(dir: string): string[] {
   }
 }
 
-// ---- locks (flock: released by the kernel when the plugin dies)
-
-const libc = koffi.load("libc.so.6");
-const flock = libc.func("int flock(int fd, int operation)");
-const LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
-const LOCK_TIMEOUT_MS = 30_000;
-
-/** Runs `fn` holding an exclusive flock on `path` (code 11 after 30 s). */
-export function withFileLock<T>(path: string, what: string, fn: () => T): T {
-  const fd = openSync(path, "a", 0o600);
-  try {
-    const sleeper = new Int32Array(new SharedArrayBuffer(4));
-    const deadline = Date.now() + LOCK_TIMEOUT_MS;
-    while (Number(flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
-      if (Date.now() > deadline) {
-        throw new CniError(ErrorCode.TryAgainLater, `timed out after ${LOCK_TIMEOUT_MS / 1000} s waiting for the lock on ${what} (${path})`,
-          `another plugin call holds it; if one is hung, find it with \`fuser ${path}\`; the runtime retries`);
-      }
-      Atomics.wait(sleeper, 0, 0, 10);
-    }
-    try {
-      return fn();
-    } finally {
-      flock(fd, LOCK_UN);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
 // ---- sysfs
+
+// A virtio-net netdev (KVM clouds, the kernel lab) hangs off a virtio device, virtioN, which is
+// the child of the PCI function: <pci>/virtioN/net/<name> instead of <pci>/net/<name>.
+const VIRTIO_DEVICE = /^virtio\d+$/;
 
 /** PCI address (0000:3b:02.0) of a netdev by name, from <sysfs>/class/net/<name>/device; undefined if none. */
 export function pciAddressOf(sysfsRoot: string, name: string): string | undefined {
+  const device = join(sysfsRoot, "class/net", name, "device");
   try {
-    const target = basename(readlinkSync(join(sysfsRoot, "class/net", name, "device")));
-    return PCI_ADDRESS.test(target) ? target : undefined;
+    const target = basename(readlinkSync(device));
+    if (PCI_ADDRESS.test(target)) return target;
+    if (!VIRTIO_DEVICE.test(target)) return undefined;
+    const parent = basename(dirname(realpathSync(device)));
+    return PCI_ADDRESS.test(parent) ? parent : undefined;
   } catch {
     return undefined;
   }
@@ -167,13 +143,22 @@ export function pciAddressOf(sysfsRoot: string, name: string): string | undefine
 
 export const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 
-/** Netdev names under <sysfs>/bus/pci/devices/<addr>/net/. */
-export function netdevsOfPci(sysfsRoot: string, addr: string): string[] {
+function readdirOrEmpty(dir: string): string[] {
   try {
-    return readdirSync(join(sysfsRoot, "bus/pci/devices", addr, "net")).sort();
+    return readdirSync(dir);
   } catch {
     return [];
   }
+}
+
+/** Netdev names under <sysfs>/bus/pci/devices/<addr>/net/ (or <addr>/virtioN/net/ for virtio-net). */
+export function netdevsOfPci(sysfsRoot: string, addr: string): string[] {
+  const dir = join(sysfsRoot, "bus/pci/devices", addr);
+  const names = readdirOrEmpty(join(dir, "net"));
+  for (const child of readdirOrEmpty(dir)) {
+    if (VIRTIO_DEVICE.test(child)) names.push(...readdirOrEmpty(join(dir, child, "net")));
+  }
+  return names.sort();
 }
 
 // ---- snapshot
@@ -205,26 +190,6 @@ export function snapshotDevice(nl: NetlinkSocket, link: Link): DeviceSnapshot {
 }
 
 // ---- altnames (RTM_NEWLINKPROP / RTM_DELLINKPROP)
-
-const RTM_NEWLINKPROP = 108;
-const RTM_DELLINKPROP = 109;
-
-function encodeLinkProp(type: number, index: number, altName: string): MessageBuilder {
-  const ifi = Buffer.alloc(16);
-  ifi.writeUInt8(AF_UNSPEC, 0);
-  ifi.writeInt32LE(index, 4);
-  return new MessageBuilder(type, NLM_F_REQUEST | NLM_F_ACK, ifi)  // the kernel's strict validation wants the nested flag on IFLA_PROP_LIST, as iproute2 sets it
-    .nest(IFLA_PROP_LIST | NLA_F_NESTED, (p) => p.strz(IFLA_ALT_IFNAME, altName));
-}
-
-/** = `ip link property add dev X altname NAME` */
-export function addAltName(nl: NetlinkSocket, index: number, name: string): void {
-  nl.request(encodeLinkProp(RTM_NEWLINKPROP, index, name), `RTM_NEWLINKPROP altname "${name}"`);
-}
-/** = `ip link property del dev X altname NAME` */
-export function deleteAltName(nl: NetlinkSocket, index: number, name: string): void {
-  nl.request(encodeLinkProp(RTM_DELLINKPROP, index, name), `RTM_DELLINKPROP altname "${name}"`);
-}
 
 // ---- move in
 
@@ -419,14 +384,3 @@ export function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentSta
   log.info("device restored on the host", { name: o.name, mtu: o.mtu, mac: o.mac, up: o.up });
 }
 
-/** Kernel and namespace failures as CNI errors naming what was attempted. */
-export function kernelError(e: unknown, doing: string): unknown {
-  if (e instanceof CniError) return e;
-  if (e instanceof NetlinkError) {
-    return new CniError(ErrorCode.NetlinkFailure, `${doing}: ${e.message}`, "see the kernel's reason above; the plugin log (logFile) has the details");
-  }
-  if (e instanceof NetnsError) {
-    return new CniError(ErrorCode.NetnsFailure, `${doing}: ${e.message}`, "check CNI_NETNS: the container's network namespace must exist");
-  }
-  return e;
-}

@@ -16,11 +16,11 @@ import { definePlugin, type CniContext } from "../spec/plugin";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
 import {
-  PCI_ADDRESS, ensureStateDir, kernelError, listStateFiles, moveIntoPod, netdevsOfPci, pciAddressOf, readJson, removeFile,
-  returnToHost, snapshotDevice, stateFileName, withFileLock, writeDurable, type AttachmentState,
+  PCI_ADDRESS, ensureStateDir, listStateFiles, moveIntoPod, netdevsOfPci, pciAddressOf, readJson, removeFile,
+  returnToHost, snapshotDevice, stateFileName, writeDurable, type AttachmentState,
 } from "./devstate";
-import { normalizeMac } from "./macvlan";
-import { checkPodInterface, configurePodInterface, mismatch } from "./podnet";
+import { withFileLock } from "./filelock";
+import { checkPodInterface, configurePodInterface, kernelError, mismatch, normalizeMac } from "./podnet";
 
 export const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
 const PLUGIN = "berth-hostdev";
@@ -137,7 +137,7 @@ function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
   else {
     const names = netdevsOfPci(cfg.sysfsRoot, s.value);
     hint = names.length ? `its netdev ${names.join(", ")} is not in the host namespace (already in a pod?)`
-      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value, "net")} lists no netdev: the device does not exist or is bound to a userspace driver (vfio-pci)`;
+      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value)} has no netdev (under net/, or virtioN/net/ for virtio-net): the device does not exist or is bound to a userspace driver (vfio-pci)`;
     for (const n of names) link ??= findLinkByName(nl, n);
   }
   if (!link) {

@@ -1,24 +1,23 @@
 // berth-macvlan: puts a macvlan of a host NIC, or of its VLAN sub-interface master.vlan, into the
 // pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
 // before any link is made). See conf/cni/README-macvlan.md for the config keys.
-import { addAddress, listAddresses } from "../netlink/addr";
 import {
-  addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkName, setLinkUp,
+  addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkName,
   type Link, type MacvlanMode,
 } from "../netlink/link";
-import { addRoute, listRoutes } from "../netlink/route";
-import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { NetnsError, closeFd, ifaceSysctl, openNetnsFd, setSysctl, withNetns } from "../netns";
+import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
+import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
 import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
-import { canonicalCidr, canonicalIp, parseCidr } from "../spec/cidr";
+import { canonicalIp, parseCidr } from "../spec/cidr";
 import { validateIfName } from "../spec/env";
 import { CniError, ErrorCode } from "../spec/errors";
 import { hasIpam, ipamAdd, ipamCheck, ipamDel, ipamGc, type IpamAllocation } from "../spec/ipam";
 import type { Logger } from "../spec/log";
 import { definePlugin, type CniContext } from "../spec/plugin";
 import type { NetConf } from "../spec/config";
-import type { IpConfig, Result, Route } from "../spec/result";
+import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
+import { checkPodInterface, configurePodInterface, kernelError, mismatch, normalizeMac } from "./podnet";
 import {
   DEFAULT_STATE_DIR, attachmentKey, ensureVlanLink, readRecord, recordAttachment, recordNames, recordsHolding, releaseVlanLink, vlanLinkName,
   withVlanLock,
@@ -26,7 +25,6 @@ import {
 
 export type PodMacvlanMode = Exclude<MacvlanMode, "source">;
 const MODES: PodMacvlanMode[] = ["bridge", "private", "vepa", "passthru"];
-const DAD_TIMEOUT_MS = 5_000;
 
 export interface MacvlanConfig {
   master: string;
@@ -44,20 +42,6 @@ function invalid(field: string, why: string, fix: string): CniError {
   return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
 }
 
-const MAC = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/;
-
-/** Lower-case colon form; code 7 for malformed, multicast or all-zero MACs. */
-export function normalizeMac(value: unknown, field: string): string {
-  if (typeof value !== "string" || !MAC.test(value)) {
-    throw invalid(field, `"${String(value)}" is not a MAC address`, "use the form 0a:58:0a:01:00:05");
-  }
-  const mac = value.toLowerCase().replace(/-/g, ":");
-  if (parseInt(mac.slice(0, 2), 16) & 1) {
-    throw invalid(field, `${mac} is a multicast MAC address`, "a pod needs a unicast MAC: the lowest bit of the first byte must be 0 (e.g. 0a:...)");
-  }
-  if (mac === "00:00:00:00:00:00") throw invalid(field, "is all zeros", "use a unicast MAC such as 0a:58:0a:01:00:05");
-  return mac;
-}
 
 export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
   const raw = conf.raw;
@@ -140,17 +124,6 @@ function expandV6(ip: string): number[] {
 
 type Ctx = CniContext<MacvlanConfig>;
 
-/** Kernel and namespace failures as CNI errors naming what was attempted. */
-function kernelError(e: unknown, doing: string): unknown {
-  if (e instanceof CniError) return e;
-  if (e instanceof NetlinkError) {
-    return new CniError(ErrorCode.NetlinkFailure, `${doing}: ${e.message}`, "see the kernel's reason above; the plugin log (logFile) has the details");
-  }
-  if (e instanceof NetnsError) {
-    return new CniError(ErrorCode.NetnsFailure, `${doing}: ${e.message}`, "check CNI_NETNS: the container's network namespace must exist");
-  }
-  return e;
-}
 
 function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
   const master = findLinkByName(nl, cfg.master);
@@ -263,94 +236,15 @@ function configurePod(nl: NetlinkSocket, ctx: Ctx, tmpName: string, alloc: IpamA
     }
     throw e;
   }
-  const ips = alloc?.result.ips ?? [];
-  const hasV6 = ips.some((ip) => parseCidr(ip.address)?.family === 6);
-  // Neighbours learn the (possibly new) MAC of a returning IP at once: gratuitous ARP and
-  // unsolicited NA when the link comes up with its addresses.
-  setSysctl(ifaceSysctl(4, ifName, "arp_notify"), 1);
-  if (hasV6) {
-    for (const dev of ["lo", ifName]) {
-      try {
-        setSysctl(ifaceSysctl(6, dev, "disable_ipv6"), 0);
-      } catch (e) {
-        throw new CniError(ErrorCode.NetnsFailure, `cannot enable IPv6 on ${dev} in ${ctx.netns}: ${(e as Error).message}`,
-          "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)");
-      }
-    }
-    setSysctl(ifaceSysctl(6, ifName, "ndisc_notify"), 1);
-  }
-  // Addresses before up, so that arp_notify announces them as the link comes up.
-  for (const ip of ips) addAddress(nl, { index: tmp.index, cidr: ip.address });
-  setLinkUp(nl, tmp.index);
-  if (hasV6) waitForDad(nl, ctx, tmp.index, ips);
-  addRoutes(nl, tmp.index, ips, alloc?.result.routes ?? [], log);
-  return getLinkByName(nl, ifName);
+  return configurePodInterface(nl, tmp.index, {
+    ifName, netns: ctx.netns, ips: alloc?.result.ips ?? [], routes: alloc?.result.routes ?? [], log,
+  });
 }
 
-/** Real duplicate address detection: wait until no address is tentative; fail on dadfailed. */
-function waitForDad(nl: NetlinkSocket, ctx: Ctx, index: number, ips: IpConfig[]): void {
-  const want = new Set(ips.map((ip) => canonicalCidr(ip.address)).filter((c) => c.includes(":")));
-  const deadline = Date.now() + DAD_TIMEOUT_MS;
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
-  for (;;) {
-    const mine = listAddresses(nl, { index, family: 6 }).filter((a) => want.has(canonicalCidr(a.cidr)));
-    const failed = mine.find((a) => a.dadFailed);
-    if (failed) {
-      throw new CniError(ErrorCode.IpamIpUnavailable, `IPv6 address ${failed.cidr} is already in use on the network: duplicate address detection failed on ${ctx.ifName}`,
-        "another host answers for this address; find it (ip -6 neigh) and remove the duplicate, or exclude the address from the pool");
-    }
-    if (!mine.some((a) => a.tentative)) return;
-    if (Date.now() > deadline) {
-      const link = findLinkByIndex(nl, index);
-      throw new CniError(ErrorCode.NetlinkFailure,
-        `duplicate address detection for ${mine.filter((a) => a.tentative).map((a) => a.cidr).join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
-        link && link.operState !== "up"
-          ? `${ctx.ifName} is ${link.operState}: the master (or its VLAN sub-interface) has no carrier; bring it up and check the cable/switch port`
-          : "the link may be losing packets; check the master and the switch port");
-    }
-    Atomics.wait(sleeper, 0, 0, 20);
-  }
-}
 
-const SCOPES: Record<number, "global" | "site" | "link" | "host"> = { 0: "global", 200: "site", 253: "link", 254: "host" };
 
-/**
- * IPAM routes on the pod interface. A route without gw uses its family's gateway (as the
- * reference plugins do); a gateway no address prefix of the interface covers (a /32 address, a
- * gateway outside the subnet) is added on-link instead of failing with "Nexthop has invalid gateway".
- */
-function addRoutes(nl: NetlinkSocket, index: number, ips: IpConfig[], routes: Route[], log: Logger): void {
-  const gw4 = ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === 4)?.gateway;
-  const gw6 = ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === 6)?.gateway;
-  const prefixes = ips.map((ip) => parseCidr(ip.address)!).filter(Boolean);
-  for (const r of routes) {
-    const family = parseCidr(r.dst)?.family;
-    const gw = r.gw ?? (family === 4 ? gw4 : gw6);
-    const onLink = gw !== undefined && !prefixes.some((p) => p.family === family && covers(p.ip, p.prefix, gw));
-    if (r.mtu || r.advmss) log.warn("route mtu/advmss are not applied", { route: r });
-    try {
-      addRoute(nl, {
-        dst: r.dst, index, ...(gw ? { gateway: gw } : {}), ...(onLink ? { onLink } : {}),
-        ...(r.priority !== undefined ? { metric: r.priority } : {}), ...(r.table !== undefined ? { table: r.table } : {}),
-        ...(r.scope !== undefined && SCOPES[r.scope] ? { scope: SCOPES[r.scope] } : {}),
-      });
-    } catch (e) {
-      if (isNetlinkError(e, "EEXIST")) continue; // listed twice by IPAM
-      throw e;
-    }
-  }
-}
 
-function covers(net: string, prefix: number, ip: string): boolean {
-  const a = bits(net), b = bits(ip);
-  if (a.length !== b.length) return false;
-  return a.slice(0, prefix) === b.slice(0, prefix);
-}
 
-function bits(ip: string): string {
-  if (!ip.includes(":")) return ip.split(".").map((o) => Number(o).toString(2).padStart(8, "0")).join("");
-  return expandV6(canonicalIp(ip)).map((g) => g.toString(2).padStart(16, "0")).join("");
-}
 
 /** Deletes the first of `names` that exists in the pod namespace; fine when the namespace is gone. */
 function deletePodLink(ctx: Ctx, names: string[], log: Logger): void {
@@ -403,9 +297,6 @@ async function del(ctx: Ctx): Promise<void> {
   if (ipamError) throw ipamError;
 }
 
-function mismatch(what: string, fix = "delete and re-create the pod sandbox to repair it"): CniError {
-  return new CniError(ErrorCode.CheckMismatch, what, fix);
-}
 
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
@@ -424,24 +315,8 @@ async function check(ctx: Ctx): Promise<void> {
       if (!link) throw mismatch(`interface "${ctx.ifName}" does not exist in ${ctx.netns}`);
       if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
       if (link.macvlan?.mode !== cfg.mode) throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
-      const wantMac = found.iface.mac?.toLowerCase();
-      if (wantMac && link.mac !== wantMac) throw mismatch(`interface "${ctx.ifName}" has MAC ${link.mac}, prevResult says ${wantMac}`);
       if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
-      const have = new Set(listAddresses(nl, { index: link.index }).map((a) => canonicalCidr(a.cidr)));
-      for (const ip of ips) {
-        if (!have.has(canonicalCidr(ip.address))) throw mismatch(`interface "${ctx.ifName}" lacks address ${ip.address} from prevResult`);
-      }
-      const routes = listRoutes(nl, { table: "all" });
-      const gw = (fam: 4 | 6) => ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === fam)?.gateway;
-      for (const r of prev.routes ?? []) {
-        const dst = canonicalCidr(r.dst);
-        const fam = parseCidr(r.dst)?.family as 4 | 6;
-        const via = r.gw ?? gw(fam);
-        const ok = routes.some((k) => canonicalCidr(k.dst) === dst && k.index === link.index
-          && (via === undefined ? k.gateway === undefined : k.gateway !== undefined && canonicalIp(k.gateway) === canonicalIp(via)));
-        if (!ok) throw mismatch(`route ${r.dst}${via ? ` via ${via}` : ""} dev ${ctx.ifName} from prevResult is missing in ${ctx.netns}`);
-      }
-      return link;
+      return checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac);
     });
     if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);
     const parent = findLinkByIndex(host, pod.parentIndex);

@@ -1,11 +1,11 @@
 // Layer-3 setup of an interface already inside the pod namespace (call inside withNetns):
 // neighbour announcements, addresses, up, IPv6 DAD, routes; and the CHECK counterpart.
-// Used by berth-hostdev and berth-sriov (berth-macvlan has its own copy of the same rules).
+// Shared by berth-macvlan, berth-hostdev and berth-sriov.
 import { addAddress, listAddresses } from "../netlink/addr";
 import { findLinkByName, getLinkByIndex, setLinkMac, setLinkMtu, setLinkUp, type Link } from "../netlink/link";
 import { addRoute, listRoutes } from "../netlink/route";
-import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { ifaceSysctl, setSysctl } from "../netns";
+import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
+import { NetnsError, ifaceSysctl, setSysctl } from "../netns";
 import { canonicalCidr, canonicalIp, parseCidr } from "../spec/cidr";
 import { CniError, ErrorCode } from "../spec/errors";
 import type { Logger } from "../spec/log";
@@ -69,8 +69,11 @@ function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
     }
     if (!mine.some((a) => a.tentative)) return;
     if (Date.now() > deadline) {
+      const link = getLinkByIndex(nl, index);
       throw new CniError(ErrorCode.NetlinkFailure, `duplicate address detection for ${mine.filter((a) => a.tentative).map((a) => a.cidr).join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
-        `check that ${s.ifName} has carrier (cable, switch port, the PF's link state)`);
+        link.operState !== "up"
+          ? `${s.ifName} is ${link.operState}: its parent has no carrier; bring it up and check the cable, switch port or the PF's link state`
+          : "the link may be losing packets; check the parent NIC and the switch port");
     }
     Atomics.wait(sleeper, 0, 0, 20);
   }
@@ -116,6 +119,37 @@ function bits(ip: string): string {
 function covers(net: string, prefix: number, ip: string): boolean {
   const a = bits(net), b = bits(ip);
   return a.length === b.length && a.slice(0, prefix) === b.slice(0, prefix);
+}
+
+function invalid(field: string, why: string, fix: string): CniError {
+  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
+}
+
+const MAC = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/;
+
+/** Lower-case colon form; code 7 for malformed, multicast or all-zero MACs. */
+export function normalizeMac(value: unknown, field: string): string {
+  if (typeof value !== "string" || !MAC.test(value)) {
+    throw invalid(field, `"${String(value)}" is not a MAC address`, "use the form 0a:58:0a:01:00:05");
+  }
+  const mac = value.toLowerCase().replace(/-/g, ":");
+  if (parseInt(mac.slice(0, 2), 16) & 1) {
+    throw invalid(field, `${mac} is a multicast MAC address`, "a pod needs a unicast MAC: the lowest bit of the first byte must be 0 (e.g. 0a:...)");
+  }
+  if (mac === "00:00:00:00:00:00") throw invalid(field, "is all zeros", "use a unicast MAC such as 0a:58:0a:01:00:05");
+  return mac;
+}
+
+/** Kernel and namespace failures as CNI errors naming what was attempted. */
+export function kernelError(e: unknown, doing: string): unknown {
+  if (e instanceof CniError) return e;
+  if (e instanceof NetlinkError) {
+    return new CniError(ErrorCode.NetlinkFailure, `${doing}: ${e.message}`, "see the kernel's reason above; the plugin log (logFile) has the details");
+  }
+  if (e instanceof NetnsError) {
+    return new CniError(ErrorCode.NetnsFailure, `${doing}: ${e.message}`, "check CNI_NETNS: the container's network namespace must exist");
+  }
+  return e;
 }
 
 export function mismatch(what: string, fix = "delete and re-create the pod sandbox to repair it"): CniError {

@@ -21,12 +21,12 @@ import { definePlugin, type CniContext } from "../spec/plugin";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
 import {
-  ensureStateDir, kernelError, moveIntoPod, netdevsOfPci, readJson, removeFile, returnToHost, snapshotDevice, stateFileName,
-  withFileLock, writeDurable, type AttachmentState,
+  ensureStateDir, moveIntoPod, netdevsOfPci, readJson, removeFile, returnToHost, snapshotDevice, stateFileName,
+  writeDurable, type AttachmentState,
 } from "./devstate";
+import { withFileLock } from "./filelock";
 import { mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom } from "./hostdev";
-import { normalizeMac } from "./macvlan";
-import { checkPodInterface, configurePodInterface, mismatch } from "./podnet";
+import { checkPodInterface, configurePodInterface, kernelError, mismatch, normalizeMac } from "./podnet";
 
 export const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";

@@ -16,18 +16,17 @@
 // Only sub-interfaces carrying the alias "berth:created" are ever deleted: one that existed
 // before Berth (an operator's eth0.101) is reused and never touched.
 import { createHash } from "node:crypto";
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { koffi } from "../netlink/koffi";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { currentNetnsInode, inNetns } from "../netns";
 import { CniError, ErrorCode } from "../spec/errors";
 import type { Logger } from "../spec/log";
+import { withFileLock } from "./filelock";
 
 export const BERTH_CREATED_ALIAS = "berth:created";
 export const DEFAULT_STATE_DIR = "/run/berth/macvlan";
-const LOCK_TIMEOUT_MS = 30_000;
 
 /**
  * Name of the sub-interface for VLAN `vlan` on `master`: "master.vlan" when that fits the
@@ -47,39 +46,10 @@ export function vlanLinkName(master: string, vlan: number): string {
 
 // ---- lock
 
-const libc = koffi.load("libc.so.6");
-const flock = libc.func("int flock(int fd, int operation)");
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const LOCK_UN = 8;
-
-/** Runs `fn` holding an exclusive flock on <stateDir>/<name>.lock (code 11 after 30 s of waiting). */
+/** Runs `fn` holding the lock of sub-interface `name` (<stateDir>/<name>.lock). */
 export function withVlanLock<T>(stateDir: string, name: string, fn: () => T): T {
   ensureDir(stateDir);
-  const path = join(stateDir, `${name}.lock`);
-  const fd = openSync(path, "a", 0o600);
-  try {
-    const sleeper = new Int32Array(new SharedArrayBuffer(4));
-    const deadline = Date.now() + LOCK_TIMEOUT_MS;
-    while (Number(flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
-      const errno = koffi.errno();
-      if (errno !== 11 /* EWOULDBLOCK */ && errno !== 4 /* EINTR */) {
-        throw new CniError(ErrorCode.IOFailure, `cannot lock ${path}: errno ${errno}`, "check that the state directory is on a local filesystem (tmpfs /run)");
-      }
-      if (Date.now() > deadline) {
-        throw new CniError(ErrorCode.TryAgainLater, `timed out after ${LOCK_TIMEOUT_MS / 1000} s waiting for the lock on VLAN sub-interface ${name} (${path})`,
-          "another berth-macvlan call holds it; if one is hung, find it with `fuser " + path + "`; the runtime retries");
-      }
-      Atomics.wait(sleeper, 0, 0, 10);
-    }
-    try {
-      return fn();
-    } finally {
-      flock(fd, LOCK_UN);
-    }
-  } finally {
-    closeSync(fd);
-  }
+  return withFileLock(join(stateDir, `${name}.lock`), `VLAN sub-interface ${name}`, fn);
 }
 
 function ensureDir(dir: string): void {

@@ -1,9 +1,9 @@
 #!/bin/bash
 # Stage 2 of the kernel lab guest: PID 1 on the host's root (overlaid, see init).
-# Loads the network modules (virtio_net drives the lab's isolated NICs eth0..eth2),
-# runs /run/berth-lab/cmd.sh with its output on the second serial port (the host's stdout), writes its exit status to
-# /run/berth-lab/status and powers the guest off. PID 1 must never exit: the
-# kernel would panic.
+# Loads the network modules (virtio_net drives the lab's isolated NICs
+# eth0..eth2), runs /run/berth-lab/cmd.sh with its output on the second serial
+# port (the host's stdout), writes its exit status to /run/berth-lab/status and
+# powers the guest off. PID 1 must never exit: the kernel would panic.
 io=/run/berth-lab
 out=/dev/ttyS1
 
