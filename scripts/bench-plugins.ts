@@ -71,7 +71,8 @@ async function addDelBench(): Promise<void> {
     execFileSync("ip", ["netns", "add", netns]);
     await waitForSocket(socket, daemon);
 
-    const common = { cniVersion: "1.1.0", name: "bench", master, mode: "bridge" };
+    // The reference plugins Debian ships speak CNI up to 1.0.0.
+    const common = { cniVersion: "1.0.0", name: "bench", master, mode: "bridge" };
     const ours = JSON.stringify({ ...common, type: "berth-macvlan", ipam: { type: "berth-ipam", socket } });
     const theirs = JSON.stringify({ ...common, type: "macvlan",
       ipam: { type: "host-local", subnet: "10.98.0.0/16", gateway: "10.98.0.1", dataDir: join(tmp, "host-local"),

@@ -14,7 +14,7 @@ git diff --quiet HEAD 2>/dev/null || commit="${commit}-dirty"
 rm -rf dist.new
 mkdir -p dist.new/bin dist.new/ipamd
 
-node_modules/.bin/bun build --compile --minify \
+node_modules/.bin/bun build --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
   --define "__BERTH_VERSION__=\"$version\"" --define "__BERTH_COMMIT__=\"$commit\"" \
   cni/main.ts --outfile dist.new/bin/berth >/dev/null
 for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
