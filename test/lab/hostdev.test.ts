@@ -327,3 +327,50 @@ describe("kernel lab: berth-hostdev on real PCI NICs (virtio-net)", () => {
     expectRestored(want, want.mac);
   });
 });
+
+describe("kernel lab: berth-hostdev on dummy devices (ENI stand-ins without a PCI device)", () => {
+  const dummy = `dum${tag}`.slice(0, 15);
+
+  afterEach(() => {
+    for (const n of netnsNames.splice(0)) spawnSync("ip", ["netns", "del", n]);
+    spawnSync("ip", ["link", "del", dummy]);
+    for (const f of stateFiles()) rmSync(join(stateDir, f));
+  });
+
+  function prepareDummy(): NicState {
+    ip("link", "add", dummy, "type", "dummy");
+    ip("link", "set", "dev", dummy, "mtu", "1400", "address", "0a:58:0a:cb:00:63", "up");
+    ip("addr", "add", "10.203.99.1/24", "dev", dummy);
+    ip("route", "add", "10.203.98.0/24", "via", "10.203.99.254", "dev", dummy);
+    return nicState(dummy);
+  }
+
+  it("ADD by name and by MAC, DEL: name, MTU, MAC, up, address and route come back", () => {
+    for (const [i, selector] of (["device", "hwaddr"] as const).entries()) {
+      const want = prepareDummy();
+      const ns = newNetns(`dm${i}`);
+      const config = conf(selector === "device" ? { device: dummy } : { hwaddr: want.mac });
+      expectAdded(call("ADD", ns, config), ns, want.mac);
+      expect(links().some((l) => l.ifname === dummy)).toBe(false);
+      const del = call("DEL", ns, config);
+      expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
+      expectRestored(want, want.mac);
+      expect(stateFiles()).toEqual([]);
+      ip("link", "del", dummy);
+    }
+  });
+
+  it("a dummy dies with its namespace (unlike a NIC): DEL succeeds, drops the record, and DEL again succeeds", () => {
+    const want = prepareDummy();
+    const ns = newNetns("dm2");
+    const config = conf({ device: dummy });
+    expectAdded(call("ADD", ns, config), ns, want.mac);
+    ip("netns", "del", ns);
+    for (const _ of [1, 2]) {
+      const del = call("DEL", ns, config);
+      expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
+    }
+    expect(links().some((l) => l.address === want.mac)).toBe(false);
+    expect(stateFiles()).toEqual([]);
+  });
+});
