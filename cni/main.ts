@@ -14,24 +14,13 @@ const COMMIT = typeof __BERTH_COMMIT__ === "string" ? __BERTH_COMMIT__ : "unknow
 
 type Entry = (argv: string[]) => Promise<number>;
 
-// Each entry imports its module only when chosen, so a plugin loads only what it needs.
+// Each entry imports its module only when chosen, and a plugin's own modules only once the verb
+// needs them (VERSION never loads netlink or the ipamd client), so start-up stays short.
 const ENTRIES: Record<string, Entry> = {
-  "berth-ipam": async () => {
-    const [{ pluginMain }, { ipamPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/ipam")]);
-    return pluginMain(ipamPlugin);
-  },
-  "berth-macvlan": async () => {
-    const [{ pluginMain }, { macvlanPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/macvlan")]);
-    return pluginMain(macvlanPlugin);
-  },
-  "berth-hostdev": async () => {
-    const [{ pluginMain }, { hostdevPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/hostdev")]);
-    return pluginMain(hostdevPlugin);
-  },
-  "berth-sriov": async () => {
-    const [{ pluginMain }, { sriovPlugin }] = await Promise.all([import("./spec/dispatch"), import("./plugins/sriov")]);
-    return pluginMain(sriovPlugin);
-  },
+  "berth-ipam": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/ipam")).ipamPlugin),
+  "berth-macvlan": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/macvlan")).macvlanPlugin),
+  "berth-hostdev": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/hostdev")).hostdevPlugin),
+  "berth-sriov": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/sriov")).sriovPlugin),
   ipamctl: async (argv) => (await import("../ipamd/ipamctl")).main(argv),
 };
 

@@ -279,21 +279,19 @@ function deletePodLink(ctx: Ctx, names: string[], log: Logger): void {
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  let ipamError: unknown;
-  if (hasIpam(ctx)) {
-    try {
-      await ipamDel(ctx);
-    } catch (e) {
-      ipamError = e; // still remove the interface; report the IPAM failure afterwards
-    }
-  }
+  // The release goes out first and runs while the kernel deletes the link (~15 ms, blocking this
+  // thread): in the compiled plugin, fetch sends it from Bun's HTTP thread. An IPAM failure does
+  // not stop the interface removal; it is reported afterwards.
+  const released = hasIpam(ctx) ? ipamDel(ctx).then(() => undefined, (e: unknown) => e) : undefined;
   try {
     deletePodLink(ctx, [ctx.ifName], ctx.log);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
     for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);
   } catch (e) {
+    await released; // let the release finish before the process answers and exits
     throw kernelError(e, `berth-macvlan DEL ${ctx.ifName}`);
   }
+  const ipamError = await released;
   if (ipamError) throw ipamError;
 }
 

@@ -15,7 +15,6 @@
 // sub-interface that is in use; at worst an unused one stays until the next DEL on that VLAN.
 // Only sub-interfaces carrying the alias "berth:created" are ever deleted: one that existed
 // before Berth (an operator's eth0.101) is reused and never touched.
-import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
@@ -39,6 +38,8 @@ export function vlanLinkName(master: string, vlan: number): string {
   const plain = `${master}.${vlan}`;
   if (Buffer.byteLength(plain) <= 15) return plain;
   const suffix = `.${vlan}`;
+  // node:crypto is loaded only here (long master names): it costs every plugin start ~1.5 ms.
+  const { createHash } = process.getBuiltinModule("node:crypto");
   const hash = createHash("sha1").update(master).digest("hex").slice(0, 4);
   const keep = 15 - suffix.length - hash.length;
   return `${Buffer.from(master).subarray(0, keep).toString("latin1")}${hash}${suffix}`;

@@ -5,7 +5,6 @@ import { readFileSync, readSync, writeSync } from "node:fs";
 import { configVersion, decodeConfig, parseConfig, requireVerbSupported, type NetConf } from "./config";
 import { parseCniArgs, readCommand, readEnv, type Command } from "./env";
 import { CniError, ErrorCode, toCniError } from "./errors";
-import { hasIpam, ipamGc, ipamStatus } from "./ipam";
 import { createLogger, nullLogger, type Logger } from "./log";
 import type { CniContext, CniPlugin } from "./plugin";
 import { encodeResult } from "./result";
@@ -27,7 +26,13 @@ export function processIo(): PluginIo {
   };
 }
 
-export async function runPlugin<P>(plugin: CniPlugin<P>, io: PluginIo = processIo()): Promise<number> {
+/**
+ * The plugin, or a function that loads it: an executable passes a loader so that VERSION (and
+ * a request refused before the plugin runs) never loads the plugin's modules (netlink, koffi).
+ */
+export type PluginSource<P> = CniPlugin<P> | (() => Promise<CniPlugin<P>>);
+
+export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = processIo()): Promise<number> {
   let stdin = "";
   let version: string = CURRENT_VERSION;
   let log: Logger = nullLogger;
@@ -50,6 +55,7 @@ export async function runPlugin<P>(plugin: CniPlugin<P>, io: PluginIo = processI
     configVersion(raw);
     requireVerbSupported(command, raw.cniVersion as string);
     const conf = parseConfig(raw, command);
+    const plugin = typeof source === "function" ? await source() : source;
     log = createLogger(conf.logFile, conf.logLevel, {
       plugin: plugin.name, cmd: command, network: conf.name,
       ...(env.containerId ? { containerID: env.containerId, ifName: env.ifName } : {}),
@@ -76,11 +82,11 @@ export async function runPlugin<P>(plugin: CniPlugin<P>, io: PluginIo = processI
         break;
       case "STATUS":
         if (plugin.status) await plugin.status(ctx);
-        else if (hasIpam(ctx)) await ipamStatus(ctx);
+        else if (ctx.conf.ipam) await (await import("./ipam")).ipamStatus(ctx);
         break;
       case "GC":
         if (plugin.gc) await plugin.gc(ctx);
-        else if (hasIpam(ctx)) await ipamGc(ctx);
+        else if (ctx.conf.ipam) await (await import("./ipam")).ipamGc(ctx);
         break;
     }
     log.info(`${command} done`);
@@ -177,7 +183,7 @@ function writeAll(fd: number, text: string): void {
  * Entry for an executable: runs the plugin on the real process and exits with its code. An
  * exception escaping anywhere (even from a stray callback) still produces one CNI error.
  */
-export async function pluginMain<P>(plugin: CniPlugin<P>): Promise<never> {
+export async function pluginMain<P>(plugin: PluginSource<P>): Promise<never> {
   let answered = false;
   const io = processIo();
   const write = io.write;

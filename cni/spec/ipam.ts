@@ -4,7 +4,6 @@
 import type { AllocateResponse } from "../../ipamd/types";
 import { IpamdClient, IpamdError, IpamdUnreachable } from "../../ipamd/client";
 import { canonicalCidr } from "./cidr";
-import { delegateIpam } from "./delegate";
 import { CniError, ErrorCode } from "./errors";
 import type { CniContext } from "./plugin";
 import type { IpConfig, Result } from "./result";
@@ -98,7 +97,7 @@ function attachment(ctx: CniContext<unknown>) {
 export async function ipamAdd(ctx: CniContext<unknown>, undo?: UndoStack): Promise<IpamAllocation> {
   const type = ipamType(ctx);
   if (type !== BERTH_IPAM) {
-    const result = delegate(ctx, "ADD", type)!;
+    const result = (await delegate(ctx, "ADD", type))!;
     undo?.push(`release addresses (${type})`, () => delegate(ctx, "DEL", type));
     const addresses = (result.ips ?? []).map((ip) => ({ address: ip.address, gateway: ip.gateway, family: family(ip.address) }));
     // An IPAM plugin returns no interfaces: drop indexes it may have copied from elsewhere.
@@ -115,13 +114,14 @@ export async function ipamAdd(ctx: CniContext<unknown>, undo?: UndoStack): Promi
     ...(conf.pools ? { pools: conf.pools } : {}),
     ...(ctx.requestedIps.length ? { ips: ctx.requestedIps } : {}),
   };
+  const ipamd = client(conf);
   let response: AllocateResponse;
   try {
-    response = await client(conf).allocate(request);
+    response = await ipamd.allocate(request);
   } catch (e) {
     throw daemonError(e, conf, "ADD");
   }
-  undo?.push("release addresses (ipamd)", () => client(conf).release(attachment(ctx)));
+  undo?.push("release addresses (ipamd)", () => ipamd.release(attachment(ctx)));
   ctx.log.info("ipamd allocated", { owner: response.owner, sticky: response.sticky, ips: response.ips });
   return fromDaemon(ctx, response);
 }
@@ -130,7 +130,7 @@ export async function ipamAdd(ctx: CniContext<unknown>, undo?: UndoStack): Promi
 export async function ipamDel(ctx: CniContext<unknown>): Promise<void> {
   const type = ipamType(ctx);
   if (type !== BERTH_IPAM) {
-    delegate(ctx, "DEL", type);
+    await delegate(ctx, "DEL", type);
     return;
   }
   const conf = berthIpamConf(ctx);
@@ -155,7 +155,7 @@ export async function ipamDel(ctx: CniContext<unknown>): Promise<void> {
 export async function ipamCheck(ctx: CniContext<unknown>): Promise<IpamAllocation | undefined> {
   const type = ipamType(ctx);
   if (type !== BERTH_IPAM) {
-    delegate(ctx, "CHECK", type);
+    await delegate(ctx, "CHECK", type);
     return undefined;
   }
   const conf = berthIpamConf(ctx);
@@ -184,7 +184,7 @@ export async function ipamCheck(ctx: CniContext<unknown>): Promise<IpamAllocatio
 export async function ipamStatus(ctx: CniContext<unknown>): Promise<void> {
   const type = ipamType(ctx);
   if (type !== BERTH_IPAM) {
-    delegate(ctx, "STATUS", type);
+    await delegate(ctx, "STATUS", type);
     return;
   }
   const conf = berthIpamConf(ctx);
@@ -207,7 +207,7 @@ export async function ipamStatus(ctx: CniContext<unknown>): Promise<void> {
 export async function ipamGc(ctx: CniContext<unknown>): Promise<void> {
   const type = ipamType(ctx);
   if (type !== BERTH_IPAM) {
-    delegate(ctx, "GC", type);
+    await delegate(ctx, "GC", type);
     return;
   }
   const conf = berthIpamConf(ctx);
@@ -220,7 +220,9 @@ export async function ipamGc(ctx: CniContext<unknown>): Promise<void> {
   }
 }
 
-function delegate(ctx: CniContext<unknown>, command: "ADD" | "DEL" | "CHECK" | "STATUS" | "GC", type: string): Result | undefined {
+// Loaded only for a delegated type: berth-ipam never needs child_process.
+async function delegate(ctx: CniContext<unknown>, command: "ADD" | "DEL" | "CHECK" | "STATUS" | "GC", type: string): Promise<Result | undefined> {
+  const { delegateIpam } = await import("./delegate");
   return delegateIpam({
     command, ipamType: type, stdin: ctx.stdin, env: ctx.processEnv, cniPath: ctx.env.path,
     cniVersion: ctx.conf.cniVersion, log: ctx.log,
