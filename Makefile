@@ -18,14 +18,19 @@ all: build
 
 build: dist/.built
 
-dist/.built: $(SOURCES) scripts/build.sh
+# npm's own marker of a finished install: reinstall when the lockfile changes.
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-fund --no-audit
+
+dist/.built: node_modules/.package-lock.json $(SOURCES) scripts/build.sh
 	scripts/build.sh
 	@touch $@
 
-typecheck:
-	npx tsc --noEmit -p .
+typecheck: node_modules/.package-lock.json
+	node_modules/.bin/tsc --noEmit -p .
 
 test: build typecheck
+	@scripts/check-deps.sh test
 	@rm -rf test-results
 	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh
@@ -47,6 +52,7 @@ test-lab: build
 lab: test-lab
 
 demo: build
+	@scripts/check-deps.sh demo
 	scripts/demo.sh
 
 bench: build
