@@ -3,14 +3,14 @@
 import type { Statement } from "better-sqlite3";
 import { type Config, firstUsableAtOrAfter, isUsable, type Pool, selectorMatches } from "./config";
 import { ApiError } from "./errors";
-import { cidrContains, type Family, formatIp, parseIp } from "./ip";
+import { canonicalIp, cidrContains, type Family, formatIp, parseIp } from "./ip";
 import type {
   AllocateRequest, AttachmentRequest, GcRequest, PinRequest, ReleaseReservationRequest, ReserveRequest,
 } from "./schemas";
 import type { DB } from "./store";
 import type {
-  AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseResponse, Reservation,
-  ReserveResponse, StatefulSetsResponse,
+  AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseResponse, Reservation, ReservationFilter,
+  ReservationsResponse, ReserveResponse, StatefulSetsResponse,
 } from "./types";
 
 export interface Row {
@@ -39,11 +39,6 @@ export interface Row {
 interface StsOwner { namespace: string; statefulset: string; ordinal: number; owner: string }
 
 const ORDINAL = /^(0|[1-9][0-9]{0,6})$/;
-
-export interface ReservationFilter {
-  namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
-  state?: "attached" | "detached"; limit?: number;
-}
 
 export class Allocator {
   readonly nodePools: Pool[];
@@ -156,9 +151,7 @@ export class Allocator {
   release(req: AttachmentRequest, now: number): ReleaseResponse {
     const rows = this.q.byAttachment!.all(req.containerID, req.ifName, req.network) as Row[];
     const out: ReleaseResponse = { released: [], kept: [] };
-    for (const row of rows) {
-      if (row.sticky) { this.q.detach!.run(now, row.id); out.kept.push(row.ip); } else { this.free(row, now); out.released.push(row.ip); }
-    }
+    for (const row of rows) (this.letGo(row, now) ? out.kept : out.released).push(row.ip);
     return out;
   }
 
@@ -175,8 +168,7 @@ export class Allocator {
     const valid = new Set(req.validAttachments.map((a) => `${a.containerID}\0${a.ifName}`));
     const out: GcResponse = { released: [], detached: [] };
     for (const row of this.q.attachedOnNetwork!.all(req.network, startedAt) as Row[]) {
-      if (valid.has(`${row.container_id}\0${row.ifname}`)) continue;
-      if (row.sticky) { this.q.detach!.run(now, row.id); out.detached.push(row.ip); } else { this.free(row, now); out.released.push(row.ip); }
+      if (!valid.has(`${row.container_id}\0${row.ifname}`)) (this.letGo(row, now) ? out.detached : out.released).push(row.ip);
     }
     return out;
   }
@@ -229,7 +221,7 @@ export class Allocator {
   releaseReservations(req: ReleaseReservationRequest, now: number): Reservation[] {
     let rows: Row[];
     if (req.ip) {
-      const ip = this.canonical(req.ip, "ip");
+      const ip = this.requested(req.ip, "ip").canonical;
       const row = this.q.byIp!.get(ip) as Row | undefined;
       if (!row) throw new ApiError("not_found", `no reservation holds ${ip}`, "ip");
       rows = [row];
@@ -277,7 +269,7 @@ export class Allocator {
 
   // ---------- reads ----------
 
-  listReservations(f: ReservationFilter): { reservations: Reservation[]; truncated: boolean } {
+  listReservations(f: ReservationFilter): ReservationsResponse {
     const where: string[] = [];
     const args: unknown[] = [];
     const add = (sql: string, v: unknown): void => { where.push(sql); args.push(v); };
@@ -285,7 +277,7 @@ export class Allocator {
     if (f.statefulset) add("statefulset = ?", f.statefulset);
     if (f.pool) add("pool = ?", f.pool);
     if (f.owner) add("owner = ?", f.owner);
-    if (f.ip) add("ip = ?", parseIp(f.ip) ? formatIp(parseIp(f.ip)!.family, parseIp(f.ip)!.value) : f.ip);
+    if (f.ip) add("ip = ?", canonicalIp(f.ip) ?? f.ip);
     if (f.state === "attached") where.push("container_id IS NOT NULL");
     if (f.state === "detached") where.push("container_id IS NULL");
     const limit = f.limit ?? 100_000;
@@ -317,10 +309,6 @@ export class Allocator {
 
   reservationCount(): number {
     return (this.q.count!.get() as { n: number }).n;
-  }
-
-  pool(name: string): Pool | undefined {
-    return this.poolsByName.get(name);
   }
 
   // ---------- internals ----------
@@ -371,17 +359,16 @@ export class Allocator {
     return usable;
   }
 
-  private canonical(text: string, field: string): string {
+  /** Parses a requested address, given bare or as address/prefix. */
+  private requested(text: string, field: string): { family: Family; value: bigint; canonical: string } {
     const ip = parseIp(text.split("/")[0]!);
     if (!ip) throw new ApiError("invalid_request", `${field}: ${text} is not an IP address`, field);
-    return formatIp(ip.family, ip.value);
+    return { ...ip, canonical: formatIp(ip.family, ip.value) };
   }
 
   /** Finds the pool (among `pools`) whose usable addresses include `text`. */
   private locate(text: string, pools: Pool[], field: string): { pool: Pool; ip: string } {
-    const ip = parseIp(text.split("/")[0]!);
-    if (!ip) throw new ApiError("invalid_request", `${field}: ${text} is not an IP address`, field);
-    const canonical = formatIp(ip.family, ip.value);
+    const { canonical, ...ip } = this.requested(text, field);
     const pool = pools.find((p) => cidrContains(p.subnet, ip.family, ip.value) && isUsable(p, ip.family, ip.value));
     if (pool) return { pool, ip: canonical };
     const inSubnet = pools.find((p) => cidrContains(p.subnet, ip.family, ip.value));
@@ -479,6 +466,13 @@ export class Allocator {
     return this.q.byId!.get(id) as Row;
   }
 
+  /** CNI DEL / GC of one address: sticky ones are detached and kept (true), others freed. */
+  private letGo(row: Row, now: number): boolean {
+    if (!row.sticky) { this.free(row, now); return false; }
+    this.q.detach!.run(now, row.id);
+    return true;
+  }
+
   private free(row: Row, now: number): void {
     this.q.delete!.run(row.id);
     this.q.addReleased!.run(row.ip, row.pool, now);
@@ -515,7 +509,7 @@ export class Allocator {
     return { owner: first.owner, sticky: first.sticky === 1, ips, routes, dns };
   }
 
-  view(r: Row): Reservation {
+  private view(r: Row): Reservation {
     const iso = (t: number | null): string | undefined => (t === null ? undefined : new Date(t).toISOString());
     const v: Reservation = {
       ip: r.ip, address: `${r.ip}/${this.prefixOf(r)}`, pool: r.pool, family: r.family, owner: r.owner, kind: r.kind,

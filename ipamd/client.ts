@@ -3,7 +3,7 @@
 import type { Agent } from "node:http";
 import type {
   AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseReservationsResponse, ReleaseResponse,
-  ReservationsResponse, ReserveResponse, StatefulSetsResponse, StatusResponse,
+  ReservationFilter, ReservationsResponse, ReserveResponse, StatefulSetsResponse, StatusResponse,
 } from "./types";
 
 export const DEFAULT_SOCKET = "/run/berth/ipamd.sock";
@@ -34,10 +34,7 @@ export interface Attachment { containerID: string; ifName: string; network: stri
 export interface AllocateArgs extends Attachment {
   podNamespace?: string; podName?: string; podUID?: string; pools?: string[]; ips?: string[];
 }
-export interface ReservationFilter {
-  namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
-  state?: "attached" | "detached"; limit?: number;
-}
+export type { ReservationFilter };
 
 export class IpamdClient {
   private readonly timeoutMs: number;

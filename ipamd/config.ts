@@ -71,7 +71,6 @@ export const configSchema = z.strictObject({
   statefulSets: z.array(z.strictObject({ namespace: z.string().min(1), name: z.string().min(1) })).default([]),
   pools: z.array(poolSchema).min(1, { message: "define at least one pool" }),
 });
-export type RawConfig = z.infer<typeof configSchema>;
 export type RawPool = z.infer<typeof poolSchema>;
 
 /** Inclusive [first, last] address range. */
@@ -82,15 +81,12 @@ export interface Pool {
   index: number; // position in the config's pools array
   family: Family;
   subnet: Cidr; // network address, normalized
-  raw: RawPool;
   gateway?: string;
   vlan?: number;
   networks?: string[];
   selector: NodeSelector;
   /** Usable addresses: ranges minus exclusions, gateway, network/broadcast. Sorted, disjoint. */
   segments: Segment[];
-  /** prefix[i] = number of usable addresses in segments[0..i-1]. */
-  prefix: bigint[];
   size: bigint;
   routes: { dst: string; gw?: string }[];
   dns: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
@@ -124,10 +120,10 @@ function parseDashRange(s: string): [string, string] | null {
   return pa && pb && pa.family === pb.family ? [a, b] : null;
 }
 
-export function formatZodIssues(error: z.ZodError, root = ""): string {
+function formatZodIssues(error: z.ZodError): string {
   return error.issues.map((issue) => {
     const path = issue.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("");
-    return `  ${root}${path || "(top level)"}: ${issue.message}`;
+    return `  ${path || "(top level)"}: ${issue.message}`;
   }).join("\n");
 }
 
@@ -178,6 +174,7 @@ function compilePool(raw: RawPool, index: number): Pool {
     const cidr = parseCidr(ex);
     if (dash) {
       cut = { first: inSubnet(dash[0], `exclude[${i}]`), last: inSubnet(dash[1], `exclude[${i}]`) };
+      if (cut.first > cut.last) fail(`exclude[${i}]`, `range ${ex} starts after it ends; write it as first-last`);
     } else if (cidr) {
       if (cidr.family !== family) fail(`exclude[${i}]`, `${ex} is not IPv${family} like the subnet`);
       cut = { first: networkOf(cidr), last: lastOf(cidr) };
@@ -193,35 +190,27 @@ function compilePool(raw: RawPool, index: number): Pool {
   }
   segments.sort((a, b) => (a.first < b.first ? -1 : a.first > b.first ? 1 : 0));
   if (segments.length === 0) fail("ranges", "no usable address is left after exclusions and the gateway");
-  const prefix: bigint[] = [];
   let size = 0n;
-  for (const s of segments) { prefix.push(size); size += s.last - s.first + 1n; }
-  (raw.routes ?? []).forEach((r, i) => {
+  for (const s of segments) size += s.last - s.first + 1n;
+  const gateway = raw.gateway ? formatIp(family, parseIp(raw.gateway)!.value) : undefined;
+  const routes = (raw.routes ?? []).map((r, i) => {
     const dst = parseCidr(r.dst)!;
     if (dst.family !== family) fail(`routes[${i}].dst`, `${r.dst} is not IPv${family} like the subnet`);
-    if (r.gw && parseIp(r.gw)!.family !== family) fail(`routes[${i}].gw`, `${r.gw} is not IPv${family}`);
-  });
-  const gateway = raw.gateway ? formatIp(family, parseIp(raw.gateway)!.value) : undefined;
-  const routes = (raw.routes ?? []).map((r) => {
-    const d = parseCidr(r.dst)!;
-    const gw = r.gw ? formatIp(family, parseIp(r.gw)!.value) : gateway;
-    return { dst: formatCidr({ ...d, address: networkOf(d) }), ...(gw ? { gw } : {}) };
-  });
-  (raw.dns?.nameservers ?? []).forEach((n, i) => {
-    if (!parseIp(n)) fail(`dns.nameservers[${i}]`, "not a valid address");
+    const via = r.gw ? parseIp(r.gw)! : undefined;
+    if (via && via.family !== family) fail(`routes[${i}].gw`, `${r.gw} is not IPv${family}`);
+    const gw = via ? formatIp(family, via.value) : gateway;
+    return { dst: formatCidr({ ...dst, address: networkOf(dst) }), ...(gw ? { gw } : {}) };
   });
   return {
     name: raw.name,
     index,
     family,
     subnet,
-    raw,
     gateway,
     vlan: raw.vlan,
     networks: raw.networks,
     selector: raw.nodeSelector ?? {},
     segments,
-    prefix,
     size,
     routes,
     dns: raw.dns ?? {},
@@ -318,7 +307,7 @@ export function selectorMatches(selector: NodeSelector, labels: Record<string, s
   return true;
 }
 
-/** Index of the usable address at or after `value`, or null past the end. */
+/** The first usable address at or after `value`, or null past the end. */
 export function firstUsableAtOrAfter(pool: Pool, value: bigint): bigint | null {
   const segs = pool.segments;
   let lo = 0;

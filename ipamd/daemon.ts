@@ -25,7 +25,11 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     const port = Number(config.metricsAddress.slice(i + 1));
     metricsServer = createServer((req, res) => {
       if (req.method === "GET" && req.url === "/metrics") {
-        void metrics.registry.metrics().then((text) => { res.writeHead(200, { "content-type": metrics.registry.contentType }); res.end(text); });
+        metrics.serve(res).catch((e: unknown) => {
+          log.error({ err: e }, "cannot render metrics");
+          if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
+          res.end(`cannot render metrics: ${(e as Error).message}\n`);
+        });
       } else { res.writeHead(404, { "content-type": "text/plain" }); res.end("only /metrics is served here\n"); }
     });
     await new Promise<void>((resolve, reject) => {

@@ -2,13 +2,13 @@
 
 export type ErrorCode =
   | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
-  | "not_found" | "method_not_allowed" | "payload_too_large" | "unsupported_media_type"
-  | "reservation_attached" | "conflict" | "shutting_down" | "internal";
+  | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
+  | "shutting_down" | "internal";
 
 const STATUS: Record<ErrorCode, number> = {
   invalid_request: 400, no_pool: 422, pool_exhausted: 409, ip_unavailable: 409, forbidden: 403,
-  not_found: 404, method_not_allowed: 405, payload_too_large: 413, unsupported_media_type: 415,
-  reservation_attached: 409, conflict: 409, shutting_down: 503, internal: 500,
+  not_found: 404, method_not_allowed: 405, payload_too_large: 413, reservation_attached: 409,
+  shutting_down: 503, internal: 500,
 };
 
 export class ApiError extends Error {

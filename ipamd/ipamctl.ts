@@ -47,7 +47,6 @@ function intArg(name: string) {
 function collect(v: string, prev: string[]): string[] { return [...prev, v]; }
 
 export async function main(argv: string[]): Promise<number> {
-  let exitCode = 0;
   const out = (s: string): void => { process.stdout.write(s.endsWith("\n") ? s : `${s}\n`); };
   const program = new Command("ipamctl")
     .description("Inspect and manage Berth IP pools and reservations through ipamd")
@@ -205,7 +204,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     process.stderr.write(`ipamctl: ${(e as Error).message}\n`);
-    exitCode = 1;
+    return 1;
   }
-  return exitCode;
+  return 0;
 }

@@ -1,6 +1,6 @@
 // ipamd entry point: node-local IPAM daemon for Berth.
 import { unlinkSync } from "node:fs";
-import { Command } from "commander";
+import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
 import { ConfigError, loadConfig } from "./config";
 import { startDaemon } from "./daemon";
@@ -9,7 +9,7 @@ import { StoreError } from "./store";
 
 function collectLabel(value: string, previous: Record<string, string>): Record<string, string> {
   const i = value.indexOf("=");
-  if (i <= 0) throw new Error(`--node-label ${value}: expected key=value`);
+  if (i <= 0) throw new InvalidArgumentError(`expected key=value, got "${value}"`);
   return { ...previous, [value.slice(0, i)]: value.slice(i + 1) };
 }
 

@@ -1,4 +1,5 @@
 // Prometheus metrics (own registry, so tests and embedders never collide with the default one).
+import type { ServerResponse } from "node:http";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { PoolUsage } from "./types";
 
@@ -29,12 +30,18 @@ export class Metrics {
 
   constructor(usage: () => PoolUsage[]) {
     collectDefaultMetrics({ register: this.registry, prefix: "berth_ipamd_" });
+    // A scrape collects every gauge in the same tick: read the pool usage once per scrape.
+    let snapshot: PoolUsage[] | null = null;
+    const current = (): PoolUsage[] => {
+      if (!snapshot) { snapshot = usage(); queueMicrotask(() => { snapshot = null; }); }
+      return snapshot;
+    };
     const poolGauge = (name: string, help: string, pick: (u: PoolUsage) => number): void => {
       new Gauge({
         name, help, labelNames: ["pool"], registers: [this.registry],
         collect() {
           this.reset();
-          for (const u of usage()) this.set({ pool: u.name }, pick(u));
+          for (const u of current()) this.set({ pool: u.name }, pick(u));
         },
       });
     };
@@ -43,5 +50,12 @@ export class Metrics {
     poolGauge("berth_ipamd_pool_cooling_addresses", "Released addresses waiting for the cooldown", (u) => u.cooling);
     poolGauge("berth_ipamd_pool_free_addresses", "Addresses available now", (u) => Number(u.free));
     poolGauge("berth_ipamd_pool_size_addresses", "Usable addresses in the pool", (u) => Number(u.total));
+  }
+
+  /** Answers GET /metrics with the Prometheus text of this registry. */
+  async serve(res: ServerResponse): Promise<void> {
+    const text = await this.registry.metrics();
+    res.writeHead(200, { "content-type": this.registry.contentType });
+    res.end(text);
   }
 }

@@ -77,7 +77,6 @@ export const releaseReservationSchema = z.strictObject({
 export type ReleaseReservationRequest = z.infer<typeof releaseReservationSchema>;
 
 export const statefulSetSchema = z.strictObject({ namespace: namespaceField, statefulset: statefulSetField });
-export type StatefulSetRequest = z.infer<typeof statefulSetSchema>;
 
 export const reservationsQuerySchema = z.strictObject({
   namespace: z.string().optional(),

@@ -1,6 +1,6 @@
 // HTTP/1.1 + JSON API on a unix socket, with group commit: requests that arrive together are
 // applied in one SQLite transaction, and their replies are sent only after that commit.
-import { chmodSync, chownSync, existsSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, realpathSync, statSync, unlinkSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
@@ -17,7 +17,9 @@ import {
 } from "./schemas";
 import type { DB } from "./store";
 
-export const VERSION = "0.1.0";
+declare const __BERTH_VERSION__: string | undefined;
+/** package.json's version, defined by scripts/build.sh. */
+export const VERSION = typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev";
 const MAX_BODY_BYTES = 4 * 1024 * 1024; // a GC of ~50k attachments fits
 
 interface Pending { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }
@@ -118,6 +120,7 @@ export class ApiServer {
   async listen(socketPath: string): Promise<void> {
     const dir = dirname(socketPath);
     if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o750 });
+    refuseSharedDirectory(dir, socketPath);
     chmodSync(dir, 0o750);
     if (existsSync(socketPath)) {
       if (await socketAnswers(socketPath)) {
@@ -149,8 +152,11 @@ export class ApiServer {
 
   private defineRoutes(): void {
     const a = this.o.allocator;
-    const get = (path: string, name: string, handler: Handler): void => { this.routes.push({ method: "GET", pattern: new RegExp(`^${path}$`), name, handler }); };
-    const post = (path: string, name: string, handler: Handler): void => { this.routes.push({ method: "POST", pattern: new RegExp(`^${path}$`), name, handler }); };
+    const route = (method: Route["method"]) => (path: string, name: string, handler: Handler): void => {
+      this.routes.push({ method, pattern: new RegExp(`^${path}$`), name, handler });
+    };
+    const get = route("GET");
+    const post = route("POST");
 
     post("/v1/allocate", "allocate", ({ body }) => {
       const req = parse(allocateSchema, body);
@@ -178,7 +184,7 @@ export class ApiServer {
     }));
     get("/v1/pools", "pools", () => ({ pools: a.poolUsage(Date.now()) }));
     get("/v1/pools/([^/]+)", "pool", ({ params }) => {
-      const name = decodeURIComponent(params[0]!);
+      const name = decodePathSegment(params[0]!);
       const pool = a.poolUsage(Date.now()).find((p) => p.name === name);
       if (!pool) throw new ApiError("not_found", `pool "${name}" is not defined (defined: ${this.o.config.pools.map((p) => p.name).join(", ")})`);
       return { pool };
@@ -218,9 +224,7 @@ export class ApiServer {
       const url = new URL(req.url ?? "/", "http://ipamd");
       if (req.method === "GET" && url.pathname === "/metrics") {
         routeName = "metrics";
-        const text = await this.o.metrics.registry.metrics();
-        res.writeHead(200, { "content-type": this.o.metrics.registry.contentType });
-        res.end(text);
+        await this.o.metrics.serve(res);
         this.o.metrics.requests.inc({ route: routeName, status: "200" });
         return;
       }
@@ -258,6 +262,12 @@ export class ApiServer {
         send(res, err.status, err.toJSON());
       } else res.destroy();
     }
+  }
+}
+
+function decodePathSegment(text: string): string {
+  try { return decodeURIComponent(text); } catch {
+    throw new ApiError("invalid_request", `${text} is not a valid percent-encoded path segment`);
   }
 }
 
@@ -317,4 +327,20 @@ function socketAnswers(path: string): Promise<boolean> {
     s.once("error", () => done(false));
     setTimeout(() => done(false), 1000).unref();
   });
+}
+
+const SYSTEM_DIRECTORIES = new Set(["/", "/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm", "/var", "/var/lib"]);
+
+/**
+ * The socket's directory is made root-only (0750) so that only root and its group reach the
+ * daemon: refuse to do that to a directory others share (/tmp, /run, any sticky or
+ * world-writable one) rather than lock the whole host out of it.
+ */
+function refuseSharedDirectory(dir: string, socketPath: string): void {
+  const real = realpathSync(dir);
+  const mode = statSync(real).mode;
+  if (SYSTEM_DIRECTORIES.has(real) || (mode & 0o1000) !== 0 || (mode & 0o002) !== 0) {
+    throw new Error(`the socket ${socketPath} would be in the shared directory ${real}; ipamd makes its socket's ` +
+      "directory root-only (0750), so give the socket a directory of its own, e.g. --socket /run/berth/ipamd.sock");
+  }
 }

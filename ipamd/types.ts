@@ -75,6 +75,11 @@ export interface Reservation {
   detachedAt?: string;
 }
 
+/** Query of GET /v1/reservations; every field narrows the list. */
+export interface ReservationFilter {
+  namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
+  state?: "attached" | "detached"; limit?: number;
+}
 export interface ReservationsResponse { reservations: Reservation[]; truncated: boolean }
 export interface ReserveResponse {
   statefulset: { namespace: string; name: string };

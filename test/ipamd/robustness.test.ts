@@ -1,6 +1,6 @@
 // Access control, malformed input, start-up refusals, socket permissions, metrics.
 import { spawn } from "node:child_process";
-import { chmodSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -180,6 +180,20 @@ describe("refuses to start", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/database .*ipamd\.db/);
     expect(r.stderr).toMatch(/corrupt|not a database/);
+  });
+
+  it("when the socket would sit in a shared directory such as /tmp, leaving its mode alone", async () => {
+    const dir = makeTempDir();
+    const cfg = join(dir, "ipamd.json");
+    writeFileSync(cfg, JSON.stringify({ node: { name: "n" }, pools: [{ name: "p", subnet: "10.1.0.0/24" }] }));
+    const before = statSync("/tmp").mode;
+    const socket = `/tmp/berth-ipamd-shared-${process.pid}.sock`;
+    const r = await runIpamdExpectingFailure(["--config", cfg, "--socket", socket, "--db", join(dir, "db")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("would be in the shared directory /tmp");
+    expect(r.stderr).toContain("--socket /run/berth/ipamd.sock");
+    expect(statSync("/tmp").mode).toBe(before);
+    expect(existsSync(socket)).toBe(false);
   });
 
   it("when another daemon already serves the socket", async () => {
