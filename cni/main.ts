@@ -6,6 +6,7 @@
 // first, execPath second, else `berth <plugin>`.
 import { basename } from "node:path";
 import { writeSync } from "node:fs";
+import type { CniPlugin } from "./spec/plugin";
 
 declare const __BERTH_VERSION__: string | undefined;
 declare const __BERTH_COMMIT__: string | undefined;
@@ -16,22 +17,16 @@ type Entry = (argv: string[]) => Promise<number>;
 
 // Each entry imports its module only when chosen, and a plugin's own modules only once the verb
 // needs them (VERSION never loads netlink or the ipamd client), so start-up stays short.
+const cniPlugin = <P>(load: () => Promise<CniPlugin<P>>): Entry =>
+  async () => (await import("./spec/dispatch")).pluginMain(load);
+
 const ENTRIES: Record<string, Entry> = {
-  "berth-ipam": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/ipam")).ipamPlugin),
-  "berth-macvlan": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/macvlan")).macvlanPlugin),
-  "berth-hostdev": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/hostdev")).hostdevPlugin),
-  "berth-sriov": async () => (await import("./spec/dispatch")).pluginMain(async () => (await import("./plugins/sriov")).sriovPlugin),
+  "berth-ipam": cniPlugin(async () => (await import("./plugins/ipam")).ipamPlugin),
+  "berth-macvlan": cniPlugin(async () => (await import("./plugins/macvlan")).macvlanPlugin),
+  "berth-hostdev": cniPlugin(async () => (await import("./plugins/hostdev")).hostdevPlugin),
+  "berth-sriov": cniPlugin(async () => (await import("./plugins/sriov")).sriovPlugin),
   ipamctl: async (argv) => (await import("../ipamd/ipamctl")).main(argv),
 };
-
-/** CNI error for a plugin name this build does not contain (stdout: one CNI error document). */
-export async function notBuilt(name: string): Promise<number> {
-  const { CniError, ErrorCode } = await import("./spec/errors");
-  const err = new CniError(ErrorCode.PluginNotBuilt, `plugin ${name} not built yet`,
-    `this berth ${VERSION} (${COMMIT}) executable does not contain ${name}; install a release that does`);
-  writeSync(1, JSON.stringify(err.toJSON("1.1.0")) + "\n");
-  return 1;
-}
 
 function usage(): string {
   return [

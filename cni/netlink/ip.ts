@@ -67,13 +67,16 @@ export function parsePrefix(s: string, what = "address"): Prefix {
   return { family: ip.family, bytes: ip.bytes, prefixLen };
 }
 
-export function formatIP(b: Buffer): string {
+/**
+ * RFC 5952 text. `mappedAsV4: false` writes an IPv4-mapped address in hex groups too
+ * (::ffff:a01:203), for callers that split the text into groups.
+ */
+export function formatIP(b: Buffer, mappedAsV4 = true): string {
   if (b.length === 4) return [...b].join(".");
   if (b.length !== 16) throw new TypeError(`not an IP address: ${b.length} bytes`);
   const g: number[] = [];
   for (let i = 0; i < 16; i += 2) g.push(b.readUInt16BE(i));
-  // IPv4-mapped ::ffff:a.b.c.d
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `::ffff:${[...b.subarray(12)].join(".")}`;
+  if (mappedAsV4 && g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return `::ffff:${[...b.subarray(12)].join(".")}`;
   let bestStart = -1, bestLen = 1;
   for (let i = 0; i < 8; ) {
     if (g[i] !== 0) { i++; continue; }

@@ -55,10 +55,6 @@ export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `E${errno}`;
 }
 
-export function errnoNumber(name: string): number | undefined {
-  return koffi.os.errno[name];
-}
-
 export function strerror(errno: number): string {
   return String(libc.strerror(errno));
 }

@@ -1,12 +1,12 @@
 // Links: list/get, create macvlan / 802.1Q vlan / veth, change state, name, MTU,
 // MAC, alias, namespace, delete. Message layouts match iproute2 6.1 byte for byte
 // (see test/fixtures/iproute2 and scripts/capture-iproute2.sh).
-import { NetlinkError, NetlinkSocket } from "./socket";
+import { NetlinkError, NetlinkSocket, isNetlinkError } from "./socket";
 import { parseVfInfoList, VfInfo, ETH_P_8021AD, ETH_P_8021Q } from "./vfinfo";
 import {
   AF_UNSPEC, Attrs, MessageBuilder, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLM_F_ACK, NlMsg,
   RTM_DELLINK, RTM_GETLINK, RTM_NAMES, RTM_NEWLINK, attrList, attrS32, attrStr, attrU16, attrU32, attrU8, bufferToMac,
-  macToBuffer, parseAttrs,
+  cString, macToBuffer, parseAttrs,
 } from "./wire";
 
 export const IFLA_ADDRESS = 1;
@@ -105,7 +105,7 @@ export function parseLink(m: NlMsg): Link {
   const nsid = attrS32(a, IFLA_LINK_NETNSID);
   if (nsid !== undefined) link.linkNetnsId = nsid;
   const props = a.get(IFLA_PROP_LIST);
-  if (props) for (const [t, v] of attrList(props)) if (t === IFLA_ALT_IFNAME) link.altNames.push(attrStr(new Map([[t, v]]), t)!);
+  if (props) for (const [t, v] of attrList(props)) if (t === IFLA_ALT_IFNAME) link.altNames.push(cString(v));
   if (a.has(IFLA_PERM_ADDRESS)) link.permAddress = bufferToMac(a.get(IFLA_PERM_ADDRESS)!);
   const numVfs = attrU32(a, IFLA_NUM_VF);
   if (numVfs !== undefined) link.numVfs = numVfs;
@@ -170,7 +170,7 @@ export function findLinkByName(nl: NetlinkSocket, name: string): Link | undefine
   try {
     return getLinkByName(nl, name);
   } catch (e) {
-    if (e instanceof NetlinkError && e.code === "ENODEV") return undefined;
+    if (isNetlinkError(e, "ENODEV")) return undefined;
     throw e;
   }
 }
@@ -179,7 +179,7 @@ export function findLinkByIndex(nl: NetlinkSocket, index: number): Link | undefi
   try {
     return getLinkByIndex(nl, index);
   } catch (e) {
-    if (e instanceof NetlinkError && e.code === "ENODEV") return undefined;
+    if (isNetlinkError(e, "ENODEV")) return undefined;
     throw e;
   }
 }

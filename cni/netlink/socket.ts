@@ -177,9 +177,11 @@ function setInt(fd: number, level: number, name: number, value: number, what: st
 }
 
 function parseError(m: NlMsg): { errno: number; kernelMessage?: string } {
+  if (m.data.length < 4) throw new Error(`malformed NLMSG_ERROR from the kernel: ${m.data.length} bytes, expected at least 4`);
   const errno = -m.data.readInt32LE(0);
   let kernelMessage: string | undefined;
-  if (m.flags & NLM_F_ACK_TLVS) {
+  // struct nlmsgerr is the errno and the request's 16-byte header; extended-ack TLVs follow.
+  if (m.flags & NLM_F_ACK_TLVS && m.data.length >= 4 + NLMSG_HDRLEN) {
     const origLen = m.data.readUInt32LE(4);
     const tlvOffset = 4 + (m.flags & NLM_F_CAPPED ? NLMSG_HDRLEN : origLen);
     kernelMessage = attrStr(parseAttrs(m.data, tlvOffset), NLMSGERR_ATTR_MSG);

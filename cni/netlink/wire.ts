@@ -161,7 +161,11 @@ export const attrU32 = (a: Attrs, t: number) => a.get(t)?.readUInt32LE(0);
 export const attrS32 = (a: Attrs, t: number) => a.get(t)?.readInt32LE(0);
 export function attrStr(a: Attrs, t: number): string | undefined {
   const b = a.get(t);
-  if (!b) return undefined;
+  return b && cString(b);
+}
+
+/** Text up to the first NUL (or all of it when there is none). */
+export function cString(b: Buffer): string {
   const nul = b.indexOf(0);
   return b.subarray(0, nul < 0 ? b.length : nul).toString();
 }

@@ -98,8 +98,10 @@ export function requireVerbSupported(command: Command, version: string): void {
   }
 }
 
+/** The whole config for `command`: version first (code 1), then the verb, then every field. */
 export function parseConfig(raw: Record<string, unknown>, command: Command): NetConf {
   const cniVersion = configVersion(raw);
+  requireVerbSupported(command, cniVersion);
   const name = validateNetworkName(raw.name);
   if (typeof raw.type !== "string" || raw.type === "") {
     throw invalid("type", "is missing", 'set "type" to the plugin name, e.g. "berth-macvlan"');
@@ -171,13 +173,17 @@ export function parseConfig(raw: Record<string, unknown>, command: Command): Net
   }
 
   if (command === "GC") {
-    const va = raw["cni.dev/valid-attachments"];
+    // The released 1.1.0 SPEC text named the key "cni.dev/attachments"; libcni sends
+    // "cni.dev/valid-attachments" (and, from v1.2.3, both). Accept either.
+    const key = raw["cni.dev/valid-attachments"] !== undefined ? "cni.dev/valid-attachments" : "cni.dev/attachments";
+    const va = raw[key];
     if (!Array.isArray(va)) {
-      throw invalid("cni.dev/valid-attachments", "is missing", "GC needs the list of attachments still in use; the runtime sets it");
+      throw invalid("cni.dev/valid-attachments", va === undefined ? "is missing" : "is not a list",
+        "GC needs the list of attachments still in use (cni.dev/valid-attachments); the runtime sets it");
     }
     conf.validAttachments = va.map((a, i) => {
       if (!isObject(a) || typeof a.containerID !== "string" || typeof a.ifname !== "string") {
-        throw invalid(`cni.dev/valid-attachments[${i}]`, "is not {containerID, ifname}", "each entry needs containerID and ifname strings");
+        throw invalid(`${key}[${i}]`, "is not {containerID, ifname}", "each entry needs containerID and ifname strings");
       }
       return { containerID: a.containerID, ifname: a.ifname };
     });

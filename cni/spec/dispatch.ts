@@ -2,7 +2,7 @@
 // environment and the config, calls the plugin, prints exactly one JSON document (the result,
 // the version info or the error) on stdout, and returns the exit code. It never throws.
 import { readFileSync, readSync, writeSync } from "node:fs";
-import { configVersion, decodeConfig, parseConfig, requireVerbSupported, type NetConf } from "./config";
+import { decodeConfig, parseConfig, type NetConf } from "./config";
 import { parseCniArgs, readCommand, readEnv, type Command } from "./env";
 import { CniError, ErrorCode, toCniError } from "./errors";
 import { createLogger, nullLogger, type Logger } from "./log";
@@ -51,10 +51,7 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
       return 0;
     }
     const env = readEnv(io.env, command);
-    const raw = decodeConfig(stdin);
-    configVersion(raw);
-    requireVerbSupported(command, raw.cniVersion as string);
-    const conf = parseConfig(raw, command);
+    const conf = parseConfig(decodeConfig(stdin), command);
     const plugin = typeof source === "function" ? await source() : source;
     log = createLogger(conf.logFile, conf.logLevel, {
       plugin: plugin.name, cmd: command, network: conf.name,

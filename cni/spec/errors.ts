@@ -30,8 +30,6 @@ export const ErrorCode = {
   DeviceNotFound: 141,
   DeviceBusy: 142,
   NetnsFailure: 143,
-  // Berth: a plugin named by the entry point is not part of this build
-  PluginNotBuilt: 190,
   Internal: 999,
 } as const;
 

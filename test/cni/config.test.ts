@@ -89,5 +89,9 @@ describe("parseConfig", () => {
     expect(fails(() => parseConfig(base, "GC")).message).toContain("cni.dev/valid-attachments");
     const conf = parseConfig({ ...base, "cni.dev/valid-attachments": [{ containerID: "c1", ifname: "eth0" }] }, "GC");
     expect(conf.validAttachments).toEqual([{ containerID: "c1", ifname: "eth0" }]);
+    // the key as the released 1.1.0 SPEC text spells it
+    const specKey = parseConfig({ ...base, "cni.dev/attachments": [{ containerID: "c2", ifname: "net1" }] }, "GC");
+    expect(specKey.validAttachments).toEqual([{ containerID: "c2", ifname: "net1" }]);
+    expect(fails(() => parseConfig({ ...base, "cni.dev/valid-attachments": "c1" }, "GC")).message).toContain("is not a list");
   });
 });
