@@ -17,9 +17,15 @@ import {
 import { addRoute, listRoutes, type RouteOptions } from "../netlink/route";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
+import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
 import { CniError, ErrorCode } from "../spec/errors";
+import { hasIpam, ipamCheck, ipamDel } from "../spec/ipam";
 import type { Logger } from "../spec/log";
+import type { CniContext } from "../spec/plugin";
+import type { IpConfig, Result } from "../spec/result";
 import type { Scope } from "../netlink/addr";
+import { withFileLock } from "./filelock";
+import { checkPodInterface, ifNameTaken, invalid, kernelError, mismatch } from "./podnet";
 
 export const SELF_NETNS = "/proc/thread-self/ns/net";
 
@@ -59,6 +65,40 @@ export interface AttachmentState {
   removedAltNames?: string[];
   /** plugin-specific data (berth-sriov: the VF's PF-side state) */
   extra?: Record<string, unknown>;
+}
+
+// ---- config keys of berth-hostdev and berth-sriov
+
+export function sysfsRootFrom(raw: Record<string, unknown>): string {
+  if (raw.sysfsRoot !== undefined && raw.sysfsRoot !== null) {
+    if (typeof raw.sysfsRoot !== "string" || !raw.sysfsRoot.startsWith("/")) {
+      throw invalid("sysfsRoot", "is not an absolute path", 'remove it to use "/sys"');
+    }
+    return raw.sysfsRoot;
+  }
+  return process.env.BERTH_SYSFS_ROOT || "/sys";
+}
+
+export function stateDirFrom(raw: Record<string, unknown>, dflt: string): string {
+  if (raw.stateDir === undefined || raw.stateDir === null) return dflt;
+  if (typeof raw.stateDir !== "string" || !raw.stateDir.startsWith("/")) throw invalid("stateDir", "is not an absolute path", `remove it to use ${dflt}`);
+  return raw.stateDir;
+}
+
+export function mtuFrom(raw: Record<string, unknown>): number | undefined {
+  if (raw.mtu === undefined || raw.mtu === null || raw.mtu === 0) return undefined;
+  if (typeof raw.mtu !== "number" || !Number.isInteger(raw.mtu) || raw.mtu < 68 || raw.mtu > 65535) {
+    throw invalid("mtu", `${JSON.stringify(raw.mtu)} is not an MTU`, "use 68-65535, or leave it out to keep the device's MTU");
+  }
+  return raw.mtu;
+}
+
+export function normalizePci(value: unknown, field: string): string {
+  if (typeof value !== "string") throw invalid(field, `${JSON.stringify(value)} is not a PCI address`, 'use the form "0000:3b:02.0"');
+  const v = value.toLowerCase();
+  const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(v) ? `0000:${v}` : v;
+  if (!PCI_ADDRESS.test(full)) throw invalid(field, `"${value}" is not a PCI address`, 'use the form "0000:3b:02.0" (domain:bus:device.function)');
+  return full;
 }
 
 // ---- state files
@@ -189,11 +229,9 @@ export function snapshotDevice(nl: NetlinkSocket, link: Link): DeviceSnapshot {
   };
 }
 
-// ---- altnames (RTM_NEWLINKPROP / RTM_DELLINKPROP)
-
 // ---- move in
 
-export function tempName(prefix: string): string {
+function tempName(prefix: string): string {
   return `${prefix}${Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0")}`;
 }
 
@@ -214,10 +252,7 @@ function namesIn(nl: NetlinkSocket): Set<string> {
  */
 export function moveIntoPod(host: NetlinkSocket, link: Link, netns: string, ifName: string, prefix: string, log: Logger): { link: Link; removedAltNames: string[] } {
   const podNames = withNetns(netns, (nl) => namesIn(nl));
-  if (podNames.has(ifName)) {
-    throw new CniError(ErrorCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${netns}`,
-      "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
-  }
+  if (podNames.has(ifName)) throw ifNameTaken(netns, ifName);
   const removedAltNames = link.altNames.filter((a) => podNames.has(a));
   for (const a of removedAltNames) {
     deleteAltName(host, link.index, a);
@@ -343,7 +378,7 @@ function ignoreExists(fn: () => void): void {
 }
 
 /** Name, MTU, MAC, alias, altnames, addresses, up/down, routes: back as they were. */
-export function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log: Logger): void {
+function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log: Logger): void {
   const o = st.original;
   if (link.up) setLinkDown(host, link.index);
   if (link.name !== o.name) {
@@ -357,9 +392,8 @@ export function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentSta
   if (link.mtu !== o.mtu) setLinkMtu(host, link.index, o.mtu);
   if (o.mac && link.mac !== o.mac) setLinkMac(host, link.index, o.mac);
   if ((link.alias ?? "") !== (o.alias ?? "")) setLinkAlias(host, link.index, o.alias ?? "");
-  const current = getLinkByIndex(host, link.index);
-  for (const a of [...new Set([...(st.removedAltNames ?? [])])]) {
-    if (!current.altNames.includes(a)) {
+  for (const a of st.removedAltNames ?? []) {
+    if (!link.altNames.includes(a)) {
       try {
         addAltName(host, link.index, a);
       } catch (e) {
@@ -384,3 +418,79 @@ export function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentSta
   log.info("device restored on the host", { name: o.name, mtu: o.mtu, mac: o.mac, up: o.up });
 }
 
+
+// ---- DEL and CHECK of berth-hostdev and berth-sriov
+
+export interface GiveBack {
+  /** the attachment's state file */
+  path: string;
+  /** the flock serialising this device's ADD and DEL, and what it guards (for the timeout error) */
+  lock: (st: AttachmentState) => { file: string; what: string };
+  /** for the error: what DEL was doing */
+  doing: (st: AttachmentState) => string;
+  /** restores the device from `st` (netns: CNI_NETNS when given, else the recorded one) */
+  restore: (host: NetlinkSocket, st: AttachmentState) => void;
+}
+
+/**
+ * DEL: gives the device back as its state file says, under the device's lock, and drops the file;
+ * nothing to do without a file (DEL twice). The IPAM release runs meanwhile (see berth-macvlan's
+ * DEL); a device error is reported before an IPAM error.
+ */
+export async function giveBackDevice(ctx: CniContext<unknown>, g: GiveBack): Promise<void> {
+  const released = hasIpam(ctx) ? ipamDel(ctx).then(() => undefined, (e: unknown) => e) : undefined;
+  let deviceError: unknown;
+  try {
+    giveBackUnderLock(ctx, g);
+  } catch (e) {
+    deviceError = e;
+  }
+  const ipamError = await released; // also lets the release finish before the process answers
+  if (deviceError) throw deviceError;
+  if (ipamError) throw ipamError;
+}
+
+function giveBackUnderLock(ctx: CniContext<unknown>, g: GiveBack): void {
+  const seen = readJson<AttachmentState>(g.path);
+  if (!seen) {
+    ctx.log.info("no saved device state for this attachment; nothing to give back", { path: g.path });
+    return;
+  }
+  const host = NetlinkSocket.open();
+  const lock = g.lock(seen);
+  try {
+    withFileLock(lock.file, lock.what, () => {
+      // Read again under the lock: an ADD of the same device may have cleared it as stale meanwhile.
+      const st = readJson<AttachmentState>(g.path);
+      if (!st) return;
+      g.restore(host, { ...st, netns: ctx.netns || st.netns });
+      removeFile(g.path);
+    });
+  } catch (e) {
+    throw kernelError(e, g.doing(seen));
+  } finally {
+    host.close();
+  }
+}
+
+/**
+ * CHECK, common part: IPAM, prevResult's interface, the state file, and (unless `inPod` is false)
+ * the interface in the pod with prevResult's MAC, addresses and routes and the configured MTU.
+ */
+export async function checkMovedDevice(ctx: CniContext<unknown>, o: { path: string; plugin: string; mtu?: number; inPod?: (st: AttachmentState) => boolean }): Promise<{ st: AttachmentState; ips: IpConfig[] }> {
+  const prev: Result = requirePrevResult(ctx);
+  if (hasIpam(ctx)) await ipamCheck(ctx);
+  const found = findInterface(prev, ctx.ifName, ctx.netns);
+  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
+  const st = readJson<AttachmentState>(o.path);
+  if (!st) throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} (${o.path}): the device was not attached by this plugin or already given back`);
+  const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
+  if (o.inPod?.(st) === false) return { st, ips };
+  try {
+    const link = withNetns(ctx.netns, (nl) => checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac));
+    if (o.mtu && link.mtu !== o.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${o.mtu}`);
+  } catch (e) {
+    throw kernelError(e, `${o.plugin} CHECK ${ctx.ifName}`);
+  }
+  return { st, ips };
+}

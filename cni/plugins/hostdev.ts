@@ -6,21 +6,20 @@ import { join } from "node:path";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { withNetns } from "../netns";
-import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
 import { canonicalCidr, parseCidr } from "../spec/cidr";
 import type { NetConf } from "../spec/config";
 import { validateIfName } from "../spec/env";
 import { CniError, ErrorCode } from "../spec/errors";
-import { hasIpam, ipamAdd, ipamCheck, ipamDel } from "../spec/ipam";
+import { hasIpam, ipamAdd } from "../spec/ipam";
 import { definePlugin, type CniContext } from "../spec/plugin";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
 import {
-  PCI_ADDRESS, ensureStateDir, listStateFiles, moveIntoPod, netdevsOfPci, pciAddressOf, readJson, removeFile,
-  returnToHost, snapshotDevice, stateFileName, writeDurable, type AttachmentState,
+  checkMovedDevice, ensureStateDir, giveBackDevice, listStateFiles, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, pciAddressOf,
+  readJson, removeFile, returnToHost, snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,
 } from "./devstate";
 import { withFileLock } from "./filelock";
-import { checkPodInterface, configurePodInterface, kernelError, mismatch, normalizeMac } from "./podnet";
+import { MAC, configurePodInterface, invalid, kernelError, mismatch, normalizeMac, refuseExistingIfName } from "./podnet";
 
 export const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
 const PLUGIN = "berth-hostdev";
@@ -39,42 +38,6 @@ export interface HostdevConfig {
   addresses: Record<string, string[]>;
   stateDir: string;
   sysfsRoot: string;
-}
-
-function invalid(field: string, why: string, fix: string): CniError {
-  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
-}
-
-export function sysfsRootFrom(raw: Record<string, unknown>): string {
-  if (raw.sysfsRoot !== undefined && raw.sysfsRoot !== null) {
-    if (typeof raw.sysfsRoot !== "string" || !raw.sysfsRoot.startsWith("/")) {
-      throw invalid("sysfsRoot", "is not an absolute path", 'remove it to use "/sys"');
-    }
-    return raw.sysfsRoot;
-  }
-  return process.env.BERTH_SYSFS_ROOT || "/sys";
-}
-
-export function stateDirFrom(raw: Record<string, unknown>, dflt: string): string {
-  if (raw.stateDir === undefined || raw.stateDir === null) return dflt;
-  if (typeof raw.stateDir !== "string" || !raw.stateDir.startsWith("/")) throw invalid("stateDir", "is not an absolute path", `remove it to use ${dflt}`);
-  return raw.stateDir;
-}
-
-export function mtuFrom(raw: Record<string, unknown>): number | undefined {
-  if (raw.mtu === undefined || raw.mtu === null || raw.mtu === 0) return undefined;
-  if (typeof raw.mtu !== "number" || !Number.isInteger(raw.mtu) || raw.mtu < 68 || raw.mtu > 65535) {
-    throw invalid("mtu", `${JSON.stringify(raw.mtu)} is not an MTU`, "use 68-65535, or leave it out to keep the device's MTU");
-  }
-  return raw.mtu;
-}
-
-export function normalizePci(value: unknown, field: string): string {
-  if (typeof value !== "string") throw invalid(field, `${JSON.stringify(value)} is not a PCI address`, 'use the form "0000:3b:02.0"');
-  const v = value.toLowerCase();
-  const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(v) ? `0000:${v}` : v;
-  if (!PCI_ADDRESS.test(full)) throw invalid(field, `"${value}" is not a PCI address`, 'use the form "0000:3b:02.0" (domain:bus:device.function)');
-  return full;
 }
 
 export function parseHostdevConfig(conf: NetConf): HostdevConfig {
@@ -107,7 +70,7 @@ export function parseHostdevConfig(conf: NetConf): HostdevConfig {
       if (!Array.isArray(list) || !list.every((c) => typeof c === "string" && parseCidr(c) !== undefined && c.includes("/"))) {
         throw invalid(`addresses["${key}"]`, "is not a list of addresses with prefix length", 'use e.g. ["10.0.0.5/24", "fd00::5/64"]');
       }
-      const k = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/.test(key) ? normalizeMac(key, `addresses key "${key}"`) : key;
+      const k = MAC.test(key) ? normalizeMac(key, `addresses key "${key}"`) : key;
       addresses[k] = list as string[];
     }
   }
@@ -157,6 +120,11 @@ function selects(s: DeviceSelector, a: AttachmentState): boolean {
   return a.pciAddress === s.value;
 }
 
+/** The configured static addresses of the device: by its MAC, permanent MAC or name. */
+function staticAddresses(cfg: HostdevConfig, dev: { mac: string; permAddress?: string; name: string }): string[] {
+  return cfg.addresses[dev.mac] ?? (dev.permAddress ? cfg.addresses[dev.permAddress] : undefined) ?? cfg.addresses[dev.name] ?? [];
+}
+
 function sameDevice(a: AttachmentState, link: Link, pci: string | undefined): boolean {
   if (pci && a.pciAddress) return pci === a.pciAddress;
   const mine = new Set([link.mac, link.permAddress].filter(Boolean));
@@ -174,10 +142,7 @@ async function add(ctx: Ctx): Promise<Result> {
     // ifname): records that name it by the selector are restored first, then it is found.
     withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => clearStaleRecords(host, cfg, (a) => selects(cfg.selector, a), ctx));
     findHostDevice(host, cfg); // refuse before allocating anything
-    if (withNetns(ctx.netns, (nl) => findLinkByName(nl, ctx.ifName))) {
-      throw new CniError(ErrorCode.DeviceBusy, `interface "${ctx.ifName}" already exists in network namespace ${ctx.netns}`,
-        "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
-    }
+    refuseExistingIfName(ctx.netns, ctx.ifName);
     const path = statePath(cfg, ctx);
     if (existsSync(path)) {
       throw new CniError(ErrorCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
@@ -185,12 +150,13 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     return await withUndo(log, async (undo) => {
       const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
-      const configured = withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
+      // The lock covers choosing and moving the device; once the record names the pod's live
+      // namespace no other ADD takes it, so addresses and the DAD wait run without the lock.
+      const { moved, ips, pci } = withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
         let link = findHostDevice(host, cfg);
         const pci = cfg.selector.by === "pciBusID" || cfg.selector.by === "deviceID" ? cfg.selector.value : pciAddressOf(cfg.sysfsRoot, link.name);
         if (clearStaleRecords(host, cfg, (a) => sameDevice(a, link, pci), ctx)) link = findHostDevice(host, cfg);
-        const staticIps = cfg.addresses[link.mac] ?? (link.permAddress ? cfg.addresses[link.permAddress] : undefined) ?? cfg.addresses[link.name] ?? [];
-        const ips: IpConfig[] = [...staticIps.map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
+        const ips: IpConfig[] = [...staticAddresses(cfg, link).map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
         const st: AttachmentState = {
           version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns,
           ...(pci ? { pciAddress: pci } : {}),
@@ -207,15 +173,15 @@ async function add(ctx: Ctx): Promise<Result> {
         if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
         writeDurable(path, st);
         log.info("moved host device into the pod", { device: link.name, ifName: ctx.ifName, netns: ctx.netns });
-        const podLink = withNetns(ctx.netns, (nl) => configurePodInterface(nl, moved.link.index, {
-          ifName: ctx.ifName, netns: ctx.netns, ips, routes: alloc?.result.routes ?? [], log,
-          ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
-        }));
-        return { podLink, ips, pci };
+        return { moved, ips, pci };
       });
+      const podLink = withNetns(ctx.netns, (nl) => configurePodInterface(nl, moved.link.index, {
+        ifName: ctx.ifName, netns: ctx.netns, ips, routes: alloc?.result.routes ?? [], log,
+        ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
+      }));
       return {
-        interfaces: [{ name: ctx.ifName, mac: configured.podLink.mac, mtu: configured.podLink.mtu, sandbox: ctx.netns, ...(configured.pci ? { pciID: configured.pci } : {}) }],
-        ips: configured.ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
+        interfaces: [{ name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, ...(pci ? { pciID: pci } : {}) }],
+        ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
         routes: alloc?.result.routes ?? [],
         dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
       };
@@ -256,45 +222,20 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  let deviceError: unknown;
-  const path = statePath(cfg, ctx);
-  const st = readJson<AttachmentState>(path);
-  if (st) {
-    const host = NetlinkSocket.open();
-    try {
-      withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
-        returnToHost(host, { ...st, netns: ctx.netns || st.netns }, { log: ctx.log, sysfsRoot: cfg.sysfsRoot });
-        removeFile(path);
-      });
-    } catch (e) {
-      deviceError = kernelError(e, `${PLUGIN} DEL ${ctx.ifName}: give ${st.original.name} back to the host`);
-    } finally {
-      host.close();
-    }
-  } else {
-    ctx.log.info("no saved device state for this attachment; nothing to give back", { path });
-  }
-  if (hasIpam(ctx)) await ipamDel(ctx);
-  if (deviceError) throw deviceError;
+  await giveBackDevice(ctx, {
+    path: statePath(cfg, ctx),
+    lock: () => ({ file: join(cfg.stateDir, ".lock"), what: "the host device records" }),
+    doing: (st) => `${PLUGIN} DEL ${ctx.ifName}: give ${st.original.name} back to the host`,
+    restore: (host, st) => returnToHost(host, st, { log: ctx.log, sysfsRoot: cfg.sysfsRoot }),
+  });
 }
 
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  const prev = requirePrevResult(ctx);
-  if (hasIpam(ctx)) await ipamCheck(ctx);
-  const found = findInterface(prev, ctx.ifName, ctx.netns);
-  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
-  const st = readJson<AttachmentState>(statePath(cfg, ctx));
-  if (!st) throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} in ${cfg.stateDir}: the device was not attached by this plugin or already given back`);
-  const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
-  try {
-    const link = withNetns(ctx.netns, (nl) => checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac));
-    if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
-    const staticIps = cfg.addresses[st.original.mac] ?? cfg.addresses[st.original.name] ?? [];
-    const have = new Set(ips.map((ip) => canonicalCidr(ip.address)));
-    for (const a of staticIps) if (!have.has(canonicalCidr(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
-  } catch (e) {
-    throw kernelError(e, `${PLUGIN} CHECK ${ctx.ifName}`);
+  const { st, ips } = await checkMovedDevice(ctx, { path: statePath(cfg, ctx), plugin: PLUGIN, ...(cfg.mtu ? { mtu: cfg.mtu } : {}) });
+  const have = new Set(ips.map((ip) => canonicalCidr(ip.address)));
+  for (const a of staticAddresses(cfg, st.original)) {
+    if (!have.has(canonicalCidr(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
   }
 }
 

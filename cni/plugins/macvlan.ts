@@ -8,7 +8,7 @@ import {
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
 import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
-import { canonicalIp, parseCidr } from "../spec/cidr";
+import { parseCidr } from "../spec/cidr";
 import { validateIfName } from "../spec/env";
 import { CniError, ErrorCode } from "../spec/errors";
 import { hasIpam, ipamAdd, ipamCheck, ipamDel, ipamGc, type IpamAllocation } from "../spec/ipam";
@@ -17,7 +17,9 @@ import { definePlugin, type CniContext } from "../spec/plugin";
 import type { NetConf } from "../spec/config";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
-import { checkPodInterface, configurePodInterface, kernelError, mismatch, normalizeMac } from "./podnet";
+import {
+  checkPodInterface, configurePodInterface, invalid, ipBytes, kernelError, mismatch, normalizeMac, refuseExistingIfName,
+} from "./podnet";
 import {
   DEFAULT_STATE_DIR, attachmentKey, ensureVlanLink, readRecord, recordAttachment, recordNames, recordsHolding, releaseVlanLink, vlanLinkName,
   withVlanLock,
@@ -37,11 +39,6 @@ export interface MacvlanConfig {
   macFromIP: boolean;
   stateDir: string;
 }
-
-function invalid(field: string, why: string, fix: string): CniError {
-  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
-}
-
 
 export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
   const raw = conf.raw;
@@ -100,30 +97,13 @@ export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
 export function macFromIp(addresses: string[]): string | undefined {
   const cidrs = addresses.map(parseCidr).filter((c) => c !== undefined);
   const v4 = cidrs.find((c) => c.family === 4);
-  let bytes: number[] | undefined;
-  if (v4) bytes = v4.ip.split(".").map(Number);
-  else {
-    const v6 = cidrs.find((c) => c.family === 6);
-    if (v6) {
-      const groups = canonicalIp(v6.ip);
-      const full = expandV6(groups);
-      bytes = [full[6]! >> 8, full[6]! & 255, full[7]! >> 8, full[7]! & 255];
-    }
-  }
+  const v6 = cidrs.find((c) => c.family === 6);
+  const bytes = v4 ? ipBytes(v4.ip) : v6 ? ipBytes(v6.ip).slice(12) : undefined;
   if (!bytes) return undefined;
   return ["0a", "58", ...bytes.map((b) => b.toString(16).padStart(2, "0"))].join(":");
 }
 
-function expandV6(ip: string): number[] {
-  const [head, tail] = ip.includes("::") ? ip.split("::") as [string, string] : [ip, undefined];
-  const h = head ? head.split(":") : [];
-  const t = tail ? tail.split(":") : [];
-  const fill = tail !== undefined ? Array(8 - h.length - t.length).fill("0") : [];
-  return [...h, ...fill, ...t].map((g) => parseInt(g, 16));
-}
-
 type Ctx = CniContext<MacvlanConfig>;
-
 
 function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
   const master = findLinkByName(nl, cfg.master);
@@ -146,11 +126,7 @@ async function add(ctx: Ctx): Promise<Result> {
         `use at most ${master.mtu}, or 0 for the master's MTU`);
     }
     const requested = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
-    const existing = withNetns(ctx.netns, (nl) => findLinkByName(nl, ctx.ifName));
-    if (existing) {
-      throw new CniError(ErrorCode.DeviceBusy, `interface "${ctx.ifName}" already exists in network namespace ${ctx.netns}`,
-        "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
-    }
+    refuseExistingIfName(ctx.netns, ctx.ifName);
 
     return await withUndo(log, async (undo) => {
       const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
@@ -175,9 +151,10 @@ async function add(ctx: Ctx): Promise<Result> {
           const name = vlanLinkName(master.name, vlan);
           const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
           withVlanLock(cfg.stateDir, name, () => {
-            const { link } = ensureVlanLink(host, master, vlan, name, log);
-            recordAttachment(cfg.stateDir, name, master.name, vlan, key);
+            const link = ensureVlanLink(host, master, vlan, name, log);
+            // Before the record is written: a failed write still removes a sub-interface this ADD created.
             undo.push(`release VLAN sub-interface ${name}`, () => releaseVlanLink(cfg.stateDir, name, key, log));
+            recordAttachment(cfg.stateDir, name, master.name, vlan, key);
             if (cfg.mtu > link.mtu) {
               throw invalid("mtu", `${cfg.mtu} is larger than the MTU of VLAN sub-interface ${name} (${link.mtu})`, `use at most ${link.mtu}, or 0`);
             }
@@ -241,11 +218,6 @@ function configurePod(nl: NetlinkSocket, ctx: Ctx, tmpName: string, alloc: IpamA
   });
 }
 
-
-
-
-
-
 /** Deletes the first of `names` that exists in the pod namespace; fine when the namespace is gone. */
 function deletePodLink(ctx: Ctx, names: string[], log: Logger): void {
   if (!ctx.netns) return;
@@ -294,7 +266,6 @@ async function del(ctx: Ctx): Promise<void> {
   const ipamError = await released;
   if (ipamError) throw ipamError;
 }
-
 
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;

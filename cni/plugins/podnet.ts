@@ -5,7 +5,7 @@ import { addAddress, listAddresses } from "../netlink/addr";
 import { findLinkByName, getLinkByIndex, setLinkMac, setLinkMtu, setLinkUp, type Link } from "../netlink/link";
 import { addRoute, listRoutes } from "../netlink/route";
 import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { NetnsError, ifaceSysctl, setSysctl } from "../netns";
+import { NetnsError, ifaceSysctl, setSysctl, withNetns } from "../netns";
 import { canonicalCidr, canonicalIp, parseCidr } from "../spec/cidr";
 import { CniError, ErrorCode } from "../spec/errors";
 import type { Logger } from "../spec/log";
@@ -106,26 +106,29 @@ function gatewayOf(ips: IpConfig[], family: 4 | 6): string | undefined {
   return ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === family)?.gateway;
 }
 
-function bits(ip: string): string {
-  if (!ip.includes(":")) return ip.split(".").map((o) => Number(o).toString(2).padStart(8, "0")).join("");
+/** The address's bytes: 4 for IPv4, 16 for IPv6. */
+export function ipBytes(ip: string): number[] {
+  if (!ip.includes(":")) return ip.split(".").map(Number);
   const c = canonicalIp(ip);
   const [head, tail] = c.includes("::") ? (c.split("::") as [string, string]) : [c, undefined];
   const h = head ? head.split(":") : [];
   const t = tail ? tail.split(":") : [];
   const groups = [...h, ...(tail !== undefined ? Array(8 - h.length - t.length).fill("0") : []), ...t];
-  return groups.map((g) => parseInt(g, 16).toString(2).padStart(16, "0")).join("");
+  return groups.flatMap((g) => { const v = parseInt(g, 16); return [v >> 8, v & 255]; });
 }
 
 function covers(net: string, prefix: number, ip: string): boolean {
+  const bits = (a: string) => ipBytes(a).map((b) => b.toString(2).padStart(8, "0")).join("");
   const a = bits(net), b = bits(ip);
   return a.length === b.length && a.slice(0, prefix) === b.slice(0, prefix);
 }
 
-function invalid(field: string, why: string, fix: string): CniError {
+/** Code 7 naming the config field, what is wrong with it and the fix. */
+export function invalid(field: string, why: string, fix: string): CniError {
   return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
 }
 
-const MAC = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/;
+export const MAC = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/;
 
 /** Lower-case colon form; code 7 for malformed, multicast or all-zero MACs. */
 export function normalizeMac(value: unknown, field: string): string {
@@ -138,6 +141,16 @@ export function normalizeMac(value: unknown, field: string): string {
   }
   if (mac === "00:00:00:00:00:00") throw invalid(field, "is all zeros", "use a unicast MAC such as 0a:58:0a:01:00:05");
   return mac;
+}
+
+/** Code 142 when the pod already has an interface `ifName` (checked before anything is allocated). */
+export function refuseExistingIfName(netns: string, ifName: string): void {
+  if (withNetns(netns, (nl) => findLinkByName(nl, ifName))) throw ifNameTaken(netns, ifName);
+}
+
+export function ifNameTaken(netns: string, ifName: string): CniError {
+  return new CniError(ErrorCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${netns}`,
+    "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
 }
 
 /** Kernel and namespace failures as CNI errors naming what was attempted. */

@@ -12,21 +12,19 @@ import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
 import { withNetns } from "../netns";
-import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
 import type { NetConf } from "../spec/config";
 import { CniError, ErrorCode } from "../spec/errors";
-import { hasIpam, ipamAdd, ipamCheck, ipamDel } from "../spec/ipam";
+import { hasIpam, ipamAdd } from "../spec/ipam";
 import type { Logger } from "../spec/log";
 import { definePlugin, type CniContext } from "../spec/plugin";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
 import {
-  ensureStateDir, moveIntoPod, netdevsOfPci, readJson, removeFile, returnToHost, snapshotDevice, stateFileName,
-  writeDurable, type AttachmentState,
+  checkMovedDevice, ensureStateDir, giveBackDevice, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, readJson, removeFile, returnToHost,
+  snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,
 } from "./devstate";
 import { withFileLock } from "./filelock";
-import { mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom } from "./hostdev";
-import { checkPodInterface, configurePodInterface, kernelError, mismatch, normalizeMac } from "./podnet";
+import { configurePodInterface, invalid, kernelError, normalizeMac, refuseExistingIfName } from "./podnet";
 
 export const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";
@@ -49,10 +47,6 @@ export interface SriovConfig {
   mtu?: number;
   stateDir: string;
   sysfsRoot: string;
-}
-
-function invalid(field: string, why: string, fix: string): CniError {
-  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
 }
 
 function intIn(raw: Record<string, unknown>, key: string, min: number, max: number, fix: string): number | undefined {
@@ -340,9 +334,7 @@ async function add(ctx: Ctx): Promise<Result> {
     const vf = resolveVf(cfg);
     if (!vf.dpdk) {
       if (!vf.netdev) throw new CniError(ErrorCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
-      if (withNetns(ctx.netns, (nl) => findLinkByName(nl, ctx.ifName))) {
-        throw new CniError(ErrorCode.DeviceBusy, `interface "${ctx.ifName}" already exists in network namespace ${ctx.netns}`, "CNI_IFNAME must name a new interface in the pod");
-      }
+      refuseExistingIfName(ctx.netns, ctx.ifName);
     }
     ensureStateDir(cfg.stateDir, PLUGIN);
     const ops = pfOps(host, log);
@@ -369,7 +361,6 @@ async function add(ctx: Ctx): Promise<Result> {
           podMac: mac ?? netdev?.mac ?? "", extra: extra as unknown as Record<string, unknown>,
         };
         writeDurable(path, st); // before the first change
-        writeDurable(recordPath(cfg.stateDir, vf.vfPci), { containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path } satisfies VfRecord);
         undo.push(`restore VF ${vf.vfPci}`, () => {
           try {
             restoreVf(host, ops, st, cfg, log);
@@ -378,6 +369,7 @@ async function add(ctx: Ctx): Promise<Result> {
             removeFile(path);
           }
         });
+        writeDurable(recordPath(cfg.stateDir, vf.vfPci), { containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path } satisfies VfRecord);
         for (const s of steps) ops.setVf(vf.pfName, vf.vfIndex, s.settings, s.what);
         if (!netdev) return undefined;
         const moved = moveIntoPod(host, netdev, ctx.netns, ctx.ifName, "bsv", log);
@@ -407,52 +399,30 @@ async function add(ctx: Ctx): Promise<Result> {
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  const path = statePath(cfg, ctx);
-  const st = readJson<AttachmentState>(path);
-  let deviceError: unknown;
-  if (st) {
-    const x = st.extra as unknown as SriovExtra;
-    const host = NetlinkSocket.open();
-    try {
-      withFileLock(lockPath(cfg.stateDir, st.pciAddress!), `VF ${st.pciAddress}`, () => {
-        const rec = readJson<VfRecord>(recordPath(cfg.stateDir, st.pciAddress!));
-        if (rec && (rec.containerId !== ctx.containerId || rec.ifName !== ctx.ifName)) {
-          ctx.log.warn("the VF now belongs to another attachment; not touching it", { vf: st.pciAddress, holder: rec.containerId });
-        } else {
-          restoreVf(host, pfOps(host, ctx.log), { ...st, netns: ctx.netns || st.netns }, cfg, ctx.log);
-          removeFile(recordPath(cfg.stateDir, st.pciAddress!));
-        }
-        removeFile(path);
-      });
+  await giveBackDevice(ctx, {
+    path: statePath(cfg, ctx),
+    lock: (st) => ({ file: lockPath(cfg.stateDir, st.pciAddress!), what: `VF ${st.pciAddress}` }),
+    doing: (st) => `${PLUGIN} DEL ${ctx.ifName}: give VF ${st.pciAddress} back`,
+    restore: (host, st) => {
+      const x = st.extra as unknown as SriovExtra;
+      const rec = readJson<VfRecord>(recordPath(cfg.stateDir, st.pciAddress!));
+      if (rec && (rec.containerId !== ctx.containerId || rec.ifName !== ctx.ifName)) {
+        ctx.log.warn("the VF now belongs to another attachment; not touching it", { vf: st.pciAddress, holder: rec.containerId });
+        return;
+      }
+      restoreVf(host, pfOps(host, ctx.log), st, cfg, ctx.log);
+      removeFile(recordPath(cfg.stateDir, st.pciAddress!));
       ctx.log.info("VF given back", { vf: st.pciAddress, pf: x.pf, index: x.vfIndex });
-    } catch (e) {
-      deviceError = kernelError(e, `${PLUGIN} DEL ${ctx.ifName}: give VF ${st.pciAddress} back`);
-    } finally {
-      host.close();
-    }
-  } else {
-    ctx.log.info("no saved VF state for this attachment; nothing to give back", { path });
-  }
-  if (hasIpam(ctx)) await ipamDel(ctx);
-  if (deviceError) throw deviceError;
+    },
+  });
 }
 
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  const prev = requirePrevResult(ctx);
-  if (hasIpam(ctx)) await ipamCheck(ctx);
-  const found = findInterface(prev, ctx.ifName, ctx.netns);
-  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
-  const st = readJson<AttachmentState>(statePath(cfg, ctx));
-  if (!st) throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} in ${cfg.stateDir}`);
-  const x = st.extra as unknown as SriovExtra;
-  if (x.dpdk) return;
-  try {
-    const link = withNetns(ctx.netns, (nl) => checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ipsForInterface(prev, ctx.ifName, ctx.netns), found.iface.mac));
-    if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
-  } catch (e) {
-    throw kernelError(e, `${PLUGIN} CHECK ${ctx.ifName}`);
-  }
+  await checkMovedDevice(ctx, {
+    path: statePath(cfg, ctx), plugin: PLUGIN, ...(cfg.mtu ? { mtu: cfg.mtu } : {}),
+    inPod: (st) => !(st.extra as unknown as SriovExtra).dpdk,
+  });
 }
 
 export const sriovPlugin = definePlugin<SriovConfig>({

@@ -5,6 +5,7 @@
 // dump cannot see it. Berth keeps a host-side record per sub-interface instead:
 //   <stateDir>/<subif>.json   {"master", "vlan", "attachments": ["network/containerID/ifName", ...]}
 //   <stateDir>/<subif>.lock   flock(2)-ed while a record and the link are read or changed
+// (a record is removed with its last attachment; lock files stay: unlinking a lock file races)
 // ADD holds the lock from "find or create the sub-interface" until its macvlan exists and the
 // record lists it; DEL holds it from "drop my entry" to "delete the sub-interface if unused". So
 // an ADD never finds its parent deleted under it, and two ADDs never both create it. flock is
@@ -15,7 +16,7 @@
 // sub-interface that is in use; at worst an unused one stays until the next DEL on that VLAN.
 // Only sub-interfaces carrying the alias "berth:created" are ever deleted: one that existed
 // before Berth (an operator's eth0.101) is reused and never touched.
-import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
@@ -123,38 +124,48 @@ export function recordAttachment(stateDir: string, name: string, master: string,
  * missing, brought up. Call with the lock held. A link of that name that is not this VLAN on
  * this master is an error naming it.
  */
-export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, name: string, log: Logger): { link: Link; created: boolean } {
-  let link = findLinkByName(nl, name);
-  let created = false;
-  if (!link) {
-    try {
-      addVlan(nl, { name, parentIndex: master.index, id: vlan });
-      created = true;
-    } catch (e) {
-      if (isNetlinkError(e, "EOPNOTSUPP")) {
-        throw new CniError(ErrorCode.NetlinkFailure, `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
-          "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged");
-      }
-      // Another ADD (or an operator) created it between our look-up and create: reuse after checking it.
-      if (!isNetlinkError(e, "EEXIST")) throw e;
+export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, name: string, log: Logger): Link {
+  const found = findLinkByName(nl, name);
+  if (found) return checkedAndUp(nl, found, master, vlan, log);
+  try {
+    addVlan(nl, { name, parentIndex: master.index, id: vlan });
+  } catch (e) {
+    if (isNetlinkError(e, "EOPNOTSUPP")) {
+      throw new CniError(ErrorCode.NetlinkFailure, `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
+        "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged");
     }
-    link = getLinkByName(nl, name);
-    if (created) {
-      setLinkAlias(nl, link.index, BERTH_CREATED_ALIAS);
-      log.info("created VLAN sub-interface", { name, vlan, master: master.name });
-    }
+    // Another ADD (or an operator) created it between our look-up and create: reuse after checking it.
+    if (!isNetlinkError(e, "EEXIST")) throw e;
+    return checkedAndUp(nl, getLinkByName(nl, name), master, vlan, log);
   }
+  const created = getLinkByName(nl, name);
+  try {
+    setLinkAlias(nl, created.index, BERTH_CREATED_ALIAS);
+    log.info("created VLAN sub-interface", { name, vlan, master: master.name });
+    return checkedAndUp(nl, created, master, vlan, log);
+  } catch (e) {
+    // Not yet recorded (and maybe without its alias): no DEL would remove it, so this ADD does.
+    try {
+      deleteLink(nl, created.index);
+    } catch (cleanup) {
+      log.warn("could not delete the VLAN sub-interface this ADD created", { name, error: (cleanup as Error).message });
+    }
+    throw e;
+  }
+}
+
+function checkedAndUp(nl: NetlinkSocket, link: Link, master: Link, vlan: number, log: Logger): Link {
   if (link.kind !== "vlan" || link.vlan?.id !== vlan || link.parentIndex !== master.index) {
     const what = link.kind !== "vlan" ? `a ${link.kind ?? "plain"} link` : `VLAN ${link.vlan?.id} on ifindex ${link.parentIndex}`;
     throw new CniError(ErrorCode.InvalidConfig,
-      `interface "${name}" exists but is ${what}, not VLAN ${vlan} on "${master.name}" (ifindex ${master.index})`,
-      `berth-macvlan uses "${name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`);
+      `interface "${link.name}" exists but is ${what}, not VLAN ${vlan} on "${master.name}" (ifindex ${master.index})`,
+      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`);
   }
   if (!link.up) {
     setLinkUp(nl, link.index);
-    log.info("brought VLAN sub-interface up", { name });
+    log.info("brought VLAN sub-interface up", { name: link.name });
   }
-  return { link, created };
+  return link;
 }
 
 /**
@@ -166,9 +177,9 @@ export function releaseVlanLink(stateDir: string, name: string, key: string, log
     const record = readRecord(stateDir, name);
     if (record) {
       record.attachments = record.attachments.filter((k) => k !== key);
-      writeRecord(stateDir, name, record);
+      if (record.attachments.length > 0) return writeRecord(stateDir, name, record);
+      rmSync(recordPath(stateDir, name), { force: true });
     }
-    if (record && record.attachments.length > 0) return;
     const nl = NetlinkSocket.open();
     try {
       const link = findLinkByName(nl, name);
@@ -195,7 +206,7 @@ export function releaseVlanLink(stateDir: string, name: string, key: string, log
 }
 
 /** Links whose parent is host ifindex `index`: in the host namespace, and in every other one. */
-export function linkUsers(nl: NetlinkSocket, index: number): string[] {
+function linkUsers(nl: NetlinkSocket, index: number): string[] {
   const users = listLinks(nl).filter((l) => l.parentIndex === index && l.linkNetnsId === undefined).map((l) => l.name);
   const self = currentNetnsInode();
   const seen = new Set<number>([self]);
