@@ -9,8 +9,8 @@ import type {
 } from "./schemas";
 import type { DB } from "./store";
 import type {
-  AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseResponse, Reservation, ReservationFilter,
-  ReservationsResponse, ReserveResponse, StatefulSetsResponse,
+  AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseReservationsResponse, ReleaseResponse, Reservation,
+  ReservationFilter, ReservationsResponse, ReserveResponse, StatefulSetsResponse, UnregisterResponse,
 } from "./types";
 
 export interface Row {
@@ -68,6 +68,8 @@ export class Allocator {
         WHERE id = @id`),
       detach: p("UPDATE reservations SET container_id = NULL, ifname = NULL, network = NULL, detached_at = ? WHERE id = ?"),
       setPinned: p("UPDATE reservations SET pinned = 1 WHERE id = ?"),
+      handToAttachment: p(`UPDATE reservations SET owner = ?, kind = 'attachment', sticky = 0, pinned = 0,
+        namespace = NULL, statefulset = NULL, ordinal = NULL WHERE id = ?`),
       delete: p("DELETE FROM reservations WHERE id = ?"),
       addReleased: p(`INSERT INTO released (ip, pool, released_at) VALUES (?, ?, ?)
         ON CONFLICT(ip) DO UPDATE SET pool = excluded.pool, released_at = excluded.released_at`),
@@ -124,11 +126,12 @@ export class Allocator {
           continue;
         }
         if (want) {
-          this.assertFree(want.ip, sts.owner, now);
-          // Changing a pin releases the owner's previous address in this pool, atomically.
-          for (const old of this.q.byOwner!.all(sts.owner) as Row[]) {
-            if (familyPools.some((p) => p.name === old.pool)) this.free(old, now);
-          }
+          this.assertFree(want.ip, sts.owner, now, req, "ips");
+          // Changing a pin replaces the member's previous address on the same network(s), atomically
+          // (an address a running container still uses stays held by that container).
+          const previous = this.previousAddresses(sts.owner, want.pool);
+          if (existing && !previous.some((r) => r.id === existing.id)) previous.push(existing);
+          for (const old of previous) this.endReservation(old, now);
           rows.push(this.insert(want.pool, want.ip, sts, true, true, attachment, now));
           continue;
         }
@@ -137,7 +140,7 @@ export class Allocator {
       } else {
         const owner = { owner: `${req.containerID}/${req.ifName}` };
         if (want) {
-          this.assertFree(want.ip, owner.owner, now);
+          this.assertFree(want.ip, owner.owner, now, req, "ips");
           rows.push(this.insert(want.pool, want.ip, owner, false, true, attachment, now));
         } else {
           const ip = this.takeFromPools(familyPools, now);
@@ -201,24 +204,27 @@ export class Allocator {
     const holder = this.q.byIp!.get(ip) as Row | undefined;
     if (holder && holder.owner === owner.owner && holder.sticky) {
       this.q.setPinned!.run(holder.id);
-      return { reservation: this.view(this.rowById(holder.id)), released: [] };
+      return { reservation: this.view(this.rowById(holder.id)), released: [], heldByContainer: [] };
     }
-    this.assertFree(ip, owner.owner, now);
+    this.assertFree(ip, owner.owner, now, null, "ip");
+    const previous = this.previousAddresses(owner.owner, pool);
+    const running = previous.find((r) => r.container_id);
+    if (running && !req.force) {
+      throw new ApiError("reservation_attached", `${owner.owner} is running with ${running.ip} (container ${running.container_id}); ` +
+        "delete the pod first, or pass force to move the pin now (the running container keeps the old address until its " +
+        "CNI DEL or GC frees it; the next pod of the member gets the pinned one)");
+    }
     const released: string[] = [];
-    for (const old of this.q.byOwner!.all(owner.owner) as Row[]) {
-      if (old.family !== pool.family) continue;
-      if (old.container_id && !req.force) {
-        throw new ApiError("reservation_attached", `${owner.owner} is running with ${old.ip} (container ${old.container_id}); ` +
-          "delete the pod first, or pass force to move the pin anyway (the running pod keeps the old address until it restarts)");
-      }
-      this.free(old, now);
+    const heldByContainer: string[] = [];
+    for (const old of previous) {
       released.push(old.ip);
+      if (this.endReservation(old, now)) heldByContainer.push(old.ip);
     }
     const row = this.insert(pool, ip, owner, true, true, null, now);
-    return { reservation: this.view(row), released };
+    return { reservation: this.view(row), released, heldByContainer };
   }
 
-  releaseReservations(req: ReleaseReservationRequest, now: number): Reservation[] {
+  releaseReservations(req: ReleaseReservationRequest, now: number): ReleaseReservationsResponse {
     let rows: Row[];
     if (req.ip) {
       const ip = this.requested(req.ip, "ip").canonical;
@@ -237,18 +243,23 @@ export class Allocator {
     if (attached.length > 0 && !req.force) {
       const list = attached.slice(0, 5).map((r) => `${r.ip} (${r.owner}, container ${r.container_id})`).join(", ");
       throw new ApiError("reservation_attached", `${attached.length} of these reservations are in use by running containers: ${list}; ` +
-        "delete the pods first, or pass force to release anyway");
+        "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
+        "until the container's CNI DEL or GC frees it)");
     }
-    for (const row of rows) this.free(row, now);
-    return rows.map((r) => this.view(r));
+    const heldByContainer: Reservation[] = [];
+    for (const row of rows) {
+      if (this.endReservation(row, now)) heldByContainer.push(this.view(this.rowById(row.id)));
+    }
+    return { released: rows.map((r) => this.view(r)), heldByContainer };
   }
 
   registerStatefulSet(namespace: string, name: string, now: number): void {
     this.q.stsRegister!.run(namespace, name, now);
   }
 
-  unregisterStatefulSet(namespace: string, name: string): boolean {
-    return this.q.stsUnregister!.run(namespace, name).changes > 0;
+  unregisterStatefulSet(namespace: string, name: string): UnregisterResponse {
+    const unregistered = this.q.stsUnregister!.run(namespace, name).changes > 0;
+    return { unregistered, configured: this.configStatefulSets.has(`${namespace}/${name}`) };
   }
 
   listStatefulSets(): StatefulSetsResponse {
@@ -392,13 +403,17 @@ export class Allocator {
     return out;
   }
 
-  private assertFree(ip: string, owner: string, now: number): void {
+  private assertFree(ip: string, owner: string, now: number, attachment: AttachmentRequest | null, field: string): void {
     const holder = this.q.byIp!.get(ip) as Row | undefined;
-    if (holder && holder.owner !== owner) {
-      throw new ApiError("ip_unavailable", `${ip} is already held by ${holder.owner} (${holder.container_id ? "in use" : "reserved"}); ` +
-        "release it with ipamctl release --ip first, or request another address", "ips");
+    const runningElsewhere = holder?.container_id && !(attachment && holder.container_id === attachment.containerID &&
+      holder.ifname === attachment.ifName && holder.network === attachment.network);
+    if (holder && (holder.owner !== owner || runningElsewhere)) {
+      throw new ApiError("ip_unavailable", `${ip} is already held by ${holder.owner} ` +
+        `(${holder.container_id ? `in use by container ${holder.container_id} interface ${holder.ifname} on network ${holder.network}` : "reserved"}); ` +
+        (holder.container_id ? "it is freed when that container is deleted (CNI DEL or GC); request another address"
+          : "release it with ipamctl release --ip first, or request another address"), field);
     }
-    if (holder) this.free(holder, now); // same owner, different attachment/pool record
+    if (holder) this.free(holder, now); // same owner, a detached record (or this attachment's own)
     this.q.dropReleased!.run(ip); // an explicit request skips the cooldown
   }
 
@@ -471,6 +486,42 @@ export class Allocator {
     if (!row.sticky) { this.free(row, now); return false; }
     this.q.detach!.run(now, row.id);
     return true;
+  }
+
+  /**
+   * Ends a reservation (operator release, pin, or a member's new pinned address). An address a running container uses is
+   * never freed here: it stays held by that attachment, owned by containerID/ifName and not
+   * sticky, until the container's CNI DEL or GC frees it into the cooldown. True when still held.
+   */
+  private endReservation(row: Row, now: number): boolean {
+    if (!row.container_id) { this.free(row, now); return false; }
+    if (row.sticky || row.kind === "statefulset") this.q.handToAttachment!.run(`${row.container_id}/${row.ifname}`, row.id);
+    return true;
+  }
+
+  /**
+   * The member's addresses that a pin in `pool` replaces: same family, in pools serving a network
+   * in common with `pool` (addresses for other networks are kept). Reads the member's few rows
+   * through the owner index.
+   */
+  private previousAddresses(owner: string, pool: Pool): Row[] {
+    return (this.q.byOwner!.all(owner) as Row[]).filter((r) => {
+      const other = this.poolsByName.get(r.pool);
+      return r.family === pool.family && other !== undefined && this.shareNetwork(pool, other);
+    });
+  }
+
+  /**
+   * Whether two pools of one family serve a network in common on this node. A pool without
+   * `networks` serves every network, except those a pool of this node names explicitly for that
+   * family (the same preference as usablePools).
+   */
+  private shareNetwork(a: Pool, b: Pool): boolean {
+    if (a.name === b.name) return true;
+    if (!a.networks && !b.networks) return true;
+    if (a.networks && b.networks) return a.networks.some((n) => b.networks!.includes(n));
+    const [open, named] = a.networks ? [b, a] : [a, b];
+    return named.networks!.some((n) => !this.nodePools.some((p) => p.family === open.family && p.networks?.includes(n)));
   }
 
   private free(row: Row, now: number): void {

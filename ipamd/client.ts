@@ -3,7 +3,7 @@
 import type { Agent } from "node:http";
 import type {
   AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseReservationsResponse, ReleaseResponse,
-  ReservationFilter, ReservationsResponse, ReserveResponse, StatefulSetsResponse, StatusResponse,
+  ReservationFilter, ReservationsResponse, ReserveResponse, StatefulSetsResponse, StatusResponse, UnregisterResponse,
 } from "./types";
 
 export const DEFAULT_SOCKET = "/run/berth/ipamd.sock";
@@ -74,7 +74,7 @@ export class IpamdClient {
   registerStatefulSet(namespace: string, statefulset: string): Promise<unknown> {
     return this.call("POST", "/v1/statefulsets/register", { namespace, statefulset });
   }
-  unregisterStatefulSet(namespace: string, statefulset: string): Promise<{ unregistered: boolean }> {
+  unregisterStatefulSet(namespace: string, statefulset: string): Promise<UnregisterResponse> {
     return this.call("POST", "/v1/statefulsets/unregister", { namespace, statefulset });
   }
   async metrics(): Promise<string> { return this.raw("GET", "/metrics").then((r) => r.body); }

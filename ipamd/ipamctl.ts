@@ -133,21 +133,28 @@ export async function main(argv: string[]): Promise<number> {
         r.reservations.map((x) => [x.ordinal ?? "-", x.owner, x.pool, x.address, x.state])));
     });
 
-  program.command("pin").description("pin an exact IP to a StatefulSet member (replaces its previous address of that family)")
+  program.command("pin")
+    .description("pin an exact IP to a StatefulSet member (replaces its previous address of that family on the same network(s); " +
+      "addresses in pools serving other networks are kept)")
     .requiredOption("--namespace <ns>").requiredOption("--statefulset <name>")
     .requiredOption("--ordinal <n>", "member ordinal", intArg("--ordinal"))
-    .requiredOption("--ip <ip>").option("--force", "move the pin even if the member is running")
+    .requiredOption("--ip <ip>")
+    .option("--force", "move the pin even if the member is running: its running container keeps the old address " +
+      "(held by that container, not reusable) until the container's CNI DEL or GC frees it; the member's next pod gets the pinned IP")
     .action(async (o: { namespace: string; statefulset: string; ordinal: number; ip: string; force?: boolean }) => {
       const { c, g } = client();
       const r = await c.pin({ namespace: o.namespace, statefulset: o.statefulset, ordinal: o.ordinal, ip: o.ip, ...(o.force ? { force: true } : {}) });
+      const freed = r.released.filter((ip) => !r.heldByContainer.includes(ip));
       emit(g, r, () => `pinned ${r.reservation.address} (pool ${r.reservation.pool}) to ${r.reservation.owner}` +
-        (r.released.length ? `; released ${r.released.join(", ")}` : ""));
+        (freed.length ? `; released ${freed.join(", ")}` : "") +
+        (r.heldByContainer.length ? `; still in use by the running container (freed at its CNI DEL or GC): ${r.heldByContainer.join(", ")}` : ""));
     });
 
   program.command("release").description("release reservations: by --ip, or by StatefulSet (all ordinals, one --ordinal, or one --pool)")
     .option("--ip <ip>").option("--namespace <ns>").option("--statefulset <name>")
     .option("--ordinal <n>", "member ordinal", intArg("--ordinal")).option("--pool <name>")
-    .option("--force", "also release addresses in use by running containers")
+    .option("--force", "also end reservations whose address a running container uses: the address stays held by that " +
+      "container (not reusable) until the container's CNI DEL or GC frees it")
     .action(async (o: { ip?: string; namespace?: string; statefulset?: string; ordinal?: number; pool?: string; force?: boolean }) => {
       const { c, g } = client();
       if (!o.ip && !(o.namespace && o.statefulset)) {
@@ -155,7 +162,9 @@ export async function main(argv: string[]): Promise<number> {
       }
       const r = await c.releaseReservations({ ...o });
       emit(g, r, () => (r.released.length === 0 ? "nothing to release"
-        : `released ${r.released.length}:\n${reservationRows(r.released)}`));
+        : `released ${r.released.length}:\n${reservationRows(r.released)}`) +
+        (r.heldByContainer.length === 0 ? "" : `\nstill in use by running containers, freed at their CNI DEL or GC ` +
+          `(${r.heldByContainer.length}):\n${reservationRows(r.heldByContainer)}`));
     });
 
   program.command("gc").description("CNI-style GC: release non-sticky addresses on a network except the listed attachments")
@@ -188,6 +197,19 @@ export async function main(argv: string[]): Promise<number> {
       const { c, g } = client();
       const r = await c.registerStatefulSet(o.namespace, o.statefulset);
       emit(g, r, () => `registered ${o.namespace}/${o.statefulset}`);
+    });
+  program.command("unregister")
+    .description("stop treating new pods of a StatefulSet as members (registered through the API); existing reservations " +
+      "stay until released (ipamctl release --namespace --statefulset)")
+    .requiredOption("--namespace <ns>").requiredOption("--statefulset <name>")
+    .action(async (o: { namespace: string; statefulset: string }) => {
+      const { c, g } = client();
+      const r = await c.unregisterStatefulSet(o.namespace, o.statefulset);
+      const name = `${o.namespace}/${o.statefulset}`;
+      emit(g, r, () => [
+        r.unregistered ? `unregistered ${name}` : `${name} was not registered through the API; nothing changed`,
+        ...(r.configured ? [`${name} is listed in the ipamd config (statefulSets): its pods stay members until it is removed there`] : []),
+      ].join("\n"));
     });
 
   try {

@@ -203,7 +203,7 @@ export class ApiServer {
     });
     post("/v1/reservations/release", "reservations_release", ({ body }) => {
       const req = parse(releaseReservationSchema, body);
-      return this.committer.submit(() => ({ released: a.releaseReservations(req, Date.now()) }));
+      return this.committer.submit(() => a.releaseReservations(req, Date.now()));
     });
     get("/v1/statefulsets", "statefulsets", () => a.listStatefulSets());
     post("/v1/statefulsets/register", "statefulsets_register", ({ body }) => {
@@ -212,7 +212,7 @@ export class ApiServer {
     });
     post("/v1/statefulsets/unregister", "statefulsets_unregister", ({ body }) => {
       const req = parse(statefulSetSchema, body);
-      return this.committer.submit(() => ({ unregistered: a.unregisterStatefulSet(req.namespace, req.statefulset) }));
+      return this.committer.submit(() => a.unregisterStatefulSet(req.namespace, req.statefulset));
     });
   }
 

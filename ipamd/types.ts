@@ -85,8 +85,12 @@ export interface ReserveResponse {
   statefulset: { namespace: string; name: string };
   reservations: Reservation[];
 }
-export interface PinResponse { reservation: Reservation; released: string[] }
-export interface ReleaseReservationsResponse { released: Reservation[] }
+/** `released`: the member's previous addresses it no longer owns; `heldByContainer`: those of them a running container still uses (freed by its CNI DEL or GC). */
+export interface PinResponse { reservation: Reservation; released: string[]; heldByContainer: string[] }
+/** `released`: the reservations ended, as they were; `heldByContainer`: those whose address a running container still holds, as they are now. */
+export interface ReleaseReservationsResponse { released: Reservation[]; heldByContainer: Reservation[] }
+/** `configured`: listed in the ipamd config, so its pods stay members until the config changes. */
+export interface UnregisterResponse { unregistered: boolean; configured: boolean }
 export interface StatefulSetsResponse {
   statefulsets: { namespace: string; name: string; source: "config" | "api"; registeredAt?: string }[];
 }
