@@ -66,21 +66,14 @@ function setns(fd: number, what: string): void {
 }
 
 /**
- * Runs `fn` with the calling thread inside the network namespace at `nsPath`
- * and returns its result; the thread is back in its original namespace when
- * this returns or throws.
+ * Runs `fn` with the calling thread inside the namespace open as `target` (`what` names it in
+ * errors) and returns its result; the thread is back in its original namespace when this returns
+ * or throws.
  */
-export function inNetns<T>(nsPath: string, fn: () => T): T {
-  const target = openNetnsFd(nsPath);
-  let original: number;
+function enter<T>(target: number, what: string, fn: () => T): T {
+  const original = check(libc.open(SELF_NETNS, O_RDONLY | O_CLOEXEC, 0), `open ${SELF_NETNS}`);
   try {
-    original = check(libc.open(SELF_NETNS, O_RDONLY | O_CLOEXEC, 0), `open ${SELF_NETNS}`);
-  } catch (e) {
-    libc.close(target);
-    throw e;
-  }
-  try {
-    setns(target, `setns into "${nsPath}"`);
+    setns(target, `setns into "${what}"`);
     try {
       const result = fn();
       if (result && typeof (result as { then?: unknown }).then === "function") {
@@ -97,6 +90,15 @@ export function inNetns<T>(nsPath: string, fn: () => T): T {
     }
   } finally {
     libc.close(original);
+  }
+}
+
+/** Runs `fn` with the calling thread inside the network namespace at `nsPath` (see enter). */
+export function inNetns<T>(nsPath: string, fn: () => T): T {
+  const target = openNetnsFd(nsPath);
+  try {
+    return enter(target, nsPath, fn);
+  } finally {
     libc.close(target);
   }
 }
@@ -116,6 +118,36 @@ export function withNetns<T>(nsPath: string, fn: (nl: NetlinkSocket) => T): T {
 /** A netlink socket that acts on the namespace at `nsPath`, usable from the original namespace. */
 export function openNetlinkIn(nsPath: string): NetlinkSocket {
   return inNetns(nsPath, () => NetlinkSocket.open());
+}
+
+/**
+ * A pod's network namespace, opened once for a whole command: `fd` to create or move links into
+ * it, `nl` a netlink socket bound inside it and used from the host namespace for all pod-side
+ * rtnetlink work. Only /proc/sys/net needs the thread inside (`enter`): it shows the namespace of
+ * whoever opens it. Close it with close().
+ */
+export class Netns {
+  private constructor(readonly path: string, readonly fd: number, readonly nl: NetlinkSocket) {}
+
+  static open(path: string): Netns {
+    const fd = openNetnsFd(path);
+    try {
+      return new Netns(path, fd, enter(fd, path, () => NetlinkSocket.open()));
+    } catch (e) {
+      libc.close(fd);
+      throw e;
+    }
+  }
+
+  /** Runs `fn` (synchronous) with the calling thread inside the namespace, e.g. for setSysctl. */
+  enter<T>(fn: () => T): T {
+    return enter(this.fd, this.path, fn);
+  }
+
+  close(): void {
+    this.nl.close();
+    libc.close(this.fd);
+  }
 }
 
 /** Inode of the calling thread's network namespace (to compare namespaces). */

@@ -16,7 +16,7 @@ import {
 } from "../netlink/link";
 import { addRoute, listRoutes, type RouteOptions } from "../netlink/route";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
+import { NetnsError, closeFd, openNetnsFd, withNetns, type Netns } from "../netns";
 import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
 import { CniError, ErrorCode } from "../spec/errors";
 import { hasIpam, ipamCheck, ipamDel } from "../spec/ipam";
@@ -250,9 +250,9 @@ function namesIn(nl: NetlinkSocket): Set<string> {
  * to ifName there. Altnames that the pod already uses are removed first and returned (DEL adds
  * them back). Returns the link as it is in the pod.
  */
-export function moveIntoPod(host: NetlinkSocket, link: Link, netns: string, ifName: string, prefix: string, log: Logger): { link: Link; removedAltNames: string[] } {
-  const podNames = withNetns(netns, (nl) => namesIn(nl));
-  if (podNames.has(ifName)) throw ifNameTaken(netns, ifName);
+export function moveIntoPod(host: NetlinkSocket, link: Link, pod: Netns, ifName: string, prefix: string, log: Logger): { link: Link; removedAltNames: string[] } {
+  const podNames = namesIn(pod.nl);
+  if (podNames.has(ifName)) throw ifNameTaken(pod.path, ifName);
   const removedAltNames = link.altNames.filter((a) => podNames.has(a));
   for (const a of removedAltNames) {
     deleteAltName(host, link.index, a);
@@ -263,22 +263,16 @@ export function moveIntoPod(host: NetlinkSocket, link: Link, netns: string, ifNa
   while (podNames.has(tmp) || hostNames.has(tmp)) tmp = tempName(prefix);
   if (link.up) setLinkDown(host, link.index);
   setLinkName(host, link.index, tmp);
-  const fd = openNetnsFd(netns);
   try {
-    setLinkNetns(host, link.index, fd);
+    setLinkNetns(host, link.index, pod.fd);
   } catch (e) {
     setLinkName(host, link.index, link.name);
     throw e;
-  } finally {
-    closeFd(fd);
   }
-  const moved = withNetns(netns, (nl) => {
-    const l = findLinkByName(nl, tmp);
-    if (!l) throw new CniError(ErrorCode.DeviceNotFound, `device ${link.name} (as ${tmp}) vanished after the move into ${netns}`, "check the node for a concurrent network agent");
-    setLinkName(nl, l.index, ifName);
-    return getLinkByIndex(nl, l.index);
-  });
-  return { link: moved, removedAltNames };
+  const l = findLinkByName(pod.nl, tmp);
+  if (!l) throw new CniError(ErrorCode.DeviceNotFound, `device ${link.name} (as ${tmp}) vanished after the move into ${pod.path}`, "check the node for a concurrent network agent");
+  setLinkName(pod.nl, l.index, ifName);
+  return { link: getLinkByIndex(pod.nl, l.index), removedAltNames };
 }
 
 // ---- give back

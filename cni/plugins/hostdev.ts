@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
-import { withNetns } from "../netns";
+import { Netns } from "../netns";
 import { canonicalCidr, parseCidr } from "../spec/cidr";
 import type { NetConf } from "../spec/config";
 import { validateIfName } from "../spec/env";
@@ -136,13 +136,15 @@ async function add(ctx: Ctx): Promise<Result> {
   const log = ctx.log;
   const requestedMac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
   const host = NetlinkSocket.open();
+  let pod: Netns | undefined;
   try {
     ensureStateDir(cfg.stateDir, PLUGIN);
     // A device whose pod died without DEL may be back under another name (devN, the pod's
     // ifname): records that name it by the selector are restored first, then it is found.
     withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => clearStaleRecords(host, cfg, (a) => selects(cfg.selector, a), ctx));
     findHostDevice(host, cfg); // refuse before allocating anything
-    refuseExistingIfName(ctx.netns, ctx.ifName);
+    const podNs = pod = Netns.open(ctx.netns);
+    refuseExistingIfName(podNs, ctx.ifName);
     const path = statePath(cfg, ctx);
     if (existsSync(path)) {
       throw new CniError(ErrorCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
@@ -168,17 +170,17 @@ async function add(ctx: Ctx): Promise<Result> {
           returnToHost(host, st, { log, returnWaitMs: 0 });
           removeFile(path);
         });
-        const moved = moveIntoPod(host, link, ctx.netns, ctx.ifName, "bhd", log);
+        const moved = moveIntoPod(host, link, podNs, ctx.ifName, "bhd", log);
         st.podIndex = moved.link.index;
         if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
         writeDurable(path, st);
         log.info("moved host device into the pod", { device: link.name, ifName: ctx.ifName, netns: ctx.netns });
         return { moved, ips, pci };
       });
-      const podLink = withNetns(ctx.netns, (nl) => configurePodInterface(nl, moved.link.index, {
-        ifName: ctx.ifName, netns: ctx.netns, ips, routes: alloc?.result.routes ?? [], log,
+      const podLink = configurePodInterface(podNs, moved.link.index, {
+        ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log,
         ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
-      }));
+      });
       return {
         interfaces: [{ name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, ...(pci ? { pciID: pci } : {}) }],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -189,6 +191,7 @@ async function add(ctx: Ctx): Promise<Result> {
   } catch (e) {
     throw kernelError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
   } finally {
+    pod?.close();
     host.close();
   }
 }

@@ -6,7 +6,7 @@ import {
   type Link, type MacvlanMode,
 } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { NetnsError, closeFd, openNetnsFd, withNetns } from "../netns";
+import { Netns, NetnsError, openNetlinkIn, withNetns } from "../netns";
 import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
 import { parseCidr } from "../spec/cidr";
 import { validateIfName } from "../spec/env";
@@ -119,6 +119,7 @@ async function add(ctx: Ctx): Promise<Result> {
   const log = ctx.log;
   // Everything that can be refused is refused before anything changes.
   const host = NetlinkSocket.open();
+  let pod: Netns | undefined;
   try {
     const master = lookupMaster(host, cfg);
     if (cfg.mtu > master.mtu) {
@@ -126,7 +127,9 @@ async function add(ctx: Ctx): Promise<Result> {
         `use at most ${master.mtu}, or 0 for the master's MTU`);
     }
     const requested = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
-    refuseExistingIfName(ctx.netns, ctx.ifName);
+    // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
+    const podNs = pod = Netns.open(ctx.netns);
+    refuseExistingIfName(podNs, ctx.ifName);
 
     return await withUndo(log, async (undo) => {
       const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
@@ -141,32 +144,27 @@ async function add(ctx: Ctx): Promise<Result> {
         if (!mac) throw invalid("macFromIP", "is set but IPAM returned no address", "configure IPAM to return an address, or remove macFromIP");
       }
       const tmpName = `bmv${Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0")}`;
-      const netnsFd = openNetnsFd(ctx.netns);
-      try {
-        const create = (parent: Link) => {
-          createMacvlan(host, ctx, cfg, parent, tmpName, mac, netnsFd);
-          undo.push(`delete macvlan ${tmpName}/${ctx.ifName} in ${ctx.netns}`, () => deletePodLink(ctx, [tmpName, ctx.ifName], log));
-        };
-        if (vlan) {
-          const name = vlanLinkName(master.name, vlan);
-          const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
-          withVlanLock(cfg.stateDir, name, () => {
-            const link = ensureVlanLink(host, master, vlan, name, log);
-            // Before the record is written: a failed write still removes a sub-interface this ADD created.
-            undo.push(`release VLAN sub-interface ${name}`, () => releaseVlanLink(cfg.stateDir, name, key, log));
-            recordAttachment(cfg.stateDir, name, master.name, vlan, key);
-            if (cfg.mtu > link.mtu) {
-              throw invalid("mtu", `${cfg.mtu} is larger than the MTU of VLAN sub-interface ${name} (${link.mtu})`, `use at most ${link.mtu}, or 0`);
-            }
-            create(link);
-          });
-        } else {
-          create(master);
-        }
-      } finally {
-        closeFd(netnsFd);
+      const create = (parent: Link) => {
+        createMacvlan(host, ctx, cfg, parent, tmpName, mac, podNs.fd);
+        undo.push(`delete macvlan ${tmpName}/${ctx.ifName} in ${ctx.netns}`, () => deletePodLink(podNs.nl, [tmpName, ctx.ifName], log));
+      };
+      if (vlan) {
+        const name = vlanLinkName(master.name, vlan);
+        const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
+        withVlanLock(cfg.stateDir, name, () => {
+          const link = ensureVlanLink(host, master, vlan, name, log);
+          // Before the record is written: a failed write still removes a sub-interface this ADD created.
+          undo.push(`release VLAN sub-interface ${name}`, () => releaseVlanLink(cfg.stateDir, name, key, log));
+          recordAttachment(cfg.stateDir, name, master.name, vlan, key);
+          if (cfg.mtu > link.mtu) {
+            throw invalid("mtu", `${cfg.mtu} is larger than the MTU of VLAN sub-interface ${name} (${link.mtu})`, `use at most ${link.mtu}, or 0`);
+          }
+          create(link);
+        });
+      } else {
+        create(master);
       }
-      const link = withNetns(ctx.netns, (nl) => configurePod(nl, ctx, tmpName, alloc));
+      const link = configurePod(podNs, ctx, tmpName, alloc);
       return {
         interfaces: [{ name: ctx.ifName, mac: link.mac, mtu: link.mtu, sandbox: ctx.netns }],
         ips: (alloc?.result.ips ?? []).map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -177,6 +175,7 @@ async function add(ctx: Ctx): Promise<Result> {
   } catch (e) {
     throw kernelError(e, `berth-macvlan ADD ${ctx.ifName} on ${cfg.master}`);
   } finally {
+    pod?.close();
     host.close();
   }
 }
@@ -201,8 +200,9 @@ function createMacvlan(host: NetlinkSocket, ctx: Ctx, cfg: MacvlanConfig, parent
 }
 
 /** Inside the pod namespace: rename, sysctls, addresses, up, DAD, routes. Returns the final link. */
-function configurePod(nl: NetlinkSocket, ctx: Ctx, tmpName: string, alloc: IpamAllocation | undefined): Link {
+function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alloc: IpamAllocation | undefined): Link {
   const { ifName, log } = ctx;
+  const nl = pod.nl;
   const tmp = getLinkByName(nl, tmpName);
   try {
     setLinkName(nl, tmp.index, ifName);
@@ -213,39 +213,48 @@ function configurePod(nl: NetlinkSocket, ctx: Ctx, tmpName: string, alloc: IpamA
     }
     throw e;
   }
-  return configurePodInterface(nl, tmp.index, {
-    ifName, netns: ctx.netns, ips: alloc?.result.ips ?? [], routes: alloc?.result.routes ?? [], log,
+  return configurePodInterface(pod, tmp.index, {
+    ifName, ips: alloc?.result.ips ?? [], routes: alloc?.result.routes ?? [], log,
   });
 }
 
-/** Deletes the first of `names` that exists in the pod namespace; fine when the namespace is gone. */
-function deletePodLink(ctx: Ctx, names: string[], log: Logger): void {
+/** Deletes the first of `names` that exists in the pod namespace of `nl`. */
+function deletePodLink(nl: NetlinkSocket, names: string[], log: Logger): void {
+  for (const name of names) {
+    const link = findLinkByName(nl, name);
+    if (!link) continue;
+    if (link.kind !== "macvlan") {
+      log.warn("pod interface is not a macvlan; leaving it", { name, kind: link.kind });
+      return;
+    }
+    try {
+      deleteLink(nl, link.index);
+    } catch (e) {
+      if (!isNetlinkError(e, "ENODEV")) throw e;
+    }
+    log.info("deleted pod interface", { name });
+    return;
+  }
+}
+
+/** DEL's side of the pod: its interface goes; fine when there is no namespace or it is gone. */
+function deleteFromPod(ctx: Ctx): void {
   if (!ctx.netns) return;
+  let nl: NetlinkSocket;
   try {
-    withNetns(ctx.netns, (nl) => {
-      for (const name of names) {
-        const link = findLinkByName(nl, name);
-        if (!link) continue;
-        if (link.kind !== "macvlan") {
-          log.warn("pod interface is not a macvlan; leaving it", { name, kind: link.kind });
-          return;
-        }
-        try {
-          deleteLink(nl, link.index);
-        } catch (e) {
-          if (!isNetlinkError(e, "ENODEV")) throw e;
-        }
-        log.info("deleted pod interface", { name });
-        return;
-      }
-    });
+    nl = openNetlinkIn(ctx.netns);
   } catch (e) {
     // ENOENT: the namespace is gone, and its links with it. EINVAL: the path is no longer a netns.
     if (e instanceof NetnsError && (e.code === "ENOENT" || e.code === "EINVAL")) {
-      log.info("pod network namespace is gone; nothing to delete", { netns: ctx.netns });
+      ctx.log.info("pod network namespace is gone; nothing to delete", { netns: ctx.netns });
       return;
     }
     throw e;
+  }
+  try {
+    deletePodLink(nl, [ctx.ifName], ctx.log);
+  } finally {
+    nl.close();
   }
 }
 
@@ -256,7 +265,7 @@ async function del(ctx: Ctx): Promise<void> {
   // not stop the interface removal; it is reported afterwards.
   const released = hasIpam(ctx) ? ipamDel(ctx).then(() => undefined, (e: unknown) => e) : undefined;
   try {
-    deletePodLink(ctx, [ctx.ifName], ctx.log);
+    deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
     for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);
   } catch (e) {

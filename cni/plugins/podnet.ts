@@ -1,11 +1,11 @@
-// Layer-3 setup of an interface already inside the pod namespace (call inside withNetns):
+// Layer-3 setup of an interface already inside the pod namespace, over the pod's netlink socket:
 // neighbour announcements, addresses, up, IPv6 DAD, routes; and the CHECK counterpart.
 // Shared by berth-macvlan, berth-hostdev and berth-sriov.
 import { addAddress, listAddresses } from "../netlink/addr";
 import { findLinkByName, getLinkByIndex, setLinkMac, setLinkMtu, setLinkUp, type Link } from "../netlink/link";
 import { addRoute, listRoutes } from "../netlink/route";
 import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { NetnsError, ifaceSysctl, setSysctl, withNetns } from "../netns";
+import { NetnsError, ifaceSysctl, setSysctl, type Netns } from "../netns";
 import { canonicalCidr, canonicalIp, parseCidr } from "../spec/cidr";
 import { CniError, ErrorCode } from "../spec/errors";
 import type { Logger } from "../spec/log";
@@ -16,7 +16,6 @@ const SCOPES: Record<number, "global" | "site" | "link" | "host"> = { 0: "global
 
 export interface PodNetSettings {
   ifName: string;
-  netns: string;
   mtu?: number;
   mac?: string;
   ips: IpConfig[];
@@ -25,24 +24,26 @@ export interface PodNetSettings {
 }
 
 /** MTU, MAC, arp_notify/ndisc_notify, addresses, up, DAD, routes. Returns the link as configured. */
-export function configurePodInterface(nl: NetlinkSocket, index: number, s: PodNetSettings): Link {
+export function configurePodInterface(pod: Netns, index: number, s: PodNetSettings): Link {
+  const nl = pod.nl;
   if (s.mtu) setLinkMtu(nl, index, s.mtu);
   if (s.mac) setLinkMac(nl, index, s.mac);
   const hasV6 = s.ips.some((ip) => parseCidr(ip.address)?.family === 6);
   // Neighbours learn the pod's MAC for a returning (sticky) IP at once: gratuitous ARP and
   // unsolicited NA when the link comes up with its addresses.
-  setSysctl(ifaceSysctl(4, s.ifName, "arp_notify"), 1);
-  if (hasV6) {
+  pod.enter(() => {
+    setSysctl(ifaceSysctl(4, s.ifName, "arp_notify"), 1);
+    if (!hasV6) return;
     for (const dev of ["lo", s.ifName]) {
       try {
         setSysctl(ifaceSysctl(6, dev, "disable_ipv6"), 0);
       } catch (e) {
-        throw new CniError(ErrorCode.NetnsFailure, `cannot enable IPv6 on ${dev} in ${s.netns}: ${(e as Error).message}`,
+        throw new CniError(ErrorCode.NetnsFailure, `cannot enable IPv6 on ${dev} in ${pod.path}: ${(e as Error).message}`,
           "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)");
       }
     }
     setSysctl(ifaceSysctl(6, s.ifName, "ndisc_notify"), 1);
-  }
+  });
   for (const ip of s.ips) {
     try {
       addAddress(nl, { index, cidr: ip.address });
@@ -144,8 +145,8 @@ export function normalizeMac(value: unknown, field: string): string {
 }
 
 /** Code 142 when the pod already has an interface `ifName` (checked before anything is allocated). */
-export function refuseExistingIfName(netns: string, ifName: string): void {
-  if (withNetns(netns, (nl) => findLinkByName(nl, ifName))) throw ifNameTaken(netns, ifName);
+export function refuseExistingIfName(pod: Netns, ifName: string): void {
+  if (findLinkByName(pod.nl, ifName)) throw ifNameTaken(pod.path, ifName);
 }
 
 export function ifNameTaken(netns: string, ifName: string): CniError {

@@ -11,7 +11,7 @@ import { basename, join } from "node:path";
 import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
-import { withNetns } from "../netns";
+import { Netns } from "../netns";
 import type { NetConf } from "../spec/config";
 import { CniError, ErrorCode } from "../spec/errors";
 import { hasIpam, ipamAdd } from "../spec/ipam";
@@ -330,12 +330,15 @@ async function add(ctx: Ctx): Promise<Result> {
   const log = ctx.log;
   const mac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
   const host = NetlinkSocket.open();
+  let pod: Netns | undefined; // none for a DPDK VF: nothing goes into the pod's network namespace
   try {
     const vf = resolveVf(cfg);
     if (!vf.dpdk) {
       if (!vf.netdev) throw new CniError(ErrorCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
-      refuseExistingIfName(ctx.netns, ctx.ifName);
+      pod = Netns.open(ctx.netns);
+      refuseExistingIfName(pod, ctx.ifName);
     }
+    const podNs = pod;
     ensureStateDir(cfg.stateDir, PLUGIN);
     const ops = pfOps(host, log);
     return await withUndo(log, async (undo) => {
@@ -371,15 +374,15 @@ async function add(ctx: Ctx): Promise<Result> {
         });
         writeDurable(recordPath(cfg.stateDir, vf.vfPci), { containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path } satisfies VfRecord);
         for (const s of steps) ops.setVf(vf.pfName, vf.vfIndex, s.settings, s.what);
-        if (!netdev) return undefined;
-        const moved = moveIntoPod(host, netdev, ctx.netns, ctx.ifName, "bsv", log);
+        if (!netdev || !podNs) return undefined;
+        const moved = moveIntoPod(host, netdev, podNs, ctx.ifName, "bsv", log);
         st.podIndex = moved.link.index;
         if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
         writeDurable(path, st);
-        return withNetns(ctx.netns, (nl) => configurePodInterface(nl, moved.link.index, {
-          ifName: ctx.ifName, netns: ctx.netns, ips, routes: alloc?.result.routes ?? [], log,
+        return configurePodInterface(podNs, moved.link.index, {
+          ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log,
           ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(mac ? { mac } : {}),
-        }));
+        });
       });
       return {
         interfaces: [podLink
@@ -393,6 +396,7 @@ async function add(ctx: Ctx): Promise<Result> {
   } catch (e) {
     throw kernelError(e, `${PLUGIN} ADD ${ctx.ifName}`);
   } finally {
+    pod?.close();
     host.close();
   }
 }

@@ -2,12 +2,18 @@
 // berth-macvlan (the BUILT executable) on VLAN sub-interfaces of one dummy master.
 //   scripts/kernel-lab.sh node_modules/.bin/vitest run --config test/lab/vitest.config.ts test/lab/macvlan.test.ts
 import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pluginDir, pluginPath, runCni, type CniCall, type PluginRun } from "../helpers/plugins";
 
 const tag = process.pid.toString(36);
 const master = `dm${tag}`;
 const netnsNames: string[] = [];
+// The plugin's own record of which pods use each sub-interface: <stateDir>/<subif>.json
+const stateDir = `/tmp/berth-lab-macvlan-${tag}`;
+const recordFile = (vlan: number) => `${stateDir}/${master}.${vlan}.json`;
+const attachments = (vlan: number): string[] => JSON.parse(readFileSync(recordFile(vlan), "utf8")).attachments;
+const keyOf = (netns: string) => `lab/ctr-${netns}/eth0`;
 
 function ip(...args: string[]): string {
   return execFileSync("ip", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
@@ -27,7 +33,7 @@ function newNetns(label: string): string {
 
 function conf(vlan: number, address: string) {
   return {
-    cniVersion: "1.0.0", name: "lab", type: "berth-macvlan", master, vlan,
+    cniVersion: "1.0.0", name: "lab", type: "berth-macvlan", master, vlan, stateDir,
     ipam: { type: "static", addresses: [{ address }] },
   };
 }
@@ -73,6 +79,7 @@ describe("kernel lab: berth-macvlan on 802.1Q sub-interfaces", () => {
   afterAll(() => {
     for (const n of netnsNames) spawnSync("ip", ["netns", "del", n]);
     spawnSync("ip", ["link", "del", master]);
+    rmSync(stateDir, { recursive: true, force: true });
   });
 
   it("ADD creates master.101 and master.102 (right IDs, berth alias, up) and reuses master.103", () => {
@@ -88,6 +95,8 @@ describe("kernel lab: berth-macvlan on 802.1Q sub-interfaces", () => {
       expect(sub.flags).toContain("UP");
     }
     expect(link(`${master}.103`).ifalias).toBeUndefined();
+    expect(attachments(101).sort()).toEqual([keyOf(ns.a!), keyOf(ns.b!)].sort());
+    expect(attachments(103)).toEqual([keyOf(ns.d!)]);
     const eth0 = link("eth0", ns.a);
     expect(eth0.linkinfo).toMatchObject({ info_kind: "macvlan", info_data: { mode: "bridge" } });
     expect(eth0.link_netnsid).toBeDefined();
@@ -108,12 +117,19 @@ describe("kernel lab: berth-macvlan on 802.1Q sub-interfaces", () => {
     expect(call("DEL", ns.a!, conf(101, pods.a.address)).code).toBe(0);
     expect(link(`${master}.101`)).toBeDefined(); // b still on it
     expect(link("eth0", ns.b)).toBeDefined();
+    expect(attachments(101)).toEqual([keyOf(ns.b!)]);
     expect(call("DEL", ns.b!, conf(101, pods.b.address)).code).toBe(0);
     expect(link(`${master}.101`)).toBeUndefined();
+    expect(existsSync(recordFile(101))).toBe(false); // the record goes with its last attachment
     expect(call("DEL", ns.c!, conf(102, pods.c.address)).code).toBe(0);
     expect(link(`${master}.102`)).toBeUndefined();
+    expect(existsSync(recordFile(102))).toBe(false);
     expect(call("DEL", ns.d!, conf(103, pods.d.address)).code).toBe(0);
     expect(link(`${master}.103`)).toBeDefined();
+    expect(existsSync(recordFile(103))).toBe(false); // kept sub-interface, but no pod left to record
+    // A repeated DEL finds no record and changes nothing.
+    expect(call("DEL", ns.b!, conf(101, pods.b.address)).code).toBe(0);
+    expect(existsSync(recordFile(101))).toBe(false);
   });
 
   it("parallel ADDs and DELs on a new VLAN: one sub-interface, every pod attached, removed after the last DEL", async () => {
@@ -122,9 +138,11 @@ describe("kernel lab: berth-macvlan on 802.1Q sub-interfaces", () => {
     expect(adds).toEqual([0, 0, 0, 0]);
     for (const n of names) expect(link("eth0", n)?.linkinfo.info_kind).toBe("macvlan");
     expect(link(`${master}.104`).ifalias).toBe("berth:created");
+    expect(attachments(104).sort()).toEqual(names.map(keyOf).sort());
     const dels = await Promise.all(names.map((n, i) => callAsync("DEL", n, conf(104, `10.104.0.${i + 2}/24`))));
     expect(dels).toEqual([0, 0, 0, 0]);
     expect(link(`${master}.104`)).toBeUndefined();
+    expect(existsSync(recordFile(104))).toBe(false);
   });
 
   it("a same-named link that is not that VLAN is an error naming it", () => {

@@ -1,7 +1,7 @@
 import { statSync, writeFileSync, rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  NetnsError, closeFd, currentNetnsInode, getSysctl, getSysctlIn, ifaceSysctl, inNetns, openNetlinkIn, openNetnsFd,
+  Netns, NetnsError, closeFd, currentNetnsInode, getSysctl, getSysctlIn, ifaceSysctl, inNetns, openNetlinkIn, openNetnsFd,
   setSysctl, setSysctlIn, withNetns,
 } from "../../cni/netns";
 import { addVeth, getLinkByName, listLinks } from "../../cni/netlink/link";
@@ -109,6 +109,33 @@ describe("openNetlinkIn", () => {
     } finally {
       closeFd(fd);
     }
+  });
+});
+
+describe("Netns (a pod namespace opened once per command)", () => {
+  it("holds the namespace fd and a socket acting there from the host; enter runs inside for /proc/sys/net", () => {
+    const pod = Netns.open(ns.path);
+    try {
+      expect(currentNetnsInode()).toBe(hostInode);
+      expect(statSync(`/proc/self/fd/${pod.fd}`).ino).toBe(statSync(ns.path).ino);
+      addVeth(pod.nl, { name: "pod0", peerName: "pod1" });
+      expect(ipIn(ns, "-o", "link", "show", "pod0")).toContain("pod0@pod1");
+      const inside = pod.enter(() => {
+        setSysctl(ifaceSysctl(4, "pod0", "arp_notify"), 1);
+        return currentNetnsInode();
+      });
+      expect(inside).toBe(statSync(ns.path).ino);
+      expect(currentNetnsInode()).toBe(hostInode);
+      expect(getSysctlIn(ns.path, ifaceSysctl(4, "pod0", "arp_notify"))).toBe("1");
+      expect(() => pod.enter(() => { throw new Error("boom"); })).toThrow("boom");
+      expect(currentNetnsInode()).toBe(hostInode);
+    } finally {
+      pod.close();
+    }
+  });
+
+  it("names a missing namespace", () => {
+    expect(() => Netns.open("/run/netns/berth-no-such-ns")).toThrow(/network namespace "\/run\/netns\/berth-no-such-ns" does not exist/);
   });
 });
 
