@@ -1,40 +1,31 @@
 import { describe, expect, it } from "vitest";
 import { configVersion, decodeConfig, parseConfig, requireVerbSupported } from "../../cni/spec/config";
-import { CniError } from "../../cni/spec/errors";
+import { cniErrorOf } from "../helpers/cni-error";
 
-function fails(fn: () => unknown): CniError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CniError);
-    return e as CniError;
-  }
-  throw new Error("expected a CniError");
-}
 
 const base = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", ipam: { type: "berth-ipam" } };
 
 describe("decoding", () => {
   it("code 6 for empty stdin, bad JSON, non-objects", () => {
-    expect(fails(() => decodeConfig("")).code).toBe(6);
-    expect(fails(() => decodeConfig('{"cniVersion":')).code).toBe(6);
-    expect(fails(() => decodeConfig("[1]")).code).toBe(6);
+    expect(cniErrorOf(() => decodeConfig("")).code).toBe(6);
+    expect(cniErrorOf(() => decodeConfig('{"cniVersion":')).code).toBe(6);
+    expect(cniErrorOf(() => decodeConfig("[1]")).code).toBe(6);
   });
 });
 
 describe("cniVersion", () => {
   it("code 1 for unsupported and missing versions, listing the supported ones", () => {
-    const e = fails(() => configVersion({ cniVersion: "0.2.0" }));
+    const e = cniErrorOf(() => configVersion({ cniVersion: "0.2.0" }));
     expect(e.code).toBe(1);
     expect(e.message).toBe("incompatible CNI versions");
     expect(e.details).toContain('config is "0.2.0", plugin supports ["0.3.0" "0.3.1" "0.4.0" "1.0.0" "1.1.0"]');
-    expect(fails(() => configVersion({})).code).toBe(1);
-    expect(fails(() => configVersion({ cniVersion: "2.0.0" })).code).toBe(1);
+    expect(cniErrorOf(() => configVersion({})).code).toBe(1);
+    expect(cniErrorOf(() => configVersion({ cniVersion: "2.0.0" })).code).toBe(1);
   });
   it("CHECK needs 0.4.0, STATUS and GC need 1.1.0 (code 1, libcni's words)", () => {
-    expect(fails(() => requireVerbSupported("CHECK", "0.3.1")).message).toBe("config version does not allow CHECK");
-    expect(fails(() => requireVerbSupported("STATUS", "1.0.0")).message).toBe("config version does not allow STATUS");
-    expect(fails(() => requireVerbSupported("GC", "0.4.0")).code).toBe(1);
+    expect(cniErrorOf(() => requireVerbSupported("CHECK", "0.3.1")).message).toBe("config version does not allow CHECK");
+    expect(cniErrorOf(() => requireVerbSupported("STATUS", "1.0.0")).message).toBe("config version does not allow STATUS");
+    expect(cniErrorOf(() => requireVerbSupported("GC", "0.4.0")).code).toBe(1);
     requireVerbSupported("CHECK", "0.4.0");
     requireVerbSupported("GC", "1.1.0");
     requireVerbSupported("ADD", "0.3.0");
@@ -71,7 +62,7 @@ describe("parseConfig", () => {
     [{ logLevel: "verbose" }, 7, "logLevel"],
     [{ prevResult: { ips: [{ address: "nope" }] } }, 7, "prevResult: ips[0].address"],
   ])("rejects %j", (patch, code, text) => {
-    const e = fails(() => parseConfig({ ...base, ...patch }, "ADD"));
+    const e = cniErrorOf(() => parseConfig({ ...base, ...patch }, "ADD"));
     expect(e.code).toBe(code);
     expect(e.message).toContain(text);
     expect(e.details).not.toBe("");
@@ -86,12 +77,12 @@ describe("parseConfig", () => {
   });
 
   it("GC needs cni.dev/valid-attachments", () => {
-    expect(fails(() => parseConfig(base, "GC")).message).toContain("cni.dev/valid-attachments");
+    expect(cniErrorOf(() => parseConfig(base, "GC")).message).toContain("cni.dev/valid-attachments");
     const conf = parseConfig({ ...base, "cni.dev/valid-attachments": [{ containerID: "c1", ifname: "eth0" }] }, "GC");
     expect(conf.validAttachments).toEqual([{ containerID: "c1", ifname: "eth0" }]);
     // the key as the released 1.1.0 SPEC text spells it
     const specKey = parseConfig({ ...base, "cni.dev/attachments": [{ containerID: "c2", ifname: "net1" }] }, "GC");
     expect(specKey.validAttachments).toEqual([{ containerID: "c2", ifname: "net1" }]);
-    expect(fails(() => parseConfig({ ...base, "cni.dev/valid-attachments": "c1" }, "GC")).message).toContain("is not a list");
+    expect(cniErrorOf(() => parseConfig({ ...base, "cni.dev/valid-attachments": "c1" }, "GC")).message).toContain("is not a list");
   });
 });

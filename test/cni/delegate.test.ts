@@ -12,6 +12,7 @@ import { CniError } from "../../cni/spec/errors";
 import { ipamAdd, ipamDel } from "../../cni/spec/ipam";
 import { nullLogger } from "../../cni/spec/log";
 import { withUndo } from "../../cni/spec/undo";
+import { cniErrorOf } from "../helpers/cni-error";
 
 const dataDir = mkdtempSync(join(tmpdir(), "berth-hostlocal-"));
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -30,15 +31,6 @@ function req(command: DelegateRequest["command"], config: Record<string, any>, e
   return { command, ipamType: config.ipam.type, stdin: JSON.stringify(config), env: { ...env, ...extraEnv }, cniPath: CNI_PATH, cniVersion: config.cniVersion };
 }
 
-function caught(fn: () => unknown): CniError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CniError);
-    return e as CniError;
-  }
-  throw new Error("expected a CniError");
-}
 
 describe("delegateIpam with host-local", () => {
   it("ADD returns host-local's result; DEL releases it; DEL again succeeds", () => {
@@ -57,19 +49,19 @@ describe("delegateIpam with host-local", () => {
   });
 
   it("passes host-local's own CNI error through with its code", () => {
-    const e = caught(() => delegateIpam(req("ADD", hostLocal(), { CNI_ARGS: "IP=10.99.99.99" })));
+    const e = cniErrorOf(() => delegateIpam(req("ADD", hostLocal(), { CNI_ARGS: "IP=10.99.99.99" })));
     expect(e.message).toMatch(/^IPAM plugin host-local ADD failed: /);
     expect(e.message).toContain("10.99.99.99");
     expect(e.code).toBe(999); // what host-local itself answered
     // host-local only speaks up to 1.0.0: its code 1 comes back unchanged.
-    expect(caught(() => delegateIpam(req("ADD", hostLocal("1.1.0")))).code).toBe(1);
+    expect(cniErrorOf(() => delegateIpam(req("ADD", hostLocal("1.1.0")))).code).toBe(1);
   });
 
   it("code 100 when the plugin is not in CNI_PATH, 7 for a path in ipam.type", () => {
-    const missing = caught(() => delegateIpam({ ...req("ADD", hostLocal()), ipamType: "whereabouts" }));
+    const missing = cniErrorOf(() => delegateIpam({ ...req("ADD", hostLocal()), ipamType: "whereabouts" }));
     expect(missing.code).toBe(100);
     expect(missing.message).toBe('failed to find IPAM plugin "whereabouts" in CNI_PATH [/nonexistent-dir /usr/lib/cni]');
-    expect(caught(() => delegateIpam({ ...req("ADD", hostLocal()), ipamType: "../bin/sh" })).code).toBe(7);
+    expect(cniErrorOf(() => delegateIpam({ ...req("ADD", hostLocal()), ipamType: "../bin/sh" })).code).toBe(7);
   });
 });
 

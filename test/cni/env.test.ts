@@ -3,31 +3,22 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseCniArgs, readCommand, readEnv } from "../../cni/spec/env";
-import { CniError } from "../../cni/spec/errors";
+import { cniErrorOf } from "../helpers/cni-error";
 
 const dir = mkdtempSync(join(tmpdir(), "berth-env-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function fails(fn: () => unknown): CniError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CniError);
-    return e as CniError;
-  }
-  throw new Error("expected a CniError");
-}
 
 const base = { CNI_CONTAINERID: "abc123", CNI_NETNS: "/proc/self/ns/net", CNI_IFNAME: "eth0", CNI_PATH: "/opt/cni/bin:/usr/lib/cni" };
 
 describe("CNI_COMMAND", () => {
   it("is required", () => {
-    const e = fails(() => readCommand({}));
+    const e = cniErrorOf(() => readCommand({}));
     expect(e.code).toBe(4);
     expect(e.message).toBe("required env variables [CNI_COMMAND] missing");
   });
   it("must be a CNI verb", () => {
-    const e = fails(() => readCommand({ CNI_COMMAND: "add" }));
+    const e = cniErrorOf(() => readCommand({ CNI_COMMAND: "add" }));
     expect(e.code).toBe(4);
     expect(e.message).toBe("unknown CNI_COMMAND: add");
   });
@@ -38,7 +29,7 @@ describe("CNI_COMMAND", () => {
 
 describe("required variables per verb", () => {
   it("lists every missing variable for ADD", () => {
-    const e = fails(() => readEnv({ CNI_COMMAND: "ADD", CNI_IFNAME: "eth0" }, "ADD"));
+    const e = cniErrorOf(() => readEnv({ CNI_COMMAND: "ADD", CNI_IFNAME: "eth0" }, "ADD"));
     expect(e.code).toBe(4);
     expect(e.message).toBe("required env variables [CNI_CONTAINERID CNI_NETNS CNI_PATH] missing");
   });
@@ -50,7 +41,7 @@ describe("required variables per verb", () => {
   });
   it("STATUS and GC need only CNI_PATH", () => {
     expect(readEnv({ CNI_PATH: "/opt/cni/bin" }, "STATUS")).toMatchObject({ containerId: "", ifName: "", path: ["/opt/cni/bin"] });
-    const e = fails(() => readEnv({}, "GC"));
+    const e = cniErrorOf(() => readEnv({}, "GC"));
     expect(e.message).toBe("required env variables [CNI_PATH] missing");
   });
   it("splits CNI_PATH", () => {
@@ -60,7 +51,7 @@ describe("required variables per verb", () => {
 
 describe("CNI_CONTAINERID", () => {
   it.each(["-abc", ".abc", "a b", "a/b", "a;b", "ä"])("rejects %j with code 4", (id) => {
-    const e = fails(() => readEnv({ ...base, CNI_CONTAINERID: id }, "ADD"));
+    const e = cniErrorOf(() => readEnv({ ...base, CNI_CONTAINERID: id }, "ADD"));
     expect(e.code).toBe(4);
     expect(e.message).toContain("CNI_CONTAINERID");
   });
@@ -80,7 +71,7 @@ describe("CNI_IFNAME", () => {
     ["eth 0", "contains"],
     ["eth\t0", "contains"],
   ])("rejects %j", (name, text) => {
-    const e = fails(() => readEnv({ ...base, CNI_IFNAME: name }, "ADD"));
+    const e = cniErrorOf(() => readEnv({ ...base, CNI_IFNAME: name }, "ADD"));
     expect(e.code).toBe(4);
     expect(e.message).toContain(text);
   });
@@ -92,7 +83,7 @@ describe("CNI_IFNAME", () => {
 describe("CNI_NETNS", () => {
   it("must exist for ADD and CHECK (code 3, container unknown)", () => {
     for (const verb of ["ADD", "CHECK"] as const) {
-      const e = fails(() => readEnv({ ...base, CNI_NETNS: join(dir, "nope") }, verb));
+      const e = cniErrorOf(() => readEnv({ ...base, CNI_NETNS: join(dir, "nope") }, verb));
       expect(e.code).toBe(3);
       expect(e.message).toContain(`CNI_NETNS=${join(dir, "nope")}`);
     }
@@ -100,12 +91,12 @@ describe("CNI_NETNS", () => {
   it("must be a network namespace", () => {
     const file = join(dir, "plain-file");
     writeFileSync(file, "x");
-    const e = fails(() => readEnv({ ...base, CNI_NETNS: file }, "ADD"));
+    const e = cniErrorOf(() => readEnv({ ...base, CNI_NETNS: file }, "ADD"));
     expect(e.code).toBe(4);
     expect(e.message).toBe(`CNI_NETNS=${file} is not a network namespace`);
   });
   it("must be absolute", () => {
-    const e = fails(() => readEnv({ ...base, CNI_NETNS: "netns/x" }, "ADD"));
+    const e = cniErrorOf(() => readEnv({ ...base, CNI_NETNS: "netns/x" }, "ADD"));
     expect(e.code).toBe(4);
   });
 });
@@ -122,7 +113,7 @@ describe("CNI_ARGS", () => {
     expect(parseCniArgs("")).toEqual({ IgnoreUnknown: false, other: {} });
   });
   it("rejects an unknown key without IgnoreUnknown (code 2, naming the pair)", () => {
-    const e = fails(() => parseCniArgs("K8S_POD_NAME=web-0;FOO=bar;BAZ=1"));
+    const e = cniErrorOf(() => parseCniArgs("K8S_POD_NAME=web-0;FOO=bar;BAZ=1"));
     expect(e.code).toBe(2);
     expect(e.message).toBe('CNI_ARGS: unknown args ["FOO=bar" "BAZ=1"]');
     expect(e.details).toContain("IgnoreUnknown=1");
@@ -133,24 +124,24 @@ describe("CNI_ARGS", () => {
     expect(args.other).toEqual({ FOO: "bar" });
   });
   it("IgnoreUnknown=0/false does not ignore", () => {
-    expect(fails(() => parseCniArgs("IgnoreUnknown=false;FOO=bar")).code).toBe(2);
-    expect(fails(() => parseCniArgs("IgnoreUnknown=0;FOO=bar")).code).toBe(2);
+    expect(cniErrorOf(() => parseCniArgs("IgnoreUnknown=false;FOO=bar")).code).toBe(2);
+    expect(cniErrorOf(() => parseCniArgs("IgnoreUnknown=0;FOO=bar")).code).toBe(2);
   });
   it("IgnoreUnknown must be a bool", () => {
-    const e = fails(() => parseCniArgs("IgnoreUnknown=yes;FOO=1"));
+    const e = cniErrorOf(() => parseCniArgs("IgnoreUnknown=yes;FOO=1"));
     expect(e.code).toBe(4);
     expect(e.message).toContain('error parsing value of pair "IgnoreUnknown=yes"');
   });
   it.each(["FOO", "A=b=c", "K8S_POD_NAME=web-0;", ";"])("rejects the malformed %j like libcni", (raw) => {
-    const e = fails(() => parseCniArgs(raw));
+    const e = cniErrorOf(() => parseCniArgs(raw));
     expect(e.code).toBe(4);
     expect(e.message).toMatch(/^CNI_ARGS: invalid pair /);
   });
   it("reads IP (one or several, with or without prefix) and MAC", () => {
     expect(parseCniArgs("IP=10.1.0.5;MAC=AA:bb:cc:dd:ee:01")).toMatchObject({ IP: ["10.1.0.5"], MAC: "aa:bb:cc:dd:ee:01" });
     expect(parseCniArgs("IP=10.1.0.5/24,fd00::5").IP).toEqual(["10.1.0.5/24", "fd00::5"]);
-    expect(fails(() => parseCniArgs("IP=10.1.0.300")).message).toContain("invalid IP address 10.1.0.300");
-    expect(fails(() => parseCniArgs("MAC=zz")).message).toContain("invalid MAC address zz");
+    expect(cniErrorOf(() => parseCniArgs("IP=10.1.0.300")).message).toContain("invalid IP address 10.1.0.300");
+    expect(cniErrorOf(() => parseCniArgs("MAC=zz")).message).toContain("invalid MAC address zz");
   });
   it("accepts plugin-declared keys", () => {
     expect(parseCniArgs("VLAN=101", ["VLAN"]).other).toEqual({ VLAN: "101" });
