@@ -374,7 +374,14 @@ function ignoreExists(fn: () => void): void {
 /** Name, MTU, MAC, alias, altnames, addresses, up/down, routes: back as they were. */
 function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log: Logger): void {
   const o = st.original;
-  if (link.up) setLinkDown(host, link.index);
+  // A running netdev cannot be renamed, and some drivers refuse a MAC change while up. Only then
+  // is it taken down: an ADD undone before the device moved must not flap a host NIC.
+  const needsDown = link.name !== o.name || (!!o.mac && link.mac !== o.mac);
+  let up = link.up;
+  if (up && (needsDown || !o.up)) {
+    setLinkDown(host, link.index);
+    up = false;
+  }
   if (link.name !== o.name) {
     const holder = findLinkByName(host, o.name);
     if (holder && holder.index !== link.index) {
@@ -396,7 +403,7 @@ function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log
     }
   }
   for (const a of o.addresses) ignoreExists(() => addAddress(host, { index: link.index, cidr: a.cidr, ...(a.broadcast ? { broadcast: a.broadcast } : { broadcast: false }) }));
-  if (o.up) setLinkUp(host, link.index);
+  if (o.up && !up) setLinkUp(host, link.index);
   for (const r of o.routes) {
     const opts: RouteOptions = {
       dst: r.dst, index: link.index, table: r.table, scope: r.scope,
