@@ -72,7 +72,7 @@ async function main(): Promise<void> {
       }
       // Measure a warm daemon, as on a node: JIT, and SQLite's files grown to their working size
       // (seeding does that for the second round). Then clear the warm-up allocations.
-      await run(d, seeded, 16, seeded > 0 ? 500 : 3000, "warm");
+      await run(d, seeded, 16, seeded > 0 ? 500 : 20_000, "warm");
       await d.client.gc("bench", []);
       for (const c of CONCURRENCY) {
         const r = await run(d, seeded, c, ALLOCATIONS, `${seeded}-${c}`);
