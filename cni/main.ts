@@ -6,7 +6,7 @@
 // first, execPath second, else `berth <plugin>`.
 import { basename } from "node:path";
 import { writeSync } from "node:fs";
-import type { CniPlugin } from "./spec/plugin";
+import type { CniPlugin } from "./skel/plugin";
 
 declare const __BERTH_VERSION__: string | undefined;
 declare const __BERTH_COMMIT__: string | undefined;
@@ -18,7 +18,7 @@ type Entry = (argv: string[]) => Promise<number>;
 // Each entry imports its module only when chosen, and a plugin's own modules only once the verb
 // needs them (VERSION never loads netlink or the ipamd client), so start-up stays short.
 const cniPlugin = <P>(load: () => Promise<CniPlugin<P>>): Entry =>
-  async () => (await import("./spec/dispatch")).pluginMain(load);
+  async () => (await import("./skel/dispatch")).pluginMain(load);
 
 const ENTRIES: Record<string, Entry> = {
   "berth-ipam": cniPlugin(async () => (await import("./plugins/ipam")).ipamPlugin),

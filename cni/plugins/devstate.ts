@@ -17,12 +17,12 @@ import {
 import { addRoute, listRoutes, type RouteOptions } from "../netlink/route";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { NetnsError, closeFd, openNetnsFd, withNetns, type Netns } from "../netns";
-import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
-import { CniError, ErrorCode } from "../spec/errors";
-import { hasIpam, ipamCheck, ipamDel } from "../spec/ipam";
-import type { Logger } from "../spec/log";
-import type { CniContext } from "../spec/plugin";
-import type { IpConfig, Result } from "../spec/result";
+import { findInterface, ipsForInterface, requirePrevResult } from "../skel/chain";
+import { CniError, ErrorCode } from "../skel/errors";
+import { hasIpam, ipamCheck, ipamDel } from "../skel/ipam";
+import type { Logger } from "../skel/log";
+import type { CniContext } from "../skel/plugin";
+import type { IpConfig, Result } from "../skel/result";
 import type { Scope } from "../netlink/addr";
 import { withFileLock } from "./filelock";
 import { checkPodInterface, ifNameTaken, invalid, kernelError, mismatch } from "./podnet";

@@ -2,7 +2,7 @@
 // lock when a plugin dies, so a crashed call never wedges the next one.
 import { closeSync, openSync } from "node:fs";
 import { koffi } from "../netlink/koffi";
-import { CniError, ErrorCode } from "../spec/errors";
+import { CniError, ErrorCode } from "../skel/errors";
 
 const libc = koffi.load("libc.so.6");
 const flock = libc.func("int flock(int fd, int operation)");

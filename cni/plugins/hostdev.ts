@@ -1,19 +1,19 @@
 // berth-hostdev: moves a whole host NIC (a cloud ENI, a spare port) into the pod and gives it back
 // on DEL exactly as it was: name, MTU, MAC, up/down, alias, altnames, addresses and routes. The
-// original state is on disk before the first change (devstate.ts). See conf/cni/README-hostdev.md.
+// original state is on disk before the first change (devstate.ts). See docs/plugins/hostdev.md.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { Netns } from "../netns";
-import { canonicalCidr, parseCidr } from "../spec/cidr";
-import type { NetConf } from "../spec/config";
-import { validateIfName } from "../spec/env";
-import { CniError, ErrorCode } from "../spec/errors";
-import { hasIpam, ipamAdd } from "../spec/ipam";
-import { definePlugin, type CniContext } from "../spec/plugin";
-import type { IpConfig, Result } from "../spec/result";
-import { withUndo } from "../spec/undo";
+import { canonicalCidr, parseCidr } from "../skel/cidr";
+import type { NetConf } from "../skel/config";
+import { validateIfName } from "../skel/env";
+import { CniError, ErrorCode } from "../skel/errors";
+import { hasIpam, ipamAdd } from "../skel/ipam";
+import { definePlugin, type CniContext } from "../skel/plugin";
+import type { IpConfig, Result } from "../skel/result";
+import { withUndo } from "../skel/undo";
 import {
   checkMovedDevice, ensureStateDir, giveBackDevice, listStateFiles, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, pciAddressOf,
   readJson, removeFile, returnToHost, snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,

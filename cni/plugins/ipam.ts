@@ -1,9 +1,9 @@
 // berth-ipam: a CNI IPAM plugin for third-party main plugins (the reference macvlan, ipvlan,
 // bridge...). It answers the IPAM result shape (ips, routes, dns; no interfaces) from ipamd,
 // with the same owner rules as the Berth main plugins.
-import { CniError, ErrorCode } from "../spec/errors";
-import { BERTH_IPAM, berthIpamConf, ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../spec/ipam";
-import { definePlugin } from "../spec/plugin";
+import { CniError, ErrorCode } from "../skel/errors";
+import { BERTH_IPAM, berthIpamConf, ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../skel/ipam";
+import { definePlugin } from "../skel/plugin";
 
 export const ipamPlugin = definePlugin({
   name: BERTH_IPAM,

@@ -1,22 +1,22 @@
 // berth-macvlan: puts a macvlan of a host NIC, or of its VLAN sub-interface master.vlan, into the
 // pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
-// before any link is made). See conf/cni/README-macvlan.md for the config keys.
+// before any link is made). See docs/plugins/macvlan.md for the config keys.
 import {
   addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkName,
   type Link, type MacvlanMode,
 } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError, openNetlinkIn, withNetns } from "../netns";
-import { findInterface, ipsForInterface, requirePrevResult } from "../spec/chain";
-import { parseCidr } from "../spec/cidr";
-import { validateIfName } from "../spec/env";
-import { CniError, ErrorCode } from "../spec/errors";
-import { hasIpam, ipamAdd, ipamCheck, ipamDel, ipamGc, type IpamAllocation } from "../spec/ipam";
-import type { Logger } from "../spec/log";
-import { definePlugin, type CniContext } from "../spec/plugin";
-import type { NetConf } from "../spec/config";
-import type { IpConfig, Result } from "../spec/result";
-import { withUndo } from "../spec/undo";
+import { findInterface, ipsForInterface, requirePrevResult } from "../skel/chain";
+import { parseCidr } from "../skel/cidr";
+import { validateIfName } from "../skel/env";
+import { CniError, ErrorCode } from "../skel/errors";
+import { hasIpam, ipamAdd, ipamCheck, ipamDel, ipamGc, type IpamAllocation } from "../skel/ipam";
+import type { Logger } from "../skel/log";
+import { definePlugin, type CniContext } from "../skel/plugin";
+import type { NetConf } from "../skel/config";
+import type { IpConfig, Result } from "../skel/result";
+import { withUndo } from "../skel/undo";
 import {
   checkPodInterface, configurePodInterface, invalid, ipBytes, kernelError, mismatch, normalizeMac, refuseExistingIfName,
 } from "./podnet";

@@ -6,10 +6,10 @@ import { findLinkByName, getLinkByIndex, setLinkMac, setLinkMtu, setLinkUp, type
 import { addRoute, listRoutes } from "../netlink/route";
 import { NetlinkError, NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { NetnsError, ifaceSysctl, setSysctl, type Netns } from "../netns";
-import { canonicalCidr, canonicalIp, parseCidr } from "../spec/cidr";
-import { CniError, ErrorCode } from "../spec/errors";
-import type { Logger } from "../spec/log";
-import type { IpConfig, Result, Route } from "../spec/result";
+import { canonicalCidr, canonicalIp, parseCidr } from "../skel/cidr";
+import { CniError, ErrorCode } from "../skel/errors";
+import type { Logger } from "../skel/log";
+import type { IpConfig, Result, Route } from "../skel/result";
 
 const DAD_TIMEOUT_MS = 5_000;
 const SCOPES: Record<number, "global" | "site" | "link" | "host"> = { 0: "global", 200: "site", 253: "link", 254: "host" };

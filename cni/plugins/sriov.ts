@@ -1,6 +1,6 @@
 // berth-sriov: gives a pod an SR-IOV virtual function. The VF's PF-side settings (VLAN, MAC,
 // spoofchk, trust, link state, rates) are applied through the PF, its netdev is moved into the pod
-// (devstate.ts), and DEL restores both exactly as they were. See conf/cni/README-sriov.md.
+// (devstate.ts), and DEL restores both exactly as they were. See docs/plugins/sriov.md.
 //
 // Per VF (keyed by its PCI address) <stateDir>/vf-<pci>.json records which attachment holds it,
 // under the flock <stateDir>/vf-<pci>.lock. A VF held by a live namespace is refused (code 11); a
@@ -12,13 +12,13 @@ import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
 import { Netns } from "../netns";
-import type { NetConf } from "../spec/config";
-import { CniError, ErrorCode } from "../spec/errors";
-import { hasIpam, ipamAdd } from "../spec/ipam";
-import type { Logger } from "../spec/log";
-import { definePlugin, type CniContext } from "../spec/plugin";
-import type { IpConfig, Result } from "../spec/result";
-import { withUndo } from "../spec/undo";
+import type { NetConf } from "../skel/config";
+import { CniError, ErrorCode } from "../skel/errors";
+import { hasIpam, ipamAdd } from "../skel/ipam";
+import type { Logger } from "../skel/log";
+import { definePlugin, type CniContext } from "../skel/plugin";
+import type { IpConfig, Result } from "../skel/result";
+import { withUndo } from "../skel/undo";
 import {
   checkMovedDevice, ensureStateDir, giveBackDevice, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, readJson, removeFile, returnToHost,
   snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,

@@ -21,8 +21,8 @@ import { join } from "node:path";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { currentNetnsInode, inNetns } from "../netns";
-import { CniError, ErrorCode } from "../spec/errors";
-import type { Logger } from "../spec/log";
+import { CniError, ErrorCode } from "../skel/errors";
+import type { Logger } from "../skel/log";
 import { withFileLock } from "./filelock";
 
 export const BERTH_CREATED_ALIAS = "berth:created";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { configVersion, decodeConfig, parseConfig, requireVerbSupported } from "../../cni/spec/config";
+import { configVersion, decodeConfig, parseConfig, requireVerbSupported } from "../../cni/skel/config";
 import { cniErrorOf } from "../helpers/cni-error";
 
 

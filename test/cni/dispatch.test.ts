@@ -1,9 +1,9 @@
 // runPlugin in-process: what the runtime reads on stdout and the exit code, for a small plugin.
 import { describe, expect, it } from "vitest";
-import { runPlugin, type PluginIo } from "../../cni/spec/dispatch";
-import { CniError, ErrorCode } from "../../cni/spec/errors";
-import { definePlugin, type CniContext } from "../../cni/spec/plugin";
-import { UndoStack, withUndo } from "../../cni/spec/undo";
+import { runPlugin, type PluginIo } from "../../cni/skel/dispatch";
+import { CniError, ErrorCode } from "../../cni/skel/errors";
+import { definePlugin, type CniContext } from "../../cni/skel/plugin";
+import { UndoStack, withUndo } from "../../cni/skel/undo";
 
 function io(env: Record<string, string>, stdin: unknown): PluginIo & { out: string[] } {
   const out: string[] = [];

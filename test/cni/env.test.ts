@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { parseCniArgs, readCommand, readEnv } from "../../cni/spec/env";
+import { parseCniArgs, readCommand, readEnv } from "../../cni/skel/env";
 import { cniErrorOf } from "../helpers/cni-error";
 
 const dir = mkdtempSync(join(tmpdir(), "berth-env-"));

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { CniError } from "../../cni/spec/errors";
-import { encodeResult, parseResult, type Result } from "../../cni/spec/result";
-import { extendResult, ipsForInterface } from "../../cni/spec/chain";
+import { CniError } from "../../cni/skel/errors";
+import { encodeResult, parseResult, type Result } from "../../cni/skel/result";
+import { extendResult, ipsForInterface } from "../../cni/skel/chain";
 
 const full: Result = {
   interfaces: [

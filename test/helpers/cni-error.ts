@@ -1,5 +1,5 @@
 import { expect } from "vitest";
-import { CniError } from "../../cni/spec/errors";
+import { CniError } from "../../cni/skel/errors";
 
 /** Runs fn, which must throw a CniError, and returns that error for assertions. */
 export function cniErrorOf(fn: () => unknown): CniError {

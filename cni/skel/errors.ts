@@ -1,5 +1,5 @@
 // CNI error codes. 1-99 are the spec's (CNI 1.1.0 "Error" section); >= 100 are Berth's own,
-// documented with cause and fix in cni/spec/ERRORS.md.
+// documented with cause and fix in cni/skel/ERRORS.md.
 export const ErrorCode = {
   IncompatibleVersion: 1,
   UnsupportedField: 2,
