@@ -21,7 +21,7 @@ const cniPlugin = <P>(load: () => Promise<CniPlugin<P>>): Entry =>
   async () => (await import("./skel/dispatch")).pluginMain(load);
 
 const ENTRIES: Record<string, Entry> = {
-  "berth-ipam": cniPlugin(async () => (await import("./plugins/ipam")).ipamPlugin),
+  "berth-ipam": cniPlugin(async () => (await import("./plugins/berth-ipam")).ipamPlugin),
   "berth-macvlan": cniPlugin(async () => (await import("./plugins/macvlan")).macvlanPlugin),
   "berth-hostdev": cniPlugin(async () => (await import("./plugins/hostdev")).hostdevPlugin),
   "berth-sriov": cniPlugin(async () => (await import("./plugins/sriov")).sriovPlugin),

@@ -1,23 +1,21 @@
-// Network namespaces: enter one on the calling thread for the duration of a
-// synchronous function and always come back; netlink sockets bound to a
-// namespace; sysctl under /proc/sys/net of the current namespace.
+// Network namespaces: Netns opens one with a netlink socket bound inside it, and enters it on the
+// calling thread for the duration of a synchronous function, always coming back; sysctl under
+// /proc/sys/net of the current namespace.
 //
-// setns(2) moves only the calling thread. The function given to withNetns must
-// therefore be synchronous: async fs calls or worker threads would run in the
-// original namespace.
+// setns(2) moves only the calling thread. The function given to Netns.enter must therefore be
+// synchronous: async fs calls or worker threads would run in the original namespace.
 import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "./netlink/libc";
 import { NetlinkSocket } from "./netlink/socket";
+import { OsError } from "../lib/oserror";
 
 const SELF_NETNS = "/proc/thread-self/ns/net";
 
-/** Raised when a namespace path is missing or is not a network namespace. */
-export class NetnsError extends Error {
-  readonly code: string;
-  constructor(message: string, code: string) {
-    super(message);
+/** Raised when a namespace path is missing or is not a network namespace, or a sysctl in it fails. */
+export class NetnsError extends OsError {
+  constructor(message: string, code: string, operation = "setns", object?: string) {
+    super(message, "netns", code, operation, object);
     this.name = "NetnsError";
-    this.code = code;
   }
 }
 
@@ -77,7 +75,7 @@ function enter<T>(target: number, what: string, fn: () => T): T {
     try {
       const result = fn();
       if (result && typeof (result as { then?: unknown }).then === "function") {
-        throw new TypeError("inNetns/withNetns callbacks must be synchronous: setns applies to this thread only until the callback returns");
+        throw new TypeError("Netns.enter callbacks must be synchronous: setns applies to this thread only until the callback returns");
       }
       return result;
     } finally {
@@ -93,38 +91,11 @@ function enter<T>(target: number, what: string, fn: () => T): T {
   }
 }
 
-/** Runs `fn` with the calling thread inside the network namespace at `nsPath` (see enter). */
-export function inNetns<T>(nsPath: string, fn: () => T): T {
-  const target = openNetnsFd(nsPath);
-  try {
-    return enter(target, nsPath, fn);
-  } finally {
-    libc.close(target);
-  }
-}
-
-/** Runs `fn` inside the namespace with a netlink socket opened there; closes the socket afterwards. */
-export function withNetns<T>(nsPath: string, fn: (nl: NetlinkSocket) => T): T {
-  return inNetns(nsPath, () => {
-    const nl = NetlinkSocket.open();
-    try {
-      return fn(nl);
-    } finally {
-      nl.close();
-    }
-  });
-}
-
-/** A netlink socket that acts on the namespace at `nsPath`, usable from the original namespace. */
-export function openNetlinkIn(nsPath: string): NetlinkSocket {
-  return inNetns(nsPath, () => NetlinkSocket.open());
-}
-
 /**
- * A pod's network namespace, opened once for a whole command: `fd` to create or move links into
- * it, `nl` a netlink socket bound inside it and used from the host namespace for all pod-side
- * rtnetlink work. Only /proc/sys/net needs the thread inside (`enter`): it shows the namespace of
- * whoever opens it. Close it with close().
+ * A network namespace, the one way into one: opened once for a whole command, `fd` to create or
+ * move links into it, `nl` a netlink socket bound inside it and used from the host namespace for
+ * all rtnetlink work there. Only /proc/sys/net needs the thread inside (`enter`): it shows the
+ * namespace of whoever opens it. Close it with close(), or use Netns.use.
  */
 export class Netns {
   private constructor(readonly path: string, readonly fd: number, readonly nl: NetlinkSocket) {}
@@ -136,6 +107,16 @@ export class Netns {
     } catch (e) {
       libc.close(fd);
       throw e;
+    }
+  }
+
+  /** Opens the namespace at `path`, runs `fn` with it and closes it again. */
+  static use<T>(path: string, fn: (ns: Netns) => T): T {
+    const ns = Netns.open(path);
+    try {
+      return fn(ns);
+    } finally {
+      ns.close();
     }
   }
 
@@ -159,7 +140,7 @@ export function currentNetnsInode(): number {
   return Number(m[1]);
 }
 
-// ---- sysctl (in the calling thread's current namespace: call inside withNetns)
+// ---- sysctl (in the calling thread's current namespace: call inside Netns.enter)
 
 /**
  * Path under /proc/sys for a key. "net.ipv4.conf.eth0.arp_notify" uses dots;
@@ -192,7 +173,3 @@ export function setSysctl(key: string | string[], value: string | number): void 
 export function ifaceSysctl(family: 4 | 6, ifName: string, key: string): string[] {
   return ["net", family === 4 ? "ipv4" : "ipv6", "conf", ifName, key];
 }
-
-export const getSysctlIn = (nsPath: string, key: string | string[]) => inNetns(nsPath, () => getSysctl(key));
-export const setSysctlIn = (nsPath: string, key: string | string[], value: string | number) =>
-  inNetns(nsPath, () => setSysctl(key, value));

@@ -3,7 +3,7 @@
 import type { Statement } from "better-sqlite3";
 import { type Config, firstUsableAtOrAfter, isUsable, type Pool, selectorMatches } from "./config";
 import { ApiError } from "./errors";
-import { canonicalIp, cidrContains, type Family, formatIp, parseIp } from "./ip";
+import { canonicalIp, cidrContains, type Family, formatIp, parseIp } from "../lib/ip";
 import type {
   AllocateRequest, AttachmentRequest, GcRequest, PinRequest, ReleaseReservationRequest, ReserveRequest,
 } from "./schemas";

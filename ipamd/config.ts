@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import {
   cidrContains, type Cidr, type Family, formatCidr, formatIp, lastOf, networkOf, parseCidr, parseIp,
-} from "./ip";
+} from "../lib/ip";
 
 const ipString = z.string().refine((s) => parseIp(s) !== null, { message: "not a valid IPv4/IPv6 address" });
 const cidrString = z.string().refine((s) => parseCidr(s) !== null, {

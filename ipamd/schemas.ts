@@ -1,6 +1,6 @@
 // zod schemas of every request body the daemon accepts.
 import { z } from "zod";
-import { parseCidr, parseIp } from "./ip";
+import { parseCidr, parseIp } from "../lib/ip";
 
 const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const dnsSubdomain = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;

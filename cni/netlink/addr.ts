@@ -1,5 +1,6 @@
 // Interface addresses (RTM_NEWADDR/RTM_DELADDR/RTM_GETADDR), IPv4 and IPv6.
 // Requests match `ip addr add|del ADDR/LEN [brd +] dev X [nodad]` of iproute2 6.1.
+import { sleepSync } from "../../lib/files";
 import { NetlinkSocket } from "./socket";
 import { broadcastOf, formatIP, parsePrefix, Prefix } from "./ip";
 import { describeLink, requestNaming } from "./link";
@@ -139,11 +140,6 @@ export function listAddresses(nl: NetlinkSocket, filter: { index?: number; famil
     .filter((x) => (filter.index === undefined || x.index === filter.index) && (filter.family === undefined || x.family === filter.family));
 }
 
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-function sleepMs(ms: number): void {
-  Atomics.wait(sleepCell, 0, 0, ms);
-}
-
 /**
  * Waits until no IPv6 address on the link is tentative (duplicate address
  * detection finished), like the reference plugins' SettleAddresses. Throws when
@@ -162,6 +158,6 @@ export function waitForAddresses(nl: NetlinkSocket, index: number, timeoutMs = 1
     if (Date.now() >= deadline) {
       throw new Error(`addresses ${tentative.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)} still tentative after ${timeoutMs} ms (duplicate address detection); is the link up with carrier?`);
     }
-    sleepMs(50);
+    sleepSync(50);
   }
 }

@@ -3,7 +3,7 @@
 // of iproute2 6.1, including its defaults (protocol boot, scope link without a
 // gateway, RT_TABLE_UNSPEC + RTA_TABLE for tables above 255).
 import { NetlinkSocket } from "./socket";
-import { formatIP, networkOf, parseIP, parsePrefix } from "./ip";
+import { addressBytes, formatIP, networkOf, parsePrefix } from "./ip";
 import { describeLink, requestNaming } from "./link";
 import { SCOPE_NUMBERS, Scope, scopeName } from "./addr";
 import {
@@ -60,7 +60,7 @@ export interface Route {
 
 function encodeRoute(type: number, o: RouteOptions): MessageBuilder {
   const dst = parsePrefix(o.dst, "route destination");
-  const gw = o.gateway === undefined ? undefined : parseIP(o.gateway);
+  const gw = o.gateway === undefined ? undefined : addressBytes(o.gateway);
   if (o.gateway !== undefined && (!gw || gw.family !== dst.family)) {
     throw new TypeError(`invalid gateway "${o.gateway}" for route ${o.dst}: must be an IPv${dst.family} address`);
   }

@@ -10,23 +10,19 @@ import {
   NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NlMsg,
   attrStr, parseAttrs, parseMessages,
 } from "./wire";
+import { OsError } from "../../lib/oserror";
 
 /** A request the kernel refused (or a socket call that failed). */
-export class NetlinkError extends Error {
+export class NetlinkError extends OsError {
   /** positive errno, e.g. 17 */
   readonly errno: number;
-  /** errno name, e.g. "EEXIST" */
-  readonly code: string;
-  /** what was attempted, e.g. `RTM_NEWLINK macvlan "eth0" on "bond0.101"` */
-  readonly operation: string;
   /** the kernel's extended-ack message, when it sent one */
   readonly kernelMessage?: string;
-  constructor(operation: string, errno: number, kernelMessage?: string) {
-    super(`${operation}: ${errnoName(errno)} (${strerror(errno)})${kernelMessage ? `: ${kernelMessage}` : ""}`);
+  /** `operation` names what was attempted, e.g. `RTM_NEWLINK macvlan "eth0" on "bond0.101"`; `object` the link it concerns */
+  constructor(operation: string, errno: number, kernelMessage?: string, object?: string) {
+    super(`${operation}: ${errnoName(errno)} (${strerror(errno)})${kernelMessage ? `: ${kernelMessage}` : ""}`, "netlink", errnoName(errno), operation, object);
     this.name = "NetlinkError";
     this.errno = errno;
-    this.code = errnoName(errno);
-    this.operation = operation;
     this.kernelMessage = kernelMessage;
   }
 }

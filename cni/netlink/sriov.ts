@@ -1,6 +1,7 @@
 // SR-IOV: configure a VF through its PF (IFLA_VFINFO_LIST / IFLA_VF_*) and read
 // every VF's state back. Messages match `ip link set dev PF vf N ...` of
 // iproute2 6.1 byte for byte.
+import { OsError } from "../../lib/oserror";
 import { NetlinkSocket } from "./socket";
 import { describeLink, getLinkByIndex, IFLA_VFINFO_LIST, requestNaming } from "./link";
 import {
@@ -106,7 +107,8 @@ export function getVf(nl: NetlinkSocket, pfIndex: number, vf: number): VfInfo {
   const link = getLinkByIndex(nl, pfIndex);
   const info = link.vfs?.find((v) => v.vf === vf);
   if (!info) {
-    throw new RangeError(`VF ${vf} not found on "${link.name}" (it has ${link.numVfs ?? 0} VFs): check the device ID and /sys/class/net/${link.name}/device/sriov_numvfs`);
+    throw new OsError(`VF ${vf} not found on "${link.name}" (it has ${link.numVfs ?? 0} VFs): check the device ID and /sys/class/net/${link.name}/device/sriov_numvfs`,
+      "netlink", "ENODEV", `RTM_GETLINK "${link.name}" vf ${vf}`, link.name);
   }
   return info;
 }

@@ -1,6 +1,7 @@
 // rtnetlink wire format: nlmsghdr, rtattr (TLV) encoding and decoding, constants.
 // Layout follows iproute2's libnetlink: every attribute is padded to 4 bytes with
 // zeros, a nest's length covers its padded contents, nlmsg_len is 4-aligned.
+import { normalizeMac } from "../../lib/ip";
 
 export const NLMSG_HDRLEN = 16;
 export const NLMSG_NOOP = 1;
@@ -171,9 +172,9 @@ export function cString(b: Buffer): string {
 }
 
 export function macToBuffer(mac: string, what = "MAC address"): Buffer {
-  const m = /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i.exec(mac.trim());
+  const m = normalizeMac(mac.trim());
   if (!m) throw new TypeError(`invalid ${what} "${mac}": expected six hex bytes like 02:42:ac:11:00:02`);
-  return Buffer.from(m.slice(1).map((h) => parseInt(h, 16)));
+  return Buffer.from(m.split(":").map((h) => parseInt(h, 16)));
 }
 
 export function bufferToMac(b: Buffer): string {

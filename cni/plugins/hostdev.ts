@@ -1,25 +1,30 @@
 // berth-hostdev: moves a whole host NIC (a cloud ENI, a spare port) into the pod and gives it back
 // on DEL exactly as it was: name, MTU, MAC, up/down, alias, altnames, addresses and routes. The
-// original state is on disk before the first change (devstate.ts). See docs/plugins/hostdev.md.
+// original state is on disk before the first change (cni/device/). See docs/plugins/hostdev.md.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { removeFile } from "../../lib/files";
+import { withFileLock } from "../../lib/lock";
+import { canonicalCidr, normalizeMac, parseCidr } from "../../lib/ip";
+import { checkMovedDevice, giveBackDevice } from "../device/attach";
+import { moveIntoPod, returnToHost } from "../device/move";
+import { snapshotDevice } from "../device/snapshot";
+import { ensureStateDir, listStateFiles, readJson, stateFileName, writeDurable, type AttachmentState } from "../device/state";
+import { netdevsOfPci, pciAddressOf } from "../device/sysfs";
+import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { Netns } from "../netns";
-import { canonicalCidr, parseCidr } from "../skel/cidr";
+import { refuseExistingIfName } from "../pod/check";
+import { configurePodInterface } from "../pod/setup";
+import { mismatch } from "../skel/chain";
 import type { NetConf } from "../skel/config";
 import { validateIfName } from "../skel/env";
-import { CniError, ErrorCode } from "../skel/errors";
-import { hasIpam, ipamAdd } from "../skel/ipam";
+import { CniError, CniCode, toCniError } from "../skel/errors";
 import { definePlugin, type CniContext } from "../skel/plugin";
 import type { IpConfig, Result } from "../skel/result";
 import { withUndo } from "../skel/undo";
-import {
-  checkMovedDevice, ensureStateDir, giveBackDevice, listStateFiles, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, pciAddressOf,
-  readJson, removeFile, returnToHost, snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,
-} from "./devstate";
-import { withFileLock } from "./filelock";
-import { MAC, configurePodInterface, invalid, kernelError, mismatch, normalizeMac, refuseExistingIfName } from "./podnet";
+import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac } from "./config";
 
 export const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
 const PLUGIN = "berth-hostdev";
@@ -52,7 +57,7 @@ export function parseHostdevConfig(conf: NetConf): HostdevConfig {
     }
     given.push({ by: "device", value: raw.device as string });
   }
-  if (present("hwaddr")) given.push({ by: "hwaddr", value: normalizeMac(raw.hwaddr, "hwaddr") });
+  if (present("hwaddr")) given.push({ by: "hwaddr", value: unicastMac(raw.hwaddr, "hwaddr") });
   if (present("pciBusID")) given.push({ by: "pciBusID", value: normalizePci(raw.pciBusID, "pciBusID") });
   if (conf.runtimeConfig.deviceID !== undefined && conf.runtimeConfig.deviceID !== "") {
     given.push({ by: "deviceID", value: normalizePci(conf.runtimeConfig.deviceID, "runtimeConfig.deviceID") });
@@ -67,17 +72,17 @@ export function parseHostdevConfig(conf: NetConf): HostdevConfig {
       throw invalid("addresses", "is not an object", 'use {"<MAC or device name>": ["10.0.0.5/24"]}');
     }
     for (const [key, list] of Object.entries(raw.addresses as Record<string, unknown>)) {
-      if (!Array.isArray(list) || !list.every((c) => typeof c === "string" && parseCidr(c) !== undefined && c.includes("/"))) {
+      if (!Array.isArray(list) || !list.every((c) => typeof c === "string" && parseCidr(c) !== null)) {
         throw invalid(`addresses["${key}"]`, "is not a list of addresses with prefix length", 'use e.g. ["10.0.0.5/24", "fd00::5/64"]');
       }
-      const k = MAC.test(key) ? normalizeMac(key, `addresses key "${key}"`) : key;
+      const k = normalizeMac(key) ? unicastMac(key, `addresses key "${key}"`) : key;
       addresses[k] = list as string[];
     }
   }
   return {
     selector: given[0]!,
     mtu: mtuFrom(raw),
-    ...(present("mac") ? { mac: normalizeMac(raw.mac, "mac") } : {}),
+    ...(present("mac") ? { mac: unicastMac(raw.mac, "mac") } : {}),
     addresses,
     stateDir: stateDirFrom(raw, DEFAULT_HOSTDEV_STATE_DIR),
     sysfsRoot: sysfsRootFrom(raw),
@@ -104,7 +109,7 @@ function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
     for (const n of names) link ??= findLinkByName(nl, n);
   }
   if (!link) {
-    throw new CniError(ErrorCode.DeviceNotFound, `${describeSelector(s)} not found in the host network namespace`, hint);
+    throw new CniError(CniCode.DeviceNotFound, `${describeSelector(s)} not found in the host network namespace`, hint);
   }
   return link;
 }
@@ -134,7 +139,7 @@ function sameDevice(a: AttachmentState, link: Link, pci: string | undefined): bo
 async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
-  const requestedMac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const requestedMac = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
@@ -147,11 +152,11 @@ async function add(ctx: Ctx): Promise<Result> {
     refuseExistingIfName(podNs, ctx.ifName);
     const path = statePath(cfg, ctx);
     if (existsSync(path)) {
-      throw new CniError(ErrorCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
+      throw new CniError(CniCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
         "run DEL for this attachment first; ADD is not repeated for an existing attachment");
     }
     return await withUndo(log, async (undo) => {
-      const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
+      const alloc = await ipamOf(ctx)?.add(undo);
       // The lock covers choosing and moving the device; once the record names the pod's live
       // namespace no other ADD takes it, so addresses and the DAD wait run without the lock.
       const { moved, ips, pci } = withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
@@ -189,7 +194,7 @@ async function add(ctx: Ctx): Promise<Result> {
       };
     });
   } catch (e) {
-    throw kernelError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
+    throw toCniError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
   } finally {
     pod?.close();
     host.close();
@@ -206,7 +211,7 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
     const other = readJson<AttachmentState>(file);
     if (!other || !matches(other)) continue;
     if (other.netns && existsSync(other.netns)) {
-      throw new CniError(ErrorCode.DeviceBusy, `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
+      throw new CniError(CniCode.DeviceBusy, `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
         `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`);
     }
     // Its DEL never came: put the device back as that record saw it first, so that this ADD
@@ -236,16 +241,17 @@ async function del(ctx: Ctx): Promise<void> {
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
   const { st, ips } = await checkMovedDevice(ctx, { path: statePath(cfg, ctx), plugin: PLUGIN, ...(cfg.mtu ? { mtu: cfg.mtu } : {}) });
-  const have = new Set(ips.map((ip) => canonicalCidr(ip.address)));
+  const canonical = (c: string) => canonicalCidr(c) ?? c;
+  const have = new Set(ips.map((ip) => canonical(ip.address)));
   for (const a of staticAddresses(cfg, st.original)) {
-    if (!have.has(canonicalCidr(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
+    if (!have.has(canonical(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
   }
 }
 
-export const hostdevPlugin = definePlugin<HostdevConfig>({
+export const hostdevPlugin = withIpamDefaults(definePlugin<HostdevConfig>({
   name: PLUGIN,
   parse: (conf) => parseHostdevConfig(conf),
   add,
   del,
   check,
-});
+}));

@@ -1,25 +1,25 @@
 // berth-macvlan: puts a macvlan of a host NIC, or of its VLAN sub-interface master.vlan, into the
 // pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
 // before any link is made). See docs/plugins/macvlan.md for the config keys.
+import { ipToBytes, parseCidr } from "../../lib/ip";
+import { ipamOf, type IpamAllocation } from "../ipam/client";
 import {
   addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkName,
   type Link, type MacvlanMode,
 } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { Netns, NetnsError, openNetlinkIn, withNetns } from "../netns";
-import { findInterface, ipsForInterface, requirePrevResult } from "../skel/chain";
-import { parseCidr } from "../skel/cidr";
+import { Netns, NetnsError } from "../netns";
+import { checkPodInterface, refuseExistingIfName } from "../pod/check";
+import { configurePodInterface } from "../pod/setup";
+import { findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
+import type { NetConf } from "../skel/config";
 import { validateIfName } from "../skel/env";
-import { CniError, ErrorCode } from "../skel/errors";
-import { hasIpam, ipamAdd, ipamCheck, ipamDel, ipamGc, type IpamAllocation } from "../skel/ipam";
+import { CniError, CniCode, toCniError } from "../skel/errors";
 import type { Logger } from "../skel/log";
 import { definePlugin, type CniContext } from "../skel/plugin";
-import type { NetConf } from "../skel/config";
 import type { IpConfig, Result } from "../skel/result";
 import { withUndo } from "../skel/undo";
-import {
-  checkPodInterface, configurePodInterface, invalid, ipBytes, kernelError, mismatch, normalizeMac, refuseExistingIfName,
-} from "./podnet";
+import { invalid, unicastMac } from "./config";
 import {
   DEFAULT_STATE_DIR, attachmentKey, ensureVlanLink, readRecord, recordAttachment, recordNames, recordsHolding, releaseVlanLink, vlanLinkName,
   withVlanLock,
@@ -71,7 +71,7 @@ export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
     }
     cfg.mtu = raw.mtu;
   }
-  if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = normalizeMac(raw.mac, "mac");
+  if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = unicastMac(raw.mac, "mac");
   if (raw.macFromIP !== undefined && raw.macFromIP !== null) {
     if (typeof raw.macFromIP !== "boolean") throw invalid("macFromIP", `${JSON.stringify(raw.macFromIP)} is not true or false`, 'use "macFromIP": true');
     cfg.macFromIP = raw.macFromIP;
@@ -95,12 +95,12 @@ export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
  * caches stay right.
  */
 export function macFromIp(addresses: string[]): string | undefined {
-  const cidrs = addresses.map(parseCidr).filter((c) => c !== undefined);
+  const cidrs = addresses.map((a) => parseCidr(a)).filter((c) => c !== null);
   const v4 = cidrs.find((c) => c.family === 4);
   const v6 = cidrs.find((c) => c.family === 6);
-  const bytes = v4 ? ipBytes(v4.ip) : v6 ? ipBytes(v6.ip).slice(12) : undefined;
+  const bytes = v4 ? ipToBytes(4, v4.address) : v6 ? ipToBytes(6, v6.address).subarray(12) : undefined;
   if (!bytes) return undefined;
-  return ["0a", "58", ...bytes.map((b) => b.toString(16).padStart(2, "0"))].join(":");
+  return ["0a", "58", ...[...bytes].map((b) => b.toString(16).padStart(2, "0"))].join(":");
 }
 
 type Ctx = CniContext<MacvlanConfig>;
@@ -126,13 +126,13 @@ async function add(ctx: Ctx): Promise<Result> {
       throw invalid("mtu", `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
         `use at most ${master.mtu}, or 0 for the master's MTU`);
     }
-    const requested = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
+    const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
     // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
     const podNs = pod = Netns.open(ctx.netns);
     refuseExistingIfName(podNs, ctx.ifName);
 
     return await withUndo(log, async (undo) => {
-      const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
+      const alloc = await ipamOf(ctx)?.add(undo);
       const addresses = (alloc?.result.ips ?? []).map((ip) => ip.address);
       if (cfg.vlan && alloc?.vlan && alloc.vlan !== cfg.vlan) {
         log.warn("the config's vlan overrides the pool's", { configVlan: cfg.vlan, poolVlan: alloc.vlan });
@@ -173,7 +173,7 @@ async function add(ctx: Ctx): Promise<Result> {
       };
     });
   } catch (e) {
-    throw kernelError(e, `berth-macvlan ADD ${ctx.ifName} on ${cfg.master}`);
+    throw toCniError(e, `berth-macvlan ADD ${ctx.ifName} on ${cfg.master}`);
   } finally {
     pod?.close();
     host.close();
@@ -188,14 +188,14 @@ function createMacvlan(host: NetlinkSocket, ctx: Ctx, cfg: MacvlanConfig, parent
     });
   } catch (e) {
     if (cfg.mode === "passthru" && isNetlinkError(e, "EINVAL", "EBUSY")) {
-      throw new CniError(ErrorCode.DeviceBusy, `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
+      throw new CniError(CniCode.DeviceBusy, `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
         `passthru mode gives the whole parent to one pod and allows one macvlan only; ${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`);
     }
     if (isNetlinkError(e, "EADDRINUSE", "EADDRNOTAVAIL") && mac) {
-      throw new CniError(ErrorCode.InvalidConfig, `cannot use MAC ${mac} for the pod on ${parent.name}: ${(e as Error).message}`,
+      throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${mac} for the pod on ${parent.name}: ${(e as Error).message}`,
         "another macvlan on this parent already has that MAC; pick a different mac (runtimeConfig.mac, CNI_ARGS MAC or mac)");
     }
-    throw kernelError(e, `create macvlan (mode ${cfg.mode}) on ${parent.name} in ${ctx.netns}`);
+    throw toCniError(e, `create macvlan (mode ${cfg.mode}) on ${parent.name} in ${ctx.netns}`);
   }
 }
 
@@ -208,7 +208,7 @@ function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alloc: IpamAllocati
     setLinkName(nl, tmp.index, ifName);
   } catch (e) {
     if (isNetlinkError(e, "EEXIST")) {
-      throw new CniError(ErrorCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${ctx.netns}`,
+      throw new CniError(CniCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${ctx.netns}`,
         "another plugin created it meanwhile; CNI_IFNAME must name a new interface in the pod");
     }
     throw e;
@@ -240,9 +240,9 @@ function deletePodLink(nl: NetlinkSocket, names: string[], log: Logger): void {
 /** DEL's side of the pod: its interface goes; fine when there is no namespace or it is gone. */
 function deleteFromPod(ctx: Ctx): void {
   if (!ctx.netns) return;
-  let nl: NetlinkSocket;
+  let pod: Netns;
   try {
-    nl = openNetlinkIn(ctx.netns);
+    pod = Netns.open(ctx.netns);
   } catch (e) {
     // ENOENT: the namespace is gone, and its links with it. EINVAL: the path is no longer a netns.
     if (e instanceof NetnsError && (e.code === "ENOENT" || e.code === "EINVAL")) {
@@ -252,9 +252,9 @@ function deleteFromPod(ctx: Ctx): void {
     throw e;
   }
   try {
-    deletePodLink(nl, [ctx.ifName], ctx.log);
+    deletePodLink(pod.nl, [ctx.ifName], ctx.log);
   } finally {
-    nl.close();
+    pod.close();
   }
 }
 
@@ -263,14 +263,15 @@ async function del(ctx: Ctx): Promise<void> {
   // The release goes out first and runs while the kernel deletes the link (~15 ms, blocking this
   // thread): in the compiled plugin, fetch sends it from Bun's HTTP thread. An IPAM failure does
   // not stop the interface removal; it is reported afterwards.
-  const released = hasIpam(ctx) ? ipamDel(ctx).then(() => undefined, (e: unknown) => e) : undefined;
+  const ipam = ipamOf(ctx);
+  const released = ipam ? ipam.del().then(() => undefined, (e: unknown) => e) : undefined;
   try {
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
     for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);
   } catch (e) {
     await released; // let the release finish before the process answers and exits
-    throw kernelError(e, `berth-macvlan DEL ${ctx.ifName}`);
+    throw toCniError(e, `berth-macvlan DEL ${ctx.ifName}`);
   }
   const ipamError = await released;
   if (ipamError) throw ipamError;
@@ -279,7 +280,7 @@ async function del(ctx: Ctx): Promise<void> {
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
   const prev = requirePrevResult(ctx);
-  const alloc = hasIpam(ctx) ? await ipamCheck(ctx) : undefined;
+  const alloc = await ipamOf(ctx)?.check();
   const found = findInterface(prev, ctx.ifName, ctx.netns);
   if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
   const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
@@ -288,7 +289,7 @@ async function check(ctx: Ctx): Promise<void> {
   try {
     const master = findLinkByName(host, cfg.master);
     if (!master) throw mismatch(`master "${cfg.master}" no longer exists in the host network namespace`);
-    const pod = withNetns(ctx.netns, (nl) => {
+    const pod = Netns.use(ctx.netns, ({ nl }) => {
       const link = findLinkByName(nl, ctx.ifName);
       if (!link) throw mismatch(`interface "${ctx.ifName}" does not exist in ${ctx.netns}`);
       if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
@@ -307,7 +308,7 @@ async function check(ctx: Ctx): Promise<void> {
       throw mismatch(`interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`}`);
     }
   } catch (e) {
-    throw kernelError(e, `berth-macvlan CHECK ${ctx.ifName}`);
+    throw toCniError(e, `berth-macvlan CHECK ${ctx.ifName}`);
   } finally {
     host.close();
   }
@@ -318,7 +319,7 @@ async function check(ctx: Ctx): Promise<void> {
  * are dropped (a DEL that never came), and sub-interfaces Berth created that nobody uses go.
  */
 async function gc(ctx: Ctx): Promise<void> {
-  if (hasIpam(ctx)) await ipamGc(ctx);
+  await ipamOf(ctx)?.gc();
   const cfg = ctx.pluginConfig;
   const valid = new Set((ctx.conf.validAttachments ?? []).map((a) => attachmentKey(ctx.conf.name, a.containerID, a.ifname)));
   const prefix = `${ctx.conf.name}/`;
@@ -332,12 +333,13 @@ async function gc(ctx: Ctx): Promise<void> {
       }
     }
   } catch (e) {
-    throw kernelError(e, "berth-macvlan GC");
+    throw toCniError(e, "berth-macvlan GC");
   }
 }
 
 export const macvlanPlugin = definePlugin<MacvlanConfig>({
   name: "berth-macvlan",
+  status: async (ctx) => { await ipamOf(ctx)?.status(); },
   parse: (conf) => parseMacvlanConfig(conf),
   add,
   del,

@@ -1,30 +1,34 @@
 // berth-sriov: gives a pod an SR-IOV virtual function. The VF's PF-side settings (VLAN, MAC,
 // spoofchk, trust, link state, rates) are applied through the PF, its netdev is moved into the pod
-// (devstate.ts), and DEL restores both exactly as they were. See docs/plugins/sriov.md.
+// (cni/device/), and DEL restores both exactly as they were. See docs/plugins/sriov.md.
 //
 // Per VF (keyed by its PCI address) <stateDir>/vf-<pci>.json records which attachment holds it,
 // under the flock <stateDir>/vf-<pci>.lock. A VF held by a live namespace is refused (code 11); a
 // record whose namespace is gone is stale and is cleared (the VF restored first); an old pod's DEL
 // never resets a VF that a new pod holds.
-import { appendFileSync, existsSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
+import { removeFile } from "../../lib/files";
+import { withFileLock } from "../../lib/lock";
+import { checkMovedDevice, giveBackDevice } from "../device/attach";
+import { moveIntoPod, returnToHost } from "../device/move";
+import { snapshotDevice } from "../device/snapshot";
+import { ensureStateDir, readJson, stateFileName, writeDurable, type AttachmentState } from "../device/state";
+import { netdevsOfPci } from "../device/sysfs";
+import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
 import { Netns } from "../netns";
+import { refuseExistingIfName } from "../pod/check";
+import { configurePodInterface } from "../pod/setup";
 import type { NetConf } from "../skel/config";
-import { CniError, ErrorCode } from "../skel/errors";
-import { hasIpam, ipamAdd } from "../skel/ipam";
+import { CniError, CniCode, toCniError } from "../skel/errors";
 import type { Logger } from "../skel/log";
-import { definePlugin, type CniContext } from "../skel/plugin";
+import { definePlugin, type CniContext, type CniPlugin } from "../skel/plugin";
 import type { IpConfig, Result } from "../skel/result";
 import { withUndo } from "../skel/undo";
-import {
-  checkMovedDevice, ensureStateDir, giveBackDevice, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, readJson, removeFile, returnToHost,
-  snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,
-} from "./devstate";
-import { withFileLock } from "./filelock";
-import { configurePodInterface, invalid, kernelError, normalizeMac, refuseExistingIfName } from "./podnet";
+import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac } from "./config";
 
 export const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";
@@ -91,7 +95,7 @@ export function parseSriovConfig(conf: NetConf): SriovConfig {
     throw invalid("vlanQoS/vlanProto", "need vlan", 'set "vlan" (or use berth-ipam with a pool that carries a VLAN)');
   }
   if (cfg.vlan === 0 && (cfg.vlanQoS || cfg.vlanProto === "802.1ad")) throw invalid("vlanQoS/vlanProto", "need a non-zero vlan", "set vlan 1-4094 or remove them");
-  if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = normalizeMac(raw.mac, "mac");
+  if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = unicastMac(raw.mac, "mac");
   cfg.spoofchk = onOff(raw, "spoofchk");
   cfg.trust = onOff(raw, "trust");
   if (raw.link_state !== undefined && raw.link_state !== null && raw.link_state !== "") {
@@ -136,17 +140,17 @@ export function resolveVf(cfg: SriovConfig): VfDevice {
   if (cfg.deviceID) {
     vfPci = cfg.deviceID;
     if (!existsSync(join(devices, vfPci))) {
-      throw new CniError(ErrorCode.DeviceNotFound, `PCI device ${vfPci} does not exist (${join(devices, vfPci)})`, "check deviceID against `lspci -D` and the device plugin's resource pool");
+      throw new CniError(CniCode.DeviceNotFound, `PCI device ${vfPci} does not exist (${join(devices, vfPci)})`, "check deviceID against `lspci -D` and the device plugin's resource pool");
     }
     const pf = link(join(devices, vfPci, "physfn"));
-    if (!pf) throw new CniError(ErrorCode.DeviceNotFound, `PCI device ${vfPci} is not an SR-IOV VF (no physfn link)`, "deviceID must be a VF's PCI address, not the PF's");
+    if (!pf) throw new CniError(CniCode.DeviceNotFound, `PCI device ${vfPci} is not an SR-IOV VF (no physfn link)`, "deviceID must be a VF's PCI address, not the PF's");
     pfPci = pf;
   } else {
     const pf = link(join(cfg.sysfsRoot, "class/net", cfg.pf!, "device"));
-    if (!pf) throw new CniError(ErrorCode.DeviceNotFound, `PF "${cfg.pf}" not found (${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device")})`, "set pf to the name of the SR-IOV physical function's netdev");
+    if (!pf) throw new CniError(CniCode.DeviceNotFound, `PF "${cfg.pf}" not found (${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device")})`, "set pf to the name of the SR-IOV physical function's netdev");
     pfPci = pf;
     const vf = link(join(devices, pfPci, `virtfn${cfg.vf}`));
-    if (!vf) throw new CniError(ErrorCode.DeviceNotFound, `PF "${cfg.pf}" has no VF ${cfg.vf}`, `see ${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device/sriov_numvfs")}`);
+    if (!vf) throw new CniError(CniCode.DeviceNotFound, `PF "${cfg.pf}" has no VF ${cfg.vf}`, `see ${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device/sriov_numvfs")}`);
     vfPci = vf;
   }
   let vfIndex = -1;
@@ -154,9 +158,9 @@ export function resolveVf(cfg: SriovConfig): VfDevice {
     const m = /^virtfn(\d+)$/.exec(entry);
     if (m && link(join(devices, pfPci, entry)) === vfPci) vfIndex = Number(m[1]);
   }
-  if (vfIndex < 0) throw new CniError(ErrorCode.DeviceNotFound, `no virtfnN link of PF ${pfPci} points to VF ${vfPci}`, "the VF list of the PF changed; check sriov_numvfs");
+  if (vfIndex < 0) throw new CniError(CniCode.DeviceNotFound, `no virtfnN link of PF ${pfPci} points to VF ${vfPci}`, "the VF list of the PF changed; check sriov_numvfs");
   const pfName = netdevsOfPci(cfg.sysfsRoot, pfPci)[0];
-  if (!pfName) throw new CniError(ErrorCode.DeviceNotFound, `PF ${pfPci} of VF ${vfPci} has no netdev`, "the PF must be bound to its kernel driver to configure VFs");
+  if (!pfName) throw new CniError(CniCode.DeviceNotFound, `PF ${pfPci} of VF ${vfPci} has no netdev`, "the PF must be bound to its kernel driver to configure VFs");
   const driver = link(join(devices, vfPci, "driver"));
   const dpdk = driver !== undefined && DPDK_DRIVERS.includes(driver);
   const netdev = dpdk ? undefined : netdevsOfPci(cfg.sysfsRoot, vfPci)[0];
@@ -182,48 +186,8 @@ export class NetlinkPfOps implements PfOps {
   }
 }
 
-/**
- * Test double for kernels without SR-IOV (BERTH_SRIOV_FAKE_PF=<dir>): the VF table is
- * <dir>/<pf>.json ({"vfs": [VfInfo...]}); each request is encoded exactly as it would be sent
- * (pfIndex of the real PF link) and appended to <dir>/ops.jsonl instead of being sent.
- */
-export class RecordingPfOps implements PfOps {
-  constructor(private readonly dir: string, private readonly nl: NetlinkSocket) {}
-  private table(pf: string): { vfs: VfInfo[] } {
-    const t = readJson<{ vfs: VfInfo[] }>(join(this.dir, `${pf}.json`));
-    if (!t) throw new Error(`fake PF table ${join(this.dir, `${pf}.json`)} missing`);
-    return t;
-  }
-  readVf(pf: string, vf: number): VfInfo {
-    const info = this.table(pf).vfs.find((v) => v.vf === vf);
-    if (!info) throw new RangeError(`VF ${vf} not found on "${pf}"`);
-    return info;
-  }
-  setVf(pf: string, vf: number, s: VfSettings, what: string): void {
-    const index = getLinkByName(this.nl, pf).index;
-    const hex = encodeSetVf(index, vf, s).build(0, 0).toString("hex");
-    appendFileSync(join(this.dir, "ops.jsonl"), JSON.stringify({ pf, vf, op: what, settings: s, hex }) + "\n");
-    const t = this.table(pf);
-    const v = t.vfs.find((x) => x.vf === vf)!;
-    if (s.mac !== undefined) v.mac = s.mac;
-    if (s.vlan !== undefined) { v.vlan = s.vlan; v.qos = s.qos ?? 0; v.vlanProto = s.vlanProto ?? "802.1Q"; }
-    if (s.spoofChk !== undefined) v.spoofChk = s.spoofChk;
-    if (s.trust !== undefined) v.trust = s.trust;
-    if (s.linkState !== undefined) v.linkState = s.linkState;
-    if (s.minTxRate !== undefined) v.minTxRate = s.minTxRate;
-    if (s.maxTxRate !== undefined) v.maxTxRate = s.maxTxRate;
-    writeFileSync(join(this.dir, `${pf}.json`), JSON.stringify(t));
-  }
-}
-
-function pfOps(nl: NetlinkSocket, log: Logger): PfOps {
-  const fake = process.env.BERTH_SRIOV_FAKE_PF;
-  if (fake) {
-    log.warn("BERTH_SRIOV_FAKE_PF is set: PF-side VF settings are recorded, not sent to the kernel", { dir: fake });
-    return new RecordingPfOps(fake, nl);
-  }
-  return new NetlinkPfOps(nl);
-}
+/** Makes the PF-side operations for a command (the shipped plugin: NetlinkPfOps over the host socket). */
+export type PfOpsFactory = (nl: NetlinkSocket, log: Logger) => PfOps;
 
 export type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
 
@@ -306,10 +270,10 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
   const rec = readJson<VfRecord>(recordPath(cfg.stateDir, vf.vfPci));
   if (!rec) return;
   if (rec.containerId === ctx.containerId && rec.ifName === ctx.ifName) {
-    throw new CniError(ErrorCode.DeviceBusy, `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`, "run DEL for this attachment first");
+    throw new CniError(CniCode.DeviceBusy, `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`, "run DEL for this attachment first");
   }
   if (rec.netns && existsSync(rec.netns)) {
-    throw new CniError(ErrorCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} (${rec.ifName} in ${rec.netns})`,
+    throw new CniError(CniCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} (${rec.ifName} in ${rec.netns})`,
       "the device plugin gave out a VF that is still in use; the runtime retries, and the VF is free once that pod's DEL ran");
   }
   ctx.log.warn("clearing the stale record of a VF whose pod namespace is gone", { vf: vf.vfPci, containerId: rec.containerId });
@@ -325,16 +289,16 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
   removeFile(recordPath(cfg.stateDir, vf.vfPci));
 }
 
-async function add(ctx: Ctx): Promise<Result> {
+async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
-  const mac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const mac = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
   const host = NetlinkSocket.open();
   let pod: Netns | undefined; // none for a DPDK VF: nothing goes into the pod's network namespace
   try {
     const vf = resolveVf(cfg);
     if (!vf.dpdk) {
-      if (!vf.netdev) throw new CniError(ErrorCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
+      if (!vf.netdev) throw new CniError(CniCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
       pod = Netns.open(ctx.netns);
       refuseExistingIfName(pod, ctx.ifName);
     }
@@ -342,7 +306,7 @@ async function add(ctx: Ctx): Promise<Result> {
     ensureStateDir(cfg.stateDir, PLUGIN);
     const ops = pfOps(host, log);
     return await withUndo(log, async (undo) => {
-      const alloc = hasIpam(ctx) ? await ipamAdd(ctx, undo) : undefined;
+      const alloc = await ipamOf(ctx)?.add(undo);
       if (cfg.vlan !== undefined && alloc?.vlan !== undefined && alloc.vlan !== cfg.vlan) log.warn("the config's vlan overrides the pool's", { config: cfg.vlan, pool: alloc.vlan });
       const vlan = cfg.vlan ?? alloc?.vlan ?? 0;
       if ((cfg.vlanQoS || cfg.vlanProto === "802.1ad") && vlan === 0) {
@@ -353,7 +317,7 @@ async function add(ctx: Ctx): Promise<Result> {
         claimVf(host, ops, cfg, ctx, vf);
         const netdev = vf.dpdk ? undefined : findLinkByName(host, vf.netdev!);
         if (!vf.dpdk && !netdev) {
-          throw new CniError(ErrorCode.DeviceBusy, `VF netdev ${vf.netdev} (${vf.vfPci}) is not in the host network namespace`, "another pod or agent holds it; DEL that attachment first");
+          throw new CniError(CniCode.DeviceBusy, `VF netdev ${vf.netdev} (${vf.vfPci}) is not in the host network namespace`, "another pod or agent holds it; DEL that attachment first");
         }
         const steps = applySteps(cfg, vlan, mac);
         const path = statePath(cfg, ctx);
@@ -394,14 +358,14 @@ async function add(ctx: Ctx): Promise<Result> {
       };
     });
   } catch (e) {
-    throw kernelError(e, `${PLUGIN} ADD ${ctx.ifName}`);
+    throw toCniError(e, `${PLUGIN} ADD ${ctx.ifName}`);
   } finally {
     pod?.close();
     host.close();
   }
 }
 
-async function del(ctx: Ctx): Promise<void> {
+async function del(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
   const cfg = ctx.pluginConfig;
   await giveBackDevice(ctx, {
     path: statePath(cfg, ctx),
@@ -429,12 +393,15 @@ async function check(ctx: Ctx): Promise<void> {
   });
 }
 
-export const sriovPlugin = definePlugin<SriovConfig>({
-  name: PLUGIN,
-  parse: (conf) => parseSriovConfig(conf),
-  add,
-  del,
-  check,
-});
+/** berth-sriov with the given PF-side operations (a test build passes a recording double). */
+export function sriovPluginWith(pfOps: PfOpsFactory): CniPlugin<SriovConfig> {
+  return withIpamDefaults(definePlugin<SriovConfig>({
+    name: PLUGIN,
+    parse: (conf) => parseSriovConfig(conf),
+    add: (ctx) => add(ctx, pfOps),
+    del: (ctx) => del(ctx, pfOps),
+    check,
+  }));
+}
 
-
+export const sriovPlugin = sriovPluginWith((nl) => new NetlinkPfOps(nl));

@@ -16,14 +16,15 @@
 // sub-interface that is in use; at worst an unused one stays until the next DEL on that VLAN.
 // Only sub-interfaces carrying the alias "berth:created" are ever deleted: one that existed
 // before Berth (an operator's eth0.101) is reused and never touched.
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { currentNetnsInode, inNetns } from "../netns";
-import { CniError, ErrorCode } from "../skel/errors";
+import { writeFileAtomic } from "../../lib/files";
+import { withFileLock } from "../../lib/lock";
+import { Netns, currentNetnsInode } from "../netns";
+import { CniError, CniCode } from "../skel/errors";
 import type { Logger } from "../skel/log";
-import { withFileLock } from "./filelock";
 
 export const BERTH_CREATED_ALIAS = "berth:created";
 export const DEFAULT_STATE_DIR = "/run/berth/macvlan";
@@ -58,7 +59,7 @@ function ensureDir(dir: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
-    throw new CniError(ErrorCode.IOFailure, `cannot create the state directory ${dir}: ${(e as Error).message}`,
+    throw new CniError(CniCode.IOFailure, `cannot create the state directory ${dir}: ${(e as Error).message}`,
       "berth-macvlan records which pods use each VLAN sub-interface there; make it writable for root or set stateDir");
   }
 }
@@ -90,10 +91,7 @@ export function readRecord(stateDir: string, name: string): VlanRecord | undefin
 }
 
 function writeRecord(stateDir: string, name: string, record: VlanRecord): void {
-  const path = recordPath(stateDir, name);
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(record) + "\n", { mode: 0o600 });
-  renameSync(tmp, path);
+  writeFileAtomic(recordPath(stateDir, name), JSON.stringify(record) + "\n");
 }
 
 /** Sub-interface names that have a record. */
@@ -131,7 +129,7 @@ export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, na
     addVlan(nl, { name, parentIndex: master.index, id: vlan });
   } catch (e) {
     if (isNetlinkError(e, "EOPNOTSUPP")) {
-      throw new CniError(ErrorCode.NetlinkFailure, `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
+      throw new CniError(CniCode.NetlinkFailure, `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
         "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged");
     }
     // Another ADD (or an operator) created it between our look-up and create: reuse after checking it.
@@ -157,7 +155,7 @@ export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, na
 function checkedAndUp(nl: NetlinkSocket, link: Link, master: Link, vlan: number, log: Logger): Link {
   if (link.kind !== "vlan" || link.vlan?.id !== vlan || link.parentIndex !== master.index) {
     const what = link.kind !== "vlan" ? `a ${link.kind ?? "plain"} link` : `VLAN ${link.vlan?.id} on ifindex ${link.parentIndex}`;
-    throw new CniError(ErrorCode.InvalidConfig,
+    throw new CniError(CniCode.InvalidConfig,
       `interface "${link.name}" exists but is ${what}, not VLAN ${vlan} on "${master.name}" (ifindex ${master.index})`,
       `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`);
   }
@@ -220,18 +218,13 @@ function linkUsers(nl: NetlinkSocket, index: number): string[] {
     if (seen.has(ino)) continue;
     seen.add(ino);
     try {
-      inNetns(path, () => {
-        const ns = NetlinkSocket.open();
-        try {
-          for (const l of listLinks(ns)) {
-            // Seen from another namespace, a parent in ours has a link-netnsid. An index match in a
-            // third namespace is a false positive that only keeps the sub-interface: the safe side.
-            if (l.linkNetnsId !== undefined && l.parentIndex === index && (l.kind === "macvlan" || l.kind === "macvtap" || l.kind === "ipvlan")) {
-              users.push(`${l.name} in ${path}`);
-            }
+      Netns.use(path, (ns) => {
+        for (const l of listLinks(ns.nl)) {
+          // Seen from another namespace, a parent in ours has a link-netnsid. An index match in a
+          // third namespace is a false positive that only keeps the sub-interface: the safe side.
+          if (l.linkNetnsId !== undefined && l.parentIndex === index && (l.kind === "macvlan" || l.kind === "macvtap" || l.kind === "ipvlan")) {
+            users.push(`${l.name} in ${path}`);
           }
-        } finally {
-          ns.close();
         }
       });
     } catch {

@@ -1,5 +1,5 @@
 // Helpers for results passed along a plugin chain (prevResult).
-import { CniError, ErrorCode } from "./errors";
+import { CniError, CniCode } from "./errors";
 import type { CniContext } from "./plugin";
 import type { Interface, IpConfig, Result } from "./result";
 
@@ -38,7 +38,7 @@ function union(a?: string[], b?: string[]): string[] | undefined {
 /** prevResult, required for CHECK (code 121 when the runtime sent none). */
 export function requirePrevResult(ctx: CniContext<unknown>): Result {
   if (!ctx.conf.prevResult) {
-    throw new CniError(ErrorCode.PrevResultMissing, `${ctx.conf.type}: required prevResult missing`,
+    throw new CniError(CniCode.PrevResultMissing, `${ctx.conf.type}: required prevResult missing`,
       "CHECK compares the pod's interface with the result of ADD; the runtime must pass it as prevResult");
   }
   return ctx.conf.prevResult;
@@ -59,4 +59,9 @@ export function ipsForInterface(result: Result, ifName: string, netns?: string):
   const found = findInterface(result, ifName, netns);
   if (!found) return [];
   return (result.ips ?? []).filter((ip) => ip.interface === found.index);
+}
+
+/** Code 120: what CHECK found differs from prevResult. */
+export function mismatch(what: string, fix = "delete and re-create the pod sandbox to repair it"): CniError {
+  return new CniError(CniCode.CheckMismatch, what, fix);
 }

@@ -1,7 +1,7 @@
 // Network configuration on stdin: the fields every Berth plugin shares.
-import { ipFamily, parseCidr } from "./cidr";
+import { ipFamily, normalizeMac, parseCidr } from "../../lib/ip";
 import { validateNetworkName } from "./env";
-import { CniError, ErrorCode } from "./errors";
+import { CniError, CniCode } from "./errors";
 import { isLogLevel, type LogLevel } from "./log";
 import { isObject, parseDns, parseResult, type Dns, type Result } from "./result";
 import { atLeast, incompatibleVersion, isSupportedVersion, type CniVersion } from "./version";
@@ -46,27 +46,25 @@ export interface NetConf {
   raw: Record<string, unknown>;
 }
 
-const MAC_PATTERN = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
-
 function invalid(field: string, why: string, fix: string): CniError {
-  return new CniError(ErrorCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
+  return new CniError(CniCode.InvalidConfig, `invalid network config: ${field} ${why}`, fix);
 }
 
 /** Decodes stdin; code 6 when it is not a JSON object. */
 export function decodeConfig(stdin: string): Record<string, unknown> {
   if (stdin.trim() === "") {
-    throw new CniError(ErrorCode.DecodeFailure, "no network config on stdin",
+    throw new CniError(CniCode.DecodeFailure, "no network config on stdin",
       "the runtime must write the network configuration (JSON) to the plugin's stdin");
   }
   let raw: unknown;
   try {
     raw = JSON.parse(stdin);
   } catch (e) {
-    throw new CniError(ErrorCode.DecodeFailure, `error decoding network config: ${(e as Error).message}`,
+    throw new CniError(CniCode.DecodeFailure, `error decoding network config: ${(e as Error).message}`,
       "the network configuration on stdin must be valid JSON");
   }
   if (!isObject(raw)) {
-    throw new CniError(ErrorCode.DecodeFailure, "error decoding network config: not a JSON object",
+    throw new CniError(CniCode.DecodeFailure, "error decoding network config: not a JSON object",
       "the network configuration on stdin must be a JSON object");
   }
   return raw;
@@ -80,7 +78,7 @@ export function configVersion(raw: Record<string, unknown>): CniVersion {
     throw incompatibleVersion("0.1.0 (cniVersion missing)");
   }
   if (typeof v !== "string") {
-    throw new CniError(ErrorCode.DecodeFailure, "cniVersion is not a string", 'set "cniVersion": "1.1.0"');
+    throw new CniError(CniCode.DecodeFailure, "cniVersion is not a string", 'set "cniVersion": "1.1.0"');
   }
   if (!isSupportedVersion(v)) throw incompatibleVersion(v);
   return v;
@@ -93,7 +91,7 @@ export function configVersion(raw: Record<string, unknown>): CniVersion {
 export function requireVerbSupported(command: Command, version: string): void {
   const min = command === "CHECK" ? "0.4.0" : command === "STATUS" || command === "GC" ? "1.1.0" : undefined;
   if (min && !atLeast(version, min)) {
-    throw new CniError(ErrorCode.IncompatibleVersion, `config version does not allow ${command}`,
+    throw new CniError(CniCode.IncompatibleVersion, `config version does not allow ${command}`,
       `${command} exists from CNI ${min}; the config says cniVersion "${version}"`);
   }
 }
@@ -157,7 +155,7 @@ export function parseConfig(raw: Record<string, unknown>, command: Command): Net
       conf.prevResult = parseResult(raw.prevResult, cniVersion, "prevResult");
     } catch (e) {
       const err = e as CniError;
-      throw new CniError(ErrorCode.InvalidConfig, err.message, err.details);
+      throw new CniError(CniCode.InvalidConfig, err.message, err.details);
     }
   }
 
@@ -201,9 +199,9 @@ function ipList(v: unknown, field: string): string[] {
   });
 }
 
+/** aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff (as CNI_ARGS MAC), in lower-case colon form. */
 function mac(v: unknown, field: string): string {
-  if (typeof v !== "string" || !MAC_PATTERN.test(v)) {
-    throw invalid(field, `"${String(v)}" is not a MAC address`, "use the form aa:bb:cc:dd:ee:ff");
-  }
-  return v.toLowerCase();
+  const m = normalizeMac(v);
+  if (!m) throw invalid(field, `"${String(v)}" is not a MAC address`, "use the form aa:bb:cc:dd:ee:ff");
+  return m;
 }

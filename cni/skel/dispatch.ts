@@ -2,9 +2,10 @@
 // environment and the config, calls the plugin, prints exactly one JSON document (the result,
 // the version info or the error) on stdout, and returns the exit code. It never throws.
 import { readFileSync, readSync, writeSync } from "node:fs";
+import { sleepSync } from "../../lib/files";
 import { decodeConfig, parseConfig, type NetConf } from "./config";
 import { parseCniArgs, readCommand, readEnv, type Command } from "./env";
-import { CniError, ErrorCode, toCniError } from "./errors";
+import { CniError, CniCode, toCniError } from "./errors";
 import { createLogger, nullLogger, type Logger } from "./log";
 import type { CniContext, CniPlugin } from "./plugin";
 import { encodeResult } from "./result";
@@ -42,7 +43,7 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
     try {
       stdin = io.readStdin();
     } catch (e) {
-      throw new CniError(ErrorCode.IOFailure, `cannot read the network config from stdin: ${(e as Error).message}`,
+      throw new CniError(CniCode.IOFailure, `cannot read the network config from stdin: ${(e as Error).message}`,
         "the runtime must pass the network configuration on stdin");
     }
     version = peekVersion(stdin) ?? CURRENT_VERSION;
@@ -78,12 +79,10 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
         await plugin.check(ctx);
         break;
       case "STATUS":
-        if (plugin.status) await plugin.status(ctx);
-        else if (ctx.conf.ipam) await (await import("./ipam")).ipamStatus(ctx);
+        await plugin.status?.(ctx);
         break;
       case "GC":
-        if (plugin.gc) await plugin.gc(ctx);
-        else if (ctx.conf.ipam) await (await import("./ipam")).ipamGc(ctx);
+        await plugin.gc?.(ctx);
         break;
     }
     log.info(`${command} done`);
@@ -92,7 +91,7 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
     const err = toCniError(e);
     log.error(`${command ?? "command"} failed`, {
       code: err.code, error: err.message, details: err.details,
-      ...(err.code === ErrorCode.Internal && e instanceof Error ? { stack: e.stack } : {}),
+      ...(err.code === CniCode.Internal && e instanceof Error ? { stack: e.stack } : {}),
     });
     try {
       io.write(JSON.stringify(err.toJSON(version)) + "\n");
@@ -146,14 +145,13 @@ function readAllStdin(): string {
 function readNonBlocking(): string {
   const chunks: Buffer[] = [];
   const buf = Buffer.alloc(65536);
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
   for (;;) {
     let n: number;
     try {
       n = readSync(0, buf, 0, buf.length, null);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
-        Atomics.wait(sleeper, 0, 0, 5);
+        sleepSync(5);
         continue;
       }
       throw e;

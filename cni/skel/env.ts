@@ -1,7 +1,7 @@
 // CNI_* environment: validated before anything else is touched.
 import { statfsSync, statSync } from "node:fs";
-import { ipFamily, parseCidr } from "./cidr";
-import { CniError, ErrorCode } from "./errors";
+import { ipFamily, normalizeMac, parseCidr } from "../../lib/ip";
+import { CniError, CniCode } from "./errors";
 
 export type Command = "ADD" | "DEL" | "CHECK" | "STATUS" | "GC" | "VERSION";
 const COMMANDS: readonly Command[] = ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"];
@@ -37,7 +37,6 @@ export interface CniArgs {
 export const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
 export const NETWORK_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
 const NSFS_MAGIC = 0x6e736673;
-const MAC_PATTERN = /^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$/;
 
 const REQUIRED: Record<Exclude<Command, "VERSION">, string[]> = {
   ADD: ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
@@ -48,7 +47,7 @@ const REQUIRED: Record<Exclude<Command, "VERSION">, string[]> = {
 };
 
 function invalidEnv(msg: string, details: string): CniError {
-  return new CniError(ErrorCode.InvalidEnv, msg, details);
+  return new CniError(CniCode.InvalidEnv, msg, details);
 }
 
 /** Reads CNI_COMMAND only; VERSION needs nothing else. */
@@ -111,7 +110,7 @@ export function validateNetns(path: string): void {
   try {
     statSync(path);
   } catch {
-    throw new CniError(ErrorCode.ContainerUnknown, `network namespace CNI_NETNS=${path} does not exist`,
+    throw new CniError(CniCode.ContainerUnknown, `network namespace CNI_NETNS=${path} does not exist`,
       "the container (or its sandbox) is gone; the runtime should not retry ADD/CHECK for it");
   }
   let type: number | undefined;
@@ -128,11 +127,11 @@ export function validateNetns(path: string): void {
 
 export function validateNetworkName(name: unknown): string {
   if (typeof name !== "string" || name === "") {
-    throw new CniError(ErrorCode.InvalidConfig, "missing network name",
+    throw new CniError(CniCode.InvalidConfig, "missing network name",
       'set "name" in the network config, e.g. "name": "underlay"');
   }
   if (!NETWORK_NAME_PATTERN.test(name)) {
-    throw new CniError(ErrorCode.InvalidConfig, `invalid characters found in network name "${name}"`,
+    throw new CniError(CniCode.InvalidConfig, `invalid characters found in network name "${name}"`,
       "the network name must start with a letter or digit and contain only letters, digits, '_', '.' and '-'");
   }
   return name;
@@ -176,10 +175,12 @@ export function parseCniArgs(raw: string, extraKeys: readonly string[] = []): Cn
         args.IP = ips;
         break;
       }
-      case "MAC":
-        if (!MAC_PATTERN.test(value)) throw badValue(`invalid MAC address ${value} (use aa:bb:cc:dd:ee:ff)`);
-        args.MAC = value.toLowerCase().replaceAll("-", ":");
+      case "MAC": {
+        const mac = normalizeMac(value);
+        if (!mac) throw badValue(`invalid MAC address ${value} (use aa:bb:cc:dd:ee:ff)`);
+        args.MAC = mac;
         break;
+      }
       case "K8S_POD_NAMESPACE":
       case "K8S_POD_NAME":
       case "K8S_POD_UID":
@@ -193,7 +194,7 @@ export function parseCniArgs(raw: string, extraKeys: readonly string[] = []): Cn
   }
   if (unknown.length) {
     if (!args.IgnoreUnknown) {
-      throw new CniError(ErrorCode.UnsupportedField,
+      throw new CniError(CniCode.UnsupportedField,
         `CNI_ARGS: unknown args [${unknown.map((p) => JSON.stringify(p)).join(" ")}]`,
         `known keys: ${[...KNOWN_ARGS, ...extraKeys].join(", ")}; add IgnoreUnknown=1 to CNI_ARGS to ignore the others`);
     }

@@ -1,6 +1,9 @@
 // CNI error codes. 1-99 are the spec's (CNI 1.1.0 "Error" section); >= 100 are Berth's own,
-// documented with cause and fix in cni/skel/ERRORS.md.
-export const ErrorCode = {
+// documented with cause and fix in docs/ERRORS.md. (ipamd's API has its own error names, strings
+// such as "no_pool"; cni/ipam/ipamd.ts maps those onto these numbers.)
+import { OsError } from "../../lib/oserror";
+
+export const CniCode = {
   IncompatibleVersion: 1,
   UnsupportedField: 2,
   ContainerUnknown: 3,
@@ -33,8 +36,6 @@ export const ErrorCode = {
   Internal: 999,
 } as const;
 
-export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
-
 /**
  * An error the plugin reports to the runtime. `msg` says what is wrong; `details` adds the
  * context and the fix (runtimes print "msg; details").
@@ -58,13 +59,35 @@ export function isCniError(e: unknown): e is CniError {
   return e instanceof CniError;
 }
 
-/** Turns anything thrown into a CniError; unexpected exceptions become code 999. */
-export function toCniError(e: unknown): CniError {
+const BUG = "this is a bug in Berth; please report it with the plugin log (logFile in the network config)";
+const DEVICE_GONE = new Set(["ENODEV", "ENXIO", "ENOENT"]);
+const DEVICE_BUSY = new Set(["EBUSY", "EEXIST", "EADDRINUSE"]);
+
+/** The CNI code of a machine failure: the one place that decides it. */
+function osErrorCode(e: OsError): number {
+  if (e.kind === "netns") return CniCode.NetnsFailure;
+  if (e.kind === "file") return e.code === "ETIMEDOUT" ? CniCode.TryAgainLater : CniCode.IOFailure;
+  if (DEVICE_GONE.has(e.code)) return CniCode.DeviceNotFound;
+  if (DEVICE_BUSY.has(e.code)) return CniCode.DeviceBusy;
+  return CniCode.NetlinkFailure;
+}
+
+function osErrorFix(e: OsError): string {
+  if (e.fix) return e.fix;
+  if (e.kind === "netns") return "check CNI_NETNS: the container's network namespace must exist";
+  const on = e.object ? ` ${e.object}` : "";
+  if (DEVICE_GONE.has(e.code)) return `the device${on} is gone or was never there: check the node (ip link show) and the config; the plugin log (logFile) has the details`;
+  if (DEVICE_BUSY.has(e.code)) return `the device${on} is in use or in a state that does not allow this; free it and retry; the plugin log (logFile) has the details`;
+  return "see the kernel's reason above; the plugin log (logFile) has the details";
+}
+
+/**
+ * Turns anything thrown into a CniError. `doing` (what the plugin was doing) prefixes the message
+ * of a machine failure (OsError: kernel, namespace, file) mapped to its CNI code; anything else
+ * unexpected becomes code 999.
+ */
+export function toCniError(e: unknown, doing?: string): CniError {
   if (e instanceof CniError) return e;
-  if (e instanceof Error) {
-    return new CniError(ErrorCode.Internal, `internal error: ${e.message}`,
-      "this is a bug in Berth; please report it with the plugin log (logFile in the network config)");
-  }
-  return new CniError(ErrorCode.Internal, `internal error: ${String(e)}`,
-    "this is a bug in Berth; please report it with the plugin log (logFile in the network config)");
+  if (e instanceof OsError) return new CniError(osErrorCode(e), doing ? `${doing}: ${e.message}` : e.message, osErrorFix(e));
+  return new CniError(CniCode.Internal, `internal error: ${e instanceof Error ? e.message : String(e)}`, BUG);
 }

@@ -44,7 +44,7 @@ export interface CniPlugin<P = undefined> {
   cniArgs?: readonly string[];
   /**
    * Validates the plugin's own keys of conf.raw and returns them typed; throw
-   * CniError(ErrorCode.InvalidConfig, ...) naming the field and the fix.
+   * CniError(CniCode.InvalidConfig, ...) naming the field and the fix.
    */
   parse?(conf: NetConf, command: Command): P;
   /** Returns the result; the dispatcher encodes it in the config's cniVersion. */
@@ -53,9 +53,9 @@ export interface CniPlugin<P = undefined> {
   del(ctx: CniContext<P>): Promise<void>;
   /** Compares what exists with ctx.conf.prevResult; throws on a difference. */
   check(ctx: CniContext<P>): Promise<void>;
-  /** Absent: STATUS answers "ready" after checking IPAM. */
+  /** Absent: STATUS answers "ready" (withIpamDefaults in cni/ipam makes it IPAM's STATUS). */
   status?(ctx: CniContext<P>): Promise<void>;
-  /** Absent: GC only garbage-collects IPAM. */
+  /** Absent: GC does nothing (withIpamDefaults in cni/ipam makes it IPAM's GC). */
   gc?(ctx: CniContext<P>): Promise<void>;
 }
 

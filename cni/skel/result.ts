@@ -1,6 +1,6 @@
 // CNI results: one internal shape (the 1.1.0 one) and conversion from/to every supported version.
-import { parseCidr, ipFamily } from "./cidr";
-import { CniError, ErrorCode } from "./errors";
+import { parseCidr, ipFamily } from "../../lib/ip";
+import { CniError, CniCode } from "./errors";
 import { atLeast } from "./version";
 
 export interface Interface {
@@ -105,7 +105,7 @@ function compact(o: Json): Json {
  */
 export function parseResult(raw: unknown, version: string, what: string): Result {
   const bad = (field: string, why: string) =>
-    new CniError(ErrorCode.DecodeFailure, `invalid ${what}: ${field} ${why}`,
+    new CniError(CniCode.DecodeFailure, `invalid ${what}: ${field} ${why}`,
       `the ${what} must be a CNI ${version} result`);
   if (!isObject(raw)) throw bad("", "is not a JSON object");
   const v1 = atLeast(version, "1.0.0");

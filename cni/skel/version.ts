@@ -1,4 +1,4 @@
-import { CniError, ErrorCode } from "./errors";
+import { CniError, CniCode } from "./errors";
 
 export const CURRENT_VERSION = "1.1.0";
 export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
@@ -19,7 +19,7 @@ export function compareVersions(a: string, b: string): number {
 function parseSemver(v: string): [number, number, number] {
   const m = SEMVER.exec(v);
   if (!m) {
-    throw new CniError(ErrorCode.DecodeFailure, `invalid cniVersion "${v}"`,
+    throw new CniError(CniCode.DecodeFailure, `invalid cniVersion "${v}"`,
       `cniVersion must look like "1.1.0"; supported: ${SUPPORTED_VERSIONS.join(", ")}`);
   }
   return [Number(m[1]), Number(m[2]), Number(m[3])];
@@ -35,7 +35,7 @@ export function atLeast(v: string, min: string): boolean {
 
 /** Error for a config whose cniVersion this plugin cannot speak (same text as libcni). */
 export function incompatibleVersion(configVersion: string): CniError {
-  return new CniError(ErrorCode.IncompatibleVersion, "incompatible CNI versions",
+  return new CniError(CniCode.IncompatibleVersion, "incompatible CNI versions",
     `config is "${configVersion}", plugin supports [${SUPPORTED_VERSIONS.map((v) => `"${v}"`).join(" ")}]; ` +
     `set "cniVersion" in the network config to one of them`);
 }

@@ -5,11 +5,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../cni/skel/config";
-import { delegateIpam, type DelegateRequest } from "../../cni/skel/delegate";
+import { delegateIpam, type DelegateRequest } from "../../cni/ipam/delegate";
 import { buildContext } from "../../cni/skel/dispatch";
 import { parseCniArgs, readEnv } from "../../cni/skel/env";
 import { CniError } from "../../cni/skel/errors";
-import { ipamAdd, ipamDel } from "../../cni/skel/ipam";
+import { ipamOf } from "../../cni/ipam/client";
 import { nullLogger } from "../../cni/skel/log";
 import { withUndo } from "../../cni/skel/undo";
 import { cniErrorOf } from "../helpers/cni-error";
@@ -87,21 +87,21 @@ describe("ipamAdd / ipamDel through a plugin context", () => {
 
   it("delegates, and a failure later in ADD releases the address through the undo stack", async () => {
     const raw = hostLocal("1.0.0", "ctx-net");
-    const ok = await ipamAdd(ctxFor("ADD", raw, "ctr-ctx-1"));
+    const ok = await ipamOf(ctxFor("ADD", raw, "ctr-ctx-1"))!.add();
     expect(ok.source).toBe("host-local");
     expect(ok.addresses).toEqual([{ address: "10.98.0.10/24", gateway: "10.98.0.1", family: 4 }]);
     expect(ok.vlan).toBeUndefined();
     expect(leases()).toEqual(["10.98.0.10"]);
 
     await expect(withUndo(nullLogger, async (undo) => {
-      const got = await ipamAdd(ctxFor("ADD", raw, "ctr-ctx-2"), undo);
+      const got = await ipamOf(ctxFor("ADD", raw, "ctr-ctx-2"))!.add(undo);
       expect(got.addresses[0]!.address).toBe("10.98.0.11/24");
       expect(leases()).toEqual(["10.98.0.10", "10.98.0.11"]);
       throw new CniError(140, "creating the macvlan failed");
     })).rejects.toThrow("creating the macvlan failed");
     expect(leases()).toEqual(["10.98.0.10"]);
 
-    await ipamDel(ctxFor("DEL", raw, "ctr-ctx-1"));
+    await ipamOf(ctxFor("DEL", raw, "ctr-ctx-1"))!.del();
     expect(leases()).toEqual([]);
   });
 });

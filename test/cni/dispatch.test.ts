@@ -1,7 +1,7 @@
 // runPlugin in-process: what the runtime reads on stdout and the exit code, for a small plugin.
 import { describe, expect, it } from "vitest";
 import { runPlugin, type PluginIo } from "../../cni/skel/dispatch";
-import { CniError, ErrorCode } from "../../cni/skel/errors";
+import { CniError, CniCode } from "../../cni/skel/errors";
 import { definePlugin, type CniContext } from "../../cni/skel/plugin";
 import { UndoStack, withUndo } from "../../cni/skel/undo";
 
@@ -18,13 +18,13 @@ const plugin = definePlugin<{ mode: string }>({
   name: "test-plugin",
   parse(c) {
     const mode = c.raw.mode ?? "ok";
-    if (typeof mode !== "string") throw new CniError(ErrorCode.InvalidConfig, "invalid network config: mode is not a string", 'use "mode": "ok"');
+    if (typeof mode !== "string") throw new CniError(CniCode.InvalidConfig, "invalid network config: mode is not a string", 'use "mode": "ok"');
     return { mode };
   },
   async add(ctx) {
     seen = ctx;
     if (ctx.pluginConfig.mode === "crash") throw new TypeError("cannot read properties of undefined (reading 'x')");
-    if (ctx.pluginConfig.mode === "busy") throw new CniError(ErrorCode.TryAgainLater, "busy", "retry");
+    if (ctx.pluginConfig.mode === "busy") throw new CniError(CniCode.TryAgainLater, "busy", "retry");
     return {
       interfaces: [{ name: ctx.ifName, sandbox: ctx.netns, mac: "02:00:00:00:00:01" }],
       ips: [{ address: "10.1.0.5/24", gateway: "10.1.0.1", interface: 0 }],

@@ -3,16 +3,18 @@
 // (vfio-pci)) whose VF netdevs are real veth links that really move into and out of pods.
 //
 // This kernel has no SR-IOV: the PF-side "ip link set PF vf N ..." requests are the one thing not
-// sent. With BERTH_SRIOV_FAKE_PF the plugin encodes each request exactly as it would send it and
-// records it (ops.jsonl) against a VF table file; the bytes are compared with iproute2's captures.
+// sent. A TEST build of the plugin (test/helpers/berth-sriov-fake-pf.ts, never shipped) encodes each
+// request exactly as it would send it and records it (ops.jsonl under BERTH_SRIOV_FAKE_PF) against
+// a VF table file; the bytes are compared with iproute2's captures. The shipped binary is run too:
+// BERTH_SRIOV_FAKE_PF has no effect on it.
 // Everything else (sysfs parsing, netdev move, rename, MTU/MAC, addresses, state files, locks) is real.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
 import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
-import { cleanupPlugins, pluginPath, runCni, type CniCall } from "../helpers/plugins";
+import { cleanupPlugins, fakePfSriovPath, pluginPath, runCni, type CniCall } from "../helpers/plugins";
 
 const ROOT = join(import.meta.dirname, "../..");
 let host: TestNetns;
@@ -22,7 +24,7 @@ let exe: string;
 let seq = 0;
 
 beforeAll(() => {
-  exe = pluginPath("berth-sriov");
+  exe = fakePfSriovPath();
   host = createNetns("svhost");
 }, 180_000);
 
@@ -314,5 +316,27 @@ describe("berth-sriov with berth-ipam", () => {
     expect(addrsIn(p2, "net1")).toEqual([ip]);
     expect(run(r, "DEL", p2, config, "ctr-k2", args).code).toBe(0);
     expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
+  });
+});
+
+describe("the shipped berth-sriov", () => {
+  it("has no fake-PF code path: BERTH_SRIOV_FAKE_PF changes nothing, the real kernel is asked and the missing VF is a device error (141)", () => {
+    const shipped = pluginPath("berth-sriov");
+    const binary = readFileSync(realpathSync(shipped));
+    expect(binary.includes("BERTH_SRIOV_FAKE_PF")).toBe(false);
+    expect(binary.includes("RecordingPfOps")).toBe(false);
+    const r = rig();
+    const p = pod();
+    const add = runCni(shipped, {
+      command: "ADD", config: conf(r, FULL), containerId: "ctr-shipped", ifName: "net1", netns: p.path,
+      via: ["ip", "netns", "exec", host.name], env: { BERTH_SRIOV_FAKE_PF: r.fake },
+    });
+    expect(add.code).toBe(1);
+    expect(add.json).toMatchObject({ code: 141 });
+    expect(add.json.msg).toContain(`VF 0 not found on "${r.pf}" (it has 0 VFs)`);
+    expect(add.json.details.length).toBeGreaterThan(10);
+    expect(r.ops()).toEqual([]);
+    expect(hasLink(host, r.vf0)).toBe(true);
+    expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
   });
 });

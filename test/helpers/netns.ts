@@ -2,6 +2,8 @@
 // like the ones a container runtime makes) with names unique to this test run.
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
+import type { NetlinkSocket } from "../../cni/netlink/socket";
+import { Netns, closeFd, getSysctl, setSysctl } from "../../cni/netns";
 
 export interface TestNetns {
   name: string;
@@ -43,3 +45,25 @@ process.on("exit", () => {
     try { execFileSync("ip", ["netns", "del", name], { stdio: "ignore" }); } catch { /* already gone */ }
   }
 });
+
+// ---- the product's one way in (Netns), in the shapes the netlink tests use
+
+/** Runs `fn` with the calling thread inside the namespace at `path` (Netns.enter). */
+export function inNetns<T>(path: string, fn: () => T): T {
+  return Netns.use(path, (n) => n.enter(fn));
+}
+
+/** Runs `fn` inside the namespace with the namespace's netlink socket. */
+export function withNetns<T>(path: string, fn: (nl: NetlinkSocket) => T): T {
+  return Netns.use(path, (n) => n.enter(() => fn(n.nl)));
+}
+
+/** A netlink socket acting on the namespace at `path` from here (close it when done). */
+export function openNetlinkIn(path: string): NetlinkSocket {
+  const n = Netns.open(path);
+  closeFd(n.fd);
+  return n.nl;
+}
+
+export const getSysctlIn = (path: string, key: string | string[]) => inNetns(path, () => getSysctl(key));
+export const setSysctlIn = (path: string, key: string | string[], value: string | number) => inNetns(path, () => setSysctl(key, value));

@@ -96,3 +96,21 @@ export function runCni(executable: string, call: CniCall): PluginRun {
   }
   return { code: r.status, stdout, stderr: r.stderr ?? "", json };
 }
+
+let fakePfBuild: string | undefined;
+
+/**
+ * A TEST build of berth-sriov (test/helpers/berth-sriov-fake-pf.ts) whose PF-side VF requests are
+ * recorded under BERTH_SRIOV_FAKE_PF instead of sent: this kernel has no SR-IOV. Compiled here once
+ * per test process; it is never part of dist/ or `make install`.
+ */
+export function fakePfSriovPath(): string {
+  if (fakePfBuild) return join(fakePfBuild, "berth-sriov");
+  const dir = mkdtempSync(join(tmpdir(), "berth-fakepf-"));
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  const out = spawnSync("npx", ["--no-install", "bun", "build", "--compile", "test/helpers/berth-sriov-fake-pf.ts", "--outfile", join(dir, "berth-sriov")],
+    { cwd: ROOT, encoding: "utf8" });
+  if (out.status !== 0) throw new Error(`bun build --compile test/helpers/berth-sriov-fake-pf.ts failed:\n${out.stdout}\n${out.stderr}`);
+  fakePfBuild = dir;
+  return join(dir, "berth-sriov");
+}

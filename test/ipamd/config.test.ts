@@ -1,7 +1,7 @@
 // Address arithmetic, pool compilation and label selectors (pure functions of ipamd/ip.ts and config.ts).
 import { describe, expect, it } from "vitest";
 import { buildConfig, ConfigError, firstUsableAtOrAfter, selectorMatches } from "../../ipamd/config";
-import { canonicalIp, formatIp, parseCidr, parseIp } from "../../ipamd/ip";
+import { canonicalIp, formatIp, parseCidr, parseIp } from "../../lib/ip";
 
 describe("ip", () => {
   it.each([

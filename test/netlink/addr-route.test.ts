@@ -3,8 +3,8 @@ import { addAddress, deleteAddress, listAddresses, waitForAddresses, IFA_F_NODAD
 import { addVeth, getLinkByName, setLinkUp } from "../../cni/netlink/link";
 import { addRoute, deleteRoute, listRoutes } from "../../cni/netlink/route";
 import { NetlinkError, NetlinkSocket } from "../../cni/netlink/socket";
-import { closeFd, ifaceSysctl, openNetlinkIn, openNetnsFd, setSysctlIn } from "../../cni/netns";
-import { createNetns, ipJson, removeNetns, TestNetns } from "../helpers/netns";
+import { closeFd, ifaceSysctl, openNetnsFd } from "../../cni/netns";
+import { createNetns, ipJson, openNetlinkIn, removeNetns, setSysctlIn, TestNetns } from "../helpers/netns";
 
 let host: TestNetns, pod: TestNetns;
 let hnl: NetlinkSocket, pnl: NetlinkSocket;

@@ -4,8 +4,7 @@ import { addAddress, listAddresses } from "../../cni/netlink/addr";
 import { addVeth, getLinkByName, listLinks, setLinkUp } from "../../cni/netlink/link";
 import { addRoute, listRoutes } from "../../cni/netlink/route";
 import { NetlinkSocket } from "../../cni/netlink/socket";
-import { openNetlinkIn } from "../../cni/netns";
-import { createNetns, ipJson, removeNetns, TestNetns } from "../helpers/netns";
+import { createNetns, ipJson, openNetlinkIn, removeNetns, TestNetns } from "../helpers/netns";
 
 let ns: TestNetns;
 let nl: NetlinkSocket;

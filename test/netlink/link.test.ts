@@ -6,8 +6,8 @@ import {
   setLinkUp,
 } from "../../cni/netlink/link";
 import { NetlinkError, NetlinkSocket } from "../../cni/netlink/socket";
-import { closeFd, openNetlinkIn, openNetnsFd } from "../../cni/netns";
-import { createNetns, ipIn, ipJson, removeNetns, TestNetns } from "../helpers/netns";
+import { closeFd, openNetnsFd } from "../../cni/netns";
+import { createNetns, ipIn, ipJson, openNetlinkIn, removeNetns, TestNetns } from "../helpers/netns";
 
 // "host" plays the node (parent links live there), "pod" the pod sandbox.
 let host: TestNetns, pod: TestNetns;

@@ -1,12 +1,9 @@
 import { statSync, writeFileSync, rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  Netns, NetnsError, closeFd, currentNetnsInode, getSysctl, getSysctlIn, ifaceSysctl, inNetns, openNetlinkIn, openNetnsFd,
-  setSysctl, setSysctlIn, withNetns,
-} from "../../cni/netns";
+import { Netns, NetnsError, closeFd, currentNetnsInode, getSysctl, ifaceSysctl, openNetnsFd, setSysctl } from "../../cni/netns";
 import { addVeth, getLinkByName, listLinks } from "../../cni/netlink/link";
 import { NetlinkSocket } from "../../cni/netlink/socket";
-import { createNetns, ipIn, removeNetns, TestNetns } from "../helpers/netns";
+import { createNetns, getSysctlIn, inNetns, ipIn, openNetlinkIn, removeNetns, setSysctlIn, TestNetns, withNetns } from "../helpers/netns";
 
 let ns: TestNetns;
 let hostInode: number;

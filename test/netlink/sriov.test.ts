@@ -7,8 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addVeth, getLinkByName, parseLink } from "../../cni/netlink/link";
 import { encodeSetVf, getVf, listVfs, setVf } from "../../cni/netlink/sriov";
 import { NetlinkError, NetlinkSocket } from "../../cni/netlink/socket";
-import { openNetlinkIn } from "../../cni/netns";
-import { createNetns, removeNetns, TestNetns } from "../helpers/netns";
+import { createNetns, openNetlinkIn, removeNetns, TestNetns } from "../helpers/netns";
 
 /** One TLV, kernel style: u16 len, u16 type, payload, zero padding to 4. */
 function tlv(type: number, payload: Buffer): Buffer {

@@ -1,13 +1,53 @@
 // Delegation to another IPAM plugin the standard way (libcni invoke.Delegate*): find the
 // executable named by ipam.type in CNI_PATH, run it with the same environment (CNI_COMMAND set
 // to the verb) and the whole network config on stdin, and read its result or error.
-import { spawnSync } from "node:child_process";
 import { accessSync, constants, statSync } from "node:fs";
 import { join } from "node:path";
-import { CniError, ErrorCode } from "./errors";
-import type { Logger } from "./log";
-import { isObject, parseResult, type Result } from "./result";
-import { isSupportedVersion } from "./version";
+import { CniError, CniCode } from "../skel/errors";
+import type { Logger } from "../skel/log";
+import type { CniContext } from "../skel/plugin";
+import { isObject, parseResult, type Result } from "../skel/result";
+import type { UndoStack } from "../skel/undo";
+import { isSupportedVersion } from "../skel/version";
+import type { Ipam, IpamAllocation } from "./client";
+
+/** IPAM by another plugin executable: each verb runs it with the same config and environment. */
+export class DelegatedIpam implements Ipam {
+  constructor(private readonly ctx: CniContext<unknown>, private readonly type: string) {}
+
+  async add(undo?: UndoStack): Promise<IpamAllocation> {
+    const result = this.run("ADD")!;
+    undo?.push(`release addresses (${this.type})`, () => this.run("DEL"));
+    const ips = result.ips ?? [];
+    const addresses = ips.map((ip) => ({ address: ip.address, gateway: ip.gateway, family: ip.address.includes(":") ? 6 as const : 4 as const }));
+    // An IPAM plugin returns no interfaces: drop indexes it may have copied from elsewhere.
+    return { result: { ...result, interfaces: undefined, ips: ips.map(({ interface: _drop, ...ip }) => ip) }, addresses, source: this.type };
+  }
+
+  async del(): Promise<void> {
+    this.run("DEL");
+  }
+
+  async check(): Promise<undefined> {
+    this.run("CHECK");
+    return undefined;
+  }
+
+  async status(): Promise<void> {
+    this.run("STATUS");
+  }
+
+  async gc(): Promise<void> {
+    this.run("GC");
+  }
+
+  private run(command: DelegateRequest["command"]): Result | undefined {
+    const { ctx } = this;
+    return delegateIpam({
+      command, ipamType: this.type, stdin: ctx.stdin, env: ctx.processEnv, cniPath: ctx.env.path, cniVersion: ctx.conf.cniVersion, log: ctx.log,
+    });
+  }
+}
 
 export interface DelegateRequest {
   command: "ADD" | "DEL" | "CHECK" | "STATUS" | "GC";
@@ -26,7 +66,7 @@ export interface DelegateRequest {
 /** Absolute path of plugin `type` in the CNI_PATH directories (code 100 when absent). */
 export function findPlugin(type: string, cniPath: string[]): string {
   if (type.includes("/") || type === "." || type === "..") {
-    throw new CniError(ErrorCode.InvalidConfig, `invalid network config: ipam.type "${type}" is not a plugin name`,
+    throw new CniError(CniCode.InvalidConfig, `invalid network config: ipam.type "${type}" is not a plugin name`,
       "ipam.type names an executable in CNI_PATH, without a directory, e.g. host-local");
   }
   for (const dir of cniPath) {
@@ -39,7 +79,7 @@ export function findPlugin(type: string, cniPath: string[]): string {
       continue;
     }
   }
-  throw new CniError(ErrorCode.IpamPluginNotFound, `failed to find IPAM plugin "${type}" in CNI_PATH [${cniPath.join(" ")}]`,
+  throw new CniError(CniCode.IpamPluginNotFound, `failed to find IPAM plugin "${type}" in CNI_PATH [${cniPath.join(" ")}]`,
     `install the "${type}" plugin into one of the CNI_PATH directories (usually /opt/cni/bin), or fix ipam.type`);
 }
 
@@ -51,10 +91,12 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
   const path = findPlugin(req.ipamType, req.cniPath);
   const env = { ...req.env, CNI_COMMAND: req.command, CNI_PATH: req.cniPath.join(":") };
   req.log?.debug("delegating to IPAM plugin", { plugin: path, verb: req.command });
+  // Loaded only for a delegated type: berth-ipam never needs child_process.
+  const { spawnSync } = process.getBuiltinModule("node:child_process");
   const run = spawnSync(path, [], { input: req.stdin, env, encoding: "utf8", maxBuffer: 16 << 20 });
   const name = req.ipamType;
   if (run.error) {
-    throw new CniError(ErrorCode.IpamPluginFailed, `cannot run IPAM plugin ${path}: ${run.error.message}`,
+    throw new CniError(CniCode.IpamPluginFailed, `cannot run IPAM plugin ${path}: ${run.error.message}`,
       `check that ${path} is an executable CNI plugin for this machine`);
   }
   const stdout = run.stdout ?? "";
@@ -66,7 +108,7 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
       throw new CniError(e.code, `IPAM plugin ${name} ${req.command} failed: ${e.msg}`, e.details);
     }
     const why = run.signal ? `killed by ${run.signal}` : `exit status ${run.status}`;
-    throw new CniError(ErrorCode.IpamPluginFailed, `IPAM plugin ${name} ${req.command} failed (${why})`,
+    throw new CniError(CniCode.IpamPluginFailed, `IPAM plugin ${name} ${req.command} failed (${why})`,
       (stderr || stdout.trim() || "no output").slice(0, 2000));
   }
   if (req.command !== "ADD") return undefined;
@@ -75,20 +117,20 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
   try {
     raw = JSON.parse(stdout);
   } catch {
-    throw new CniError(ErrorCode.IpamBadResult, `IPAM plugin ${name} returned a result that is not JSON`,
+    throw new CniError(CniCode.IpamBadResult, `IPAM plugin ${name} returned a result that is not JSON`,
       `output was: ${stdout.slice(0, 500) || "(empty)"}`);
   }
   // libcni reads the result in the version it declares, then converts to the config's version.
   const declared = isObject(raw) && typeof raw.cniVersion === "string" ? raw.cniVersion : req.cniVersion;
   if (!isSupportedVersion(declared)) {
-    throw new CniError(ErrorCode.IpamBadResult, `IPAM plugin ${name} returned a CNI ${declared} result`,
+    throw new CniError(CniCode.IpamBadResult, `IPAM plugin ${name} returned a CNI ${declared} result`,
       `configure cniVersion so that ${name} answers in a version Berth reads (0.3.0 or later)`);
   }
   try {
     return parseResult(raw, declared, `IPAM plugin ${name} result`);
   } catch (e) {
     const err = e as CniError;
-    throw new CniError(ErrorCode.IpamBadResult, err.message, err.details);
+    throw new CniError(CniCode.IpamBadResult, err.message, err.details);
   }
 }
 

@@ -1,0 +1,78 @@
+// Per-attachment state files of berth-hostdev and berth-sriov: the device's host state as ADD
+// found it, recorded before the first change (<stateDir>/<containerID>-<ifName>.json, 0600,
+// written to a temp file, fsync-ed, renamed, directory fsync-ed).
+import { mkdirSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { readJsonFile, writeFileAtomic } from "../../lib/files";
+import type { Scope } from "../netlink/addr";
+import { CniError, CniCode } from "../skel/errors";
+
+export interface SavedAddress { cidr: string; broadcast?: string }
+export interface SavedRoute { dst: string; gateway?: string; metric?: number; table: number; scope: Scope; onLink: boolean }
+
+/** The host-side state of a device, as ADD found it. */
+export interface DeviceSnapshot {
+  name: string;
+  mac: string;
+  permAddress?: string;
+  mtu: number;
+  up: boolean;
+  alias?: string;
+  altNames: string[];
+  /** rtnetlink kind ("veth"...); absent for physical NICs, which the kernel returns to the host when a netns dies */
+  kind?: string;
+  addresses: SavedAddress[];
+  routes: SavedRoute[];
+}
+
+export interface AttachmentState {
+  version: 1;
+  plugin: string;
+  network: string;
+  containerId: string;
+  ifName: string;
+  netns: string;
+  /** PCI address of the device, when it has one */
+  pciAddress?: string;
+  original: DeviceSnapshot;
+  /** the MAC the device has in the pod */
+  podMac: string;
+  /** ifindex in the pod namespace (stable there across renames and MAC changes) */
+  podIndex?: number;
+  /** altnames removed on the host side because the pod namespace had the same names */
+  removedAltNames?: string[];
+  /** plugin-specific data (berth-sriov: the VF's PF-side state) */
+  extra?: Record<string, unknown>;
+}
+
+export function ensureStateDir(dir: string, plugin: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new CniError(CniCode.IOFailure, `cannot create the state directory ${dir}: ${(e as Error).message}`,
+      `${plugin} records each device's original state there before moving it; make it writable for root or set stateDir`);
+  }
+}
+
+export function stateFileName(containerId: string, ifName: string): string {
+  return `${containerId}-${ifName}.json`;
+}
+
+/** Writes `data` as JSON durably (0600, fsync, rename, directory fsync): before the first change to a device. */
+export function writeDurable(path: string, data: unknown): void {
+  writeFileAtomic(path, JSON.stringify(data, null, 1) + "\n");
+}
+
+/** A state file; undefined when there is none (DEL twice); code 5 when it is damaged. */
+export function readJson<T>(path: string): T | undefined {
+  return readJsonFile<T>(path, "the file is damaged; restore the device by hand (see the file) and remove it");
+}
+
+export function listStateFiles(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((f) => f.endsWith(".json")).map((f) => join(dir, f));
+  } catch {
+    return [];
+  }
+}
+

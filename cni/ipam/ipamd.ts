@@ -1,0 +1,218 @@
+// berth-ipam's client side: the node's ipamd, over its unix socket, in-process.
+import { IpamdClient, IpamdError, IpamdUnreachable } from "../../ipamd/client";
+import type { AllocateResponse } from "../../ipamd/types";
+import { canonicalCidr } from "../../lib/ip";
+import { CniError, CniCode } from "../skel/errors";
+import type { CniContext } from "../skel/plugin";
+import type { IpConfig } from "../skel/result";
+import type { UndoStack } from "../skel/undo";
+import type { Ipam, IpamAddress, IpamAllocation } from "./client";
+
+export const BERTH_IPAM = "berth-ipam";
+export const DEFAULT_IPAMD_SOCKET = "/run/berth/ipamd.sock";
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+export interface BerthIpamConf {
+  socket: string;
+  pools?: string[];
+  timeoutMs: number;
+}
+
+/** Reads and validates the berth-ipam keys of the "ipam" object. */
+export function berthIpamConf(ctx: CniContext<unknown>): BerthIpamConf {
+  const ipam = ctx.conf.ipam ?? { type: BERTH_IPAM };
+  const bad = (field: string, why: string, fix: string) =>
+    new CniError(CniCode.InvalidConfig, `invalid network config: ipam.${field} ${why}`, fix);
+  const conf: BerthIpamConf = { socket: DEFAULT_IPAMD_SOCKET, timeoutMs: DEFAULT_TIMEOUT_MS };
+  if (ipam.socket !== undefined) {
+    if (typeof ipam.socket !== "string" || !ipam.socket.startsWith("/")) {
+      throw bad("socket", "is not an absolute path", `use the path ipamd listens on, e.g. "${DEFAULT_IPAMD_SOCKET}"`);
+    }
+    conf.socket = ipam.socket;
+  }
+  if (ipam.pools !== undefined) {
+    if (!Array.isArray(ipam.pools) || !ipam.pools.every((p) => typeof p === "string" && p !== "")) {
+      throw bad("pools", "is not a list of pool names", 'use e.g. "pools": ["rack1-v4", "rack1-v6"]; ipamctl pools lists them');
+    }
+    if (ipam.pools.length) conf.pools = ipam.pools as string[];
+  }
+  if (ipam.timeoutMs !== undefined) {
+    if (typeof ipam.timeoutMs !== "number" || !Number.isInteger(ipam.timeoutMs) || ipam.timeoutMs < 100 || ipam.timeoutMs > 120_000) {
+      throw bad("timeoutMs", "is not a number of milliseconds between 100 and 120000", "remove it to use the default (10000)");
+    }
+    conf.timeoutMs = ipam.timeoutMs;
+  }
+  return conf;
+}
+
+/** IPAM by the node's ipamd, over its unix socket. */
+export class IpamdIpam implements Ipam {
+  private daemon?: { conf: BerthIpamConf; client: IpamdClient };
+
+  constructor(private readonly ctx: CniContext<unknown>) {}
+
+  // Read on first use, inside the verb: a bad ipam section fails that verb (DEL reports it afterwards).
+  private get conf(): BerthIpamConf {
+    return this.connect().conf;
+  }
+
+  private get client(): IpamdClient {
+    return this.connect().client;
+  }
+
+  private connect(): { conf: BerthIpamConf; client: IpamdClient } {
+    if (!this.daemon) {
+      const conf = berthIpamConf(this.ctx);
+      this.daemon = { conf, client: new IpamdClient(conf.socket, { timeoutMs: conf.timeoutMs }) };
+    }
+    return this.daemon;
+  }
+
+  private attachment() {
+    return { containerID: this.ctx.containerId, ifName: this.ctx.ifName, network: this.ctx.conf.name };
+  }
+
+  async add(undo?: UndoStack): Promise<IpamAllocation> {
+    const { ctx, conf } = this;
+    const request = {
+      ...this.attachment(),
+      ...(ctx.pod.namespace ? { podNamespace: ctx.pod.namespace } : {}),
+      ...(ctx.pod.name ? { podName: ctx.pod.name } : {}),
+      ...(ctx.pod.uid ? { podUID: ctx.pod.uid } : {}),
+      ...(conf.pools ? { pools: conf.pools } : {}),
+      ...(ctx.requestedIps.length ? { ips: ctx.requestedIps } : {}),
+    };
+    let response: AllocateResponse;
+    try {
+      response = await this.client.allocate(request);
+    } catch (e) {
+      throw daemonError(e, conf, "ADD");
+    }
+    undo?.push("release addresses (ipamd)", () => this.client.release(this.attachment()));
+    ctx.log.info("ipamd allocated", { owner: response.owner, sticky: response.sticky, ips: response.ips });
+    return fromDaemon(ctx, response);
+  }
+
+  async del(): Promise<void> {
+    const { ctx, conf } = this;
+    try {
+      const out = await this.client.release(this.attachment());
+      ctx.log.info("ipamd released", { released: out.released, kept: out.kept });
+    } catch (e) {
+      if (e instanceof IpamdUnreachable) {
+        // DEL must not fail on a down daemon: its GC (valid attachments) and the sticky rules
+        // settle the address when it is back.
+        ctx.log.warn("ipamd unreachable on DEL; the address is settled by ipamd GC later", { socket: conf.socket, error: e.message });
+        return;
+      }
+      throw daemonError(e, conf, "DEL");
+    }
+  }
+
+  async check(): Promise<IpamAllocation> {
+    const { ctx, conf } = this;
+    let response: AllocateResponse;
+    try {
+      response = await this.client.check(this.attachment());
+    } catch (e) {
+      throw daemonError(e, conf, "CHECK");
+    }
+    const allocation = fromDaemon(ctx, response);
+    const prev = ctx.conf.prevResult;
+    if (prev) {
+      const canonical = (c: string) => canonicalCidr(c) ?? c;
+      const have = new Set((prev.ips ?? []).map((ip) => canonical(ip.address)));
+      for (const a of allocation.addresses) {
+        if (!have.has(canonical(a.address))) {
+          throw new CniError(CniCode.CheckMismatch,
+            `ipamd holds ${a.address} for container ${ctx.containerId} interface ${ctx.ifName}, but prevResult does not list it`,
+            `prevResult has [${[...have].join(", ")}]; delete and re-create the pod sandbox to resynchronise`);
+        }
+      }
+    }
+    return allocation;
+  }
+
+  /** 50 when ipamd cannot be reached or has no pools. */
+  async status(): Promise<void> {
+    const { conf } = this;
+    try {
+      const status = await this.client.status();
+      if (status.pools === 0) {
+        throw new CniError(CniCode.PluginNotAvailable, `ipamd at ${conf.socket} has no address pools`,
+          "define pools in the ipamd config (ipamctl pools shows what it loaded) so that ADD can allocate");
+      }
+    } catch (e) {
+      if (e instanceof IpamdUnreachable) {
+        throw new CniError(CniCode.PluginNotAvailable, `ipamd is not reachable at ${conf.socket}: ${e.message}`,
+          "start berth-ipamd on this node, or set ipam.socket to the socket it listens on");
+      }
+      throw daemonError(e, conf, "STATUS");
+    }
+  }
+
+  async gc(): Promise<void> {
+    const { ctx, conf } = this;
+    const valid = (ctx.conf.validAttachments ?? []).map((a) => ({ containerID: a.containerID, ifName: a.ifname }));
+    try {
+      const out = await this.client.gc(ctx.conf.name, valid);
+      ctx.log.info("ipamd gc", { released: out.released });
+    } catch (e) {
+      throw daemonError(e, conf, "GC");
+    }
+  }
+}
+
+function fromDaemon(ctx: CniContext<unknown>, r: AllocateResponse): IpamAllocation {
+  const addresses: IpamAddress[] = r.ips.map((ip) => ({
+    address: ip.address, family: ip.family, pool: ip.pool,
+    ...(ip.gateway ? { gateway: ip.gateway } : {}),
+    ...(ip.vlan !== undefined && ip.vlan !== null ? { vlan: ip.vlan } : {}),
+  }));
+  const ips: IpConfig[] = addresses.map((a) => ({ address: a.address, ...(a.gateway ? { gateway: a.gateway } : {}) }));
+  const dns = r.dns && Object.keys(r.dns).length ? r.dns : ctx.conf.dns;
+  const vlans = [...new Set(addresses.map((a) => a.vlan).filter((v): v is number => v !== undefined))];
+  if (vlans.length > 1) {
+    ctx.log.warn("pools of this attachment carry different VLANs; using the first", { vlans });
+  }
+  return {
+    result: { ips, routes: r.routes.map((rt) => ({ dst: rt.dst, ...(rt.gw ? { gw: rt.gw } : {}) })), ...(dns ? { dns } : {}) },
+    addresses,
+    vlan: vlans[0],
+    owner: r.owner,
+    sticky: r.sticky,
+    source: BERTH_IPAM,
+  };
+}
+
+const DAEMON_CODES: Record<string, number> = {
+  no_pool: CniCode.IpamNoPool,
+  pool_exhausted: CniCode.IpamPoolExhausted,
+  ip_unavailable: CniCode.IpamIpUnavailable,
+  forbidden: CniCode.IpamForbidden,
+  not_found: CniCode.IpamAllocationMissing,
+  shutting_down: CniCode.TryAgainLater,
+};
+
+const DAEMON_FIXES: Record<string, string> = {
+  no_pool: "no pool matches this node's labels and the network (ipamctl pools shows which pools this node may use); check ipam.pools and the pools' nodeSelector",
+  pool_exhausted: "the pool has no free address: add a range, release detached reservations (ipamctl reservations), or use another pool",
+  ip_unavailable: "the requested IP (runtimeConfig.ips, args.cni.ips or CNI_ARGS IP) is taken or outside this node's pools; request another or release it with ipamctl",
+  forbidden: "ipamd refused the caller; run the plugin as root on the node",
+  not_found: "ipamd holds no address for this attachment; delete and re-create the pod sandbox",
+  shutting_down: "ipamd is restarting; the runtime retries",
+};
+
+function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {
+  if (e instanceof CniError) return e;
+  if (e instanceof IpamdUnreachable) {
+    return new CniError(CniCode.TryAgainLater, `ipamd is not reachable at ${conf.socket}: ${e.message}`,
+      "start berth-ipamd on this node (its DaemonSet or systemd unit), or set ipam.socket to the socket it listens on; the runtime retries");
+  }
+  if (e instanceof IpamdError) {
+    const code = DAEMON_CODES[e.code] ?? CniCode.IpamRejected;
+    return new CniError(code, `ipamd ${verb} failed: ${e.message}`,
+      DAEMON_FIXES[e.code] ?? `ipamd answered ${e.httpStatus} ${e.code}; see the ipamd log`);
+  }
+  throw e;
+}

@@ -1,0 +1,41 @@
+// The pod's side of CHECK, and the refusal of an interface name the pod already has.
+import { canonicalIp, parseCidr } from "../../lib/ip";
+import { listAddresses } from "../netlink/addr";
+import { findLinkByName, type Link } from "../netlink/link";
+import { listRoutes } from "../netlink/route";
+import type { NetlinkSocket } from "../netlink/socket";
+import type { Netns } from "../netns";
+import { mismatch } from "../skel/chain";
+import { CniError, CniCode } from "../skel/errors";
+import type { IpConfig, Result } from "../skel/result";
+import { canonical, gatewayOf } from "./setup";
+
+/** Code 142 when the pod already has an interface `ifName` (checked before anything is allocated). */
+export function refuseExistingIfName(pod: Netns, ifName: string): void {
+  if (findLinkByName(pod.nl, ifName)) throw ifNameTaken(pod.path, ifName);
+}
+
+export function ifNameTaken(netns: string, ifName: string): CniError {
+  return new CniError(CniCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${netns}`,
+    "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
+}
+
+/** CHECK: the interface exists with prevResult's MAC, addresses and routes. Returns it. */
+export function checkPodInterface(nl: NetlinkSocket, ifName: string, netns: string, prev: Result, ips: IpConfig[], wantMac: string | undefined): Link {
+  const link = findLinkByName(nl, ifName);
+  if (!link) throw mismatch(`interface "${ifName}" does not exist in ${netns}`);
+  if (wantMac && link.mac !== wantMac.toLowerCase()) throw mismatch(`interface "${ifName}" has MAC ${link.mac}, prevResult says ${wantMac}`);
+  const have = new Set(listAddresses(nl, { index: link.index }).map((a) => canonical(a.cidr)));
+  for (const ip of ips) {
+    if (!have.has(canonical(ip.address))) throw mismatch(`interface "${ifName}" lacks address ${ip.address} from prevResult`);
+  }
+  const routes = listRoutes(nl, { table: "all" });
+  for (const r of prev.routes ?? []) {
+    const dst = canonical(r.dst);
+    const via = r.gw ?? gatewayOf(ips, parseCidr(r.dst)?.family as 4 | 6);
+    const ok = routes.some((k) => canonical(k.dst) === dst && k.index === link.index
+      && (via === undefined ? k.gateway === undefined : k.gateway !== undefined && canonicalIp(k.gateway) === canonicalIp(via)));
+    if (!ok) throw mismatch(`route ${r.dst}${via ? ` via ${via}` : ""} dev ${ifName} from prevResult is missing in ${netns}`);
+  }
+  return link;
+}
