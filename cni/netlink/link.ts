@@ -233,7 +233,7 @@ export function encodeAddMacvlan(o: MacvlanOptions): MessageBuilder {
 
 export function addMacvlan(nl: NetlinkSocket, o: MacvlanOptions): void {
   const msg = encodeAddMacvlan(o);
-  requestNaming(nl, msg, () => `RTM_NEWLINK macvlan "${o.name}" on ${describeLink(nl, o.parentIndex)}`);
+  requestNaming(nl, msg, () => `RTM_NEWLINK macvlan "${o.name}" on ${describeLink(nl, o.parentIndex)}`, () => describeLink(nl, o.parentIndex));
 }
 
 export interface VlanOptions {
@@ -260,7 +260,7 @@ export function encodeAddVlan(o: VlanOptions): MessageBuilder {
 }
 
 export function addVlan(nl: NetlinkSocket, o: VlanOptions): void {
-  requestNaming(nl, encodeAddVlan(o), () => `RTM_NEWLINK vlan ${o.id} "${o.name}" on ${describeLink(nl, o.parentIndex)}`);
+  requestNaming(nl, encodeAddVlan(o), () => `RTM_NEWLINK vlan ${o.id} "${o.name}" on ${describeLink(nl, o.parentIndex)}`, () => describeLink(nl, o.parentIndex));
 }
 
 export interface VethOptions {
@@ -320,32 +320,32 @@ export const encodeDeleteLink = (index: number) =>
   new MessageBuilder(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index));
 
 export const setLinkUp = (nl: NetlinkSocket, index: number) =>
-  requestNaming(nl, encodeSetLinkUp(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} up`);
+  requestNaming(nl, encodeSetLinkUp(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} up`, () => describeLink(nl, index));
 export const setLinkDown = (nl: NetlinkSocket, index: number) =>
-  requestNaming(nl, encodeSetLinkDown(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} down`);
+  requestNaming(nl, encodeSetLinkDown(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} down`, () => describeLink(nl, index));
 export const setLinkName = (nl: NetlinkSocket, index: number, name: string) =>
-  requestNaming(nl, encodeSetLinkName(index, name), () => `RTM_NEWLINK rename ${describeLink(nl, index)} to "${name}"`);
+  requestNaming(nl, encodeSetLinkName(index, name), () => `RTM_NEWLINK rename ${describeLink(nl, index)} to "${name}"`, () => describeLink(nl, index));
 export const setLinkMtu = (nl: NetlinkSocket, index: number, mtu: number) =>
-  requestNaming(nl, encodeSetLinkMtu(index, mtu), () => `RTM_NEWLINK set ${describeLink(nl, index)} mtu ${mtu}`);
+  requestNaming(nl, encodeSetLinkMtu(index, mtu), () => `RTM_NEWLINK set ${describeLink(nl, index)} mtu ${mtu}`, () => describeLink(nl, index));
 export const setLinkMac = (nl: NetlinkSocket, index: number, mac: string) =>
-  requestNaming(nl, encodeSetLinkMac(index, mac), () => `RTM_NEWLINK set ${describeLink(nl, index)} address ${mac}`);
+  requestNaming(nl, encodeSetLinkMac(index, mac), () => `RTM_NEWLINK set ${describeLink(nl, index)} address ${mac}`, () => describeLink(nl, index));
 export const setLinkAlias = (nl: NetlinkSocket, index: number, alias: string) =>
-  requestNaming(nl, encodeSetLinkAlias(index, alias), () => `RTM_NEWLINK set ${describeLink(nl, index)} alias "${alias}"`);
+  requestNaming(nl, encodeSetLinkAlias(index, alias), () => `RTM_NEWLINK set ${describeLink(nl, index)} alias "${alias}"`, () => describeLink(nl, index));
 /** Moves the link into the namespace of `netnsFd` (see openNetnsFd). Its index may change there. */
 export const setLinkNetns = (nl: NetlinkSocket, index: number, netnsFd: number) =>
-  requestNaming(nl, encodeSetLinkNetns(index, netnsFd), () => `RTM_NEWLINK move ${describeLink(nl, index)} to netns fd ${netnsFd}`);
+  requestNaming(nl, encodeSetLinkNetns(index, netnsFd), () => `RTM_NEWLINK move ${describeLink(nl, index)} to netns fd ${netnsFd}`, () => describeLink(nl, index));
 export const deleteLink = (nl: NetlinkSocket, index: number) =>
-  requestNaming(nl, encodeDeleteLink(index), () => `RTM_DELLINK ${describeLink(nl, index)}`);
+  requestNaming(nl, encodeDeleteLink(index), () => `RTM_DELLINK ${describeLink(nl, index)}`, () => describeLink(nl, index));
 
 /**
  * Sends a request; on failure, rethrows with a description built only then
  * (it may need another netlink round trip to name the links involved).
  */
-export function requestNaming(nl: NetlinkSocket, msg: MessageBuilder, what: () => string): void {
+export function requestNaming(nl: NetlinkSocket, msg: MessageBuilder, what: () => string, object?: () => string): void {
   try {
     nl.request(msg, RTM_NAMES[msg.type] ?? `netlink type ${msg.type}`);
   } catch (e) {
-    if (e instanceof NetlinkError) throw new NetlinkError(what(), e.errno, e.kernelMessage);
+    if (e instanceof NetlinkError) throw new NetlinkError(what(), e.errno, e.kernelMessage, object?.());
     throw e;
   }
 }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { configVersion, decodeConfig, parseConfig, requireVerbSupported } from "../../cni/skel/config";
+import { parseCniArgs } from "../../cni/skel/env";
 import { cniErrorOf } from "../helpers/cni-error";
 
 
@@ -47,6 +48,14 @@ describe("parseConfig", () => {
       argsCni: { ips: ["10.1.0.10"], mac: "aa:bb:cc:dd:ee:02" },
       logFile: "/var/log/berth.log", logLevel: "debug",
     });
+  });
+
+  it("reads a MAC with '-' or ':' the same wherever it is given, in lower-case colon form", () => {
+    const conf = parseConfig({ ...base, runtimeConfig: { mac: "0A-58-0A-01-00-05" }, args: { cni: { mac: "0a:58:0A:01:00:06" } } }, "ADD");
+    expect(conf.runtimeConfig.mac).toBe("0a:58:0a:01:00:05");
+    expect(conf.argsCni.mac).toBe("0a:58:0a:01:00:06");
+    expect(parseCniArgs("MAC=0A-58-0A-01-00-05").MAC).toBe(conf.runtimeConfig.mac);
+    expect(cniErrorOf(() => parseConfig({ ...base, runtimeConfig: { mac: "0a-58-0a-01-00" } }, "ADD")).code).toBe(7);
   });
 
   it.each([

@@ -304,6 +304,31 @@ describe("berth-macvlan conformance", () => {
     }
   });
 
+  it("a master the kernel refuses (a bridge port: its rx handler is taken) is a busy device (142), not an internal error", () => {
+    ipIn(lab.host, "link", "add", "mbr0", "type", "bridge");
+    ipIn(lab.host, "link", "add", "mport0", "type", "veth", "peer", "name", "mport0p");
+    ipIn(lab.host, "link", "set", "mport0", "master", "mbr0");
+    try {
+      const { pod, add } = attach(conf({ master: "mport0" }));
+      expect(add.code).toBe(1);
+      expect(add.json).toMatchObject({ code: 142 });
+      expect(add.json.msg).toContain("EBUSY");
+      expect(add.json.msg).toContain("mport0");
+      expect(add.json.details).toContain("mport0");
+      expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
+    } finally {
+      ipIn(lab.host, "link", "del", "mport0");
+      ipIn(lab.host, "link", "del", "mbr0");
+    }
+  });
+
+  it("a master that is not an Ethernet device (loopback) is a kernel refusal (140), not an internal error", () => {
+    const { pod, add } = attach(conf({ master: "lo" }));
+    expect(add.json).toMatchObject({ code: 140 });
+    expect(add.json.msg).toContain("EINVAL");
+    expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
+  });
+
   it("a VLAN without 802.1Q in the kernel fails cleanly naming 8021q, and leaves nothing behind", () => {
     const config = conf({ vlan: 101 });
     const { pod, add } = attach(config);
