@@ -147,7 +147,7 @@ export function currentNetnsInode(): number {
  * for interface names containing dots (eth0.101) pass the parts as an array or
  * a slash-separated key ("net/ipv4/conf/eth0.101/arp_notify").
  */
-export function sysctlPath(key: string | string[]): string {
+function sysctlPath(key: string | string[]): string {
   const parts = Array.isArray(key) ? key : key.includes("/") ? key.split("/") : key.split(".");
   if (parts.length === 0 || parts.some((p) => p === "" || p === "." || p === "..")) {
     throw new TypeError(`invalid sysctl key "${Array.isArray(key) ? key.join("/") : key}"`);

@@ -64,7 +64,7 @@ export interface DelegateRequest {
 }
 
 /** Absolute path of plugin `type` in the CNI_PATH directories (code 100 when absent). */
-export function findPlugin(type: string, cniPath: string[]): string {
+function findPlugin(type: string, cniPath: string[]): string {
   if (type.includes("/") || type === "." || type === "..") {
     throw new CniError(CniCode.InvalidConfig, `invalid network config: ipam.type "${type}" is not a plugin name`,
       "ipam.type names an executable in CNI_PATH, without a directory, e.g. host-local");

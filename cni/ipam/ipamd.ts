@@ -9,7 +9,7 @@ import type { UndoStack } from "../skel/undo";
 import type { Ipam, IpamAddress, IpamAllocation } from "./client";
 
 export const BERTH_IPAM = "berth-ipam";
-export const DEFAULT_IPAMD_SOCKET = "/run/berth/ipamd.sock";
+const DEFAULT_IPAMD_SOCKET = "/run/berth/ipamd.sock";
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 export interface BerthIpamConf {

@@ -9,19 +9,17 @@ import {
   RTM_DELADDR, RTM_GETADDR, RTM_NEWADDR, attrStr, attrU32, parseAttrs,
 } from "./wire";
 
-export const IFA_ADDRESS = 1;
-export const IFA_LOCAL = 2;
-export const IFA_LABEL = 3;
-export const IFA_BROADCAST = 4;
-export const IFA_FLAGS = 8;
+const IFA_ADDRESS = 1;
+const IFA_LOCAL = 2;
+const IFA_LABEL = 3;
+const IFA_BROADCAST = 4;
+const IFA_FLAGS = 8;
 
-export const IFA_F_SECONDARY = 0x01;
 export const IFA_F_NODAD = 0x02;
-export const IFA_F_OPTIMISTIC = 0x04;
-export const IFA_F_DADFAILED = 0x08;
-export const IFA_F_DEPRECATED = 0x20;
-export const IFA_F_TENTATIVE = 0x40;
-export const IFA_F_PERMANENT = 0x80;
+const IFA_F_OPTIMISTIC = 0x04;
+const IFA_F_DADFAILED = 0x08;
+const IFA_F_TENTATIVE = 0x40;
+const IFA_F_PERMANENT = 0x80;
 
 export type Scope = "global" | "site" | "link" | "host" | "nowhere";
 const SCOPES: Record<number, Scope> = { 0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere" };
@@ -103,7 +101,7 @@ export function deleteAddress(nl: NetlinkSocket, o: { index: number; cidr: strin
   requestNaming(nl, encodeDeleteAddress(o), () => `RTM_DELADDR ${o.cidr} on ${describeLink(nl, o.index)}`);
 }
 
-export function parseAddress(m: NlMsg): Address {
+function parseAddress(m: NlMsg): Address {
   const d = m.data;
   const family = d.readUInt8(0) === AF_INET ? 4 : 6;
   const prefixLen = d.readUInt8(1);

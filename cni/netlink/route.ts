@@ -11,22 +11,20 @@ import {
   RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, attrU32, parseAttrs,
 } from "./wire";
 
-export const RTA_DST = 1;
-export const RTA_SRC = 2;
-export const RTA_OIF = 4;
-export const RTA_GATEWAY = 5;
-export const RTA_PRIORITY = 6;
-export const RTA_PREFSRC = 7;
-export const RTA_MULTIPATH = 9;
-export const RTA_TABLE = 15;
+const RTA_DST = 1;
+const RTA_OIF = 4;
+const RTA_GATEWAY = 5;
+const RTA_PRIORITY = 6;
+const RTA_PREFSRC = 7;
+const RTA_MULTIPATH = 9;
+const RTA_TABLE = 15;
 
-export const RT_TABLE_UNSPEC = 0;
-export const RT_TABLE_MAIN = 254;
-export const RT_TABLE_LOCAL = 255;
-export const RTPROT_BOOT = 3;
-export const RTN_UNICAST = 1;
-export const RTNH_F_ONLINK = 4;
-export const RTM_F_CLONED = 0x200;
+const RT_TABLE_UNSPEC = 0;
+const RT_TABLE_MAIN = 254;
+const RTPROT_BOOT = 3;
+const RTN_UNICAST = 1;
+const RTNH_F_ONLINK = 4;
+const RTM_F_CLONED = 0x200;
 
 export interface RouteOptions {
   /** "0.0.0.0/0", "::/0" or any prefix */

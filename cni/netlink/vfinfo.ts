@@ -10,7 +10,6 @@ export const IFLA_VF_SPOOFCHK = 4;
 export const IFLA_VF_LINK_STATE = 5;
 export const IFLA_VF_RATE = 6;
 export const IFLA_VF_RSS_QUERY_EN = 7;
-export const IFLA_VF_STATS = 8;
 export const IFLA_VF_TRUST = 9;
 export const IFLA_VF_VLAN_LIST = 12;
 export const IFLA_VF_VLAN_INFO = 1;

@@ -26,7 +26,7 @@ import type { IpConfig, Result } from "../skel/result";
 import { withUndo } from "../skel/undo";
 import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac } from "./config";
 
-export const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
+const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
 const PLUGIN = "berth-hostdev";
 
 export type DeviceSelector =
@@ -45,7 +45,7 @@ export interface HostdevConfig {
   sysfsRoot: string;
 }
 
-export function parseHostdevConfig(conf: NetConf): HostdevConfig {
+function parseHostdevConfig(conf: NetConf): HostdevConfig {
   const raw = conf.raw;
   const given: DeviceSelector[] = [];
   const present = (k: string) => raw[k] !== undefined && raw[k] !== null && raw[k] !== "";

@@ -40,7 +40,7 @@ export interface MacvlanConfig {
   stateDir: string;
 }
 
-export function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
+function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
   const raw = conf.raw;
   if (typeof raw.master !== "string" || raw.master === "") {
     throw invalid("master", "is missing", 'set "master" to the host NIC that carries the pod traffic, e.g. "master": "eth0"');

@@ -30,7 +30,7 @@ import type { IpConfig, Result } from "../skel/result";
 import { withUndo } from "../skel/undo";
 import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac } from "./config";
 
-export const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
+const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";
 const DPDK_DRIVERS = ["vfio-pci", "uio_pci_generic", "igb_uio"];
 
@@ -67,7 +67,7 @@ function onOff(raw: Record<string, unknown>, key: string): boolean | undefined {
   return v === "on";
 }
 
-export function parseSriovConfig(conf: NetConf): SriovConfig {
+function parseSriovConfig(conf: NetConf): SriovConfig {
   const raw = conf.raw;
   const cfg: SriovConfig = { stateDir: stateDirFrom(raw, DEFAULT_SRIOV_STATE_DIR), sysfsRoot: sysfsRootFrom(raw) };
   const runtimeId = conf.runtimeConfig.deviceID;
@@ -133,7 +133,7 @@ function link(path: string): string | undefined {
 }
 
 /** PF, VF index, driver and netdev of the selected VF, from sysfs (code 141 when absent). */
-export function resolveVf(cfg: SriovConfig): VfDevice {
+function resolveVf(cfg: SriovConfig): VfDevice {
   const devices = join(cfg.sysfsRoot, "bus/pci/devices");
   let vfPci: string;
   let pfPci: string;
@@ -175,7 +175,7 @@ export interface PfOps {
   setVf(pf: string, vf: number, s: VfSettings, what: string): void;
 }
 
-export class NetlinkPfOps implements PfOps {
+class NetlinkPfOps implements PfOps {
   constructor(private readonly nl: NetlinkSocket) {}
   readVf(pf: string, vf: number): VfInfo {
     return getVf(this.nl, getLinkByName(this.nl, pf).index, vf);
@@ -194,7 +194,7 @@ export type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_stat
 interface Step { step: VfStep; settings: VfSettings; what: string }
 
 /** The PF-side steps for this config, in apply order (as sriov-cni: vlan, mac, rate, spoofchk, trust, state). */
-export function applySteps(cfg: SriovConfig, vlan: number, mac: string | undefined): Step[] {
+function applySteps(cfg: SriovConfig, vlan: number, mac: string | undefined): Step[] {
   const steps: Step[] = [];
   const proto = cfg.vlanProto ?? "802.1Q";
   // The VLAN is always set (0 = untagged) so that a VF left tagged by someone else is not inherited.
@@ -214,7 +214,7 @@ export function applySteps(cfg: SriovConfig, vlan: number, mac: string | undefin
  * Steps that put back the original values of `applied`, in reverse apply order: link state, trust,
  * spoofchk (so spoofchk is back before the admin MAC changes), rate, MAC, VLAN last.
  */
-export function restoreSteps(applied: VfStep[], orig: VfInfo): Step[] {
+function restoreSteps(applied: VfStep[], orig: VfInfo): Step[] {
   const out: Step[] = [];
   for (const step of [...applied].reverse()) {
     if (step === "vlan") {

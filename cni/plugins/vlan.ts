@@ -26,7 +26,7 @@ import { Netns, currentNetnsInode } from "../netns";
 import { CniError, CniCode } from "../skel/errors";
 import type { Logger } from "../skel/log";
 
-export const BERTH_CREATED_ALIAS = "berth:created";
+const BERTH_CREATED_ALIAS = "berth:created";
 export const DEFAULT_STATE_DIR = "/run/berth/macvlan";
 
 /**

@@ -19,7 +19,7 @@ export interface PluginIo {
   write: (text: string) => void;
 }
 
-export function processIo(): PluginIo {
+function processIo(): PluginIo {
   return {
     env: process.env,
     readStdin: readAllStdin,

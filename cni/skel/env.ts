@@ -34,8 +34,8 @@ export interface CniArgs {
   other: Record<string, string>;
 }
 
-export const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
-export const NETWORK_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
+const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
+const NETWORK_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
 const NSFS_MAGIC = 0x6e736673;
 
 const REQUIRED: Record<Exclude<Command, "VERSION">, string[]> = {
@@ -86,7 +86,7 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Command): CniEnv {
   return out;
 }
 
-export function validateContainerId(id: string): void {
+function validateContainerId(id: string): void {
   if (!CONTAINER_ID_PATTERN.test(id)) {
     throw invalidEnv(`invalid characters in CNI_CONTAINERID "${id}"`,
       "the container ID must start with a letter or digit and contain only letters, digits, '_', '.' and '-'");
@@ -102,7 +102,7 @@ export function validateIfName(name: string): void {
   if (/[/:\s]/.test(name)) throw invalidEnv(`CNI_IFNAME "${name}" contains '/', ':' or whitespace`, fix);
 }
 
-export function validateNetns(path: string): void {
+function validateNetns(path: string): void {
   if (!path.startsWith("/")) {
     throw invalidEnv(`CNI_NETNS "${path}" is not an absolute path`,
       "CNI_NETNS must be the path of the container's network namespace, e.g. /var/run/netns/cni-1234 or /proc/<pid>/ns/net");

@@ -55,10 +55,6 @@ export class CniError extends Error {
   }
 }
 
-export function isCniError(e: unknown): e is CniError {
-  return e instanceof CniError;
-}
-
 const BUG = "this is a bug in Berth; please report it with the plugin log (logFile in the network config)";
 const DEVICE_GONE = new Set(["ENODEV", "ENXIO", "ENOENT"]);
 const DEVICE_BUSY = new Set(["EBUSY", "EEXIST", "EADDRINUSE"]);
