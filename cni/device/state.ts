@@ -1,7 +1,7 @@
 // Per-attachment state files of berth-hostdev and berth-sriov: the device's host state as ADD
-// found it, recorded before the first change (<stateDir>/<containerID>-<ifName>.json, 0600,
+// found it, recorded before the first change (<stateDir>/<containerID>@<ifName>.json, 0600,
 // written to a temp file, fsync-ed, renamed, directory fsync-ed).
-import { mkdirSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { readJsonFile, writeFileAtomic } from "../../lib/files";
 import type { Scope } from "../netlink/addr";
@@ -54,8 +54,34 @@ export function ensureStateDir(dir: string, plugin: string): void {
   }
 }
 
+/**
+ * <containerID>@<ifName>.json: a container ID never has '@' (CNI_CONTAINERID is letters, digits,
+ * '_', '.', '-'), so no two attachments share a name ("a" + "x-eth0" and "a-x" + "eth0" did).
+ */
 export function stateFileName(containerId: string, ifName: string): string {
-  return `${containerId}-${ifName}.json`;
+  return `${containerId}@${ifName}.json`;
+}
+
+/** The record is this attachment's (its file name alone could be an older, ambiguous one). */
+export function isOwnRecord(st: AttachmentState, a: { network: string; containerId: string; ifName: string }): boolean {
+  return st.containerId === a.containerId && st.ifName === a.ifName && st.network === a.network;
+}
+
+/**
+ * The state file of an attachment: the current name, else the name Berth used before
+ * (<containerID>-<ifName>.json) when that file holds this attachment's record.
+ */
+export function attachmentStatePath(dir: string, a: { network: string; containerId: string; ifName: string }): string {
+  const path = join(dir, stateFileName(a.containerId, a.ifName));
+  if (existsSync(path)) return path;
+  const legacy = join(dir, `${a.containerId}-${a.ifName}.json`);
+  try {
+    const st = existsSync(legacy) ? readJson<AttachmentState>(legacy) : undefined;
+    if (st && isOwnRecord(st, a)) return legacy;
+  } catch {
+    // a damaged legacy file is not this attachment's to judge
+  }
+  return path;
 }
 
 /** Writes `data` as JSON durably (0600, fsync, rename, directory fsync): before the first change to a device. */

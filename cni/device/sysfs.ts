@@ -40,3 +40,15 @@ export function netdevsOfPci(sysfsRoot: string, addr: string): string[] {
   return names.sort();
 }
 
+
+/** Drivers that give a device to user space (DPDK): it has no netdev, and nothing moves into the pod. */
+export const USERSPACE_DRIVERS = ["vfio-pci", "uio_pci_generic", "igb_uio"];
+
+/** The driver a PCI function is bound to (<sysfs>/bus/pci/devices/<addr>/driver), if any. */
+export function driverOfPci(sysfsRoot: string, addr: string): string | undefined {
+  try {
+    return basename(readlinkSync(join(sysfsRoot, "bus/pci/devices", addr, "driver")));
+  } catch {
+    return undefined;
+  }
+}

@@ -1,7 +1,7 @@
 // Delegation to another IPAM plugin the standard way (libcni invoke.Delegate*): find the
 // executable named by ipam.type in CNI_PATH, run it with the same environment (CNI_COMMAND set
 // to the verb) and the whole network config on stdin, and read its result or error.
-import { accessSync, constants, statSync } from "node:fs";
+import { accessSync, constants, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { CniError, CniCode } from "../skel/errors";
 import type { Logger } from "../skel/log";
@@ -101,6 +101,8 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
   }
   const stdout = run.stdout ?? "";
   const stderr = (run.stderr ?? "").trim();
+  // The delegated plugin's stderr is ours (CNI spec, section 4: the runtime logs it).
+  if (run.stderr) passStderr(run.stderr);
   if (run.status !== 0) {
     const e = parseCniError(stdout);
     req.log?.warn("IPAM plugin failed", { plugin: path, status: run.status, signal: run.signal, stdout, stderr });
@@ -144,4 +146,12 @@ function parseCniError(stdout: string): { code: number; msg: string; details: st
     // not a CNI error document
   }
   return undefined;
+}
+
+function passStderr(text: string): void {
+  try {
+    writeSync(2, text.endsWith("\n") ? text : `${text}\n`);
+  } catch {
+    // no stderr to write to
+  }
 }

@@ -133,18 +133,14 @@ export class IpamdIpam implements Ipam {
     return allocation;
   }
 
-  /** 50 when ipamd cannot be reached or has no pools. */
+  /** 50 when ipamd cannot be reached. */
   async status(): Promise<void> {
     const { conf } = this;
     try {
-      const status = await this.client.status();
-      if (status.pools === 0) {
-        throw new CniError(CniCode.PluginNotAvailable, `ipamd at ${conf.socket} has no address pools`,
-          "define pools in the ipamd config (ipamctl pools shows what it loaded) so that ADD can allocate");
-      }
+      await this.client.status();
     } catch (e) {
       if (e instanceof IpamdUnreachable) {
-        throw new CniError(CniCode.PluginNotAvailable, `ipamd is not reachable at ${conf.socket}: ${e.message}`,
+        throw new CniError(CniCode.PluginNotAvailable, unreachable(conf, e),
           "start berth-ipamd on this node, or set ipam.socket to the socket it listens on");
       }
       throw daemonError(e, conf, "STATUS");
@@ -206,7 +202,7 @@ const DAEMON_FIXES: Record<string, string> = {
 function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {
   if (e instanceof CniError) return e;
   if (e instanceof IpamdUnreachable) {
-    return new CniError(CniCode.TryAgainLater, `ipamd is not reachable at ${conf.socket}: ${e.message}`,
+    return new CniError(CniCode.TryAgainLater, unreachable(conf, e),
       "start berth-ipamd on this node (its DaemonSet or systemd unit), or set ipam.socket to the socket it listens on; the runtime retries");
   }
   if (e instanceof IpamdError) {
@@ -215,4 +211,10 @@ function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {
       DAEMON_FIXES[e.code] ?? `ipamd answered ${e.httpStatus} ${e.code}; see the ipamd log`);
   }
   throw e;
+}
+
+/** "ipamd is not reachable at <socket>: <reason>", said once, without the HTTP client's own hints. */
+function unreachable(conf: BerthIpamConf, e: IpamdUnreachable): string {
+  const reason = e.reason.replace(/\s*Was there a typo in the url or port\?\s*/i, " ").trim();
+  return `ipamd is not reachable at ${conf.socket}: ${reason || "no connection"}`;
 }

@@ -34,6 +34,8 @@ export interface AddressOptions {
   cidr: string;
   /** IPv6: skip duplicate address detection (IFA_F_NODAD) */
   nodad?: boolean;
+  /** IPv6: usable while DAD runs (IFA_F_OPTIMISTIC; needs the interface's optimistic_dad sysctl) */
+  optimistic?: boolean;
   /**
    * IPv4 broadcast: true/undefined sets it for prefixes up to /30 like `brd +`
    * (and the reference CNI plugins), false leaves it unset, a string sets it.
@@ -73,7 +75,7 @@ function ifaddrmsg(p: Prefix, index: number, flags = 0, scope = 0): Buffer {
 export function encodeAddAddress(o: AddressOptions): MessageBuilder {
   const p = parsePrefix(o.cidr, "address");
   const msg = new MessageBuilder(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-    ifaddrmsg(p, o.index, o.nodad ? IFA_F_NODAD : 0));
+    ifaddrmsg(p, o.index, (o.nodad ? IFA_F_NODAD : 0) | (o.optimistic && p.family === 6 ? IFA_F_OPTIMISTIC : 0)));
   msg.attr(IFA_LOCAL, p.bytes).attr(IFA_ADDRESS, p.bytes);
   if (p.family === 4 && o.broadcast !== false) {
     if (typeof o.broadcast === "string") {

@@ -6,18 +6,18 @@ import { join } from "node:path";
 import { removeFile } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
 import { canonicalCidr, normalizeMac, parseCidr } from "../../lib/ip";
-import { checkMovedDevice, giveBackDevice } from "../device/attach";
+import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
-import { ensureStateDir, listStateFiles, readJson, stateFileName, writeDurable, type AttachmentState } from "../device/state";
-import { netdevsOfPci, pciAddressOf } from "../device/sysfs";
+import { attachmentStatePath, ensureStateDir, listStateFiles, readJson, writeDurable, type AttachmentState } from "../device/state";
+import { USERSPACE_DRIVERS, driverOfPci, netdevsOfPci, pciAddressOf } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { Netns } from "../netns";
-import { refuseExistingIfName } from "../pod/check";
-import { configurePodInterface } from "../pod/setup";
-import { mismatch } from "../skel/chain";
+import { openPodNetns, refuseExistingIfName } from "../pod/check";
+import { configurePodInterface, podNetOptions } from "../pod/setup";
+import { extendResult, mismatch } from "../skel/chain";
 import type { NetConf } from "../skel/config";
 import { validateIfName } from "../skel/env";
 import { CniError, CniCode, toCniError } from "../skel/errors";
@@ -115,8 +115,51 @@ function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
 }
 
 function statePath(cfg: HostdevConfig, ctx: Ctx): string {
-  return join(cfg.stateDir, stateFileName(ctx.containerId, ctx.ifName));
+  return attachmentStatePath(cfg.stateDir, { network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName });
 }
+
+/** The PCI function of a PCI selector when it is bound to a userspace driver (DPDK): nothing to move. */
+function userspaceDevice(cfg: HostdevConfig): { pci: string; driver: string } | undefined {
+  const s = cfg.selector;
+  if (s.by !== "pciBusID" && s.by !== "deviceID") return undefined;
+  const driver = driverOfPci(cfg.sysfsRoot, s.value);
+  return driver && USERSPACE_DRIVERS.includes(driver) ? { pci: s.value, driver } : undefined;
+}
+
+/**
+ * A device bound to vfio-pci/uio (the DPDK path of Multus and the SR-IOV device plugin): as the
+ * reference host-device, nothing moves; the pod gets the IPAM result and the device's PCI
+ * address. The record says so, for CHECK and DEL.
+ */
+async function addUserspace(ctx: Ctx, dev: { pci: string; driver: string }): Promise<Result> {
+  const cfg = ctx.pluginConfig;
+  ensureStateDir(cfg.stateDir, PLUGIN);
+  const path = statePath(cfg, ctx);
+  if (existsSync(path)) {
+    throw new CniError(CniCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
+      "run DEL for this attachment first; ADD is not repeated for an existing attachment");
+  }
+  return withUndo(ctx.log, async (undo) => {
+    const alloc = await ipamOf(ctx)?.add(undo);
+    const st: AttachmentState = {
+      version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns,
+      pciAddress: dev.pci, original: { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] }, podMac: "",
+      extra: { userspaceDriver: dev.driver },
+    };
+    writeDurable(path, st);
+    undo.push(`remove ${path}`, () => removeFile(path));
+    ctx.log.info("device is bound to a userspace driver; nothing moved into the pod", { pci: dev.pci, driver: dev.driver });
+    const ips = [...(cfg.addresses[dev.pci] ?? []).map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
+    return extendResult(ctx.conf.prevResult, {
+      interfaces: [{ name: ctx.ifName, sandbox: ctx.netns, pciID: dev.pci }],
+      ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
+      routes: alloc?.result.routes ?? [],
+      dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
+    });
+  });
+}
+
+const isUserspace = (st: AttachmentState) => typeof st.extra?.userspaceDriver === "string";
 
 /** The record is of the device the selector names (as the record saw it before the move). */
 function selects(s: DeviceSelector, a: AttachmentState): boolean {
@@ -140,6 +183,14 @@ async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
   const requestedMac = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const userspace = userspaceDevice(cfg);
+  if (userspace) {
+    try {
+      return await addUserspace(ctx, userspace);
+    } catch (e) {
+      throw toCniError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
+    }
+  }
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
@@ -148,7 +199,7 @@ async function add(ctx: Ctx): Promise<Result> {
     // ifname): records that name it by the selector are restored first, then it is found.
     withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => clearStaleRecords(host, cfg, (a) => selects(cfg.selector, a), ctx));
     findHostDevice(host, cfg); // refuse before allocating anything
-    const podNs = pod = Netns.open(ctx.netns);
+    const podNs = pod = openPodNetns(ctx.netns);
     refuseExistingIfName(podNs, ctx.ifName);
     const path = statePath(cfg, ctx);
     if (existsSync(path)) {
@@ -183,15 +234,15 @@ async function add(ctx: Ctx): Promise<Result> {
         return { moved, ips, pci };
       });
       const podLink = configurePodInterface(podNs, moved.link.index, {
-        ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log,
+        ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
         ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
       });
-      return {
+      return extendResult(ctx.conf.prevResult, {
         interfaces: [{ name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, ...(pci ? { pciID: pci } : {}) }],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
         routes: alloc?.result.routes ?? [],
         dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
-      };
+      });
     });
   } catch (e) {
     throw toCniError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
@@ -209,7 +260,7 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
   let cleared = false;
   for (const file of listStateFiles(cfg.stateDir)) {
     const other = readJson<AttachmentState>(file);
-    if (!other || !matches(other)) continue;
+    if (!other || isUserspace(other) || !matches(other)) continue;
     if (other.netns && existsSync(other.netns)) {
       throw new CniError(CniCode.DeviceBusy, `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
         `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`);
@@ -228,19 +279,62 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
   return cleared;
 }
 
+/** Gives the device of `st` back to the host (a userspace-driver device never left it). */
+function restore(ctx: Ctx, host: NetlinkSocket, st: AttachmentState): void {
+  if (isUserspace(st)) return;
+  returnToHost(host, st, { log: ctx.log, sysfsRoot: ctx.pluginConfig.sysfsRoot });
+}
+
+const recordsLock = (cfg: HostdevConfig) => ({ file: join(cfg.stateDir, ".lock"), what: "the host device records" });
+
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
   await giveBackDevice(ctx, {
     path: statePath(cfg, ctx),
-    lock: () => ({ file: join(cfg.stateDir, ".lock"), what: "the host device records" }),
-    doing: (st) => `${PLUGIN} DEL ${ctx.ifName}: give ${st.original.name} back to the host`,
-    restore: (host, st) => returnToHost(host, st, { log: ctx.log, sysfsRoot: cfg.sysfsRoot }),
+    lock: () => recordsLock(cfg),
+    doing: (st) => `${PLUGIN} DEL ${ctx.ifName}: give ${st.original.name || st.pciAddress} back to the host`,
+    restore: (host, st) => restore(ctx, host, st),
   });
+}
+
+async function gc(ctx: Ctx): Promise<void> {
+  await ipamOf(ctx)?.gc();
+  const cfg = ctx.pluginConfig;
+  collectDeviceGarbage(ctx, { stateDir: cfg.stateDir, plugin: PLUGIN, lock: () => recordsLock(cfg), restore: (host, st) => restore(ctx, host, st) });
+}
+
+/** STATUS: not ready (50) when the configured device is nowhere: not on the host, not held by a pod of ours. */
+async function status(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  if (cfg.selector.by !== "deviceID") {
+    const held = listStateFiles(cfg.stateDir).some((f) => {
+      try {
+        const st = readJson<AttachmentState>(f);
+        return !!st && selects(cfg.selector, st);
+      } catch {
+        return false;
+      }
+    });
+    let present = held || userspaceDevice(cfg) !== undefined;
+    if (!present) {
+      const host = NetlinkSocket.open();
+      try {
+        findHostDevice(host, cfg);
+        present = true;
+      } catch (e) {
+        if (!(e instanceof CniError)) throw e;
+        throw new CniError(CniCode.PluginNotAvailable, `${describeSelector(cfg.selector)} does not exist on this node: ADD would fail`, e.details);
+      } finally {
+        host.close();
+      }
+    }
+  }
+  await ipamOf(ctx)?.status();
 }
 
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  const { st, ips } = await checkMovedDevice(ctx, { path: statePath(cfg, ctx), plugin: PLUGIN, ...(cfg.mtu ? { mtu: cfg.mtu } : {}) });
+  const { st, ips } = await checkMovedDevice(ctx, { path: statePath(cfg, ctx), plugin: PLUGIN, inPod: (s) => !isUserspace(s) });
   const canonical = (c: string) => canonicalCidr(c) ?? c;
   const have = new Set(ips.map((ip) => canonical(ip.address)));
   for (const a of staticAddresses(cfg, st.original)) {
@@ -254,4 +348,6 @@ export const hostdevPlugin = withIpamDefaults(definePlugin<HostdevConfig>({
   add,
   del,
   check,
+  gc,
+  status,
 }));

@@ -4,14 +4,14 @@
 import { ipToBytes, parseCidr } from "../../lib/ip";
 import { ipamOf, type IpamAllocation } from "../ipam/client";
 import {
-  addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkName,
+  addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkAlias, setLinkName,
   type Link, type MacvlanMode,
 } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError } from "../netns";
-import { checkPodInterface, refuseExistingIfName } from "../pod/check";
-import { configurePodInterface } from "../pod/setup";
-import { findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
+import { checkPodInterface, isOwnNetns, openPodNetns, refuseExistingIfName, usePodNetns } from "../pod/check";
+import { configurePodInterface, podNetOptions } from "../pod/setup";
+import { extendResult, findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
 import type { NetConf } from "../skel/config";
 import { validateIfName } from "../skel/env";
 import { CniError, CniCode, toCniError } from "../skel/errors";
@@ -105,13 +105,30 @@ export function macFromIp(addresses: string[]): string | undefined {
 
 type Ctx = CniContext<MacvlanConfig>;
 
+const MISSING_MASTER_FIX = "set master to an existing host interface (see `ip link show`); the NIC may have another name on this node";
+
 function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
   const master = findLinkByName(nl, cfg.master);
-  if (!master) {
-    throw invalid("master", `"${cfg.master}" does not exist in the host network namespace`,
-      "set master to an existing host interface (see `ip link show`); the NIC may have another name on this node");
-  }
+  if (!master) throw invalid("master", `"${cfg.master}" does not exist in the host network namespace`, MISSING_MASTER_FIX);
   return master;
+}
+
+/** FNV-1a over `text` with a seed: a cheap stable hash (node:crypto costs every plugin start). */
+function fnv1a(text: string, seed = 0x811c9dc5): string {
+  let h = seed >>> 0;
+  for (const byte of Buffer.from(text)) h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+/**
+ * What marks the pod's macvlan as this attachment's: its alias (set before the rename), and the
+ * temporary name it has until then. DEL deletes only links that carry them, so a DEL after a
+ * failed ADD never takes another network's eth0, and a killed ADD's temporary link goes too.
+ */
+export function ownership(ctx: CniContext<unknown>): { alias: string; tmpName: string } {
+  const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
+  const hash = fnv1a(key) + fnv1a(key, 0x01000193) + fnv1a(key, 0x9e3779b9) + fnv1a(key, 0x85ebca6b);
+  return { alias: `berth-macvlan ${hash}`, tmpName: `bmv${hash.slice(0, 8)}` };
 }
 
 async function add(ctx: Ctx): Promise<Result> {
@@ -127,9 +144,16 @@ async function add(ctx: Ctx): Promise<Result> {
         `use at most ${master.mtu}, or 0 for the master's MTU`);
     }
     const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
+    const wanted = requested ?? cfg.mac;
+    if (wanted && wanted === master.mac) {
+      throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${wanted} for the pod: it is the MAC of master ${master.name}`,
+        "a macvlan needs its own MAC; pick a different mac (runtimeConfig.mac, args.cni.mac, CNI_ARGS MAC or mac), or leave it out for a random one");
+    }
     // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
-    const podNs = pod = Netns.open(ctx.netns);
+    const podNs = pod = openPodNetns(ctx.netns);
     refuseExistingIfName(podNs, ctx.ifName);
+    const own = ownership(ctx);
+    deleteOwnLink(podNs.nl, own.tmpName, own, ctx.log); // a killed ADD of this attachment left it
 
     return await withUndo(log, async (undo) => {
       const alloc = await ipamOf(ctx)?.add(undo);
@@ -143,10 +167,13 @@ async function add(ctx: Ctx): Promise<Result> {
         mac = macFromIp(addresses);
         if (!mac) throw invalid("macFromIP", "is set but IPAM returned no address", "configure IPAM to return an address, or remove macFromIP");
       }
-      const tmpName = `bmv${Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0")}`;
+      const tmpName = own.tmpName;
       const create = (parent: Link) => {
         createMacvlan(host, ctx, cfg, parent, tmpName, mac, podNs.fd);
-        undo.push(`delete macvlan ${tmpName}/${ctx.ifName} in ${ctx.netns}`, () => deletePodLink(podNs.nl, [tmpName, ctx.ifName], log));
+        undo.push(`delete macvlan ${tmpName}/${ctx.ifName} in ${ctx.netns}`, () => {
+          deleteOwnLink(podNs.nl, tmpName, own, log);
+          deleteOwnLink(podNs.nl, ctx.ifName, own, log);
+        });
       };
       if (vlan) {
         const name = vlanLinkName(master.name, vlan);
@@ -164,13 +191,13 @@ async function add(ctx: Ctx): Promise<Result> {
       } else {
         create(master);
       }
-      const link = configurePod(podNs, ctx, tmpName, alloc);
-      return {
+      const link = configurePod(podNs, ctx, tmpName, own.alias, mac, vlan ? vlanLinkName(master.name, vlan) : master.name, alloc);
+      return extendResult(ctx.conf.prevResult, {
         interfaces: [{ name: ctx.ifName, mac: link.mac, mtu: link.mtu, sandbox: ctx.netns }],
         ips: (alloc?.result.ips ?? []).map((ip): IpConfig => ({ ...ip, interface: 0 })),
         routes: alloc?.result.routes ?? [],
         dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
-      };
+      });
     });
   } catch (e) {
     throw toCniError(e, `berth-macvlan ADD ${ctx.ifName} on ${cfg.master}`);
@@ -199,11 +226,13 @@ function createMacvlan(host: NetlinkSocket, ctx: Ctx, cfg: MacvlanConfig, parent
   }
 }
 
-/** Inside the pod namespace: rename, sysctls, addresses, up, DAD, routes. Returns the final link. */
-function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alloc: IpamAllocation | undefined): Link {
+/** Inside the pod namespace: alias, rename, sysctls, addresses, up, DAD, routes. Returns the final link. */
+function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alias: string, mac: string | undefined, parent: string,
+  alloc: IpamAllocation | undefined): Link {
   const { ifName, log } = ctx;
   const nl = pod.nl;
   const tmp = getLinkByName(nl, tmpName);
+  setLinkAlias(nl, tmp.index, alias);
   try {
     setLinkName(nl, tmp.index, ifName);
   } catch (e) {
@@ -213,33 +242,51 @@ function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alloc: IpamAllocati
     }
     throw e;
   }
-  return configurePodInterface(pod, tmp.index, {
-    ifName, ips: alloc?.result.ips ?? [], routes: alloc?.result.routes ?? [], log,
-  });
+  try {
+    return configurePodInterface(pod, tmp.index, {
+      ifName, ips: alloc?.result.ips ?? [], routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
+    });
+  } catch (e) {
+    // The kernel refuses to bring a macvlan up whose MAC another macvlan of the parent has.
+    if (mac && isNetlinkError(e, "EADDRINUSE")) {
+      throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${mac} for the pod: another macvlan on ${parent} (in another pod) already has it`,
+        "each macvlan on a parent needs its own MAC; pick a different mac (runtimeConfig.mac, args.cni.mac, CNI_ARGS MAC or mac), or leave it out for a random one");
+    }
+    throw e;
+  }
 }
 
-/** Deletes the first of `names` that exists in the pod namespace of `nl`. */
-function deletePodLink(nl: NetlinkSocket, names: string[], log: Logger): void {
-  for (const name of names) {
-    const link = findLinkByName(nl, name);
-    if (!link) continue;
-    if (link.kind !== "macvlan") {
-      log.warn("pod interface is not a macvlan; leaving it", { name, kind: link.kind });
-      return;
-    }
-    try {
-      deleteLink(nl, link.index);
-    } catch (e) {
-      if (!isNetlinkError(e, "ENODEV")) throw e;
-    }
-    log.info("deleted pod interface", { name });
+/**
+ * Deletes the macvlan `name` in the pod when this attachment made it: it carries the attachment's
+ * alias, or it still has the temporary name, or (made before aliases) it has prevResult's MAC.
+ */
+function deleteOwnLink(nl: NetlinkSocket, name: string, own: { alias: string; tmpName: string }, log: Logger, prevMac?: string): void {
+  const link = findLinkByName(nl, name);
+  if (!link) return;
+  if (link.kind !== "macvlan") {
+    log.warn("pod interface is not a macvlan; leaving it", { name, kind: link.kind });
     return;
   }
+  const mine = link.alias === own.alias || (!link.alias && (name === own.tmpName || (!!prevMac && link.mac === prevMac.toLowerCase())));
+  if (!mine) {
+    log.warn("pod interface was not made by this attachment; leaving it", { name, alias: link.alias, mac: link.mac });
+    return;
+  }
+  try {
+    deleteLink(nl, link.index);
+  } catch (e) {
+    if (!isNetlinkError(e, "ENODEV")) throw e;
+  }
+  log.info("deleted pod interface", { name });
 }
 
 /** DEL's side of the pod: its interface goes; fine when there is no namespace or it is gone. */
 function deleteFromPod(ctx: Ctx): void {
   if (!ctx.netns) return;
+  if (isOwnNetns(ctx.netns)) {
+    ctx.log.warn("CNI_NETNS is the plugin's own (host) namespace; nothing deleted there", { netns: ctx.netns });
+    return;
+  }
   let pod: Netns;
   try {
     pod = Netns.open(ctx.netns);
@@ -252,7 +299,10 @@ function deleteFromPod(ctx: Ctx): void {
     throw e;
   }
   try {
-    deletePodLink(pod.nl, [ctx.ifName], ctx.log);
+    const own = ownership(ctx);
+    const prevMac = ctx.conf.prevResult ? findInterface(ctx.conf.prevResult, ctx.ifName, ctx.netns)?.iface.mac : undefined;
+    deleteOwnLink(pod.nl, own.tmpName, own, ctx.log);
+    deleteOwnLink(pod.nl, ctx.ifName, own, ctx.log, prevMac);
   } finally {
     pod.close();
   }
@@ -289,12 +339,12 @@ async function check(ctx: Ctx): Promise<void> {
   try {
     const master = findLinkByName(host, cfg.master);
     if (!master) throw mismatch(`master "${cfg.master}" no longer exists in the host network namespace`);
-    const pod = Netns.use(ctx.netns, ({ nl }) => {
+    const pod = usePodNetns(ctx.netns, ({ nl }) => {
       const link = findLinkByName(nl, ctx.ifName);
       if (!link) throw mismatch(`interface "${ctx.ifName}" does not exist in ${ctx.netns}`);
       if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
       if (link.macvlan?.mode !== cfg.mode) throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
-      if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
+      // No MTU comparison: a later plugin of the chain (tuning) may change it, and CHECK must allow that.
       return checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac);
     });
     if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);
@@ -337,9 +387,24 @@ async function gc(ctx: Ctx): Promise<void> {
   }
 }
 
+/** STATUS: ADD would fail without the master (51: pods on it have lost connectivity), or without IPAM. */
+async function status(ctx: Ctx): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  const host = NetlinkSocket.open();
+  try {
+    if (!findLinkByName(host, cfg.master)) {
+      throw new CniError(CniCode.PluginNotAvailableLimitedConnectivity, `master "${cfg.master}" does not exist in the host network namespace`,
+        `ADD cannot create macvlans and pods on it have no connectivity; ${MISSING_MASTER_FIX}`);
+    }
+  } finally {
+    host.close();
+  }
+  await ipamOf(ctx)?.status();
+}
+
 export const macvlanPlugin = definePlugin<MacvlanConfig>({
   name: "berth-macvlan",
-  status: async (ctx) => { await ipamOf(ctx)?.status(); },
+  status,
   parse: (conf) => parseMacvlanConfig(conf),
   add,
   del,

@@ -10,18 +10,19 @@ import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
 import { removeFile } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
-import { checkMovedDevice, giveBackDevice } from "../device/attach";
+import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
-import { ensureStateDir, readJson, stateFileName, writeDurable, type AttachmentState } from "../device/state";
-import { netdevsOfPci } from "../device/sysfs";
+import { attachmentStatePath, ensureStateDir, readJson, writeDurable, type AttachmentState } from "../device/state";
+import { USERSPACE_DRIVERS, netdevsOfPci } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
 import { Netns } from "../netns";
-import { refuseExistingIfName } from "../pod/check";
-import { configurePodInterface } from "../pod/setup";
+import { openPodNetns, refuseExistingIfName } from "../pod/check";
+import { configurePodInterface, podNetOptions } from "../pod/setup";
+import { extendResult, mismatch } from "../skel/chain";
 import type { NetConf } from "../skel/config";
 import { CniError, CniCode, toCniError } from "../skel/errors";
 import type { Logger } from "../skel/log";
@@ -32,7 +33,6 @@ import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac
 
 const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";
-const DPDK_DRIVERS = ["vfio-pci", "uio_pci_generic", "igb_uio"];
 
 export interface SriovConfig {
   /** VF PCI address from config or runtimeConfig.deviceID (which wins) */
@@ -162,7 +162,7 @@ function resolveVf(cfg: SriovConfig): VfDevice {
   const pfName = netdevsOfPci(cfg.sysfsRoot, pfPci)[0];
   if (!pfName) throw new CniError(CniCode.DeviceNotFound, `PF ${pfPci} of VF ${vfPci} has no netdev`, "the PF must be bound to its kernel driver to configure VFs");
   const driver = link(join(devices, vfPci, "driver"));
-  const dpdk = driver !== undefined && DPDK_DRIVERS.includes(driver);
+  const dpdk = driver !== undefined && USERSPACE_DRIVERS.includes(driver);
   const netdev = dpdk ? undefined : netdevsOfPci(cfg.sysfsRoot, vfPci)[0];
   return { vfPci, pfPci, pfName, vfIndex, dpdk, ...(driver ? { driver } : {}), ...(netdev ? { netdev } : {}) };
 }
@@ -228,14 +228,20 @@ function restoreSteps(applied: VfStep[], orig: VfInfo): Step[] {
   return out;
 }
 
-interface SriovExtra { pf: string; pfPci: string; vfIndex: number; dpdk: boolean; vf: VfInfo; applied: VfStep[] }
-interface VfRecord { containerId: string; ifName: string; network: string; netns: string; stateFile: string }
+/** vf: the VF's PF-side settings before ADD; set: what ADD set (CHECK compares the VF with it). */
+interface SriovExtra { pf: string; pfPci: string; vfIndex: number; dpdk: boolean; vf: VfInfo; applied: VfStep[]; set?: VfSettings }
+/** netdev: the VF's host netdev as ADD found it, and its MAC in the pod (to take it back without the state file). */
+interface VfRecord {
+  containerId: string; ifName: string; network: string; netns: string; stateFile: string;
+  netdev?: { name: string; podMac: string; kind?: string };
+}
 
 type Ctx = CniContext<SriovConfig>;
 
 const recordPath = (dir: string, pci: string) => join(dir, `vf-${pci}.json`);
 const lockPath = (dir: string, pci: string) => join(dir, `vf-${pci}.lock`);
-const statePath = (cfg: SriovConfig, ctx: Ctx) => join(cfg.stateDir, stateFileName(ctx.containerId, ctx.ifName));
+const statePath = (cfg: SriovConfig, ctx: Ctx) =>
+  attachmentStatePath(cfg.stateDir, { network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName });
 
 /** Restores the VF's PF-side settings and its netdev; tolerates a VF or netdev that is gone. */
 function restoreVf(host: NetlinkSocket, ops: PfOps, st: AttachmentState, cfg: SriovConfig, log: Logger): void {
@@ -273,8 +279,8 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
     throw new CniError(CniCode.DeviceBusy, `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`, "run DEL for this attachment first");
   }
   if (rec.netns && existsSync(rec.netns)) {
-    throw new CniError(CniCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} (${rec.ifName} in ${rec.netns})`,
-      "the device plugin gave out a VF that is still in use; the runtime retries, and the VF is free once that pod's DEL ran");
+    throw new CniError(CniCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} (${rec.ifName} in ${rec.netns}), whose network namespace still exists`,
+      `the device plugin gave out a VF that is still in use; the runtime retries; the VF is free once DEL of that attachment (network ${rec.network}) runs or its namespace is gone`);
   }
   ctx.log.warn("clearing the stale record of a VF whose pod namespace is gone", { vf: vf.vfPci, containerId: rec.containerId });
   const stale = readJson<AttachmentState>(rec.stateFile);
@@ -299,7 +305,7 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
     const vf = resolveVf(cfg);
     if (!vf.dpdk) {
       if (!vf.netdev) throw new CniError(CniCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
-      pod = Netns.open(ctx.netns);
+      pod = openPodNetns(ctx.netns);
       refuseExistingIfName(pod, ctx.ifName);
     }
     const podNs = pod;
@@ -321,7 +327,10 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
         }
         const steps = applySteps(cfg, vlan, mac);
         const path = statePath(cfg, ctx);
-        const extra: SriovExtra = { pf: vf.pfName, pfPci: vf.pfPci, vfIndex: vf.vfIndex, dpdk: vf.dpdk, vf: ops.readVf(vf.pfName, vf.vfIndex), applied: steps.map((s) => s.step) };
+        const extra: SriovExtra = {
+          pf: vf.pfName, pfPci: vf.pfPci, vfIndex: vf.vfIndex, dpdk: vf.dpdk, vf: ops.readVf(vf.pfName, vf.vfIndex),
+          applied: steps.map((s) => s.step), set: Object.assign({}, ...steps.map((s) => s.settings)) as VfSettings,
+        };
         const st: AttachmentState = {
           version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns, pciAddress: vf.vfPci,
           original: netdev ? snapshotDevice(host, netdev) : { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
@@ -336,7 +345,10 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
             removeFile(path);
           }
         });
-        writeDurable(recordPath(cfg.stateDir, vf.vfPci), { containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path } satisfies VfRecord);
+        writeDurable(recordPath(cfg.stateDir, vf.vfPci), {
+          containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path,
+          ...(netdev ? { netdev: { name: netdev.name, podMac: mac ?? netdev.mac, ...(netdev.kind ? { kind: netdev.kind } : {}) } } : {}),
+        } satisfies VfRecord);
         for (const s of steps) ops.setVf(vf.pfName, vf.vfIndex, s.settings, s.what);
         if (!netdev || !podNs) return undefined;
         const moved = moveIntoPod(host, netdev, podNs, ctx.ifName, "bsv", log);
@@ -344,18 +356,18 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
         if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
         writeDurable(path, st);
         return configurePodInterface(podNs, moved.link.index, {
-          ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log,
+          ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
           ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(mac ? { mac } : {}),
         });
       });
-      return {
+      return extendResult(ctx.conf.prevResult, {
         interfaces: [podLink
           ? { name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, pciID: vf.vfPci }
           : { name: ctx.ifName, sandbox: ctx.netns, pciID: vf.vfPci }],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
         routes: alloc?.result.routes ?? [],
         dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
-      };
+      });
     });
   } catch (e) {
     throw toCniError(e, `${PLUGIN} ADD ${ctx.ifName}`);
@@ -365,32 +377,140 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
   }
 }
 
+/** Gives the VF of `st` back (PF side and netdev) unless its VF record names another attachment. */
+function giveBackVf(ctx: Ctx, pfOps: PfOpsFactory, host: NetlinkSocket, st: AttachmentState): void {
+  const cfg = ctx.pluginConfig;
+  const x = st.extra as unknown as SriovExtra;
+  const rec = readJson<VfRecord>(recordPath(cfg.stateDir, st.pciAddress!));
+  if (rec && (rec.containerId !== st.containerId || rec.ifName !== st.ifName)) {
+    ctx.log.warn("the VF now belongs to another attachment; not touching it", { vf: st.pciAddress, holder: rec.containerId });
+    return;
+  }
+  restoreVf(host, pfOps(host, ctx.log), st, cfg, ctx.log);
+  removeFile(recordPath(cfg.stateDir, st.pciAddress!));
+  ctx.log.info("VF given back", { vf: st.pciAddress, pf: x.pf, index: x.vfIndex });
+}
+
+const vfLock = (cfg: SriovConfig, st: AttachmentState) => ({ file: lockPath(cfg.stateDir, st.pciAddress!), what: `VF ${st.pciAddress}` });
+
 async function del(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
   const cfg = ctx.pluginConfig;
+  const path = statePath(cfg, ctx);
+  if (!existsSync(path)) {
+    try {
+      resetWithoutState(ctx, pfOps);
+    } catch (e) {
+      ctx.log.warn("DEL without a state file: could not reset the VF", { error: (e as Error).message });
+    }
+  }
   await giveBackDevice(ctx, {
-    path: statePath(cfg, ctx),
-    lock: (st) => ({ file: lockPath(cfg.stateDir, st.pciAddress!), what: `VF ${st.pciAddress}` }),
+    path,
+    lock: (st) => vfLock(cfg, st),
     doing: (st) => `${PLUGIN} DEL ${ctx.ifName}: give VF ${st.pciAddress} back`,
-    restore: (host, st) => {
-      const x = st.extra as unknown as SriovExtra;
-      const rec = readJson<VfRecord>(recordPath(cfg.stateDir, st.pciAddress!));
-      if (rec && (rec.containerId !== ctx.containerId || rec.ifName !== ctx.ifName)) {
-        ctx.log.warn("the VF now belongs to another attachment; not touching it", { vf: st.pciAddress, holder: rec.containerId });
-        return;
-      }
-      restoreVf(host, pfOps(host, ctx.log), st, cfg, ctx.log);
-      removeFile(recordPath(cfg.stateDir, st.pciAddress!));
-      ctx.log.info("VF given back", { vf: st.pciAddress, pf: x.pf, index: x.vfIndex });
-    },
+    restore: (host, st) => giveBackVf(ctx, pfOps, host, st),
   });
 }
 
-async function check(ctx: Ctx): Promise<void> {
+/** The known neutral PF-side state of a VF whose original state is lost, in restore order. */
+const NEUTRAL_STEPS: Step[] = [
+  { step: "link_state", settings: { linkState: "auto" }, what: "state auto" },
+  { step: "trust", settings: { trust: false }, what: "trust off" },
+  { step: "spoofchk", settings: { spoofChk: true }, what: "spoofchk on" },
+  { step: "rate", settings: { minTxRate: 0, maxTxRate: 0 }, what: "min_tx_rate 0 max_tx_rate 0" },
+  { step: "mac", settings: { mac: "00:00:00:00:00:00" }, what: "mac 00:00:00:00:00:00" },
+  { step: "vlan", settings: { vlan: 0, qos: 0 }, what: "vlan 0 qos 0" },
+];
+
+/**
+ * DEL when the attachment's state file is lost but the VF record still names this attachment:
+ * the VF's original settings are unknown, so it goes back to a known neutral state (VLAN 0,
+ * spoofchk on, trust off, no rates, admin MAC zeroed where the driver allows, link state auto)
+ * and its netdev returns to the host under its recorded name with the PF's MTU.
+ */
+function resetWithoutState(ctx: Ctx, pfOps: PfOpsFactory): void {
   const cfg = ctx.pluginConfig;
-  await checkMovedDevice(ctx, {
-    path: statePath(cfg, ctx), plugin: PLUGIN, ...(cfg.mtu ? { mtu: cfg.mtu } : {}),
+  let vf: VfDevice;
+  try {
+    vf = resolveVf(cfg);
+  } catch (e) {
+    ctx.log.info("no state file and the VF cannot be resolved from the config; nothing to reset", { error: (e as Error).message });
+    return;
+  }
+  withFileLock(lockPath(cfg.stateDir, vf.vfPci), `VF ${vf.vfPci}`, () => {
+    const rec = readJson<VfRecord>(recordPath(cfg.stateDir, vf.vfPci));
+    if (!rec || rec.containerId !== ctx.containerId || rec.ifName !== ctx.ifName || rec.network !== ctx.conf.name) {
+      ctx.log.info("no state file and no VF record of this attachment; nothing to give back", { vf: vf.vfPci, holder: rec?.containerId });
+      return;
+    }
+    ctx.log.warn("the attachment's state file is lost: resetting the VF to a neutral state (VLAN 0, spoofchk on, trust off, rates 0, "
+      + "admin MAC zeroed, link state auto) and taking its netdev back with the PF's MTU", { vf: vf.vfPci, pf: vf.pfName, index: vf.vfIndex });
+    const host = NetlinkSocket.open();
+    try {
+      const ops = pfOps(host, ctx.log);
+      for (const s of NEUTRAL_STEPS) {
+        try {
+          ops.setVf(vf.pfName, vf.vfIndex, s.settings, s.what);
+        } catch (e) {
+          ctx.log.warn("the driver refused a neutral VF setting", { step: s.what, error: (e as Error).message });
+        }
+      }
+      if (rec.netdev && !vf.dpdk) {
+        const pfMtu = findLinkByName(host, vf.pfName)?.mtu ?? 1500;
+        const st: AttachmentState = {
+          version: 1, plugin: PLUGIN, network: rec.network, containerId: rec.containerId, ifName: rec.ifName,
+          netns: ctx.netns || rec.netns, pciAddress: vf.vfPci, podMac: rec.netdev.podMac,
+          original: { name: rec.netdev.name, mac: "", mtu: pfMtu, up: false, altNames: [], addresses: [], routes: [], ...(rec.netdev.kind ? { kind: rec.netdev.kind } : {}) },
+        };
+        returnToHost(host, st, { log: ctx.log, sysfsRoot: cfg.sysfsRoot });
+      }
+    } finally {
+      host.close();
+    }
+    removeFile(recordPath(cfg.stateDir, vf.vfPci));
+  });
+}
+
+/** CHECK: the pod side as for any moved device, and the VF's PF-side settings as ADD set them. */
+async function check(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
+  const cfg = ctx.pluginConfig;
+  const { st } = await checkMovedDevice(ctx, {
+    path: statePath(cfg, ctx), plugin: PLUGIN,
     inPod: (st) => !(st.extra as unknown as SriovExtra).dpdk,
   });
+  const x = st.extra as unknown as SriovExtra;
+  if (!x.set) return; // recorded before Berth kept what it set
+  const host = NetlinkSocket.open();
+  try {
+    const now = pfOps(host, ctx.log).readVf(x.pf, x.vfIndex);
+    const drift = vfDrift(x.set, now);
+    if (drift.length) {
+      throw mismatch(`VF ${st.pciAddress} (${x.pf} vf ${x.vfIndex}) no longer has the settings ADD gave it: ${drift.join(", ")}`,
+        "something changed the VF on the PF (ip link set PF vf N ...); delete and re-create the pod sandbox, or set it back");
+    }
+  } catch (e) {
+    throw toCniError(e, `${PLUGIN} CHECK ${ctx.ifName}: VF ${st.pciAddress}`);
+  } finally {
+    host.close();
+  }
+}
+
+/** What of `want` the VF no longer has, as "vlan 0 (ADD set 100)". */
+function vfDrift(want: VfSettings, now: VfInfo): string[] {
+  const out: string[] = [];
+  const differ = (what: string, has: unknown, set: unknown) => { if (has !== set) out.push(`${what} ${String(has)} (ADD set ${String(set)})`); };
+  if (want.vlan !== undefined) {
+    differ("vlan", now.vlan, want.vlan);
+    differ("qos", now.qos, want.qos ?? 0);
+    if (want.vlan) differ("vlan protocol", now.vlanProto, want.vlanProto ?? "802.1Q");
+  }
+  if (want.mac !== undefined) differ("mac", now.mac.toLowerCase(), want.mac.toLowerCase());
+  if (want.minTxRate !== undefined) differ("min_tx_rate", now.minTxRate, want.minTxRate);
+  if (want.maxTxRate !== undefined) differ("max_tx_rate", now.maxTxRate, want.maxTxRate);
+  const onOff = (b: boolean | undefined) => (b === undefined ? "unknown" : b ? "on" : "off");
+  if (want.spoofChk !== undefined && now.spoofChk !== undefined) differ("spoofchk", onOff(now.spoofChk), onOff(want.spoofChk));
+  if (want.trust !== undefined && now.trust !== undefined) differ("trust", onOff(now.trust), onOff(want.trust));
+  if (want.linkState !== undefined && now.linkState !== undefined) differ("link state", now.linkState, want.linkState);
+  return out;
 }
 
 /** berth-sriov with the given PF-side operations (a test build passes a recording double). */
@@ -400,7 +520,14 @@ export function sriovPluginWith(pfOps: PfOpsFactory): CniPlugin<SriovConfig> {
     parse: (conf) => parseSriovConfig(conf),
     add: (ctx) => add(ctx, pfOps),
     del: (ctx) => del(ctx, pfOps),
-    check,
+    check: (ctx) => check(ctx, pfOps),
+    gc: async (ctx) => {
+      await ipamOf(ctx)?.gc();
+      collectDeviceGarbage(ctx, {
+        stateDir: ctx.pluginConfig.stateDir, plugin: PLUGIN, lock: (st) => vfLock(ctx.pluginConfig, st),
+        restore: (host, st) => giveBackVf(ctx, pfOps, host, st),
+      });
+    },
   }));
 }
 

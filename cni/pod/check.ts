@@ -4,11 +4,44 @@ import { listAddresses } from "../netlink/addr";
 import { findLinkByName, type Link } from "../netlink/link";
 import { listRoutes } from "../netlink/route";
 import type { NetlinkSocket } from "../netlink/socket";
-import type { Netns } from "../netns";
+import { statSync } from "node:fs";
+import { Netns } from "../netns";
 import { mismatch } from "../skel/chain";
 import { CniError, CniCode } from "../skel/errors";
 import type { IpConfig, Result } from "../skel/result";
 import { canonical, gatewayOf } from "./setup";
+
+/** True when `path` is the network namespace the plugin itself runs in (the host's). */
+export function isOwnNetns(path: string): boolean {
+  try {
+    const a = statSync(path), b = statSync("/proc/thread-self/ns/net");
+    return a.dev === b.dev && a.ino === b.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Opens the pod's namespace for ADD or CHECK; code 4 when CNI_NETNS names the plugin's own
+ * namespace: the pod's address and default route would land on the host.
+ */
+export function openPodNetns(path: string): Netns {
+  if (isOwnNetns(path)) {
+    throw new CniError(CniCode.InvalidEnv, `CNI_NETNS=${path} is the plugin's own (host) network namespace`,
+      "CNI_NETNS must be the container's network namespace; a pod sharing the host network needs no CNI attachment");
+  }
+  return Netns.open(path);
+}
+
+/** openPodNetns, `fn`, close. */
+export function usePodNetns<T>(path: string, fn: (ns: Netns) => T): T {
+  const ns = openPodNetns(path);
+  try {
+    return fn(ns);
+  } finally {
+    ns.close();
+  }
+}
 
 /** Code 142 when the pod already has an interface `ifName` (checked before anything is allocated). */
 export function refuseExistingIfName(pod: Netns, ifName: string): void {

@@ -9,6 +9,7 @@ import { addRoute } from "../netlink/route";
 import { isNetlinkError, type NetlinkSocket } from "../netlink/socket";
 import { ifaceSysctl, setSysctl, type Netns } from "../netns";
 import { CniError, CniCode } from "../skel/errors";
+import type { NetConf } from "../skel/config";
 import type { Logger } from "../skel/log";
 import type { IpConfig, Route } from "../skel/result";
 
@@ -16,6 +17,44 @@ import type { IpConfig, Route } from "../skel/result";
 export const canonical = (cidr: string): string => canonicalCidr(cidr) ?? cidr;
 
 const DAD_TIMEOUT_MS = 5_000;
+const IFF_LOWER_UP = 0x10000;
+const DEFAULT_CARRIER_WAIT_MS = 1_000;
+
+/**
+ * IPv6 duplicate address detection, per network ("ipv6DAD"): "optimistic" (default, as
+ * sriov-cni) makes the addresses usable at once while DAD runs; "wait" holds ADD until DAD is
+ * done and fails it on a duplicate; "off" skips DAD.
+ */
+export type DadMode = "optimistic" | "wait" | "off";
+const DAD_MODES: DadMode[] = ["optimistic", "wait", "off"];
+
+export interface PodNetOptions {
+  dad: DadMode;
+  /** how long ADD waits for carrier to announce the addresses (gratuitous ARP, unsolicited NA) */
+  carrierWaitMs: number;
+}
+
+/** The network config's "ipv6DAD" and "carrierWaitMs" (code 7 when malformed). */
+export function podNetOptions(conf: NetConf): PodNetOptions {
+  const raw = conf.raw;
+  const out: PodNetOptions = { dad: "optimistic", carrierWaitMs: DEFAULT_CARRIER_WAIT_MS };
+  if (raw.ipv6DAD !== undefined && raw.ipv6DAD !== null) {
+    if (!(DAD_MODES as unknown[]).includes(raw.ipv6DAD)) {
+      throw new CniError(CniCode.InvalidConfig, `invalid network config: ipv6DAD ${JSON.stringify(raw.ipv6DAD)} is not a DAD mode`,
+        'use "optimistic" (default: addresses usable at once), "wait" (ADD waits for DAD and fails on a duplicate) or "off"');
+    }
+    out.dad = raw.ipv6DAD as DadMode;
+  }
+  if (raw.carrierWaitMs !== undefined && raw.carrierWaitMs !== null) {
+    const v = raw.carrierWaitMs;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 30_000) {
+      throw new CniError(CniCode.InvalidConfig, `invalid network config: carrierWaitMs ${JSON.stringify(v)} is not 0-30000`,
+        "give the milliseconds ADD waits for carrier before announcing the pod's addresses (default 1000; 0: do not wait)");
+    }
+    out.carrierWaitMs = v;
+  }
+  return out;
+}
 const SCOPES: Record<number, "global" | "site" | "link" | "host"> = { 0: "global", 200: "site", 253: "link", 254: "host" };
 
 export interface PodNetSettings {
@@ -25,11 +64,14 @@ export interface PodNetSettings {
   ips: IpConfig[];
   routes: Route[];
   log: Logger;
+  dad?: DadMode;
+  carrierWaitMs?: number;
 }
 
-/** MTU, MAC, arp_notify/ndisc_notify, addresses, up, DAD, routes. Returns the link as configured. */
+/** MTU, MAC, arp_notify/ndisc_notify, addresses, up, DAD, routes, announcement. Returns the link as configured. */
 export function configurePodInterface(pod: Netns, index: number, s: PodNetSettings): Link {
   const nl = pod.nl;
+  const dad = s.dad ?? "optimistic";
   if (s.mtu) setLinkMtu(nl, index, s.mtu);
   if (s.mac) setLinkMac(nl, index, s.mac);
   const hasV6 = s.ips.some((ip) => parseCidr(ip.address)?.family === 6);
@@ -47,18 +89,48 @@ export function configurePodInterface(pod: Netns, index: number, s: PodNetSettin
       }
     }
     setSysctl(ifaceSysctl(6, s.ifName, "ndisc_notify"), 1);
+    if (dad === "optimistic") {
+      setSysctl(ifaceSysctl(6, s.ifName, "optimistic_dad"), 1);
+      setSysctl(ifaceSysctl(6, s.ifName, "use_optimistic"), 1);
+    }
   });
   for (const ip of s.ips) {
     try {
-      addAddress(nl, { index, cidr: ip.address });
+      addAddress(nl, { index, cidr: ip.address, ...(dad === "off" ? { nodad: true } : dad === "optimistic" ? { optimistic: true } : {}) });
     } catch (e) {
       if (!isNetlinkError(e, "EEXIST")) throw e;
     }
   }
   setLinkUp(nl, index);
-  if (hasV6) waitForDad(nl, index, s);
+  if (hasV6 && dad === "wait") waitForDad(nl, index, s);
   addRoutes(nl, index, s.ips, s.routes, s.log);
+  if (s.ips.length) announceAfterCarrier(nl, index, s);
   return getLinkByIndex(nl, index);
+}
+
+/**
+ * The kernel announces (arp_notify, ndisc_notify) at admin-up, when a NIC or VF often has no
+ * carrier yet and the packets are lost. Once carrier is there, setting the MAC it already has
+ * (NETDEV_CHANGEADDR) makes the kernel send the gratuitous ARP and the unsolicited NA again.
+ */
+function announceAfterCarrier(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
+  const deadline = Date.now() + (s.carrierWaitMs ?? DEFAULT_CARRIER_WAIT_MS);
+  let link = getLinkByIndex(nl, index);
+  while (!(link.flags & IFF_LOWER_UP) && Date.now() < deadline) {
+    sleepSync(20);
+    link = getLinkByIndex(nl, index);
+  }
+  if (!(link.flags & IFF_LOWER_UP)) {
+    s.log.warn("no carrier on the pod interface; its addresses were not announced (neighbours learn them on first traffic)",
+      { ifName: s.ifName, waitedMs: s.carrierWaitMs ?? DEFAULT_CARRIER_WAIT_MS });
+    return;
+  }
+  if (!link.mac) return;
+  try {
+    setLinkMac(nl, index, link.mac);
+  } catch (e) {
+    s.log.warn("could not re-announce the pod's addresses", { ifName: s.ifName, error: (e as Error).message });
+  }
 }
 
 function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {

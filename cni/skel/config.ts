@@ -38,6 +38,8 @@ export interface NetConf {
   /** "args": {"cni": {...}} — the conventional place for ips/mac in the config. */
   argsCni: { ips?: string[]; mac?: string; [key: string]: unknown };
   prevResult?: Result;
+  /** DEL only: why prevResult was unreadable (DEL goes on without it). */
+  prevResultProblem?: string;
   logFile?: string;
   logLevel: LogLevel;
   /** GC only: "cni.dev/valid-attachments". */
@@ -155,7 +157,10 @@ export function parseConfig(raw: Record<string, unknown>, command: Command): Net
       conf.prevResult = parseResult(raw.prevResult, cniVersion, "prevResult");
     } catch (e) {
       const err = e as CniError;
-      throw new CniError(CniCode.InvalidConfig, err.message, err.details);
+      // DEL is best effort (as the reference plugins): a damaged prevResult must not make the
+      // runtime retry it forever. The dispatcher logs it; DEL goes on without it.
+      if (command === "DEL") conf.prevResultProblem = err.message;
+      else throw new CniError(CniCode.InvalidConfig, err.message, err.details);
     }
   }
 

@@ -63,6 +63,7 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
     const pluginConfig = plugin.parse ? plugin.parse(conf, command) : (undefined as P);
     const ctx = buildContext(command, env, args, conf, pluginConfig, stdin, io.env, log);
     log.debug("invoked", { netns: ctx.netns, cniArgs: env.argsRaw });
+    if (conf.prevResultProblem) log.warn("DEL goes on without the unreadable prevResult", { error: conf.prevResultProblem });
 
     switch (command) {
       case "ADD": {
@@ -104,9 +105,17 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
 
 export function buildContext<P>(command: Command, env: ReturnType<typeof readEnv>, args: ReturnType<typeof parseCniArgs>,
   conf: NetConf, pluginConfig: P, stdin: string, processEnv: NodeJS.ProcessEnv, log: Logger): CniContext<P> {
-  const requested: string[] = [];
-  for (const ip of [...(conf.runtimeConfig.ips ?? []), ...(conf.argsCni.ips ?? []), ...(args.IP ?? [])]) {
-    if (!requested.includes(ip)) requested.push(ip);
+  // Requested IPs come from one source, by the same precedence as the MAC: runtimeConfig.ips
+  // (the "ips" capability), else args.cni.ips, else CNI_ARGS IP. The others are logged, not merged.
+  const sources: [string, string[] | undefined][] = [
+    ["runtimeConfig.ips", conf.runtimeConfig.ips], ["args.cni.ips", conf.argsCni.ips], ["CNI_ARGS IP", args.IP],
+  ];
+  const given = sources.filter(([, ips]) => ips?.length);
+  const requested = [...new Set(given[0]?.[1] ?? [])];
+  if (given.length > 1) {
+    log.warn(`requested IPs taken from ${given[0]![0]}; ${given.slice(1).map(([s]) => s).join(" and ")} ignored`, {
+      used: given[0]![1], ignored: Object.fromEntries(given.slice(1)),
+    });
   }
   return {
     command, env, args, conf, pluginConfig, stdin, processEnv, log,

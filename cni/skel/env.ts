@@ -1,6 +1,7 @@
 // CNI_* environment: validated before anything else is touched.
 import { statfsSync, statSync } from "node:fs";
 import { ipFamily, normalizeMac, parseCidr } from "../../lib/ip";
+import { containerIdProblem, ifNameProblem, networkNameProblem } from "../../lib/names";
 import { CniError, CniCode } from "./errors";
 
 export type Command = "ADD" | "DEL" | "CHECK" | "STATUS" | "GC" | "VERSION";
@@ -34,8 +35,6 @@ export interface CniArgs {
   other: Record<string, string>;
 }
 
-const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
-const NETWORK_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
 const NSFS_MAGIC = 0x6e736673;
 
 const REQUIRED: Record<Exclude<Command, "VERSION">, string[]> = {
@@ -87,7 +86,11 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Command): CniEnv {
 }
 
 function validateContainerId(id: string): void {
-  if (!CONTAINER_ID_PATTERN.test(id)) {
+  const problem = containerIdProblem(id);
+  if (problem?.startsWith("is too long")) {
+    throw invalidEnv(`CNI_CONTAINERID ${problem}`, "the runtime must use a container ID of at most 256 characters (ipamd keys attachments by it)");
+  }
+  if (problem) {
     throw invalidEnv(`invalid characters in CNI_CONTAINERID "${id}"`,
       "the container ID must start with a letter or digit and contain only letters, digits, '_', '.' and '-'");
   }
@@ -95,11 +98,10 @@ function validateContainerId(id: string): void {
 
 /** Linux interface name rules (dev_valid_name): 1-15 bytes, no '/', ':' or whitespace, not "." or "..". */
 export function validateIfName(name: string): void {
+  const problem = ifNameProblem(name);
+  if (!problem) return;
   const fix = "use a Linux interface name of 1 to 15 characters without '/', ':' or whitespace, e.g. eth0 or net1";
-  if (name === "") throw invalidEnv("CNI_IFNAME is empty", fix);
-  if (Buffer.byteLength(name) > 15) throw invalidEnv(`CNI_IFNAME "${name}" is too long (${Buffer.byteLength(name)} bytes, max 15)`, fix);
-  if (name === "." || name === "..") throw invalidEnv(`CNI_IFNAME "${name}" is not a valid interface name`, fix);
-  if (/[/:\s]/.test(name)) throw invalidEnv(`CNI_IFNAME "${name}" contains '/', ':' or whitespace`, fix);
+  throw invalidEnv(name === "" ? "CNI_IFNAME is empty" : `CNI_IFNAME ${JSON.stringify(name)} ${problem}`, fix);
 }
 
 function validateNetns(path: string): void {
@@ -130,7 +132,11 @@ export function validateNetworkName(name: unknown): string {
     throw new CniError(CniCode.InvalidConfig, "missing network name",
       'set "name" in the network config, e.g. "name": "underlay"');
   }
-  if (!NETWORK_NAME_PATTERN.test(name)) {
+  const problem = networkNameProblem(name);
+  if (problem?.startsWith("is too long")) {
+    throw new CniError(CniCode.InvalidConfig, `invalid network config: name ${problem}`, "use a shorter network name");
+  }
+  if (problem) {
     throw new CniError(CniCode.InvalidConfig, `invalid characters found in network name "${name}"`,
       "the network name must start with a letter or digit and contain only letters, digits, '_', '.' and '-'");
   }

@@ -29,7 +29,7 @@ export interface CniContext<P = undefined> {
   log: Logger;
   /** Kubernetes pod from CNI_ARGS K8S_POD_*. */
   pod: PodRef;
-  /** runtimeConfig.ips + args.cni.ips + CNI_ARGS IP, in that order, without duplicates. */
+  /** runtimeConfig.ips, else args.cni.ips, else CNI_ARGS IP (one source), without duplicates. */
   requestedIps: string[];
   /** runtimeConfig.mac, else args.cni.mac, else CNI_ARGS MAC. */
   requestedMac?: string;

@@ -105,9 +105,9 @@ function compact(o: Json): Json {
  */
 export function parseResult(raw: unknown, version: string, what: string): Result {
   const bad = (field: string, why: string) =>
-    new CniError(CniCode.DecodeFailure, `invalid ${what}: ${field} ${why}`,
+    new CniError(CniCode.DecodeFailure, `invalid ${what}: ${field ? `${field} ` : ""}${why}`,
       `the ${what} must be a CNI ${version} result`);
-  if (!isObject(raw)) throw bad("", "is not a JSON object");
+  if (!isObject(raw)) throw bad("", `is not a JSON object (got ${Array.isArray(raw) ? "a list" : typeof raw})`);
   const v1 = atLeast(version, "1.0.0");
   const result: Result = {};
 

@@ -104,10 +104,18 @@ describe("runPlugin", () => {
       ...conf, runtimeConfig: { ips: ["10.1.0.7/24"], mac: "02:00:00:00:00:07", deviceID: "0000:3b:02.1" }, args: { cni: { ips: ["10.1.0.8/24"], mac: "02:00:00:00:00:08" } },
     });
     expect(await runPlugin(plugin, x)).toBe(0);
-    expect(seen!.requestedIps).toEqual(["10.1.0.7/24", "10.1.0.8/24", "10.1.0.9"]);
+    // One source, by the MAC's precedence: runtimeConfig, else args.cni, else CNI_ARGS.
+    expect(seen!.requestedIps).toEqual(["10.1.0.7/24"]);
     expect(seen!.requestedMac).toBe("02:00:00:00:00:07");
     expect(seen!.deviceId).toBe("0000:3b:02.1");
     expect(seen!.pod).toEqual({ namespace: "db", name: "redis-2", uid: "u1" });
+
+    const fromArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" }, { ...conf, args: { cni: { ips: ["10.1.0.8/24"] } } });
+    expect(await runPlugin(plugin, fromArgs)).toBe(0);
+    expect(seen!.requestedIps).toEqual(["10.1.0.8/24"]);
+    const fromCniArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" }, conf);
+    expect(await runPlugin(plugin, fromCniArgs)).toBe(0);
+    expect(seen!.requestedIps).toEqual(["10.1.0.9", "10.1.0.7/24"]);
   });
 });
 

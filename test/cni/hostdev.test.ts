@@ -8,38 +8,28 @@
 // built here, bridges cannot change namespace). So "the kernel returns the ENI" is simulated by
 // moving the device back to the host under its pod ifname before deleting the namespace.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCniError } from "../helpers/cni-error";
+import { addrsIn, hasLink, linkIn, routesIn, useHostNamespace } from "../helpers/host";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
-import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
-import { cleanupPlugins, pluginPath, runCni, type CniCall } from "../helpers/plugins";
+import { ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
+import { pluginPath, type CniCall } from "../helpers/plugins";
 
+const hx = useHostNamespace("hd");
 let host: TestNetns;
-const pods: TestNetns[] = [];
-const tmp = mkdtempSync(join(tmpdir(), "berth-hostdev-test-"));
+const tmp = hx.tmp;
 const stateDir = join(tmp, "state");
 let exe: string;
 let seq = 0;
 
 beforeAll(() => {
   exe = pluginPath("berth-hostdev");
-  host = createNetns("hdhost");
+  host = hx.host;
 }, 180_000);
 
-afterAll(() => {
-  for (const p of pods) removeNetns(p);
-  removeNetns(host);
-  rmSync(tmp, { recursive: true, force: true });
-  cleanupPlugins();
-});
-
-function pod(): TestNetns {
-  const p = createNetns("hdpod");
-  pods.push(p);
-  return p;
-}
+const pod = () => hx.pod();
 
 interface Eni { name: string; mac: string }
 
@@ -57,22 +47,14 @@ function makeEni(n: number): Eni {
   return { name, mac };
 }
 
-interface LinkJson { ifname: string; address: string; mtu: number; flags: string[]; ifalias?: string; operstate: string }
-const linkIn = (ns: TestNetns, name: string) => ipJson<LinkJson[]>(ns, "link", "show", "dev", name)[0]!;
-const hasLink = (ns: TestNetns, name: string) => ipJson<LinkJson[]>(ns, "link", "show").some((l) => l.ifname === name);
-const addrsIn = (ns: TestNetns, name: string) =>
-  ipJson<{ addr_info: { family: string; local: string; prefixlen: number; scope: string }[] }[]>(ns, "addr", "show", "dev", name)[0]!
-    .addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`);
-const routesIn = (ns: TestNetns, name: string) =>
-  ipJson<{ dst: string; gateway?: string }[]>(ns, "route", "show", "dev", name).map((r) => `${r.dst}${r.gateway ? ` via ${r.gateway}` : ""}`);
 
 function conf(extra: Record<string, unknown>) {
   return { cniVersion: "1.1.0", name: "eni-net", type: "berth-hostdev", stateDir, ...extra };
 }
 
 function run(command: CniCall["command"], p: TestNetns | string | undefined, config: unknown, containerId: string, ifName = "eth1", cniArgs?: string) {
-  return runCni(exe, {
-    command, config, containerId, ifName, via: ["ip", "netns", "exec", host.name],
+  return hx.run(exe, {
+    command, config, containerId, ifName,
     ...(p === undefined ? {} : { netns: typeof p === "string" ? p : p.path }),
     ...(cniArgs ? { cniArgs } : {}),
   });
@@ -112,7 +94,7 @@ describe("berth-hostdev ADD and DEL", () => {
     expect(readFileSync(`/proc/sys/net/ipv4/conf/all/arp_notify`, "utf8")).toBeDefined();
     expect(execFileSync("ip", ["netns", "exec", p.name, "cat", "/proc/sys/net/ipv4/conf/eth1/arp_notify"], { encoding: "utf8" }).trim()).toBe("1");
 
-    const file = join(stateDir, "ctr-a1-eth1.json");
+    const file = join(stateDir, "ctr-a1@eth1.json");
     expect(statSync(file).mode & 0o777).toBe(0o600);
     const st = JSON.parse(readFileSync(file, "utf8"));
     expect(st.original).toMatchObject({ name: eni.name, mtu: 1400, mac: eni.mac, up: true, alias: "cloud-eni-0a1b", kind: "veth",
@@ -259,7 +241,7 @@ describe("berth-hostdev ADD and DEL", () => {
     const eni = makeEni(11);
     const p = pod();
     ipIn(host, "addr", "add", "fd00:77:11::100/64", "dev", `${eni.name}p`, "nodad");
-    const r = run("ADD", p, conf({ device: eni.name, mtu: 1300, addresses: { [eni.name]: ["fd00:77:11::100/64"] } }), "ctr-a11");
+    const r = run("ADD", p, conf({ device: eni.name, mtu: 1300, ipv6DAD: "wait", addresses: { [eni.name]: ["fd00:77:11::100/64"] } }), "ctr-a11");
     expect(r.code).toBe(1);
     expect(r.json.code).toBe(104);
     expect(r.json.msg).toMatch(/duplicate address detection failed/);
@@ -283,7 +265,7 @@ describe("berth-hostdev ADD and DEL", () => {
     const add = run("ADD", b, config, "ctr-new");
     expect(add.stderr).toBe("");
     expect(add.code).toBe(0);
-    const st = JSON.parse(readFileSync(join(stateDir, "ctr-new-eth1.json"), "utf8"));
+    const st = JSON.parse(readFileSync(join(stateDir, "ctr-new@eth1.json"), "utf8"));
     expect(st.original).toMatchObject({ name: eni.name, mtu: 1400, alias: "cloud-eni-0a1b", addresses: [{ cidr: "10.77.12.5/24" }] });
     expect(readdirSync(stateDir).filter((f) => f.startsWith("ctr-old"))).toEqual([]);
     expect(run("DEL", a.path, config, "ctr-old").code).toBe(0);

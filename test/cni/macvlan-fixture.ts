@@ -4,6 +4,7 @@
 // runtime runs them (CNI_* variables, config on stdin), so the real host is never touched.
 import { spawn } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
+import { recordCniCode } from "../helpers/cni-codes";
 import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
 import { pluginDir, pluginPath, runCni, type CniCall, type PluginRun } from "../helpers/plugins";
 
@@ -65,6 +66,7 @@ export function cniAsync(lab: Lab, executable: string, call: CniCall): Promise<P
     p.on("exit", (code) => {
       let json: any;
       try { json = stdout.trim() ? JSON.parse(stdout) : undefined; } catch { json = undefined; }
+      if (code !== 0) recordCniCode(json?.code);
       resolve({ code, stdout, stderr, json });
     });
     p.stdin.end(typeof call.config === "string" ? call.config : JSON.stringify(call.config));

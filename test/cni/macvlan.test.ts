@@ -168,8 +168,8 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
     }
   });
 
-  it("dual stack: IPv6 passes real DAD before ADD returns; default routes per family", () => {
-    const config = conf({ ipam: staticIpam(
+  it("dual stack with ipv6DAD wait: IPv6 passes real DAD before ADD returns; default routes per family", () => {
+    const config = conf({ ipv6DAD: "wait", ipam: staticIpam(
       [{ address: "10.77.0.6/24", gateway: "10.77.0.1" }, { address: "fd77::6/64", gateway: "fd77::1" }],
       [{ dst: "0.0.0.0/0" }, { dst: "::/0" }]) }, "1.1.0");
     // static speaks up to 1.0.0: run the config at 1.0.0 for IPAM but ask our result in 1.1.0 below
@@ -193,7 +193,7 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
   it("a duplicate IPv6 address fails DAD: error naming it, nothing left in the pod", () => {
     ipIn(lab.lan, "addr", "add", "fd77::66/64", "dev", "lan0", "nodad");
     try {
-      const config = conf({ ipam: staticIpam([{ address: "fd77::66/64", gateway: "fd77::1" }], []) });
+      const config = conf({ ipv6DAD: "wait", ipam: staticIpam([{ address: "fd77::66/64", gateway: "fd77::1" }], []) });
       const { pod, add } = attach(config);
       expect(add.json).toMatchObject({ code: 104 });
       expect(add.json.msg).toContain("fd77::66/64");
@@ -202,6 +202,29 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
     } finally {
       ipIn(lab.lan, "addr", "del", "fd77::66/64", "dev", "lan0");
     }
+  });
+
+  it("IPv6 DAD is optimistic by default (usable at once, as sriov-cni), off on request; a bad ipv6DAD is 7", () => {
+    const v6 = (extra: Record<string, unknown>, address: string) =>
+      conf({ ...extra, ipam: staticIpam([{ address, gateway: "fd77::1" }], [{ dst: "::/0" }]) });
+    const opt = attach(v6({}, "fd77::71/64"));
+    expect(opt.add.code, opt.add.stdout).toBe(0);
+    const flags = (pod: typeof opt.pod, ip: string) =>
+      JSON.parse(ipIn(pod, "-j", "-6", "addr", "show", "dev", "eth0"))[0].addr_info.find((a: any) => a.local === ip);
+    const optimistic = flags(opt.pod, "fd77::71");
+    expect(optimistic.optimistic === true || optimistic.tentative === undefined).toBe(true); // ADD did not wait for DAD
+    expect(ipIn(opt.pod, "netns", "exec", opt.pod.name, "sysctl", "-n", "net.ipv6.conf.eth0.optimistic_dad").trim()).toBe("1");
+    // Usable at once; neighbours may learn it only when DAD is over (about 1 s): give ping that long.
+    expect(ipIn(opt.pod, "netns", "exec", opt.pod.name, "ping", "-6", "-c1", "-W5", "fd77::1")).toContain("1 received");
+    expect(cni(lab, macvlan(), { command: "DEL", config: v6({}, "fd77::71/64"), ...opt.call }).code).toBe(0);
+
+    const off = attach(v6({ ipv6DAD: "off" }, "fd77::72/64"));
+    expect(off.add.code, off.add.stdout).toBe(0);
+    expect(flags(off.pod, "fd77::72").tentative).toBeUndefined(); // nodad: never tentative
+    expect(cni(lab, macvlan(), { command: "DEL", config: v6({ ipv6DAD: "off" }, "fd77::72/64"), ...off.call }).code).toBe(0);
+
+    const bad = attach(v6({ ipv6DAD: "sometimes" }, "fd77::73/64"));
+    expect(bad.add.json).toMatchObject({ code: 7, msg: 'invalid network config: ipv6DAD "sometimes" is not a DAD mode' });
   });
 
   it("a gateway outside the pod's prefix is routed on-link", () => {

@@ -8,38 +8,28 @@
 // a VF table file; the bytes are compared with iproute2's captures. The shipped binary is run too:
 // BERTH_SRIOV_FAKE_PF has no effect on it.
 // Everything else (sysfs parsing, netdev move, rename, MTU/MAC, addresses, state files, locks) is real.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCniError } from "../helpers/cni-error";
+import { addrsIn, hasLink, linkIn, useHostNamespace } from "../helpers/host";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
-import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
-import { cleanupPlugins, fakePfSriovPath, pluginPath, runCni, type CniCall } from "../helpers/plugins";
+import { ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
+import { fakePfSriovPath, pluginPath, runCni, type CniCall } from "../helpers/plugins";
 
 const ROOT = join(import.meta.dirname, "../..");
+const hx = useHostNamespace("sv");
 let host: TestNetns;
-const pods: TestNetns[] = [];
-const tmp = mkdtempSync(join(tmpdir(), "berth-sriov-test-"));
+const tmp = hx.tmp;
 let exe: string;
 let seq = 0;
 
 beforeAll(() => {
   exe = fakePfSriovPath();
-  host = createNetns("svhost");
+  host = hx.host;
 }, 180_000);
 
-afterAll(() => {
-  for (const p of pods) removeNetns(p);
-  removeNetns(host);
-  rmSync(tmp, { recursive: true, force: true });
-  cleanupPlugins();
-});
-
-function pod(): TestNetns {
-  const p = createNetns("svpod");
-  pods.push(p);
-  return p;
-}
+const pod = () => hx.pod();
 
 const ORIGINAL_VF = { mac: "00:00:00:00:00:00", vlan: 0, qos: 0, vlanProto: "802.1Q", spoofChk: true, trust: false, linkState: "auto", minTxRate: 0, maxTxRate: 0 };
 
@@ -82,19 +72,14 @@ function rig(): Rig {
   };
 }
 
-const hasLink = (ns: TestNetns, name: string) => ipJson<{ ifname: string }[]>(ns, "link", "show").some((l) => l.ifname === name);
-const linkIn = (ns: TestNetns, name: string) => ipJson<{ ifname: string; address: string; mtu: number; flags: string[] }[]>(ns, "link", "show", "dev", name)[0]!;
-const addrsIn = (ns: TestNetns, name: string) =>
-  ipJson<{ addr_info: { local: string; prefixlen: number; scope: string }[] }[]>(ns, "addr", "show", "dev", name)[0]!
-    .addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`);
 
 function conf(r: Rig, extra: Record<string, unknown>) {
   return { cniVersion: "1.1.0", name: "sriov-net", type: "berth-sriov", stateDir: r.stateDir, sysfsRoot: r.sysfs, ...extra };
 }
 
 function run(r: Rig, command: CniCall["command"], p: TestNetns | string | undefined, config: unknown, containerId: string, cniArgs?: string) {
-  return runCni(exe, {
-    command, config, containerId, ifName: "net1", via: ["ip", "netns", "exec", host.name], env: { BERTH_SRIOV_FAKE_PF: r.fake },
+  return hx.run(exe, {
+    command, config, containerId, ifName: "net1", env: { BERTH_SRIOV_FAKE_PF: r.fake },
     ...(p === undefined ? {} : { netns: typeof p === "string" ? p : p.path }), ...(cniArgs ? { cniArgs } : {}),
   });
 }
@@ -129,7 +114,7 @@ describe("berth-sriov", () => {
     const pfIndex = ifindex(r.pf);
     expect(applied.map((o) => o.hex)).toEqual(["vf-vlan", "vf-mac", "vf-rate", "vf-spoofchk-off", "vf-trust-on", "vf-state-enable"].map((f) => fixtureHex(f, pfIndex)));
 
-    const st = JSON.parse(readFileSync(join(r.stateDir, "ctr-s1-net1.json"), "utf8"));
+    const st = JSON.parse(readFileSync(join(r.stateDir, "ctr-s1@net1.json"), "utf8"));
     expect(st.extra.vf).toMatchObject({ vf: 0, ...ORIGINAL_VF });
     expect(st.original).toMatchObject({ name: r.vf0, mtu: 1500, mac: r.vf0Mac });
     expect(JSON.parse(readFileSync(join(r.stateDir, "vf-0000:3b:02.0.json"), "utf8"))).toMatchObject({ containerId: "ctr-s1", ifName: "net1" });
@@ -234,7 +219,7 @@ describe("berth-sriov", () => {
     expect(hasLink(b, "net1")).toBe(true);
     expect(r.table().vfs[0].vlan).toBe(300);
     // the stale holder's original state was put back before the new pod took its snapshot
-    const st = JSON.parse(readFileSync(join(r.stateDir, "ctr-new-net1.json"), "utf8"));
+    const st = JSON.parse(readFileSync(join(r.stateDir, "ctr-new@net1.json"), "utf8"));
     expect(st.extra.vf.vlan).toBe(0);
     expect(st.original.name).toBe(r.vf0);
 

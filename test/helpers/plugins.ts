@@ -5,6 +5,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { recordCniCode } from "./cni-codes";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 const NAMES = ["berth-macvlan", "berth-hostdev", "berth-sriov", "berth-ipam", "ipamctl"];
@@ -94,6 +95,7 @@ export function runCni(executable: string, call: CniCall): PluginRun {
       json = undefined;
     }
   }
+  if (r.status !== 0) recordCniCode(json?.code);
   return { code: r.status, stdout, stderr: r.stderr ?? "", json };
 }
 
