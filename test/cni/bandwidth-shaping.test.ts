@@ -126,7 +126,11 @@ describe("pod bandwidth shaping with real traffic", () => {
   });
 
   it("remove: the ifb first, then the ingress qdisc; a second remove and a vanished namespace are no errors", () => {
-    shape(limits({ egressRate: LIMIT, egressBurst: BURST }));
+    // the CHECK test above left an ingress qdisc without its filter (so not ours any more): start clean
+    removePodShaping(pod.path, "eth0", nullLogger);
+    execFileSync("tc", ["-n", pod.name, "qdisc", "del", "dev", "eth0", "ingress"]);
+    shape(limits({ egressRate: LIMIT, egressBurst: BURST, ingressRate: LIMIT, ingressBurst: BURST }));
+    expect(ipIn(pod, "link", "show")).toContain("ifb-eth0");
     removePodShaping(pod.path, "eth0", nullLogger);
     expect(ipIn(pod, "link", "show")).not.toContain("ifb-eth0");
     const tc = execFileSync("tc", ["-n", pod.name, "qdisc", "show", "dev", "eth0"], { encoding: "utf8" });
