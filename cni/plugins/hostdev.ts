@@ -14,6 +14,7 @@ import { hasIpam, ipamAdd } from "../spec/ipam";
 import { definePlugin, type CniContext } from "../spec/plugin";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
+import { bandwidthLimits, checkPodShapingIn, removePodShaping, shapePodInterface } from "../pod/bandwidth";
 import {
   checkMovedDevice, ensureStateDir, giveBackDevice, listStateFiles, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, pciAddressOf,
   readJson, removeFile, returnToHost, snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,
@@ -135,6 +136,7 @@ async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
   const requestedMac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const bandwidth = bandwidthLimits(ctx.conf);
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
@@ -181,6 +183,7 @@ async function add(ctx: Ctx): Promise<Result> {
         ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log,
         ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
       });
+      if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return {
         interfaces: [{ name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, ...(pci ? { pciID: pci } : {}) }],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -225,6 +228,7 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
+  removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first; the move back to the host drops the device's qdiscs
   await giveBackDevice(ctx, {
     path: statePath(cfg, ctx),
     lock: () => ({ file: join(cfg.stateDir, ".lock"), what: "the host device records" }),
@@ -240,6 +244,7 @@ async function check(ctx: Ctx): Promise<void> {
   for (const a of staticAddresses(cfg, st.original)) {
     if (!have.has(canonicalCidr(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
   }
+  checkPodShapingIn(ctx.netns, ctx.ifName, bandwidthLimits(ctx.conf));
 }
 
 export const hostdevPlugin = definePlugin<HostdevConfig>({

@@ -19,6 +19,7 @@ import type { Logger } from "../spec/log";
 import { definePlugin, type CniContext } from "../spec/plugin";
 import type { IpConfig, Result } from "../spec/result";
 import { withUndo } from "../spec/undo";
+import { vfRateFromBandwidth } from "../pod/bandwidth";
 import {
   checkMovedDevice, ensureStateDir, giveBackDevice, moveIntoPod, mtuFrom, netdevsOfPci, normalizePci, readJson, removeFile, returnToHost,
   snapshotDevice, stateDirFrom, stateFileName, sysfsRootFrom, writeDurable, type AttachmentState,
@@ -326,7 +327,8 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
 }
 
 async function add(ctx: Ctx): Promise<Result> {
-  const cfg = ctx.pluginConfig;
+  // the bandwidth capability's egressRate as max_tx_rate, unless the config sets rates
+  const cfg = { ...ctx.pluginConfig, ...vfRateFromBandwidth(ctx.conf, ctx.pluginConfig, ctx.log) };
   const log = ctx.log;
   const mac = ctx.requestedMac ? normalizeMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
   const host = NetlinkSocket.open();

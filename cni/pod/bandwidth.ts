@@ -237,3 +237,42 @@ export function checkPodShaping(nl: NetlinkSocket, ifName: string, limits: Bandw
     .some((f) => f.actions.some((a) => a.mirred?.eaction === TCA_EGRESS_REDIR && a.mirred.ifindex === ifb.index));
   if (!redirect) throw mismatch(`ingress limit: no filter on ${ifName}'s ingress redirects to ifb ${name}`);
 }
+
+/** CHECK from outside the namespace: opens it, compares, and reports kernel failures as code 140. */
+export function checkPodShapingIn(netns: string, ifName: string, limits: BandwidthLimits | undefined): void {
+  let nl: NetlinkSocket | undefined;
+  try {
+    nl = openNetlinkIn(netns);
+    checkPodShaping(nl, ifName, limits);
+  } catch (e) {
+    if (e instanceof CniError) throw e;
+    throw new CniError(ErrorCode.NetlinkFailure, `CHECK bandwidth of ${ifName} in ${netns}: ${(e as Error).message}`, "the pod's network namespace must exist");
+  } finally {
+    nl?.close();
+  }
+}
+
+/**
+ * berth-sriov: a VF cannot shape what it receives, and shapes what it sends in hardware: the
+ * capability's egressRate becomes the VF's max_tx_rate (whole Mbit/s, rounded down; the burst is
+ * the NIC's); an ingress limit is refused (code 2). Rates set in the config (minTxRate/maxTxRate)
+ * win: the capability is then ignored.
+ */
+export function vfRateFromBandwidth(conf: NetConf, cfgRates: { minTxRate?: number; maxTxRate?: number }, log: Logger): { maxTxRate?: number } {
+  const limits = bandwidthLimits(conf);
+  if (!limits) return {};
+  if (cfgRates.minTxRate !== undefined || cfgRates.maxTxRate !== undefined) {
+    log.warn("the config sets the VF's rates: the bandwidth capability is ignored", { limits, ...cfgRates });
+    return {};
+  }
+  if (limits.ingress) {
+    throw new CniError(ErrorCode.UnsupportedField, `${limits.source}ingressRate ${limits.ingress.rate} is not supported by berth-sriov: a VF cannot shape the traffic it receives`,
+      "remove the ingress limit (the kubernetes.io/ingress-bandwidth annotation) for pods on SR-IOV networks, or police ingress on the switch; egressRate maps to the VF's max_tx_rate");
+  }
+  const mbit = Math.floor(limits.egress!.rate / 1_000_000);
+  if (mbit < 1) {
+    throw invalid(`${limits.source}egressRate`, `${limits.egress!.rate} bit/s is below 1 Mbit/s, the smallest VF max_tx_rate`, "use at least 1000000 (1 Mbit/s)");
+  }
+  if (mbit * 1_000_000 !== limits.egress!.rate) log.warn("egressRate rounded down to whole Mbit/s for the VF's max_tx_rate", { egressRate: limits.egress!.rate, maxTxRate: mbit });
+  return { maxTxRate: mbit };
+}
