@@ -186,7 +186,7 @@ export function removePodShaping(netns: string, ifName: string, log: Logger): vo
     nl = openNetlinkIn(netns);
   } catch (e) {
     if (e instanceof NetnsError && (e.code === "ENOENT" || e.code === "EINVAL")) return; // gone, and its ifb with it
-    throw e;
+    throw new CniError(ErrorCode.NetnsFailure, `remove the bandwidth shaping of ${ifName}: ${(e as Error).message}`, "check CNI_NETNS: it must be the pod's network namespace");
   }
   try {
     const link = findLinkByName(nl, ifName);
@@ -199,6 +199,9 @@ export function removePodShaping(netns: string, ifName: string, log: Logger): vo
     if (redirects) ignoreGone(() => deleteQdisc(nl, link.index, "ingress"));
     const root = listQdiscs(nl, link.index).find((q) => q.parent === TC_H_ROOT);
     if (root?.kind === "tbf" && root.handle === TBF_HANDLE) ignoreGone(() => deleteQdisc(nl, link.index, "root"));
+  } catch (e) {
+    if (e instanceof CniError) throw e;
+    throw new CniError(ErrorCode.NetlinkFailure, `remove the bandwidth shaping of ${ifName} in ${netns}: ${(e as Error).message}`, "the plugin log (logFile) has the details");
   } finally {
     nl.close();
   }
