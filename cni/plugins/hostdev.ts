@@ -16,6 +16,7 @@ import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { Netns } from "../netns";
 import { refuseExistingIfName } from "../pod/check";
+import { bandwidthLimits, checkPodShapingIn, removePodShaping, shapePodInterface } from "../pod/bandwidth";
 import { configurePodInterface } from "../pod/setup";
 import { mismatch } from "../skel/chain";
 import type { NetConf } from "../skel/config";
@@ -140,6 +141,7 @@ async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
   const requestedMac = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
+  const bandwidth = bandwidthLimits(ctx.conf);
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
@@ -186,6 +188,7 @@ async function add(ctx: Ctx): Promise<Result> {
         ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log,
         ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
       });
+      if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return {
         interfaces: [{ name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, ...(pci ? { pciID: pci } : {}) }],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -230,6 +233,7 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
+  removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first; the move back to the host drops the device's qdiscs
   await giveBackDevice(ctx, {
     path: statePath(cfg, ctx),
     lock: () => ({ file: join(cfg.stateDir, ".lock"), what: "the host device records" }),
@@ -246,6 +250,7 @@ async function check(ctx: Ctx): Promise<void> {
   for (const a of staticAddresses(cfg, st.original)) {
     if (!have.has(canonical(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
   }
+  checkPodShapingIn(ctx.netns, ctx.ifName, bandwidthLimits(ctx.conf));
 }
 
 export const hostdevPlugin = withIpamDefaults(definePlugin<HostdevConfig>({

@@ -10,6 +10,7 @@ import {
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError } from "../netns";
 import { checkPodInterface, refuseExistingIfName } from "../pod/check";
+import { bandwidthLimits, checkBurstFitsMtu, checkPodShaping, removePodShaping, shapePodInterface } from "../pod/bandwidth";
 import { configurePodInterface } from "../pod/setup";
 import { findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
 import type { NetConf } from "../skel/config";
@@ -117,6 +118,7 @@ function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
 async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
+  const bandwidth = bandwidthLimits(ctx.conf);
   // Everything that can be refused is refused before anything changes.
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
@@ -126,6 +128,7 @@ async function add(ctx: Ctx): Promise<Result> {
       throw invalid("mtu", `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
         `use at most ${master.mtu}, or 0 for the master's MTU`);
     }
+    checkBurstFitsMtu(bandwidth, cfg.mtu || master.mtu, ctx.ifName);
     const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
     // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
     const podNs = pod = Netns.open(ctx.netns);
@@ -165,6 +168,7 @@ async function add(ctx: Ctx): Promise<Result> {
         create(master);
       }
       const link = configurePod(podNs, ctx, tmpName, alloc);
+      if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return {
         interfaces: [{ name: ctx.ifName, mac: link.mac, mtu: link.mtu, sandbox: ctx.netns }],
         ips: (alloc?.result.ips ?? []).map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -266,6 +270,7 @@ async function del(ctx: Ctx): Promise<void> {
   const ipam = ipamOf(ctx);
   const released = ipam ? ipam.del().then(() => undefined, (e: unknown) => e) : undefined;
   try {
+    removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
     for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);
@@ -295,6 +300,7 @@ async function check(ctx: Ctx): Promise<void> {
       if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
       if (link.macvlan?.mode !== cfg.mode) throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
       if (cfg.mtu && link.mtu !== cfg.mtu) throw mismatch(`interface "${ctx.ifName}" has MTU ${link.mtu}, the config says ${cfg.mtu}`);
+      checkPodShaping(nl, ctx.ifName, bandwidthLimits(ctx.conf));
       return checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac);
     });
     if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);
