@@ -1,8 +1,8 @@
 // IPAM for every Berth plugin through one set of functions. ipam.type "berth-ipam" talks to the
 // node's ipamd in-process over its unix socket; any other type is delegated to that plugin
 // executable in CNI_PATH (host-local, static, dhcp, whereabouts...).
-import type { AllocateResponse } from "../../ipamd/types";
-import { IpamdClient, IpamdError, IpamdUnreachable } from "../../ipamd/client";
+import type { AllocateResponse } from "../../api/types";
+import { IpamdClient, IpamdError, IpamdUnreachable } from "../../api/client";
 import { canonicalCidr } from "./cidr";
 import { CniError, ErrorCode } from "./errors";
 import type { CniContext } from "./plugin";
