@@ -30,7 +30,7 @@ typecheck: node_modules/.package-lock.json
 	node_modules/.bin/tsc --noEmit -p .
 
 test: build typecheck
-	@scripts/check-deps.sh test
+	@scripts/install-deps.sh test
 	@rm -rf test-results
 	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh
@@ -52,7 +52,7 @@ test-lab: build
 lab: test-lab
 
 demo: build
-	@scripts/check-deps.sh demo
+	@scripts/install-deps.sh demo
 	scripts/demo.sh
 
 bench: build

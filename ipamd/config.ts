@@ -92,7 +92,7 @@ function formatZodIssues(error: z.ZodError): string {
   }).join("\n");
 }
 
-export interface Overrides {
+interface Overrides {
   socket?: string;
   database?: string;
   nodeName?: string;

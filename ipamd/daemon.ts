@@ -7,7 +7,7 @@ import { assembleNode } from "./node";
 import { ApiServer } from "./server";
 import { openStore } from "./store/database";
 
-export interface Daemon { close(): Promise<void> }
+interface Daemon { close(): Promise<void> }
 
 export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
   const db = openStore(config.database);

@@ -24,7 +24,7 @@ export interface PoolSpec {
 }
 
 /** Inclusive [first, last] address range. */
-export interface Segment { first: bigint; last: bigint }
+interface Segment { first: bigint; last: bigint }
 
 export interface Pool {
   name: string;

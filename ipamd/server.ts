@@ -28,7 +28,7 @@ const MAX_BODY_BYTES = 4 * 1024 * 1024; // a GC of ~50k attachments fits
 type Handler = (ctx: { req: IncomingMessage; body: unknown; query: URLSearchParams; params: string[]; receivedAt: number }) => unknown;
 interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler: Handler }
 
-export interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam }
+interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam }
 
 export class ApiServer {
   readonly server: Server;

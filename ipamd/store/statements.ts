@@ -35,8 +35,8 @@ export interface AttachmentColumns {
   pod_namespace: string | null; pod_name: string | null; pod_uid: string | null;
 }
 
-export interface PoolCounts { pool: string; used: number; reserved: number }
-export interface RegisteredStatefulSet { namespace: string; name: string; registered_at: number }
+interface PoolCounts { pool: string; used: number; reserved: number }
+interface RegisteredStatefulSet { namespace: string; name: string; registered_at: number }
 
 export class Statements {
   private readonly q: Record<
