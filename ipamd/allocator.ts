@@ -76,7 +76,8 @@ export class Allocator {
   check(req: AttachmentRequest): AllocateResponse {
     const rows = this.store.byAttachment(req.containerID, req.ifName, req.network);
     if (rows.length === 0) {
-      throw new ApiError("not_found", `no addresses are allocated to container ${req.containerID} interface ${req.ifName} on network ${req.network}`);
+      throw new ApiError("not_found",
+        `no addresses are allocated to container ${req.containerID} interface ${req.ifName} on network ${req.network}`);
     }
     return this.views.allocation(rows);
   }
@@ -185,7 +186,9 @@ export class Allocator {
   private attachmentOwned(req: AttachmentRequest, pools: Pool[], want: Located | undefined, attachment: AttachmentColumns,
     now: number, ticket: OwnershipTicket): Row {
     const owner = { owner: `${req.containerID}/${req.ifName}` };
-    if (!want) return this.insert(this.ownership.take(pools, now, ticket), owner, { sticky: false, pinned: false }, attachment, now, ticket);
+    if (!want) {
+      return this.insert(this.ownership.take(pools, now, ticket), owner, { sticky: false, pinned: false }, attachment, now, ticket);
+    }
     this.claimFree(want, owner.owner, req, "ips", now, ticket);
     return this.insert(want, owner, { sticky: false, pinned: true }, attachment, now, ticket);
   }
@@ -240,8 +243,9 @@ export class Allocator {
     const runningElsewhere = holder?.container_id && !(attachment && holder.container_id === attachment.containerID &&
       holder.ifname === attachment.ifName && holder.network === attachment.network);
     if (holder && (holder.owner !== owner || runningElsewhere)) {
-      throw new ApiError("ip_unavailable", `${ip} is already held by ${holder.owner} ` +
-        `(${holder.container_id ? `in use by container ${holder.container_id} interface ${holder.ifname} on network ${holder.network}` : "reserved"}); ` +
+      const use = holder.container_id
+        ? `in use by container ${holder.container_id} interface ${holder.ifname} on network ${holder.network}` : "reserved";
+      throw new ApiError("ip_unavailable", `${ip} is already held by ${holder.owner} (${use}); ` +
         (holder.container_id ? "it is freed when that container is deleted (CNI DEL or GC); request another address"
           : "release it with ipamctl release --ip first, or request another address"), field);
     }

@@ -254,7 +254,8 @@ export class NodePools {
         const pool = this.byName.get(name);
         const field = `pools[${i}]`;
         if (!pool) {
-          throw new ApiError("no_pool", `pool "${name}" is not defined in the ipamd config (defined: ${[...this.byName.keys()].join(", ")})`, field);
+          const defined = [...this.byName.keys()].join(", ");
+          throw new ApiError("no_pool", `pool "${name}" is not defined in the ipamd config (defined: ${defined})`, field);
         }
         if (!this.selected.includes(pool)) {
           throw new ApiError("no_pool", `pool "${name}" does not select node ${node} (its nodeSelector does not match labels ` +
@@ -287,8 +288,9 @@ export class NodePools {
       throw new ApiError("ip_unavailable", `${canonical} is inside pool "${inSubnet.name}" but not allocatable ` +
         "(it is the network/broadcast address, the gateway, outside the pool ranges, or excluded)", field);
     }
+    const listed = pools.map((p) => `${p.name} ${formatIp(p.family, p.subnet.address)}/${p.subnet.prefix}`).join(", ") || "none";
     throw new ApiError("ip_unavailable", `${canonical} is not inside any pool this node may use for this request ` +
-      `(usable pools: ${pools.map((p) => `${p.name} ${formatIp(p.family, p.subnet.address)}/${p.subnet.prefix}`).join(", ") || "none"})`, field);
+      `(usable pools: ${listed})`, field);
   }
 
   /** The requested `ips` (at most one per family), each located in one of `usable`. */
@@ -297,7 +299,8 @@ export class NodePools {
     (ips ?? []).forEach((text, i) => {
       const found = this.locate(text, usable, `ips[${i}]`);
       if (out.has(found.pool.family)) {
-        throw new ApiError("invalid_request", `ips: more than one IPv${found.pool.family} address requested; give at most one per family`, `ips[${i}]`);
+        throw new ApiError("invalid_request",
+          `ips: more than one IPv${found.pool.family} address requested; give at most one per family`, `ips[${i}]`);
       }
       out.set(found.pool.family, found);
     });

@@ -45,7 +45,9 @@ export class StatefulSets {
     const fromConfig = this.fromConfig.map((s) => ({ ...s, source: "config" as const }));
     const fromApi = this.store.registeredStatefulSets()
       .filter((s) => !this.configured.has(`${s.namespace}/${s.name}`))
-      .map((s) => ({ namespace: s.namespace, name: s.name, source: "api" as const, registeredAt: new Date(s.registered_at).toISOString() }));
+      .map((s) => ({
+        namespace: s.namespace, name: s.name, source: "api" as const, registeredAt: new Date(s.registered_at).toISOString(),
+      }));
     return { statefulsets: [...fromConfig, ...fromApi] };
   }
 }

@@ -49,12 +49,14 @@ describe("allocate", () => {
     await expect(r.add("c2", { ips: ["10.0.0.12"] })).rejects.toMatchObject({
       code: "ip_unavailable", message: expect.stringContaining("10.0.0.12 is already held by c1/eth0"),
     });
-    await expect(r.add("c3", { ips: ["10.0.0.1"] })).rejects.toMatchObject({ code: "ip_unavailable", message: expect.stringContaining("not allocatable") });
+    await expect(r.add("c3", { ips: ["10.0.0.1"] }))
+      .rejects.toMatchObject({ code: "ip_unavailable", message: expect.stringContaining("not allocatable") });
     await expect(r.add("c4", { ips: ["192.168.1.1"] })).rejects.toMatchObject({ code: "ip_unavailable" });
   });
 
   it("prefers, per family, pools that name the network over pools open to every network", async () => {
-    const r = rulesOn({ pools: [pool("open", 5), { ...pool("named", 5), ranges: [{ start: "10.0.0.100", end: "10.0.0.104" }], networks: [NET] }] });
+    const named = { ...pool("named", 5), ranges: [{ start: "10.0.0.100", end: "10.0.0.104" }], networks: [NET] };
+    const r = rulesOn({ pools: [pool("open", 5), named] });
     expect(r.ips(await r.add("c1"))).toEqual(["10.0.0.100"]);
     expect(r.ips(await r.add("c2", { network: "other" }))).toEqual(["10.0.0.10"]);
   });
@@ -76,7 +78,8 @@ describe("allocate", () => {
     await r.del("c4");
     r.now += 60_000;
     await r.add("c5"); // takes c4's released addresses once their cooldown has passed
-    await expect(r.add("c6")).rejects.toMatchObject({ code: "pool_exhausted", message: expect.stringContaining("no free IPv4 address in v4") });
+    await expect(r.add("c6"))
+      .rejects.toMatchObject({ code: "pool_exhausted", message: expect.stringContaining("no free IPv4 address in v4") });
     expect(r.reservations().filter((x) => x.containerID === "c6")).toEqual([]);
   });
 
@@ -84,6 +87,7 @@ describe("allocate", () => {
     const r = rulesOn({ pools: [pool()] });
     const a = await r.add("c1");
     expect(r.node.rules.check({ containerID: "c1", ifName: "eth0", network: NET })).toEqual(a);
-    expect(() => r.node.rules.check({ containerID: "c9", ifName: "eth0", network: NET })).toThrow(expect.objectContaining({ code: "not_found" }));
+    expect(() => r.node.rules.check({ containerID: "c9", ifName: "eth0", network: NET }))
+      .toThrow(expect.objectContaining({ code: "not_found" }));
   });
 });

@@ -26,7 +26,10 @@ describe("ownership seam", () => {
     const r = rulesOn({ pools: [pool()] }, { ownership: watched(log) });
     await r.add("a");
     await r.del("a");
-    expect(log).toEqual(["prepare allocate", "take 10.0.0.10", "committed allocate", "prepare release", "giveBack 10.0.0.10", "committed release"]);
+    expect(log).toEqual([
+      "prepare allocate", "take 10.0.0.10", "committed allocate",
+      "prepare release", "giveBack 10.0.0.10", "committed release",
+    ]);
   });
 
   it("reports sticky identities bound, and ended by a pin elsewhere", async () => {
@@ -39,7 +42,8 @@ describe("ownership seam", () => {
     log.length = 0;
     await r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.20" });
     expect(log).toEqual([
-      "prepare pin", "claim 10.0.0.20", "end default/web/0 10.0.0.10", "giveBack 10.0.0.10", "bind default/web/0 10.0.0.20", "committed pin",
+      "prepare pin", "claim 10.0.0.20", "end default/web/0 10.0.0.10", "giveBack 10.0.0.10",
+      "bind default/web/0 10.0.0.20", "committed pin",
     ]);
   });
 

@@ -8,7 +8,9 @@ describe("pin", () => {
     await r.add("a", webPod(0));
     await r.del("a");
     const p = await r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.20" });
-    expect(p).toMatchObject({ reservation: { ip: "10.0.0.20", owner: "default/web/0", pinned: true, sticky: true }, released: ["10.0.0.10"], heldByContainer: [] });
+    expect(p).toMatchObject({
+      reservation: { ip: "10.0.0.20", owner: "default/web/0", pinned: true, sticky: true }, released: ["10.0.0.10"], heldByContainer: [],
+    });
     expect(r.ips(await r.add("b", webPod(0)))).toEqual(["10.0.0.20"]);
   });
 
@@ -35,7 +37,8 @@ describe("pin", () => {
     const r = rulesOn({ pools: [pool()] });
     await r.add("x");
     await expect(r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.10" })).rejects.toMatchObject({ code: "ip_unavailable", field: "ip" });
-    await expect(r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.200" })).rejects.toMatchObject({ code: "ip_unavailable", field: "ip" });
+    await expect(r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.200" }))
+      .rejects.toMatchObject({ code: "ip_unavailable", field: "ip" });
   });
 
   it("replaces only the address on the same network(s): the member's addresses on other networks are kept", async () => {
