@@ -10,7 +10,7 @@ CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
 
-SOURCES := $(shell find cni ipamd lib -name '*.ts') package.json tsconfig.json
+SOURCES := $(shell find api cni ipamctl ipamd lib -name '*.ts') package.json tsconfig.json
 
 .PHONY: all build test test-host test-lab lab typecheck demo bench install clean
 
@@ -30,7 +30,7 @@ typecheck: node_modules/.package-lock.json
 	node_modules/.bin/tsc --noEmit -p .
 
 test: build typecheck
-	@scripts/check-deps.sh test
+	@scripts/install-deps.sh test
 	@rm -rf test-results
 	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh
@@ -52,7 +52,7 @@ test-lab: build
 lab: test-lab
 
 demo: build
-	@scripts/check-deps.sh demo
+	@scripts/install-deps.sh demo
 	scripts/demo.sh
 
 bench: build
@@ -69,6 +69,7 @@ install: build
 	test -e $(DESTDIR)/etc/berth/ipamd.json || \
 		install -m 0644 conf/ipamd.json $(DESTDIR)/etc/berth/ipamd.json
 	install -m 0644 conf/systemd/berth-ipamd.service $(DESTDIR)/lib/systemd/system/berth-ipamd.service
+	install -D -m 0644 api/API.md $(DESTDIR)$(PREFIX)/share/doc/berth/API.md
 
 clean:
 	rm -rf dist

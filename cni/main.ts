@@ -25,7 +25,7 @@ const ENTRIES: Record<string, Entry> = {
   "berth-macvlan": cniPlugin(async () => (await import("./plugins/macvlan")).macvlanPlugin),
   "berth-hostdev": cniPlugin(async () => (await import("./plugins/hostdev")).hostdevPlugin),
   "berth-sriov": cniPlugin(async () => (await import("./plugins/sriov")).sriovPlugin),
-  ipamctl: async (argv) => (await import("../ipamd/ipamctl")).main(argv),
+  ipamctl: async (argv) => (await import("../ipamctl/cli")).main(argv),
 };
 
 function usage(): string {

@@ -5,7 +5,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { build } from "esbuild";
-import { IpamdClient } from "../../ipamd/client";
+import { IpamdClient } from "../../api/client";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 // Inside the repo so the bundles' external imports (better-sqlite3, koffi) resolve to node_modules.
@@ -35,7 +35,7 @@ export function buildIpamd(): Promise<{ ipamd: string; ipamctl: string }> {
     const ipamd = join(OUT_DIR, "ipamd.mjs");
     const ipamctl = join(OUT_DIR, "ipamctl.mjs");
     await build({ ...common, entryPoints: [join(ROOT, "ipamd/main.ts")], outfile: ipamd });
-    await build({ ...common, entryPoints: [join(ROOT, "ipamd/ipamctl-entry.ts")], outfile: ipamctl });
+    await build({ ...common, entryPoints: [join(ROOT, "ipamctl/main.ts")], outfile: ipamctl });
     return { ipamd, ipamctl };
   })();
   return built;

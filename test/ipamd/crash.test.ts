@@ -2,7 +2,7 @@
 // and no IP is ever held by two owners.
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
-import { IpamdClient } from "../../ipamd/client";
+import { IpamdClient } from "../../api/client";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
 
 let d: DaemonHandle | undefined;

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { MIGRATIONS } from "../../ipamd/store";
+import { MIGRATIONS } from "../../ipamd/store/schema";
 import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
 
 function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {

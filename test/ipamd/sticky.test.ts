@@ -1,7 +1,7 @@
 // Core allocate/release/check/sticky behaviour against a real daemon, socket and SQLite file.
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { IpamdError } from "../../ipamd/client";
+import { IpamdError } from "../../api/client";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
 
 let d: DaemonHandle;

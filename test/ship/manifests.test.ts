@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
 import { describe, expect, it } from "vitest";
 import { configSchema } from "../../ipamd/config";
-import { DEFAULT_SOCKET } from "../../ipamd/client";
+import { DEFAULT_SOCKET } from "../../api/client";
 import { ROOT } from "../helpers/plugins";
 
 const K8S = join(ROOT, "conf/kubernetes");
