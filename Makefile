@@ -10,7 +10,7 @@ CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
 
-SOURCES := $(shell find cni ipamd -name '*.ts') package.json tsconfig.json
+SOURCES := $(shell find cni ipamd lib -name '*.ts') package.json tsconfig.json
 
 .PHONY: all build test test-host test-lab lab typecheck demo bench install clean
 

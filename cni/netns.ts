@@ -6,7 +6,7 @@
 // therefore be synchronous: async fs calls or worker threads would run in the
 // original namespace.
 import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
-import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "./netlink/libc";
+import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "../lib/ffi/libc";
 import { NetlinkSocket } from "./netlink/socket";
 
 const SELF_NETNS = "/proc/thread-self/ns/net";

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds what ships:
-#   dist/bin/berth            one multi-call executable (bun --compile, koffi embedded)
+#   dist/bin/berth            one multi-call executable (bun --compile; libc through bun:ffi, no addon)
 #   dist/bin/<plugin>         links to it; a CNI runtime finds a plugin by file name
 #   dist/ipamd/ipamd.mjs      the daemon, bundled by esbuild, run by Node 20
 #   dist/ipamd/*.node         the native modules it loads from beside itself
@@ -26,7 +26,7 @@ done
 node_modules/.bin/esbuild ipamd/main.ts --bundle --platform=node --target=node20 --format=esm \
   --define:__BERTH_VERSION__="\"$version\"" --define:__BERTH_COMMIT__="\"$commit\"" \
   --banner:js="import { createRequire as __berthCreateRequire } from 'node:module'; const require = __berthCreateRequire(import.meta.url);" \
-  --external:@koromix/koffi-linux-x64/* --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
+  --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
 cp node_modules/better-sqlite3/build/Release/better_sqlite3.node dist.new/ipamd/
 cp node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node dist.new/ipamd/
 printf '{"type":"module"}\n' > dist.new/ipamd/package.json

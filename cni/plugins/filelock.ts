@@ -1,13 +1,9 @@
 // Exclusive locks between concurrent plugin calls on one node. flock(2): the kernel drops the
 // lock when a plugin dies, so a crashed call never wedges the next one.
 import { closeSync, openSync } from "node:fs";
-import { koffi } from "../netlink/koffi";
+import { EINTR, EAGAIN, LOCK_EX, LOCK_NB, LOCK_UN, lastErrno, libc } from "../../lib/ffi/libc";
 import { CniError, ErrorCode } from "../spec/errors";
 
-const libc = koffi.load("libc.so.6");
-const flock = libc.func("int flock(int fd, int operation)");
-const LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
-const EINTR = 4, EWOULDBLOCK = 11;
 const LOCK_TIMEOUT_MS = 30_000;
 
 /** Runs `fn` holding an exclusive flock on `path` (CNI code 11 after 30 s of waiting). */
@@ -16,9 +12,9 @@ export function withFileLock<T>(path: string, what: string, fn: () => T): T {
   try {
     const sleeper = new Int32Array(new SharedArrayBuffer(4));
     const deadline = Date.now() + LOCK_TIMEOUT_MS;
-    while (Number(flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
-      const errno = koffi.errno();
-      if (errno !== EWOULDBLOCK && errno !== EINTR) {
+    while (libc.flock(fd, LOCK_EX | LOCK_NB) !== 0) {
+      const errno = lastErrno();
+      if (errno !== EAGAIN && errno !== EINTR) {
         throw new CniError(ErrorCode.IOFailure, `cannot lock ${path}: errno ${errno}`,
           "keep the plugin's stateDir on a local filesystem (tmpfs /run or a local disk)");
       }
@@ -31,7 +27,7 @@ export function withFileLock<T>(path: string, what: string, fn: () => T): T {
     try {
       return fn();
     } finally {
-      flock(fd, LOCK_UN);
+      libc.flock(fd, LOCK_UN);
     }
   } finally {
     closeSync(fd);
