@@ -48,7 +48,8 @@ function floorBench(): void {
   try {
     writeFileSync(join(dir, "empty.ts"), "export {};\n");
     execFileSync(join(root, "node_modules/.bin/bun"), ["build", "--compile", "--minify", "--bytecode", "--format=esm",
-      "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig", join(dir, "empty.ts"), "--outfile", join(dir, "empty")], { stdio: "ignore" });
+      "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig", join(dir, "empty.ts"), "--outfile", join(dir, "empty")],
+      { stdio: "ignore" });
     const empty = join(dir, "empty");
     for (let i = 0; i < 5; i++) timeRun(empty, {}, "");
     const samples = Array.from({ length: 60 }, () => timeRun(empty, {}, ""));
@@ -68,7 +69,8 @@ function ffiLoadBench(): void {
   for (const [label, code] of [["bun:ffi", bunFfi], ["koffi (old)", koffi]]) {
     const samples = Array.from({ length: 15 }, () => Number(execFileSync(join(root, "node_modules/.bin/bun"), ["-e", code],
       { cwd: root, encoding: "utf8" }).trim()));
-    console.log(`  ${`FFI load, ${label}`.padEnd(18)} median ${samples.length ? median(samples).toFixed(2) : "?"} ms for ${symbols.length} libc functions (in-process)`);
+    const what = `FFI load, ${label}`.padEnd(18);
+    console.log(`  ${what} median ${median(samples).toFixed(2)} ms for ${symbols.length} libc functions (in-process)`);
   }
 }
 
@@ -108,7 +110,7 @@ async function addDelBench(): Promise<void> {
     // The reference plugins Debian ships speak CNI up to 1.0.0.
     const common = { cniVersion: "1.0.0", name: "bench", master, mode: "bridge" };
     const ours = JSON.stringify({ ...common, type: "berth-macvlan", ipam: { type: "berth-ipam", socket } });
-    const hostLocal = (subnet: string, dir: string) => ({ type: "host-local", subnet, gateway: subnet.replace(/0\/16$/, "1").replace(/\.0\.1$/, ".0.1"),
+    const hostLocal = (subnet: string, dir: string) => ({ type: "host-local", subnet, gateway: subnet.replace(/0\/16$/, "1"),
       dataDir: join(tmp, dir), routes: [{ dst: "0.0.0.0/0" }] });
     const oursHostLocal = JSON.stringify({ ...common, type: "berth-macvlan", ipam: hostLocal("10.96.0.0/16", "host-local-berth") });
     const theirs = JSON.stringify({ ...common, type: "macvlan", ipam: hostLocal("10.98.0.0/16", "host-local") });
@@ -136,7 +138,8 @@ async function addDelBench(): Promise<void> {
     const table = (title: string, o: { add: number[]; del: number[] }, r: { add: number[]; del: number[] }) => {
       console.log(title);
       for (const [label, a, b] of [["ADD", o.add, r.add], ["DEL", o.del, r.del], ["ADD+DEL", pair(o), pair(r)]] as const) {
-        console.log(`  ${label.padEnd(8)} berth ${ms(median(a)).padStart(9)}   reference ${ms(median(b)).padStart(9)}   ratio ${(median(a) / median(b)).toFixed(2)}`);
+        const ratio = (median(a) / median(b)).toFixed(2);
+        console.log(`  ${label.padEnd(8)} berth ${ms(median(a)).padStart(9)}   reference ${ms(median(b)).padStart(9)}   ratio ${ratio}`);
       }
     };
     console.log(`  ${rounds} rounds, the three pairs in turn (after 3 warm-up rounds); medians:`);
@@ -213,7 +216,8 @@ function phasesOf(calls: Call[]): Record<string, number> {
   if (dellink) out["  of which the kernel's macvlan delete (RTM_DELLINK)"] = dellink.end - dellink.start;
   if (connect && answer) out["ipamd round trip (connect to answer)"] = answer.end - connect.start;
   if (connect && answer && dellink) {
-    out["  of which overlapped with the kernel's delete"] = Math.max(0, Math.min(answer.end, dellink.end) - Math.max(connect.start, dellink.start));
+    const overlap = Math.min(answer.end, dellink.end) - Math.max(connect.start, dellink.start);
+    out["  of which overlapped with the kernel's delete"] = Math.max(0, overlap);
   }
   if (output && exit && output.start > (answer?.end ?? 0)) out["result written to exit"] = exit.start - output.start;
   if (exit) out["total under strace (execve to exit_group)"] = exit.start;
@@ -230,8 +234,9 @@ function phaseBreakdown(run: (command: string, id: string) => { file: string; en
           const { file, env, stdin } = run(c, `trace${i}`);
           const log = join(dir, `${c}${i}.trace`);
           const traced = c === command;
-          const r = spawnSync(traced ? "strace" : file, traced ? ["-f", "--seccomp-bpf", "-ttt", "-T", "-o", log, "-e",
-            "trace=execve,read,openat,socket,connect,sendto,recvfrom,setns,write,exit_group", file] : [], { env, input: stdin, encoding: "utf8" });
+          const marks = "trace=execve,read,openat,socket,connect,sendto,recvfrom,setns,write,exit_group";
+          const r = spawnSync(traced ? "strace" : file, traced ? ["-f", "--seccomp-bpf", "-ttt", "-T", "-o", log, "-e", marks, file] : [],
+            { env, input: stdin, encoding: "utf8" });
           if (r.status !== 0) throw new Error(`${c} under strace failed (${r.status}): ${r.stdout}${r.stderr}`);
           if (command === "ADD") spawnSync(file, [], { env: run("DEL", `trace${i}`).env, input: stdin });
           if (!traced) continue;

@@ -116,7 +116,8 @@ describe.each(MODES)("hardened node: %s", (mode) => {
     const pod = newPod(lab);
     const config = { cniVersion: "1.1.0", name: "hard", type: "berth-macvlan", master: lab.master, stateDir,
       ipam: { type: "berth-ipam", socket: daemon.socket } };
-    const call = { containerId: `hard-${seq++}`, netns: pod.path, ifName: "eth0", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=hard" };
+    const cniArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=hard";
+    const call = { containerId: `hard-${seq++}`, netns: pod.path, ifName: "eth0", cniArgs };
 
     const add = hardened(mode, "berth-macvlan", { command: "ADD", config, ...call }, stateDir);
     expectOk(add, "ADD");
@@ -169,7 +170,7 @@ describe.each(MODES)("hardened node: %s", (mode) => {
 });
 
 describe("the hardened set-up itself", () => {
-  it.each(["tmpdir-noexec", "tmp-noexec"] as const)("%s: a program copied into the temp dir cannot be run (what broke the koffi build)", (mode) => {
+  it.each(["tmpdir-noexec", "tmp-noexec"] as const)("%s: a program copied into the temp dir cannot be run (what broke koffi)", (mode) => {
     const stateDir = join(state, `probe-${mode}`);
     mkdirSync(stateDir, { recursive: true });
     const r = hardened(mode, "noexec-probe", { command: "VERSION", config: "{}" }, stateDir);
