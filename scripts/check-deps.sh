@@ -10,6 +10,7 @@ command -v ping >/dev/null || missing+=(iputils-ping)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v modprobe >/dev/null || missing+=(kmod)
 if [ "${1:-}" = test ]; then
+  command -v podman >/dev/null || missing+=(podman)
   for plugin in macvlan host-local static; do
     [ -x "/usr/lib/cni/$plugin" ] || { missing+=(containernetworking-plugins); break; }
   done
