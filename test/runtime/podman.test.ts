@@ -54,8 +54,13 @@ function spawnQuiet(cmd: string, args: string[]): void {
   try { execFileSync(cmd, args, { stdio: "ignore" }); } catch { /* already gone */ }
 }
 
-const hostLinks = () => (JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string }[])
-  .map((l) => l.ifname).sort();
+/**
+ * Links in the host namespace hanging off the test's master or bridge: a macvlan (or a killed ADD's
+ * temporary one) on MASTER, a veth port of BRIDGE. Other tests on this machine add and remove
+ * their own links meanwhile, so the whole host list is not compared.
+ */
+const hostLinks = () => (JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string; link?: string; master?: string }[])
+  .filter((l) => l.link === MASTER || l.master === BRIDGE).map((l) => l.ifname).sort();
 
 /** Every file under a dir, relative to it (empty when the dir does not exist). */
 function filesUnder(dir: string, prefix = ""): string[] {
@@ -131,6 +136,7 @@ describe("shipped conflists under podman 4 (CNI backend, libcni 1.1)", () => {
       const names = [1, 2].map((n) => `${tag}-${c.file.split("-")[0]}-${c.file.includes("bridge") ? "br" : c.file.includes("ipam") ? "ref" : "mv"}-${n}`);
 
       const seen = names.map((n) => startContainer(n, conf.name));
+      if (c.names.bridge) expect(hostLinks()).toHaveLength(linksBefore.length + 2); // the two host-side veths
       for (const s of seen) {
         expect(s.result.cniVersion).toBe("1.0.0"); // what libcni 1.1 picks from the shipped list
         const ips = s.result.ips.map((ip: { address: string }) => ip.address).sort();
@@ -148,6 +154,7 @@ describe("shipped conflists under podman 4 (CNI backend, libcni 1.1)", () => {
 
       podman.ok(["rm", "--force", "--time", "0", ...names]);
       expect(hostLinks()).toEqual(linksBefore);
+      expect(linksBefore).toEqual([`${MASTER}p`]);
       for (const s of seen) expect(await ipamdRecord(s.id, conf.name)).toBe("none");
       expect((await ipamd.client.reservations({ state: "attached" })).reservations).toEqual([]);
       expect(filesUnder(join(ipamd.dir, "run"))).toEqual(["ipamd.sock"]); // /run/berth: no plugin state left
