@@ -63,6 +63,9 @@ install: build
 		$(DESTDIR)$(PREFIX)/lib/berth/ipamd $(DESTDIR)/lib/systemd/system
 	install -m 0755 dist/bin/berth $(DESTDIR)$(CNI_BIN_DIR)/berth
 	for p in $(PLUGINS); do ln -sf berth $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	@# containerd runs `loopback` for every sandbox: answer as it only where the node has none.
+	[ -e $(DESTDIR)$(CNI_BIN_DIR)/loopback ] || [ -L $(DESTDIR)$(CNI_BIN_DIR)/loopback ] || \
+		ln -s berth $(DESTDIR)$(CNI_BIN_DIR)/loopback
 	cp -a dist/ipamd/. $(DESTDIR)$(PREFIX)/lib/berth/ipamd/
 	test -e $(DESTDIR)$(CNI_CONF_DIR)/10-berth.conflist || \
 		install -m 0644 conf/cni/10-berth.conflist $(DESTDIR)$(CNI_CONF_DIR)/10-berth.conflist
