@@ -1,13 +1,12 @@
 // Allocation logic. Every mutating method must run inside a transaction (the server's group
 // commit wraps each request in its own savepoint); nothing here keeps state outside SQLite.
-import type { Statement } from "better-sqlite3";
 import { type Config, firstUsableAtOrAfter, isUsable, type Pool, selectorMatches } from "./config";
 import { ApiError } from "./errors";
 import { canonicalIp, cidrContains, type Family, formatIp, parseIp } from "./ip";
 import type {
   AllocateRequest, AttachmentRequest, GcRequest, PinRequest, ReleaseReservationRequest, ReserveRequest,
 } from "./schemas";
-import type { DB } from "./store";
+import type { DB, Statement } from "./store";
 import type {
   AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseReservationsResponse, ReleaseResponse, Reservation,
   ReservationFilter, ReservationsResponse, ReserveResponse, StatefulSetsResponse, UnregisterResponse,
