@@ -46,31 +46,44 @@ function microTime(obj: KubeObject, path: string, required: boolean): string | u
   if (value === undefined || value === null) return required ? `${path}: Required value` : undefined;
   if (typeof value !== "string" || !MICRO_TIME.test(value)) {
     // What kube-apiserver answers when a MicroTime is not RFC 3339 with 6 fraction digits.
-    return `${path}: Invalid value: ${JSON.stringify(value)}: parsing time ${JSON.stringify(value)} as "2006-01-02T15:04:05.000000Z07:00": ` +
+    return `${path}: Invalid value: ${JSON.stringify(value)}: parsing time ${JSON.stringify(value)} ` +
+      'as "2006-01-02T15:04:05.000000Z07:00": ' +
       "cannot parse as MicroTime (exactly 6 fraction digits)";
   }
   return undefined;
 }
 
 const RESOURCES: Record<ResourceKey, ResourceType> = {
-  nodes: { group: "", version: "v1", resource: "nodes", kind: "Node", namespaced: false, fieldSelectors: ["metadata.name"], unconditionalUpdate: true },
-  pods: { group: "", version: "v1", resource: "pods", kind: "Pod", namespaced: true, fieldSelectors: ["spec.nodeName"], unconditionalUpdate: true },
+  nodes: {
+    group: "", version: "v1", resource: "nodes", kind: "Node", namespaced: false, fieldSelectors: ["metadata.name"],
+    unconditionalUpdate: true,
+  },
+  pods: {
+    group: "", version: "v1", resource: "pods", kind: "Pod", namespaced: true, fieldSelectors: ["spec.nodeName"], unconditionalUpdate: true,
+  },
   events: {
     group: "", version: "v1", resource: "events", kind: "Event", namespaced: true, fieldSelectors: [], unconditionalUpdate: true,
     validate: (o) => microTime(o, "eventTime", false) ?? ["firstTimestamp", "lastTimestamp"]
       .map((f) => (o[f] == null || (typeof o[f] === "string" && TIME.test(o[f])) ? undefined : `${f}: Invalid value: not RFC 3339`))
       .find(Boolean) ?? (o.involvedObject ? undefined : "involvedObject: Required value"),
   },
-  "apps/statefulsets": { group: "apps", version: "v1", resource: "statefulsets", kind: "StatefulSet", namespaced: true, fieldSelectors: [], unconditionalUpdate: true },
+  "apps/statefulsets": {
+    group: "apps", version: "v1", resource: "statefulsets", kind: "StatefulSet", namespaced: true, fieldSelectors: [],
+    unconditionalUpdate: true,
+  },
   "coordination.k8s.io/leases": {
-    group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, fieldSelectors: [], unconditionalUpdate: false,
+    group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, fieldSelectors: [],
+    unconditionalUpdate: false,
     validate: (o) => microTime(o, "spec.acquireTime", false) ?? microTime(o, "spec.renewTime", false),
   },
   "events.k8s.io/events": {
-    group: "events.k8s.io", version: "v1", resource: "events", kind: "Event", namespaced: true, fieldSelectors: [], unconditionalUpdate: true,
+    group: "events.k8s.io", version: "v1", resource: "events", kind: "Event", namespaced: true, fieldSelectors: [],
+    unconditionalUpdate: true,
     validate: (o) => microTime(o, "eventTime", true) ?? microTime(o, "series.lastObservedTime", false) ??
-      ["reportingController", "reportingInstance", "action", "reason"].map((f) => (o[f] ? undefined : `${f}: Required value`)).find(Boolean) ??
-      (o.type === "Normal" || o.type === "Warning" ? undefined : `type: Unsupported value: ${JSON.stringify(o.type)}: supported values: "Normal", "Warning"`) ??
+      ["reportingController", "reportingInstance", "action", "reason"]
+        .map((f) => (o[f] ? undefined : `${f}: Required value`)).find(Boolean) ??
+      (o.type === "Normal" || o.type === "Warning" ? undefined
+        : `type: Unsupported value: ${JSON.stringify(o.type)}: supported values: "Normal", "Warning"`) ??
       (typeof o.note === "string" && Buffer.byteLength(o.note) > 1024 ? "note: Too long: must have at most 1024 bytes" : undefined),
   },
 };
@@ -106,7 +119,7 @@ interface StoredEvent { rv: number; type: "ADDED" | "MODIFIED" | "DELETED"; key:
 
 interface OpenWatch {
   type: ResourceType; namespace?: string; match: Matcher; bookmarks: boolean;
-  res: ServerResponse; socket: Socket; lastSentRv: number;
+  res: ServerResponse; socket: Socket;
 }
 
 export interface KubeApiServerOptions {
@@ -268,7 +281,6 @@ export class KubeApiServer {
       if (!w.bookmarks) continue;
       const t = w.type;
       this.send(w, "BOOKMARK", { kind: t.kind, apiVersion: apiVersionOf(t), metadata: { resourceVersion: String(this.rv) } });
-      w.lastSentRv = this.rv;
     }
   }
 
@@ -332,11 +344,13 @@ export class KubeApiServer {
     if (!this.rbac.allows({ verb, group: route.group, resource: route.resource, namespace: route.namespace, name: route.name })) {
       const where = route.namespace ? ` in the namespace "${route.namespace}"` : " at the cluster scope";
       const what = route.group ? `${route.resource}.${route.group}` : route.resource;
-      this.status(res, 403, "Forbidden", `${what}${route.name ? ` "${route.name}"` : ""} is forbidden: User "${this.rbac.user}" cannot ${verb} ` +
+      const named = route.name ? ` "${route.name}"` : "";
+      this.status(res, 403, "Forbidden", `${what}${named} is forbidden: User "${this.rbac.user}" cannot ${verb} ` +
         `resource "${route.resource}" in API group "${route.group}"${where}`);
       return;
     }
-    const type = Object.values(RESOURCES).find((t) => t.group === route.group && t.version === route.version && t.resource === route.resource);
+    const type = Object.values(RESOURCES)
+      .find((t) => t.group === route.group && t.version === route.version && t.resource === route.resource);
     if (!type || (route.namespace !== undefined && !type.namespaced) || (route.namespace === undefined && type.namespaced && route.name)) {
       this.status(res, 404, "NotFound", `the server could not find the requested resource (${req.method} ${url.pathname})`);
       return;
@@ -367,7 +381,10 @@ export class KubeApiServer {
   private serveCollection(t: ResourceType, namespace: string | undefined, q: Record<string, string>, watch: boolean,
     res: ServerResponse, fault: Fault | undefined): void {
     const unknown = Object.keys(q).filter((k) => !LIST_PARAMS.has(k));
-    if (unknown.length) { this.status(res, 400, "BadRequest", `this test API server does not serve the parameter(s) ${unknown.join(", ")}`); return; }
+    if (unknown.length) {
+      this.status(res, 400, "BadRequest", `this test API server does not serve the parameter(s) ${unknown.join(", ")}`);
+      return;
+    }
     if (q.resourceVersionMatch && q.resourceVersionMatch !== "NotOlderThan") {
       this.status(res, 400, "BadRequest", `resourceVersionMatch=${q.resourceVersionMatch} is not served by this test API server`);
       return;
@@ -401,18 +418,16 @@ export class KubeApiServer {
     res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked", "cache-control": "no-cache" });
     res.flushHeaders();
     const w: OpenWatch = { type: t, namespace, match, bookmarks: q.allowWatchBookmarks === "true" || q.allowWatchBookmarks === "1",
-      res, socket: res.socket!, lastSentRv: from };
+      res, socket: res.socket! };
     if (from === 0) {
       // No resourceVersion (or "0"): the current state as ADDED events first, then the changes.
       for (const o of items) this.send(w, "ADDED", o);
-      w.lastSentRv = this.rv;
     } else if (from < this.oldestRv) {
       this.send(w, "ERROR", statusObject(410, "Expired", `too old resource version: ${from} (${this.oldestRv})`));
       res.end();
       return;
     } else {
       for (const e of this.history) if (e.rv > from && e.key === keyOf(t)) this.deliver(w, e);
-      w.lastSentRv = this.rv;
     }
     this.watches.add(w);
     res.on("close", () => this.watches.delete(w));
@@ -431,7 +446,8 @@ export class KubeApiServer {
     this.json(res, 200, o);
   }
 
-  private serveCreate(t: ResourceType, namespace: string | undefined, body: string, contentType: string | undefined, res: ServerResponse): void {
+  private serveCreate(t: ResourceType, namespace: string | undefined, body: string, contentType: string | undefined,
+    res: ServerResponse): void {
     const obj = this.parseObject(t, body, contentType, namespace, res);
     if (!obj) return;
     if (!obj.metadata.name && !obj.metadata.generateName) {
@@ -450,12 +466,14 @@ export class KubeApiServer {
     const obj = this.parseObject(t, body, contentType, namespace, res);
     if (!obj) return;
     if (obj.metadata.name !== name) {
-      this.status(res, 400, "BadRequest", `the name of the object (${obj.metadata.name}) does not match the name on the URL (${name})`); return;
+      this.status(res, 400, "BadRequest", `the name of the object (${obj.metadata.name}) does not match the name on the URL (${name})`);
+      return;
     }
     const current = this.find(keyOf(t), namespace, name);
     if (!current) { this.notFound(res, t, name); return; }
     if (!obj.metadata.resourceVersion && !t.unconditionalUpdate) {
-      this.status(res, 422, "Invalid", `${t.kind}.${t.group} "${name}" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update`);
+      this.status(res, 422, "Invalid", `${t.kind}.${t.group} "${name}" is invalid: ` +
+        "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update");
       return;
     }
     this.answerUpdate(res, t, name, this.doUpdate(t, current, obj));
@@ -472,10 +490,14 @@ export class KubeApiServer {
       return;
     }
     let patch: unknown;
-    try { patch = JSON.parse(body); } catch (e) { this.status(res, 400, "BadRequest", `invalid JSON patch body: ${(e as Error).message}`); return; }
+    try { patch = JSON.parse(body); } catch (e) {
+      this.status(res, 400, "BadRequest", `invalid JSON patch body: ${(e as Error).message}`);
+      return;
+    }
     if (!isPlainObject(patch)) { this.status(res, 400, "BadRequest", "a merge patch must be a JSON object"); return; }
     if (type === "application/strategic-merge-patch+json" && hasListOrDirective(patch)) {
-      this.status(res, 400, "BadRequest", "this test API server applies strategic merge patches to maps only (labels, annotations, fields), " +
+      this.status(res, 400, "BadRequest", "this test API server applies strategic merge patches to maps only " +
+        "(labels, annotations, fields), " +
         "not to lists or $patch directives");
       return;
     }
@@ -564,7 +586,6 @@ export class KubeApiServer {
     else if (e.type === "MODIFIED" && now) this.send(w, before ? "MODIFIED" : "ADDED", e.object);
     else if (e.type === "MODIFIED" && before) this.send(w, "DELETED", { ...e.object });
     else if (e.type === "DELETED" && before) this.send(w, "DELETED", e.object);
-    w.lastSentRv = e.rv;
   }
 
   private send(w: OpenWatch, type: string, object: unknown): void {
@@ -584,12 +605,19 @@ export class KubeApiServer {
   private parseObject(t: ResourceType, body: string, contentType: string | undefined, namespace: string | undefined,
     res: ServerResponse): KubeObject | undefined {
     if (!(contentType ?? "").startsWith("application/json")) {
-      this.status(res, 415, "UnsupportedMediaType", `this test API server accepts only application/json bodies (got ${contentType ?? "none"})`);
+      this.status(res, 415, "UnsupportedMediaType",
+        `this test API server accepts only application/json bodies (got ${contentType ?? "none"})`);
       return undefined;
     }
     let obj: unknown;
-    try { obj = JSON.parse(body); } catch (e) { this.status(res, 400, "BadRequest", `invalid JSON: ${(e as Error).message}`); return undefined; }
-    if (!isPlainObject(obj) || !isPlainObject(obj.metadata)) { this.status(res, 400, "BadRequest", "the body must be an object with metadata"); return undefined; }
+    try { obj = JSON.parse(body); } catch (e) {
+      this.status(res, 400, "BadRequest", `invalid JSON: ${(e as Error).message}`);
+      return undefined;
+    }
+    if (!isPlainObject(obj) || !isPlainObject(obj.metadata)) {
+      this.status(res, 400, "BadRequest", "the body must be an object with metadata");
+      return undefined;
+    }
     const o = obj as KubeObject;
     // As the apiserver's decoder: missing apiVersion/kind default to the endpoint's; others must match it.
     if ((o.kind !== undefined && o.kind !== t.kind) || (o.apiVersion !== undefined && o.apiVersion !== apiVersionOf(t))) {
@@ -613,7 +641,8 @@ export class KubeApiServer {
   }
 
   private notFound(res: ServerResponse, t: ResourceType, name: string): void {
-    this.status(res, 404, "NotFound", `${t.resource}${t.group ? `.${t.group}` : ""} "${name}" not found`, { name, group: t.group, kind: t.resource });
+    const what = t.group ? `${t.resource}.${t.group}` : t.resource;
+    this.status(res, 404, "NotFound", `${what} "${name}" not found`, { name, group: t.group, kind: t.resource });
   }
 
   private status(res: ServerResponse, code: number, reason: string, message: string, details?: Record<string, string>): void {

@@ -17,14 +17,16 @@ export class Rbac {
       roleRef?: { kind: string; name: string }; subjects?: { kind: string; name: string; namespace?: string }[] };
     const docs = parseAllDocuments(readFileSync(file, "utf8")).map((d) => d.toJS() as Doc).filter(Boolean);
     const role = (kind: string, name: string, namespace?: string): Rule[] => {
-      const found = docs.find((d) => d.kind === kind && d.metadata?.name === name && (kind === "ClusterRole" || d.metadata?.namespace === namespace));
+      const found = docs.find((d) => d.kind === kind && d.metadata?.name === name &&
+        (kind === "ClusterRole" || d.metadata?.namespace === namespace));
       if (!found) throw new Error(`${file}: a binding refers to ${kind} ${name}, which the file does not define`);
       return found.rules ?? [];
     };
     const grants: Grant[] = [];
     for (const d of docs) {
       if (d.kind !== "ClusterRoleBinding" && d.kind !== "RoleBinding") continue;
-      const bound = d.subjects?.some((s) => s.kind === "ServiceAccount" && s.name === serviceAccount.name && s.namespace === serviceAccount.namespace);
+      const bound = d.subjects?.some((s) => s.kind === "ServiceAccount" && s.name === serviceAccount.name &&
+        s.namespace === serviceAccount.namespace);
       if (!bound || !d.roleRef) continue;
       const namespace = d.kind === "RoleBinding" ? d.metadata?.namespace ?? "default" : undefined;
       grants.push({ namespace, rules: role(d.roleRef.kind, d.roleRef.name, namespace) });

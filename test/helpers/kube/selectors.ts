@@ -46,7 +46,9 @@ export function parseFieldSelector(text: string, allowed: readonly string[], res
     }
     const path = m[1]!.split(".");
     const value = m[3]!;
-    return (obj: Record<string, unknown>) => String(path.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], obj) ?? "") === value;
+    const read = (obj: Record<string, unknown>): unknown =>
+      path.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], obj);
+    return (obj: Record<string, unknown>) => String(read(obj) ?? "") === value;
   });
   return (obj) => terms.every((t) => t(obj));
 }

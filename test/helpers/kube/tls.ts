@@ -16,5 +16,6 @@ export function mintPki(dir: string): TestPki {
     "keyUsage=critical,digitalSignature,keyEncipherment\n");
   openssl("x509", "-req", "-in", f("server.csr"), "-CA", f("ca.crt"), "-CAkey", f("ca.key"), "-CAcreateserial",
     "-out", f("server.crt"), "-days", "2", "-extfile", f("server.ext"));
-  return { caFile: f("ca.crt"), ca: readFileSync(f("ca.crt"), "utf8"), cert: readFileSync(f("server.crt"), "utf8"), key: readFileSync(f("server.key"), "utf8") };
+  const read = (name: string): string => readFileSync(f(name), "utf8");
+  return { caFile: f("ca.crt"), ca: read("ca.crt"), cert: read("server.crt"), key: read("server.key") };
 }
