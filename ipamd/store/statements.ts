@@ -1,6 +1,6 @@
 // Every SQL statement ipamd runs, prepared once, behind typed methods. No rules here: callers
 // decide what to write; every write runs inside the group commit's transaction.
-import type { Statement } from "better-sqlite3";
+import type { Statement } from "./database";
 import type { ReservationFilter } from "../../api/types";
 import type { Family } from "../../lib/ip";
 import type { DB } from "./database";

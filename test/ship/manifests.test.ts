@@ -75,11 +75,14 @@ describe("conf/kubernetes", () => {
     expect(env.CNI_CONFLIST).toBe("/etc/berth/10-berth.conflist");
   });
 
-  it("RBAC only reads nodes, pods and statefulsets", () => {
-    const role = find("ClusterRole");
-    const granted = role.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}`)).sort();
-    expect(granted).toEqual(["/nodes", "/pods", "apps/statefulsets"]);
-    for (const r of role.rules) expect(r.verbs.sort()).toEqual(["get", "list", "watch"]);
+  it("RBAC reads nodes, pods and statefulsets, writes only events.k8s.io Events and the kube-system Lease", () => {
+    const grants = (kind: string) => docs(join(K8S, "rbac.yaml")).filter((d: any) => d.kind === kind)
+      .flatMap((d: any) => d.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}: ${[...r.verbs].sort().join(",")}`)))
+      .sort();
+    expect(grants("ClusterRole")).toEqual([
+      "/nodes: get,list,watch", "/pods: get,list,watch", "apps/statefulsets: get,list,watch", "events.k8s.io/events: create,patch",
+    ]);
+    expect(grants("Role")).toEqual(["coordination.k8s.io/leases: create,get,update"]);
     expect(find("ServiceAccount").metadata.name).toBe(pod.serviceAccountName);
   });
 
