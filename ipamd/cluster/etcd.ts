@@ -203,6 +203,8 @@ export class EtcdClient {
   }
 
   get connectionState(): ConnectionState | null { return this.state; }
+  /** The endpoint the next request goes to first. */
+  get currentEndpoint(): string { return this.endpoints[this.current]!; }
 
   close(): void {
     this.closed = true;
