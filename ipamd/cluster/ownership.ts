@@ -392,41 +392,61 @@ export class ClusterOwnership {
     const name = this.keys.identityName(identity);
     const skey = this.keys.sticky(identity);
     const attachment = req.attachment ? { ...req.attachment, node: this.node } : undefined;
+    // What the last failed compare returned: the next pass decides on it without reading again.
+    let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = null;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const cur = await this.client.get(skey);
+      const cur: KeyValue | null = known ? known.cur : await this.client.get(skey);
       const gen = this.gen();
       const at = this.now();
       if (cur) {
-        const rec = parseJson<StickyRecord>(cur.value, skey);
+        const rec: StickyRecord = parseJson<StickyRecord>(cur.value, skey);
         const ikey = this.keys.ip(identity.pool, rec.ip);
-        const ipKv = await this.client.get(ikey);
+        // Optimistic first pass: a bind writes the identity and its address in one txn, so they share a ModRevision;
+        // comparing the address key against it saves a read, and a mismatch (a detach since) costs one retry.
+        const ipKv: KeyValue | null | undefined = known?.ipKv;
+        known = null;
         const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
         if (ipOwner && !(ipOwner.owner === "sticky" && ipOwner.identity === name)) {
           throw new ClusterError("inconsistent", `sticky identity ${name} names ${rec.ip}, but etcd key ${ikey} is owned by ` +
             `${ipOwner.owner} on node ${ipOwner.node}; release the identity (ipamctl release) to give it a new address`, false);
         }
-        const settled = { identity, ip: rec.ip, created: false, stickyModRevision: cur.modRevision, ipModRevision: ipKv?.modRevision ?? 0 };
+        const settled = { identity, ip: rec.ip, created: false, stickyModRevision: cur.modRevision, ipModRevision: ipKv?.modRevision ?? cur.modRevision };
         if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         const old = rec.attachment;
         if (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) {
           if (await this.client.get(this.keys.node(old.node))) throw attachedElsewhere(name, old);
         }
-        if (old && old.containerID === attachment?.containerID && rec.node === this.node && ipKv) return settled; // idempotent ADD
+        if (old && old.containerID === attachment?.containerID && rec.node === this.node) return settled; // idempotent ADD
         const next: StickyRecord = { ip: rec.ip, node: this.node, gen, at, ...(rec.pinned ? { pinned: true } : {}), ...(attachment ? { attachment } : {}) };
         const compares: Compare[] = [
           { key: skey, target: "mod", equals: cur.modRevision },
-          ipKv ? { key: ikey, target: "mod", equals: ipKv.modRevision } : { key: ikey, target: "create", equals: 0 },
+          ipKv === undefined ? { key: ikey, target: "mod", equals: cur.modRevision }
+            : ipKv ? { key: ikey, target: "mod", equals: ipKv.modRevision } : { key: ikey, target: "create", equals: 0 },
         ];
-        const ok = await this.casTxn("rebind", compares, [
+        const success: TxnOp[] = [
           { put: { key: skey, value: JSON.stringify(next) } },
           { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } },
-        ], skey, gen);
-        if (ok) {
-          return { identity, ip: rec.ip, created: false, ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
-            stickyModRevision: ok, ipModRevision: ok };
+        ];
+        let r;
+        try {
+          r = await this.client.txn(compares, success, [{ get: { key: skey } }, { get: { key: ikey } }]);
+        } catch (e) {
+          if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+          const landed = await this.landed([skey], gen);
+          if (landed[0]) r = { succeeded: true, revision: landed[0].modRevision, responses: [] };
+          else continue;
         }
+        if (r.succeeded) {
+          return { identity, ip: rec.ip, created: false, ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
+            stickyModRevision: r.revision, ipModRevision: r.revision };
+        }
+        const [sNow, iNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+        // A failed optimistic compare is expected after a detach: not a conflict with another node.
+        if (ipKv !== undefined || sNow?.modRevision !== cur.modRevision) this.conflict("rebind");
+        known = { cur: sNow ?? null, ipKv: sNow && parseJson<StickyRecord>(sNow.value, skey).ip === rec.ip ? iNow ?? null : undefined };
         continue;
       }
+      known = null;
       const b = await this.claimFree(identity.pool);
       const ikey = this.keys.ip(identity.pool, b.ip);
       const rec: StickyRecord = { ip: b.ip, node: this.node, gen, at, ...(attachment ? { attachment } : {}) };
@@ -539,8 +559,17 @@ export class ClusterOwnership {
       if (s.attachment?.containerID !== rec.containerID) return { status: "noop" };
       const { attachment: _gone, ...rest } = s;
       const next: StickyRecord = { ...rest, gen, at };
-      return (await this.casTxn("detach", [{ key: skey, target: "mod", equals: cur.modRevision }],
-        [{ put: { key: skey, value: JSON.stringify(next) } }], skey, gen)) ? { status: "applied" } : null;
+      // Rewrites the address key too, so both keep one ModRevision (the next bind's optimistic compare holds).
+      const ikey = this.keys.ip(rec.identity.pool, s.ip);
+      const ipKv = await this.client.get(ikey);
+      const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
+      const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
+      const ops: TxnOp[] = [{ put: { key: skey, value: JSON.stringify(next) } }];
+      if (ipKv && ipOwner?.owner === "sticky" && ipOwner.identity === name) {
+        compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
+        ops.push({ put: { key: ikey, value: JSON.stringify({ ...ipOwner, gen, at }) } });
+      }
+      return (await this.casTxn("detach", compares, ops, skey, gen)) ? { status: "applied" } : null;
     }
     if (s.attachment && !rec.force) {
       throw new ClusterError("reservation_attached", `sticky identity ${name} is attached to sandbox ${s.attachment.containerID} on node ` +
