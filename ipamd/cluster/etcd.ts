@@ -262,7 +262,8 @@ export class EtcdClient {
 
   /** One keepalive; returns the remaining TTL (0: the lease is gone). Idempotent. */
   async leaseKeepAlive(id: string): Promise<number> {
-    const r = await this.call("lease keepalive", "/v3/lease/keepalive", { ID: id }, true) as { result?: { TTL?: string }; error?: { message: string } };
+    const r = await this.call("lease keepalive", "/v3/lease/keepalive", { ID: id }, true) as
+      { result?: { TTL?: string }; error?: { message: string } };
     if (r.error) throw new EtcdError(`etcd lease keepalive failed: ${r.error.message}`);
     return num(r.result?.TTL);
   }
@@ -297,8 +298,8 @@ export class EtcdClient {
     if (o.prevKv) body.prev_kv = true;
     const started = performance.now();
     req = this.request(endpoint, "/v3/watch", JSON.stringify({ create_request: body }), null);
-    const connectTimer = setTimeout(() => finish(new EtcdError(`etcd watch on ${endpoint}: no answer within ${this.timeoutMs} ms`, endpoint)),
-      this.timeoutMs);
+    const noAnswer = `etcd watch on ${endpoint}: no answer within ${this.timeoutMs} ms`;
+    const connectTimer = setTimeout(() => finish(new EtcdError(noAnswer, endpoint)), this.timeoutMs);
     req.on("error", (e) => {
       clearTimeout(connectTimer);
       this.rotate(endpoint);
@@ -392,7 +393,8 @@ export class EtcdClient {
         const aborted = e.name === "AbortError" || code === "ABORT_ERR" || e.name === "TimeoutError";
         const reason = aborted ? `no answer within ${this.timeoutMs} ms` : `${code}: ${e.message}`;
         // A reused keep-alive socket the server had closed fails before etcd saw anything (Node's documented retry case).
-        const unsent = !connected || UNSENT_CODES.has(code) || (req.reusedSocket && code === "ECONNRESET") || /certificate|SSL|TLS/i.test(e.message);
+        const unsent = !connected || UNSENT_CODES.has(code) || (req.reusedSocket && code === "ECONNRESET") ||
+          /certificate|SSL|TLS/i.test(e.message);
         resolve({ ok: false, failure: { kind: unsent ? "unsent" : "unknown", reason } });
       });
       req.on("response", (res) => {
@@ -412,7 +414,8 @@ export class EtcdClient {
           }
           const err = (typeof json.error === "object" && json.error ? json.error : json) as
             { code?: number; grpc_code?: number; message?: string };
-          resolve({ ok: false, failure: { kind: "answer", code: err.code ?? err.grpc_code ?? 2, message: err.message ?? text.slice(0, 200) } });
+          const code = err.code ?? err.grpc_code ?? 2;
+          resolve({ ok: false, failure: { kind: "answer", code, message: err.message ?? text.slice(0, 200) } });
         });
       });
     });

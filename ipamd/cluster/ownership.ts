@@ -156,7 +156,8 @@ export class ClusterOwnership {
     }));
     for (const w of this.watches) w.start();
     const tick = (): void => {
-      void this.poll().catch(() => undefined).finally(() => { if (this.pollTimer) this.pollTimer = setTimeout(tick, this.o.pollMs ?? 2000); });
+      void this.poll().catch(() => undefined)
+        .finally(() => { if (this.pollTimer) this.pollTimer = setTimeout(tick, this.o.pollMs ?? 2000); });
     };
     this.pollTimer = setTimeout(tick, 0);
   }
@@ -410,14 +411,18 @@ export class ClusterOwnership {
           throw new ClusterError("inconsistent", `sticky identity ${name} names ${rec.ip}, but etcd key ${ikey} is owned by ` +
             `${ipOwner.owner} on node ${ipOwner.node}; release the identity (ipamctl release) to give it a new address`, false);
         }
-        const settled = { identity, ip: rec.ip, created: false, stickyModRevision: cur.modRevision, ipModRevision: ipKv?.modRevision ?? cur.modRevision };
+        const settled = {
+          identity, ip: rec.ip, created: false, stickyModRevision: cur.modRevision, ipModRevision: ipKv?.modRevision ?? cur.modRevision,
+        };
         if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         const old = rec.attachment;
         if (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) {
           if (await this.client.get(this.keys.node(old.node))) throw attachedElsewhere(name, old);
         }
         if (old && old.containerID === attachment?.containerID && rec.node === this.node) return settled; // idempotent ADD
-        const next: StickyRecord = { ip: rec.ip, node: this.node, gen, at, ...(rec.pinned ? { pinned: true } : {}), ...(attachment ? { attachment } : {}) };
+        const next: StickyRecord = {
+          ip: rec.ip, node: this.node, gen, at, ...(rec.pinned ? { pinned: true } : {}), ...(attachment ? { attachment } : {}),
+        };
         const compares: Compare[] = [
           { key: skey, target: "mod", equals: cur.modRevision },
           ipKv === undefined ? { key: ikey, target: "mod", equals: cur.modRevision }
@@ -460,7 +465,8 @@ export class ClusterOwnership {
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const landed = await this.landed([skey], gen);
-        if (landed.length === 1) return { identity, ip: b.ip, created: true, stickyModRevision: landed[0]!.modRevision, ipModRevision: landed[0]!.modRevision };
+        const rev = landed[0]?.modRevision;
+        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev };
         continue; // the buffer entry's state is unknown: re-read on the next pass drops or keeps it
       }
       if (r.succeeded) return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision };
@@ -468,7 +474,8 @@ export class ClusterOwnership {
       const ipNow = r.responses[1]?.kind === "get" ? r.responses[1].kvs[0] : undefined;
       if (ipNow && ipNow.modRevision === b.modRevision) this.putBack(b); // still ours: the identity was created elsewhere
     }
-    throw new ClusterError("inconsistent", `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
+    throw new ClusterError("inconsistent",
+      `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
   }
 
   /** Runs a compare-and-swap txn; on an unknown outcome, checks whether `checkKey` carries `gen`. Revision or 0 on a failed compare. */
@@ -488,7 +495,9 @@ export class ClusterOwnership {
   async listSticky(pool?: string): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number }[]> {
     const prefix = pool ? this.keys.poolSticky(pool) : `${this.keys.prefix}/sticky/`;
     const r = await this.client.range(prefix, { prefix: true });
-    return r.kvs.map((kv) => ({ identity: this.keys.identityFromKey(kv.key), record: parseJson<StickyRecord>(kv.value, kv.key), modRevision: kv.modRevision }));
+    return r.kvs.map((kv) => ({
+      identity: this.keys.identityFromKey(kv.key), record: parseJson<StickyRecord>(kv.value, kv.key), modRevision: kv.modRevision,
+    }));
   }
 
   // ---------- outbox: local changes carried to etcd ----------
@@ -530,10 +539,13 @@ export class ClusterOwnership {
       const kv = await this.client.get(key);
       const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
       if (rec.op === "attach") {
-        const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment: { ...rec.attachment, node: this.node } } satisfies IpOwner);
-        if (v && v.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID) return { status: "noop" };
+        const attachment = { ...rec.attachment, node: this.node };
+        const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
+        const same = v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID;
+        if (same) return { status: "noop" };
         if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
-          return { status: "conflict", detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}` };
+          const detail = `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`;
+          return { status: "conflict", detail };
         }
         // Absent: reaped while this node was unreachable past the grace period; take it back if still free.
         const cmp: Compare = kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 };
@@ -584,7 +596,9 @@ export class ClusterOwnership {
       compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
       // An address a running sandbox uses stays held by that attachment until its DEL.
       ops.push(s.attachment
-        ? { put: { key: ikey, value: JSON.stringify({ owner: "attachment", node: s.attachment.node, gen, at, attachment: s.attachment } satisfies IpOwner) } }
+        ? { put: { key: ikey, value: JSON.stringify({
+          owner: "attachment", node: s.attachment.node, gen, at, attachment: s.attachment,
+        } satisfies IpOwner) } }
         : { del: { key: ikey } });
     }
     try {
