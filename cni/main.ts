@@ -25,7 +25,9 @@ const ENTRIES: Record<string, Entry> = {
   "berth-macvlan": cniPlugin(async () => (await import("./plugins/macvlan")).macvlanPlugin),
   "berth-hostdev": cniPlugin(async () => (await import("./plugins/hostdev")).hostdevPlugin),
   "berth-sriov": cniPlugin(async () => (await import("./plugins/sriov")).sriovPlugin),
-  ipamctl: async (argv) => (await import("../ipamd/ipamctl")).main(argv),
+  ipamctl: async (argv) => (await import("../ipamctl/cli")).main(argv),
+  // Installed only where the node has no loopback plugin (containerd runs it for every sandbox).
+  loopback: cniPlugin(async () => (await import("./plugins/loopback")).loopbackPlugin),
 };
 
 function usage(): string {

@@ -5,7 +5,7 @@
 // setns(2) moves only the calling thread. The function given to Netns.enter must therefore be
 // synchronous: async fs calls or worker threads would run in the original namespace.
 import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
-import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "./netlink/libc";
+import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "../lib/ffi/libc";
 import { NetlinkSocket } from "./netlink/socket";
 import { OsError } from "../lib/oserror";
 

@@ -1,21 +1,21 @@
-// Wires config, store, allocator, API server, metrics and the TTL reaper together.
+// Wires config, store, the node's IPAM, API server, metrics and the TTL reaper together.
 import { createServer, type Server } from "node:http";
 import type { Logger } from "pino";
-import { Allocator } from "./allocator";
 import type { Config } from "./config";
 import { Metrics } from "./metrics";
+import { assembleNode } from "./node";
 import { ApiServer } from "./server";
-import { openStore } from "./store";
+import { openStore } from "./store/database";
 
-export interface Daemon { close(): Promise<void> }
+interface Daemon { close(): Promise<void> }
 
 export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
   const db = openStore(config.database);
-  const allocator = new Allocator(db, config);
-  allocator.onTakeover = (row, req) => log.warn({ owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
+  const node = assembleNode(db, config);
+  node.rules.onTakeover = (row, req) => log.warn({ owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
     "sticky reservation moved to a new container while the old one was still attached");
-  const metrics = new Metrics(() => allocator.poolUsage(Date.now()));
-  const api = new ApiServer({ config, db, log, metrics, allocator });
+  const metrics = new Metrics(() => node.views.poolUsage(Date.now()));
+  const api = new ApiServer({ config, db, log, metrics, node });
   await api.listen(config.socket);
 
   let metricsServer: Server | undefined;
@@ -42,7 +42,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   if (config.detachedTtlMs > 0) {
     const every = Math.max(1000, Math.min(60_000, Math.floor(config.detachedTtlMs / 4)));
     reaper = setInterval(() => {
-      api.commit.submit(() => allocator.reapExpired(Date.now()))
+      api.mutate({ kind: "reapExpired" }, (t) => node.rules.reapExpired(Date.now(), t))
         .then((ips) => { if (ips.length) log.info({ ips }, "released detached reservations past their TTL"); })
         .catch((e) => log.error({ err: e }, "TTL reaper failed"));
     }, every);
@@ -51,7 +51,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
 
   log.info({
     socket: config.socket, database: config.database, labels: config.nodeLabels,
-    pools: allocator.nodePools.map((p) => p.name), metrics: config.metricsAddress,
+    pools: node.pools.selected.map((p) => p.name), metrics: config.metricsAddress,
   }, "ipamd serving");
 
   return {

@@ -1,11 +1,7 @@
 // Errors the API returns: {"error":{"code","message","field"?}} with an HTTP status.
+import type { ApiErrorBody, ApiErrorCode } from "../api/types";
 
-export type ErrorCode =
-  | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
-  | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
-  | "shutting_down" | "internal";
-
-const STATUS: Record<ErrorCode, number> = {
+const STATUS: Record<ApiErrorCode, number> = {
   invalid_request: 400, no_pool: 422, pool_exhausted: 409, ip_unavailable: 409, forbidden: 403,
   not_found: 404, method_not_allowed: 405, payload_too_large: 413, reservation_attached: 409,
   shutting_down: 503, internal: 500,
@@ -13,11 +9,11 @@ const STATUS: Record<ErrorCode, number> = {
 
 export class ApiError extends Error {
   readonly status: number;
-  constructor(readonly code: ErrorCode, message: string, readonly field?: string) {
+  constructor(readonly code: ApiErrorCode, message: string, readonly field?: string) {
     super(message);
     this.status = STATUS[code];
   }
-  toJSON(): { error: { code: string; message: string; field?: string } } {
+  toJSON(): ApiErrorBody {
     return { error: { code: this.code, message: this.message, ...(this.field ? { field: this.field } : {}) } };
   }
 }

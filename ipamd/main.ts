@@ -5,7 +5,7 @@ import pino from "pino";
 import { ConfigError, loadConfig } from "./config";
 import { startDaemon } from "./daemon";
 import { VERSION } from "./server";
-import { StoreError } from "./store";
+import { StoreError } from "./store/database";
 
 function collectLabel(value: string, previous: Record<string, string>): Record<string, string> {
   const i = value.indexOf("=");

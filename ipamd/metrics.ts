@@ -1,7 +1,7 @@
 // Prometheus metrics (own registry, so tests and embedders never collide with the default one).
 import type { ServerResponse } from "node:http";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import type { PoolUsage } from "./types";
+import type { PoolUsage } from "../api/types";
 
 export class Metrics {
   readonly registry = new Registry();

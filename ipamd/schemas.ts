@@ -1,29 +1,36 @@
-// zod schemas of every request body the daemon accepts.
+// zod schemas of every request body the daemon accepts; each checks against its type in api/types.ts.
 import { z } from "zod";
+import type {
+  AllocateRequest, AttachmentRequest, GcRequest, NetworkStatusRequest, PinRequest, ReleaseReservationRequest, ReservationFilter,
+  ReserveRequest, StatefulSetRequest,
+} from "../api/types";
 import { parseCidr, parseIp } from "../lib/ip";
+import { containerIdProblem, ifNameProblem, networkNameProblem } from "../lib/names";
 
 const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const dnsSubdomain = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 
-export const namespaceField = z.string().max(63).regex(dnsLabel, {
+const namespaceField = z.string().max(63).regex(dnsLabel, {
   message: "must be a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)",
 });
-export const statefulSetField = z.string().max(253).regex(dnsSubdomain, {
+const statefulSetField = z.string().max(253).regex(dnsSubdomain, {
   message: "must be a Kubernetes object name (lowercase letters, digits, '-' and '.')",
 });
-const containerID = z.string().min(1).max(256).regex(/^[A-Za-z0-9][A-Za-z0-9_.\-]*$/, {
-  message: "must be the runtime's container ID (letters, digits, '_', '.', '-')",
-});
-const ifName = z.string().min(1).max(15).regex(/^[^\s/:]+$/, {
-  message: "must be a Linux interface name (1-15 characters, no '/', ':' or spaces)",
-});
-const network = z.string().min(1).max(253);
+// The plugins' own rules (lib/names.ts): a name the plugin passes, ipamd accepts, and back.
+const named = (problem: (s: string) => string | undefined) =>
+  z.string().superRefine((s, ctx) => {
+    const why = problem(s);
+    if (why) ctx.addIssue({ code: "custom", message: why });
+  });
+const containerID = named(containerIdProblem);
+const ifName = named(ifNameProblem);
+const network = named(networkNameProblem);
 const poolName = z.string().min(1).max(63);
 const ipOrCidr = z.string().refine((s) => parseIp(s) !== null || parseCidr(s) !== null, {
   message: "must be an IP address, optionally with /prefix (e.g. 10.99.0.7 or 10.99.0.7/24)",
 });
 
-export const attachmentSchema = z.object({ containerID, ifName, network });
+export const attachmentSchema = z.object({ containerID, ifName, network }) satisfies z.ZodType<AttachmentRequest>;
 
 export const allocateSchema = attachmentSchema.extend({
   podNamespace: z.string().max(253).optional(),
@@ -31,15 +38,17 @@ export const allocateSchema = attachmentSchema.extend({
   podUID: z.string().max(64).optional(),
   pools: z.array(poolName).max(16).optional(),
   ips: z.array(ipOrCidr).max(2).optional(),
-});
-export type AllocateRequest = z.infer<typeof allocateSchema>;
-export type AttachmentRequest = z.infer<typeof attachmentSchema>;
+}) satisfies z.ZodType<AllocateRequest>;
+
+export const networkStatusSchema = z.object({
+  network,
+  pools: z.array(poolName).max(16).optional(),
+}) satisfies z.ZodType<NetworkStatusRequest>;
 
 export const gcSchema = z.object({
   network,
   validAttachments: z.array(z.object({ containerID, ifName })).max(100_000),
-});
-export type GcRequest = z.infer<typeof gcSchema>;
+}) satisfies z.ZodType<GcRequest>;
 
 export const reserveSchema = z.strictObject({
   namespace: namespaceField,
@@ -47,8 +56,7 @@ export const reserveSchema = z.strictObject({
   replicas: z.number().int().min(0).max(10_000),
   pools: z.array(poolName).max(16).optional(),
   network: network.optional(),
-});
-export type ReserveRequest = z.infer<typeof reserveSchema>;
+}) satisfies z.ZodType<ReserveRequest>;
 
 export const pinSchema = z.strictObject({
   namespace: namespaceField,
@@ -56,8 +64,7 @@ export const pinSchema = z.strictObject({
   ordinal: z.number().int().min(0).max(1_000_000),
   ip: ipOrCidr,
   force: z.boolean().optional(),
-});
-export type PinRequest = z.infer<typeof pinSchema>;
+}) satisfies z.ZodType<PinRequest>;
 
 export const releaseReservationSchema = z.strictObject({
   ip: ipOrCidr.optional(),
@@ -73,10 +80,11 @@ export const releaseReservationSchema = z.strictObject({
   if (r.ordinal !== undefined && !r.statefulset) {
     ctx.addIssue({ code: "custom", path: ["statefulset"], message: "ordinal needs namespace and statefulset" });
   }
-});
-export type ReleaseReservationRequest = z.infer<typeof releaseReservationSchema>;
+}) satisfies z.ZodType<ReleaseReservationRequest>;
 
-export const statefulSetSchema = z.strictObject({ namespace: namespaceField, statefulset: statefulSetField });
+export const statefulSetSchema = z.strictObject({
+  namespace: namespaceField, statefulset: statefulSetField,
+}) satisfies z.ZodType<StatefulSetRequest>;
 
 export const reservationsQuerySchema = z.strictObject({
   namespace: z.string().optional(),
@@ -86,4 +94,4 @@ export const reservationsQuerySchema = z.strictObject({
   ip: z.string().optional(),
   state: z.enum(["attached", "detached"]).optional(),
   limit: z.coerce.number().int().min(1).max(1_000_000).optional(),
-});
+}) satisfies z.ZodType<ReservationFilter>;

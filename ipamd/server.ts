@@ -1,88 +1,34 @@
-// HTTP/1.1 + JSON API on a unix socket, with group commit: requests that arrive together are
-// applied in one SQLite transaction, and their replies are sent only after that commit.
+// HTTP/1.1 + JSON API on a unix socket (api/API.md). Every change goes through mutate(): the
+// ownership prepares it, the group commit applies its rule, the ownership learns the outcome.
 import { chmodSync, chownSync, existsSync, mkdirSync, realpathSync, statSync, unlinkSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import type { z } from "zod";
-import { Allocator } from "./allocator";
+import type { RegisterResponse, StatusResponse } from "../api/types";
+import { GroupCommitter } from "./commit";
 import type { Config } from "./config";
 import { ApiError } from "./errors";
 import type { Metrics } from "./metrics";
+import type { NodeIpam } from "./node";
+import type { OwnershipOp, OwnershipTicket } from "./ownership";
 import { peerCred, type PeerCred } from "./peercred";
 import {
-  allocateSchema, attachmentSchema, gcSchema, pinSchema, releaseReservationSchema, reservationsQuerySchema,
+  allocateSchema, attachmentSchema, gcSchema, networkStatusSchema, pinSchema, releaseReservationSchema, reservationsQuerySchema,
   reserveSchema, statefulSetSchema,
 } from "./schemas";
-import type { DB } from "./store";
+import type { DB } from "./store/database";
 
 declare const __BERTH_VERSION__: string | undefined;
 /** package.json's version, defined by scripts/build.sh. */
 export const VERSION = typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev";
 const MAX_BODY_BYTES = 4 * 1024 * 1024; // a GC of ~50k attachments fits
 
-interface Pending { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }
-
-/** Applies queued operations in shared transactions; each op gets its own savepoint. */
-export class GroupCommitter {
-  private queue: Pending[] = [];
-  private scheduled = false;
-  private closed = false;
-
-  constructor(private readonly db: DB, private readonly maxBatch: number, private readonly metrics?: Metrics,
-    private readonly log?: Logger) {}
-
-  submit<T>(run: () => T): Promise<T> {
-    if (this.closed) return Promise.reject(new ApiError("shutting_down", "ipamd is shutting down; retry shortly"));
-    return new Promise<T>((resolve, reject) => {
-      this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
-      if (!this.scheduled) { this.scheduled = true; setImmediate(() => this.flush()); }
-    });
-  }
-
-  get idle(): boolean { return this.queue.length === 0 && !this.scheduled; }
-
-  close(): void { this.closed = true; }
-
-  private flush(): void {
-    this.scheduled = false;
-    const batch = this.queue.splice(0, this.maxBatch);
-    if (batch.length === 0) return;
-    const outcomes: { ok: boolean; value: unknown }[] = [];
-    const started = performance.now();
-    try {
-      this.db.transaction(() => {
-        for (const item of batch) {
-          try {
-            outcomes.push({ ok: true, value: this.db.transaction(item.run)() }); // savepoint per request
-          } catch (e) {
-            outcomes.push({ ok: false, value: e });
-          }
-        }
-      })();
-    } catch (e) {
-      // The commit itself failed (disk full, I/O error): nothing of this batch is durable.
-      this.log?.error({ err: e }, "group commit failed");
-      for (const item of batch) item.reject(new ApiError("internal", `database commit failed: ${(e as Error).message}`));
-      this.reschedule();
-      return;
-    }
-    this.metrics?.batchSize.observe(batch.length);
-    this.metrics?.commitSeconds.observe((performance.now() - started) / 1000);
-    batch.forEach((item, i) => (outcomes[i]!.ok ? item.resolve(outcomes[i]!.value) : item.reject(outcomes[i]!.value)));
-    this.reschedule();
-  }
-
-  private reschedule(): void {
-    if (this.queue.length > 0 && !this.scheduled) { this.scheduled = true; setImmediate(() => this.flush()); }
-  }
-}
-
 type Handler = (ctx: { req: IncomingMessage; body: unknown; query: URLSearchParams; params: string[]; receivedAt: number }) => unknown;
 interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler: Handler }
 
-export interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; allocator: Allocator }
+interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam }
 
 export class ApiServer {
   readonly server: Server;
@@ -115,7 +61,23 @@ export class ApiServer {
     });
   }
 
-  get commit(): GroupCommitter { return this.committer; }
+  /**
+   * The two steps of every change (see ownership.ts): prepare outside the transaction, then the
+   * rule in the group commit; the ownership hears whether it became durable.
+   */
+  async mutate<T>(op: OwnershipOp, rule: (ticket: OwnershipTicket) => T): Promise<T> {
+    const { ownership } = this.o.node;
+    const ticket = await ownership.prepare(op);
+    let result: T;
+    try {
+      result = await this.committer.submit(() => rule(ticket));
+    } catch (e) {
+      ownership.abandoned(ticket, e);
+      throw e;
+    }
+    ownership.committed(ticket);
+    return result;
+  }
 
   async listen(socketPath: string): Promise<void> {
     const dir = dirname(socketPath);
@@ -151,7 +113,7 @@ export class ApiServer {
   }
 
   private defineRoutes(): void {
-    const a = this.o.allocator;
+    const { rules, views, statefulSets, pools } = this.o.node;
     const route = (method: Route["method"]) => (path: string, name: string, handler: Handler): void => {
       this.routes.push({ method, pattern: new RegExp(`^${path}$`), name, handler });
     };
@@ -160,59 +122,63 @@ export class ApiServer {
 
     post("/v1/allocate", "allocate", ({ body }) => {
       const req = parse(allocateSchema, body);
-      return this.committer.submit(() => a.allocate(req, Date.now()));
+      return this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, Date.now(), t));
     });
     post("/v1/release", "release", ({ body }) => {
       const req = parse(attachmentSchema, body);
-      return this.committer.submit(() => a.release(req, Date.now()));
+      return this.mutate({ kind: "release", req }, (t) => rules.release(req, Date.now(), t));
     });
-    post("/v1/check", "check", ({ body }) => a.check(parse(attachmentSchema, body)));
+    post("/v1/check", "check", ({ body }) => rules.check(parse(attachmentSchema, body)));
     post("/v1/gc", "gc", ({ body, receivedAt }) => {
       const req = parse(gcSchema, body);
-      return this.committer.submit(() => a.gc(req, receivedAt, Date.now()));
+      return this.mutate({ kind: "gc", req }, (t) => rules.gc(req, receivedAt, Date.now(), t));
     });
-    get("/v1/status", "status", () => ({
+    get("/v1/status", "status", (): StatusResponse => ({
       status: "ok", version: VERSION,
       node: { name: this.o.config.nodeName, labels: this.o.config.nodeLabels },
       pools: this.o.config.pools.length,
-      poolsSelected: a.nodePools.map((p) => p.name),
-      reservations: a.reservationCount(),
+      poolsSelected: pools.selected.map((p) => p.name),
+      reservations: views.reservationCount(),
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       database: this.o.config.database,
       cooldownSeconds: this.o.config.cooldownMs / 1000,
       detachedTTLSeconds: this.o.config.detachedTtlMs / 1000,
     }));
-    get("/v1/pools", "pools", () => ({ pools: a.poolUsage(Date.now()) }));
+    post("/v1/status/network", "status_network", ({ body }) => views.networkStatus(parse(networkStatusSchema, body), Date.now()));
+    get("/v1/pools", "pools", () => ({ pools: views.poolUsage(Date.now()) }));
     get("/v1/pools/([^/]+)", "pool", ({ params }) => {
       const name = decodePathSegment(params[0]!);
-      const pool = a.poolUsage(Date.now()).find((p) => p.name === name);
+      const pool = views.poolUsage(Date.now()).find((p) => p.name === name);
       if (!pool) throw new ApiError("not_found", `pool "${name}" is not defined (defined: ${this.o.config.pools.map((p) => p.name).join(", ")})`);
       return { pool };
     });
     get("/v1/reservations", "reservations", ({ query }) => {
       const filter = parse(reservationsQuerySchema, Object.fromEntries(query.entries()));
-      return a.listReservations(filter);
+      return views.reservations(filter);
     });
     post("/v1/reservations/reserve", "reserve", ({ body }) => {
       const req = parse(reserveSchema, body);
-      return this.committer.submit(() => a.reserve(req, Date.now()));
+      return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, Date.now(), t));
     });
     post("/v1/reservations/pin", "pin", ({ body }) => {
       const req = parse(pinSchema, body);
-      return this.committer.submit(() => a.pin(req, Date.now()));
+      return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, Date.now(), t));
     });
     post("/v1/reservations/release", "reservations_release", ({ body }) => {
       const req = parse(releaseReservationSchema, body);
-      return this.committer.submit(() => a.releaseReservations(req, Date.now()));
+      return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, Date.now(), t));
     });
-    get("/v1/statefulsets", "statefulsets", () => a.listStatefulSets());
+    get("/v1/statefulsets", "statefulsets", () => statefulSets.list());
     post("/v1/statefulsets/register", "statefulsets_register", ({ body }) => {
       const req = parse(statefulSetSchema, body);
-      return this.committer.submit(() => { a.registerStatefulSet(req.namespace, req.statefulset, Date.now()); return { registered: req }; });
+      return this.mutate({ kind: "register", req }, (): RegisterResponse => {
+        statefulSets.register(req.namespace, req.statefulset, Date.now());
+        return { registered: req };
+      });
     });
     post("/v1/statefulsets/unregister", "statefulsets_unregister", ({ body }) => {
       const req = parse(statefulSetSchema, body);
-      return this.committer.submit(() => a.unregisterStatefulSet(req.namespace, req.statefulset));
+      return this.mutate({ kind: "unregister", req }, () => statefulSets.unregister(req.namespace, req.statefulset));
     });
   }
 
@@ -229,7 +195,7 @@ export class ApiServer {
         return;
       }
       const candidates = this.routes.filter((r) => r.pattern.test(url.pathname));
-      if (candidates.length === 0) throw new ApiError("not_found", `no such API path ${url.pathname}; see ipamd/API.md (paths start with /v1/)`);
+      if (candidates.length === 0) throw new ApiError("not_found", `no such API path ${url.pathname}; see api/API.md (paths start with /v1/)`);
       const route = candidates.find((r) => r.method === req.method);
       if (!route) {
         res.setHeader("allow", candidates.map((r) => r.method).join(", "));

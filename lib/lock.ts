@@ -1,13 +1,10 @@
 // An exclusive flock(2) between concurrent plugin calls on one node: the kernel drops the lock when
 // a plugin dies, so a crashed call never wedges the next one.
 import { closeSync, openSync } from "node:fs";
-import { koffi } from "../cni/netlink/koffi";
+import { EAGAIN, EINTR, LOCK_EX, LOCK_NB, LOCK_UN, lastErrno, libc } from "./ffi/libc";
 import { sleepSync } from "./files";
 import { OsError } from "./oserror";
 
-let flock: ((fd: number, operation: number) => number) | undefined;
-const LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
-const EINTR = 4, EWOULDBLOCK = 11;
 const LOCK_TIMEOUT_MS = 30_000;
 
 /**
@@ -15,13 +12,12 @@ const LOCK_TIMEOUT_MS = 30_000;
  * of waiting: OsError code ETIMEDOUT (CNI code 11, the runtime retries).
  */
 export function withFileLock<T>(path: string, what: string, fn: () => T): T {
-  flock ??= koffi.load("libc.so.6").func("int flock(int fd, int operation)") as (fd: number, operation: number) => number;
   const fd = openSync(path, "a", 0o600);
   try {
     const deadline = Date.now() + LOCK_TIMEOUT_MS;
-    while (Number(flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
-      const errno = koffi.errno();
-      if (errno !== EWOULDBLOCK && errno !== EINTR) {
+    while (Number(libc.flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
+      const errno = lastErrno();
+      if (errno !== EAGAIN && errno !== EINTR) {
         throw new OsError(`cannot lock ${path}: errno ${errno}`, "file", `E${errno}`, "flock", path,
           "keep the plugin's stateDir on a local filesystem (tmpfs /run or a local disk)");
       }
@@ -34,7 +30,7 @@ export function withFileLock<T>(path: string, what: string, fn: () => T): T {
     try {
       return fn();
     } finally {
-      flock(fd, LOCK_UN);
+      libc.flock(fd, LOCK_UN);
     }
   } finally {
     closeSync(fd);

@@ -4,7 +4,7 @@
 //
 //   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json]
 import { rmSync } from "node:fs";
-import { IpamdClient } from "../ipamd/client";
+import { IpamdClient } from "../api/client";
 import { type DaemonHandle, startIpamd } from "../test/helpers/ipamd";
 
 interface Result { seeded: number; concurrency: number; allocations: number; perSecond: number; p50ms: number; p99ms: number; maxms: number; errors: number }

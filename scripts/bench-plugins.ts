@@ -1,9 +1,13 @@
 // Plugin benchmarks, run by `make bench` after `make build`:
-//  1. start-up: the compiled berth-macvlan answering VERSION (target: median < 25 ms);
-//  2. ADD and DEL wall time of berth-macvlan + berth-ipam (ipamd running) against the
-//     reference macvlan + host-local on the same master, machine and run, alternating.
+//  1. start-up: the compiled berth-macvlan answering VERSION against the reference, and the floor:
+//     an empty `bun build --compile` executable; the FFI load (bun:ffi against koffi) in-process;
+//  2. ADD and DEL wall time of berth-macvlan + berth-ipam (ipamd running) against the reference
+//     macvlan + host-local, and plugin against plugin with both on host-local, on the same master,
+//     namespace, machine and run, alternating, after warm-up runs;
+//  3. where an ADD and a DEL spend their time: phases cut at system calls in an strace of the
+//     compiled plugin (strace --seccomp-bpf stops only at the calls it marks, so it adds little).
 import { spawn, spawnSync, execFileSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -35,6 +39,38 @@ function startupBench(): void {
     for (let i = 0; i < 5; i++) timeRun(file, env, conf); // warm the page cache
     const samples = Array.from({ length: 60 }, () => timeRun(file, env, conf));
     console.log(`  ${label.padEnd(18)} VERSION median ${ms(median(samples))}  (p90 ${ms(percentile(samples, 0.9))}, n=${samples.length})`);
+  }
+}
+
+/** Bun's own start-up: an empty compiled executable built with the same flags as dist/bin/berth. */
+function floorBench(): void {
+  const dir = mkdtempSync(join(tmpdir(), "berth-bench-floor-"));
+  try {
+    writeFileSync(join(dir, "empty.ts"), "export {};\n");
+    execFileSync(join(root, "node_modules/.bin/bun"), ["build", "--compile", "--minify", "--bytecode", "--format=esm",
+      "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig", join(dir, "empty.ts"), "--outfile", join(dir, "empty")],
+      { stdio: "ignore" });
+    const empty = join(dir, "empty");
+    for (let i = 0; i < 5; i++) timeRun(empty, {}, "");
+    const samples = Array.from({ length: 60 }, () => timeRun(empty, {}, ""));
+    console.log(`  ${"empty bun binary".padEnd(18)} start+exit median ${ms(median(samples))}  (the floor of any compiled Bun program)`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Load time of the libc binding, in a fresh Bun process each time: bun:ffi (what ships) against koffi. */
+function ffiLoadBench(): void {
+  const symbols = "socket bind getsockname setsockopt getsockopt sendto recv close open setns fstatfs ioctl flock strerror".split(" ");
+  const bunFfi = `const t=performance.now();const {dlopen}=require("bun:ffi");dlopen("libc.so.6",{${
+    symbols.map((n) => `${n}:{args:[],returns:"i32"}`).join(",")}});console.log(performance.now()-t)`;
+  const koffi = `const t=performance.now();const k=require("koffi");const l=k.load("libc.so.6");${
+    symbols.map((n) => `l.func("int ${n}(int a)");`).join("")}console.log(performance.now()-t)`;
+  for (const [label, code] of [["bun:ffi", bunFfi], ["koffi (old)", koffi]]) {
+    const samples = Array.from({ length: 15 }, () => Number(execFileSync(join(root, "node_modules/.bin/bun"), ["-e", code],
+      { cwd: root, encoding: "utf8" }).trim()));
+    const what = `FFI load, ${label}`.padEnd(18);
+    console.log(`  ${what} median ${median(samples).toFixed(2)} ms for ${symbols.length} libc functions (in-process)`);
   }
 }
 
@@ -74,30 +110,44 @@ async function addDelBench(): Promise<void> {
     // The reference plugins Debian ships speak CNI up to 1.0.0.
     const common = { cniVersion: "1.0.0", name: "bench", master, mode: "bridge" };
     const ours = JSON.stringify({ ...common, type: "berth-macvlan", ipam: { type: "berth-ipam", socket } });
-    const theirs = JSON.stringify({ ...common, type: "macvlan",
-      ipam: { type: "host-local", subnet: "10.98.0.0/16", gateway: "10.98.0.1", dataDir: join(tmp, "host-local"),
-        routes: [{ dst: "0.0.0.0/0" }] } });
+    const hostLocal = (subnet: string, dir: string) => ({ type: "host-local", subnet, gateway: subnet.replace(/0\/16$/, "1"),
+      dataDir: join(tmp, dir), routes: [{ dst: "0.0.0.0/0" }] });
+    const oursHostLocal = JSON.stringify({ ...common, type: "berth-macvlan", ipam: hostLocal("10.96.0.0/16", "host-local-berth") });
+    const theirs = JSON.stringify({ ...common, type: "macvlan", ipam: hostLocal("10.98.0.0/16", "host-local") });
     const env = (command: string, id: string, path: string) => ({
       CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: "eth0",
       CNI_PATH: path, CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=bench-pod", PATH: process.env.PATH ?? "",
     });
-    const t = { oursAdd: [] as number[], oursDel: [] as number[], refAdd: [] as number[], refDel: [] as number[] };
-    for (let i = 0; i < rounds; i++) {
-      const id = `bench${i}`;
-      t.oursAdd.push(timeRun(join(bin, "berth-macvlan"), env("ADD", id, bin), ours));
-      t.oursDel.push(timeRun(join(bin, "berth-macvlan"), env("DEL", id, bin), ours));
-      t.refAdd.push(timeRun(join(REFERENCE, "macvlan"), env("ADD", id, REFERENCE), theirs));
-      t.refDel.push(timeRun(join(REFERENCE, "macvlan"), env("DEL", id, REFERENCE), theirs));
-    }
-    const pair = (a: number[], d: number[]) => a.map((x, i) => x + d[i]);
-    const rows: [string, number[], number[]][] = [
-      ["ADD", t.oursAdd, t.refAdd], ["DEL", t.oursDel, t.refDel],
-      ["ADD+DEL", pair(t.oursAdd, t.oursDel), pair(t.refAdd, t.refDel)],
-    ];
-    console.log(`  ${rounds} rounds, alternating; medians:`);
-    for (const [label, o, r] of rows) {
-      console.log(`  ${label.padEnd(8)} berth ${ms(median(o)).padStart(9)}   reference ${ms(median(r)).padStart(9)}   ratio ${(median(o) / median(r)).toFixed(2)}`);
-    }
+    const berth = join(bin, "berth-macvlan"), reference = join(REFERENCE, "macvlan");
+    const kinds = {
+      ours: { file: berth, path: bin, conf: ours },
+      oursHl: { file: berth, path: `${bin}:${REFERENCE}`, conf: oursHostLocal },
+      ref: { file: reference, path: REFERENCE, conf: theirs },
+    };
+    const t = Object.fromEntries(Object.keys(kinds).map((k) => [k, { add: [] as number[], del: [] as number[] }])) as
+      Record<keyof typeof kinds, { add: number[]; del: number[] }>;
+    const once = (k: keyof typeof kinds, id: string, record: boolean) => {
+      const { file, path, conf } = kinds[k];
+      const a = timeRun(file, env("ADD", id, path), conf);
+      const d = timeRun(file, env("DEL", id, path), conf);
+      if (record) { t[k].add.push(a); t[k].del.push(d); }
+    };
+    for (let i = 0; i < 3; i++) for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) once(k, `warm${k}${i}`, false);
+    for (let i = 0; i < rounds; i++) for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) once(k, `bench${k}${i}`, true);
+    const pair = (x: { add: number[]; del: number[] }) => x.add.map((a, i) => a + x.del[i]);
+    const table = (title: string, o: { add: number[]; del: number[] }, r: { add: number[]; del: number[] }) => {
+      console.log(title);
+      for (const [label, a, b] of [["ADD", o.add, r.add], ["DEL", o.del, r.del], ["ADD+DEL", pair(o), pair(r)]] as const) {
+        const ratio = (median(a) / median(b)).toFixed(2);
+        console.log(`  ${label.padEnd(8)} berth ${ms(median(a)).padStart(9)}   reference ${ms(median(b)).padStart(9)}   ratio ${ratio}`);
+      }
+    };
+    console.log(`  ${rounds} rounds, the three pairs in turn (after 3 warm-up rounds); medians:`);
+    table("  berth-macvlan + berth-ipam (ipamd) vs macvlan + host-local:", t.ours, t.ref);
+    table("  plugin against plugin, both on host-local (berth-macvlan + host-local vs macvlan + host-local):", t.oursHl, t.ref);
+
+    console.log("\nwhere the time goes (median of 10 ADD and 10 DEL of berth-macvlan + berth-ipam under strace --seccomp-bpf):");
+    phaseBreakdown((command, id) => ({ file: berth, env: env(command, id, bin), stdin: ours }));
   } finally {
     daemon.kill("SIGTERM");
     spawnSync("ip", ["netns", "del", netns]);
@@ -108,5 +158,95 @@ async function addDelBench(): Promise<void> {
 
 console.log("berth-macvlan start-up (CNI VERSION, compiled executable, empty PATH):");
 startupBench();
-console.log("\nberth-macvlan + berth-ipam vs reference macvlan + host-local:");
+floorBench();
+ffiLoadBench();
+console.log("\nADD and DEL on one veth master into one namespace:");
 await addDelBench();
+
+// ---- per-phase breakdown from an strace of the compiled plugin
+
+interface Call { pid: number; start: number; end: number; name: string; text: string }
+
+/** Calls of an `strace -f -ttt -T` log, unfinished/resumed halves joined; times in ms from execve. */
+function parseTrace(log: string): Call[] {
+  const calls: Call[] = [];
+  const open = new Map<number, Call>();
+  let t0 = NaN;
+  for (const line of log.split("\n")) {
+    const m = /^(\d+)\s+(\d+\.\d+)\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const pid = Number(m[1]), at = Number(m[2]) * 1000, rest = m[3]!;
+    if (Number.isNaN(t0)) t0 = at;
+    const dur = /<(\d+\.\d+)>$/.exec(rest);
+    const resumed = /^<\.\.\. (\w+) resumed>/.exec(rest);
+    if (resumed) {
+      const c = open.get(pid);
+      if (c) { c.end = at - t0 + (dur ? Number(dur[1]) * 1000 : 0); c.text += rest; open.delete(pid); }
+      continue;
+    }
+    const name = /^(\w+)\(/.exec(rest)?.[1];
+    if (!name) continue;
+    const c: Call = { pid, start: at - t0, end: at - t0, name, text: rest };
+    if (rest.includes("<unfinished ...>")) open.set(pid, c);
+    else if (dur) c.end = c.start + Number(dur[1]) * 1000;
+    calls.push(c);
+  }
+  return calls;
+}
+
+function phasesOf(calls: Call[]): Record<string, number> {
+  const first = (p: (c: Call) => boolean) => calls.find(p);
+  const last = (p: (c: Call) => boolean) => [...calls].reverse().find(p);
+  const stdin = first((c) => c.name === "read" && c.text.startsWith("read(0,"));
+  const netns = first((c) => c.name === "openat" && c.text.includes("/run/netns/"));
+  const setnsBack = calls.filter((c) => c.name === "setns")[1];
+  const nlFds = new Set(calls.filter((c) => c.name === "socket" && c.text.includes("AF_NETLINK")).map((c) => /= (\d+)/.exec(c.text)?.[1]));
+  const onNl = (c: Call) => (c.name === "sendto" || c.name === "recvfrom") && nlFds.has(/^\w+\((\d+)/.exec(c.text)?.[1]);
+  const connect = first((c) => c.name === "connect" && c.text.includes("AF_UNIX"));
+  const unixFd = connect && /^connect\((\d+)/.exec(connect.text)?.[1];
+  const answer = unixFd ? last((c) => c.name === "recvfrom" && c.text.startsWith(`recvfrom(${unixFd},`)) : undefined;
+  const dellink = first((c) => onNl(c) && c.name === "sendto" && /nlmsg_type=(RTM_DELLINK|0x11\b)/.test(c.text));
+  const output = last((c) => c.name === "write" && c.text.startsWith("write(1,"));
+  const exit = last((c) => c.name === "exit_group");
+  const out: Record<string, number> = {};
+  if (stdin) out["runtime start + dispatcher (execve to reading stdin)"] = stdin.start;
+  if (stdin && netns) out["config parse, plugin modules, FFI load, master lookup"] = netns.start - stdin.end;
+  if (netns && setnsBack) out["netns entry (open, setns in, netlink socket, setns back)"] = setnsBack.end - netns.start;
+  out["netlink requests (time in sendto/recvfrom, all sockets)"] = calls.filter(onNl).reduce((s, c) => s + (c.end - c.start), 0);
+  if (dellink) out["  of which the kernel's macvlan delete (RTM_DELLINK)"] = dellink.end - dellink.start;
+  if (connect && answer) out["ipamd round trip (connect to answer)"] = answer.end - connect.start;
+  if (connect && answer && dellink) {
+    const overlap = Math.min(answer.end, dellink.end) - Math.max(connect.start, dellink.start);
+    out["  of which overlapped with the kernel's delete"] = Math.max(0, overlap);
+  }
+  if (output && exit && output.start > (answer?.end ?? 0)) out["result written to exit"] = exit.start - output.start;
+  if (exit) out["total under strace (execve to exit_group)"] = exit.start;
+  return out;
+}
+
+function phaseBreakdown(run: (command: string, id: string) => { file: string; env: Record<string, string>; stdin: string }): void {
+  const dir = mkdtempSync(join(tmpdir(), "berth-bench-trace-"));
+  try {
+    for (const command of ["ADD", "DEL"]) {
+      const samples: Record<string, number[]> = {};
+      for (let i = 0; i < 10; i++) {
+        for (const c of command === "DEL" ? ["ADD", "DEL"] : ["ADD"]) {
+          const { file, env, stdin } = run(c, `trace${i}`);
+          const log = join(dir, `${c}${i}.trace`);
+          const traced = c === command;
+          const marks = "trace=execve,read,openat,socket,connect,sendto,recvfrom,setns,write,exit_group";
+          const r = spawnSync(traced ? "strace" : file, traced ? ["-f", "--seccomp-bpf", "-ttt", "-T", "-o", log, "-e", marks, file] : [],
+            { env, input: stdin, encoding: "utf8" });
+          if (r.status !== 0) throw new Error(`${c} under strace failed (${r.status}): ${r.stdout}${r.stderr}`);
+          if (command === "ADD") spawnSync(file, [], { env: run("DEL", `trace${i}`).env, input: stdin });
+          if (!traced) continue;
+          for (const [k, v] of Object.entries(phasesOf(parseTrace(readFileSync(log, "utf8"))))) (samples[k] ??= []).push(v);
+        }
+      }
+      console.log(`  ${command}`);
+      for (const [k, v] of Object.entries(samples)) console.log(`    ${k.padEnd(58)} ${ms(median(v)).padStart(9)}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds what ships:
-#   dist/bin/berth            one multi-call executable (bun --compile, koffi embedded)
+#   dist/bin/berth            one multi-call executable (bun --compile; libc through bun:ffi, no addon)
 #   dist/bin/<plugin>         links to it; a CNI runtime finds a plugin by file name
-#   dist/ipamd/ipamd.mjs      the daemon, bundled by esbuild, run by Node 20
-#   dist/ipamd/*.node         the native modules it loads from beside itself
+#   dist/ipamd/ipamd.mjs      the daemon, bundled by esbuild, run by Node 24 (SQLite is its built-in node:sqlite)
+#   dist/ipamd/koffi.node     the one native module it loads, from beside itself
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,10 @@ git diff --quiet HEAD 2>/dev/null || commit="${commit}-dirty"
 rm -rf dist.new
 mkdir -p dist.new/bin dist.new/ipamd
 
-node_modules/.bin/bun build --compile --minify --bytecode --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
+# ESM with --splitting: each plugin, ipamctl and the dispatcher are separate bytecode chunks inside the
+# binary, so a call loads only the chunks its verb imports (VERSION: ~9% less CPU than one bundle).
+node_modules/.bin/bun build --compile --minify --bytecode --format=esm --splitting \
+  --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
   --define "__BERTH_VERSION__=\"$version\"" --define "__BERTH_COMMIT__=\"$commit\"" \
   cni/main.ts --outfile dist.new/bin/berth >/dev/null
 for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
@@ -22,12 +25,11 @@ for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
 done
 
 # esbuild's ESM output has no `require`; the banner gives the bundled CommonJS
-# modules (better-sqlite3) a real one so they can load native addons by path.
-node_modules/.bin/esbuild ipamd/main.ts --bundle --platform=node --target=node20 --format=esm \
+# modules (koffi) a real one so they can load their native addon by path.
+node_modules/.bin/esbuild ipamd/main.ts --bundle --platform=node --target=node24 --format=esm \
   --define:__BERTH_VERSION__="\"$version\"" --define:__BERTH_COMMIT__="\"$commit\"" \
   --banner:js="import { createRequire as __berthCreateRequire } from 'node:module'; const require = __berthCreateRequire(import.meta.url);" \
-  --external:@koromix/koffi-linux-x64/* --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
-cp node_modules/better-sqlite3/build/Release/better_sqlite3.node dist.new/ipamd/
+  --log-level=warning --outfile=dist.new/ipamd/ipamd.mjs
 cp node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node dist.new/ipamd/
 printf '{"type":"module"}\n' > dist.new/ipamd/package.json
 

@@ -8,8 +8,10 @@ root=$(pwd)
 
 fail() { echo "make demo: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root: the demo creates network namespaces and links (sudo make demo)"
-for tool in ip ping node; do
-  command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install -y iproute2 iputils-ping nodejs"
+export PATH="$root/node_modules/.bin:$PATH" # ipamd runs on the project's Node 24
+[ -x node_modules/.bin/node ] || fail "node_modules/.bin/node (Node.js 24) is missing: run npm ci"
+for tool in ip ping; do
+  command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install -y iproute2 iputils-ping"
 done
 [ -x dist/bin/berth-macvlan ] && [ -f dist/ipamd/ipamd.mjs ] || fail "dist/ is not built: run make build"
 
@@ -88,7 +90,8 @@ fi
 
 cat > "$work/10-demo.conflist" <<CONF
 {
-  "cniVersion": "1.1.0",
+  "cniVersion": "1.0.0",
+  "cniVersions": ["1.0.0", "1.1.0"],
   "name": "demo",
   "plugins": [
     { "type": "berth-macvlan", "master": "$nic", $vlan_json "mode": "bridge",
@@ -96,11 +99,12 @@ cat > "$work/10-demo.conflist" <<CONF
   ]
 }
 CONF
-# What a runtime (libcni) hands the first plugin of a conflist: the plugin's entry plus the
-# list's name and cniVersion.
+# What a runtime (libcni >= 1.2) hands the first plugin of a conflist: the plugin's entry plus
+# the list's name and the highest version of cniVersions it implements (1.1.0).
 node -e '
   const list = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
-  process.stdout.write(JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] }));
+  const cniVersion = list.cniVersions.includes("1.1.0") ? "1.1.0" : list.cniVersion;
+  process.stdout.write(JSON.stringify({ ...list.plugins[0], cniVersion, name: list.name }));
 ' "$work/10-demo.conflist" > "$work/berth-macvlan.conf"
 
 step "1. ADD two pods through $bin/berth-macvlan, as kubelet does (CNI_* env, config on stdin)"

@@ -17,6 +17,14 @@ for name in berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl; do
   mv -f "$bin_dir/.$name.tmp" "$bin_dir/$name"
 done
 
+# containerd runs `loopback` for every pod sandbox. Answer as it only where the node has none:
+# a loopback already there (the reference plugin, or our link from an earlier run) is kept.
+if [ ! -e "$bin_dir/loopback" ] && [ ! -L "$bin_dir/loopback" ]; then
+  ln -sf berth "$bin_dir/.loopback.tmp"
+  mv -f "$bin_dir/.loopback.tmp" "$bin_dir/loopback"
+  echo "no loopback plugin in $bin_dir: installed berth's"
+fi
+
 target="$conf_dir/$(basename "$conflist")"
 cp "$conflist" "$target.tmp"
 chmod 0644 "$target.tmp"

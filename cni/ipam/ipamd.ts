@@ -1,6 +1,6 @@
 // berth-ipam's client side: the node's ipamd, over its unix socket, in-process.
-import { IpamdClient, IpamdError, IpamdUnreachable } from "../../ipamd/client";
-import type { AllocateResponse } from "../../ipamd/types";
+import { IpamdClient, IpamdError, IpamdUnreachable } from "../../api/client";
+import type { AllocateResponse } from "../../api/types";
 import { canonicalCidr } from "../../lib/ip";
 import { CniError, CniCode } from "../skel/errors";
 import type { CniContext } from "../skel/plugin";

@@ -16,6 +16,7 @@ import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { Netns } from "../netns";
 import { openPodNetns, refuseExistingIfName } from "../pod/check";
+import { bandwidthLimits, checkPodShapingIn, removePodShaping, shapePodInterface } from "../pod/bandwidth";
 import { configurePodInterface, podNetOptions } from "../pod/setup";
 import { extendResult, mismatch } from "../skel/chain";
 import type { NetConf } from "../skel/config";
@@ -191,6 +192,7 @@ async function add(ctx: Ctx): Promise<Result> {
       throw toCniError(e, `${PLUGIN} ADD ${ctx.ifName} (${describeSelector(cfg.selector)})`);
     }
   }
+  const bandwidth = bandwidthLimits(ctx.conf);
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
@@ -237,6 +239,7 @@ async function add(ctx: Ctx): Promise<Result> {
         ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
         ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
       });
+      if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return extendResult(ctx.conf.prevResult, {
         interfaces: [{ name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, ...(pci ? { pciID: pci } : {}) }],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -289,6 +292,7 @@ const recordsLock = (cfg: HostdevConfig) => ({ file: join(cfg.stateDir, ".lock")
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
+  removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first; the move back to the host drops the device's qdiscs
   await giveBackDevice(ctx, {
     path: statePath(cfg, ctx),
     lock: () => recordsLock(cfg),
@@ -340,6 +344,7 @@ async function check(ctx: Ctx): Promise<void> {
   for (const a of staticAddresses(cfg, st.original)) {
     if (!have.has(canonical(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
   }
+  checkPodShapingIn(ctx.netns, ctx.ifName, bandwidthLimits(ctx.conf));
 }
 
 export const hostdevPlugin = withIpamDefaults(definePlugin<HostdevConfig>({

@@ -10,6 +10,7 @@ import {
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError } from "../netns";
 import { checkPodInterface, isOwnNetns, openPodNetns, refuseExistingIfName, usePodNetns } from "../pod/check";
+import { bandwidthLimits, checkBurstFitsMtu, checkPodShaping, removePodShaping, shapePodInterface } from "../pod/bandwidth";
 import { configurePodInterface, podNetOptions } from "../pod/setup";
 import { extendResult, findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
 import type { NetConf } from "../skel/config";
@@ -134,6 +135,7 @@ export function ownership(ctx: CniContext<unknown>): { alias: string; tmpName: s
 async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
+  const bandwidth = bandwidthLimits(ctx.conf);
   // Everything that can be refused is refused before anything changes.
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
@@ -143,6 +145,7 @@ async function add(ctx: Ctx): Promise<Result> {
       throw invalid("mtu", `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
         `use at most ${master.mtu}, or 0 for the master's MTU`);
     }
+    checkBurstFitsMtu(bandwidth, cfg.mtu || master.mtu, ctx.ifName);
     const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
     const wanted = requested ?? cfg.mac;
     if (wanted && wanted === master.mac) {
@@ -192,6 +195,7 @@ async function add(ctx: Ctx): Promise<Result> {
         create(master);
       }
       const link = configurePod(podNs, ctx, tmpName, own.alias, mac, vlan ? vlanLinkName(master.name, vlan) : master.name, alloc);
+      if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return extendResult(ctx.conf.prevResult, {
         interfaces: [{ name: ctx.ifName, mac: link.mac, mtu: link.mtu, sandbox: ctx.netns }],
         ips: (alloc?.result.ips ?? []).map((ip): IpConfig => ({ ...ip, interface: 0 })),
@@ -316,6 +320,7 @@ async function del(ctx: Ctx): Promise<void> {
   const ipam = ipamOf(ctx);
   const released = ipam ? ipam.del().then(() => undefined, (e: unknown) => e) : undefined;
   try {
+    removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
     for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);
@@ -345,6 +350,7 @@ async function check(ctx: Ctx): Promise<void> {
       if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
       if (link.macvlan?.mode !== cfg.mode) throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
       // No MTU comparison: a later plugin of the chain (tuning) may change it, and CHECK must allow that.
+      checkPodShaping(nl, ctx.ifName, bandwidthLimits(ctx.conf));
       return checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac);
     });
     if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);

@@ -21,6 +21,7 @@ import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
 import { Netns } from "../netns";
 import { openPodNetns, refuseExistingIfName } from "../pod/check";
+import { vfRateFromBandwidth } from "../pod/bandwidth";
 import { configurePodInterface, podNetOptions } from "../pod/setup";
 import { extendResult, mismatch } from "../skel/chain";
 import type { NetConf } from "../skel/config";
@@ -296,7 +297,8 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
 }
 
 async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
-  const cfg = ctx.pluginConfig;
+  // the bandwidth capability's egressRate as max_tx_rate, unless the config sets rates
+  const cfg = { ...ctx.pluginConfig, ...vfRateFromBandwidth(ctx.conf, ctx.pluginConfig, ctx.log) };
   const log = ctx.log;
   const mac = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : cfg.mac;
   const host = NetlinkSocket.open();

@@ -7,7 +7,7 @@ export type CniVersion = (typeof SUPPORTED_VERSIONS)[number];
 const SEMVER = /^(\d+)\.(\d+)\.(\d+)$/;
 
 /** Compares two "x.y.z" versions; throws code 6 on a malformed one. */
-function compareVersions(a: string, b: string): number {
+export function compareVersions(a: string, b: string): number {
   const pa = parseSemver(a);
   const pb = parseSemver(b);
   for (let i = 0; i < 3; i++) {

@@ -1,17 +1,18 @@
 // Builds ipamd/ipamctl with esbuild and runs a REAL daemon process on a REAL unix socket with a
 // REAL SQLite file in a temp dir.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { build } from "esbuild";
-import { IpamdClient } from "../../ipamd/client";
+import { IpamdClient } from "../../api/client";
 
 const ROOT = resolve(import.meta.dirname, "../..");
-// Inside the repo so the bundles' external imports (better-sqlite3, koffi) resolve to node_modules.
+// Inside the repo so the bundles' external imports (koffi) resolve to node_modules.
 const OUT_DIR = join(ROOT, "node_modules/.cache/berth-ipamd", String(process.pid));
-// The daemon runs on Node even when this helper runs under bun (bench script).
-const NODE = process.versions.bun ? "node" : process.execPath;
+// The daemon runs on the project's Node LTS (node_modules/.bin/node), also when this helper runs under bun (bench).
+const PROJECT_NODE = join(ROOT, "node_modules/.bin/node");
+const NODE = existsSync(PROJECT_NODE) ? PROJECT_NODE : process.versions.bun ? "node" : process.execPath;
 
 let built: Promise<{ ipamd: string; ipamctl: string }> | undefined;
 
@@ -28,14 +29,14 @@ export function buildIpamd(): Promise<{ ipamd: string; ipamctl: string }> {
   built ??= (async () => {
     mkdirSync(OUT_DIR, { recursive: true });
     const common = {
-      bundle: true, platform: "node" as const, format: "esm" as const, target: "node20",
-      external: ["better-sqlite3", "koffi", "@koromix/*"], logLevel: "error" as const,
+      bundle: true, platform: "node" as const, format: "esm" as const, target: "node24",
+      external: ["koffi", "@koromix/*"], logLevel: "error" as const,
       banner: { js: "import { createRequire as __berthRequire } from 'node:module'; const require = __berthRequire(import.meta.url);" },
     };
     const ipamd = join(OUT_DIR, "ipamd.mjs");
     const ipamctl = join(OUT_DIR, "ipamctl.mjs");
     await build({ ...common, entryPoints: [join(ROOT, "ipamd/main.ts")], outfile: ipamd });
-    await build({ ...common, entryPoints: [join(ROOT, "ipamd/ipamctl-entry.ts")], outfile: ipamctl });
+    await build({ ...common, entryPoints: [join(ROOT, "ipamctl/main.ts")], outfile: ipamctl });
     return { ipamd, ipamctl };
   })();
   return built;

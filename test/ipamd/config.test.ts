@@ -1,6 +1,7 @@
 // Address arithmetic, pool compilation and label selectors (pure functions of ipamd/ip.ts and config.ts).
 import { describe, expect, it } from "vitest";
-import { buildConfig, ConfigError, firstUsableAtOrAfter, selectorMatches } from "../../ipamd/config";
+import { buildConfig, ConfigError } from "../../ipamd/config";
+import { firstUsableAtOrAfter, selectorMatches } from "../../ipamd/pools";
 import { canonicalIp, formatIp, parseCidr, parseIp } from "../../lib/ip";
 
 describe("ip", () => {

@@ -1,8 +1,8 @@
 // kill -9 in the middle of a storm of concurrent allocations: every acknowledged IP survives,
 // and no IP is ever held by two owners.
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { afterAll, describe, expect, it } from "vitest";
-import { IpamdClient } from "../../ipamd/client";
+import { IpamdClient } from "../../api/client";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
 
 let d: DaemonHandle | undefined;
@@ -50,7 +50,7 @@ describe("crash during an allocation storm", () => {
     expect(failures).toBeGreaterThan(0); // the kill really hit in-flight requests
 
     d = await d.restart();
-    const db = new Database(d.db, { readonly: true });
+    const db = new DatabaseSync(d.db, { readOnly: true });
     try {
       const rows = db.prepare("SELECT ip, container_id, owner FROM reservations").all() as { ip: string; container_id: string | null; owner: string }[];
       const byIp = new Map(rows.map((r) => [r.ip, r]));
@@ -70,7 +70,7 @@ describe("crash during an allocation storm", () => {
       // Acknowledged addresses were also never given to two clients.
       const all = [...acked.values()].flatMap((a) => a.ips);
       expect(new Set(all).size).toBe(all.length);
-      expect(db.pragma("integrity_check", { simple: true })).toBe("ok");
+      expect(db.prepare("PRAGMA integrity_check").get()).toEqual({ integrity_check: "ok" });
     } finally { db.close(); }
 
     // The restarted daemon answers the same attachments idempotently and keeps allocating fresh IPs.

@@ -1,4 +1,4 @@
-// ipamctl against a real daemon (node running the esbuild bundle of ipamd/ipamctl-entry.ts).
+// ipamctl against a real daemon (node running the esbuild bundle of ipamctl/main.ts).
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cleanupIpamdTest, type DaemonHandle, makeTempDir, runIpamctl, startIpamd } from "../helpers/ipamd";

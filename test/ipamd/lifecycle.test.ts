@@ -1,10 +1,10 @@
 // Start-up flags, schema version, graceful shutdown, metrics on TCP, log file, restart persistence.
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { existsSync, readFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { MIGRATIONS } from "../../ipamd/store";
+import { MIGRATIONS } from "../../ipamd/store/schema";
 import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
 
 function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -40,9 +40,9 @@ describe("daemon lifecycle", () => {
     const lines = readFileSync(logFile, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { msg: string });
     expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(["ipamd serving", "shutting down", "stopped"]));
 
-    const db = new Database(d.db, { readonly: true });
+    const db = new DatabaseSync(d.db, { readOnly: true });
     try {
-      expect(db.pragma("user_version", { simple: true })).toBe(MIGRATIONS.length);
+      expect(db.prepare("PRAGMA user_version").get()).toEqual({ user_version: MIGRATIONS.length });
       expect(db.prepare("SELECT owner, container_id FROM reservations").all()).toEqual([{ owner: "default/web/0", container_id: null }]);
     } finally { db.close(); }
 

@@ -1,7 +1,7 @@
 // Core allocate/release/check/sticky behaviour against a real daemon, socket and SQLite file.
-import Database from "better-sqlite3";
+import { DatabaseSync } from "node:sqlite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { IpamdError } from "../../ipamd/client";
+import { IpamdError } from "../../api/client";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
 
 let d: DaemonHandle;
@@ -102,11 +102,11 @@ describe("allocate / release / sticky", () => {
 
   it("records every allocation in the SQLite file", async () => {
     const a = await d.client.allocate(at("disk-1"));
-    const db = new Database(d.db, { readonly: true });
+    const db = new DatabaseSync(d.db, { readOnly: true });
     try {
       const row = db.prepare("SELECT ip, pool, owner, container_id FROM reservations WHERE container_id = ?").get("disk-1");
       expect(row).toEqual({ ip: a.ips[0]!.address.split("/")[0], pool: "p4", owner: "disk-1/eth0", container_id: "disk-1" });
-      expect(db.pragma("journal_mode", { simple: true })).toBe("wal");
+      expect(db.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
     } finally { db.close(); }
   });
 });

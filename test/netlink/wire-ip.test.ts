@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { broadcastOf, formatIP, networkOf, parsePrefix } from "../../cni/netlink/ip";
 import { ipToBytes, parseIp } from "../../lib/ip";
 import { MessageBuilder, attrList, parseAttrs, parseMessages, macToBuffer, bufferToMac } from "../../cni/netlink/wire";
-import { errnoName } from "../../cni/netlink/libc";
+import { errnoName } from "../../lib/ffi/libc";
 
 describe("IP helpers", () => {
   it.each([

@@ -1,12 +1,14 @@
 // The Kubernetes manifests, the install script and the systemd unit agree with the code:
 // binary names, paths, the socket, and config keys the daemon and the plugins accept.
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
 import { describe, expect, it } from "vitest";
+import { decodeConfig, parseConfig } from "../../cni/skel/config";
 import { configSchema } from "../../ipamd/config";
-import { DEFAULT_SOCKET } from "../../ipamd/client";
-import { ROOT } from "../helpers/plugins";
+import { DEFAULT_SOCKET } from "../../api/client";
+import { pickVersion, pluginConfigs, type ConfList, type Libcni } from "../helpers/libcni";
+import { ROOT, pluginPath, runCni } from "../helpers/plugins";
 
 const K8S = join(ROOT, "conf/kubernetes");
 const PLUGINS = ["berth-macvlan", "berth-hostdev", "berth-sriov", "berth-ipam", "ipamctl"];
@@ -64,7 +66,6 @@ describe("conf/kubernetes", () => {
 
   it("the ConfigMap's conflist uses plugins this build ships and points at the daemon's socket", () => {
     const list = JSON.parse(configMap.data["10-berth.conflist"]);
-    expect(list.cniVersion).toBe("1.1.0");
     for (const p of list.plugins) {
       expect(PLUGINS).toContain(p.type);
       if (p.ipam?.type === "berth-ipam") expect(p.ipam.socket ?? DEFAULT_SOCKET).toBe(DEFAULT_SOCKET);
@@ -74,11 +75,14 @@ describe("conf/kubernetes", () => {
     expect(env.CNI_CONFLIST).toBe("/etc/berth/10-berth.conflist");
   });
 
-  it("RBAC only reads nodes, pods and statefulsets", () => {
-    const role = find("ClusterRole");
-    const granted = role.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}`)).sort();
-    expect(granted).toEqual(["/nodes", "/pods", "apps/statefulsets"]);
-    for (const r of role.rules) expect(r.verbs.sort()).toEqual(["get", "list", "watch"]);
+  it("RBAC reads nodes, pods and statefulsets, writes only events.k8s.io Events and the kube-system Lease", () => {
+    const grants = (kind: string) => docs(join(K8S, "rbac.yaml")).filter((d: any) => d.kind === kind)
+      .flatMap((d: any) => d.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}: ${[...r.verbs].sort().join(",")}`)))
+      .sort();
+    expect(grants("ClusterRole")).toEqual([
+      "/nodes: get,list,watch", "/pods: get,list,watch", "apps/statefulsets: get,list,watch", "events.k8s.io/events: create,patch",
+    ]);
+    expect(grants("Role")).toEqual(["coordination.k8s.io/leases: create,get,update"]);
     expect(find("ServiceAccount").metadata.name).toBe(pod.serviceAccountName);
   });
 
@@ -100,12 +104,13 @@ describe("conf/kubernetes", () => {
 
   it("every Multus NetworkAttachmentDefinition holds a valid CNI config for a known plugin", () => {
     const nads = readdirSync(join(K8S, "multus")).flatMap((f) => docs(join(K8S, "multus", f)));
-    const types = nads.map((n) => JSON.parse(n.spec.config).type).sort();
+    // Conflists, not single configs: libcni reads "cniVersions" only in a list.
+    const types = nads.map((n) => JSON.parse(n.spec.config).plugins[0].type).sort();
     expect(types).toEqual(["berth-hostdev", "berth-macvlan", "berth-sriov", "ipvlan"]);
     for (const n of nads) {
       const conf = JSON.parse(n.spec.config);
-      expect(conf.cniVersion).toBe("1.1.0");
-      expect(conf.ipam.type).toBe("berth-ipam");
+      expect(conf.plugins).toHaveLength(1);
+      expect(conf.plugins[0].ipam.type).toBe("berth-ipam");
     }
   });
 
@@ -114,5 +119,97 @@ describe("conf/kubernetes", () => {
     expect(unit).toContain("ExecStart=/usr/bin/node /usr/lib/berth/ipamd/ipamd.mjs --config /etc/berth/ipamd.json");
     expect(unit).toMatch(/RuntimeDirectory=berth\n/);
     expect(unit).toMatch(/StateDirectory=berth\n/);
+  });
+});
+
+// Every CNI config Berth ships or documents, by where it comes from.
+function shippedConfLists(): [string, ConfList][] {
+  const out: [string, ConfList][] = [];
+  const confDir = join(ROOT, "conf/cni");
+  for (const f of readdirSync(confDir).filter((f) => f.endsWith(".conflist"))) {
+    out.push([`conf/cni/${f}`, JSON.parse(readFileSync(join(confDir, f), "utf8"))]);
+  }
+  out.push(["ConfigMap 10-berth.conflist", JSON.parse(configMap.data["10-berth.conflist"])]);
+  for (const f of readdirSync(join(K8S, "multus"))) {
+    for (const nad of docs(join(K8S, "multus", f))) out.push([`multus/${f}`, JSON.parse(nad.spec.config)]);
+  }
+  for (const md of markdownFiles(ROOT)) {
+    const text = readFileSync(md, "utf8");
+    for (const m of text.matchAll(/```json\n([\s\S]*?)```/g)) {
+      // Network configs (not the error documents): a documented example is a conflist too.
+      if (m[1]!.includes('"cniVersion"') && m[1]!.includes('"type"')) out.push([md.slice(ROOT.length + 1), JSON.parse(m[1]!)]);
+    }
+  }
+  return out;
+}
+
+function markdownFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    if (e.name.startsWith(".") || ["node_modules", "dist", "test-results"].includes(e.name)) return [];
+    const path = join(dir, e.name);
+    return e.isDirectory() ? markdownFiles(path) : e.name.endsWith(".md") ? [path] : [];
+  });
+}
+
+const BERTH_TYPES = new Set(PLUGINS.filter((p) => p !== "ipamctl"));
+
+/** The executable a runtime would run for `type`: ours from the build, the others from /usr/lib/cni. */
+function executableOf(type: string): string {
+  return BERTH_TYPES.has(type) ? pluginPath(type) : `/usr/lib/cni/${type}`;
+}
+
+function supports(executable: string, conf: Record<string, unknown>): string[] {
+  const r = runCni(executable, { command: "VERSION", config: conf });
+  expect(r.code, `${executable} VERSION: ${r.stdout}${r.stderr}`).toBe(0);
+  return r.json.supportedVersions;
+}
+
+describe("CNI versions in every shipped and documented config", () => {
+  const lists = shippedConfLists();
+
+  it("finds the conflists, the ConfigMap and every NAD", () => {
+    expect(lists.filter(([where]) => where.startsWith("conf/cni/")).length).toBeGreaterThanOrEqual(8);
+    expect(lists.filter(([where]) => where.startsWith("multus/"))).toHaveLength(4);
+  });
+
+  it('each says "cniVersion": "1.0.0" with "cniVersions": ["1.0.0", "1.1.0"]', () => {
+    for (const [where, list] of lists) {
+      expect({ where, cniVersion: list.cniVersion, cniVersions: list.cniVersions })
+        .toEqual({ where, cniVersion: "1.0.0", cniVersions: ["1.0.0", "1.1.0"] });
+    }
+  });
+
+  it("libcni 1.1.x runtimes pick 1.0.0 and libcni >= 1.2 runtimes pick 1.1.0", () => {
+    for (const [, list] of lists) {
+      expect(pickVersion(list, "1.1")).toBe("1.0.0");
+      expect(pickVersion(list, "1.2")).toBe("1.1.0");
+    }
+  });
+
+  // Debian's reference plugins (1.1.1, libcni 1.1) stop at 1.0.0: they are checked with the
+  // version libcni 1.1 runtimes pick; with 1.1.0 a node needs reference plugins that speak it.
+  for (const libcni of ["1.1", "1.2"] as Libcni[]) {
+    it(`every plugin and IPAM plugin of every list speaks what a libcni ${libcni} runtime picks, and ours parse it`, () => {
+      for (const [where, list] of lists) {
+        for (const conf of pluginConfigs(list, libcni)) {
+          const types = [conf.type as string, (conf.ipam as { type?: string } | undefined)?.type].filter((t) => t !== undefined);
+          for (const type of types) {
+            if (!BERTH_TYPES.has(type) && (libcni === "1.2" || !existsSync(executableOf(type)))) continue;
+            expect(supports(executableOf(type), conf), `${where}: ${type}`).toContain(conf.cniVersion);
+          }
+          if (BERTH_TYPES.has(conf.type as string)) {
+            expect(parseConfig(decodeConfig(JSON.stringify(conf)), "ADD").cniVersion).toBe(conf.cniVersion);
+          }
+        }
+      }
+    });
+  }
+
+  it("a plugin handed the list's cniVersions too answers in the cniVersion the runtime chose", () => {
+    const conf = { cniVersion: "1.0.0", cniVersions: ["1.0.0", "1.1.0"], name: "n", type: "berth-ipam", ipam: { type: "berth-ipam" } };
+    expect(parseConfig(decodeConfig(JSON.stringify(conf)), "ADD").cniVersion).toBe("1.0.0");
+    // STATUS exists from 1.1.0: a runtime that chose 1.0.0 cannot ask for it, whatever the list offers.
+    const status = runCni(pluginPath("berth-ipam"), { command: "STATUS", config: conf });
+    expect(status.json).toMatchObject({ cniVersion: "1.0.0", code: 1, msg: "config version does not allow STATUS" });
   });
 });

@@ -1,6 +1,6 @@
 // The shipped executable needs neither Node nor node_modules: a copy outside the repo, run with
-// an empty environment (no PATH), answers VERSION and really configures a pod (koffi and its
-// native addon are inside the binary).
+// an empty environment (no PATH), answers VERSION and really configures a pod (libc through
+// Bun's built-in FFI: no native addon inside or beside the binary).
 import { execFileSync, spawnSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";

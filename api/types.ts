@@ -1,4 +1,40 @@
-// Response shapes of the ipamd API, shared by the daemon, the client and ipamctl (types only).
+// The ipamd API contract (api/API.md), shared by the daemon, the client, the plugins and ipamctl.
+// Types only: the daemon validates request bodies against these shapes (ipamd/schemas.ts).
+
+// ---------- requests ----------
+
+/** One interface of one container on one CNI network: the key of a CNI attachment. */
+export interface AttachmentRequest { containerID: string; ifName: string; network: string }
+
+/** POST /v1/allocate. */
+export interface AllocateRequest extends AttachmentRequest {
+  podNamespace?: string;
+  podName?: string;
+  podUID?: string;
+  /** Only these pools (names). */
+  pools?: string[];
+  /** Exact addresses, at most one per family, bare or address/prefix. */
+  ips?: string[];
+}
+
+/** POST /v1/gc: attachments on `network` that are still alive. */
+export interface GcRequest { network: string; validAttachments: { containerID: string; ifName: string }[] }
+
+/** POST /v1/reservations/reserve. */
+export interface ReserveRequest { namespace: string; statefulset: string; replicas: number; pools?: string[]; network?: string }
+
+/** POST /v1/reservations/pin. */
+export interface PinRequest { namespace: string; statefulset: string; ordinal: number; ip: string; force?: boolean }
+
+/** POST /v1/reservations/release: by `ip`, or by `namespace` + `statefulset` (optionally `ordinal`, `pool`). */
+export interface ReleaseReservationRequest {
+  ip?: string; namespace?: string; statefulset?: string; ordinal?: number; pool?: string; force?: boolean;
+}
+
+/** POST /v1/statefulsets/register and /unregister. */
+export interface StatefulSetRequest { namespace: string; statefulset: string }
+
+// ---------- responses ----------
 
 export interface AllocatedIp {
   pool: string;
@@ -30,6 +66,18 @@ export interface StatusResponse {
   database: string;
   cooldownSeconds: number;
   detachedTTLSeconds: number;
+}
+
+/** POST /v1/status/network: could ADD allocate for this network (and ipam.pools) on this node now? */
+export interface NetworkStatusRequest {
+  network: string;
+  pools?: string[];
+}
+
+/** Ready: every family of the usable pools has a free address. Otherwise an error: no_pool or pool_exhausted. */
+export interface NetworkStatusResponse {
+  network: string;
+  pools: { name: string; family: 4 | 6; free: string }[];
 }
 
 export interface PoolUsage {
@@ -95,4 +143,15 @@ export interface StatefulSetsResponse {
   statefulsets: { namespace: string; name: string; source: "config" | "api"; registeredAt?: string }[];
 }
 
-export interface ApiErrorBody { error: { code: string; message: string; field?: string } }
+export interface RegisterResponse { registered: StatefulSetRequest }
+
+// ---------- errors ----------
+
+/** The `code` of an error answer; api/API.md lists each with its HTTP status. */
+export type ApiErrorCode =
+  | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
+  | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
+  | "shutting_down" | "internal";
+
+/** The body of every non-2xx answer. */
+export interface ApiErrorBody { error: { code: ApiErrorCode; message: string; field?: string } }

@@ -1,8 +1,8 @@
 // ipamctl: operator CLI for ipamd over its unix socket. Lean imports only (compiled with bun).
 import Table from "cli-table3";
 import { Command, CommanderError, Option } from "commander";
-import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "./client";
-import type { PoolUsage, Reservation } from "./types";
+import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "../api/client";
+import type { PoolUsage, Reservation } from "../api/types";
 
 interface Globals { socket: string; output: "table" | "json"; timeout: string }
 

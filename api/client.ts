@@ -1,9 +1,11 @@
-// Small client of the ipamd API over its unix socket. Imports nothing heavy: CNI plugins and
-// ipamctl load it.
+// Small client of the ipamd API (api/API.md) over its unix socket. Imports nothing heavy: the CNI
+// plugins and ipamctl load it.
 import type { Agent } from "node:http";
 import type {
-  AllocateResponse, GcResponse, PinResponse, PoolUsage, ReleaseReservationsResponse, ReleaseResponse,
-  ReservationFilter, ReservationsResponse, ReserveResponse, StatefulSetsResponse, StatusResponse, UnregisterResponse,
+  AllocateRequest, AllocateResponse, ApiErrorBody, AttachmentRequest, GcRequest, GcResponse, PinRequest, PinResponse, PoolUsage,
+  RegisterResponse, ReleaseReservationRequest, ReleaseReservationsResponse, ReleaseResponse, ReservationFilter,
+  ReservationsResponse, ReserveRequest, ReserveResponse, StatefulSetsResponse, StatusResponse, UnregisterResponse,
+  NetworkStatusRequest, NetworkStatusResponse,
 } from "./types";
 
 export const DEFAULT_SOCKET = "/run/berth/ipamd.sock";
@@ -30,12 +32,6 @@ export interface ClientOptions {
   keepAlive?: boolean;
 }
 
-export interface Attachment { containerID: string; ifName: string; network: string }
-export interface AllocateArgs extends Attachment {
-  podNamespace?: string; podName?: string; podUID?: string; pools?: string[]; ips?: string[];
-}
-export type { ReservationFilter };
-
 export class IpamdClient {
   private readonly timeoutMs: number;
   private readonly keepAlive: boolean;
@@ -46,13 +42,14 @@ export class IpamdClient {
     this.keepAlive = options.keepAlive ?? false;
   }
 
-  allocate(args: AllocateArgs): Promise<AllocateResponse> { return this.call("POST", "/v1/allocate", args); }
-  release(args: Attachment): Promise<ReleaseResponse> { return this.call("POST", "/v1/release", args); }
-  check(args: Attachment): Promise<AllocateResponse> { return this.call("POST", "/v1/check", args); }
-  gc(network: string, validAttachments: { containerID: string; ifName: string }[]): Promise<GcResponse> {
-    return this.call("POST", "/v1/gc", { network, validAttachments });
+  allocate(args: AllocateRequest): Promise<AllocateResponse> { return this.call("POST", "/v1/allocate", args); }
+  release(args: AttachmentRequest): Promise<ReleaseResponse> { return this.call("POST", "/v1/release", args); }
+  check(args: AttachmentRequest): Promise<AllocateResponse> { return this.call("POST", "/v1/check", args); }
+  gc(network: string, validAttachments: GcRequest["validAttachments"]): Promise<GcResponse> {
+    return this.call("POST", "/v1/gc", { network, validAttachments } satisfies GcRequest);
   }
   status(): Promise<StatusResponse> { return this.call("GET", "/v1/status"); }
+  networkStatus(args: NetworkStatusRequest): Promise<NetworkStatusResponse> { return this.call("POST", "/v1/status/network", args); }
   pools(): Promise<{ pools: PoolUsage[] }> { return this.call("GET", "/v1/pools"); }
   pool(name: string): Promise<{ pool: PoolUsage }> { return this.call("GET", `/v1/pools/${encodeURIComponent(name)}`); }
   reservations(filter: ReservationFilter = {}): Promise<ReservationsResponse> {
@@ -61,17 +58,13 @@ export class IpamdClient {
     const qs = q.toString();
     return this.call("GET", `/v1/reservations${qs ? `?${qs}` : ""}`);
   }
-  reserve(args: { namespace: string; statefulset: string; replicas: number; pools?: string[]; network?: string }): Promise<ReserveResponse> {
-    return this.call("POST", "/v1/reservations/reserve", args);
-  }
-  pin(args: { namespace: string; statefulset: string; ordinal: number; ip: string; force?: boolean }): Promise<PinResponse> {
-    return this.call("POST", "/v1/reservations/pin", args);
-  }
-  releaseReservations(args: { ip?: string; namespace?: string; statefulset?: string; ordinal?: number; pool?: string; force?: boolean }): Promise<ReleaseReservationsResponse> {
+  reserve(args: ReserveRequest): Promise<ReserveResponse> { return this.call("POST", "/v1/reservations/reserve", args); }
+  pin(args: PinRequest): Promise<PinResponse> { return this.call("POST", "/v1/reservations/pin", args); }
+  releaseReservations(args: ReleaseReservationRequest): Promise<ReleaseReservationsResponse> {
     return this.call("POST", "/v1/reservations/release", args);
   }
   statefulSets(): Promise<StatefulSetsResponse> { return this.call("GET", "/v1/statefulsets"); }
-  registerStatefulSet(namespace: string, statefulset: string): Promise<unknown> {
+  registerStatefulSet(namespace: string, statefulset: string): Promise<RegisterResponse> {
     return this.call("POST", "/v1/statefulsets/register", { namespace, statefulset });
   }
   unregisterStatefulSet(namespace: string, statefulset: string): Promise<UnregisterResponse> {
@@ -88,7 +81,7 @@ export class IpamdClient {
       throw new IpamdError("bad_response", `ipamd answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON`, res.status);
     }
     if (res.status >= 200 && res.status < 300) return parsed as T;
-    const err = (parsed as { error?: { code?: string; message?: string; field?: string } }).error ?? {};
+    const err: Partial<ApiErrorBody["error"]> = (parsed as Partial<ApiErrorBody>).error ?? {};
     throw new IpamdError(err.code ?? "unknown", err.message ?? `HTTP ${res.status}`, res.status, err.field);
   }
 

@@ -1,0 +1,505 @@
+// A small etcd v3 client over etcd's JSON gateway (/v3/kv/*, /v3/lease/*, streaming /v3/watch), on node:http(s)
+// with keep-alive. Why not the npm etcd3 client: see docs/cluster.md. Only v3 API common to etcd 3.4 and 3.5.
+//
+// Every request carries `Grpc-Metadata-hasleader: true` (the gateway turns it into gRPC metadata hasleader=true):
+// a member without a leader then fails a request at once with "etcdserver: no leader" and cancels a watch
+// instead of leaving it silent.
+// Retries: a request that never reached etcd (connect refused/timed out, TLS failure, no leader) goes to the next
+// endpoint, for every kind of request. One that may have been applied (reset or timeout after sending) is retried
+// only when it is an idempotent read; a write then fails with EtcdOutcomeUnknown and the caller re-reads.
+import { readFileSync } from "node:fs";
+import * as http from "node:http";
+import * as https from "node:https";
+
+export interface EtcdTls { caFile?: string; certFile?: string; keyFile?: string }
+
+export interface EtcdClientOptions extends EtcdTls {
+  endpoints: string[];
+  /** Per-request deadline, connect included. */
+  requestTimeoutMs?: number;
+  /**
+   * When every endpoint refused (no leader, connect refused), try all again with backoff for this long before
+   * failing: rides out a leader election, still fails fast when the quorum is gone. Default 1000 ms.
+   */
+  retryBudgetMs?: number;
+  observer?: EtcdObserver;
+}
+
+export type ConnectionState = "connected" | "degraded" | "unreachable";
+
+/** Numbers for metrics; the daemon wires them to prom-client. */
+export interface EtcdObserver {
+  request?(op: string, endpoint: string, seconds: number, outcome: "ok" | "error" | "unreachable"): void;
+  state?(state: ConnectionState, detail: string): void;
+}
+
+export interface KeyValue {
+  key: string;
+  value: string;
+  createRevision: number;
+  modRevision: number;
+  version: number;
+  lease?: string;
+}
+
+export interface RangeResult { kvs: KeyValue[]; count: number; more: boolean; revision: number }
+export interface RangeOptions {
+  prefix?: boolean;
+  /** Explicit exclusive end of the range (instead of prefix). */
+  rangeEnd?: string;
+  keysOnly?: boolean;
+  countOnly?: boolean;
+  limit?: number;
+  /** Read at a past revision (fails with EtcdCompacted when compacted away). */
+  revision?: number;
+}
+
+export type Compare =
+  | { key: string; target: "create" | "mod" | "version"; equals: number }
+  | { key: string; target: "value"; equals: string };
+
+export type TxnOp =
+  | { put: { key: string; value: string; lease?: string } }
+  | { get: { key: string } & RangeOptions }
+  | { del: { key: string; prefix?: boolean } };
+
+export type TxnOpResult =
+  | { kind: "get"; kvs: KeyValue[] }
+  | { kind: "put" }
+  | { kind: "del"; deleted: number };
+
+export interface TxnResult { succeeded: boolean; revision: number; responses: TxnOpResult[] }
+
+export interface WatchEvent { type: "put" | "delete"; kv: KeyValue }
+export interface WatchHandlers {
+  /** Events of one revision batch, in order; `revision` is the header revision of the batch. */
+  onEvents(events: WatchEvent[], revision: number): void;
+  /** The start revision is compacted away: re-list, then watch again from the list's revision + 1. */
+  onCompacted(compactRevision: number): void;
+  /** The watch ended (no leader, member gone, stream closed); watch again from the last revision + 1. */
+  onEnd(error: EtcdError): void;
+  onCreated?(revision: number, endpoint: string): void;
+}
+export interface WatchHandle { readonly endpoint: string; close(): void }
+
+// ---------- errors ----------
+
+export class EtcdError extends Error {
+  constructor(message: string, readonly endpoint?: string) { super(message); }
+}
+/** No endpoint could serve the request; names each endpoint with why. */
+export class EtcdUnavailable extends EtcdError {
+  constructor(readonly op: string, readonly tried: { endpoint: string; reason: string }[]) {
+    super(`etcd unreachable: ${op} failed on every endpoint (${tried.map((t) => `${t.endpoint}: ${t.reason}`).join("; ")}); ` +
+      "check that a quorum of etcd members is up and reachable from this node, and the TLS files");
+  }
+}
+/** A write may or may not have been applied (connection lost after sending): re-read to find out. */
+export class EtcdOutcomeUnknown extends EtcdError {
+  constructor(readonly op: string, endpoint: string, reason: string) {
+    super(`etcd ${op} on ${endpoint}: outcome unknown (${reason}); re-read the keys to see whether it was applied`, endpoint);
+  }
+}
+/** etcd answered with an error status (bad request, compacted revision, too many ops...). */
+export class EtcdRequestError extends EtcdError {
+  constructor(readonly op: string, endpoint: string, readonly grpcCode: number, readonly detail: string) {
+    super(`etcd ${op} on ${endpoint} failed: ${detail} (gRPC code ${grpcCode})`, endpoint);
+  }
+}
+export class EtcdCompacted extends EtcdError {
+  constructor(readonly compactRevision: number, endpoint: string) {
+    super(`etcd revision compacted (compact revision ${compactRevision}); re-list`, endpoint);
+  }
+}
+
+// ---------- wire helpers ----------
+
+const b64 = (s: string): string => Buffer.from(s, "utf8").toString("base64");
+const unb64 = (s: string | undefined): string => (s ? Buffer.from(s, "base64").toString("utf8") : "");
+const num = (s: string | number | undefined): number => (s === undefined ? 0 : Number(s));
+
+/** base64 of the key just after every key with this prefix (etcd's --prefix); "\0" (all keys) for an all-0xff prefix. */
+function prefixEndB64(prefix: string): string {
+  const bytes = Buffer.from(prefix, "utf8");
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if (bytes[i]! < 0xff) {
+      const end = Buffer.from(bytes.subarray(0, i + 1));
+      end[i]! += 1;
+      return end.toString("base64");
+    }
+  }
+  return Buffer.from([0]).toString("base64");
+}
+
+interface WireKv { key: string; value?: string; create_revision?: string; mod_revision?: string; version?: string; lease?: string }
+function kvOf(w: WireKv): KeyValue {
+  const kv: KeyValue = {
+    key: unb64(w.key), value: unb64(w.value), createRevision: num(w.create_revision), modRevision: num(w.mod_revision),
+    version: num(w.version),
+  };
+  if (w.lease && w.lease !== "0") kv.lease = w.lease;
+  return kv;
+}
+
+function rangeBody(key: string, o: RangeOptions = {}): Record<string, unknown> {
+  const body: Record<string, unknown> = { key: b64(key) };
+  if (o.prefix) body.range_end = prefixEndB64(key);
+  else if (o.rangeEnd !== undefined) body.range_end = b64(o.rangeEnd);
+  if (o.keysOnly) body.keys_only = true;
+  if (o.countOnly) body.count_only = true;
+  if (o.limit) body.limit = o.limit;
+  if (o.revision) body.revision = o.revision;
+  return body;
+}
+
+function compareBody(c: Compare): Record<string, unknown> {
+  const target = { create: "CREATE", mod: "MOD", version: "VERSION", value: "VALUE" }[c.target];
+  const body: Record<string, unknown> = { key: b64(c.key), target, result: "EQUAL" };
+  if (c.target === "value") body.value = b64(c.equals);
+  else body[{ create: "create_revision", mod: "mod_revision", version: "version" }[c.target]] = c.equals;
+  return body;
+}
+
+function opBody(op: TxnOp): Record<string, unknown> {
+  if ("put" in op) {
+    return { request_put: { key: b64(op.put.key), value: b64(op.put.value), ...(op.put.lease ? { lease: op.put.lease } : {}) } };
+  }
+  if ("get" in op) { const { key, ...o } = op.get; return { request_range: rangeBody(key, o) }; }
+  return { request_delete_range: { key: b64(op.del.key), ...(op.del.prefix ? { range_end: prefixEndB64(op.del.key) } : {}) } };
+}
+
+/** How a failed attempt ended: `unsent` never reached etcd's state machine, `unknown` may have. */
+type Failure = { kind: "unsent" | "unknown"; reason: string } | { kind: "answer"; code: number; message: string };
+
+const UNSENT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ECONNABORTED"]);
+
+export class EtcdClient {
+  readonly endpoints: string[];
+  private readonly timeoutMs: number;
+  private readonly retryBudgetMs: number;
+  private readonly agents = new Map<string, http.Agent>();
+  private readonly tls: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  private current = 0;
+  private state: ConnectionState | null = null;
+  private closed = false;
+
+  constructor(private readonly o: EtcdClientOptions) {
+    if (o.endpoints.length === 0) throw new Error("etcd: no endpoints given; set cluster.etcd.endpoints");
+    this.endpoints = o.endpoints.map((e) => e.replace(/\/+$/, ""));
+    for (const e of this.endpoints) {
+      const u = new URL(e);
+      if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`etcd endpoint ${e}: expected http:// or https://`);
+    }
+    this.timeoutMs = o.requestTimeoutMs ?? 2000;
+    this.retryBudgetMs = o.retryBudgetMs ?? 1000;
+    const read = (what: string, path?: string): Buffer | undefined => {
+      if (!path) return undefined;
+      try { return readFileSync(path); } catch (e) {
+        throw new Error(`etcd ${what} ${path}: ${(e as Error).message}; fix cluster.etcd.${what}`);
+      }
+    };
+    this.tls = { ca: read("caFile", o.caFile), cert: read("certFile", o.certFile), key: read("keyFile", o.keyFile) };
+    if (!!this.tls.cert !== !!this.tls.key) throw new Error("etcd: certFile and keyFile go together; set both or neither");
+  }
+
+  get connectionState(): ConnectionState | null { return this.state; }
+  /** The endpoint the next request goes to first. */
+  get currentEndpoint(): string { return this.endpoints[this.current]!; }
+
+  close(): void {
+    this.closed = true;
+    for (const a of this.agents.values()) a.destroy();
+    this.agents.clear();
+  }
+
+  // ---------- KV ----------
+
+  async range(key: string, o: RangeOptions = {}): Promise<RangeResult> {
+    const r = await this.call("range", "/v3/kv/range", rangeBody(key, o), true) as
+      { header: { revision: string }; kvs?: WireKv[]; count?: string; more?: boolean };
+    return { kvs: (r.kvs ?? []).map(kvOf), count: num(r.count), more: r.more === true, revision: num(r.header.revision) };
+  }
+
+  async get(key: string): Promise<KeyValue | null> {
+    return (await this.range(key)).kvs[0] ?? null;
+  }
+
+  async put(key: string, value: string, o: { lease?: string } = {}): Promise<number> {
+    const r = await this.call("put", "/v3/kv/put", { key: b64(key), value: b64(value), ...(o.lease ? { lease: o.lease } : {}) }, false) as
+      { header: { revision: string } };
+    return num(r.header.revision);
+  }
+
+  async delete(key: string, o: { prefix?: boolean } = {}): Promise<number> {
+    const r = await this.call("delete", "/v3/kv/deleterange", opBody({ del: { key, ...o } }).request_delete_range as object, false) as
+      { deleted?: string };
+    return num(r.deleted);
+  }
+
+  /** If every compare holds, the success ops, else the failure ops; all at one revision. */
+  async txn(compare: Compare[], success: TxnOp[], failure: TxnOp[] = []): Promise<TxnResult> {
+    const readOnly = [...success, ...failure].every((op) => "get" in op);
+    const r = await this.call("txn", "/v3/kv/txn", {
+      compare: compare.map(compareBody), success: success.map(opBody), failure: failure.map(opBody),
+    }, readOnly) as { header: { revision: string }; succeeded?: boolean; responses?: Record<string, unknown>[] };
+    const ops = r.succeeded ? success : failure;
+    const responses = (r.responses ?? []).map((resp, i): TxnOpResult => {
+      const op = ops[i]!;
+      if ("get" in op) return { kind: "get", kvs: (((resp.response_range as { kvs?: WireKv[] }) ?? {}).kvs ?? []).map(kvOf) };
+      if ("put" in op) return { kind: "put" };
+      return { kind: "del", deleted: num((resp.response_delete_range as { deleted?: string } | undefined)?.deleted) };
+    });
+    return { succeeded: r.succeeded === true, revision: num(r.header.revision), responses };
+  }
+
+  // ---------- leases ----------
+
+  async leaseGrant(ttlSeconds: number): Promise<{ id: string; ttl: number }> {
+    const r = await this.call("lease grant", "/v3/lease/grant", { TTL: ttlSeconds }, false) as { ID: string; TTL: string; error?: string };
+    if (r.error) throw new EtcdError(`etcd lease grant failed: ${r.error}`);
+    return { id: r.ID, ttl: num(r.TTL) };
+  }
+
+  /** One keepalive; returns the remaining TTL (0: the lease is gone). Idempotent. */
+  async leaseKeepAlive(id: string): Promise<number> {
+    const r = await this.call("lease keepalive", "/v3/lease/keepalive", { ID: id }, true) as
+      { result?: { TTL?: string }; error?: { message: string } };
+    if (r.error) throw new EtcdError(`etcd lease keepalive failed: ${r.error.message}`);
+    return num(r.result?.TTL);
+  }
+
+  async leaseRevoke(id: string): Promise<void> {
+    try {
+      await this.call("lease revoke", "/v3/lease/revoke", { ID: id }, true);
+    } catch (e) {
+      if (e instanceof EtcdRequestError && /lease not found/.test(e.detail)) return;
+      throw e;
+    }
+  }
+
+  // ---------- watch ----------
+
+  /**
+   * One watch stream on one endpoint (the first that accepts it). It never reconnects by itself: on
+   * onEnd the caller watches again from its last revision + 1 (see WatchLoop).
+   */
+  watch(key: string, o: { prefix?: boolean; startRevision?: number; prevKv?: boolean }, h: WatchHandlers): WatchHandle {
+    const endpoint = this.endpoints[this.current]!;
+    let done = false;
+    let req: http.ClientRequest | null = null;
+    const finish = (err: EtcdError): void => {
+      if (done) return;
+      done = true;
+      req?.destroy();
+      h.onEnd(err);
+    };
+    const body: Record<string, unknown> = rangeBody(key, { prefix: o.prefix });
+    if (o.startRevision) body.start_revision = o.startRevision;
+    if (o.prevKv) body.prev_kv = true;
+    const started = performance.now();
+    req = this.request(endpoint, "/v3/watch", JSON.stringify({ create_request: body }), null);
+    const noAnswer = `etcd watch on ${endpoint}: no answer within ${this.timeoutMs} ms`;
+    const connectTimer = setTimeout(() => finish(new EtcdError(noAnswer, endpoint)), this.timeoutMs);
+    req.on("error", (e) => {
+      clearTimeout(connectTimer);
+      this.rotate(endpoint);
+      finish(new EtcdError(`etcd watch on ${endpoint} failed: ${(e as Error).message}`, endpoint));
+    });
+    req.on("response", (res) => {
+      let buf = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        buf += chunk;
+        for (let nl = buf.indexOf("\n"); nl >= 0 && !done; nl = buf.indexOf("\n")) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (line) this.watchMessage(line, endpoint, h, finish, () => {
+            clearTimeout(connectTimer);
+            this.o.observer?.request?.("watch", endpoint, (performance.now() - started) / 1000, "ok");
+          });
+        }
+      });
+      res.on("end", () => {
+        clearTimeout(connectTimer);
+        if (buf.trim() && !done) this.watchMessage(buf.trim(), endpoint, h, finish, () => undefined);
+        finish(new EtcdError(`etcd watch on ${endpoint}: stream closed`, endpoint));
+      });
+      res.on("error", (e) => finish(new EtcdError(`etcd watch on ${endpoint}: ${e.message}`, endpoint)));
+    });
+    return { endpoint, close: () => { done = true; clearTimeout(connectTimer); req?.destroy(); } };
+  }
+
+  private watchMessage(line: string, endpoint: string, h: WatchHandlers, finish: (e: EtcdError) => void, created: () => void): void {
+    let msg: { result?: WireWatch; error?: { message?: string; grpc_code?: number } };
+    try { msg = JSON.parse(line); } catch {
+      finish(new EtcdError(`etcd watch on ${endpoint}: unreadable message ${line.slice(0, 200)}`, endpoint));
+      return;
+    }
+    if (msg.error) {
+      if (/no leader/.test(msg.error.message ?? "")) this.rotate(endpoint);
+      finish(new EtcdError(`etcd watch on ${endpoint} ended: ${msg.error.message ?? JSON.stringify(msg.error)}`, endpoint));
+      return;
+    }
+    const r = msg.result;
+    if (!r) return;
+    const revision = num(r.header?.revision);
+    const compact = num(r.compact_revision);
+    if (compact > 0) { h.onCompacted(compact); finish(new EtcdCompacted(compact, endpoint)); return; }
+    if (r.created) { created(); h.onCreated?.(revision, endpoint); }
+    if (r.canceled) {
+      finish(new EtcdError(`etcd watch on ${endpoint} canceled: ${r.cancel_reason ?? "no reason given"}`, endpoint));
+      return;
+    }
+    if (r.events?.length) {
+      h.onEvents(r.events.map((e) => ({ type: e.type === "DELETE" ? "delete" : "put", kv: kvOf(e.kv) })), revision);
+    }
+  }
+
+  // ---------- transport ----------
+
+  private agentFor(endpoint: string): http.Agent {
+    let a = this.agents.get(endpoint);
+    if (!a) {
+      a = endpoint.startsWith("https:")
+        ? new https.Agent({ keepAlive: true, maxSockets: 64, ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key })
+        : new http.Agent({ keepAlive: true, maxSockets: 64 });
+      this.agents.set(endpoint, a);
+    }
+    return a;
+  }
+
+  private request(endpoint: string, path: string, body: string, timeoutMs: number | null): http.ClientRequest {
+    const u = new URL(endpoint + path);
+    const mod = u.protocol === "https:" ? https : http;
+    const req = mod.request({
+      host: u.hostname, port: u.port, path: u.pathname, method: "POST", agent: this.agentFor(endpoint),
+      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body), "grpc-metadata-hasleader": "true" },
+      ...(timeoutMs ? { signal: AbortSignal.timeout(timeoutMs) } : {}),
+    });
+    req.end(body);
+    return req;
+  }
+
+  private attempt(endpoint: string, path: string, body: string): Promise<{ ok: true; value: unknown } | { ok: false; failure: Failure }> {
+    return new Promise((resolve) => {
+      let connected = false;
+      const req = this.request(endpoint, path, body, this.timeoutMs);
+      req.on("socket", (s) => {
+        if (!s.connecting) connected = true;
+        else s.once(endpoint.startsWith("https:") ? "secureConnect" : "connect", () => { connected = true; });
+      });
+      req.on("error", (e: NodeJS.ErrnoException) => {
+        const code = e.code ?? e.name;
+        const aborted = e.name === "AbortError" || code === "ABORT_ERR" || e.name === "TimeoutError";
+        const reason = aborted ? `no answer within ${this.timeoutMs} ms` : `${code}: ${e.message}`;
+        // A reused keep-alive socket the server had closed fails before etcd saw anything (Node's documented retry case).
+        const unsent = !connected || UNSENT_CODES.has(code) || (req.reusedSocket && code === "ECONNRESET") ||
+          /certificate|SSL|TLS/i.test(e.message);
+        resolve({ ok: false, failure: { kind: unsent ? "unsent" : "unknown", reason } });
+      });
+      req.on("response", (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("error", (e) => resolve({ ok: false, failure: { kind: "unknown", reason: e.message } }));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let json: { code?: number; message?: string; error?: unknown; result?: unknown };
+          try { json = JSON.parse(text.split("\n")[0]!); } catch {
+            resolve({ ok: false, failure: { kind: "unknown", reason: `HTTP ${res.statusCode}: unreadable answer ${text.slice(0, 200)}` } });
+            return;
+          }
+          if (res.statusCode === 200 && !(json.error && typeof json.error === "object" && !json.result)) {
+            resolve({ ok: true, value: json });
+            return;
+          }
+          const err = (typeof json.error === "object" && json.error ? json.error : json) as
+            { code?: number; grpc_code?: number; message?: string };
+          const code = err.code ?? err.grpc_code ?? 2;
+          resolve({ ok: false, failure: { kind: "answer", code, message: err.message ?? text.slice(0, 200) } });
+        });
+      });
+    });
+  }
+
+  private async call(op: string, path: string, body: object, idempotent: boolean): Promise<unknown> {
+    if (this.closed) throw new EtcdError(`etcd ${op}: client closed`);
+    const text = JSON.stringify(body);
+    const deadline = performance.now() + this.retryBudgetMs;
+    for (let round = 0; ; round++) {
+      try {
+        return await this.callRound(op, path, text, idempotent);
+      } catch (e) {
+        const wait = Math.min(50 * 2 ** round, 400);
+        if (!(e instanceof EtcdUnavailable) || this.closed || performance.now() + wait > deadline) {
+          if (e instanceof EtcdUnavailable) this.setState("unreachable", e.message);
+          throw e;
+        }
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  /** One pass over the endpoints, from the current one. */
+  private async callRound(op: string, path: string, text: string, idempotent: boolean): Promise<unknown> {
+    const tried: { endpoint: string; reason: string }[] = [];
+    const start = this.current;
+    for (let i = 0; i < this.endpoints.length; i++) {
+      const endpoint = this.endpoints[(start + i) % this.endpoints.length]!;
+      const t0 = performance.now();
+      const r = await this.attempt(endpoint, path, text);
+      const seconds = (performance.now() - t0) / 1000;
+      if (r.ok) {
+        this.o.observer?.request?.(op, endpoint, seconds, "ok");
+        this.current = this.endpoints.indexOf(endpoint);
+        this.setState(tried.length ? "degraded" : "connected", tried.map((t) => `${t.endpoint}: ${t.reason}`).join("; "));
+        return r.value;
+      }
+      const f = r.failure;
+      if (f.kind === "answer") {
+        // "no leader" (hasleader) and "too many requests" are refusals before anything is applied: try the next member.
+        const refused = f.code === 14 && /no leader|too many requests|not capable/.test(f.message);
+        if (!refused) {
+          this.o.observer?.request?.(op, endpoint, seconds, "error");
+          if (f.code === 11 && /compacted/.test(f.message)) throw new EtcdCompacted(0, endpoint);
+          // Other Unavailable answers (leader changed, timeout) may hide an applied write.
+          if (f.code === 14 || f.code === 4 || f.code === 2) {
+            if (!idempotent) throw new EtcdOutcomeUnknown(op, endpoint, f.message);
+            tried.push({ endpoint, reason: f.message });
+            continue;
+          }
+          throw new EtcdRequestError(op, endpoint, f.code, f.message);
+        }
+        tried.push({ endpoint, reason: f.message });
+      } else {
+        if (f.kind === "unknown" && !idempotent) {
+          this.o.observer?.request?.(op, endpoint, seconds, "error");
+          this.rotate(endpoint);
+          throw new EtcdOutcomeUnknown(op, endpoint, f.reason);
+        }
+        tried.push({ endpoint, reason: f.reason });
+      }
+      this.o.observer?.request?.(op, endpoint, seconds, "unreachable");
+      this.rotate(endpoint);
+    }
+    throw new EtcdUnavailable(op, tried);
+  }
+
+  private rotate(failed: string): void {
+    if (this.endpoints[this.current] === failed) this.current = (this.current + 1) % this.endpoints.length;
+  }
+
+  private setState(state: ConnectionState, detail: string): void {
+    if (state === this.state) return;
+    this.state = state;
+    this.o.observer?.state?.(state, detail);
+  }
+}
+
+interface WireWatch {
+  header?: { revision?: string };
+  created?: boolean;
+  canceled?: boolean;
+  cancel_reason?: string;
+  compact_revision?: string;
+  events?: { type?: "PUT" | "DELETE"; kv: WireKv }[];
+}

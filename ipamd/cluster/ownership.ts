@@ -1,0 +1,613 @@
+// Address ownership shared through etcd: a node's buffer (claimed in one create-if-absent transaction per batch,
+// refilled in the background, handed back when a pool runs low), sticky identities bound with one compare-and-swap
+// transaction, attachment updates and returns as compare-and-swaps, and the outbox that carries a node's local
+// changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
+import { formatIp, type Family } from "../../lib/ip";
+import {
+  type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp,
+} from "./etcd";
+import { attachedElsewhere, ClusterError, fenced, l2Domain, poolExhausted } from "./errors";
+import {
+  type AttachmentRef, type HandbackRecord, type IpOwner, KeyLayout, parseJson, type StickyIdentity, type StickyRecord,
+} from "./keys";
+import { WatchLoop } from "./watch";
+
+/** Structurally a subset of the config's Pool. */
+export interface ClusterPool {
+  name: string;
+  family: Family;
+  /** Usable addresses, sorted and disjoint, inclusive. */
+  segments: { first: bigint; last: bigint }[];
+  size: bigint;
+}
+
+export interface BufferedAddress { pool: string; ip: string; modRevision: number }
+
+export interface BufferOptions {
+  /** Refill when fewer than this many are buffered. */
+  low: number;
+  /** Refill up to this many. */
+  high: number;
+}
+
+export interface OwnershipObserver {
+  conflict?(op: string): void;
+  buffer?(pool: string, size: number): void;
+  outbox?(pending: number): void;
+  handback?(pool: string, event: "requested" | "returned", count: number): void;
+}
+
+export interface OwnershipOptions {
+  client: EtcdClient;
+  node: string;
+  pools: ClusterPool[];
+  prefix?: string;
+  buffer?: BufferOptions;
+  /** Per-pool override of the buffer sizes. */
+  bufferFor?: Record<string, BufferOptions>;
+  /** At most this many addresses per claim transaction (etcd's --max-txn-ops is 128). */
+  maxClaim?: number;
+  /** A handback request from another node stops refills of that pool here for this long. */
+  handbackHoldMs?: number;
+  /** How long an on-demand claim waits for other nodes to hand addresses back before pool_exhausted. */
+  handbackWaitMs?: number;
+  /** Poll fallback period (handback signals, refills): correctness never waits for the watch. */
+  pollMs?: number;
+  /** When set, buffered addresses are refused once liveness was not confirmed for `fenceAfterMs`. */
+  liveness?: { lastConfirmedAt(): number; fenceAfterMs: number };
+  observer?: OwnershipObserver;
+  now?: () => number;
+}
+
+export interface StickyBinding {
+  identity: StickyIdentity;
+  ip: string;
+  /** The identity did not exist: created with an address from this node's buffer. */
+  created: boolean;
+  /** The node the identity was bound to before (undefined when created or already here). */
+  previousNode?: string;
+  stickyModRevision: number;
+  ipModRevision: number;
+}
+
+export interface BindRequest {
+  /** Whether this node's labels select the identity's pool (the L2-domain rule). */
+  selectsNode: boolean;
+  /** The pool's nodeSelector, for the error message. */
+  selector?: unknown;
+  /** The sandbox attaching now; absent for reserve-ahead. */
+  attachment?: Omit<AttachmentRef, "node">;
+  /** Reserve ahead: create when absent, never move an existing identity. */
+  reserveOnly?: boolean;
+}
+
+/** A pending change of shared state, recorded in the node's SQLite with the local change, applied later. */
+export type OutboxOp =
+  | { op: "attach"; pool: string; ip: string; attachment: Omit<AttachmentRef, "node"> }
+  | { op: "release"; pool: string; ip: string; containerID: string; keepInBuffer?: boolean }
+  | { op: "detach-sticky"; identity: StickyIdentity; containerID: string }
+  | { op: "release-sticky"; identity: StickyIdentity; force?: boolean };
+export type OutboxRecord = OutboxOp & { id: number; createdAt: number };
+export interface OutboxOutcome { id: number; status: "applied" | "noop" | "conflict"; detail?: string }
+
+const MAX_CAS_ATTEMPTS = 16;
+
+export class ClusterOwnership {
+  readonly keys: KeyLayout;
+  readonly node: string;
+  private readonly client: EtcdClient;
+  private readonly pools = new Map<string, ClusterPool>();
+  private readonly buffers = new Map<string, Map<string, number>>(); // pool -> ip -> modRevision
+  private readonly cursors = new Map<string, bigint>();
+  private readonly holdUntil = new Map<string, number>();
+  private readonly seenHandback = new Map<string, number>(); // pool -> mod revision handled
+  private readonly refilling = new Map<string, Promise<unknown>>();
+  private readonly now: () => number;
+  private genCounter = 0;
+  private readonly genBase: string;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private watches: WatchLoop[] = [];
+  /** Sticky identities as last seen by list/watch (a cache for listings; never used to decide). */
+  readonly stickyView = new Map<string, StickyRecord & { modRevision: number }>();
+  conflicts = 0;
+
+  constructor(private readonly o: OwnershipOptions) {
+    this.client = o.client;
+    this.node = o.node;
+    this.keys = new KeyLayout(o.prefix);
+    this.keys.node(o.node); // validates the name
+    for (const p of o.pools) { this.keys.poolIps(p.name); this.pools.set(p.name, p); this.buffers.set(p.name, new Map()); }
+    this.now = o.now ?? Date.now;
+    this.genBase = `${o.node}:${Date.now().toString(36)}`;
+  }
+
+  private gen(): string { return `${this.genBase}:${++this.genCounter}`; }
+
+  private pool(name: string): ClusterPool {
+    const p = this.pools.get(name);
+    if (!p) throw new Error(`pool "${name}" is not a cluster pool of node ${this.node}`);
+    return p;
+  }
+
+  private bufferOpts(pool: string): BufferOptions {
+    return this.o.bufferFor?.[pool] ?? this.o.buffer ?? { low: 4, high: 16 };
+  }
+
+  private conflict(op: string): void { this.conflicts++; this.o.observer?.conflict?.(op); }
+  private reportBuffer(pool: string): void { this.o.observer?.buffer?.(pool, this.buffers.get(pool)!.size); }
+
+  // ---------- lifecycle ----------
+
+  /**
+   * Reads this node's buffered addresses back from etcd (after a restart), minus those the local store already
+   * handed out (`inUse`), then starts the watch and the poll fallback. With `background: false` nothing runs
+   * on timers (tests drive refill/poll by hand).
+   */
+  async start(o: { inUse?: (pool: string, ip: string) => boolean; background?: boolean } = {}): Promise<void> {
+    for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse);
+    if (o.background === false) return;
+    // Only the small prefixes (handback signals, sticky identities), never every address of a pool.
+    this.watches = [this.keys.handbacks(), `${this.keys.prefix}/sticky/`].map((prefix) => new WatchLoop(this.client, prefix, {
+      onList: (kvs) => {
+        if (prefix.endsWith("/sticky/")) this.stickyView.clear();
+        for (const kv of kvs) this.observe(kv, false);
+      },
+      onEvents: (events) => { for (const e of events) this.observe(e.kv, e.type === "delete"); },
+    }));
+    for (const w of this.watches) w.start();
+    const tick = (): void => {
+      void this.poll().catch(() => undefined)
+        .finally(() => { if (this.pollTimer) this.pollTimer = setTimeout(tick, this.o.pollMs ?? 2000); });
+    };
+    this.pollTimer = setTimeout(tick, 0);
+  }
+  stop(): void {
+    for (const w of this.watches) w.stop();
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    this.pollTimer = null;
+  }
+
+  private observe(kv: KeyValue, deleted: boolean): void {
+    if (kv.key.startsWith(this.keys.handbacks())) {
+      if (!deleted) void this.onHandback(kv).catch(() => undefined);
+    } else if (kv.key.startsWith(`${this.keys.prefix}/sticky/`)) {
+      const name = kv.key.slice(`${this.keys.prefix}/sticky/`.length);
+      if (deleted) this.stickyView.delete(name);
+      else this.stickyView.set(name, { ...parseJson<StickyRecord>(kv.value, kv.key), modRevision: kv.modRevision });
+    }
+  }
+
+  /** The poll fallback: handback signals, then refills. Also what tests call to step the background work. */
+  async poll(): Promise<void> {
+    const r = await this.client.range(this.keys.handbacks(), { prefix: true });
+    for (const kv of r.kvs) await this.onHandback(kv);
+    for (const pool of this.pools.keys()) await this.refill(pool);
+  }
+
+  private async reloadBuffer(pool: string, inUse?: (pool: string, ip: string) => boolean): Promise<void> {
+    const r = await this.client.range(this.keys.poolIps(pool), { prefix: true });
+    const buf = this.buffers.get(pool)!;
+    buf.clear();
+    for (const kv of r.kvs) {
+      const v = parseJson<IpOwner>(kv.value, kv.key);
+      const ip = this.keys.ipFromKey(kv.key);
+      if (v.owner === "buffer" && v.node === this.node && !inUse?.(pool, ip)) buf.set(ip, kv.modRevision);
+    }
+    this.reportBuffer(pool);
+  }
+
+  // ---------- the buffer ----------
+
+  buffered(pool: string): string[] { return [...this.buffers.get(pool)!.keys()]; }
+  bufferSize(pool: string): number { return this.buffers.get(pool)!.size; }
+
+  /** A buffered address for a local allocation (no etcd round trip), or null when the buffer is empty. */
+  takeBuffered(pool: string): BufferedAddress | null {
+    this.pool(pool);
+    const l = this.o.liveness;
+    if (l && this.now() - l.lastConfirmedAt() > l.fenceAfterMs) throw fenced(this.node, this.now() - l.lastConfirmedAt());
+    const buf = this.buffers.get(pool)!;
+    const first = buf.entries().next();
+    if (first.done) { this.kickRefill(pool); return null; }
+    const [ip, modRevision] = first.value;
+    buf.delete(ip);
+    this.reportBuffer(pool);
+    if (buf.size < this.bufferOpts(pool).low) this.kickRefill(pool);
+    return { pool, ip, modRevision };
+  }
+
+  /** Gives back an address taken with takeBuffered that the local commit did not use. */
+  putBack(a: BufferedAddress): void {
+    this.buffers.get(a.pool)!.set(a.ip, a.modRevision);
+    this.reportBuffer(a.pool);
+  }
+
+  private kickRefill(pool: string): void {
+    if (this.pollTimer && !this.refilling.has(pool)) void this.refill(pool).catch(() => undefined);
+  }
+
+  /** Claims up to the high watermark when below the low one (not while another node asked for a handback). */
+  async refill(pool: string): Promise<number> {
+    const running = this.refilling.get(pool);
+    if (running) { await running; return 0; }
+    const { low, high } = this.bufferOpts(pool);
+    const size = this.bufferSize(pool);
+    if (size >= low || (this.holdUntil.get(pool) ?? 0) > this.now()) return 0;
+    const p = this.claim(pool, high - size).then((got) => { for (const a of got) this.putBack(a); return got.length; });
+    this.refilling.set(pool, p);
+    try { return await p; } finally { this.refilling.delete(pool); }
+  }
+
+  /**
+   * Claims up to `count` free addresses of `pool` in one transaction per attempt: CreateRevision == 0 for every
+   * candidate; a failed compare re-reads which candidates were taken and tries others. The addresses are
+   * returned, not buffered (refill buffers them).
+   */
+  async claim(pool: string, count: number): Promise<BufferedAddress[]> {
+    const p = this.pool(pool);
+    const want = Math.min(count, this.o.maxClaim ?? 64, 128);
+    if (want <= 0) return [];
+    const owned = new Set((await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs
+      .map((kv) => this.keys.ipFromKey(kv.key)));
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const candidates = this.candidates(p, owned, want);
+      if (candidates.length === 0) return [];
+      const gen = this.gen();
+      const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at: this.now() } satisfies IpOwner);
+      const keys = candidates.map((ip) => this.keys.ip(pool, ip));
+      let r;
+      try {
+        r = await this.client.txn(keys.map((key) => ({ key, target: "create", equals: 0 })),
+          keys.map((key) => ({ put: { key, value } })), keys.map((key) => ({ get: { key, keysOnly: true } })));
+      } catch (e) {
+        if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+        const mine = await this.landed(keys, gen);
+        if (mine.length === keys.length) return mine.map((kv) => ({ pool, ip: this.keys.ipFromKey(kv.key), modRevision: kv.modRevision }));
+        for (const ip of candidates) owned.add(ip); // unknown state: try elsewhere, leave these to the next re-read
+        continue;
+      }
+      if (r.succeeded) return candidates.map((ip) => ({ pool, ip, modRevision: r.revision }));
+      this.conflict("claim");
+      r.responses.forEach((resp, i) => { if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!); });
+    }
+    return [];
+  }
+
+  /** Keys whose value carries `gen`: the writes of an unknown-outcome transaction that did land. */
+  private async landed(keys: string[], gen: string): Promise<KeyValue[]> {
+    const got = await this.client.txn([], keys.map((key) => ({ get: { key } })));
+    return got.responses.flatMap((r) => (r.kind === "get" ? r.kvs : []))
+      .filter((kv) => (parseJson<{ gen?: string }>(kv.value, kv.key)).gen === gen);
+  }
+
+  /** Free-looking candidates, walking the pool from this node's cursor (which starts at a node-specific offset). */
+  private candidates(p: ClusterPool, owned: Set<string>, want: number): string[] {
+    const out: string[] = [];
+    const buf = this.buffers.get(p.name)!;
+    let cursor = this.cursors.get(p.name) ?? this.startOffset(p);
+    const first = p.segments[0]!.first;
+    const last = p.segments[p.segments.length - 1]!.last;
+    let walked = 0n;
+    while (out.length < want && walked < p.size) {
+      cursor = this.usableAtOrAfter(p, cursor) ?? first;
+      const ip = formatIp(p.family, cursor);
+      if (!owned.has(ip) && !buf.has(ip)) out.push(ip);
+      cursor = cursor >= last ? first : cursor + 1n;
+      walked++;
+    }
+    this.cursors.set(p.name, cursor);
+    return out;
+  }
+
+  private startOffset(p: ClusterPool): bigint {
+    let h = 2166136261; // FNV-1a of the node name: nodes start in different places and rarely collide
+    for (const c of Buffer.from(this.node)) h = Math.imul(h ^ c, 16777619) >>> 0;
+    let off = BigInt(h) % p.size;
+    for (const s of p.segments) {
+      const n = s.last - s.first + 1n;
+      if (off < n) return s.first + off;
+      off -= n;
+    }
+    return p.segments[0]!.first;
+  }
+
+  private usableAtOrAfter(p: ClusterPool, v: bigint): bigint | null {
+    for (const s of p.segments) {
+      if (v <= s.last) return v < s.first ? s.first : v;
+    }
+    return null;
+  }
+
+  /**
+   * One free address for an allocation that cannot wait for a refill: from the buffer, else claimed now, else
+   * other nodes are asked to hand back unused ones (and the claim retried until handbackWaitMs); pool_exhausted only
+   * when no address of the pool is free anywhere.
+   */
+  async claimFree(pool: string): Promise<BufferedAddress> {
+    const local = this.takeBuffered(pool);
+    if (local) return local;
+    const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
+    let asked = false;
+    for (;;) {
+      const [got] = await this.claim(pool, 1);
+      if (got) return got;
+      if (!asked) { await this.requestHandback(pool); asked = true; }
+      if (this.now() >= deadline) {
+        const owned = (await this.client.range(this.keys.poolIps(pool), { prefix: true, countOnly: true })).count;
+        throw poolExhausted(pool, this.pool(pool).size, owned);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Asks the other nodes to return their unused buffered addresses of `pool`. */
+  async requestHandback(pool: string): Promise<void> {
+    const rec: HandbackRecord = { node: this.node, pool, at: this.now() };
+    const rev = await this.client.put(this.keys.handback(pool), JSON.stringify(rec));
+    this.seenHandback.set(pool, rev);
+    this.o.observer?.handback?.(pool, "requested", 1);
+  }
+
+  private async onHandback(kv: KeyValue): Promise<void> {
+    const rec = parseJson<HandbackRecord>(kv.value, kv.key);
+    if ((this.seenHandback.get(rec.pool) ?? 0) >= kv.modRevision || !this.pools.has(rec.pool)) return;
+    this.seenHandback.set(rec.pool, kv.modRevision);
+    if (rec.node === this.node) return;
+    this.holdUntil.set(rec.pool, this.now() + (this.o.handbackHoldMs ?? 10_000));
+    await this.handBack(rec.pool);
+  }
+
+  /** Returns every unused buffered address of `pool` to the pool (each delete compares its revision). */
+  async handBack(pool: string): Promise<number> {
+    const buf = this.buffers.get(pool)!;
+    const entries = [...buf.entries()];
+    buf.clear(); // out of the buffer first: no local allocation can take them meanwhile
+    this.reportBuffer(pool);
+    let returned = 0;
+    for (let i = 0; i < entries.length; i += 64) {
+      const batch = entries.slice(i, i + 64);
+      for (const [ip, rev] of batch) {
+        const key = this.keys.ip(pool, ip);
+        try {
+          const r = await this.client.txn([{ key, target: "mod", equals: rev }], [{ del: { key } }]);
+          if (r.succeeded) returned++; else this.conflict("handback");
+        } catch {
+          buf.set(ip, rev); // etcd unreachable: still ours
+        }
+      }
+    }
+    this.reportBuffer(pool);
+    this.o.observer?.handback?.(pool, "returned", returned);
+    return returned;
+  }
+
+  // ---------- sticky identities ----------
+
+  /**
+   * Binds a sticky identity to this node in one transaction: rebinds an existing one (compares the identity's and
+   * its address's ModRevision) or creates it (CreateRevision 0) with an address from this node's buffer (compares
+   * the buffer key's ModRevision and rewrites it to owner = identity). Losing a create race rebinds the winner's address.
+   */
+  async bindSticky(identity: StickyIdentity, req: BindRequest): Promise<StickyBinding> {
+    if (!req.selectsNode) throw l2Domain(identity.pool, req.selector, this.node);
+    const name = this.keys.identityName(identity);
+    const skey = this.keys.sticky(identity);
+    const attachment = req.attachment ? { ...req.attachment, node: this.node } : undefined;
+    // What the last failed compare returned: the next pass decides on it without reading again.
+    let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = null;
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const cur: KeyValue | null = known ? known.cur : await this.client.get(skey);
+      const gen = this.gen();
+      const at = this.now();
+      if (cur) {
+        const rec: StickyRecord = parseJson<StickyRecord>(cur.value, skey);
+        const ikey = this.keys.ip(identity.pool, rec.ip);
+        // Optimistic first pass: a bind writes the identity and its address in one txn, so they share a ModRevision;
+        // comparing the address key against it saves a read, and a mismatch (a detach since) costs one retry.
+        const ipKv: KeyValue | null | undefined = known?.ipKv;
+        known = null;
+        const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
+        if (ipOwner && !(ipOwner.owner === "sticky" && ipOwner.identity === name)) {
+          throw new ClusterError("inconsistent", `sticky identity ${name} names ${rec.ip}, but etcd key ${ikey} is owned by ` +
+            `${ipOwner.owner} on node ${ipOwner.node}; release the identity (ipamctl release) to give it a new address`, false);
+        }
+        const settled = {
+          identity, ip: rec.ip, created: false, stickyModRevision: cur.modRevision, ipModRevision: ipKv?.modRevision ?? cur.modRevision,
+        };
+        if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
+        const old = rec.attachment;
+        if (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) {
+          if (await this.client.get(this.keys.node(old.node))) throw attachedElsewhere(name, old);
+        }
+        if (old && old.containerID === attachment?.containerID && rec.node === this.node) return settled; // idempotent ADD
+        const next: StickyRecord = {
+          ip: rec.ip, node: this.node, gen, at, ...(rec.pinned ? { pinned: true } : {}), ...(attachment ? { attachment } : {}),
+        };
+        const compares: Compare[] = [
+          { key: skey, target: "mod", equals: cur.modRevision },
+          ipKv === undefined ? { key: ikey, target: "mod", equals: cur.modRevision }
+            : ipKv ? { key: ikey, target: "mod", equals: ipKv.modRevision } : { key: ikey, target: "create", equals: 0 },
+        ];
+        const success: TxnOp[] = [
+          { put: { key: skey, value: JSON.stringify(next) } },
+          { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } },
+        ];
+        let r;
+        try {
+          r = await this.client.txn(compares, success, [{ get: { key: skey } }, { get: { key: ikey } }]);
+        } catch (e) {
+          if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+          const landed = await this.landed([skey], gen);
+          if (landed[0]) r = { succeeded: true, revision: landed[0].modRevision, responses: [] };
+          else continue;
+        }
+        if (r.succeeded) {
+          return { identity, ip: rec.ip, created: false, ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
+            stickyModRevision: r.revision, ipModRevision: r.revision };
+        }
+        const [sNow, iNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+        // A failed optimistic compare is expected after a detach: not a conflict with another node.
+        if (ipKv !== undefined || sNow?.modRevision !== cur.modRevision) this.conflict("rebind");
+        known = { cur: sNow ?? null, ipKv: sNow && parseJson<StickyRecord>(sNow.value, skey).ip === rec.ip ? iNow ?? null : undefined };
+        continue;
+      }
+      known = null;
+      const b = await this.claimFree(identity.pool);
+      const ikey = this.keys.ip(identity.pool, b.ip);
+      const rec: StickyRecord = { ip: b.ip, node: this.node, gen, at, ...(attachment ? { attachment } : {}) };
+      let r;
+      try {
+        r = await this.client.txn(
+          [{ key: skey, target: "create", equals: 0 }, { key: ikey, target: "mod", equals: b.modRevision }],
+          [{ put: { key: skey, value: JSON.stringify(rec) } },
+            { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } }],
+          [{ get: { key: skey, keysOnly: true } }, { get: { key: ikey } }]);
+      } catch (e) {
+        if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+        const landed = await this.landed([skey], gen);
+        const rev = landed[0]?.modRevision;
+        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev };
+        continue; // the buffer entry's state is unknown: re-read on the next pass drops or keeps it
+      }
+      if (r.succeeded) return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision };
+      this.conflict("sticky-create");
+      const ipNow = r.responses[1]?.kind === "get" ? r.responses[1].kvs[0] : undefined;
+      if (ipNow && ipNow.modRevision === b.modRevision) this.putBack(b); // still ours: the identity was created elsewhere
+    }
+    throw new ClusterError("inconsistent",
+      `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
+  }
+
+  /** Runs a compare-and-swap txn; on an unknown outcome, checks whether `checkKey` carries `gen`. Revision or 0 on a failed compare. */
+  private async casTxn(op: string, compares: Compare[], success: TxnOp[], checkKey: string, gen: string): Promise<number> {
+    try {
+      const r = await this.client.txn(compares, success);
+      if (!r.succeeded) { this.conflict(op); return 0; }
+      return r.revision;
+    } catch (e) {
+      if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      const landed = await this.landed([checkKey], gen);
+      return landed[0]?.modRevision ?? 0;
+    }
+  }
+
+  /** Cluster-wide list of sticky identities, read from etcd (not the cache). */
+  async listSticky(pool?: string): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number }[]> {
+    const prefix = pool ? this.keys.poolSticky(pool) : `${this.keys.prefix}/sticky/`;
+    const r = await this.client.range(prefix, { prefix: true });
+    return r.kvs.map((kv) => ({
+      identity: this.keys.identityFromKey(kv.key), record: parseJson<StickyRecord>(kv.value, kv.key), modRevision: kv.modRevision,
+    }));
+  }
+
+  // ---------- outbox: local changes carried to etcd ----------
+
+  /**
+   * Applies pending records in order. Each is idempotent (decided from etcd's current state and applied as a
+   * compare-and-swap), so a record applied twice, or after a reaper or another node acted, is harmless. Stops at
+   * the first etcd failure: `pending` is how many are left (the caller keeps them in SQLite).
+   */
+  async applyOutbox(records: OutboxRecord[]): Promise<{ outcomes: OutboxOutcome[]; pending: number; error?: Error }> {
+    const outcomes: OutboxOutcome[] = [];
+    for (const rec of records) {
+      try {
+        outcomes.push({ id: rec.id, ...(await this.applyOne(rec)) });
+      } catch (e) {
+        const pending = records.length - outcomes.length;
+        this.o.observer?.outbox?.(pending);
+        return { outcomes, pending, error: e as Error };
+      }
+    }
+    this.o.observer?.outbox?.(0);
+    return { outcomes, pending: 0 };
+  }
+
+  private async applyOne(rec: OutboxOp): Promise<Omit<OutboxOutcome, "id">> {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const r = await this.applyAttempt(rec);
+      if (r) return r;
+    }
+    throw new ClusterError("inconsistent", `outbox ${rec.op}: ${MAX_CAS_ATTEMPTS} conflicting transactions in a row`, true);
+  }
+
+  /** One read-decide-CAS pass; null when the compare failed (re-read). */
+  private async applyAttempt(rec: OutboxOp): Promise<Omit<OutboxOutcome, "id"> | null> {
+    const gen = this.gen();
+    const at = this.now();
+    if (rec.op === "attach" || rec.op === "release") {
+      const key = this.keys.ip(rec.pool, rec.ip);
+      const kv = await this.client.get(key);
+      const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
+      if (rec.op === "attach") {
+        const attachment = { ...rec.attachment, node: this.node };
+        const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
+        const same = v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID;
+        if (same) return { status: "noop" };
+        if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
+          const detail = `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`;
+          return { status: "conflict", detail };
+        }
+        // Absent: reaped while this node was unreachable past the grace period; take it back if still free.
+        const cmp: Compare = kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 };
+        return (await this.casTxn("attach", [cmp], [{ put: { key, value } }], key, gen)) ? { status: "applied" } : null;
+      }
+      if (!v || v.node !== this.node || v.owner === "sticky" ||
+        (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };
+      const op: TxnOp = rec.keepInBuffer
+        ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at } satisfies IpOwner) } }
+        : { del: { key } };
+      const rev = await this.casTxn("release", [{ key, target: "mod", equals: kv!.modRevision }], [op], key, gen);
+      if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
+      if (!rev) return null;
+      if (rec.keepInBuffer) this.putBack({ pool: rec.pool, ip: rec.ip, modRevision: rev });
+      return { status: "applied" };
+    }
+    const skey = this.keys.sticky(rec.identity);
+    const name = this.keys.identityName(rec.identity);
+    const cur = await this.client.get(skey);
+    if (!cur) return { status: "noop" };
+    const s = parseJson<StickyRecord>(cur.value, skey);
+    if (rec.op === "detach-sticky") {
+      if (s.attachment?.containerID !== rec.containerID) return { status: "noop" };
+      const { attachment: _gone, ...rest } = s;
+      const next: StickyRecord = { ...rest, gen, at };
+      // Rewrites the address key too, so both keep one ModRevision (the next bind's optimistic compare holds).
+      const ikey = this.keys.ip(rec.identity.pool, s.ip);
+      const ipKv = await this.client.get(ikey);
+      const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
+      const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
+      const ops: TxnOp[] = [{ put: { key: skey, value: JSON.stringify(next) } }];
+      if (ipKv && ipOwner?.owner === "sticky" && ipOwner.identity === name) {
+        compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
+        ops.push({ put: { key: ikey, value: JSON.stringify({ ...ipOwner, gen, at }) } });
+      }
+      return (await this.casTxn("detach", compares, ops, skey, gen)) ? { status: "applied" } : null;
+    }
+    if (s.attachment && !rec.force) {
+      throw new ClusterError("reservation_attached", `sticky identity ${name} is attached to sandbox ${s.attachment.containerID} on node ` +
+        `${s.attachment.node}; delete the pod first, or pass force`, false);
+    }
+    const ikey = this.keys.ip(rec.identity.pool, s.ip);
+    const ipKv = await this.client.get(ikey);
+    const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
+    const ops: TxnOp[] = [{ del: { key: skey } }];
+    const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
+    if (ipKv && ipOwner?.owner === "sticky" && ipOwner.identity === name) {
+      compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
+      // An address a running sandbox uses stays held by that attachment until its DEL.
+      ops.push(s.attachment
+        ? { put: { key: ikey, value: JSON.stringify({
+          owner: "attachment", node: s.attachment.node, gen, at, attachment: s.attachment,
+        } satisfies IpOwner) } }
+        : { del: { key: ikey } });
+    }
+    try {
+      const r = await this.client.txn(compares, ops);
+      if (!r.succeeded) { this.conflict("release-sticky"); return null; }
+    } catch (e) {
+      if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      return null; // re-read: absent means applied (noop next pass)
+    }
+    return { status: "applied" };
+  }
+}

@@ -1,0 +1,74 @@
+// Keeps a view of one key prefix fresh: list, then watch from the list's revision + 1; on a lost stream watch
+// again from the last revision seen (next endpoint, backoff); on compaction list again. The view is a cache:
+// nothing that decides ownership reads it without a compare in etcd.
+import { type EtcdClient, EtcdCompacted, type KeyValue, type WatchEvent, type WatchHandle } from "./etcd";
+
+export interface WatchLoopHandlers {
+  /** The whole prefix as of `revision` (start, and after compaction). */
+  onList(kvs: KeyValue[], revision: number): void;
+  onEvents(events: WatchEvent[], revision: number): void;
+  onError?(error: Error): void;
+}
+
+export class WatchLoop {
+  private handle: WatchHandle | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private failures = 0;
+  /** Highest revision the view reflects. */
+  revision = 0;
+  relists = 0;
+
+  constructor(private readonly client: EtcdClient, readonly prefix: string, private readonly h: WatchLoopHandlers,
+    private readonly maxBackoffMs = 5000) {}
+
+  /** From `fromRevision` (the last revision a previous run reflected: a restart), or list first. */
+  start(fromRevision?: number): void {
+    this.stopped = false;
+    if (fromRevision) { this.revision = fromRevision; this.watch(); } else void this.list();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.handle?.close();
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  private later(fn: () => void): void {
+    const wait = Math.min(100 * 2 ** this.failures++, this.maxBackoffMs);
+    this.timer = setTimeout(fn, wait);
+  }
+
+  private async list(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      const r = await this.client.range(this.prefix, { prefix: true });
+      if (this.stopped) return;
+      this.relists++;
+      this.revision = r.revision;
+      this.h.onList(r.kvs, r.revision);
+      this.watch();
+    } catch (e) {
+      this.h.onError?.(e as Error);
+      this.later(() => void this.list());
+    }
+  }
+
+  private watch(): void {
+    if (this.stopped) return;
+    this.handle = this.client.watch(this.prefix, { prefix: true, startRevision: this.revision + 1 }, {
+      onCreated: () => { this.failures = 0; },
+      onEvents: (events, revision) => {
+        this.revision = Math.max(this.revision, revision, ...events.map((e) => e.kv.modRevision));
+        this.h.onEvents(events, revision);
+      },
+      onCompacted: () => undefined,
+      onEnd: (err) => {
+        if (this.stopped) return;
+        this.h.onError?.(err);
+        if (err instanceof EtcdCompacted) { void this.list(); return; }
+        this.later(() => this.watch());
+      },
+    });
+  }
+}

@@ -1,0 +1,322 @@
+// Pools: their usable ranges (compiled from the config), node selectors, and which pools a
+// request may use on this node. Pure: no database.
+import { ApiError } from "./errors";
+import { cidrContains, type Cidr, type Family, formatCidr, formatIp, lastOf, networkOf, parseCidr, parseIp } from "../lib/ip";
+
+/** Kubernetes label selector (matchLabels / matchExpressions). */
+export interface NodeSelector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: { key: string; operator: "In" | "NotIn" | "Exists" | "DoesNotExist"; values?: string[] }[];
+}
+
+/** A pool as written in the config (already schema-checked). */
+export interface PoolSpec {
+  name: string;
+  subnet: string;
+  ranges?: { start: string; end: string }[];
+  exclude?: string[];
+  gateway?: string;
+  routes?: { dst: string; gw?: string }[];
+  dns?: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
+  vlan?: number;
+  networks?: string[];
+  nodeSelector?: NodeSelector;
+}
+
+/** Inclusive [first, last] address range. */
+interface Segment { first: bigint; last: bigint }
+
+export interface Pool {
+  name: string;
+  index: number; // position in the config's pools array
+  family: Family;
+  subnet: Cidr; // network address, normalized
+  gateway?: string;
+  vlan?: number;
+  networks?: string[];
+  selector: NodeSelector;
+  /** Usable addresses: ranges minus exclusions, gateway, network/broadcast. Sorted, disjoint. */
+  segments: Segment[];
+  size: bigint;
+  routes: { dst: string; gw?: string }[];
+  dns: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
+  /** Changes when the usable set changes, to invalidate the allocation cursor. */
+  fingerprint: string;
+}
+
+/** A pool spec that cannot be compiled: `field` is relative to the pool. */
+export class PoolSpecError extends Error {
+  constructor(readonly field: string, message: string) { super(message); }
+}
+
+/** "first-last" with two addresses of one family, else null. */
+export function parseDashRange(s: string): [string, string] | null {
+  const i = s.indexOf("-");
+  if (i < 0) return null;
+  const a = s.slice(0, i).trim();
+  const b = s.slice(i + 1).trim();
+  const pa = parseIp(a);
+  const pb = parseIp(b);
+  return pa && pb && pa.family === pb.family ? [a, b] : null;
+}
+
+function subtract(segments: Segment[], cut: Segment): Segment[] {
+  const out: Segment[] = [];
+  for (const s of segments) {
+    if (cut.last < s.first || cut.first > s.last) { out.push(s); continue; }
+    if (cut.first > s.first) out.push({ first: s.first, last: cut.first - 1n });
+    if (cut.last < s.last) out.push({ first: cut.last + 1n, last: s.last });
+  }
+  return out;
+}
+
+export function compilePool(raw: PoolSpec, index: number): Pool {
+  const fail = (field: string, msg: string): never => { throw new PoolSpecError(field, msg); };
+  const parsed = parseCidr(raw.subnet)!;
+  const net = networkOf(parsed);
+  if (net !== parsed.address) {
+    fail("subnet", `${raw.subnet} has host bits set; did you mean ${formatCidr({ ...parsed, address: net })}?`);
+  }
+  const subnet: Cidr = { ...parsed, address: net };
+  const family = subnet.family;
+  const inSubnet = (text: string, field: string): bigint => {
+    const ip = parseIp(text)!;
+    if (!cidrContains(subnet, ip.family, ip.value)) fail(field, `${text} is outside subnet ${raw.subnet}`);
+    return ip.value;
+  };
+  const broadcast = lastOf(subnet);
+  // Like host-local: skip the network address (and the IPv4 broadcast) unless the subnet is tiny.
+  const defaultFirst = subnet.prefix >= (family === 4 ? 31 : 127) ? net : net + 1n;
+  const defaultLast = family === 4 && subnet.prefix < 31 ? broadcast - 1n : broadcast;
+  let segments: Segment[] = [];
+  if (raw.ranges && raw.ranges.length > 0) {
+    raw.ranges.forEach((r, i) => {
+      const first = inSubnet(r.start, `ranges[${i}].start`);
+      const last = inSubnet(r.end, `ranges[${i}].end`);
+      if (first > last) fail(`ranges[${i}]`, `start ${r.start} is after end ${r.end}`);
+      segments = subtract(segments, { first, last });
+      segments.push({ first, last });
+    });
+  } else {
+    segments = [{ first: defaultFirst, last: defaultLast }];
+  }
+  (raw.exclude ?? []).forEach((ex, i) => {
+    let cut: Segment;
+    const dash = parseDashRange(ex);
+    const cidr = parseCidr(ex);
+    if (dash) {
+      cut = { first: inSubnet(dash[0], `exclude[${i}]`), last: inSubnet(dash[1], `exclude[${i}]`) };
+      if (cut.first > cut.last) fail(`exclude[${i}]`, `range ${ex} starts after it ends; write it as first-last`);
+    } else if (cidr) {
+      if (cidr.family !== family) fail(`exclude[${i}]`, `${ex} is not IPv${family} like the subnet`);
+      cut = { first: networkOf(cidr), last: lastOf(cidr) };
+    } else {
+      const v = inSubnet(ex, `exclude[${i}]`);
+      cut = { first: v, last: v };
+    }
+    segments = subtract(segments, cut);
+  });
+  if (raw.gateway) {
+    const gw = inSubnet(raw.gateway, "gateway");
+    segments = subtract(segments, { first: gw, last: gw });
+  }
+  segments.sort((a, b) => (a.first < b.first ? -1 : a.first > b.first ? 1 : 0));
+  if (segments.length === 0) fail("ranges", "no usable address is left after exclusions and the gateway");
+  let size = 0n;
+  for (const s of segments) size += s.last - s.first + 1n;
+  const gateway = raw.gateway ? formatIp(family, parseIp(raw.gateway)!.value) : undefined;
+  const routes = (raw.routes ?? []).map((r, i) => {
+    const dst = parseCidr(r.dst)!;
+    if (dst.family !== family) fail(`routes[${i}].dst`, `${r.dst} is not IPv${family} like the subnet`);
+    const via = r.gw ? parseIp(r.gw)! : undefined;
+    if (via && via.family !== family) fail(`routes[${i}].gw`, `${r.gw} is not IPv${family}`);
+    const gw = via ? formatIp(family, via.value) : gateway;
+    return { dst: formatCidr({ ...dst, address: networkOf(dst) }), ...(gw ? { gw } : {}) };
+  });
+  return {
+    name: raw.name,
+    index,
+    family,
+    subnet,
+    gateway,
+    vlan: raw.vlan,
+    networks: raw.networks,
+    selector: raw.nodeSelector ?? {},
+    segments,
+    size,
+    routes,
+    dns: raw.dns ?? {},
+    fingerprint: segments.map((s) => `${s.first.toString(16)}-${s.last.toString(16)}`).join(","),
+  };
+}
+
+/**
+ * Two pools may share a subnet (e.g. one range per rack) but never an address: one message per
+ * pool whose usable addresses overlap an earlier pool's.
+ */
+export function overlaps(pools: Pool[]): { pool: Pool; message: string }[] {
+  const out: { pool: Pool; message: string }[] = [];
+  for (let i = 0; i < pools.length; i++) {
+    for (let j = i + 1; j < pools.length; j++) {
+      const a = pools[i]!;
+      const b = pools[j]!;
+      if (a.family !== b.family) continue;
+      for (const sa of a.segments) {
+        const clash = b.segments.find((sb) => sa.first <= sb.last && sb.first <= sa.last);
+        if (clash) {
+          const from = sa.first > clash.first ? sa.first : clash.first;
+          out.push({ pool: b, message: `usable addresses of pool "${b.name}" overlap pool "${a.name}" ` +
+            `(from ${formatIp(a.family, from)}); give them disjoint ranges or exclusions` });
+          break;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** Kubernetes label-selector semantics. An empty selector matches every node. */
+export function selectorMatches(selector: NodeSelector, labels: Record<string, string>): boolean {
+  for (const [k, v] of Object.entries(selector.matchLabels ?? {})) {
+    if (labels[k] !== v) return false;
+  }
+  for (const r of selector.matchExpressions ?? []) {
+    const has = Object.prototype.hasOwnProperty.call(labels, r.key);
+    const value = labels[r.key];
+    switch (r.operator) {
+      case "In": if (!has || !r.values!.includes(value!)) return false; break;
+      case "NotIn": if (has && r.values!.includes(value!)) return false; break;
+      case "Exists": if (!has) return false; break;
+      case "DoesNotExist": if (has) return false; break;
+    }
+  }
+  return true;
+}
+
+/** The first usable address at or after `value`, or null past the end. */
+export function firstUsableAtOrAfter(pool: Pool, value: bigint): bigint | null {
+  const segs = pool.segments;
+  let lo = 0;
+  let hi = segs.length - 1;
+  let found = -1;
+  while (lo <= hi) { // first segment whose last >= value
+    const mid = (lo + hi) >> 1;
+    if (segs[mid]!.last >= value) { found = mid; hi = mid - 1; } else lo = mid + 1;
+  }
+  if (found < 0) return null;
+  const s = segs[found]!;
+  return value < s.first ? s.first : value;
+}
+
+export function isUsable(pool: Pool, family: Family, value: bigint): boolean {
+  if (family !== pool.family) return false;
+  const next = firstUsableAtOrAfter(pool, value);
+  return next === value;
+}
+
+/** An address located in a pool: the pool and the canonical text of the address. */
+export interface Located { pool: Pool; ip: string }
+
+/** Parses a requested address, given bare or as address/prefix. */
+export function parseRequested(text: string, field: string): { family: Family; value: bigint; canonical: string } {
+  const ip = parseIp(text.split("/")[0]!);
+  if (!ip) throw new ApiError("invalid_request", `${field}: ${text} is not an IP address`, field);
+  return { ...ip, canonical: formatIp(ip.family, ip.value) };
+}
+
+/** The configured pools as this node sees them: which select it, and which a request may use. */
+export class NodePools {
+  /** Pools whose selector matches this node's labels, in config order. */
+  readonly selected: Pool[];
+  private readonly byName: Map<string, Pool>;
+
+  constructor(readonly all: Pool[], private readonly node: { name: string; labels: Record<string, string> }) {
+    this.byName = new Map(all.map((p) => [p.name, p]));
+    this.selected = all.filter((p) => selectorMatches(p.selector, node.labels));
+  }
+
+  get(name: string): Pool | undefined { return this.byName.get(name); }
+
+  /** The prefix length of a row's address: its pool's, or a host prefix when the pool is gone from the config. */
+  prefixOf(poolName: string, family: Family): number {
+    return this.byName.get(poolName)?.subnet.prefix ?? (family === 4 ? 32 : 128);
+  }
+
+  /**
+   * Pools a request may use: selecting this node, open to `network`, limited to `names` when given.
+   * Per family, pools that name the network explicitly win over pools open to any network.
+   */
+  usable(network: string | undefined, names: string[] | undefined): Pool[] {
+    const node = this.node.name;
+    const openTo = (p: Pool): boolean => network === undefined || !p.networks || p.networks.includes(network);
+    if (names && names.length > 0) {
+      return names.map((name, i) => {
+        const pool = this.byName.get(name);
+        const field = `pools[${i}]`;
+        if (!pool) {
+          const defined = [...this.byName.keys()].join(", ");
+          throw new ApiError("no_pool", `pool "${name}" is not defined in the ipamd config (defined: ${defined})`, field);
+        }
+        if (!this.selected.includes(pool)) {
+          throw new ApiError("no_pool", `pool "${name}" does not select node ${node} (its nodeSelector does not match labels ` +
+            `${JSON.stringify(this.node.labels)})`, field);
+        }
+        if (!openTo(pool)) {
+          throw new ApiError("no_pool", `pool "${name}" is not open to network "${network}" (networks: ${pool.networks!.join(", ")}); ` +
+            "add the network to the pool or request another pool", field);
+        }
+        return pool;
+      });
+    }
+    const usable = this.selected.filter(openTo).filter((p) => p.networks !== undefined ||
+      network === undefined || !this.selected.some((q) => q.family === p.family && q.networks?.includes(network)));
+    if (usable.length === 0) {
+      const selected = this.selected.map((p) => p.name).join(", ") || "none";
+      throw new ApiError("no_pool", `no pool serves network "${network}" on node ${node}: pools selecting this node: ${selected}; ` +
+        "add the network to a pool's networks, or fix the pool nodeSelector / node labels", "network");
+    }
+    return usable;
+  }
+
+  /** Finds the pool (among `pools`) whose usable addresses include `text`. */
+  locate(text: string, pools: Pool[], field: string): Located {
+    const { canonical, ...ip } = parseRequested(text, field);
+    const pool = pools.find((p) => cidrContains(p.subnet, ip.family, ip.value) && isUsable(p, ip.family, ip.value));
+    if (pool) return { pool, ip: canonical };
+    const inSubnet = pools.find((p) => cidrContains(p.subnet, ip.family, ip.value));
+    if (inSubnet) {
+      throw new ApiError("ip_unavailable", `${canonical} is inside pool "${inSubnet.name}" but not allocatable ` +
+        "(it is the network/broadcast address, the gateway, outside the pool ranges, or excluded)", field);
+    }
+    const listed = pools.map((p) => `${p.name} ${formatIp(p.family, p.subnet.address)}/${p.subnet.prefix}`).join(", ") || "none";
+    throw new ApiError("ip_unavailable", `${canonical} is not inside any pool this node may use for this request ` +
+      `(usable pools: ${listed})`, field);
+  }
+
+  /** The requested `ips` (at most one per family), each located in one of `usable`. */
+  requested(ips: string[] | undefined, usable: Pool[]): Map<Family, Located> {
+    const out = new Map<Family, Located>();
+    (ips ?? []).forEach((text, i) => {
+      const found = this.locate(text, usable, `ips[${i}]`);
+      if (out.has(found.pool.family)) {
+        throw new ApiError("invalid_request",
+          `ips: more than one IPv${found.pool.family} address requested; give at most one per family`, `ips[${i}]`);
+      }
+      out.set(found.pool.family, found);
+    });
+    return out;
+  }
+
+  /**
+   * Whether two pools of one family serve a network in common on this node. A pool without
+   * `networks` serves every network, except those a pool of this node names explicitly for that
+   * family (the same preference as usable()).
+   */
+  shareNetwork(a: Pool, b: Pool): boolean {
+    if (a.name === b.name) return true;
+    if (!a.networks && !b.networks) return true;
+    if (a.networks && b.networks) return a.networks.some((n) => b.networks!.includes(n));
+    const [open, named] = a.networks ? [b, a] : [a, b];
+    return named.networks!.some((n) => !this.selected.some((p) => p.family === open.family && p.networks?.includes(n)));
+  }
+}

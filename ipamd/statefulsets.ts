@@ -1,0 +1,53 @@
+// StatefulSet membership: a pod is a member only when its StatefulSet is known to ipamd (listed
+// in the config, or registered through the API), never from the `-<digits>` name pattern alone.
+import type { StatefulSetsResponse, UnregisterResponse } from "../api/types";
+import type { Statements } from "./store/statements";
+
+/** A StatefulSet member: the sticky owner `namespace/statefulset/ordinal`. */
+export interface Member { namespace: string; statefulset: string; ordinal: number; owner: string }
+
+const ORDINAL = /^(0|[1-9][0-9]{0,6})$/;
+
+export function member(namespace: string, statefulset: string, ordinal: number): Member {
+  return { namespace, statefulset, ordinal, owner: `${namespace}/${statefulset}/${ordinal}` };
+}
+
+export class StatefulSets {
+  private readonly configured: Set<string>;
+
+  constructor(private readonly store: Statements, private readonly fromConfig: { namespace: string; name: string }[]) {
+    this.configured = new Set(fromConfig.map((s) => `${s.namespace}/${s.name}`));
+  }
+
+  /** The member a pod is, or null when it is not a pod of a known StatefulSet. */
+  memberOf(namespace: string | undefined, podName: string | undefined): Member | null {
+    if (!namespace || !podName) return null;
+    const dash = podName.lastIndexOf("-");
+    if (dash <= 0) return null;
+    const name = podName.slice(0, dash);
+    const ordinal = podName.slice(dash + 1);
+    if (!ORDINAL.test(ordinal)) return null;
+    // Only StatefulSets the daemon knows: a Deployment pod's random suffix can be all digits.
+    const known = this.configured.has(`${namespace}/${name}`) || this.store.statefulSetKnown(namespace, name);
+    return known ? member(namespace, name, Number(ordinal)) : null;
+  }
+
+  register(namespace: string, name: string, now: number): void {
+    this.store.registerStatefulSet(namespace, name, now);
+  }
+
+  unregister(namespace: string, name: string): UnregisterResponse {
+    const unregistered = this.store.unregisterStatefulSet(namespace, name);
+    return { unregistered, configured: this.configured.has(`${namespace}/${name}`) };
+  }
+
+  list(): StatefulSetsResponse {
+    const fromConfig = this.fromConfig.map((s) => ({ ...s, source: "config" as const }));
+    const fromApi = this.store.registeredStatefulSets()
+      .filter((s) => !this.configured.has(`${s.namespace}/${s.name}`))
+      .map((s) => ({
+        namespace: s.namespace, name: s.name, source: "api" as const, registeredAt: new Date(s.registered_at).toISOString(),
+      }));
+    return { statefulsets: [...fromConfig, ...fromApi] };
+  }
+}

@@ -1,0 +1,60 @@
+// The database schema: versioned migrations, applied in order by openStore.
+
+/** Ordered; index + 1 is the schema version stored in PRAGMA user_version. Never edit a shipped entry. */
+export const MIGRATIONS: string[] = [
+  `
+  CREATE TABLE reservations (
+    id            INTEGER PRIMARY KEY,
+    ip            TEXT NOT NULL,            -- canonical text, unique across all pools
+    pool          TEXT NOT NULL,
+    family        INTEGER NOT NULL,
+    owner         TEXT NOT NULL,            -- ns/sts/ordinal, or containerID/ifName
+    kind          TEXT NOT NULL CHECK (kind IN ('statefulset', 'attachment')),
+    sticky        INTEGER NOT NULL,
+    pinned        INTEGER NOT NULL DEFAULT 0,
+    namespace     TEXT,
+    statefulset   TEXT,
+    ordinal       INTEGER,
+    container_id  TEXT,                     -- NULL when detached
+    ifname        TEXT,
+    network       TEXT,
+    pod_namespace TEXT,
+    pod_name      TEXT,
+    pod_uid       TEXT,
+    created_at    INTEGER NOT NULL,
+    attached_at   INTEGER,
+    detached_at   INTEGER
+  );
+  CREATE UNIQUE INDEX reservations_ip ON reservations(ip);
+  CREATE UNIQUE INDEX reservations_sticky_owner ON reservations(owner, pool) WHERE sticky = 1;
+  CREATE UNIQUE INDEX reservations_attachment ON reservations(container_id, ifname, network, pool)
+    WHERE container_id IS NOT NULL;
+  CREATE INDEX reservations_sts ON reservations(namespace, statefulset, ordinal);
+  CREATE INDEX reservations_network ON reservations(network, attached_at) WHERE container_id IS NOT NULL;
+  CREATE INDEX reservations_pool ON reservations(pool, container_id);
+  CREATE INDEX reservations_detached ON reservations(detached_at) WHERE container_id IS NULL;
+
+  -- Released addresses wait here for the cooldown, then are reused least recently released first.
+  CREATE TABLE released (
+    ip          TEXT PRIMARY KEY,
+    pool        TEXT NOT NULL,
+    released_at INTEGER NOT NULL
+  );
+  CREATE INDEX released_pool_time ON released(pool, released_at);
+
+  -- Per pool: the next never-used candidate address (decimal BigInt text; '' = walked to the end).
+  CREATE TABLE pool_cursor (
+    pool        TEXT PRIMARY KEY,
+    next        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL
+  );
+
+  -- StatefulSets registered through the API (reserve/pin/register); the config may list more.
+  CREATE TABLE statefulsets (
+    namespace     TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+  );
+  `,
+];

@@ -1,0 +1,217 @@
+// The etcd client's failover behaviour against a REAL 3-member etcd (and a TLS one): what decided the client
+// choice (docs/cluster.md). Each case asserts what a caller sees and what is in etcd.
+import { request } from "node:http";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EtcdClient, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, type WatchEvent } from "../../ipamd/cluster/etcd";
+import { EtcdCluster } from "../helpers/etcd";
+
+let etcd: EtcdCluster;
+beforeAll(async () => { etcd = await EtcdCluster.start(); });
+afterAll(async () => { await etcd?.destroy(); });
+
+const until = async (what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> => {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+};
+
+describe("etcd JSON-gateway client", () => {
+  it("does range, put, delete, txn (both branches) and leases as etcd sees them", async () => {
+    const c = new EtcdClient({ endpoints: etcd.endpoints });
+    await c.put("/t/kv/a", "1");
+    await c.put("/t/kv/b", "2");
+    const r = await c.range("/t/kv/", { prefix: true });
+    expect(r.kvs.map((k) => [k.key, k.value])).toEqual([["/t/kv/a", "1"], ["/t/kv/b", "2"]]);
+    const a = r.kvs[0]!;
+    const won = await c.txn([{ key: "/t/kv/a", target: "mod", equals: a.modRevision }], [{ put: { key: "/t/kv/a", value: "3" } }],
+      [{ get: { key: "/t/kv/a" } }]);
+    expect(won.succeeded).toBe(true);
+    const lost = await c.txn([{ key: "/t/kv/a", target: "mod", equals: a.modRevision }], [{ put: { key: "/t/kv/a", value: "4" } }],
+      [{ get: { key: "/t/kv/a" } }]);
+    expect(lost.succeeded).toBe(false);
+    expect(lost.responses[0]).toMatchObject({ kind: "get", kvs: [{ key: "/t/kv/a", value: "3" }] });
+    const created = await c.txn([{ key: "/t/kv/new", target: "create", equals: 0 }], [{ put: { key: "/t/kv/new", value: "x" } }]);
+    expect(created.succeeded).toBe(true);
+    expect(etcd.dump("/t/kv/").get("/t/kv/new")).toBe("x");
+    expect(await c.delete("/t/kv/", { prefix: true })).toBe(3);
+    expect(etcd.dump("/t/kv/").size).toBe(0);
+
+    const lease = await c.leaseGrant(30);
+    await c.put("/t/lease", "live", { lease: lease.id });
+    expect(await c.leaseKeepAlive(lease.id)).toBeGreaterThan(0);
+    expect((await c.get("/t/lease"))!.lease).toBe(lease.id);
+    await c.leaseRevoke(lease.id);
+    expect(await c.get("/t/lease")).toBeNull();
+    expect(await c.leaseKeepAlive(lease.id)).toBe(0);
+    c.close();
+  });
+
+  it("moves to the next endpoint when the member in use is killed mid-use", async () => {
+    const c = new EtcdClient({ endpoints: etcd.endpoints, requestTimeoutMs: 3000 });
+    await c.put("/t/fo/x", "0");
+    const outcomes = { ok: 0, unknown: 0, other: [] as string[] };
+    let stop = false;
+    const loop = (async () => {
+      for (let i = 0; !stop; i++) {
+        try {
+          await c.put(`/t/fo/${i % 50}`, String(i));
+          expect((await c.get("/t/fo/x"))!.value).toBe("0");
+          outcomes.ok++;
+        } catch (e) {
+          if (e instanceof EtcdOutcomeUnknown) outcomes.unknown++; else outcomes.other.push((e as Error).message);
+        }
+      }
+    })();
+    await until("some traffic", () => outcomes.ok > 20);
+    await etcd.kill9(0); // endpoint 0 is the one in use: the client starts there
+    const okAtKill = outcomes.ok;
+    await until("traffic after the kill", () => outcomes.ok > okAtKill + 50);
+    stop = true;
+    await loop;
+    expect(outcomes.other).toEqual([]);
+    expect(outcomes.unknown).toBeLessThanOrEqual(1); // only a write in flight at the kill
+    await etcd.restart(0);
+    c.close();
+  });
+
+  it("fails fast with every endpoint and its reason when 2 of 3 members are down", async () => {
+    const c = new EtcdClient({ endpoints: etcd.endpoints, requestTimeoutMs: 8000 });
+    await c.put("/t/q", "before");
+    await etcd.loseQuorum(0);
+    try {
+      let last: unknown;
+      // The survivor needs an election timeout to notice it has no leader; until then a write may time out.
+      await until("no-leader answer", async () => {
+        try { await c.get("/t/q"); return false; } catch (e) { last = e; return /no leader/.test((e as Error).message); }
+      });
+      const t0 = performance.now();
+      const err = await c.put("/t/q", "after").catch((e: unknown) => e);
+      const elapsed = performance.now() - t0;
+      expect(err).toBeInstanceOf(EtcdUnavailable);
+      const msg = (err as Error).message;
+      for (const e of etcd.endpoints) expect(msg).toContain(e);
+      expect(msg).toMatch(/^etcd unreachable: put failed on every endpoint/);
+      expect(msg).toContain("etcdserver: no leader");
+      expect(msg).toContain("ECONNREFUSED");
+      expect(elapsed).toBeLessThan(8000); // refused at once: not one request timeout, let alone three
+      expect(last).toBeInstanceOf(EtcdUnavailable);
+      expect(c.connectionState).toBe("unreachable");
+    } finally {
+      await etcd.restoreAll();
+    }
+    expect((await c.get("/t/q"))!.value).toBe("before");
+    expect(c.connectionState).toBe("connected");
+    c.close();
+  });
+
+  it("ends a watch on a member that loses its leader (a plain gateway watch stays silent)", async () => {
+    const survivor = etcd.members[1]!.clientUrl;
+    const c = new EtcdClient({ endpoints: [survivor] });
+    const ended: string[] = [];
+    const seen: WatchEvent[] = [];
+    let created = false;
+    c.watch("/t/w/", { prefix: true }, {
+      onCreated: () => { created = true; },
+      onEvents: (ev) => seen.push(...ev),
+      onCompacted: () => ended.push("compacted"),
+      onEnd: (e) => ended.push(e.message),
+    });
+    // Control: the same watch through the gateway without the hasleader header.
+    let plainEnded = false;
+    const plain = request(`${survivor}/v3/watch`, { method: "POST" }, (res) => { res.on("end", () => { plainEnded = true; }); res.resume(); });
+    plain.on("error", () => { plainEnded = true; });
+    plain.end(JSON.stringify({ create_request: { key: Buffer.from("/t/w/").toString("base64") } }));
+    await until("watch created", () => created);
+    await c.put("/t/w/1", "a");
+    await until("first event", () => seen.length === 1);
+    const down = [0, 2];
+    await Promise.all(down.map((i) => etcd.stop(i)));
+    try {
+      await until("watch ended", () => ended.length > 0, 15_000);
+      expect(ended[0]).toMatch(/no leader/);
+      expect(ended[0]).toContain(survivor);
+      expect(plainEnded).toBe(false);
+    } finally {
+      plain.destroy();
+      await etcd.restoreAll();
+    }
+    c.close();
+  });
+
+  it("signals compaction distinctly when a watch starts from a compacted revision", async () => {
+    const c = new EtcdClient({ endpoints: etcd.endpoints });
+    const first = await c.put("/t/c/k", "1");
+    await c.put("/t/c/k", "2");
+    const compactedAt = etcd.compact();
+    const got: { compacted?: number; end?: unknown } = {};
+    await new Promise<void>((resolve) => {
+      c.watch("/t/c/", { prefix: true, startRevision: first }, {
+        onEvents: () => undefined,
+        onCompacted: (rev) => { got.compacted = rev; },
+        onEnd: (e) => { got.end = e; resolve(); },
+      });
+    });
+    expect(got.compacted).toBe(compactedAt);
+    expect(got.end).toBeInstanceOf(EtcdCompacted);
+    // A range at a compacted revision is the same signal.
+    await expect(c.range("/t/c/k", { revision: first })).rejects.toBeInstanceOf(EtcdCompacted);
+    c.close();
+  });
+
+  it("applies the per-request timeout to a frozen member: reads go on, a write reports an unknown outcome", async () => {
+    const writer = new EtcdClient({ endpoints: etcd.endpoints });
+    await writer.put("/t/to", "v");
+    writer.close();
+    // Freeze a follower (freezing the leader would start an election: a different case, covered by the retry budget).
+    const frozen = (etcd.leader() + 1) % 3;
+    const endpoints = [0, 1, 2].map((i) => etcd.endpoints[(frozen + i) % 3]!);
+    etcd.pause(frozen);
+    try {
+      // Fresh clients start on their first endpoint, the frozen one.
+      const reader = new EtcdClient({ endpoints, requestTimeoutMs: 700 });
+      const t0 = performance.now();
+      expect((await reader.get("/t/to"))!.value).toBe("v");
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(650); // it waited for the deadline on member 0, then moved on
+      reader.close();
+      const fresh = new EtcdClient({ endpoints, requestTimeoutMs: 700 });
+      const err = await fresh.put("/t/to", "w").catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(EtcdOutcomeUnknown);
+      expect((err as Error).message).toMatch(/no answer within 700 ms/);
+      fresh.close();
+    } finally {
+      etcd.resume(frozen);
+    }
+  });
+});
+
+describe("etcd client over TLS with client certificates", () => {
+  let tlsEtcd: EtcdCluster;
+  beforeAll(async () => { tlsEtcd = await EtcdCluster.start({ tls: true, size: 1 }); });
+  afterAll(async () => { await tlsEtcd?.destroy(); });
+
+  it("works with caFile/certFile/keyFile and names the TLS failure otherwise", async () => {
+    const t = tlsEtcd.tlsFiles!;
+    const good = new EtcdClient({ endpoints: tlsEtcd.endpoints, caFile: t.caFile, certFile: t.certFile, keyFile: t.keyFile });
+    await good.put("/t/tls", "secure");
+    expect(tlsEtcd.dump("/t/tls").get("/t/tls")).toBe("secure");
+    good.close();
+
+    const wrongCa = new EtcdClient({ endpoints: tlsEtcd.endpoints, caFile: t.otherCaFile, certFile: t.certFile, keyFile: t.keyFile });
+    const e1 = await wrongCa.get("/t/tls").catch((e: unknown) => e);
+    expect(e1).toBeInstanceOf(EtcdUnavailable);
+    expect((e1 as Error).message).toMatch(/certificate/i);
+    expect((e1 as Error).message).toContain(tlsEtcd.endpoints[0]);
+    wrongCa.close();
+
+    const noCert = new EtcdClient({ endpoints: tlsEtcd.endpoints, caFile: t.caFile });
+    const e2 = await noCert.get("/t/tls").catch((e: unknown) => e);
+    expect(e2).toBeInstanceOf(Error);
+    expect((e2 as Error).message).toContain(tlsEtcd.endpoints[0]);
+    noCert.close();
+
+    expect(() => new EtcdClient({ endpoints: tlsEtcd.endpoints, caFile: "/nonexistent/ca.crt" })).toThrow(/caFile \/nonexistent\/ca.crt/);
+    expect(() => new EtcdClient({ endpoints: tlsEtcd.endpoints, certFile: t.certFile })).toThrow(/certFile and keyFile go together/);
+  });
+});

@@ -1,0 +1,53 @@
+// Sticky addresses of StatefulSet members, and takeover (api/API.md, Concepts: Owner).
+import { describe, expect, it } from "vitest";
+import { pool, rulesOn, webPod } from "./harness";
+
+describe("sticky members", () => {
+  it("keeps a member's address across DEL and an ADD with a new container ID", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    const first = await r.add("a", webPod(0));
+    expect(first).toMatchObject({ owner: "default/web/0", sticky: true });
+    expect(await r.del("a")).toEqual({ released: [], kept: ["10.0.0.10"] });
+    expect(r.reservations({ owner: "default/web/0" })[0]).toMatchObject({ state: "detached", sticky: true, kind: "statefulset" });
+    expect(r.ips(await r.add("b", webPod(0)))).toEqual(["10.0.0.10"]);
+    expect(r.reservations({ owner: "default/web/0" })).toMatchObject([{ state: "attached", containerID: "b" }]);
+  });
+
+  it("never gives a detached member's address to another pod", async () => {
+    const r = rulesOn({ pools: [pool("p4", 3)] });
+    await r.add("a", webPod(0));
+    await r.del("a");
+    r.now += 3_600_000;
+    expect(r.ips(await r.add("x"))).toEqual(["10.0.0.11"]);
+    expect(r.ips(await r.add("y"))).toEqual(["10.0.0.12"]);
+    await expect(r.add("z")).rejects.toMatchObject({ code: "pool_exhausted" });
+  });
+
+  it("treats a pod as a member only when its StatefulSet is known", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    expect(await r.add("d", { podNamespace: "default", podName: "cache-12345" })).toMatchObject({ owner: "d/eth0", sticky: false });
+    expect(await r.add("e", { podNamespace: "other", podName: "web-0" })).toMatchObject({ sticky: false });
+    await r.reserve({ statefulset: "cache", replicas: 0 }); // registers it
+    expect(await r.add("f", { podNamespace: "default", podName: "cache-1" })).toMatchObject({ owner: "default/cache/1", sticky: true });
+  });
+
+  it("moves the address to a new container while the old one is still attached (takeover), and says so", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    const moved: string[] = [];
+    r.node.rules.onTakeover = (row, req) => moved.push(`${row.ip} ${row.container_id} -> ${req.containerID}`);
+    await r.add("old", webPod(1));
+    expect(r.ips(await r.add("new", webPod(1)))).toEqual(["10.0.0.10"]);
+    expect(moved).toEqual(["10.0.0.10 old -> new"]);
+    expect(await r.del("old")).toEqual({ released: [], kept: [] }); // the old DEL no longer touches it
+    expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "new" }]);
+  });
+
+  it("gives a member's second interface in the same pool an address owned by that interface", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    await r.add("a", webPod(0));
+    const second = await r.add("a", webPod(0, { ifName: "net1" }));
+    expect(second).toMatchObject({ owner: "a/net1", sticky: false });
+    expect(r.ips(second)).toEqual(["10.0.0.11"]);
+    expect(await r.del("a", { ifName: "net1" })).toEqual({ released: ["10.0.0.11"], kept: [] });
+  });
+});
