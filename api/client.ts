@@ -138,5 +138,7 @@ function reasonOf(e: NodeJS.ErrnoException): string {
   return e.code === "ENOENT" ? "the socket does not exist"
     : e.code === "ECONNREFUSED" ? "nothing is listening on the socket (connection refused)"
     : e.code === "EACCES" ? "permission denied on the socket (run as root or a member of its group)"
-    : e.message;
+    : e.code === "EAGAIN" ? "the socket's connection backlog is full (EAGAIN): the daemon is overloaded or stuck"
+    // Bun's fetch adds its own guess, which is wrong for a unix socket.
+    : e.message.replace(/\s*Was there a typo in the url or port\?/i, "");
 }

@@ -133,15 +133,22 @@ export class IpamdIpam implements Ipam {
     return allocation;
   }
 
-  /** 50 when ipamd cannot be reached. */
+  /**
+   * 50 when ADD would fail: ipamd cannot be reached, no pool serves this network (and
+   * ipam.pools) on this node, or those pools have no free address.
+   */
   async status(): Promise<void> {
-    const { conf } = this;
+    const { ctx, conf } = this;
     try {
-      await this.client.status();
+      const out = await this.client.networkStatus({ network: ctx.conf.name, ...(conf.pools ? { pools: conf.pools } : {}) });
+      ctx.log.debug("ipamd ready for this network", { pools: out.pools });
     } catch (e) {
       if (e instanceof IpamdUnreachable) {
         throw new CniError(CniCode.PluginNotAvailable, unreachable(conf, e),
           "start berth-ipamd on this node, or set ipam.socket to the socket it listens on");
+      }
+      if (e instanceof IpamdError && (e.code === "no_pool" || e.code === "pool_exhausted")) {
+        throw new CniError(CniCode.PluginNotAvailable, `ipamd cannot serve ADD for network "${ctx.conf.name}": ${e.message}`, DAEMON_FIXES[e.code]);
       }
       throw daemonError(e, conf, "STATUS");
     }

@@ -9,7 +9,7 @@ import { canonicalCidr, normalizeMac, parseCidr } from "../../lib/ip";
 import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
-import { attachmentStatePath, ensureStateDir, listStateFiles, readJson, writeDurable, type AttachmentState } from "../device/state";
+import { attachmentStatePath, ensureStateDir, isOwnRecord, listStateFiles, readJson, writeDurable, type AttachmentState } from "../device/state";
 import { USERSPACE_DRIVERS, driverOfPci, netdevsOfPci, pciAddressOf } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
@@ -288,13 +288,24 @@ function restore(ctx: Ctx, host: NetlinkSocket, st: AttachmentState): void {
   returnToHost(host, st, { log: ctx.log, sysfsRoot: ctx.pluginConfig.sysfsRoot });
 }
 
+function ownsDevice(ctx: Ctx, path: string): boolean {
+  try {
+    const st = readJson<AttachmentState>(path);
+    return !!st && !isUserspace(st) && isOwnRecord(st, { network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName });
+  } catch {
+    return false;
+  }
+}
+
 const recordsLock = (cfg: HostdevConfig) => ({ file: join(cfg.stateDir, ".lock"), what: "the host device records" });
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first; the move back to the host drops the device's qdiscs
+  const path = statePath(cfg, ctx);
+  // the ifb first (the move back to the host drops the device's qdiscs), and only for our own device
+  if (ownsDevice(ctx, path)) removePodShaping(ctx.netns, ctx.ifName, ctx.log);
   await giveBackDevice(ctx, {
-    path: statePath(cfg, ctx),
+    path,
     lock: () => recordsLock(cfg),
     doing: (st) => `${PLUGIN} DEL ${ctx.ifName}: give ${st.original.name || st.pciAddress} back to the host`,
     restore: (host, st) => restore(ctx, host, st),
@@ -344,7 +355,7 @@ async function check(ctx: Ctx): Promise<void> {
   for (const a of staticAddresses(cfg, st.original)) {
     if (!have.has(canonical(a))) throw mismatch(`prevResult lacks the configured static address ${a} of ${st.original.name}`);
   }
-  checkPodShapingIn(ctx.netns, ctx.ifName, bandwidthLimits(ctx.conf));
+  if (!isUserspace(st)) checkPodShapingIn(ctx.netns, ctx.ifName, bandwidthLimits(ctx.conf));
 }
 
 export const hostdevPlugin = withIpamDefaults(definePlugin<HostdevConfig>({

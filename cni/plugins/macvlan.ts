@@ -264,7 +264,8 @@ function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alias: string, mac:
  * Deletes the macvlan `name` in the pod when this attachment made it: it carries the attachment's
  * alias, or it still has the temporary name, or (made before aliases) it has prevResult's MAC.
  */
-function deleteOwnLink(nl: NetlinkSocket, name: string, own: { alias: string; tmpName: string }, log: Logger, prevMac?: string): void {
+function deleteOwnLink(nl: NetlinkSocket, name: string, own: { alias: string; tmpName: string }, log: Logger, prevMac?: string,
+  beforeDelete?: () => void): void {
   const link = findLinkByName(nl, name);
   if (!link) return;
   if (link.kind !== "macvlan") {
@@ -276,6 +277,7 @@ function deleteOwnLink(nl: NetlinkSocket, name: string, own: { alias: string; tm
     log.warn("pod interface was not made by this attachment; leaving it", { name, alias: link.alias, mac: link.mac });
     return;
   }
+  beforeDelete?.();
   try {
     deleteLink(nl, link.index);
   } catch (e) {
@@ -306,7 +308,8 @@ function deleteFromPod(ctx: Ctx): void {
     const own = ownership(ctx);
     const prevMac = ctx.conf.prevResult ? findInterface(ctx.conf.prevResult, ctx.ifName, ctx.netns)?.iface.mac : undefined;
     deleteOwnLink(pod.nl, own.tmpName, own, ctx.log);
-    deleteOwnLink(pod.nl, ctx.ifName, own, ctx.log, prevMac);
+    // the ifb of its shaping first, and only for our own link
+    deleteOwnLink(pod.nl, ctx.ifName, own, ctx.log, prevMac, () => removePodShaping(ctx.netns, ctx.ifName, ctx.log));
   } finally {
     pod.close();
   }
@@ -320,7 +323,6 @@ async function del(ctx: Ctx): Promise<void> {
   const ipam = ipamOf(ctx);
   const released = ipam ? ipam.del().then(() => undefined, (e: unknown) => e) : undefined;
   try {
-    removePodShaping(ctx.netns, ctx.ifName, ctx.log); // the ifb first
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
     for (const name of recordsHolding(cfg.stateDir, key)) releaseVlanLink(cfg.stateDir, name, key, ctx.log);

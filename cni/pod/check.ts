@@ -62,13 +62,17 @@ export function checkPodInterface(nl: NetlinkSocket, ifName: string, netns: stri
   for (const ip of ips) {
     if (!have.has(canonical(ip.address))) throw mismatch(`interface "${ifName}" lacks address ${ip.address} from prevResult`);
   }
+  // prevResult's routes are the whole chain's (a route names no interface): each must exist in the
+  // pod; one without gw is ours when it is on our link with our family's gateway, else anyone's.
   const routes = listRoutes(nl, { table: "all" });
+  const sameIp = (a: string | undefined, b: string | undefined) => a !== undefined && b !== undefined && canonicalIp(a) === canonicalIp(b);
   for (const r of prev.routes ?? []) {
     const dst = canonical(r.dst);
-    const via = r.gw ?? gatewayOf(ips, parseCidr(r.dst)?.family as 4 | 6);
-    const ok = routes.some((k) => canonical(k.dst) === dst && k.index === link.index
-      && (via === undefined ? k.gateway === undefined : k.gateway !== undefined && canonicalIp(k.gateway) === canonicalIp(via)));
-    if (!ok) throw mismatch(`route ${r.dst}${via ? ` via ${via}` : ""} dev ${ifName} from prevResult is missing in ${netns}`);
+    const implied = gatewayOf(ips, parseCidr(r.dst)?.family as 4 | 6);
+    const ok = routes.some((k) => canonical(k.dst) === dst && (r.gw !== undefined ? sameIp(k.gateway, r.gw)
+      : k.index !== link.index || (implied === undefined ? k.gateway === undefined : sameIp(k.gateway, implied))));
+    const via = r.gw ?? implied;
+    if (!ok) throw mismatch(`route ${r.dst}${via ? ` via ${via}` : ""} from prevResult is missing in ${netns}`);
   }
   return link;
 }

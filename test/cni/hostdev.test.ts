@@ -7,7 +7,7 @@
 // physical NICs, and netns_refund kinds such as vcan go back to init_net; dummy and vcan are not
 // built here, bridges cannot change namespace). So "the kernel returns the ENI" is simulated by
 // moving the device back to the host under its pod ifname before deleting the namespace.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -327,3 +327,143 @@ describe("berth-hostdev with berth-ipam", () => {
     expectRestored(eni, 10);
   });
 });
+
+describe("berth-hostdev: every verb as the CNI spec means it", () => {
+  it("ADD passes prevResult through; CHECK passes after tuning changed the MTU", () => {
+    const eni = makeEni(20);
+    const p = pod();
+    const prevResult = { cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }], dns: { nameservers: ["192.0.2.53"] } };
+    const config = { ...conf({ device: eni.name, mtu: 1350, addresses: { [eni.name]: ["10.77.20.100/24"] } }), cniVersion: "1.0.0" };
+    const add = run("ADD", p, { ...config, prevResult }, "ctr-chain");
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json.interfaces).toEqual([{ name: "up0" }, { name: "eth1", mac: linkIn(p, "eth1").address, sandbox: p.path }]);
+    expect(add.json.ips).toEqual([{ interface: 0, address: "192.0.2.9/32" }, { interface: 1, address: "10.77.20.100/24" }]);
+    expect(add.json.dns).toEqual({ nameservers: ["192.0.2.53"] });
+    const tuning = hx.run("/usr/lib/cni/tuning", {
+      command: "ADD", containerId: "ctr-chain", netns: p.path, ifName: "eth1",
+      config: { cniVersion: "1.0.0", name: "eni-net", type: "tuning", mtu: 1300, prevResult: add.json },
+    });
+    expect(tuning.code, tuning.stdout + tuning.stderr).toBe(0);
+    expect(linkIn(p, "eth1").mtu).toBe(1300);
+    const chk = run("CHECK", p, { ...config, prevResult: tuning.json }, "ctr-chain");
+    expect(chk.code, chk.stdout).toBe(0);
+    expect(run("DEL", p, config, "ctr-chain").code).toBe(0);
+    expectRestored(eni, 20);
+  });
+
+  it("a PCI device bound to a userspace driver (vfio-pci) is accepted: nothing moves, the IPAM result and the PCI address come back", () => {
+    const sysfs = join(tmp, "sys-userspace");
+    const dev = join(sysfs, "bus/pci/devices/0000:3b:05.0");
+    mkdirSync(dev, { recursive: true });
+    mkdirSync(join(sysfs, "bus/pci/drivers/vfio-pci"), { recursive: true });
+    symlinkSync("../../../bus/pci/drivers/vfio-pci", join(dev, "driver"));
+    const p = pod();
+    const config = conf({ pciBusID: "0000:3b:05.0", sysfsRoot: sysfs, ipam: { type: "static", addresses: [{ address: "10.77.21.5/24" }] } });
+    const before = ipJson<{ ifname: string }[]>(p, "link", "show").map((l) => l.ifname);
+    const add = run("ADD", p, { ...config, cniVersion: "1.0.0" }, "ctr-dpdk");
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json).toEqual({ cniVersion: "1.0.0", interfaces: [{ name: "eth1", sandbox: p.path }], ips: [{ interface: 0, address: "10.77.21.5/24" }], dns: {} });
+    const p11 = pod();
+    const v11 = run("ADD", p11, { ...config, ipam: undefined }, "ctr-dpdk-11");
+    expect(v11.json.interfaces).toEqual([{ name: "eth1", sandbox: p11.path, pciID: "0000:3b:05.0" }]);
+    expect(ipJson<{ ifname: string }[]>(p, "link", "show").map((l) => l.ifname)).toEqual(before);
+    // (static's own CHECK looks for an interface in the pod, so CHECK runs without IPAM here)
+    const chk = run("CHECK", p11, { ...config, ipam: undefined, prevResult: v11.json }, "ctr-dpdk-11");
+    expect(chk.code, chk.stdout).toBe(0);
+    expect(run("DEL", p, { ...config, cniVersion: "1.0.0" }, "ctr-dpdk").code).toBe(0);
+    expect(run("DEL", p11, { ...config, ipam: undefined }, "ctr-dpdk-11").code).toBe(0);
+    expect(readdirSync(stateDir).filter((f) => f.startsWith("ctr-dpdk"))).toEqual([]);
+  });
+
+  it("state files are unambiguous: container a + ifname x-eth0 and container a-x + eth0 are two attachments", () => {
+    const e1 = makeEni(22), e2 = makeEni(23);
+    const p1 = pod(), p2 = pod();
+    expect(run("ADD", p1, conf({ device: e1.name }), "a", "x-eth0").code).toBe(0);
+    const second = run("ADD", p2, conf({ device: e2.name }), "a-x", "eth0");
+    expect(second.code, second.stdout).toBe(0);
+    expect(run("DEL", p2, conf({ device: e2.name }), "a-x", "eth0").code).toBe(0);
+    expectRestored(e2, 23);
+    expect(hasLink(p1, "x-eth0")).toBe(true); // the other pod keeps its NIC
+    expect(run("DEL", p1, conf({ device: e1.name }), "a", "x-eth0").code).toBe(0);
+    expectRestored(e1, 22);
+  });
+
+  it("DEL of another network with the same container and ifname never takes this attachment's device", () => {
+    const eni = makeEni(24);
+    const p = pod();
+    expect(run("ADD", p, conf({ device: eni.name }), "ctr-own").code).toBe(0);
+    const other = { ...conf({ device: eni.name }), name: "other-net" };
+    expect(run("DEL", p, other, "ctr-own").code).toBe(0);
+    expect(hasLink(p, "eth1")).toBe(true);
+    expect(run("DEL", p, conf({ device: eni.name }), "ctr-own").code).toBe(0);
+    expectRestored(eni, 24);
+  });
+
+  it("GC gives back the devices of attachments the runtime no longer lists, and keeps the listed ones", () => {
+    const gone = makeEni(25), kept = makeEni(26);
+    const pg = pod(), pk = pod();
+    expect(run("ADD", pg, conf({ device: gone.name }), "ctr-gc-gone").code).toBe(0);
+    expect(run("ADD", pk, conf({ device: kept.name }), "ctr-gc-kept").code).toBe(0);
+    const gc = hx.run(exe, { command: "GC", config: { ...conf({}), device: kept.name, "cni.dev/valid-attachments": [{ containerID: "ctr-gc-kept", ifname: "eth1" }] } });
+    expect(gc.code, gc.stdout).toBe(0);
+    expectRestored(gone, 25);
+    expect(hasLink(pk, "eth1")).toBe(true);
+    expect(readdirSync(stateDir).filter((f) => f.startsWith("ctr-gc-"))).toEqual(["ctr-gc-kept@eth1.json"]);
+    expect(run("DEL", pk, conf({ device: kept.name }), "ctr-gc-kept").code).toBe(0);
+  });
+
+  it("STATUS: ready when the device is on the host or held by one of its pods, 50 when it is nowhere", () => {
+    const eni = makeEni(27);
+    const status = (device: string) => hx.run(exe, { command: "STATUS", config: conf({ device }) });
+    expect(status(eni.name).code).toBe(0);
+    const p = pod();
+    expect(run("ADD", p, conf({ device: eni.name }), "ctr-st").code).toBe(0);
+    expect(status(eni.name).code).toBe(0);
+    expectCniError(status("nosuch0"), 50, 'device "nosuch0" does not exist on this node');
+    expect(run("DEL", p, conf({ device: eni.name }), "ctr-st").code).toBe(0);
+  });
+
+  it("CNI_NETNS naming the host namespace is refused (4) and the device stays", () => {
+    const eni = makeEni(28);
+    expectCniError(run("ADD", host.path, conf({ device: eni.name }), "ctr-hostns"), 4, "is the plugin's own (host) network namespace");
+    expectRestored(eni, 28);
+  });
+
+  it("announces the addresses once the NIC has carrier, also when carrier comes after admin-up", async () => {
+    const lan = pod(); // the switch side of the cable
+    const name = `eni29x${seq++}`;
+    ipIn(host, "link", "add", name, "type", "veth", "peer", "name", `${name}p`, "netns", lan.name);
+    ipIn(lan, "addr", "add", "10.77.29.1/24", "dev", `${name}p`);
+    ipIn(lan, "netns", "exec", lan.name, "sysctl", "-qw", `net.ipv4.conf.${name}p.arp_accept=1`);
+    const p = pod();
+    const config = conf({ device: name, carrierWaitMs: 5000, addresses: { [name]: ["10.77.29.5/24"] } });
+    const adding = runAsync(exe, { command: "ADD", config, containerId: "ctr-carrier", netns: p.path, ifName: "eth1" });
+    await new Promise((r) => setTimeout(r, 400)); // admin-up happened without carrier: that announcement was lost
+    ipIn(lan, "link", "set", `${name}p`, "up");
+    const add = await adding;
+    expect(add.code, add.stdout).toBe(0);
+    const neigh = ipJson<{ dst: string; lladdr?: string }[]>(lan, "neigh", "show", "dev", `${name}p`);
+    expect(neigh).toContainEqual(expect.objectContaining({ dst: "10.77.29.5", lladdr: linkIn(p, "eth1").address }));
+    expect(run("DEL", p, config, "ctr-carrier").code).toBe(0);
+  });
+});
+
+/** A built plugin run in the host namespace without blocking this process (for a concurrent change). */
+function runAsync(executable: string, call: CniCall): Promise<{ code: number | null; stdout: string; json: any }> {
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? "/usr/bin:/bin", CNI_COMMAND: call.command, CNI_PATH: "/usr/lib/cni",
+    CNI_CONTAINERID: call.containerId!, CNI_NETNS: call.netns!, CNI_IFNAME: call.ifName!,
+  };
+  return new Promise((resolve, reject) => {
+    const child = spawn("ip", ["netns", "exec", host.name, executable], { env, stdio: ["pipe", "pipe", "inherit"] });
+    let stdout = "";
+    child.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
+    child.on("error", reject);
+    child.on("exit", (code) => {
+      let json: any;
+      try { json = JSON.parse(stdout); } catch { json = undefined; }
+      resolve({ code, stdout, json });
+    });
+    child.stdin.end(JSON.stringify(call.config));
+  });
+}

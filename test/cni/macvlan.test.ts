@@ -4,7 +4,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ipIn, removeNetns } from "../helpers/netns";
+import { ownership } from "../../cni/plugins/macvlan";
+import { expectCniError } from "../helpers/cni-error";
+import { ipIn, ipJson, removeNetns } from "../helpers/netns";
 import {
   addresses, cni, destroyLab, links, macvlan, macvlans, makeLab, newPod, podLink, routes, stateFiles, type Lab,
 } from "./macvlan-fixture";
@@ -403,5 +405,138 @@ describe("names and derived MACs", () => {
     expect(macFromIp(["fd00::1/64", "10.1.0.5/24"])).toBe("0a:58:0a:01:00:05");
     expect(macFromIp(["fd00::a:b0c/64"])).toBe("0a:58:00:0a:0b:0c");
     expect(macFromIp([])).toBeUndefined();
+  });
+});
+
+describe("berth-macvlan: every verb as the CNI spec means it", () => {
+  it("ADD passes prevResult through: the earlier plugin's interface, IPs, routes and DNS stay, ours is appended", () => {
+    const prevResult = {
+      cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }],
+      routes: [{ dst: "192.0.2.0/24" }], dns: { nameservers: ["192.0.2.53"] },
+    };
+    const config = conf({ dns: { nameservers: ["10.77.0.53"] } });
+    const { pod, call, add } = attach({ ...config, prevResult });
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json).toEqual({
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "up0" }, { name: "eth0", mac: podLink(pod)!.address, sandbox: pod.path }],
+      ips: [{ interface: 0, address: "192.0.2.9/32" }, { interface: 1, address: "10.77.0.5/24", gateway: "10.77.0.1" }],
+      routes: [{ dst: "192.0.2.0/24" }, { dst: "0.0.0.0/0" }],
+      dns: { nameservers: ["192.0.2.53", "10.77.0.53"] },
+    });
+    expect(cni(lab, macvlan(), { command: "DEL", config: withPrev(config, add.json), ...call }).code).toBe(0);
+    expect(podLink(pod)).toBeUndefined();
+  });
+
+  it("CHECK passes after tuning, later in the chain, changed the MTU (as the reference macvlan)", () => {
+    const config = conf({ mtu: 1450 });
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    const tuning = cni(lab, "/usr/lib/cni/tuning", { command: "ADD", config: { cniVersion: "1.0.0", name: "underlay", type: "tuning", mtu: 1400, prevResult: add.json }, ...call });
+    expect(tuning.code, tuning.stdout + tuning.stderr).toBe(0);
+    expect(podLink(pod)!.mtu).toBe(1400);
+    const chk = cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, tuning.json), ...call });
+    expect(chk.code, chk.stdout).toBe(0);
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+  });
+
+  it("the DEL after another network's failed ADD leaves this network's eth0 alone", () => {
+    const a = attach(conf());
+    expect(a.add.code, a.add.stdout).toBe(0);
+    const other = conf({ name: "second", ipam: staticIpam([{ address: "10.77.0.9/24", gateway: "10.77.0.1" }]) });
+    expectCniError(cni(lab, macvlan(), { command: "ADD", config: other, ...a.call }), 142, 'interface "eth0" already exists');
+    expect(cni(lab, macvlan(), { command: "DEL", config: other, ...a.call }).code).toBe(0);
+    expect(podLink(a.pod)).toBeDefined();
+    expect(addresses(a.pod)).toEqual(["10.77.0.5/24"]);
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(), ...a.call }).code).toBe(0);
+    expect(podLink(a.pod)).toBeUndefined();
+  });
+
+  it("DEL removes the temporary macvlan a killed ADD left in the pod, and only that one", () => {
+    const pod = newPod(lab);
+    const call = { containerId: `ctr-killed-${process.pid}`, netns: pod.path, ifName: "eth0" };
+    const { tmpName } = ownership({ conf: { name: "underlay" }, containerId: call.containerId, ifName: "eth0" } as never);
+    for (const name of [tmpName, "bmv00000000"]) {
+      ipIn(lab.host, "link", "add", "link", "m0", "name", name, "type", "macvlan", "mode", "bridge");
+      ipIn(lab.host, "link", "set", name, "netns", pod.name);
+    }
+    expect(macvlans(pod).sort()).toEqual(["bmv00000000", tmpName].sort());
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(), ...call }).code).toBe(0);
+    expect(macvlans(pod)).toEqual(["bmv00000000"]);
+  });
+
+  it("a pod MAC equal to the master's, or to another pod's macvlan on the master, is 7 naming the fix", () => {
+    const masterMac = links(lab.host).find((l) => l.ifname === "m0")!.address;
+    const same = attach(conf({ mac: masterMac }));
+    expectCniError(same.add, 7, `it is the MAC of master m0`);
+    expect(macvlans(same.pod)).toEqual([]);
+    const first = attach(conf({ mac: "0a:58:0a:4d:00:aa" }));
+    expect(first.add.code, first.add.stdout).toBe(0);
+    const second = attach(conf({ mac: "0a:58:0a:4d:00:aa" }));
+    const e = expectCniError(second.add, 7, "another macvlan on m0 (in another pod) already has it");
+    expect(e.details).toContain("pick a different mac");
+    expect(macvlans(second.pod)).toEqual([]);
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf({ mac: "0a:58:0a:4d:00:aa" }), ...first.call }).code).toBe(0);
+  });
+
+  it("STATUS: ready with the master, 51 without it (ADD would fail and its pods have no connectivity)", () => {
+    expect(cni(lab, macvlan(), { command: "STATUS", config: conf({ ipam: undefined }, "1.1.0") }).code).toBe(0);
+    const gone = cni(lab, macvlan(), { command: "STATUS", config: conf({ master: "gone0", ipam: undefined }, "1.1.0") });
+    expectCniError(gone, 51, 'master "gone0" does not exist');
+    // and ADD agrees: a missing master is a config error (7), not 141
+    expectCniError(attach(conf({ master: "gone0" })).add, 7, '"gone0" does not exist in the host network namespace');
+  });
+
+  it("CNI_NETNS naming the plugin's own (host) namespace is refused (4) and the host is untouched", () => {
+    const before = macvlans(lab.host);
+    const r = cni(lab, macvlan(), { command: "ADD", config: conf(), containerId: "ctr-hostns", netns: lab.host.path, ifName: "eth9" });
+    expectCniError(r, 4, "is the plugin's own (host) network namespace");
+    expect(macvlans(lab.host)).toEqual(before);
+    expect(ipIn(lab.host, "addr", "show")).not.toContain("10.77.0.5/24");
+  });
+
+  it("prevResult: ADD refuses an undecodable one (7, naming it); DEL goes on without it and answers 0", () => {
+    const bad = attach({ ...conf(), prevResult: "x" });
+    expectCniError(bad.add, 7, "invalid prevResult: is not a JSON object (got string)");
+    const { call, add } = attach(conf());
+    expect(add.code).toBe(0);
+    const del = cni(lab, macvlan(), { command: "DEL", config: { ...conf(), prevResult: { ips: "x" } }, ...call });
+    expect(del.code, del.stdout).toBe(0);
+    expect(del.stdout).toBe("");
+  });
+
+  it("the delegated IPAM plugin's stderr reaches the plugin's stderr on every verb", () => {
+    const dir = mkdtempSync(join(tmpdir(), "berth-noisy-ipam-"));
+    try {
+      writeFileSync(join(dir, "noisy"), [
+        "#!/bin/sh", 'echo "noisy-ipam says hello ($CNI_COMMAND)" >&2', "cat >/dev/null",
+        `[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.77.0.41/24","gateway":"10.77.0.1"}]}'`, "exit 0", "",
+      ].join("\n"), { mode: 0o755 });
+      const config = conf({ ipam: { type: "noisy" } });
+      const { pod, call, add } = attach(config);
+      const path = [dir, ...lab.path];
+      const again = cni(lab, macvlan(), { command: "ADD", config, ...call, ifName: "eth1", path });
+      expect(again.code, again.stdout).toBe(0);
+      expect(again.stderr).toContain("noisy-ipam says hello (ADD)");
+      expect(addresses(pod, "eth1")).toEqual(["10.77.0.41/24"]);
+      const del = cni(lab, macvlan(), { command: "DEL", config, ...call, ifName: "eth1", path });
+      expect(del.code).toBe(0);
+      expect(del.stderr).toContain("noisy-ipam says hello (DEL)");
+      expect(add.code).toBe(1); // without the plugin's dir in CNI_PATH: 100
+      expect(add.json.code).toBe(100);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("announces the pod's addresses (gratuitous ARP) once the link has carrier", () => {
+    ipIn(lab.lan, "netns", "exec", lab.lan.name, "sysctl", "-qw", "net.ipv4.conf.lan0.arp_accept=1");
+    const config = conf({ ipam: staticIpam([{ address: "10.77.0.44/24", gateway: "10.77.0.1" }]) });
+    const { pod, call, add } = attach(config);
+    expect(add.code, add.stdout).toBe(0);
+    // nothing in the pod talked to the lan: only the announcement can have taught it the pod's MAC
+    const neigh = ipJson<{ dst: string; lladdr?: string }[]>(lab.lan, "neigh", "show", "dev", "lan0");
+    expect(neigh).toContainEqual(expect.objectContaining({ dst: "10.77.0.44", lladdr: podLink(pod)!.address }));
+    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
   });
 });

@@ -325,3 +325,79 @@ describe("the shipped berth-sriov", () => {
     expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
   });
 });
+
+describe("berth-sriov: every verb as the CNI spec means it", () => {
+  const setTable = (r: Rig, vf: Record<string, unknown>) => {
+    const t = r.table();
+    Object.assign(t.vfs[0], vf);
+    writeFileSync(join(r.fake, `${r.pf}.json`), JSON.stringify(t));
+  };
+
+  it("CHECK sees the PF-side VF settings: a VF reset to VLAN 0 or spoofchk off behind the pod's back is 120", () => {
+    const r = rig();
+    const p = pod();
+    const config = conf(r, { deviceID: "0000:3b:02.0", vlan: 100, spoofchk: "on", trust: "off" });
+    const add = run(r, "ADD", p, config, "ctr-chk");
+    expect(add.code, add.stdout).toBe(0);
+    expect(run(r, "CHECK", p, { ...config, prevResult: add.json }, "ctr-chk").code).toBe(0);
+    setTable(r, { vlan: 0 });
+    expectCniError(run(r, "CHECK", p, { ...config, prevResult: add.json }, "ctr-chk"), 120, "vlan 0 (ADD set 100)");
+    setTable(r, { vlan: 100, spoofChk: false });
+    expectCniError(run(r, "CHECK", p, { ...config, prevResult: add.json }, "ctr-chk"), 120, "spoofchk off (ADD set on)");
+    setTable(r, { spoofChk: true });
+    expect(run(r, "CHECK", p, { ...config, prevResult: add.json }, "ctr-chk").code).toBe(0);
+    expect(run(r, "DEL", p, config, "ctr-chk").code).toBe(0);
+  });
+
+  it("ADD passes prevResult through; CHECK passes after tuning changed the MTU", () => {
+    const r = rig();
+    const p = pod();
+    const config = { ...conf(r, { deviceID: "0000:3b:02.0", mtu: 1450 }), cniVersion: "1.0.0" };
+    const prevResult = { cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }] };
+    const add = run(r, "ADD", p, { ...config, prevResult }, "ctr-tune");
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json.interfaces).toEqual([{ name: "up0" }, { name: "net1", mac: r.vf0Mac, sandbox: p.path }]);
+    expect(add.json.ips).toEqual([{ interface: 0, address: "192.0.2.9/32" }]);
+    const tuning = hx.run("/usr/lib/cni/tuning", {
+      command: "ADD", containerId: "ctr-tune", netns: p.path, ifName: "net1",
+      config: { cniVersion: "1.0.0", name: "sriov-net", type: "tuning", mtu: 1300, prevResult: add.json },
+    });
+    expect(tuning.code, tuning.stdout + tuning.stderr).toBe(0);
+    expect(linkIn(p, "net1").mtu).toBe(1300);
+    const chk = run(r, "CHECK", p, { ...config, prevResult: tuning.json }, "ctr-tune");
+    expect(chk.code, chk.stdout).toBe(0);
+    expect(run(r, "DEL", p, config, "ctr-tune").code).toBe(0);
+  });
+
+  it("GC gives back a VF whose pod vanished without DEL: PF-side settings restored, netdev back on the host, records gone", () => {
+    const r = rig();
+    const p = pod();
+    const config = conf(r, FULL);
+    expect(run(r, "ADD", p, config, "ctr-gc").code).toBe(0);
+    const gc = hx.run(exe, { command: "GC", config: { ...config, "cni.dev/valid-attachments": [] }, env: { BERTH_SRIOV_FAKE_PF: r.fake } });
+    expect(gc.code, gc.stdout).toBe(0);
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
+    expect(hasLink(host, r.vf0)).toBe(true);
+    expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
+  });
+
+  it("DEL with a lost state file puts the VF into a known neutral state, takes its netdev back, says so in the log; the next pod gets the VF", () => {
+    const r = rig();
+    const p = pod();
+    const logFile = join(r.stateDir, "..", "cni.log");
+    const config = conf(r, { ...FULL, logFile });
+    expect(run(r, "ADD", p, config, "ctr-lost").code).toBe(0);
+    rmSync(join(r.stateDir, "ctr-lost@net1.json"));
+    const del = run(r, "DEL", p, config, "ctr-lost");
+    expect(del.code, del.stdout).toBe(0);
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF }); // VLAN 0, spoofchk on, trust off, rates 0, MAC zero, state auto
+    expect(hasLink(p, "net1")).toBe(false);
+    expect(linkIn(host, r.vf0).mtu).toBe(linkIn(host, r.pf).mtu);
+    expect(readFileSync(logFile, "utf8")).toContain("the attachment's state file is lost: resetting the VF to a neutral state");
+    expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
+    const next = pod();
+    const add = run(r, "ADD", next, conf(r, { deviceID: "0000:3b:02.0" }), "ctr-next");
+    expect(add.code, add.stdout).toBe(0); // no "held by container ctr-lost"
+    expect(run(r, "DEL", next, conf(r, { deviceID: "0000:3b:02.0" }), "ctr-next").code).toBe(0);
+  });
+});
