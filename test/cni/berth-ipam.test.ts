@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectCniError } from "../helpers/cni-error";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
 import { createNetns, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
 import { cleanupPlugins, pluginDir, pluginPath, runCni } from "../helpers/plugins";
@@ -186,6 +187,52 @@ describe("berth-ipam executable", () => {
   });
 });
 
+describe("STATUS asks ipamd whether ADD could allocate for this network on this node", () => {
+  let small: DaemonHandle | undefined;
+  beforeAll(async () => {
+    small = await startIpamd({ config: { cooldownSeconds: 0, pools: [
+      { name: "one-v4", subnet: "10.251.0.0/24", networks: ["tiny"], ranges: [{ start: "10.251.0.10", end: "10.251.0.10" }] },
+    ] } });
+  }, 120_000);
+  afterAll(async () => {
+    await small?.stop();
+    if (small) rmSync(small.dir, { recursive: true, force: true });
+  });
+  const tiny = (extra: Record<string, unknown> = {}, ipamExtra: Record<string, unknown> = {}) =>
+    ({ cniVersion: "1.1.0", name: "tiny", type: "macvlan", ipam: { type: "berth-ipam", socket: small!.socket, ...ipamExtra }, ...extra });
+
+  it("50 when ipam.pools names an undefined pool or no pool serves the network here; 50 when the pools are exhausted; 0 otherwise", () => {
+    expect(runCni(ipam, { command: "STATUS", config: tiny() }).code).toBe(0);
+    expectCniError(runCni(ipam, { command: "STATUS", config: tiny({}, { pools: ["nope"] }) }), 50, 'pool "nope" is not defined');
+    expectCniError(runCni(ipam, { command: "STATUS", config: tiny({ name: "elsewhere" }) }), 50, 'no pool serves network "elsewhere"');
+    const add = runCni(ipam, { command: "ADD", config: tiny(), containerId: "ctr-last", netns: pod!.path, ifName: "net1" });
+    expect(add.code, add.stdout).toBe(0);
+    const full = expectCniError(runCni(ipam, { command: "STATUS", config: tiny() }), 50, "no free IPv4 address");
+    expect(full.details).toContain("add a range");
+    // and ADD agrees with STATUS
+    expectCniError(runCni(ipam, { command: "ADD", config: tiny(), containerId: "ctr-more", netns: pod!.path, ifName: "net1" }), 103);
+    expect(runCni(ipam, { command: "DEL", config: tiny(), containerId: "ctr-last", netns: pod!.path, ifName: "net1" }).code).toBe(0);
+    expect(runCni(ipam, { command: "STATUS", config: tiny() }).code).toBe(0);
+  });
+
+  it("requested IPs from several sources: runtimeConfig.ips wins, as for the MAC (no schema error)", () => {
+    const config = tiny({ runtimeConfig: { ips: ["10.251.0.10/24"] }, args: { cni: { ips: ["10.251.0.11/24"] } } });
+    const add = runCni(ipam, { command: "ADD", config, containerId: "ctr-sources", netns: pod!.path, ifName: "net1", cniArgs: "IP=10.251.0.12" });
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json.ips[0].address).toBe("10.251.0.10/24");
+    expect(runCni(ipam, { command: "DEL", config, containerId: "ctr-sources", netns: pod!.path, ifName: "net1" }).code).toBe(0);
+  });
+
+  it("one rule for names on both sides: a container ID over 256 characters is 4 at ADD, and ipamd refuses what the plugin refuses", async () => {
+    const long = "c".repeat(257);
+    expectCniError(runCni(ipam, { command: "ADD", config: tiny(), containerId: long, netns: pod!.path, ifName: "net1" }), 4, "CNI_CONTAINERID is too long");
+    for (const bad of [{ ifName: "." }, { ifName: ".." }, { ifName: "a\0b" }, { network: "a/b" }, { network: "a\0b" }, { containerID: long }]) {
+      const req = { containerID: "ctr-names", ifName: "net1", network: "tiny", ...bad };
+      await expect(small!.client.allocate(req)).rejects.toMatchObject({ code: "invalid_request" });
+    }
+  });
+});
+
 describe("daemon down", () => {
   const gone = () => join(tmp, "no-daemon", "ipamd.sock");
   const call = () => ({ containerId: "ctr-down", netns: pod!.path, ifName: "net1" });
@@ -195,7 +242,7 @@ describe("daemon down", () => {
     const r = runCni(ipam, { command: "ADD", config: conf({}, { socket: gone() }), ...call() });
     expect(r.code).toBe(1);
     expect(r.json.code).toBe(11);
-    expect(r.json.msg).toContain(gone());
+    expect(r.json.msg).toBe(`ipamd is not reachable at ${gone()}: the socket does not exist`); // said once, no client hints
     expect(Date.now() - started).toBeLessThan(5000);
   });
   it("ADD answers 11 too when the socket file is stale (nobody listening)", () => {
