@@ -18,6 +18,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     env: { BERTH_CNI_CODES_DIR: codesDir },
     setupFiles: ["test/helpers/cni-codes-setup.ts"],
+    globalSetup: ["test/helpers/cni-codes-global.ts"],
     sequence: { sequencer: CodesLastSequencer },
   },
 });

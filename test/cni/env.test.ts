@@ -55,8 +55,15 @@ describe("CNI_CONTAINERID", () => {
     expect(e.code).toBe(4);
     expect(e.message).toContain("CNI_CONTAINERID");
   });
-  it.each(["a", "0f3e_x.y-z", "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"])("accepts %j", (id) => {
+  it.each(["a", "0f3e_x.y-z", "f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "c".repeat(256)])("accepts %j", (id) => {
     expect(readEnv({ ...base, CNI_CONTAINERID: id }, "ADD").containerId).toBe(id);
+  });
+  it("refuses more than 256 characters (ipamd's limit too, lib/names.ts) on every verb", () => {
+    for (const command of ["ADD", "DEL", "CHECK"] as const) {
+      const e = cniErrorOf(() => readEnv({ ...base, CNI_CONTAINERID: "c".repeat(257) }, command));
+      expect(e.code).toBe(4);
+      expect(e.message).toBe("CNI_CONTAINERID is too long (257 characters, at most 256)");
+    }
   });
 });
 
@@ -70,6 +77,7 @@ describe("CNI_IFNAME", () => {
     ["eth:0", "contains"],
     ["eth 0", "contains"],
     ["eth\t0", "contains"],
+    ["eth\u00000", "NUL"],
   ])("rejects %j", (name, text) => {
     const e = cniErrorOf(() => readEnv({ ...base, CNI_IFNAME: name }, "ADD"));
     expect(e.code).toBe(4);
