@@ -98,7 +98,8 @@ export class Views {
       const of = pools.filter((p) => p.family === family);
       if (of.length && of.every((p) => p.free === "0")) {
         const cooling = of.reduce((n, p) => n + (usage.get(p.name)?.cooling ?? 0), 0);
-        throw new ApiError("pool_exhausted", `no free IPv${family} address for network "${req.network}" in ${of.map((p) => p.name).join(", ")}` +
+        const names = of.map((p) => p.name).join(", ");
+        throw new ApiError("pool_exhausted", `no free IPv${family} address for network "${req.network}" in ${names}` +
           (cooling ? ` (${cooling} released addresses come back after the cooldown)` : ""));
       }
     }

@@ -76,14 +76,16 @@ function giveBackUnderLock(ctx: CniContext<unknown>, g: GiveBack): void {
  * CHECK, common part: IPAM, prevResult's interface, the state file, and (unless `inPod` is false)
  * the interface in the pod with prevResult's MAC, addresses and routes.
  */
-export async function checkMovedDevice(ctx: CniContext<unknown>, o: { path: string; plugin: string; inPod?: (st: AttachmentState) => boolean }): Promise<{ st: AttachmentState; ips: IpConfig[] }> {
+export async function checkMovedDevice(ctx: CniContext<unknown>,
+  o: { path: string; plugin: string; inPod?: (st: AttachmentState) => boolean }): Promise<{ st: AttachmentState; ips: IpConfig[] }> {
   const prev: Result = requirePrevResult(ctx);
   await ipamOf(ctx)?.check();
   const found = findInterface(prev, ctx.ifName, ctx.netns);
   if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
   const st = readJson<AttachmentState>(o.path);
   if (!st || !isOwnRecord(st, attachmentOf(ctx))) {
-    throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} (${o.path}): the device was not attached by this plugin or already given back`);
+    throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} (${o.path}): `
+      + "the device was not attached by this plugin or already given back");
   }
   const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
   if (o.inPod?.(st) === false) return { st, ips };

@@ -148,7 +148,8 @@ export class IpamdIpam implements Ipam {
           "start berth-ipamd on this node, or set ipam.socket to the socket it listens on");
       }
       if (e instanceof IpamdError && (e.code === "no_pool" || e.code === "pool_exhausted")) {
-        throw new CniError(CniCode.PluginNotAvailable, `ipamd cannot serve ADD for network "${ctx.conf.name}": ${e.message}`, DAEMON_FIXES[e.code]);
+        throw new CniError(CniCode.PluginNotAvailable, `ipamd cannot serve ADD for network "${ctx.conf.name}": ${e.message}`,
+          DAEMON_FIXES[e.code]);
       }
       throw daemonError(e, conf, "STATUS");
     }

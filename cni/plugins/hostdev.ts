@@ -9,7 +9,9 @@ import { canonicalCidr, normalizeMac, parseCidr } from "../../lib/ip";
 import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
-import { attachmentStatePath, ensureStateDir, isOwnRecord, listStateFiles, readJson, writeDurable, type AttachmentState } from "../device/state";
+import {
+  attachmentStatePath, ensureStateDir, isOwnRecord, listStateFiles, readJson, writeDurable, type AttachmentState,
+} from "../device/state";
 import { USERSPACE_DRIVERS, driverOfPci, netdevsOfPci, pciAddressOf } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
@@ -315,7 +317,9 @@ async function del(ctx: Ctx): Promise<void> {
 async function gc(ctx: Ctx): Promise<void> {
   await ipamOf(ctx)?.gc();
   const cfg = ctx.pluginConfig;
-  collectDeviceGarbage(ctx, { stateDir: cfg.stateDir, plugin: PLUGIN, lock: () => recordsLock(cfg), restore: (host, st) => restore(ctx, host, st) });
+  collectDeviceGarbage(ctx, {
+    stateDir: cfg.stateDir, plugin: PLUGIN, lock: () => recordsLock(cfg), restore: (host, st) => restore(ctx, host, st),
+  });
 }
 
 /** STATUS: not ready (50) when the configured device is nowhere: not on the host, not held by a pod of ours. */
@@ -338,7 +342,8 @@ async function status(ctx: Ctx): Promise<void> {
         present = true;
       } catch (e) {
         if (!(e instanceof CniError)) throw e;
-        throw new CniError(CniCode.PluginNotAvailable, `${describeSelector(cfg.selector)} does not exist on this node: ADD would fail`, e.details);
+        throw new CniError(CniCode.PluginNotAvailable, `${describeSelector(cfg.selector)} does not exist on this node: ADD would fail`,
+          e.details);
       } finally {
         host.close();
       }

@@ -106,6 +106,7 @@ export function macFromIp(addresses: string[]): string | undefined {
 
 type Ctx = CniContext<MacvlanConfig>;
 
+const PICK_ANOTHER_MAC = "pick a different mac (runtimeConfig.mac, args.cni.mac, CNI_ARGS MAC or mac), or leave it out for a random one";
 const MISSING_MASTER_FIX = "set master to an existing host interface (see `ip link show`); the NIC may have another name on this node";
 
 function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
@@ -150,7 +151,7 @@ async function add(ctx: Ctx): Promise<Result> {
     const wanted = requested ?? cfg.mac;
     if (wanted && wanted === master.mac) {
       throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${wanted} for the pod: it is the MAC of master ${master.name}`,
-        "a macvlan needs its own MAC; pick a different mac (runtimeConfig.mac, args.cni.mac, CNI_ARGS MAC or mac), or leave it out for a random one");
+        `a macvlan needs its own MAC; ${PICK_ANOTHER_MAC}`);
     }
     // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
     const podNs = pod = openPodNetns(ctx.netns);
@@ -253,8 +254,9 @@ function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alias: string, mac:
   } catch (e) {
     // The kernel refuses to bring a macvlan up whose MAC another macvlan of the parent has.
     if (mac && isNetlinkError(e, "EADDRINUSE")) {
-      throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${mac} for the pod: another macvlan on ${parent} (in another pod) already has it`,
-        "each macvlan on a parent needs its own MAC; pick a different mac (runtimeConfig.mac, args.cni.mac, CNI_ARGS MAC or mac), or leave it out for a random one");
+      throw new CniError(CniCode.InvalidConfig,
+        `cannot use MAC ${mac} for the pod: another macvlan on ${parent} (in another pod) already has it`,
+        `each macvlan on a parent needs its own MAC; ${PICK_ANOTHER_MAC}`);
     }
     throw e;
   }
@@ -401,7 +403,8 @@ async function status(ctx: Ctx): Promise<void> {
   const host = NetlinkSocket.open();
   try {
     if (!findLinkByName(host, cfg.master)) {
-      throw new CniError(CniCode.PluginNotAvailableLimitedConnectivity, `master "${cfg.master}" does not exist in the host network namespace`,
+      throw new CniError(CniCode.PluginNotAvailableLimitedConnectivity,
+        `master "${cfg.master}" does not exist in the host network namespace`,
         `ADD cannot create macvlans and pods on it have no connectivity; ${MISSING_MASTER_FIX}`);
     }
   } finally {

@@ -280,8 +280,10 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
     throw new CniError(CniCode.DeviceBusy, `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`, "run DEL for this attachment first");
   }
   if (rec.netns && existsSync(rec.netns)) {
-    throw new CniError(CniCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} (${rec.ifName} in ${rec.netns}), whose network namespace still exists`,
-      `the device plugin gave out a VF that is still in use; the runtime retries; the VF is free once DEL of that attachment (network ${rec.network}) runs or its namespace is gone`);
+    throw new CniError(CniCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} `
+      + `(${rec.ifName} in ${rec.netns}), whose network namespace still exists`,
+      "the device plugin gave out a VF that is still in use; the runtime retries; "
+      + `the VF is free once DEL of that attachment (network ${rec.network}) runs or its namespace is gone`);
   }
   ctx.log.warn("clearing the stale record of a VF whose pod namespace is gone", { vf: vf.vfPci, containerId: rec.containerId });
   const stale = readJson<AttachmentState>(rec.stateFile);
@@ -445,7 +447,8 @@ function resetWithoutState(ctx: Ctx, pfOps: PfOpsFactory): void {
       return;
     }
     ctx.log.warn("the attachment's state file is lost: resetting the VF to a neutral state (VLAN 0, spoofchk on, trust off, rates 0, "
-      + "admin MAC zeroed, link state auto) and taking its netdev back with the PF's MTU", { vf: vf.vfPci, pf: vf.pfName, index: vf.vfIndex });
+      + "admin MAC zeroed, link state auto) and taking its netdev back with the PF's MTU",
+    { vf: vf.vfPci, pf: vf.pfName, index: vf.vfIndex });
     const host = NetlinkSocket.open();
     try {
       const ops = pfOps(host, ctx.log);
@@ -461,7 +464,10 @@ function resetWithoutState(ctx: Ctx, pfOps: PfOpsFactory): void {
         const st: AttachmentState = {
           version: 1, plugin: PLUGIN, network: rec.network, containerId: rec.containerId, ifName: rec.ifName,
           netns: ctx.netns || rec.netns, pciAddress: vf.vfPci, podMac: rec.netdev.podMac,
-          original: { name: rec.netdev.name, mac: "", mtu: pfMtu, up: false, altNames: [], addresses: [], routes: [], ...(rec.netdev.kind ? { kind: rec.netdev.kind } : {}) },
+          original: {
+            name: rec.netdev.name, mac: "", mtu: pfMtu, up: false, altNames: [], addresses: [], routes: [],
+            ...(rec.netdev.kind ? { kind: rec.netdev.kind } : {}),
+          },
         };
         returnToHost(host, st, { log: ctx.log, sysfsRoot: cfg.sysfsRoot });
       }
@@ -499,7 +505,9 @@ async function check(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
 /** What of `want` the VF no longer has, as "vlan 0 (ADD set 100)". */
 function vfDrift(want: VfSettings, now: VfInfo): string[] {
   const out: string[] = [];
-  const differ = (what: string, has: unknown, set: unknown) => { if (has !== set) out.push(`${what} ${String(has)} (ADD set ${String(set)})`); };
+  const differ = (what: string, has: unknown, set: unknown) => {
+    if (has !== set) out.push(`${what} ${String(has)} (ADD set ${String(set)})`);
+  };
   if (want.vlan !== undefined) {
     differ("vlan", now.vlan, want.vlan);
     differ("qos", now.qos, want.qos ?? 0);

@@ -88,7 +88,8 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Command): CniEnv {
 function validateContainerId(id: string): void {
   const problem = containerIdProblem(id);
   if (problem?.startsWith("is too long")) {
-    throw invalidEnv(`CNI_CONTAINERID ${problem}`, "the runtime must use a container ID of at most 256 characters (ipamd keys attachments by it)");
+    throw invalidEnv(`CNI_CONTAINERID ${problem}`,
+      "the runtime must use a container ID of at most 256 characters (ipamd keys attachments by it)");
   }
   if (problem) {
     throw invalidEnv(`invalid characters in CNI_CONTAINERID "${id}"`,

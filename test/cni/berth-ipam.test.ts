@@ -1,7 +1,7 @@
 // The BUILT berth-ipam executable, run the way a container runtime runs it, against a REAL ipamd
 // (own socket and SQLite file) and REAL network namespaces; and the reference macvlan plugin
 // using berth-ipam as its IPAM.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -217,16 +217,19 @@ describe("STATUS asks ipamd whether ADD could allocate for this network on this 
 
   it("requested IPs from several sources: runtimeConfig.ips wins, as for the MAC (no schema error)", () => {
     const config = tiny({ runtimeConfig: { ips: ["10.251.0.10/24"] }, args: { cni: { ips: ["10.251.0.11/24"] } } });
-    const add = runCni(ipam, { command: "ADD", config, containerId: "ctr-sources", netns: pod!.path, ifName: "net1", cniArgs: "IP=10.251.0.12" });
+    const call = { containerId: "ctr-sources", netns: pod!.path, ifName: "net1" };
+    const add = runCni(ipam, { command: "ADD", config, ...call, cniArgs: "IP=10.251.0.12" });
     expect(add.code, add.stdout).toBe(0);
     expect(add.json.ips[0].address).toBe("10.251.0.10/24");
     expect(runCni(ipam, { command: "DEL", config, containerId: "ctr-sources", netns: pod!.path, ifName: "net1" }).code).toBe(0);
   });
 
-  it("one rule for names on both sides: a container ID over 256 characters is 4 at ADD, and ipamd refuses what the plugin refuses", async () => {
+  it("one rule for names on both sides: a container ID over 256 characters is 4 at ADD; ipamd refuses what the plugin does", async () => {
     const long = "c".repeat(257);
-    expectCniError(runCni(ipam, { command: "ADD", config: tiny(), containerId: long, netns: pod!.path, ifName: "net1" }), 4, "CNI_CONTAINERID is too long");
-    for (const bad of [{ ifName: "." }, { ifName: ".." }, { ifName: "a\0b" }, { network: "a/b" }, { network: "a\0b" }, { containerID: long }]) {
+    const tooLong = runCni(ipam, { command: "ADD", config: tiny(), containerId: long, netns: pod!.path, ifName: "net1" });
+    expectCniError(tooLong, 4, "CNI_CONTAINERID is too long");
+    const refused = [{ ifName: "." }, { ifName: ".." }, { ifName: "a\0b" }, { network: "a/b" }, { network: "a\0b" }, { containerID: long }];
+    for (const bad of refused) {
       const req = { containerID: "ctr-names", ifName: "net1", network: "tiny", ...bad };
       await expect(small!.client.allocate(req)).rejects.toMatchObject({ code: "invalid_request" });
     }
@@ -253,6 +256,24 @@ describe("daemon down", () => {
     expect(r.json.msg).toContain(stale);
     expect(r.json.msg).toContain("connection refused");
     expect(runCni(ipam, { command: "DEL", config: conf({}, { socket: stale }), ...call() }).code).toBe(0);
+  });
+  it("ADD answers 11 naming a full backlog (EAGAIN), without the HTTP client's own guesses", async () => {
+    const sock = join(tmp, "backlog.sock");
+    // A listener that never accepts, its backlog filled: the next connect(2) fails with EAGAIN.
+    const server = spawn("python3", ["-c", [
+      "import socket,sys,time", "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(0)",
+      "c=socket.socket(socket.AF_UNIX); c.setblocking(False)", "try: c.connect(sys.argv[1])\nexcept BlockingIOError: pass",
+      "print('ready', flush=True); time.sleep(60)",
+    ].join("\n"), sock], { stdio: ["ignore", "pipe", "inherit"] });
+    try {
+      await new Promise((resolve) => server.stdout!.once("data", resolve));
+      const r = runCni(ipam, { command: "ADD", config: conf({}, { socket: sock, timeoutMs: 500 }), ...call() });
+      expectCniError(r, 11, `ipamd is not reachable at ${sock}: the socket's connection backlog is full (EAGAIN)`);
+      expect(r.json.msg).not.toMatch(/typo/i);
+      expect(r.json.msg.match(/not reachable/g)).toHaveLength(1);
+    } finally {
+      server.kill();
+    }
   });
   it("DEL still succeeds", () => {
     const r = runCni(ipam, { command: "DEL", config: conf({}, { socket: gone() }), ...call() });

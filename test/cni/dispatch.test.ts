@@ -110,7 +110,8 @@ describe("runPlugin", () => {
     expect(seen!.deviceId).toBe("0000:3b:02.1");
     expect(seen!.pod).toEqual({ namespace: "db", name: "redis-2", uid: "u1" });
 
-    const fromArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" }, { ...conf, args: { cni: { ips: ["10.1.0.8/24"] } } });
+    const fromArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" },
+      { ...conf, args: { cni: { ips: ["10.1.0.8/24"] } } });
     expect(await runPlugin(plugin, fromArgs)).toBe(0);
     expect(seen!.requestedIps).toEqual(["10.1.0.8/24"]);
     const fromCniArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" }, conf);

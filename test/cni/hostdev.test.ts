@@ -241,7 +241,8 @@ describe("berth-hostdev ADD and DEL", () => {
     const eni = makeEni(11);
     const p = pod();
     ipIn(host, "addr", "add", "fd00:77:11::100/64", "dev", `${eni.name}p`, "nodad");
-    const r = run("ADD", p, conf({ device: eni.name, mtu: 1300, ipv6DAD: "wait", addresses: { [eni.name]: ["fd00:77:11::100/64"] } }), "ctr-a11");
+    const config = conf({ device: eni.name, mtu: 1300, ipv6DAD: "wait", addresses: { [eni.name]: ["fd00:77:11::100/64"] } });
+    const r = run("ADD", p, config, "ctr-a11");
     expect(r.code).toBe(1);
     expect(r.json.code).toBe(104);
     expect(r.json.msg).toMatch(/duplicate address detection failed/);
@@ -332,7 +333,10 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
   it("ADD passes prevResult through; CHECK passes after tuning changed the MTU", () => {
     const eni = makeEni(20);
     const p = pod();
-    const prevResult = { cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }], dns: { nameservers: ["192.0.2.53"] } };
+    const prevResult = {
+      cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }],
+      dns: { nameservers: ["192.0.2.53"] },
+    };
     const config = { ...conf({ device: eni.name, mtu: 1350, addresses: { [eni.name]: ["10.77.20.100/24"] } }), cniVersion: "1.0.0" };
     const add = run("ADD", p, { ...config, prevResult }, "ctr-chain");
     expect(add.code, add.stdout).toBe(0);
@@ -351,18 +355,21 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
     expectRestored(eni, 20);
   });
 
-  it("a PCI device bound to a userspace driver (vfio-pci) is accepted: nothing moves, the IPAM result and the PCI address come back", () => {
+  it("a PCI device bound to a userspace driver (vfio-pci) is accepted: nothing moves, IPAM's result and the PCI address come back", () => {
     const sysfs = join(tmp, "sys-userspace");
     const dev = join(sysfs, "bus/pci/devices/0000:3b:05.0");
     mkdirSync(dev, { recursive: true });
     mkdirSync(join(sysfs, "bus/pci/drivers/vfio-pci"), { recursive: true });
     symlinkSync("../../../bus/pci/drivers/vfio-pci", join(dev, "driver"));
     const p = pod();
-    const config = conf({ pciBusID: "0000:3b:05.0", sysfsRoot: sysfs, ipam: { type: "static", addresses: [{ address: "10.77.21.5/24" }] } });
+    const ipam = { type: "static", addresses: [{ address: "10.77.21.5/24" }] };
+    const config = conf({ pciBusID: "0000:3b:05.0", sysfsRoot: sysfs, ipam });
     const before = ipJson<{ ifname: string }[]>(p, "link", "show").map((l) => l.ifname);
     const add = run("ADD", p, { ...config, cniVersion: "1.0.0" }, "ctr-dpdk");
     expect(add.code, add.stdout).toBe(0);
-    expect(add.json).toEqual({ cniVersion: "1.0.0", interfaces: [{ name: "eth1", sandbox: p.path }], ips: [{ interface: 0, address: "10.77.21.5/24" }], dns: {} });
+    expect(add.json).toEqual({
+      cniVersion: "1.0.0", interfaces: [{ name: "eth1", sandbox: p.path }], ips: [{ interface: 0, address: "10.77.21.5/24" }], dns: {},
+    });
     const p11 = pod();
     const v11 = run("ADD", p11, { ...config, ipam: undefined }, "ctr-dpdk-11");
     expect(v11.json.interfaces).toEqual([{ name: "eth1", sandbox: p11.path, pciID: "0000:3b:05.0" }]);
@@ -404,7 +411,8 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
     const pg = pod(), pk = pod();
     expect(run("ADD", pg, conf({ device: gone.name }), "ctr-gc-gone").code).toBe(0);
     expect(run("ADD", pk, conf({ device: kept.name }), "ctr-gc-kept").code).toBe(0);
-    const gc = hx.run(exe, { command: "GC", config: { ...conf({}), device: kept.name, "cni.dev/valid-attachments": [{ containerID: "ctr-gc-kept", ifname: "eth1" }] } });
+    const valid = [{ containerID: "ctr-gc-kept", ifname: "eth1" }];
+    const gc = hx.run(exe, { command: "GC", config: { ...conf({}), device: kept.name, "cni.dev/valid-attachments": valid } });
     expect(gc.code, gc.stdout).toBe(0);
     expectRestored(gone, 25);
     expect(hasLink(pk, "eth1")).toBe(true);

@@ -432,7 +432,8 @@ describe("berth-macvlan: every verb as the CNI spec means it", () => {
     const config = conf({ mtu: 1450 });
     const { pod, call, add } = attach(config);
     expect(add.code, add.stdout).toBe(0);
-    const tuning = cni(lab, "/usr/lib/cni/tuning", { command: "ADD", config: { cniVersion: "1.0.0", name: "underlay", type: "tuning", mtu: 1400, prevResult: add.json }, ...call });
+    const tuningConf = { cniVersion: "1.0.0", name: "underlay", type: "tuning", mtu: 1400, prevResult: add.json };
+    const tuning = cni(lab, "/usr/lib/cni/tuning", { command: "ADD", config: tuningConf, ...call });
     expect(tuning.code, tuning.stdout + tuning.stderr).toBe(0);
     expect(podLink(pod)!.mtu).toBe(1400);
     const chk = cni(lab, macvlan(), { command: "CHECK", config: withPrev(config, tuning.json), ...call });

@@ -381,7 +381,7 @@ describe("berth-sriov: every verb as the CNI spec means it", () => {
     expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
   });
 
-  it("DEL with a lost state file puts the VF into a known neutral state, takes its netdev back, says so in the log; the next pod gets the VF", () => {
+  it("DEL with a lost state file: the VF goes to a known neutral state, its netdev back, the log says so; the next pod gets it", () => {
     const r = rig();
     const p = pod();
     const logFile = join(r.stateDir, "..", "cni.log");
