@@ -2,7 +2,7 @@
 // refilled in the background, handed back when a pool runs low), sticky identities bound with one compare-and-swap
 // transaction, attachment updates and returns as compare-and-swaps, and the outbox that carries a node's local
 // changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
-import { formatIp, type Family } from "../ip";
+import { formatIp, type Family } from "../../lib/ip";
 import {
   type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp,
 } from "./etcd";
