@@ -38,26 +38,8 @@ CAP0=$(ifindex cap0)
 CAP1=$(ifindex cap1)
 CAP2=$(ifindex cap2)
 mkdir -p "$OUT"
-
-# hex of the last sendmsg/sendto payload whose nlmsg_type is $2, from strace log $1
-extract_hex() {
-  awk -v want="$2" '
-    /(sendmsg|sendto)\(/ { if (cur != "") msgs[n++] = cur; cur = ""; insend = 1; next }
-    /^ \| [0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]  / && insend {
-      cur = cur substr($0, 11, 48); next }
-    /^ \* [0-9]+ bytes in buffer/ { next }
-    { if (cur != "") { msgs[n++] = cur; cur = "" } insend = 0 }
-    END {
-      if (cur != "") msgs[n++] = cur
-      best = ""
-      for (i = 0; i < n; i++) {
-        h = msgs[i]; gsub(/[^0-9a-f]/, "", h)
-        t = substr(h, 11, 2) substr(h, 9, 2)
-        if (t == want) best = h
-      }
-      print best
-    }' "$1"
-}
+# shellcheck source=lib/netlink-capture.sh
+source "$(dirname "$0")/lib/netlink-capture.sh"
 
 # value of the first 4-byte-aligned IFLA_NET_NS_FD attribute (len 8, type 28) in a hex message
 nsfd_from_hex() {
@@ -82,11 +64,7 @@ capture() {
   fi
   local shown="ip $*"
   shown=${shown//$NSB/NSB}; shown=${shown//$NS/NS}
-  jq -n --arg name "$name" --arg cmd "$shown" --arg hex "$hex" --argjson inputs "$inputs" \
-    --arg iproute2 "$IPVER" --argjson exit "$rc" --arg stderr "$err" --arg note "$note" \
-    '{name:$name, command:$cmd, iproute2:$iproute2, inputs:$inputs, hex:$hex, exit:$exit}
-     + (if $stderr != "" then {stderr:$stderr} else {} end)
-     + (if $note != "" then {note:$note} else {} end)' >"$OUT/$name.json"
+  write_fixture "$OUT/$name.json" "$name" "$shown" "$hex" "$inputs" "$IPVER" "$rc" "$err" "$note"
   echo "captured $name (ip exit $rc)"
 }
 

@@ -24,3 +24,26 @@ export interface LibcBackend {
   /** errno of the last failed call on this thread; read it straight after the call. */
   errno(): number;
 }
+
+/** The calls both backends pass straight through (`open`, `strerror` and `errno` differ by backend). */
+type Direct = Exclude<keyof LibcBackend, "open" | "strerror" | "errno">;
+// biome-ignore lint: each FFI library types its functions its own way; the contract above is what counts.
+type RawCalls = Record<Direct, (...args: any[]) => unknown>;
+
+/** The pass-through calls of a loaded libc, with ssize_t results (a BigInt under some FFIs) as numbers. */
+export function directCalls(c: RawCalls): Pick<LibcBackend, Direct> {
+  return {
+    socket: (domain, type, protocol) => Number(c.socket(domain, type, protocol)),
+    bind: (fd, addr, len) => Number(c.bind(fd, addr, len)),
+    getsockname: (fd, addr, len) => Number(c.getsockname(fd, addr, len)),
+    setsockopt: (fd, level, name, value, len) => Number(c.setsockopt(fd, level, name, value, len)),
+    getsockopt: (fd, level, name, value, len) => Number(c.getsockopt(fd, level, name, value, len)),
+    sendto: (fd, buf, len, flags, addr, addrLen) => Number(c.sendto(fd, buf, len, flags, addr, addrLen)),
+    recv: (fd, buf, len, flags) => Number(c.recv(fd, buf, len, flags)),
+    close: (fd) => Number(c.close(fd)),
+    setns: (fd, nstype) => Number(c.setns(fd, nstype)),
+    fstatfs: (fd, buf) => Number(c.fstatfs(fd, buf)),
+    ioctl: (fd, request) => Number(c.ioctl(fd, request)),
+    flock: (fd, operation) => Number(c.flock(fd, operation)),
+  };
+}

@@ -1,6 +1,6 @@
 // libc through Bun's built-in FFI (bun:ffi): dlopen of the system's libc.so.6, no addon.
 import { CString, dlopen, read } from "bun:ffi";
-import type { LibcBackend } from "./backend";
+import { directCalls, type LibcBackend } from "./backend";
 
 const { symbols: c } = dlopen("libc.so.6", {
   socket: { args: ["i32", "i32", "i32"], returns: "i32" },
@@ -25,19 +25,8 @@ const { symbols: c } = dlopen("libc.so.6", {
 const errnoAddress = c.__errno_location()!;
 
 export const backend: LibcBackend = {
-  socket: (domain, type, protocol) => c.socket(domain, type, protocol),
-  bind: (fd, addr, len) => c.bind(fd, addr, len),
-  getsockname: (fd, addr, len) => c.getsockname(fd, addr, len),
-  setsockopt: (fd, level, name, value, len) => c.setsockopt(fd, level, name, value, len),
-  getsockopt: (fd, level, name, value, len) => c.getsockopt(fd, level, name, value, len),
-  sendto: (fd, buf, len, flags, addr, addrLen) => Number(c.sendto(fd, buf, len, flags, addr, addrLen)),
-  recv: (fd, buf, len, flags) => Number(c.recv(fd, buf, len, flags)),
-  close: (fd) => c.close(fd),
+  ...directCalls(c),
   open: (path, flags, mode) => c.open(Buffer.from(`${path}\0`), flags, mode),
-  setns: (fd, nstype) => c.setns(fd, nstype),
-  fstatfs: (fd, buf) => c.fstatfs(fd, buf),
-  ioctl: (fd, request) => c.ioctl(fd, request),
-  flock: (fd, operation) => c.flock(fd, operation),
   strerror: (errno) => new CString(c.strerror(errno)!).toString(),
   errno: () => read.i32(errnoAddress, 0),
 };

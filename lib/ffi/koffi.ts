@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import type * as Koffi from "koffi";
-import type { LibcBackend } from "./backend";
+import { directCalls, type LibcBackend } from "./backend";
 
 function loadKoffi(): typeof Koffi {
   const require = createRequire(import.meta.url);
@@ -33,19 +33,8 @@ const c = {
 };
 
 export const backend: LibcBackend = {
-  socket: (domain, type, protocol) => c.socket(domain, type, protocol),
-  bind: (fd, addr, len) => c.bind(fd, addr, len),
-  getsockname: (fd, addr, len) => c.getsockname(fd, addr, len),
-  setsockopt: (fd, level, name, value, len) => c.setsockopt(fd, level, name, value, len),
-  getsockopt: (fd, level, name, value, len) => c.getsockopt(fd, level, name, value, len),
-  sendto: (fd, buf, len, flags, addr, addrLen) => Number(c.sendto(fd, buf, len, flags, addr, addrLen)),
-  recv: (fd, buf, len, flags) => Number(c.recv(fd, buf, len, flags)),
-  close: (fd) => c.close(fd),
+  ...directCalls(c),
   open: (path, flags, mode) => c.open(path, flags, mode),
-  setns: (fd, nstype) => c.setns(fd, nstype),
-  fstatfs: (fd, buf) => c.fstatfs(fd, buf),
-  ioctl: (fd, request) => c.ioctl(fd, request),
-  flock: (fd, operation) => c.flock(fd, operation),
   strerror: (errno) => String(c.strerror(errno)),
   errno: () => koffi.errno(),
 };
