@@ -152,7 +152,7 @@ function expectAdded(r: PluginRun, netns: string, mac: string, ifName = "net1", 
 
 /** The attachment's record; pciID is in the result only from CNI 1.1, which the static IPAM plugin does not speak. */
 function savedState(netns: string, ifName = "net1"): any {
-  return JSON.parse(readFileSync(join(stateDir, `ctr-${netns}-${ifName}.json`), "utf8"));
+  return JSON.parse(readFileSync(join(stateDir, `ctr-${netns}@${ifName}.json`), "utf8"));
 }
 
 function stateFiles(): string[] {
@@ -278,7 +278,7 @@ describe("kernel lab: berth-hostdev on real PCI NICs (virtio-net)", () => {
     const ns = newNetns("f2");
     const config = conf({ pciBusID: pci }, "10.203.1.3/24");
     expectAdded(call("ADD", ns, config), ns, want.mac, "net1", "10.203.1.3/24");
-    expect(stateFiles()).toEqual([`ctr-${ns}-net1.json`]);
+    expect(stateFiles()).toEqual([`ctr-${ns}@net1.json`]);
     expect(savedState(ns).original).toMatchObject({ name: "eth2", mtu: 1400, mac: want.mac, up: true });
     const del = call("DEL", ns, config);
     expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
