@@ -60,6 +60,7 @@ export class LeaseElector implements ReleaseElector {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     if (!this.isLeader()) return;
+    this.leaderUntil = 0;
     this.setLeader(false);
     try { // release: an empty holder lets the next candidate acquire without waiting for expiry
       const lease = await this.get();

@@ -123,7 +123,7 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
       const pod = await pods.lookup(req.podNamespace, req.podName, req.podUID);
       if (!pod) return req;
       const m = memberOfPod(pod);
-      const sts = m ? stsWatch.get(m.statefulset, m.namespace) : undefined;
+      const sts = m ? stsWatch.get(m.statefulset, m.namespace) ?? await lifecycle.fetchStatefulSet(m.namespace, m.statefulset) : undefined;
       const own = pod.metadata?.annotations ?? {};
       const template = sts?.spec?.template?.metadata?.annotations ?? {};
       const pick = (a: string): [string | undefined, string] => (a in own

@@ -197,6 +197,14 @@ export class StatefulSetLifecycle {
     }
   }
 
+  /** A StatefulSet the watch does not have yet (its pod's ADD came first): one GET; undefined when absent or the API cannot tell. */
+  async fetchStatefulSet(namespace: string, name: string): Promise<V1StatefulSet | undefined> {
+    try { return await this.getStatefulSet(namespace, name); } catch (e) {
+      this.d.log.warn({ statefulset: `${namespace}/${name}`, err: (e as Error).message }, "cannot fetch the StatefulSet at ADD");
+      return undefined;
+    }
+  }
+
   private async getStatefulSet(namespace: string, name: string): Promise<V1StatefulSet | undefined> {
     try {
       return await withDeadline(this.d.kube.apps.readNamespacedStatefulSet({ namespace, name }), this.d.timeoutMs,

@@ -115,7 +115,8 @@ export class ResilientWatch<T extends KubernetesObject> {
 }
 
 function describe(e: unknown): string {
-  const err = e as { code?: number; body?: string; message?: string; cause?: { message?: string } };
+  const err = e as { code?: number; statusCode?: number; body?: string; message?: string; cause?: { message?: string } };
+  if (typeof err?.statusCode === "number") return `HTTP ${err.statusCode}: ${err.message ?? ""}`; // Watch's own errors
   if (typeof err?.code === "number") {
     let reason = "";
     try { reason = (JSON.parse(err.body ?? "") as { message?: string }).message ?? ""; } catch { /* not a Status */ }
