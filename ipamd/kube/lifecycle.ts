@@ -22,7 +22,7 @@ import {
 } from "./annotations";
 import { type KubeConnection, statusOf, withDeadline } from "./connection";
 import type { ReleaseElector } from "./elector";
-import type { Pods } from "./pods";
+import { ADD_FETCH_MS, type Pods } from "./pods";
 import type { ResilientWatch } from "./watch";
 
 /** The two steps of a change, as the API server runs them (ApiServer.mutate). */
@@ -199,15 +199,15 @@ export class StatefulSetLifecycle {
 
   /** A StatefulSet the watch does not have yet (its pod's ADD came first): one GET; undefined when absent or the API cannot tell. */
   async fetchStatefulSet(namespace: string, name: string): Promise<V1StatefulSet | undefined> {
-    try { return await this.getStatefulSet(namespace, name); } catch (e) {
+    try { return await this.getStatefulSet(namespace, name, Math.min(this.d.timeoutMs, ADD_FETCH_MS)); } catch (e) {
       this.d.log.warn({ statefulset: `${namespace}/${name}`, err: (e as Error).message }, "cannot fetch the StatefulSet at ADD");
       return undefined;
     }
   }
 
-  private async getStatefulSet(namespace: string, name: string): Promise<V1StatefulSet | undefined> {
+  private async getStatefulSet(namespace: string, name: string, timeoutMs = this.d.timeoutMs): Promise<V1StatefulSet | undefined> {
     try {
-      return await withDeadline(this.d.kube.apps.readNamespacedStatefulSet({ namespace, name }), this.d.timeoutMs,
+      return await withDeadline(this.d.kube.apps.readNamespacedStatefulSet({ namespace, name }), timeoutMs,
         `get statefulset ${namespace}/${name}`);
     } catch (e) {
       if (statusOf(e) === 404) return undefined;

@@ -12,6 +12,8 @@ import type { ResilientWatch } from "./watch";
 const ORDINAL = /^(0|[1-9][0-9]{0,8})$/;
 /** A pod fetched at ADD is kept this long for the rules, until the watch has it. */
 const FETCHED_TTL_MS = 5 * 60_000;
+/** At most this long on the ADD path (the plugin's own deadline is 10 s), whatever the API deadline. */
+export const ADD_FETCH_MS = 2000;
 
 /** The pod's StatefulSet membership by its controller ownerReference (null: not a member). */
 export function memberOfPod(pod: V1Pod): Member | null {
@@ -51,7 +53,7 @@ export class Pods implements MembershipSource {
     const known = this.find(namespace, name, uid);
     if (known) return known;
     try {
-      const pod = await this.get(namespace, name);
+      const pod = await this.get(namespace, name, Math.min(this.timeoutMs, ADD_FETCH_MS));
       if (!pod || (uid && pod.metadata?.uid !== uid)) return undefined;
       this.fetched.set(key(namespace, name), { pod, at: Date.now() });
       if (this.fetched.size > 10_000) this.fetched.clear();
@@ -64,9 +66,9 @@ export class Pods implements MembershipSource {
   }
 
   /** One GET of the pod, now (re-checks before a release): undefined when it does not exist; throws when the API cannot tell. */
-  async get(namespace: string, name: string): Promise<V1Pod | undefined> {
+  async get(namespace: string, name: string, timeoutMs = this.timeoutMs): Promise<V1Pod | undefined> {
     try {
-      return await withDeadline(this.kube.core.readNamespacedPod({ namespace, name }), this.timeoutMs, `get pod ${namespace}/${name}`);
+      return await withDeadline(this.kube.core.readNamespacedPod({ namespace, name }), timeoutMs, `get pod ${namespace}/${name}`);
     } catch (e) {
       if (statusOf(e) === 404) return undefined;
       throw e;
