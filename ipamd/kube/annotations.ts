@@ -46,7 +46,9 @@ export function parseRetention(value: string | undefined, where: string): Retent
   const out: Retention = { whenDeleted: action("whenDeleted"), whenScaled: action("whenScaled") };
   if (o.ttl !== undefined) {
     const ms = typeof o.ttl === "string" ? parseDuration(o.ttl) : undefined;
-    if (ms === undefined || ms <= 0) bad(`ttl must be a positive duration such as "90s", "30m", "24h" or "7d", not ${JSON.stringify(o.ttl)}`);
+    if (ms === undefined || ms <= 0) {
+      bad(`ttl must be a positive duration such as "90s", "30m", "24h" or "7d", not ${JSON.stringify(o.ttl)}`);
+    }
     out.ttlMs = ms;
   }
   return out;

@@ -75,7 +75,10 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     help: "Addresses released by the Kubernetes side, by reason (deleted, scaled, ttl, leaked)", labelNames: ["reason"],
     registers: [o.metrics.registry] });
   for (const w of watches) {
-    w.onState = (s) => { up.set({ resource: s.resource }, s.state === "watching" ? 1 : 0); restarts.set({ resource: s.resource }, s.restarts); };
+    w.onState = (s) => {
+      up.set({ resource: s.resource }, s.state === "watching" ? 1 : 0);
+      restarts.set({ resource: s.resource }, s.restarts);
+    };
   }
 
   const pods = new Pods(podWatch, kube, klog, timeoutMs);

@@ -85,7 +85,8 @@ export class StatefulSetLifecycle {
       this.queue.delete(next.value);
       const [namespace, name] = next.value.split("/") as [string, string];
       try { await this.reconcile(namespace, name); } catch (e) {
-        this.d.log.warn({ statefulset: next.value, err: (e as Error).message }, "StatefulSet lifecycle step failed; retried at the next resync");
+        this.d.log.warn({ statefulset: next.value, err: (e as Error).message },
+          "StatefulSet lifecycle step failed; retried at the next resync");
       }
     }
   }
@@ -109,7 +110,8 @@ export class StatefulSetLifecycle {
         if (!all) return; // a pod still lives: the next event or resync tries again
       }
       if (!current && (known!.whenDeleted === "Delete" || !this.ordinalsHeld(namespace, name).length)) {
-        await this.d.mutate({ kind: "unregister", req: { namespace, statefulset: name } }, () => node.statefulSets.untrack(namespace, name));
+        await this.d.mutate({ kind: "unregister", req: { namespace, statefulset: name } },
+          () => node.statefulSets.untrack(namespace, name));
         return;
       }
     }
@@ -188,7 +190,9 @@ export class StatefulSetLifecycle {
       const out = await this.d.mutate({ kind: "releaseReservations", req },
         (t) => this.d.node.rules.releaseReservations(req, Date.now(), t));
       const ips = out.released.map((r) => r.ip);
-      if (ips.length) this.d.log.info({ member: `${namespace}/${name}/${ordinal}`, ips, why: what }, "released a StatefulSet member's addresses");
+      if (ips.length) {
+        this.d.log.info({ member: `${namespace}/${name}/${ordinal}`, ips, why: what }, "released a StatefulSet member's addresses");
+      }
       this.d.released?.(reason, ips);
       return true;
     } catch (e) {

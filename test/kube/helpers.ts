@@ -6,7 +6,10 @@ import type { KubeApiServer, KubeObject } from "../helpers/kube/apiserver";
 export const nodeObj = (name: string, labels: Record<string, string>): KubeObject =>
   ({ apiVersion: "v1", kind: "Node", metadata: { name, labels } });
 
-export interface PodOptions { owner?: { kind: string; name: string; uid: string; apiVersion?: string }; annotations?: Record<string, string> }
+export interface PodOptions {
+  owner?: { kind: string; name: string; uid: string; apiVersion?: string };
+  annotations?: Record<string, string>;
+}
 
 export function podObj(namespace: string, name: string, nodeName: string, o: PodOptions = {}): KubeObject {
   return {

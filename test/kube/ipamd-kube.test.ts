@@ -91,8 +91,8 @@ describe("1. node labels from the Node object", () => {
     expect(ev).toMatchObject({ type: "Warning", reportingController: "berth.dev/ipamd", reportingInstance: "ipamd-n1" });
 
     // Watches named by field selector, and every call says who made it.
-    expect(ofNode("n1").some((r) => r.verb === "watch" && r.resource === "nodes" && r.query.fieldSelector === "metadata.name=n1")).toBe(true);
-    expect(ofNode("n1").some((r) => r.verb === "watch" && r.resource === "pods" && r.query.fieldSelector === "spec.nodeName=n1")).toBe(true);
+    const watched = ofNode("n1").filter((r) => r.verb === "watch").map((r) => `${r.resource} ${r.query.fieldSelector}`);
+    expect(watched).toEqual(expect.arrayContaining(["nodes metadata.name=n1", "pods spec.nodeName=n1"]));
     const mine = api.requests.filter((r) => r.query.fieldSelector?.endsWith("=n1") || r.name?.startsWith("web-0") ||
       r.namespace === "l1");
     expect(mine.map((r) => r.verb)).toEqual(expect.arrayContaining(["list", "watch", "create"]));
@@ -104,7 +104,8 @@ describe("1. node labels from the Node object", () => {
 });
 
 describe("2. StatefulSet identity from the controller ownerReference", () => {
-  it("a member needs no registration and keeps its address across recreation; a Deployment pod with an all-digit suffix is not one", async () => {
+  it("a member needs no registration and keeps its address across recreation; " +
+    "a Deployment pod with an all-digit suffix is not one", async () => {
     api.create("nodes", nodeObj("n2", {}));
     // The config lists a StatefulSet named like the Deployment's ReplicaSet: without the API, its pod would be a member.
     const d = await daemon("n2", [{ name: "p2", subnet: "10.2.0.0/24" }], { statefulSets: [{ namespace: "m2", name: "web-6d5f8" }] });
@@ -120,7 +121,8 @@ describe("2. StatefulSet identity from the controller ownerReference", () => {
     const again = await add(d.client, "m2", "redis-0", uid2);
     expect(ip(again)).toBe(ip(first));
 
-    const rs = api.create("pods", podObj("m2", "web-6d5f8-24579", "n2", { owner: { kind: "ReplicaSet", name: "web-6d5f8", uid: "rs-uid" } }));
+    const rs = api.create("pods", podObj("m2", "web-6d5f8-24579", "n2",
+      { owner: { kind: "ReplicaSet", name: "web-6d5f8", uid: "rs-uid" } }));
     const deployment = await add(d.client, "m2", "web-6d5f8-24579", rs.metadata.uid);
     expect(deployment.sticky).toBe(false);
     expect(deployment.owner).toBe(`${deployment.containerID}/eth0`);
@@ -320,6 +322,8 @@ describe("7. Events and watch recovery", () => {
 
   it("watches recover from 410 Expired, 500s and dropped streams; their state is in status and metrics; " +
     "an ADD whose pod the cache lacks fetches it once", async () => {
+    // Faults match by verb and resource: only this test's daemon may watch nodes and pods now.
+    await Promise.all(daemons.splice(0).map((x) => x.stop()));
     api.create("nodes", nodeObj("n8", { rack: "a" }));
     const d = await daemon("n8", [{ name: "pa", subnet: "10.8.0.0/24", nodeSelector: { matchLabels: { rack: "a" } } },
       { name: "pb", subnet: "10.88.0.0/24", nodeSelector: { matchLabels: { rack: "b" } } }]);
