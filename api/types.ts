@@ -21,7 +21,11 @@ export interface AllocateRequest extends AttachmentRequest {
 export interface GcRequest { network: string; validAttachments: { containerID: string; ifName: string }[] }
 
 /** POST /v1/reservations/reserve. */
-export interface ReserveRequest { namespace: string; statefulset: string; replicas: number; pools?: string[]; network?: string }
+export interface ReserveRequest {
+  namespace: string; statefulset: string; replicas: number; pools?: string[]; network?: string;
+  /** The first ordinal (a StatefulSet's spec.ordinals.start; default 0): ordinals ordinalStart..ordinalStart+replicas-1. */
+  ordinalStart?: number;
+}
 
 /** POST /v1/reservations/pin. */
 export interface PinRequest { namespace: string; statefulset: string; ordinal: number; ip: string; force?: boolean }
@@ -66,6 +70,29 @@ export interface StatusResponse {
   database: string;
   cooldownSeconds: number;
   detachedTTLSeconds: number;
+  /** The Kubernetes side: how ipamd reaches the API and the state of each watch ("off": no API, labels from the config). */
+  kubernetes: KubeStatus;
+}
+
+/** One watch (list + watch, restarted with backoff on any error). */
+export interface KubeWatchStatus {
+  resource: string;
+  /** starting: listing; watching: synced and streaming; backoff: failed, restarting at retryAt. */
+  state: "starting" | "watching" | "backoff" | "stopped";
+  since: string;
+  restarts: number;
+  objects: number;
+  lastError?: string;
+  retryAt?: string;
+}
+
+export interface KubeStatus {
+  mode: "off" | "in-cluster" | "kubeconfig";
+  server?: string;
+  userAgent?: string;
+  watches?: KubeWatchStatus[];
+  /** Whether this node acts on cluster-wide releases (StatefulSet deletion, scale-down, TTL, reserve at creation). */
+  releaseLeader?: boolean;
 }
 
 /** POST /v1/status/network: could ADD allocate for this network (and ipam.pools) on this node now? */

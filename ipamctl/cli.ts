@@ -2,7 +2,7 @@
 import Table from "cli-table3";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "../api/client";
-import type { PoolUsage, Reservation } from "../api/types";
+import type { PoolUsage, Reservation, StatusResponse } from "../api/types";
 
 interface Globals { socket: string; output: "table" | "json"; timeout: string }
 
@@ -75,6 +75,7 @@ export async function main(argv: string[]): Promise<number> {
         `reservations:  ${s.reservations}`,
         `cooldown:      ${s.cooldownSeconds}s, detached TTL: ${s.detachedTTLSeconds ? `${s.detachedTTLSeconds}s` : "never"}`,
         `database:      ${s.database}`,
+        ...kubeLines(s.kubernetes),
       ].join("\n"));
     });
 
@@ -229,4 +230,16 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   return 0;
+}
+
+/** The Kubernetes lines of `ipamctl status`: the connection and one line per watch. */
+function kubeLines(k: StatusResponse["kubernetes"] | undefined): string[] {
+  if (!k || k.mode === "off") return ["kubernetes:    off (node labels and StatefulSets from the config)"];
+  const lines = [`kubernetes:    ${k.mode} ${k.server ?? ""}${k.releaseLeader ? ", acts on cluster-wide releases" : ""}`];
+  for (const w of k.watches ?? []) {
+    const error = w.lastError ? `; last error: ${w.lastError}` : "";
+    const retry = w.retryAt ? `, retry at ${w.retryAt}` : "";
+    lines.push(`  watch ${w.resource.padEnd(13)} ${w.state} since ${w.since}, ${w.objects} objects, ${w.restarts} restarts${retry}${error}`);
+  }
+  return lines;
 }

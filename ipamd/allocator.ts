@@ -16,6 +16,19 @@ import { type Member, member, type StatefulSets } from "./statefulsets";
 import type { AttachmentColumns, Row, Statements } from "./store/statements";
 import type { Views } from "./views";
 
+/**
+ * A member's sticky address is in a pool that does not select this node: the address belongs to the
+ * pool's L2 domain (the nodes its selector matches), so it is kept for the member and not handed out here.
+ */
+export class StickyPoolOffNode extends ApiError {
+  constructor(readonly owner: string, readonly ip: string, readonly pool: Pool, readonly node: string, labels: Record<string, string>) {
+    super("no_pool", `${owner} holds ${ip} in pool "${pool.name}", which does not select node ${node} (pool nodeSelector ` +
+      `${JSON.stringify(pool.selector)}, node labels ${JSON.stringify(labels)}): a sticky address is only handed out on a node ` +
+      "of its pool's L2 domain; schedule the pod onto a node the selector matches, fix the node labels, or end the reservation " +
+      `(ipamctl release --ip ${ip})`, "pools");
+  }
+}
+
 /** Who a new row belongs to: a member, or an attachment (`containerID/ifName`). */
 type Holder = Member | { owner: string };
 
@@ -39,8 +52,8 @@ export class Allocator {
     const held = this.store.byAttachment(req.containerID, req.ifName, req.network);
     if (held.length > 0) return this.views.allocation(held); // idempotent ADD: the same addresses again
 
-    const sts = this.statefulSets.memberOf(req.podNamespace, req.podName);
-    const usable = this.pools.usable(req.network, req.pools);
+    const sts = this.statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
+    const usable = this.usableFor(req, sts, ticket);
     const wanted = this.pools.requested(req.ips, usable);
     const attachment: AttachmentColumns = {
       container_id: req.containerID, ifname: req.ifName, network: req.network,
@@ -55,6 +68,7 @@ export class Allocator {
       // A second interface of the same pod in the same pool cannot share the member's sticky
       // address: it gets an address owned by its attachment instead.
       const secondInterface = existing?.container_id === req.containerID && existing.ifname !== req.ifName;
+      if (sts && !existing && !want) this.refuseOffNode(sts, req, family, ticket);
       if (!sts || secondInterface) rows.push(this.attachmentOwned(req, familyPools, want, attachment, now, ticket));
       else if (existing && (!want || want.ip === existing.ip)) rows.push(this.stickyAgain(existing, req, want, attachment, now, ticket));
       else if (want) rows.push(this.pinOnAdd(sts, want, existing, req, attachment, now, ticket));
@@ -99,7 +113,8 @@ export class Allocator {
     const usable = this.pools.usable(req.network, req.pools);
     this.statefulSets.register(req.namespace, req.statefulset, now);
     const rows: Row[] = [];
-    for (let ordinal = 0; ordinal < req.replicas; ordinal++) {
+    const start = req.ordinalStart ?? 0;
+    for (let ordinal = start; ordinal < start + req.replicas; ordinal++) {
       const owner = member(req.namespace, req.statefulset, ordinal);
       const held = this.ownership.findSticky(owner.owner, ticket);
       for (const family of [4, 6] as const) {
@@ -178,6 +193,32 @@ export class Allocator {
     const rows = this.store.detachedBefore(now - this.detachedTtlMs);
     for (const row of rows) this.endReservation(row, now, ticket);
     return rows.map((r) => r.ip);
+  }
+
+  // ---------- the L2-domain rule ----------
+
+  /** The pools of the request; a member whose sticky pool no longer selects this node gets the L2-domain error instead of no_pool. */
+  private usableFor(req: AllocateRequest, sts: Member | null, ticket: OwnershipTicket): Pool[] {
+    try {
+      return this.pools.usable(req.network, req.pools);
+    } catch (e) {
+      if (sts && e instanceof ApiError && e.code === "no_pool") this.refuseOffNode(sts, req, undefined, ticket);
+      throw e;
+    }
+  }
+
+  /**
+   * A member without a sticky address in the usable pools (of `family`), but with one in a pool that
+   * serves this request and no longer selects this node: its reservation is kept for it, and not used here.
+   */
+  private refuseOffNode(sts: Member, req: AllocateRequest, family: 4 | 6 | undefined, ticket: OwnershipTicket): void {
+    for (const row of this.ownership.findSticky(sts.owner, ticket)) {
+      const pool = this.pools.get(row.pool);
+      if (!pool || this.pools.selected.includes(pool) || (family !== undefined && row.family !== family)) continue;
+      if (req.pools?.length && !req.pools.includes(pool.name)) continue;
+      if (pool.networks && !pool.networks.includes(req.network)) continue;
+      throw new StickyPoolOffNode(sts.owner, row.ip, pool, this.pools.nodeName, this.pools.labels);
+    }
   }
 
   // ---------- the cases of allocate ----------

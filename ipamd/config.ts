@@ -68,7 +68,32 @@ export const configSchema = z.strictObject({
   maxBatch: z.number().int().min(1).max(10000).default(512),
   statefulSets: z.array(z.strictObject({ namespace: z.string().min(1), name: z.string().min(1) })).default([]),
   pools: z.array(poolSchema).min(1, { message: "define at least one pool" }),
+  kubernetes: z.strictObject({
+    enabled: z.boolean().default(true),
+    kubeconfig: z.string().min(1).optional(),
+    inClusterRoot: z.string().min(1).default("/"),
+    leakGraceSeconds: z.number().min(0).default(300),
+    reconcileSeconds: z.number().min(0.2).default(60),
+    apiTimeoutSeconds: z.number().min(0.1).max(60).default(5),
+  }).prefault({}),
 });
+
+/**
+ * The Kubernetes side (ipamd/kube). The connection: --kubeconfig (or kubernetes.kubeconfig), else
+ * in-cluster (service account under inClusterRoot and KUBERNETES_SERVICE_HOST), else $KUBECONFIG,
+ * else none (labels and StatefulSets from the config, as without an API).
+ */
+export interface KubeSettings {
+  enabled: boolean;
+  kubeconfig?: string;
+  inClusterRoot: string;
+  /** An attachment whose pod is gone is released after this long (and a re-check). */
+  leakGraceMs: number;
+  /** How often the leak reconciler and the StatefulSet lifecycle resync run. */
+  reconcileMs: number;
+  /** Deadline of one API call (the pod fetched at ADD, re-checks, Events). */
+  apiTimeoutMs: number;
+}
 export interface Config {
   nodeName: string;
   nodeLabels: Record<string, string>;
@@ -81,6 +106,7 @@ export interface Config {
   maxBatch: number;
   statefulSets: { namespace: string; name: string }[];
   pools: Pool[];
+  kubernetes: KubeSettings;
 }
 
 export class ConfigError extends Error {}
@@ -99,6 +125,7 @@ interface Overrides {
   nodeLabels?: Record<string, string>;
   metricsAddress?: string;
   logFile?: string;
+  kubeconfig?: string;
 }
 
 export function buildConfig(input: unknown, overrides: Overrides = {}, source = "config"): Config {
@@ -133,6 +160,14 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
     maxBatch: raw.maxBatch,
     statefulSets: raw.statefulSets,
     pools,
+    kubernetes: {
+      enabled: raw.kubernetes.enabled,
+      kubeconfig: overrides.kubeconfig ?? raw.kubernetes.kubeconfig,
+      inClusterRoot: raw.kubernetes.inClusterRoot,
+      leakGraceMs: Math.round(raw.kubernetes.leakGraceSeconds * 1000),
+      reconcileMs: Math.round(raw.kubernetes.reconcileSeconds * 1000),
+      apiTimeoutMs: Math.round(raw.kubernetes.apiTimeoutSeconds * 1000),
+    },
   };
 }
 

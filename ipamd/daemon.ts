@@ -2,9 +2,10 @@
 import { createServer, type Server } from "node:http";
 import type { Logger } from "pino";
 import type { Config } from "./config";
+import { startKubernetes } from "./kube/kubernetes";
 import { Metrics } from "./metrics";
 import { assembleNode } from "./node";
-import { ApiServer } from "./server";
+import { ApiServer, VERSION } from "./server";
 import { openStore } from "./store/database";
 
 interface Daemon { close(): Promise<void> }
@@ -16,6 +17,9 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     "sticky reservation moved to a new container while the old one was still attached");
   const metrics = new Metrics(() => node.views.poolUsage(Date.now()));
   const api = new ApiServer({ config, db, log, metrics, node });
+  // Before the socket opens, so that the first ADD already sees the Node's labels and the pods.
+  const kube = await startKubernetes({ config, node, log, metrics, version: VERSION, mutate: (op, rule) => api.mutate(op, rule) });
+  api.kube = kube?.hooks;
   await api.listen(config.socket);
 
   let metricsServer: Server | undefined;
@@ -50,13 +54,14 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   }
 
   log.info({
-    socket: config.socket, database: config.database, labels: config.nodeLabels,
+    socket: config.socket, database: config.database, labels: node.pools.labels, kubernetes: kube?.connection.mode ?? "off",
     pools: node.pools.selected.map((p) => p.name), metrics: config.metricsAddress,
   }, "ipamd serving");
 
   return {
     async close() {
       if (reaper) clearInterval(reaper);
+      await kube?.stop();
       await api.close();
       if (metricsServer) await new Promise<void>((r) => metricsServer!.close(() => r()));
       db.pragma("wal_checkpoint(TRUNCATE)");

@@ -23,11 +23,12 @@ async function main(): Promise<void> {
     .option("--node-name <name>", "this node's name (default from config or $NODE_NAME)")
     .option("--node-label <key=value>", "a node label (repeatable; overrides the config's labels)", collectLabel, {})
     .option("--metrics-address <host:port>", "also serve GET /metrics on this TCP address")
+    .option("--kubeconfig <path>", "talk to the Kubernetes API with this kubeconfig (default: in-cluster config, else $KUBECONFIG)")
     .option("--log-file <path>", "write JSON logs to this file instead of stderr")
     .parse();
   const opts = program.opts<{
     config: string; socket?: string; db?: string; nodeName?: string; nodeLabel: Record<string, string>;
-    metricsAddress?: string; logFile?: string;
+    metricsAddress?: string; logFile?: string; kubeconfig?: string;
   }>();
 
   let config;
@@ -35,7 +36,7 @@ async function main(): Promise<void> {
     config = loadConfig(opts.config, {
       socket: opts.socket, database: opts.db, nodeName: opts.nodeName,
       nodeLabels: Object.keys(opts.nodeLabel).length ? opts.nodeLabel : undefined,
-      metricsAddress: opts.metricsAddress, logFile: opts.logFile,
+      metricsAddress: opts.metricsAddress, logFile: opts.logFile, kubeconfig: opts.kubeconfig,
     });
   } catch (e) {
     if (e instanceof ConfigError) { process.stderr.write(`ipamd: ${e.message}\n`); process.exit(2); }

@@ -227,12 +227,32 @@ export function parseRequested(text: string, field: string): { family: Family; v
 /** The configured pools as this node sees them: which select it, and which a request may use. */
 export class NodePools {
   /** Pools whose selector matches this node's labels, in config order. */
-  readonly selected: Pool[];
+  private selection: Pool[];
   private readonly byName: Map<string, Pool>;
+  private readonly node: { name: string; labels: Record<string, string> };
 
-  constructor(readonly all: Pool[], private readonly node: { name: string; labels: Record<string, string> }) {
+  constructor(readonly all: Pool[], node: { name: string; labels: Record<string, string> }) {
     this.byName = new Map(all.map((p) => [p.name, p]));
-    this.selected = all.filter((p) => selectorMatches(p.selector, node.labels));
+    this.node = { name: node.name, labels: { ...node.labels } };
+    this.selection = all.filter((p) => selectorMatches(p.selector, node.labels));
+  }
+
+  /** Pools whose selector matches this node's labels, in config order. */
+  get selected(): Pool[] { return this.selection; }
+
+  get nodeName(): string { return this.node.name; }
+
+  /** The labels the selection was made from. */
+  get labels(): Record<string, string> { return { ...this.node.labels }; }
+
+  /**
+   * New node labels (the Node object changed): re-selects the pools at once. Reservations in a pool
+   * that no longer selects the node are kept, but not used here. Returns the names of the new selection.
+   */
+  relabel(labels: Record<string, string>): string[] {
+    this.node.labels = { ...labels };
+    this.selection = this.all.filter((p) => selectorMatches(p.selector, labels));
+    return this.selection.map((p) => p.name);
   }
 
   get(name: string): Pool | undefined { return this.byName.get(name); }

@@ -54,6 +54,7 @@ export const reserveSchema = z.strictObject({
   namespace: namespaceField,
   statefulset: statefulSetField,
   replicas: z.number().int().min(0).max(10_000),
+  ordinalStart: z.number().int().min(0).max(1_000_000).optional(),
   pools: z.array(poolName).max(16).optional(),
   network: network.optional(),
 }) satisfies z.ZodType<ReserveRequest>;

@@ -6,7 +6,7 @@ import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import type { z } from "zod";
-import type { RegisterResponse, StatusResponse } from "../api/types";
+import type { AllocateRequest, KubeStatus, RegisterResponse, StatusResponse } from "../api/types";
 import { GroupCommitter } from "./commit";
 import type { Config } from "./config";
 import { ApiError } from "./errors";
@@ -30,12 +30,23 @@ interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler
 
 interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam }
 
+/** What the Kubernetes side (ipamd/kube) adds to ADD and to the status, when the API is watched. */
+export interface KubeHooks {
+  /** Before ADD's ownership step: the pod (from the watch cache, else fetched once) and its annotations applied. May refuse. */
+  prepareAllocate(req: AllocateRequest): Promise<AllocateRequest>;
+  /** ADD failed: an Event on the pod when it is something its owner must act on. */
+  allocateFailed(req: AllocateRequest, error: unknown): void;
+  status(): KubeStatus;
+}
+
 export class ApiServer {
   readonly server: Server;
   private readonly committer: GroupCommitter;
   private readonly routes: Route[] = [];
   private readonly creds = new WeakMap<Socket, PeerCred | null>();
   private readonly startedAt = Date.now();
+  /** Set by the daemon once the Kubernetes side runs. */
+  kube?: KubeHooks;
 
   constructor(private readonly o: DaemonOptions) {
     this.committer = new GroupCommitter(o.db, o.config.maxBatch, o.metrics, o.log);
@@ -120,9 +131,17 @@ export class ApiServer {
     const get = route("GET");
     const post = route("POST");
 
-    post("/v1/allocate", "allocate", ({ body }) => {
-      const req = parse(allocateSchema, body);
-      return this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, Date.now(), t));
+    post("/v1/allocate", "allocate", async ({ body }) => {
+      const asked = parse(allocateSchema, body);
+      const kube = this.kube;
+      if (!kube) return this.mutate({ kind: "allocate", req: asked }, (t) => rules.allocate(asked, Date.now(), t));
+      try {
+        const req = await kube.prepareAllocate(asked);
+        return await this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, Date.now(), t));
+      } catch (e) {
+        kube.allocateFailed(asked, e);
+        throw e;
+      }
     });
     post("/v1/release", "release", ({ body }) => {
       const req = parse(attachmentSchema, body);
@@ -135,7 +154,7 @@ export class ApiServer {
     });
     get("/v1/status", "status", (): StatusResponse => ({
       status: "ok", version: VERSION,
-      node: { name: this.o.config.nodeName, labels: this.o.config.nodeLabels },
+      node: { name: this.o.config.nodeName, labels: pools.labels },
       pools: this.o.config.pools.length,
       poolsSelected: pools.selected.map((p) => p.name),
       reservations: views.reservationCount(),
@@ -143,6 +162,7 @@ export class ApiServer {
       database: this.o.config.database,
       cooldownSeconds: this.o.config.cooldownMs / 1000,
       detachedTTLSeconds: this.o.config.detachedTtlMs / 1000,
+      kubernetes: this.kube?.status() ?? { mode: "off" },
     }));
     post("/v1/status/network", "status_network", ({ body }) => views.networkStatus(parse(networkStatusSchema, body), Date.now()));
     get("/v1/pools", "pools", () => ({ pools: views.poolUsage(Date.now()) }));

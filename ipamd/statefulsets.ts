@@ -1,27 +1,39 @@
-// StatefulSet membership: a pod is a member only when its StatefulSet is known to ipamd (listed
-// in the config, or registered through the API), never from the `-<digits>` name pattern alone.
+// StatefulSet membership. With the Kubernetes API (ipamd/kube), a pod is a member when its
+// controller ownerReference is an apps/v1 StatefulSet. Without it (or for a pod the API does not
+// know), only when its StatefulSet is known to ipamd (listed in the config, or registered through
+// the API), never from the `-<digits>` name pattern alone.
 import type { StatefulSetsResponse, UnregisterResponse } from "../api/types";
-import type { Statements } from "./store/statements";
+import type { Statements, TrackedStatefulSet } from "./store/statements";
 
-/** A StatefulSet member: the sticky owner `namespace/statefulset/ordinal`. */
-export interface Member { namespace: string; statefulset: string; ordinal: number; owner: string }
+/** A StatefulSet member: the sticky owner `namespace/statefulset/ordinal` (uid: the StatefulSet's, when the API told it). */
+export interface Member { namespace: string; statefulset: string; ordinal: number; owner: string; uid?: string }
+
+/** Membership as the Kubernetes API tells it. */
+export interface MembershipSource {
+  /** The member a pod is; null when the API says it is none; undefined when the API does not know the pod (UID-aware). */
+  memberOf(namespace: string, podName: string, podUID?: string): Member | null | undefined;
+}
 
 const ORDINAL = /^(0|[1-9][0-9]{0,6})$/;
 
-export function member(namespace: string, statefulset: string, ordinal: number): Member {
-  return { namespace, statefulset, ordinal, owner: `${namespace}/${statefulset}/${ordinal}` };
+export function member(namespace: string, statefulset: string, ordinal: number, uid?: string): Member {
+  return { namespace, statefulset, ordinal, owner: `${namespace}/${statefulset}/${ordinal}`, ...(uid ? { uid } : {}) };
 }
 
 export class StatefulSets {
   private readonly configured: Set<string>;
+  /** The Kubernetes API's answer, when ipamd watches it; its word is final for the pods it knows. */
+  source?: MembershipSource;
 
   constructor(private readonly store: Statements, private readonly fromConfig: { namespace: string; name: string }[]) {
     this.configured = new Set(fromConfig.map((s) => `${s.namespace}/${s.name}`));
   }
 
   /** The member a pod is, or null when it is not a pod of a known StatefulSet. */
-  memberOf(namespace: string | undefined, podName: string | undefined): Member | null {
+  memberOf(namespace: string | undefined, podName: string | undefined, podUID?: string): Member | null {
     if (!namespace || !podName) return null;
+    const fromApi = this.source?.memberOf(namespace, podName, podUID);
+    if (fromApi !== undefined) return fromApi;
     const dash = podName.lastIndexOf("-");
     if (dash <= 0) return null;
     const name = podName.slice(0, dash);
@@ -40,6 +52,15 @@ export class StatefulSets {
     const unregistered = this.store.unregisterStatefulSet(namespace, name);
     return { unregistered, configured: this.configured.has(`${namespace}/${name}`) };
   }
+
+  /** Records the UID and retention policy last seen through the API (ipamd/kube), inside the caller's transaction. */
+  track(t: TrackedStatefulSet): void { this.store.trackStatefulSet(t); }
+
+  untrack(namespace: string, name: string): void { this.store.untrackStatefulSet(namespace, name); }
+
+  tracked(namespace: string, name: string): TrackedStatefulSet | undefined { return this.store.trackedStatefulSet(namespace, name); }
+
+  allTracked(): TrackedStatefulSet[] { return this.store.trackedStatefulSets(); }
 
   list(): StatefulSetsResponse {
     const fromConfig = this.fromConfig.map((s) => ({ ...s, source: "config" as const }));

@@ -57,4 +57,16 @@ export const MIGRATIONS: string[] = [
     PRIMARY KEY (namespace, name)
   );
   `,
+  `
+  -- StatefulSets seen through the Kubernetes API (ipamd/kube): the UID and the retention policy
+  -- last seen, so that a deletion or a recreation with a new UID is recognised after a restart.
+  CREATE TABLE kube_statefulsets (
+    namespace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    uid        TEXT NOT NULL,
+    retention  TEXT NOT NULL,                -- JSON: the parsed berth.dev/ip-retention policy
+    seen_at    INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+  );
+  `,
 ];

@@ -37,13 +37,15 @@ export interface AttachmentColumns {
 
 interface PoolCounts { pool: string; used: number; reserved: number }
 interface RegisteredStatefulSet { namespace: string; name: string; registered_at: number }
+/** A StatefulSet last seen through the Kubernetes API. */
+export interface TrackedStatefulSet { namespace: string; name: string; uid: string; retention: string; seen_at: number }
 
 export class Statements {
   private readonly q: Record<
     | "byAttachment" | "byOwner" | "byId" | "byIp" | "ipTaken" | "insert" | "attach" | "detach" | "setPinned"
     | "handToAttachment" | "remove" | "addReleased" | "oldestReleased" | "dropReleased" | "coolingCount" | "cursor"
     | "saveCursor" | "stsKnown" | "stsRegister" | "stsUnregister" | "stsList" | "attachedOnNetwork" | "expired" | "usage"
-    | "cooling" | "count",
+    | "cooling" | "count" | "kubeTrack" | "kubeUntrack" | "kubeTracked" | "kubeAllTracked",
     Statement
   >;
 
@@ -86,6 +88,11 @@ export class Statements {
         FROM reservations GROUP BY pool`),
       cooling: p("SELECT pool, count(*) AS n FROM released WHERE released_at > ? GROUP BY pool"),
       count: p("SELECT count(*) AS n FROM reservations"),
+      kubeTrack: p(`INSERT INTO kube_statefulsets (namespace, name, uid, retention, seen_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT(namespace, name) DO UPDATE SET uid = excluded.uid, retention = excluded.retention, seen_at = excluded.seen_at`),
+      kubeUntrack: p("DELETE FROM kube_statefulsets WHERE namespace = ? AND name = ?"),
+      kubeTracked: p("SELECT * FROM kube_statefulsets WHERE namespace = ? AND name = ?"),
+      kubeAllTracked: p("SELECT * FROM kube_statefulsets ORDER BY namespace, name"),
     };
   }
 
@@ -190,4 +197,19 @@ export class Statements {
   unregisterStatefulSet(namespace: string, name: string): boolean { return this.q.stsUnregister.run(namespace, name).changes > 0; }
 
   registeredStatefulSets(): RegisteredStatefulSet[] { return this.q.stsList.all() as RegisteredStatefulSet[]; }
+
+  // ---------- StatefulSets seen through the Kubernetes API ----------
+
+  trackStatefulSet(t: TrackedStatefulSet): void { this.q.kubeTrack.run(t.namespace, t.name, t.uid, t.retention, t.seen_at); }
+
+  untrackStatefulSet(namespace: string, name: string): void { this.q.kubeUntrack.run(namespace, name); }
+
+  trackedStatefulSet(namespace: string, name: string): TrackedStatefulSet | undefined {
+    return this.q.kubeTracked.get(namespace, name) as TrackedStatefulSet | undefined;
+  }
+
+  trackedStatefulSets(): TrackedStatefulSet[] { return this.q.kubeAllTracked.all() as TrackedStatefulSet[]; }
+
+  /** Every attached row (for the leak reconciler: compared with the pods on this node). */
+  attached(): Row[] { return this.db.prepare("SELECT * FROM reservations WHERE container_id IS NOT NULL ORDER BY id").all() as Row[]; }
 }

@@ -80,7 +80,7 @@ describe("conf/kubernetes", () => {
       .flatMap((d: any) => d.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}: ${[...r.verbs].sort().join(",")}`)))
       .sort();
     expect(grants("ClusterRole")).toEqual([
-      "/nodes: get,list,watch", "/pods: get,list,watch", "apps/statefulsets: get,list,watch", "events.k8s.io/events: create,patch",
+      "/nodes: list,watch", "/pods: get,list,watch", "apps/statefulsets: get,list,watch", "events.k8s.io/events: create",
     ]);
     expect(grants("Role")).toEqual(["coordination.k8s.io/leases: create,get,update"]);
     expect(find("ServiceAccount").metadata.name).toBe(pod.serviceAccountName);
