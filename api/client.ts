@@ -30,16 +30,22 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Reuse connections (for many calls from one process, e.g. ipamctl scripts, benchmarks). */
   keepAlive?: boolean;
+  /** Sends one request, answers status and body (the CNI plugins' libc one); its errors carry an errno `code`. */
+  transport?: Transport;
 }
+
+export type Transport = (method: string, path: string, body?: string) => Promise<{ status: number; body: string }>;
 
 export class IpamdClient {
   private readonly timeoutMs: number;
   private readonly keepAlive: boolean;
   private agent?: Agent;
+  private readonly transport?: Transport;
 
   constructor(readonly socketPath: string = DEFAULT_SOCKET, options: ClientOptions = {}) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.keepAlive = options.keepAlive ?? false;
+    this.transport = options.transport;
   }
 
   allocate(args: AllocateRequest): Promise<AllocateResponse> { return this.call("POST", "/v1/allocate", args); }
@@ -86,6 +92,9 @@ export class IpamdClient {
   }
 
   raw(method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+    if (this.transport) {
+      return this.transport(method, path, body).catch((e: NodeJS.ErrnoException) => { throw new IpamdUnreachable(this.socketPath, reasonOf(e)); });
+    }
     // A plugin makes one call per process: under Bun, fetch speaks HTTP over the unix socket
     // natively and costs nothing to load, while node:http adds ~5 ms to every plugin start.
     // Long-lived clients that keep connections (benchmarks, scripts) and everything under Node

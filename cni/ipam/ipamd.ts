@@ -6,6 +6,7 @@ import { CniError, CniCode } from "../skel/errors";
 import type { CniContext } from "../skel/plugin";
 import type { IpConfig } from "../skel/result";
 import type { UndoStack } from "../skel/undo";
+import { unixHttpTransport } from "./unix-http";
 import type { Ipam, IpamAddress, IpamAllocation } from "./client";
 
 export const BERTH_IPAM = "berth-ipam";
@@ -63,7 +64,8 @@ export class IpamdIpam implements Ipam {
   private connect(): { conf: BerthIpamConf; client: IpamdClient } {
     if (!this.daemon) {
       const conf = berthIpamConf(this.ctx);
-      this.daemon = { conf, client: new IpamdClient(conf.socket, { timeoutMs: conf.timeoutMs }) };
+      const transport = unixHttpTransport(conf.socket, conf.timeoutMs);
+      this.daemon = { conf, client: new IpamdClient(conf.socket, { timeoutMs: conf.timeoutMs, transport }) };
     }
     return this.daemon;
   }

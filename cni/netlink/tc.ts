@@ -57,16 +57,18 @@ function ticksPerUsec(): number {
   }
   return 15.625;
 }
-const TICKS_PER_USEC = ticksPerUsec();
+// Read on first use: a module-level read would cost every plugin start (most never shape traffic).
+let ticksPerUsecCache: number | undefined;
+const ticksPerUsecOnce = (): number => (ticksPerUsecCache ??= ticksPerUsec());
 
 /** tc_calc_xmittime: psched ticks to send `size` bytes at `rate` bytes/s (saturating at 2^32-1). */
 export function xmitTicks(rate: number, size: number): number {
   const usec = Math.trunc(TIME_UNITS_PER_SEC * (size / rate));
-  return Math.min(U32_MAX, Math.trunc(Math.min(usec, U32_MAX) * TICKS_PER_USEC));
+  return Math.min(U32_MAX, Math.trunc(Math.min(usec, U32_MAX) * ticksPerUsecOnce()));
 }
 
 /** Microseconds of `ticks` psched ticks. */
-export const ticksToUsec = (ticks: number) => ticks / TICKS_PER_USEC;
+export const ticksToUsec = (ticks: number) => ticks / ticksPerUsecOnce();
 
 function tcmsg(index: number, handle = 0, parent = 0, info = 0): Buffer {
   const b = Buffer.alloc(20);

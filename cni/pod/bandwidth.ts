@@ -4,7 +4,6 @@
 // the pod's namespace, whose egress tbf shapes it. Limits are the `bandwidth` capability's (or the
 // same keys in the config, which win, as with the reference bandwidth plugin): bits per second
 // and bits. See docs/bandwidth.md.
-import { createHash } from "node:crypto";
 import { addIfb } from "../netlink/ifb";
 import { deleteLink, findLinkByName, getLinkByName, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
@@ -130,7 +129,10 @@ export function checkBurstFitsMtu(limits: BandwidthLimits | undefined, mtu: numb
 /** The ifb that takes the ingress traffic of `ifName`, in the pod's namespace. */
 export function ifbName(ifName: string): string {
   const plain = `ifb-${ifName}`;
-  return plain.length <= 15 ? plain : `ifb-${createHash("sha256").update(ifName).digest("hex").slice(0, 11)}`;
+  if (plain.length <= 15) return plain;
+  // node:crypto is loaded only here (long interface names): it costs every plugin start ~1.5 ms.
+  const { createHash } = process.getBuiltinModule("node:crypto");
+  return `ifb-${createHash("sha256").update(ifName).digest("hex").slice(0, 11)}`;
 }
 
 const tbfOf = (index: number, l: RateLimit) => ({ index, rate: toBytes(l.rate), burst: toBytes(l.burst), latencyUs: LATENCY_US });

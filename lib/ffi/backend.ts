@@ -6,6 +6,7 @@
 export interface LibcBackend {
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
+  connect(fd: number, addr: Buffer, len: number): number;
   /** `len` is a 4-byte socklen_t, read and written by the call. */
   getsockname(fd: number, addr: Buffer, len: Buffer): number;
   setsockopt(fd: number, level: number, name: number, value: Buffer, len: number): number;
@@ -35,6 +36,7 @@ export function directCalls(c: RawCalls): Pick<LibcBackend, Direct> {
   return {
     socket: (domain, type, protocol) => Number(c.socket(domain, type, protocol)),
     bind: (fd, addr, len) => Number(c.bind(fd, addr, len)),
+    connect: (fd, addr, len) => Number(c.connect(fd, addr, len)),
     getsockname: (fd, addr, len) => Number(c.getsockname(fd, addr, len)),
     setsockopt: (fd, level, name, value, len) => Number(c.setsockopt(fd, level, name, value, len)),
     getsockopt: (fd, level, name, value, len) => Number(c.getsockopt(fd, level, name, value, len)),

@@ -18,6 +18,7 @@ const lib = koffi.load("libc.so.6");
 const c = {
   socket: lib.func("int socket(int domain, int type, int protocol)"),
   bind: lib.func("int bind(int fd, const void *addr, uint32_t len)"),
+  connect: lib.func("int connect(int fd, const void *addr, uint32_t len)"),
   getsockname: lib.func("int getsockname(int fd, void *addr, void *len)"),
   setsockopt: lib.func("int setsockopt(int fd, int level, int name, const void *val, uint32_t len)"),
   getsockopt: lib.func("int getsockopt(int fd, int level, int name, void *val, void *len)"),

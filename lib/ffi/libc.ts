@@ -8,7 +8,9 @@ export { EAGAIN, EINTR, errnoName } from "./errno";
 
 export const libc = backend;
 
+export const AF_UNIX = 1;
 export const AF_NETLINK = 16;
+export const SOCK_STREAM = 1;
 export const SOCK_RAW = 3;
 export const SOCK_CLOEXEC = 0o2000000;
 export const NETLINK_ROUTE = 0;
@@ -17,6 +19,8 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_PEERCRED = 17;
 export const SO_RCVTIMEO = 20;
+export const SO_SNDTIMEO = 21;
+export const MSG_NOSIGNAL = 0x4000;
 export const SOL_NETLINK = 270;
 export const NETLINK_EXT_ACK = 11;
 export const MSG_PEEK = 2;
