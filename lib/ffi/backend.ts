@@ -6,6 +6,7 @@
 export interface LibcBackend {
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
+  connect(fd: number, addr: Buffer, len: number): number;
   /** `len` is a 4-byte socklen_t, read and written by the call. */
   getsockname(fd: number, addr: Buffer, len: Buffer): number;
   setsockopt(fd: number, level: number, name: number, value: Buffer, len: number): number;

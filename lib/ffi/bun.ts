@@ -5,6 +5,7 @@ import type { LibcBackend } from "./backend";
 const { symbols: c } = dlopen("libc.so.6", {
   socket: { args: ["i32", "i32", "i32"], returns: "i32" },
   bind: { args: ["i32", "ptr", "u32"], returns: "i32" },
+  connect: { args: ["i32", "ptr", "u32"], returns: "i32" },
   getsockname: { args: ["i32", "ptr", "ptr"], returns: "i32" },
   setsockopt: { args: ["i32", "i32", "i32", "ptr", "u32"], returns: "i32" },
   getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
@@ -27,6 +28,7 @@ const errnoAddress = c.__errno_location()!;
 export const backend: LibcBackend = {
   socket: (domain, type, protocol) => c.socket(domain, type, protocol),
   bind: (fd, addr, len) => c.bind(fd, addr, len),
+  connect: (fd, addr, len) => c.connect(fd, addr, len),
   getsockname: (fd, addr, len) => c.getsockname(fd, addr, len),
   setsockopt: (fd, level, name, value, len) => c.setsockopt(fd, level, name, value, len),
   getsockopt: (fd, level, name, value, len) => c.getsockopt(fd, level, name, value, len),

@@ -18,6 +18,7 @@ const lib = koffi.load("libc.so.6");
 const c = {
   socket: lib.func("int socket(int domain, int type, int protocol)"),
   bind: lib.func("int bind(int fd, const void *addr, uint32_t len)"),
+  connect: lib.func("int connect(int fd, const void *addr, uint32_t len)"),
   getsockname: lib.func("int getsockname(int fd, void *addr, void *len)"),
   setsockopt: lib.func("int setsockopt(int fd, int level, int name, const void *val, uint32_t len)"),
   getsockopt: lib.func("int getsockopt(int fd, int level, int name, void *val, void *len)"),
@@ -35,6 +36,7 @@ const c = {
 export const backend: LibcBackend = {
   socket: (domain, type, protocol) => c.socket(domain, type, protocol),
   bind: (fd, addr, len) => c.bind(fd, addr, len),
+  connect: (fd, addr, len) => c.connect(fd, addr, len),
   getsockname: (fd, addr, len) => c.getsockname(fd, addr, len),
   setsockopt: (fd, level, name, value, len) => c.setsockopt(fd, level, name, value, len),
   getsockopt: (fd, level, name, value, len) => c.getsockopt(fd, level, name, value, len),
