@@ -42,7 +42,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   const record = new CommitRecord(commitRecordPath(config.database));
   const marker = new NodeMarker(join(dirname(config.socket), "ipamd.node.json"));
 
-  refuseLostCommits(config, store, id, record, marker, flags, log);
+  refuseLostCommits(config, existed, store, id, record, marker, flags, log);
   const hold = new Hold(store, db, evidenceOfLostDatabase(config, existed, id, record, marker, stateDir), flags, log);
   startupHousekeeping(node, db, log);
   record.write({ database: id, seq: store.committedSeq });
@@ -146,10 +146,17 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
 }
 
 /** A database behind the last acknowledged commit lost data a client was told is durable: refuse (or, accepted, say so). */
-function refuseLostCommits(config: Config, store: Statements, id: string, record: CommitRecord, marker: NodeMarker,
+function refuseLostCommits(config: Config, existed: boolean, store: Statements, id: string, record: CommitRecord, marker: NodeMarker,
   flags: StartFlags, log: Logger): void {
   const have = store.committedSeq;
   const behind: string[] = [];
+  const mark = record.read();
+  // The file is there but is not the database the record beside it counts: its content was lost
+  // (everything was still in a -wal that is gone) or another copy was put in its place.
+  if (existed && mark && mark.database !== id && mark.seq > 0) {
+    behind.push(`commit ${mark.seq} of database ${mark.database} was acknowledged (recorded in ${record.path}) but ${config.database} ` +
+      `is another database (${id}) at commit ${have}`);
+  }
   for (const [mark, where] of [[record.read(), record.path], [marker.read(), marker.path]] as const) {
     if (mark && mark.database === id && mark.seq > have) {
       behind.push(`commit ${mark.seq} was acknowledged (recorded in ${where}) but the database is at commit ${have}`);
@@ -184,7 +191,8 @@ function evidenceOfLostDatabase(config: Config, existed: boolean, id: string, re
     }
   }
   const mark = record.read();
-  if (mark && mark.database !== id && mark.seq > 0) {
+  if (!existed && mark && mark.database !== id && mark.seq > 0 && reasons.length === 0) {
+    // Without the node marker's account (a reboot since) nothing says which networks had pods.
     reasons.push(`${record.path} records commit ${mark.seq} of another database, and ${config.database} ${what}`);
     gcClears = false;
   }

@@ -70,6 +70,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** Options for node before the bundle (e.g. --max-old-space-size). */
   nodeArgs?: string[];
+  /** The socket path (default <dir>/run/ipamd.sock). */
+  socket?: string;
 }
 
 const tempDirs: string[] = [];
@@ -99,7 +101,7 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
   const { ipamd } = await buildIpamd();
   const dir = opts.dir ?? makeTempDir();
   const configPath = join(dir, "ipamd.json");
-  const socket = join(dir, "run", "ipamd.sock");
+  const socket = opts.socket ?? join(dir, "run", "ipamd.sock");
   const db = join(dir, "lib", "ipamd.db");
   writeFileSync(configPath, JSON.stringify({ node: { name: "test-node" }, ...opts.config }, null, 2));
   const args = [...(opts.nodeArgs ?? []), ipamd, "--config", configPath, "--socket", socket, "--db", db, ...(opts.args ?? [])];

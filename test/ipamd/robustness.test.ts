@@ -209,7 +209,7 @@ describe("refuses to start", () => {
     mkdirSync(sockDir, { mode: 0o755 });
     chmodSync(sockDir, 0o755);
     const socket = join(sockDir, "ipamd.sock");
-    const e = await startIpamd({ config: { pools: [{ name: "p", subnet: "10.1.0.0/24" }] }, args: ["--socket", socket] });
+    const e = await startIpamd({ dir, config: { pools: [{ name: "p", subnet: "10.1.0.0/24" }] }, socket });
     try {
       expect(statSync(sockDir).mode & 0o7777).toBe(0o755);
       expect(statSync(socket).mode & 0o777).toBe(0o660);
