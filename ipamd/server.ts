@@ -1,6 +1,6 @@
 // HTTP/1.1 + JSON API on a unix socket (api/API.md). Every change goes through mutate(): the
 // ownership prepares it, the group commit applies its rule, the ownership learns the outcome.
-import { chmodSync, lstatSync, mkdirSync, readlinkSync, type Stats, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readlinkSync, renameSync, type Stats, unlinkSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
@@ -60,8 +60,8 @@ export class ApiServer {
   private readonly routes: Route[] = [];
   private readonly creds = new WeakMap<Socket, PeerCred | null>();
   private readonly startedAt = performance.now();
-  /** The socket file this process created (device and inode): the only one it may unlink. */
-  private created?: { path: string; dev: number; ino: number };
+  /** The socket file this process created (inode and change time, as an inode number is reused): the only one it may unlink. */
+  private created?: { path: string; ino: bigint; ctimeNs: bigint };
 
   constructor(private readonly o: DaemonOptions) {
     this.committer = new GroupCommitter(o.db, o.node.store, o.config.maxBatch, o.metrics, o.log);
@@ -145,23 +145,29 @@ export class ApiServer {
       }
       unlinkSync(socketPath); // stale socket of a daemon that died
     }
+    // Bound under a name of its own, then renamed into place: Node unlinks the path it bound when
+    // the server closes, which must never be the path a newer daemon serves by then.
+    const bound = `${socketPath}.${process.pid}.new`;
+    if (lstatOrUndefined(bound)) unlinkSync(bound);
     await new Promise<void>((resolve, reject) => {
       this.server.once("error", reject);
       const umask = process.umask(0o117); // bind(2) creates the socket 0660 (root:root: ipamd runs as root)
       try {
-        this.server.listen(socketPath, () => { this.server.off("error", reject); resolve(); });
+        this.server.listen(bound, () => { this.server.off("error", reject); resolve(); });
       } finally { process.umask(umask); }
     });
-    const st = lstatSync(socketPath);
-    this.created = { path: socketPath, dev: st.dev, ino: st.ino };
+    renameSync(bound, socketPath);
+    const st = lstatSync(socketPath, { bigint: true });
+    this.created = { path: socketPath, ino: st.ino, ctimeNs: st.ctimeNs };
   }
 
   /** Unlinks the socket only if it is still the one this process created (a newer daemon's stays). */
   unlinkSocket(): void {
     const c = this.created;
     if (!c) return;
-    const st = lstatOrUndefined(c.path);
-    if (st && st.dev === c.dev && st.ino === c.ino) unlinkSync(c.path);
+    let st;
+    try { st = lstatSync(c.path, { bigint: true }); } catch { return; }
+    if (st.ino === c.ino && st.ctimeNs === c.ctimeNs) unlinkSync(c.path);
   }
 
   /** Stops accepting, lets in-flight requests finish (their commits complete), closes idle connections. */
