@@ -74,7 +74,8 @@ function retrying(call: () => number, what: string): number {
 
 function syscallError(what: string, errno = lastErrno()): ExchangeError {
   if (errno === EAGAIN) {
-    return new ExchangeError(what === "connect" ? "its listen backlog is full (EAGAIN)" : `no answer in time (${what}: EAGAIN)`, "ETIMEDOUT");
+    const why = what === "connect" ? "its listen backlog is full (EAGAIN)" : `no answer in time (${what}: EAGAIN)`;
+    return new ExchangeError(why, "ETIMEDOUT");
   }
   return new ExchangeError(`${what}: ${errnoName(errno)} (${libc.strerror(errno)})`, errnoName(errno));
 }

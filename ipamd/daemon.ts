@@ -215,8 +215,11 @@ class Hold implements AllocationHold {
     if (typeof saved === "string") this.state = JSON.parse(saved) as Evidence;
     if (found.reasons.length) {
       this.state = this.state
-        ? { reasons: [...new Set([...this.state.reasons, ...found.reasons])], networks: [...new Set([...this.state.networks, ...found.networks])],
-          gcClears: this.state.gcClears && found.gcClears }
+        ? {
+          reasons: [...new Set([...this.state.reasons, ...found.reasons])],
+          networks: [...new Set([...this.state.networks, ...found.networks])],
+          gcClears: this.state.gcClears && found.gcClears,
+        }
         : found;
     }
     if (flags.acceptDataLoss && this.state) {
@@ -224,7 +227,9 @@ class Hold implements AllocationHold {
       this.state = undefined;
     }
     db.transaction(() => this.persist())();
-    if (this.state) log.error({ reasons: this.state.reasons }, "allocation is held: running pods may hold addresses this database does not know");
+    if (this.state) {
+      log.error({ reasons: this.state.reasons }, "allocation is held: running pods may hold addresses this database does not know");
+    }
   }
 
   get active(): boolean { return this.state !== undefined; }

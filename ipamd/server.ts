@@ -83,7 +83,8 @@ export class ApiServer {
     });
     // Node hands CONNECT to a 'connect' listener and, without one, drops the connection unanswered.
     this.server.on("connect", (_req: IncomingMessage, socket: Socket) => {
-      const body = JSON.stringify(new ApiError("method_not_allowed", "CONNECT is not supported: ipamd is not a proxy; see api/API.md").toJSON());
+      const refusal = new ApiError("method_not_allowed", "CONNECT is not supported: ipamd is not a proxy; see api/API.md");
+      const body = JSON.stringify(refusal.toJSON());
       socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nallow: GET, POST\r\n` +
         `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
       this.o.metrics.requests.inc({ route: "unknown", status: "405" });
@@ -92,7 +93,8 @@ export class ApiServer {
       if (socket.writable) {
         const timedOut = (err as NodeJS.ErrnoException).code === "ERR_HTTP_REQUEST_TIMEOUT";
         const body = JSON.stringify(new ApiError("invalid_request", timedOut
-          ? "the request did not arrive within 30 s (headers within 10 s); send it whole" : `malformed HTTP request: ${err.message}`).toJSON());
+          ? "the request did not arrive within 30 s (headers within 10 s); send it whole"
+          : `malformed HTTP request: ${err.message}`).toJSON());
         socket.end(`HTTP/1.1 ${timedOut ? "408 Request Timeout" : "400 Bad Request"}\r\ncontent-type: application/json\r\n` +
           `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
       } else socket.destroy();
@@ -377,7 +379,10 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     req.on("end", () => {
       if (failed) return;
       const raw = Buffer.concat(chunks);
-      if (jsonDepthOver(raw, MAX_JSON_DEPTH)) { reject(new ApiError("invalid_request", `request body nests JSON deeper than ${MAX_JSON_DEPTH} levels`)); return; }
+      if (jsonDepthOver(raw, MAX_JSON_DEPTH)) {
+        reject(new ApiError("invalid_request", `request body nests JSON deeper than ${MAX_JSON_DEPTH} levels`));
+        return;
+      }
       const text = raw.toString("utf8");
       if (text.trim() === "") { reject(new ApiError("invalid_request", "request body is empty; send a JSON object")); return; }
       try { resolve(JSON.parse(text)); } catch (e) {

@@ -79,10 +79,8 @@ export class Views {
     const page = rows.slice(0, limit);
     const more = rows.length > limit;
     const last = page[page.length - 1];
-    return {
-      reservations: page.map((r) => this.reservation(r)), truncated: more,
-      ...(more && last ? { next: encodeCursor([last.pool, last.namespace ?? "", last.statefulset ?? "", last.ordinal ?? -1, last.id]) } : {}),
-    };
+    const next = more && last ? encodeCursor([last.pool, last.namespace ?? "", last.statefulset ?? "", last.ordinal ?? -1, last.id]) : "";
+    return { reservations: page.map((r) => this.reservation(r)), truncated: more, ...(next ? { next } : {}) };
   }
 
   /** Addresses held under pool names that are no longer in the config (a pool renamed or removed). */

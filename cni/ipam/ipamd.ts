@@ -116,9 +116,11 @@ export class IpamdIpam implements Ipam {
           file = spoolRelease(conf.spoolDir, { version: 1, ...this.attachment(), at: Date.now() });
         } catch (w) {
           throw new CniError(CniCode.TryAgainLater, `ipamd is not reachable at ${conf.socket} (${e.message}) and the release cannot be ` +
-            `recorded in ${conf.spoolDir}: ${(w as Error).message}`, "start berth-ipamd, or make ipam.spoolDir writable for root; the runtime retries DEL");
+            `recorded in ${conf.spoolDir}: ${(w as Error).message}`,
+            "start berth-ipamd, or make ipam.spoolDir writable for root; the runtime retries DEL");
         }
-        ctx.log.warn("ipamd unreachable on DEL; the release is recorded for ipamd to apply", { socket: conf.socket, error: e.message, file });
+        ctx.log.warn("ipamd unreachable on DEL; the release is recorded for ipamd to apply",
+          { socket: conf.socket, error: e.message, file });
         return;
       }
       throw daemonError(e, conf, "DEL");
@@ -162,7 +164,8 @@ export class IpamdIpam implements Ipam {
         const why = [...(status.commit?.ok === false ? [`its database cannot commit: ${status.commit.error}`] : []),
           ...(status.hold ? [`allocation is held: ${status.hold.reasons.join("; ")}`] : [])].join("; ") || status.status;
         throw new CniError(CniCode.PluginNotAvailable, `ipamd at ${conf.socket} cannot allocate now: ${why}`,
-          "see ipamctl status and the ipamd log (a full disk, a lock on the database, or a database to accept with ipamctl database accept)");
+          "see ipamctl status and the ipamd log (a full disk, a lock on the database, or a database to accept with " +
+          "ipamctl database accept)");
       }
     } catch (e) {
       if (e instanceof IpamdUnreachable) {

@@ -128,7 +128,8 @@ function migrate(db: DB, path: string): void {
  * (which fails, naming the duplicates, when the table already holds an address twice).
  */
 function checkUniqueIndexes(db: DB, path: string, onRepair?: (message: string) => void): void {
-  const present = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'index'").all() as { name: string }[]).map((r) => r.name));
+  const indexes = db.prepare("SELECT name FROM sqlite_master WHERE type = 'index'").all() as { name: string }[];
+  const present = new Set(indexes.map((r) => r.name));
   for (const [name, sql] of Object.entries(UNIQUE_INDEXES)) {
     if (present.has(name)) continue;
     try {
