@@ -1,12 +1,17 @@
 // Small client of the ipamd API (api/API.md) over its unix socket. Imports nothing heavy: the CNI
-// plugins and ipamctl load it.
-import type { Agent } from "node:http";
+// plugins and ipamctl load it. Before it trusts an answer it checks that the process listening on
+// the socket is root (SO_PEERCRED): a socket planted by another user is not ipamd.
+import type { Agent, ClientRequest } from "node:http";
+import type { Socket } from "node:net";
+import type { PeerCred } from "../lib/peercred";
 import type {
-  AllocateRequest, AllocateResponse, ApiErrorBody, AttachmentRequest, GcRequest, GcResponse, PinRequest, PinResponse, PoolUsage,
+  AllocateRequest, AllocateResponse, ApiErrorBody, AttachmentRequest, GcRequest, GcResponse, OrphanedPool, PinRequest, PinResponse,
+  PoolUsage,
   RegisterResponse, ReleaseReservationRequest, ReleaseReservationsResponse, ReleaseResponse, ReservationFilter,
   ReservationsResponse, ReserveRequest, ReserveResponse, StatefulSetsResponse, StatusResponse, UnregisterResponse,
   NetworkStatusRequest, NetworkStatusResponse,
 } from "./types";
+import { ExchangeError, send } from "./unix-http";
 
 export const DEFAULT_SOCKET = "/run/berth/ipamd.sock";
 
@@ -15,6 +20,23 @@ export class IpamdUnreachable extends Error {
   constructor(readonly socketPath: string, readonly reason: string) {
     super(`ipamd is not reachable on ${socketPath}: ${reason}. Is ipamd running (and is this the right --socket)?`);
     this.name = "IpamdUnreachable";
+  }
+}
+
+/** Something listens on the socket, but not as root: it is not ipamd, and nothing it says is trusted. */
+export class IpamdUntrusted extends IpamdUnreachable {
+  constructor(socketPath: string, reason: string) {
+    super(socketPath, reason);
+    this.name = "IpamdUntrusted";
+  }
+}
+
+/** Refuses a peer that is not root. */
+export function trustRootPeer(socketPath: string, peer: PeerCred | null): void {
+  if (!peer) throw new IpamdUntrusted(socketPath, "the credentials of the process listening on it cannot be read (SO_PEERCRED)");
+  if (peer.uid !== 0) {
+    throw new IpamdUntrusted(socketPath, `the process listening on it (pid ${peer.pid}) runs as uid ${peer.uid}, not root, so it is not ` +
+      `ipamd and its answers are not trusted (see who made the socket: ls -l ${socketPath}; remove it and restart ipamd)`);
   }
 }
 
@@ -30,22 +52,16 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Reuse connections (for many calls from one process, e.g. ipamctl scripts, benchmarks). */
   keepAlive?: boolean;
-  /** Sends one request, answers status and body (the CNI plugins' libc one); its errors carry an errno `code`. */
-  transport?: Transport;
 }
-
-export type Transport = (method: string, path: string, body?: string) => Promise<{ status: number; body: string }>;
 
 export class IpamdClient {
   private readonly timeoutMs: number;
   private readonly keepAlive: boolean;
   private agent?: Agent;
-  private readonly transport?: Transport;
 
   constructor(readonly socketPath: string = DEFAULT_SOCKET, options: ClientOptions = {}) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.keepAlive = options.keepAlive ?? false;
-    this.transport = options.transport;
   }
 
   allocate(args: AllocateRequest): Promise<AllocateResponse> { return this.call("POST", "/v1/allocate", args); }
@@ -56,7 +72,7 @@ export class IpamdClient {
   }
   status(): Promise<StatusResponse> { return this.call("GET", "/v1/status"); }
   networkStatus(args: NetworkStatusRequest): Promise<NetworkStatusResponse> { return this.call("POST", "/v1/status/network", args); }
-  pools(): Promise<{ pools: PoolUsage[] }> { return this.call("GET", "/v1/pools"); }
+  pools(): Promise<{ pools: PoolUsage[]; orphaned?: OrphanedPool[] }> { return this.call("GET", "/v1/pools"); }
   pool(name: string): Promise<{ pool: PoolUsage }> { return this.call("GET", `/v1/pools/${encodeURIComponent(name)}`); }
   reservations(filter: ReservationFilter = {}): Promise<ReservationsResponse> {
     const q = new URLSearchParams();
@@ -92,39 +108,45 @@ export class IpamdClient {
   }
 
   raw(method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
-    if (this.transport) {
-      return this.transport(method, path, body).catch((e: NodeJS.ErrnoException) => { throw new IpamdUnreachable(this.socketPath, reasonOf(e)); });
-    }
-    // A plugin makes one call per process: under Bun, fetch speaks HTTP over the unix socket
-    // natively and costs nothing to load, while node:http adds ~5 ms to every plugin start.
+    // A plugin makes one call per process: under Bun it is one synchronous exchange through libc
+    // (bun:ffi, already loaded by the plugins; fetch would start an HTTP client thread for it, and
+    // node:http would add ~5 ms to every plugin start). The request leaves before this returns.
     // Long-lived clients that keep connections (benchmarks, scripts) and everything under Node
-    // use node:http: Bun's fetch is slow to open hundreds of unix connections at once.
-    return process.versions.bun && !this.keepAlive ? this.rawFetch(method, path, body) : this.rawHttp(method, path, body);
+    // use node:http.
+    return process.versions.bun && !this.keepAlive ? this.rawSync(method, path, body) : this.rawHttp(method, path, body);
   }
 
-  private async rawFetch(method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (body !== undefined) headers["content-type"] = "application/json";
+  private rawSync(method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+    const unreachable = (e: unknown): unknown =>
+      e instanceof ExchangeError ? new IpamdUnreachable(this.socketPath, reasonOf(e as NodeJS.ErrnoException)) : e;
+    let answer: () => { status: number; body: string };
     try {
-      const res = await fetch(`http://ipamd${path}`, {
-        method, headers, body, signal: AbortSignal.timeout(this.timeoutMs),
-        // Bun's option: the socket to connect to; keepalive false closes it after the answer.
-        unix: this.socketPath, keepalive: false,
-      } as RequestInit);
-      return { status: res.status, body: await res.text() };
+      answer = send(this.socketPath, { method, path, body }, this.timeoutMs, (peer) => trustRootPeer(this.socketPath, peer));
     } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new IpamdUnreachable(this.socketPath, err.name === "TimeoutError" ? `no answer within ${this.timeoutMs} ms` : reasonOf(err));
+      return Promise.reject(unreachable(e));
     }
+    return Promise.resolve().then(() => {
+      try { return answer(); } catch (e) { throw unreachable(e); }
+    });
   }
 
   private async rawHttp(method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
     const { Agent, request } = await import("node:http");
+    const { peerCredOf, socketFd } = await import("../lib/peercred");
     if (this.keepAlive && !this.agent) this.agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const verify = (req: ClientRequest, socket: Socket): void => {
+      if (trusted.has(socket)) return;
+      const fd = socketFd(socket);
+      try {
+        trustRootPeer(this.socketPath, fd === undefined ? null : peerCredOf(fd));
+        trusted.add(socket);
+      } catch (e) { req.destroy(e as Error); }
+    };
     return new Promise((resolve, reject) => {
       const headers: Record<string, string | number> = { accept: "application/json" };
       if (body !== undefined) { headers["content-type"] = "application/json"; headers["content-length"] = Buffer.byteLength(body); }
       const req = request({ socketPath: this.socketPath, method, path, headers, agent: this.agent ?? false }, (res) => {
+        if (!trusted.has(req.socket!)) { req.destroy(new IpamdUntrusted(this.socketPath, "the peer was not checked")); return; }
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
         res.on("end", () => { clearTimeout(timer); resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }); });
@@ -133,9 +155,12 @@ export class IpamdClient {
       const timer = setTimeout(() => {
         req.destroy(new Error(`no answer within ${this.timeoutMs} ms`));
       }, this.timeoutMs);
+      req.on("socket", (socket: Socket) => {
+        if (socket.connecting) socket.once("connect", () => verify(req, socket)); else verify(req, socket);
+      });
       req.on("error", (e: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(new IpamdUnreachable(this.socketPath, reasonOf(e)));
+        reject(e instanceof IpamdUnreachable ? e : new IpamdUnreachable(this.socketPath, reasonOf(e)));
       });
       if (body !== undefined) req.write(body);
       req.end();
@@ -143,11 +168,14 @@ export class IpamdClient {
   }
 }
 
+/** Sockets whose peer was checked (a keep-alive connection is checked once). */
+const trusted = new WeakSet<Socket>();
+
 function reasonOf(e: NodeJS.ErrnoException): string {
   return e.code === "ENOENT" ? "the socket does not exist"
     : e.code === "ECONNREFUSED" ? "nothing is listening on the socket (connection refused)"
     : e.code === "EACCES" ? "permission denied on the socket (run as root or a member of its group)"
     : e.code === "EAGAIN" ? "the socket's connection backlog is full (EAGAIN): the daemon is overloaded or stuck"
-    // Bun's fetch adds its own guess, which is wrong for a unix socket.
-    : e.message.replace(/\s*Was there a typo in the url or port\?/i, "");
+    : e.code === "ETIMEDOUT" ? `no answer in time: ${e.message}`
+    : e.message;
 }

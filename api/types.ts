@@ -59,8 +59,12 @@ export interface AllocateResponse {
 export interface ReleaseResponse { released: string[]; kept: string[] }
 export interface GcResponse { released: string[]; detached: string[] }
 
+/** Addresses held under a pool name that is no longer in the config; `insidePools`: configured pools that contain some of them. */
+export interface OrphanedPool { name: string; held: number; attached: number; insidePools: string[] }
+
 export interface StatusResponse {
-  status: "ok";
+  /** "degraded": a commit cannot succeed now (see `commit`), or allocation is held (see `hold`). */
+  status: "ok" | "degraded";
   version: string;
   node: { name: string; labels: Record<string, string> };
   pools: number;
@@ -70,6 +74,11 @@ export interface StatusResponse {
   database: string;
   cooldownSeconds: number;
   detachedTTLSeconds: number;
+  /** Whether the last commit (or a probe of the write path) succeeded. */
+  commit: { ok: boolean; seq: number; error?: string; since?: string };
+  /** Allocation is refused until an operator accepts the database (ipamctl database accept) or a GC clears it. */
+  hold?: { reasons: string[]; networks: string[] };
+  orphanedPools: OrphanedPool[];
   /** The Kubernetes side: how ipamd reaches the API and the state of each watch ("off": no API, labels from the config). */
   kubernetes: KubeStatus;
 }
@@ -121,6 +130,7 @@ export interface PoolUsage {
   used: number; // attached to a running container
   reserved: number; // held but detached (sticky, reserved ahead, pinned)
   cooling: number; // released, waiting for the cooldown
+  orphaned?: number; // addresses of this pool held under a pool name no longer in the config
   free: string; // decimal: total - used - reserved - cooling
   routes: { dst: string; gw?: string }[];
   dns: Record<string, unknown>;
@@ -154,8 +164,10 @@ export interface Reservation {
 export interface ReservationFilter {
   namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
   state?: "attached" | "detached"; limit?: number;
+  /** The `next` cursor of the previous page. */
+  after?: string;
 }
-export interface ReservationsResponse { reservations: Reservation[]; truncated: boolean }
+export interface ReservationsResponse { reservations: Reservation[]; truncated: boolean; next?: string }
 export interface ReserveResponse {
   statefulset: { namespace: string; name: string };
   reservations: Reservation[];
@@ -178,7 +190,7 @@ export interface RegisterResponse { registered: StatefulSetRequest }
 export type ApiErrorCode =
   | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
   | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
-  | "shutting_down" | "internal";
+  | "shutting_down" | "internal" | "previous_sandbox_attached" | "database_unverified";
 
 /** The body of every non-2xx answer. */
 export interface ApiErrorBody { error: { code: ApiErrorCode; message: string; field?: string } }

@@ -1,8 +1,10 @@
 // ipamctl: operator CLI for ipamd over its unix socket. Lean imports only (compiled with bun).
+import { writeSync } from "node:fs";
 import Table from "cli-table3";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "../api/client";
-import type { PoolUsage, Reservation, StatusResponse } from "../api/types";
+import type { OrphanedPool, PoolUsage, Reservation, ReservationFilter, ReservationsResponse, StatusResponse } from "../api/types";
+import { sleepSync } from "../lib/files";
 
 interface Globals { socket: string; output: "table" | "json"; timeout: string }
 
@@ -46,14 +48,41 @@ function intArg(name: string) {
 
 function collect(v: string, prev: string[]): string[] { return [...prev, v]; }
 
+/**
+ * Writes all of `text` to `fd` before returning. The executable exits right after the command,
+ * and an asynchronous stream write to a pipe still pending then is lost (output cut at 128 KiB):
+ * so every line leaves through here, synchronously, waiting while a non-blocking pipe is full.
+ * A reader that went away (`| head`) ends the output quietly.
+ */
+export function writeAll(fd: number, text: string): void {
+  const buf = Buffer.from(text);
+  for (let off = 0; off < buf.length;) {
+    try {
+      off += writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "EAGAIN" || code === "EINTR") { sleepSync(1); continue; }
+      if (code === "EPIPE") return;
+      throw e;
+    }
+  }
+}
+
+function orphanLines(orphans: OrphanedPool[]): string[] {
+  return orphans.map((o) => `  ${o.name}: ${o.held} address(es) held (${o.attached} attached) under a pool no longer in the config` +
+    (o.insidePools.length ? `; they lie in ${o.insidePools.join(", ")} now` : "; no configured pool contains them"));
+}
+
 export async function main(argv: string[]): Promise<number> {
-  const out = (s: string): void => { process.stdout.write(s.endsWith("\n") ? s : `${s}\n`); };
+  const out = (s: string): void => { writeAll(1, s.endsWith("\n") ? s : `${s}\n`); };
+  const err = (s: string): void => { writeAll(2, s.endsWith("\n") ? s : `${s}\n`); };
   const program = new Command("ipamctl")
     .description("Inspect and manage Berth IP pools and reservations through ipamd")
     .addOption(new Option("--socket <path>", "ipamd socket").default(process.env.BERTH_IPAMD_SOCKET || DEFAULT_SOCKET))
     .addOption(new Option("-o, --output <format>", "output format").choices(["table", "json"]).default("table"))
     .option("--timeout <ms>", "request timeout in milliseconds", "10000")
     .exitOverride()
+    .configureOutput({ writeOut: (s) => writeAll(1, s), writeErr: (s) => writeAll(2, s) })
     .showHelpAfterError("(run ipamctl --help for usage)");
 
   const client = (): { c: IpamdClient; g: Globals } => {
@@ -64,12 +93,21 @@ export async function main(argv: string[]): Promise<number> {
     out(g.output === "json" ? JSON.stringify(json, null, 2) : human());
   };
 
-  program.command("status").description("daemon status, node identity and pools selected for this node")
-    .action(async () => {
+  let exitCode = 0;
+  program.command("status")
+    .description("daemon status, node identity and pools selected for this node; exits 1 when ipamd cannot allocate " +
+      "(a commit fails, or allocation is held): the readiness probe")
+    .option("--liveness", "exit 0 whenever ipamd answers, degraded or not (the liveness probe: a restart does not fix a full disk)")
+    .action(async (o: { liveness?: boolean }) => {
       const { c, g } = client();
       const s = await c.status();
+      if (s.status !== "ok" && !o.liveness) exitCode = 1;
       emit(g, s, () => [
         `ipamd ${s.version}: ${s.status}, up ${s.uptimeSeconds}s`,
+        ...(s.commit && !s.commit.ok ? [`commits:       FAILING since ${s.commit.since}: ${s.commit.error}`] : []),
+        ...(s.hold ? [`allocation:    HELD: ${s.hold.reasons.join("; ")}`,
+          "               once no pod holds an address ipamd does not know: ipamctl database accept"] : []),
+        ...(s.orphanedPools?.length ? ["orphaned pools:", ...orphanLines(s.orphanedPools)] : []),
         `node:          ${s.node.name} ${Object.entries(s.node.labels).map(([k, v]) => `${k}=${v}`).join(",")}`,
         `pools:         ${s.pools} configured, selected here: ${s.poolsSelected.join(", ") || "none"}`,
         `reservations:  ${s.reservations}`,
@@ -82,12 +120,12 @@ export async function main(argv: string[]): Promise<number> {
   program.command("pools").description("pools with used/reserved/free counts and a usage bar")
     .action(async () => {
       const { c, g } = client();
-      const { pools } = await c.pools();
-      emit(g, { pools }, () => table(
+      const { pools, orphaned = [] } = await c.pools();
+      emit(g, { pools, orphaned }, () => table(
         ["POOL", "SUBNET", "VLAN", "NODE", "TOTAL", "USED", "RESERVED", "COOLING", "FREE", "USAGE"],
         pools.map((p) => [p.name, p.subnet, p.vlan ?? "-", p.selected ? "selected" : "-", compactNumber(p.total),
-          p.used, p.reserved, p.cooling, compactNumber(p.free), bar(p)]),
-      ));
+          p.used, p.reserved + (p.orphaned ?? 0), p.cooling, compactNumber(p.free), bar(p)]),
+      ) + (orphaned.length ? `\norphaned pools (addresses held under pools no longer in the config):\n${orphanLines(orphaned).join("\n")}` : ""));
     });
 
   program.command("pool").description("pool details").command("show <name>").description("show one pool")
@@ -113,12 +151,20 @@ export async function main(argv: string[]): Promise<number> {
     .option("--namespace <ns>").option("--statefulset <name>").option("--pool <name>")
     .option("--owner <owner>").option("--ip <ip>")
     .addOption(new Option("--state <state>").choices(["attached", "detached"]))
-    .option("--limit <n>", "at most this many", intArg("--limit"))
-    .action(async (o: { namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string; state?: "attached" | "detached"; limit?: number }) => {
+    .option("--limit <n>", "at most this many (default: all)", intArg("--limit"))
+    .action(async (o: ReservationFilter) => {
       const { c, g } = client();
-      const r = await c.reservations(o);
-      emit(g, r, () => (r.reservations.length === 0 ? "no reservations match" : reservationRows(r.reservations)) +
-        (r.truncated ? `\n(truncated; raise --limit)` : ""));
+      // The daemon answers in pages (api/API.md): follow the cursor until the list or --limit ends.
+      const all: Reservation[] = [];
+      let page: ReservationsResponse | undefined;
+      do {
+        const want = o.limit === undefined ? undefined : o.limit - all.length;
+        page = await c.reservations({ ...o, limit: want, ...(page?.next ? { after: page.next } : {}) });
+        all.push(...page.reservations);
+      } while (page.next && (o.limit === undefined || all.length < o.limit));
+      const truncated = page.truncated;
+      emit(g, { reservations: all, truncated }, () => (all.length === 0 ? "no reservations match" : reservationRows(all)) +
+        (truncated ? `\n(truncated at --limit ${o.limit})` : ""));
     });
 
   program.command("reserve").description("lock addresses for StatefulSet ordinals 0..replicas-1 before the pods exist")
@@ -213,23 +259,32 @@ export async function main(argv: string[]): Promise<number> {
       ].join("\n"));
     });
 
+  program.command("database").description("the ipamd database").command("accept")
+    .description("resume allocation held since start-up found the database missing, empty or replaced while this node had " +
+      "attachments; first make sure no running pod holds an address ipamd does not list (or delete those pods)")
+    .action(async () => {
+      const { c, g } = client();
+      const r = await c.call<{ accepted: boolean; reasons: string[] }>("POST", "/v1/database/accept", {});
+      emit(g, r, () => (r.accepted ? `accepted; allocation resumes (it was held: ${r.reasons.join("; ")})` : "nothing was held"));
+    });
+
   try {
     await program.parseAsync(argv, { from: "user" });
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.code === "commander.help") return 0;
-      if (e.code.startsWith("ipamctl.")) process.stderr.write(`ipamctl: ${e.message}\n`);
+      if (e.code.startsWith("ipamctl.")) err(`ipamctl: ${e.message}`);
       return e.exitCode || 2;
     }
-    if (e instanceof IpamdUnreachable) { process.stderr.write(`ipamctl: ${e.message}\n`); return 3; }
+    if (e instanceof IpamdUnreachable) { err(`ipamctl: ${e.message}`); return 3; }
     if (e instanceof IpamdError) {
-      process.stderr.write(`ipamctl: ${e.message} [${e.code}${e.field ? `, field ${e.field}` : ""}]\n`);
+      err(`ipamctl: ${e.message} [${e.code}${e.field ? `, field ${e.field}` : ""}]`);
       return 1;
     }
-    process.stderr.write(`ipamctl: ${(e as Error).message}\n`);
+    err(`ipamctl: ${(e as Error).message}`);
     return 1;
   }
-  return 0;
+  return exitCode;
 }
 
 /** The Kubernetes lines of `ipamctl status`: the connection and one line per watch. */

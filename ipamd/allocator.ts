@@ -1,5 +1,5 @@
 // The ownership rules of api/API.md, one named case each: allocate (idempotent ADD, sticky
-// member, takeover, pin on ADD, attachment-owned), release (DEL), GC, reserve ahead, pin,
+// member, hand-over, pin on ADD, attachment-owned), release (DEL), GC, reserve ahead, pin,
 // release of reservations (force), the TTL of detached reservations.
 //
 // Every method runs inside the request's savepoint of the group commit (server.ts) with the
@@ -33,7 +33,7 @@ export class StickyPoolOffNode extends ApiError {
 type Holder = Member | { owner: string };
 
 export class Allocator {
-  /** Called when a sticky reservation moves from a still-attached container to a new one (logged). */
+  /** Called when a member's new sandbox of the same pod (same pod UID) takes its address from the old one (logged). */
   onTakeover?: (row: Row, req: AttachmentRequest) => void;
 
   constructor(
@@ -77,10 +77,15 @@ export class Allocator {
     return this.views.allocation(rows);
   }
 
-  /** DEL: sticky addresses are detached and kept for their member, others freed into the cooldown. */
-  release(req: AttachmentRequest, now: number, ticket: OwnershipTicket): ReleaseResponse {
+  /**
+   * DEL: sticky addresses are detached and kept for their member, others freed into the cooldown.
+   * `deletedAt` (a DEL recorded in the spool while ipamd was unreachable): only what was attached
+   * by then (an ADD of the same attachment after that DEL keeps its addresses).
+   */
+  release(req: AttachmentRequest, now: number, ticket: OwnershipTicket, deletedAt?: number): ReleaseResponse {
     const out: ReleaseResponse = { released: [], kept: [] };
     for (const row of this.store.byAttachment(req.containerID, req.ifName, req.network)) {
+      if (deletedAt !== undefined && (row.attached_at ?? 0) > deletedAt) continue;
       (this.letGo(row, now, ticket) ? out.kept : out.released).push(row.ip);
     }
     return out;
@@ -96,11 +101,15 @@ export class Allocator {
     return this.views.allocation(rows);
   }
 
-  /** CNI GC: attachments on `network` not listed and attached before the GC began lose their addresses. */
-  gc(req: GcRequest, startedAt: number, now: number, ticket: OwnershipTicket): GcResponse {
+  /**
+   * CNI GC: attachments on `network` not listed and attached before the GC began lose their
+   * addresses. "Before" is by commit sequence (`startedSeq`: the last commit when the GC arrived),
+   * never by the wall clock, which may step.
+   */
+  gc(req: GcRequest, startedSeq: number, now: number, ticket: OwnershipTicket): GcResponse {
     const valid = new Set(req.validAttachments.map((a) => `${a.containerID}\0${a.ifName}`));
     const out: GcResponse = { released: [], detached: [] };
-    for (const row of this.store.attachedOnNetwork(req.network, startedAt)) {
+    for (const row of this.store.attachedOnNetwork(req.network, startedSeq)) {
       if (!valid.has(`${row.container_id}\0${row.ifname}`)) (this.letGo(row, now, ticket) ? out.detached : out.released).push(row.ip);
     }
     return out;
@@ -235,12 +244,18 @@ export class Allocator {
   }
 
   /**
-   * A member comes back (or is reserved ahead): it gets its sticky address again. When another
-   * container still holds it (the old pod's DEL never came), the new container takes it over.
+   * A member comes back (or is reserved ahead): it gets its sticky address again. While the
+   * previous sandbox of another pod (another pod UID: the pod was deleted and re-created, its DEL
+   * has not come yet) still holds it, the ADD is refused with a retryable error naming that
+   * sandbox; its DEL or a GC hands the address over. A new sandbox of the same pod takes it.
    */
-  private stickyAgain(existing: Row, req: AttachmentRequest, want: Located | undefined, attachment: AttachmentColumns,
+  private stickyAgain(existing: Row, req: AllocateRequest, want: Located | undefined, attachment: AttachmentColumns,
     now: number, ticket: OwnershipTicket): Row {
-    if (existing.container_id && existing.container_id !== req.containerID) this.onTakeover?.(existing, req);
+    if (existing.container_id && existing.container_id !== req.containerID) {
+      const samePod = existing.pod_uid !== null && req.podUID !== undefined && existing.pod_uid === req.podUID;
+      if (!samePod) throw previousSandbox(existing);
+      this.onTakeover?.(existing, req);
+    }
     this.store.attach(existing.id, attachment, now);
     if (want) this.store.setPinned(existing.id);
     const row = this.store.byId(existing.id);
@@ -345,4 +360,14 @@ export class Allocator {
     this.store.remove(row.id);
     this.ownership.giveBack(row.ip, row.pool, now, ticket);
   }
+}
+
+/** The refusal of a member's ADD while its previous sandbox still holds the address (retryable). */
+function previousSandbox(row: Row): ApiError {
+  const pod = row.pod_name ? `pod ${row.pod_namespace}/${row.pod_name}${row.pod_uid ? ` (uid ${row.pod_uid})` : ""}` : "an unnamed pod";
+  const since = row.attached_at !== null ? `, attached ${new Date(row.attached_at).toISOString()}` : "";
+  return new ApiError("previous_sandbox_attached",
+    `${row.ip} of ${row.owner} is still attached to the previous sandbox ${row.container_id} (interface ${row.ifname}, ` +
+    `network ${row.network}, ${pod}${since}); it is handed over when that sandbox's CNI DEL or a CNI GC releases it. ` +
+    "Retry (the runtime does); if that sandbox is gone for good, run ipamctl gc for the network");
 }

@@ -1,20 +1,29 @@
 // Group commit: requests that arrive together are applied in one SQLite transaction, each in its
-// own savepoint, and their replies are sent only after that commit.
-import type { Logger } from "pino";
+// own savepoint, and their replies are sent only after that commit. Every batch carries the next
+// commit sequence number (store meta), recorded outside the WAL before the replies go out.
 import { ApiError } from "./errors";
 import type { Metrics } from "./metrics";
 import type { DB } from "./store/database";
+import type { Statements } from "./store/statements";
+import type { ThrottledLog } from "./throttle";
 
 interface Pending { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }
+
+/** Whether the last commit went through: what GET /v1/status reports. */
+export interface CommitOutcome { ok: boolean; at: number; error?: string }
 
 /** Applies queued operations in shared transactions; each op gets its own savepoint. */
 export class GroupCommitter {
   private queue: Pending[] = [];
   private scheduled = false;
   private closed = false;
+  /** The last commit's outcome (ok until a commit fails). */
+  outcome: CommitOutcome = { ok: true, at: Date.now() };
+  /** After a durable commit, before its replies (the commit record). */
+  afterCommit?: (seq: number) => void;
 
-  constructor(private readonly db: DB, private readonly maxBatch: number, private readonly metrics?: Metrics,
-    private readonly log?: Logger) {}
+  constructor(private readonly db: DB, private readonly store: Statements, private readonly maxBatch: number,
+    private readonly metrics?: Metrics, private readonly log?: ThrottledLog) {}
 
   submit<T>(run: () => T): Promise<T> {
     if (this.closed) return Promise.reject(new ApiError("shutting_down", "ipamd is shutting down; retry shortly"));
@@ -28,14 +37,39 @@ export class GroupCommitter {
 
   close(): void { this.closed = true; }
 
+  /**
+   * Whether a commit can succeed now. After a failed commit: a real (empty) commit, so that the
+   * daemon notices when the disk has room again. Otherwise: take the write lock without waiting and
+   * roll back (another process holding a lock on the database makes every write fail).
+   */
+  async probe(): Promise<CommitOutcome> {
+    if (!this.outcome.ok) {
+      await this.submit(() => undefined).catch(() => undefined);
+      return this.outcome;
+    }
+    if (this.db.inTransaction) return this.outcome;
+    try {
+      this.db.pragma("busy_timeout = 0");
+      this.db.exec("BEGIN IMMEDIATE");
+      this.db.exec("ROLLBACK");
+      return this.outcome;
+    } catch (e) {
+      return { ok: false, at: Date.now(), error: `cannot take the database's write lock: ${(e as Error).message}` };
+    } finally {
+      this.db.pragma("busy_timeout = 5000");
+    }
+  }
+
   private flush(): void {
     this.scheduled = false;
     const batch = this.queue.splice(0, this.maxBatch);
     if (batch.length === 0) return;
     const outcomes: { ok: boolean; value: unknown }[] = [];
     const started = performance.now();
+    let seq = 0;
     try {
       this.db.transaction(() => {
+        seq = this.store.beginCommit();
         for (const item of batch) {
           try {
             outcomes.push({ ok: true, value: this.db.transaction(item.run)() }); // savepoint per request
@@ -45,12 +79,17 @@ export class GroupCommitter {
         }
       })();
     } catch (e) {
-      // The commit itself failed (disk full, I/O error): nothing of this batch is durable.
+      // The commit itself failed (disk full, I/O error, locked): nothing of this batch is durable.
+      this.outcome = { ok: false, at: Date.now(), error: (e as Error).message };
       this.log?.error({ err: e }, "group commit failed");
       for (const item of batch) item.reject(new ApiError("internal", `database commit failed: ${(e as Error).message}`));
       this.reschedule();
       return;
     }
+    this.store.committed(seq);
+    if (!this.outcome.ok) this.log?.log.info({ failedSince: new Date(this.outcome.at).toISOString() }, "database commits succeed again");
+    this.outcome = { ok: true, at: Date.now() };
+    try { this.afterCommit?.(seq); } catch (e) { this.log?.error({ err: e }, "cannot record the commit sequence"); }
     this.metrics?.batchSize.observe(batch.length);
     this.metrics?.commitSeconds.observe((performance.now() - started) / 1000);
     batch.forEach((item, i) => (outcomes[i]!.ok ? item.resolve(outcomes[i]!.value) : item.reject(outcomes[i]!.value)));

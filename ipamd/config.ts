@@ -1,9 +1,12 @@
 // ipamd configuration: pools, node identity, StatefulSets, tuning. Validated with zod;
 // every error names the JSON path of the offending field.
 import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { z } from "zod";
 import { parseCidr, parseIp } from "../lib/ip";
-import { compilePool, type NodeSelector, overlaps, parseDashRange, type Pool, PoolSpecError, type PoolSpec } from "./pools";
+import {
+  compilePool, excludeInfrastructure, type NodeSelector, overlaps, parseDashRange, type Pool, PoolSpecError, type PoolSpec,
+} from "./pools";
 
 const ipString = z.string().refine((s) => parseIp(s) !== null, { message: "not a valid IPv4/IPv6 address" });
 const cidrString = z.string().refine((s) => parseCidr(s) !== null, {
@@ -59,6 +62,7 @@ export const configSchema = z.strictObject({
   }).optional(),
   socket: z.string().min(1).optional(),
   database: z.string().min(1).optional(),
+  spoolDir: z.string().startsWith("/", { message: "must be an absolute path" }).optional(),
   metricsAddress: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, {
     message: "expected host:port, e.g. 127.0.0.1:9631",
   }).optional(),
@@ -99,6 +103,8 @@ export interface Config {
   nodeLabels: Record<string, string>;
   socket: string;
   database: string;
+  /** Release records the plugins write when ipamd is unreachable on DEL (applied at start and when they appear). */
+  spoolDir: string;
   metricsAddress?: string;
   logFile?: string;
   cooldownMs: number;
@@ -121,6 +127,7 @@ function formatZodIssues(error: z.ZodError): string {
 interface Overrides {
   socket?: string;
   database?: string;
+  spoolDir?: string;
   nodeName?: string;
   nodeLabels?: Record<string, string>;
   metricsAddress?: string;
@@ -144,15 +151,18 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
       if (e instanceof PoolSpecError) errors.push(`  pools[${i}].${e.field}: ${e.message}`); else throw e;
     }
   });
+  for (const o of excludeInfrastructure(pools)) errors.push(`  pools[${o.pool.index}]: ${o.message}`);
   for (const o of overlaps(pools)) errors.push(`  pools[${o.pool.index}]: ${o.message}`);
   const nodeName = overrides.nodeName ?? raw.node?.name ?? process.env.NODE_NAME ?? "";
   if (!nodeName) errors.push("  node.name: the node name is missing; set node.name in the config, --node-name, or NODE_NAME");
   if (errors.length > 0) throw new ConfigError(`${source} is invalid:\n${errors.join("\n")}`);
+  const database = overrides.database ?? raw.database ?? "/var/lib/berth/ipamd.db";
   return {
     nodeName,
     nodeLabels: { ...(raw.node?.labels ?? {}), ...(overrides.nodeLabels ?? {}) },
     socket: overrides.socket ?? raw.socket ?? "/run/berth/ipamd.sock",
-    database: overrides.database ?? raw.database ?? "/var/lib/berth/ipamd.db",
+    database,
+    spoolDir: overrides.spoolDir ?? raw.spoolDir ?? join(dirname(database), "spool"),
     metricsAddress: overrides.metricsAddress ?? raw.metricsAddress,
     logFile: overrides.logFile ?? raw.logFile,
     cooldownMs: Math.round(raw.cooldownSeconds * 1000),

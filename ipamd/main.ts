@@ -1,5 +1,4 @@
 // ipamd entry point: node-local IPAM daemon for Berth.
-import { unlinkSync } from "node:fs";
 import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
 import { ConfigError, loadConfig } from "./config";
@@ -24,17 +23,22 @@ async function main(): Promise<void> {
     .option("--node-label <key=value>", "a node label (repeatable; overrides the config's labels)", collectLabel, {})
     .option("--metrics-address <host:port>", "also serve GET /metrics on this TCP address")
     .option("--kubeconfig <path>", "talk to the Kubernetes API with this kubeconfig (default: in-cluster config, else $KUBECONFIG)")
+    .option("--spool-dir <path>", "release records of DELs made while ipamd was unreachable (default <db dir>/spool)")
     .option("--log-file <path>", "write JSON logs to this file instead of stderr")
+    .option("--accept-data-loss", "start although the database lost acknowledged commits, or is missing or new while this node " +
+      "has attachments (pods may hold addresses it does not know: run a CNI GC per network afterwards)")
     .parse();
   const opts = program.opts<{
     config: string; socket?: string; db?: string; nodeName?: string; nodeLabel: Record<string, string>;
-    metricsAddress?: string; logFile?: string; kubeconfig?: string;
+    metricsAddress?: string; logFile?: string; kubeconfig?: string; spoolDir?: string; acceptDataLoss?: boolean;
   }>();
+  // Everything ipamd creates is root's alone (database, WAL, logs, spool, marker); the socket's mode is set at bind.
+  process.umask(0o077);
 
   let config;
   try {
     config = loadConfig(opts.config, {
-      socket: opts.socket, database: opts.db, nodeName: opts.nodeName,
+      socket: opts.socket, database: opts.db, spoolDir: opts.spoolDir, nodeName: opts.nodeName,
       nodeLabels: Object.keys(opts.nodeLabel).length ? opts.nodeLabel : undefined,
       metricsAddress: opts.metricsAddress, logFile: opts.logFile, kubeconfig: opts.kubeconfig,
     });
@@ -47,7 +51,7 @@ async function main(): Promise<void> {
 
   let daemon;
   try {
-    daemon = await startDaemon(config, log);
+    daemon = await startDaemon(config, log, { acceptDataLoss: opts.acceptDataLoss });
   } catch (e) {
     const msg = e instanceof StoreError ? e.message : `cannot start: ${(e as Error).message}`;
     log.fatal(msg);
@@ -63,7 +67,6 @@ async function main(): Promise<void> {
     const force = setTimeout(() => { log.error("shutdown took too long; exiting"); process.exit(1); }, 15_000);
     force.unref();
     daemon.close().then(() => {
-      try { unlinkSync(config.socket); } catch { /* already gone */ }
       log.info("stopped");
       process.exit(0);
     }, (e) => { log.error({ err: e }, "shutdown failed"); process.exit(1); });

@@ -151,6 +151,38 @@ export function compilePool(raw: PoolSpec, index: number): Pool {
 }
 
 /**
+ * Every router and DNS server of a subnet (any pool's gateway, route gateway or nameserver inside
+ * it) is taken out of every pool on that subnet: a pod answering ARP for the router breaks the
+ * whole VLAN. A pool left with no usable address is an error (one message per such pool).
+ */
+export function excludeInfrastructure(pools: Pool[]): { pool: Pool; message: string }[] {
+  const infra: { family: Family; value: bigint; what: string }[] = [];
+  for (const p of pools) {
+    const add = (text: string | undefined, what: string): void => {
+      const ip = text ? parseIp(text) : null;
+      if (ip) infra.push({ family: ip.family, value: ip.value, what: `${what} of pool "${p.name}"` });
+    };
+    add(p.gateway, "gateway");
+    for (const r of p.routes) add(r.gw, `route gateway (${r.dst})`);
+    for (const ns of p.dns.nameservers ?? []) add(ns, "nameserver");
+  }
+  const errors: { pool: Pool; message: string }[] = [];
+  for (const p of pools) {
+    const cut = infra.filter((a) => a.family === p.family && cidrContains(p.subnet, a.family, a.value) && isUsable(p, a.family, a.value));
+    if (cut.length === 0) continue;
+    for (const a of cut) p.segments = subtract(p.segments, { first: a.value, last: a.value });
+    if (p.segments.length === 0) {
+      errors.push({ pool: p, message: `no usable address is left in pool "${p.name}" once the ${cut.map((a) => a.what).join(", ")} ` +
+        "are excluded; give it a range without them" });
+      continue;
+    }
+    p.size = p.segments.reduce((n, s) => n + s.last - s.first + 1n, 0n);
+    p.fingerprint = p.segments.map((s) => `${s.first.toString(16)}-${s.last.toString(16)}`).join(",");
+  }
+  return errors;
+}
+
+/**
  * Two pools may share a subnet (e.g. one range per rack) but never an address: one message per
  * pool whose usable addresses overlap an earlier pool's.
  */
@@ -257,9 +289,20 @@ export class NodePools {
 
   get(name: string): Pool | undefined { return this.byName.get(name); }
 
-  /** The prefix length of a row's address: its pool's, or a host prefix when the pool is gone from the config. */
-  prefixOf(poolName: string, family: Family): number {
-    return this.byName.get(poolName)?.subnet.prefix ?? (family === 4 ? 32 : 128);
+  /**
+   * The pool that gives a row its shape (prefix, gateway, routes, DNS): its own, or, when its pool
+   * left the config (renamed, split), the configured pool whose usable addresses now include it.
+   */
+  shapeOf(poolName: string, ip: string): Pool | undefined {
+    const own = this.byName.get(poolName);
+    if (own) return own;
+    const parsed = parseIp(ip);
+    return parsed ? this.all.find((p) => isUsable(p, parsed.family, parsed.value)) : undefined;
+  }
+
+  /** The prefix length of a row's address: its shape's (see shapeOf), else a host prefix. */
+  prefixOf(poolName: string, family: Family, ip: string): number {
+    return this.shapeOf(poolName, ip)?.subnet.prefix ?? (family === 4 ? 32 : 128);
   }
 
   /**

@@ -95,4 +95,5 @@ export const reservationsQuerySchema = z.strictObject({
   ip: z.string().optional(),
   state: z.enum(["attached", "detached"]).optional(),
   limit: z.coerce.number().int().min(1).max(1_000_000).optional(),
+  after: z.string().max(2000).optional(),
 }) satisfies z.ZodType<ReservationFilter>;

@@ -1,12 +1,12 @@
 // HTTP/1.1 + JSON API on a unix socket (api/API.md). Every change goes through mutate(): the
 // ownership prepares it, the group commit applies its rule, the ownership learns the outcome.
-import { chmodSync, chownSync, existsSync, mkdirSync, realpathSync, statSync, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readlinkSync, renameSync, type Stats, unlinkSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
-import type { Logger } from "pino";
 import type { z } from "zod";
 import type { AllocateRequest, KubeStatus, RegisterResponse, StatusResponse } from "../api/types";
+import type { WallClock } from "./clock";
 import { GroupCommitter } from "./commit";
 import type { Config } from "./config";
 import { ApiError } from "./errors";
@@ -19,16 +19,40 @@ import {
   reserveSchema, statefulSetSchema,
 } from "./schemas";
 import type { DB } from "./store/database";
+import type { ThrottledLog } from "./throttle";
 
 declare const __BERTH_VERSION__: string | undefined;
 /** package.json's version, defined by scripts/build.sh. */
 export const VERSION = typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev";
 const MAX_BODY_BYTES = 4 * 1024 * 1024; // a GC of ~50k attachments fits
+/** No request body nests deeper than this; deeper JSON is refused before it is parsed. */
+const MAX_JSON_DEPTH = 32;
 
-type Handler = (ctx: { req: IncomingMessage; body: unknown; query: URLSearchParams; params: string[]; receivedAt: number }) => unknown;
+type Handler = (ctx: {
+  req: IncomingMessage; body: unknown; query: URLSearchParams; params: string[];
+  /** The last commit when the request arrived (its headers): what "before this request" means. */
+  receivedSeq: number;
+}) => unknown;
 interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler: Handler }
 
-interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam }
+/**
+ * Allocation held after start-up found evidence that this node's pods hold addresses the database
+ * does not know (it was missing, empty or replaced): see daemon.ts.
+ */
+export interface AllocationHold {
+  readonly active: boolean;
+  readonly reasons: string[];
+  /** Networks the evidence names that no GC has cleared yet. */
+  readonly networks: string[];
+  /** A GC of `network` listed `live` attachments (inside its commit). */
+  gcSeen(network: string, live: number): void;
+  /** The operator accepted the database as it is (inside a commit). */
+  accept(): void;
+}
+
+interface DaemonOptions {
+  config: Config; db: DB; log: ThrottledLog; metrics: Metrics; node: NodeIpam; clock: WallClock; hold: AllocationHold;
+}
 
 /** What the Kubernetes side (ipamd/kube) adds to ADD and to the status, when the API is watched. */
 export interface KubeHooks {
@@ -44,18 +68,22 @@ export class ApiServer {
   private readonly committer: GroupCommitter;
   private readonly routes: Route[] = [];
   private readonly creds = new WeakMap<Socket, PeerCred | null>();
-  private readonly startedAt = Date.now();
+  private readonly startedAt = performance.now();
+  /** The socket file this process created (inode and change time, as an inode number is reused): the only one it may unlink. */
+  private created?: { path: string; ino: bigint; ctimeNs: bigint };
   /** Set by the daemon once the Kubernetes side runs. */
   kube?: KubeHooks;
 
   constructor(private readonly o: DaemonOptions) {
-    this.committer = new GroupCommitter(o.db, o.config.maxBatch, o.metrics, o.log);
+    this.committer = new GroupCommitter(o.db, o.node.store, o.config.maxBatch, o.metrics, o.log);
     this.defineRoutes();
     this.server = createServer({
       maxHeaderSize: 16 * 1024,
       headersTimeout: 10_000,
       requestTimeout: 30_000,
       keepAliveTimeout: 30_000,
+      // Node checks the two timeouts above this often (default 30 s: a slow body lived ~57 s).
+      connectionsCheckingInterval: 1_000,
     }, (req, res) => { void this.handle(req, res); });
     this.server.timeout = 120_000; // idle socket
     this.server.on("connection", (socket: Socket) => {
@@ -64,10 +92,22 @@ export class ApiServer {
         this.creds.set(socket, null);
       }
     });
+    // Node hands CONNECT to a 'connect' listener and, without one, drops the connection unanswered.
+    this.server.on("connect", (_req: IncomingMessage, socket: Socket) => {
+      const refusal = new ApiError("method_not_allowed", "CONNECT is not supported: ipamd is not a proxy; see api/API.md");
+      const body = JSON.stringify(refusal.toJSON());
+      socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nallow: GET, POST\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      this.o.metrics.requests.inc({ route: "unknown", status: "405" });
+    });
     this.server.on("clientError", (err, socket) => {
       if (socket.writable) {
-        const body = JSON.stringify(new ApiError("invalid_request", `malformed HTTP request: ${err.message}`).toJSON());
-        socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+        const timedOut = (err as NodeJS.ErrnoException).code === "ERR_HTTP_REQUEST_TIMEOUT";
+        const body = JSON.stringify(new ApiError("invalid_request", timedOut
+          ? "the request did not arrive within 30 s (headers within 10 s); send it whole"
+          : `malformed HTTP request: ${err.message}`).toJSON());
+        socket.end(`HTTP/1.1 ${timedOut ? "408 Request Timeout" : "400 Bad Request"}\r\ncontent-type: application/json\r\n` +
+          `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
       } else socket.destroy();
     });
   }
@@ -90,26 +130,57 @@ export class ApiServer {
     return result;
   }
 
+  /** Commits `run` in the group commit without the ownership (the daemon's own housekeeping). */
+  housekeeping<T>(run: () => T): Promise<T> { return this.committer.submit(run); }
+
+  /** The commit sequence the log record must reach before replies go out (see store/guard.ts). */
+  set afterCommit(fn: (seq: number) => void) { this.committer.afterCommit = fn; }
+
+  /**
+   * Serves `socketPath`. Its directory must be root's and writable by nobody else (checked with
+   * lstat: never a link), so nobody can plant or swap a path under it; ipamd creates it 0750 when
+   * missing and never changes the mode of one it did not create. The socket is made 0660 by the
+   * umask at bind time: no chmod or chown follows a path afterwards.
+   */
   async listen(socketPath: string): Promise<void> {
-    const dir = dirname(socketPath);
-    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o750 });
-    refuseSharedDirectory(dir, socketPath);
-    chmodSync(dir, 0o750);
-    if (existsSync(socketPath)) {
+    secureSocketDirectory(dirname(socketPath), socketPath);
+    const existing = lstatOrUndefined(socketPath);
+    if (existing) {
+      if (existing.isSymbolicLink()) {
+        let target = "?";
+        try { target = readlinkSync(socketPath); } catch { /* unreadable */ }
+        throw new Error(`${socketPath} is a symbolic link (to ${target}) and ipamd does not follow links at its socket path; ` +
+          "remove it (rm) and start again");
+      }
+      if (!existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket; remove it or pick another --socket`);
       if (await socketAnswers(socketPath)) {
         throw new Error(`another ipamd is already serving ${socketPath}; stop it first or pass a different --socket`);
       }
-      if (!statSync(socketPath).isSocket()) throw new Error(`${socketPath} exists and is not a socket; remove it or pick another --socket`);
       unlinkSync(socketPath); // stale socket of a daemon that died
     }
+    // Bound under a name of its own, then renamed into place: Node unlinks the path it bound when
+    // the server closes, which must never be the path a newer daemon serves by then.
+    const bound = `${socketPath}.${process.pid}.new`;
+    if (lstatOrUndefined(bound)) unlinkSync(bound);
     await new Promise<void>((resolve, reject) => {
       this.server.once("error", reject);
-      this.server.listen(socketPath, () => { this.server.off("error", reject); resolve(); });
+      const umask = process.umask(0o117); // bind(2) creates the socket 0660 (root:root: ipamd runs as root)
+      try {
+        this.server.listen(bound, () => { this.server.off("error", reject); resolve(); });
+      } finally { process.umask(umask); }
     });
-    chmodSync(socketPath, 0o660);
-    try { chownSync(socketPath, 0, 0); chownSync(dir, 0, 0); } catch (e) {
-      this.o.log.warn({ err: e }, "cannot chown the socket to root:root (not running as root?)");
-    }
+    renameSync(bound, socketPath);
+    const st = lstatSync(socketPath, { bigint: true });
+    this.created = { path: socketPath, ino: st.ino, ctimeNs: st.ctimeNs };
+  }
+
+  /** Unlinks the socket only if it is still the one this process created (a newer daemon's stays). */
+  unlinkSocket(): void {
+    const c = this.created;
+    if (!c) return;
+    let st;
+    try { st = lstatSync(c.path, { bigint: true }); } catch { return; }
+    if (st.ino === c.ino && st.ctimeNs === c.ctimeNs) unlinkSync(c.path);
   }
 
   /** Stops accepting, lets in-flight requests finish (their commits complete), closes idle connections. */
@@ -131,13 +202,22 @@ export class ApiServer {
     const get = route("GET");
     const post = route("POST");
 
+    const { clock, hold } = this.o;
+    const notHeld = (): void => {
+      if (!hold.active) return;
+      throw new ApiError("database_unverified", `ipamd holds allocation: ${hold.reasons.join("; ")}. Running pods may hold addresses ` +
+        "it does not know. Once no pod of this node uses an address it does not know (or after restoring the database), run " +
+        "`ipamctl database accept`; a CNI GC listing no live attachment on " +
+        `${hold.networks.length ? hold.networks.join(", ") : "the networks"} also clears it. The runtime retries`);
+    };
     post("/v1/allocate", "allocate", async ({ body }) => {
       const asked = parse(allocateSchema, body);
+      notHeld();
       const kube = this.kube;
-      if (!kube) return this.mutate({ kind: "allocate", req: asked }, (t) => rules.allocate(asked, Date.now(), t));
+      if (!kube) return this.mutate({ kind: "allocate", req: asked }, (t) => rules.allocate(asked, clock.now(), t));
       try {
         const req = await kube.prepareAllocate(asked);
-        return await this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, Date.now(), t));
+        return await this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, clock.now(), t));
       } catch (e) {
         kube.allocateFailed(asked, e);
         throw e;
@@ -145,30 +225,50 @@ export class ApiServer {
     });
     post("/v1/release", "release", ({ body }) => {
       const req = parse(attachmentSchema, body);
-      return this.mutate({ kind: "release", req }, (t) => rules.release(req, Date.now(), t));
+      return this.mutate({ kind: "release", req }, (t) => rules.release(req, clock.now(), t));
     });
     post("/v1/check", "check", ({ body }) => rules.check(parse(attachmentSchema, body)));
-    post("/v1/gc", "gc", ({ body, receivedAt }) => {
+    post("/v1/gc", "gc", ({ body, receivedSeq }) => {
       const req = parse(gcSchema, body);
-      return this.mutate({ kind: "gc", req }, (t) => rules.gc(req, receivedAt, Date.now(), t));
+      return this.mutate({ kind: "gc", req }, (t) => {
+        const out = rules.gc(req, receivedSeq, clock.now(), t);
+        if (hold.active) hold.gcSeen(req.network, req.validAttachments.length);
+        return out;
+      });
     });
-    get("/v1/status", "status", (): StatusResponse => ({
-      status: "ok", version: VERSION,
+    post("/v1/database/accept", "database_accept", async () => {
+      const was = hold.active ? [...hold.reasons] : [];
+      await this.housekeeping(() => hold.accept());
+      if (was.length) this.o.log.log.warn({ reasons: was }, "operator accepted the database; allocation resumes");
+      return { accepted: was.length > 0, reasons: was };
+    });
+    get("/v1/status", "status", async (): Promise<StatusResponse> => {
+      const commit = await this.committer.probe();
+      const degraded = !commit.ok || hold.active;
+      return {
+        status: degraded ? "degraded" : "ok", version: VERSION,
       node: { name: this.o.config.nodeName, labels: pools.labels },
       pools: this.o.config.pools.length,
       poolsSelected: pools.selected.map((p) => p.name),
       reservations: views.reservationCount(),
-      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      uptimeSeconds: Math.round((performance.now() - this.startedAt) / 1000),
       database: this.o.config.database,
       cooldownSeconds: this.o.config.cooldownMs / 1000,
-      detachedTTLSeconds: this.o.config.detachedTtlMs / 1000,
-      kubernetes: this.kube?.status() ?? { mode: "off" },
-    }));
-    post("/v1/status/network", "status_network", ({ body }) => views.networkStatus(parse(networkStatusSchema, body), Date.now()));
-    get("/v1/pools", "pools", () => ({ pools: views.poolUsage(Date.now()) }));
+        detachedTTLSeconds: this.o.config.detachedTtlMs / 1000,
+        commit: {
+          ok: commit.ok, seq: this.o.node.store.committedSeq,
+          ...(commit.ok ? {} : { error: commit.error, since: new Date(commit.at).toISOString() }),
+        },
+        ...(hold.active ? { hold: { reasons: hold.reasons, networks: hold.networks } } : {}),
+        orphanedPools: views.orphanedPools(),
+        kubernetes: this.kube?.status() ?? { mode: "off" },
+      };
+    });
+    post("/v1/status/network", "status_network", ({ body }) => views.networkStatus(parse(networkStatusSchema, body), clock.now()));
+    get("/v1/pools", "pools", () => ({ pools: views.poolUsage(clock.now()), orphaned: views.orphanedPools() }));
     get("/v1/pools/([^/]+)", "pool", ({ params }) => {
       const name = decodePathSegment(params[0]!);
-      const pool = views.poolUsage(Date.now()).find((p) => p.name === name);
+      const pool = views.poolUsage(clock.now()).find((p) => p.name === name);
       if (!pool) throw new ApiError("not_found", `pool "${name}" is not defined (defined: ${this.o.config.pools.map((p) => p.name).join(", ")})`);
       return { pool };
     });
@@ -178,21 +278,23 @@ export class ApiServer {
     });
     post("/v1/reservations/reserve", "reserve", ({ body }) => {
       const req = parse(reserveSchema, body);
-      return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, Date.now(), t));
+      notHeld();
+      return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, clock.now(), t));
     });
     post("/v1/reservations/pin", "pin", ({ body }) => {
       const req = parse(pinSchema, body);
-      return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, Date.now(), t));
+      notHeld();
+      return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, clock.now(), t));
     });
     post("/v1/reservations/release", "reservations_release", ({ body }) => {
       const req = parse(releaseReservationSchema, body);
-      return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, Date.now(), t));
+      return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, clock.now(), t));
     });
     get("/v1/statefulsets", "statefulsets", () => statefulSets.list());
     post("/v1/statefulsets/register", "statefulsets_register", ({ body }) => {
       const req = parse(statefulSetSchema, body);
       return this.mutate({ kind: "register", req }, (): RegisterResponse => {
-        statefulSets.register(req.namespace, req.statefulset, Date.now());
+        statefulSets.register(req.namespace, req.statefulset, clock.now());
         return { registered: req };
       });
     });
@@ -203,7 +305,7 @@ export class ApiServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const receivedAt = Date.now();
+    const receivedSeq = this.o.node.store.committedSeq;
     const t0 = performance.now();
     let routeName = "unknown";
     try {
@@ -233,7 +335,7 @@ export class ApiServer {
         req.resume();
       }
       const params = route.pattern.exec(url.pathname)!.slice(1);
-      const result = await route.handler({ req, body, query: url.searchParams, params, receivedAt });
+      const result = await route.handler({ req, body, query: url.searchParams, params, receivedSeq });
       send(res, 200, result);
       this.o.metrics.requests.inc({ route: routeName, status: "200" });
       if (routeName === "allocate") this.o.metrics.allocationSeconds.observe((performance.now() - t0) / 1000);
@@ -241,6 +343,7 @@ export class ApiServer {
       const err = e instanceof ApiError ? e : new ApiError("internal", `internal error: ${(e as Error)?.message ?? String(e)}`);
       if (!(e instanceof ApiError)) this.o.log.error({ err: e, route: routeName }, "request failed");
       else if (err.status >= 500 || err.code === "forbidden") this.o.log.warn({ code: err.code, route: routeName }, err.message);
+      else if (err.code === "previous_sandbox_attached") this.o.log.warn({ code: err.code, route: routeName }, err.message);
       this.o.metrics.errors.inc({ code: err.code });
       this.o.metrics.requests.inc({ route: routeName, status: String(err.status) });
       if (!res.headersSent) {
@@ -296,7 +399,12 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     req.on("error", (e) => { if (!failed) { failed = true; reject(e); } });
     req.on("end", () => {
       if (failed) return;
-      const text = Buffer.concat(chunks).toString("utf8");
+      const raw = Buffer.concat(chunks);
+      if (jsonDepthOver(raw, MAX_JSON_DEPTH)) {
+        reject(new ApiError("invalid_request", `request body nests JSON deeper than ${MAX_JSON_DEPTH} levels`));
+        return;
+      }
+      const text = raw.toString("utf8");
       if (text.trim() === "") { reject(new ApiError("invalid_request", "request body is empty; send a JSON object")); return; }
       try { resolve(JSON.parse(text)); } catch (e) {
         reject(new ApiError("invalid_request", `request body is not valid JSON: ${(e as Error).message}`));
@@ -315,18 +423,44 @@ function socketAnswers(path: string): Promise<boolean> {
   });
 }
 
-const SYSTEM_DIRECTORIES = new Set(["/", "/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm", "/var", "/var/lib"]);
+/** True when `raw` (JSON text) opens more than `max` arrays/objects at once; strings are skipped. */
+function jsonDepthOver(raw: Buffer, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!;
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) { if (++depth > max) return true; }
+    else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}
+
+function lstatOrUndefined(path: string): Stats | undefined {
+  try { return lstatSync(path); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw e;
+  }
+}
 
 /**
- * The socket's directory is made root-only (0750) so that only root and its group reach the
- * daemon: refuse to do that to a directory others share (/tmp, /run, any sticky or
- * world-writable one) rather than lock the whole host out of it.
+ * The socket's directory: created 0750 when missing; a directory (not a link), owned by root and
+ * writable by nobody else, else refused: whoever may write it could plant a socket or a link there.
  */
-function refuseSharedDirectory(dir: string, socketPath: string): void {
-  const real = realpathSync(dir);
-  const mode = statSync(real).mode;
-  if (SYSTEM_DIRECTORIES.has(real) || (mode & 0o1000) !== 0 || (mode & 0o002) !== 0) {
-    throw new Error(`the socket ${socketPath} would be in the shared directory ${real}; ipamd makes its socket's ` +
-      "directory root-only (0750), so give the socket a directory of its own, e.g. --socket /run/berth/ipamd.sock");
+export function secureSocketDirectory(dir: string, socketPath: string): void {
+  const created = !lstatOrUndefined(dir);
+  if (created) mkdirSync(dir, { recursive: true, mode: 0o750 });
+  const st = lstatSync(dir);
+  const fix = "give the socket a directory of its own that only root may write, e.g. --socket /run/berth/ipamd.sock";
+  if (st.isSymbolicLink()) throw new Error(`the socket directory ${dir} of ${socketPath} is a symbolic link; ${fix}`);
+  if (!st.isDirectory()) throw new Error(`the socket directory ${dir} of ${socketPath} is not a directory; ${fix}`);
+  if (st.uid !== 0) throw new Error(`the socket directory ${dir} of ${socketPath} is owned by uid ${st.uid}, not root; ${fix}`);
+  if (st.mode & 0o022) {
+    throw new Error(`the socket directory ${dir} of ${socketPath} is writable by ${st.mode & 0o002 ? "every user" : "its group"} ` +
+      `(mode 0${(st.mode & 0o7777).toString(8)}); ${fix}`);
   }
+  if (created) chmodSync(dir, 0o750); // ours: root and its group may reach the socket (the umask made it 0700)
 }

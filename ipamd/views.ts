@@ -1,12 +1,19 @@
 // What the API answers, shaped from rows and pools: reservations, allocations, pool usage, and
 // the read-only queries behind GET.
 import type {
-  AllocateResponse, NetworkStatusRequest, NetworkStatusResponse, PoolUsage, Reservation, ReservationFilter, ReservationsResponse,
+  AllocateResponse, NetworkStatusRequest, NetworkStatusResponse, OrphanedPool, PoolUsage, Reservation, ReservationFilter,
+  ReservationsResponse,
 } from "../api/types";
 import { ApiError } from "./errors";
 import { canonicalIp, formatIp } from "../lib/ip";
 import type { NodePools } from "./pools";
-import type { Row, Statements } from "./store/statements";
+import type { ListingKey, Row, Statements } from "./store/statements";
+
+/** GET /v1/reservations pages: `limit` defaults to this, and is cut to MAX_PAGE (a `next` cursor gives the rest). */
+export const DEFAULT_PAGE = 1000;
+export const MAX_PAGE = 5000;
+/** Orphaned rows examined per status / pools answer. */
+const ORPHANS_EXAMINED = 10_000;
 
 export class Views {
   constructor(private readonly store: Statements, private readonly pools: NodePools, private readonly cooldownMs: number) {}
@@ -14,7 +21,7 @@ export class Views {
   reservation(r: Row): Reservation {
     const iso = (t: number | null): string | undefined => (t === null ? undefined : new Date(t).toISOString());
     const v: Reservation = {
-      ip: r.ip, address: `${r.ip}/${this.pools.prefixOf(r.pool, r.family)}`, pool: r.pool, family: r.family, owner: r.owner,
+      ip: r.ip, address: `${r.ip}/${this.pools.prefixOf(r.pool, r.family, r.ip)}`, pool: r.pool, family: r.family, owner: r.owner,
       kind: r.kind, sticky: r.sticky === 1, pinned: r.pinned === 1, state: r.container_id ? "attached" : "detached",
       createdAt: iso(r.created_at)!,
     };
@@ -32,18 +39,25 @@ export class Views {
 
   /** An attachment's addresses, with the routes and DNS of their pools (merged, without repeats). */
   allocation(rows: Row[]): AllocateResponse {
-    const ips = rows.map((r) => {
-      const pool = this.pools.get(r.pool);
+    const shapes = rows.map((r) => {
+      const pool = this.pools.shapeOf(r.pool, r.ip);
+      if (!pool) {
+        throw new ApiError("no_pool", `container ${r.container_id ?? "-"} holds ${r.ip} from pool "${r.pool}", which is no longer in ` +
+          "the ipamd config and no configured pool contains the address, so its prefix, gateway and routes are unknown; put the " +
+          "pool back in the config, or delete the pod (its CNI DEL frees the address)");
+      }
+      return pool;
+    });
+    const ips = rows.map((r, i) => {
+      const pool = shapes[i]!;
       return {
-        pool: r.pool, family: r.family, address: `${r.ip}/${this.pools.prefixOf(r.pool, r.family)}`,
+        pool: r.pool, family: r.family, address: `${r.ip}/${pool.subnet.prefix}`,
         ...(pool?.gateway ? { gateway: pool.gateway } : {}), ...(pool?.vlan !== undefined ? { vlan: pool.vlan } : {}),
       };
     });
     const routes: { dst: string; gw?: string }[] = [];
     const dns: AllocateResponse["dns"] = {};
-    for (const r of rows) {
-      const pool = this.pools.get(r.pool);
-      if (!pool) continue;
+    for (const pool of shapes) {
       for (const route of pool.routes) {
         if (!routes.some((x) => x.dst === route.dst && x.gw === route.gw)) routes.push(route);
       }
@@ -58,27 +72,58 @@ export class Views {
     return { owner: first.owner, sticky: first.sticky === 1, ips, routes, dns };
   }
 
+  /**
+   * One page of reservations in listing order (pool, namespace, statefulset, ordinal): at most
+   * `limit` (cut to MAX_PAGE), after the cursor `after`; `next` continues when there are more.
+   */
   reservations(f: ReservationFilter): ReservationsResponse {
-    const limit = f.limit ?? 100_000;
-    const rows = this.store.matching({ ...f, ...(f.ip ? { ip: canonicalIp(f.ip) ?? f.ip } : {}) }, limit + 1);
-    return { reservations: rows.slice(0, limit).map((r) => this.reservation(r)), truncated: rows.length > limit };
+    const limit = Math.min(f.limit ?? DEFAULT_PAGE, MAX_PAGE);
+    const rows = this.store.matching({ ...f, ...(f.ip ? { ip: canonicalIp(f.ip) ?? f.ip } : {}) }, limit + 1, decodeCursor(f.after));
+    const page = rows.slice(0, limit);
+    const more = rows.length > limit;
+    const last = page[page.length - 1];
+    const next = more && last ? encodeCursor([last.pool, last.namespace ?? "", last.statefulset ?? "", last.ordinal ?? -1, last.id]) : "";
+    return { reservations: page.map((r) => this.reservation(r)), truncated: more, ...(next ? { next } : {}) };
+  }
+
+  /** Addresses held under pool names that are no longer in the config (a pool renamed or removed). */
+  orphanedPools(): OrphanedPool[] {
+    const rows = this.store.heldOutside(this.pools.all.map((p) => p.name), ORPHANS_EXAMINED);
+    const out = new Map<string, OrphanedPool>();
+    for (const r of rows) {
+      const o = out.get(r.pool) ?? { name: r.pool, held: 0, attached: 0, insidePools: [] };
+      o.held++;
+      if (r.container_id) o.attached++;
+      const inside = this.pools.shapeOf(r.pool, r.ip)?.name;
+      if (inside && !o.insidePools.includes(inside)) o.insidePools.push(inside);
+      out.set(r.pool, o);
+    }
+    return [...out.values()];
   }
 
   poolUsage(now: number): PoolUsage[] {
     const usage = new Map(this.store.countsByPool().map((u) => [u.pool, u]));
     const cooling = new Map(this.store.coolingByPool(now - this.cooldownMs).map((c) => [c.pool, c.n]));
+    // Addresses of a configured pool held under the name of a pool that left the config.
+    const orphaned = new Map<string, number>();
+    for (const r of this.store.heldOutside(this.pools.all.map((p) => p.name), ORPHANS_EXAMINED)) {
+      const inside = this.pools.shapeOf(r.pool, r.ip)?.name;
+      if (inside) orphaned.set(inside, (orphaned.get(inside) ?? 0) + 1);
+    }
     return this.pools.all.map((p) => {
       const used = usage.get(p.name)?.used ?? 0;
       const reserved = usage.get(p.name)?.reserved ?? 0;
       const cool = cooling.get(p.name) ?? 0;
-      const free = p.size - BigInt(used + reserved + cool);
+      const held = orphaned.get(p.name) ?? 0;
+      const free = p.size - BigInt(used + reserved + cool + held);
       return {
         name: p.name, family: p.family, subnet: `${formatIp(p.family, p.subnet.address)}/${p.subnet.prefix}`,
         ...(p.gateway ? { gateway: p.gateway } : {}), ...(p.vlan !== undefined ? { vlan: p.vlan } : {}),
         ...(p.networks ? { networks: p.networks } : {}),
         selected: this.pools.selected.includes(p), nodeSelector: p.selector,
         ranges: p.segments.map((s) => ({ start: formatIp(p.family, s.first), end: formatIp(p.family, s.last) })),
-        total: p.size.toString(), used, reserved, cooling: cool, free: (free < 0n ? 0n : free).toString(),
+        total: p.size.toString(), used, reserved, cooling: cool, ...(held ? { orphaned: held } : {}),
+        free: (free < 0n ? 0n : free).toString(),
         routes: p.routes, dns: p.dns,
       };
     });
@@ -105,4 +150,16 @@ export class Views {
     }
     return { network: req.network, pools };
   }
+}
+
+function encodeCursor(key: ListingKey): string { return Buffer.from(JSON.stringify(key)).toString("base64url"); }
+
+function decodeCursor(text: string | undefined): ListingKey | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const key = JSON.parse(Buffer.from(text, "base64url").toString("utf8")) as unknown;
+    if (Array.isArray(key) && key.length === 5 && typeof key[0] === "string" && typeof key[1] === "string" &&
+      typeof key[2] === "string" && typeof key[3] === "number" && typeof key[4] === "number") return key as ListingKey;
+  } catch { /* below */ }
+  throw new ApiError("invalid_request", "after: not a cursor of GET /v1/reservations (pass the next value of the previous page)", "after");
 }

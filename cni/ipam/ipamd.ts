@@ -1,12 +1,12 @@
 // berth-ipam's client side: the node's ipamd, over its unix socket, in-process.
 import { IpamdClient, IpamdError, IpamdUnreachable } from "../../api/client";
+import { DEFAULT_SPOOL_DIR, spoolRelease } from "../../api/spool";
 import type { AllocateResponse } from "../../api/types";
 import { canonicalCidr } from "../../lib/ip";
 import { CniError, CniCode } from "../skel/errors";
 import type { CniContext } from "../skel/plugin";
 import type { IpConfig } from "../skel/result";
 import type { UndoStack } from "../skel/undo";
-import { unixHttpTransport } from "./unix-http";
 import type { Ipam, IpamAddress, IpamAllocation } from "./client";
 
 export const BERTH_IPAM = "berth-ipam";
@@ -17,6 +17,8 @@ export interface BerthIpamConf {
   socket: string;
   pools?: string[];
   timeoutMs: number;
+  /** Where DEL records a release when ipamd is unreachable (ipamd's spoolDir). */
+  spoolDir: string;
 }
 
 /** Reads and validates the berth-ipam keys of the "ipam" object. */
@@ -24,7 +26,13 @@ export function berthIpamConf(ctx: CniContext<unknown>): BerthIpamConf {
   const ipam = ctx.conf.ipam ?? { type: BERTH_IPAM };
   const bad = (field: string, why: string, fix: string) =>
     new CniError(CniCode.InvalidConfig, `invalid network config: ipam.${field} ${why}`, fix);
-  const conf: BerthIpamConf = { socket: DEFAULT_IPAMD_SOCKET, timeoutMs: DEFAULT_TIMEOUT_MS };
+  const conf: BerthIpamConf = { socket: DEFAULT_IPAMD_SOCKET, timeoutMs: DEFAULT_TIMEOUT_MS, spoolDir: DEFAULT_SPOOL_DIR };
+  if (ipam.spoolDir !== undefined) {
+    if (typeof ipam.spoolDir !== "string" || !ipam.spoolDir.startsWith("/")) {
+      throw bad("spoolDir", "is not an absolute path", `use ipamd's spoolDir, e.g. "${DEFAULT_SPOOL_DIR}" (the default)`);
+    }
+    conf.spoolDir = ipam.spoolDir;
+  }
   if (ipam.socket !== undefined) {
     if (typeof ipam.socket !== "string" || !ipam.socket.startsWith("/")) {
       throw bad("socket", "is not an absolute path", `use the path ipamd listens on, e.g. "${DEFAULT_IPAMD_SOCKET}"`);
@@ -64,8 +72,7 @@ export class IpamdIpam implements Ipam {
   private connect(): { conf: BerthIpamConf; client: IpamdClient } {
     if (!this.daemon) {
       const conf = berthIpamConf(this.ctx);
-      const transport = unixHttpTransport(conf.socket, conf.timeoutMs);
-      this.daemon = { conf, client: new IpamdClient(conf.socket, { timeoutMs: conf.timeoutMs, transport }) };
+      this.daemon = { conf, client: new IpamdClient(conf.socket, { timeoutMs: conf.timeoutMs }) };
     }
     return this.daemon;
   }
@@ -102,9 +109,18 @@ export class IpamdIpam implements Ipam {
       ctx.log.info("ipamd released", { released: out.released, kept: out.kept });
     } catch (e) {
       if (e instanceof IpamdUnreachable) {
-        // DEL must not fail on a down daemon: its GC (valid attachments) and the sticky rules
-        // settle the address when it is back.
-        ctx.log.warn("ipamd unreachable on DEL; the address is settled by ipamd GC later", { socket: conf.socket, error: e.message });
+        // DEL must not fail on a down daemon, nor be lost (no runtime may ever send GC): record the
+        // release on the node; ipamd applies it when it is back.
+        let file: string;
+        try {
+          file = spoolRelease(conf.spoolDir, { version: 1, ...this.attachment(), at: Date.now() });
+        } catch (w) {
+          throw new CniError(CniCode.TryAgainLater, `ipamd is not reachable at ${conf.socket} (${e.message}) and the release cannot be ` +
+            `recorded in ${conf.spoolDir}: ${(w as Error).message}`,
+            "start berth-ipamd, or make ipam.spoolDir writable for root; the runtime retries DEL");
+        }
+        ctx.log.warn("ipamd unreachable on DEL; the release is recorded for ipamd to apply",
+          { socket: conf.socket, error: e.message, file });
         return;
       }
       throw daemonError(e, conf, "DEL");
@@ -142,6 +158,14 @@ export class IpamdIpam implements Ipam {
   async status(): Promise<void> {
     const { ctx, conf } = this;
     try {
+      const status = await this.client.status();
+      if (status.status !== "ok") {
+        const why = [...(status.commit?.ok === false ? [`its database cannot commit: ${status.commit.error}`] : []),
+          ...(status.hold ? [`allocation is held: ${status.hold.reasons.join("; ")}`] : [])].join("; ") || status.status;
+        throw new CniError(CniCode.PluginNotAvailable, `ipamd at ${conf.socket} cannot allocate now: ${why}`,
+          "see ipamctl status and the ipamd log (a full disk, a lock on the database, or a database to accept with " +
+          "ipamctl database accept)");
+      }
       const out = await this.client.networkStatus({ network: ctx.conf.name, ...(conf.pools ? { pools: conf.pools } : {}) });
       ctx.log.debug("ipamd ready for this network", { pools: out.pools });
     } catch (e) {
@@ -198,6 +222,8 @@ const DAEMON_CODES: Record<string, number> = {
   forbidden: CniCode.IpamForbidden,
   not_found: CniCode.IpamAllocationMissing,
   shutting_down: CniCode.TryAgainLater,
+  previous_sandbox_attached: CniCode.TryAgainLater,
+  database_unverified: CniCode.TryAgainLater,
 };
 
 const DAEMON_FIXES: Record<string, string> = {
@@ -207,6 +233,9 @@ const DAEMON_FIXES: Record<string, string> = {
   forbidden: "ipamd refused the caller; run the plugin as root on the node",
   not_found: "ipamd holds no address for this attachment; delete and re-create the pod sandbox",
   shutting_down: "ipamd is restarting; the runtime retries",
+  previous_sandbox_attached: "the pod's previous sandbox still holds the address; the runtime retries, and the address is handed over " +
+    "once that sandbox's DEL (or a GC) comes",
+  database_unverified: "ipamd lost its database while pods hold addresses; an operator runs ipamctl database accept (see ipamctl status)",
 };
 
 function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {

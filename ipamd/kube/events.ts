@@ -6,7 +6,8 @@ import { V1MicroTime } from "@kubernetes/client-node";
 import type { Logger } from "pino";
 import { type KubeConnection, withDeadline } from "./connection";
 
-export type EventReason = "NoPoolForNode" | "StickyPoolNotOnNode" | "PoolExhausted" | "InvalidAnnotation" | "AddressTakeover";
+export type EventReason = "NoPoolForNode" | "StickyPoolNotOnNode" | "PoolExhausted" | "InvalidAnnotation" | "AddressTakeover"
+  | "PreviousSandboxAttached";
 
 export interface PodRef { namespace: string; name: string; uid?: string }
 

@@ -148,6 +148,9 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
           .then((nodes) => `${e.message}. Nodes the pool selects: ${nodes}`));
       } else if (e instanceof ApiError && e.code === "no_pool") events.warn(pod, "NoPoolForNode", "AllocateAddress", e.message);
       else if (e instanceof ApiError && e.code === "pool_exhausted") events.warn(pod, "PoolExhausted", "AllocateAddress", e.message);
+      else if (e instanceof ApiError && e.code === "previous_sandbox_attached") {
+        events.warn(pod, "PreviousSandboxAttached", "AllocateAddress", e.message);
+      }
     },
     status: () => ({
       mode: kube.mode, server: kube.server, userAgent: kube.userAgent, watches: watches.map((w) => w.status()),

@@ -1,9 +1,9 @@
 // Opens the SQLite database: durable settings, integrity check, versioned migrations. Every write
 // goes through a transaction committed with synchronous=FULL before any reply leaves the daemon.
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import type { DatabaseSync } from "node:sqlite";
-import { MIGRATIONS } from "./schema";
+import { MIGRATIONS, UNIQUE_INDEXES } from "./schema";
 
 /** A prepared statement, typed as loosely as better-sqlite3's: callers cast the rows they read. */
 export interface Statement {
@@ -50,6 +50,8 @@ export class DB {
     };
   }
 
+  get inTransaction(): boolean { return this.raw.isTransaction; }
+
   close(): void { this.raw.close(); }
 }
 
@@ -66,9 +68,20 @@ function sqlite(): typeof import("node:sqlite") {
   return mod;
 }
 
-export function openStore(path: string): DB {
+export interface OpenOptions {
+  /** A unique index was missing and has been re-created (the message says which). */
+  onRepair?: (message: string) => void;
+}
+
+export function openStore(path: string, options: OpenOptions = {}): DB {
   const dir = dirname(path);
-  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o750 });
+  if (path !== ":memory:" && !existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (path !== ":memory:" && existsSync(path) && statSync(path).size === 0) {
+    // SQLite would take an empty file for a new database: ipamd would start with no reservations.
+    throw new StoreError(`database ${path} is an empty file (0 bytes), not a database: its reservations are gone (truncated, ` +
+      "or a failed copy/restore). Restore it from a backup; only if this node has no running pods on Berth networks, " +
+      "remove the file and start again with --accept-data-loss.");
+  }
   let db: DB;
   try {
     db = new DB(path);
@@ -88,6 +101,7 @@ export function openStore(path: string): DB {
         "Stop here: restore the file from a backup or move it aside (its reservations are lost).");
     }
     migrate(db, path);
+    checkUniqueIndexes(db, path, options.onRepair);
   } catch (e) {
     db.close();
     if (e instanceof StoreError) throw e;
@@ -106,6 +120,28 @@ function migrate(db: DB, path: string): void {
       db.exec(MIGRATIONS[v]!);
       db.pragma(`user_version = ${v + 1}`);
     })();
+  }
+}
+
+/**
+ * The unique indexes are what stops one address being held twice: a missing one is re-created
+ * (which fails, naming the duplicates, when the table already holds an address twice).
+ */
+function checkUniqueIndexes(db: DB, path: string, onRepair?: (message: string) => void): void {
+  const indexes = db.prepare("SELECT name FROM sqlite_master WHERE type = 'index'").all() as { name: string }[];
+  const present = new Set(indexes.map((r) => r.name));
+  for (const [name, sql] of Object.entries(UNIQUE_INDEXES)) {
+    if (present.has(name)) continue;
+    try {
+      db.exec(sql);
+    } catch (e) {
+      const dups = (db.prepare("SELECT ip, count(*) AS n FROM reservations GROUP BY ip HAVING n > 1 LIMIT 5").all() as { ip: string }[])
+        .map((r) => r.ip);
+      throw new StoreError(`database ${path} lacks its unique index ${name} and it cannot be re-created (${(e as Error).message})` +
+        (dups.length ? `: addresses held twice: ${dups.join(", ")}` : "") +
+        ". Stop here: release the duplicates with sqlite3 (keep the row of the pod that runs), or restore a backup.");
+    }
+    onRepair?.(`database ${path} lacked its unique index ${name}; re-created it (no duplicates found)`);
   }
 }
 

@@ -69,4 +69,22 @@ export const MIGRATIONS: string[] = [
     PRIMARY KEY (namespace, name)
   );
   `,
+  // 3: the commit sequence (monotonic, one per group commit: orders attachments for GC whatever the
+  // wall clock does, and is recorded outside the WAL to detect lost commits), the database's identity,
+  // and an index that pages GET /v1/reservations in its listing order.
+  `
+  CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL);
+  INSERT INTO meta (key, value) VALUES ('commit_seq', 0), ('database_id', lower(hex(randomblob(16))));
+  ALTER TABLE reservations ADD COLUMN attached_seq INTEGER;   -- commit sequence of the attach; NULL: before version 3
+  CREATE INDEX reservations_listing ON reservations(pool, coalesce(namespace, ''), coalesce(statefulset, ''),
+    coalesce(ordinal, -1), id);
+  `,
 ];
+
+/** Indexes whose absence would let an address be held twice, or a member hold two: checked at every start. */
+export const UNIQUE_INDEXES: Record<string, string> = {
+  reservations_ip: "CREATE UNIQUE INDEX reservations_ip ON reservations(ip)",
+  reservations_sticky_owner: "CREATE UNIQUE INDEX reservations_sticky_owner ON reservations(owner, pool) WHERE sticky = 1",
+  reservations_attachment: `CREATE UNIQUE INDEX reservations_attachment ON reservations(container_id, ifname, network, pool)
+    WHERE container_id IS NOT NULL`,
+};

@@ -27,7 +27,12 @@ export interface Row {
   created_at: number;
   attached_at: number | null;
   detached_at: number | null;
+  /** The commit sequence of the attach (monotonic; GC compares it, never the wall clock). */
+  attached_seq: number | null;
 }
+
+/** Where a page of GET /v1/reservations ends: the listing order's key of its last row. */
+export type ListingKey = [pool: string, namespace: string, statefulset: string, ordinal: number, id: number];
 
 /** The attachment columns of a row: who uses the address now. */
 export interface AttachmentColumns {
@@ -45,7 +50,7 @@ export class Statements {
     | "byAttachment" | "byOwner" | "byId" | "byIp" | "ipTaken" | "insert" | "attach" | "detach" | "setPinned"
     | "handToAttachment" | "remove" | "addReleased" | "oldestReleased" | "dropReleased" | "coolingCount" | "cursor"
     | "saveCursor" | "stsKnown" | "stsRegister" | "stsUnregister" | "stsList" | "attachedOnNetwork" | "expired" | "usage"
-    | "cooling" | "count" | "kubeTrack" | "kubeUntrack" | "kubeTracked" | "kubeAllTracked",
+    | "cooling" | "count" | "kubeTrack" | "kubeUntrack" | "kubeTracked" | "kubeAllTracked" | "seq" | "saveSeq" | "meta" | "attachedByNetwork" | "held",
     Statement
   >;
 
@@ -58,12 +63,13 @@ export class Statements {
       byIp: p("SELECT * FROM reservations WHERE ip = ?"),
       ipTaken: p("SELECT 1 FROM reservations WHERE ip = ? UNION ALL SELECT 1 FROM released WHERE ip = ? LIMIT 1"),
       insert: p(`INSERT INTO reservations (ip, pool, family, owner, kind, sticky, pinned, namespace, statefulset, ordinal,
-        container_id, ifname, network, pod_namespace, pod_name, pod_uid, created_at, attached_at, detached_at)
+        container_id, ifname, network, pod_namespace, pod_name, pod_uid, created_at, attached_at, detached_at, attached_seq)
         VALUES (@ip, @pool, @family, @owner, @kind, @sticky, @pinned, @namespace, @statefulset, @ordinal,
-        @container_id, @ifname, @network, @pod_namespace, @pod_name, @pod_uid, @created_at, @attached_at, @detached_at)`),
+        @container_id, @ifname, @network, @pod_namespace, @pod_name, @pod_uid, @created_at, @attached_at, @detached_at,
+        @attached_seq)`),
       attach: p(`UPDATE reservations SET container_id = @container_id, ifname = @ifname, network = @network,
-        pod_namespace = @pod_namespace, pod_name = @pod_name, pod_uid = @pod_uid, attached_at = @now, detached_at = NULL
-        WHERE id = @id`),
+        pod_namespace = @pod_namespace, pod_name = @pod_name, pod_uid = @pod_uid, attached_at = @now, detached_at = NULL,
+        attached_seq = @seq WHERE id = @id`),
       detach: p("UPDATE reservations SET container_id = NULL, ifname = NULL, network = NULL, detached_at = ? WHERE id = ?"),
       setPinned: p("UPDATE reservations SET pinned = 1 WHERE id = ?"),
       handToAttachment: p(`UPDATE reservations SET owner = ?, kind = 'attachment', sticky = 0, pinned = 0,
@@ -81,7 +87,8 @@ export class Statements {
       stsRegister: p("INSERT OR IGNORE INTO statefulsets (namespace, name, registered_at) VALUES (?, ?, ?)"),
       stsUnregister: p("DELETE FROM statefulsets WHERE namespace = ? AND name = ?"),
       stsList: p("SELECT namespace, name, registered_at FROM statefulsets ORDER BY namespace, name"),
-      attachedOnNetwork: p("SELECT * FROM reservations WHERE network = ? AND container_id IS NOT NULL AND attached_at < ?"),
+      attachedOnNetwork: p(`SELECT * FROM reservations WHERE network = ? AND container_id IS NOT NULL
+        AND coalesce(attached_seq, 0) <= ?`),
       expired: p(`SELECT * FROM reservations WHERE container_id IS NULL AND sticky = 1 AND pinned = 0
         AND detached_at < ? ORDER BY detached_at LIMIT 10000`),
       usage: p(`SELECT pool, sum(container_id IS NOT NULL) AS used, sum(container_id IS NULL) AS reserved
@@ -93,8 +100,57 @@ export class Statements {
       kubeUntrack: p("DELETE FROM kube_statefulsets WHERE namespace = ? AND name = ?"),
       kubeTracked: p("SELECT * FROM kube_statefulsets WHERE namespace = ? AND name = ?"),
       kubeAllTracked: p("SELECT * FROM kube_statefulsets ORDER BY namespace, name"),
+      seq: p("SELECT value FROM meta WHERE key = 'commit_seq'"),
+      saveSeq: p("UPDATE meta SET value = ? WHERE key = 'commit_seq'"),
+      meta: p("SELECT value FROM meta WHERE key = ?"),
+      attachedByNetwork: p(`SELECT network, count(*) AS n FROM reservations WHERE container_id IS NOT NULL
+        GROUP BY network ORDER BY network`),
+      held: p("SELECT * FROM reservations WHERE pool NOT IN (SELECT value FROM json_each(?)) ORDER BY pool, id LIMIT ?"),
     };
+    this.committedSeq = Number((this.q.seq.get() as { value: number }).value);
+    this.batchSeq = this.committedSeq + 1;
   }
+
+  // ---------- the commit sequence ----------
+
+  /** The sequence number of the last durable group commit. */
+  committedSeq: number;
+  /** The sequence number the running batch commits as (rows it attaches carry it). */
+  private batchSeq: number;
+
+  /** Inside a batch's transaction, before its first request: the batch's sequence number, written to meta. */
+  beginCommit(): number {
+    this.batchSeq = this.committedSeq + 1;
+    this.q.saveSeq.run(this.batchSeq);
+    return this.batchSeq;
+  }
+
+  /** The batch begun with `seq` is durable. */
+  committed(seq: number): void { this.committedSeq = seq; this.batchSeq = seq + 1; }
+
+  /** A value of the meta table (JSON text for structured ones), undefined when unset. */
+  meta(key: string): unknown { return (this.q.meta.get(key) as { value: unknown } | undefined)?.value; }
+
+  setMeta(key: string, value: string | number): void {
+    this.db.prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(key, value);
+  }
+
+  deleteMeta(key: string): void { this.db.prepare("DELETE FROM meta WHERE key = ?").run(key); }
+
+  /** Cooling addresses recorded under pool names other than `pools`. */
+  releasedOutside(pools: string[]): { ip: string; pool: string }[] {
+    return this.db.prepare("SELECT ip, pool FROM released WHERE pool NOT IN (SELECT value FROM json_each(?))")
+      .all(JSON.stringify(pools)) as { ip: string; pool: string }[];
+  }
+
+  /** Moves a cooling address to `pool`, or forgets it (null). */
+  rehomeReleased(ip: string, pool: string | null): void {
+    if (pool === null) this.q.dropReleased.run(ip);
+    else this.db.prepare("UPDATE released SET pool = ? WHERE ip = ?").run(pool, ip);
+  }
+
+  /** The random identity the database got when it was created. */
+  databaseId(): string { return String((this.q.meta.get("database_id") as { value: string }).value); }
 
   // ---------- reservations ----------
 
@@ -118,8 +174,8 @@ export class Statements {
     return this.db.prepare(`SELECT * FROM reservations WHERE ${where.join(" AND ")} ORDER BY ordinal, family`).all(...args) as Row[];
   }
 
-  /** Rows matching every given field of `f` (`ip` canonical), at most `limit`. */
-  matching(f: ReservationFilter, limit: number): Row[] {
+  /** Rows matching every given field of `f` (`ip` canonical), at most `limit`, in listing order after `after`. */
+  matching(f: ReservationFilter, limit: number, after?: ListingKey): Row[] {
     const where: string[] = [];
     const args: unknown[] = [];
     const add = (sql: string, v: unknown): void => { where.push(sql); args.push(v); };
@@ -130,22 +186,45 @@ export class Statements {
     if (f.ip) add("ip = ?", f.ip);
     if (f.state === "attached") where.push("container_id IS NOT NULL");
     if (f.state === "detached") where.push("container_id IS NULL");
+    const order = "pool, coalesce(namespace, ''), coalesce(statefulset, ''), coalesce(ordinal, -1), id";
+    if (after) { where.push(`(${order}) > (?, ?, ?, ?, ?)`); args.push(...after); }
     const sql = `SELECT * FROM reservations ${where.length ? "WHERE " + where.join(" AND ") : ""}
-      ORDER BY pool, namespace, statefulset, ordinal, id LIMIT ?`;
+      ORDER BY ${order} LIMIT ?`;
     return this.db.prepare(sql).all(...args, limit) as Row[];
   }
 
-  /** Rows attached on `network` since before `before`. */
-  attachedOnNetwork(network: string, before: number): Row[] { return this.q.attachedOnNetwork.all(network, before) as Row[]; }
+  /** Rows attached on `network` by a commit at or before sequence `seq`. */
+  attachedOnNetwork(network: string, seq: number): Row[] { return this.q.attachedOnNetwork.all(network, seq) as Row[]; }
+
+  /** Attached rows per network. */
+  attachedByNetwork(): { network: string; n: number }[] { return this.q.attachedByNetwork.all() as { network: string; n: number }[]; }
+
+  /** Rows held in pools other than `pools` (pools that left the config), at most `limit`. */
+  heldOutside(pools: string[], limit: number): Row[] { return this.q.held.all(JSON.stringify(pools), limit) as Row[]; }
+
+  /**
+   * After the wall clock stepped back (or at start): timestamps later than `now` become `now`, so
+   * a cooldown or TTL counts from now instead of waiting for the clock to catch up. Rows changed.
+   */
+  clampFuture(now: number): number {
+    let n = 0;
+    for (const col of ["created_at", "attached_at", "detached_at"]) {
+      n += this.db.prepare(`UPDATE reservations SET ${col} = ? WHERE ${col} > ?`).run(now, now).changes;
+    }
+    return n + this.db.prepare("UPDATE released SET released_at = ? WHERE released_at > ?").run(now, now).changes;
+  }
 
   /** Detached, sticky, unpinned rows detached before `before`, oldest first (at most 10,000). */
   detachedBefore(before: number): Row[] { return this.q.expired.all(before) as Row[]; }
 
-  insert(row: Omit<Row, "id">): Row {
-    return this.byId(Number(this.q.insert.run(row).lastInsertRowid));
+  insert(row: Omit<Row, "id" | "attached_seq">): Row {
+    const attached_seq = row.container_id ? this.batchSeq : null;
+    return this.byId(Number(this.q.insert.run({ ...row, attached_seq }).lastInsertRowid));
   }
 
-  attach(id: number, attachment: AttachmentColumns, now: number): void { this.q.attach.run({ ...attachment, now, id }); }
+  attach(id: number, attachment: AttachmentColumns, now: number): void {
+    this.q.attach.run({ ...attachment, now, id, seq: this.batchSeq });
+  }
 
   detach(id: number, now: number): void { this.q.detach.run(now, id); }
 

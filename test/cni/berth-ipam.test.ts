@@ -106,6 +106,21 @@ describe("berth-ipam executable", () => {
     expect(second.json.ips[0].address).toBe(x);
   });
 
+  it("a re-created StatefulSet pod whose old sandbox is still attached gets code 11 naming that sandbox", async () => {
+    const args = (uid: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-3;K8S_POD_UID=${uid}`;
+    const old = runCni(ipam, { command: "ADD", config: conf(), containerId: "web3-old", netns: pod!.path, ifName: "net1", cniArgs: args("u-old") });
+    expect(old.code).toBe(0);
+    const again = runCni(ipam, { command: "ADD", config: conf(), containerId: "web3-new", netns: pod!.path, ifName: "net1", cniArgs: args("u-new") });
+    expect(again.code).toBe(1);
+    expect(again.json.code).toBe(11);
+    expect(again.json.msg).toContain("still attached to the previous sandbox web3-old");
+    expect(runCni(ipam, { command: "DEL", config: conf(), containerId: "web3-old", netns: pod!.path, ifName: "net1" }).code).toBe(0);
+    const retried = runCni(ipam, { command: "ADD", config: conf(), containerId: "web3-new", netns: pod!.path, ifName: "net1", cniArgs: args("u-new") });
+    expect(retried.code).toBe(0);
+    expect(retried.json.ips).toEqual(old.json.ips);
+    expect(runCni(ipam, { command: "DEL", config: conf(), containerId: "web3-new", netns: pod!.path, ifName: "net1" }).code).toBe(0);
+  });
+
   it("honours a requested IP from runtimeConfig.ips, and names a taken one", () => {
     const want = "10.250.7.150/24";
     const add = runCni(ipam, { command: "ADD", config: conf({ runtimeConfig: { ips: [want] } }), containerId: "ctr-pinned", netns: pod!.path, ifName: "net1" });
@@ -255,7 +270,7 @@ describe("daemon down", () => {
     expect(r.json.code).toBe(11);
     expect(r.json.msg).toContain(stale);
     expect(r.json.msg).toContain("connection refused");
-    expect(runCni(ipam, { command: "DEL", config: conf({}, { socket: stale }), ...call() }).code).toBe(0);
+    expect(runCni(ipam, { command: "DEL", config: conf({}, { socket: stale, spoolDir: join(tmp, "spool") }), ...call() }).code).toBe(0);
   });
   it("ADD answers 11 naming a full backlog (EAGAIN), without the HTTP client's own guesses", async () => {
     const sock = join(tmp, "backlog.sock");
@@ -275,10 +290,13 @@ describe("daemon down", () => {
       server.kill();
     }
   });
-  it("DEL still succeeds", () => {
-    const r = runCni(ipam, { command: "DEL", config: conf({}, { socket: gone() }), ...call() });
+  it("DEL still succeeds, and records the release in the spool for ipamd", () => {
+    const spoolDir = join(tmp, "spool");
+    const r = runCni(ipam, { command: "DEL", config: conf({}, { socket: gone(), spoolDir }), ...call() });
     expect(r.code).toBe(0);
     expect(r.stdout).toBe("");
+    expect(JSON.parse(readFileSync(join(spoolDir, "ctr-down_net1_underlay.json"), "utf8")))
+      .toMatchObject({ version: 1, containerID: "ctr-down", ifName: "net1", network: "underlay" });
   });
   it("STATUS answers 50 naming the socket", () => {
     const r = runCni(ipam, { command: "STATUS", config: conf({}, { socket: gone() }) });

@@ -63,7 +63,8 @@ export function cniAsync(lab: Lab, executable: string, call: CniCall): Promise<P
     p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
     p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
     p.on("error", reject);
-    p.on("exit", (code) => {
+    // "close", not "exit": the process can exit before its stdout has been read to the end.
+    p.on("close", (code) => {
       let json: any;
       try { json = stdout.trim() ? JSON.parse(stdout) : undefined; } catch { json = undefined; }
       if (code !== 0) recordCniCode(json?.code);

@@ -66,6 +66,12 @@ export interface StartOptions {
   config: Record<string, unknown>;
   dir?: string;
   args?: string[];
+  /** Extra environment of the daemon (e.g. LD_PRELOAD of libfaketime). */
+  env?: Record<string, string>;
+  /** Options for node before the bundle (e.g. --max-old-space-size). */
+  nodeArgs?: string[];
+  /** The socket path (default <dir>/run/ipamd.sock). */
+  socket?: string;
 }
 
 const tempDirs: string[] = [];
@@ -95,11 +101,11 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
   const { ipamd } = await buildIpamd();
   const dir = opts.dir ?? makeTempDir();
   const configPath = join(dir, "ipamd.json");
-  const socket = join(dir, "run", "ipamd.sock");
+  const socket = opts.socket ?? join(dir, "run", "ipamd.sock");
   const db = join(dir, "lib", "ipamd.db");
   writeFileSync(configPath, JSON.stringify({ node: { name: "test-node" }, ...opts.config }, null, 2));
-  const args = [ipamd, "--config", configPath, "--socket", socket, "--db", db, ...(opts.args ?? [])];
-  const proc = spawn(NODE, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const args = [...(opts.nodeArgs ?? []), ipamd, "--config", configPath, "--socket", socket, "--db", db, ...(opts.args ?? [])];
+  const proc = spawn(NODE, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } });
   let err = "";
   proc.stderr!.on("data", (c: Buffer) => { err += c.toString(); });
   running.add(proc);
@@ -111,6 +117,7 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
     async stop() { proc.kill("SIGTERM"); return exited; },
     async kill9() { proc.kill("SIGKILL"); await exited; },
     restart: (extraArgs) => startIpamd({ ...opts, dir, args: extraArgs ?? opts.args }),
+    // (restart keeps env and nodeArgs)
   };
   const deadline = Date.now() + 15_000;
   let exitCode: number | null | undefined;
@@ -140,7 +147,7 @@ export async function runIpamctl(args: string[]): Promise<{ code: number | null;
     let stderr = "";
     p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
     p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
-    p.on("exit", (code) => resolvePromise({ code, stdout, stderr }));
+    p.on("close", (code) => resolvePromise({ code, stdout, stderr }));
   });
 }
 

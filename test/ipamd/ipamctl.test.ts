@@ -1,7 +1,8 @@
 // ipamctl against a real daemon (node running the esbuild bundle of ipamctl/main.ts).
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cleanupIpamdTest, type DaemonHandle, makeTempDir, runIpamctl, startIpamd } from "../helpers/ipamd";
+import { buildIpamd, cleanupIpamdTest, type DaemonHandle, makeTempDir, runIpamctl, startIpamd } from "../helpers/ipamd";
 
 let d: DaemonHandle;
 const ctl = (...args: string[]) => runIpamctl(["--socket", d.socket, ...args]);
@@ -88,6 +89,25 @@ describe("ipamctl", () => {
     const r = await ctl("reserve", "--namespace", "db", "--statefulset", "x", "--replicas", "lots");
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("--replicas must be a non-negative integer");
+  });
+
+  it("writes all of a long output through a real pipe before exiting (> 128 KiB, every command path)", async () => {
+    const r = await ctl("reserve", "--namespace", "db", "--statefulset", "pipe", "--replicas", "2000", "--pool", "v6");
+    expect(r.code).toBe(0);
+    const { ipamctl } = await buildIpamd();
+    const exe = ipamctl.endsWith(".mjs") ? `${process.execPath} ${ipamctl}` : ipamctl;
+    const sh = (cmd: string) => spawnSync("bash", ["-o", "pipefail", "-c", cmd], { encoding: "utf8", maxBuffer: 64 << 20 });
+    const json = sh(`${exe} --socket ${d.socket} -o json reservations --statefulset pipe | cat`);
+    expect(json.status).toBe(0);
+    expect(json.stdout.length).toBeGreaterThan(128 * 1024);
+    expect(JSON.parse(json.stdout).reservations).toHaveLength(2000);
+    const lines = sh(`${exe} --socket ${d.socket} reservations --statefulset pipe | grep -c db/pipe/`);
+    expect(lines.stdout.trim()).toBe("2000");
+    const last = sh(`${exe} --socket ${d.socket} reservations | grep -c 'db/pipe/1999 '`);
+    expect(lines.status).toBe(0);
+    expect(last.stdout.trim()).toBe("1");
+    const reserve = sh(`${exe} --socket ${d.socket} -o json reserve --namespace db --statefulset pipe --replicas 2000 --pool v6 | cat`);
+    expect(JSON.parse(reserve.stdout).reservations).toHaveLength(2000);
   });
 
   it("names the socket path when the daemon is unreachable", async () => {

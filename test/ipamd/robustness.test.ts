@@ -1,6 +1,6 @@
 // Access control, malformed input, start-up refusals, socket permissions, metrics.
 import { spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -112,7 +112,7 @@ describe("access control by peer credentials", () => {
       let o = ""; let e = "";
       p.stdout.on("data", (c: Buffer) => { o += c; });
       p.stderr.on("data", (c: Buffer) => { e += c; });
-      p.on("exit", (code) => (code === 0 ? resolve(o) : reject(new Error(`client failed (${code}): ${e}`))));
+      p.on("close", (code) => (code === 0 ? resolve(o) : reject(new Error(`client failed (${code}): ${e}`))));
     });
     const r = JSON.parse(out);
     expect(r.uid).toBe(65534);
@@ -182,18 +182,38 @@ describe("refuses to start", () => {
     expect(r.stderr).toMatch(/corrupt|not a database/);
   });
 
-  it("when the socket would sit in a shared directory such as /tmp, leaving its mode alone", async () => {
+  it.each([
+    [0o1777, 0, "is writable by every user (mode 01777)"],
+    [0o775, 0, "is writable by its group (mode 0775)"],
+    [0o755, 65534, "is owned by uid 65534, not root"],
+  ])("when the socket's directory (mode %o, uid %d) is not root's alone, leaving its mode alone", async (mode, uid, why) => {
     const dir = makeTempDir();
     const cfg = join(dir, "ipamd.json");
     writeFileSync(cfg, JSON.stringify({ node: { name: "n" }, pools: [{ name: "p", subnet: "10.1.0.0/24" }] }));
-    const before = statSync("/tmp").mode;
-    const socket = `/tmp/berth-ipamd-shared-${process.pid}.sock`;
-    const r = await runIpamdExpectingFailure(["--config", cfg, "--socket", socket, "--db", join(dir, "db")]);
+    const sockDir = join(dir, "shared");
+    mkdirSync(sockDir);
+    chmodSync(sockDir, mode);
+    chownSync(sockDir, uid, 0);
+    const socket = join(sockDir, "ipamd.sock");
+    const r = await runIpamdExpectingFailure(["--config", cfg, "--socket", socket, "--db", join(dir, "lib", "db")]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("would be in the shared directory /tmp");
-    expect(r.stderr).toContain("--socket /run/berth/ipamd.sock");
-    expect(statSync("/tmp").mode).toBe(before);
+    expect(r.stderr).toContain(`the socket directory ${sockDir} of ${socket} ${why}`);
+    expect(r.stderr).toContain("e.g. --socket /run/berth/ipamd.sock");
+    expect(statSync(sockDir).mode & 0o7777).toBe(mode);
     expect(existsSync(socket)).toBe(false);
+  });
+
+  it("serves in a root-owned directory others may read (like /run or /etc) without changing its mode", async () => {
+    const dir = makeTempDir();
+    const sockDir = join(dir, "etc-like");
+    mkdirSync(sockDir, { mode: 0o755 });
+    chmodSync(sockDir, 0o755);
+    const socket = join(sockDir, "ipamd.sock");
+    const e = await startIpamd({ dir, config: { pools: [{ name: "p", subnet: "10.1.0.0/24" }] }, socket });
+    try {
+      expect(statSync(sockDir).mode & 0o7777).toBe(0o755);
+      expect(statSync(socket).mode & 0o777).toBe(0o660);
+    } finally { await e.stop(); }
   });
 
   it("when another daemon already serves the socket", async () => {

@@ -275,7 +275,7 @@ describe("5. reserve at creation (berth.dev/reserve)", () => {
 });
 
 describe("6. leaks reconciled against the pods on this node", () => {
-  it("frees a leaked attachment after its grace, never one whose pod came back; a takeover gets an Event", async () => {
+  it("frees a leaked attachment after its grace, never one whose pod came back; a refused takeover gets an Event", async () => {
     api.create("nodes", nodeObj("n6", {}));
     const d = await daemon("n6", [{ name: "p6", subnet: "10.6.0.0/24" }]);
     const gone = api.create("pods", podObj("l6", "gone", "n6"));
@@ -287,15 +287,27 @@ describe("6. leaks reconciled against the pods on this node", () => {
     const t0 = Date.now();
     api.remove("pods", "l6", "gone"); // no CNI DEL: its attachment leaks
     api.remove("pods", "l6", "h-0"); // no CNI DEL either, but the pod comes back at once
-    const h2 = await add(d.client, "l6", "h-0", memberPod(api, "l6", "h", 0, "n6"));
-    expect(ip(h2)).toBe(ip(h1));
+    const uid2 = memberPod(api, "l6", "h", 0, "n6");
+    // The old sandbox still holds the member's address: the new pod is refused (CNI 11, the kubelet retries)
+    // until the reconciler has released the old attachment, whose pod is gone.
+    expect((await ipamdError(add(d.client, "l6", "h-0", uid2))).code).toBe("previous_sandbox_attached");
+    let h2: Awaited<ReturnType<typeof add>> | undefined;
+    await until("the member's address handed over", async () => {
+      h2 = await add(d.client, "l6", "h-0", uid2).catch((e: unknown) => {
+        if (e instanceof IpamdError && e.code === "previous_sandbox_attached") return undefined;
+        throw e;
+      });
+      return h2 !== undefined;
+    });
+    expect(ip(h2!)).toBe(ip(h1));
     await until("the leak freed", async () => (await d.client.reservations({ ip: ip(leaked) })).reservations.length === 0);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(1000); // not before the grace
     await new Promise((r) => setTimeout(r, 1500));
-    expect((await d.client.reservations({ ip: ip(h1) })).reservations).toMatchObject([{ state: "attached", containerID: h2.containerID }]);
+    expect((await d.client.reservations({ ip: ip(h1) })).reservations).toMatchObject([{ state: "attached", containerID: h2!.containerID }]);
     expect((await d.client.reservations({ ip: ip(kept) })).reservations).toMatchObject([{ state: "attached" }]);
-    await until("the AddressTakeover Event", () => eventsFor(api, "l6", "h-0").some((ev) => ev.reason === "AddressTakeover"));
-    expect(await d.client.metrics()).toMatch(/berth_ipamd_kube_released_addresses_total\{reason="leaked"\} 1/);
+    await until("the PreviousSandboxAttached Event", () => eventsFor(api, "l6", "h-0").some((ev) => ev.reason === "PreviousSandboxAttached"));
+    // Two leaks: the gone pod's address, and h-0's previous sandbox (detached, the member keeps its address).
+    expect(await d.client.metrics()).toMatch(/berth_ipamd_kube_released_addresses_total\{reason="leaked"\} 2/);
   }, 60_000);
 });
 

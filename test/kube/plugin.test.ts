@@ -42,7 +42,7 @@ function runPlugin(executable: string, env: Record<string, string>, config: unkn
     let stderr = "";
     p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
     p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
-    p.on("exit", (code) => resolve({ code, stdout, stderr }));
+    p.on("close", (code) => resolve({ code, stdout, stderr }));
     p.stdin.end(JSON.stringify(config));
   });
 }

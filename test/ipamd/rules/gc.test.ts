@@ -15,14 +15,21 @@ describe("gc", () => {
 
   it("never touches attachments made after the GC began, nor other networks", async () => {
     const r = rulesOn({ pools: [pool()] });
-    const began = r.now;
+    const began = r.node.store.committedSeq;
     r.now += 5;
     await r.add("late");
     await r.add("elsewhere", { network: "other" });
     r.now += 5;
-    expect(await r.gc([], { startedAt: began })).toEqual({ released: [], detached: [] });
+    expect(await r.gc([], { startedSeq: began })).toEqual({ released: [], detached: [] });
     expect(await r.gc([])).toEqual({ released: ["10.0.0.10"], detached: [] });
     expect(r.reservations({ state: "attached" }).map((x) => x.containerID)).toEqual(["elsewhere"]);
+  });
+
+  it("orders by commit sequence, not the wall clock: a clock stepped back does not hide older attachments", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    await r.add("before-step");
+    r.now -= 3_600_000; // the clock steps back an hour
+    expect(await r.gc([])).toEqual({ released: ["10.0.0.10"], detached: [] });
   });
 
   it("treats DEL of an unknown attachment as success", async () => {

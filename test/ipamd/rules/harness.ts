@@ -21,8 +21,8 @@ export interface Rules {
   now: number;
   add(containerID: string, extra?: Partial<AllocateRequest>): Promise<AllocateResponse>;
   del(containerID: string, extra?: Partial<AttachmentRequest>): Promise<ReleaseResponse>;
-  /** GC of `network` (default net1) that began at `startedAt` (default: now). */
-  gc(valid: string[], opts?: { network?: string; startedAt?: number }): Promise<GcResponse>;
+  /** GC of `network` (default net1) that began after commit `startedSeq` (default: the last commit). */
+  gc(valid: string[], opts?: { network?: string; startedSeq?: number }): Promise<GcResponse>;
   reserve(req: Omit<ReserveRequest, "namespace"> & { namespace?: string }): Promise<ReserveResponse>;
   pin(req: Omit<PinRequest, "namespace"> & { namespace?: string }): Promise<PinResponse>;
   releaseReservations(req: ReleaseReservationRequest): Promise<ReleaseReservationsResponse>;
@@ -58,9 +58,9 @@ export function rulesOn(config: Record<string, unknown>, options: RulesOptions =
       const req = { containerID, ifName: "eth0", network: NET, ...extra };
       return apply({ kind: "release", req }, (t) => node.rules.release(req, h.now, t));
     },
-    gc: (valid, { network = NET, startedAt = h.now } = {}) => {
+    gc: (valid, { network = NET, startedSeq = node.store.committedSeq } = {}) => {
       const req = { network, validAttachments: valid.map((v) => ({ containerID: v, ifName: "eth0" })) };
-      return apply({ kind: "gc", req }, (t) => node.rules.gc(req, startedAt, h.now, t));
+      return apply({ kind: "gc", req }, (t) => node.rules.gc(req, startedSeq, h.now, t));
     },
     reserve: (r) => {
       const req = { namespace: "default", ...r };
@@ -76,16 +76,21 @@ export function rulesOn(config: Record<string, unknown>, options: RulesOptions =
     ips: (r) => r.ips.map((i) => i.address.split("/")[0]!),
   };
 
-  /** The daemon's two steps: prepare, then the rule in a transaction (a failed rule leaves nothing behind). */
+  /**
+   * The daemon's two steps: prepare, then the rule in a transaction that is one commit of the
+   * sequence (a failed rule leaves nothing behind).
+   */
   async function apply<T>(op: OwnershipOp, rule: (t: OwnershipTicket) => T): Promise<T> {
     const ticket = await node.ownership.prepare(op);
     let result: T;
+    let seq = 0;
     try {
-      result = db.transaction(() => rule(ticket))();
+      result = db.transaction(() => { seq = node.store.beginCommit(); return rule(ticket); })();
     } catch (e) {
       node.ownership.abandoned(ticket, e);
       throw e;
     }
+    node.store.committed(seq);
     node.ownership.committed(ticket);
     return result;
   }

@@ -1,4 +1,4 @@
-// Sticky addresses of StatefulSet members, and takeover (api/API.md, Concepts: Owner).
+// Sticky addresses of StatefulSet members, and their hand-over between sandboxes (api/API.md, Concepts: Owner).
 import { describe, expect, it } from "vitest";
 import { pool, rulesOn, webPod } from "./harness";
 
@@ -31,15 +31,35 @@ describe("sticky members", () => {
     expect(await r.add("f", { podNamespace: "default", podName: "cache-1" })).toMatchObject({ owner: "default/cache/1", sticky: true });
   });
 
-  it("moves the address to a new container while the old one is still attached (takeover), and says so", async () => {
+  it("refuses a re-created member (another pod UID) while its previous sandbox still holds the address, and hands it over at that DEL", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    await r.add("old", webPod(1, { podUID: "uid-1" }));
+    const refused = await r.add("new", webPod(1, { podUID: "uid-2" })).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: "previous_sandbox_attached", status: 409 });
+    expect((refused as Error).message).toMatch(/10\.0\.0\.10 of default\/web\/1 is still attached to the previous sandbox old \(interface eth0, network net1, pod default\/web-1 \(uid uid-1\)/);
+    expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "old" }]);
+    expect(r.reservations({ state: "attached" })).toHaveLength(1); // nothing else was allocated for "new"
+    expect(await r.del("old")).toEqual({ released: [], kept: ["10.0.0.10"] });
+    expect(r.ips(await r.add("new", webPod(1, { podUID: "uid-2" })))).toEqual(["10.0.0.10"]);
+    expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "new" }]);
+  });
+
+  it("hands the address over at a GC that no longer lists the previous sandbox", async () => {
+    const r = rulesOn({ pools: [pool()] });
+    await r.add("old", webPod(1));
+    await expect(r.add("new", webPod(1))).rejects.toMatchObject({ code: "previous_sandbox_attached" }); // no UIDs: not the same pod
+    expect(await r.gc([])).toEqual({ released: [], detached: ["10.0.0.10"] });
+    expect(r.ips(await r.add("new", webPod(1)))).toEqual(["10.0.0.10"]);
+  });
+
+  it("lets a new sandbox of the same pod (same pod UID) take the address, and says so", async () => {
     const r = rulesOn({ pools: [pool()] });
     const moved: string[] = [];
     r.node.rules.onTakeover = (row, req) => moved.push(`${row.ip} ${row.container_id} -> ${req.containerID}`);
-    await r.add("old", webPod(1));
-    expect(r.ips(await r.add("new", webPod(1)))).toEqual(["10.0.0.10"]);
+    await r.add("old", webPod(1, { podUID: "uid-1" }));
+    expect(r.ips(await r.add("new", webPod(1, { podUID: "uid-1" })))).toEqual(["10.0.0.10"]);
     expect(moved).toEqual(["10.0.0.10 old -> new"]);
     expect(await r.del("old")).toEqual({ released: [], kept: [] }); // the old DEL no longer touches it
-    expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "new" }]);
   });
 
   it("gives a member's second interface in the same pool an address owned by that interface", async () => {
