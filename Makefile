@@ -18,7 +18,7 @@ PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
 
 SOURCES := $(shell find api cni ipamctl ipamd lib -name '*.ts') package.json tsconfig.json
 
-.PHONY: all build test test-host test-lab lab typecheck demo bench install uninstall dist clean
+.PHONY: all build test test-host test-lab lab typecheck demo bench install uninstall dist image clean
 
 all: build
 
@@ -110,5 +110,15 @@ uninstall:
 	if [ "$(PURGE)" = 1 ]; then rm -rf $(DESTDIR)/etc/berth $(DESTDIR)/var/lib/berth; \
 	else echo "kept /etc/berth and /var/lib/berth (the database): make uninstall PURGE=1 removes them"; fi
 
+# release/berth-<version>-linux-<arch>.tar.gz: binaries, daemon bundle, manifests, checksums (scripts/dist.sh).
+dist: build
+	scripts/dist.sh
+
+# The image the DaemonSet runs; NODE_IMAGE picks its base (any image with Node.js 24+ as `node`).
+VERSION = $(shell node -p 'require("./package.json").version' 2>/dev/null)
+NODE_IMAGE ?= docker.io/library/node:24-bookworm-slim
+image: build
+	podman build -f conf/kubernetes/Containerfile --build-arg NODE_IMAGE=$(NODE_IMAGE) -t localhost/berth:$(VERSION) .
+
 clean:
-	rm -rf dist
+	rm -rf dist release
