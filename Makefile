@@ -36,8 +36,11 @@ dist/.built: node_modules/.package-lock.json $(SOURCES) scripts/build.sh
 typecheck: node_modules/.package-lock.json
 	node_modules/.bin/tsc --noEmit -p .
 
-test: build typecheck
+# Both install what they need first (scripts/install-deps.sh: the missing Debian packages, npm among
+# them), then build (npm ci when node_modules is missing or older than the lockfile), then run.
+test:
 	@scripts/install-deps.sh test
+	@$(MAKE) --no-print-directory build typecheck
 	@rm -rf test-results
 	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh
@@ -58,8 +61,9 @@ test-lab: build
 
 lab: test-lab
 
-demo: build
+demo:
 	@scripts/install-deps.sh demo
+	@$(MAKE) --no-print-directory build
 	scripts/demo.sh
 
 bench: build
