@@ -26,7 +26,7 @@ build: dist/.built
 
 # npm's own marker of a finished install: reinstall when the lockfile changes.
 node_modules/.package-lock.json: package-lock.json
-	npm ci --no-fund --no-audit
+	scripts/npm-ci.sh
 
 dist/.built: node_modules/.package-lock.json $(SOURCES) scripts/build.sh
 	@$(NODE_CHECK)
