@@ -7,7 +7,7 @@ import type { PeerCred } from "../lib/peercred";
 import type {
   AllocateRequest, AllocateResponse, ApiErrorBody, AttachmentRequest, GcRequest, GcResponse, OrphanedPool, PinRequest, PinResponse,
   PoolUsage,
-  RegisterResponse, ReleaseReservationRequest, ReleaseReservationsResponse, ReleaseResponse, ReservationFilter,
+  RegisterResponse, ReleaseReservationRequest, ReleaseReservationsResponse, ReleaseResponse, Reservation, ReservationFilter,
   ReservationsResponse, ReserveRequest, ReserveResponse, StatefulSetsResponse, StatusResponse, UnregisterResponse,
   NetworkStatusRequest, NetworkStatusResponse,
 } from "./types";
@@ -79,6 +79,17 @@ export class IpamdClient {
     for (const [k, v] of Object.entries(filter)) if (v !== undefined && v !== "") q.set(k, String(v));
     const qs = q.toString();
     return this.call("GET", `/v1/reservations${qs ? `?${qs}` : ""}`);
+  }
+  /** Every page of GET /v1/reservations (API.md: pages of at most 5000), up to `filter.limit` in all. */
+  async allReservations(filter: ReservationFilter = {}): Promise<ReservationsResponse> {
+    const all: Reservation[] = [];
+    let page: ReservationsResponse | undefined;
+    do {
+      const limit = filter.limit === undefined ? undefined : filter.limit - all.length;
+      page = await this.reservations({ ...filter, limit, ...(page?.next ? { after: page.next } : {}) });
+      all.push(...page.reservations);
+    } while (page.next && (filter.limit === undefined || all.length < filter.limit));
+    return { reservations: all, truncated: page.truncated };
   }
   reserve(args: ReserveRequest): Promise<ReserveResponse> { return this.call("POST", "/v1/reservations/reserve", args); }
   pin(args: PinRequest): Promise<PinResponse> { return this.call("POST", "/v1/reservations/pin", args); }

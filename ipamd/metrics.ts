@@ -1,7 +1,17 @@
 // Prometheus metrics (own registry, so tests and embedders never collide with the default one).
+// The whole scrape passes `promtool check metrics` (test/ipamd/metrics.test.ts); durations are in seconds.
 import type { ServerResponse } from "node:http";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { PoolUsage } from "../api/types";
+
+declare const __BERTH_VERSION__: string | undefined;
+declare const __BERTH_COMMIT__: string | undefined;
+
+/**
+ * prom-client's default Node.js metrics include gauges named *_total (a counter's suffix, which
+ * promtool rejects); each is the sum over the `type` label of the gauge of the same name without it.
+ */
+const GAUGES_NAMED_LIKE_COUNTERS = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
 
 export class Metrics {
   readonly registry = new Registry();
@@ -27,9 +37,26 @@ export class Metrics {
     name: "berth_ipamd_commit_duration_seconds", help: "Duration of one group-commit transaction including fsync",
     buckets: [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25], registers: [this.registry],
   });
+  readonly requestSeconds = new Histogram({
+    name: "berth_ipamd_request_duration_seconds",
+    help: "Time from receiving an API request to sending its reply (committed, for changes), by route and HTTP status",
+    labelNames: ["route", "status"],
+    buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
 
   constructor(usage: () => PoolUsage[]) {
-    collectDefaultMetrics({ register: this.registry, prefix: "berth_ipamd_" });
+    const prefix = "berth_ipamd_";
+    collectDefaultMetrics({ register: this.registry, prefix });
+    for (const name of GAUGES_NAMED_LIKE_COUNTERS) this.registry.removeSingleMetric(prefix + name);
+    new Gauge({
+      name: "berth_ipamd_build_info", help: "Always 1; the labels say which ipamd build runs on which Node.js",
+      labelNames: ["version", "commit", "nodejs"], registers: [this.registry],
+    }).set({
+      version: typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev",
+      commit: typeof __BERTH_COMMIT__ === "string" ? __BERTH_COMMIT__ : "unknown",
+      nodejs: process.versions.node,
+    }, 1);
     // A scrape collects every gauge in the same tick: read the pool usage once per scrape.
     let snapshot: PoolUsage[] | null = null;
     const current = (): PoolUsage[] => {

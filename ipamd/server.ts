@@ -338,6 +338,7 @@ export class ApiServer {
       const result = await route.handler({ req, body, query: url.searchParams, params, receivedSeq });
       send(res, 200, result);
       this.o.metrics.requests.inc({ route: routeName, status: "200" });
+      this.o.metrics.requestSeconds.observe({ route: routeName, status: "200" }, (performance.now() - t0) / 1000);
       if (routeName === "allocate") this.o.metrics.allocationSeconds.observe((performance.now() - t0) / 1000);
     } catch (e) {
       const err = e instanceof ApiError ? e : new ApiError("internal", `internal error: ${(e as Error)?.message ?? String(e)}`);
@@ -346,6 +347,7 @@ export class ApiServer {
       else if (err.code === "previous_sandbox_attached") this.o.log.warn({ code: err.code, route: routeName }, err.message);
       this.o.metrics.errors.inc({ code: err.code });
       this.o.metrics.requests.inc({ route: routeName, status: String(err.status) });
+      this.o.metrics.requestSeconds.observe({ route: routeName, status: String(err.status) }, (performance.now() - t0) / 1000);
       if (!res.headersSent) {
         if (err.code === "payload_too_large") res.setHeader("connection", "close");
         send(res, err.status, err.toJSON());

@@ -11,7 +11,9 @@ missing=()
 while read -r package needed_by _; do
   [ -n "$package" ] || continue
   [ "$target" = all ] || [[ ",$needed_by," == *",$target,"* ]] || continue
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' && continue
+  command -v "$package" >/dev/null 2>&1 && continue
+  missing+=("$package")
 done < <(sed 's/#.*//' scripts/packages.txt)
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -61,10 +61,18 @@ function parseHostdevConfig(conf: NetConf): HostdevConfig {
     given.push({ by: "device", value: raw.device as string });
   }
   if (present("hwaddr")) given.push({ by: "hwaddr", value: unicastMac(raw.hwaddr, "hwaddr") });
-  if (present("pciBusID")) given.push({ by: "pciBusID", value: normalizePci(raw.pciBusID, "pciBusID") });
-  if (conf.runtimeConfig.deviceID !== undefined && conf.runtimeConfig.deviceID !== "") {
-    given.push({ by: "deviceID", value: normalizePci(conf.runtimeConfig.deviceID, "runtimeConfig.deviceID") });
+  const pciBusID = present("pciBusID") ? normalizePci(raw.pciBusID, "pciBusID") : undefined;
+  const deviceID = conf.runtimeConfig.deviceID !== undefined && conf.runtimeConfig.deviceID !== ""
+    ? normalizePci(conf.runtimeConfig.deviceID, "runtimeConfig.deviceID") : undefined;
+  // Multus v4 injects the device plugin's deviceID next to a NAD's own pciBusID: one device named
+  // twice is one selection (the reference host-device lets deviceID override pciBusID).
+  if (pciBusID !== undefined && deviceID !== undefined && pciBusID !== deviceID) {
+    throw invalid("pciBusID", `${pciBusID} and runtimeConfig.deviceID ${deviceID} name different devices`,
+      "the device plugin allocated another device than the NAD's pciBusID: drop pciBusID from the NAD and let the device plugin " +
+      "choose (capability deviceID), or drop the k8s.v1.cni.cncf.io/resourceName annotation to use the fixed pciBusID");
   }
+  if (deviceID !== undefined) given.push({ by: "deviceID", value: deviceID });
+  else if (pciBusID !== undefined) given.push({ by: "pciBusID", value: pciBusID });
   if (given.length !== 1) {
     throw invalid("device selection", given.length === 0 ? "is missing" : `is ambiguous (${given.map((g) => g.by).join(" and ")} given)`,
       'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", or runtimeConfig.deviceID (from a device plugin through Multus)');

@@ -1,7 +1,9 @@
 // Plugin log: JSON lines appended to `logFile` from the network config. Off by default and never
-// written to stdout/stderr (stdout carries the CNI result). A failing log write is ignored: the
-// log must never change what the plugin answers.
-import { appendFileSync } from "node:fs";
+// written to stdout/stderr (stdout carries the CNI result). Its directory is created on the first
+// line (/var/log/berth exists on no fresh node). A failing log write is ignored: the log must never
+// change what the plugin answers.
+import { appendFileSync, mkdirSync } from "node:fs";
+import { dirname } from "node:path";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 const LEVELS: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
@@ -19,11 +21,18 @@ export function isLogLevel(v: unknown): v is LogLevel {
   return typeof v === "string" && v in LEVELS;
 }
 
+/** Log files whose directory this process has already made sure of. */
+const directoryReady = new Set<string>();
+
 export function createLogger(file: string | undefined, level: LogLevel = "info", base: Record<string, unknown> = {}): Logger {
   const min = LEVELS[level];
   const write = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (!file || LEVELS[lvl] < min) return;
     try {
+      if (!directoryReady.has(file)) {
+        directoryReady.add(file);
+        mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
+      }
       appendFileSync(file, JSON.stringify({ time: new Date().toISOString(), level: lvl, pid: process.pid, ...base, msg, ...fields }) + "\n");
     } catch {
       // ignored on purpose, see above

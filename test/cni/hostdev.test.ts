@@ -181,9 +181,12 @@ describe("berth-hostdev ADD and DEL", () => {
     const eni = makeEni(5);
     const sysfs = join(tmp, "sysfs5");
     mkdirSync(join(sysfs, "bus/pci/devices/0000:00:05.0/net", eni.name), { recursive: true });
-    for (const [key, value] of [["pciBusID", "0000:00:05.0"], ["runtimeConfig", { deviceID: "0000:00:05.0" }]] as const) {
+    // The last: Multus v4 injects the device plugin's deviceID next to the NAD's pciBusID (same device, short form).
+    const selections = [["pciBusID", { pciBusID: "0000:00:05.0" }], ["runtimeConfig", { runtimeConfig: { deviceID: "0000:00:05.0" } }],
+      ["both", { pciBusID: "00:05.0", runtimeConfig: { deviceID: "0000:00:05.0" } }]] as const;
+    for (const [key, selection] of selections) {
       const p = pod();
-      const config = conf({ [key]: value, sysfsRoot: sysfs });
+      const config = conf({ ...selection, sysfsRoot: sysfs });
       const add = run("ADD", p, config, `ctr-a5-${key}`);
       expect(add.stderr).toBe("");
       expect(add.json.interfaces[0]).toMatchObject({ name: "eth1", pciID: "0000:00:05.0" });
@@ -201,6 +204,8 @@ describe("berth-hostdev ADD and DEL", () => {
       [{ device: eni.name, hwaddr: eni.mac }, 7, /ambiguous \(device and hwaddr/],
       [{ device: eni.name, runtimeConfig: { deviceID: "0000:00:05.0" } }, 7, /ambiguous/],
       [{ pciBusID: "3b:00" }, 7, /pciBusID "3b:00" is not a PCI address/],
+      [{ pciBusID: "0000:00:06.0", runtimeConfig: { deviceID: "0000:00:05.0" } },
+        7, /pciBusID 0000:00:06\.0 and runtimeConfig\.deviceID 0000:00:05\.0 name different devices/],
       [{ device: eni.name, mtu: 20 }, 7, /mtu 20 is not an MTU/],
       [{ device: eni.name, addresses: { x: ["10.0.0.1"] } }, 7, /addresses\["x"\]/],
       [{ device: "nosuch0" }, 141, /device "nosuch0" not found/],

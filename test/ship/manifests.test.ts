@@ -114,7 +114,45 @@ describe("conf/kubernetes", () => {
       const conf = JSON.parse(n.spec.config);
       expect(conf.plugins).toHaveLength(1);
       expect(conf.plugins[0].ipam.type).toBe("berth-ipam");
+      // Multus passes a network selection's "ips" and "mac" only to plugins that declare them;
+      // ipvlan shares its master's MAC, so it takes "ips" only.
+      const wanted = conf.plugins[0].type === "ipvlan" ? { ips: true } : { ips: true, mac: true };
+      expect({ nad: n.metadata.name, ...conf.plugins[0].capabilities }).toMatchObject({ nad: n.metadata.name, ...wanted });
+      if (n.metadata.annotations?.["k8s.v1.cni.cncf.io/resourceName"]) expect(conf.plugins[0].capabilities.deviceID).toBe(true);
     }
+  });
+
+  it("the installer defaults to a secondary network; the primary conflist only with BERTH_PRIMARY=1", () => {
+    const init = pod.initContainers.find((c: any) => c.name === "install-cni");
+    expect(init.env.find((e: any) => e.name === "BERTH_PRIMARY")).toEqual({ name: "BERTH_PRIMARY", value: "0" });
+    expect(pod.volumes.find((v: any) => v.name === "config").configMap.name).toBe(configMap.metadata.name);
+  });
+
+  it("ipamd serves metrics on the node's address, on the port the Service and ServiceMonitor scrape", () => {
+    const ipamd = pod.containers.find((c: any) => c.name === "ipamd");
+    const i = ipamd.command.indexOf("--metrics-address");
+    expect(ipamd.command[i + 1]).toBe("$(NODE_IP):9631");
+    expect(ipamd.env.find((e: any) => e.name === "NODE_IP").valueFrom.fieldRef.fieldPath).toBe("status.hostIP");
+    expect(ipamd.ports).toEqual([{ name: "metrics", containerPort: 9631, hostPort: 9631, protocol: "TCP" }]);
+    const monitoring = docs(join(K8S, "monitoring/metrics.yaml"));
+    const service = monitoring.find((d) => d.kind === "Service");
+    expect(service.spec.selector).toEqual(daemonSet.spec.template.metadata.labels);
+    expect(service.spec.ports[0]).toMatchObject({ name: "metrics", port: 9631, targetPort: "metrics" });
+    const monitor = monitoring.find((d) => d.kind === "ServiceMonitor");
+    expect(monitor.spec.endpoints[0]).toMatchObject({ port: "metrics", path: "/metrics" });
+    expect(monitor.spec.selector.matchLabels).toEqual(service.metadata.labels);
+  });
+
+  it("the uninstall DaemonSet runs the uninstall script the image carries, on the paths the installer wrote", () => {
+    const un = docs(join(K8S, "uninstall.yaml")).find((d) => d.kind === "DaemonSet").spec.template.spec;
+    expect(un.initContainers[0].command).toEqual(["/usr/lib/berth/uninstall-cni.sh"]);
+    expect(readFileSync(join(K8S, "Containerfile"), "utf8")).toContain("COPY scripts/uninstall-cni.sh /usr/lib/berth/uninstall-cni.sh");
+    const env = (c: any) => Object.fromEntries(c.env.map((e: any) => [e.name, e.value]));
+    const install = env(pod.initContainers[0]);
+    const uninstall = env(un.initContainers[0]);
+    for (const key of ["CNI_BIN_DIR", "CNI_CONF_DIR", "CNI_CONFLIST"]) expect(uninstall[key]).toBe(install[key]);
+    expect(uninstall.BERTH_PURGE).toBe("0");
+    expect(un.initContainers[0].image).toBe(pod.initContainers[0].image);
   });
 
   it("the systemd unit runs the installed daemon with the installed config", () => {
