@@ -66,6 +66,31 @@ export interface StatusResponse {
   database: string;
   cooldownSeconds: number;
   detachedTTLSeconds: number;
+  /** Cluster mode only. */
+  cluster?: ClusterStatus;
+}
+
+/** GET /v1/status in cluster mode: etcd, this node's liveness, buffer and outbox. */
+export interface ClusterStatus {
+  etcd: {
+    state: "connected" | "degraded" | "unreachable" | "connecting";
+    endpoints: string[];
+    /** The endpoint requests go to first. */
+    current: string;
+    /** Why the state is what it is (the last failure per endpoint), empty when connected. */
+    detail: string;
+    prefix: string;
+  };
+  liveness: { confirmedSecondsAgo: number | null; fenced: boolean; graceSeconds: number; leaseTTLSeconds: number };
+  /** Unused addresses this node holds per pool (claimed from etcd). */
+  buffer: Record<string, number>;
+  /** Local changes (releases, detaches) not yet applied to etcd. */
+  outboxPending: number;
+  /** Outbox records etcd contradicted (logged; each needs a look). */
+  outboxConflicts: number;
+  watch: { revision: number; relists: number };
+  /** Dead-looking nodes inside the grace period, as this node's reaper sees them. */
+  nodesInGrace: { node: string; goneSeconds: number }[];
 }
 
 export interface PoolUsage {
@@ -109,6 +134,8 @@ export interface Reservation {
   createdAt: string;
   attachedAt?: string;
   detachedAt?: string;
+  /** Cluster mode: the node the reservation is bound to (sticky), or that holds the attachment. */
+  node?: string;
 }
 
 /** Query of GET /v1/reservations; every field narrows the list. */
@@ -116,7 +143,15 @@ export interface ReservationFilter {
   namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
   state?: "attached" | "detached"; limit?: number;
 }
-export interface ReservationsResponse { reservations: Reservation[]; truncated: boolean }
+export interface ReservationsResponse {
+  reservations: Reservation[];
+  truncated: boolean;
+  /**
+   * Cluster mode: where the sticky reservations come from: "etcd" (read now, every node's), or "cache" (etcd
+   * unreachable: this node's last watched view; `detail` says why).
+   */
+  cluster?: { source: "etcd" | "cache"; detail?: string };
+}
 export interface ReserveResponse {
   statefulset: { namespace: string; name: string };
   reservations: Reservation[];
@@ -139,7 +174,9 @@ export interface RegisterResponse { registered: StatefulSetRequest }
 export type ApiErrorCode =
   | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
   | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
-  | "shutting_down" | "internal";
+  | "shutting_down" | "internal"
+  // cluster mode
+  | "cluster_unavailable" | "attached_elsewhere" | "l2_domain";
 
 /** The body of every non-2xx answer. */
 export interface ApiErrorBody { error: { code: ApiErrorCode; message: string; field?: string } }

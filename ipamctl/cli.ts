@@ -2,7 +2,7 @@
 import Table from "cli-table3";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "../api/client";
-import type { PoolUsage, Reservation } from "../api/types";
+import type { PoolUsage, Reservation, StatusResponse } from "../api/types";
 
 interface Globals { socket: string; output: "table" | "json"; timeout: string }
 
@@ -27,14 +27,28 @@ function table(head: string[], rows: (string | number)[][]): string {
 }
 
 function reservationRows(list: Reservation[]): string {
+  const nodes = list.some((r) => r.node !== undefined); // cluster mode: the node each is bound to
   return table(
-    ["IP", "POOL", "OWNER", "STATE", "STICKY", "PINNED", "CONTAINER", "POD"],
+    ["IP", "POOL", "OWNER", "STATE", "STICKY", "PINNED", "CONTAINER", "POD", ...(nodes ? ["NODE"] : [])],
     list.map((r) => [
       r.address, r.pool, r.owner, r.state, r.sticky ? "yes" : "no", r.pinned ? "yes" : "no",
       r.containerID ? `${r.containerID.slice(0, 12)}/${r.ifName}` : "-",
       r.podName ? `${r.podNamespace}/${r.podName}` : "-",
+      ...(nodes ? [r.node ?? "-"] : []),
     ]),
   );
+}
+
+function clusterLines(c: NonNullable<StatusResponse["cluster"]>): string[] {
+  const buffer = Object.entries(c.buffer).map(([p, n]) => `${p}=${n}`).join(", ") || "-";
+  return [
+    `etcd:          ${c.etcd.state} (${c.etcd.endpoints.join(", ")}; prefix ${c.etcd.prefix})${c.etcd.detail ? `: ${c.etcd.detail}` : ""}`,
+    `liveness:      ${c.liveness.confirmedSecondsAgo === null ? "never confirmed" : `confirmed ${c.liveness.confirmedSecondsAgo}s ago`}` +
+      `${c.liveness.fenced ? " (FENCED: buffered addresses are not handed out)" : ""}, grace ${c.liveness.graceSeconds}s`,
+    `buffer:        ${buffer}`,
+    `outbox:        ${c.outboxPending} pending for etcd${c.outboxConflicts ? `, ${c.outboxConflicts} conflicts (see the ipamd log)` : ""}`,
+    ...(c.nodesInGrace.length ? [`nodes gone:    ${c.nodesInGrace.map((n) => `${n.node} (${n.goneSeconds}s)`).join(", ")}`] : []),
+  ];
 }
 
 function intArg(name: string) {
@@ -75,6 +89,7 @@ export async function main(argv: string[]): Promise<number> {
         `reservations:  ${s.reservations}`,
         `cooldown:      ${s.cooldownSeconds}s, detached TTL: ${s.detachedTTLSeconds ? `${s.detachedTTLSeconds}s` : "never"}`,
         `database:      ${s.database}`,
+        ...(s.cluster ? clusterLines(s.cluster) : []),
       ].join("\n"));
     });
 
@@ -117,7 +132,8 @@ export async function main(argv: string[]): Promise<number> {
       const { c, g } = client();
       const r = await c.reservations(o);
       emit(g, r, () => (r.reservations.length === 0 ? "no reservations match" : reservationRows(r.reservations)) +
-        (r.truncated ? `\n(truncated; raise --limit)` : ""));
+        (r.truncated ? `\n(truncated; raise --limit)` : "") +
+        (r.cluster?.source === "cache" ? `\n(sticky reservations from this node's cache: ${r.cluster.detail})` : ""));
     });
 
   program.command("reserve").description("lock addresses for StatefulSet ordinals 0..replicas-1 before the pods exist")
@@ -129,8 +145,9 @@ export async function main(argv: string[]): Promise<number> {
       const { c, g } = client();
       const r = await c.reserve({ namespace: o.namespace, statefulset: o.statefulset, replicas: o.replicas,
         ...(o.pool.length ? { pools: o.pool } : {}), ...(o.network ? { network: o.network } : {}) });
-      emit(g, r, () => table(["ORDINAL", "OWNER", "POOL", "IP", "STATE"],
-        r.reservations.map((x) => [x.ordinal ?? "-", x.owner, x.pool, x.address, x.state])));
+      const nodes = r.reservations.some((x) => x.node !== undefined);
+      emit(g, r, () => table(["ORDINAL", "OWNER", "POOL", "IP", "STATE", ...(nodes ? ["NODE"] : [])],
+        r.reservations.map((x) => [x.ordinal ?? "-", x.owner, x.pool, x.address, x.state, ...(nodes ? [x.node ?? "-"] : [])])));
     });
 
   program.command("pin")

@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { parseCidr, parseIp } from "../lib/ip";
+import { type ClusterConfig, clusterConfigSchema } from "./cluster/config";
 import { compilePool, type NodeSelector, overlaps, parseDashRange, type Pool, PoolSpecError, type PoolSpec } from "./pools";
 
 const ipString = z.string().refine((s) => parseIp(s) !== null, { message: "not a valid IPv4/IPv6 address" });
@@ -68,6 +69,7 @@ export const configSchema = z.strictObject({
   maxBatch: z.number().int().min(1).max(10000).default(512),
   statefulSets: z.array(z.strictObject({ namespace: z.string().min(1), name: z.string().min(1) })).default([]),
   pools: z.array(poolSchema).min(1, { message: "define at least one pool" }),
+  cluster: clusterConfigSchema.optional(),
 });
 export interface Config {
   nodeName: string;
@@ -81,6 +83,8 @@ export interface Config {
   maxBatch: number;
   statefulSets: { namespace: string; name: string }[];
   pools: Pool[];
+  /** Cluster mode (etcd); absent: the single-node daemon. */
+  cluster?: ClusterConfig;
 }
 
 export class ConfigError extends Error {}
@@ -133,6 +137,7 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
     maxBatch: raw.maxBatch,
     statefulSets: raw.statefulSets,
     pools,
+    ...(raw.cluster ? { cluster: raw.cluster } : {}),
   };
 }
 

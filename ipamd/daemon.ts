@@ -2,6 +2,8 @@
 import { createServer, type Server } from "node:http";
 import type { Logger } from "pino";
 import type { Config } from "./config";
+import { ClusterNode } from "./cluster/node";
+import { ClusterOperator } from "./cluster/operator";
 import { Metrics } from "./metrics";
 import { assembleNode } from "./node";
 import { ApiServer } from "./server";
@@ -11,11 +13,17 @@ interface Daemon { close(): Promise<void> }
 
 export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
   const db = openStore(config.database);
-  const node = assembleNode(db, config);
+  const metrics = new Metrics(() => node.views.poolUsage(Date.now()));
+  // Cluster mode: addresses are shared through etcd (ipamd/cluster/); without a `cluster` section, single node.
+  const cluster = config.cluster ? new ClusterNode(config, db, log, metrics.registry) : undefined;
+  const node = assembleNode(db, config, cluster?.ownership);
   node.rules.onTakeover = (row, req) => log.warn({ owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
     "sticky reservation moved to a new container while the old one was still attached");
-  const metrics = new Metrics(() => node.views.poolUsage(Date.now()));
-  const api = new ApiServer({ config, db, log, metrics, node });
+  const api = new ApiServer({
+    config, db, log, metrics, node,
+    ...(cluster ? { cluster: { status: () => cluster.status(), operator: new ClusterOperator(cluster, node.views) } } : {}),
+  });
+  await cluster?.start((reason, fn) => api.mutate({ kind: "sync", reason }, fn));
   await api.listen(config.socket);
 
   let metricsServer: Server | undefined;
@@ -58,6 +66,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     async close() {
       if (reaper) clearInterval(reaper);
       await api.close();
+      await cluster?.close();
       if (metricsServer) await new Promise<void>((r) => metricsServer!.close(() => r()));
       db.pragma("wal_checkpoint(TRUNCATE)");
       db.close();

@@ -6,7 +6,8 @@ import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import type { z } from "zod";
-import type { RegisterResponse, StatusResponse } from "../api/types";
+import type { ClusterStatus, RegisterResponse, StatusResponse } from "../api/types";
+import type { ClusterOperator } from "./cluster/operator";
 import { GroupCommitter } from "./commit";
 import type { Config } from "./config";
 import { ApiError } from "./errors";
@@ -28,7 +29,13 @@ const MAX_BODY_BYTES = 4 * 1024 * 1024; // a GC of ~50k attachments fits
 type Handler = (ctx: { req: IncomingMessage; body: unknown; query: URLSearchParams; params: string[]; receivedAt: number }) => unknown;
 interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler: Handler }
 
-interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam }
+/** Cluster mode: status, and the operator calls that act on the shared identities in etcd. */
+export interface ClusterApi {
+  status(): ClusterStatus;
+  operator: ClusterOperator;
+}
+
+interface DaemonOptions { config: Config; db: DB; log: Logger; metrics: Metrics; node: NodeIpam; cluster?: ClusterApi }
 
 export class ApiServer {
   readonly server: Server;
@@ -70,7 +77,11 @@ export class ApiServer {
     const ticket = await ownership.prepare(op);
     let result: T;
     try {
-      result = await this.committer.submit(() => rule(ticket));
+      result = await this.committer.submit(() => {
+        const r = rule(ticket);
+        ownership.inCommit?.(ticket, r);
+        return r;
+      });
     } catch (e) {
       ownership.abandoned(ticket, e);
       throw e;
@@ -114,6 +125,7 @@ export class ApiServer {
 
   private defineRoutes(): void {
     const { rules, views, statefulSets, pools } = this.o.node;
+    const cluster = this.o.cluster?.operator;
     const route = (method: Route["method"]) => (path: string, name: string, handler: Handler): void => {
       this.routes.push({ method, pattern: new RegExp(`^${path}$`), name, handler });
     };
@@ -143,6 +155,7 @@ export class ApiServer {
       database: this.o.config.database,
       cooldownSeconds: this.o.config.cooldownMs / 1000,
       detachedTTLSeconds: this.o.config.detachedTtlMs / 1000,
+      ...(this.o.cluster ? { cluster: this.o.cluster.status() } : {}),
     }));
     get("/v1/pools", "pools", () => ({ pools: views.poolUsage(Date.now()) }));
     get("/v1/pools/([^/]+)", "pool", ({ params }) => {
@@ -153,23 +166,27 @@ export class ApiServer {
     });
     get("/v1/reservations", "reservations", ({ query }) => {
       const filter = parse(reservationsQuerySchema, Object.fromEntries(query.entries()));
-      return views.reservations(filter);
+      return cluster ? cluster.reservations(filter) : views.reservations(filter);
     });
     post("/v1/reservations/reserve", "reserve", ({ body }) => {
       const req = parse(reserveSchema, body);
+      if (cluster) return cluster.reserve(req);
       return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, Date.now(), t));
     });
     post("/v1/reservations/pin", "pin", ({ body }) => {
       const req = parse(pinSchema, body);
+      if (cluster) return cluster.pin(req);
       return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, Date.now(), t));
     });
     post("/v1/reservations/release", "reservations_release", ({ body }) => {
       const req = parse(releaseReservationSchema, body);
+      if (cluster) return cluster.releaseReservations(req);
       return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, Date.now(), t));
     });
     get("/v1/statefulsets", "statefulsets", () => statefulSets.list());
     post("/v1/statefulsets/register", "statefulsets_register", ({ body }) => {
       const req = parse(statefulSetSchema, body);
+      if (cluster) return cluster.register(req);
       return this.mutate({ kind: "register", req }, (): RegisterResponse => {
         statefulSets.register(req.namespace, req.statefulset, Date.now());
         return { registered: req };
@@ -177,6 +194,7 @@ export class ApiServer {
     });
     post("/v1/statefulsets/unregister", "statefulsets_unregister", ({ body }) => {
       const req = parse(statefulSetSchema, body);
+      if (cluster) return cluster.unregister(req);
       return this.mutate({ kind: "unregister", req }, () => statefulSets.unregister(req.namespace, req.statefulset));
     });
   }

@@ -192,6 +192,9 @@ const DAEMON_CODES: Record<string, number> = {
   forbidden: CniCode.IpamForbidden,
   not_found: CniCode.IpamAllocationMissing,
   shutting_down: CniCode.TryAgainLater,
+  cluster_unavailable: CniCode.TryAgainLater,
+  attached_elsewhere: CniCode.TryAgainLater,
+  l2_domain: CniCode.IpamNoPool,
 };
 
 const DAEMON_FIXES: Record<string, string> = {
@@ -201,6 +204,11 @@ const DAEMON_FIXES: Record<string, string> = {
   forbidden: "ipamd refused the caller; run the plugin as root on the node",
   not_found: "ipamd holds no address for this attachment; delete and re-create the pod sandbox",
   shutting_down: "ipamd is restarting; the runtime retries",
+  cluster_unavailable: "ipamd needs etcd for this and cannot reach a quorum of it: check the etcd members and this node's " +
+    "connectivity and TLS files (ipamctl status shows the etcd state); the runtime retries",
+  attached_elsewhere: "the StatefulSet member's previous pod still holds its address on another node: the runtime retries " +
+    "until that pod's CNI DEL reaches etcd or the node is declared dead",
+  l2_domain: "schedule the pod onto a node whose labels the pool's nodeSelector matches (the address only works in that L2 domain)",
 };
 
 function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {

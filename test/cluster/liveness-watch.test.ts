@@ -1,7 +1,8 @@
 // Node liveness, the reaper (grace period, re-check, several reapers at once, sticky survives) and the watch loop
 // (resume on another member, re-list after compaction), against a REAL 3-member etcd.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildConfig, type Pool } from "../../ipamd/config";
+import { buildConfig } from "../../ipamd/config";
+import type { Pool } from "../../ipamd/pools";
 import { EtcdClient, EtcdOutcomeUnknown, type WatchEvent } from "../../ipamd/cluster/etcd";
 import { ClusterError } from "../../ipamd/cluster/errors";
 import type { IpOwner } from "../../ipamd/cluster/keys";

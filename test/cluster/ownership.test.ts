@@ -1,7 +1,8 @@
 // Ownership primitives against a REAL 3-member etcd: buffer claims, handback, sticky bind/rebind/create races,
 // the L2-domain rule, attachments and the outbox while etcd has no quorum. Assertions read etcd with etcdctl.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildConfig, type Pool } from "../../ipamd/config";
+import { buildConfig } from "../../ipamd/config";
+import type { Pool } from "../../ipamd/pools";
 import { EtcdClient } from "../../ipamd/cluster/etcd";
 import { ClusterError } from "../../ipamd/cluster/errors";
 import type { IpOwner, StickyRecord } from "../../ipamd/cluster/keys";
