@@ -88,7 +88,8 @@ export interface ClusterStatus {
   outboxPending: number;
   /** Outbox records etcd contradicted (logged; each needs a look). */
   outboxConflicts: number;
-  watch: { revision: number; relists: number };
+  /** The sticky identities' watch: revision reflected, lists (start-up, compaction), compactions met. */
+  watch: { revision: number; relists: number; compactions: number };
   /** Dead-looking nodes inside the grace period, as this node's reaper sees them. */
   nodesInGrace: { node: string; goneSeconds: number }[];
 }

@@ -387,7 +387,7 @@ export class ClusterNode {
       buffer,
       outboxPending: this.local.pendingCount(),
       outboxConflicts: this.outboxConflicts,
-      watch: { revision: watch?.revision ?? 0, relists: watch?.relists ?? 0 },
+      watch: { revision: watch?.revision ?? 0, relists: watch?.relists ?? 0, compactions: watch?.compactions ?? 0 },
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
     };
   }

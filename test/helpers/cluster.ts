@@ -130,6 +130,14 @@ export async function expectConsistent(etcd: EtcdCluster, prefix: string, pools:
         }
       }
     }
+    for (const [name, s] of sticky) {
+      const a = s.attachment as { containerID: string; node: string } | undefined;
+      if (!a) continue;
+      const n = nodes.find((x) => x.name === a.node);
+      if (n && !sqliteRows(n).some((r) => r.ip === s.ip && r.container_id === a.containerID)) {
+        problems.push(`etcd attaches ${name} (${s.ip}) to ${a.containerID} on ${a.node}, no such row there`);
+      }
+    }
     for (const [ip, on] of holders) if (on.length > 1) problems.push(`${ip} is held on ${on.join(" and ")}`);
     for (const [ip, k] of keys) {
       if (k.owner === "attachment" && !holders.get(ip)?.includes(k.node)) problems.push(`etcd attaches ${ip} on ${k.node}, no row there`);
