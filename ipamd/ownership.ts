@@ -69,8 +69,11 @@ export interface AddressOwnership {
 
   // ---- after the commit (exactly one of these per ticket) ----
 
-  /** The request's changes are durable in SQLite; its reply is about to be sent. */
-  committed(ticket: OwnershipTicket): void;
+  /**
+   * The request's changes are durable in SQLite; its reply is sent when this returns (or its promise settles:
+   * cluster mode lets a DEL wait, briefly and bounded, until etcd has its release).
+   */
+  committed(ticket: OwnershipTicket): void | Promise<void>;
   /** The request failed, or the commit holding it did: nothing of it is durable. */
   abandoned(ticket: OwnershipTicket, error: unknown): void;
 }

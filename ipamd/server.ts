@@ -86,7 +86,7 @@ export class ApiServer {
       ownership.abandoned(ticket, e);
       throw e;
     }
-    ownership.committed(ticket);
+    await ownership.committed(ticket);
     return result;
   }
 

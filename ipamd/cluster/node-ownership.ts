@@ -57,6 +57,8 @@ export interface ClusterNodeDeps {
   local: ClusterStore;
   /** Outbox records were written: apply them soon. */
   kick: () => void;
+  /** Applies the outbox now; resolves when it is empty, etcd is unreachable, or after `maxWaitMs`. */
+  flush: (maxWaitMs: number) => Promise<void>;
   /** A StatefulSet registered cluster-wide but unknown here: make it known locally (through the group commit). */
   learnStatefulSet: (namespace: string, podName: string) => Promise<boolean>;
   onInconsistency: (message: string, detail: Record<string, unknown>) => void;
@@ -291,10 +293,14 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   // ---------- after the commit ----------
 
-  committed(ticket: OwnershipTicket): void {
+  committed(ticket: OwnershipTicket): void | Promise<void> {
     const t = ticket as ClusterTicket;
     this.returnUnused(t);
-    if (t.wroteOutbox) this.d.kick();
+    if (!t.wroteOutbox) return;
+    // A DEL answers once etcd has its release (a member recreated on another node then finds it detached), but
+    // never waits long: with etcd unreachable it answers at once and the outbox applies it later.
+    if (t.op.kind === "release" || t.op.kind === "gc") return this.d.flush(1000);
+    this.d.kick();
   }
 
   abandoned(ticket: OwnershipTicket): void {

@@ -95,7 +95,7 @@ export class ClusterNode {
     this.pools = pools;
     this.seam = new ClusterNodeOwnership({
       node: this.config.nodeName, store, pools, statefulSets: new StatefulSets(store, this.config.statefulSets), own: this.own,
-      local: this.local, kick: () => this.kick(),
+      local: this.local, kick: () => this.kick(), flush: (ms) => this.flush(ms),
       learnStatefulSet: (ns, podName) => this.learnStatefulSet(ns, podName),
       onInconsistency: (message, detail) => this.log.error(detail, message),
       bound: (identity, revision) => this.boundAt.set(this.keys.identityName(identity), revision),
@@ -246,7 +246,29 @@ export class ClusterNode {
     void this.drain();
   }
 
+  private drained: (() => void)[] = [];
+
+  /** Kicks the drain and waits for it to end (empty outbox, or etcd failing), at most `maxWaitMs`. */
+  flush(maxWaitMs: number): Promise<void> {
+    if (this.client.connectionState === "unreachable" && this.drainTimer) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, maxWaitMs);
+      function done(): void { clearTimeout(t); resolve(); }
+      this.drained.push(done);
+      if (this.drainTimer) { clearTimeout(this.drainTimer); this.drainTimer = null; }
+      if (this.draining) this.again = true; else this.kick();
+    });
+  }
+  private again = false;
+
   private async drain(): Promise<void> {
+    try { await this.drainOnce(); } finally {
+      if (this.again && !this.closed) { this.again = false; void this.drain(); return; }
+      for (const f of this.drained.splice(0)) f();
+    }
+  }
+
+  private async drainOnce(): Promise<void> {
     this.draining = true;
     try {
       for (;;) {
