@@ -57,6 +57,9 @@ export interface ClusterNodeDeps {
   local: ClusterStore;
   /** Outbox records were written: apply them soon. */
   kick: () => void;
+  kickSoon: () => void;
+  /** Outbox rows already applied to etcd: deleted in the current commit. */
+  takeApplied: () => number[];
   /** Applies the outbox now; resolves when it is empty, etcd is unreachable, or after `maxWaitMs`. */
   flush: (maxWaitMs: number) => Promise<void>;
   /** A StatefulSet registered cluster-wide but unknown here: make it known locally (through the group commit). */
@@ -171,7 +174,9 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const order = here ? [here.identity.pool] : familyPools.map((p) => p.name);
     for (let i = 0; i < order.length; i++) {
       try {
-        const b = await own.bindSticky(identityOf(sts, order[i]!), { selectsNode: true, attachment });
+        // The read above is fresh: the bind starts from it (one compare-and-swap when nothing changed meanwhile).
+        const current = here ? here.kv : order.length === 1 || i === 0 ? null : undefined;
+        const b = await own.bindSticky(identityOf(sts, order[i]!), { selectsNode: true, attachment, ...(current !== undefined ? { current } : {}) });
         this.d.bound(b.identity, b.stickyModRevision);
         t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: here?.record.pinned === true });
         return;
@@ -273,6 +278,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   inCommit(ticket: OwnershipTicket, result: unknown): void {
     const t = ticket as ClusterTicket;
+    this.d.local.drop(this.d.takeApplied()); // rides on this commit: no fsync of its own
     if (t.op.kind === "release") {
       const containerID = t.op.req.containerID;
       for (const ip of (result as ReleaseResponse).kept) this.queueDetach(t, ip, containerID);
@@ -300,7 +306,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
     // A DEL answers once etcd has its release (a member recreated on another node then finds it detached), but
     // never waits long: with etcd unreachable it answers at once and the outbox applies it later.
     if (t.op.kind === "release" || t.op.kind === "gc") return this.d.flush(1000);
-    this.d.kick();
+    if (t.op.kind === "allocate" && t.bindings.length === 0) this.d.kickSoon(); else this.d.kick();
   }
 
   abandoned(ticket: OwnershipTicket): void {

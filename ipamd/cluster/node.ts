@@ -95,7 +95,8 @@ export class ClusterNode {
     this.pools = pools;
     this.seam = new ClusterNodeOwnership({
       node: this.config.nodeName, store, pools, statefulSets: new StatefulSets(store, this.config.statefulSets), own: this.own,
-      local: this.local, kick: () => this.kick(), flush: (ms) => this.flush(ms),
+      local: this.local, kick: () => this.kick(), kickSoon: () => this.kickSoon(), flush: (ms) => this.flush(ms),
+      takeApplied: () => this.takeApplied(),
       learnStatefulSet: (ns, podName) => this.learnStatefulSet(ns, podName),
       onInconsistency: (message, detail) => this.log.error(detail, message),
       bound: (identity, revision) => this.boundAt.set(this.keys.identityName(identity), revision),
@@ -229,6 +230,10 @@ export class ClusterNode {
     this.closed = true;
     for (const t of this.timers) clearInterval(t);
     if (this.drainTimer) clearTimeout(this.drainTimer);
+    if (this.soonTimer) clearTimeout(this.soonTimer);
+    if (this.dropTimer) clearTimeout(this.dropTimer);
+    const ids = this.takeApplied();
+    if (ids.length) this.local.drop(ids);
     if (this.syncTimer) clearTimeout(this.syncTimer);
     this.reaper.stop();
     this.stsWatch?.stop();
@@ -247,6 +252,30 @@ export class ClusterNode {
   }
 
   private drained: (() => void)[] = [];
+  /** Applied outbox ids not yet deleted: deleted inside the next commit (no fsync of their own), or by a timer. */
+  private applied: number[] = [];
+  private dropTimer: NodeJS.Timeout | null = null;
+
+  /** Called inside a request's savepoint (by the seam) and by the timer: deletes applied outbox rows. */
+  takeApplied(): number[] { return this.applied.splice(0); }
+
+  private dropApplied(): void {
+    if (this.dropTimer || this.applied.length === 0) return;
+    this.dropTimer = setTimeout(() => {
+      this.dropTimer = null;
+      const ids = this.takeApplied();
+      if (ids.length) this.local.drop(ids);
+    }, 500);
+    this.dropTimer.unref();
+  }
+
+  /** An ordinary ADD's attach record: applied within ~50 ms, batched with the others of a burst. */
+  kickSoon(): void {
+    if (this.soonTimer || this.closed) return;
+    this.soonTimer = setTimeout(() => { this.soonTimer = null; this.kick(); }, 50);
+    this.soonTimer.unref();
+  }
+  private soonTimer: NodeJS.Timeout | null = null;
 
   /** Kicks the drain and waits for it to end (empty outbox, or etcd failing), at most `maxWaitMs`. */
   flush(maxWaitMs: number): Promise<void> {
@@ -272,8 +301,9 @@ export class ClusterNode {
     this.draining = true;
     try {
       for (;;) {
-        const records = this.local.pending(256);
-        this.metrics.outboxPending.set(this.local.pendingCount());
+        const skip = new Set(this.applied);
+        const records = this.local.pending(256 + skip.size).filter((r) => !skip.has(r.id)).slice(0, 256);
+        this.metrics.outboxPending.set(this.local.pendingCount() - this.applied.length);
         if (records.length === 0) { this.drainBackoffMs = 0; return; }
         const r = await this.own.applyOutbox(records);
         const done = r.outcomes.map((o) => o.id);
@@ -290,7 +320,8 @@ export class ClusterNode {
           this.log.error({ record: bad, err: r.error.message }, "outbox record cannot be applied; dropped");
           done.push(bad.id);
         }
-        this.local.drop(done);
+        this.applied.push(...done);
+        this.dropApplied();
         if (r.error && !(r.error instanceof ClusterError && !r.error.retryable)) {
           this.metrics.outboxPending.set(this.local.pendingCount());
           this.drainBackoffMs = Math.min(5000, Math.max(100, this.drainBackoffMs * 2));
@@ -407,7 +438,7 @@ export class ClusterNode {
         fenced: now - this.fenceConfirmed > this.graceMs, graceSeconds: c.nodeGraceSeconds, leaseTTLSeconds: c.leaseTTLSeconds,
       },
       buffer,
-      outboxPending: this.local.pendingCount(),
+      outboxPending: this.local.pendingCount() - this.applied.length,
       outboxConflicts: this.outboxConflicts,
       watch: { revision: watch?.revision ?? 0, relists: watch?.relists ?? 0, compactions: watch?.compactions ?? 0 },
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),

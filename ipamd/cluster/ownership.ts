@@ -2,6 +2,7 @@
 // refilled in the background, handed back when a pool runs low), sticky identities bound with one compare-and-swap
 // transaction, attachment updates and returns as compare-and-swaps, and the outbox that carries a node's local
 // changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
+import { createHash, randomBytes } from "node:crypto";
 import { formatIp, type Family } from "../../lib/ip";
 import {
   type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp,
@@ -110,6 +111,8 @@ export interface BindRequest {
   attachment?: Omit<AttachmentRef, "node">;
   /** Reserve ahead: create when absent, never move an existing identity. */
   reserveOnly?: boolean;
+  /** The identity's key as just read by the caller (null: absent): saves the first read. */
+  current?: KeyValue | null;
 }
 
 /** A pending change of shared state, recorded in the node's SQLite with the local change, applied later. */
@@ -130,6 +133,8 @@ export class ClusterOwnership {
   private readonly pools = new Map<string, ClusterPool>();
   private readonly buffers = new Map<string, Map<string, number>>(); // pool -> ip -> modRevision
   private readonly cooling = new Map<string, number>(); // "pool ip" -> end of cooldown (ms)
+  /** Addresses learnt to be owned (failed compares, pool reads): only steers candidate choice, never decides. */
+  private readonly knownOwned = new Map<string, Set<string>>();
   private readonly cursors = new Map<string, bigint>();
   private readonly holdUntil = new Map<string, number>();
   private readonly seenHandback = new Map<string, number>(); // pool -> mod revision handled
@@ -338,10 +343,22 @@ export class ClusterOwnership {
     const p = this.pool(pool);
     const want = Math.min(count, this.o.maxClaim ?? 64, 128);
     if (want <= 0) return [];
-    const owned = new Set((await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs
-      .map((kv) => this.keys.ipFromKey(kv.key)));
+    // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read
+    // (keys only) after two failed compares, and always before answering that nothing is free.
+    let owned = this.knownOwned.get(pool) ?? new Set<string>();
+    this.knownOwned.set(pool, owned);
+    let fresh = false;
+    let failed = 0;
+    const readPool = async (): Promise<void> => {
+      owned = new Set((await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs
+        .map((kv) => this.keys.ipFromKey(kv.key)));
+      this.knownOwned.set(pool, owned);
+      fresh = true;
+    };
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const candidates = this.candidates(p, owned, want);
+      if (!fresh && failed >= 2) await readPool();
+      let candidates = this.candidates(p, owned, want);
+      if (candidates.length === 0 && !fresh) { await readPool(); candidates = this.candidates(p, owned, want); }
       if (candidates.length === 0) return [];
       const gen = this.gen();
       const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at: this.now() } satisfies IpOwner);
@@ -358,10 +375,14 @@ export class ClusterOwnership {
         continue;
       }
       if (r.succeeded) return candidates.map((ip) => ({ pool, ip, modRevision: r.revision }));
+      failed++;
       this.conflict("claim");
+      this.jump(p);
       r.responses.forEach((resp, i) => { if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!); });
     }
-    return [];
+    // Never "nothing free" for a claim that only kept losing races or meeting unknown outcomes: retryable.
+    throw new ClusterError("inconsistent", `claim in pool "${pool}": ${MAX_CAS_ATTEMPTS} transactions in a row conflicted or had ` +
+      "an unknown outcome (etcd overloaded or failing over); retry", true);
   }
 
   /** Keys whose value carries `gen`: the writes of an unknown-outcome transaction that did land. */
@@ -391,9 +412,17 @@ export class ClusterOwnership {
   }
 
   private startOffset(p: ClusterPool): bigint {
-    let h = 2166136261; // FNV-1a of the node name: nodes start in different places and rarely collide
-    for (const c of Buffer.from(this.node)) h = Math.imul(h ^ c, 16777619) >>> 0;
-    let off = BigInt(h) % p.size;
+    // A well-mixed hash of the node name: nodes start far apart (names like n1, n2 differ in one bit).
+    return this.addressAt(p, BigInt(`0x${createHash("sha256").update(`${this.node}/${p.name}`).digest("hex").slice(0, 24)}`) % p.size);
+  }
+
+  /** After a lost race: continue somewhere random, not on the frontier another node is walking. */
+  private jump(p: ClusterPool): void {
+    this.cursors.set(p.name, this.addressAt(p, BigInt(`0x${randomBytes(12).toString("hex")}`) % p.size));
+  }
+
+  private addressAt(p: ClusterPool, offset: bigint): bigint {
+    let off = offset;
     for (const s of p.segments) {
       const n = s.last - s.first + 1n;
       if (off < n) return s.first + off;
@@ -488,7 +517,7 @@ export class ClusterOwnership {
     const skey = this.keys.sticky(identity);
     const attachment = req.attachment ? { ...req.attachment, node: this.node } : undefined;
     // What the last failed compare returned: the next pass decides on it without reading again.
-    let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = null;
+    let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = req.current !== undefined ? { cur: req.current } : null;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const cur: KeyValue | null = known ? known.cur : await this.client.get(skey);
       const gen = this.gen();
@@ -680,11 +709,12 @@ export class ClusterOwnership {
   }
 
   /** Reads sticky identities by key, in one read transaction (absent ones are left out). */
-  async getSticky(ids: StickyIdentity[]): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number }[]> {
+  async getSticky(ids: StickyIdentity[]): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number; kv: KeyValue }[]> {
     if (ids.length === 0) return [];
     const r = await this.client.txn([], ids.map((id) => ({ get: { key: this.keys.sticky(id) } })));
     return r.responses.flatMap((x, i) => (x.kind === "get" && x.kvs[0]
-      ? [{ identity: ids[i]!, record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key), modRevision: x.kvs[0].modRevision }] : []));
+      ? [{ identity: ids[i]!, record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key), modRevision: x.kvs[0].modRevision, kv: x.kvs[0] }]
+      : []));
   }
 
   /** Runs a compare-and-swap txn; on an unknown outcome, checks whether `checkKey` carries `gen`. Revision or 0 on a failed compare. */
@@ -718,9 +748,12 @@ export class ClusterOwnership {
    */
   async applyOutbox(records: OutboxRecord[]): Promise<{ outcomes: OutboxOutcome[]; pending: number; error?: Error }> {
     const outcomes: OutboxOutcome[] = [];
-    for (const rec of records) {
+    for (let i = 0; i < records.length;) {
+      const batch = this.addressBatch(records, i);
       try {
-        outcomes.push({ id: rec.id, ...(await this.applyOne(rec)) });
+        if (batch.length > 1) { outcomes.push(...(await this.applyBatch(batch))); i += batch.length; continue; }
+        outcomes.push({ id: records[i]!.id, ...(await this.applyOne(records[i]!)) });
+        i++;
       } catch (e) {
         const pending = records.length - outcomes.length;
         this.o.observer?.outbox?.(pending);
@@ -729,6 +762,82 @@ export class ClusterOwnership {
     }
     this.o.observer?.outbox?.(0);
     return { outcomes, pending: 0 };
+  }
+
+  /** Consecutive attach/release records from `i` on distinct keys (at most 64): one read and one write for all. */
+  private addressBatch(records: OutboxRecord[], i: number): (OutboxRecord & { op: "attach" | "release" })[] {
+    const out: (OutboxRecord & { op: "attach" | "release" })[] = [];
+    const keys = new Set<string>();
+    for (let j = i; j < records.length && out.length < 64; j++) {
+      const r = records[j]!;
+      if (r.op !== "attach" && r.op !== "release") break;
+      const key = `${r.pool} ${r.ip}`;
+      if (keys.has(key)) break;
+      keys.add(key);
+      out.push(r);
+    }
+    return out;
+  }
+
+  private async applyBatch(batch: (OutboxRecord & { op: "attach" | "release" })[]): Promise<OutboxOutcome[]> {
+    const keys = batch.map((r) => this.keys.ip(r.pool, r.ip));
+    const read = await this.client.txn([], keys.map((key) => ({ get: { key } })));
+    const kvs = read.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+    const gen = this.gen();
+    const at = this.now();
+    const decided = batch.map((rec, i) => this.decideAddress(rec, keys[i]!, kvs[i]!, gen, at));
+    const writes = decided.filter((d) => "op" in d) as { compare: Compare; op: TxnOp; keepInBuffer?: boolean }[];
+    let ok = writes.length === 0;
+    let revision = 0;
+    if (!ok) {
+      try {
+        const r = await this.client.txn(writes.map((w) => w.compare), writes.map((w) => w.op));
+        ok = r.succeeded;
+        revision = r.revision;
+      } catch (e) {
+        if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      }
+    }
+    if (!ok) { // a compare failed (or the outcome is unknown): one by one, each re-reading
+      this.conflict("outbox-batch");
+      const out: OutboxOutcome[] = [];
+      for (const rec of batch) out.push({ id: rec.id, ...(await this.applyOne(rec)) });
+      return out;
+    }
+    return batch.map((rec, i) => {
+      const d = decided[i]!;
+      if (!("op" in d)) return { id: rec.id, ...d };
+      if (rec.op === "release" && rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, revision, at);
+      return { id: rec.id, status: "applied" as const };
+    });
+  }
+
+  /** The compare-and-swap an attach/release record needs given the key's current value, or its outcome without one. */
+  private decideAddress(rec: OutboxOp & { op: "attach" | "release" }, key: string, kv: KeyValue | null, gen: string, at: number):
+    Omit<OutboxOutcome, "id"> | { compare: Compare; op: TxnOp } {
+    const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
+    if (rec.op === "attach") {
+      const attachment = { ...rec.attachment, node: this.node };
+      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID) return { status: "noop" };
+      if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
+        return { status: "conflict", detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}` };
+      }
+      const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
+      return { compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }, op: { put: { key, value } } };
+    }
+    if (!v || v.node !== this.node || v.owner === "sticky" ||
+      (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };
+    const op: TxnOp = rec.keepInBuffer
+      ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
+      : { del: { key } };
+    return { compare: { key, target: "mod", equals: kv!.modRevision }, op };
+  }
+
+  private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): void {
+    const entry = { pool, ip, modRevision, notBefore: at + (this.o.cooldownMs ?? 0) };
+    if (entry.notBefore > this.now()) this.cooling.set(`${pool} ${ip}`, entry.notBefore);
+    this.putBack(entry);
+    this.o.persist?.added([entry]);
   }
 
   private async applyOne(rec: OutboxOp): Promise<Omit<OutboxOutcome, "id">> {
@@ -768,12 +877,7 @@ export class ClusterOwnership {
       const rev = await this.casTxn("release", [{ key, target: "mod", equals: kv!.modRevision }], [op], key, gen);
       if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
       if (!rev) return null;
-      if (rec.keepInBuffer) {
-        const entry = { pool: rec.pool, ip: rec.ip, modRevision: rev, notBefore: at + (this.o.cooldownMs ?? 0) };
-        if (entry.notBefore > this.now()) this.cooling.set(`${rec.pool} ${rec.ip}`, entry.notBefore);
-        this.putBack(entry);
-        this.o.persist?.added([entry]);
-      }
+      if (rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, rev, at);
       return { status: "applied" };
     }
     const skey = this.keys.sticky(rec.identity);
