@@ -17,7 +17,8 @@ const arg = (name: string, fallback: string): string => {
   return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
 };
 const N = Number(arg("allocations", "5000"));
-const q = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))] ?? NaN; };
+const q = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1,
+  Math.floor(p * s.length))] ?? NaN; };
 const ms = (x: number): string => `${x.toFixed(2)} ms`;
 const verdict = (ok: boolean): string => (ok ? "meets the goal" : "MISSES the goal");
 
@@ -36,10 +37,12 @@ async function node(etcd: EtcdCluster | null, name: string, prefix: string, extr
 }
 
 /** `clients` concurrent keep-alive clients over `daemons` (round robin), `total` allocations; latencies in ms. */
-async function load(daemons: DaemonHandle[], clientsPer: number, total: number, tag: string): Promise<{ perSecond: number; lat: number[] }> {
+async function load(daemons: DaemonHandle[], clientsPer: number, total: number,
+  tag: string): Promise<{ perSecond: number; lat: number[] }> {
   const lat: number[] = [];
   let next = 0;
-  const clients = daemons.flatMap((d) => Array.from({ length: clientsPer }, () => new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 30_000 })));
+  const clients = daemons.flatMap((d) => Array.from({ length: clientsPer }, () => new IpamdClient(d.socket, { keepAlive: true,
+    timeoutMs: 30_000 })));
   const t0 = performance.now();
   await Promise.all(clients.map(async (c) => {
     for (let i = next++; i < total; i = next++) {
@@ -82,7 +85,8 @@ async function main(): Promise<void> {
     console.log(`1. ordinary ADD, 16 clients, ${N} x 3 rounds (median round):`);
     console.log(`   single node   ${Math.round(med(rounds.single))} alloc/s  p50 ${ms(q(rounds.sl, 0.5))}  p99 ${ms(q(rounds.sl, 0.99))}`);
     console.log(`   cluster node  ${Math.round(med(rounds.cluster))} alloc/s  p50 ${ms(q(rounds.cl, 0.5))}  p99 ${ms(q(rounds.cl, 0.99))}`);
-    console.log(`   time ratio cluster/single ${ratio.toFixed(3)} (goal <= 1.1: ${verdict(ratio <= 1.1)}; no etcd round trip on this path)`);
+    console.log(`   time ratio cluster/single ${ratio.toFixed(3)} (goal <= 1.1: ${verdict(ratio <= 1.1)}; ` +
+      "no etcd round trip on this path)");
     await single.stop(); await member.stop();
 
     // 2. sticky ADD that moves a member to another node.
@@ -139,7 +143,8 @@ async function main(): Promise<void> {
     const t2 = performance.now();
     const total = (t2 - t0) / 1000;
     console.log(`4. 1,000 StatefulSet members over 10 nodes: reserve ahead ${((t1 - t0) / 1000).toFixed(2)} s + attach on their nodes ` +
-      `${((t2 - t1) / 1000).toFixed(2)} s = ${total.toFixed(2)} s of IPAM time (goal < 5 s: ${verdict(total < 5)}; ${same}/1000 got their ` +
+      `${((t2 - t1) / 1000).toFixed(2)} s = ${total.toFixed(2)} s of IPAM time (goal < 5 s: ${verdict(total < 5)}; ` +
+      `${same}/1000 got their ` +
       "reserved address)");
     console.log("   for scale: Spiderpool's published 1,000 pods on 10 nodes took 182-207 s and Whereabouts 2,529 s (or failed), " +
       "but those are end to end and include pod start-up; this figure is IPAM time only");

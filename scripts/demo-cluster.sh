@@ -66,7 +66,8 @@ step "starting a 3-member etcd on loopback (state in $work)"
 i=0
 for pair in "$c0 $p0" "$c1 $p1" "$c2 $p2"; do
   read -r c p <<<"$pair"
-  "$ETCD" --name "m$i" --data-dir "$work/etcd-m$i" --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+  "$ETCD" --name "m$i" --data-dir "$work/etcd-m$i" \
+    --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
     --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" --initial-cluster "$cluster" \
     --initial-cluster-token "berth-demo-$$" --initial-cluster-state new --log-level error --logger zap --log-outputs "$work/etcd-m$i.log" &
   pids+=($!)

@@ -5,7 +5,8 @@ import type { BufferEntry, OutboxOp, OutboxRecord } from "./ownership";
 import type { DB, Statement } from "../store/database";
 
 export class ClusterStore {
-  private readonly q: Record<"enqueue" | "pending" | "count" | "drop" | "bufAdd" | "bufDel" | "bufDelPool" | "bufAll" | "get" | "set", Statement>;
+  private readonly q: Record<"enqueue" | "pending" | "count" | "drop" | "bufAdd" | "bufDel" | "bufDelPool" | "bufAll" | "get" | "set",
+    Statement>;
 
   constructor(private readonly db: DB) {
     const p = (sql: string): Statement => db.prepare(sql);

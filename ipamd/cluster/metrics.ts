@@ -27,7 +27,8 @@ export class ClusterMetrics {
       labelNames: ["op"], registers,
     });
     this.buffer = new Gauge({
-      name: "berth_ipamd_cluster_buffer_addresses", help: "Unused addresses this node holds in etcd per pool", labelNames: ["pool"], registers,
+      name: "berth_ipamd_cluster_buffer_addresses", help: "Unused addresses this node holds in etcd per pool", labelNames: ["pool"],
+        registers,
     });
     this.outboxPending = new Gauge({
       name: "berth_ipamd_cluster_outbox_pending", help: "Local changes (releases, detaches) not yet applied to etcd", registers,

@@ -176,7 +176,8 @@ export class ClusterNodeOwnership implements AddressOwnership {
       try {
         // The read above is fresh: the bind starts from it (one compare-and-swap when nothing changed meanwhile).
         const current = here ? here.kv : order.length === 1 || i === 0 ? null : undefined;
-        const b = await own.bindSticky(identityOf(sts, order[i]!), { selectsNode: true, attachment, ...(current !== undefined ? { current } : {}) });
+        const b = await own.bindSticky(identityOf(sts, order[i]!), { selectsNode: true, attachment,
+          ...(current !== undefined ? { current } : {}) });
         this.d.bound(b.identity, b.stickyModRevision);
         t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: here?.record.pinned === true });
         return;
@@ -315,7 +316,8 @@ export class ClusterNodeOwnership implements AddressOwnership {
     if (t.op.kind === "allocate") {
       // etcd was changed for a request that did not commit: take the attachment back off (the binding stays, detached).
       for (const b of t.bindings) {
-        this.d.local.enqueue({ op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID }, Date.now());
+        this.d.local.enqueue({ op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID },
+          Date.now());
         t.wroteOutbox = true;
       }
     }

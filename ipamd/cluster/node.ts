@@ -148,7 +148,8 @@ export class ClusterNode {
   }
 
   private every(ms: number, fn: () => void | Promise<void>): void {
-    const t = setInterval(() => { void Promise.resolve(fn()).catch((e: unknown) => this.log.warn({ err: e }, "cluster task failed")); }, ms);
+    const t = setInterval(() => { void Promise.resolve(fn()).catch((e: unknown) => this.log.warn({ err: e }, "cluster task failed")); },
+      ms);
     t.unref();
     this.timers.push(t);
   }
@@ -212,7 +213,8 @@ export class ClusterNode {
       for (const row of store.matching({ state: "attached" }, 10_000_000)) {
         if (row.sticky || !this.own.poolNames().includes(row.pool)) continue;
         this.local.enqueue({ op: "attach", pool: row.pool, ip: row.ip,
-          attachment: { containerID: row.container_id!, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) } }, Date.now());
+          attachment: { containerID: row.container_id!, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) } },
+            Date.now());
       }
     }
   }
@@ -311,7 +313,8 @@ export class ClusterNode {
           this.outboxConflicts++;
           this.metrics.outboxConflicts.inc();
           this.log.error({ record: records.find((x) => x.id === o.id), detail: o.detail },
-            "outbox record contradicted by etcd: this node's record and etcd disagree about an address; check it with ipamctl reservations");
+            "outbox record contradicted by etcd: this node's record and etcd disagree about an address; " +
+            "check it with ipamctl reservations");
         }
         if (r.error instanceof ClusterError && !r.error.retryable) {
           const bad = records[r.outcomes.length]!;
@@ -325,7 +328,8 @@ export class ClusterNode {
         if (r.error && !(r.error instanceof ClusterError && !r.error.retryable)) {
           this.metrics.outboxPending.set(this.local.pendingCount());
           this.drainBackoffMs = Math.min(5000, Math.max(100, this.drainBackoffMs * 2));
-          this.log.debug({ pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs }, "outbox waits for etcd");
+          this.log.debug({ pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
+            "outbox waits for etcd");
           this.drainTimer = setTimeout(() => { this.drainTimer = null; this.kick(); }, this.drainBackoffMs);
           this.drainTimer.unref();
           return;
@@ -364,7 +368,8 @@ export class ClusterNode {
       this.seam!.followRecord(this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`), record);
     };
     const mine = (): string[] => this.store!.matching({}, 10_000_000).filter((r) => r.sticky === 1)
-      .map((r) => `${r.pool}/${this.keys.identityName(identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))}`);
+      .map((r) => identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))
+      .map((id) => `${id.pool}/${this.keys.identityName(id)}`);
     try {
       await this.runLocal("sticky watch", () => {
         for (const [name, rev] of changes) follow(name, rev);

@@ -102,7 +102,8 @@ export class ClusterOperator {
       for (const family of [4, 6] as const) {
         const familyPools = usable.filter((p) => p.family === family);
         if (familyPools.length === 0) continue;
-        const members = Array.from({ length: req.replicas }, (_, ordinal) => ({ namespace: req.namespace, statefulset: req.statefulset, ordinal }));
+        const members = Array.from({ length: req.replicas }, (_, ordinal) => ({ namespace: req.namespace, statefulset: req.statefulset,
+          ordinal }));
         const existing = new Map<number, Listed>();
         for (let i = 0; i < members.length; i += 32) {
           const batch = members.slice(i, i + 32).flatMap((m) => familyPools.map((p) => identityOf(m, p.name)));
@@ -117,7 +118,8 @@ export class ClusterOperator {
         }
       }
     } catch (e) {
-      for (const identity of created) await this.c.own.applyOutbox([{ id: 0, createdAt: 0, op: "release-sticky", identity }]).catch(() => undefined);
+      for (const identity of created) await this.c.own.applyOutbox([{ id: 0, createdAt: 0, op: "release-sticky",
+        identity }]).catch(() => undefined);
       throw clusterApiError(e, `reserve of ${req.namespace}/${req.statefulset}`);
     }
     out.sort((a, b) => (a.ordinal ?? 0) - (b.ordinal ?? 0) || a.family - b.family);
@@ -176,11 +178,13 @@ export class ClusterOperator {
         "until the container's CNI DEL or GC frees it)");
     }
     for (const x of targets) {
-      const r = await this.c.own.applyOutbox([{ id: 0, createdAt: Date.now(), op: "release-sticky", identity: x.identity, force: req.force }]);
+      const r = await this.c.own.applyOutbox([{ id: 0, createdAt: Date.now(), op: "release-sticky", identity: x.identity,
+        force: req.force }]);
       if (r.error) throw clusterApiError(r.error, `release of ${this.view(x).owner}`);
     }
     await this.follow(targets.map((x) => x.identity));
-    if (!req.ip && req.ordinal === undefined && !req.pool) await this.unregister({ namespace: req.namespace!, statefulset: req.statefulset! });
+    if (!req.ip && req.ordinal === undefined && !req.pool) await this.unregister({ namespace: req.namespace!,
+      statefulset: req.statefulset! });
     return {
       released: targets.map((x) => this.view(x)),
       heldByContainer: attached.map((x) => ({

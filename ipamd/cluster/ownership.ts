@@ -636,11 +636,13 @@ export class ClusterOwnership {
         throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(v)}; request another address`, false);
       }
       if (mine) { this.buffers.get(pool)!.delete(ip); this.cooling.delete(`${pool} ${ip}`); this.reportBuffer(pool); }
-      const rev = await this.casTxn("claim-exact", [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }],
+      const rev = await this.casTxn("claim-exact", [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create",
+        equals: 0 }],
         [{ put: { key, value } }], key, gen);
       if (mine) this.o.persist?.removed(pool, [ip]);
       if (rev) return rev;
-      if (attempt >= MAX_CAS_ATTEMPTS) throw new ClusterError("inconsistent", `claim of ${ip}: too many conflicting transactions; retry`, true);
+      if (attempt >= MAX_CAS_ATTEMPTS) throw new ClusterError("inconsistent", `claim of ${ip}: too many conflicting transactions; retry`,
+        true);
     }
   }
 
@@ -666,12 +668,14 @@ export class ClusterOwnership {
       const ownedByIdentity = nv?.owner === "sticky" && nv.identity === name;
       const mine = nv?.owner === "buffer" && nv.node === this.node;
       if (nv && !ownedByIdentity && !mine) {
-        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(nv)}; release it first or pin another address`, false);
+        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(nv)}; release it first or pin another address`,
+          false);
       }
       const old = rec && rec.ip !== ip ? rec : null;
       if (old?.attachment && !o.force && old.attachment.containerID !== attachment?.containerID) {
         throw new ClusterError("reservation_attached", `sticky identity ${name} is attached to sandbox ${old.attachment.containerID} on ` +
-          `node ${old.attachment.node} with ${old.ip}; delete the pod first, or pass force (that sandbox keeps ${old.ip} until its DEL)`, false);
+          `node ${old.attachment.node} with ${old.ip}; delete the pod first, or pass force (that sandbox keeps ${old.ip} until its DEL)`,
+            false);
       }
       const next: StickyRecord = {
         ip, node: this.node, gen, at, pinned: true,
@@ -693,11 +697,16 @@ export class ClusterOwnership {
           compares.push({ key: okey, target: "mod", equals: okv.modRevision });
           const held = old.attachment && old.attachment.containerID !== attachment?.containerID ? old.attachment : undefined;
           ops.push(held
-            ? { put: { key: okey, value: JSON.stringify({ owner: "attachment", node: held.node, gen, at, attachment: held } satisfies IpOwner) } }
+            ? { put: { key: okey, value: JSON.stringify({ owner: "attachment", node: held.node, gen, at,
+              attachment: held } satisfies IpOwner) } }
             : { del: { key: okey } });
         }
       }
-      if (mine) { this.buffers.get(identity.pool)!.delete(ip); this.cooling.delete(`${identity.pool} ${ip}`); this.reportBuffer(identity.pool); }
+      if (mine) {
+        this.buffers.get(identity.pool)!.delete(ip);
+        this.cooling.delete(`${identity.pool} ${ip}`);
+        this.reportBuffer(identity.pool);
+      }
       const rev = await this.casTxn("pin", compares, ops, skey, gen);
       if (mine) this.o.persist?.removed(identity.pool, [ip]);
       if (rev) {
@@ -713,7 +722,8 @@ export class ClusterOwnership {
     if (ids.length === 0) return [];
     const r = await this.client.txn([], ids.map((id) => ({ get: { key: this.keys.sticky(id) } })));
     return r.responses.flatMap((x, i) => (x.kind === "get" && x.kvs[0]
-      ? [{ identity: ids[i]!, record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key), modRevision: x.kvs[0].modRevision, kv: x.kvs[0] }]
+      ? [{ identity: ids[i]!, record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key), modRevision: x.kvs[0].modRevision,
+        kv: x.kvs[0] }]
       : []));
   }
 
@@ -818,12 +828,15 @@ export class ClusterOwnership {
     const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
     if (rec.op === "attach") {
       const attachment = { ...rec.attachment, node: this.node };
-      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID) return { status: "noop" };
+      if (v?.owner === "attachment" && v.node === this.node
+        && v.attachment.containerID === rec.attachment.containerID) return { status: "noop" };
       if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
-        return { status: "conflict", detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}` };
+        return { status: "conflict",
+          detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}` };
       }
       const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
-      return { compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }, op: { put: { key, value } } };
+      return { compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }, op: { put: { key,
+        value } } };
     }
     if (!v || v.node !== this.node || v.owner === "sticky" ||
       (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };

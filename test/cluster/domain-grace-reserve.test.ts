@@ -20,7 +20,8 @@ const at = (id: string, pod?: string) => ({
 });
 
 describe("the L2-domain rule", () => {
-  it("a member's address is handed out only on a node its pool selects; elsewhere CNI error 102 names pool, selector and node", async () => {
+  it("a member's address is handed out only on a node its pool selects; elsewhere CNI error 102 names pool, selector and node",
+    async () => {
     const prefix = freshPrefix("l2");
     const pools = [
       { name: "rack1", subnet: "10.84.0.0/24", networks: ["underlay"], nodeSelector: { matchLabels: { rack: "r1" } } },
@@ -49,7 +50,8 @@ describe("the L2-domain rule", () => {
 });
 
 describe("node death", () => {
-  it("within the grace period a node keeps everything; after it, its buffer and plain attachments return, its sticky identities stay", async () => {
+  it("within the grace period a node keeps everything; after it, its buffer and plain attachments return, its sticky identities stay",
+    async () => {
     const prefix = freshPrefix("grace");
     const pools = [{ name: "g", subnet: "10.86.0.0/24", networks: ["underlay"] }];
     const o = { pools, prefix, extra: STS, cluster: { nodeGraceSeconds: 4, leaseTTLSeconds: 2, buffer: { low: 2, high: 4 } } };
@@ -87,12 +89,16 @@ describe("reserve ahead, pin and release are cluster-wide", () => {
     const prefix = freshPrefix("reserve");
     const pools = [{ name: "rv", subnet: "10.87.0.0/24", gateway: "10.87.0.1", networks: ["underlay"] }];
     const [a, b, c] = await startClusterNodes(etcd, [{ name: "ra" }, { name: "rb" }, { name: "rc" }], { pools, prefix });
-    const r = await runIpamctl(["--socket", a!.socket, "-o", "json", "reserve", "--namespace", "db", "--statefulset", "kafka", "--replicas", "3"]);
+    const r = await runIpamctl(["--socket", a!.socket, "-o", "json", "reserve", "--namespace", "db", "--statefulset", "kafka",
+      "--replicas", "3"]);
     expect(r.code, r.stderr).toBe(0);
-    const reserved = (JSON.parse(r.stdout) as { reservations: { ordinal: number; ip: string; node: string; state: string }[] }).reservations;
-    expect(reserved.map((x) => [x.ordinal, x.node, x.state])).toEqual([[0, "ra", "detached"], [1, "ra", "detached"], [2, "ra", "detached"]]);
+    type Listed = { reservations: { ordinal: number; ip: string; node: string; state: string }[] };
+    const reserved = (JSON.parse(r.stdout) as Listed).reservations;
+    expect(reserved.map((x) => [x.ordinal, x.node, x.state])).toEqual([[0, "ra", "detached"], [1, "ra", "detached"], [2, "ra",
+      "detached"]]);
     // B never heard of kafka: the registration is cluster-wide, so kafka-1 is a member there and gets its reserved address.
-    const got = await b!.client.allocate({ containerID: "k1-b", ifName: "eth0", network: "underlay", podNamespace: "db", podName: "kafka-1" });
+    const got = await b!.client.allocate({ containerID: "k1-b", ifName: "eth0", network: "underlay", podNamespace: "db",
+      podName: "kafka-1" });
     expect(got).toMatchObject({ owner: "db/kafka/1", sticky: true });
     expect(got.ips[0]!.address).toBe(`${reserved[1]!.ip}/24`);
     // Reserving again from C keeps them all where they are.
@@ -100,7 +106,8 @@ describe("reserve ahead, pin and release are cluster-wide", () => {
     expect(again.reservations.map((x) => [x.ip, x.node])).toEqual(reserved.map((x, i) => [x.ip, i === 1 ? "rb" : "ra"]));
 
     // Pin from C: ordinal 2 gets 10.87.0.200; its reserved address returns to the pool.
-    const pin = await runIpamctl(["--socket", c!.socket, "pin", "--namespace", "db", "--statefulset", "kafka", "--ordinal", "2", "--ip", "10.87.0.200"]);
+    const pin = await runIpamctl(["--socket", c!.socket, "pin", "--namespace", "db", "--statefulset", "kafka", "--ordinal", "2", "--ip",
+      "10.87.0.200"]);
     expect(pin.code, pin.stderr).toBe(0);
     expect(pin.stdout).toContain(`pinned 10.87.0.200/24 (pool rv) to db/kafka/2; released ${reserved[2]!.ip}`);
     expect(etcdIps(etcd, prefix, "rv").get(reserved[2]!.ip)).toBeUndefined();

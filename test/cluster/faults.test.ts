@@ -55,12 +55,14 @@ async function storm(ops: number, o: { onOp?: (i: number) => Promise<void> | voi
   await Promise.all(Array.from({ length: 12 }, async () => {
     for (let i = next++; i < ops; i = next++) {
       await o.onOp?.(i);
-      if (live.length > 40 || (live.length > 0 && i % 3 === 2)) { await del(live.splice(Math.floor(Math.random() * live.length), 1)[0]!); continue; }
+      if (live.length > 40 || (live.length > 0 && i % 3 === 2)) { await del(live.splice(Math.floor(Math.random() * live.length),
+        1)[0]!); continue; }
       const node = i % 3;
       const id = `s${seq++}`;
       const ordinal = i % 2 === 0 ? free.shift() : undefined;
       try {
-        const { r, retries: t } = await addWithRetries(nodes[node]!, ordinal === undefined ? att(id) : memberReq(id, ordinal), o.retries ?? 20);
+        const { r, retries: t } = await addWithRetries(nodes[node]!, ordinal === undefined ? att(id) : memberReq(id, ordinal),
+          o.retries ?? 20);
         retries += t;
         acks.set(id, { node: nodes[node]!.name, ip: r.ips[0]!.address.split("/")[0]!, owner: r.owner });
         live.push({ id, node, ordinal });
@@ -99,7 +101,8 @@ describe("faults", () => {
     await etcd.restart(leader);
   }, 180_000);
 
-  it("two of three etcd members stopped: buffer ADD works, cross-node sticky ADD fails with code 11 naming etcd, DEL works; then healed", async () => {
+  it("two of three etcd members stopped: buffer ADD works, cross-node sticky ADD fails with code 11 naming etcd, DEL works; then healed",
+    async () => {
     const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle];
     const m0 = await a.client.allocate(memberReq("q-m0-a", 59));
     acks.set("q-m0-a", { node: a.name, ip: m0.ips[0]!.address.split("/")[0]!, owner: m0.owner });
@@ -116,7 +119,8 @@ describe("faults", () => {
       }
       // Cross-node sticky ADD through the built plugin: CNI code 11 naming etcd and every endpoint tried.
       const add = runCni(pluginPath("berth-ipam"), {
-        command: "ADD", config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam", socket: b.socket } },
+        command: "ADD", config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam",
+          socket: b.socket } },
         containerId: "q-m0-b", netns: ns.path, ifName: "eth0", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=m-59",
       });
       expect(add.code).not.toBe(0);
@@ -126,7 +130,8 @@ describe("faults", () => {
       // DEL works; its release waits in the outbox.
       expect(await b.client.release(att("q-plain-before"))).toEqual({ released: [plainBefore.ips[0]!.address.split("/")[0]], kept: [] });
       const del = runCni(pluginPath("berth-ipam"), {
-        command: "DEL", config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam", socket: b.socket } },
+        command: "DEL", config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam",
+          socket: b.socket } },
         containerId: "q-plain-0", netns: ns.path, ifName: "eth0",
       });
       expect(del.code, del.stdout).toBe(0);

@@ -95,7 +95,8 @@ describe("no address held twice", () => {
       expect(r.message).toMatch(/pool "small" has no free address on any node \(32 of 32 owned in etcd/);
     }
     for (const n of nodes) {
-      const e = await n.client.allocate({ containerID: `small-extra-${n.name}`, ifName: "eth0", network: "small" }).catch((x: unknown) => x);
+      const e = await n.client.allocate({ containerID: `small-extra-${n.name}`, ifName: "eth0",
+        network: "small" }).catch((x: unknown) => x);
       expect((e as IpamdError).code).toBe("pool_exhausted");
     }
     const keys = etcdIps(etcd, prefix, "small");

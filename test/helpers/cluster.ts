@@ -57,7 +57,8 @@ export function sqliteCount(n: DaemonHandle, table: string): number {
 }
 
 /** etcd's ip keys of a pool: ip -> owner value. */
-export function etcdIps(etcd: EtcdCluster, prefix: string, pool: string): Map<string, Record<string, unknown> & { owner: string; node: string }> {
+export function etcdIps(etcd: EtcdCluster, prefix: string, pool: string): Map<string, Record<string,
+  unknown> & { owner: string; node: string }> {
   const out = new Map<string, Record<string, unknown> & { owner: string; node: string }>();
   for (const [k, v] of etcd.dump(`${prefix}/ip/${pool}/`)) out.set(k.slice(k.lastIndexOf("/") + 1), JSON.parse(v));
   return out;
@@ -105,7 +106,9 @@ export async function expectConsistent(etcd: EtcdCluster, prefix: string, pools:
   for (;;) {
     problems = [];
     const statuses = await Promise.all(nodes.map((n) => n.client.status()));
-    statuses.forEach((s, i) => { if (s.cluster!.outboxPending > 0) problems.push(`${nodes[i]!.name}: outbox ${s.cluster!.outboxPending}`); });
+    statuses.forEach((s, i) => {
+      if (s.cluster!.outboxPending > 0) problems.push(`${nodes[i]!.name}: outbox ${s.cluster!.outboxPending}`);
+    });
     const keys = new Map<string, Record<string, unknown> & { owner: string; node: string }>();
     for (const pool of pools) for (const [ip, v] of etcdIps(etcd, prefix, pool)) keys.set(ip, v);
     const sticky = new Map<string, { ip: string; node: string; attachment?: { containerID: string } }>();
@@ -120,7 +123,8 @@ export async function expectConsistent(etcd: EtcdCluster, prefix: string, pools:
         if (!k) { problems.push(`${n.name} holds ${row.ip} (${row.owner}) but etcd has no key for it`); continue; }
         if (row.sticky) {
           const s = sticky.get(`${row.pool}/${row.owner}/-`);
-          if (!s || s.ip !== row.ip || s.node !== n.name) problems.push(`${n.name}: sticky row ${row.owner} ${row.ip} vs etcd ${JSON.stringify(s)}`);
+          if (!s || s.ip !== row.ip
+            || s.node !== n.name) problems.push(`${n.name}: sticky row ${row.owner} ${row.ip} vs etcd ${JSON.stringify(s)}`);
           else if ((s.attachment?.containerID ?? null) !== row.container_id) {
             problems.push(`${n.name}: ${row.owner} attached to ${row.container_id} here, ${s.attachment?.containerID} in etcd`);
           }
@@ -146,7 +150,9 @@ export async function expectConsistent(etcd: EtcdCluster, prefix: string, pools:
     for (const [containerID, a] of acks) {
       const n = nodes.find((x) => x.name === a.node)!;
       const row = sqliteRows(n).find((r) => r.container_id === containerID);
-      if (!row || row.ip !== a.ip) problems.push(`acknowledged ADD ${containerID} (${a.ip} on ${a.node}) is ${row ? `now ${row.ip}` : "lost"}`);
+      if (!row || row.ip !== a.ip) {
+        problems.push(`acknowledged ADD ${containerID} (${a.ip} on ${a.node}) is ${row ? `now ${row.ip}` : "lost"}`);
+      }
     }
     if (problems.length === 0) return;
     if (Date.now() > deadline) throw new Error(`cluster is not consistent:\n  ${problems.slice(0, 30).join("\n  ")}`);

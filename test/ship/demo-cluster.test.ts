@@ -11,7 +11,8 @@ const DEMO = join(ROOT, "scripts/demo-cluster.sh");
 
 function leftovers(tag: string, workDir: string): string[] {
   const found: string[] = [];
-  for (const line of execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n")) if (line.startsWith(`${tag}-`)) found.push(`netns ${line}`);
+  for (const line of execFileSync("ip", ["netns", "list"],
+    { encoding: "utf8" }).split("\n")) if (line.startsWith(`${tag}-`)) found.push(`netns ${line}`);
   const links = JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string }[];
   for (const l of links) if (l.ifname.startsWith(tag)) found.push(`link ${l.ifname}`);
   if (existsSync(workDir)) found.push(`dir ${workDir}`);
@@ -33,7 +34,8 @@ describe("make demo-cluster", () => {
     const r = spawnSync("bash", [DEMO], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
     const output = r.stdout + r.stderr;
     expect(r.status, output).toBe(0);
-    for (const h of ["starting a 3-member etcd", "1. web-0 on node-a", "2. delete web-0", "3. web-0 created on node-b", "4. ipamctl reservations from node-c",
+    for (const h of ["starting a 3-member etcd", "1. web-0 on node-a", "2. delete web-0", "3. web-0 created on node-b",
+      "4. ipamctl reservations from node-c",
       "cleaning up"]) expect(output).toContain(h);
     const first = /web-0 on node-a \(netns \S+, container \w+\): eth0 (\d+\.\d+\.\d+\.\d+)/.exec(output);
     expect(first, output).not.toBeNull();
