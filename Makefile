@@ -18,7 +18,7 @@ PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
 
 SOURCES := $(shell find api cni ipamctl ipamd lib -name '*.ts') package.json tsconfig.json
 
-.PHONY: all build test test-host test-lab lab typecheck demo bench install uninstall dist image clean
+.PHONY: all build test test-host test-lab lab typecheck demo demo-cluster bench install uninstall dist image clean
 
 all: build
 
@@ -65,6 +65,11 @@ demo:
 	@scripts/install-deps.sh demo
 	@$(MAKE) --no-print-directory build
 	scripts/demo.sh
+
+# Cluster mode: a 3-member etcd on loopback, ipamd on two nodes sharing a pool, web-0 moving between them.
+demo-cluster: build
+	@scripts/install-deps.sh demo
+	scripts/demo-cluster.sh
 
 bench: build
 	scripts/bench.sh

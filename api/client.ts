@@ -89,7 +89,7 @@ export class IpamdClient {
       page = await this.reservations({ ...filter, limit, ...(page?.next ? { after: page.next } : {}) });
       all.push(...page.reservations);
     } while (page.next && (filter.limit === undefined || all.length < filter.limit));
-    return { reservations: all, truncated: page.truncated };
+    return { reservations: all, truncated: page.truncated, ...(page.cluster ? { cluster: page.cluster } : {}) };
   }
   reserve(args: ReserveRequest): Promise<ReserveResponse> { return this.call("POST", "/v1/reservations/reserve", args); }
   pin(args: PinRequest): Promise<PinResponse> { return this.call("POST", "/v1/reservations/pin", args); }

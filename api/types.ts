@@ -81,6 +81,32 @@ export interface StatusResponse {
   orphanedPools: OrphanedPool[];
   /** The Kubernetes side: how ipamd reaches the API and the state of each watch ("off": no API, labels from the config). */
   kubernetes: KubeStatus;
+  /** Cluster mode only. */
+  cluster?: ClusterStatus;
+}
+
+/** GET /v1/status in cluster mode: etcd, this node's liveness, buffer and outbox. */
+export interface ClusterStatus {
+  etcd: {
+    state: "connected" | "degraded" | "unreachable" | "connecting";
+    endpoints: string[];
+    /** The endpoint requests go to first. */
+    current: string;
+    /** Why the state is what it is (the last failure per endpoint), empty when connected. */
+    detail: string;
+    prefix: string;
+  };
+  liveness: { confirmedSecondsAgo: number | null; fenced: boolean; graceSeconds: number; leaseTTLSeconds: number };
+  /** Unused addresses this node holds per pool (claimed from etcd). */
+  buffer: Record<string, number>;
+  /** Local changes (releases, detaches) not yet applied to etcd. */
+  outboxPending: number;
+  /** Outbox records etcd contradicted (logged; each needs a look). */
+  outboxConflicts: number;
+  /** The sticky identities' watch: revision reflected, lists (start-up, compaction), compactions met. */
+  watch: { revision: number; relists: number; compactions: number };
+  /** Dead-looking nodes inside the grace period, as this node's reaper sees them. */
+  nodesInGrace: { node: string; goneSeconds: number }[];
 }
 
 /** One watch (list + watch, restarted with backoff on any error). */
@@ -158,6 +184,8 @@ export interface Reservation {
   createdAt: string;
   attachedAt?: string;
   detachedAt?: string;
+  /** Cluster mode: the node the reservation is bound to (sticky), or that holds the attachment. */
+  node?: string;
 }
 
 /** Query of GET /v1/reservations; every field narrows the list. */
@@ -167,7 +195,17 @@ export interface ReservationFilter {
   /** The `next` cursor of the previous page. */
   after?: string;
 }
-export interface ReservationsResponse { reservations: Reservation[]; truncated: boolean; next?: string }
+export interface ReservationsResponse {
+  reservations: Reservation[];
+  truncated: boolean;
+  /** The cursor of the next page (API.md: pages of at most 5000). */
+  next?: string;
+  /**
+   * Cluster mode: where the sticky reservations come from: "etcd" (read now, every node's), or "cache" (etcd
+   * unreachable: this node's last watched view; `detail` says why).
+   */
+  cluster?: { source: "etcd" | "cache"; detail?: string };
+}
 export interface ReserveResponse {
   statefulset: { namespace: string; name: string };
   reservations: Reservation[];
@@ -190,7 +228,9 @@ export interface RegisterResponse { registered: StatefulSetRequest }
 export type ApiErrorCode =
   | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
   | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
-  | "shutting_down" | "internal" | "previous_sandbox_attached" | "database_unverified";
+  | "shutting_down" | "internal" | "previous_sandbox_attached" | "database_unverified"
+  // cluster mode
+  | "cluster_unavailable" | "attached_elsewhere" | "l2_domain";
 
 /** The body of every non-2xx answer. */
 export interface ApiErrorBody { error: { code: ApiErrorCode; message: string; field?: string } }

@@ -4,7 +4,7 @@
 import { writeSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "../api/client";
-import type { OrphanedPool, PoolUsage, Reservation, StatusResponse } from "../api/types";
+import type { OrphanedPool, PoolUsage, Reservation, ReservationsResponse, StatusResponse } from "../api/types";
 import { sleepSync } from "../lib/files";
 import { completionScript, SHELLS, type Shell } from "./completion";
 import { describePod, podStoryText } from "./describe";
@@ -45,13 +45,26 @@ function since(r: Reservation): string | undefined {
 }
 
 function reservationRows(list: Reservation[], wide: boolean): string {
-  const head = ["IP", "POOL", "OWNER", "STATE", "STICKY", "PINNED", "POD", "AGE"];
+  const nodes = list.some((r) => r.node !== undefined); // cluster mode: the node each is bound to
+  const head = ["IP", "POOL", "OWNER", "STATE", "STICKY", "PINNED", "POD", ...(nodes ? ["NODE"] : []), "AGE"];
   const rows = list.map((r) => [
     r.address, r.pool, r.owner, paint(r.state === "attached" ? "green" : "yellow", r.state), r.sticky ? "yes" : "no",
-    r.pinned ? "yes" : "no", podOf(r), age(since(r)),
+    r.pinned ? "yes" : "no", podOf(r), ...(nodes ? [r.node ?? "-"] : []), age(since(r)),
     ...(wide ? [r.containerID ? `${r.containerID.slice(0, 12)}/${r.ifName}` : "-", r.network ?? "-", since(r) ?? "-", r.createdAt] : []),
   ]);
   return table(wide ? [...head, "CONTAINER", "NETWORK", "SINCE", "CREATED"] : head, rows);
+}
+
+function clusterLines(c: NonNullable<StatusResponse["cluster"]>): string[] {
+  const buffer = Object.entries(c.buffer).map(([p, n]) => `${p}=${n}`).join(", ") || "-";
+  return [
+    `etcd:          ${c.etcd.state} (${c.etcd.endpoints.join(", ")}; prefix ${c.etcd.prefix})${c.etcd.detail ? `: ${c.etcd.detail}` : ""}`,
+    `liveness:      ${c.liveness.confirmedSecondsAgo === null ? "never confirmed" : `confirmed ${c.liveness.confirmedSecondsAgo}s ago`}` +
+      `${c.liveness.fenced ? " (FENCED: buffered addresses are not handed out)" : ""}, grace ${c.liveness.graceSeconds}s`,
+    `buffer:        ${buffer}`,
+    `outbox:        ${c.outboxPending} pending for etcd${c.outboxConflicts ? `, ${c.outboxConflicts} conflicts (see the ipamd log)` : ""}`,
+    ...(c.nodesInGrace.length ? [`nodes gone:    ${c.nodesInGrace.map((n) => `${n.node} (${n.goneSeconds}s)`).join(", ")}`] : []),
+  ];
 }
 
 function intArg(name: string) {
@@ -144,6 +157,7 @@ export async function main(argv: string[]): Promise<number> {
         `cooldown:      ${s.cooldownSeconds}s, detached TTL: ${s.detachedTTLSeconds ? `${s.detachedTTLSeconds}s` : "never"}`,
         `database:      ${s.database}`,
         ...kubeLines(s.kubernetes),
+        ...(s.cluster ? clusterLines(s.cluster) : []),
       ].join("\n"));
     });
 
@@ -188,7 +202,7 @@ export async function main(argv: string[]): Promise<number> {
       state?: "attached" | "detached"; limit?: number }) => {
       const { c, g } = client();
       const { pod, ...filter } = o;
-      let r;
+      let r: ReservationsResponse;
       if (pod) {
         const { namespace, name } = podRef(pod, o.namespace);
         const story = await describePod(c, namespace, name);
@@ -197,7 +211,8 @@ export async function main(argv: string[]): Promise<number> {
         r = { reservations: list, truncated: false };
       } else r = await c.allReservations(filter); // the daemon answers in pages: all of them, up to --limit
       await emit(g, r, (wide) => (r.reservations.length === 0 ? "no reservations match" : reservationRows(r.reservations, wide)) +
-        (r.truncated ? `\n(truncated at --limit ${o.limit})` : ""));
+        (r.truncated ? `\n(truncated at --limit ${o.limit})` : "") +
+        (r.cluster?.source === "cache" ? `\n(sticky reservations from this node's cache: ${r.cluster.detail})` : ""));
     });
 
   program.command("describe").alias("explain")
@@ -233,8 +248,9 @@ export async function main(argv: string[]): Promise<number> {
       const { c, g } = client();
       const r = await c.reserve({ namespace: o.namespace, statefulset: o.statefulset, replicas: o.replicas,
         ...(o.pool.length ? { pools: o.pool } : {}), ...(o.network ? { network: o.network } : {}) });
-      await emit(g, r, () => table(["ORDINAL", "OWNER", "POOL", "IP", "STATE"],
-        r.reservations.map((x) => [x.ordinal ?? "-", x.owner, x.pool, x.address, x.state])));
+      const nodes = r.reservations.some((x) => x.node !== undefined);
+      await emit(g, r, () => table(["ORDINAL", "OWNER", "POOL", "IP", "STATE", ...(nodes ? ["NODE"] : [])],
+        r.reservations.map((x) => [x.ordinal ?? "-", x.owner, x.pool, x.address, x.state, ...(nodes ? [x.node ?? "-"] : [])])));
     });
 
   program.command("pin")

@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { z } from "zod";
 import { parseCidr, parseIp } from "../lib/ip";
+import { type ClusterConfig, clusterConfigSchema } from "./cluster/config";
 import {
   compilePool, excludeInfrastructure, type NodeSelector, overlaps, parseDashRange, type Pool, PoolSpecError, type PoolSpec,
 } from "./pools";
@@ -80,6 +81,7 @@ export const configSchema = z.strictObject({
     reconcileSeconds: z.number().min(0.2).default(60),
     apiTimeoutSeconds: z.number().min(0.1).max(60).default(5),
   }).prefault({}),
+  cluster: clusterConfigSchema.optional(),
 });
 
 /**
@@ -113,6 +115,8 @@ export interface Config {
   statefulSets: { namespace: string; name: string }[];
   pools: Pool[];
   kubernetes: KubeSettings;
+  /** Cluster mode (etcd); absent: the single-node daemon. */
+  cluster?: ClusterConfig;
 }
 
 export class ConfigError extends Error {}
@@ -178,6 +182,7 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
       reconcileMs: Math.round(raw.kubernetes.reconcileSeconds * 1000),
       apiTimeoutMs: Math.round(raw.kubernetes.apiTimeoutSeconds * 1000),
     },
+    ...(raw.cluster ? { cluster: raw.cluster } : {}),
   };
 }
 

@@ -8,6 +8,8 @@ import type { Logger } from "pino";
 import { WallClock } from "./clock";
 import type { Config } from "./config";
 import { startKubernetes } from "./kube/kubernetes";
+import { ClusterNode } from "./cluster/node";
+import { ClusterOperator } from "./cluster/operator";
 import { Metrics } from "./metrics";
 import { assembleNode } from "./node";
 import { type AllocationHold, ApiServer, secureSocketDirectory, VERSION } from "./server";
@@ -37,7 +39,11 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   secureSocketDirectory(dirname(config.socket), config.socket);
   const existed = existsSync(config.database);
   const db = openStore(config.database, { onRepair: (message) => log.warn(message) });
-  const node = assembleNode(db, config);
+  const clock = new WallClock();
+  const metrics = new Metrics(() => node.views.poolUsage(clock.now()));
+  // Cluster mode: addresses are shared through etcd (ipamd/cluster/); without a `cluster` section, single node.
+  const cluster = config.cluster ? new ClusterNode(config, db, log, metrics.registry) : undefined;
+  const node = assembleNode(db, config, cluster?.ownership);
   const { store } = node;
   const id = store.databaseId();
   const record = new CommitRecord(commitRecordPath(config.database));
@@ -48,11 +54,12 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   startupHousekeeping(node, db, log);
   record.write({ database: id, seq: store.committedSeq });
 
-  const clock = new WallClock();
-  const metrics = new Metrics(() => node.views.poolUsage(clock.now()));
   node.rules.onTakeover = (row, req) => log.info({ owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
     "a new sandbox of the same pod took over its sticky address");
-  const api = new ApiServer({ config, db, log: tlog, metrics, node, clock, hold });
+  const api = new ApiServer({
+    config, db, log: tlog, metrics, node, clock, hold,
+    ...(cluster ? { cluster: { status: () => cluster.status(), operator: new ClusterOperator(cluster, node.views) } } : {}),
+  });
   api.afterCommit = (seq) => record.write({ database: id, seq });
 
   // The node marker: what this node has, kept beside the socket (this boot's tmpfs), not the database.
@@ -85,6 +92,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     return api.mutate({ kind: "release", req }, (t) => node.rules.release(req, clock.now(), t, r.at));
   }, tlog);
   await spool.start();
+  await cluster?.start((reason, fn) => api.mutate({ kind: "sync", reason }, fn));
 
   // Before the socket opens, so that the first ADD already sees the Node's labels and the pods.
   const kube = await startKubernetes({ config, node, log, metrics, version: VERSION, mutate: (op, rule) => api.mutate(op, rule) });
@@ -138,6 +146,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
       spool.close();
       await kube?.stop();
       await api.close();
+      await cluster?.close();
       if (metricsServer) await new Promise<void>((r) => metricsServer!.close(() => r()));
       mark();
       // A full disk can fail the checkpoint: the data stays in the WAL, which the next start reads.

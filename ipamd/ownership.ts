@@ -31,7 +31,9 @@ export type OwnershipOp =
   | { kind: "pin"; req: PinRequest }
   | { kind: "releaseReservations"; req: ReleaseReservationRequest }
   | { kind: "register" | "unregister"; req: StatefulSetRequest }
-  | { kind: "reapExpired" };
+  | { kind: "reapExpired" }
+  /** The ownership's own fix-ups of the local record (cluster mode: follow what etcd says of sticky identities). */
+  | { kind: "sync"; reason: string };
 
 /** What `prepare` learnt or claimed for one request; an implementation extends it with its own state. */
 export interface OwnershipTicket { readonly op: OwnershipOp }
@@ -59,10 +61,19 @@ export interface AddressOwnership {
   /** The rules ended the sticky identity of `row.owner` in `row.pool` (release, pin elsewhere, TTL). */
   endSticky(row: Row, ticket: OwnershipTicket): void;
 
+  /**
+   * Optional, inside the savepoint right after the rule returned `result`: record what the rule did that the
+   * calls above do not show (cluster mode: a DEL's detached sticky addresses go to the outbox in the same commit).
+   */
+  inCommit?(ticket: OwnershipTicket, result: unknown): void;
+
   // ---- after the commit (exactly one of these per ticket) ----
 
-  /** The request's changes are durable in SQLite; its reply is about to be sent. */
-  committed(ticket: OwnershipTicket): void;
+  /**
+   * The request's changes are durable in SQLite; its reply is sent when this returns (or its promise settles:
+   * cluster mode lets a DEL wait, briefly and bounded, until etcd has its release).
+   */
+  committed(ticket: OwnershipTicket): void | Promise<void>;
   /** The request failed, or the commit holding it did: nothing of it is durable. */
   abandoned(ticket: OwnershipTicket, error: unknown): void;
 }

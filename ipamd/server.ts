@@ -5,8 +5,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { z } from "zod";
-import type { AllocateRequest, KubeStatus, RegisterResponse, StatusResponse } from "../api/types";
+import type { AllocateRequest, ClusterStatus, KubeStatus, RegisterResponse, StatusResponse } from "../api/types";
 import type { WallClock } from "./clock";
+import type { ClusterOperator } from "./cluster/operator";
 import { GroupCommitter } from "./commit";
 import type { Config } from "./config";
 import { ApiError } from "./errors";
@@ -35,6 +36,12 @@ type Handler = (ctx: {
 }) => unknown;
 interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler: Handler }
 
+/** Cluster mode: status, and the operator calls that act on the shared identities in etcd. */
+export interface ClusterApi {
+  status(): ClusterStatus;
+  operator: ClusterOperator;
+}
+
 /**
  * Allocation held after start-up found evidence that this node's pods hold addresses the database
  * does not know (it was missing, empty or replaced): see daemon.ts.
@@ -52,6 +59,7 @@ export interface AllocationHold {
 
 interface DaemonOptions {
   config: Config; db: DB; log: ThrottledLog; metrics: Metrics; node: NodeIpam; clock: WallClock; hold: AllocationHold;
+  cluster?: ClusterApi;
 }
 
 /** What the Kubernetes side (ipamd/kube) adds to ADD and to the status, when the API is watched. */
@@ -121,12 +129,16 @@ export class ApiServer {
     const ticket = await ownership.prepare(op);
     let result: T;
     try {
-      result = await this.committer.submit(() => rule(ticket));
+      result = await this.committer.submit(() => {
+        const r = rule(ticket);
+        ownership.inCommit?.(ticket, r);
+        return r;
+      });
     } catch (e) {
       ownership.abandoned(ticket, e);
       throw e;
     }
-    ownership.committed(ticket);
+    await ownership.committed(ticket);
     return result;
   }
 
@@ -196,6 +208,7 @@ export class ApiServer {
 
   private defineRoutes(): void {
     const { rules, views, statefulSets, pools } = this.o.node;
+    const cluster = this.o.cluster?.operator;
     const route = (method: Route["method"]) => (path: string, name: string, handler: Handler): void => {
       this.routes.push({ method, pattern: new RegExp(`^${path}$`), name, handler });
     };
@@ -262,6 +275,7 @@ export class ApiServer {
         ...(hold.active ? { hold: { reasons: hold.reasons, networks: hold.networks } } : {}),
         orphanedPools: views.orphanedPools(),
         kubernetes: this.kube?.status() ?? { mode: "off" },
+        ...(this.o.cluster ? { cluster: this.o.cluster.status() } : {}),
       };
     });
     post("/v1/status/network", "status_network", ({ body }) => views.networkStatus(parse(networkStatusSchema, body), clock.now()));
@@ -274,25 +288,29 @@ export class ApiServer {
     });
     get("/v1/reservations", "reservations", ({ query }) => {
       const filter = parse(reservationsQuerySchema, Object.fromEntries(query.entries()));
-      return views.reservations(filter);
+      return cluster ? cluster.reservations(filter) : views.reservations(filter);
     });
     post("/v1/reservations/reserve", "reserve", ({ body }) => {
       const req = parse(reserveSchema, body);
       notHeld();
+      if (cluster) return cluster.reserve(req);
       return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, clock.now(), t));
     });
     post("/v1/reservations/pin", "pin", ({ body }) => {
       const req = parse(pinSchema, body);
       notHeld();
+      if (cluster) return cluster.pin(req);
       return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, clock.now(), t));
     });
     post("/v1/reservations/release", "reservations_release", ({ body }) => {
       const req = parse(releaseReservationSchema, body);
+      if (cluster) return cluster.releaseReservations(req);
       return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, clock.now(), t));
     });
     get("/v1/statefulsets", "statefulsets", () => statefulSets.list());
     post("/v1/statefulsets/register", "statefulsets_register", ({ body }) => {
       const req = parse(statefulSetSchema, body);
+      if (cluster) return cluster.register(req);
       return this.mutate({ kind: "register", req }, (): RegisterResponse => {
         statefulSets.register(req.namespace, req.statefulset, clock.now());
         return { registered: req };
@@ -300,6 +318,7 @@ export class ApiServer {
     });
     post("/v1/statefulsets/unregister", "statefulsets_unregister", ({ body }) => {
       const req = parse(statefulSetSchema, body);
+      if (cluster) return cluster.unregister(req);
       return this.mutate({ kind: "unregister", req }, () => statefulSets.unregister(req.namespace, req.statefulset));
     });
   }

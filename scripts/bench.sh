@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 node_modules/.bin/bun scripts/bench-plugins.ts
 echo
 node_modules/.bin/bun scripts/bench-ipamd.ts
+echo
+node_modules/.bin/bun scripts/bench-cluster-daemons.ts

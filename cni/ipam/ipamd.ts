@@ -224,6 +224,9 @@ const DAEMON_CODES: Record<string, number> = {
   shutting_down: CniCode.TryAgainLater,
   previous_sandbox_attached: CniCode.TryAgainLater,
   database_unverified: CniCode.TryAgainLater,
+  cluster_unavailable: CniCode.TryAgainLater,
+  attached_elsewhere: CniCode.TryAgainLater,
+  l2_domain: CniCode.IpamNoPool,
 };
 
 const DAEMON_FIXES: Record<string, string> = {
@@ -236,6 +239,11 @@ const DAEMON_FIXES: Record<string, string> = {
   previous_sandbox_attached: "the pod's previous sandbox still holds the address; the runtime retries, and the address is handed over " +
     "once that sandbox's DEL (or a GC) comes",
   database_unverified: "ipamd lost its database while pods hold addresses; an operator runs ipamctl database accept (see ipamctl status)",
+  cluster_unavailable: "ipamd needs etcd for this and cannot reach a quorum of it: check the etcd members and this node's " +
+    "connectivity and TLS files (ipamctl status shows the etcd state); the runtime retries",
+  attached_elsewhere: "the StatefulSet member's previous pod still holds its address on another node: the runtime retries " +
+    "until that pod's CNI DEL reaches etcd or the node is declared dead",
+  l2_domain: "schedule the pod onto a node whose labels the pool's nodeSelector matches (the address only works in that L2 domain)",
 };
 
 function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {

@@ -1,6 +1,7 @@
 // Errors of the cluster ownership layer. `retryable` ones become CNI code 11 ("try again later") for a sticky ADD.
 export class ClusterError extends Error {
-  constructor(readonly code: "pool_exhausted" | "l2_domain" | "attached_elsewhere" | "fenced" | "inconsistent" | "reservation_attached",
+  constructor(readonly code: "pool_exhausted" | "l2_domain" | "attached_elsewhere" | "fenced" | "inconsistent" | "reservation_attached"
+    | "ip_unavailable",
     message: string, readonly retryable: boolean) { super(message); }
 }
 

@@ -23,7 +23,7 @@ export interface AttachmentRef {
 }
 
 export type IpOwner =
-  | { owner: "buffer"; node: string; gen: string; at: number }
+  | { owner: "buffer"; node: string; gen: string; at: number; releasedAt?: number }
   | { owner: "attachment"; node: string; gen: string; at: number; attachment: AttachmentRef }
   | { owner: "sticky"; node: string; gen: string; at: number; identity: string };
 
@@ -71,6 +71,11 @@ export class KeyLayout {
 
   nodes(): string { return `${this.prefix}/node/`; }
   node(name: string): string { return this.nodes() + this.seg(name, "node name"); }
+
+  statefulSets(): string { return `${this.prefix}/statefulset/`; }
+  statefulSet(namespace: string, name: string): string {
+    return `${this.statefulSets()}${this.seg(namespace, "namespace")}/${this.seg(name, "StatefulSet name")}`;
+  }
 
   handbacks(): string { return `${this.prefix}/handback/`; }
   handback(pool: string): string { return this.handbacks() + this.seg(pool, "pool name"); }

@@ -2,6 +2,7 @@
 // refilled in the background, handed back when a pool runs low), sticky identities bound with one compare-and-swap
 // transaction, attachment updates and returns as compare-and-swaps, and the outbox that carries a node's local
 // changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
+import { createHash, randomBytes } from "node:crypto";
 import { formatIp, type Family } from "../../lib/ip";
 import {
   type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp,
@@ -22,6 +23,18 @@ export interface ClusterPool {
 }
 
 export interface BufferedAddress { pool: string; ip: string; modRevision: number }
+/** A buffered address as persisted: `notBefore` is the end of its cooldown (0 when it was never used). */
+export interface BufferEntry extends BufferedAddress { notBefore: number }
+
+/**
+ * The node's durable copy of its buffer (SQLite). Written so that it is always a subset of what etcd says the
+ * node buffers: added after etcd granted, removed before (or with) etcd taking it away.
+ */
+export interface BufferPersistence {
+  added(entries: BufferEntry[]): void;
+  removed(pool: string, ips: string[]): void;
+  reset(pool: string, entries: BufferEntry[]): void;
+}
 
 export interface BufferOptions {
   /** Refill when fewer than this many are buffered. */
@@ -57,6 +70,25 @@ export interface OwnershipOptions {
   liveness?: { lastConfirmedAt(): number; fenceAfterMs: number };
   observer?: OwnershipObserver;
   now?: () => number;
+  /** An address released into this node's buffer is handed out again (or back) only after this long. */
+  cooldownMs?: number;
+  persist?: BufferPersistence;
+}
+
+export interface StartOptions {
+  inUse?: (pool: string, ip: string) => boolean;
+  /** Start from this persisted buffer instead of reading etcd (etcd unreachable at start-up). */
+  buffer?: BufferEntry[];
+  /** With false nothing runs on timers (tests drive refill/poll by hand). */
+  background?: boolean;
+  /** Watch sticky identities from this revision + 1 (a restart) instead of listing them first. */
+  stickyRevision?: number;
+  /**
+   * Sticky identities changed (names under <prefix>/sticky/, with the revision of the change), or were re-listed
+   * (`relisted`, no changes: compare everything with stickyView).
+   */
+  onSticky?: (changes: { name: string; revision: number }[], revision: number, relisted: boolean) => void;
+  onWatchError?: (e: Error) => void;
 }
 
 export interface StickyBinding {
@@ -79,6 +111,8 @@ export interface BindRequest {
   attachment?: Omit<AttachmentRef, "node">;
   /** Reserve ahead: create when absent, never move an existing identity. */
   reserveOnly?: boolean;
+  /** The identity's key as just read by the caller (null: absent): saves the first read. */
+  current?: KeyValue | null;
 }
 
 /** A pending change of shared state, recorded in the node's SQLite with the local change, applied later. */
@@ -98,6 +132,9 @@ export class ClusterOwnership {
   private readonly client: EtcdClient;
   private readonly pools = new Map<string, ClusterPool>();
   private readonly buffers = new Map<string, Map<string, number>>(); // pool -> ip -> modRevision
+  private readonly cooling = new Map<string, number>(); // "pool ip" -> end of cooldown (ms)
+  /** Addresses learnt to be owned (failed compares, pool reads): only steers candidate choice, never decides. */
+  private readonly knownOwned = new Map<string, Set<string>>();
   private readonly cursors = new Map<string, bigint>();
   private readonly holdUntil = new Map<string, number>();
   private readonly seenHandback = new Map<string, number>(); // pool -> mod revision handled
@@ -143,24 +180,41 @@ export class ClusterOwnership {
    * handed out (`inUse`), then starts the watch and the poll fallback. With `background: false` nothing runs
    * on timers (tests drive refill/poll by hand).
    */
-  async start(o: { inUse?: (pool: string, ip: string) => boolean; background?: boolean } = {}): Promise<void> {
-    for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse);
+  async start(o: StartOptions = {}): Promise<void> {
+    if (o.buffer) {
+      for (const pool of this.pools.keys()) this.loadBuffer(pool, o.buffer.filter((e) => e.pool === pool && !o.inUse?.(pool, e.ip)));
+    } else {
+      for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse);
+    }
     if (o.background === false) return;
+    const sticky = `${this.keys.prefix}/sticky/`;
     // Only the small prefixes (handback signals, sticky identities), never every address of a pool.
-    this.watches = [this.keys.handbacks(), `${this.keys.prefix}/sticky/`].map((prefix) => new WatchLoop(this.client, prefix, {
-      onList: (kvs) => {
-        if (prefix.endsWith("/sticky/")) this.stickyView.clear();
+    this.watches = [this.keys.handbacks(), sticky].map((prefix) => new WatchLoop(this.client, prefix, {
+      onList: (kvs, revision) => {
+        if (prefix === sticky) this.stickyView.clear();
         for (const kv of kvs) this.observe(kv, false);
+        if (prefix === sticky) o.onSticky?.([], revision, true);
       },
-      onEvents: (events) => { for (const e of events) this.observe(e.kv, e.type === "delete"); },
+      onEvents: (events, revision) => {
+        for (const e of events) this.observe(e.kv, e.type === "delete");
+        if (prefix === sticky) {
+          o.onSticky?.(events.map((e) => ({ name: e.kv.key.slice(sticky.length), revision: e.kv.modRevision })), revision, false);
+        }
+      },
+      onError: o.onWatchError,
     }));
-    for (const w of this.watches) w.start();
+    this.watches[0]!.start();
+    this.watches[1]!.start(o.stickyRevision);
     const tick = (): void => {
       void this.poll().catch(() => undefined)
         .finally(() => { if (this.pollTimer) this.pollTimer = setTimeout(tick, this.o.pollMs ?? 2000); });
     };
     this.pollTimer = setTimeout(tick, 0);
   }
+
+  /** The sticky watch (revision, relists), once started. */
+  get stickyWatch(): WatchLoop | undefined { return this.watches[1]; }
+
   stop(): void {
     for (const w of this.watches) w.stop();
     if (this.pollTimer) clearTimeout(this.pollTimer);
@@ -188,16 +242,38 @@ export class ClusterOwnership {
     const r = await this.client.range(this.keys.poolIps(pool), { prefix: true });
     const buf = this.buffers.get(pool)!;
     buf.clear();
+    const entries: BufferEntry[] = [];
     for (const kv of r.kvs) {
       const v = parseJson<IpOwner>(kv.value, kv.key);
       const ip = this.keys.ipFromKey(kv.key);
-      if (v.owner === "buffer" && v.node === this.node && !inUse?.(pool, ip)) buf.set(ip, kv.modRevision);
+      if (v.owner === "buffer" && v.node === this.node && !inUse?.(pool, ip)) {
+        const notBefore = v.releasedAt ? v.releasedAt + (this.o.cooldownMs ?? 0) : 0;
+        entries.push({ pool, ip, modRevision: kv.modRevision, notBefore });
+      }
+    }
+    this.loadBuffer(pool, entries);
+    this.o.persist?.reset(pool, entries);
+  }
+
+  /** Replaces the in-memory buffer of `pool` (start-up from SQLite when etcd is unreachable, or from etcd). */
+  loadBuffer(pool: string, entries: BufferEntry[]): void {
+    const buf = this.buffers.get(pool)!;
+    buf.clear();
+    for (const e of entries) {
+      buf.set(e.ip, e.modRevision);
+      if (e.notBefore > this.now()) this.cooling.set(`${pool} ${e.ip}`, e.notBefore); else this.cooling.delete(`${pool} ${e.ip}`);
     }
     this.reportBuffer(pool);
   }
 
+  /** Reads this node's buffer back from etcd, minus what the local store uses (after a restart or a lost lease). */
+  resync(inUse?: (pool: string, ip: string) => boolean): Promise<void> {
+    return [...this.pools.keys()].reduce((p, pool) => p.then(() => this.reloadBuffer(pool, inUse)), Promise.resolve());
+  }
+
   // ---------- the buffer ----------
 
+  poolNames(): string[] { return [...this.pools.keys()]; }
   buffered(pool: string): string[] { return [...this.buffers.get(pool)!.keys()]; }
   bufferSize(pool: string): number { return this.buffers.get(pool)!.size; }
 
@@ -207,13 +283,29 @@ export class ClusterOwnership {
     const l = this.o.liveness;
     if (l && this.now() - l.lastConfirmedAt() > l.fenceAfterMs) throw fenced(this.node, this.now() - l.lastConfirmedAt());
     const buf = this.buffers.get(pool)!;
-    const first = buf.entries().next();
-    if (first.done) { this.kickRefill(pool); return null; }
-    const [ip, modRevision] = first.value;
+    let found: [string, number] | undefined;
+    const now = this.now();
+    for (const entry of buf) {
+      const until = this.cooling.get(`${pool} ${entry[0]}`);
+      if (until === undefined || until <= now) { found = entry; break; }
+    }
+    if (!found) { this.kickRefill(pool); return null; }
+    const [ip, modRevision] = found;
     buf.delete(ip);
+    this.cooling.delete(`${pool} ${ip}`);
     this.reportBuffer(pool);
     if (buf.size < this.bufferOpts(pool).low) this.kickRefill(pool);
     return { pool, ip, modRevision };
+  }
+
+  /** Claims until at least `n` addresses of `pool` are buffered (or the pool has no more): before a bulk reserve. */
+  async ensureBuffered(pool: string, n: number): Promise<void> {
+    while (this.bufferSize(pool) < n) {
+      const got = await this.claim(pool, Math.min(64, n - this.bufferSize(pool)));
+      if (got.length === 0) return;
+      for (const a of got) this.putBack(a);
+      this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
+    }
   }
 
   /** Gives back an address taken with takeBuffered that the local commit did not use. */
@@ -233,7 +325,11 @@ export class ClusterOwnership {
     const { low, high } = this.bufferOpts(pool);
     const size = this.bufferSize(pool);
     if (size >= low || (this.holdUntil.get(pool) ?? 0) > this.now()) return 0;
-    const p = this.claim(pool, high - size).then((got) => { for (const a of got) this.putBack(a); return got.length; });
+    const p = this.claim(pool, high - size).then((got) => {
+      for (const a of got) this.putBack(a);
+      if (got.length) this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
+      return got.length;
+    });
     this.refilling.set(pool, p);
     try { return await p; } finally { this.refilling.delete(pool); }
   }
@@ -247,10 +343,22 @@ export class ClusterOwnership {
     const p = this.pool(pool);
     const want = Math.min(count, this.o.maxClaim ?? 64, 128);
     if (want <= 0) return [];
-    const owned = new Set((await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs
-      .map((kv) => this.keys.ipFromKey(kv.key)));
+    // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read
+    // (keys only) after two failed compares, and always before answering that nothing is free.
+    let owned = this.knownOwned.get(pool) ?? new Set<string>();
+    this.knownOwned.set(pool, owned);
+    let fresh = false;
+    let failed = 0;
+    const readPool = async (): Promise<void> => {
+      owned = new Set((await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs
+        .map((kv) => this.keys.ipFromKey(kv.key)));
+      this.knownOwned.set(pool, owned);
+      fresh = true;
+    };
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const candidates = this.candidates(p, owned, want);
+      if (!fresh && failed >= 2) await readPool();
+      let candidates = this.candidates(p, owned, want);
+      if (candidates.length === 0 && !fresh) { await readPool(); candidates = this.candidates(p, owned, want); }
       if (candidates.length === 0) return [];
       const gen = this.gen();
       const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at: this.now() } satisfies IpOwner);
@@ -267,10 +375,14 @@ export class ClusterOwnership {
         continue;
       }
       if (r.succeeded) return candidates.map((ip) => ({ pool, ip, modRevision: r.revision }));
+      failed++;
       this.conflict("claim");
+      this.jump(p);
       r.responses.forEach((resp, i) => { if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!); });
     }
-    return [];
+    // Never "nothing free" for a claim that only kept losing races or meeting unknown outcomes: retryable.
+    throw new ClusterError("inconsistent", `claim in pool "${pool}": ${MAX_CAS_ATTEMPTS} transactions in a row conflicted or had ` +
+      "an unknown outcome (etcd overloaded or failing over); retry", true);
   }
 
   /** Keys whose value carries `gen`: the writes of an unknown-outcome transaction that did land. */
@@ -300,9 +412,17 @@ export class ClusterOwnership {
   }
 
   private startOffset(p: ClusterPool): bigint {
-    let h = 2166136261; // FNV-1a of the node name: nodes start in different places and rarely collide
-    for (const c of Buffer.from(this.node)) h = Math.imul(h ^ c, 16777619) >>> 0;
-    let off = BigInt(h) % p.size;
+    // A well-mixed hash of the node name: nodes start far apart (names like n1, n2 differ in one bit).
+    return this.addressAt(p, BigInt(`0x${createHash("sha256").update(`${this.node}/${p.name}`).digest("hex").slice(0, 24)}`) % p.size);
+  }
+
+  /** After a lost race: continue somewhere random, not on the frontier another node is walking. */
+  private jump(p: ClusterPool): void {
+    this.cursors.set(p.name, this.addressAt(p, BigInt(`0x${randomBytes(12).toString("hex")}`) % p.size));
+  }
+
+  private addressAt(p: ClusterPool, offset: bigint): bigint {
+    let off = offset;
     for (const s of p.segments) {
       const n = s.last - s.first + 1n;
       if (off < n) return s.first + off;
@@ -360,8 +480,11 @@ export class ClusterOwnership {
   /** Returns every unused buffered address of `pool` to the pool (each delete compares its revision). */
   async handBack(pool: string): Promise<number> {
     const buf = this.buffers.get(pool)!;
-    const entries = [...buf.entries()];
-    buf.clear(); // out of the buffer first: no local allocation can take them meanwhile
+    const now = this.now();
+    // Addresses still in their cooldown stay: the pool gets them at the next handback after it.
+    const entries = [...buf.entries()].filter(([ip]) => (this.cooling.get(`${pool} ${ip}`) ?? 0) <= now);
+    for (const [ip] of entries) buf.delete(ip); // out of the buffer first: no local allocation can take them meanwhile
+    this.o.persist?.removed(pool, entries.map(([ip]) => ip));
     this.reportBuffer(pool);
     let returned = 0;
     for (let i = 0; i < entries.length; i += 64) {
@@ -394,7 +517,7 @@ export class ClusterOwnership {
     const skey = this.keys.sticky(identity);
     const attachment = req.attachment ? { ...req.attachment, node: this.node } : undefined;
     // What the last failed compare returned: the next pass decides on it without reading again.
-    let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = null;
+    let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = req.current !== undefined ? { cur: req.current } : null;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const cur: KeyValue | null = known ? known.cur : await this.client.get(skey);
       const gen = this.gen();
@@ -466,16 +589,142 @@ export class ClusterOwnership {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const landed = await this.landed([skey], gen);
         const rev = landed[0]?.modRevision;
-        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev };
-        continue; // the buffer entry's state is unknown: re-read on the next pass drops or keeps it
+        if (rev) {
+          this.o.persist?.removed(identity.pool, [b.ip]);
+          return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev };
+        }
+        this.o.persist?.removed(identity.pool, [b.ip]);
+        continue; // the buffer entry's state is unknown: dropped here, a later resync finds it if it is still ours
       }
-      if (r.succeeded) return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision };
+      if (r.succeeded) {
+        this.o.persist?.removed(identity.pool, [b.ip]);
+        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision };
+      }
       this.conflict("sticky-create");
       const ipNow = r.responses[1]?.kind === "get" ? r.responses[1].kvs[0] : undefined;
       if (ipNow && ipNow.modRevision === b.modRevision) this.putBack(b); // still ours: the identity was created elsewhere
     }
     throw new ClusterError("inconsistent",
       `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
+  }
+
+  /**
+   * Makes one exact address this attachment's (a requested `ips` address): create-if-absent, or rewrite this node's
+   * buffer entry of it (compare its ModRevision). Another node's unused buffer is asked to hand back; anything else
+   * holding it is ip_unavailable.
+   */
+  async claimExact(pool: string, ip: string, attachment: Omit<AttachmentRef, "node">): Promise<number> {
+    this.pool(pool);
+    const key = this.keys.ip(pool, ip);
+    const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
+    let asked = false;
+    for (let attempt = 0; ; attempt++) {
+      const gen = this.gen();
+      const value = JSON.stringify({
+        owner: "attachment", node: this.node, gen, at: this.now(), attachment: { ...attachment, node: this.node },
+      } satisfies IpOwner);
+      const kv = await this.client.get(key);
+      const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
+      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === attachment.containerID) return kv!.modRevision;
+      const mine = v?.owner === "buffer" && v.node === this.node;
+      if (v && !mine) {
+        if (v.owner === "buffer" && this.now() < deadline) {
+          if (!asked) { await this.requestHandback(pool); asked = true; }
+          await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(v)}; request another address`, false);
+      }
+      if (mine) { this.buffers.get(pool)!.delete(ip); this.cooling.delete(`${pool} ${ip}`); this.reportBuffer(pool); }
+      const rev = await this.casTxn("claim-exact", [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create",
+        equals: 0 }],
+        [{ put: { key, value } }], key, gen);
+      if (mine) this.o.persist?.removed(pool, [ip]);
+      if (rev) return rev;
+      if (attempt >= MAX_CAS_ATTEMPTS) throw new ClusterError("inconsistent", `claim of ${ip}: too many conflicting transactions; retry`,
+        true);
+    }
+  }
+
+  /**
+   * Pins `ip` to a sticky identity in one transaction: the identity names the new address (pinned, bound here),
+   * the new address key is created (or taken from this node's buffer), the previous address is deleted, or kept by
+   * the sandbox that still uses it (owner attachment) when `force` is given; without force an attached identity
+   * is refused.
+   */
+  async pinSticky(identity: StickyIdentity, ip: string, o: { attachment?: Omit<AttachmentRef, "node">; force?: boolean } = {}):
+    Promise<{ ip: string; revision: number; previousIp?: string; previousHeldBy?: AttachmentRef }> {
+    const name = this.keys.identityName(identity);
+    const skey = this.keys.sticky(identity);
+    const nkey = this.keys.ip(identity.pool, ip);
+    const attachment = o.attachment ? { ...o.attachment, node: this.node } : undefined;
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const r0 = await this.client.txn([], [{ get: { key: skey } }, { get: { key: nkey } }]);
+      const [cur, nkv] = r0.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+      const rec = cur ? parseJson<StickyRecord>(cur.value, skey) : null;
+      const gen = this.gen();
+      const at = this.now();
+      const nv = nkv ? parseJson<IpOwner>(nkv.value, nkey) : null;
+      const ownedByIdentity = nv?.owner === "sticky" && nv.identity === name;
+      const mine = nv?.owner === "buffer" && nv.node === this.node;
+      if (nv && !ownedByIdentity && !mine) {
+        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(nv)}; release it first or pin another address`,
+          false);
+      }
+      const old = rec && rec.ip !== ip ? rec : null;
+      if (old?.attachment && !o.force && old.attachment.containerID !== attachment?.containerID) {
+        throw new ClusterError("reservation_attached", `sticky identity ${name} is attached to sandbox ${old.attachment.containerID} on ` +
+          `node ${old.attachment.node} with ${old.ip}; delete the pod first, or pass force (that sandbox keeps ${old.ip} until its DEL)`,
+            false);
+      }
+      const next: StickyRecord = {
+        ip, node: this.node, gen, at, pinned: true,
+        ...(attachment ? { attachment } : rec && !old && rec.attachment ? { attachment: rec.attachment } : {}),
+      };
+      const compares: Compare[] = [
+        cur ? { key: skey, target: "mod", equals: cur.modRevision } : { key: skey, target: "create", equals: 0 },
+        nkv ? { key: nkey, target: "mod", equals: nkv.modRevision } : { key: nkey, target: "create", equals: 0 },
+      ];
+      const ops: TxnOp[] = [
+        { put: { key: skey, value: JSON.stringify(next) } },
+        { put: { key: nkey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } },
+      ];
+      if (old) {
+        const okey = this.keys.ip(identity.pool, old.ip);
+        const okv = await this.client.get(okey);
+        const ov = okv ? parseJson<IpOwner>(okv.value, okey) : null;
+        if (okv && ov?.owner === "sticky" && ov.identity === name) {
+          compares.push({ key: okey, target: "mod", equals: okv.modRevision });
+          const held = old.attachment && old.attachment.containerID !== attachment?.containerID ? old.attachment : undefined;
+          ops.push(held
+            ? { put: { key: okey, value: JSON.stringify({ owner: "attachment", node: held.node, gen, at,
+              attachment: held } satisfies IpOwner) } }
+            : { del: { key: okey } });
+        }
+      }
+      if (mine) {
+        this.buffers.get(identity.pool)!.delete(ip);
+        this.cooling.delete(`${identity.pool} ${ip}`);
+        this.reportBuffer(identity.pool);
+      }
+      const rev = await this.casTxn("pin", compares, ops, skey, gen);
+      if (mine) this.o.persist?.removed(identity.pool, [ip]);
+      if (rev) {
+        const held = old?.attachment && old.attachment.containerID !== attachment?.containerID ? old.attachment : undefined;
+        return { ip, revision: rev, ...(old ? { previousIp: old.ip } : {}), ...(held ? { previousHeldBy: held } : {}) };
+      }
+    }
+    throw new ClusterError("inconsistent", `pin of ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
+  }
+
+  /** Reads sticky identities by key, in one read transaction (absent ones are left out). */
+  async getSticky(ids: StickyIdentity[]): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number; kv: KeyValue }[]> {
+    if (ids.length === 0) return [];
+    const r = await this.client.txn([], ids.map((id) => ({ get: { key: this.keys.sticky(id) } })));
+    return r.responses.flatMap((x, i) => (x.kind === "get" && x.kvs[0]
+      ? [{ identity: ids[i]!, record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key), modRevision: x.kvs[0].modRevision,
+        kv: x.kvs[0] }]
+      : []));
   }
 
   /** Runs a compare-and-swap txn; on an unknown outcome, checks whether `checkKey` carries `gen`. Revision or 0 on a failed compare. */
@@ -509,9 +758,12 @@ export class ClusterOwnership {
    */
   async applyOutbox(records: OutboxRecord[]): Promise<{ outcomes: OutboxOutcome[]; pending: number; error?: Error }> {
     const outcomes: OutboxOutcome[] = [];
-    for (const rec of records) {
+    for (let i = 0; i < records.length;) {
+      const batch = this.addressBatch(records, i);
       try {
-        outcomes.push({ id: rec.id, ...(await this.applyOne(rec)) });
+        if (batch.length > 1) { outcomes.push(...(await this.applyBatch(batch))); i += batch.length; continue; }
+        outcomes.push({ id: records[i]!.id, ...(await this.applyOne(records[i]!)) });
+        i++;
       } catch (e) {
         const pending = records.length - outcomes.length;
         this.o.observer?.outbox?.(pending);
@@ -520,6 +772,85 @@ export class ClusterOwnership {
     }
     this.o.observer?.outbox?.(0);
     return { outcomes, pending: 0 };
+  }
+
+  /** Consecutive attach/release records from `i` on distinct keys (at most 64): one read and one write for all. */
+  private addressBatch(records: OutboxRecord[], i: number): (OutboxRecord & { op: "attach" | "release" })[] {
+    const out: (OutboxRecord & { op: "attach" | "release" })[] = [];
+    const keys = new Set<string>();
+    for (let j = i; j < records.length && out.length < 64; j++) {
+      const r = records[j]!;
+      if (r.op !== "attach" && r.op !== "release") break;
+      const key = `${r.pool} ${r.ip}`;
+      if (keys.has(key)) break;
+      keys.add(key);
+      out.push(r);
+    }
+    return out;
+  }
+
+  private async applyBatch(batch: (OutboxRecord & { op: "attach" | "release" })[]): Promise<OutboxOutcome[]> {
+    const keys = batch.map((r) => this.keys.ip(r.pool, r.ip));
+    const read = await this.client.txn([], keys.map((key) => ({ get: { key } })));
+    const kvs = read.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+    const gen = this.gen();
+    const at = this.now();
+    const decided = batch.map((rec, i) => this.decideAddress(rec, keys[i]!, kvs[i]!, gen, at));
+    const writes = decided.filter((d) => "op" in d) as { compare: Compare; op: TxnOp; keepInBuffer?: boolean }[];
+    let ok = writes.length === 0;
+    let revision = 0;
+    if (!ok) {
+      try {
+        const r = await this.client.txn(writes.map((w) => w.compare), writes.map((w) => w.op));
+        ok = r.succeeded;
+        revision = r.revision;
+      } catch (e) {
+        if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      }
+    }
+    if (!ok) { // a compare failed (or the outcome is unknown): one by one, each re-reading
+      this.conflict("outbox-batch");
+      const out: OutboxOutcome[] = [];
+      for (const rec of batch) out.push({ id: rec.id, ...(await this.applyOne(rec)) });
+      return out;
+    }
+    return batch.map((rec, i) => {
+      const d = decided[i]!;
+      if (!("op" in d)) return { id: rec.id, ...d };
+      if (rec.op === "release" && rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, revision, at);
+      return { id: rec.id, status: "applied" as const };
+    });
+  }
+
+  /** The compare-and-swap an attach/release record needs given the key's current value, or its outcome without one. */
+  private decideAddress(rec: OutboxOp & { op: "attach" | "release" }, key: string, kv: KeyValue | null, gen: string, at: number):
+    Omit<OutboxOutcome, "id"> | { compare: Compare; op: TxnOp } {
+    const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
+    if (rec.op === "attach") {
+      const attachment = { ...rec.attachment, node: this.node };
+      if (v?.owner === "attachment" && v.node === this.node
+        && v.attachment.containerID === rec.attachment.containerID) return { status: "noop" };
+      if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
+        return { status: "conflict",
+          detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}` };
+      }
+      const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
+      return { compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }, op: { put: { key,
+        value } } };
+    }
+    if (!v || v.node !== this.node || v.owner === "sticky" ||
+      (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };
+    const op: TxnOp = rec.keepInBuffer
+      ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
+      : { del: { key } };
+    return { compare: { key, target: "mod", equals: kv!.modRevision }, op };
+  }
+
+  private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): void {
+    const entry = { pool, ip, modRevision, notBefore: at + (this.o.cooldownMs ?? 0) };
+    if (entry.notBefore > this.now()) this.cooling.set(`${pool} ${ip}`, entry.notBefore);
+    this.putBack(entry);
+    this.o.persist?.added([entry]);
   }
 
   private async applyOne(rec: OutboxOp): Promise<Omit<OutboxOutcome, "id">> {
@@ -554,12 +885,12 @@ export class ClusterOwnership {
       if (!v || v.node !== this.node || v.owner === "sticky" ||
         (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };
       const op: TxnOp = rec.keepInBuffer
-        ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at } satisfies IpOwner) } }
+        ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
         : { del: { key } };
       const rev = await this.casTxn("release", [{ key, target: "mod", equals: kv!.modRevision }], [op], key, gen);
       if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
       if (!rev) return null;
-      if (rec.keepInBuffer) this.putBack({ pool: rec.pool, ip: rec.ip, modRevision: rev });
+      if (rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, rev, at);
       return { status: "applied" };
     }
     const skey = this.keys.sticky(rec.identity);
@@ -610,4 +941,10 @@ export class ClusterOwnership {
     }
     return { status: "applied" };
   }
+}
+
+function describeOwner(v: IpOwner): string {
+  if (v.owner === "buffer") return `node ${v.node}'s buffer`;
+  if (v.owner === "sticky") return `sticky identity ${v.identity} (bound to node ${v.node})`;
+  return `sandbox ${v.attachment.containerID} on node ${v.node}`;
 }

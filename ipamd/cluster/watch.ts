@@ -18,6 +18,8 @@ export class WatchLoop {
   /** Highest revision the view reflects. */
   revision = 0;
   relists = 0;
+  /** Times the watched revision had been compacted away (each followed by a re-list). */
+  compactions = 0;
 
   constructor(private readonly client: EtcdClient, readonly prefix: string, private readonly h: WatchLoopHandlers,
     private readonly maxBackoffMs = 5000) {}
@@ -66,7 +68,7 @@ export class WatchLoop {
       onEnd: (err) => {
         if (this.stopped) return;
         this.h.onError?.(err);
-        if (err instanceof EtcdCompacted) { void this.list(); return; }
+        if (err instanceof EtcdCompacted) { this.compactions++; void this.list(); return; }
         this.later(() => this.watch());
       },
     });

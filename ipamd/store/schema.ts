@@ -79,6 +79,27 @@ export const MIGRATIONS: string[] = [
   CREATE INDEX reservations_listing ON reservations(pool, coalesce(namespace, ''), coalesce(statefulset, ''),
     coalesce(ordinal, -1), id);
   `,
+  // 4: cluster mode (ipamd/cluster/): changes of shared state waiting for etcd, the node's buffer, small state.
+  `
+  CREATE TABLE cluster_outbox (
+    id         INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    op         TEXT NOT NULL,            -- attach | release | detach-sticky | release-sticky
+    json       TEXT NOT NULL
+  );
+  -- Addresses etcd says this node buffers (a subset of them: written after etcd grants, removed before it takes).
+  CREATE TABLE cluster_buffer (
+    pool         TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    mod_revision INTEGER NOT NULL,
+    not_before   INTEGER NOT NULL,       -- end of the cooldown of a released address (ms), 0 for a fresh one
+    PRIMARY KEY (pool, ip)
+  );
+  CREATE TABLE cluster_state (
+    key   TEXT PRIMARY KEY,              -- liveness_confirmed_at, sticky_revision
+    value TEXT NOT NULL
+  );
+  `,
 ];
 
 /** Indexes whose absence would let an address be held twice, or a member hold two: checked at every start. */

@@ -1,0 +1,71 @@
+// Prometheus metrics of cluster mode, on the daemon's registry: etcd round trips, transaction conflicts, buffer size
+// per pool, outbox (pending releases), etcd connection state, handbacks and reaped addresses.
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import type { ConnectionState, EtcdObserver } from "./etcd";
+import type { OwnershipObserver } from "./ownership";
+
+const STATES: ConnectionState[] = ["connected", "degraded", "unreachable"];
+
+export class ClusterMetrics {
+  readonly etcdSeconds: Histogram<"op" | "outcome">;
+  readonly conflicts: Counter<"op">;
+  readonly buffer: Gauge<"pool">;
+  readonly outboxPending: Gauge;
+  readonly outboxConflicts: Counter;
+  readonly state: Gauge<"state">;
+  readonly handbacks: Counter<"pool" | "event">;
+  readonly reaped: Counter<"owner">;
+
+  constructor(registry: Registry) {
+    const registers = [registry];
+    this.etcdSeconds = new Histogram({
+      name: "berth_ipamd_etcd_request_duration_seconds", help: "etcd round trips by operation and outcome (ok, error, unreachable)",
+      labelNames: ["op", "outcome"], buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2], registers,
+    });
+    this.conflicts = new Counter({
+      name: "berth_ipamd_etcd_txn_conflicts_total", help: "etcd compare-and-swap transactions whose compare failed (re-read and retried)",
+      labelNames: ["op"], registers,
+    });
+    this.buffer = new Gauge({
+      name: "berth_ipamd_cluster_buffer_addresses", help: "Unused addresses this node holds in etcd per pool", labelNames: ["pool"],
+        registers,
+    });
+    this.outboxPending = new Gauge({
+      name: "berth_ipamd_cluster_outbox_pending", help: "Local changes (releases, detaches) not yet applied to etcd", registers,
+    });
+    this.outboxConflicts = new Counter({
+      name: "berth_ipamd_cluster_outbox_conflicts_total", help: "Outbox records etcd contradicted (see the log)", registers,
+    });
+    this.state = new Gauge({
+      name: "berth_ipamd_etcd_connection_state", help: "1 for the current etcd connection state (connected, degraded, unreachable)",
+      labelNames: ["state"], registers,
+    });
+    this.handbacks = new Counter({
+      name: "berth_ipamd_cluster_handbacks_total", help: "Handback requests sent and addresses returned, per pool",
+      labelNames: ["pool", "event"], registers,
+    });
+    this.reaped = new Counter({
+      name: "berth_ipamd_cluster_reaped_addresses_total", help: "Addresses of dead nodes returned to their pools after the grace period",
+      labelNames: ["owner"], registers,
+    });
+  }
+
+  etcdObserver(onState: (state: ConnectionState, detail: string) => void): EtcdObserver {
+    return {
+      request: (op, _endpoint, seconds, outcome) => this.etcdSeconds.observe({ op, outcome }, seconds),
+      state: (state, detail) => {
+        for (const s of STATES) this.state.set({ state: s }, s === state ? 1 : 0);
+        onState(state, detail);
+      },
+    };
+  }
+
+  ownershipObserver(): OwnershipObserver {
+    return {
+      conflict: (op) => this.conflicts.inc({ op }),
+      buffer: (pool, size) => this.buffer.set({ pool }, size),
+      outbox: () => undefined, // the daemon sets outboxPending from SQLite, which survives restarts
+      handback: (pool, event, count) => this.handbacks.inc({ pool, event }, count),
+    };
+  }
+}

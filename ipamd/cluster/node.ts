@@ -1,0 +1,453 @@
+// One node's cluster mode, assembled and run: the etcd client, liveness (lease) and the reaper of dead nodes, the
+// shared ownership (buffer, sticky identities), the seam implementation the rules use, the outbox drain, the watch
+// that keeps the local record following etcd, status and metrics. The operator calls live in operator.ts.
+//
+// Start-up, etcd reachable: liveness, then the buffer from etcd (minus what SQLite uses), orphans of a crash between
+// an etcd write and its commit are undone, the sticky watch resumes from the saved revision (a compacted one: list
+// again). etcd unreachable: the buffer from SQLite (always a subset of what etcd grants this node), fenced once
+// the last confirmed liveness is older than the grace period; everything else retries with backoff.
+import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import type { ClusterStatus } from "../../api/types";
+import type { Config } from "../config";
+import { type NodePools, selectorMatches } from "../pools";
+import { StatefulSets } from "../statefulsets";
+import type { DB } from "../store/database";
+import type { Statements } from "../store/statements";
+import { ClusterError } from "./errors";
+import { type ConnectionState, EtcdClient, EtcdError, type KeyValue } from "./etcd";
+import { type IpOwner, KeyLayout, parseJson, type StickyIdentity } from "./keys";
+import { NodeLiveness, type ReapReport, Reaper } from "./liveness";
+import { ClusterStore } from "./local-store";
+import { ClusterMetrics } from "./metrics";
+import { ClusterNodeOwnership, identityOf } from "./node-ownership";
+import { ClusterOwnership } from "./ownership";
+import { WatchLoop } from "./watch";
+
+/** Runs `fn` inside the group commit (a savepoint of its own), like a request. */
+export type LocalRunner = <T>(reason: string, fn: () => T) => Promise<T>;
+
+export class ClusterNode {
+  readonly client: EtcdClient;
+  readonly keys: KeyLayout;
+  readonly own: ClusterOwnership;
+  readonly local: ClusterStore;
+  readonly metrics: ClusterMetrics;
+  readonly graceMs: number;
+  private readonly liveness: NodeLiveness;
+  private readonly reaper: Reaper;
+  private seam?: ClusterNodeOwnership;
+  store?: Statements;
+  pools?: NodePools;
+  private runLocal?: LocalRunner;
+  private timers: NodeJS.Timeout[] = [];
+  private closed = false;
+  private stateDetail = "";
+  /** When etcd last confirmed this node's liveness as far as fencing is concerned (ms, persisted). */
+  private fenceConfirmed = 0;
+  private draining = false;
+  private drainBackoffMs = 0;
+  private drainTimer: NodeJS.Timeout | null = null;
+  outboxConflicts = 0;
+  private lastReap: ReapReport = { freed: [], waiting: [], conflicts: 0 };
+  /** Identities this node bound, with the revision: a watch event older than that must not undo the local row. */
+  private readonly boundAt = new Map<string, number>();
+  private pendingSync = new Map<string, number>();
+  private relistPending = false;
+  private syncTimer: NodeJS.Timeout | null = null;
+  private readonly registered = new Set<string>();
+  private stsWatch?: WatchLoop;
+  private livenessUp = false;
+
+  constructor(readonly config: Config, db: DB, readonly log: Logger, registry: Registry) {
+    const c = config.cluster!;
+    this.graceMs = c.nodeGraceSeconds * 1000;
+    this.metrics = new ClusterMetrics(registry);
+    this.local = new ClusterStore(db);
+    this.keys = new KeyLayout(c.etcd.prefix);
+    this.client = new EtcdClient({
+      endpoints: c.etcd.endpoints, caFile: c.etcd.caFile, certFile: c.etcd.certFile, keyFile: c.etcd.keyFile,
+      requestTimeoutMs: c.etcd.requestTimeoutSeconds * 1000,
+      observer: this.metrics.etcdObserver((state, detail) => this.onState(state, detail)),
+    });
+    this.liveness = new NodeLiveness({
+      client: this.client, node: config.nodeName, prefix: c.etcd.prefix, ttlSeconds: c.leaseTTLSeconds, labels: config.nodeLabels,
+      onError: (e) => this.log.warn({ err: e.message }, "etcd liveness renewal failed; retrying"),
+    });
+    this.reaper = new Reaper({ client: this.client, pools: config.pools.map((p) => p.name), graceMs: this.graceMs, prefix: c.etcd.prefix });
+    const selected = config.pools.filter((p) => selectorMatches(p.selector, config.nodeLabels));
+    this.own = new ClusterOwnership({
+      client: this.client, node: config.nodeName, prefix: c.etcd.prefix, pools: selected,
+      buffer: c.buffer, handbackWaitMs: c.handbackWaitSeconds * 1000, cooldownMs: config.cooldownMs,
+      liveness: { lastConfirmedAt: () => this.fenceConfirmed, fenceAfterMs: this.graceMs },
+      observer: this.metrics.ownershipObserver(),
+      persist: {
+        added: (entries) => this.local.bufferAdded(entries),
+        removed: (pool, ips) => this.local.bufferRemoved(pool, ips),
+        reset: (pool, entries) => this.local.bufferReset(pool, entries),
+      },
+    });
+  }
+
+  /** The factory assembleNode takes: the seam implementation over this node's store and pools. */
+  ownership = (store: Statements, pools: NodePools): ClusterNodeOwnership => {
+    this.store = store;
+    this.pools = pools;
+    this.seam = new ClusterNodeOwnership({
+      node: this.config.nodeName, store, pools, statefulSets: new StatefulSets(store, this.config.statefulSets), own: this.own,
+      local: this.local, kick: () => this.kick(), kickSoon: () => this.kickSoon(), flush: (ms) => this.flush(ms),
+      takeApplied: () => this.takeApplied(),
+      learnStatefulSet: (ns, podName) => this.learnStatefulSet(ns, podName),
+      onInconsistency: (message, detail) => this.log.error(detail, message),
+      bound: (identity, revision) => this.boundAt.set(this.keys.identityName(identity), revision),
+    });
+    return this.seam;
+  };
+
+  private onState(state: ConnectionState, detail: string): void {
+    this.stateDetail = detail;
+    if (state === "unreachable") this.log.warn({ detail }, "etcd unreachable");
+    else this.log.info({ state, detail }, `etcd ${state}`);
+  }
+
+  // ---------- lifecycle ----------
+
+  async start(runLocal: LocalRunner): Promise<void> {
+    this.runLocal = runLocal;
+    this.fenceConfirmed = Number(this.local.state("liveness_confirmed_at") ?? 0);
+    const silentFor = Date.now() - this.fenceConfirmed;
+    const stickyRevision = Number(this.local.state("sticky_revision") ?? 0) || undefined;
+    const inUse = (_pool: string, ip: string): boolean => this.store!.byIp(ip) !== undefined;
+    const startOpts = {
+      inUse, stickyRevision,
+      onSticky: (changes: { name: string; revision: number }[], revision: number, relisted: boolean) =>
+        this.onSticky(changes, revision, relisted),
+      onWatchError: (e: Error) => this.log.debug({ err: e.message }, "sticky watch interrupted; resuming"),
+    };
+    try {
+      await this.liveness.start();
+      this.livenessUp = true;
+      this.fenceConfirmed = this.liveness.lastConfirmedAt();
+      this.local.setState("liveness_confirmed_at", String(this.fenceConfirmed));
+      await this.own.start(startOpts);
+      await this.undoOrphans(silentFor > this.graceMs / 2);
+    } catch (e) {
+      if (!(e instanceof EtcdError)) throw e;
+      this.log.warn({ err: e.message }, "etcd unreachable at start-up: serving from the SQLite buffer; retrying etcd with backoff");
+      if (!this.livenessUp) this.retryLiveness(500);
+      await this.own.start({ ...startOpts, buffer: this.local.buffer() });
+    }
+    this.startStatefulSetWatch();
+    this.reaper.start(Math.max(250, Math.floor(this.graceMs / 4)), (r) => this.onReap(r),
+      (e) => this.log.debug({ err: e.message }, "reaper pass failed"));
+    this.every(1000, () => this.checkLiveness());
+    this.every(5000, () => this.kick());
+    this.kick();
+    this.log.info({ endpoints: this.config.cluster!.etcd.endpoints, prefix: this.keys.prefix, graceSeconds: this.graceMs / 1000 },
+      "cluster mode: sharing pools through etcd");
+  }
+
+  private every(ms: number, fn: () => void | Promise<void>): void {
+    const t = setInterval(() => { void Promise.resolve(fn()).catch((e: unknown) => this.log.warn({ err: e }, "cluster task failed")); },
+      ms);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  private retryLiveness(waitMs: number): void {
+    const t = setTimeout(() => {
+      if (this.closed) return;
+      this.liveness.start().then(() => { this.livenessUp = true; this.log.info("etcd reachable again: liveness renewed"); },
+        () => this.retryLiveness(Math.min(waitMs * 2, 5000)));
+    }, waitMs);
+    t.unref();
+  }
+
+  /**
+   * Fencing follows the lease: confirmations advance `fenceConfirmed`; after a silence longer than the grace period
+   * (other nodes may have reaped this node's buffer and attachments) the buffer is read again from etcd and the
+   * local attachments re-asserted before the node hands out buffered addresses again.
+   */
+  private async checkLiveness(): Promise<void> {
+    const c = this.liveness.lastConfirmedAt();
+    if (c <= this.fenceConfirmed) return;
+    if (c - this.fenceConfirmed > this.graceMs && this.fenceConfirmed > 0) {
+      this.log.warn({ silentSeconds: Math.round((c - this.fenceConfirmed) / 1000) },
+        "etcd liveness was lost for longer than the grace period: re-reading the buffer and re-asserting attachments");
+      await this.own.resync((_pool, ip) => this.store!.byIp(ip) !== undefined);
+      await this.undoOrphans(true);
+    }
+    this.fenceConfirmed = c;
+    this.local.setState("liveness_confirmed_at", String(c));
+  }
+
+  private onReap(r: ReapReport): void {
+    this.lastReap = r;
+    for (const f of r.freed) this.metrics.reaped.inc({ owner: f.owner });
+    if (r.freed.length) {
+      this.log.warn({ freed: r.freed.length, nodes: [...new Set(r.freed.map((f) => f.node))] },
+        "returned a dead node's buffered and non-sticky addresses to their pools after the grace period");
+    }
+  }
+
+  /**
+   * After a crash or a long silence: etcd keys this node holds that SQLite does not know are undone (an etcd write
+   * whose commit never happened), and with `reassert`, SQLite's attachments are written again (a reaper may have
+   * freed them). Runs before the node serves, or fenced.
+   */
+  private async undoOrphans(reassert: boolean): Promise<void> {
+    const store = this.store!;
+    const me = this.config.nodeName;
+    for (const { identity, record } of await this.own.listSticky()) {
+      if (record.attachment?.node !== me) continue;
+      const owner = `${identity.namespace}/${identity.statefulset}/${identity.ordinal}`;
+      const row = store.stickyByOwner(owner).find((r) => r.pool === identity.pool);
+      if (row?.container_id === record.attachment.containerID) continue;
+      this.local.enqueue({ op: "detach-sticky", identity, containerID: record.attachment.containerID }, Date.now());
+    }
+    for (const pool of this.own.poolNames()) {
+      const r = await this.client.range(this.keys.poolIps(pool), { prefix: true });
+      for (const kv of r.kvs) this.orphanIp(pool, kv, reassert);
+    }
+    if (reassert) {
+      for (const row of store.matching({ state: "attached" }, 10_000_000)) {
+        if (row.sticky || !this.own.poolNames().includes(row.pool)) continue;
+        this.local.enqueue({ op: "attach", pool: row.pool, ip: row.ip,
+          attachment: { containerID: row.container_id!, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) } },
+            Date.now());
+      }
+    }
+  }
+
+  private orphanIp(pool: string, kv: KeyValue, _reassert: boolean): void {
+    const v = parseJson<IpOwner>(kv.value, kv.key);
+    if (v.owner !== "attachment" || v.node !== this.config.nodeName) return;
+    const ip = this.keys.ipFromKey(kv.key);
+    const row = this.store!.byIp(ip);
+    if (row?.container_id === v.attachment.containerID) return;
+    this.local.enqueue({ op: "release", pool, ip, containerID: v.attachment.containerID, keepInBuffer: true }, Date.now());
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.timers) clearInterval(t);
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    if (this.soonTimer) clearTimeout(this.soonTimer);
+    if (this.dropTimer) clearTimeout(this.dropTimer);
+    const ids = this.takeApplied();
+    if (ids.length) this.local.drop(ids);
+    if (this.syncTimer) clearTimeout(this.syncTimer);
+    this.reaper.stop();
+    this.stsWatch?.stop();
+    this.own.stop();
+    // The liveness key is left to expire with its lease: a restart within the grace period keeps everything.
+    await this.liveness.stop(false);
+    this.client.close();
+  }
+
+  // ---------- outbox ----------
+
+  /** Applies the outbox soon (after a commit that wrote to it, on a timer, after a backoff). */
+  kick(): void {
+    if (this.draining || this.closed || this.drainTimer) return;
+    void this.drain();
+  }
+
+  private drained: (() => void)[] = [];
+  /** Applied outbox ids not yet deleted: deleted inside the next commit (no fsync of their own), or by a timer. */
+  private applied: number[] = [];
+  private dropTimer: NodeJS.Timeout | null = null;
+
+  /** Called inside a request's savepoint (by the seam) and by the timer: deletes applied outbox rows. */
+  takeApplied(): number[] { return this.applied.splice(0); }
+
+  private dropApplied(): void {
+    if (this.dropTimer || this.applied.length === 0) return;
+    this.dropTimer = setTimeout(() => {
+      this.dropTimer = null;
+      const ids = this.takeApplied();
+      if (ids.length) this.local.drop(ids);
+    }, 500);
+    this.dropTimer.unref();
+  }
+
+  /** An ordinary ADD's attach record: applied within ~50 ms, batched with the others of a burst. */
+  kickSoon(): void {
+    if (this.soonTimer || this.closed) return;
+    this.soonTimer = setTimeout(() => { this.soonTimer = null; this.kick(); }, 50);
+    this.soonTimer.unref();
+  }
+  private soonTimer: NodeJS.Timeout | null = null;
+
+  /** Kicks the drain and waits for it to end (empty outbox, or etcd failing), at most `maxWaitMs`. */
+  flush(maxWaitMs: number): Promise<void> {
+    if (this.client.connectionState === "unreachable" && this.drainTimer) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, maxWaitMs);
+      function done(): void { clearTimeout(t); resolve(); }
+      this.drained.push(done);
+      if (this.drainTimer) { clearTimeout(this.drainTimer); this.drainTimer = null; }
+      if (this.draining) this.again = true; else this.kick();
+    });
+  }
+  private again = false;
+
+  private async drain(): Promise<void> {
+    try { await this.drainOnce(); } finally {
+      if (this.again && !this.closed) { this.again = false; void this.drain(); return; }
+      for (const f of this.drained.splice(0)) f();
+    }
+  }
+
+  private async drainOnce(): Promise<void> {
+    this.draining = true;
+    try {
+      for (;;) {
+        const skip = new Set(this.applied);
+        const records = this.local.pending(256 + skip.size).filter((r) => !skip.has(r.id)).slice(0, 256);
+        this.metrics.outboxPending.set(this.local.pendingCount() - this.applied.length);
+        if (records.length === 0) { this.drainBackoffMs = 0; return; }
+        const r = await this.own.applyOutbox(records);
+        const done = r.outcomes.map((o) => o.id);
+        for (const o of r.outcomes.filter((x) => x.status === "conflict")) {
+          this.outboxConflicts++;
+          this.metrics.outboxConflicts.inc();
+          this.log.error({ record: records.find((x) => x.id === o.id), detail: o.detail },
+            "outbox record contradicted by etcd: this node's record and etcd disagree about an address; " +
+            "check it with ipamctl reservations");
+        }
+        if (r.error instanceof ClusterError && !r.error.retryable) {
+          const bad = records[r.outcomes.length]!;
+          this.outboxConflicts++;
+          this.metrics.outboxConflicts.inc();
+          this.log.error({ record: bad, err: r.error.message }, "outbox record cannot be applied; dropped");
+          done.push(bad.id);
+        }
+        this.applied.push(...done);
+        this.dropApplied();
+        if (r.error && !(r.error instanceof ClusterError && !r.error.retryable)) {
+          this.metrics.outboxPending.set(this.local.pendingCount());
+          this.drainBackoffMs = Math.min(5000, Math.max(100, this.drainBackoffMs * 2));
+          this.log.debug({ pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
+            "outbox waits for etcd");
+          this.drainTimer = setTimeout(() => { this.drainTimer = null; this.kick(); }, this.drainBackoffMs);
+          this.drainTimer.unref();
+          return;
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  // ---------- the local record follows etcd (watch) ----------
+
+  private onSticky(changes: { name: string; revision: number }[], revision: number, relisted: boolean): void {
+    for (const c of changes) this.pendingSync.set(c.name, Math.max(c.revision, this.pendingSync.get(c.name) ?? 0));
+    if (relisted) this.relistPending = true;
+    this.syncRevision = Math.max(this.syncRevision, revision);
+    if (!this.syncTimer) {
+      this.syncTimer = setTimeout(() => { this.syncTimer = null; void this.flushSync(); }, 100);
+      this.syncTimer.unref();
+    }
+  }
+  private syncRevision = 0;
+  private savedRevisionAt = 0;
+
+  private async flushSync(): Promise<void> {
+    if (!this.runLocal || this.closed) return;
+    const changes = this.pendingSync;
+    this.pendingSync = new Map();
+    const relisted = this.relistPending;
+    this.relistPending = false;
+    const revision = this.syncRevision;
+    const view = this.own.stickyView;
+    const follow = (name: string, eventRevision: number): void => {
+      const record = view.get(name) ?? null;
+      if ((this.boundAt.get(name) ?? 0) > Math.max(eventRevision, record?.modRevision ?? 0)) return; // our newer bind wins
+      this.seam!.followRecord(this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`), record);
+    };
+    const mine = (): string[] => this.store!.matching({}, 10_000_000).filter((r) => r.sticky === 1)
+      .map((r) => identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))
+      .map((id) => `${id.pool}/${this.keys.identityName(id)}`);
+    try {
+      await this.runLocal("sticky watch", () => {
+        for (const [name, rev] of changes) follow(name, rev);
+        if (relisted) for (const name of mine()) follow(name, revision);
+        if (revision && (relisted || Date.now() - this.savedRevisionAt > 1000)) {
+          this.local.setState("sticky_revision", String(revision));
+          this.savedRevisionAt = Date.now();
+        }
+      });
+    } catch (e) {
+      this.log.warn({ err: e }, "could not apply sticky identity changes locally; retrying");
+      for (const [n, r] of changes) this.pendingSync.set(n, r);
+      this.relistPending ||= relisted;
+      this.onSticky([], revision, false);
+    }
+  }
+
+  // ---------- StatefulSets registered cluster-wide ----------
+
+  private startStatefulSetWatch(): void {
+    const prefix = this.keys.statefulSets();
+    const name = (kv: KeyValue): string => kv.key.slice(prefix.length);
+    this.stsWatch = new WatchLoop(this.client, prefix, {
+      onList: (kvs) => { this.registered.clear(); for (const kv of kvs) this.registered.add(name(kv)); },
+      onEvents: (events) => {
+        for (const e of events) { if (e.type === "delete") this.registered.delete(name(e.kv)); else this.registered.add(name(e.kv)); }
+      },
+    });
+    this.stsWatch.start();
+  }
+
+  /** A pod named like a member of a StatefulSet registered on another node: register it here too. */
+  private async learnStatefulSet(namespace: string, podName: string): Promise<boolean> {
+    const statefulset = podName.slice(0, podName.lastIndexOf("-"));
+    let known = this.registered.has(`${namespace}/${statefulset}`);
+    if (!known) {
+      try { known = (await this.client.get(this.keys.statefulSet(namespace, statefulset))) !== null; } catch { return false; }
+    }
+    if (!known || !this.runLocal) return false;
+    await this.runLocal("statefulset registered in etcd", () => this.store!.registerStatefulSet(namespace, statefulset, Date.now()));
+    return true;
+  }
+
+  isRegistered(namespace: string, name: string): boolean { return this.registered.has(`${namespace}/${name}`); }
+
+  /** Runs a local fix-up through the group commit. */
+  sync<T>(reason: string, fn: () => T): Promise<T> {
+    if (!this.runLocal) throw new Error("cluster node not started");
+    return this.runLocal(reason, fn);
+  }
+
+  get ownershipSeam(): ClusterNodeOwnership { return this.seam!; }
+
+  markBound(identity: StickyIdentity, revision: number): void { this.boundAt.set(this.keys.identityName(identity), revision); }
+
+  // ---------- status ----------
+
+  status(): ClusterStatus {
+    const c = this.config.cluster!;
+    const now = Date.now();
+    const buffer: Record<string, number> = {};
+    for (const pool of this.own.poolNames()) buffer[pool] = this.own.bufferSize(pool);
+    const watch = this.own.stickyWatch;
+    return {
+      etcd: {
+        state: this.client.connectionState ?? "connecting", endpoints: c.etcd.endpoints, current: this.client.currentEndpoint,
+        detail: this.client.connectionState === "connected" ? "" : this.stateDetail, prefix: this.keys.prefix,
+      },
+      liveness: {
+        confirmedSecondsAgo: this.fenceConfirmed ? Math.round((now - this.fenceConfirmed) / 100) / 10 : null,
+        fenced: now - this.fenceConfirmed > this.graceMs, graceSeconds: c.nodeGraceSeconds, leaseTTLSeconds: c.leaseTTLSeconds,
+      },
+      buffer,
+      outboxPending: this.local.pendingCount() - this.applied.length,
+      outboxConflicts: this.outboxConflicts,
+      watch: { revision: watch?.revision ?? 0, relists: watch?.relists ?? 0, compactions: watch?.compactions ?? 0 },
+      nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
+    };
+  }
+}
+
