@@ -18,7 +18,7 @@ PLUGINS := berth-macvlan berth-hostdev berth-sriov berth-ipam ipamctl
 
 SOURCES := $(shell find api cni ipamctl ipamd lib -name '*.ts') package.json tsconfig.json
 
-.PHONY: all build test test-host test-lab lab typecheck demo demo-cluster bench install uninstall dist image clean
+.PHONY: all build test test-host test-lab lab typecheck lint format demo demo-cluster bench install uninstall dist image clean
 
 all: build
 
@@ -36,11 +36,18 @@ dist/.built: node_modules/.package-lock.json $(SOURCES) scripts/build.sh
 typecheck: node_modules/.package-lock.json
 	node_modules/.bin/tsc --noEmit -p .
 
+# One formatter and one linter (biome.json): `make format` rewrites, `make lint` (part of make test) checks.
+lint: node_modules/.package-lock.json
+	node_modules/.bin/biome check .
+
+format: node_modules/.package-lock.json
+	node_modules/.bin/biome check --write .
+
 # Both install what they need first (scripts/install-deps.sh: the missing Debian packages, npm among
 # them), then build (npm ci when node_modules is missing or older than the lockfile), then run.
 test:
 	@scripts/install-deps.sh test
-	@$(MAKE) --no-print-directory build typecheck
+	@$(MAKE) --no-print-directory build typecheck lint
 	@rm -rf test-results
 	$(MAKE) --no-print-directory test-host test-lab
 	@scripts/test-summary.sh

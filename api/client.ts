@@ -5,11 +5,30 @@ import type { Agent, ClientRequest } from "node:http";
 import type { Socket } from "node:net";
 import type { PeerCred } from "../lib/peercred";
 import type {
-  AllocateRequest, AllocateResponse, ApiErrorBody, AttachmentRequest, GcRequest, GcResponse, OrphanedPool, PinRequest, PinResponse,
+  AllocateRequest,
+  AllocateResponse,
+  ApiErrorBody,
+  AttachmentRequest,
+  GcRequest,
+  GcResponse,
+  OrphanedPool,
+  PinRequest,
+  PinResponse,
   PoolUsage,
-  RegisterResponse, ReleaseReservationRequest, ReleaseReservationsResponse, ReleaseResponse, Reservation, ReservationFilter,
-  ReservationsResponse, ReserveRequest, ReserveResponse, StatefulSetsResponse, StatusResponse, UnregisterResponse,
-  NetworkStatusRequest, NetworkStatusResponse,
+  RegisterResponse,
+  ReleaseReservationRequest,
+  ReleaseReservationsResponse,
+  ReleaseResponse,
+  Reservation,
+  ReservationFilter,
+  ReservationsResponse,
+  ReserveRequest,
+  ReserveResponse,
+  StatefulSetsResponse,
+  StatusResponse,
+  UnregisterResponse,
+  NetworkStatusRequest,
+  NetworkStatusResponse,
 } from "./types";
 import { ExchangeError, send } from "./unix-http";
 
@@ -17,7 +36,10 @@ export const DEFAULT_SOCKET = "/run/berth/ipamd.sock";
 
 /** The daemon could not be reached (no socket, nobody listening, or no answer in time). */
 export class IpamdUnreachable extends Error {
-  constructor(readonly socketPath: string, readonly reason: string) {
+  constructor(
+    readonly socketPath: string,
+    readonly reason: string,
+  ) {
     super(`ipamd is not reachable on ${socketPath}: ${reason}. Is ipamd running (and is this the right --socket)?`);
     this.name = "IpamdUnreachable";
   }
@@ -35,14 +57,22 @@ export class IpamdUntrusted extends IpamdUnreachable {
 export function trustRootPeer(socketPath: string, peer: PeerCred | null): void {
   if (!peer) throw new IpamdUntrusted(socketPath, "the credentials of the process listening on it cannot be read (SO_PEERCRED)");
   if (peer.uid !== 0) {
-    throw new IpamdUntrusted(socketPath, `the process listening on it (pid ${peer.pid}) runs as uid ${peer.uid}, not root, so it is not ` +
-      `ipamd and its answers are not trusted (see who made the socket: ls -l ${socketPath}; remove it and restart ipamd)`);
+    throw new IpamdUntrusted(
+      socketPath,
+      `the process listening on it (pid ${peer.pid}) runs as uid ${peer.uid}, not root, so it is not ` +
+        `ipamd and its answers are not trusted (see who made the socket: ls -l ${socketPath}; remove it and restart ipamd)`,
+    );
   }
 }
 
 /** The daemon answered with an error. */
 export class IpamdError extends Error {
-  constructor(readonly code: string, message: string, readonly httpStatus: number, readonly field?: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly httpStatus: number,
+    readonly field?: string,
+  ) {
     super(message);
     this.name = "IpamdError";
   }
@@ -59,21 +89,38 @@ export class IpamdClient {
   private readonly keepAlive: boolean;
   private agent?: Agent;
 
-  constructor(readonly socketPath: string = DEFAULT_SOCKET, options: ClientOptions = {}) {
+  constructor(
+    readonly socketPath: string = DEFAULT_SOCKET,
+    options: ClientOptions = {},
+  ) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.keepAlive = options.keepAlive ?? false;
   }
 
-  allocate(args: AllocateRequest): Promise<AllocateResponse> { return this.call("POST", "/v1/allocate", args); }
-  release(args: AttachmentRequest): Promise<ReleaseResponse> { return this.call("POST", "/v1/release", args); }
-  check(args: AttachmentRequest): Promise<AllocateResponse> { return this.call("POST", "/v1/check", args); }
+  allocate(args: AllocateRequest): Promise<AllocateResponse> {
+    return this.call("POST", "/v1/allocate", args);
+  }
+  release(args: AttachmentRequest): Promise<ReleaseResponse> {
+    return this.call("POST", "/v1/release", args);
+  }
+  check(args: AttachmentRequest): Promise<AllocateResponse> {
+    return this.call("POST", "/v1/check", args);
+  }
   gc(network: string, validAttachments: GcRequest["validAttachments"]): Promise<GcResponse> {
     return this.call("POST", "/v1/gc", { network, validAttachments } satisfies GcRequest);
   }
-  status(): Promise<StatusResponse> { return this.call("GET", "/v1/status"); }
-  networkStatus(args: NetworkStatusRequest): Promise<NetworkStatusResponse> { return this.call("POST", "/v1/status/network", args); }
-  pools(): Promise<{ pools: PoolUsage[]; orphaned?: OrphanedPool[] }> { return this.call("GET", "/v1/pools"); }
-  pool(name: string): Promise<{ pool: PoolUsage }> { return this.call("GET", `/v1/pools/${encodeURIComponent(name)}`); }
+  status(): Promise<StatusResponse> {
+    return this.call("GET", "/v1/status");
+  }
+  networkStatus(args: NetworkStatusRequest): Promise<NetworkStatusResponse> {
+    return this.call("POST", "/v1/status/network", args);
+  }
+  pools(): Promise<{ pools: PoolUsage[]; orphaned?: OrphanedPool[] }> {
+    return this.call("GET", "/v1/pools");
+  }
+  pool(name: string): Promise<{ pool: PoolUsage }> {
+    return this.call("GET", `/v1/pools/${encodeURIComponent(name)}`);
+  }
   reservations(filter: ReservationFilter = {}): Promise<ReservationsResponse> {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(filter)) if (v !== undefined && v !== "") q.set(k, String(v));
@@ -91,27 +138,43 @@ export class IpamdClient {
     } while (page.next && (filter.limit === undefined || all.length < filter.limit));
     return { reservations: all, truncated: page.truncated, ...(page.cluster ? { cluster: page.cluster } : {}) };
   }
-  reserve(args: ReserveRequest): Promise<ReserveResponse> { return this.call("POST", "/v1/reservations/reserve", args); }
-  pin(args: PinRequest): Promise<PinResponse> { return this.call("POST", "/v1/reservations/pin", args); }
+  reserve(args: ReserveRequest): Promise<ReserveResponse> {
+    return this.call("POST", "/v1/reservations/reserve", args);
+  }
+  pin(args: PinRequest): Promise<PinResponse> {
+    return this.call("POST", "/v1/reservations/pin", args);
+  }
   releaseReservations(args: ReleaseReservationRequest): Promise<ReleaseReservationsResponse> {
     return this.call("POST", "/v1/reservations/release", args);
   }
-  statefulSets(): Promise<StatefulSetsResponse> { return this.call("GET", "/v1/statefulsets"); }
+  statefulSets(): Promise<StatefulSetsResponse> {
+    return this.call("GET", "/v1/statefulsets");
+  }
   registerStatefulSet(namespace: string, statefulset: string): Promise<RegisterResponse> {
     return this.call("POST", "/v1/statefulsets/register", { namespace, statefulset });
   }
   unregisterStatefulSet(namespace: string, statefulset: string): Promise<UnregisterResponse> {
     return this.call("POST", "/v1/statefulsets/unregister", { namespace, statefulset });
   }
-  async metrics(): Promise<string> { return this.raw("GET", "/metrics").then((r) => r.body); }
+  async metrics(): Promise<string> {
+    return this.raw("GET", "/metrics").then((r) => r.body);
+  }
 
-  close(): void { this.agent?.destroy(); }
+  close(): void {
+    this.agent?.destroy();
+  }
 
   async call<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
     const res = await this.raw(method, path, body === undefined ? undefined : JSON.stringify(body));
     let parsed: unknown;
-    try { parsed = JSON.parse(res.body); } catch {
-      throw new IpamdError("bad_response", `ipamd answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON`, res.status);
+    try {
+      parsed = JSON.parse(res.body);
+    } catch {
+      throw new IpamdError(
+        "bad_response",
+        `ipamd answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON`,
+        res.status,
+      );
     }
     if (res.status >= 200 && res.status < 300) return parsed as T;
     const err: Partial<ApiErrorBody["error"]> = (parsed as Partial<ApiErrorBody>).error ?? {};
@@ -137,7 +200,11 @@ export class IpamdClient {
       return Promise.reject(unreachable(e));
     }
     return Promise.resolve().then(() => {
-      try { return answer(); } catch (e) { throw unreachable(e); }
+      try {
+        return answer();
+      } catch (e) {
+        throw unreachable(e);
+      }
     });
   }
 
@@ -151,23 +218,38 @@ export class IpamdClient {
       try {
         trustRootPeer(this.socketPath, fd === undefined ? null : peerCredOf(fd));
         trusted.add(socket);
-      } catch (e) { req.destroy(e as Error); }
+      } catch (e) {
+        req.destroy(e as Error);
+      }
     };
     return new Promise((resolve, reject) => {
       const headers: Record<string, string | number> = { accept: "application/json" };
-      if (body !== undefined) { headers["content-type"] = "application/json"; headers["content-length"] = Buffer.byteLength(body); }
+      if (body !== undefined) {
+        headers["content-type"] = "application/json";
+        headers["content-length"] = Buffer.byteLength(body);
+      }
       const req = request({ socketPath: this.socketPath, method, path, headers, agent: this.agent ?? false }, (res) => {
-        if (!trusted.has(req.socket!)) { req.destroy(new IpamdUntrusted(this.socketPath, "the peer was not checked")); return; }
+        if (!trusted.has(req.socket!)) {
+          req.destroy(new IpamdUntrusted(this.socketPath, "the peer was not checked"));
+          return;
+        }
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => { clearTimeout(timer); resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }); });
-        res.on("error", (e) => { clearTimeout(timer); reject(new IpamdUnreachable(this.socketPath, e.message)); });
+        res.on("end", () => {
+          clearTimeout(timer);
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") });
+        });
+        res.on("error", (e) => {
+          clearTimeout(timer);
+          reject(new IpamdUnreachable(this.socketPath, e.message));
+        });
       });
       const timer = setTimeout(() => {
         req.destroy(new Error(`no answer within ${this.timeoutMs} ms`));
       }, this.timeoutMs);
       req.on("socket", (socket: Socket) => {
-        if (socket.connecting) socket.once("connect", () => verify(req, socket)); else verify(req, socket);
+        if (socket.connecting) socket.once("connect", () => verify(req, socket));
+        else verify(req, socket);
       });
       req.on("error", (e: NodeJS.ErrnoException) => {
         clearTimeout(timer);
@@ -183,10 +265,15 @@ export class IpamdClient {
 const trusted = new WeakSet<Socket>();
 
 function reasonOf(e: NodeJS.ErrnoException): string {
-  return e.code === "ENOENT" ? "the socket does not exist"
-    : e.code === "ECONNREFUSED" ? "nothing is listening on the socket (connection refused)"
-    : e.code === "EACCES" ? "permission denied on the socket (run as root or a member of its group)"
-    : e.code === "EAGAIN" ? "the socket's connection backlog is full (EAGAIN): the daemon is overloaded or stuck"
-    : e.code === "ETIMEDOUT" ? `no answer in time: ${e.message}`
-    : e.message;
+  return e.code === "ENOENT"
+    ? "the socket does not exist"
+    : e.code === "ECONNREFUSED"
+      ? "nothing is listening on the socket (connection refused)"
+      : e.code === "EACCES"
+        ? "permission denied on the socket (run as root or a member of its group)"
+        : e.code === "EAGAIN"
+          ? "the socket's connection backlog is full (EAGAIN): the daemon is overloaded or stuck"
+          : e.code === "ETIMEDOUT"
+            ? `no answer in time: ${e.message}`
+            : e.message;
 }

@@ -9,7 +9,13 @@ import { writeFileAtomic } from "../lib/files";
 export const DEFAULT_SPOOL_DIR = "/var/lib/berth/spool";
 
 /** One DEL that ipamd has not seen. `at`: when the plugin ran (ms since the epoch). */
-export interface ReleaseRecord { version: 1; containerID: string; ifName: string; network: string; at: number }
+export interface ReleaseRecord {
+  version: 1;
+  containerID: string;
+  ifName: string;
+  network: string;
+  at: number;
+}
 
 /** The record's file name: one per attachment (a repeated DEL overwrites it). */
 export function releaseFileName(r: Pick<ReleaseRecord, "containerID" | "ifName" | "network">): string {
@@ -27,7 +33,11 @@ export function spoolRelease(dir: string, record: ReleaseRecord): string {
 /** The record in `text`, or a reason it is not one. */
 export function parseReleaseRecord(text: string): ReleaseRecord | string {
   let v: Partial<ReleaseRecord>;
-  try { v = JSON.parse(text) as Partial<ReleaseRecord>; } catch { return "not JSON"; }
+  try {
+    v = JSON.parse(text) as Partial<ReleaseRecord>;
+  } catch {
+    return "not JSON";
+  }
   const str = (x: unknown): boolean => typeof x === "string" && x.length > 0 && x.length <= 256;
   if (v?.version !== 1 || !str(v.containerID) || !str(v.ifName) || !str(v.network) || typeof v.at !== "number") {
     return "not a version 1 release record (containerID, ifName, network, at)";

@@ -4,7 +4,11 @@
 // ---------- requests ----------
 
 /** One interface of one container on one CNI network: the key of a CNI attachment. */
-export interface AttachmentRequest { containerID: string; ifName: string; network: string }
+export interface AttachmentRequest {
+  containerID: string;
+  ifName: string;
+  network: string;
+}
 
 /** POST /v1/allocate. */
 export interface AllocateRequest extends AttachmentRequest {
@@ -18,25 +22,46 @@ export interface AllocateRequest extends AttachmentRequest {
 }
 
 /** POST /v1/gc: attachments on `network` that are still alive. */
-export interface GcRequest { network: string; validAttachments: { containerID: string; ifName: string }[] }
+export interface GcRequest {
+  network: string;
+  validAttachments: { containerID: string; ifName: string }[];
+}
 
 /** POST /v1/reservations/reserve. */
 export interface ReserveRequest {
-  namespace: string; statefulset: string; replicas: number; pools?: string[]; network?: string;
+  namespace: string;
+  statefulset: string;
+  replicas: number;
+  pools?: string[];
+  network?: string;
   /** The first ordinal (a StatefulSet's spec.ordinals.start; default 0): ordinals ordinalStart..ordinalStart+replicas-1. */
   ordinalStart?: number;
 }
 
 /** POST /v1/reservations/pin. */
-export interface PinRequest { namespace: string; statefulset: string; ordinal: number; ip: string; force?: boolean }
+export interface PinRequest {
+  namespace: string;
+  statefulset: string;
+  ordinal: number;
+  ip: string;
+  force?: boolean;
+}
 
 /** POST /v1/reservations/release: by `ip`, or by `namespace` + `statefulset` (optionally `ordinal`, `pool`). */
 export interface ReleaseReservationRequest {
-  ip?: string; namespace?: string; statefulset?: string; ordinal?: number; pool?: string; force?: boolean;
+  ip?: string;
+  namespace?: string;
+  statefulset?: string;
+  ordinal?: number;
+  pool?: string;
+  force?: boolean;
 }
 
 /** POST /v1/statefulsets/register and /unregister. */
-export interface StatefulSetRequest { namespace: string; statefulset: string }
+export interface StatefulSetRequest {
+  namespace: string;
+  statefulset: string;
+}
 
 // ---------- responses ----------
 
@@ -56,11 +81,22 @@ export interface AllocateResponse {
   dns: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
 }
 
-export interface ReleaseResponse { released: string[]; kept: string[] }
-export interface GcResponse { released: string[]; detached: string[] }
+export interface ReleaseResponse {
+  released: string[];
+  kept: string[];
+}
+export interface GcResponse {
+  released: string[];
+  detached: string[];
+}
 
 /** Addresses held under a pool name that is no longer in the config; `insidePools`: configured pools that contain some of them. */
-export interface OrphanedPool { name: string; held: number; attached: number; insidePools: string[] }
+export interface OrphanedPool {
+  name: string;
+  held: number;
+  attached: number;
+  insidePools: string[];
+}
 
 export interface StatusResponse {
   /** "degraded": a commit cannot succeed now (see `commit`), or allocation is held (see `hold`). */
@@ -190,8 +226,13 @@ export interface Reservation {
 
 /** Query of GET /v1/reservations; every field narrows the list. */
 export interface ReservationFilter {
-  namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string;
-  state?: "attached" | "detached"; limit?: number;
+  namespace?: string;
+  statefulset?: string;
+  pool?: string;
+  owner?: string;
+  ip?: string;
+  state?: "attached" | "detached";
+  limit?: number;
   /** The `next` cursor of the previous page. */
   after?: string;
 }
@@ -211,26 +252,52 @@ export interface ReserveResponse {
   reservations: Reservation[];
 }
 /** `released`: the member's previous addresses it no longer owns; `heldByContainer`: those of them a running container still uses (freed by its CNI DEL or GC). */
-export interface PinResponse { reservation: Reservation; released: string[]; heldByContainer: string[] }
+export interface PinResponse {
+  reservation: Reservation;
+  released: string[];
+  heldByContainer: string[];
+}
 /** `released`: the reservations ended, as they were; `heldByContainer`: those whose address a running container still holds, as they are now. */
-export interface ReleaseReservationsResponse { released: Reservation[]; heldByContainer: Reservation[] }
+export interface ReleaseReservationsResponse {
+  released: Reservation[];
+  heldByContainer: Reservation[];
+}
 /** `configured`: listed in the ipamd config, so its pods stay members until the config changes. */
-export interface UnregisterResponse { unregistered: boolean; configured: boolean }
+export interface UnregisterResponse {
+  unregistered: boolean;
+  configured: boolean;
+}
 export interface StatefulSetsResponse {
   statefulsets: { namespace: string; name: string; source: "config" | "api"; registeredAt?: string }[];
 }
 
-export interface RegisterResponse { registered: StatefulSetRequest }
+export interface RegisterResponse {
+  registered: StatefulSetRequest;
+}
 
 // ---------- errors ----------
 
 /** The `code` of an error answer; api/API.md lists each with its HTTP status. */
 export type ApiErrorCode =
-  | "invalid_request" | "no_pool" | "pool_exhausted" | "ip_unavailable" | "forbidden"
-  | "not_found" | "method_not_allowed" | "payload_too_large" | "reservation_attached"
-  | "shutting_down" | "internal" | "previous_sandbox_attached" | "database_unverified"
+  | "invalid_request"
+  | "no_pool"
+  | "pool_exhausted"
+  | "ip_unavailable"
+  | "forbidden"
+  | "not_found"
+  | "method_not_allowed"
+  | "payload_too_large"
+  | "reservation_attached"
+  | "shutting_down"
+  | "internal"
+  | "previous_sandbox_attached"
+  | "database_unverified"
   // cluster mode
-  | "cluster_unavailable" | "attached_elsewhere" | "l2_domain";
+  | "cluster_unavailable"
+  | "attached_elsewhere"
+  | "l2_domain";
 
 /** The body of every non-2xx answer. */
-export interface ApiErrorBody { error: { code: ApiErrorCode; message: string; field?: string } }
+export interface ApiErrorBody {
+  error: { code: ApiErrorCode; message: string; field?: string };
+}

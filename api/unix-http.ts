@@ -4,7 +4,19 @@
 // is listening (SO_PEERCRED) before it trusts the answer. `send` returns before the answer is
 // read, so DEL sends its release, deletes the link while ipamd commits, then reads the answer.
 import {
-  AF_UNIX, EAGAIN, EINTR, MSG_NOSIGNAL, SOCK_CLOEXEC, SOCK_STREAM, SOL_SOCKET, SO_RCVTIMEO, SO_SNDTIMEO, errnoName, lastErrno, libc, strerror,
+  AF_UNIX,
+  EAGAIN,
+  EINTR,
+  MSG_NOSIGNAL,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SO_RCVTIMEO,
+  SO_SNDTIMEO,
+  errnoName,
+  lastErrno,
+  libc,
+  strerror,
 } from "../lib/ffi/libc";
 import { peerCredOf, type PeerCred } from "../lib/peercred";
 
@@ -13,21 +25,31 @@ const EINPROGRESS = 115;
 
 /** A failed system call or a broken answer; `code` is the errno name (ETIMEDOUT when no answer came in time). */
 export class ExchangeError extends Error {
-  constructor(message: string, readonly code: string) {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
     super(message);
     this.name = "ExchangeError";
   }
 }
 
-export interface Exchange { status: number; body: string }
+export interface Exchange {
+  status: number;
+  body: string;
+}
 
 /**
  * Connects to `socketPath`, checks `trust(peer)` (it throws to refuse), sends the request with
  * `connection: close`, and returns the function that reads and parses the whole answer. Every
  * blocking call is bounded by `timeoutMs`.
  */
-export function send(socketPath: string, request: { method: string; path: string; body?: string }, timeoutMs: number,
-  trust: (peer: PeerCred | null) => void): () => Exchange {
+export function send(
+  socketPath: string,
+  request: { method: string; path: string; body?: string },
+  timeoutMs: number,
+  trust: (peer: PeerCred | null) => void,
+): () => Exchange {
   const fd = connectTo(socketPath, timeoutMs);
   try {
     trust(peerCredOf(fd));
@@ -54,7 +76,8 @@ const timedOut = (errno: number): boolean => errno === EAGAIN || errno === EINPR
 
 function connectTo(socketPath: string, timeoutMs: number): number {
   const path = Buffer.from(socketPath);
-  if (path.length >= SUN_PATH_MAX) throw new ExchangeError(`socket path ${socketPath} is longer than ${SUN_PATH_MAX - 1} bytes`, "ENAMETOOLONG");
+  if (path.length >= SUN_PATH_MAX)
+    throw new ExchangeError(`socket path ${socketPath} is longer than ${SUN_PATH_MAX - 1} bytes`, "ENAMETOOLONG");
   const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw fail("socket(AF_UNIX)");
   const tv = Buffer.alloc(16);
@@ -74,22 +97,28 @@ function connectTo(socketPath: string, timeoutMs: number): number {
     if (errno === EINTR) continue;
     libc.close(fd);
     // connect on a unix socket answers EAGAIN at once when the listener's backlog is full.
-    if (errno === EAGAIN) throw new ExchangeError("the socket's connection backlog is full (EAGAIN): the daemon is overloaded or stuck", "EAGAIN");
+    if (errno === EAGAIN)
+      throw new ExchangeError("the socket's connection backlog is full (EAGAIN): the daemon is overloaded or stuck", "EAGAIN");
     throw timedOut(errno) ? new ExchangeError(`connect: no answer within ${timeoutMs} ms`, "ETIMEDOUT") : fail("connect", errno);
   }
 }
 
 function requestBytes(method: string, path: string, body?: string): Buffer {
   const payload = body === undefined ? undefined : Buffer.from(body);
-  const head = `${method} ${path} HTTP/1.1\r\nhost: ipamd\r\naccept: application/json\r\nconnection: close\r\n` +
-    (payload ? `content-type: application/json\r\ncontent-length: ${payload.length}\r\n` : "") + "\r\n";
+  const head =
+    `${method} ${path} HTTP/1.1\r\nhost: ipamd\r\naccept: application/json\r\nconnection: close\r\n` +
+    (payload ? `content-type: application/json\r\ncontent-length: ${payload.length}\r\n` : "") +
+    "\r\n";
   return payload ? Buffer.concat([Buffer.from(head), payload]) : Buffer.from(head);
 }
 
 function sendAll(fd: number, data: Buffer, timeoutMs: number): void {
-  for (let off = 0; off < data.length;) {
+  for (let off = 0; off < data.length; ) {
     const n = libc.sendto(fd, off ? data.subarray(off) : data, data.length - off, MSG_NOSIGNAL, null, 0);
-    if (n >= 0) { off += n; continue; }
+    if (n >= 0) {
+      off += n;
+      continue;
+    }
     const errno = lastErrno();
     if (errno === EINTR) continue;
     throw timedOut(errno) ? new ExchangeError(`send: no answer within ${timeoutMs} ms`, "ETIMEDOUT") : fail("send", errno);
@@ -122,11 +151,14 @@ export function parseAnswer(raw: Buffer): Exchange {
   if (end < 0) throw new ExchangeError(`the answer ended after ${raw.length} bytes, inside its headers`, "EPROTO");
   const [statusLine = "", ...lines] = raw.subarray(0, end).toString("latin1").split("\r\n");
   const status = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1];
-  if (!status) throw new ExchangeError(`the answer does not start with an HTTP status line: ${JSON.stringify(statusLine.slice(0, 60))}`, "EPROTO");
-  const headers = new Map(lines.map((l) => {
-    const i = l.indexOf(":");
-    return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()] as const;
-  }));
+  if (!status)
+    throw new ExchangeError(`the answer does not start with an HTTP status line: ${JSON.stringify(statusLine.slice(0, 60))}`, "EPROTO");
+  const headers = new Map(
+    lines.map((l) => {
+      const i = l.indexOf(":");
+      return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()] as const;
+    }),
+  );
   let body = raw.subarray(end + 4);
   if (/chunked/i.test(headers.get("transfer-encoding") ?? "")) body = dechunk(body);
   else if (headers.has("content-length")) {
@@ -139,7 +171,7 @@ export function parseAnswer(raw: Buffer): Exchange {
 
 function dechunk(data: Buffer): Buffer {
   const parts: Buffer[] = [];
-  for (let off = 0; ;) {
+  for (let off = 0; ; ) {
     const eol = data.indexOf("\r\n", off);
     const size = eol < 0 ? NaN : parseInt(data.subarray(off, eol).toString("latin1"), 16);
     if (!Number.isFinite(size)) throw new ExchangeError("the answer's chunked body is cut short or malformed", "EPROTO");

@@ -19,7 +19,8 @@ type Entry = (argv: string[]) => Promise<number>;
 // needs them (VERSION never loads netlink or the ipamd client), so start-up stays short.
 // VERSION is answered here: its answer depends on nothing the runtime passes (stdin holds only the
 // runtime's cniVersion), so it loads no other module and leaves stdin unread.
-const cniPlugin = <P>(load: () => Promise<CniPlugin<P>>): Entry =>
+const cniPlugin =
+  <P>(load: () => Promise<CniPlugin<P>>): Entry =>
   async () => {
     if (process.env.CNI_COMMAND === "VERSION") {
       write(1, JSON.stringify(versionInfo()) + "\n");
@@ -90,7 +91,15 @@ main().then(
   (e: unknown) => {
     // Only reached if loading a module failed: still answer as a CNI plugin would.
     const msg = e instanceof Error ? e.message : String(e);
-    write(1, JSON.stringify({ cniVersion: "1.1.0", code: 999, msg: `internal error: ${msg}`, details: "this is a bug in Berth; please report it" }) + "\n");
+    write(
+      1,
+      JSON.stringify({
+        cniVersion: "1.1.0",
+        code: 999,
+        msg: `internal error: ${msg}`,
+        details: "this is a bug in Berth; please report it",
+      }) + "\n",
+    );
     process.exit(1);
   },
 );

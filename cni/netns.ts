@@ -38,11 +38,17 @@ export function openNetnsFd(nsPath: string): number {
     check(libc.fstatfs(fd, st), `statfs "${nsPath}"`);
     const magic = Number(st.readBigInt64LE(0));
     if (magic !== NSFS_MAGIC) {
-      throw new NetnsError(`"${nsPath}" is not a namespace file (filesystem magic 0x${magic.toString(16)}, expected nsfs): pass the path of a network namespace, such as /var/run/netns/NAME or /proc/PID/ns/net`, "EINVAL");
+      throw new NetnsError(
+        `"${nsPath}" is not a namespace file (filesystem magic 0x${magic.toString(16)}, expected nsfs): pass the path of a network namespace, such as /var/run/netns/NAME or /proc/PID/ns/net`,
+        "EINVAL",
+      );
     }
     const type = Number(libc.ioctl(fd, NS_GET_NSTYPE));
     if (type >= 0 && type !== CLONE_NEWNET) {
-      throw new NetnsError(`"${nsPath}" is a namespace but not a network namespace (type 0x${type.toString(16)}): pass a network namespace such as /proc/PID/ns/net`, "EINVAL");
+      throw new NetnsError(
+        `"${nsPath}" is a namespace but not a network namespace (type 0x${type.toString(16)}): pass a network namespace such as /proc/PID/ns/net`,
+        "EINVAL",
+      );
     }
     return fd;
   } catch (e) {
@@ -98,12 +104,20 @@ function enter<T>(target: number, what: string, fn: () => T): T {
  * namespace of whoever opens it. Close it with close(), or use Netns.use.
  */
 export class Netns {
-  private constructor(readonly path: string, readonly fd: number, readonly nl: NetlinkSocket) {}
+  private constructor(
+    readonly path: string,
+    readonly fd: number,
+    readonly nl: NetlinkSocket,
+  ) {}
 
   static open(path: string): Netns {
     const fd = openNetnsFd(path);
     try {
-      return new Netns(path, fd, enter(fd, path, () => NetlinkSocket.open()));
+      return new Netns(
+        path,
+        fd,
+        enter(fd, path, () => NetlinkSocket.open()),
+      );
     } catch (e) {
       libc.close(fd);
       throw e;

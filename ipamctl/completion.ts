@@ -6,7 +6,10 @@ import type { Command } from "commander";
 export type Shell = "bash" | "zsh" | "fish";
 export const SHELLS: Shell[] = ["bash", "zsh", "fish"];
 
-interface Spec { name: string; flags: string[] }
+interface Spec {
+  name: string;
+  flags: string[];
+}
 
 function flagsOf(cmd: Command): string[] {
   return cmd.options.flatMap((o) => [o.short, o.long].filter((f): f is string => Boolean(f)));
@@ -29,12 +32,18 @@ const OUTPUTS = "table wide json yaml";
 
 function bash(program: Command): string {
   const { global, commands } = specs(program);
-  const top = commands.filter((c) => !c.name.includes(" ")).map((c) => c.name).join(" ");
-  const cases = commands.filter((c) => !c.name.includes(" ")).map((c) => {
-    const subs = commands.filter((s) => s.name.startsWith(`${c.name} `)).map((s) => s.name.split(" ")[1]);
-    const words = [...subs, ...c.flags, ...global].join(" ");
-    return `    ${c.name}) words="${c.name === "completion" ? "bash zsh fish " : ""}${words}" ;;`;
-  }).join("\n");
+  const top = commands
+    .filter((c) => !c.name.includes(" "))
+    .map((c) => c.name)
+    .join(" ");
+  const cases = commands
+    .filter((c) => !c.name.includes(" "))
+    .map((c) => {
+      const subs = commands.filter((s) => s.name.startsWith(`${c.name} `)).map((s) => s.name.split(" ")[1]);
+      const words = [...subs, ...c.flags, ...global].join(" ");
+      return `    ${c.name}) words="${c.name === "completion" ? "bash zsh fish " : ""}${words}" ;;`;
+    })
+    .join("\n");
   return `# bash completion for ipamctl: source <(ipamctl completion bash)
 _ipamctl() {
   local cur prev cmd="" words i

@@ -35,35 +35,57 @@ function memberOf(namespace: string, name: string, sets: StatefulSetsResponse["s
 function ruleOf(r: Reservation, member: PodStory["statefulSetMember"], cooldownSeconds: number): string {
   if (r.kind === "statefulset") {
     const who = `member ${r.ordinal} of StatefulSet ${r.namespace}/${r.statefulset}`;
-    const known = member && member.statefulset === r.statefulset
-      ? member.source === "config" ? "listed in ipamd's config (statefulSets)" : "registered through the API (reserve, pin or register)"
-      : "no longer known to ipamd: the reservation stays until released (ipamctl release)";
+    const known =
+      member && member.statefulset === r.statefulset
+        ? member.source === "config"
+          ? "listed in ipamd's config (statefulSets)"
+          : "registered through the API (reserve, pin or register)"
+        : "no longer known to ipamd: the reservation stays until released (ipamctl release)";
     if (r.pinned) return `pinned: ${who} gets exactly this IP (ipamctl pin); StatefulSet ${known}`;
-    return `sticky: ${who} keeps this IP when its pod is deleted and gets it back on any node whose labels select pool ${r.pool}; ` +
-      `StatefulSet ${known}`;
+    return (
+      `sticky: ${who} keeps this IP when its pod is deleted and gets it back on any node whose labels select pool ${r.pool}; ` +
+      `StatefulSet ${known}`
+    );
   }
-  return `attachment: not a StatefulSet member known to ipamd, so the IP belongs to container ${r.containerID ?? "?"}/${r.ifName ?? "?"} ` +
-    `and is released at its CNI DEL (reusable after the ${cooldownSeconds}s cooldown)`;
+  return (
+    `attachment: not a StatefulSet member known to ipamd, so the IP belongs to container ${r.containerID ?? "?"}/${r.ifName ?? "?"} ` +
+    `and is released at its CNI DEL (reusable after the ${cooldownSeconds}s cooldown)`
+  );
 }
 
 function historyOf(r: Reservation): AddressStory["history"] {
-  const h: AddressStory["history"] = [{ at: r.createdAt, event: r.kind === "statefulset" ? "reserved for the member" : "allocated to the container" }];
+  const h: AddressStory["history"] = [
+    { at: r.createdAt, event: r.kind === "statefulset" ? "reserved for the member" : "allocated to the container" },
+  ];
   if (r.attachedAt) {
-    h.push({ at: r.attachedAt, event: `last attached: container ${r.containerID ?? "(since detached)"}${r.ifName ? `/${r.ifName}` : ""}` +
-      `${r.network ? ` on network ${r.network}` : ""}` });
+    h.push({
+      at: r.attachedAt,
+      event:
+        `last attached: container ${r.containerID ?? "(since detached)"}${r.ifName ? `/${r.ifName}` : ""}` +
+        `${r.network ? ` on network ${r.network}` : ""}`,
+    });
   }
   if (r.detachedAt) h.push({ at: r.detachedAt, event: "last detached (the pod's CNI DEL; the sticky reservation was kept)" });
   return h.sort((a, b) => a.at.localeCompare(b.at));
 }
 
 export async function describePod(c: IpamdClient, namespace: string, name: string): Promise<PodStory> {
-  const [status, sets, pools, all] = await Promise.all([
-    c.status(), c.statefulSets(), c.pools(), c.allReservations(),
-  ]) as [StatusResponse, StatefulSetsResponse, { pools: PoolUsage[] }, { reservations: Reservation[] }];
+  const [status, sets, pools, all] = (await Promise.all([c.status(), c.statefulSets(), c.pools(), c.allReservations()])) as [
+    StatusResponse,
+    StatefulSetsResponse,
+    { pools: PoolUsage[] },
+    { reservations: Reservation[] },
+  ];
   const member = memberOf(namespace, name, sets.statefulsets);
-  const mine = all.reservations.filter((r) =>
-    (r.podNamespace === namespace && r.podName === name) ||
-    (member && r.kind === "statefulset" && r.namespace === namespace && r.statefulset === member.statefulset && r.ordinal === member.ordinal));
+  const mine = all.reservations.filter(
+    (r) =>
+      (r.podNamespace === namespace && r.podName === name) ||
+      (member &&
+        r.kind === "statefulset" &&
+        r.namespace === namespace &&
+        r.statefulset === member.statefulset &&
+        r.ordinal === member.ordinal),
+  );
   const poolByName = new Map(pools.pools.map((p) => [p.name, p]));
   return {
     pod: { namespace, name },
@@ -72,12 +94,20 @@ export async function describePod(c: IpamdClient, namespace: string, name: strin
     addresses: mine.map((r) => {
       const p = poolByName.get(r.pool);
       return {
-        ip: r.ip, address: r.address,
-        pool: { name: r.pool, ...(p ? { subnet: p.subnet, selectedHere: p.selected } : {}),
-          ...(p?.vlan !== undefined ? { vlan: p.vlan } : {}), ...(p?.gateway ? { gateway: p.gateway } : {}) },
-        owner: r.owner, rule: ruleOf(r, member, status.cooldownSeconds), state: r.state,
+        ip: r.ip,
+        address: r.address,
+        pool: {
+          name: r.pool,
+          ...(p ? { subnet: p.subnet, selectedHere: p.selected } : {}),
+          ...(p?.vlan !== undefined ? { vlan: p.vlan } : {}),
+          ...(p?.gateway ? { gateway: p.gateway } : {}),
+        },
+        owner: r.owner,
+        rule: ruleOf(r, member, status.cooldownSeconds),
+        state: r.state,
         ...(r.containerID ? { container: { id: r.containerID, ifName: r.ifName, network: r.network } } : {}),
-        history: historyOf(r), reservation: r,
+        history: historyOf(r),
+        reservation: r,
       };
     }),
   };
@@ -87,18 +117,27 @@ export function podStoryText(s: PodStory): string {
   const lines = [`pod:     ${s.pod.namespace}/${s.pod.name}`, `node:    ${s.node} (the ipamd asked)`];
   if (s.statefulSetMember) {
     const m = s.statefulSetMember;
-    lines.push(`member:  ordinal ${m.ordinal} of StatefulSet ${m.namespace}/${m.statefulset} (known from ${m.source === "config" ? "the config" : "the API"})`);
+    lines.push(
+      `member:  ordinal ${m.ordinal} of StatefulSet ${m.namespace}/${m.statefulset} (known from ${m.source === "config" ? "the config" : "the API"})`,
+    );
   }
   for (const a of s.addresses) {
     const p = a.pool;
-    lines.push("", `${a.address}  ${a.state}`,
+    lines.push(
+      "",
+      `${a.address}  ${a.state}`,
       `  pool:    ${p.name}${p.subnet ? ` (${p.subnet}` : ""}${p.vlan !== undefined ? `, VLAN ${p.vlan}` : ", untagged"}` +
         `${p.gateway ? `, gateway ${p.gateway}` : ""}${p.subnet ? ")" : ""}`,
       `  owner:   ${a.owner}`,
       `  why:     ${a.rule}`,
-      ...(a.container ? [`  in use:  container ${a.container.id}/${a.container.ifName ?? "?"}${a.container.network ? ` on network ${a.container.network}` : ""}`] : []),
+      ...(a.container
+        ? [
+            `  in use:  container ${a.container.id}/${a.container.ifName ?? "?"}${a.container.network ? ` on network ${a.container.network}` : ""}`,
+          ]
+        : []),
       "  since:",
-      ...a.history.map((h) => `    ${h.at}  ${h.event}`));
+      ...a.history.map((h) => `    ${h.at}  ${h.event}`),
+    );
   }
   return lines.join("\n");
 }

@@ -36,9 +36,12 @@ export async function structured(format: Format, value: unknown): Promise<string
 export function age(iso: string | undefined, now = Date.now()): string {
   if (!iso) return "-";
   let s = Math.max(0, Math.floor((now - Date.parse(iso)) / 1000));
-  const d = Math.floor(s / 86400); s -= d * 86400;
-  const h = Math.floor(s / 3600); s -= h * 3600;
-  const m = Math.floor(s / 60); s -= m * 60;
+  const d = Math.floor(s / 86400);
+  s -= d * 86400;
+  const h = Math.floor(s / 3600);
+  s -= h * 3600;
+  const m = Math.floor(s / 60);
+  s -= m * 60;
   if (d > 0) return `${d}d${h ? `${h}h` : ""}`;
   if (h > 0) return `${h}h${m ? `${m}m` : ""}`;
   if (m > 0) return `${m}m${s ? `${s}s` : ""}`;

@@ -6,8 +6,19 @@
 // ticket its ownership prepared (ownership.ts): which address is free is the ownership's call;
 // what the request does with it, and the local record in SQLite, are decided here.
 import type {
-  AllocateRequest, AllocateResponse, AttachmentRequest, GcRequest, GcResponse, PinRequest, PinResponse,
-  ReleaseReservationRequest, ReleaseReservationsResponse, ReleaseResponse, Reservation, ReserveRequest, ReserveResponse,
+  AllocateRequest,
+  AllocateResponse,
+  AttachmentRequest,
+  GcRequest,
+  GcResponse,
+  PinRequest,
+  PinResponse,
+  ReleaseReservationRequest,
+  ReleaseReservationsResponse,
+  ReleaseResponse,
+  Reservation,
+  ReserveRequest,
+  ReserveResponse,
 } from "../api/types";
 import { ApiError } from "./errors";
 import type { AddressOwnership, OwnershipTicket } from "./ownership";
@@ -21,11 +32,21 @@ import type { Views } from "./views";
  * pool's L2 domain (the nodes its selector matches), so it is kept for the member and not handed out here.
  */
 export class StickyPoolOffNode extends ApiError {
-  constructor(readonly owner: string, readonly ip: string, readonly pool: Pool, readonly node: string, labels: Record<string, string>) {
-    super("no_pool", `${owner} holds ${ip} in pool "${pool.name}", which does not select node ${node} (pool nodeSelector ` +
-      `${JSON.stringify(pool.selector)}, node labels ${JSON.stringify(labels)}): a sticky address is only handed out on a node ` +
-      "of its pool's L2 domain; schedule the pod onto a node the selector matches, fix the node labels, or end the reservation " +
-      `(ipamctl release --ip ${ip})`, "pools");
+  constructor(
+    readonly owner: string,
+    readonly ip: string,
+    readonly pool: Pool,
+    readonly node: string,
+    labels: Record<string, string>,
+  ) {
+    super(
+      "no_pool",
+      `${owner} holds ${ip} in pool "${pool.name}", which does not select node ${node} (pool nodeSelector ` +
+        `${JSON.stringify(pool.selector)}, node labels ${JSON.stringify(labels)}): a sticky address is only handed out on a node ` +
+        "of its pool's L2 domain; schedule the pod onto a node the selector matches, fix the node labels, or end the reservation " +
+        `(ipamctl release --ip ${ip})`,
+      "pools",
+    );
   }
 }
 
@@ -56,8 +77,12 @@ export class Allocator {
     const usable = this.usableFor(req, sts, ticket);
     const wanted = this.pools.requested(req.ips, usable);
     const attachment: AttachmentColumns = {
-      container_id: req.containerID, ifname: req.ifName, network: req.network,
-      pod_namespace: req.podNamespace ?? null, pod_name: req.podName ?? null, pod_uid: req.podUID ?? null,
+      container_id: req.containerID,
+      ifname: req.ifName,
+      network: req.network,
+      pod_namespace: req.podNamespace ?? null,
+      pod_name: req.podName ?? null,
+      pod_uid: req.podUID ?? null,
     };
     const rows: Row[] = [];
     for (const family of [4, 6] as const) {
@@ -95,8 +120,10 @@ export class Allocator {
   check(req: AttachmentRequest): AllocateResponse {
     const rows = this.store.byAttachment(req.containerID, req.ifName, req.network);
     if (rows.length === 0) {
-      throw new ApiError("not_found",
-        `no addresses are allocated to container ${req.containerID} interface ${req.ifName} on network ${req.network}`);
+      throw new ApiError(
+        "not_found",
+        `no addresses are allocated to container ${req.containerID} interface ${req.ifName} on network ${req.network}`,
+      );
     }
     return this.views.allocation(rows);
   }
@@ -145,7 +172,8 @@ export class Allocator {
     const target = this.pools.locate(req.ip, this.pools.selected, "ip");
     this.statefulSets.register(req.namespace, req.statefulset, now);
     const holder = this.store.byIp(target.ip);
-    if (holder && holder.owner === owner.owner && holder.sticky) { // already the member's: pin it where it is
+    if (holder && holder.owner === owner.owner && holder.sticky) {
+      // already the member's: pin it where it is
       this.store.setPinned(holder.id);
       return { reservation: this.views.reservation(this.store.byId(holder.id)), released: [], heldByContainer: [] };
     }
@@ -153,9 +181,12 @@ export class Allocator {
     const previous = this.previousAddresses(owner.owner, target.pool, ticket);
     const running = previous.find((r) => r.container_id);
     if (running && !req.force) {
-      throw new ApiError("reservation_attached", `${owner.owner} is running with ${running.ip} (container ${running.container_id}); ` +
-        "delete the pod first, or pass force to move the pin now (the running container keeps the old address until its " +
-        "CNI DEL or GC frees it; the next pod of the member gets the pinned one)");
+      throw new ApiError(
+        "reservation_attached",
+        `${owner.owner} is running with ${running.ip} (container ${running.container_id}); ` +
+          "delete the pod first, or pass force to move the pin now (the running container keeps the old address until its " +
+          "CNI DEL or GC frees it; the next pod of the member gets the pinned one)",
+      );
     }
     const released: string[] = [];
     const heldByContainer: string[] = [];
@@ -184,10 +215,16 @@ export class Allocator {
     }
     const attached = rows.filter((r) => r.container_id);
     if (attached.length > 0 && !req.force) {
-      const list = attached.slice(0, 5).map((r) => `${r.ip} (${r.owner}, container ${r.container_id})`).join(", ");
-      throw new ApiError("reservation_attached", `${attached.length} of these reservations are in use by running containers: ${list}; ` +
-        "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
-        "until the container's CNI DEL or GC frees it)");
+      const list = attached
+        .slice(0, 5)
+        .map((r) => `${r.ip} (${r.owner}, container ${r.container_id})`)
+        .join(", ");
+      throw new ApiError(
+        "reservation_attached",
+        `${attached.length} of these reservations are in use by running containers: ${list}; ` +
+          "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
+          "until the container's CNI DEL or GC frees it)",
+      );
     }
     const heldByContainer: Reservation[] = [];
     for (const row of rows) {
@@ -233,8 +270,14 @@ export class Allocator {
   // ---------- the cases of allocate ----------
 
   /** A non-member (or a member's second interface): the attachment owns its address, requested or free. */
-  private attachmentOwned(req: AttachmentRequest, pools: Pool[], want: Located | undefined, attachment: AttachmentColumns,
-    now: number, ticket: OwnershipTicket): Row {
+  private attachmentOwned(
+    req: AttachmentRequest,
+    pools: Pool[],
+    want: Located | undefined,
+    attachment: AttachmentColumns,
+    now: number,
+    ticket: OwnershipTicket,
+  ): Row {
     const owner = { owner: `${req.containerID}/${req.ifName}` };
     if (!want) {
       return this.insert(this.ownership.take(pools, now, ticket), owner, { sticky: false, pinned: false }, attachment, now, ticket);
@@ -249,8 +292,14 @@ export class Allocator {
    * has not come yet) still holds it, the ADD is refused with a retryable error naming that
    * sandbox; its DEL or a GC hands the address over. A new sandbox of the same pod takes it.
    */
-  private stickyAgain(existing: Row, req: AllocateRequest, want: Located | undefined, attachment: AttachmentColumns,
-    now: number, ticket: OwnershipTicket): Row {
+  private stickyAgain(
+    existing: Row,
+    req: AllocateRequest,
+    want: Located | undefined,
+    attachment: AttachmentColumns,
+    now: number,
+    ticket: OwnershipTicket,
+  ): Row {
     if (existing.container_id && existing.container_id !== req.containerID) {
       const samePod = existing.pod_uid !== null && req.podUID !== undefined && existing.pod_uid === req.podUID;
       if (!samePod) throw previousSandbox(existing);
@@ -267,8 +316,15 @@ export class Allocator {
    * A member's ADD with `ips`: pins the address, replacing the member's previous address of that
    * family on the same network(s) atomically (one a running container uses stays with it).
    */
-  private pinOnAdd(sts: Member, want: Located, existing: Row | undefined, req: AttachmentRequest, attachment: AttachmentColumns,
-    now: number, ticket: OwnershipTicket): Row {
+  private pinOnAdd(
+    sts: Member,
+    want: Located,
+    existing: Row | undefined,
+    req: AttachmentRequest,
+    attachment: AttachmentColumns,
+    now: number,
+    ticket: OwnershipTicket,
+  ): Row {
     this.claimFree(want, sts.owner, req, "ips", now, ticket);
     const previous = this.previousAddresses(sts.owner, want.pool, ticket);
     if (existing && !previous.some((r) => r.id === existing.id)) previous.push(existing);
@@ -292,34 +348,70 @@ export class Allocator {
    * A requested address must not be held by another owner, nor used by another container; the
    * requester's own detached record of it is replaced. Then the ownership makes it ours.
    */
-  private claimFree(address: Located, owner: string, attachment: AttachmentRequest | null, field: string, now: number,
-    ticket: OwnershipTicket): void {
+  private claimFree(
+    address: Located,
+    owner: string,
+    attachment: AttachmentRequest | null,
+    field: string,
+    now: number,
+    ticket: OwnershipTicket,
+  ): void {
     const { ip } = address;
     const holder = this.store.byIp(ip);
-    const runningElsewhere = holder?.container_id && !(attachment && holder.container_id === attachment.containerID &&
-      holder.ifname === attachment.ifName && holder.network === attachment.network);
+    const runningElsewhere =
+      holder?.container_id &&
+      !(
+        attachment &&
+        holder.container_id === attachment.containerID &&
+        holder.ifname === attachment.ifName &&
+        holder.network === attachment.network
+      );
     if (holder && (holder.owner !== owner || runningElsewhere)) {
       const use = holder.container_id
-        ? `in use by container ${holder.container_id} interface ${holder.ifname} on network ${holder.network}` : "reserved";
-      throw new ApiError("ip_unavailable", `${ip} is already held by ${holder.owner} (${use}); ` +
-        (holder.container_id ? "it is freed when that container is deleted (CNI DEL or GC); request another address"
-          : "release it with ipamctl release --ip first, or request another address"), field);
+        ? `in use by container ${holder.container_id} interface ${holder.ifname} on network ${holder.network}`
+        : "reserved";
+      throw new ApiError(
+        "ip_unavailable",
+        `${ip} is already held by ${holder.owner} (${use}); ` +
+          (holder.container_id
+            ? "it is freed when that container is deleted (CNI DEL or GC); request another address"
+            : "release it with ipamctl release --ip first, or request another address"),
+        field,
+      );
     }
     if (holder) this.store.remove(holder.id); // same owner: a detached record (or this attachment's own)
     this.ownership.claim(address, now, ticket);
   }
 
-  private insert(address: Located, holder: Holder, flags: { sticky: boolean; pinned: boolean },
-    attachment: AttachmentColumns | null, now: number, ticket: OwnershipTicket): Row {
+  private insert(
+    address: Located,
+    holder: Holder,
+    flags: { sticky: boolean; pinned: boolean },
+    attachment: AttachmentColumns | null,
+    now: number,
+    ticket: OwnershipTicket,
+  ): Row {
     const sts = "statefulset" in holder ? holder : undefined;
     const row = this.store.insert({
-      ip: address.ip, pool: address.pool.name, family: address.pool.family, owner: holder.owner,
+      ip: address.ip,
+      pool: address.pool.name,
+      family: address.pool.family,
+      owner: holder.owner,
       kind: sts ? "statefulset" : "attachment",
-      sticky: flags.sticky ? 1 : 0, pinned: flags.pinned ? 1 : 0,
-      namespace: sts?.namespace ?? null, statefulset: sts?.statefulset ?? null, ordinal: sts?.ordinal ?? null,
-      container_id: attachment?.container_id ?? null, ifname: attachment?.ifname ?? null, network: attachment?.network ?? null,
-      pod_namespace: attachment?.pod_namespace ?? null, pod_name: attachment?.pod_name ?? null, pod_uid: attachment?.pod_uid ?? null,
-      created_at: now, attached_at: attachment ? now : null, detached_at: attachment ? null : now,
+      sticky: flags.sticky ? 1 : 0,
+      pinned: flags.pinned ? 1 : 0,
+      namespace: sts?.namespace ?? null,
+      statefulset: sts?.statefulset ?? null,
+      ordinal: sts?.ordinal ?? null,
+      container_id: attachment?.container_id ?? null,
+      ifname: attachment?.ifname ?? null,
+      network: attachment?.network ?? null,
+      pod_namespace: attachment?.pod_namespace ?? null,
+      pod_name: attachment?.pod_name ?? null,
+      pod_uid: attachment?.pod_uid ?? null,
+      created_at: now,
+      attached_at: attachment ? now : null,
+      detached_at: attachment ? null : now,
     });
     if (flags.sticky) this.ownership.bindSticky(row, ticket);
     return row;
@@ -327,7 +419,10 @@ export class Allocator {
 
   /** CNI DEL / GC of one address: sticky ones are detached and kept (true), others freed. */
   private letGo(row: Row, now: number, ticket: OwnershipTicket): boolean {
-    if (!row.sticky) { this.free(row, now, ticket); return false; }
+    if (!row.sticky) {
+      this.free(row, now, ticket);
+      return false;
+    }
     this.store.detach(row.id, now);
     return true;
   }
@@ -340,7 +435,10 @@ export class Allocator {
    */
   private endReservation(row: Row, now: number, ticket: OwnershipTicket): boolean {
     if (row.sticky) this.ownership.endSticky(row, ticket);
-    if (!row.container_id) { this.free(row, now, ticket); return false; }
+    if (!row.container_id) {
+      this.free(row, now, ticket);
+      return false;
+    }
     if (row.sticky || row.kind === "statefulset") this.store.handToAttachment(row.id, `${row.container_id}/${row.ifname}`);
     return true;
   }
@@ -366,8 +464,10 @@ export class Allocator {
 function previousSandbox(row: Row): ApiError {
   const pod = row.pod_name ? `pod ${row.pod_namespace}/${row.pod_name}${row.pod_uid ? ` (uid ${row.pod_uid})` : ""}` : "an unnamed pod";
   const since = row.attached_at !== null ? `, attached ${new Date(row.attached_at).toISOString()}` : "";
-  return new ApiError("previous_sandbox_attached",
+  return new ApiError(
+    "previous_sandbox_attached",
     `${row.ip} of ${row.owner} is still attached to the previous sandbox ${row.container_id} (interface ${row.ifname}, ` +
-    `network ${row.network}, ${pod}${since}); it is handed over when that sandbox's CNI DEL or a CNI GC releases it. ` +
-    "Retry (the runtime does); if that sandbox is gone for good, run ipamctl gc for the network");
+      `network ${row.network}, ${pod}${since}); it is handed over when that sandbox's CNI DEL or a CNI GC releases it. ` +
+      "Retry (the runtime does); if that sandbox is gone for good, run ipamctl gc for the network",
+  );
 }

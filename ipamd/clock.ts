@@ -17,7 +17,7 @@ export class WallClock {
   now(): number {
     const wall = Date.now();
     const mono = performance.now();
-    const drift = (wall - this.lastWall) - (mono - this.lastMono);
+    const drift = wall - this.lastWall - (mono - this.lastMono);
     this.lastWall = wall;
     this.lastMono = mono;
     if (Math.abs(drift) >= STEP_MS) {

@@ -7,10 +7,18 @@ import type { DB } from "./store/database";
 import type { Statements } from "./store/statements";
 import type { ThrottledLog } from "./throttle";
 
-interface Pending { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }
+interface Pending {
+  run: () => unknown;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
 
 /** Whether the last commit went through: what GET /v1/status reports. */
-export interface CommitOutcome { ok: boolean; at: number; error?: string }
+export interface CommitOutcome {
+  ok: boolean;
+  at: number;
+  error?: string;
+}
 
 /** Applies queued operations in shared transactions; each op gets its own savepoint. */
 export class GroupCommitter {
@@ -22,20 +30,32 @@ export class GroupCommitter {
   /** After a durable commit, before its replies (the commit record). */
   afterCommit?: (seq: number) => void;
 
-  constructor(private readonly db: DB, private readonly store: Statements, private readonly maxBatch: number,
-    private readonly metrics?: Metrics, private readonly log?: ThrottledLog) {}
+  constructor(
+    private readonly db: DB,
+    private readonly store: Statements,
+    private readonly maxBatch: number,
+    private readonly metrics?: Metrics,
+    private readonly log?: ThrottledLog,
+  ) {}
 
   submit<T>(run: () => T): Promise<T> {
     if (this.closed) return Promise.reject(new ApiError("shutting_down", "ipamd is shutting down; retry shortly"));
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
-      if (!this.scheduled) { this.scheduled = true; setImmediate(() => this.flush()); }
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
     });
   }
 
-  get idle(): boolean { return this.queue.length === 0 && !this.scheduled; }
+  get idle(): boolean {
+    return this.queue.length === 0 && !this.scheduled;
+  }
 
-  close(): void { this.closed = true; }
+  close(): void {
+    this.closed = true;
+  }
 
   /**
    * Whether a commit can succeed now. After a failed commit: a real (empty) commit, so that the
@@ -89,14 +109,24 @@ export class GroupCommitter {
     this.store.committed(seq);
     if (!this.outcome.ok) this.log?.log.info({ failedSince: new Date(this.outcome.at).toISOString() }, "database commits succeed again");
     this.outcome = { ok: true, at: Date.now() };
-    try { this.afterCommit?.(seq); } catch (e) { this.log?.error({ err: e }, "cannot record the commit sequence"); }
+    try {
+      this.afterCommit?.(seq);
+    } catch (e) {
+      this.log?.error({ err: e }, "cannot record the commit sequence");
+    }
     this.metrics?.batchSize.observe(batch.length);
     this.metrics?.commitSeconds.observe((performance.now() - started) / 1000);
-    batch.forEach((item, i) => (outcomes[i]!.ok ? item.resolve(outcomes[i]!.value) : item.reject(outcomes[i]!.value)));
+    batch.forEach((item, i) => {
+      if (outcomes[i]!.ok) item.resolve(outcomes[i]!.value);
+      else item.reject(outcomes[i]!.value);
+    });
     this.reschedule();
   }
 
   private reschedule(): void {
-    if (this.queue.length > 0 && !this.scheduled) { this.scheduled = true; setImmediate(() => this.flush()); }
+    if (this.queue.length > 0 && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 }

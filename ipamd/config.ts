@@ -6,7 +6,14 @@ import { z } from "zod";
 import { parseCidr, parseIp } from "../lib/ip";
 import { type ClusterConfig, clusterConfigSchema } from "./cluster/config";
 import {
-  compilePool, excludeInfrastructure, type NodeSelector, overlaps, parseDashRange, type Pool, PoolSpecError, type PoolSpec,
+  compilePool,
+  excludeInfrastructure,
+  type NodeSelector,
+  overlaps,
+  parseDashRange,
+  type Pool,
+  PoolSpecError,
+  type PoolSpec,
 } from "./pools";
 
 const ipString = z.string().refine((s) => parseIp(s) !== null, { message: "not a valid IPv4/IPv6 address" });
@@ -15,19 +22,21 @@ const cidrString = z.string().refine((s) => parseCidr(s) !== null, {
 });
 const labelKey = z.string().min(1).max(317);
 
-const selectorRequirement = z.strictObject({
-  key: labelKey,
-  operator: z.enum(["In", "NotIn", "Exists", "DoesNotExist"]),
-  values: z.array(z.string()).optional(),
-}).superRefine((r, ctx) => {
-  const needsValues = r.operator === "In" || r.operator === "NotIn";
-  if (needsValues && (!r.values || r.values.length === 0)) {
-    ctx.addIssue({ code: "custom", path: ["values"], message: `operator ${r.operator} needs a non-empty values list` });
-  }
-  if (!needsValues && r.values && r.values.length > 0) {
-    ctx.addIssue({ code: "custom", path: ["values"], message: `operator ${r.operator} takes no values; remove the list` });
-  }
-});
+const selectorRequirement = z
+  .strictObject({
+    key: labelKey,
+    operator: z.enum(["In", "NotIn", "Exists", "DoesNotExist"]),
+    values: z.array(z.string()).optional(),
+  })
+  .superRefine((r, ctx) => {
+    const needsValues = r.operator === "In" || r.operator === "NotIn";
+    if (needsValues && (!r.values || r.values.length === 0)) {
+      ctx.addIssue({ code: "custom", path: ["values"], message: `operator ${r.operator} needs a non-empty values list` });
+    }
+    if (!needsValues && r.values && r.values.length > 0) {
+      ctx.addIssue({ code: "custom", path: ["values"], message: `operator ${r.operator} takes no values; remove the list` });
+    }
+  });
 
 const nodeSelectorSchema = z.strictObject({
   matchLabels: z.record(labelKey, z.string()).optional(),
@@ -40,47 +49,64 @@ const poolSchema = z.strictObject({
   }),
   subnet: cidrString,
   ranges: z.array(z.strictObject({ start: ipString, end: ipString })).optional(),
-  exclude: z.array(z.string().refine((s) => parseIp(s) !== null || parseCidr(s) !== null || parseDashRange(s) !== null, {
-    message: "expected an address, a CIDR or a range 'first-last'",
-  })).optional(),
+  exclude: z
+    .array(
+      z.string().refine((s) => parseIp(s) !== null || parseCidr(s) !== null || parseDashRange(s) !== null, {
+        message: "expected an address, a CIDR or a range 'first-last'",
+      }),
+    )
+    .optional(),
   gateway: ipString.optional(),
   routes: z.array(z.strictObject({ dst: cidrString, gw: ipString.optional() })).optional(),
-  dns: z.strictObject({
-    nameservers: z.array(ipString).optional(),
-    domain: z.string().optional(),
-    search: z.array(z.string()).optional(),
-    options: z.array(z.string()).optional(),
-  }).optional(),
+  dns: z
+    .strictObject({
+      nameservers: z.array(ipString).optional(),
+      domain: z.string().optional(),
+      search: z.array(z.string()).optional(),
+      options: z.array(z.string()).optional(),
+    })
+    .optional(),
   vlan: z.number().int().min(0).max(4094).optional(),
   networks: z.array(z.string().min(1)).optional(),
   nodeSelector: nodeSelectorSchema.optional(),
 }) satisfies z.ZodType<PoolSpec>;
 
 export const configSchema = z.strictObject({
-  node: z.strictObject({
-    name: z.string().min(1).optional(),
-    labels: z.record(labelKey, z.string()).optional(),
-  }).optional(),
+  node: z
+    .strictObject({
+      name: z.string().min(1).optional(),
+      labels: z.record(labelKey, z.string()).optional(),
+    })
+    .optional(),
   socket: z.string().min(1).optional(),
   database: z.string().min(1).optional(),
   spoolDir: z.string().startsWith("/", { message: "must be an absolute path" }).optional(),
-  metricsAddress: z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, {
-    message: "expected host:port, e.g. 127.0.0.1:9631",
-  }).optional(),
+  metricsAddress: z
+    .string()
+    .regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, {
+      message: "expected host:port, e.g. 127.0.0.1:9631",
+    })
+    .optional(),
   logFile: z.string().optional(),
-  cooldownSeconds: z.number().min(0).max(86400 * 7).default(30),
+  cooldownSeconds: z
+    .number()
+    .min(0)
+    .max(86400 * 7)
+    .default(30),
   detachedTTLSeconds: z.number().min(0).default(0),
   maxBatch: z.number().int().min(1).max(10000).default(512),
   statefulSets: z.array(z.strictObject({ namespace: z.string().min(1), name: z.string().min(1) })).default([]),
   pools: z.array(poolSchema).min(1, { message: "define at least one pool" }),
-  kubernetes: z.strictObject({
-    enabled: z.boolean().default(true),
-    kubeconfig: z.string().min(1).optional(),
-    inClusterRoot: z.string().min(1).default("/"),
-    leakGraceSeconds: z.number().min(0).default(300),
-    reconcileSeconds: z.number().min(0.2).default(60),
-    apiTimeoutSeconds: z.number().min(0.1).max(60).default(5),
-  }).prefault({}),
+  kubernetes: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      kubeconfig: z.string().min(1).optional(),
+      inClusterRoot: z.string().min(1).default("/"),
+      leakGraceSeconds: z.number().min(0).default(300),
+      reconcileSeconds: z.number().min(0.2).default(60),
+      apiTimeoutSeconds: z.number().min(0.1).max(60).default(5),
+    })
+    .prefault({}),
   cluster: clusterConfigSchema.optional(),
 });
 
@@ -122,10 +148,12 @@ export interface Config {
 export class ConfigError extends Error {}
 
 function formatZodIssues(error: z.ZodError): string {
-  return error.issues.map((issue) => {
-    const path = issue.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("");
-    return `  ${path || "(top level)"}: ${issue.message}`;
-  }).join("\n");
+  return error.issues
+    .map((issue) => {
+      const path = issue.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("");
+      return `  ${path || "(top level)"}: ${issue.message}`;
+    })
+    .join("\n");
 }
 
 interface Overrides {
@@ -149,10 +177,16 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
   const pools: Pool[] = [];
   const names = new Set<string>();
   raw.pools.forEach((p, i) => {
-    if (names.has(p.name)) { errors.push(`  pools[${i}].name: pool name "${p.name}" is used twice`); return; }
+    if (names.has(p.name)) {
+      errors.push(`  pools[${i}].name: pool name "${p.name}" is used twice`);
+      return;
+    }
     names.add(p.name);
-    try { pools.push(compilePool(p, i)); } catch (e) {
-      if (e instanceof PoolSpecError) errors.push(`  pools[${i}].${e.field}: ${e.message}`); else throw e;
+    try {
+      pools.push(compilePool(p, i));
+    } catch (e) {
+      if (e instanceof PoolSpecError) errors.push(`  pools[${i}].${e.field}: ${e.message}`);
+      else throw e;
     }
   });
   for (const o of excludeInfrastructure(pools)) errors.push(`  pools[${o.pool.index}]: ${o.message}`);
@@ -188,11 +222,15 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
 
 export function loadConfig(path: string, overrides: Overrides = {}): Config {
   let text: string;
-  try { text = readFileSync(path, "utf8"); } catch (e) {
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
     throw new ConfigError(`cannot read config ${path}: ${(e as Error).message}; pass --config with the path of ipamd.json`);
   }
   let json: unknown;
-  try { json = JSON.parse(text); } catch (e) {
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
     throw new ConfigError(`config ${path} is not valid JSON: ${(e as Error).message}`);
   }
   return buildConfig(json, overrides, `config ${path}`);

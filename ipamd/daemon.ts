@@ -16,12 +16,21 @@ import { type AllocationHold, ApiServer, secureSocketDirectory, VERSION } from "
 import { ReleaseSpool } from "./spool";
 import { type DB, openStore, StoreError } from "./store/database";
 import {
-  CommitRecord, commitRecordPath, databaseFiles, lockDatabase, NodeMarker, pluginAttachmentRecords, secureDirectory, secureFiles,
+  CommitRecord,
+  commitRecordPath,
+  databaseFiles,
+  lockDatabase,
+  NodeMarker,
+  pluginAttachmentRecords,
+  secureDirectory,
+  secureFiles,
 } from "./store/guard";
 import type { Statements } from "./store/statements";
 import { ThrottledLog } from "./throttle";
 
-interface Daemon { close(): Promise<void> }
+interface Daemon {
+  close(): Promise<void>;
+}
 
 export interface StartFlags {
   /** The operator accepts the database as it is: lost commits, or a node whose pods may hold unknown addresses. */
@@ -54,10 +63,19 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   startupHousekeeping(node, db, log);
   record.write({ database: id, seq: store.committedSeq });
 
-  node.rules.onTakeover = (row, req) => log.info({ owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
-    "a new sandbox of the same pod took over its sticky address");
+  node.rules.onTakeover = (row, req) =>
+    log.info(
+      { owner: row.owner, ip: row.ip, from: row.container_id, to: req.containerID },
+      "a new sandbox of the same pod took over its sticky address",
+    );
   const api = new ApiServer({
-    config, db, log: tlog, metrics, node, clock, hold,
+    config,
+    db,
+    log: tlog,
+    metrics,
+    node,
+    clock,
+    hold,
     ...(cluster ? { cluster: { status: () => cluster.status(), operator: new ClusterOperator(cluster, node.views) } } : {}),
   });
   api.afterCommit = (seq) => record.write({ database: id, seq });
@@ -70,16 +88,21 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     const attached = Object.fromEntries(store.attachedByNetwork().map((r) => [r.network, r.n]));
     try {
       marker.write({ database: id, seq: store.committedSeq, path: config.database, attached, at: new Date().toISOString() });
-    } catch (e) { tlog.warn({ err: e, file: marker.path }, "cannot write the node marker"); }
+    } catch (e) {
+      tlog.warn({ err: e, file: marker.path }, "cannot write the node marker");
+    }
   };
   mark();
   const marking = setInterval(mark, 1000);
   marking.unref();
 
   clock.onStep = (deltaMs, now) => {
-    tlog.warn({ stepSeconds: Math.round(deltaMs / 1000) }, deltaMs < 0
-      ? "the wall clock stepped back: timestamps ahead of it are clamped to now (cooldowns count from now)"
-      : "the wall clock stepped forward: the TTL of detached reservations is held for one TTL");
+    tlog.warn(
+      { stepSeconds: Math.round(deltaMs / 1000) },
+      deltaMs < 0
+        ? "the wall clock stepped back: timestamps ahead of it are clamped to now (cooldowns count from now)"
+        : "the wall clock stepped forward: the TTL of detached reservations is held for one TTL",
+    );
     if (deltaMs < 0) {
       api.housekeeping(() => store.clampFuture(now)).catch((e: unknown) => tlog.error({ err: e }, "cannot clamp timestamps"));
     }
@@ -87,10 +110,14 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   const ticking = setInterval(() => clock.now(), 1000);
   ticking.unref();
 
-  const spool = new ReleaseSpool(config.spoolDir, (r) => {
-    const req = { containerID: r.containerID, ifName: r.ifName, network: r.network };
-    return api.mutate({ kind: "release", req }, (t) => node.rules.release(req, clock.now(), t, r.at));
-  }, tlog);
+  const spool = new ReleaseSpool(
+    config.spoolDir,
+    (r) => {
+      const req = { containerID: r.containerID, ifName: r.ifName, network: r.network };
+      return api.mutate({ kind: "release", req }, (t) => node.rules.release(req, clock.now(), t, r.at));
+    },
+    tlog,
+  );
   await spool.start();
   await cluster?.start((reason, fn) => api.mutate({ kind: "sync", reason }, fn));
 
@@ -111,7 +138,10 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
           if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
           res.end(`cannot render metrics: ${(e as Error).message}\n`);
         });
-      } else { res.writeHead(404, { "content-type": "text/plain" }); res.end("only /metrics is served here\n"); }
+      } else {
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end("only /metrics is served here\n");
+      }
     });
     await new Promise<void>((resolve, reject) => {
       metricsServer!.once("error", (e) => reject(new Error(`cannot listen for metrics on ${config.metricsAddress}: ${e.message}`)));
@@ -125,18 +155,30 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     reaper = setInterval(() => {
       // Right after a step forward every detached reservation looks old: wait one TTL of real time.
       if (clock.sinceStep() < config.detachedTtlMs) return;
-      api.mutate({ kind: "reapExpired" }, (t) => node.rules.reapExpired(clock.now(), t))
-        .then((ips) => { if (ips.length) log.info({ ips }, "released detached reservations past their TTL"); })
+      api
+        .mutate({ kind: "reapExpired" }, (t) => node.rules.reapExpired(clock.now(), t))
+        .then((ips) => {
+          if (ips.length) log.info({ ips }, "released detached reservations past their TTL");
+        })
         .catch((e: unknown) => tlog.error({ err: e }, "TTL reaper failed"));
     }, every);
     reaper.unref();
   }
 
-  log.info({
-    socket: config.socket, database: config.database, spool: config.spoolDir, labels: node.pools.labels,
-    kubernetes: kube?.connection.mode ?? "off", pools: node.pools.selected.map((p) => p.name), metrics: config.metricsAddress,
-    commitSeq: store.committedSeq, ...(hold.active ? { hold: hold.reasons } : {}),
-  }, "ipamd serving");
+  log.info(
+    {
+      socket: config.socket,
+      database: config.database,
+      spool: config.spoolDir,
+      labels: node.pools.labels,
+      kubernetes: kube?.connection.mode ?? "off",
+      pools: node.pools.selected.map((p) => p.name),
+      metrics: config.metricsAddress,
+      commitSeq: store.committedSeq,
+      ...(hold.active ? { hold: hold.reasons } : {}),
+    },
+    "ipamd serving",
+  );
 
   return {
     async close() {
@@ -150,10 +192,16 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
       if (metricsServer) await new Promise<void>((r) => metricsServer!.close(() => r()));
       mark();
       // A full disk can fail the checkpoint: the data stays in the WAL, which the next start reads.
-      try { db.pragma("wal_checkpoint(TRUNCATE)"); } catch (e) {
+      try {
+        db.pragma("wal_checkpoint(TRUNCATE)");
+      } catch (e) {
         log.warn({ err: e }, "cannot checkpoint the WAL into the database (it keeps the data; the next start applies it)");
       }
-      try { db.close(); } catch (e) { log.warn({ err: e }, "closing the database reported an error"); }
+      try {
+        db.close();
+      } catch (e) {
+        log.warn({ err: e }, "closing the database reported an error");
+      }
       record.close();
       api.unlinkSocket();
     },
@@ -161,37 +209,63 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
 }
 
 /** A database behind the last acknowledged commit lost data a client was told is durable: refuse (or, accepted, say so). */
-function refuseLostCommits(config: Config, existed: boolean, store: Statements, id: string, record: CommitRecord, marker: NodeMarker,
-  flags: StartFlags, log: Logger): void {
+function refuseLostCommits(
+  config: Config,
+  existed: boolean,
+  store: Statements,
+  id: string,
+  record: CommitRecord,
+  marker: NodeMarker,
+  flags: StartFlags,
+  log: Logger,
+): void {
   const have = store.committedSeq;
   const behind: string[] = [];
   const mark = record.read();
   // The file is there but is not the database the record beside it counts: its content was lost
   // (everything was still in a -wal that is gone) or another copy was put in its place.
   if (existed && mark && mark.database !== id && mark.seq > 0) {
-    behind.push(`commit ${mark.seq} of database ${mark.database} was acknowledged (recorded in ${record.path}) but ${config.database} ` +
-      `is another database (${id}) at commit ${have}`);
+    behind.push(
+      `commit ${mark.seq} of database ${mark.database} was acknowledged (recorded in ${record.path}) but ${config.database} ` +
+        `is another database (${id}) at commit ${have}`,
+    );
   }
-  for (const [mark, where] of [[record.read(), record.path], [marker.read(), marker.path]] as const) {
+  for (const [mark, where] of [
+    [record.read(), record.path],
+    [marker.read(), marker.path],
+  ] as const) {
     if (mark && mark.database === id && mark.seq > have) {
       behind.push(`commit ${mark.seq} was acknowledged (recorded in ${where}) but the database is at commit ${have}`);
     }
   }
   if (behind.length === 0) return;
-  const msg = `database ${config.database} lost acknowledged commits: ${behind[0]} (${behind.length > 1 ? "both records agree; " : ""}` +
+  const msg =
+    `database ${config.database} lost acknowledged commits: ${behind[0]} (${behind.length > 1 ? "both records agree; " : ""}` +
     "its -wal was damaged or deleted, or an older copy was restored)";
   if (!flags.acceptDataLoss) {
-    throw new StoreError(`${msg}. Stop here: pods may hold addresses the database no longer has. Restore the database together with ` +
-      `its -wal from a backup, or, accepting that, start once with --accept-data-loss and run a CNI GC (ipamctl gc) per network`);
+    throw new StoreError(
+      `${msg}. Stop here: pods may hold addresses the database no longer has. Restore the database together with ` +
+        `its -wal from a backup, or, accepting that, start once with --accept-data-loss and run a CNI GC (ipamctl gc) per network`,
+    );
   }
   log.error(`${msg}; starting anyway (--accept-data-loss)`);
 }
 
 /** Reasons to think running pods hold addresses this database does not know, and the networks named. */
-interface Evidence { reasons: string[]; networks: string[]; gcClears: boolean }
+interface Evidence {
+  reasons: string[];
+  networks: string[];
+  gcClears: boolean;
+}
 
-function evidenceOfLostDatabase(config: Config, existed: boolean, id: string, record: CommitRecord, marker: NodeMarker,
-  stateDir: string): Evidence {
+function evidenceOfLostDatabase(
+  config: Config,
+  existed: boolean,
+  id: string,
+  record: CommitRecord,
+  marker: NodeMarker,
+  stateDir: string,
+): Evidence {
   const reasons: string[] = [];
   const networks = new Set<string>();
   let gcClears = true;
@@ -200,8 +274,10 @@ function evidenceOfLostDatabase(config: Config, existed: boolean, id: string, re
   if (nodeMark && nodeMark.database !== id) {
     const total = Object.values(nodeMark.attached).reduce((a, b) => a + b, 0);
     if (total > 0) {
-      reasons.push(`this node had ${total} attachment(s) at ${nodeMark.at} (${marker.path}, database ${nodeMark.path}), ` +
-        `but ${config.database} ${what}`);
+      reasons.push(
+        `this node had ${total} attachment(s) at ${nodeMark.at} (${marker.path}, database ${nodeMark.path}), ` +
+          `but ${config.database} ${what}`,
+      );
       for (const n of Object.keys(nodeMark.attached)) networks.add(n);
     }
   }
@@ -225,16 +301,22 @@ function evidenceOfLostDatabase(config: Config, existed: boolean, id: string, re
 class Hold implements AllocationHold {
   private state?: Evidence;
 
-  constructor(private readonly store: Statements, db: DB, found: Evidence, flags: StartFlags, log: Logger) {
+  constructor(
+    private readonly store: Statements,
+    db: DB,
+    found: Evidence,
+    flags: StartFlags,
+    log: Logger,
+  ) {
     const saved = store.meta(HOLD_KEY);
     if (typeof saved === "string") this.state = JSON.parse(saved) as Evidence;
     if (found.reasons.length) {
       this.state = this.state
         ? {
-          reasons: [...new Set([...this.state.reasons, ...found.reasons])],
-          networks: [...new Set([...this.state.networks, ...found.networks])],
-          gcClears: this.state.gcClears && found.gcClears,
-        }
+            reasons: [...new Set([...this.state.reasons, ...found.reasons])],
+            networks: [...new Set([...this.state.networks, ...found.networks])],
+            gcClears: this.state.gcClears && found.gcClears,
+          }
         : found;
     }
     if (flags.acceptDataLoss && this.state) {
@@ -247,9 +329,15 @@ class Hold implements AllocationHold {
     }
   }
 
-  get active(): boolean { return this.state !== undefined; }
-  get reasons(): string[] { return this.state?.reasons ?? []; }
-  get networks(): string[] { return this.state?.networks ?? []; }
+  get active(): boolean {
+    return this.state !== undefined;
+  }
+  get reasons(): string[] {
+    return this.state?.reasons ?? [];
+  }
+  get networks(): string[] {
+    return this.state?.networks ?? [];
+  }
 
   gcSeen(network: string, live: number): void {
     const s = this.state;
@@ -265,7 +353,8 @@ class Hold implements AllocationHold {
   }
 
   private persist(): void {
-    if (this.state) this.store.setMeta(HOLD_KEY, JSON.stringify(this.state)); else this.store.deleteMeta(HOLD_KEY);
+    if (this.state) this.store.setMeta(HOLD_KEY, JSON.stringify(this.state));
+    else this.store.deleteMeta(HOLD_KEY);
   }
 }
 

@@ -2,15 +2,31 @@
 import type { ApiErrorBody, ApiErrorCode } from "../api/types";
 
 const STATUS: Record<ApiErrorCode, number> = {
-  invalid_request: 400, no_pool: 422, pool_exhausted: 409, ip_unavailable: 409, forbidden: 403,
-  not_found: 404, method_not_allowed: 405, payload_too_large: 413, reservation_attached: 409,
-  shutting_down: 503, internal: 500, previous_sandbox_attached: 409, database_unverified: 503,
-  cluster_unavailable: 503, attached_elsewhere: 409, l2_domain: 422,
+  invalid_request: 400,
+  no_pool: 422,
+  pool_exhausted: 409,
+  ip_unavailable: 409,
+  forbidden: 403,
+  not_found: 404,
+  method_not_allowed: 405,
+  payload_too_large: 413,
+  reservation_attached: 409,
+  shutting_down: 503,
+  internal: 500,
+  previous_sandbox_attached: 409,
+  database_unverified: 503,
+  cluster_unavailable: 503,
+  attached_elsewhere: 409,
+  l2_domain: 422,
 };
 
 export class ApiError extends Error {
   readonly status: number;
-  constructor(readonly code: ApiErrorCode, message: string, readonly field?: string) {
+  constructor(
+    readonly code: ApiErrorCode,
+    message: string,
+    readonly field?: string,
+  ) {
     super(message);
     this.status = STATUS[code];
   }

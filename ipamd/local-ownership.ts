@@ -8,21 +8,31 @@ import { firstUsableAtOrAfter, isUsable, type Located, type Pool } from "./pools
 import type { Row, Statements } from "./store/statements";
 
 export class LocalOwnership implements AddressOwnership {
-  constructor(private readonly store: Statements, private readonly cooldownMs: number) {}
+  constructor(
+    private readonly store: Statements,
+    private readonly cooldownMs: number,
+  ) {}
 
-  prepare(op: OwnershipOp): Promise<OwnershipTicket> { return Promise.resolve({ op }); }
+  prepare(op: OwnershipOp): Promise<OwnershipTicket> {
+    return Promise.resolve({ op });
+  }
 
   take(pools: readonly Pool[], now: number): Located {
     for (const pool of pools) {
       const ip = this.takeFree(pool, now);
       if (ip) return { pool, ip };
     }
-    const detail = pools.map((p) => {
-      const cooling = this.store.coolingCount(p.name, now - this.cooldownMs);
-      return `${p.name} (${p.size} addresses${cooling ? `, ${cooling} released less than ${this.cooldownMs / 1000}s ago` : ""})`;
-    }).join(", ");
-    throw new ApiError("pool_exhausted", `no free IPv${pools[0]!.family} address in ${detail}; ` +
-      "release unused reservations (ipamctl reservations / release) or add a range to the pool");
+    const detail = pools
+      .map((p) => {
+        const cooling = this.store.coolingCount(p.name, now - this.cooldownMs);
+        return `${p.name} (${p.size} addresses${cooling ? `, ${cooling} released less than ${this.cooldownMs / 1000}s ago` : ""})`;
+      })
+      .join(", ");
+    throw new ApiError(
+      "pool_exhausted",
+      `no free IPv${pools[0]!.family} address in ${detail}; ` +
+        "release unused reservations (ipamctl reservations / release) or add a range to the pool",
+    );
   }
 
   claim(address: Located): void {
@@ -33,12 +43,22 @@ export class LocalOwnership implements AddressOwnership {
     this.store.addReleased(ip, pool, now);
   }
 
-  findSticky(owner: string): Row[] { return this.store.stickyByOwner(owner); }
+  findSticky(owner: string): Row[] {
+    return this.store.stickyByOwner(owner);
+  }
 
-  bindSticky(): void { /* the row is the binding */ }
-  endSticky(): void { /* the row's removal or hand-over is the end */ }
-  committed(): void { /* nothing outside SQLite */ }
-  abandoned(): void { /* nothing was claimed outside SQLite */ }
+  bindSticky(): void {
+    /* the row is the binding */
+  }
+  endSticky(): void {
+    /* the row's removal or hand-over is the end */
+  }
+  committed(): void {
+    /* nothing outside SQLite */
+  }
+  abandoned(): void {
+    /* nothing was claimed outside SQLite */
+  }
 
   /**
    * Never-used addresses first (a cursor over the usable ranges; cost independent of how many
@@ -46,12 +66,14 @@ export class LocalOwnership implements AddressOwnership {
    */
   private takeFree(pool: Pool, now: number): string | null {
     const saved = this.store.cursor(pool.name);
-    let next: bigint | null = saved && saved.fingerprint === pool.fingerprint
-      ? (saved.next === "" ? null : BigInt(saved.next))
-      : pool.segments[0]!.first;
+    let next: bigint | null =
+      saved && saved.fingerprint === pool.fingerprint ? (saved.next === "" ? null : BigInt(saved.next)) : pool.segments[0]!.first;
     while (next !== null) {
       const candidate = firstUsableAtOrAfter(pool, next);
-      if (candidate === null) { next = null; break; }
+      if (candidate === null) {
+        next = null;
+        break;
+      }
       next = candidate + 1n;
       const text = formatIp(pool.family, candidate);
       if (this.store.ipTaken(text)) continue; // pinned ahead of the cursor, or cooling

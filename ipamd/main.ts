@@ -25,12 +25,23 @@ async function main(): Promise<void> {
     .option("--kubeconfig <path>", "talk to the Kubernetes API with this kubeconfig (default: in-cluster config, else $KUBECONFIG)")
     .option("--spool-dir <path>", "release records of DELs made while ipamd was unreachable (default <db dir>/spool)")
     .option("--log-file <path>", "write JSON logs to this file instead of stderr")
-    .option("--accept-data-loss", "start although the database lost acknowledged commits, or is missing or new while this node " +
-      "has attachments (pods may hold addresses it does not know: run a CNI GC per network afterwards)")
+    .option(
+      "--accept-data-loss",
+      "start although the database lost acknowledged commits, or is missing or new while this node " +
+        "has attachments (pods may hold addresses it does not know: run a CNI GC per network afterwards)",
+    )
     .parse();
   const opts = program.opts<{
-    config: string; socket?: string; db?: string; nodeName?: string; nodeLabel: Record<string, string>;
-    metricsAddress?: string; logFile?: string; kubeconfig?: string; spoolDir?: string; acceptDataLoss?: boolean;
+    config: string;
+    socket?: string;
+    db?: string;
+    nodeName?: string;
+    nodeLabel: Record<string, string>;
+    metricsAddress?: string;
+    logFile?: string;
+    kubeconfig?: string;
+    spoolDir?: string;
+    acceptDataLoss?: boolean;
   }>();
   // Everything ipamd creates is root's alone (database, WAL, logs, spool, marker); the socket's mode is set at bind.
   process.umask(0o077);
@@ -38,16 +49,26 @@ async function main(): Promise<void> {
   let config;
   try {
     config = loadConfig(opts.config, {
-      socket: opts.socket, database: opts.db, spoolDir: opts.spoolDir, nodeName: opts.nodeName,
+      socket: opts.socket,
+      database: opts.db,
+      spoolDir: opts.spoolDir,
+      nodeName: opts.nodeName,
       nodeLabels: Object.keys(opts.nodeLabel).length ? opts.nodeLabel : undefined,
-      metricsAddress: opts.metricsAddress, logFile: opts.logFile, kubeconfig: opts.kubeconfig,
+      metricsAddress: opts.metricsAddress,
+      logFile: opts.logFile,
+      kubeconfig: opts.kubeconfig,
     });
   } catch (e) {
-    if (e instanceof ConfigError) { process.stderr.write(`ipamd: ${e.message}\n`); process.exit(2); }
+    if (e instanceof ConfigError) {
+      process.stderr.write(`ipamd: ${e.message}\n`);
+      process.exit(2);
+    }
     throw e;
   }
-  const log = pino({ base: { service: "ipamd", node: config.nodeName } },
-    pino.destination({ dest: config.logFile ?? 2, sync: true, mkdir: true }));
+  const log = pino(
+    { base: { service: "ipamd", node: config.nodeName } },
+    pino.destination({ dest: config.logFile ?? 2, sync: true, mkdir: true }),
+  );
 
   let daemon;
   try {
@@ -64,16 +85,28 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, "shutting down");
-    const force = setTimeout(() => { log.error("shutdown took too long; exiting"); process.exit(1); }, 15_000);
+    const force = setTimeout(() => {
+      log.error("shutdown took too long; exiting");
+      process.exit(1);
+    }, 15_000);
     force.unref();
-    daemon.close().then(() => {
-      log.info("stopped");
-      process.exit(0);
-    }, (e) => { log.error({ err: e }, "shutdown failed"); process.exit(1); });
+    daemon.close().then(
+      () => {
+        log.info("stopped");
+        process.exit(0);
+      },
+      (e) => {
+        log.error({ err: e }, "shutdown failed");
+        process.exit(1);
+      },
+    );
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
-  process.on("uncaughtException", (e) => { log.fatal({ err: e }, "uncaught exception"); process.exit(70); });
+  process.on("uncaughtException", (e) => {
+    log.fatal({ err: e }, "uncaught exception");
+    process.exit(70);
+  });
 }
 
 void main();

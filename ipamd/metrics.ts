@@ -22,20 +22,28 @@ export class Metrics {
     registers: [this.registry],
   });
   readonly requests = new Counter({
-    name: "berth_ipamd_requests_total", help: "Requests by route and HTTP status",
-    labelNames: ["route", "status"], registers: [this.registry],
+    name: "berth_ipamd_requests_total",
+    help: "Requests by route and HTTP status",
+    labelNames: ["route", "status"],
+    registers: [this.registry],
   });
   readonly errors = new Counter({
-    name: "berth_ipamd_errors_total", help: "Error replies by error code",
-    labelNames: ["code"], registers: [this.registry],
+    name: "berth_ipamd_errors_total",
+    help: "Error replies by error code",
+    labelNames: ["code"],
+    registers: [this.registry],
   });
   readonly batchSize = new Histogram({
-    name: "berth_ipamd_commit_batch_size", help: "Requests applied per group-commit transaction",
-    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], registers: [this.registry],
+    name: "berth_ipamd_commit_batch_size",
+    help: "Requests applied per group-commit transaction",
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+    registers: [this.registry],
   });
   readonly commitSeconds = new Histogram({
-    name: "berth_ipamd_commit_duration_seconds", help: "Duration of one group-commit transaction including fsync",
-    buckets: [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25], registers: [this.registry],
+    name: "berth_ipamd_commit_duration_seconds",
+    help: "Duration of one group-commit transaction including fsync",
+    buckets: [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25],
+    registers: [this.registry],
   });
   readonly requestSeconds = new Histogram({
     name: "berth_ipamd_request_duration_seconds",
@@ -50,22 +58,35 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry, prefix });
     for (const name of GAUGES_NAMED_LIKE_COUNTERS) this.registry.removeSingleMetric(prefix + name);
     new Gauge({
-      name: "berth_ipamd_build_info", help: "Always 1; the labels say which ipamd build runs on which Node.js",
-      labelNames: ["version", "commit", "nodejs"], registers: [this.registry],
-    }).set({
-      version: typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev",
-      commit: typeof __BERTH_COMMIT__ === "string" ? __BERTH_COMMIT__ : "unknown",
-      nodejs: process.versions.node,
-    }, 1);
+      name: "berth_ipamd_build_info",
+      help: "Always 1; the labels say which ipamd build runs on which Node.js",
+      labelNames: ["version", "commit", "nodejs"],
+      registers: [this.registry],
+    }).set(
+      {
+        version: typeof __BERTH_VERSION__ === "string" ? __BERTH_VERSION__ : "0.0.0-dev",
+        commit: typeof __BERTH_COMMIT__ === "string" ? __BERTH_COMMIT__ : "unknown",
+        nodejs: process.versions.node,
+      },
+      1,
+    );
     // A scrape collects every gauge in the same tick: read the pool usage once per scrape.
     let snapshot: PoolUsage[] | null = null;
     const current = (): PoolUsage[] => {
-      if (!snapshot) { snapshot = usage(); queueMicrotask(() => { snapshot = null; }); }
+      if (!snapshot) {
+        snapshot = usage();
+        queueMicrotask(() => {
+          snapshot = null;
+        });
+      }
       return snapshot;
     };
     const poolGauge = (name: string, help: string, pick: (u: PoolUsage) => number): void => {
       new Gauge({
-        name, help, labelNames: ["pool"], registers: [this.registry],
+        name,
+        help,
+        labelNames: ["pool"],
+        registers: [this.registry],
         collect() {
           this.reset();
           for (const u of current()) this.set({ pool: u.name }, pick(u));
@@ -73,7 +94,11 @@ export class Metrics {
       });
     };
     poolGauge("berth_ipamd_pool_used_addresses", "Addresses attached to running containers", (u) => u.used);
-    poolGauge("berth_ipamd_pool_reserved_addresses", "Addresses held by detached reservations (sticky, reserved ahead, pinned)", (u) => u.reserved);
+    poolGauge(
+      "berth_ipamd_pool_reserved_addresses",
+      "Addresses held by detached reservations (sticky, reserved ahead, pinned)",
+      (u) => u.reserved,
+    );
     poolGauge("berth_ipamd_pool_cooling_addresses", "Released addresses waiting for the cooldown", (u) => u.cooling);
     poolGauge("berth_ipamd_pool_free_addresses", "Addresses available now", (u) => Number(u.free));
     poolGauge("berth_ipamd_pool_size_addresses", "Usable addresses in the pool", (u) => Number(u.total));

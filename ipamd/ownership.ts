@@ -17,7 +17,13 @@
 // this node) stays the rules' business in both modes; the ownership owns the address space
 // around it (single node: the per-pool cursor of never-used addresses and the cooldown table).
 import type {
-  AllocateRequest, AttachmentRequest, GcRequest, PinRequest, ReleaseReservationRequest, ReserveRequest, StatefulSetRequest,
+  AllocateRequest,
+  AttachmentRequest,
+  GcRequest,
+  PinRequest,
+  ReleaseReservationRequest,
+  ReserveRequest,
+  StatefulSetRequest,
 } from "../api/types";
 import type { Located, Pool } from "./pools";
 import type { Row } from "./store/statements";
@@ -36,7 +42,9 @@ export type OwnershipOp =
   | { kind: "sync"; reason: string };
 
 /** What `prepare` learnt or claimed for one request; an implementation extends it with its own state. */
-export interface OwnershipTicket { readonly op: OwnershipOp }
+export interface OwnershipTicket {
+  readonly op: OwnershipOp;
+}
 
 export interface AddressOwnership {
   /** Step 1, before the transaction: may await the network. Must not touch SQLite's write path. */

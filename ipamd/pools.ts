@@ -24,7 +24,10 @@ export interface PoolSpec {
 }
 
 /** Inclusive [first, last] address range. */
-interface Segment { first: bigint; last: bigint }
+interface Segment {
+  first: bigint;
+  last: bigint;
+}
 
 export interface Pool {
   name: string;
@@ -46,7 +49,12 @@ export interface Pool {
 
 /** A pool spec that cannot be compiled: `field` is relative to the pool. */
 export class PoolSpecError extends Error {
-  constructor(readonly field: string, message: string) { super(message); }
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 /** "first-last" with two addresses of one family, else null. */
@@ -63,7 +71,10 @@ export function parseDashRange(s: string): [string, string] | null {
 function subtract(segments: Segment[], cut: Segment): Segment[] {
   const out: Segment[] = [];
   for (const s of segments) {
-    if (cut.last < s.first || cut.first > s.last) { out.push(s); continue; }
+    if (cut.last < s.first || cut.first > s.last) {
+      out.push(s);
+      continue;
+    }
     if (cut.first > s.first) out.push({ first: s.first, last: cut.first - 1n });
     if (cut.last < s.last) out.push({ first: cut.last + 1n, last: s.last });
   }
@@ -71,7 +82,9 @@ function subtract(segments: Segment[], cut: Segment): Segment[] {
 }
 
 export function compilePool(raw: PoolSpec, index: number): Pool {
-  const fail = (field: string, msg: string): never => { throw new PoolSpecError(field, msg); };
+  const fail = (field: string, msg: string): never => {
+    throw new PoolSpecError(field, msg);
+  };
   const parsed = parseCidr(raw.subnet)!;
   const net = networkOf(parsed);
   if (net !== parsed.address) {
@@ -172,8 +185,12 @@ export function excludeInfrastructure(pools: Pool[]): { pool: Pool; message: str
     if (cut.length === 0) continue;
     for (const a of cut) p.segments = subtract(p.segments, { first: a.value, last: a.value });
     if (p.segments.length === 0) {
-      errors.push({ pool: p, message: `no usable address is left in pool "${p.name}" once the ${cut.map((a) => a.what).join(", ")} ` +
-        "are excluded; give it a range without them" });
+      errors.push({
+        pool: p,
+        message:
+          `no usable address is left in pool "${p.name}" once the ${cut.map((a) => a.what).join(", ")} ` +
+          "are excluded; give it a range without them",
+      });
       continue;
     }
     p.size = p.segments.reduce((n, s) => n + s.last - s.first + 1n, 0n);
@@ -196,9 +213,13 @@ export function overlaps(pools: Pool[]): { pool: Pool; message: string }[] {
       for (const sa of a.segments) {
         const clash = b.segments.find((sb) => sa.first <= sb.last && sb.first <= sa.last);
         if (clash) {
-          const from = sa.first > clash.first ? sa.first : clash.first;
-          out.push({ pool: b, message: `usable addresses of pool "${b.name}" overlap pool "${a.name}" ` +
-            `(from ${formatIp(a.family, from)}); give them disjoint ranges or exclusions` });
+          const from = sa.first > clash.first ? sa.first : clash.first; // bigints: Math.max throws on them
+          out.push({
+            pool: b,
+            message:
+              `usable addresses of pool "${b.name}" overlap pool "${a.name}" ` +
+              `(from ${formatIp(a.family, from)}); give them disjoint ranges or exclusions`,
+          });
           break;
         }
       }
@@ -213,13 +234,21 @@ export function selectorMatches(selector: NodeSelector, labels: Record<string, s
     if (labels[k] !== v) return false;
   }
   for (const r of selector.matchExpressions ?? []) {
-    const has = Object.prototype.hasOwnProperty.call(labels, r.key);
+    const has = Object.hasOwn(labels, r.key);
     const value = labels[r.key];
     switch (r.operator) {
-      case "In": if (!has || !r.values!.includes(value!)) return false; break;
-      case "NotIn": if (has && r.values!.includes(value!)) return false; break;
-      case "Exists": if (!has) return false; break;
-      case "DoesNotExist": if (has) return false; break;
+      case "In":
+        if (!has || !r.values!.includes(value!)) return false;
+        break;
+      case "NotIn":
+        if (has && r.values!.includes(value!)) return false;
+        break;
+      case "Exists":
+        if (!has) return false;
+        break;
+      case "DoesNotExist":
+        if (has) return false;
+        break;
     }
   }
   return true;
@@ -231,9 +260,13 @@ export function firstUsableAtOrAfter(pool: Pool, value: bigint): bigint | null {
   let lo = 0;
   let hi = segs.length - 1;
   let found = -1;
-  while (lo <= hi) { // first segment whose last >= value
+  while (lo <= hi) {
+    // first segment whose last >= value
     const mid = (lo + hi) >> 1;
-    if (segs[mid]!.last >= value) { found = mid; hi = mid - 1; } else lo = mid + 1;
+    if (segs[mid]!.last >= value) {
+      found = mid;
+      hi = mid - 1;
+    } else lo = mid + 1;
   }
   if (found < 0) return null;
   const s = segs[found]!;
@@ -247,7 +280,10 @@ export function isUsable(pool: Pool, family: Family, value: bigint): boolean {
 }
 
 /** An address located in a pool: the pool and the canonical text of the address. */
-export interface Located { pool: Pool; ip: string }
+export interface Located {
+  pool: Pool;
+  ip: string;
+}
 
 /** Parses a requested address, given bare or as address/prefix. */
 export function parseRequested(text: string, field: string): { family: Family; value: bigint; canonical: string } {
@@ -263,19 +299,28 @@ export class NodePools {
   private readonly byName: Map<string, Pool>;
   private readonly node: { name: string; labels: Record<string, string> };
 
-  constructor(readonly all: Pool[], node: { name: string; labels: Record<string, string> }) {
+  constructor(
+    readonly all: Pool[],
+    node: { name: string; labels: Record<string, string> },
+  ) {
     this.byName = new Map(all.map((p) => [p.name, p]));
     this.node = { name: node.name, labels: { ...node.labels } };
     this.selection = all.filter((p) => selectorMatches(p.selector, node.labels));
   }
 
   /** Pools whose selector matches this node's labels, in config order. */
-  get selected(): Pool[] { return this.selection; }
+  get selected(): Pool[] {
+    return this.selection;
+  }
 
-  get nodeName(): string { return this.node.name; }
+  get nodeName(): string {
+    return this.node.name;
+  }
 
   /** The labels the selection was made from. */
-  get labels(): Record<string, string> { return { ...this.node.labels }; }
+  get labels(): Record<string, string> {
+    return { ...this.node.labels };
+  }
 
   /**
    * New node labels (the Node object changed): re-selects the pools at once. Reservations in a pool
@@ -287,7 +332,9 @@ export class NodePools {
     return this.selection.map((p) => p.name);
   }
 
-  get(name: string): Pool | undefined { return this.byName.get(name); }
+  get(name: string): Pool | undefined {
+    return this.byName.get(name);
+  }
 
   /**
    * The pool that gives a row its shape (prefix, gateway, routes, DNS): its own, or, when its pool
@@ -321,22 +368,39 @@ export class NodePools {
           throw new ApiError("no_pool", `pool "${name}" is not defined in the ipamd config (defined: ${defined})`, field);
         }
         if (!this.selected.includes(pool)) {
-          throw new ApiError("no_pool", `pool "${name}" does not select node ${node} (its nodeSelector does not match labels ` +
-            `${JSON.stringify(this.node.labels)})`, field);
+          throw new ApiError(
+            "no_pool",
+            `pool "${name}" does not select node ${node} (its nodeSelector does not match labels ` + `${JSON.stringify(this.node.labels)})`,
+            field,
+          );
         }
         if (!openTo(pool)) {
-          throw new ApiError("no_pool", `pool "${name}" is not open to network "${network}" (networks: ${pool.networks!.join(", ")}); ` +
-            "add the network to the pool or request another pool", field);
+          throw new ApiError(
+            "no_pool",
+            `pool "${name}" is not open to network "${network}" (networks: ${pool.networks!.join(", ")}); ` +
+              "add the network to the pool or request another pool",
+            field,
+          );
         }
         return pool;
       });
     }
-    const usable = this.selected.filter(openTo).filter((p) => p.networks !== undefined ||
-      network === undefined || !this.selected.some((q) => q.family === p.family && q.networks?.includes(network)));
+    const usable = this.selected
+      .filter(openTo)
+      .filter(
+        (p) =>
+          p.networks !== undefined ||
+          network === undefined ||
+          !this.selected.some((q) => q.family === p.family && q.networks?.includes(network)),
+      );
     if (usable.length === 0) {
       const selected = this.selected.map((p) => p.name).join(", ") || "none";
-      throw new ApiError("no_pool", `no pool serves network "${network}" on node ${node}: pools selecting this node: ${selected}; ` +
-        "add the network to a pool's networks, or fix the pool nodeSelector / node labels", "network");
+      throw new ApiError(
+        "no_pool",
+        `no pool serves network "${network}" on node ${node}: pools selecting this node: ${selected}; ` +
+          "add the network to a pool's networks, or fix the pool nodeSelector / node labels",
+        "network",
+      );
     }
     return usable;
   }
@@ -348,12 +412,19 @@ export class NodePools {
     if (pool) return { pool, ip: canonical };
     const inSubnet = pools.find((p) => cidrContains(p.subnet, ip.family, ip.value));
     if (inSubnet) {
-      throw new ApiError("ip_unavailable", `${canonical} is inside pool "${inSubnet.name}" but not allocatable ` +
-        "(it is the network/broadcast address, the gateway, outside the pool ranges, or excluded)", field);
+      throw new ApiError(
+        "ip_unavailable",
+        `${canonical} is inside pool "${inSubnet.name}" but not allocatable ` +
+          "(it is the network/broadcast address, the gateway, outside the pool ranges, or excluded)",
+        field,
+      );
     }
     const listed = pools.map((p) => `${p.name} ${formatIp(p.family, p.subnet.address)}/${p.subnet.prefix}`).join(", ") || "none";
-    throw new ApiError("ip_unavailable", `${canonical} is not inside any pool this node may use for this request ` +
-      `(usable pools: ${listed})`, field);
+    throw new ApiError(
+      "ip_unavailable",
+      `${canonical} is not inside any pool this node may use for this request ` + `(usable pools: ${listed})`,
+      field,
+    );
   }
 
   /** The requested `ips` (at most one per family), each located in one of `usable`. */
@@ -362,8 +433,11 @@ export class NodePools {
     (ips ?? []).forEach((text, i) => {
       const found = this.locate(text, usable, `ips[${i}]`);
       if (out.has(found.pool.family)) {
-        throw new ApiError("invalid_request",
-          `ips: more than one IPv${found.pool.family} address requested; give at most one per family`, `ips[${i}]`);
+        throw new ApiError(
+          "invalid_request",
+          `ips: more than one IPv${found.pool.family} address requested; give at most one per family`,
+          `ips[${i}]`,
+        );
       }
       out.set(found.pool.family, found);
     });

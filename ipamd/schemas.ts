@@ -1,8 +1,15 @@
 // zod schemas of every request body the daemon accepts; each checks against its type in api/types.ts.
 import { z } from "zod";
 import type {
-  AllocateRequest, AttachmentRequest, GcRequest, NetworkStatusRequest, PinRequest, ReleaseReservationRequest, ReservationFilter,
-  ReserveRequest, StatefulSetRequest,
+  AllocateRequest,
+  AttachmentRequest,
+  GcRequest,
+  NetworkStatusRequest,
+  PinRequest,
+  ReleaseReservationRequest,
+  ReservationFilter,
+  ReserveRequest,
+  StatefulSetRequest,
 } from "../api/types";
 import { parseCidr, parseIp } from "../lib/ip";
 import { containerIdProblem, ifNameProblem, networkNameProblem } from "../lib/names";
@@ -67,24 +74,27 @@ export const pinSchema = z.strictObject({
   force: z.boolean().optional(),
 }) satisfies z.ZodType<PinRequest>;
 
-export const releaseReservationSchema = z.strictObject({
-  ip: ipOrCidr.optional(),
-  namespace: namespaceField.optional(),
-  statefulset: statefulSetField.optional(),
-  ordinal: z.number().int().min(0).optional(),
-  pool: poolName.optional(),
-  force: z.boolean().optional(),
-}).superRefine((r, ctx) => {
-  if (!r.ip && !(r.namespace && r.statefulset)) {
-    ctx.addIssue({ code: "custom", path: ["ip"], message: "give either ip, or namespace and statefulset (optionally ordinal and pool)" });
-  }
-  if (r.ordinal !== undefined && !r.statefulset) {
-    ctx.addIssue({ code: "custom", path: ["statefulset"], message: "ordinal needs namespace and statefulset" });
-  }
-}) satisfies z.ZodType<ReleaseReservationRequest>;
+export const releaseReservationSchema = z
+  .strictObject({
+    ip: ipOrCidr.optional(),
+    namespace: namespaceField.optional(),
+    statefulset: statefulSetField.optional(),
+    ordinal: z.number().int().min(0).optional(),
+    pool: poolName.optional(),
+    force: z.boolean().optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (!r.ip && !(r.namespace && r.statefulset)) {
+      ctx.addIssue({ code: "custom", path: ["ip"], message: "give either ip, or namespace and statefulset (optionally ordinal and pool)" });
+    }
+    if (r.ordinal !== undefined && !r.statefulset) {
+      ctx.addIssue({ code: "custom", path: ["statefulset"], message: "ordinal needs namespace and statefulset" });
+    }
+  }) satisfies z.ZodType<ReleaseReservationRequest>;
 
 export const statefulSetSchema = z.strictObject({
-  namespace: namespaceField, statefulset: statefulSetField,
+  namespace: namespaceField,
+  statefulset: statefulSetField,
 }) satisfies z.ZodType<StatefulSetRequest>;
 
 export const reservationsQuerySchema = z.strictObject({

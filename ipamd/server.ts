@@ -16,8 +16,15 @@ import type { NodeIpam } from "./node";
 import type { OwnershipOp, OwnershipTicket } from "./ownership";
 import { peerCred, type PeerCred } from "./peercred";
 import {
-  allocateSchema, attachmentSchema, gcSchema, networkStatusSchema, pinSchema, releaseReservationSchema, reservationsQuerySchema,
-  reserveSchema, statefulSetSchema,
+  allocateSchema,
+  attachmentSchema,
+  gcSchema,
+  networkStatusSchema,
+  pinSchema,
+  releaseReservationSchema,
+  reservationsQuerySchema,
+  reserveSchema,
+  statefulSetSchema,
 } from "./schemas";
 import type { DB } from "./store/database";
 import type { ThrottledLog } from "./throttle";
@@ -30,11 +37,19 @@ const MAX_BODY_BYTES = 4 * 1024 * 1024; // a GC of ~50k attachments fits
 const MAX_JSON_DEPTH = 32;
 
 type Handler = (ctx: {
-  req: IncomingMessage; body: unknown; query: URLSearchParams; params: string[];
+  req: IncomingMessage;
+  body: unknown;
+  query: URLSearchParams;
+  params: string[];
   /** The last commit when the request arrived (its headers): what "before this request" means. */
   receivedSeq: number;
 }) => unknown;
-interface Route { method: "GET" | "POST"; pattern: RegExp; name: string; handler: Handler }
+interface Route {
+  method: "GET" | "POST";
+  pattern: RegExp;
+  name: string;
+  handler: Handler;
+}
 
 /** Cluster mode: status, and the operator calls that act on the shared identities in etcd. */
 export interface ClusterApi {
@@ -58,7 +73,13 @@ export interface AllocationHold {
 }
 
 interface DaemonOptions {
-  config: Config; db: DB; log: ThrottledLog; metrics: Metrics; node: NodeIpam; clock: WallClock; hold: AllocationHold;
+  config: Config;
+  db: DB;
+  log: ThrottledLog;
+  metrics: Metrics;
+  node: NodeIpam;
+  clock: WallClock;
+  hold: AllocationHold;
   cluster?: ClusterApi;
 }
 
@@ -85,17 +106,24 @@ export class ApiServer {
   constructor(private readonly o: DaemonOptions) {
     this.committer = new GroupCommitter(o.db, o.node.store, o.config.maxBatch, o.metrics, o.log);
     this.defineRoutes();
-    this.server = createServer({
-      maxHeaderSize: 16 * 1024,
-      headersTimeout: 10_000,
-      requestTimeout: 30_000,
-      keepAliveTimeout: 30_000,
-      // Node checks the two timeouts above this often (default 30 s: a slow body lived ~57 s).
-      connectionsCheckingInterval: 1_000,
-    }, (req, res) => { void this.handle(req, res); });
+    this.server = createServer(
+      {
+        maxHeaderSize: 16 * 1024,
+        headersTimeout: 10_000,
+        requestTimeout: 30_000,
+        keepAliveTimeout: 30_000,
+        // Node checks the two timeouts above this often (default 30 s: a slow body lived ~57 s).
+        connectionsCheckingInterval: 1_000,
+      },
+      (req, res) => {
+        void this.handle(req, res);
+      },
+    );
     this.server.timeout = 120_000; // idle socket
     this.server.on("connection", (socket: Socket) => {
-      try { this.creds.set(socket, peerCred(socket)); } catch (e) {
+      try {
+        this.creds.set(socket, peerCred(socket));
+      } catch (e) {
         this.o.log.warn({ err: e }, "cannot read peer credentials; the peer may only read");
         this.creds.set(socket, null);
       }
@@ -104,18 +132,27 @@ export class ApiServer {
     this.server.on("connect", (_req: IncomingMessage, socket: Socket) => {
       const refusal = new ApiError("method_not_allowed", "CONNECT is not supported: ipamd is not a proxy; see api/API.md");
       const body = JSON.stringify(refusal.toJSON());
-      socket.end(`HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nallow: GET, POST\r\n` +
-        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      socket.end(
+        `HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nallow: GET, POST\r\n` +
+          `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
       this.o.metrics.requests.inc({ route: "unknown", status: "405" });
     });
     this.server.on("clientError", (err, socket) => {
       if (socket.writable) {
         const timedOut = (err as NodeJS.ErrnoException).code === "ERR_HTTP_REQUEST_TIMEOUT";
-        const body = JSON.stringify(new ApiError("invalid_request", timedOut
-          ? "the request did not arrive within 30 s (headers within 10 s); send it whole"
-          : `malformed HTTP request: ${err.message}`).toJSON());
-        socket.end(`HTTP/1.1 ${timedOut ? "408 Request Timeout" : "400 Bad Request"}\r\ncontent-type: application/json\r\n` +
-          `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+        const body = JSON.stringify(
+          new ApiError(
+            "invalid_request",
+            timedOut
+              ? "the request did not arrive within 30 s (headers within 10 s); send it whole"
+              : `malformed HTTP request: ${err.message}`,
+          ).toJSON(),
+        );
+        socket.end(
+          `HTTP/1.1 ${timedOut ? "408 Request Timeout" : "400 Bad Request"}\r\ncontent-type: application/json\r\n` +
+            `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+        );
       } else socket.destroy();
     });
   }
@@ -143,10 +180,14 @@ export class ApiServer {
   }
 
   /** Commits `run` in the group commit without the ownership (the daemon's own housekeeping). */
-  housekeeping<T>(run: () => T): Promise<T> { return this.committer.submit(run); }
+  housekeeping<T>(run: () => T): Promise<T> {
+    return this.committer.submit(run);
+  }
 
   /** The commit sequence the log record must reach before replies go out (see store/guard.ts). */
-  set afterCommit(fn: (seq: number) => void) { this.committer.afterCommit = fn; }
+  set afterCommit(fn: (seq: number) => void) {
+    this.committer.afterCommit = fn;
+  }
 
   /**
    * Serves `socketPath`. Its directory must be root's and writable by nobody else (checked with
@@ -160,9 +201,15 @@ export class ApiServer {
     if (existing) {
       if (existing.isSymbolicLink()) {
         let target = "?";
-        try { target = readlinkSync(socketPath); } catch { /* unreadable */ }
-        throw new Error(`${socketPath} is a symbolic link (to ${target}) and ipamd does not follow links at its socket path; ` +
-          "remove it (rm) and start again");
+        try {
+          target = readlinkSync(socketPath);
+        } catch {
+          /* unreadable */
+        }
+        throw new Error(
+          `${socketPath} is a symbolic link (to ${target}) and ipamd does not follow links at its socket path; ` +
+            "remove it (rm) and start again",
+        );
       }
       if (!existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket; remove it or pick another --socket`);
       if (await socketAnswers(socketPath)) {
@@ -178,8 +225,13 @@ export class ApiServer {
       this.server.once("error", reject);
       const umask = process.umask(0o117); // bind(2) creates the socket 0660 (root:root: ipamd runs as root)
       try {
-        this.server.listen(bound, () => { this.server.off("error", reject); resolve(); });
-      } finally { process.umask(umask); }
+        this.server.listen(bound, () => {
+          this.server.off("error", reject);
+          resolve();
+        });
+      } finally {
+        process.umask(umask);
+      }
     });
     renameSync(bound, socketPath);
     const st = lstatSync(socketPath, { bigint: true });
@@ -191,7 +243,11 @@ export class ApiServer {
     const c = this.created;
     if (!c) return;
     let st;
-    try { st = lstatSync(c.path, { bigint: true }); } catch { return; }
+    try {
+      st = lstatSync(c.path, { bigint: true });
+    } catch {
+      return;
+    }
     if (st.ino === c.ino && st.ctimeNs === c.ctimeNs) unlinkSync(c.path);
   }
 
@@ -209,19 +265,24 @@ export class ApiServer {
   private defineRoutes(): void {
     const { rules, views, statefulSets, pools } = this.o.node;
     const cluster = this.o.cluster?.operator;
-    const route = (method: Route["method"]) => (path: string, name: string, handler: Handler): void => {
-      this.routes.push({ method, pattern: new RegExp(`^${path}$`), name, handler });
-    };
+    const route =
+      (method: Route["method"]) =>
+      (path: string, name: string, handler: Handler): void => {
+        this.routes.push({ method, pattern: new RegExp(`^${path}$`), name, handler });
+      };
     const get = route("GET");
     const post = route("POST");
 
     const { clock, hold } = this.o;
     const notHeld = (): void => {
       if (!hold.active) return;
-      throw new ApiError("database_unverified", `ipamd holds allocation: ${hold.reasons.join("; ")}. Running pods may hold addresses ` +
-        "it does not know. Once no pod of this node uses an address it does not know (or after restoring the database), run " +
-        "`ipamctl database accept`; a CNI GC listing no live attachment on " +
-        `${hold.networks.length ? hold.networks.join(", ") : "the networks"} also clears it. The runtime retries`);
+      throw new ApiError(
+        "database_unverified",
+        `ipamd holds allocation: ${hold.reasons.join("; ")}. Running pods may hold addresses ` +
+          "it does not know. Once no pod of this node uses an address it does not know (or after restoring the database), run " +
+          "`ipamctl database accept`; a CNI GC listing no live attachment on " +
+          `${hold.networks.length ? hold.networks.join(", ") : "the networks"} also clears it. The runtime retries`,
+      );
     };
     post("/v1/allocate", "allocate", async ({ body }) => {
       const asked = parse(allocateSchema, body);
@@ -259,17 +320,19 @@ export class ApiServer {
       const commit = await this.committer.probe();
       const degraded = !commit.ok || hold.active;
       return {
-        status: degraded ? "degraded" : "ok", version: VERSION,
-      node: { name: this.o.config.nodeName, labels: pools.labels },
-      pools: this.o.config.pools.length,
-      poolsSelected: pools.selected.map((p) => p.name),
-      reservations: views.reservationCount(),
-      uptimeSeconds: Math.round((performance.now() - this.startedAt) / 1000),
-      database: this.o.config.database,
-      cooldownSeconds: this.o.config.cooldownMs / 1000,
+        status: degraded ? "degraded" : "ok",
+        version: VERSION,
+        node: { name: this.o.config.nodeName, labels: pools.labels },
+        pools: this.o.config.pools.length,
+        poolsSelected: pools.selected.map((p) => p.name),
+        reservations: views.reservationCount(),
+        uptimeSeconds: Math.round((performance.now() - this.startedAt) / 1000),
+        database: this.o.config.database,
+        cooldownSeconds: this.o.config.cooldownMs / 1000,
         detachedTTLSeconds: this.o.config.detachedTtlMs / 1000,
         commit: {
-          ok: commit.ok, seq: this.o.node.store.committedSeq,
+          ok: commit.ok,
+          seq: this.o.node.store.committedSeq,
           ...(commit.ok ? {} : { error: commit.error, since: new Date(commit.at).toISOString() }),
         },
         ...(hold.active ? { hold: { reasons: hold.reasons, networks: hold.networks } } : {}),
@@ -283,7 +346,8 @@ export class ApiServer {
     get("/v1/pools/([^/]+)", "pool", ({ params }) => {
       const name = decodePathSegment(params[0]!);
       const pool = views.poolUsage(clock.now()).find((p) => p.name === name);
-      if (!pool) throw new ApiError("not_found", `pool "${name}" is not defined (defined: ${this.o.config.pools.map((p) => p.name).join(", ")})`);
+      if (!pool)
+        throw new ApiError("not_found", `pool "${name}" is not defined (defined: ${this.o.config.pools.map((p) => p.name).join(", ")})`);
       return { pool };
     });
     get("/v1/reservations", "reservations", ({ query }) => {
@@ -336,18 +400,25 @@ export class ApiServer {
         return;
       }
       const candidates = this.routes.filter((r) => r.pattern.test(url.pathname));
-      if (candidates.length === 0) throw new ApiError("not_found", `no such API path ${url.pathname}; see api/API.md (paths start with /v1/)`);
+      if (candidates.length === 0)
+        throw new ApiError("not_found", `no such API path ${url.pathname}; see api/API.md (paths start with /v1/)`);
       const route = candidates.find((r) => r.method === req.method);
       if (!route) {
         res.setHeader("allow", candidates.map((r) => r.method).join(", "));
-        throw new ApiError("method_not_allowed", `${req.method} is not allowed on ${url.pathname}; use ${candidates.map((r) => r.method).join(" or ")}`);
+        throw new ApiError(
+          "method_not_allowed",
+          `${req.method} is not allowed on ${url.pathname}; use ${candidates.map((r) => r.method).join(" or ")}`,
+        );
       }
       routeName = route.name;
       let body: unknown;
       if (route.method === "POST") {
         const cred = this.creds.get(req.socket);
-        if (!cred || cred.uid !== 0) {
-          throw new ApiError("forbidden", `only root may change IP allocations; this peer is uid ${cred?.uid ?? "unknown"} (read-only GET calls are allowed)`);
+        if (cred?.uid !== 0) {
+          throw new ApiError(
+            "forbidden",
+            `only root may change IP allocations; this peer is uid ${cred?.uid ?? "unknown"} (read-only GET calls are allowed)`,
+          );
         }
         body = await readJson(req);
       } else {
@@ -376,7 +447,9 @@ export class ApiServer {
 }
 
 function decodePathSegment(text: string): string {
-  try { return decodeURIComponent(text); } catch {
+  try {
+    return decodeURIComponent(text);
+  } catch {
     throw new ApiError("invalid_request", `${text} is not a valid percent-encoded path segment`);
   }
 }
@@ -391,7 +464,10 @@ function parse<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
   const r = schema.safeParse(input);
   if (r.success) return r.data;
   const issue = r.error.issues[0]!;
-  const field = issue.path.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("").replace(/^\./, "");
+  const field = issue.path
+    .map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`))
+    .join("")
+    .replace(/^\./, "");
   const more = r.error.issues.length > 1 ? ` (and ${r.error.issues.length - 1} more problem(s))` : "";
   throw new ApiError("invalid_request", `${field || "body"}: ${issue.message}${more}`, field || undefined);
 }
@@ -417,7 +493,12 @@ function readJson(req: IncomingMessage): Promise<unknown> {
       }
       chunks.push(c);
     });
-    req.on("error", (e) => { if (!failed) { failed = true; reject(e); } });
+    req.on("error", (e) => {
+      if (!failed) {
+        failed = true;
+        reject(e);
+      }
+    });
     req.on("end", () => {
       if (failed) return;
       const raw = Buffer.concat(chunks);
@@ -426,8 +507,13 @@ function readJson(req: IncomingMessage): Promise<unknown> {
         return;
       }
       const text = raw.toString("utf8");
-      if (text.trim() === "") { reject(new ApiError("invalid_request", "request body is empty; send a JSON object")); return; }
-      try { resolve(JSON.parse(text)); } catch (e) {
+      if (text.trim() === "") {
+        reject(new ApiError("invalid_request", "request body is empty; send a JSON object"));
+        return;
+      }
+      try {
+        resolve(JSON.parse(text));
+      } catch (e) {
         reject(new ApiError("invalid_request", `request body is not valid JSON: ${(e as Error).message}`));
       }
     });
@@ -437,7 +523,10 @@ function readJson(req: IncomingMessage): Promise<unknown> {
 function socketAnswers(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(path);
-    const done = (v: boolean): void => { s.destroy(); resolve(v); };
+    const done = (v: boolean): void => {
+      s.destroy();
+      resolve(v);
+    };
     s.once("connect", () => done(true));
     s.once("error", () => done(false));
     setTimeout(() => done(false), 1000).unref();
@@ -451,17 +540,21 @@ function jsonDepthOver(raw: Buffer, max: number): boolean {
   for (let i = 0; i < raw.length; i++) {
     const c = raw[i]!;
     if (inString) {
-      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped byte
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b) { if (++depth > max) return true; }
-    else if (c === 0x5d || c === 0x7d) depth--;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
   }
   return false;
 }
 
 function lstatOrUndefined(path: string): Stats | undefined {
-  try { return lstatSync(path); } catch (e) {
+  try {
+    return lstatSync(path);
+  } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw e;
   }
@@ -480,8 +573,10 @@ export function secureSocketDirectory(dir: string, socketPath: string): void {
   if (!st.isDirectory()) throw new Error(`the socket directory ${dir} of ${socketPath} is not a directory; ${fix}`);
   if (st.uid !== 0) throw new Error(`the socket directory ${dir} of ${socketPath} is owned by uid ${st.uid}, not root; ${fix}`);
   if (st.mode & 0o022) {
-    throw new Error(`the socket directory ${dir} of ${socketPath} is writable by ${st.mode & 0o002 ? "every user" : "its group"} ` +
-      `(mode 0${(st.mode & 0o7777).toString(8)}); ${fix}`);
+    throw new Error(
+      `the socket directory ${dir} of ${socketPath} is writable by ${st.mode & 0o002 ? "every user" : "its group"} ` +
+        `(mode 0${(st.mode & 0o7777).toString(8)}); ${fix}`,
+    );
   }
   if (created) chmodSync(dir, 0o750); // ours: root and its group may reach the socket (the umask made it 0700)
 }

@@ -6,7 +6,13 @@ import type { StatefulSetsResponse, UnregisterResponse } from "../api/types";
 import type { Statements, TrackedStatefulSet } from "./store/statements";
 
 /** A StatefulSet member: the sticky owner `namespace/statefulset/ordinal` (uid: the StatefulSet's, when the API told it). */
-export interface Member { namespace: string; statefulset: string; ordinal: number; owner: string; uid?: string }
+export interface Member {
+  namespace: string;
+  statefulset: string;
+  ordinal: number;
+  owner: string;
+  uid?: string;
+}
 
 /** Membership as the Kubernetes API tells it. */
 export interface MembershipSource {
@@ -25,7 +31,10 @@ export class StatefulSets {
   /** The Kubernetes API's answer, when ipamd watches it; its word is final for the pods it knows. */
   source?: MembershipSource;
 
-  constructor(private readonly store: Statements, private readonly fromConfig: { namespace: string; name: string }[]) {
+  constructor(
+    private readonly store: Statements,
+    private readonly fromConfig: { namespace: string; name: string }[],
+  ) {
     this.configured = new Set(fromConfig.map((s) => `${s.namespace}/${s.name}`));
   }
 
@@ -54,20 +63,32 @@ export class StatefulSets {
   }
 
   /** Records the UID and retention policy last seen through the API (ipamd/kube), inside the caller's transaction. */
-  track(t: TrackedStatefulSet): void { this.store.trackStatefulSet(t); }
+  track(t: TrackedStatefulSet): void {
+    this.store.trackStatefulSet(t);
+  }
 
-  untrack(namespace: string, name: string): void { this.store.untrackStatefulSet(namespace, name); }
+  untrack(namespace: string, name: string): void {
+    this.store.untrackStatefulSet(namespace, name);
+  }
 
-  tracked(namespace: string, name: string): TrackedStatefulSet | undefined { return this.store.trackedStatefulSet(namespace, name); }
+  tracked(namespace: string, name: string): TrackedStatefulSet | undefined {
+    return this.store.trackedStatefulSet(namespace, name);
+  }
 
-  allTracked(): TrackedStatefulSet[] { return this.store.trackedStatefulSets(); }
+  allTracked(): TrackedStatefulSet[] {
+    return this.store.trackedStatefulSets();
+  }
 
   list(): StatefulSetsResponse {
     const fromConfig = this.fromConfig.map((s) => ({ ...s, source: "config" as const }));
-    const fromApi = this.store.registeredStatefulSets()
+    const fromApi = this.store
+      .registeredStatefulSets()
       .filter((s) => !this.configured.has(`${s.namespace}/${s.name}`))
       .map((s) => ({
-        namespace: s.namespace, name: s.name, source: "api" as const, registeredAt: new Date(s.registered_at).toISOString(),
+        namespace: s.namespace,
+        name: s.name,
+        source: "api" as const,
+        registeredAt: new Date(s.registered_at).toISOString(),
       }));
     return { statefulsets: [...fromConfig, ...fromApi] };
   }

@@ -18,12 +18,24 @@ export function withFileLock<T>(path: string, what: string, fn: () => T): T {
     while (Number(libc.flock(fd, LOCK_EX | LOCK_NB)) !== 0) {
       const errno = lastErrno();
       if (errno !== EAGAIN && errno !== EINTR) {
-        throw new OsError(`cannot lock ${path}: errno ${errno}`, "file", `E${errno}`, "flock", path,
-          "keep the plugin's stateDir on a local filesystem (tmpfs /run or a local disk)");
+        throw new OsError(
+          `cannot lock ${path}: errno ${errno}`,
+          "file",
+          `E${errno}`,
+          "flock",
+          path,
+          "keep the plugin's stateDir on a local filesystem (tmpfs /run or a local disk)",
+        );
       }
       if (Date.now() > deadline) {
-        throw new OsError(`timed out after ${LOCK_TIMEOUT_MS / 1000} s waiting for the lock on ${what} (${path})`, "file", "ETIMEDOUT", "flock", path,
-          `another plugin call holds it; if one is hung, find it with \`fuser ${path}\`; the runtime retries`);
+        throw new OsError(
+          `timed out after ${LOCK_TIMEOUT_MS / 1000} s waiting for the lock on ${what} (${path})`,
+          "file",
+          "ETIMEDOUT",
+          "flock",
+          path,
+          `another plugin call holds it; if one is hung, find it with \`fuser ${path}\`; the runtime retries`,
+        );
       }
       sleepSync(10);
     }

@@ -14,7 +14,8 @@ export const IFNAME_MAX_BYTES = 15;
 export function containerIdProblem(id: string): string | undefined {
   if (id === "") return "is empty";
   if (id.length > CONTAINER_ID_MAX) return `is too long (${id.length} characters, at most ${CONTAINER_ID_MAX})`;
-  if (!CONTAINER_ID_PATTERN.test(id)) return "has invalid characters (it must start with a letter or digit and contain only letters, digits, '_', '.' and '-')";
+  if (!CONTAINER_ID_PATTERN.test(id))
+    return "has invalid characters (it must start with a letter or digit and contain only letters, digits, '_', '.' and '-')";
   return undefined;
 }
 
@@ -30,6 +31,7 @@ export function ifNameProblem(name: string): string | undefined {
 export function networkNameProblem(name: string): string | undefined {
   if (name === "") return "is empty";
   if (name.length > NETWORK_NAME_MAX) return `is too long (${name.length} characters, at most ${NETWORK_NAME_MAX})`;
-  if (!NETWORK_NAME_PATTERN.test(name)) return "has invalid characters (it must start with a letter or digit and contain only letters, digits, '_', '.' and '-')";
+  if (!NETWORK_NAME_PATTERN.test(name))
+    return "has invalid characters (it must start with a letter or digit and contain only letters, digits, '_', '.' and '-')";
   return undefined;
 }

@@ -2,7 +2,11 @@
 // recorded it at connect/listen time (it cannot be forged by the peer).
 import { SOL_SOCKET, SO_PEERCRED, libc } from "./ffi/libc";
 
-export interface PeerCred { pid: number; uid: number; gid: number }
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
 
 const UCRED_SIZE = 12; // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 

@@ -8,7 +8,10 @@ import { ClusterOwnership } from "../ipamd/cluster/ownership";
 import { EtcdCluster } from "../test/helpers/etcd";
 
 const N = Number(process.env.N ?? 500);
-const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))]!; };
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))]!;
+};
 const fmt = (xs: number[]): string => `p50 ${pct(xs, 0.5).toFixed(2)} ms  p99 ${pct(xs, 0.99).toFixed(2)} ms  (n=${xs.length})`;
 
 async function run(baseDir: string): Promise<void> {
@@ -19,7 +22,11 @@ async function run(baseDir: string): Promise<void> {
     await c.put(key, "0");
     for (let i = 0; i < 50; i++) await c.get(key); // warm sockets and JIT
     const range: number[] = [];
-    for (let i = 0; i < N; i++) { const t = performance.now(); await c.get(key); range.push(performance.now() - t); }
+    for (let i = 0; i < N; i++) {
+      const t = performance.now();
+      await c.get(key);
+      range.push(performance.now() - t);
+    }
     const txn: number[] = [];
     let rev = (await c.get(key))!.modRevision;
     for (let i = 0; i < N; i++) {
@@ -29,7 +36,9 @@ async function run(baseDir: string): Promise<void> {
       rev = r.revision;
     }
     const pool = buildConfig({ node: { name: "x" }, pools: [{ name: "p", subnet: "10.90.0.0/20" }] }).pools[0]!;
-    const [a, b] = ["a", "b"].map((node) => new ClusterOwnership({ client: new EtcdClient({ endpoints: etcd.endpoints }), node, pools: [pool], prefix: "/bench" }));
+    const [a, b] = ["a", "b"].map(
+      (node) => new ClusterOwnership({ client: new EtcdClient({ endpoints: etcd.endpoints }), node, pools: [pool], prefix: "/bench" }),
+    );
     await a!.start({ background: false });
     await b!.start({ background: false });
     const id = { pool: "p", namespace: "db", statefulset: "web", ordinal: 0, iface: "eth0" };
@@ -46,7 +55,11 @@ async function run(baseDir: string): Promise<void> {
       if (r.created) throw new Error("rebind created a new identity");
     }
     const claim: number[] = [];
-    for (let i = 0; i < 50; i++) { const t = performance.now(); await a!.claim("p", 16); claim.push(performance.now() - t); }
+    for (let i = 0; i < 50; i++) {
+      const t = performance.now();
+      await a!.claim("p", 16);
+      claim.push(performance.now() - t);
+    }
     console.log(`etcd data on ${baseDir}:`);
     console.log(`  range (linearizable)       ${fmt(range)}`);
     console.log(`  txn, one CAS put           ${fmt(txn)}`);

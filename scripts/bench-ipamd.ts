@@ -7,7 +7,16 @@ import { rmSync } from "node:fs";
 import { IpamdClient } from "../api/client";
 import { type DaemonHandle, startIpamd } from "../test/helpers/ipamd";
 
-interface Result { seeded: number; concurrency: number; allocations: number; perSecond: number; p50ms: number; p99ms: number; maxms: number; errors: number }
+interface Result {
+  seeded: number;
+  concurrency: number;
+  allocations: number;
+  perSecond: number;
+  p50ms: number;
+  p99ms: number;
+  maxms: number;
+  errors: number;
+}
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -40,22 +49,31 @@ async function run(d: DaemonHandle, seeded: number, concurrency: number, total: 
   let errors = 0;
   const clients = Array.from({ length: concurrency }, () => new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 30_000 }));
   const t0 = performance.now();
-  await Promise.all(clients.map(async (client) => {
-    for (let i = next++; i < total; i = next++) {
-      const start = performance.now();
-      try {
-        await client.allocate({ containerID: `bench-${tag}-${i}`, ifName: "eth0", network: "bench" });
-        latencies.push(performance.now() - start);
-      } catch { errors++; }
-    }
-  }));
+  await Promise.all(
+    clients.map(async (client) => {
+      for (let i = next++; i < total; i = next++) {
+        const start = performance.now();
+        try {
+          await client.allocate({ containerID: `bench-${tag}-${i}`, ifName: "eth0", network: "bench" });
+          latencies.push(performance.now() - start);
+        } catch {
+          errors++;
+        }
+      }
+    }),
+  );
   const seconds = (performance.now() - t0) / 1000;
-  clients.forEach((c) => c.close());
+  for (const c of clients) c.close();
   latencies.sort((a, b) => a - b);
   return {
-    seeded, concurrency, allocations: latencies.length, perSecond: Math.round(latencies.length / seconds),
-    p50ms: +quantile(latencies, 0.5).toFixed(3), p99ms: +quantile(latencies, 0.99).toFixed(3),
-    maxms: +(latencies.at(-1) ?? NaN).toFixed(3), errors,
+    seeded,
+    concurrency,
+    allocations: latencies.length,
+    perSecond: Math.round(latencies.length / seconds),
+    p50ms: +quantile(latencies, 0.5).toFixed(3),
+    p99ms: +quantile(latencies, 0.99).toFixed(3),
+    maxms: +(latencies.at(-1) ?? NaN).toFixed(3),
+    errors,
   };
 }
 
@@ -78,8 +96,10 @@ async function main(): Promise<void> {
         const r = await run(d, seeded, c, ALLOCATIONS, `${seeded}-${c}`);
         results.push(r);
         if (!JSON_OUT) {
-          console.log(`existing=${String(seeded).padStart(5)} clients=${String(c).padStart(3)}  ` +
-            `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  max ${r.maxms.toFixed(2)} ms  errors ${r.errors}`);
+          console.log(
+            `existing=${String(seeded).padStart(5)} clients=${String(c).padStart(3)}  ` +
+              `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  max ${r.maxms.toFixed(2)} ms  errors ${r.errors}`,
+          );
         }
         // Keep the number of existing reservations constant between runs.
         await d.client.gc("bench", []);
@@ -90,8 +110,10 @@ async function main(): Promise<void> {
       const batches = num("berth_ipamd_commit_batch_size_count");
       const batched = num("berth_ipamd_commit_batch_size_sum");
       if (!JSON_OUT) {
-        console.log(`  (reservations after runs: ${status.reservations}; ${batched} requests committed in ${batches} ` +
-          `transactions, ${(batched / batches).toFixed(1)} per commit on average)`);
+        console.log(
+          `  (reservations after runs: ${status.reservations}; ${batched} requests committed in ${batches} ` +
+            `transactions, ${(batched / batches).toFixed(1)} per commit on average)`,
+        );
       }
     } finally {
       await d.stop();
@@ -101,4 +123,7 @@ async function main(): Promise<void> {
   if (JSON_OUT) console.log(JSON.stringify(results, null, 2));
 }
 
-main().catch((e: unknown) => { console.error(e); process.exit(1); });
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});

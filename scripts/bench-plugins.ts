@@ -24,13 +24,21 @@ function median(xs: number[]): number {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
-function ms(n: number): string { return `${n.toFixed(1)} ms`; }
+function ms(n: number): string {
+  return `${n.toFixed(1)} ms`;
+}
 
 // The part of Bun's API used here (the project has no Bun type package): spawnSync reports the
 // child's rusage, node:child_process does not.
 declare const Bun: {
-  spawnSync(cmd: string[], o: { env: Record<string, string>; stdin: Buffer; stdout: "pipe"; stderr: "pipe" }): {
-    exitCode: number | null; stdout: Buffer; stderr: Buffer; resourceUsage: { cpuTime: { total: bigint } };
+  spawnSync(
+    cmd: string[],
+    o: { env: Record<string, string>; stdin: Buffer; stdout: "pipe"; stderr: "pipe" },
+  ): {
+    exitCode: number | null;
+    stdout: Buffer;
+    stderr: Buffer;
+    resourceUsage: { cpuTime: { total: bigint } };
   };
 };
 
@@ -62,24 +70,44 @@ function startupBench(): void {
   const dir = mkdtempSync(join(tmpdir(), "berth-bench-floor-"));
   try {
     writeFileSync(join(dir, "empty.ts"), "export {};\n");
-    execFileSync(join(root, "node_modules/.bin/bun"), ["build", "--compile", "--minify", "--bytecode", "--format=esm",
-      "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig", join(dir, "empty.ts"), "--outfile", join(dir, "empty")],
-      { stdio: "ignore" });
+    execFileSync(
+      join(root, "node_modules/.bin/bun"),
+      [
+        "build",
+        "--compile",
+        "--minify",
+        "--bytecode",
+        "--format=esm",
+        "--no-compile-autoload-dotenv",
+        "--no-compile-autoload-bunfig",
+        join(dir, "empty.ts"),
+        "--outfile",
+        join(dir, "empty"),
+      ],
+      { stdio: "ignore" },
+    );
     const runs = [
-      ["berth-macvlan", join(bin, "berth-macvlan")], ["empty bun binary", join(dir, "empty")], ["reference macvlan", join(REFERENCE, "macvlan")],
+      ["berth-macvlan", join(bin, "berth-macvlan")],
+      ["empty bun binary", join(dir, "empty")],
+      ["reference macvlan", join(REFERENCE, "macvlan")],
     ] as const;
     const t = runs.map(() => ({ wall: [] as number[], cpu: [] as number[] }));
     for (let i = 0; i < 65; i++) {
       runs.forEach(([, file], k) => {
         const { wall, cpu } = timed(() => timeRun(file, env, conf));
-        if (i >= 5) { t[k]!.wall.push(wall); t[k]!.cpu.push(cpu); } // the first 5 warm the page cache
+        if (i >= 5) {
+          t[k]!.wall.push(wall);
+          t[k]!.cpu.push(cpu);
+        } // the first 5 warm the page cache
       });
     }
     const ref = t[2]!;
     runs.forEach(([label], k) => {
       const { wall, cpu } = t[k]!;
-      console.log(`  ${label.padEnd(18)} VERSION wall ${ms(median(wall)).padStart(8)} (p90 ${ms(percentile(wall, 0.9))})  ` +
-        `ratio ${(median(wall) / median(ref.wall)).toFixed(2)}   cpu ${ms(median(cpu)).padStart(8)}  ratio ${(median(cpu) / median(ref.cpu)).toFixed(2)}`);
+      console.log(
+        `  ${label.padEnd(18)} VERSION wall ${ms(median(wall)).padStart(8)} (p90 ${ms(percentile(wall, 0.9))})  ` +
+          `ratio ${(median(wall) / median(ref.wall)).toFixed(2)}   cpu ${ms(median(cpu)).padStart(8)}  ratio ${(median(cpu) / median(ref.cpu)).toFixed(2)}`,
+      );
     });
     console.log("  (the empty binary runs no code at all: its ratio is the floor of any compiled Bun program against Go's;");
     console.log("   berth-macvlan answers VERSION before loading node:fs or the CNI core, so it sits just above that floor)");
@@ -90,14 +118,22 @@ function startupBench(): void {
 
 /** Load time of the libc binding, in a fresh Bun process each time: bun:ffi (what ships) against koffi. */
 function ffiLoadBench(): void {
-  const symbols = "socket bind connect getsockname setsockopt getsockopt sendto recv close open setns fstatfs ioctl flock strerror".split(" ");
-  const bunFfi = `const t=performance.now();const {dlopen}=require("bun:ffi");dlopen("libc.so.6",{${
-    symbols.map((n) => `${n}:{args:[],returns:"i32"}`).join(",")}});console.log(performance.now()-t)`;
-  const koffi = `const t=performance.now();const k=require("koffi");const l=k.load("libc.so.6");${
-    symbols.map((n) => `l.func("int ${n}(int a)");`).join("")}console.log(performance.now()-t)`;
-  for (const [label, code] of [["bun:ffi", bunFfi], ["koffi (old)", koffi]]) {
-    const samples = Array.from({ length: 15 }, () => Number(execFileSync(join(root, "node_modules/.bin/bun"), ["-e", code],
-      { cwd: root, encoding: "utf8" }).trim()));
+  const symbols = "socket bind connect getsockname setsockopt getsockopt sendto recv close open setns fstatfs ioctl flock strerror".split(
+    " ",
+  );
+  const bunFfi = `const t=performance.now();const {dlopen}=require("bun:ffi");dlopen("libc.so.6",{${symbols
+    .map((n) => `${n}:{args:[],returns:"i32"}`)
+    .join(",")}});console.log(performance.now()-t)`;
+  const koffi = `const t=performance.now();const k=require("koffi");const l=k.load("libc.so.6");${symbols
+    .map((n) => `l.func("int ${n}(int a)");`)
+    .join("")}console.log(performance.now()-t)`;
+  for (const [label, code] of [
+    ["bun:ffi", bunFfi],
+    ["koffi (old)", koffi],
+  ]) {
+    const samples = Array.from({ length: 15 }, () =>
+      Number(execFileSync(join(root, "node_modules/.bin/bun"), ["-e", code], { cwd: root, encoding: "utf8" }).trim()),
+    );
     const what = `FFI load, ${label}`.padEnd(18);
     console.log(`  ${what} median ${median(samples).toFixed(2)} ms for ${symbols.length} libc functions (in-process)`);
   }
@@ -122,13 +158,29 @@ async function addDelBench(): Promise<void> {
   const master = `bbm${process.pid % 10000}`;
   const netns = `berth-bench-${process.pid}`;
   const socket = join(tmp, "ipamd.sock");
-  writeFileSync(join(tmp, "ipamd.json"), JSON.stringify({
-    node: { name: "bench", labels: {} },
-    cooldownSeconds: 0,
-    pools: [{ name: "bench", subnet: "10.97.0.0/16", gateway: "10.97.0.1", routes: [{ dst: "0.0.0.0/0" }] }],
-  }));
-  const daemon = spawn("node", [join(root, "dist/ipamd/ipamd.mjs"), "--config", join(tmp, "ipamd.json"),
-    "--socket", socket, "--db", join(tmp, "ipam.db"), "--log-file", join(tmp, "ipamd.log")], { stdio: "ignore" });
+  writeFileSync(
+    join(tmp, "ipamd.json"),
+    JSON.stringify({
+      node: { name: "bench", labels: {} },
+      cooldownSeconds: 0,
+      pools: [{ name: "bench", subnet: "10.97.0.0/16", gateway: "10.97.0.1", routes: [{ dst: "0.0.0.0/0" }] }],
+    }),
+  );
+  const daemon = spawn(
+    "node",
+    [
+      join(root, "dist/ipamd/ipamd.mjs"),
+      "--config",
+      join(tmp, "ipamd.json"),
+      "--socket",
+      socket,
+      "--db",
+      join(tmp, "ipam.db"),
+      "--log-file",
+      join(tmp, "ipamd.log"),
+    ],
+    { stdio: "ignore" },
+  );
   try {
     execFileSync("ip", ["link", "add", master, "type", "veth", "peer", "name", `${master}p`]);
     execFileSync("ip", ["link", "set", master, "up"]);
@@ -139,28 +191,46 @@ async function addDelBench(): Promise<void> {
     // The reference plugins Debian ships speak CNI up to 1.0.0.
     const common = { cniVersion: "1.0.0", name: "bench", master, mode: "bridge" };
     const ours = JSON.stringify({ ...common, type: "berth-macvlan", ipam: { type: "berth-ipam", socket } });
-    const hostLocal = (subnet: string, dir: string) => ({ type: "host-local", subnet, gateway: subnet.replace(/0\/16$/, "1"),
-      dataDir: join(tmp, dir), routes: [{ dst: "0.0.0.0/0" }] });
+    const hostLocal = (subnet: string, dir: string) => ({
+      type: "host-local",
+      subnet,
+      gateway: subnet.replace(/0\/16$/, "1"),
+      dataDir: join(tmp, dir),
+      routes: [{ dst: "0.0.0.0/0" }],
+    });
     const oursHostLocal = JSON.stringify({ ...common, type: "berth-macvlan", ipam: hostLocal("10.96.0.0/16", "host-local-berth") });
     const theirs = JSON.stringify({ ...common, type: "macvlan", ipam: hostLocal("10.98.0.0/16", "host-local") });
     const env = (command: string, id: string, path: string) => ({
-      CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: "eth0",
-      CNI_PATH: path, CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=bench-pod", PATH: process.env.PATH ?? "",
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: id,
+      CNI_NETNS: `/run/netns/${netns}`,
+      CNI_IFNAME: "eth0",
+      CNI_PATH: path,
+      CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=bench-pod",
+      PATH: process.env.PATH ?? "",
     });
-    const berth = join(bin, "berth-macvlan"), reference = join(REFERENCE, "macvlan");
+    const berth = join(bin, "berth-macvlan"),
+      reference = join(REFERENCE, "macvlan");
     const kinds = {
       ours: { file: berth, path: bin, conf: ours },
       oursHl: { file: berth, path: `${bin}:${REFERENCE}`, conf: oursHostLocal },
       ref: { file: reference, path: REFERENCE, conf: theirs },
     };
     type Samples = { add: number[]; del: number[]; addCpu: number[]; delCpu: number[] };
-    const t = Object.fromEntries(Object.keys(kinds).map((k) => [k, { add: [], del: [], addCpu: [], delCpu: [] }])) as
-      unknown as Record<keyof typeof kinds, Samples>;
+    const t = Object.fromEntries(Object.keys(kinds).map((k) => [k, { add: [], del: [], addCpu: [], delCpu: [] }])) as unknown as Record<
+      keyof typeof kinds,
+      Samples
+    >;
     const once = (k: keyof typeof kinds, id: string, record: boolean) => {
       const { file, path, conf } = kinds[k];
       const a = timed(() => timeRun(file, env("ADD", id, path), conf));
       const d = timed(() => timeRun(file, env("DEL", id, path), conf));
-      if (record) { t[k].add.push(a.wall); t[k].del.push(d.wall); t[k].addCpu.push(a.cpu); t[k].delCpu.push(d.cpu); }
+      if (record) {
+        t[k].add.push(a.wall);
+        t[k].del.push(d.wall);
+        t[k].addCpu.push(a.cpu);
+        t[k].delCpu.push(d.cpu);
+      }
     };
     for (let i = 0; i < 3; i++) for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) once(k, `warm${k}${i}`, false);
     for (let i = 0; i < rounds; i++) for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) once(k, `bench${k}${i}`, true);
@@ -168,13 +238,16 @@ async function addDelBench(): Promise<void> {
     const table = (title: string, o: Samples, r: Samples) => {
       console.log(title);
       const rows = [
-        ["ADD", o.add, r.add, o.addCpu, r.addCpu], ["DEL", o.del, r.del, o.delCpu, r.delCpu],
+        ["ADD", o.add, r.add, o.addCpu, r.addCpu],
+        ["DEL", o.del, r.del, o.delCpu, r.delCpu],
         ["ADD+DEL", pair(o.add, o.del), pair(r.add, r.del), pair(o.addCpu, o.delCpu), pair(r.addCpu, r.delCpu)],
       ] as const;
       for (const [label, a, b, ac, bc] of rows) {
-        console.log(`  ${label.padEnd(8)} berth ${ms(median(a)).padStart(9)}   reference ${ms(median(b)).padStart(9)}   ` +
-          `ratio ${(median(a) / median(b)).toFixed(2)}    cpu ${ms(median(ac)).padStart(8)} vs ${ms(median(bc)).padStart(8)}  ` +
-          `ratio ${(median(ac) / median(bc)).toFixed(2)}`);
+        console.log(
+          `  ${label.padEnd(8)} berth ${ms(median(a)).padStart(9)}   reference ${ms(median(b)).padStart(9)}   ` +
+            `ratio ${(median(a) / median(b)).toFixed(2)}    cpu ${ms(median(ac)).padStart(8)} vs ${ms(median(bc)).padStart(8)}  ` +
+            `ratio ${(median(ac) / median(bc)).toFixed(2)}`,
+        );
       }
     };
     console.log(`  ${rounds} rounds, the three pairs in turn (after 3 warm-up rounds); medians of wall time and of CPU time:`);
@@ -199,7 +272,13 @@ await addDelBench();
 
 // ---- per-phase breakdown from an strace of the compiled plugin
 
-interface Call { pid: number; start: number; end: number; name: string; text: string }
+interface Call {
+  pid: number;
+  start: number;
+  end: number;
+  name: string;
+  text: string;
+}
 
 /** Calls of an `strace -f -ttt -T` log, unfinished/resumed halves joined; times in ms from execve. */
 function parseTrace(log: string): Call[] {
@@ -209,13 +288,19 @@ function parseTrace(log: string): Call[] {
   for (const line of log.split("\n")) {
     const m = /^(\d+)\s+(\d+\.\d+)\s+(.*)$/.exec(line);
     if (!m) continue;
-    const pid = Number(m[1]), at = Number(m[2]) * 1000, rest = m[3]!;
+    const pid = Number(m[1]),
+      at = Number(m[2]) * 1000,
+      rest = m[3]!;
     if (Number.isNaN(t0)) t0 = at;
     const dur = /<(\d+\.\d+)>$/.exec(rest);
     const resumed = /^<\.\.\. (\w+) resumed>/.exec(rest);
     if (resumed) {
       const c = open.get(pid);
-      if (c) { c.end = at - t0 + (dur ? Number(dur[1]) * 1000 : 0); c.text += rest; open.delete(pid); }
+      if (c) {
+        c.end = at - t0 + (dur ? Number(dur[1]) * 1000 : 0);
+        c.text += rest;
+        open.delete(pid);
+      }
       continue;
     }
     const name = /^(\w+)\(/.exec(rest)?.[1];
@@ -269,8 +354,11 @@ function phaseBreakdown(run: (command: string, id: string) => { file: string; en
           const log = join(dir, `${c}${i}.trace`);
           const traced = c === command;
           const marks = "trace=execve,read,openat,socket,connect,sendto,recvfrom,setns,write,exit_group";
-          const r = spawnSync(traced ? "strace" : file, traced ? ["-f", "--seccomp-bpf", "-ttt", "-T", "-o", log, "-e", marks, file] : [],
-            { env, input: stdin, encoding: "utf8" });
+          const r = spawnSync(traced ? "strace" : file, traced ? ["-f", "--seccomp-bpf", "-ttt", "-T", "-o", log, "-e", marks, file] : [], {
+            env,
+            input: stdin,
+            encoding: "utf8",
+          });
           if (r.status !== 0) throw new Error(`${c} under strace failed (${r.status}): ${r.stdout}${r.stderr}`);
           if (command === "ADD") spawnSync(file, [], { env: run("DEL", `trace${i}`).env, input: stdin });
           if (!traced) continue;

@@ -29,7 +29,12 @@ export interface GiveBack {
  */
 export async function giveBackDevice(ctx: CniContext<unknown>, g: GiveBack): Promise<void> {
   const ipam = ipamOf(ctx);
-  const released = ipam ? ipam.del().then(() => undefined, (e: unknown) => e) : undefined;
+  const released = ipam
+    ? ipam.del().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    : undefined;
   let deviceError: unknown;
   try {
     giveBackUnderLock(ctx, g);
@@ -51,7 +56,8 @@ function giveBackUnderLock(ctx: CniContext<unknown>, g: GiveBack): void {
   }
   if (!isOwnRecord(seen, attachmentOf(ctx))) {
     ctx.log.warn("the state file holds another attachment's record; not touching its device", {
-      path: g.path, record: { network: seen.network, containerId: seen.containerId, ifName: seen.ifName },
+      path: g.path,
+      record: { network: seen.network, containerId: seen.containerId, ifName: seen.ifName },
     });
     return;
   }
@@ -76,16 +82,21 @@ function giveBackUnderLock(ctx: CniContext<unknown>, g: GiveBack): void {
  * CHECK, common part: IPAM, prevResult's interface, the state file, and (unless `inPod` is false)
  * the interface in the pod with prevResult's MAC, addresses and routes.
  */
-export async function checkMovedDevice(ctx: CniContext<unknown>,
-  o: { path: string; plugin: string; inPod?: (st: AttachmentState) => boolean }): Promise<{ st: AttachmentState; ips: IpConfig[] }> {
+export async function checkMovedDevice(
+  ctx: CniContext<unknown>,
+  o: { path: string; plugin: string; inPod?: (st: AttachmentState) => boolean },
+): Promise<{ st: AttachmentState; ips: IpConfig[] }> {
   const prev: Result = requirePrevResult(ctx);
   await ipamOf(ctx)?.check();
   const found = findInterface(prev, ctx.ifName, ctx.netns);
-  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
+  if (!found)
+    throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
   const st = readJson<AttachmentState>(o.path);
   if (!st || !isOwnRecord(st, attachmentOf(ctx))) {
-    throw mismatch(`no saved state for container ${ctx.containerId} interface ${ctx.ifName} (${o.path}): `
-      + "the device was not attached by this plugin or already given back");
+    throw mismatch(
+      `no saved state for container ${ctx.containerId} interface ${ctx.ifName} (${o.path}): ` +
+        "the device was not attached by this plugin or already given back",
+    );
   }
   const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
   if (o.inPod?.(st) === false) return { st, ips };
@@ -103,9 +114,15 @@ export async function checkMovedDevice(ctx: CniContext<unknown>,
  * runtime no longer has (their DEL never came) are given back as DEL would, and the records go.
  * Best effort: every record is tried; the first failure is reported afterwards.
  */
-export function collectDeviceGarbage(ctx: CniContext<unknown>, o: {
-  stateDir: string; plugin: string; lock: GiveBack["lock"]; restore: GiveBack["restore"];
-}): void {
+export function collectDeviceGarbage(
+  ctx: CniContext<unknown>,
+  o: {
+    stateDir: string;
+    plugin: string;
+    lock: GiveBack["lock"];
+    restore: GiveBack["restore"];
+  },
+): void {
   const valid = new Set((ctx.conf.validAttachments ?? []).map((a) => `${a.containerID}\0${a.ifname}`));
   let firstError: unknown;
   const host = NetlinkSocket.open();
@@ -125,7 +142,9 @@ export function collectDeviceGarbage(ctx: CniContext<unknown>, o: {
           const again = readJson<AttachmentState>(path);
           if (!again || !isOwnRecord(again, st!)) return;
           ctx.log.info("GC: giving back the device of an attachment the runtime no longer has", {
-            containerId: again.containerId, ifName: again.ifName, device: again.original.name || again.pciAddress,
+            containerId: again.containerId,
+            ifName: again.ifName,
+            device: again.original.name || again.pciAddress,
           });
           o.restore(host, again);
           removeFile(path);

@@ -5,8 +5,19 @@
 import { sleepSync } from "../../lib/files";
 import { addAddress } from "../netlink/addr";
 import {
-  addAltName, deleteAltName, findLinkByName, getLinkByIndex, listLinks, setLinkAlias, setLinkDown, setLinkMac,
-  setLinkMtu, setLinkName, setLinkNetns, setLinkUp, type Link,
+  addAltName,
+  deleteAltName,
+  findLinkByName,
+  getLinkByIndex,
+  listLinks,
+  setLinkAlias,
+  setLinkDown,
+  setLinkMac,
+  setLinkMtu,
+  setLinkName,
+  setLinkNetns,
+  setLinkUp,
+  type Link,
 } from "../netlink/link";
 import { addRoute, type RouteOptions } from "../netlink/route";
 import { isNetlinkError, type NetlinkSocket } from "../netlink/socket";
@@ -20,7 +31,9 @@ import { netdevsOfPci } from "./sysfs";
 const SELF_NETNS = "/proc/thread-self/ns/net";
 
 function tempName(prefix: string): string {
-  return `${prefix}${Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0")}`;
+  return `${prefix}${Math.floor(Math.random() * 0xffffffff)
+    .toString(16)
+    .padStart(8, "0")}`;
 }
 
 /** Every name and altname used in the namespace of `nl`. */
@@ -38,7 +51,14 @@ function namesIn(nl: NetlinkSocket): Set<string> {
  * to ifName there. Altnames that the pod already uses are removed first and returned (DEL adds
  * them back). Returns the link as it is in the pod.
  */
-export function moveIntoPod(host: NetlinkSocket, link: Link, pod: Netns, ifName: string, prefix: string, log: Logger): { link: Link; removedAltNames: string[] } {
+export function moveIntoPod(
+  host: NetlinkSocket,
+  link: Link,
+  pod: Netns,
+  ifName: string,
+  prefix: string,
+  log: Logger,
+): { link: Link; removedAltNames: string[] } {
   const podNames = namesIn(pod.nl);
   if (podNames.has(ifName)) throw ifNameTaken(pod.path, ifName);
   const removedAltNames = link.altNames.filter((a) => podNames.has(a));
@@ -58,7 +78,12 @@ export function moveIntoPod(host: NetlinkSocket, link: Link, pod: Netns, ifName:
     throw e;
   }
   const l = findLinkByName(pod.nl, tmp);
-  if (!l) throw new CniError(CniCode.DeviceNotFound, `device ${link.name} (as ${tmp}) vanished after the move into ${pod.path}`, "check the node for a concurrent network agent");
+  if (!l)
+    throw new CniError(
+      CniCode.DeviceNotFound,
+      `device ${link.name} (as ${tmp}) vanished after the move into ${pod.path}`,
+      "check the node for a concurrent network agent",
+    );
   setLinkName(pod.nl, l.index, ifName);
   return { link: getLinkByIndex(pod.nl, l.index), removedAltNames };
 }
@@ -66,7 +91,13 @@ export function moveIntoPod(host: NetlinkSocket, link: Link, pod: Netns, ifName:
 // ---- give back
 
 /** The link that is our device in `nl`'s namespace: by name first when its MAC fits, else by MAC/PCI. */
-function findDevice(nl: NetlinkSocket, st: AttachmentState, preferName: string | undefined, sysfsRoot: string | undefined, nameAlone = false): Link | undefined {
+function findDevice(
+  nl: NetlinkSocket,
+  st: AttachmentState,
+  preferName: string | undefined,
+  sysfsRoot: string | undefined,
+  nameAlone = false,
+): Link | undefined {
   const macs = new Set([st.podMac, st.original.mac, st.original.permAddress].filter((m): m is string => !!m && m !== "00:00:00:00:00:00"));
   const links = listLinks(nl);
   const matches = (l: Link) => macs.has(l.mac) || (l.permAddress !== undefined && macs.has(l.permAddress));
@@ -114,14 +145,18 @@ export function returnToHost(host: NetlinkSocket, st: AttachmentState, o: Return
   if (!hostLink) {
     hostLink = findDevice(host, st, st.ifName, o.sysfsRoot);
     // The kernel returns physical devices of a dying namespace asynchronously.
-    const deadline = Date.now() + (st.original.kind ? 0 : o.returnWaitMs ?? 2000);
+    const deadline = Date.now() + (st.original.kind ? 0 : (o.returnWaitMs ?? 2000));
     while (!hostLink && Date.now() < deadline) {
       sleepSync(50);
       hostLink = findDevice(host, st, st.ifName, o.sysfsRoot);
     }
   }
   if (!hostLink) {
-    log.warn("device not found in the pod or the host namespace; nothing to restore", { device: st.original.name, mac: st.podMac, kind: st.original.kind });
+    log.warn("device not found in the pod or the host namespace; nothing to restore", {
+      device: st.original.name,
+      mac: st.podMac,
+      kind: st.original.kind,
+    });
     return false;
   }
   restoreOnHost(host, hostLink, st, log);
@@ -172,8 +207,11 @@ function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log
   if (link.name !== o.name) {
     const holder = findLinkByName(host, o.name);
     if (holder && holder.index !== link.index) {
-      throw new CniError(CniCode.DeviceBusy, `cannot give ${link.name} its original name "${o.name}": another host interface (ifindex ${holder.index}) now has it`,
-        `rename or remove that interface, then run DEL again; the device's saved state stays in the state file until then`);
+      throw new CniError(
+        CniCode.DeviceBusy,
+        `cannot give ${link.name} its original name "${o.name}": another host interface (ifindex ${holder.index}) now has it`,
+        `rename or remove that interface, then run DEL again; the device's saved state stays in the state file until then`,
+      );
     }
     setLinkName(host, link.index, o.name);
   }
@@ -189,12 +227,20 @@ function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log
       }
     }
   }
-  for (const a of o.addresses) ignoreExists(() => addAddress(host, { index: link.index, cidr: a.cidr, ...(a.broadcast ? { broadcast: a.broadcast } : { broadcast: false }) }));
+  for (const a of o.addresses)
+    ignoreExists(() =>
+      addAddress(host, { index: link.index, cidr: a.cidr, ...(a.broadcast ? { broadcast: a.broadcast } : { broadcast: false }) }),
+    );
   if (o.up && !up) setLinkUp(host, link.index);
   for (const r of o.routes) {
     const opts: RouteOptions = {
-      dst: r.dst, index: link.index, table: r.table, scope: r.scope,
-      ...(r.gateway ? { gateway: r.gateway } : {}), ...(r.metric !== undefined ? { metric: r.metric } : {}), ...(r.onLink ? { onLink: true } : {}),
+      dst: r.dst,
+      index: link.index,
+      table: r.table,
+      scope: r.scope,
+      ...(r.gateway ? { gateway: r.gateway } : {}),
+      ...(r.metric !== undefined ? { metric: r.metric } : {}),
+      ...(r.onLink ? { onLink: true } : {}),
     };
     try {
       ignoreExists(() => addRoute(host, opts));
@@ -205,5 +251,3 @@ function restoreOnHost(host: NetlinkSocket, link: Link, st: AttachmentState, log
   }
   log.info("device restored on the host", { name: o.name, mtu: o.mtu, mac: o.mac, up: o.up });
 }
-
-

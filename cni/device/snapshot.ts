@@ -18,17 +18,32 @@ export function snapshotDevice(nl: NetlinkSocket, link: Link): DeviceSnapshot {
     .filter((a) => !(a.family === 6 && isLinkLocal6(a.cidr)) && (a.permanent || a.family === 4))
     .map((a) => ({ cidr: a.cidr, ...(a.broadcast ? { broadcast: a.broadcast } : {}) }));
   const routes = listRoutes(nl, { table: "all", index: link.index })
-    .filter((r) => r.protocol !== 2 /* kernel */ && r.table !== 255 && r.type === 1 /* unicast */ && !r.multipath
-      && !(r.family === 6 && (isLinkLocal6(r.dst) || /^ff/i.test(r.dst))))
+    .filter(
+      (r) =>
+        r.protocol !== 2 /* kernel */ &&
+        r.table !== 255 &&
+        r.type === 1 /* unicast */ &&
+        !r.multipath &&
+        !(r.family === 6 && (isLinkLocal6(r.dst) || /^ff/i.test(r.dst))),
+    )
     .map((r) => ({
-      dst: r.dst, table: r.table, scope: (typeof r.scope === "string" && !/^\d+$/.test(r.scope) ? r.scope : "global") as Scope, onLink: r.onLink,
-      ...(r.gateway ? { gateway: r.gateway } : {}), ...(r.metric !== undefined ? { metric: r.metric } : {}),
+      dst: r.dst,
+      table: r.table,
+      scope: (typeof r.scope === "string" && !/^\d+$/.test(r.scope) ? r.scope : "global") as Scope,
+      onLink: r.onLink,
+      ...(r.gateway ? { gateway: r.gateway } : {}),
+      ...(r.metric !== undefined ? { metric: r.metric } : {}),
     }));
   return {
-    name: link.name, mac: link.mac, mtu: link.mtu, up: link.up, altNames: link.altNames, addresses, routes,
+    name: link.name,
+    mac: link.mac,
+    mtu: link.mtu,
+    up: link.up,
+    altNames: link.altNames,
+    addresses,
+    routes,
     ...(link.permAddress ? { permAddress: link.permAddress } : {}),
     ...(link.alias ? { alias: link.alias } : {}),
     ...(link.kind ? { kind: link.kind } : {}),
   };
 }
-

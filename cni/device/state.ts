@@ -7,8 +7,18 @@ import { readJsonFile, writeFileAtomic } from "../../lib/files";
 import type { Scope } from "../netlink/addr";
 import { CniError, CniCode } from "../skel/errors";
 
-export interface SavedAddress { cidr: string; broadcast?: string }
-export interface SavedRoute { dst: string; gateway?: string; metric?: number; table: number; scope: Scope; onLink: boolean }
+export interface SavedAddress {
+  cidr: string;
+  broadcast?: string;
+}
+export interface SavedRoute {
+  dst: string;
+  gateway?: string;
+  metric?: number;
+  table: number;
+  scope: Scope;
+  onLink: boolean;
+}
 
 /** The host-side state of a device, as ADD found it. */
 export interface DeviceSnapshot {
@@ -49,8 +59,11 @@ export function ensureStateDir(dir: string, plugin: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
-    throw new CniError(CniCode.IOFailure, `cannot create the state directory ${dir}: ${(e as Error).message}`,
-      `${plugin} records each device's original state there before moving it; make it writable for root or set stateDir`);
+    throw new CniError(
+      CniCode.IOFailure,
+      `cannot create the state directory ${dir}: ${(e as Error).message}`,
+      `${plugin} records each device's original state there before moving it; make it writable for root or set stateDir`,
+    );
   }
 }
 
@@ -96,9 +109,10 @@ export function readJson<T>(path: string): T | undefined {
 
 export function listStateFiles(dir: string): string[] {
   try {
-    return readdirSync(dir).filter((f) => f.endsWith(".json")).map((f) => join(dir, f));
+    return readdirSync(dir)
+      .filter((f) => f.endsWith(".json"))
+      .map((f) => join(dir, f));
   } catch {
     return [];
   }
 }
-

@@ -40,7 +40,6 @@ export function netdevsOfPci(sysfsRoot: string, addr: string): string[] {
   return names.sort();
 }
 
-
 /** Drivers that give a device to user space (DPDK): it has no netdev, and nothing moves into the pod. */
 export const USERSPACE_DRIVERS = ["vfio-pci", "uio_pci_generic", "igb_uio"];
 

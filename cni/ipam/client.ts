@@ -54,8 +54,11 @@ export function ipamOf(ctx: CniContext<unknown>): Ipam | undefined {
   const type = ctx.conf.ipam?.type;
   if (ctx.conf.ipam === undefined) return undefined;
   if (!type) {
-    throw new CniError(CniCode.InvalidConfig, "invalid network config: ipam is missing",
-      'add "ipam": {"type": "berth-ipam"} (or another IPAM plugin such as host-local) to the network config');
+    throw new CniError(
+      CniCode.InvalidConfig,
+      "invalid network config: ipam is missing",
+      'add "ipam": {"type": "berth-ipam"} (or another IPAM plugin such as host-local) to the network config',
+    );
   }
   return type === BERTH_IPAM ? new IpamdIpam(ctx) : new DelegatedIpam(ctx, type);
 }
@@ -63,8 +66,12 @@ export function ipamOf(ctx: CniContext<unknown>): Ipam | undefined {
 /** STATUS and GC that a plugin leaves out are its IPAM's: ready when IPAM is, GC of IPAM's leftovers. */
 export function withIpamDefaults<P>(plugin: CniPlugin<P>): CniPlugin<P> {
   return {
-    status: async (ctx) => { await ipamOf(ctx)?.status(); },
-    gc: async (ctx) => { await ipamOf(ctx)?.gc(); },
+    status: async (ctx) => {
+      await ipamOf(ctx)?.status();
+    },
+    gc: async (ctx) => {
+      await ipamOf(ctx)?.gc();
+    },
     ...plugin,
   };
 }

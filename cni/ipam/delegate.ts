@@ -13,15 +13,26 @@ import type { Ipam, IpamAllocation } from "./client";
 
 /** IPAM by another plugin executable: each verb runs it with the same config and environment. */
 export class DelegatedIpam implements Ipam {
-  constructor(private readonly ctx: CniContext<unknown>, private readonly type: string) {}
+  constructor(
+    private readonly ctx: CniContext<unknown>,
+    private readonly type: string,
+  ) {}
 
   async add(undo?: UndoStack): Promise<IpamAllocation> {
     const result = this.run("ADD")!;
     undo?.push(`release addresses (${this.type})`, () => this.run("DEL"));
     const ips = result.ips ?? [];
-    const addresses = ips.map((ip) => ({ address: ip.address, gateway: ip.gateway, family: ip.address.includes(":") ? 6 as const : 4 as const }));
+    const addresses = ips.map((ip) => ({
+      address: ip.address,
+      gateway: ip.gateway,
+      family: ip.address.includes(":") ? (6 as const) : (4 as const),
+    }));
     // An IPAM plugin returns no interfaces: drop indexes it may have copied from elsewhere.
-    return { result: { ...result, interfaces: undefined, ips: ips.map(({ interface: _drop, ...ip }) => ip) }, addresses, source: this.type };
+    return {
+      result: { ...result, interfaces: undefined, ips: ips.map(({ interface: _drop, ...ip }) => ip) },
+      addresses,
+      source: this.type,
+    };
   }
 
   async del(): Promise<void> {
@@ -44,7 +55,13 @@ export class DelegatedIpam implements Ipam {
   private run(command: DelegateRequest["command"]): Result | undefined {
     const { ctx } = this;
     return delegateIpam({
-      command, ipamType: this.type, stdin: ctx.stdin, env: ctx.processEnv, cniPath: ctx.env.path, cniVersion: ctx.conf.cniVersion, log: ctx.log,
+      command,
+      ipamType: this.type,
+      stdin: ctx.stdin,
+      env: ctx.processEnv,
+      cniPath: ctx.env.path,
+      cniVersion: ctx.conf.cniVersion,
+      log: ctx.log,
     });
   }
 }
@@ -66,8 +83,11 @@ export interface DelegateRequest {
 /** Absolute path of plugin `type` in the CNI_PATH directories (code 100 when absent). */
 function findPlugin(type: string, cniPath: string[]): string {
   if (type.includes("/") || type === "." || type === "..") {
-    throw new CniError(CniCode.InvalidConfig, `invalid network config: ipam.type "${type}" is not a plugin name`,
-      "ipam.type names an executable in CNI_PATH, without a directory, e.g. host-local");
+    throw new CniError(
+      CniCode.InvalidConfig,
+      `invalid network config: ipam.type "${type}" is not a plugin name`,
+      "ipam.type names an executable in CNI_PATH, without a directory, e.g. host-local",
+    );
   }
   for (const dir of cniPath) {
     const path = join(dir, type);
@@ -75,21 +95,34 @@ function findPlugin(type: string, cniPath: string[]): string {
       if (!statSync(path).isFile()) continue;
       accessSync(path, constants.X_OK);
       return path;
-    } catch {
-      continue;
-    }
+    } catch {}
   }
-  throw new CniError(CniCode.IpamPluginNotFound, `failed to find IPAM plugin "${type}" in CNI_PATH [${cniPath.join(" ")}]`,
-    `install the "${type}" plugin into one of the CNI_PATH directories (usually /opt/cni/bin), or fix ipam.type`);
+  throw new CniError(
+    CniCode.IpamPluginNotFound,
+    `failed to find IPAM plugin "${type}" in CNI_PATH [${cniPath.join(" ")}]`,
+    `install the "${type}" plugin into one of the CNI_PATH directories (usually /opt/cni/bin), or fix ipam.type`,
+  );
 }
 
-interface PluginRun { error?: Error; status: number | null; signal: string | null; stdout: string; stderr: string }
+interface PluginRun {
+  error?: Error;
+  status: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
 
 // The compiled plugins run under Bun, whose own spawnSync costs ~3 ms less CPU per call than
 // loading node:child_process (measured in `make bench`, plugin against plugin on host-local).
 declare const Bun: {
-  spawnSync(cmd: string[], o: { env: Record<string, string | undefined>; stdin: Buffer; stdout: "pipe"; stderr: "pipe" }): {
-    exitCode: number | null; signalCode: string | null; stdout: Buffer; stderr: Buffer;
+  spawnSync(
+    cmd: string[],
+    o: { env: Record<string, string | undefined>; stdin: Buffer; stdout: "pipe"; stderr: "pipe" },
+  ): {
+    exitCode: number | null;
+    signalCode: string | null;
+    stdout: Buffer;
+    stderr: Buffer;
   };
 };
 
@@ -119,8 +152,11 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
   const run = runPlugin(path, env, req.stdin);
   const name = req.ipamType;
   if (run.error) {
-    throw new CniError(CniCode.IpamPluginFailed, `cannot run IPAM plugin ${path}: ${run.error.message}`,
-      `check that ${path} is an executable CNI plugin for this machine`);
+    throw new CniError(
+      CniCode.IpamPluginFailed,
+      `cannot run IPAM plugin ${path}: ${run.error.message}`,
+      `check that ${path} is an executable CNI plugin for this machine`,
+    );
   }
   const stdout = run.stdout ?? "";
   const stderr = (run.stderr ?? "").trim();
@@ -133,8 +169,11 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
       throw new CniError(e.code, `IPAM plugin ${name} ${req.command} failed: ${e.msg}`, e.details);
     }
     const why = run.signal ? `killed by ${run.signal}` : `exit status ${run.status}`;
-    throw new CniError(CniCode.IpamPluginFailed, `IPAM plugin ${name} ${req.command} failed (${why})`,
-      (stderr || stdout.trim() || "no output").slice(0, 2000));
+    throw new CniError(
+      CniCode.IpamPluginFailed,
+      `IPAM plugin ${name} ${req.command} failed (${why})`,
+      (stderr || stdout.trim() || "no output").slice(0, 2000),
+    );
   }
   if (req.command !== "ADD") return undefined;
 
@@ -142,14 +181,20 @@ export function delegateIpam(req: DelegateRequest): Result | undefined {
   try {
     raw = JSON.parse(stdout);
   } catch {
-    throw new CniError(CniCode.IpamBadResult, `IPAM plugin ${name} returned a result that is not JSON`,
-      `output was: ${stdout.slice(0, 500) || "(empty)"}`);
+    throw new CniError(
+      CniCode.IpamBadResult,
+      `IPAM plugin ${name} returned a result that is not JSON`,
+      `output was: ${stdout.slice(0, 500) || "(empty)"}`,
+    );
   }
   // libcni reads the result in the version it declares, then converts to the config's version.
   const declared = isObject(raw) && typeof raw.cniVersion === "string" ? raw.cniVersion : req.cniVersion;
   if (!isSupportedVersion(declared)) {
-    throw new CniError(CniCode.IpamBadResult, `IPAM plugin ${name} returned a CNI ${declared} result`,
-      `configure cniVersion so that ${name} answers in a version Berth reads (0.3.0 or later)`);
+    throw new CniError(
+      CniCode.IpamBadResult,
+      `IPAM plugin ${name} returned a CNI ${declared} result`,
+      `configure cniVersion so that ${name} answers in a version Berth reads (0.3.0 or later)`,
+    );
   }
   try {
     return parseResult(raw, declared, `IPAM plugin ${name} result`);

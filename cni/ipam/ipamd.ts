@@ -115,12 +115,18 @@ export class IpamdIpam implements Ipam {
         try {
           file = spoolRelease(conf.spoolDir, { version: 1, ...this.attachment(), at: Date.now() });
         } catch (w) {
-          throw new CniError(CniCode.TryAgainLater, `ipamd is not reachable at ${conf.socket} (${e.message}) and the release cannot be ` +
-            `recorded in ${conf.spoolDir}: ${(w as Error).message}`,
-            "start berth-ipamd, or make ipam.spoolDir writable for root; the runtime retries DEL");
+          throw new CniError(
+            CniCode.TryAgainLater,
+            `ipamd is not reachable at ${conf.socket} (${e.message}) and the release cannot be ` +
+              `recorded in ${conf.spoolDir}: ${(w as Error).message}`,
+            "start berth-ipamd, or make ipam.spoolDir writable for root; the runtime retries DEL",
+          );
         }
-        ctx.log.warn("ipamd unreachable on DEL; the release is recorded for ipamd to apply",
-          { socket: conf.socket, error: e.message, file });
+        ctx.log.warn("ipamd unreachable on DEL; the release is recorded for ipamd to apply", {
+          socket: conf.socket,
+          error: e.message,
+          file,
+        });
         return;
       }
       throw daemonError(e, conf, "DEL");
@@ -142,9 +148,11 @@ export class IpamdIpam implements Ipam {
       const have = new Set((prev.ips ?? []).map((ip) => canonical(ip.address)));
       for (const a of allocation.addresses) {
         if (!have.has(canonical(a.address))) {
-          throw new CniError(CniCode.CheckMismatch,
+          throw new CniError(
+            CniCode.CheckMismatch,
             `ipamd holds ${a.address} for container ${ctx.containerId} interface ${ctx.ifName}, but prevResult does not list it`,
-            `prevResult has [${[...have].join(", ")}]; delete and re-create the pod sandbox to resynchronise`);
+            `prevResult has [${[...have].join(", ")}]; delete and re-create the pod sandbox to resynchronise`,
+          );
         }
       }
     }
@@ -160,22 +168,34 @@ export class IpamdIpam implements Ipam {
     try {
       const status = await this.client.status();
       if (status.status !== "ok") {
-        const why = [...(status.commit?.ok === false ? [`its database cannot commit: ${status.commit.error}`] : []),
-          ...(status.hold ? [`allocation is held: ${status.hold.reasons.join("; ")}`] : [])].join("; ") || status.status;
-        throw new CniError(CniCode.PluginNotAvailable, `ipamd at ${conf.socket} cannot allocate now: ${why}`,
+        const why =
+          [
+            ...(status.commit?.ok === false ? [`its database cannot commit: ${status.commit.error}`] : []),
+            ...(status.hold ? [`allocation is held: ${status.hold.reasons.join("; ")}`] : []),
+          ].join("; ") || status.status;
+        throw new CniError(
+          CniCode.PluginNotAvailable,
+          `ipamd at ${conf.socket} cannot allocate now: ${why}`,
           "see ipamctl status and the ipamd log (a full disk, a lock on the database, or a database to accept with " +
-          "ipamctl database accept)");
+            "ipamctl database accept)",
+        );
       }
       const out = await this.client.networkStatus({ network: ctx.conf.name, ...(conf.pools ? { pools: conf.pools } : {}) });
       ctx.log.debug("ipamd ready for this network", { pools: out.pools });
     } catch (e) {
       if (e instanceof IpamdUnreachable) {
-        throw new CniError(CniCode.PluginNotAvailable, unreachable(conf, e),
-          "start berth-ipamd on this node, or set ipam.socket to the socket it listens on");
+        throw new CniError(
+          CniCode.PluginNotAvailable,
+          unreachable(conf, e),
+          "start berth-ipamd on this node, or set ipam.socket to the socket it listens on",
+        );
       }
       if (e instanceof IpamdError && (e.code === "no_pool" || e.code === "pool_exhausted")) {
-        throw new CniError(CniCode.PluginNotAvailable, `ipamd cannot serve ADD for network "${ctx.conf.name}": ${e.message}`,
-          DAEMON_FIXES[e.code]);
+        throw new CniError(
+          CniCode.PluginNotAvailable,
+          `ipamd cannot serve ADD for network "${ctx.conf.name}": ${e.message}`,
+          DAEMON_FIXES[e.code],
+        );
       }
       throw daemonError(e, conf, "STATUS");
     }
@@ -195,7 +215,9 @@ export class IpamdIpam implements Ipam {
 
 function fromDaemon(ctx: CniContext<unknown>, r: AllocateResponse): IpamAllocation {
   const addresses: IpamAddress[] = r.ips.map((ip) => ({
-    address: ip.address, family: ip.family, pool: ip.pool,
+    address: ip.address,
+    family: ip.family,
+    pool: ip.pool,
     ...(ip.gateway ? { gateway: ip.gateway } : {}),
     ...(ip.vlan !== undefined && ip.vlan !== null ? { vlan: ip.vlan } : {}),
   }));
@@ -230,18 +252,23 @@ const DAEMON_CODES: Record<string, number> = {
 };
 
 const DAEMON_FIXES: Record<string, string> = {
-  no_pool: "no pool matches this node's labels and the network (ipamctl pools shows which pools this node may use); check ipam.pools and the pools' nodeSelector",
+  no_pool:
+    "no pool matches this node's labels and the network (ipamctl pools shows which pools this node may use); check ipam.pools and the pools' nodeSelector",
   pool_exhausted: "the pool has no free address: add a range, release detached reservations (ipamctl reservations), or use another pool",
-  ip_unavailable: "the requested IP (runtimeConfig.ips, args.cni.ips or CNI_ARGS IP) is taken or outside this node's pools; request another or release it with ipamctl",
+  ip_unavailable:
+    "the requested IP (runtimeConfig.ips, args.cni.ips or CNI_ARGS IP) is taken or outside this node's pools; request another or release it with ipamctl",
   forbidden: "ipamd refused the caller; run the plugin as root on the node",
   not_found: "ipamd holds no address for this attachment; delete and re-create the pod sandbox",
   shutting_down: "ipamd is restarting; the runtime retries",
-  previous_sandbox_attached: "the pod's previous sandbox still holds the address; the runtime retries, and the address is handed over " +
+  previous_sandbox_attached:
+    "the pod's previous sandbox still holds the address; the runtime retries, and the address is handed over " +
     "once that sandbox's DEL (or a GC) comes",
   database_unverified: "ipamd lost its database while pods hold addresses; an operator runs ipamctl database accept (see ipamctl status)",
-  cluster_unavailable: "ipamd needs etcd for this and cannot reach a quorum of it: check the etcd members and this node's " +
+  cluster_unavailable:
+    "ipamd needs etcd for this and cannot reach a quorum of it: check the etcd members and this node's " +
     "connectivity and TLS files (ipamctl status shows the etcd state); the runtime retries",
-  attached_elsewhere: "the StatefulSet member's previous pod still holds its address on another node: the runtime retries " +
+  attached_elsewhere:
+    "the StatefulSet member's previous pod still holds its address on another node: the runtime retries " +
     "until that pod's CNI DEL reaches etcd or the node is declared dead",
   l2_domain: "schedule the pod onto a node whose labels the pool's nodeSelector matches (the address only works in that L2 domain)",
 };
@@ -249,13 +276,19 @@ const DAEMON_FIXES: Record<string, string> = {
 function daemonError(e: unknown, conf: BerthIpamConf, verb: string): CniError {
   if (e instanceof CniError) return e;
   if (e instanceof IpamdUnreachable) {
-    return new CniError(CniCode.TryAgainLater, unreachable(conf, e),
-      "start berth-ipamd on this node (its DaemonSet or systemd unit), or set ipam.socket to the socket it listens on; the runtime retries");
+    return new CniError(
+      CniCode.TryAgainLater,
+      unreachable(conf, e),
+      "start berth-ipamd on this node (its DaemonSet or systemd unit), or set ipam.socket to the socket it listens on; the runtime retries",
+    );
   }
   if (e instanceof IpamdError) {
     const code = DAEMON_CODES[e.code] ?? CniCode.IpamRejected;
-    return new CniError(code, `ipamd ${verb} failed: ${e.message}`,
-      DAEMON_FIXES[e.code] ?? `ipamd answered ${e.httpStatus} ${e.code}; see the ipamd log`);
+    return new CniError(
+      code,
+      `ipamd ${verb} failed: ${e.message}`,
+      DAEMON_FIXES[e.code] ?? `ipamd answered ${e.httpStatus} ${e.code}; see the ipamd log`,
+    );
   }
   throw e;
 }

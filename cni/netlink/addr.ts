@@ -1,12 +1,25 @@
 // Interface addresses (RTM_NEWADDR/RTM_DELADDR/RTM_GETADDR), IPv4 and IPv6.
 // Requests match `ip addr add|del ADDR/LEN [brd +] dev X [nodad]` of iproute2 6.1.
 import { sleepSync } from "../../lib/files";
-import { NetlinkSocket } from "./socket";
-import { broadcastOf, formatIP, parsePrefix, Prefix } from "./ip";
+import type { NetlinkSocket } from "./socket";
+import { broadcastOf, formatIP, parsePrefix, type Prefix } from "./ip";
 import { describeLink, requestNaming } from "./link";
 import {
-  AF_INET, AF_INET6, AF_UNSPEC, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NlMsg,
-  RTM_DELADDR, RTM_GETADDR, RTM_NEWADDR, attrStr, attrU32, parseAttrs,
+  AF_INET,
+  AF_INET6,
+  AF_UNSPEC,
+  MessageBuilder,
+  NLM_F_ACK,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REQUEST,
+  type NlMsg,
+  RTM_DELADDR,
+  RTM_GETADDR,
+  RTM_NEWADDR,
+  attrStr,
+  attrU32,
+  parseAttrs,
 } from "./wire";
 
 const IFA_ADDRESS = 1;
@@ -74,8 +87,11 @@ function ifaddrmsg(p: Prefix, index: number, flags = 0, scope = 0): Buffer {
 
 export function encodeAddAddress(o: AddressOptions): MessageBuilder {
   const p = parsePrefix(o.cidr, "address");
-  const msg = new MessageBuilder(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-    ifaddrmsg(p, o.index, (o.nodad ? IFA_F_NODAD : 0) | (o.optimistic && p.family === 6 ? IFA_F_OPTIMISTIC : 0)));
+  const msg = new MessageBuilder(
+    RTM_NEWADDR,
+    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    ifaddrmsg(p, o.index, (o.nodad ? IFA_F_NODAD : 0) | (o.optimistic && p.family === 6 ? IFA_F_OPTIMISTIC : 0)),
+  );
   msg.attr(IFA_LOCAL, p.bytes).attr(IFA_ADDRESS, p.bytes);
   if (p.family === 4 && o.broadcast !== false) {
     if (typeof o.broadcast === "string") {
@@ -92,7 +108,8 @@ export function encodeAddAddress(o: AddressOptions): MessageBuilder {
 export function encodeDeleteAddress(o: { index: number; cidr: string }): MessageBuilder {
   const p = parsePrefix(o.cidr, "address");
   return new MessageBuilder(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, ifaddrmsg(p, o.index))
-    .attr(IFA_LOCAL, p.bytes).attr(IFA_ADDRESS, p.bytes);
+    .attr(IFA_LOCAL, p.bytes)
+    .attr(IFA_ADDRESS, p.bytes);
 }
 
 export function addAddress(nl: NetlinkSocket, o: AddressOptions): void {
@@ -151,12 +168,16 @@ export function waitForAddresses(nl: NetlinkSocket, index: number, timeoutMs = 1
     const addrs = listAddresses(nl, { index });
     const failed = addrs.filter((a) => a.dadFailed);
     if (failed.length) {
-      throw new Error(`duplicate address detection failed for ${failed.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)}: another host on the network uses it; release it there or pick another address`);
+      throw new Error(
+        `duplicate address detection failed for ${failed.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)}: another host on the network uses it; release it there or pick another address`,
+      );
     }
     const tentative = addrs.filter((a) => a.tentative && !(a.flags & IFA_F_OPTIMISTIC));
     if (tentative.length === 0) return addrs;
     if (Date.now() >= deadline) {
-      throw new Error(`addresses ${tentative.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)} still tentative after ${timeoutMs} ms (duplicate address detection); is the link up with carrier?`);
+      throw new Error(
+        `addresses ${tentative.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)} still tentative after ${timeoutMs} ms (duplicate address detection); is the link up with carrier?`,
+      );
     }
     sleepSync(50);
   }

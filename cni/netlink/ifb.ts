@@ -1,7 +1,7 @@
 // ifb (Intermediate Functional Block) devices: the ingress traffic of an interface is redirected
 // to one and shaped on its egress. Byte for byte as `ip link add NAME [mtu M] type ifb` (iproute2 6.1).
 import { IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, requestNaming } from "./link";
-import { NetlinkSocket } from "./socket";
+import type { NetlinkSocket } from "./socket";
 import { AF_UNSPEC, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, RTM_NEWLINK } from "./wire";
 
 export interface IfbOptions {

@@ -1,6 +1,16 @@
 // Addresses in the byte form rtnetlink carries them. Parsing and text are lib/ip's; this only
 // converts, and throws TypeError (naming the field) for text that is not an address.
-import { familyBits, formatIp, ipFromBytes, ipToBytes, lastOf, networkOf as networkValue, parseCidr, parseIp, type Cidr } from "../../lib/ip";
+import {
+  familyBits,
+  formatIp,
+  ipFromBytes,
+  ipToBytes,
+  lastOf,
+  networkOf as networkValue,
+  parseCidr,
+  parseIp,
+  type Cidr,
+} from "../../lib/ip";
 
 export interface Prefix {
   family: 4 | 6;

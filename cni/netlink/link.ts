@@ -1,12 +1,32 @@
 // Links: list/get, create macvlan / 802.1Q vlan / veth, change state, name, MTU,
 // MAC, alias, namespace, delete. Message layouts match iproute2 6.1 byte for byte
 // (see test/fixtures/iproute2 and scripts/capture-iproute2.sh).
-import { NetlinkError, NetlinkSocket, isNetlinkError } from "./socket";
-import { parseVfInfoList, VfInfo, ETH_P_8021AD, ETH_P_8021Q } from "./vfinfo";
+import { NetlinkError, type NetlinkSocket, isNetlinkError } from "./socket";
+import { parseVfInfoList, type VfInfo, ETH_P_8021AD, ETH_P_8021Q } from "./vfinfo";
 import {
-  AF_UNSPEC, Attrs, MessageBuilder, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLM_F_ACK, NlMsg,
-  RTM_DELLINK, RTM_GETLINK, RTM_NAMES, RTM_NEWLINK, attrList, attrS32, attrStr, attrU16, attrU32, attrU8, bufferToMac,
-  cString, macToBuffer, parseAttrs,
+  AF_UNSPEC,
+  type Attrs,
+  MessageBuilder,
+  NLA_F_NESTED,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REQUEST,
+  NLM_F_ACK,
+  type NlMsg,
+  RTM_DELLINK,
+  RTM_GETLINK,
+  RTM_NAMES,
+  RTM_NEWLINK,
+  attrList,
+  attrS32,
+  attrStr,
+  attrU16,
+  attrU32,
+  attrU8,
+  bufferToMac,
+  cString,
+  macToBuffer,
+  parseAttrs,
 } from "./wire";
 
 export const IFLA_ADDRESS = 1;
@@ -147,7 +167,10 @@ function getLinkMessage(filter: { index?: number; name?: string }): MessageBuild
 
 export function listLinks(nl: NetlinkSocket): Link[] {
   const msg = new MessageBuilder(RTM_GETLINK, 0, ifinfomsg()).u32(IFLA_EXT_MASK, RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS);
-  return nl.dump(msg, "RTM_GETLINK dump").filter((m) => m.type === RTM_NEWLINK).map(parseLink);
+  return nl
+    .dump(msg, "RTM_GETLINK dump")
+    .filter((m) => m.type === RTM_NEWLINK)
+    .map(parseLink);
 }
 
 /** The link with this name or altname; throws NetlinkError ENODEV when there is none. */
@@ -233,7 +256,12 @@ export function encodeAddMacvlan(o: MacvlanOptions): MessageBuilder {
 
 export function addMacvlan(nl: NetlinkSocket, o: MacvlanOptions): void {
   const msg = encodeAddMacvlan(o);
-  requestNaming(nl, msg, () => `RTM_NEWLINK macvlan "${o.name}" on ${describeLink(nl, o.parentIndex)}`, () => describeLink(nl, o.parentIndex));
+  requestNaming(
+    nl,
+    msg,
+    () => `RTM_NEWLINK macvlan "${o.name}" on ${describeLink(nl, o.parentIndex)}`,
+    () => describeLink(nl, o.parentIndex),
+  );
 }
 
 export interface VlanOptions {
@@ -253,14 +281,21 @@ export function encodeAddVlan(o: VlanOptions): MessageBuilder {
   }
   const msg = new MessageBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifinfomsg());
   msg.u32(IFLA_LINK, o.parentIndex).strz(IFLA_IFNAME, o.name);
-  return msg.nest(IFLA_LINKINFO, (m) => m.str(IFLA_INFO_KIND, "vlan").nest(IFLA_INFO_DATA, (d) => {
-    d.u16(IFLA_VLAN_ID, o.id);
-    if (o.protocol) d.u16be(IFLA_VLAN_PROTOCOL, o.protocol === "802.1ad" ? ETH_P_8021AD : ETH_P_8021Q);
-  }));
+  return msg.nest(IFLA_LINKINFO, (m) =>
+    m.str(IFLA_INFO_KIND, "vlan").nest(IFLA_INFO_DATA, (d) => {
+      d.u16(IFLA_VLAN_ID, o.id);
+      if (o.protocol) d.u16be(IFLA_VLAN_PROTOCOL, o.protocol === "802.1ad" ? ETH_P_8021AD : ETH_P_8021Q);
+    }),
+  );
 }
 
 export function addVlan(nl: NetlinkSocket, o: VlanOptions): void {
-  requestNaming(nl, encodeAddVlan(o), () => `RTM_NEWLINK vlan ${o.id} "${o.name}" on ${describeLink(nl, o.parentIndex)}`, () => describeLink(nl, o.parentIndex));
+  requestNaming(
+    nl,
+    encodeAddVlan(o),
+    () => `RTM_NEWLINK vlan ${o.id} "${o.name}" on ${describeLink(nl, o.parentIndex)}`,
+    () => describeLink(nl, o.parentIndex),
+  );
 }
 
 export interface VethOptions {
@@ -276,11 +311,15 @@ export function encodeAddVeth(o: VethOptions): MessageBuilder {
   checkName(o.peerName, "peer name");
   const msg = new MessageBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifinfomsg());
   msg.strz(IFLA_IFNAME, o.name);
-  return msg.nest(IFLA_LINKINFO, (m) => m.str(IFLA_INFO_KIND, "veth").nest(IFLA_INFO_DATA, (d) => d.nest(VETH_INFO_PEER, (p) => {
-    p.raw(ifinfomsg());
-    if (o.peerNetnsFd !== undefined) p.u32(IFLA_NET_NS_FD, o.peerNetnsFd);
-    p.strz(IFLA_IFNAME, o.peerName);
-  })));
+  return msg.nest(IFLA_LINKINFO, (m) =>
+    m.str(IFLA_INFO_KIND, "veth").nest(IFLA_INFO_DATA, (d) =>
+      d.nest(VETH_INFO_PEER, (p) => {
+        p.raw(ifinfomsg());
+        if (o.peerNetnsFd !== undefined) p.u32(IFLA_NET_NS_FD, o.peerNetnsFd);
+        p.strz(IFLA_IFNAME, o.peerName);
+      }),
+    ),
+  );
 }
 
 export function addVeth(nl: NetlinkSocket, o: VethOptions): void {
@@ -316,26 +355,65 @@ export function encodeSetLinkAlias(index: number, alias: string): MessageBuilder
 /** = `ip link set dev X netns NS` */
 export const encodeSetLinkNetns = (index: number, netnsFd: number) => setMsg(index).u32(IFLA_NET_NS_FD, netnsFd);
 /** = `ip link del dev X` */
-export const encodeDeleteLink = (index: number) =>
-  new MessageBuilder(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index));
+export const encodeDeleteLink = (index: number) => new MessageBuilder(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index));
 
 export const setLinkUp = (nl: NetlinkSocket, index: number) =>
-  requestNaming(nl, encodeSetLinkUp(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} up`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkUp(index),
+    () => `RTM_NEWLINK set ${describeLink(nl, index)} up`,
+    () => describeLink(nl, index),
+  );
 export const setLinkDown = (nl: NetlinkSocket, index: number) =>
-  requestNaming(nl, encodeSetLinkDown(index), () => `RTM_NEWLINK set ${describeLink(nl, index)} down`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkDown(index),
+    () => `RTM_NEWLINK set ${describeLink(nl, index)} down`,
+    () => describeLink(nl, index),
+  );
 export const setLinkName = (nl: NetlinkSocket, index: number, name: string) =>
-  requestNaming(nl, encodeSetLinkName(index, name), () => `RTM_NEWLINK rename ${describeLink(nl, index)} to "${name}"`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkName(index, name),
+    () => `RTM_NEWLINK rename ${describeLink(nl, index)} to "${name}"`,
+    () => describeLink(nl, index),
+  );
 export const setLinkMtu = (nl: NetlinkSocket, index: number, mtu: number) =>
-  requestNaming(nl, encodeSetLinkMtu(index, mtu), () => `RTM_NEWLINK set ${describeLink(nl, index)} mtu ${mtu}`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkMtu(index, mtu),
+    () => `RTM_NEWLINK set ${describeLink(nl, index)} mtu ${mtu}`,
+    () => describeLink(nl, index),
+  );
 export const setLinkMac = (nl: NetlinkSocket, index: number, mac: string) =>
-  requestNaming(nl, encodeSetLinkMac(index, mac), () => `RTM_NEWLINK set ${describeLink(nl, index)} address ${mac}`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkMac(index, mac),
+    () => `RTM_NEWLINK set ${describeLink(nl, index)} address ${mac}`,
+    () => describeLink(nl, index),
+  );
 export const setLinkAlias = (nl: NetlinkSocket, index: number, alias: string) =>
-  requestNaming(nl, encodeSetLinkAlias(index, alias), () => `RTM_NEWLINK set ${describeLink(nl, index)} alias "${alias}"`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkAlias(index, alias),
+    () => `RTM_NEWLINK set ${describeLink(nl, index)} alias "${alias}"`,
+    () => describeLink(nl, index),
+  );
 /** Moves the link into the namespace of `netnsFd` (see openNetnsFd). Its index may change there. */
 export const setLinkNetns = (nl: NetlinkSocket, index: number, netnsFd: number) =>
-  requestNaming(nl, encodeSetLinkNetns(index, netnsFd), () => `RTM_NEWLINK move ${describeLink(nl, index)} to netns fd ${netnsFd}`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeSetLinkNetns(index, netnsFd),
+    () => `RTM_NEWLINK move ${describeLink(nl, index)} to netns fd ${netnsFd}`,
+    () => describeLink(nl, index),
+  );
 export const deleteLink = (nl: NetlinkSocket, index: number) =>
-  requestNaming(nl, encodeDeleteLink(index), () => `RTM_DELLINK ${describeLink(nl, index)}`, () => describeLink(nl, index));
+  requestNaming(
+    nl,
+    encodeDeleteLink(index),
+    () => `RTM_DELLINK ${describeLink(nl, index)}`,
+    () => describeLink(nl, index),
+  );
 
 /**
  * Sends a request; on failure, rethrows with a description built only then
@@ -355,8 +433,9 @@ const RTM_DELLINKPROP = 109;
 
 function encodeLinkProp(type: number, index: number, altName: string): MessageBuilder {
   // The kernel's strict validation wants the nested flag on IFLA_PROP_LIST, as iproute2 sets it.
-  return new MessageBuilder(type, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index))
-    .nest(IFLA_PROP_LIST | NLA_F_NESTED, (p) => p.strz(IFLA_ALT_IFNAME, altName));
+  return new MessageBuilder(type, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index)).nest(IFLA_PROP_LIST | NLA_F_NESTED, (p) =>
+    p.strz(IFLA_ALT_IFNAME, altName),
+  );
 }
 
 /** = `ip link property add dev X altname NAME` */

@@ -2,13 +2,25 @@
 // `ip [-6] route add|del DST [via GW] [metric M] [table T] dev X [scope S] [onlink]`
 // of iproute2 6.1, including its defaults (protocol boot, scope link without a
 // gateway, RT_TABLE_UNSPEC + RTA_TABLE for tables above 255).
-import { NetlinkSocket } from "./socket";
+import type { NetlinkSocket } from "./socket";
 import { addressBytes, formatIP, networkOf, parsePrefix } from "./ip";
 import { describeLink, requestNaming } from "./link";
-import { SCOPE_NUMBERS, Scope, scopeName } from "./addr";
+import { SCOPE_NUMBERS, type Scope, scopeName } from "./addr";
 import {
-  AF_INET, AF_INET6, AF_UNSPEC, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NlMsg,
-  RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, attrU32, parseAttrs,
+  AF_INET,
+  AF_INET6,
+  AF_UNSPEC,
+  MessageBuilder,
+  NLM_F_ACK,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REQUEST,
+  type NlMsg,
+  RTM_DELROUTE,
+  RTM_GETROUTE,
+  RTM_NEWROUTE,
+  attrU32,
+  parseAttrs,
 } from "./wire";
 
 const RTA_DST = 1;
@@ -73,7 +85,8 @@ function encodeRoute(type: number, o: RouteOptions): MessageBuilder {
     scope = SCOPE_NUMBERS[o.scope];
     if (scope === undefined) throw new TypeError(`invalid route scope "${o.scope}": use global, site, link or host`);
   } else if (dst.family === 6) scope = 0;
-  else if (!adding) scope = SCOPE_NUMBERS.nowhere; // matches any scope on delete
+  else if (!adding)
+    scope = SCOPE_NUMBERS.nowhere; // matches any scope on delete
   else scope = gw ? 0 : SCOPE_NUMBERS.link;
 
   const rtmsg = Buffer.alloc(12);
@@ -99,9 +112,16 @@ export const encodeAddRoute = (o: RouteOptions) => encodeRoute(RTM_NEWROUTE, o);
 export const encodeDeleteRoute = (o: RouteOptions) => encodeRoute(RTM_DELROUTE, o);
 
 function describeRoute(nl: NetlinkSocket, o: RouteOptions): string {
-  return [o.dst, o.gateway && `via ${o.gateway}`, o.index !== undefined && `dev ${describeLink(nl, o.index)}`,
-    o.metric !== undefined && `metric ${o.metric}`, o.table !== undefined && `table ${o.table}`, o.onLink && "onlink"]
-    .filter(Boolean).join(" ");
+  return [
+    o.dst,
+    o.gateway && `via ${o.gateway}`,
+    o.index !== undefined && `dev ${describeLink(nl, o.index)}`,
+    o.metric !== undefined && `metric ${o.metric}`,
+    o.table !== undefined && `table ${o.table}`,
+    o.onLink && "onlink",
+  ]
+    .filter(Boolean)
+    .join(" ");
 }
 
 export function addRoute(nl: NetlinkSocket, o: RouteOptions): void {
@@ -145,7 +165,11 @@ export function parseRoute(m: NlMsg): Route {
       if (len < 8) break;
       const nh = parseAttrs(mp.subarray(off + 8, off + len));
       const nhGw = nh.get(RTA_GATEWAY);
-      r.multipath.push({ index: mp.readInt32LE(off + 4), onLink: (mp.readUInt8(off + 2) & RTNH_F_ONLINK) !== 0, ...(nhGw ? { gateway: formatIP(nhGw) } : {}) });
+      r.multipath.push({
+        index: mp.readInt32LE(off + 4),
+        onLink: (mp.readUInt8(off + 2) & RTNH_F_ONLINK) !== 0,
+        ...(nhGw ? { gateway: formatIP(nhGw) } : {}),
+      });
       off += (len + 3) & ~3;
     }
   }
@@ -157,10 +181,14 @@ export function listRoutes(nl: NetlinkSocket, filter: { family?: 4 | 6; table?: 
   const rtmsg = Buffer.alloc(12);
   rtmsg.writeUInt8(filter.family === 4 ? AF_INET : filter.family === 6 ? AF_INET6 : AF_UNSPEC, 0);
   const table = filter.table ?? RT_TABLE_MAIN;
-  return nl.dump(new MessageBuilder(RTM_GETROUTE, 0, rtmsg), "RTM_GETROUTE dump")
+  return nl
+    .dump(new MessageBuilder(RTM_GETROUTE, 0, rtmsg), "RTM_GETROUTE dump")
     .filter((m) => m.type === RTM_NEWROUTE && (m.data.readUInt32LE(8) & RTM_F_CLONED) === 0)
     .map(parseRoute)
-    .filter((r) => (table === "all" || r.table === table)
-      && (filter.family === undefined || r.family === filter.family)
-      && (filter.index === undefined || r.index === filter.index));
+    .filter(
+      (r) =>
+        (table === "all" || r.table === table) &&
+        (filter.family === undefined || r.family === filter.family) &&
+        (filter.index === undefined || r.index === filter.index),
+    );
 }

@@ -2,13 +2,43 @@
 // sequence number, multi-part dumps collected until NLMSG_DONE, errors from
 // NLMSG_ERROR raised as NetlinkError with the kernel's extended-ack text.
 import {
-  AF_NETLINK, EINTR, MSG_PEEK, MSG_TRUNC, NETLINK_EXT_ACK, NETLINK_ROUTE, SOCK_CLOEXEC, SOCK_RAW,
-  SOL_NETLINK, SOL_SOCKET, SO_RCVBUF, SO_RCVTIMEO, SO_SNDBUF, check, errnoName, lastErrno, libc, strerror,
+  AF_NETLINK,
+  EINTR,
+  MSG_PEEK,
+  MSG_TRUNC,
+  NETLINK_EXT_ACK,
+  NETLINK_ROUTE,
+  SOCK_CLOEXEC,
+  SOCK_RAW,
+  SOL_NETLINK,
+  SOL_SOCKET,
+  SO_RCVBUF,
+  SO_RCVTIMEO,
+  SO_SNDBUF,
+  check,
+  errnoName,
+  lastErrno,
+  libc,
+  strerror,
 } from "../../lib/ffi/libc";
 import {
-  MessageBuilder, NLMSGERR_ATTR_MSG, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN,
-  NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NlMsg,
-  attrStr, parseAttrs, parseMessages,
+  type MessageBuilder,
+  NLMSGERR_ATTR_MSG,
+  NLMSG_DONE,
+  NLMSG_ERROR,
+  NLMSG_HDRLEN,
+  NLMSG_NOOP,
+  NLMSG_OVERRUN,
+  NLM_F_ACK,
+  NLM_F_ACK_TLVS,
+  NLM_F_CAPPED,
+  NLM_F_DUMP,
+  NLM_F_DUMP_INTR,
+  NLM_F_REQUEST,
+  type NlMsg,
+  attrStr,
+  parseAttrs,
+  parseMessages,
 } from "./wire";
 import { OsError } from "../../lib/oserror";
 
@@ -20,7 +50,13 @@ export class NetlinkError extends OsError {
   readonly kernelMessage?: string;
   /** `operation` names what was attempted, e.g. `RTM_NEWLINK macvlan "eth0" on "bond0.101"`; `object` the link it concerns */
   constructor(operation: string, errno: number, kernelMessage?: string, object?: string) {
-    super(`${operation}: ${errnoName(errno)} (${strerror(errno)})${kernelMessage ? `: ${kernelMessage}` : ""}`, "netlink", errnoName(errno), operation, object);
+    super(
+      `${operation}: ${errnoName(errno)} (${strerror(errno)})${kernelMessage ? `: ${kernelMessage}` : ""}`,
+      "netlink",
+      errnoName(errno),
+      operation,
+      object,
+    );
     this.name = "NetlinkError";
     this.errno = errno;
     this.kernelMessage = kernelMessage;
@@ -40,7 +76,10 @@ export class NetlinkSocket {
   private buf = Buffer.alloc(64 * 1024);
   private closed = false;
 
-  private constructor(readonly fd: number, readonly portId: number) {
+  private constructor(
+    readonly fd: number,
+    readonly portId: number,
+  ) {
     this.seq = Math.floor(Date.now() / 1000) >>> 0;
   }
 
@@ -54,12 +93,14 @@ export class NetlinkSocket {
       tv.writeBigInt64LE(BigInt(RECV_TIMEOUT_S), 0);
       check(libc.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16), "setsockopt(SO_RCVTIMEO)");
       // Extended acks carry the kernel's reason ("Unknown device type"); old kernels lack it, so ignore failure.
-      const one = Buffer.alloc(4); one.writeInt32LE(1);
+      const one = Buffer.alloc(4);
+      one.writeInt32LE(1);
       libc.setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, one, 4);
       const addr = Buffer.alloc(12);
       addr.writeUInt16LE(AF_NETLINK, 0);
       check(libc.bind(fd, addr, 12), "bind(AF_NETLINK)");
-      const len = Buffer.alloc(4); len.writeUInt32LE(12);
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(12);
       check(libc.getsockname(fd, addr, len), "getsockname(AF_NETLINK)");
       return new NetlinkSocket(fd, addr.readUInt32LE(4));
     } catch (e) {

@@ -2,11 +2,21 @@
 // their requests byte for byte as iproute2 6.1's `tc` sends them (test/fixtures/iproute2/tc-*,
 // scripts/capture-tc.sh), and their dumps parsed back for CHECK.
 import { readFileSync } from "node:fs";
-import { NetlinkSocket } from "./socket";
+import type { NetlinkSocket } from "./socket";
 import { requestNaming } from "./link";
 import {
-  AF_UNSPEC, MessageBuilder, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NlMsg,
-  attrList, attrStr, parseAttrs,
+  AF_UNSPEC,
+  MessageBuilder,
+  NLA_F_NESTED,
+  NLM_F_ACK,
+  NLM_F_CREATE,
+  NLM_F_DUMP,
+  NLM_F_EXCL,
+  NLM_F_REQUEST,
+  type NlMsg,
+  attrList,
+  attrStr,
+  parseAttrs,
 } from "./wire";
 
 export const RTM_NEWQDISC = 36;
@@ -48,7 +58,10 @@ const U32_MAX = 0xffffffff;
 /** tc's tick_in_usec from /proc/net/psched (15.625 on every kernel since 2.6.31: 64 ns ticks). */
 function ticksPerUsec(): number {
   try {
-    const [t2us, us2t, clockRes] = readFileSync("/proc/net/psched", "utf8").trim().split(/\s+/).map((h) => parseInt(h, 16));
+    const [t2us, us2t, clockRes] = readFileSync("/proc/net/psched", "utf8")
+      .trim()
+      .split(/\s+/)
+      .map((h) => parseInt(h, 16));
     const perUsec = (clockRes === 1_000_000_000 ? us2t : t2us) / us2t;
     const factor = clockRes / TIME_UNITS_PER_SEC;
     if (Number.isFinite(perUsec * factor) && perUsec * factor > 0) return perUsec * factor;
@@ -96,7 +109,7 @@ function ratespec(rate: number, cellLog: number): Buffer {
 function rateTable(rate: number, mtu: number): { table: Buffer; cellLog: number } {
   const m = mtu || 2047;
   let cellLog = 0;
-  while ((m >> cellLog) > 255) cellLog++;
+  while (m >> cellLog > 255) cellLog++;
   const table = Buffer.alloc(1024);
   const r = Math.min(rate, U32_MAX);
   for (let i = 0; i < 256; i++) table.writeUInt32LE(xmitTicks(r, (i + 1) << cellLog), i * 4);
@@ -149,8 +162,16 @@ export function encodeAddTbf(o: TbfOptions): MessageBuilder {
   parms.writeUInt32LE(limit, 24);
   parms.writeUInt32LE(xmitTicks(Math.min(o.rate, U32_MAX), o.burst), 28);
   parms.writeUInt32LE(o.peakRate ? xmitTicks(Math.min(o.peakRate, U32_MAX), mtu) : 0, 32);
-  const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
-  const msg = new MessageBuilder(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, tcmsg(o.index, TBF_HANDLE, TC_H_ROOT));
+  const u64 = (v: number) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(v));
+    return b;
+  };
+  const msg = new MessageBuilder(
+    RTM_NEWQDISC,
+    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    tcmsg(o.index, TBF_HANDLE, TC_H_ROOT),
+  );
   msg.strz(TCA_KIND, "tbf");
   return msg.nest(TCA_OPTIONS, (m) => {
     m.attr(TCA_TBF_PARMS, parms).u32(TCA_TBF_BURST, o.burst);
@@ -165,8 +186,10 @@ export function encodeAddTbf(o: TbfOptions): MessageBuilder {
 
 /** = `tc qdisc add dev X handle ffff: ingress` */
 export const encodeAddIngressQdisc = (index: number) =>
-  new MessageBuilder(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS))
-    .strz(TCA_KIND, "ingress");
+  new MessageBuilder(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS)).strz(
+    TCA_KIND,
+    "ingress",
+  );
 
 export interface RedirectFilterOptions {
   /** the device whose ingress qdisc gets the filter */
@@ -190,13 +213,21 @@ export function encodeAddRedirectFilter(o: RedirectFilterOptions): MessageBuilde
   const sel = Buffer.alloc(32); // struct tc_u32_sel with one key: mask 0, value 0 at offset 0 (matches everything)
   sel.writeUInt8(TC_U32_TERMINAL, 0);
   sel.writeUInt8(1, 2); // nkeys
-  const msg = new MessageBuilder(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, tcmsg(o.index, 0, INGRESS_HANDLE, info));
+  const msg = new MessageBuilder(
+    RTM_NEWTFILTER,
+    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    tcmsg(o.index, 0, INGRESS_HANDLE, info),
+  );
   msg.strz(TCA_KIND, "u32");
-  return msg.nest(TCA_OPTIONS, (m) => m
-    .nest(TCA_U32_ACT, (acts) => acts.nest(1, (a) => a
-      .strz(TCA_ACT_KIND, "mirred")
-      .nest(TCA_ACT_OPTIONS | NLA_F_NESTED, (opt) => opt.attr(TCA_MIRRED_PARMS, mirred))))
-    .attr(TCA_U32_SEL, sel));
+  return msg.nest(TCA_OPTIONS, (m) =>
+    m
+      .nest(TCA_U32_ACT, (acts) =>
+        acts.nest(1, (a) =>
+          a.strz(TCA_ACT_KIND, "mirred").nest(TCA_ACT_OPTIONS | NLA_F_NESTED, (opt) => opt.attr(TCA_MIRRED_PARMS, mirred)),
+        ),
+      )
+      .attr(TCA_U32_SEL, sel),
+  );
 }
 
 export type QdiscSlot = "root" | "ingress";
@@ -280,8 +311,13 @@ export function parseFilter(m: NlMsg): Filter {
   const a = parseAttrs(d, 20);
   const info = d.readUInt32LE(16);
   const f: Filter = {
-    index: d.readInt32LE(4), handle: d.readUInt32LE(8), parent: d.readUInt32LE(12), kind: attrStr(a, TCA_KIND) ?? "",
-    prio: info >>> 16, protocol: ((info & 0xff) << 8) | ((info >> 8) & 0xff), actions: [],
+    index: d.readInt32LE(4),
+    handle: d.readUInt32LE(8),
+    parent: d.readUInt32LE(12),
+    kind: attrStr(a, TCA_KIND) ?? "",
+    prio: info >>> 16,
+    protocol: ((info & 0xff) << 8) | ((info >> 8) & 0xff),
+    actions: [],
   };
   const opts = a.get(TCA_OPTIONS);
   if (!opts) return f;
@@ -290,7 +326,8 @@ export function parseFilter(m: NlMsg): Filter {
   if (f.kind === "u32" && sel && sel.length >= 16) {
     const nkeys = sel.readUInt8(2);
     f.u32Keys = [];
-    for (let i = 0; i < nkeys && 16 + i * 16 + 8 <= sel.length; i++) f.u32Keys.push([sel.readUInt32BE(16 + i * 16), sel.readUInt32BE(20 + i * 16)]);
+    for (let i = 0; i < nkeys && 16 + i * 16 + 8 <= sel.length; i++)
+      f.u32Keys.push([sel.readUInt32BE(16 + i * 16), sel.readUInt32BE(20 + i * 16)]);
   }
   const acts = o.get(TCA_U32_ACT);
   if (acts) {
@@ -310,13 +347,18 @@ export function parseFilter(m: NlMsg): Filter {
 
 export function listQdiscs(nl: NetlinkSocket, index: number): Qdisc[] {
   // The kernel ignores tcm_ifindex in a qdisc dump on some versions: filter here too.
-  return nl.dump(encodeListQdiscs(index), `RTM_GETQDISC ifindex ${index}`)
-    .filter((m) => m.type === RTM_NEWQDISC).map(parseQdisc).filter((q) => q.index === index);
+  return nl
+    .dump(encodeListQdiscs(index), `RTM_GETQDISC ifindex ${index}`)
+    .filter((m) => m.type === RTM_NEWQDISC)
+    .map(parseQdisc)
+    .filter((q) => q.index === index);
 }
 
 export function listFilters(nl: NetlinkSocket, index: number, parent: number): Filter[] {
-  return nl.dump(encodeListFilters(index, parent), `RTM_GETTFILTER ifindex ${index}`)
-    .filter((m) => m.type === RTM_NEWTFILTER).map(parseFilter);
+  return nl
+    .dump(encodeListFilters(index, parent), `RTM_GETTFILTER ifindex ${index}`)
+    .filter((m) => m.type === RTM_NEWTFILTER)
+    .map(parseFilter);
 }
 
 export const addTbf = (nl: NetlinkSocket, o: TbfOptions) =>

@@ -34,9 +34,16 @@ export const RTM_DELROUTE = 25;
 export const RTM_GETROUTE = 26;
 
 export const RTM_NAMES: Record<number, string> = {
-  16: "RTM_NEWLINK", 17: "RTM_DELLINK", 18: "RTM_GETLINK", 19: "RTM_SETLINK",
-  20: "RTM_NEWADDR", 21: "RTM_DELADDR", 22: "RTM_GETADDR",
-  24: "RTM_NEWROUTE", 25: "RTM_DELROUTE", 26: "RTM_GETROUTE",
+  16: "RTM_NEWLINK",
+  17: "RTM_DELLINK",
+  18: "RTM_GETLINK",
+  19: "RTM_SETLINK",
+  20: "RTM_NEWADDR",
+  21: "RTM_DELADDR",
+  22: "RTM_GETADDR",
+  24: "RTM_NEWROUTE",
+  25: "RTM_DELROUTE",
+  26: "RTM_GETROUTE",
 };
 
 export const AF_UNSPEC = 0;
@@ -54,7 +61,11 @@ export class MessageBuilder {
   private chunks: Buffer[] = [];
   private length = NLMSG_HDRLEN;
 
-  constructor(readonly type: number, public flags: number, header: Buffer) {
+  constructor(
+    readonly type: number,
+    public flags: number,
+    header: Buffer,
+  ) {
     this.push(header);
   }
 
@@ -71,17 +82,42 @@ export class MessageBuilder {
     this.push(Buffer.concat([hdr, data]));
     return this;
   }
-  u8(type: number, v: number): this { return this.attr(type, Buffer.from([v])); }
-  u16(type: number, v: number): this { const b = Buffer.alloc(2); b.writeUInt16LE(v); return this.attr(type, b); }
-  u16be(type: number, v: number): this { const b = Buffer.alloc(2); b.writeUInt16BE(v); return this.attr(type, b); }
-  u32(type: number, v: number): this { const b = Buffer.alloc(4); b.writeUInt32LE(v >>> 0); return this.attr(type, b); }
-  s32(type: number, v: number): this { const b = Buffer.alloc(4); b.writeInt32LE(v); return this.attr(type, b); }
+  u8(type: number, v: number): this {
+    return this.attr(type, Buffer.from([v]));
+  }
+  u16(type: number, v: number): this {
+    const b = Buffer.alloc(2);
+    b.writeUInt16LE(v);
+    return this.attr(type, b);
+  }
+  u16be(type: number, v: number): this {
+    const b = Buffer.alloc(2);
+    b.writeUInt16BE(v);
+    return this.attr(type, b);
+  }
+  u32(type: number, v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v >>> 0);
+    return this.attr(type, b);
+  }
+  s32(type: number, v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    return this.attr(type, b);
+  }
   /** NUL-terminated string (IFLA_IFNAME and most names). */
-  strz(type: number, s: string): this { return this.attr(type, Buffer.concat([Buffer.from(s), Buffer.alloc(1)])); }
+  strz(type: number, s: string): this {
+    return this.attr(type, Buffer.concat([Buffer.from(s), Buffer.alloc(1)]));
+  }
   /** String without terminator (IFLA_INFO_KIND, IFLA_IFALIAS, as iproute2 sends them). */
-  str(type: number, s: string): this { return this.attr(type, Buffer.from(s)); }
+  str(type: number, s: string): this {
+    return this.attr(type, Buffer.from(s));
+  }
   /** Raw bytes inside the current nest, not an attribute (e.g. the peer's ifinfomsg). */
-  raw(data: Buffer): this { this.push(data); return this; }
+  raw(data: Buffer): this {
+    this.push(data);
+    return this;
+  }
 
   nest(type: number, fill: (b: this) => void): this {
     const hdr = Buffer.alloc(4);
@@ -119,7 +155,8 @@ export function parseMessages(buf: Buffer): NlMsg[] {
   let off = 0;
   while (off + NLMSG_HDRLEN <= buf.length) {
     const len = buf.readUInt32LE(off);
-    if (len < NLMSG_HDRLEN || off + len > buf.length) throw new Error(`malformed netlink message: length ${len} at offset ${off} of ${buf.length}`);
+    if (len < NLMSG_HDRLEN || off + len > buf.length)
+      throw new Error(`malformed netlink message: length ${len} at offset ${off} of ${buf.length}`);
     out.push({
       type: buf.readUInt16LE(off + 4),
       flags: buf.readUInt16LE(off + 6),

@@ -9,9 +9,11 @@ export const ipamPlugin = definePlugin({
   name: BERTH_IPAM,
   parse(conf) {
     if (conf.ipam?.type !== BERTH_IPAM) {
-      throw new CniError(CniCode.InvalidConfig,
+      throw new CniError(
+        CniCode.InvalidConfig,
         `invalid network config: ipam.type is "${conf.ipam?.type ?? "(missing)"}", but this is the ${BERTH_IPAM} plugin`,
-        `the runtime runs the plugin named by ipam.type; set "ipam": {"type": "${BERTH_IPAM}"}`);
+        `the runtime runs the plugin named by ipam.type; set "ipam": {"type": "${BERTH_IPAM}"}`,
+      );
     }
     return undefined;
   },

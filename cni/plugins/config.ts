@@ -15,12 +15,15 @@ export function unicastMac(value: unknown, field: string): string {
     throw invalid(field, `"${String(value)}" is not a MAC address`, "use the form 0a:58:0a:01:00:05");
   }
   if (parseInt(mac.slice(0, 2), 16) & 1) {
-    throw invalid(field, `${mac} is a multicast MAC address`, "a pod needs a unicast MAC: the lowest bit of the first byte must be 0 (e.g. 0a:...)");
+    throw invalid(
+      field,
+      `${mac} is a multicast MAC address`,
+      "a pod needs a unicast MAC: the lowest bit of the first byte must be 0 (e.g. 0a:...)",
+    );
   }
   if (mac === "00:00:00:00:00:00") throw invalid(field, "is all zeros", "use a unicast MAC such as 0a:58:0a:01:00:05");
   return mac;
 }
-
 
 export function sysfsRootFrom(raw: Record<string, unknown>): string {
   if (raw.sysfsRoot !== undefined && raw.sysfsRoot !== null) {
@@ -34,7 +37,8 @@ export function sysfsRootFrom(raw: Record<string, unknown>): string {
 
 export function stateDirFrom(raw: Record<string, unknown>, dflt: string): string {
   if (raw.stateDir === undefined || raw.stateDir === null) return dflt;
-  if (typeof raw.stateDir !== "string" || !raw.stateDir.startsWith("/")) throw invalid("stateDir", "is not an absolute path", `remove it to use ${dflt}`);
+  if (typeof raw.stateDir !== "string" || !raw.stateDir.startsWith("/"))
+    throw invalid("stateDir", "is not an absolute path", `remove it to use ${dflt}`);
   return raw.stateDir;
 }
 
@@ -50,7 +54,7 @@ export function normalizePci(value: unknown, field: string): string {
   if (typeof value !== "string") throw invalid(field, `${JSON.stringify(value)} is not a PCI address`, 'use the form "0000:3b:02.0"');
   const v = value.toLowerCase();
   const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(v) ? `0000:${v}` : v;
-  if (!PCI_ADDRESS.test(full)) throw invalid(field, `"${value}" is not a PCI address`, 'use the form "0000:3b:02.0" (domain:bus:device.function)');
+  if (!PCI_ADDRESS.test(full))
+    throw invalid(field, `"${value}" is not a PCI address`, 'use the form "0000:3b:02.0" (domain:bus:device.function)');
   return full;
 }
-

@@ -10,13 +10,19 @@ import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../devic
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
 import {
-  attachmentStatePath, ensureStateDir, isOwnRecord, listStateFiles, readJson, writeDurable, type AttachmentState,
+  attachmentStatePath,
+  ensureStateDir,
+  isOwnRecord,
+  listStateFiles,
+  readJson,
+  writeDurable,
+  type AttachmentState,
 } from "../device/state";
 import { USERSPACE_DRIVERS, driverOfPci, netdevsOfPci, pciAddressOf } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByMac, findLinkByName, type Link } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
-import { Netns } from "../netns";
+import type { Netns } from "../netns";
 import { openPodNetns, refuseExistingIfName } from "../pod/check";
 import { bandwidthLimits, checkPodShapingIn, removePodShaping, shapePodInterface } from "../pod/bandwidth";
 import { configurePodInterface, podNetOptions } from "../pod/setup";
@@ -56,26 +62,38 @@ function parseHostdevConfig(conf: NetConf): HostdevConfig {
     try {
       validateIfName(raw.device as string);
     } catch {
-      throw invalid("device", `${JSON.stringify(raw.device)} is not an interface name`, "use the host interface name, 1-15 characters without '/', ':' or spaces");
+      throw invalid(
+        "device",
+        `${JSON.stringify(raw.device)} is not an interface name`,
+        "use the host interface name, 1-15 characters without '/', ':' or spaces",
+      );
     }
     given.push({ by: "device", value: raw.device as string });
   }
   if (present("hwaddr")) given.push({ by: "hwaddr", value: unicastMac(raw.hwaddr, "hwaddr") });
   const pciBusID = present("pciBusID") ? normalizePci(raw.pciBusID, "pciBusID") : undefined;
-  const deviceID = conf.runtimeConfig.deviceID !== undefined && conf.runtimeConfig.deviceID !== ""
-    ? normalizePci(conf.runtimeConfig.deviceID, "runtimeConfig.deviceID") : undefined;
+  const deviceID =
+    conf.runtimeConfig.deviceID !== undefined && conf.runtimeConfig.deviceID !== ""
+      ? normalizePci(conf.runtimeConfig.deviceID, "runtimeConfig.deviceID")
+      : undefined;
   // Multus v4 injects the device plugin's deviceID next to a NAD's own pciBusID: one device named
   // twice is one selection (the reference host-device lets deviceID override pciBusID).
   if (pciBusID !== undefined && deviceID !== undefined && pciBusID !== deviceID) {
-    throw invalid("pciBusID", `${pciBusID} and runtimeConfig.deviceID ${deviceID} name different devices`,
+    throw invalid(
+      "pciBusID",
+      `${pciBusID} and runtimeConfig.deviceID ${deviceID} name different devices`,
       "the device plugin allocated another device than the NAD's pciBusID: drop pciBusID from the NAD and let the device plugin " +
-      "choose (capability deviceID), or drop the k8s.v1.cni.cncf.io/resourceName annotation to use the fixed pciBusID");
+        "choose (capability deviceID), or drop the k8s.v1.cni.cncf.io/resourceName annotation to use the fixed pciBusID",
+    );
   }
   if (deviceID !== undefined) given.push({ by: "deviceID", value: deviceID });
   else if (pciBusID !== undefined) given.push({ by: "pciBusID", value: pciBusID });
   if (given.length !== 1) {
-    throw invalid("device selection", given.length === 0 ? "is missing" : `is ambiguous (${given.map((g) => g.by).join(" and ")} given)`,
-      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", or runtimeConfig.deviceID (from a device plugin through Multus)');
+    throw invalid(
+      "device selection",
+      given.length === 0 ? "is missing" : `is ambiguous (${given.map((g) => g.by).join(" and ")} given)`,
+      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", or runtimeConfig.deviceID (from a device plugin through Multus)',
+    );
   }
   const addresses: Record<string, string[]> = {};
   if (raw.addresses !== undefined && raw.addresses !== null) {
@@ -103,7 +121,11 @@ function parseHostdevConfig(conf: NetConf): HostdevConfig {
 type Ctx = CniContext<HostdevConfig>;
 
 function describeSelector(s: DeviceSelector): string {
-  return s.by === "device" ? `device "${s.value}"` : s.by === "hwaddr" ? `device with MAC ${s.value}` : `device at PCI ${s.value} (${s.by})`;
+  return s.by === "device"
+    ? `device "${s.value}"`
+    : s.by === "hwaddr"
+      ? `device with MAC ${s.value}`
+      : `device at PCI ${s.value} (${s.by})`;
 }
 
 /** The selected device in the host namespace (code 141 when there is none). */
@@ -115,7 +137,8 @@ function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
   else if (s.by === "hwaddr") link = findLinkByMac(nl, s.value);
   else {
     const names = netdevsOfPci(cfg.sysfsRoot, s.value);
-    hint = names.length ? `its netdev ${names.join(", ")} is not in the host namespace (already in a pod?)`
+    hint = names.length
+      ? `its netdev ${names.join(", ")} is not in the host namespace (already in a pod?)`
       : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value)} has no netdev (under net/, or virtioN/net/ for virtio-net): the device does not exist or is bound to a userspace driver (vfio-pci)`;
     for (const n of names) link ??= findLinkByName(nl, n);
   }
@@ -147,14 +170,24 @@ async function addUserspace(ctx: Ctx, dev: { pci: string; driver: string }): Pro
   ensureStateDir(cfg.stateDir, PLUGIN);
   const path = statePath(cfg, ctx);
   if (existsSync(path)) {
-    throw new CniError(CniCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
-      "run DEL for this attachment first; ADD is not repeated for an existing attachment");
+    throw new CniError(
+      CniCode.DeviceBusy,
+      `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
+      "run DEL for this attachment first; ADD is not repeated for an existing attachment",
+    );
   }
   return withUndo(ctx.log, async (undo) => {
     const alloc = await ipamOf(ctx)?.add(undo);
     const st: AttachmentState = {
-      version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns,
-      pciAddress: dev.pci, original: { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] }, podMac: "",
+      version: 1,
+      plugin: PLUGIN,
+      network: ctx.conf.name,
+      containerId: ctx.containerId,
+      ifName: ctx.ifName,
+      netns: ctx.netns,
+      pciAddress: dev.pci,
+      original: { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+      podMac: "",
       extra: { userspaceDriver: dev.driver },
     };
     writeDurable(path, st);
@@ -209,14 +242,19 @@ async function add(ctx: Ctx): Promise<Result> {
     ensureStateDir(cfg.stateDir, PLUGIN);
     // A device whose pod died without DEL may be back under another name (devN, the pod's
     // ifname): records that name it by the selector are restored first, then it is found.
-    withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => clearStaleRecords(host, cfg, (a) => selects(cfg.selector, a), ctx));
+    withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () =>
+      clearStaleRecords(host, cfg, (a) => selects(cfg.selector, a), ctx),
+    );
     findHostDevice(host, cfg); // refuse before allocating anything
-    const podNs = pod = openPodNetns(ctx.netns);
+    const podNs = (pod = openPodNetns(ctx.netns));
     refuseExistingIfName(podNs, ctx.ifName);
     const path = statePath(cfg, ctx);
     if (existsSync(path)) {
-      throw new CniError(CniCode.DeviceBusy, `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
-        "run DEL for this attachment first; ADD is not repeated for an existing attachment");
+      throw new CniError(
+        CniCode.DeviceBusy,
+        `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
+        "run DEL for this attachment first; ADD is not repeated for an existing attachment",
+      );
     }
     return await withUndo(log, async (undo) => {
       const alloc = await ipamOf(ctx)?.add(undo);
@@ -224,11 +262,17 @@ async function add(ctx: Ctx): Promise<Result> {
       // namespace no other ADD takes it, so addresses and the DAD wait run without the lock.
       const { moved, ips, pci } = withFileLock(join(cfg.stateDir, ".lock"), "the host device records", () => {
         let link = findHostDevice(host, cfg);
-        const pci = cfg.selector.by === "pciBusID" || cfg.selector.by === "deviceID" ? cfg.selector.value : pciAddressOf(cfg.sysfsRoot, link.name);
+        const pci =
+          cfg.selector.by === "pciBusID" || cfg.selector.by === "deviceID" ? cfg.selector.value : pciAddressOf(cfg.sysfsRoot, link.name);
         if (clearStaleRecords(host, cfg, (a) => sameDevice(a, link, pci), ctx)) link = findHostDevice(host, cfg);
         const ips: IpConfig[] = [...staticAddresses(cfg, link).map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
         const st: AttachmentState = {
-          version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns,
+          version: 1,
+          plugin: PLUGIN,
+          network: ctx.conf.name,
+          containerId: ctx.containerId,
+          ifName: ctx.ifName,
+          netns: ctx.netns,
           ...(pci ? { pciAddress: pci } : {}),
           original: snapshotDevice(host, link),
           podMac: requestedMac ?? link.mac,
@@ -246,8 +290,13 @@ async function add(ctx: Ctx): Promise<Result> {
         return { moved, ips, pci };
       });
       const podLink = configurePodInterface(podNs, moved.link.index, {
-        ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
-        ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(requestedMac ? { mac: requestedMac } : {}),
+        ifName: ctx.ifName,
+        ips,
+        routes: alloc?.result.routes ?? [],
+        log,
+        ...podNetOptions(ctx.conf),
+        ...(cfg.mtu ? { mtu: cfg.mtu } : {}),
+        ...(requestedMac ? { mac: requestedMac } : {}),
       });
       if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return extendResult(ctx.conf.prevResult, {
@@ -275,8 +324,11 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
     const other = readJson<AttachmentState>(file);
     if (!other || isUserspace(other) || !matches(other)) continue;
     if (other.netns && existsSync(other.netns)) {
-      throw new CniError(CniCode.DeviceBusy, `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
-        `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`);
+      throw new CniError(
+        CniCode.DeviceBusy,
+        `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
+        `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`,
+      );
     }
     // Its DEL never came: put the device back as that record saw it first, so that this ADD
     // records the host's state and not the dead pod's.
@@ -326,7 +378,10 @@ async function gc(ctx: Ctx): Promise<void> {
   await ipamOf(ctx)?.gc();
   const cfg = ctx.pluginConfig;
   collectDeviceGarbage(ctx, {
-    stateDir: cfg.stateDir, plugin: PLUGIN, lock: () => recordsLock(cfg), restore: (host, st) => restore(ctx, host, st),
+    stateDir: cfg.stateDir,
+    plugin: PLUGIN,
+    lock: () => recordsLock(cfg),
+    restore: (host, st) => restore(ctx, host, st),
   });
 }
 
@@ -350,8 +405,11 @@ async function status(ctx: Ctx): Promise<void> {
         present = true;
       } catch (e) {
         if (!(e instanceof CniError)) throw e;
-        throw new CniError(CniCode.PluginNotAvailable, `${describeSelector(cfg.selector)} does not exist on this node: ADD would fail`,
-          e.details);
+        throw new CniError(
+          CniCode.PluginNotAvailable,
+          `${describeSelector(cfg.selector)} does not exist on this node: ADD would fail`,
+          e.details,
+        );
       } finally {
         host.close();
       }
@@ -371,12 +429,14 @@ async function check(ctx: Ctx): Promise<void> {
   if (!isUserspace(st)) checkPodShapingIn(ctx.netns, ctx.ifName, bandwidthLimits(ctx.conf));
 }
 
-export const hostdevPlugin = withIpamDefaults(definePlugin<HostdevConfig>({
-  name: PLUGIN,
-  parse: (conf) => parseHostdevConfig(conf),
-  add,
-  del,
-  check,
-  gc,
-  status,
-}));
+export const hostdevPlugin = withIpamDefaults(
+  definePlugin<HostdevConfig>({
+    name: PLUGIN,
+    parse: (conf) => parseHostdevConfig(conf),
+    add,
+    del,
+    check,
+    gc,
+    status,
+  }),
+);

@@ -4,8 +4,15 @@
 import { ipToBytes, parseCidr } from "../../lib/ip";
 import { ipamOf, type IpamAllocation } from "../ipam/client";
 import {
-  addMacvlan, deleteLink, findLinkByIndex, findLinkByName, getLinkByName, setLinkAlias, setLinkName,
-  type Link, type MacvlanMode,
+  addMacvlan,
+  deleteLink,
+  findLinkByIndex,
+  findLinkByName,
+  getLinkByName,
+  setLinkAlias,
+  setLinkName,
+  type Link,
+  type MacvlanMode,
 } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError } from "../netns";
@@ -22,7 +29,15 @@ import type { IpConfig, Result } from "../skel/result";
 import { withUndo } from "../skel/undo";
 import { invalid, unicastMac } from "./config";
 import {
-  DEFAULT_STATE_DIR, attachmentKey, ensureVlanLink, readRecord, recordAttachment, recordNames, recordsHolding, releaseVlanLink, vlanLinkName,
+  DEFAULT_STATE_DIR,
+  attachmentKey,
+  ensureVlanLink,
+  readRecord,
+  recordAttachment,
+  recordNames,
+  recordsHolding,
+  releaseVlanLink,
+  vlanLinkName,
   withVlanLock,
 } from "./vlan";
 
@@ -49,14 +64,21 @@ function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
   try {
     validateIfName(raw.master);
   } catch (e) {
-    throw invalid("master", `"${raw.master}" is not an interface name (${(e as CniError).message.replace(/^CNI_IFNAME /, "")})`,
-      "use the name of a host interface, 1-15 characters without '/', ':' or spaces");
+    throw invalid(
+      "master",
+      `"${raw.master}" is not an interface name (${(e as CniError).message.replace(/^CNI_IFNAME /, "")})`,
+      "use the name of a host interface, 1-15 characters without '/', ':' or spaces",
+    );
   }
   const cfg: MacvlanConfig = { master: raw.master, vlan: 0, mode: "bridge", mtu: 0, macFromIP: false, stateDir: DEFAULT_STATE_DIR };
 
   if (raw.vlan !== undefined && raw.vlan !== null) {
     if (typeof raw.vlan !== "number" || !Number.isInteger(raw.vlan) || raw.vlan < 0 || raw.vlan > 4094) {
-      throw invalid("vlan", `${JSON.stringify(raw.vlan)} is not a VLAN ID`, "use an integer 1-4094, or 0 (or leave it out) for untagged traffic on the master or the pool's VLAN");
+      throw invalid(
+        "vlan",
+        `${JSON.stringify(raw.vlan)} is not a VLAN ID`,
+        "use an integer 1-4094, or 0 (or leave it out) for untagged traffic on the master or the pool's VLAN",
+      );
     }
     cfg.vlan = raw.vlan;
   }
@@ -68,13 +90,18 @@ function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
   }
   if (raw.mtu !== undefined && raw.mtu !== null) {
     if (typeof raw.mtu !== "number" || !Number.isInteger(raw.mtu) || (raw.mtu !== 0 && (raw.mtu < 68 || raw.mtu > 65535))) {
-      throw invalid("mtu", `${JSON.stringify(raw.mtu)} is not an MTU`, "use 68-65535 (at most the master's MTU), or 0 to use the master's MTU");
+      throw invalid(
+        "mtu",
+        `${JSON.stringify(raw.mtu)} is not an MTU`,
+        "use 68-65535 (at most the master's MTU), or 0 to use the master's MTU",
+      );
     }
     cfg.mtu = raw.mtu;
   }
   if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = unicastMac(raw.mac, "mac");
   if (raw.macFromIP !== undefined && raw.macFromIP !== null) {
-    if (typeof raw.macFromIP !== "boolean") throw invalid("macFromIP", `${JSON.stringify(raw.macFromIP)} is not true or false`, 'use "macFromIP": true');
+    if (typeof raw.macFromIP !== "boolean")
+      throw invalid("macFromIP", `${JSON.stringify(raw.macFromIP)} is not true or false`, 'use "macFromIP": true');
     cfg.macFromIP = raw.macFromIP;
   }
   if (cfg.macFromIP && !conf.ipam) {
@@ -143,18 +170,24 @@ async function add(ctx: Ctx): Promise<Result> {
   try {
     const master = lookupMaster(host, cfg);
     if (cfg.mtu > master.mtu) {
-      throw invalid("mtu", `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
-        `use at most ${master.mtu}, or 0 for the master's MTU`);
+      throw invalid(
+        "mtu",
+        `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
+        `use at most ${master.mtu}, or 0 for the master's MTU`,
+      );
     }
     checkBurstFitsMtu(bandwidth, cfg.mtu || master.mtu, ctx.ifName);
     const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
     const wanted = requested ?? cfg.mac;
     if (wanted && wanted === master.mac) {
-      throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${wanted} for the pod: it is the MAC of master ${master.name}`,
-        `a macvlan needs its own MAC; ${PICK_ANOTHER_MAC}`);
+      throw new CniError(
+        CniCode.InvalidConfig,
+        `cannot use MAC ${wanted} for the pod: it is the MAC of master ${master.name}`,
+        `a macvlan needs its own MAC; ${PICK_ANOTHER_MAC}`,
+      );
     }
     // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
-    const podNs = pod = openPodNetns(ctx.netns);
+    const podNs = (pod = openPodNetns(ctx.netns));
     refuseExistingIfName(podNs, ctx.ifName);
     const own = ownership(ctx);
     deleteOwnLink(podNs.nl, own.tmpName, own, ctx.log); // a killed ADD of this attachment left it
@@ -169,7 +202,8 @@ async function add(ctx: Ctx): Promise<Result> {
       let mac = requested ?? cfg.mac;
       if (!mac && cfg.macFromIP) {
         mac = macFromIp(addresses);
-        if (!mac) throw invalid("macFromIP", "is set but IPAM returned no address", "configure IPAM to return an address, or remove macFromIP");
+        if (!mac)
+          throw invalid("macFromIP", "is set but IPAM returned no address", "configure IPAM to return an address, or remove macFromIP");
       }
       const tmpName = own.tmpName;
       const create = (parent: Link) => {
@@ -188,7 +222,11 @@ async function add(ctx: Ctx): Promise<Result> {
           undo.push(`release VLAN sub-interface ${name}`, () => releaseVlanLink(cfg.stateDir, name, key, log));
           recordAttachment(cfg.stateDir, name, master.name, vlan, key);
           if (cfg.mtu > link.mtu) {
-            throw invalid("mtu", `${cfg.mtu} is larger than the MTU of VLAN sub-interface ${name} (${link.mtu})`, `use at most ${link.mtu}, or 0`);
+            throw invalid(
+              "mtu",
+              `${cfg.mtu} is larger than the MTU of VLAN sub-interface ${name} (${link.mtu})`,
+              `use at most ${link.mtu}, or 0`,
+            );
           }
           create(link);
         });
@@ -212,28 +250,53 @@ async function add(ctx: Ctx): Promise<Result> {
   }
 }
 
-function createMacvlan(host: NetlinkSocket, ctx: Ctx, cfg: MacvlanConfig, parent: Link, tmpName: string, mac: string | undefined, netnsFd: number): void {
+function createMacvlan(
+  host: NetlinkSocket,
+  ctx: Ctx,
+  cfg: MacvlanConfig,
+  parent: Link,
+  tmpName: string,
+  mac: string | undefined,
+  netnsFd: number,
+): void {
   try {
     addMacvlan(host, {
-      name: tmpName, parentIndex: parent.index, mode: cfg.mode, netnsFd,
-      ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(mac ? { mac } : {}),
+      name: tmpName,
+      parentIndex: parent.index,
+      mode: cfg.mode,
+      netnsFd,
+      ...(cfg.mtu ? { mtu: cfg.mtu } : {}),
+      ...(mac ? { mac } : {}),
     });
   } catch (e) {
     if (cfg.mode === "passthru" && isNetlinkError(e, "EINVAL", "EBUSY")) {
-      throw new CniError(CniCode.DeviceBusy, `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
-        `passthru mode gives the whole parent to one pod and allows one macvlan only; ${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`);
+      throw new CniError(
+        CniCode.DeviceBusy,
+        `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
+        `passthru mode gives the whole parent to one pod and allows one macvlan only; ${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`,
+      );
     }
     if (isNetlinkError(e, "EADDRINUSE", "EADDRNOTAVAIL") && mac) {
-      throw new CniError(CniCode.InvalidConfig, `cannot use MAC ${mac} for the pod on ${parent.name}: ${(e as Error).message}`,
-        "another macvlan on this parent already has that MAC; pick a different mac (runtimeConfig.mac, CNI_ARGS MAC or mac)");
+      throw new CniError(
+        CniCode.InvalidConfig,
+        `cannot use MAC ${mac} for the pod on ${parent.name}: ${(e as Error).message}`,
+        "another macvlan on this parent already has that MAC; pick a different mac (runtimeConfig.mac, CNI_ARGS MAC or mac)",
+      );
     }
     throw toCniError(e, `create macvlan (mode ${cfg.mode}) on ${parent.name} in ${ctx.netns}`);
   }
 }
 
 /** Inside the pod namespace: alias, rename, sysctls, addresses, up, DAD, routes. Returns the final link. */
-function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alias: string, mac: string | undefined, parent: string,
-  alloc: IpamAllocation | undefined): Link {
+function configurePod(
+  pod: Netns,
+  ctx: Ctx,
+  tmpName: string,
+  alias: string,
+  mac: string | undefined,
+  parent: string,
+  alloc: IpamAllocation | undefined,
+): Link {
   const { ifName, log } = ctx;
   const nl = pod.nl;
   const tmp = getLinkByName(nl, tmpName);
@@ -242,21 +305,30 @@ function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alias: string, mac:
     setLinkName(nl, tmp.index, ifName);
   } catch (e) {
     if (isNetlinkError(e, "EEXIST")) {
-      throw new CniError(CniCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${ctx.netns}`,
-        "another plugin created it meanwhile; CNI_IFNAME must name a new interface in the pod");
+      throw new CniError(
+        CniCode.DeviceBusy,
+        `interface "${ifName}" already exists in network namespace ${ctx.netns}`,
+        "another plugin created it meanwhile; CNI_IFNAME must name a new interface in the pod",
+      );
     }
     throw e;
   }
   try {
     return configurePodInterface(pod, tmp.index, {
-      ifName, ips: alloc?.result.ips ?? [], routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
+      ifName,
+      ips: alloc?.result.ips ?? [],
+      routes: alloc?.result.routes ?? [],
+      log,
+      ...podNetOptions(ctx.conf),
     });
   } catch (e) {
     // The kernel refuses to bring a macvlan up whose MAC another macvlan of the parent has.
     if (mac && isNetlinkError(e, "EADDRINUSE")) {
-      throw new CniError(CniCode.InvalidConfig,
+      throw new CniError(
+        CniCode.InvalidConfig,
         `cannot use MAC ${mac} for the pod: another macvlan on ${parent} (in another pod) already has it`,
-        `each macvlan on a parent needs its own MAC; ${PICK_ANOTHER_MAC}`);
+        `each macvlan on a parent needs its own MAC; ${PICK_ANOTHER_MAC}`,
+      );
     }
     throw e;
   }
@@ -266,8 +338,14 @@ function configurePod(pod: Netns, ctx: Ctx, tmpName: string, alias: string, mac:
  * Deletes the macvlan `name` in the pod when this attachment made it: it carries the attachment's
  * alias, or it still has the temporary name, or (made before aliases) it has prevResult's MAC.
  */
-function deleteOwnLink(nl: NetlinkSocket, name: string, own: { alias: string; tmpName: string }, log: Logger, prevMac?: string,
-  beforeDelete?: () => void): void {
+function deleteOwnLink(
+  nl: NetlinkSocket,
+  name: string,
+  own: { alias: string; tmpName: string },
+  log: Logger,
+  prevMac?: string,
+  beforeDelete?: () => void,
+): void {
   const link = findLinkByName(nl, name);
   if (!link) return;
   if (link.kind !== "macvlan") {
@@ -323,7 +401,12 @@ async function del(ctx: Ctx): Promise<void> {
   // thread): in the compiled plugin, fetch sends it from Bun's HTTP thread. An IPAM failure does
   // not stop the interface removal; it is reported afterwards.
   const ipam = ipamOf(ctx);
-  const released = ipam ? ipam.del().then(() => undefined, (e: unknown) => e) : undefined;
+  const released = ipam
+    ? ipam.del().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    : undefined;
   try {
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
@@ -341,7 +424,8 @@ async function check(ctx: Ctx): Promise<void> {
   const prev = requirePrevResult(ctx);
   const alloc = await ipamOf(ctx)?.check();
   const found = findInterface(prev, ctx.ifName, ctx.netns);
-  if (!found) throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
+  if (!found)
+    throw mismatch(`prevResult has no interface "${ctx.ifName}" in ${ctx.netns}`, "the runtime must pass the result of ADD as prevResult");
   const ips = ipsForInterface(prev, ctx.ifName, ctx.netns);
   const vlan = cfg.vlan || alloc?.vlan || 0;
   const host = NetlinkSocket.open();
@@ -352,7 +436,8 @@ async function check(ctx: Ctx): Promise<void> {
       const link = findLinkByName(nl, ctx.ifName);
       if (!link) throw mismatch(`interface "${ctx.ifName}" does not exist in ${ctx.netns}`);
       if (link.kind !== "macvlan") throw mismatch(`interface "${ctx.ifName}" is a ${link.kind ?? "plain"} link, not a macvlan`);
-      if (link.macvlan?.mode !== cfg.mode) throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
+      if (link.macvlan?.mode !== cfg.mode)
+        throw mismatch(`interface "${ctx.ifName}" is in macvlan mode ${link.macvlan?.mode}, the config says ${cfg.mode}`);
       // No MTU comparison: a later plugin of the chain (tuning) may change it, and CHECK must allow that.
       checkPodShaping(nl, ctx.ifName, bandwidthLimits(ctx.conf));
       return checkPodInterface(nl, ctx.ifName, ctx.netns, prev, ips, found.iface.mac);
@@ -361,11 +446,15 @@ async function check(ctx: Ctx): Promise<void> {
     const parent = findLinkByIndex(host, pod.parentIndex);
     if (vlan) {
       const name = vlanLinkName(master.name, vlan);
-      if (!parent || parent.kind !== "vlan" || parent.vlan?.id !== vlan || parent.parentIndex !== master.index) {
-        throw mismatch(`interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parent ? `"${parent.name}"${parent.vlan ? ` (VLAN ${parent.vlan.id})` : ""}` : `ifindex ${pod.parentIndex} (gone)`}, expected "${name}"`);
+      if (parent?.kind !== "vlan" || parent.vlan?.id !== vlan || parent.parentIndex !== master.index) {
+        throw mismatch(
+          `interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parent ? `"${parent.name}"${parent.vlan ? ` (VLAN ${parent.vlan.id})` : ""}` : `ifindex ${pod.parentIndex} (gone)`}, expected "${name}"`,
+        );
       }
     } else if (!parent || parent.index !== master.index) {
-      throw mismatch(`interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`}`);
+      throw mismatch(
+        `interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`}`,
+      );
     }
   } catch (e) {
     throw toCniError(e, `berth-macvlan CHECK ${ctx.ifName}`);
@@ -403,9 +492,11 @@ async function status(ctx: Ctx): Promise<void> {
   const host = NetlinkSocket.open();
   try {
     if (!findLinkByName(host, cfg.master)) {
-      throw new CniError(CniCode.PluginNotAvailableLimitedConnectivity,
+      throw new CniError(
+        CniCode.PluginNotAvailableLimitedConnectivity,
         `master "${cfg.master}" does not exist in the host network namespace`,
-        `ADD cannot create macvlans and pods on it have no connectivity; ${MISSING_MASTER_FIX}`);
+        `ADD cannot create macvlans and pods on it have no connectivity; ${MISSING_MASTER_FIX}`,
+      );
     }
   } finally {
     host.close();

@@ -19,7 +19,7 @@ import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
 import { NetlinkSocket } from "../netlink/socket";
 import { encodeSetVf, getVf, type VfInfo, type VfLinkState, type VfSettings } from "../netlink/sriov";
-import { Netns } from "../netns";
+import type { Netns } from "../netns";
 import { openPodNetns, refuseExistingIfName } from "../pod/check";
 import { vfRateFromBandwidth } from "../pod/bandwidth";
 import { configurePodInterface, podNetOptions } from "../pod/setup";
@@ -64,7 +64,12 @@ function intIn(raw: Record<string, unknown>, key: string, min: number, max: numb
 function onOff(raw: Record<string, unknown>, key: string): boolean | undefined {
   const v = raw[key];
   if (v === undefined || v === null || v === "") return undefined;
-  if (v !== "on" && v !== "off") throw invalid(key, `${JSON.stringify(v)} is not "on" or "off"`, `use "${key}": "on" or "off", or leave it out to keep the VF's setting`);
+  if (v !== "on" && v !== "off")
+    throw invalid(
+      key,
+      `${JSON.stringify(v)} is not "on" or "off"`,
+      `use "${key}": "on" or "off", or leave it out to keep the VF's setting`,
+    );
   return v === "on";
 }
 
@@ -73,34 +78,48 @@ function parseSriovConfig(conf: NetConf): SriovConfig {
   const cfg: SriovConfig = { stateDir: stateDirFrom(raw, DEFAULT_SRIOV_STATE_DIR), sysfsRoot: sysfsRootFrom(raw) };
   const runtimeId = conf.runtimeConfig.deviceID;
   if (runtimeId !== undefined && runtimeId !== "") cfg.deviceID = normalizePci(runtimeId, "runtimeConfig.deviceID");
-  else if (raw.deviceID !== undefined && raw.deviceID !== null && raw.deviceID !== "") cfg.deviceID = normalizePci(raw.deviceID, "deviceID");
+  else if (raw.deviceID !== undefined && raw.deviceID !== null && raw.deviceID !== "")
+    cfg.deviceID = normalizePci(raw.deviceID, "deviceID");
   const hasPf = raw.pf !== undefined && raw.pf !== null && raw.pf !== "";
   const vf = intIn(raw, "vf", 0, 65535, "use the VF index on the PF, from 0");
   if (hasPf || vf !== undefined) {
-    if (cfg.deviceID) throw invalid("pf/vf", "are given together with deviceID", "select the VF either by deviceID (its PCI address) or by pf + vf, not both");
-    if (!hasPf || typeof raw.pf !== "string" || vf === undefined) throw invalid("pf/vf", "must be given together", 'use e.g. "pf": "ens1f0", "vf": 3');
+    if (cfg.deviceID)
+      throw invalid(
+        "pf/vf",
+        "are given together with deviceID",
+        "select the VF either by deviceID (its PCI address) or by pf + vf, not both",
+      );
+    if (!hasPf || typeof raw.pf !== "string" || vf === undefined)
+      throw invalid("pf/vf", "must be given together", 'use e.g. "pf": "ens1f0", "vf": 3');
     cfg.pf = raw.pf;
     cfg.vf = vf;
   } else if (!cfg.deviceID) {
-    throw invalid("deviceID", "is missing", 'set runtimeConfig.deviceID (the SR-IOV device plugin does it through Multus), "deviceID": "0000:3b:02.0", or "pf" + "vf"');
+    throw invalid(
+      "deviceID",
+      "is missing",
+      'set runtimeConfig.deviceID (the SR-IOV device plugin does it through Multus), "deviceID": "0000:3b:02.0", or "pf" + "vf"',
+    );
   }
   cfg.vlan = intIn(raw, "vlan", 0, 4094, "use 0-4094 (0: untagged)");
   cfg.vlanQoS = intIn(raw, "vlanQoS", 0, 7, "use an 802.1p priority 0-7");
   if (raw.vlanProto !== undefined && raw.vlanProto !== null && raw.vlanProto !== "") {
     const p = String(raw.vlanProto).toLowerCase();
-    if (p !== "802.1q" && p !== "802.1ad") throw invalid("vlanProto", `${JSON.stringify(raw.vlanProto)} is not a VLAN protocol`, 'use "802.1q" (default) or "802.1ad"');
+    if (p !== "802.1q" && p !== "802.1ad")
+      throw invalid("vlanProto", `${JSON.stringify(raw.vlanProto)} is not a VLAN protocol`, 'use "802.1q" (default) or "802.1ad"');
     cfg.vlanProto = p === "802.1ad" ? "802.1ad" : "802.1Q";
   }
   const poolVlan = conf.ipam?.type === "berth-ipam";
   if ((cfg.vlanQoS !== undefined || cfg.vlanProto !== undefined) && cfg.vlan === undefined && !poolVlan) {
     throw invalid("vlanQoS/vlanProto", "need vlan", 'set "vlan" (or use berth-ipam with a pool that carries a VLAN)');
   }
-  if (cfg.vlan === 0 && (cfg.vlanQoS || cfg.vlanProto === "802.1ad")) throw invalid("vlanQoS/vlanProto", "need a non-zero vlan", "set vlan 1-4094 or remove them");
+  if (cfg.vlan === 0 && (cfg.vlanQoS || cfg.vlanProto === "802.1ad"))
+    throw invalid("vlanQoS/vlanProto", "need a non-zero vlan", "set vlan 1-4094 or remove them");
   if (raw.mac !== undefined && raw.mac !== null && raw.mac !== "") cfg.mac = unicastMac(raw.mac, "mac");
   cfg.spoofchk = onOff(raw, "spoofchk");
   cfg.trust = onOff(raw, "trust");
   if (raw.link_state !== undefined && raw.link_state !== null && raw.link_state !== "") {
-    if (!["auto", "enable", "disable"].includes(raw.link_state as string)) throw invalid("link_state", `${JSON.stringify(raw.link_state)} is not a VF link state`, 'use "auto", "enable" or "disable"');
+    if (!["auto", "enable", "disable"].includes(raw.link_state as string))
+      throw invalid("link_state", `${JSON.stringify(raw.link_state)} is not a VF link state`, 'use "auto", "enable" or "disable"');
     cfg.linkState = raw.link_state as VfLinkState;
   }
   cfg.minTxRate = intIn(raw, "min_tx_rate", 0, 0xffffffff, "use Mbps, 0 for no guarantee");
@@ -141,17 +160,36 @@ function resolveVf(cfg: SriovConfig): VfDevice {
   if (cfg.deviceID) {
     vfPci = cfg.deviceID;
     if (!existsSync(join(devices, vfPci))) {
-      throw new CniError(CniCode.DeviceNotFound, `PCI device ${vfPci} does not exist (${join(devices, vfPci)})`, "check deviceID against `lspci -D` and the device plugin's resource pool");
+      throw new CniError(
+        CniCode.DeviceNotFound,
+        `PCI device ${vfPci} does not exist (${join(devices, vfPci)})`,
+        "check deviceID against `lspci -D` and the device plugin's resource pool",
+      );
     }
     const pf = link(join(devices, vfPci, "physfn"));
-    if (!pf) throw new CniError(CniCode.DeviceNotFound, `PCI device ${vfPci} is not an SR-IOV VF (no physfn link)`, "deviceID must be a VF's PCI address, not the PF's");
+    if (!pf)
+      throw new CniError(
+        CniCode.DeviceNotFound,
+        `PCI device ${vfPci} is not an SR-IOV VF (no physfn link)`,
+        "deviceID must be a VF's PCI address, not the PF's",
+      );
     pfPci = pf;
   } else {
     const pf = link(join(cfg.sysfsRoot, "class/net", cfg.pf!, "device"));
-    if (!pf) throw new CniError(CniCode.DeviceNotFound, `PF "${cfg.pf}" not found (${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device")})`, "set pf to the name of the SR-IOV physical function's netdev");
+    if (!pf)
+      throw new CniError(
+        CniCode.DeviceNotFound,
+        `PF "${cfg.pf}" not found (${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device")})`,
+        "set pf to the name of the SR-IOV physical function's netdev",
+      );
     pfPci = pf;
     const vf = link(join(devices, pfPci, `virtfn${cfg.vf}`));
-    if (!vf) throw new CniError(CniCode.DeviceNotFound, `PF "${cfg.pf}" has no VF ${cfg.vf}`, `see ${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device/sriov_numvfs")}`);
+    if (!vf)
+      throw new CniError(
+        CniCode.DeviceNotFound,
+        `PF "${cfg.pf}" has no VF ${cfg.vf}`,
+        `see ${join(cfg.sysfsRoot, "class/net", cfg.pf!, "device/sriov_numvfs")}`,
+      );
     vfPci = vf;
   }
   let vfIndex = -1;
@@ -159,9 +197,19 @@ function resolveVf(cfg: SriovConfig): VfDevice {
     const m = /^virtfn(\d+)$/.exec(entry);
     if (m && link(join(devices, pfPci, entry)) === vfPci) vfIndex = Number(m[1]);
   }
-  if (vfIndex < 0) throw new CniError(CniCode.DeviceNotFound, `no virtfnN link of PF ${pfPci} points to VF ${vfPci}`, "the VF list of the PF changed; check sriov_numvfs");
+  if (vfIndex < 0)
+    throw new CniError(
+      CniCode.DeviceNotFound,
+      `no virtfnN link of PF ${pfPci} points to VF ${vfPci}`,
+      "the VF list of the PF changed; check sriov_numvfs",
+    );
   const pfName = netdevsOfPci(cfg.sysfsRoot, pfPci)[0];
-  if (!pfName) throw new CniError(CniCode.DeviceNotFound, `PF ${pfPci} of VF ${vfPci} has no netdev`, "the PF must be bound to its kernel driver to configure VFs");
+  if (!pfName)
+    throw new CniError(
+      CniCode.DeviceNotFound,
+      `PF ${pfPci} of VF ${vfPci} has no netdev`,
+      "the PF must be bound to its kernel driver to configure VFs",
+    );
   const driver = link(join(devices, vfPci, "driver"));
   const dpdk = driver !== undefined && USERSPACE_DRIVERS.includes(driver);
   const netdev = dpdk ? undefined : netdevsOfPci(cfg.sysfsRoot, vfPci)[0];
@@ -192,22 +240,33 @@ export type PfOpsFactory = (nl: NetlinkSocket, log: Logger) => PfOps;
 
 export type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
 
-interface Step { step: VfStep; settings: VfSettings; what: string }
+interface Step {
+  step: VfStep;
+  settings: VfSettings;
+  what: string;
+}
 
 /** The PF-side steps for this config, in apply order (as sriov-cni: vlan, mac, rate, spoofchk, trust, state). */
 function applySteps(cfg: SriovConfig, vlan: number, mac: string | undefined): Step[] {
   const steps: Step[] = [];
   const proto = cfg.vlanProto ?? "802.1Q";
   // The VLAN is always set (0 = untagged) so that a VF left tagged by someone else is not inherited.
-  steps.push({ step: "vlan", settings: { vlan, qos: cfg.vlanQoS ?? 0, ...(proto === "802.1ad" ? { vlanProto: proto } : {}) }, what: `vlan ${vlan} qos ${cfg.vlanQoS ?? 0} proto ${proto}` });
+  steps.push({
+    step: "vlan",
+    settings: { vlan, qos: cfg.vlanQoS ?? 0, ...(proto === "802.1ad" ? { vlanProto: proto } : {}) },
+    what: `vlan ${vlan} qos ${cfg.vlanQoS ?? 0} proto ${proto}`,
+  });
   if (mac) steps.push({ step: "mac", settings: { mac }, what: `mac ${mac}` });
   if (cfg.minTxRate !== undefined || cfg.maxTxRate !== undefined) {
-    const min = cfg.minTxRate ?? 0, max = cfg.maxTxRate ?? 0;
+    const min = cfg.minTxRate ?? 0,
+      max = cfg.maxTxRate ?? 0;
     steps.push({ step: "rate", settings: { minTxRate: min, maxTxRate: max }, what: `min_tx_rate ${min} max_tx_rate ${max}` });
   }
-  if (cfg.spoofchk !== undefined) steps.push({ step: "spoofchk", settings: { spoofChk: cfg.spoofchk }, what: `spoofchk ${cfg.spoofchk ? "on" : "off"}` });
+  if (cfg.spoofchk !== undefined)
+    steps.push({ step: "spoofchk", settings: { spoofChk: cfg.spoofchk }, what: `spoofchk ${cfg.spoofchk ? "on" : "off"}` });
   if (cfg.trust !== undefined) steps.push({ step: "trust", settings: { trust: cfg.trust }, what: `trust ${cfg.trust ? "on" : "off"}` });
-  if (cfg.linkState !== undefined) steps.push({ step: "link_state", settings: { linkState: cfg.linkState }, what: `state ${cfg.linkState}` });
+  if (cfg.linkState !== undefined)
+    steps.push({ step: "link_state", settings: { linkState: cfg.linkState }, what: `state ${cfg.linkState}` });
   return steps;
 }
 
@@ -219,10 +278,24 @@ function restoreSteps(applied: VfStep[], orig: VfInfo): Step[] {
   const out: Step[] = [];
   for (const step of [...applied].reverse()) {
     if (step === "vlan") {
-      out.push({ step, settings: { vlan: orig.vlan, qos: orig.qos, ...(orig.vlanProto === "802.1ad" && orig.vlan ? { vlanProto: "802.1ad" as const } : {}) }, what: `vlan ${orig.vlan} qos ${orig.qos} proto ${orig.vlanProto}` });
+      out.push({
+        step,
+        settings: {
+          vlan: orig.vlan,
+          qos: orig.qos,
+          ...(orig.vlanProto === "802.1ad" && orig.vlan ? { vlanProto: "802.1ad" as const } : {}),
+        },
+        what: `vlan ${orig.vlan} qos ${orig.qos} proto ${orig.vlanProto}`,
+      });
     } else if (step === "mac") out.push({ step, settings: { mac: orig.mac }, what: `mac ${orig.mac}` });
-    else if (step === "rate") out.push({ step, settings: { minTxRate: orig.minTxRate, maxTxRate: orig.maxTxRate }, what: `min_tx_rate ${orig.minTxRate} max_tx_rate ${orig.maxTxRate}` });
-    else if (step === "spoofchk") out.push({ step, settings: { spoofChk: orig.spoofChk ?? true }, what: `spoofchk ${orig.spoofChk ?? true ? "on" : "off"}` });
+    else if (step === "rate")
+      out.push({
+        step,
+        settings: { minTxRate: orig.minTxRate, maxTxRate: orig.maxTxRate },
+        what: `min_tx_rate ${orig.minTxRate} max_tx_rate ${orig.maxTxRate}`,
+      });
+    else if (step === "spoofchk")
+      out.push({ step, settings: { spoofChk: orig.spoofChk ?? true }, what: `spoofchk ${(orig.spoofChk ?? true) ? "on" : "off"}` });
     else if (step === "trust") out.push({ step, settings: { trust: orig.trust ?? false }, what: `trust ${orig.trust ? "on" : "off"}` });
     else out.push({ step, settings: { linkState: orig.linkState ?? "auto" }, what: `state ${orig.linkState ?? "auto"}` });
   }
@@ -230,10 +303,22 @@ function restoreSteps(applied: VfStep[], orig: VfInfo): Step[] {
 }
 
 /** vf: the VF's PF-side settings before ADD; set: what ADD set (CHECK compares the VF with it). */
-interface SriovExtra { pf: string; pfPci: string; vfIndex: number; dpdk: boolean; vf: VfInfo; applied: VfStep[]; set?: VfSettings }
+interface SriovExtra {
+  pf: string;
+  pfPci: string;
+  vfIndex: number;
+  dpdk: boolean;
+  vf: VfInfo;
+  applied: VfStep[];
+  set?: VfSettings;
+}
 /** netdev: the VF's host netdev as ADD found it, and its MAC in the pod (to take it back without the state file). */
 interface VfRecord {
-  containerId: string; ifName: string; network: string; netns: string; stateFile: string;
+  containerId: string;
+  ifName: string;
+  network: string;
+  netns: string;
+  stateFile: string;
   netdev?: { name: string; podMac: string; kind?: string };
 }
 
@@ -277,13 +362,20 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
   const rec = readJson<VfRecord>(recordPath(cfg.stateDir, vf.vfPci));
   if (!rec) return;
   if (rec.containerId === ctx.containerId && rec.ifName === ctx.ifName) {
-    throw new CniError(CniCode.DeviceBusy, `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`, "run DEL for this attachment first");
+    throw new CniError(
+      CniCode.DeviceBusy,
+      `VF ${vf.vfPci} is already attached to this container as ${ctx.ifName}`,
+      "run DEL for this attachment first",
+    );
   }
   if (rec.netns && existsSync(rec.netns)) {
-    throw new CniError(CniCode.TryAgainLater, `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} `
-      + `(${rec.ifName} in ${rec.netns}), whose network namespace still exists`,
-      "the device plugin gave out a VF that is still in use; the runtime retries; "
-      + `the VF is free once DEL of that attachment (network ${rec.network}) runs or its namespace is gone`);
+    throw new CniError(
+      CniCode.TryAgainLater,
+      `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} ` +
+        `(${rec.ifName} in ${rec.netns}), whose network namespace still exists`,
+      "the device plugin gave out a VF that is still in use; the runtime retries; " +
+        `the VF is free once DEL of that attachment (network ${rec.network}) runs or its namespace is gone`,
+    );
   }
   ctx.log.warn("clearing the stale record of a VF whose pod namespace is gone", { vf: vf.vfPci, containerId: rec.containerId });
   const stale = readJson<AttachmentState>(rec.stateFile);
@@ -308,7 +400,12 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
   try {
     const vf = resolveVf(cfg);
     if (!vf.dpdk) {
-      if (!vf.netdev) throw new CniError(CniCode.DeviceNotFound, `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`, "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK");
+      if (!vf.netdev)
+        throw new CniError(
+          CniCode.DeviceNotFound,
+          `VF ${vf.vfPci} has no netdev (driver ${vf.driver ?? "none"})`,
+          "bind the VF to its kernel driver (e.g. iavf, mlx5_core) or to vfio-pci for DPDK",
+        );
       pod = openPodNetns(ctx.netns);
       refuseExistingIfName(pod, ctx.ifName);
     }
@@ -317,28 +414,51 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
     const ops = pfOps(host, log);
     return await withUndo(log, async (undo) => {
       const alloc = await ipamOf(ctx)?.add(undo);
-      if (cfg.vlan !== undefined && alloc?.vlan !== undefined && alloc.vlan !== cfg.vlan) log.warn("the config's vlan overrides the pool's", { config: cfg.vlan, pool: alloc.vlan });
+      if (cfg.vlan !== undefined && alloc?.vlan !== undefined && alloc.vlan !== cfg.vlan)
+        log.warn("the config's vlan overrides the pool's", { config: cfg.vlan, pool: alloc.vlan });
       const vlan = cfg.vlan ?? alloc?.vlan ?? 0;
       if ((cfg.vlanQoS || cfg.vlanProto === "802.1ad") && vlan === 0) {
-        throw invalid("vlanQoS/vlanProto", "need a VLAN, and neither the config nor the pool has one", 'set "vlan" or remove vlanQoS/vlanProto');
+        throw invalid(
+          "vlanQoS/vlanProto",
+          "need a VLAN, and neither the config nor the pool has one",
+          'set "vlan" or remove vlanQoS/vlanProto',
+        );
       }
       const ips: IpConfig[] = alloc?.result.ips ?? [];
       const podLink = withFileLock(lockPath(cfg.stateDir, vf.vfPci), `VF ${vf.vfPci}`, () => {
         claimVf(host, ops, cfg, ctx, vf);
         const netdev = vf.dpdk ? undefined : findLinkByName(host, vf.netdev!);
         if (!vf.dpdk && !netdev) {
-          throw new CniError(CniCode.DeviceBusy, `VF netdev ${vf.netdev} (${vf.vfPci}) is not in the host network namespace`, "another pod or agent holds it; DEL that attachment first");
+          throw new CniError(
+            CniCode.DeviceBusy,
+            `VF netdev ${vf.netdev} (${vf.vfPci}) is not in the host network namespace`,
+            "another pod or agent holds it; DEL that attachment first",
+          );
         }
         const steps = applySteps(cfg, vlan, mac);
         const path = statePath(cfg, ctx);
         const extra: SriovExtra = {
-          pf: vf.pfName, pfPci: vf.pfPci, vfIndex: vf.vfIndex, dpdk: vf.dpdk, vf: ops.readVf(vf.pfName, vf.vfIndex),
-          applied: steps.map((s) => s.step), set: Object.assign({}, ...steps.map((s) => s.settings)) as VfSettings,
+          pf: vf.pfName,
+          pfPci: vf.pfPci,
+          vfIndex: vf.vfIndex,
+          dpdk: vf.dpdk,
+          vf: ops.readVf(vf.pfName, vf.vfIndex),
+          applied: steps.map((s) => s.step),
+          set: Object.assign({}, ...steps.map((s) => s.settings)) as VfSettings,
         };
         const st: AttachmentState = {
-          version: 1, plugin: PLUGIN, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns, pciAddress: vf.vfPci,
-          original: netdev ? snapshotDevice(host, netdev) : { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
-          podMac: mac ?? netdev?.mac ?? "", extra: extra as unknown as Record<string, unknown>,
+          version: 1,
+          plugin: PLUGIN,
+          network: ctx.conf.name,
+          containerId: ctx.containerId,
+          ifName: ctx.ifName,
+          netns: ctx.netns,
+          pciAddress: vf.vfPci,
+          original: netdev
+            ? snapshotDevice(host, netdev)
+            : { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+          podMac: mac ?? netdev?.mac ?? "",
+          extra: extra as unknown as Record<string, unknown>,
         };
         writeDurable(path, st); // before the first change
         undo.push(`restore VF ${vf.vfPci}`, () => {
@@ -350,7 +470,11 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
           }
         });
         writeDurable(recordPath(cfg.stateDir, vf.vfPci), {
-          containerId: ctx.containerId, ifName: ctx.ifName, network: ctx.conf.name, netns: ctx.netns, stateFile: path,
+          containerId: ctx.containerId,
+          ifName: ctx.ifName,
+          network: ctx.conf.name,
+          netns: ctx.netns,
+          stateFile: path,
           ...(netdev ? { netdev: { name: netdev.name, podMac: mac ?? netdev.mac, ...(netdev.kind ? { kind: netdev.kind } : {}) } } : {}),
         } satisfies VfRecord);
         for (const s of steps) ops.setVf(vf.pfName, vf.vfIndex, s.settings, s.what);
@@ -360,14 +484,21 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
         if (moved.removedAltNames.length) st.removedAltNames = moved.removedAltNames; // the undo step sees them too
         writeDurable(path, st);
         return configurePodInterface(podNs, moved.link.index, {
-          ifName: ctx.ifName, ips, routes: alloc?.result.routes ?? [], log, ...podNetOptions(ctx.conf),
-          ...(cfg.mtu ? { mtu: cfg.mtu } : {}), ...(mac ? { mac } : {}),
+          ifName: ctx.ifName,
+          ips,
+          routes: alloc?.result.routes ?? [],
+          log,
+          ...podNetOptions(ctx.conf),
+          ...(cfg.mtu ? { mtu: cfg.mtu } : {}),
+          ...(mac ? { mac } : {}),
         });
       });
       return extendResult(ctx.conf.prevResult, {
-        interfaces: [podLink
-          ? { name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, pciID: vf.vfPci }
-          : { name: ctx.ifName, sandbox: ctx.netns, pciID: vf.vfPci }],
+        interfaces: [
+          podLink
+            ? { name: ctx.ifName, mac: podLink.mac, mtu: podLink.mtu, sandbox: ctx.netns, pciID: vf.vfPci }
+            : { name: ctx.ifName, sandbox: ctx.netns, pciID: vf.vfPci },
+        ],
         ips: ips.map((ip): IpConfig => ({ ...ip, interface: 0 })),
         routes: alloc?.result.routes ?? [],
         dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
@@ -446,9 +577,11 @@ function resetWithoutState(ctx: Ctx, pfOps: PfOpsFactory): void {
       ctx.log.info("no state file and no VF record of this attachment; nothing to give back", { vf: vf.vfPci, holder: rec?.containerId });
       return;
     }
-    ctx.log.warn("the attachment's state file is lost: resetting the VF to a neutral state (VLAN 0, spoofchk on, trust off, rates 0, "
-      + "admin MAC zeroed, link state auto) and taking its netdev back with the PF's MTU",
-    { vf: vf.vfPci, pf: vf.pfName, index: vf.vfIndex });
+    ctx.log.warn(
+      "the attachment's state file is lost: resetting the VF to a neutral state (VLAN 0, spoofchk on, trust off, rates 0, " +
+        "admin MAC zeroed, link state auto) and taking its netdev back with the PF's MTU",
+      { vf: vf.vfPci, pf: vf.pfName, index: vf.vfIndex },
+    );
     const host = NetlinkSocket.open();
     try {
       const ops = pfOps(host, ctx.log);
@@ -462,10 +595,22 @@ function resetWithoutState(ctx: Ctx, pfOps: PfOpsFactory): void {
       if (rec.netdev && !vf.dpdk) {
         const pfMtu = findLinkByName(host, vf.pfName)?.mtu ?? 1500;
         const st: AttachmentState = {
-          version: 1, plugin: PLUGIN, network: rec.network, containerId: rec.containerId, ifName: rec.ifName,
-          netns: ctx.netns || rec.netns, pciAddress: vf.vfPci, podMac: rec.netdev.podMac,
+          version: 1,
+          plugin: PLUGIN,
+          network: rec.network,
+          containerId: rec.containerId,
+          ifName: rec.ifName,
+          netns: ctx.netns || rec.netns,
+          pciAddress: vf.vfPci,
+          podMac: rec.netdev.podMac,
           original: {
-            name: rec.netdev.name, mac: "", mtu: pfMtu, up: false, altNames: [], addresses: [], routes: [],
+            name: rec.netdev.name,
+            mac: "",
+            mtu: pfMtu,
+            up: false,
+            altNames: [],
+            addresses: [],
+            routes: [],
             ...(rec.netdev.kind ? { kind: rec.netdev.kind } : {}),
           },
         };
@@ -482,7 +627,8 @@ function resetWithoutState(ctx: Ctx, pfOps: PfOpsFactory): void {
 async function check(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
   const cfg = ctx.pluginConfig;
   const { st } = await checkMovedDevice(ctx, {
-    path: statePath(cfg, ctx), plugin: PLUGIN,
+    path: statePath(cfg, ctx),
+    plugin: PLUGIN,
     inPod: (st) => !(st.extra as unknown as SriovExtra).dpdk,
   });
   const x = st.extra as unknown as SriovExtra;
@@ -492,8 +638,10 @@ async function check(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
     const now = pfOps(host, ctx.log).readVf(x.pf, x.vfIndex);
     const drift = vfDrift(x.set, now);
     if (drift.length) {
-      throw mismatch(`VF ${st.pciAddress} (${x.pf} vf ${x.vfIndex}) no longer has the settings ADD gave it: ${drift.join(", ")}`,
-        "something changed the VF on the PF (ip link set PF vf N ...); delete and re-create the pod sandbox, or set it back");
+      throw mismatch(
+        `VF ${st.pciAddress} (${x.pf} vf ${x.vfIndex}) no longer has the settings ADD gave it: ${drift.join(", ")}`,
+        "something changed the VF on the PF (ip link set PF vf N ...); delete and re-create the pod sandbox, or set it back",
+      );
     }
   } catch (e) {
     throw toCniError(e, `${PLUGIN} CHECK ${ctx.ifName}: VF ${st.pciAddress}`);
@@ -525,20 +673,24 @@ function vfDrift(want: VfSettings, now: VfInfo): string[] {
 
 /** berth-sriov with the given PF-side operations (a test build passes a recording double). */
 export function sriovPluginWith(pfOps: PfOpsFactory): CniPlugin<SriovConfig> {
-  return withIpamDefaults(definePlugin<SriovConfig>({
-    name: PLUGIN,
-    parse: (conf) => parseSriovConfig(conf),
-    add: (ctx) => add(ctx, pfOps),
-    del: (ctx) => del(ctx, pfOps),
-    check: (ctx) => check(ctx, pfOps),
-    gc: async (ctx) => {
-      await ipamOf(ctx)?.gc();
-      collectDeviceGarbage(ctx, {
-        stateDir: ctx.pluginConfig.stateDir, plugin: PLUGIN, lock: (st) => vfLock(ctx.pluginConfig, st),
-        restore: (host, st) => giveBackVf(ctx, pfOps, host, st),
-      });
-    },
-  }));
+  return withIpamDefaults(
+    definePlugin<SriovConfig>({
+      name: PLUGIN,
+      parse: (conf) => parseSriovConfig(conf),
+      add: (ctx) => add(ctx, pfOps),
+      del: (ctx) => del(ctx, pfOps),
+      check: (ctx) => check(ctx, pfOps),
+      gc: async (ctx) => {
+        await ipamOf(ctx)?.gc();
+        collectDeviceGarbage(ctx, {
+          stateDir: ctx.pluginConfig.stateDir,
+          plugin: PLUGIN,
+          lock: (st) => vfLock(ctx.pluginConfig, st),
+          restore: (host, st) => giveBackVf(ctx, pfOps, host, st),
+        });
+      },
+    }),
+  );
 }
 
 export const sriovPlugin = sriovPluginWith((nl) => new NetlinkPfOps(nl));

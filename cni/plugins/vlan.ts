@@ -59,8 +59,11 @@ function ensureDir(dir: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
-    throw new CniError(CniCode.IOFailure, `cannot create the state directory ${dir}: ${(e as Error).message}`,
-      "berth-macvlan records which pods use each VLAN sub-interface there; make it writable for root or set stateDir");
+    throw new CniError(
+      CniCode.IOFailure,
+      `cannot create the state directory ${dir}: ${(e as Error).message}`,
+      "berth-macvlan records which pods use each VLAN sub-interface there; make it writable for root or set stateDir",
+    );
   }
 }
 
@@ -97,7 +100,9 @@ function writeRecord(stateDir: string, name: string, record: VlanRecord): void {
 /** Sub-interface names that have a record. */
 export function recordNames(stateDir: string): string[] {
   try {
-    return readdirSync(stateDir).filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5));
+    return readdirSync(stateDir)
+      .filter((f) => f.endsWith(".json"))
+      .map((f) => f.slice(0, -5));
   } catch {
     return [];
   }
@@ -129,8 +134,11 @@ export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, na
     addVlan(nl, { name, parentIndex: master.index, id: vlan });
   } catch (e) {
     if (isNetlinkError(e, "EOPNOTSUPP")) {
-      throw new CniError(CniCode.NetlinkFailure, `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
-        "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged");
+      throw new CniError(
+        CniCode.NetlinkFailure,
+        `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
+        "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged",
+      );
     }
     // Another ADD (or an operator) created it between our look-up and create: reuse after checking it.
     if (!isNetlinkError(e, "EEXIST")) throw e;
@@ -155,9 +163,11 @@ export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, na
 function checkedAndUp(nl: NetlinkSocket, link: Link, master: Link, vlan: number, log: Logger): Link {
   if (link.kind !== "vlan" || link.vlan?.id !== vlan || link.parentIndex !== master.index) {
     const what = link.kind !== "vlan" ? `a ${link.kind ?? "plain"} link` : `VLAN ${link.vlan?.id} on ifindex ${link.parentIndex}`;
-    throw new CniError(CniCode.InvalidConfig,
+    throw new CniError(
+      CniCode.InvalidConfig,
       `interface "${link.name}" exists but is ${what}, not VLAN ${vlan} on "${master.name}" (ifindex ${master.index})`,
-      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`);
+      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`,
+    );
   }
   if (!link.up) {
     setLinkUp(nl, link.index);
@@ -181,7 +191,7 @@ export function releaseVlanLink(stateDir: string, name: string, key: string, log
     const nl = NetlinkSocket.open();
     try {
       const link = findLinkByName(nl, name);
-      if (!link || link.kind !== "vlan") return;
+      if (link?.kind !== "vlan") return;
       if (link.alias !== BERTH_CREATED_ALIAS) {
         log.debug("VLAN sub-interface was not created by Berth; keeping it", { name });
         return;
@@ -205,7 +215,9 @@ export function releaseVlanLink(stateDir: string, name: string, key: string, log
 
 /** Links whose parent is host ifindex `index`: in the host namespace, and in every other one. */
 function linkUsers(nl: NetlinkSocket, index: number): string[] {
-  const users = listLinks(nl).filter((l) => l.parentIndex === index && l.linkNetnsId === undefined).map((l) => l.name);
+  const users = listLinks(nl)
+    .filter((l) => l.parentIndex === index && l.linkNetnsId === undefined)
+    .map((l) => l.name);
   const self = currentNetnsInode();
   const seen = new Set<number>([self]);
   for (const path of namespacePaths()) {
@@ -222,7 +234,11 @@ function linkUsers(nl: NetlinkSocket, index: number): string[] {
         for (const l of listLinks(ns.nl)) {
           // Seen from another namespace, a parent in ours has a link-netnsid. An index match in a
           // third namespace is a false positive that only keeps the sub-interface: the safe side.
-          if (l.linkNetnsId !== undefined && l.parentIndex === index && (l.kind === "macvlan" || l.kind === "macvtap" || l.kind === "ipvlan")) {
+          if (
+            l.linkNetnsId !== undefined &&
+            l.parentIndex === index &&
+            (l.kind === "macvlan" || l.kind === "macvtap" || l.kind === "ipvlan")
+          ) {
             users.push(`${l.name} in ${path}`);
           }
         }

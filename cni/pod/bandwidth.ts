@@ -6,10 +6,20 @@
 // and bits. See docs/bandwidth.md.
 import { addIfb } from "../netlink/ifb";
 import { deleteLink, findLinkByName, getLinkByName, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
-import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
+import { type NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import {
-  INGRESS_HANDLE, TBF_HANDLE, TCA_EGRESS_REDIR, TC_H_INGRESS, TC_H_ROOT, addIngressQdisc, addRedirectFilter, addTbf, deleteQdisc,
-  listFilters, listQdiscs, type Qdisc,
+  INGRESS_HANDLE,
+  TBF_HANDLE,
+  TCA_EGRESS_REDIR,
+  TC_H_INGRESS,
+  TC_H_ROOT,
+  addIngressQdisc,
+  addRedirectFilter,
+  addTbf,
+  deleteQdisc,
+  listFilters,
+  listQdiscs,
+  type Qdisc,
 } from "../netlink/tc";
 import { Netns, NetnsError } from "../netns";
 import type { NetConf } from "../skel/config";
@@ -65,7 +75,11 @@ export function bandwidthLimits(conf: NetConf): BandwidthLimits | undefined {
     source = "";
   } else if (rc !== undefined && rc !== null) {
     if (typeof rc !== "object" || Array.isArray(rc)) {
-      throw invalid("runtimeConfig.bandwidth", "is not an object", 'the "bandwidth" capability is {"ingressRate": bits/s, "ingressBurst": bits, "egressRate": ..., "egressBurst": ...}');
+      throw invalid(
+        "runtimeConfig.bandwidth",
+        "is not an object",
+        'the "bandwidth" capability is {"ingressRate": bits/s, "ingressBurst": bits, "egressRate": ..., "egressBurst": ...}',
+      );
     }
     entry = rc as Record<string, unknown>;
     source = "runtimeConfig.bandwidth.";
@@ -81,11 +95,16 @@ export function bandwidthLimits(conf: NetConf): BandwidthLimits | undefined {
 }
 
 function direction(entry: Record<string, unknown>, dir: "ingress" | "egress", source: string): RateLimit | undefined {
-  const rateKey = `${source}${dir}Rate`, burstKey = `${source}${dir}Burst`;
+  const rateKey = `${source}${dir}Rate`,
+    burstKey = `${source}${dir}Burst`;
   const num = (v: unknown, field: string): number => {
     if (v === undefined || v === null) return 0;
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
-      throw invalid(field, `${JSON.stringify(v)} is not a non-negative integer`, `give ${field.endsWith("Rate") ? "the rate in bits per second, e.g. 10000000 for 10 Mbit/s" : "the burst in bits, e.g. 1000000"}`);
+      throw invalid(
+        field,
+        `${JSON.stringify(v)} is not a non-negative integer`,
+        `give ${field.endsWith("Rate") ? "the rate in bits per second, e.g. 10000000 for 10 Mbit/s" : "the burst in bits, e.g. 1000000"}`,
+      );
     }
     return v;
   };
@@ -93,12 +112,18 @@ function direction(entry: Record<string, unknown>, dir: "ingress" | "egress", so
   const burst = num(entry[`${dir}Burst`], burstKey);
   if (rate === 0 && burst === 0) return undefined;
   if (rate === 0) {
-    throw invalid(rateKey, `is ${entry[`${dir}Rate`] === undefined ? "missing" : "0"} but ${burstKey} is ${burst}: a burst needs a rate`,
-      `set ${rateKey} to the limit in bits per second (> 0), or leave out both ${rateKey} and ${burstKey} (or set both to 0) for no ${dir} limit`);
+    throw invalid(
+      rateKey,
+      `is ${entry[`${dir}Rate`] === undefined ? "missing" : "0"} but ${burstKey} is ${burst}: a burst needs a rate`,
+      `set ${rateKey} to the limit in bits per second (> 0), or leave out both ${rateKey} and ${burstKey} (or set both to 0) for no ${dir} limit`,
+    );
   }
   if (burst === 0) {
-    throw invalid(burstKey, `is ${entry[`${dir}Burst`] === undefined ? "missing" : "0"} but ${rateKey} is ${rate}: a rate needs a burst`,
-      `set ${burstKey} in bits, at least one full packet (MTU + 14 bytes, 12112 bits for MTU 1500); rate x 10 ms keeps TCP near the rate`);
+    throw invalid(
+      burstKey,
+      `is ${entry[`${dir}Burst`] === undefined ? "missing" : "0"} but ${rateKey} is ${rate}: a rate needs a burst`,
+      `set ${burstKey} in bits, at least one full packet (MTU + 14 bytes, 12112 bits for MTU 1500); rate x 10 ms keeps TCP near the rate`,
+    );
   }
   if (rate < 8) throw invalid(rateKey, `${rate} bit/s is less than one byte per second`, "use at least 8 bit/s (the kernel counts bytes)");
   if (rate > MAX_RATE_BITS) {
@@ -109,7 +134,11 @@ function direction(entry: Record<string, unknown>, dir: "ingress" | "egress", so
   }
   const l = { rate, burst };
   if (tbfLimit(l) > U32_MAX) {
-    throw invalid(burstKey, `${burst} bits plus 25 ms of ${rate} bit/s overflow the 4 GiB queue of a tbf`, `lower ${burstKey} or ${rateKey}`);
+    throw invalid(
+      burstKey,
+      `${burst} bits plus 25 ms of ${rate} bit/s overflow the 4 GiB queue of a tbf`,
+      `lower ${burstKey} or ${rateKey}`,
+    );
   }
   return l;
 }
@@ -121,8 +150,11 @@ export function checkBurstFitsMtu(limits: BandwidthLimits | undefined, mtu: numb
   for (const dir of ["ingress", "egress"] as const) {
     const l = limits[dir];
     if (!l || toBytes(l.burst) >= min) continue;
-    throw invalid(`${limits.source}${dir}Burst`, `${l.burst} bits (${toBytes(l.burst)} bytes) is smaller than one full-size packet on ${ifName} (MTU ${mtu} + ${ETH_HLEN} bytes Ethernet header = ${min} bytes)`,
-      `use at least ${min * 8} bits; rate x 10 ms or more keeps TCP near the rate`);
+    throw invalid(
+      `${limits.source}${dir}Burst`,
+      `${l.burst} bits (${toBytes(l.burst)} bytes) is smaller than one full-size packet on ${ifName} (MTU ${mtu} + ${ETH_HLEN} bytes Ethernet header = ${min} bytes)`,
+      `use at least ${min * 8} bits; rate x 10 ms or more keeps TCP near the rate`,
+    );
   }
 }
 
@@ -172,7 +204,7 @@ function ignoreGone(fn: () => void): void {
 
 function deleteIfb(nl: NetlinkSocket, name: string): Link | undefined {
   const ifb = findLinkByName(nl, name);
-  if (!ifb || ifb.kind !== "ifb") return undefined;
+  if (ifb?.kind !== "ifb") return undefined;
   ignoreGone(() => deleteLink(nl, ifb.index));
   return ifb;
 }
@@ -188,14 +220,20 @@ export function removePodShaping(netns: string, ifName: string, log: Logger): vo
     ns = Netns.open(netns);
   } catch (e) {
     if (e instanceof NetnsError && (e.code === "ENOENT" || e.code === "EINVAL")) return; // gone, and its ifb with it
-    throw new CniError(CniCode.NetnsFailure, `remove the bandwidth shaping of ${ifName}: ${(e as Error).message}`, "check CNI_NETNS: it must be the pod's network namespace");
+    throw new CniError(
+      CniCode.NetnsFailure,
+      `remove the bandwidth shaping of ${ifName}: ${(e as Error).message}`,
+      "check CNI_NETNS: it must be the pod's network namespace",
+    );
   }
   const nl = ns.nl;
   try {
     const link = findLinkByName(nl, ifName);
     const ifbIndex = findLinkByName(nl, ifbName(ifName))?.index;
-    const redirects = link && ifbIndex !== undefined && listFilters(nl, link.index, INGRESS_HANDLE)
-      .some((f) => f.actions.some((a) => a.mirred?.ifindex === ifbIndex));
+    const redirects =
+      link &&
+      ifbIndex !== undefined &&
+      listFilters(nl, link.index, INGRESS_HANDLE).some((f) => f.actions.some((a) => a.mirred?.ifindex === ifbIndex));
     const ifb = deleteIfb(nl, ifbName(ifName));
     if (ifb) log.info("deleted ifb", { name: ifb.name });
     if (!link) return;
@@ -204,7 +242,11 @@ export function removePodShaping(netns: string, ifName: string, log: Logger): vo
     if (root?.kind === "tbf" && root.handle === TBF_HANDLE) ignoreGone(() => deleteQdisc(nl, link.index, "root"));
   } catch (e) {
     if (e instanceof CniError) throw e;
-    throw new CniError(CniCode.NetlinkFailure, `remove the bandwidth shaping of ${ifName} in ${netns}: ${(e as Error).message}`, "the plugin log (logFile) has the details");
+    throw new CniError(
+      CniCode.NetlinkFailure,
+      `remove the bandwidth shaping of ${ifName} in ${netns}: ${(e as Error).message}`,
+      "the plugin log (logFile) has the details",
+    );
   } finally {
     ns.close();
   }
@@ -216,7 +258,9 @@ function checkTbf(q: Qdisc | undefined, l: RateLimit, dev: string, what: string)
   if (q.tbf.rate !== want.rate) throw mismatch(`${what}: tbf on ${dev} has rate ${q.tbf.rate * 8} bit/s, the config says ${l.rate} bit/s`);
   // The queue limit is rate x 25 ms + burst: with the rate equal, it says whether the burst is.
   if (q.tbf.limit !== want.limit) {
-    throw mismatch(`${what}: tbf on ${dev} has burst ${(q.tbf.limit - want.limit + toBytes(l.burst)) * 8} bits, the config says ${l.burst} bits`);
+    throw mismatch(
+      `${what}: tbf on ${dev} has burst ${(q.tbf.limit - want.limit + toBytes(l.burst)) * 8} bits, the config says ${l.burst} bits`,
+    );
   }
 }
 
@@ -226,21 +270,29 @@ export function checkPodShaping(nl: NetlinkSocket, ifName: string, limits: Bandw
   if (!link) throw mismatch(`interface "${ifName}" does not exist in the pod`);
   const root = listQdiscs(nl, link.index).find((q) => q.parent === TC_H_ROOT);
   if (limits?.egress) checkTbf(root, limits.egress, ifName, "egress limit");
-  else if (root?.kind === "tbf" && root.handle === TBF_HANDLE) throw mismatch(`${ifName} has an egress tbf, but the config asks for no egress limit`);
+  else if (root?.kind === "tbf" && root.handle === TBF_HANDLE)
+    throw mismatch(`${ifName} has an egress tbf, but the config asks for no egress limit`);
   const name = ifbName(ifName);
   const ifb = findLinkByName(nl, name);
   if (!limits?.ingress) {
-    if (ifb?.kind === "ifb") throw mismatch(`the pod has ifb ${name} shaping ${ifName}'s ingress, but the config asks for no ingress limit`);
+    if (ifb?.kind === "ifb")
+      throw mismatch(`the pod has ifb ${name} shaping ${ifName}'s ingress, but the config asks for no ingress limit`);
     return;
   }
-  if (!ifb || ifb.kind !== "ifb") throw mismatch(`ingress limit: ifb ${name} does not exist in the pod`);
+  if (ifb?.kind !== "ifb") throw mismatch(`ingress limit: ifb ${name} does not exist in the pod`);
   if (!ifb.up) throw mismatch(`ingress limit: ifb ${name} is down, so redirected traffic is dropped`);
-  checkTbf(listQdiscs(nl, ifb.index).find((q) => q.parent === TC_H_ROOT), limits.ingress, name, "ingress limit");
+  checkTbf(
+    listQdiscs(nl, ifb.index).find((q) => q.parent === TC_H_ROOT),
+    limits.ingress,
+    name,
+    "ingress limit",
+  );
   if (!listQdiscs(nl, link.index).some((q) => q.parent === TC_H_INGRESS && q.kind === "ingress")) {
     throw mismatch(`ingress limit: ${ifName} has no ingress qdisc`);
   }
-  const redirect = listFilters(nl, link.index, INGRESS_HANDLE)
-    .some((f) => f.actions.some((a) => a.mirred?.eaction === TCA_EGRESS_REDIR && a.mirred.ifindex === ifb.index));
+  const redirect = listFilters(nl, link.index, INGRESS_HANDLE).some((f) =>
+    f.actions.some((a) => a.mirred?.eaction === TCA_EGRESS_REDIR && a.mirred.ifindex === ifb.index),
+  );
   if (!redirect) throw mismatch(`ingress limit: no filter on ${ifName}'s ingress redirects to ifb ${name}`);
 }
 
@@ -252,7 +304,11 @@ export function checkPodShapingIn(netns: string, ifName: string, limits: Bandwid
     checkPodShaping(ns.nl, ifName, limits);
   } catch (e) {
     if (e instanceof CniError) throw e;
-    throw new CniError(CniCode.NetlinkFailure, `CHECK bandwidth of ${ifName} in ${netns}: ${(e as Error).message}`, "the pod's network namespace must exist");
+    throw new CniError(
+      CniCode.NetlinkFailure,
+      `CHECK bandwidth of ${ifName} in ${netns}: ${(e as Error).message}`,
+      "the pod's network namespace must exist",
+    );
   } finally {
     ns?.close();
   }
@@ -264,7 +320,11 @@ export function checkPodShapingIn(netns: string, ifName: string, limits: Bandwid
  * the NIC's); an ingress limit is refused (code 2). Rates set in the config (minTxRate/maxTxRate)
  * win: the capability is then ignored.
  */
-export function vfRateFromBandwidth(conf: NetConf, cfgRates: { minTxRate?: number; maxTxRate?: number }, log: Logger): { maxTxRate?: number } {
+export function vfRateFromBandwidth(
+  conf: NetConf,
+  cfgRates: { minTxRate?: number; maxTxRate?: number },
+  log: Logger,
+): { maxTxRate?: number } {
   const limits = bandwidthLimits(conf);
   if (!limits) return {};
   if (cfgRates.minTxRate !== undefined || cfgRates.maxTxRate !== undefined) {
@@ -272,13 +332,21 @@ export function vfRateFromBandwidth(conf: NetConf, cfgRates: { minTxRate?: numbe
     return {};
   }
   if (limits.ingress) {
-    throw new CniError(CniCode.UnsupportedField, `${limits.source}ingressRate ${limits.ingress.rate} is not supported by berth-sriov: a VF cannot shape the traffic it receives`,
-      "remove the ingress limit (the kubernetes.io/ingress-bandwidth annotation) for pods on SR-IOV networks, or police ingress on the switch; egressRate maps to the VF's max_tx_rate");
+    throw new CniError(
+      CniCode.UnsupportedField,
+      `${limits.source}ingressRate ${limits.ingress.rate} is not supported by berth-sriov: a VF cannot shape the traffic it receives`,
+      "remove the ingress limit (the kubernetes.io/ingress-bandwidth annotation) for pods on SR-IOV networks, or police ingress on the switch; egressRate maps to the VF's max_tx_rate",
+    );
   }
   const mbit = Math.floor(limits.egress!.rate / 1_000_000);
   if (mbit < 1) {
-    throw invalid(`${limits.source}egressRate`, `${limits.egress!.rate} bit/s is below 1 Mbit/s, the smallest VF max_tx_rate`, "use at least 1000000 (1 Mbit/s)");
+    throw invalid(
+      `${limits.source}egressRate`,
+      `${limits.egress!.rate} bit/s is below 1 Mbit/s, the smallest VF max_tx_rate`,
+      "use at least 1000000 (1 Mbit/s)",
+    );
   }
-  if (mbit * 1_000_000 !== limits.egress!.rate) log.warn("egressRate rounded down to whole Mbit/s for the VF's max_tx_rate", { egressRate: limits.egress!.rate, maxTxRate: mbit });
+  if (mbit * 1_000_000 !== limits.egress!.rate)
+    log.warn("egressRate rounded down to whole Mbit/s for the VF's max_tx_rate", { egressRate: limits.egress!.rate, maxTxRate: mbit });
   return { maxTxRate: mbit };
 }

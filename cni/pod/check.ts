@@ -14,7 +14,8 @@ import { canonical, gatewayOf } from "./setup";
 /** True when `path` is the network namespace the plugin itself runs in (the host's). */
 export function isOwnNetns(path: string): boolean {
   try {
-    const a = statSync(path), b = statSync("/proc/thread-self/ns/net");
+    const a = statSync(path),
+      b = statSync("/proc/thread-self/ns/net");
     return a.dev === b.dev && a.ino === b.ino;
   } catch {
     return false;
@@ -27,8 +28,11 @@ export function isOwnNetns(path: string): boolean {
  */
 export function openPodNetns(path: string): Netns {
   if (isOwnNetns(path)) {
-    throw new CniError(CniCode.InvalidEnv, `CNI_NETNS=${path} is the plugin's own (host) network namespace`,
-      "CNI_NETNS must be the container's network namespace; a pod sharing the host network needs no CNI attachment");
+    throw new CniError(
+      CniCode.InvalidEnv,
+      `CNI_NETNS=${path} is the plugin's own (host) network namespace`,
+      "CNI_NETNS must be the container's network namespace; a pod sharing the host network needs no CNI attachment",
+    );
   }
   return Netns.open(path);
 }
@@ -49,15 +53,26 @@ export function refuseExistingIfName(pod: Netns, ifName: string): void {
 }
 
 export function ifNameTaken(netns: string, ifName: string): CniError {
-  return new CniError(CniCode.DeviceBusy, `interface "${ifName}" already exists in network namespace ${netns}`,
-    "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first");
+  return new CniError(
+    CniCode.DeviceBusy,
+    `interface "${ifName}" already exists in network namespace ${netns}`,
+    "CNI_IFNAME must name a new interface in the pod; pick another name, or DEL the attachment that created it first",
+  );
 }
 
 /** CHECK: the interface exists with prevResult's MAC, addresses and routes. Returns it. */
-export function checkPodInterface(nl: NetlinkSocket, ifName: string, netns: string, prev: Result, ips: IpConfig[], wantMac: string | undefined): Link {
+export function checkPodInterface(
+  nl: NetlinkSocket,
+  ifName: string,
+  netns: string,
+  prev: Result,
+  ips: IpConfig[],
+  wantMac: string | undefined,
+): Link {
   const link = findLinkByName(nl, ifName);
   if (!link) throw mismatch(`interface "${ifName}" does not exist in ${netns}`);
-  if (wantMac && link.mac !== wantMac.toLowerCase()) throw mismatch(`interface "${ifName}" has MAC ${link.mac}, prevResult says ${wantMac}`);
+  if (wantMac && link.mac !== wantMac.toLowerCase())
+    throw mismatch(`interface "${ifName}" has MAC ${link.mac}, prevResult says ${wantMac}`);
   const have = new Set(listAddresses(nl, { index: link.index }).map((a) => canonical(a.cidr)));
   for (const ip of ips) {
     if (!have.has(canonical(ip.address))) throw mismatch(`interface "${ifName}" lacks address ${ip.address} from prevResult`);
@@ -69,8 +84,13 @@ export function checkPodInterface(nl: NetlinkSocket, ifName: string, netns: stri
   for (const r of prev.routes ?? []) {
     const dst = canonical(r.dst);
     const implied = gatewayOf(ips, parseCidr(r.dst)?.family as 4 | 6);
-    const ok = routes.some((k) => canonical(k.dst) === dst && (r.gw !== undefined ? sameIp(k.gateway, r.gw)
-      : k.index !== link.index || (implied === undefined ? k.gateway === undefined : sameIp(k.gateway, implied))));
+    const ok = routes.some(
+      (k) =>
+        canonical(k.dst) === dst &&
+        (r.gw !== undefined
+          ? sameIp(k.gateway, r.gw)
+          : k.index !== link.index || (implied === undefined ? k.gateway === undefined : sameIp(k.gateway, implied))),
+    );
     const via = r.gw ?? implied;
     if (!ok) throw mismatch(`route ${r.dst}${via ? ` via ${via}` : ""} from prevResult is missing in ${netns}`);
   }

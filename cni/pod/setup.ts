@@ -40,16 +40,22 @@ export function podNetOptions(conf: NetConf): PodNetOptions {
   const out: PodNetOptions = { dad: "optimistic", carrierWaitMs: DEFAULT_CARRIER_WAIT_MS };
   if (raw.ipv6DAD !== undefined && raw.ipv6DAD !== null) {
     if (!(DAD_MODES as unknown[]).includes(raw.ipv6DAD)) {
-      throw new CniError(CniCode.InvalidConfig, `invalid network config: ipv6DAD ${JSON.stringify(raw.ipv6DAD)} is not a DAD mode`,
-        'use "optimistic" (default: addresses usable at once), "wait" (ADD waits for DAD and fails on a duplicate) or "off"');
+      throw new CniError(
+        CniCode.InvalidConfig,
+        `invalid network config: ipv6DAD ${JSON.stringify(raw.ipv6DAD)} is not a DAD mode`,
+        'use "optimistic" (default: addresses usable at once), "wait" (ADD waits for DAD and fails on a duplicate) or "off"',
+      );
     }
     out.dad = raw.ipv6DAD as DadMode;
   }
   if (raw.carrierWaitMs !== undefined && raw.carrierWaitMs !== null) {
     const v = raw.carrierWaitMs;
     if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 30_000) {
-      throw new CniError(CniCode.InvalidConfig, `invalid network config: carrierWaitMs ${JSON.stringify(v)} is not 0-30000`,
-        "give the milliseconds ADD waits for carrier before announcing the pod's addresses (default 1000; 0: do not wait)");
+      throw new CniError(
+        CniCode.InvalidConfig,
+        `invalid network config: carrierWaitMs ${JSON.stringify(v)} is not 0-30000`,
+        "give the milliseconds ADD waits for carrier before announcing the pod's addresses (default 1000; 0: do not wait)",
+      );
     }
     out.carrierWaitMs = v;
   }
@@ -84,8 +90,11 @@ export function configurePodInterface(pod: Netns, index: number, s: PodNetSettin
       try {
         setSysctl(ifaceSysctl(6, dev, "disable_ipv6"), 0);
       } catch (e) {
-        throw new CniError(CniCode.NetnsFailure, `cannot enable IPv6 on ${dev} in ${pod.path}: ${(e as Error).message}`,
-          "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)");
+        throw new CniError(
+          CniCode.NetnsFailure,
+          `cannot enable IPv6 on ${dev} in ${pod.path}: ${(e as Error).message}`,
+          "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)",
+        );
       }
     }
     setSysctl(ifaceSysctl(6, s.ifName, "ndisc_notify"), 1);
@@ -121,8 +130,10 @@ function announceAfterCarrier(nl: NetlinkSocket, index: number, s: PodNetSetting
     link = getLinkByIndex(nl, index);
   }
   if (!(link.flags & IFF_LOWER_UP)) {
-    s.log.warn("no carrier on the pod interface; its addresses were not announced (neighbours learn them on first traffic)",
-      { ifName: s.ifName, waitedMs: s.carrierWaitMs ?? DEFAULT_CARRIER_WAIT_MS });
+    s.log.warn("no carrier on the pod interface; its addresses were not announced (neighbours learn them on first traffic)", {
+      ifName: s.ifName,
+      waitedMs: s.carrierWaitMs ?? DEFAULT_CARRIER_WAIT_MS,
+    });
     return;
   }
   if (!link.mac) return;
@@ -140,16 +151,25 @@ function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
     const mine = listAddresses(nl, { index, family: 6 }).filter((a) => want.has(canonical(a.cidr)));
     const failed = mine.find((a) => a.dadFailed);
     if (failed) {
-      throw new CniError(CniCode.IpamIpUnavailable, `IPv6 address ${failed.cidr} is already in use on the network: duplicate address detection failed on ${s.ifName}`,
-        "another host answers for this address; find it (ip -6 neigh) and remove the duplicate, or exclude the address from the pool");
+      throw new CniError(
+        CniCode.IpamIpUnavailable,
+        `IPv6 address ${failed.cidr} is already in use on the network: duplicate address detection failed on ${s.ifName}`,
+        "another host answers for this address; find it (ip -6 neigh) and remove the duplicate, or exclude the address from the pool",
+      );
     }
     if (!mine.some((a) => a.tentative)) return;
     if (Date.now() > deadline) {
       const link = getLinkByIndex(nl, index);
-      throw new CniError(CniCode.NetlinkFailure, `duplicate address detection for ${mine.filter((a) => a.tentative).map((a) => a.cidr).join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
+      throw new CniError(
+        CniCode.NetlinkFailure,
+        `duplicate address detection for ${mine
+          .filter((a) => a.tentative)
+          .map((a) => a.cidr)
+          .join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
         link.operState !== "up"
           ? `${s.ifName} is ${link.operState}: its parent has no carrier; bring it up and check the cable, switch port or the PF's link state`
-          : "the link may be losing packets; check the parent NIC and the switch port");
+          : "the link may be losing packets; check the parent NIC and the switch port",
+      );
     }
     sleepSync(20);
   }
@@ -169,8 +189,12 @@ function addRoutes(nl: NetlinkSocket, index: number, ips: IpConfig[], routes: Ro
     if (r.mtu || r.advmss) log.warn("route mtu/advmss are not applied", { route: r });
     try {
       addRoute(nl, {
-        dst: r.dst, index, ...(gw ? { gateway: gw } : {}), ...(onLink ? { onLink } : {}),
-        ...(r.priority !== undefined ? { metric: r.priority } : {}), ...(r.table !== undefined ? { table: r.table } : {}),
+        dst: r.dst,
+        index,
+        ...(gw ? { gateway: gw } : {}),
+        ...(onLink ? { onLink } : {}),
+        ...(r.priority !== undefined ? { metric: r.priority } : {}),
+        ...(r.table !== undefined ? { table: r.table } : {}),
         ...(r.scope !== undefined && SCOPES[r.scope] ? { scope: SCOPES[r.scope] } : {}),
       });
     } catch (e) {
@@ -182,4 +206,3 @@ function addRoutes(nl: NetlinkSocket, index: number, ips: IpConfig[], routes: Ro
 export function gatewayOf(ips: IpConfig[], family: 4 | 6): string | undefined {
   return ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === family)?.gateway;
 }
-

@@ -38,8 +38,11 @@ function union(a?: string[], b?: string[]): string[] | undefined {
 /** prevResult, required for CHECK (code 121 when the runtime sent none). */
 export function requirePrevResult(ctx: CniContext<unknown>): Result {
   if (!ctx.conf.prevResult) {
-    throw new CniError(CniCode.PrevResultMissing, `${ctx.conf.type}: required prevResult missing`,
-      "CHECK compares the pod's interface with the result of ADD; the runtime must pass it as prevResult");
+    throw new CniError(
+      CniCode.PrevResultMissing,
+      `${ctx.conf.type}: required prevResult missing`,
+      "CHECK compares the pod's interface with the result of ADD; the runtime must pass it as prevResult",
+    );
   }
   return ctx.conf.prevResult;
 }

@@ -55,19 +55,28 @@ function invalid(field: string, why: string, fix: string): CniError {
 /** Decodes stdin; code 6 when it is not a JSON object. */
 export function decodeConfig(stdin: string): Record<string, unknown> {
   if (stdin.trim() === "") {
-    throw new CniError(CniCode.DecodeFailure, "no network config on stdin",
-      "the runtime must write the network configuration (JSON) to the plugin's stdin");
+    throw new CniError(
+      CniCode.DecodeFailure,
+      "no network config on stdin",
+      "the runtime must write the network configuration (JSON) to the plugin's stdin",
+    );
   }
   let raw: unknown;
   try {
     raw = JSON.parse(stdin);
   } catch (e) {
-    throw new CniError(CniCode.DecodeFailure, `error decoding network config: ${(e as Error).message}`,
-      "the network configuration on stdin must be valid JSON");
+    throw new CniError(
+      CniCode.DecodeFailure,
+      `error decoding network config: ${(e as Error).message}`,
+      "the network configuration on stdin must be valid JSON",
+    );
   }
   if (!isObject(raw)) {
-    throw new CniError(CniCode.DecodeFailure, "error decoding network config: not a JSON object",
-      "the network configuration on stdin must be a JSON object");
+    throw new CniError(
+      CniCode.DecodeFailure,
+      "error decoding network config: not a JSON object",
+      "the network configuration on stdin must be a JSON object",
+    );
   }
   return raw;
 }
@@ -93,8 +102,11 @@ export function configVersion(raw: Record<string, unknown>): CniVersion {
 export function requireVerbSupported(command: Command, version: string): void {
   const min = command === "CHECK" ? "0.4.0" : command === "STATUS" || command === "GC" ? "1.1.0" : undefined;
   if (min && !atLeast(version, min)) {
-    throw new CniError(CniCode.IncompatibleVersion, `config version does not allow ${command}`,
-      `${command} exists from CNI ${min}; the config says cniVersion "${version}"`);
+    throw new CniError(
+      CniCode.IncompatibleVersion,
+      `config version does not allow ${command}`,
+      `${command} exists from CNI ${min}; the config says cniVersion "${version}"`,
+    );
   }
 }
 
@@ -126,17 +138,21 @@ export function parseConfig(raw: Record<string, unknown>, command: Command): Net
 
   if (raw.dns !== undefined && raw.dns !== null) {
     if (!isObject(raw.dns)) throw invalid("dns", "is not an object", 'use "dns": {"nameservers": ["10.0.0.53"]}');
-    conf.dns = parseDns(raw.dns, (f) => invalid(`dns.${f}`, "has the wrong type", "nameservers/search/options are lists of strings, domain a string"));
+    conf.dns = parseDns(raw.dns, (f) =>
+      invalid(`dns.${f}`, "has the wrong type", "nameservers/search/options are lists of strings, domain a string"),
+    );
   }
 
   if (raw.runtimeConfig !== undefined && raw.runtimeConfig !== null) {
-    if (!isObject(raw.runtimeConfig)) throw invalid("runtimeConfig", "is not an object", "runtimeConfig is set by the runtime from capabilities");
+    if (!isObject(raw.runtimeConfig))
+      throw invalid("runtimeConfig", "is not an object", "runtimeConfig is set by the runtime from capabilities");
     const rc = raw.runtimeConfig;
     conf.runtimeConfig = { ...rc };
     if (rc.ips !== undefined) conf.runtimeConfig.ips = ipList(rc.ips, "runtimeConfig.ips");
     if (rc.mac !== undefined) conf.runtimeConfig.mac = mac(rc.mac, "runtimeConfig.mac");
     if (rc.deviceID !== undefined) {
-      if (typeof rc.deviceID !== "string" || rc.deviceID === "") throw invalid("runtimeConfig.deviceID", "is not a string", 'the "deviceID" capability is a PCI address such as 0000:3b:02.1');
+      if (typeof rc.deviceID !== "string" || rc.deviceID === "")
+        throw invalid("runtimeConfig.deviceID", "is not a string", 'the "deviceID" capability is a PCI address such as 0000:3b:02.1');
       conf.runtimeConfig.deviceID = rc.deviceID;
     }
   }
@@ -181,8 +197,11 @@ export function parseConfig(raw: Record<string, unknown>, command: Command): Net
     const key = raw["cni.dev/valid-attachments"] !== undefined ? "cni.dev/valid-attachments" : "cni.dev/attachments";
     const va = raw[key];
     if (!Array.isArray(va)) {
-      throw invalid("cni.dev/valid-attachments", va === undefined ? "is missing" : "is not a list",
-        "GC needs the list of attachments still in use (cni.dev/valid-attachments); the runtime sets it");
+      throw invalid(
+        "cni.dev/valid-attachments",
+        va === undefined ? "is missing" : "is not a list",
+        "GC needs the list of attachments still in use (cni.dev/valid-attachments); the runtime sets it",
+      );
     }
     conf.validAttachments = va.map((a, i) => {
       if (!isObject(a) || typeof a.containerID !== "string" || typeof a.ifname !== "string") {

@@ -43,8 +43,11 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
     try {
       stdin = io.readStdin();
     } catch (e) {
-      throw new CniError(CniCode.IOFailure, `cannot read the network config from stdin: ${(e as Error).message}`,
-        "the runtime must pass the network configuration on stdin");
+      throw new CniError(
+        CniCode.IOFailure,
+        `cannot read the network config from stdin: ${(e as Error).message}`,
+        "the runtime must pass the network configuration on stdin",
+      );
     }
     version = peekVersion(stdin) ?? CURRENT_VERSION;
     if (command === "VERSION") {
@@ -55,7 +58,9 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
     const conf = parseConfig(decodeConfig(stdin), command);
     const plugin = typeof source === "function" ? await source() : source;
     log = createLogger(conf.logFile, conf.logLevel, {
-      plugin: plugin.name, cmd: command, network: conf.name,
+      plugin: plugin.name,
+      cmd: command,
+      network: conf.name,
       ...(env.containerId ? { containerID: env.containerId, ifName: env.ifName } : {}),
     });
     const perAttachment = command === "ADD" || command === "DEL" || command === "CHECK";
@@ -91,7 +96,9 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
   } catch (e) {
     const err = toCniError(e);
     log.error(`${command ?? "command"} failed`, {
-      code: err.code, error: err.message, details: err.details,
+      code: err.code,
+      error: err.message,
+      details: err.details,
       ...(err.code === CniCode.Internal && e instanceof Error ? { stack: e.stack } : {}),
     });
     try {
@@ -103,22 +110,46 @@ export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = proce
   }
 }
 
-export function buildContext<P>(command: Command, env: ReturnType<typeof readEnv>, args: ReturnType<typeof parseCniArgs>,
-  conf: NetConf, pluginConfig: P, stdin: string, processEnv: NodeJS.ProcessEnv, log: Logger): CniContext<P> {
+export function buildContext<P>(
+  command: Command,
+  env: ReturnType<typeof readEnv>,
+  args: ReturnType<typeof parseCniArgs>,
+  conf: NetConf,
+  pluginConfig: P,
+  stdin: string,
+  processEnv: NodeJS.ProcessEnv,
+  log: Logger,
+): CniContext<P> {
   // Requested IPs come from one source, by the same precedence as the MAC: runtimeConfig.ips
   // (the "ips" capability), else args.cni.ips, else CNI_ARGS IP. The others are logged, not merged.
   const sources: [string, string[] | undefined][] = [
-    ["runtimeConfig.ips", conf.runtimeConfig.ips], ["args.cni.ips", conf.argsCni.ips], ["CNI_ARGS IP", args.IP],
+    ["runtimeConfig.ips", conf.runtimeConfig.ips],
+    ["args.cni.ips", conf.argsCni.ips],
+    ["CNI_ARGS IP", args.IP],
   ];
   const given = sources.filter(([, ips]) => ips?.length);
   const requested = [...new Set(given[0]?.[1] ?? [])];
   if (given.length > 1) {
-    log.warn(`requested IPs taken from ${given[0]![0]}; ${given.slice(1).map(([s]) => s).join(" and ")} ignored`, {
-      used: given[0]![1], ignored: Object.fromEntries(given.slice(1)),
-    });
+    log.warn(
+      `requested IPs taken from ${given[0]![0]}; ${given
+        .slice(1)
+        .map(([s]) => s)
+        .join(" and ")} ignored`,
+      {
+        used: given[0]![1],
+        ignored: Object.fromEntries(given.slice(1)),
+      },
+    );
   }
   return {
-    command, env, args, conf, pluginConfig, stdin, processEnv, log,
+    command,
+    env,
+    args,
+    conf,
+    pluginConfig,
+    stdin,
+    processEnv,
+    log,
     containerId: env.containerId,
     ifName: env.ifName,
     netns: env.netns,

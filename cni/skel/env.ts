@@ -53,8 +53,10 @@ function invalidEnv(msg: string, details: string): CniError {
 export function readCommand(env: NodeJS.ProcessEnv): Command {
   const cmd = env.CNI_COMMAND;
   if (cmd === undefined || cmd === "") {
-    throw invalidEnv("required env variables [CNI_COMMAND] missing",
-      `set CNI_COMMAND to one of ${COMMANDS.join(", ")}; this program is a CNI plugin and is run by a container runtime`);
+    throw invalidEnv(
+      "required env variables [CNI_COMMAND] missing",
+      `set CNI_COMMAND to one of ${COMMANDS.join(", ")}; this program is a CNI plugin and is run by a container runtime`,
+    );
   }
   if (!(COMMANDS as readonly string[]).includes(cmd)) {
     throw invalidEnv(`unknown CNI_COMMAND: ${cmd}`, `CNI_COMMAND must be one of ${COMMANDS.join(", ")}`);
@@ -69,8 +71,10 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Command): CniEnv {
 
   const missing = REQUIRED[command].filter((k) => !env[k]);
   if (missing.length) {
-    throw invalidEnv(`required env variables [${missing.join(" ")}] missing`,
-      `CNI ${command} needs ${REQUIRED[command].join(", ")} set by the container runtime`);
+    throw invalidEnv(
+      `required env variables [${missing.join(" ")}] missing`,
+      `CNI ${command} needs ${REQUIRED[command].join(", ")} set by the container runtime`,
+    );
   }
   out.path = (env.CNI_PATH ?? "").split(":").filter((d) => d !== "");
 
@@ -88,12 +92,16 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Command): CniEnv {
 function validateContainerId(id: string): void {
   const problem = containerIdProblem(id);
   if (problem?.startsWith("is too long")) {
-    throw invalidEnv(`CNI_CONTAINERID ${problem}`,
-      "the runtime must use a container ID of at most 256 characters (ipamd keys attachments by it)");
+    throw invalidEnv(
+      `CNI_CONTAINERID ${problem}`,
+      "the runtime must use a container ID of at most 256 characters (ipamd keys attachments by it)",
+    );
   }
   if (problem) {
-    throw invalidEnv(`invalid characters in CNI_CONTAINERID "${id}"`,
-      "the container ID must start with a letter or digit and contain only letters, digits, '_', '.' and '-'");
+    throw invalidEnv(
+      `invalid characters in CNI_CONTAINERID "${id}"`,
+      "the container ID must start with a letter or digit and contain only letters, digits, '_', '.' and '-'",
+    );
   }
 }
 
@@ -107,14 +115,19 @@ export function validateIfName(name: string): void {
 
 function validateNetns(path: string): void {
   if (!path.startsWith("/")) {
-    throw invalidEnv(`CNI_NETNS "${path}" is not an absolute path`,
-      "CNI_NETNS must be the path of the container's network namespace, e.g. /var/run/netns/cni-1234 or /proc/<pid>/ns/net");
+    throw invalidEnv(
+      `CNI_NETNS "${path}" is not an absolute path`,
+      "CNI_NETNS must be the path of the container's network namespace, e.g. /var/run/netns/cni-1234 or /proc/<pid>/ns/net",
+    );
   }
   try {
     statSync(path);
   } catch {
-    throw new CniError(CniCode.ContainerUnknown, `network namespace CNI_NETNS=${path} does not exist`,
-      "the container (or its sandbox) is gone; the runtime should not retry ADD/CHECK for it");
+    throw new CniError(
+      CniCode.ContainerUnknown,
+      `network namespace CNI_NETNS=${path} does not exist`,
+      "the container (or its sandbox) is gone; the runtime should not retry ADD/CHECK for it",
+    );
   }
   let type: number | undefined;
   try {
@@ -123,29 +136,40 @@ function validateNetns(path: string): void {
     type = undefined; // statfs unsupported here: the open in the plugin will fail with its own error
   }
   if (type !== undefined && type !== NSFS_MAGIC) {
-    throw invalidEnv(`CNI_NETNS=${path} is not a network namespace`,
-      "CNI_NETNS must be a bind-mounted network namespace (nsfs) or /proc/<pid>/ns/net");
+    throw invalidEnv(
+      `CNI_NETNS=${path} is not a network namespace`,
+      "CNI_NETNS must be a bind-mounted network namespace (nsfs) or /proc/<pid>/ns/net",
+    );
   }
 }
 
 export function validateNetworkName(name: unknown): string {
   if (typeof name !== "string" || name === "") {
-    throw new CniError(CniCode.InvalidConfig, "missing network name",
-      'set "name" in the network config, e.g. "name": "underlay"');
+    throw new CniError(CniCode.InvalidConfig, "missing network name", 'set "name" in the network config, e.g. "name": "underlay"');
   }
   const problem = networkNameProblem(name);
   if (problem?.startsWith("is too long")) {
     throw new CniError(CniCode.InvalidConfig, `invalid network config: name ${problem}`, "use a shorter network name");
   }
   if (problem) {
-    throw new CniError(CniCode.InvalidConfig, `invalid characters found in network name "${name}"`,
-      "the network name must start with a letter or digit and contain only letters, digits, '_', '.' and '-'");
+    throw new CniError(
+      CniCode.InvalidConfig,
+      `invalid characters found in network name "${name}"`,
+      "the network name must start with a letter or digit and contain only letters, digits, '_', '.' and '-'",
+    );
   }
   return name;
 }
 
-const KNOWN_ARGS = new Set(["IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_UID",
-  "K8S_POD_INFRA_CONTAINER_ID", "IP", "MAC"]);
+const KNOWN_ARGS = new Set([
+  "IgnoreUnknown",
+  "K8S_POD_NAMESPACE",
+  "K8S_POD_NAME",
+  "K8S_POD_UID",
+  "K8S_POD_INFRA_CONTAINER_ID",
+  "IP",
+  "MAC",
+]);
 
 /**
  * Parses CNI_ARGS ("K=V;K=V") the way libcni's types.LoadArgs does: every pair must be exactly
@@ -161,11 +185,13 @@ export function parseCniArgs(raw: string, extraKeys: readonly string[] = []): Cn
   for (const pair of raw.split(";")) {
     const kv = pair.split("=");
     if (kv.length !== 2) {
-      throw invalidEnv(`CNI_ARGS: invalid pair "${pair}"`, 'CNI_ARGS must be "KEY=VALUE" pairs separated by ";" (no empty pairs, one "=" per pair)');
+      throw invalidEnv(
+        `CNI_ARGS: invalid pair "${pair}"`,
+        'CNI_ARGS must be "KEY=VALUE" pairs separated by ";" (no empty pairs, one "=" per pair)',
+      );
     }
     const [key, value] = kv as [string, string];
-    const badValue = (why: string) =>
-      invalidEnv(`CNI_ARGS: error parsing value of pair "${pair}": ${why}`, `fix ${key} in CNI_ARGS`);
+    const badValue = (why: string) => invalidEnv(`CNI_ARGS: error parsing value of pair "${pair}": ${why}`, `fix ${key} in CNI_ARGS`);
     switch (key) {
       case "IgnoreUnknown": {
         const v = value.toLowerCase();
@@ -175,7 +201,10 @@ export function parseCniArgs(raw: string, extraKeys: readonly string[] = []): Cn
         break;
       }
       case "IP": {
-        const ips = value.split(",").map((s) => s.trim()).filter((s) => s !== "");
+        const ips = value
+          .split(",")
+          .map((s) => s.trim())
+          .filter((s) => s !== "");
         for (const ip of ips) {
           if (ipFamily(ip) === 0 && !parseCidr(ip)) throw badValue(`invalid IP address ${ip}`);
         }
@@ -201,9 +230,11 @@ export function parseCniArgs(raw: string, extraKeys: readonly string[] = []): Cn
   }
   if (unknown.length) {
     if (!args.IgnoreUnknown) {
-      throw new CniError(CniCode.UnsupportedField,
+      throw new CniError(
+        CniCode.UnsupportedField,
         `CNI_ARGS: unknown args [${unknown.map((p) => JSON.stringify(p)).join(" ")}]`,
-        `known keys: ${[...KNOWN_ARGS, ...extraKeys].join(", ")}; add IgnoreUnknown=1 to CNI_ARGS to ignore the others`);
+        `known keys: ${[...KNOWN_ARGS, ...extraKeys].join(", ")}; add IgnoreUnknown=1 to CNI_ARGS to ignore the others`,
+      );
     }
     for (const pair of unknown) {
       const [k, v] = pair.split("=") as [string, string];

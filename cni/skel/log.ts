@@ -33,7 +33,10 @@ export function createLogger(file: string | undefined, level: LogLevel = "info",
         directoryReady.add(file);
         mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
       }
-      appendFileSync(file, JSON.stringify({ time: new Date().toISOString(), level: lvl, pid: process.pid, ...base, msg, ...fields }) + "\n");
+      appendFileSync(
+        file,
+        JSON.stringify({ time: new Date().toISOString(), level: lvl, pid: process.pid, ...base, msg, ...fields }) + "\n",
+      );
     } catch {
       // ignored on purpose, see above
     }

@@ -56,33 +56,39 @@ export function encodeResult(result: Result, version: string): Json {
   const v1 = atLeast(version, "1.0.0");
   const out: Json = { cniVersion: version };
   if (result.interfaces?.length) {
-    out.interfaces = result.interfaces.map((i) => compact({
-      name: i.name,
-      mac: i.mac || undefined,
-      mtu: v11 && i.mtu ? i.mtu : undefined,
-      sandbox: i.sandbox || undefined,
-      socketPath: v11 && i.socketPath ? i.socketPath : undefined,
-      pciID: v11 && i.pciID ? i.pciID : undefined,
-    }));
+    out.interfaces = result.interfaces.map((i) =>
+      compact({
+        name: i.name,
+        mac: i.mac || undefined,
+        mtu: v11 && i.mtu ? i.mtu : undefined,
+        sandbox: i.sandbox || undefined,
+        socketPath: v11 && i.socketPath ? i.socketPath : undefined,
+        pciID: v11 && i.pciID ? i.pciID : undefined,
+      }),
+    );
   }
   if (result.ips?.length) {
-    out.ips = result.ips.map((ip) => compact({
-      version: v1 ? undefined : String(parseCidr(ip.address)?.family ?? 4),
-      interface: ip.interface,
-      address: ip.address,
-      gateway: ip.gateway || undefined,
-    }));
+    out.ips = result.ips.map((ip) =>
+      compact({
+        version: v1 ? undefined : String(parseCidr(ip.address)?.family ?? 4),
+        interface: ip.interface,
+        address: ip.address,
+        gateway: ip.gateway || undefined,
+      }),
+    );
   }
   if (result.routes?.length) {
-    out.routes = result.routes.map((r) => compact({
-      dst: r.dst,
-      gw: r.gw || undefined,
-      mtu: v11 && r.mtu ? r.mtu : undefined,
-      advmss: v11 && r.advmss ? r.advmss : undefined,
-      priority: v11 && r.priority ? r.priority : undefined,
-      table: v11 ? r.table : undefined,
-      scope: v11 ? r.scope : undefined,
-    }));
+    out.routes = result.routes.map((r) =>
+      compact({
+        dst: r.dst,
+        gw: r.gw || undefined,
+        mtu: v11 && r.mtu ? r.mtu : undefined,
+        advmss: v11 && r.advmss ? r.advmss : undefined,
+        priority: v11 && r.priority ? r.priority : undefined,
+        table: v11 ? r.table : undefined,
+        scope: v11 ? r.scope : undefined,
+      }),
+    );
   }
   const dns = result.dns ?? {};
   out.dns = compact({
@@ -105,8 +111,11 @@ function compact(o: Json): Json {
  */
 export function parseResult(raw: unknown, version: string, what: string): Result {
   const bad = (field: string, why: string) =>
-    new CniError(CniCode.DecodeFailure, `invalid ${what}: ${field ? `${field} ` : ""}${why}`,
-      `the ${what} must be a CNI ${version} result`);
+    new CniError(
+      CniCode.DecodeFailure,
+      `invalid ${what}: ${field ? `${field} ` : ""}${why}`,
+      `the ${what} must be a CNI ${version} result`,
+    );
   if (!isObject(raw)) throw bad("", `is not a JSON object (got ${Array.isArray(raw) ? "a list" : typeof raw})`);
   const v1 = atLeast(version, "1.0.0");
   const result: Result = {};

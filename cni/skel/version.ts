@@ -19,8 +19,11 @@ export function compareVersions(a: string, b: string): number {
 function parseSemver(v: string): [number, number, number] {
   const m = SEMVER.exec(v);
   if (!m) {
-    throw new CniError(CniCode.DecodeFailure, `invalid cniVersion "${v}"`,
-      `cniVersion must look like "1.1.0"; supported: ${SUPPORTED_VERSIONS.join(", ")}`);
+    throw new CniError(
+      CniCode.DecodeFailure,
+      `invalid cniVersion "${v}"`,
+      `cniVersion must look like "1.1.0"; supported: ${SUPPORTED_VERSIONS.join(", ")}`,
+    );
   }
   return [Number(m[1]), Number(m[2]), Number(m[3])];
 }
@@ -35,9 +38,12 @@ export function atLeast(v: string, min: string): boolean {
 
 /** Error for a config whose cniVersion this plugin cannot speak (same text as libcni). */
 export function incompatibleVersion(configVersion: string): CniError {
-  return new CniError(CniCode.IncompatibleVersion, "incompatible CNI versions",
+  return new CniError(
+    CniCode.IncompatibleVersion,
+    "incompatible CNI versions",
     `config is "${configVersion}", plugin supports [${SUPPORTED_VERSIONS.map((v) => `"${v}"`).join(" ")}]; ` +
-    `set "cniVersion" in the network config to one of them`);
+      `set "cniVersion" in the network config to one of them`,
+  );
 }
 
 export function versionInfo(): { cniVersion: string; supportedVersions: string[] } {

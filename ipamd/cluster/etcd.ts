@@ -11,7 +11,11 @@ import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
 
-export interface EtcdTls { caFile?: string; certFile?: string; keyFile?: string }
+export interface EtcdTls {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+}
 
 export interface EtcdClientOptions extends EtcdTls {
   endpoints: string[];
@@ -42,7 +46,12 @@ export interface KeyValue {
   lease?: string;
 }
 
-export interface RangeResult { kvs: KeyValue[]; count: number; more: boolean; revision: number }
+export interface RangeResult {
+  kvs: KeyValue[];
+  count: number;
+  more: boolean;
+  revision: number;
+}
 export interface RangeOptions {
   prefix?: boolean;
   /** Explicit exclusive end of the range (instead of prefix). */
@@ -63,14 +72,18 @@ export type TxnOp =
   | { get: { key: string } & RangeOptions }
   | { del: { key: string; prefix?: boolean } };
 
-export type TxnOpResult =
-  | { kind: "get"; kvs: KeyValue[] }
-  | { kind: "put" }
-  | { kind: "del"; deleted: number };
+export type TxnOpResult = { kind: "get"; kvs: KeyValue[] } | { kind: "put" } | { kind: "del"; deleted: number };
 
-export interface TxnResult { succeeded: boolean; revision: number; responses: TxnOpResult[] }
+export interface TxnResult {
+  succeeded: boolean;
+  revision: number;
+  responses: TxnOpResult[];
+}
 
-export interface WatchEvent { type: "put" | "delete"; kv: KeyValue }
+export interface WatchEvent {
+  type: "put" | "delete";
+  kv: KeyValue;
+}
 export interface WatchHandlers {
   /** Events of one revision batch, in order; `revision` is the header revision of the batch. */
   onEvents(events: WatchEvent[], revision: number): void;
@@ -80,34 +93,59 @@ export interface WatchHandlers {
   onEnd(error: EtcdError): void;
   onCreated?(revision: number, endpoint: string): void;
 }
-export interface WatchHandle { readonly endpoint: string; close(): void }
+export interface WatchHandle {
+  readonly endpoint: string;
+  close(): void;
+}
 
 // ---------- errors ----------
 
 export class EtcdError extends Error {
-  constructor(message: string, readonly endpoint?: string) { super(message); }
+  constructor(
+    message: string,
+    readonly endpoint?: string,
+  ) {
+    super(message);
+  }
 }
 /** No endpoint could serve the request; names each endpoint with why. */
 export class EtcdUnavailable extends EtcdError {
-  constructor(readonly op: string, readonly tried: { endpoint: string; reason: string }[]) {
-    super(`etcd unreachable: ${op} failed on every endpoint (${tried.map((t) => `${t.endpoint}: ${t.reason}`).join("; ")}); ` +
-      "check that a quorum of etcd members is up and reachable from this node, and the TLS files");
+  constructor(
+    readonly op: string,
+    readonly tried: { endpoint: string; reason: string }[],
+  ) {
+    super(
+      `etcd unreachable: ${op} failed on every endpoint (${tried.map((t) => `${t.endpoint}: ${t.reason}`).join("; ")}); ` +
+        "check that a quorum of etcd members is up and reachable from this node, and the TLS files",
+    );
   }
 }
 /** A write may or may not have been applied (connection lost after sending): re-read to find out. */
 export class EtcdOutcomeUnknown extends EtcdError {
-  constructor(readonly op: string, endpoint: string, reason: string) {
+  constructor(
+    readonly op: string,
+    endpoint: string,
+    reason: string,
+  ) {
     super(`etcd ${op} on ${endpoint}: outcome unknown (${reason}); re-read the keys to see whether it was applied`, endpoint);
   }
 }
 /** etcd answered with an error status (bad request, compacted revision, too many ops...). */
 export class EtcdRequestError extends EtcdError {
-  constructor(readonly op: string, endpoint: string, readonly grpcCode: number, readonly detail: string) {
+  constructor(
+    readonly op: string,
+    endpoint: string,
+    readonly grpcCode: number,
+    readonly detail: string,
+  ) {
     super(`etcd ${op} on ${endpoint} failed: ${detail} (gRPC code ${grpcCode})`, endpoint);
   }
 }
 export class EtcdCompacted extends EtcdError {
-  constructor(readonly compactRevision: number, endpoint: string) {
+  constructor(
+    readonly compactRevision: number,
+    endpoint: string,
+  ) {
     super(`etcd revision compacted (compact revision ${compactRevision}); re-list`, endpoint);
   }
 }
@@ -131,10 +169,20 @@ function prefixEndB64(prefix: string): string {
   return Buffer.from([0]).toString("base64");
 }
 
-interface WireKv { key: string; value?: string; create_revision?: string; mod_revision?: string; version?: string; lease?: string }
+interface WireKv {
+  key: string;
+  value?: string;
+  create_revision?: string;
+  mod_revision?: string;
+  version?: string;
+  lease?: string;
+}
 function kvOf(w: WireKv): KeyValue {
   const kv: KeyValue = {
-    key: unb64(w.key), value: unb64(w.value), createRevision: num(w.create_revision), modRevision: num(w.mod_revision),
+    key: unb64(w.key),
+    value: unb64(w.value),
+    createRevision: num(w.create_revision),
+    modRevision: num(w.mod_revision),
     version: num(w.version),
   };
   if (w.lease && w.lease !== "0") kv.lease = w.lease;
@@ -164,7 +212,10 @@ function opBody(op: TxnOp): Record<string, unknown> {
   if ("put" in op) {
     return { request_put: { key: b64(op.put.key), value: b64(op.put.value), ...(op.put.lease ? { lease: op.put.lease } : {}) } };
   }
-  if ("get" in op) { const { key, ...o } = op.get; return { request_range: rangeBody(key, o) }; }
+  if ("get" in op) {
+    const { key, ...o } = op.get;
+    return { request_range: rangeBody(key, o) };
+  }
   return { request_delete_range: { key: b64(op.del.key), ...(op.del.prefix ? { range_end: prefixEndB64(op.del.key) } : {}) } };
 }
 
@@ -194,7 +245,9 @@ export class EtcdClient {
     this.retryBudgetMs = o.retryBudgetMs ?? 1000;
     const read = (what: string, path?: string): Buffer | undefined => {
       if (!path) return undefined;
-      try { return readFileSync(path); } catch (e) {
+      try {
+        return readFileSync(path);
+      } catch (e) {
         throw new Error(`etcd ${what} ${path}: ${(e as Error).message}; fix cluster.etcd.${what}`);
       }
     };
@@ -202,9 +255,13 @@ export class EtcdClient {
     if (!!this.tls.cert !== !!this.tls.key) throw new Error("etcd: certFile and keyFile go together; set both or neither");
   }
 
-  get connectionState(): ConnectionState | null { return this.state; }
+  get connectionState(): ConnectionState | null {
+    return this.state;
+  }
   /** The endpoint the next request goes to first. */
-  get currentEndpoint(): string { return this.endpoints[this.current]!; }
+  get currentEndpoint(): string {
+    return this.endpoints[this.current]!;
+  }
 
   close(): void {
     this.closed = true;
@@ -215,8 +272,12 @@ export class EtcdClient {
   // ---------- KV ----------
 
   async range(key: string, o: RangeOptions = {}): Promise<RangeResult> {
-    const r = await this.call("range", "/v3/kv/range", rangeBody(key, o), true) as
-      { header: { revision: string }; kvs?: WireKv[]; count?: string; more?: boolean };
+    const r = (await this.call("range", "/v3/kv/range", rangeBody(key, o), true)) as {
+      header: { revision: string };
+      kvs?: WireKv[];
+      count?: string;
+      more?: boolean;
+    };
     return { kvs: (r.kvs ?? []).map(kvOf), count: num(r.count), more: r.more === true, revision: num(r.header.revision) };
   }
 
@@ -225,27 +286,39 @@ export class EtcdClient {
   }
 
   async put(key: string, value: string, o: { lease?: string } = {}): Promise<number> {
-    const r = await this.call("put", "/v3/kv/put", { key: b64(key), value: b64(value), ...(o.lease ? { lease: o.lease } : {}) }, false) as
-      { header: { revision: string } };
+    const r = (await this.call(
+      "put",
+      "/v3/kv/put",
+      { key: b64(key), value: b64(value), ...(o.lease ? { lease: o.lease } : {}) },
+      false,
+    )) as { header: { revision: string } };
     return num(r.header.revision);
   }
 
   async delete(key: string, o: { prefix?: boolean } = {}): Promise<number> {
-    const r = await this.call("delete", "/v3/kv/deleterange", opBody({ del: { key, ...o } }).request_delete_range as object, false) as
-      { deleted?: string };
+    const r = (await this.call("delete", "/v3/kv/deleterange", opBody({ del: { key, ...o } }).request_delete_range as object, false)) as {
+      deleted?: string;
+    };
     return num(r.deleted);
   }
 
   /** If every compare holds, the success ops, else the failure ops; all at one revision. */
   async txn(compare: Compare[], success: TxnOp[], failure: TxnOp[] = []): Promise<TxnResult> {
     const readOnly = [...success, ...failure].every((op) => "get" in op);
-    const r = await this.call("txn", "/v3/kv/txn", {
-      compare: compare.map(compareBody), success: success.map(opBody), failure: failure.map(opBody),
-    }, readOnly) as { header: { revision: string }; succeeded?: boolean; responses?: Record<string, unknown>[] };
+    const r = (await this.call(
+      "txn",
+      "/v3/kv/txn",
+      {
+        compare: compare.map(compareBody),
+        success: success.map(opBody),
+        failure: failure.map(opBody),
+      },
+      readOnly,
+    )) as { header: { revision: string }; succeeded?: boolean; responses?: Record<string, unknown>[] };
     const ops = r.succeeded ? success : failure;
     const responses = (r.responses ?? []).map((resp, i): TxnOpResult => {
       const op = ops[i]!;
-      if ("get" in op) return { kind: "get", kvs: (((resp.response_range as { kvs?: WireKv[] }) ?? {}).kvs ?? []).map(kvOf) };
+      if ("get" in op) return { kind: "get", kvs: ((resp.response_range as { kvs?: WireKv[] })?.kvs ?? []).map(kvOf) };
       if ("put" in op) return { kind: "put" };
       return { kind: "del", deleted: num((resp.response_delete_range as { deleted?: string } | undefined)?.deleted) };
     });
@@ -255,15 +328,21 @@ export class EtcdClient {
   // ---------- leases ----------
 
   async leaseGrant(ttlSeconds: number): Promise<{ id: string; ttl: number }> {
-    const r = await this.call("lease grant", "/v3/lease/grant", { TTL: ttlSeconds }, false) as { ID: string; TTL: string; error?: string };
+    const r = (await this.call("lease grant", "/v3/lease/grant", { TTL: ttlSeconds }, false)) as {
+      ID: string;
+      TTL: string;
+      error?: string;
+    };
     if (r.error) throw new EtcdError(`etcd lease grant failed: ${r.error}`);
     return { id: r.ID, ttl: num(r.TTL) };
   }
 
   /** One keepalive; returns the remaining TTL (0: the lease is gone). Idempotent. */
   async leaseKeepAlive(id: string): Promise<number> {
-    const r = await this.call("lease keepalive", "/v3/lease/keepalive", { ID: id }, true) as
-      { result?: { TTL?: string }; error?: { message: string } };
+    const r = (await this.call("lease keepalive", "/v3/lease/keepalive", { ID: id }, true)) as {
+      result?: { TTL?: string };
+      error?: { message: string };
+    };
     if (r.error) throw new EtcdError(`etcd lease keepalive failed: ${r.error.message}`);
     return num(r.result?.TTL);
   }
@@ -313,10 +392,11 @@ export class EtcdClient {
         for (let nl = buf.indexOf("\n"); nl >= 0 && !done; nl = buf.indexOf("\n")) {
           const line = buf.slice(0, nl).trim();
           buf = buf.slice(nl + 1);
-          if (line) this.watchMessage(line, endpoint, h, finish, () => {
-            clearTimeout(connectTimer);
-            this.o.observer?.request?.("watch", endpoint, (performance.now() - started) / 1000, "ok");
-          });
+          if (line)
+            this.watchMessage(line, endpoint, h, finish, () => {
+              clearTimeout(connectTimer);
+              this.o.observer?.request?.("watch", endpoint, (performance.now() - started) / 1000, "ok");
+            });
         }
       });
       res.on("end", () => {
@@ -326,12 +406,21 @@ export class EtcdClient {
       });
       res.on("error", (e) => finish(new EtcdError(`etcd watch on ${endpoint}: ${e.message}`, endpoint)));
     });
-    return { endpoint, close: () => { done = true; clearTimeout(connectTimer); req?.destroy(); } };
+    return {
+      endpoint,
+      close: () => {
+        done = true;
+        clearTimeout(connectTimer);
+        req?.destroy();
+      },
+    };
   }
 
   private watchMessage(line: string, endpoint: string, h: WatchHandlers, finish: (e: EtcdError) => void, created: () => void): void {
     let msg: { result?: WireWatch; error?: { message?: string; grpc_code?: number } };
-    try { msg = JSON.parse(line); } catch {
+    try {
+      msg = JSON.parse(line);
+    } catch {
       finish(new EtcdError(`etcd watch on ${endpoint}: unreadable message ${line.slice(0, 200)}`, endpoint));
       return;
     }
@@ -344,14 +433,24 @@ export class EtcdClient {
     if (!r) return;
     const revision = num(r.header?.revision);
     const compact = num(r.compact_revision);
-    if (compact > 0) { h.onCompacted(compact); finish(new EtcdCompacted(compact, endpoint)); return; }
-    if (r.created) { created(); h.onCreated?.(revision, endpoint); }
+    if (compact > 0) {
+      h.onCompacted(compact);
+      finish(new EtcdCompacted(compact, endpoint));
+      return;
+    }
+    if (r.created) {
+      created();
+      h.onCreated?.(revision, endpoint);
+    }
     if (r.canceled) {
       finish(new EtcdError(`etcd watch on ${endpoint} canceled: ${r.cancel_reason ?? "no reason given"}`, endpoint));
       return;
     }
     if (r.events?.length) {
-      h.onEvents(r.events.map((e) => ({ type: e.type === "DELETE" ? "delete" : "put", kv: kvOf(e.kv) })), revision);
+      h.onEvents(
+        r.events.map((e) => ({ type: e.type === "DELETE" ? "delete" : "put", kv: kvOf(e.kv) })),
+        revision,
+      );
     }
   }
 
@@ -372,7 +471,11 @@ export class EtcdClient {
     const u = new URL(endpoint + path);
     const mod = u.protocol === "https:" ? https : http;
     const req = mod.request({
-      host: u.hostname, port: u.port, path: u.pathname, method: "POST", agent: this.agentFor(endpoint),
+      host: u.hostname,
+      port: u.port,
+      path: u.pathname,
+      method: "POST",
+      agent: this.agentFor(endpoint),
       headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body), "grpc-metadata-hasleader": "true" },
       ...(timeoutMs ? { signal: AbortSignal.timeout(timeoutMs) } : {}),
     });
@@ -386,15 +489,18 @@ export class EtcdClient {
       const req = this.request(endpoint, path, body, this.timeoutMs);
       req.on("socket", (s) => {
         if (!s.connecting) connected = true;
-        else s.once(endpoint.startsWith("https:") ? "secureConnect" : "connect", () => { connected = true; });
+        else
+          s.once(endpoint.startsWith("https:") ? "secureConnect" : "connect", () => {
+            connected = true;
+          });
       });
       req.on("error", (e: NodeJS.ErrnoException) => {
         const code = e.code ?? e.name;
         const aborted = e.name === "AbortError" || code === "ABORT_ERR" || e.name === "TimeoutError";
         const reason = aborted ? `no answer within ${this.timeoutMs} ms` : `${code}: ${e.message}`;
         // A reused keep-alive socket the server had closed fails before etcd saw anything (Node's documented retry case).
-        const unsent = !connected || UNSENT_CODES.has(code) || (req.reusedSocket && code === "ECONNRESET") ||
-          /certificate|SSL|TLS/i.test(e.message);
+        const unsent =
+          !connected || UNSENT_CODES.has(code) || (req.reusedSocket && code === "ECONNRESET") || /certificate|SSL|TLS/i.test(e.message);
         resolve({ ok: false, failure: { kind: unsent ? "unsent" : "unknown", reason } });
       });
       req.on("response", (res) => {
@@ -404,7 +510,9 @@ export class EtcdClient {
         res.on("end", () => {
           const text = Buffer.concat(chunks).toString("utf8");
           let json: { code?: number; message?: string; error?: unknown; result?: unknown };
-          try { json = JSON.parse(text.split("\n")[0]!); } catch {
+          try {
+            json = JSON.parse(text.split("\n")[0]!);
+          } catch {
             resolve({ ok: false, failure: { kind: "unknown", reason: `HTTP ${res.statusCode}: unreadable answer ${text.slice(0, 200)}` } });
             return;
           }
@@ -412,8 +520,11 @@ export class EtcdClient {
             resolve({ ok: true, value: json });
             return;
           }
-          const err = (typeof json.error === "object" && json.error ? json.error : json) as
-            { code?: number; grpc_code?: number; message?: string };
+          const err = (typeof json.error === "object" && json.error ? json.error : json) as {
+            code?: number;
+            grpc_code?: number;
+            message?: string;
+          };
           const code = err.code ?? err.grpc_code ?? 2;
           resolve({ ok: false, failure: { kind: "answer", code, message: err.message ?? text.slice(0, 200) } });
         });

@@ -38,8 +38,16 @@ export interface StickyRecord {
   attachment?: AttachmentRef;
 }
 
-export interface NodeRecord { node: string; startedAt: number; labels?: Record<string, string> }
-export interface HandbackRecord { node: string; pool: string; at: number }
+export interface NodeRecord {
+  node: string;
+  startedAt: number;
+  labels?: Record<string, string>;
+}
+export interface HandbackRecord {
+  node: string;
+  pool: string;
+  at: number;
+}
 
 const SEGMENT = /^[^/\s]+$/;
 
@@ -55,34 +63,56 @@ export class KeyLayout {
     return s;
   }
 
-  poolIps(pool: string): string { return `${this.prefix}/ip/${this.seg(pool, "pool name")}/`; }
-  ip(pool: string, ip: string): string { return this.poolIps(pool) + ip; }
-  ipFromKey(key: string): string { return key.slice(key.lastIndexOf("/") + 1); }
+  poolIps(pool: string): string {
+    return `${this.prefix}/ip/${this.seg(pool, "pool name")}/`;
+  }
+  ip(pool: string, ip: string): string {
+    return this.poolIps(pool) + ip;
+  }
+  ipFromKey(key: string): string {
+    return key.slice(key.lastIndexOf("/") + 1);
+  }
 
   identityName(id: StickyIdentity): string {
     return [id.namespace, id.statefulset, String(id.ordinal), id.iface].map((s) => this.seg(s, "sticky identity part")).join("/");
   }
-  poolSticky(pool: string): string { return `${this.prefix}/sticky/${this.seg(pool, "pool name")}/`; }
-  sticky(id: StickyIdentity): string { return this.poolSticky(id.pool) + this.identityName(id); }
+  poolSticky(pool: string): string {
+    return `${this.prefix}/sticky/${this.seg(pool, "pool name")}/`;
+  }
+  sticky(id: StickyIdentity): string {
+    return this.poolSticky(id.pool) + this.identityName(id);
+  }
   identityFromKey(key: string): StickyIdentity {
     const [pool, namespace, statefulset, ordinal, iface] = key.slice(`${this.prefix}/sticky/`.length).split("/");
     return { pool: pool!, namespace: namespace!, statefulset: statefulset!, ordinal: Number(ordinal), iface: iface! };
   }
 
-  nodes(): string { return `${this.prefix}/node/`; }
-  node(name: string): string { return this.nodes() + this.seg(name, "node name"); }
+  nodes(): string {
+    return `${this.prefix}/node/`;
+  }
+  node(name: string): string {
+    return this.nodes() + this.seg(name, "node name");
+  }
 
-  statefulSets(): string { return `${this.prefix}/statefulset/`; }
+  statefulSets(): string {
+    return `${this.prefix}/statefulset/`;
+  }
   statefulSet(namespace: string, name: string): string {
     return `${this.statefulSets()}${this.seg(namespace, "namespace")}/${this.seg(name, "StatefulSet name")}`;
   }
 
-  handbacks(): string { return `${this.prefix}/handback/`; }
-  handback(pool: string): string { return this.handbacks() + this.seg(pool, "pool name"); }
+  handbacks(): string {
+    return `${this.prefix}/handback/`;
+  }
+  handback(pool: string): string {
+    return this.handbacks() + this.seg(pool, "pool name");
+  }
 }
 
 export function parseJson<T>(text: string, key: string): T {
-  try { return JSON.parse(text) as T; } catch {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
     throw new Error(`etcd key ${key} holds a value that is not Berth JSON: ${text.slice(0, 120)}`);
   }
 }

@@ -11,22 +11,40 @@ export class NodeLiveness {
   private readonly keys: KeyLayout;
   leaseLost = 0;
 
-  constructor(private readonly o: {
-    client: EtcdClient; node: string; prefix?: string; ttlSeconds?: number; labels?: Record<string, string>;
-    onError?: (e: Error) => void; now?: () => number;
-  }) { this.keys = new KeyLayout(o.prefix); }
+  constructor(
+    private readonly o: {
+      client: EtcdClient;
+      node: string;
+      prefix?: string;
+      ttlSeconds?: number;
+      labels?: Record<string, string>;
+      onError?: (e: Error) => void;
+      now?: () => number;
+    },
+  ) {
+    this.keys = new KeyLayout(o.prefix);
+  }
 
-  private get ttl(): number { return this.o.ttlSeconds ?? 10; }
-  private now(): number { return (this.o.now ?? Date.now)(); }
+  private get ttl(): number {
+    return this.o.ttlSeconds ?? 10;
+  }
+  private now(): number {
+    return (this.o.now ?? Date.now)();
+  }
 
   /** When etcd last confirmed this node's liveness (ms); 0 before the first success. */
-  lastConfirmedAt(): number { return this.confirmedAt; }
+  lastConfirmedAt(): number {
+    return this.confirmedAt;
+  }
 
   async start(): Promise<void> {
     await this.renew();
     const tick = (): void => {
-      void this.renew().catch((e: Error) => this.o.onError?.(e))
-        .finally(() => { if (this.timer) this.timer = setTimeout(tick, (this.ttl * 1000) / 3); });
+      void this.renew()
+        .catch((e: Error) => this.o.onError?.(e))
+        .finally(() => {
+          if (this.timer) this.timer = setTimeout(tick, (this.ttl * 1000) / 3);
+        });
     };
     this.timer = setTimeout(tick, (this.ttl * 1000) / 3);
   }
@@ -34,7 +52,10 @@ export class NodeLiveness {
   /** One keepalive; grants a new lease and rewrites the key when the old lease is gone. */
   async renew(): Promise<void> {
     const started = this.now();
-    if (this.lease && (await this.o.client.leaseKeepAlive(this.lease)) > 0) { this.confirmedAt = started; return; }
+    if (this.lease && (await this.o.client.leaseKeepAlive(this.lease)) > 0) {
+      this.confirmedAt = started;
+      return;
+    }
     if (this.lease) this.leaseLost++;
     const { id } = await this.o.client.leaseGrant(this.ttl);
     const rec: NodeRecord = { node: this.o.node, startedAt: started, ...(this.o.labels ? { labels: this.o.labels } : {}) };
@@ -67,22 +88,36 @@ export class Reaper {
     this.keys = new KeyLayout(o.prefix);
   }
 
-  private now(): number { return (this.o.now ?? Date.now)(); }
+  private now(): number {
+    return (this.o.now ?? Date.now)();
+  }
 
   start(intervalMs: number, onReport?: (r: ReapReport) => void, onError?: (e: Error) => void): void {
     const tick = (): void => {
-      void this.reapOnce().then((r) => onReport?.(r), (e: Error) => onError?.(e))
-        .finally(() => { if (this.timer) this.timer = setTimeout(tick, intervalMs); });
+      void this.reapOnce()
+        .then(
+          (r) => onReport?.(r),
+          (e: Error) => onError?.(e),
+        )
+        .finally(() => {
+          if (this.timer) this.timer = setTimeout(tick, intervalMs);
+        });
     };
     this.timer = setTimeout(tick, intervalMs);
   }
 
-  stop(): void { if (this.timer) clearTimeout(this.timer); this.timer = null; }
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
 
   async reapOnce(): Promise<ReapReport> {
     const report: ReapReport = { freed: [], waiting: [], conflicts: 0 };
-    const live = new Set((await this.o.client.range(this.keys.nodes(), { prefix: true, keysOnly: true })).kvs
-      .map((kv) => kv.key.slice(this.keys.nodes().length)));
+    const live = new Set(
+      (await this.o.client.range(this.keys.nodes(), { prefix: true, keysOnly: true })).kvs.map((kv) =>
+        kv.key.slice(this.keys.nodes().length),
+      ),
+    );
     for (const n of [...this.goneSince.keys()]) if (live.has(n)) this.goneSince.delete(n);
     const orphans = new Map<string, { pool: string; key: string; modRevision: number; owner: "buffer" | "attachment" }[]>();
     for (const pool of this.o.pools) {
@@ -98,8 +133,14 @@ export class Reaper {
     for (const [node, keys] of orphans) {
       const since = this.goneSince.get(node) ?? now;
       this.goneSince.set(node, since);
-      if (now - since < this.o.graceMs) { report.waiting.push({ node, goneForMs: now - since }); continue; }
-      if (await this.o.client.get(this.keys.node(node))) { this.goneSince.delete(node); continue; } // back: re-check wins
+      if (now - since < this.o.graceMs) {
+        report.waiting.push({ node, goneForMs: now - since });
+        continue;
+      }
+      if (await this.o.client.get(this.keys.node(node))) {
+        this.goneSince.delete(node);
+        continue;
+      } // back: re-check wins
       for (const k of keys) {
         const r = await this.o.client.txn([{ key: k.key, target: "mod", equals: k.modRevision }], [{ del: { key: k.key } }]);
         if (r.succeeded) report.freed.push({ pool: k.pool, ip: this.keys.ipFromKey(k.key), node, owner: k.owner });

@@ -5,8 +5,10 @@ import type { BufferEntry, OutboxOp, OutboxRecord } from "./ownership";
 import type { DB, Statement } from "../store/database";
 
 export class ClusterStore {
-  private readonly q: Record<"enqueue" | "pending" | "count" | "drop" | "bufAdd" | "bufDel" | "bufDelPool" | "bufAll" | "get" | "set",
-    Statement>;
+  private readonly q: Record<
+    "enqueue" | "pending" | "count" | "drop" | "bufAdd" | "bufDel" | "bufDelPool" | "bufAll" | "get" | "set",
+    Statement
+  >;
 
   constructor(private readonly db: DB) {
     const p = (sql: string): Statement => db.prepare(sql);
@@ -25,16 +27,25 @@ export class ClusterStore {
     };
   }
 
-  enqueue(rec: OutboxOp, now: number): void { this.q.enqueue.run(now, rec.op, JSON.stringify(rec)); }
-
-  pending(limit = 256): OutboxRecord[] {
-    return (this.q.pending.all(limit) as { id: number; created_at: number; json: string }[])
-      .map((r) => ({ ...(JSON.parse(r.json) as OutboxOp), id: r.id, createdAt: r.created_at }));
+  enqueue(rec: OutboxOp, now: number): void {
+    this.q.enqueue.run(now, rec.op, JSON.stringify(rec));
   }
 
-  pendingCount(): number { return (this.q.count.get() as { n: number }).n; }
+  pending(limit = 256): OutboxRecord[] {
+    return (this.q.pending.all(limit) as { id: number; created_at: number; json: string }[]).map((r) => ({
+      ...(JSON.parse(r.json) as OutboxOp),
+      id: r.id,
+      createdAt: r.created_at,
+    }));
+  }
 
-  drop(ids: number[]): void { if (ids.length) this.q.drop.run(JSON.stringify(ids)); }
+  pendingCount(): number {
+    return (this.q.count.get() as { n: number }).n;
+  }
+
+  drop(ids: number[]): void {
+    if (ids.length) this.q.drop.run(JSON.stringify(ids));
+  }
 
   /** Outside a request: one transaction for the whole batch (one fsync). */
   private batch(fn: () => void): void {
@@ -42,14 +53,22 @@ export class ClusterStore {
   }
 
   bufferAdded(entries: BufferEntry[]): void {
-    if (entries.length) this.batch(() => { for (const e of entries) this.q.bufAdd.run(e.pool, e.ip, e.modRevision, e.notBefore); });
+    if (entries.length)
+      this.batch(() => {
+        for (const e of entries) this.q.bufAdd.run(e.pool, e.ip, e.modRevision, e.notBefore);
+      });
   }
 
   /** One address leaves the buffer (inside the request's savepoint when a local allocation takes it). */
-  bufferRemove(pool: string, ip: string): void { this.q.bufDel.run(pool, ip); }
+  bufferRemove(pool: string, ip: string): void {
+    this.q.bufDel.run(pool, ip);
+  }
 
   bufferRemoved(pool: string, ips: string[]): void {
-    if (ips.length) this.batch(() => { for (const ip of ips) this.q.bufDel.run(pool, ip); });
+    if (ips.length)
+      this.batch(() => {
+        for (const ip of ips) this.q.bufDel.run(pool, ip);
+      });
   }
 
   bufferReset(pool: string, entries: BufferEntry[]): void {
@@ -60,10 +79,18 @@ export class ClusterStore {
   }
 
   buffer(): BufferEntry[] {
-    return (this.q.bufAll.all() as { pool: string; ip: string; mod_revision: number; not_before: number }[])
-      .map((r) => ({ pool: r.pool, ip: r.ip, modRevision: r.mod_revision, notBefore: r.not_before }));
+    return (this.q.bufAll.all() as { pool: string; ip: string; mod_revision: number; not_before: number }[]).map((r) => ({
+      pool: r.pool,
+      ip: r.ip,
+      modRevision: r.mod_revision,
+      notBefore: r.not_before,
+    }));
   }
 
-  state(key: string): string | undefined { return (this.q.get.get(key) as { value: string } | undefined)?.value; }
-  setState(key: string, value: string): void { this.q.set.run(key, value); }
+  state(key: string): string | undefined {
+    return (this.q.get.get(key) as { value: string } | undefined)?.value;
+  }
+  setState(key: string, value: string): void {
+    this.q.set.run(key, value);
+  }
 }

@@ -19,34 +19,51 @@ export class ClusterMetrics {
   constructor(registry: Registry) {
     const registers = [registry];
     this.etcdSeconds = new Histogram({
-      name: "berth_ipamd_etcd_request_duration_seconds", help: "etcd round trips by operation and outcome (ok, error, unreachable)",
-      labelNames: ["op", "outcome"], buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2], registers,
+      name: "berth_ipamd_etcd_request_duration_seconds",
+      help: "etcd round trips by operation and outcome (ok, error, unreachable)",
+      labelNames: ["op", "outcome"],
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2],
+      registers,
     });
     this.conflicts = new Counter({
-      name: "berth_ipamd_etcd_txn_conflicts_total", help: "etcd compare-and-swap transactions whose compare failed (re-read and retried)",
-      labelNames: ["op"], registers,
+      name: "berth_ipamd_etcd_txn_conflicts_total",
+      help: "etcd compare-and-swap transactions whose compare failed (re-read and retried)",
+      labelNames: ["op"],
+      registers,
     });
     this.buffer = new Gauge({
-      name: "berth_ipamd_cluster_buffer_addresses", help: "Unused addresses this node holds in etcd per pool", labelNames: ["pool"],
-        registers,
+      name: "berth_ipamd_cluster_buffer_addresses",
+      help: "Unused addresses this node holds in etcd per pool",
+      labelNames: ["pool"],
+      registers,
     });
     this.outboxPending = new Gauge({
-      name: "berth_ipamd_cluster_outbox_pending", help: "Local changes (releases, detaches) not yet applied to etcd", registers,
+      name: "berth_ipamd_cluster_outbox_pending",
+      help: "Local changes (releases, detaches) not yet applied to etcd",
+      registers,
     });
     this.outboxConflicts = new Counter({
-      name: "berth_ipamd_cluster_outbox_conflicts_total", help: "Outbox records etcd contradicted (see the log)", registers,
+      name: "berth_ipamd_cluster_outbox_conflicts_total",
+      help: "Outbox records etcd contradicted (see the log)",
+      registers,
     });
     this.state = new Gauge({
-      name: "berth_ipamd_etcd_connection_state", help: "1 for the current etcd connection state (connected, degraded, unreachable)",
-      labelNames: ["state"], registers,
+      name: "berth_ipamd_etcd_connection_state",
+      help: "1 for the current etcd connection state (connected, degraded, unreachable)",
+      labelNames: ["state"],
+      registers,
     });
     this.handbacks = new Counter({
-      name: "berth_ipamd_cluster_handbacks_total", help: "Handback requests sent and addresses returned, per pool",
-      labelNames: ["pool", "event"], registers,
+      name: "berth_ipamd_cluster_handbacks_total",
+      help: "Handback requests sent and addresses returned, per pool",
+      labelNames: ["pool", "event"],
+      registers,
     });
     this.reaped = new Counter({
-      name: "berth_ipamd_cluster_reaped_addresses_total", help: "Addresses of dead nodes returned to their pools after the grace period",
-      labelNames: ["owner"], registers,
+      name: "berth_ipamd_cluster_reaped_addresses_total",
+      help: "Addresses of dead nodes returned to their pools after the grace period",
+      labelNames: ["owner"],
+      registers,
     });
   }
 

@@ -30,7 +30,13 @@ export function identityOf(m: { namespace: string; statefulset: string; ordinal:
 }
 
 /** What etcd says about one member's identity in one pool. */
-interface Binding { owner: string; member: Member; pool: string; ip: string; pinned: boolean }
+interface Binding {
+  owner: string;
+  member: Member;
+  pool: string;
+  ip: string;
+  pinned: boolean;
+}
 
 interface ClusterTicket extends OwnershipTicket {
   /** Buffered addresses prepared per family for take(). */
@@ -78,13 +84,20 @@ export function clusterApiError(e: unknown, what: string): unknown {
   }
   if (e instanceof ClusterError) {
     switch (e.code) {
-      case "pool_exhausted": return new ApiError("pool_exhausted", e.message);
-      case "l2_domain": return new ApiError("l2_domain", e.message);
-      case "attached_elsewhere": return new ApiError("attached_elsewhere", e.message);
-      case "reservation_attached": return new ApiError("reservation_attached", e.message);
-      case "ip_unavailable": return new ApiError("ip_unavailable", e.message);
-      case "fenced": return new ApiError("cluster_unavailable", e.message);
-      case "inconsistent": return new ApiError(e.retryable ? "cluster_unavailable" : "internal", e.message);
+      case "pool_exhausted":
+        return new ApiError("pool_exhausted", e.message);
+      case "l2_domain":
+        return new ApiError("l2_domain", e.message);
+      case "attached_elsewhere":
+        return new ApiError("attached_elsewhere", e.message);
+      case "reservation_attached":
+        return new ApiError("reservation_attached", e.message);
+      case "ip_unavailable":
+        return new ApiError("ip_unavailable", e.message);
+      case "fenced":
+        return new ApiError("cluster_unavailable", e.message);
+      case "inconsistent":
+        return new ApiError(e.retryable ? "cluster_unavailable" : "internal", e.message);
     }
   }
   if (e && typeof e === "object" && "endpoint" in e) {
@@ -100,8 +113,15 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   async prepare(op: OwnershipOp): Promise<OwnershipTicket> {
     const t: ClusterTicket = {
-      op, taken: new Map(), claimed: new Map(), bindings: [], absent: [], settled: new Set(), containers: new Map(),
-      used: new Set(), wroteOutbox: false,
+      op,
+      taken: new Map(),
+      claimed: new Map(),
+      bindings: [],
+      absent: [],
+      settled: new Set(),
+      containers: new Map(),
+      used: new Set(),
+      wroteOutbox: false,
     };
     try {
       if (op.kind === "allocate") await this.prepareAllocate(op.req, t);
@@ -144,12 +164,22 @@ export class ClusterNodeOwnership implements AddressOwnership {
     return local?.container_id === req.containerID && local.ifname !== req.ifName;
   }
 
-  private async prepareMember(sts: Member, family: Family, familyPools: Pool[], want: Located | undefined, req: AllocateRequest,
-    attachment: { containerID: string; ifName: string; podUID?: string }, t: ClusterTicket): Promise<void> {
+  private async prepareMember(
+    sts: Member,
+    family: Family,
+    familyPools: Pool[],
+    want: Located | undefined,
+    req: AllocateRequest,
+    attachment: { containerID: string; ifName: string; podUID?: string },
+    t: ClusterTicket,
+  ): Promise<void> {
     const { own, pools, node } = this.d;
     // Every pool of the family open to the network, selecting this node or not: the L2-domain rule needs them all.
-    const candidates = pools.all.filter((p) => p.family === family &&
-      (req.pools?.length ? req.pools.includes(p.name) : req.network === undefined || !p.networks || p.networks.includes(req.network)));
+    const candidates = pools.all.filter(
+      (p) =>
+        p.family === family &&
+        (req.pools?.length ? req.pools.includes(p.name) : req.network === undefined || !p.networks || p.networks.includes(req.network)),
+    );
     const found = await own.getSticky(candidates.map((p) => identityOf(sts, p.name)));
     const here = found.find((f) => familyPools.some((p) => p.name === f.identity.pool));
     const outside = found.find((f) => !pools.selected.some((p) => p.name === f.identity.pool));
@@ -160,7 +190,8 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const foundPools = new Set(found.map((f) => f.identity.pool));
     t.absent.push({ owner: sts.owner, pools: candidates.map((p) => p.name).filter((p) => !foundPools.has(p)) });
     if (want) {
-      if (here && here.identity.pool !== want.pool.name) { // the member moves to another pool of the family: end the old identity
+      if (here && here.identity.pool !== want.pool.name) {
+        // the member moves to another pool of the family: end the old identity
         await this.applyNow({ op: "release-sticky", identity: here.identity, force: true });
         t.settled.add(here.record.ip);
         t.absent.push({ owner: sts.owner, pools: [here.identity.pool] });
@@ -176,8 +207,11 @@ export class ClusterNodeOwnership implements AddressOwnership {
       try {
         // The read above is fresh: the bind starts from it (one compare-and-swap when nothing changed meanwhile).
         const current = here ? here.kv : order.length === 1 || i === 0 ? null : undefined;
-        const b = await own.bindSticky(identityOf(sts, order[i]!), { selectsNode: true, attachment,
-          ...(current !== undefined ? { current } : {}) });
+        const b = await own.bindSticky(identityOf(sts, order[i]!), {
+          selectsNode: true,
+          attachment,
+          ...(current !== undefined ? { current } : {}),
+        });
         this.d.bound(b.identity, b.stickyModRevision);
         t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: here?.record.pinned === true });
         return;
@@ -195,7 +229,9 @@ export class ClusterNodeOwnership implements AddressOwnership {
     }
     const exhausted: string[] = [];
     for (const p of familyPools) {
-      try { return await this.d.own.claimFree(p.name); } catch (e) {
+      try {
+        return await this.d.own.claimFree(p.name);
+      } catch (e) {
         if (!(e instanceof ClusterError && e.code === "pool_exhausted")) throw e;
         exhausted.push(e.message);
       }
@@ -220,8 +256,11 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const a = t.taken.get(family);
     const pool = a && pools.find((p) => p.name === a.pool);
     if (!a || !pool) {
-      throw new ApiError("internal", `cluster ownership: the rules asked for a free IPv${family} address that prepare did not ` +
-        `claim (${describe(t.op)}); this is a bug, please report it`);
+      throw new ApiError(
+        "internal",
+        `cluster ownership: the rules asked for a free IPv${family} address that prepare did not ` +
+          `claim (${describe(t.op)}); this is a bug, please report it`,
+      );
     }
     t.taken.delete(family);
     this.clearStale(a.ip, a.pool);
@@ -238,8 +277,11 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const t = ticket as ClusterTicket;
     const bound = t.bindings.some((b) => b.ip === address.ip);
     if (!t.claimed.has(address.ip) && !bound) {
-      throw new ApiError("internal", `cluster ownership: ${address.ip} was not claimed in etcd before the commit (${describe(t.op)}); ` +
-        "this is a bug, please report it");
+      throw new ApiError(
+        "internal",
+        `cluster ownership: ${address.ip} was not claimed in etcd before the commit (${describe(t.op)}); ` +
+          "this is a bug, please report it",
+      );
     }
     t.used.add(address.ip);
     this.d.local.bufferRemove(address.pool.name, address.ip);
@@ -248,7 +290,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
   giveBack(ip: string, pool: string, _now: number, ticket: OwnershipTicket): void {
     const t = ticket as ClusterTicket;
     if (t.settled.has(ip)) return;
-    const containerID = t.op.kind === "release" ? t.op.req.containerID : t.containers.get(ip) ?? "";
+    const containerID = t.op.kind === "release" ? t.op.req.containerID : (t.containers.get(ip) ?? "");
     this.queue(t, { op: "release", pool, ip, containerID, keepInBuffer: true });
   }
 
@@ -264,15 +306,21 @@ export class ClusterNodeOwnership implements AddressOwnership {
   bindSticky(row: Row, ticket: OwnershipTicket): void {
     const t = ticket as ClusterTicket;
     if (!t.bindings.some((b) => b.owner === row.owner && b.pool === row.pool && b.ip === row.ip)) {
-      throw new ApiError("internal", `cluster ownership: sticky ${row.owner} -> ${row.ip} was not bound in etcd before the commit ` +
-        `(${describe(t.op)}); this is a bug, please report it`);
+      throw new ApiError(
+        "internal",
+        `cluster ownership: sticky ${row.owner} -> ${row.ip} was not bound in etcd before the commit ` +
+          `(${describe(t.op)}); this is a bug, please report it`,
+      );
     }
   }
 
   endSticky(row: Row, ticket: OwnershipTicket): void {
     const t = ticket as ClusterTicket;
     if (t.settled.has(row.ip)) return;
-    if (t.op.kind === "allocate" && t.bindings.some((b) => b.owner === row.owner)) { t.settled.add(row.ip); return; }
+    if (t.op.kind === "allocate" && t.bindings.some((b) => b.owner === row.owner)) {
+      t.settled.add(row.ip);
+      return;
+    }
     this.queue(t, { op: "release-sticky", identity: identityOf(memberOfRow(row), row.pool) });
     t.settled.add(row.ip);
   }
@@ -307,7 +355,8 @@ export class ClusterNodeOwnership implements AddressOwnership {
     // A DEL answers once etcd has its release (a member recreated on another node then finds it detached), but
     // never waits long: with etcd unreachable it answers at once and the outbox applies it later.
     if (t.op.kind === "release" || t.op.kind === "gc") return this.d.flush(1000);
-    if (t.op.kind === "allocate" && t.bindings.length === 0) this.d.kickSoon(); else this.d.kick();
+    if (t.op.kind === "allocate" && t.bindings.length === 0) this.d.kickSoon();
+    else this.d.kick();
   }
 
   abandoned(ticket: OwnershipTicket): void {
@@ -316,8 +365,10 @@ export class ClusterNodeOwnership implements AddressOwnership {
     if (t.op.kind === "allocate") {
       // etcd was changed for a request that did not commit: take the attachment back off (the binding stays, detached).
       for (const b of t.bindings) {
-        this.d.local.enqueue({ op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID },
-          Date.now());
+        this.d.local.enqueue(
+          { op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID },
+          Date.now(),
+        );
         t.wroteOutbox = true;
       }
     }
@@ -355,10 +406,25 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const p = this.d.pools.get(pool)!;
     const now = Date.now();
     store.insert({
-      ip: binding.ip, pool, family: p.family, owner, kind: "statefulset", sticky: 1, pinned: binding.pinned ? 1 : 0,
-      namespace: binding.member.namespace, statefulset: binding.member.statefulset, ordinal: binding.member.ordinal,
-      container_id: null, ifname: null, network: null, pod_namespace: null, pod_name: null, pod_uid: null,
-      created_at: now, attached_at: null, detached_at: now,
+      ip: binding.ip,
+      pool,
+      family: p.family,
+      owner,
+      kind: "statefulset",
+      sticky: 1,
+      pinned: binding.pinned ? 1 : 0,
+      namespace: binding.member.namespace,
+      statefulset: binding.member.statefulset,
+      ordinal: binding.member.ordinal,
+      container_id: null,
+      ifname: null,
+      network: null,
+      pod_namespace: null,
+      pod_name: null,
+      pod_uid: null,
+      created_at: now,
+      attached_at: null,
+      detached_at: now,
     });
     this.d.local.bufferRemove(pool, binding.ip);
   }
@@ -381,9 +447,15 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   private dropStale(row: Row, why: string): void {
     const { store } = this.d;
-    if (!row.container_id) { store.remove(row.id); return; }
-    this.d.onInconsistency(`${row.owner} is ${why} while container ${row.container_id} here still uses ${row.ip}: ` +
-      "the container keeps the address as its attachment until its CNI DEL", { owner: row.owner, ip: row.ip, container: row.container_id });
+    if (!row.container_id) {
+      store.remove(row.id);
+      return;
+    }
+    this.d.onInconsistency(
+      `${row.owner} is ${why} while container ${row.container_id} here still uses ${row.ip}: ` +
+        "the container keeps the address as its attachment until its CNI DEL",
+      { owner: row.owner, ip: row.ip, container: row.container_id },
+    );
     store.handToAttachment(row.id, `${row.container_id}/${row.ifname}`);
   }
 
@@ -392,10 +464,14 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const row = this.d.store.byIp(ip);
     if (!row) return;
     if (row.container_id) {
-      this.d.onInconsistency(`etcd hands ${ip} (pool ${pool}) to this node, but container ${row.container_id} here holds it`,
-        { ip, owner: row.owner });
-      throw new ApiError("internal", `${ip} is free in etcd but used here by container ${row.container_id}; not handing it out ` +
-        "(see the ipamd log); retry");
+      this.d.onInconsistency(`etcd hands ${ip} (pool ${pool}) to this node, but container ${row.container_id} here holds it`, {
+        ip,
+        owner: row.owner,
+      });
+      throw new ApiError(
+        "internal",
+        `${ip} is free in etcd but used here by container ${row.container_id}; not handing it out ` + "(see the ipamd log); retry",
+      );
     }
     this.d.store.remove(row.id);
   }
@@ -411,7 +487,9 @@ function describe(op: OwnershipOp): string {
       const pod = op.req.podName ? ` of pod ${op.req.podNamespace ?? "?"}/${op.req.podName}` : "";
       return `ADD of container ${op.req.containerID}${pod}`;
     }
-    case "release": return `DEL of container ${op.req.containerID}`;
-    default: return op.kind;
+    case "release":
+      return `DEL of container ${op.req.containerID}`;
+    default:
+      return op.kind;
   }
 }

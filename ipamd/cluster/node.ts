@@ -59,26 +59,43 @@ export class ClusterNode {
   private stsWatch?: WatchLoop;
   private livenessUp = false;
 
-  constructor(readonly config: Config, db: DB, readonly log: Logger, registry: Registry) {
+  constructor(
+    readonly config: Config,
+    db: DB,
+    readonly log: Logger,
+    registry: Registry,
+  ) {
     const c = config.cluster!;
     this.graceMs = c.nodeGraceSeconds * 1000;
     this.metrics = new ClusterMetrics(registry);
     this.local = new ClusterStore(db);
     this.keys = new KeyLayout(c.etcd.prefix);
     this.client = new EtcdClient({
-      endpoints: c.etcd.endpoints, caFile: c.etcd.caFile, certFile: c.etcd.certFile, keyFile: c.etcd.keyFile,
+      endpoints: c.etcd.endpoints,
+      caFile: c.etcd.caFile,
+      certFile: c.etcd.certFile,
+      keyFile: c.etcd.keyFile,
       requestTimeoutMs: c.etcd.requestTimeoutSeconds * 1000,
       observer: this.metrics.etcdObserver((state, detail) => this.onState(state, detail)),
     });
     this.liveness = new NodeLiveness({
-      client: this.client, node: config.nodeName, prefix: c.etcd.prefix, ttlSeconds: c.leaseTTLSeconds, labels: config.nodeLabels,
+      client: this.client,
+      node: config.nodeName,
+      prefix: c.etcd.prefix,
+      ttlSeconds: c.leaseTTLSeconds,
+      labels: config.nodeLabels,
       onError: (e) => this.log.warn({ err: e.message }, "etcd liveness renewal failed; retrying"),
     });
     this.reaper = new Reaper({ client: this.client, pools: config.pools.map((p) => p.name), graceMs: this.graceMs, prefix: c.etcd.prefix });
     const selected = config.pools.filter((p) => selectorMatches(p.selector, config.nodeLabels));
     this.own = new ClusterOwnership({
-      client: this.client, node: config.nodeName, prefix: c.etcd.prefix, pools: selected,
-      buffer: c.buffer, handbackWaitMs: c.handbackWaitSeconds * 1000, cooldownMs: config.cooldownMs,
+      client: this.client,
+      node: config.nodeName,
+      prefix: c.etcd.prefix,
+      pools: selected,
+      buffer: c.buffer,
+      handbackWaitMs: c.handbackWaitSeconds * 1000,
+      cooldownMs: config.cooldownMs,
       liveness: { lastConfirmedAt: () => this.fenceConfirmed, fenceAfterMs: this.graceMs },
       observer: this.metrics.ownershipObserver(),
       persist: {
@@ -94,8 +111,15 @@ export class ClusterNode {
     this.store = store;
     this.pools = pools;
     this.seam = new ClusterNodeOwnership({
-      node: this.config.nodeName, store, pools, statefulSets: new StatefulSets(store, this.config.statefulSets), own: this.own,
-      local: this.local, kick: () => this.kick(), kickSoon: () => this.kickSoon(), flush: (ms) => this.flush(ms),
+      node: this.config.nodeName,
+      store,
+      pools,
+      statefulSets: new StatefulSets(store, this.config.statefulSets),
+      own: this.own,
+      local: this.local,
+      kick: () => this.kick(),
+      kickSoon: () => this.kickSoon(),
+      flush: (ms) => this.flush(ms),
       takeApplied: () => this.takeApplied(),
       learnStatefulSet: (ns, podName) => this.learnStatefulSet(ns, podName),
       onInconsistency: (message, detail) => this.log.error(detail, message),
@@ -119,7 +143,8 @@ export class ClusterNode {
     const stickyRevision = Number(this.local.state("sticky_revision") ?? 0) || undefined;
     const inUse = (_pool: string, ip: string): boolean => this.store!.byIp(ip) !== undefined;
     const startOpts = {
-      inUse, stickyRevision,
+      inUse,
+      stickyRevision,
       onSticky: (changes: { name: string; revision: number }[], revision: number, relisted: boolean) =>
         this.onSticky(changes, revision, relisted),
       onWatchError: (e: Error) => this.log.debug({ err: e.message }, "sticky watch interrupted; resuming"),
@@ -138,18 +163,24 @@ export class ClusterNode {
       await this.own.start({ ...startOpts, buffer: this.local.buffer() });
     }
     this.startStatefulSetWatch();
-    this.reaper.start(Math.max(250, Math.floor(this.graceMs / 4)), (r) => this.onReap(r),
-      (e) => this.log.debug({ err: e.message }, "reaper pass failed"));
+    this.reaper.start(
+      Math.max(250, Math.floor(this.graceMs / 4)),
+      (r) => this.onReap(r),
+      (e) => this.log.debug({ err: e.message }, "reaper pass failed"),
+    );
     this.every(1000, () => this.checkLiveness());
     this.every(5000, () => this.kick());
     this.kick();
-    this.log.info({ endpoints: this.config.cluster!.etcd.endpoints, prefix: this.keys.prefix, graceSeconds: this.graceMs / 1000 },
-      "cluster mode: sharing pools through etcd");
+    this.log.info(
+      { endpoints: this.config.cluster!.etcd.endpoints, prefix: this.keys.prefix, graceSeconds: this.graceMs / 1000 },
+      "cluster mode: sharing pools through etcd",
+    );
   }
 
   private every(ms: number, fn: () => void | Promise<void>): void {
-    const t = setInterval(() => { void Promise.resolve(fn()).catch((e: unknown) => this.log.warn({ err: e }, "cluster task failed")); },
-      ms);
+    const t = setInterval(() => {
+      void Promise.resolve(fn()).catch((e: unknown) => this.log.warn({ err: e }, "cluster task failed"));
+    }, ms);
     t.unref();
     this.timers.push(t);
   }
@@ -157,8 +188,13 @@ export class ClusterNode {
   private retryLiveness(waitMs: number): void {
     const t = setTimeout(() => {
       if (this.closed) return;
-      this.liveness.start().then(() => { this.livenessUp = true; this.log.info("etcd reachable again: liveness renewed"); },
-        () => this.retryLiveness(Math.min(waitMs * 2, 5000)));
+      this.liveness.start().then(
+        () => {
+          this.livenessUp = true;
+          this.log.info("etcd reachable again: liveness renewed");
+        },
+        () => this.retryLiveness(Math.min(waitMs * 2, 5000)),
+      );
     }, waitMs);
     t.unref();
   }
@@ -172,8 +208,10 @@ export class ClusterNode {
     const c = this.liveness.lastConfirmedAt();
     if (c <= this.fenceConfirmed) return;
     if (c - this.fenceConfirmed > this.graceMs && this.fenceConfirmed > 0) {
-      this.log.warn({ silentSeconds: Math.round((c - this.fenceConfirmed) / 1000) },
-        "etcd liveness was lost for longer than the grace period: re-reading the buffer and re-asserting attachments");
+      this.log.warn(
+        { silentSeconds: Math.round((c - this.fenceConfirmed) / 1000) },
+        "etcd liveness was lost for longer than the grace period: re-reading the buffer and re-asserting attachments",
+      );
       await this.own.resync((_pool, ip) => this.store!.byIp(ip) !== undefined);
       await this.undoOrphans(true);
     }
@@ -185,8 +223,10 @@ export class ClusterNode {
     this.lastReap = r;
     for (const f of r.freed) this.metrics.reaped.inc({ owner: f.owner });
     if (r.freed.length) {
-      this.log.warn({ freed: r.freed.length, nodes: [...new Set(r.freed.map((f) => f.node))] },
-        "returned a dead node's buffered and non-sticky addresses to their pools after the grace period");
+      this.log.warn(
+        { freed: r.freed.length, nodes: [...new Set(r.freed.map((f) => f.node))] },
+        "returned a dead node's buffered and non-sticky addresses to their pools after the grace period",
+      );
     }
   }
 
@@ -212,9 +252,15 @@ export class ClusterNode {
     if (reassert) {
       for (const row of store.matching({ state: "attached" }, 10_000_000)) {
         if (row.sticky || !this.own.poolNames().includes(row.pool)) continue;
-        this.local.enqueue({ op: "attach", pool: row.pool, ip: row.ip,
-          attachment: { containerID: row.container_id!, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) } },
-            Date.now());
+        this.local.enqueue(
+          {
+            op: "attach",
+            pool: row.pool,
+            ip: row.ip,
+            attachment: { containerID: row.container_id!, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) },
+          },
+          Date.now(),
+        );
       }
     }
   }
@@ -259,7 +305,9 @@ export class ClusterNode {
   private dropTimer: NodeJS.Timeout | null = null;
 
   /** Called inside a request's savepoint (by the seam) and by the timer: deletes applied outbox rows. */
-  takeApplied(): number[] { return this.applied.splice(0); }
+  takeApplied(): number[] {
+    return this.applied.splice(0);
+  }
 
   private dropApplied(): void {
     if (this.dropTimer || this.applied.length === 0) return;
@@ -274,7 +322,10 @@ export class ClusterNode {
   /** An ordinary ADD's attach record: applied within ~50 ms, batched with the others of a burst. */
   kickSoon(): void {
     if (this.soonTimer || this.closed) return;
-    this.soonTimer = setTimeout(() => { this.soonTimer = null; this.kick(); }, 50);
+    this.soonTimer = setTimeout(() => {
+      this.soonTimer = null;
+      this.kick();
+    }, 50);
     this.soonTimer.unref();
   }
   private soonTimer: NodeJS.Timeout | null = null;
@@ -284,19 +335,33 @@ export class ClusterNode {
     if (this.client.connectionState === "unreachable" && this.drainTimer) return Promise.resolve();
     return new Promise((resolve) => {
       const t = setTimeout(done, maxWaitMs);
-      function done(): void { clearTimeout(t); resolve(); }
+      function done(): void {
+        clearTimeout(t);
+        resolve();
+      }
       this.drained.push(done);
-      if (this.drainTimer) { clearTimeout(this.drainTimer); this.drainTimer = null; }
-      if (this.draining) this.again = true; else this.kick();
+      if (this.drainTimer) {
+        clearTimeout(this.drainTimer);
+        this.drainTimer = null;
+      }
+      if (this.draining) this.again = true;
+      else this.kick();
     });
   }
   private again = false;
 
   private async drain(): Promise<void> {
-    try { await this.drainOnce(); } finally {
-      if (this.again && !this.closed) { this.again = false; void this.drain(); return; }
-      for (const f of this.drained.splice(0)) f();
+    try {
+      await this.drainOnce();
+    } catch (e) {
+      this.log.error({ err: e }, "applying the outbox to etcd failed; it is retried");
     }
+    if (this.again && !this.closed) {
+      this.again = false;
+      void this.drain();
+      return;
+    }
+    for (const f of this.drained.splice(0)) f();
   }
 
   private async drainOnce(): Promise<void> {
@@ -304,17 +369,25 @@ export class ClusterNode {
     try {
       for (;;) {
         const skip = new Set(this.applied);
-        const records = this.local.pending(256 + skip.size).filter((r) => !skip.has(r.id)).slice(0, 256);
+        const records = this.local
+          .pending(256 + skip.size)
+          .filter((r) => !skip.has(r.id))
+          .slice(0, 256);
         this.metrics.outboxPending.set(this.local.pendingCount() - this.applied.length);
-        if (records.length === 0) { this.drainBackoffMs = 0; return; }
+        if (records.length === 0) {
+          this.drainBackoffMs = 0;
+          return;
+        }
         const r = await this.own.applyOutbox(records);
         const done = r.outcomes.map((o) => o.id);
         for (const o of r.outcomes.filter((x) => x.status === "conflict")) {
           this.outboxConflicts++;
           this.metrics.outboxConflicts.inc();
-          this.log.error({ record: records.find((x) => x.id === o.id), detail: o.detail },
+          this.log.error(
+            { record: records.find((x) => x.id === o.id), detail: o.detail },
             "outbox record contradicted by etcd: this node's record and etcd disagree about an address; " +
-            "check it with ipamctl reservations");
+              "check it with ipamctl reservations",
+          );
         }
         if (r.error instanceof ClusterError && !r.error.retryable) {
           const bad = records[r.outcomes.length]!;
@@ -328,9 +401,14 @@ export class ClusterNode {
         if (r.error && !(r.error instanceof ClusterError && !r.error.retryable)) {
           this.metrics.outboxPending.set(this.local.pendingCount());
           this.drainBackoffMs = Math.min(5000, Math.max(100, this.drainBackoffMs * 2));
-          this.log.debug({ pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
-            "outbox waits for etcd");
-          this.drainTimer = setTimeout(() => { this.drainTimer = null; this.kick(); }, this.drainBackoffMs);
+          this.log.debug(
+            { pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
+            "outbox waits for etcd",
+          );
+          this.drainTimer = setTimeout(() => {
+            this.drainTimer = null;
+            this.kick();
+          }, this.drainBackoffMs);
           this.drainTimer.unref();
           return;
         }
@@ -347,7 +425,10 @@ export class ClusterNode {
     if (relisted) this.relistPending = true;
     this.syncRevision = Math.max(this.syncRevision, revision);
     if (!this.syncTimer) {
-      this.syncTimer = setTimeout(() => { this.syncTimer = null; void this.flushSync(); }, 100);
+      this.syncTimer = setTimeout(() => {
+        this.syncTimer = null;
+        void this.flushSync();
+      }, 100);
       this.syncTimer.unref();
     }
   }
@@ -367,9 +448,11 @@ export class ClusterNode {
       if ((this.boundAt.get(name) ?? 0) > Math.max(eventRevision, record?.modRevision ?? 0)) return; // our newer bind wins
       this.seam!.followRecord(this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`), record);
     };
-    const mine = (): string[] => this.store!.matching({}, 10_000_000).filter((r) => r.sticky === 1)
-      .map((r) => identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))
-      .map((id) => `${id.pool}/${this.keys.identityName(id)}`);
+    const mine = (): string[] =>
+      this.store!.matching({}, 10_000_000)
+        .filter((r) => r.sticky === 1)
+        .map((r) => identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))
+        .map((id) => `${id.pool}/${this.keys.identityName(id)}`);
     try {
       await this.runLocal("sticky watch", () => {
         for (const [name, rev] of changes) follow(name, rev);
@@ -393,9 +476,15 @@ export class ClusterNode {
     const prefix = this.keys.statefulSets();
     const name = (kv: KeyValue): string => kv.key.slice(prefix.length);
     this.stsWatch = new WatchLoop(this.client, prefix, {
-      onList: (kvs) => { this.registered.clear(); for (const kv of kvs) this.registered.add(name(kv)); },
+      onList: (kvs) => {
+        this.registered.clear();
+        for (const kv of kvs) this.registered.add(name(kv));
+      },
       onEvents: (events) => {
-        for (const e of events) { if (e.type === "delete") this.registered.delete(name(e.kv)); else this.registered.add(name(e.kv)); }
+        for (const e of events) {
+          if (e.type === "delete") this.registered.delete(name(e.kv));
+          else this.registered.add(name(e.kv));
+        }
       },
     });
     this.stsWatch.start();
@@ -406,14 +495,20 @@ export class ClusterNode {
     const statefulset = podName.slice(0, podName.lastIndexOf("-"));
     let known = this.registered.has(`${namespace}/${statefulset}`);
     if (!known) {
-      try { known = (await this.client.get(this.keys.statefulSet(namespace, statefulset))) !== null; } catch { return false; }
+      try {
+        known = (await this.client.get(this.keys.statefulSet(namespace, statefulset))) !== null;
+      } catch {
+        return false;
+      }
     }
     if (!known || !this.runLocal) return false;
     await this.runLocal("statefulset registered in etcd", () => this.store!.registerStatefulSet(namespace, statefulset, Date.now()));
     return true;
   }
 
-  isRegistered(namespace: string, name: string): boolean { return this.registered.has(`${namespace}/${name}`); }
+  isRegistered(namespace: string, name: string): boolean {
+    return this.registered.has(`${namespace}/${name}`);
+  }
 
   /** Runs a local fix-up through the group commit. */
   sync<T>(reason: string, fn: () => T): Promise<T> {
@@ -421,9 +516,13 @@ export class ClusterNode {
     return this.runLocal(reason, fn);
   }
 
-  get ownershipSeam(): ClusterNodeOwnership { return this.seam!; }
+  get ownershipSeam(): ClusterNodeOwnership {
+    return this.seam!;
+  }
 
-  markBound(identity: StickyIdentity, revision: number): void { this.boundAt.set(this.keys.identityName(identity), revision); }
+  markBound(identity: StickyIdentity, revision: number): void {
+    this.boundAt.set(this.keys.identityName(identity), revision);
+  }
 
   // ---------- status ----------
 
@@ -435,12 +534,17 @@ export class ClusterNode {
     const watch = this.own.stickyWatch;
     return {
       etcd: {
-        state: this.client.connectionState ?? "connecting", endpoints: c.etcd.endpoints, current: this.client.currentEndpoint,
-        detail: this.client.connectionState === "connected" ? "" : this.stateDetail, prefix: this.keys.prefix,
+        state: this.client.connectionState ?? "connecting",
+        endpoints: c.etcd.endpoints,
+        current: this.client.currentEndpoint,
+        detail: this.client.connectionState === "connected" ? "" : this.stateDetail,
+        prefix: this.keys.prefix,
       },
       liveness: {
         confirmedSecondsAgo: this.fenceConfirmed ? Math.round((now - this.fenceConfirmed) / 100) / 10 : null,
-        fenced: now - this.fenceConfirmed > this.graceMs, graceSeconds: c.nodeGraceSeconds, leaseTTLSeconds: c.leaseTTLSeconds,
+        fenced: now - this.fenceConfirmed > this.graceMs,
+        graceSeconds: c.nodeGraceSeconds,
+        leaseTTLSeconds: c.leaseTTLSeconds,
       },
       buffer,
       outboxPending: this.local.pendingCount() - this.applied.length,
@@ -450,4 +554,3 @@ export class ClusterNode {
     };
   }
 }
-

@@ -3,8 +3,18 @@
 // is bound to. A member's local row is not needed for any of them: the node where the member next attaches binds
 // the identity and writes its row then; other nodes' stale rows follow etcd (ClusterNode's watch, and every ADD).
 import type {
-  PinRequest, PinResponse, RegisterResponse, ReleaseReservationRequest, ReleaseReservationsResponse, Reservation,
-  ReservationFilter, ReservationsResponse, ReserveRequest, ReserveResponse, StatefulSetRequest, UnregisterResponse,
+  PinRequest,
+  PinResponse,
+  RegisterResponse,
+  ReleaseReservationRequest,
+  ReleaseReservationsResponse,
+  Reservation,
+  ReservationFilter,
+  ReservationsResponse,
+  ReserveRequest,
+  ReserveResponse,
+  StatefulSetRequest,
+  UnregisterResponse,
 } from "../../api/types";
 import { canonicalIp } from "../../lib/ip";
 import { ApiError } from "../errors";
@@ -19,11 +29,20 @@ import { clusterApiError, identityOf } from "./node-ownership";
 type Listed = { identity: StickyIdentity; record: StickyRecord };
 
 export class ClusterOperator {
-  constructor(private readonly c: ClusterNode, private readonly views: Views) {}
+  constructor(
+    private readonly c: ClusterNode,
+    private readonly views: Views,
+  ) {}
 
-  private get pools() { return this.c.pools!; }
-  private get store() { return this.c.store!; }
-  private get me(): string { return this.c.config.nodeName; }
+  private get pools() {
+    return this.c.pools!;
+  }
+  private get store() {
+    return this.c.store!;
+  }
+  private get me(): string {
+    return this.c.config.nodeName;
+  }
 
   // ---------- reads ----------
 
@@ -35,15 +54,18 @@ export class ClusterOperator {
       listed = await this.c.own.listSticky(f.pool);
       cluster = { source: "etcd" };
     } catch (e) {
-      listed = [...this.c.own.stickyView].map(([name, record]) => ({
-        identity: this.c.keys.identityFromKey(`${this.c.keys.prefix}/sticky/${name}`), record,
-      })).filter((x) => !f.pool || x.identity.pool === f.pool);
+      listed = [...this.c.own.stickyView]
+        .map(([name, record]) => ({
+          identity: this.c.keys.identityFromKey(`${this.c.keys.prefix}/sticky/${name}`),
+          record,
+        }))
+        .filter((x) => !f.pool || x.identity.pool === f.pool);
       cluster = { source: "cache", detail: `etcd unreachable, this node's last watched view: ${(e as Error).message}` };
     }
-    const ip = f.ip ? canonicalIp(f.ip) ?? f.ip : undefined;
+    const ip = f.ip ? (canonicalIp(f.ip) ?? f.ip) : undefined;
     // This node's rows, every page (the merged listing has no cursor of its own: it is cut at one page below).
     const local: Reservation[] = [];
-    for (let after: string | undefined; ;) {
+    for (let after: string | undefined; ; ) {
       const page = this.views.reservations({ ...f, limit: MAX_PAGE, ...(after ? { after } : {}) });
       local.push(...page.reservations);
       if (!page.next) break;
@@ -61,8 +83,14 @@ export class ClusterOperator {
       const mine = localSticky.get(`${v.owner} ${v.pool}`);
       out.push(mine && mine.ip === v.ip && x.record.node === this.me ? { ...mine, node: this.me } : v);
     }
-    out.sort((a, b) => cmp(a.pool, b.pool) || cmp(a.namespace ?? "", b.namespace ?? "") || cmp(a.statefulset ?? "", b.statefulset ?? "") ||
-      (a.ordinal ?? -1) - (b.ordinal ?? -1) || cmp(a.ip, b.ip));
+    out.sort(
+      (a, b) =>
+        cmp(a.pool, b.pool) ||
+        cmp(a.namespace ?? "", b.namespace ?? "") ||
+        cmp(a.statefulset ?? "", b.statefulset ?? "") ||
+        (a.ordinal ?? -1) - (b.ordinal ?? -1) ||
+        cmp(a.ip, b.ip),
+    );
     const limit = Math.min(f.limit ?? MAX_PAGE, MAX_PAGE);
     return { reservations: out.slice(0, limit), truncated: out.length > limit, cluster };
   }
@@ -72,20 +100,31 @@ export class ClusterOperator {
     const pool = this.pools.get(id.pool);
     const family = pool?.family ?? (r.ip.includes(":") ? 6 : 4);
     return {
-      ip: r.ip, address: `${r.ip}/${this.pools.prefixOf(id.pool, family, r.ip)}`, pool: id.pool, family,
-      owner: `${id.namespace}/${id.statefulset}/${id.ordinal}`, kind: "statefulset", sticky: true, pinned: r.pinned === true,
-      state: r.attachment ? "attached" : "detached", namespace: id.namespace, statefulset: id.statefulset, ordinal: id.ordinal,
+      ip: r.ip,
+      address: `${r.ip}/${this.pools.prefixOf(id.pool, family, r.ip)}`,
+      pool: id.pool,
+      family,
+      owner: `${id.namespace}/${id.statefulset}/${id.ordinal}`,
+      kind: "statefulset",
+      sticky: true,
+      pinned: r.pinned === true,
+      state: r.attachment ? "attached" : "detached",
+      namespace: id.namespace,
+      statefulset: id.statefulset,
+      ordinal: id.ordinal,
       ...(r.attachment ? { containerID: r.attachment.containerID, ifName: r.attachment.ifName } : {}),
       ...(r.attachment?.podUID ? { podUID: r.attachment.podUID } : {}),
-      createdAt: new Date(r.at).toISOString(), node: r.node,
+      createdAt: new Date(r.at).toISOString(),
+      node: r.node,
     };
   }
 
   // ---------- StatefulSets ----------
 
   async register(req: StatefulSetRequest): Promise<RegisterResponse> {
-    await this.etcd("register", () => this.c.client.put(this.c.keys.statefulSet(req.namespace, req.statefulset),
-      JSON.stringify({ node: this.me, at: Date.now() })));
+    await this.etcd("register", () =>
+      this.c.client.put(this.c.keys.statefulSet(req.namespace, req.statefulset), JSON.stringify({ node: this.me, at: Date.now() })),
+    );
     await this.c.sync("register", () => this.store.registerStatefulSet(req.namespace, req.statefulset, Date.now()));
     return { registered: req };
   }
@@ -109,8 +148,11 @@ export class ClusterOperator {
       for (const family of [4, 6] as const) {
         const familyPools = usable.filter((p) => p.family === family);
         if (familyPools.length === 0) continue;
-        const members = Array.from({ length: req.replicas }, (_, ordinal) => ({ namespace: req.namespace, statefulset: req.statefulset,
-          ordinal }));
+        const members = Array.from({ length: req.replicas }, (_, ordinal) => ({
+          namespace: req.namespace,
+          statefulset: req.statefulset,
+          ordinal,
+        }));
         const existing = new Map<number, Listed>();
         for (let i = 0; i < members.length; i += 32) {
           const batch = members.slice(i, i + 32).flatMap((m) => familyPools.map((p) => identityOf(m, p.name)));
@@ -125,16 +167,19 @@ export class ClusterOperator {
         }
       }
     } catch (e) {
-      for (const identity of created) await this.c.own.applyOutbox([{ id: 0, createdAt: 0, op: "release-sticky",
-        identity }]).catch(() => undefined);
+      for (const identity of created)
+        await this.c.own.applyOutbox([{ id: 0, createdAt: 0, op: "release-sticky", identity }]).catch(() => undefined);
       throw clusterApiError(e, `reserve of ${req.namespace}/${req.statefulset}`);
     }
     out.sort((a, b) => (a.ordinal ?? 0) - (b.ordinal ?? 0) || a.family - b.family);
     return { statefulset: { namespace: req.namespace, name: req.statefulset }, reservations: out };
   }
 
-  private async createReservation(m: { namespace: string; statefulset: string; ordinal: number }, familyPools: Pool[],
-    created: StickyIdentity[]): Promise<Listed> {
+  private async createReservation(
+    m: { namespace: string; statefulset: string; ordinal: number },
+    familyPools: Pool[],
+    created: StickyIdentity[],
+  ): Promise<Listed> {
     for (let i = 0; i < familyPools.length; i++) {
       const identity = identityOf(m, familyPools[i]!.name);
       try {
@@ -166,7 +211,8 @@ export class ClusterOperator {
     await this.follow([identity]);
     const [x] = await this.c.own.getSticky([identity]);
     return {
-      reservation: this.view(x!), released: r.previousIp ? [r.previousIp] : [],
+      reservation: this.view(x!),
+      released: r.previousIp ? [r.previousIp] : [],
       heldByContainer: r.previousHeldBy && r.previousIp ? [r.previousIp] : [],
     };
   }
@@ -178,32 +224,53 @@ export class ClusterOperator {
     if (targets === "held") return { released: [], heldByContainer: [] };
     const attached = targets.filter((x) => x.record.attachment);
     if (attached.length > 0 && !req.force) {
-      const list = attached.slice(0, 5).map((x) => `${x.record.ip} (${this.view(x).owner}, container ${x.record.attachment!.containerID} ` +
-        `on node ${x.record.attachment!.node})`).join(", ");
-      throw new ApiError("reservation_attached", `${attached.length} of these reservations are in use by running containers: ${list}; ` +
-        "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
-        "until the container's CNI DEL or GC frees it)");
+      const list = attached
+        .slice(0, 5)
+        .map(
+          (x) =>
+            `${x.record.ip} (${this.view(x).owner}, container ${x.record.attachment!.containerID} ` +
+            `on node ${x.record.attachment!.node})`,
+        )
+        .join(", ");
+      throw new ApiError(
+        "reservation_attached",
+        `${attached.length} of these reservations are in use by running containers: ${list}; ` +
+          "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
+          "until the container's CNI DEL or GC frees it)",
+      );
     }
     for (const x of targets) {
-      const r = await this.c.own.applyOutbox([{ id: 0, createdAt: Date.now(), op: "release-sticky", identity: x.identity,
-        force: req.force }]);
+      const r = await this.c.own.applyOutbox([
+        { id: 0, createdAt: Date.now(), op: "release-sticky", identity: x.identity, force: req.force },
+      ]);
       if (r.error) throw clusterApiError(r.error, `release of ${this.view(x).owner}`);
     }
     await this.follow(targets.map((x) => x.identity));
-    if (!req.ip && req.ordinal === undefined && !req.pool) await this.unregister({ namespace: req.namespace!,
-      statefulset: req.statefulset! });
+    if (!req.ip && req.ordinal === undefined && !req.pool)
+      await this.unregister({ namespace: req.namespace!, statefulset: req.statefulset! });
     return {
       released: targets.map((x) => this.view(x)),
       heldByContainer: attached.map((x) => ({
-        ...this.view(x), owner: `${x.record.attachment!.containerID}/${x.record.attachment!.ifName}`, kind: "attachment", sticky: false,
-        pinned: false, node: x.record.attachment!.node,
+        ...this.view(x),
+        owner: `${x.record.attachment!.containerID}/${x.record.attachment!.ifName}`,
+        kind: "attachment",
+        sticky: false,
+        pinned: false,
+        node: x.record.attachment!.node,
       })),
     };
   }
 
   private async byIp(text: string, force: boolean): Promise<Listed[] | "held"> {
     const ip = parseRequested(text, "ip").canonical;
-    const pool = this.pools.all.find((p) => { try { this.pools.locate(ip, [p], "ip"); return true; } catch { return false; } });
+    const pool = this.pools.all.find((p) => {
+      try {
+        this.pools.locate(ip, [p], "ip");
+        return true;
+      } catch {
+        return false;
+      }
+    });
     if (!pool) throw new ApiError("not_found", `no reservation holds ${ip} (it is in no pool)`, "ip");
     const kv = await this.etcd("release", () => this.c.client.get(this.c.keys.ip(pool.name, ip)));
     const v = kv ? parseJson<IpOwner>(kv.value, kv.key) : null;
@@ -214,8 +281,11 @@ export class ClusterOperator {
     }
     if (v?.owner === "attachment") {
       if (!force) {
-        throw new ApiError("reservation_attached", `${ip} is in use by container ${v.attachment.containerID} on node ${v.node}; it is ` +
-          "freed by that container's CNI DEL or GC (force does not free an address in use)");
+        throw new ApiError(
+          "reservation_attached",
+          `${ip} is in use by container ${v.attachment.containerID} on node ${v.node}; it is ` +
+            "freed by that container's CNI DEL or GC (force does not free an address in use)",
+        );
       }
       return "held";
     }
@@ -247,17 +317,25 @@ export class ClusterOperator {
   }
 
   private async etcd<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    try { return await fn(); } catch (e) { throw clusterApiError(e, what); }
+    try {
+      return await fn();
+    } catch (e) {
+      throw clusterApiError(e, what);
+    }
   }
 }
 
-function cmp(a: string, b: string): number { return a < b ? -1 : a > b ? 1 : 0; }
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
 
 async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array(items.length);
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    for (let i = next++; i < items.length; i = next++) out[i] = await fn(items[i]!);
-  }));
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      for (let i = next++; i < items.length; i = next++) out[i] = await fn(items[i]!);
+    }),
+  );
   return out;
 }

@@ -4,12 +4,16 @@
 // changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
 import { createHash, randomBytes } from "node:crypto";
 import { formatIp, type Family } from "../../lib/ip";
-import {
-  type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp,
-} from "./etcd";
+import { type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp } from "./etcd";
 import { attachedElsewhere, ClusterError, fenced, l2Domain, poolExhausted } from "./errors";
 import {
-  type AttachmentRef, type HandbackRecord, type IpOwner, KeyLayout, parseJson, type StickyIdentity, type StickyRecord,
+  type AttachmentRef,
+  type HandbackRecord,
+  type IpOwner,
+  KeyLayout,
+  parseJson,
+  type StickyIdentity,
+  type StickyRecord,
 } from "./keys";
 import { WatchLoop } from "./watch";
 
@@ -22,9 +26,15 @@ export interface ClusterPool {
   size: bigint;
 }
 
-export interface BufferedAddress { pool: string; ip: string; modRevision: number }
+export interface BufferedAddress {
+  pool: string;
+  ip: string;
+  modRevision: number;
+}
 /** A buffered address as persisted: `notBefore` is the end of its cooldown (0 when it was never used). */
-export interface BufferEntry extends BufferedAddress { notBefore: number }
+export interface BufferEntry extends BufferedAddress {
+  notBefore: number;
+}
 
 /**
  * The node's durable copy of its buffer (SQLite). Written so that it is always a subset of what etcd says the
@@ -122,7 +132,11 @@ export type OutboxOp =
   | { op: "detach-sticky"; identity: StickyIdentity; containerID: string }
   | { op: "release-sticky"; identity: StickyIdentity; force?: boolean };
 export type OutboxRecord = OutboxOp & { id: number; createdAt: number };
-export interface OutboxOutcome { id: number; status: "applied" | "noop" | "conflict"; detail?: string }
+export interface OutboxOutcome {
+  id: number;
+  status: "applied" | "noop" | "conflict";
+  detail?: string;
+}
 
 const MAX_CAS_ATTEMPTS = 16;
 
@@ -153,12 +167,18 @@ export class ClusterOwnership {
     this.node = o.node;
     this.keys = new KeyLayout(o.prefix);
     this.keys.node(o.node); // validates the name
-    for (const p of o.pools) { this.keys.poolIps(p.name); this.pools.set(p.name, p); this.buffers.set(p.name, new Map()); }
+    for (const p of o.pools) {
+      this.keys.poolIps(p.name);
+      this.pools.set(p.name, p);
+      this.buffers.set(p.name, new Map());
+    }
     this.now = o.now ?? Date.now;
     this.genBase = `${o.node}:${Date.now().toString(36)}`;
   }
 
-  private gen(): string { return `${this.genBase}:${++this.genCounter}`; }
+  private gen(): string {
+    return `${this.genBase}:${++this.genCounter}`;
+  }
 
   private pool(name: string): ClusterPool {
     const p = this.pools.get(name);
@@ -170,8 +190,13 @@ export class ClusterOwnership {
     return this.o.bufferFor?.[pool] ?? this.o.buffer ?? { low: 4, high: 16 };
   }
 
-  private conflict(op: string): void { this.conflicts++; this.o.observer?.conflict?.(op); }
-  private reportBuffer(pool: string): void { this.o.observer?.buffer?.(pool, this.buffers.get(pool)!.size); }
+  private conflict(op: string): void {
+    this.conflicts++;
+    this.o.observer?.conflict?.(op);
+  }
+  private reportBuffer(pool: string): void {
+    this.o.observer?.buffer?.(pool, this.buffers.get(pool)!.size);
+  }
 
   // ---------- lifecycle ----------
 
@@ -182,38 +207,54 @@ export class ClusterOwnership {
    */
   async start(o: StartOptions = {}): Promise<void> {
     if (o.buffer) {
-      for (const pool of this.pools.keys()) this.loadBuffer(pool, o.buffer.filter((e) => e.pool === pool && !o.inUse?.(pool, e.ip)));
+      for (const pool of this.pools.keys())
+        this.loadBuffer(
+          pool,
+          o.buffer.filter((e) => e.pool === pool && !o.inUse?.(pool, e.ip)),
+        );
     } else {
       for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse);
     }
     if (o.background === false) return;
     const sticky = `${this.keys.prefix}/sticky/`;
     // Only the small prefixes (handback signals, sticky identities), never every address of a pool.
-    this.watches = [this.keys.handbacks(), sticky].map((prefix) => new WatchLoop(this.client, prefix, {
-      onList: (kvs, revision) => {
-        if (prefix === sticky) this.stickyView.clear();
-        for (const kv of kvs) this.observe(kv, false);
-        if (prefix === sticky) o.onSticky?.([], revision, true);
-      },
-      onEvents: (events, revision) => {
-        for (const e of events) this.observe(e.kv, e.type === "delete");
-        if (prefix === sticky) {
-          o.onSticky?.(events.map((e) => ({ name: e.kv.key.slice(sticky.length), revision: e.kv.modRevision })), revision, false);
-        }
-      },
-      onError: o.onWatchError,
-    }));
+    this.watches = [this.keys.handbacks(), sticky].map(
+      (prefix) =>
+        new WatchLoop(this.client, prefix, {
+          onList: (kvs, revision) => {
+            if (prefix === sticky) this.stickyView.clear();
+            for (const kv of kvs) this.observe(kv, false);
+            if (prefix === sticky) o.onSticky?.([], revision, true);
+          },
+          onEvents: (events, revision) => {
+            for (const e of events) this.observe(e.kv, e.type === "delete");
+            if (prefix === sticky) {
+              o.onSticky?.(
+                events.map((e) => ({ name: e.kv.key.slice(sticky.length), revision: e.kv.modRevision })),
+                revision,
+                false,
+              );
+            }
+          },
+          onError: o.onWatchError,
+        }),
+    );
     this.watches[0]!.start();
     this.watches[1]!.start(o.stickyRevision);
     const tick = (): void => {
-      void this.poll().catch(() => undefined)
-        .finally(() => { if (this.pollTimer) this.pollTimer = setTimeout(tick, this.o.pollMs ?? 2000); });
+      void this.poll()
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.pollTimer) this.pollTimer = setTimeout(tick, this.o.pollMs ?? 2000);
+        });
     };
     this.pollTimer = setTimeout(tick, 0);
   }
 
   /** The sticky watch (revision, relists), once started. */
-  get stickyWatch(): WatchLoop | undefined { return this.watches[1]; }
+  get stickyWatch(): WatchLoop | undefined {
+    return this.watches[1];
+  }
 
   stop(): void {
     for (const w of this.watches) w.stop();
@@ -261,7 +302,8 @@ export class ClusterOwnership {
     buf.clear();
     for (const e of entries) {
       buf.set(e.ip, e.modRevision);
-      if (e.notBefore > this.now()) this.cooling.set(`${pool} ${e.ip}`, e.notBefore); else this.cooling.delete(`${pool} ${e.ip}`);
+      if (e.notBefore > this.now()) this.cooling.set(`${pool} ${e.ip}`, e.notBefore);
+      else this.cooling.delete(`${pool} ${e.ip}`);
     }
     this.reportBuffer(pool);
   }
@@ -273,9 +315,15 @@ export class ClusterOwnership {
 
   // ---------- the buffer ----------
 
-  poolNames(): string[] { return [...this.pools.keys()]; }
-  buffered(pool: string): string[] { return [...this.buffers.get(pool)!.keys()]; }
-  bufferSize(pool: string): number { return this.buffers.get(pool)!.size; }
+  poolNames(): string[] {
+    return [...this.pools.keys()];
+  }
+  buffered(pool: string): string[] {
+    return [...this.buffers.get(pool)!.keys()];
+  }
+  bufferSize(pool: string): number {
+    return this.buffers.get(pool)!.size;
+  }
 
   /** A buffered address for a local allocation (no etcd round trip), or null when the buffer is empty. */
   takeBuffered(pool: string): BufferedAddress | null {
@@ -287,9 +335,15 @@ export class ClusterOwnership {
     const now = this.now();
     for (const entry of buf) {
       const until = this.cooling.get(`${pool} ${entry[0]}`);
-      if (until === undefined || until <= now) { found = entry; break; }
+      if (until === undefined || until <= now) {
+        found = entry;
+        break;
+      }
     }
-    if (!found) { this.kickRefill(pool); return null; }
+    if (!found) {
+      this.kickRefill(pool);
+      return null;
+    }
     const [ip, modRevision] = found;
     buf.delete(ip);
     this.cooling.delete(`${pool} ${ip}`);
@@ -321,7 +375,10 @@ export class ClusterOwnership {
   /** Claims up to the high watermark when below the low one (not while another node asked for a handback). */
   async refill(pool: string): Promise<number> {
     const running = this.refilling.get(pool);
-    if (running) { await running; return 0; }
+    if (running) {
+      await running;
+      return 0;
+    }
     const { low, high } = this.bufferOpts(pool);
     const size = this.bufferSize(pool);
     if (size >= low || (this.holdUntil.get(pool) ?? 0) > this.now()) return 0;
@@ -331,7 +388,11 @@ export class ClusterOwnership {
       return got.length;
     });
     this.refilling.set(pool, p);
-    try { return await p; } finally { this.refilling.delete(pool); }
+    try {
+      return await p;
+    } finally {
+      this.refilling.delete(pool);
+    }
   }
 
   /**
@@ -350,23 +411,30 @@ export class ClusterOwnership {
     let fresh = false;
     let failed = 0;
     const readPool = async (): Promise<void> => {
-      owned = new Set((await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs
-        .map((kv) => this.keys.ipFromKey(kv.key)));
+      owned = new Set(
+        (await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs.map((kv) => this.keys.ipFromKey(kv.key)),
+      );
       this.knownOwned.set(pool, owned);
       fresh = true;
     };
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       if (!fresh && failed >= 2) await readPool();
       let candidates = this.candidates(p, owned, want);
-      if (candidates.length === 0 && !fresh) { await readPool(); candidates = this.candidates(p, owned, want); }
+      if (candidates.length === 0 && !fresh) {
+        await readPool();
+        candidates = this.candidates(p, owned, want);
+      }
       if (candidates.length === 0) return [];
       const gen = this.gen();
       const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at: this.now() } satisfies IpOwner);
       const keys = candidates.map((ip) => this.keys.ip(pool, ip));
       let r;
       try {
-        r = await this.client.txn(keys.map((key) => ({ key, target: "create", equals: 0 })),
-          keys.map((key) => ({ put: { key, value } })), keys.map((key) => ({ get: { key, keysOnly: true } })));
+        r = await this.client.txn(
+          keys.map((key) => ({ key, target: "create", equals: 0 })),
+          keys.map((key) => ({ put: { key, value } })),
+          keys.map((key) => ({ get: { key, keysOnly: true } })),
+        );
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const mine = await this.landed(keys, gen);
@@ -378,18 +446,28 @@ export class ClusterOwnership {
       failed++;
       this.conflict("claim");
       this.jump(p);
-      r.responses.forEach((resp, i) => { if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!); });
+      r.responses.forEach((resp, i) => {
+        if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!);
+      });
     }
     // Never "nothing free" for a claim that only kept losing races or meeting unknown outcomes: retryable.
-    throw new ClusterError("inconsistent", `claim in pool "${pool}": ${MAX_CAS_ATTEMPTS} transactions in a row conflicted or had ` +
-      "an unknown outcome (etcd overloaded or failing over); retry", true);
+    throw new ClusterError(
+      "inconsistent",
+      `claim in pool "${pool}": ${MAX_CAS_ATTEMPTS} transactions in a row conflicted or had ` +
+        "an unknown outcome (etcd overloaded or failing over); retry",
+      true,
+    );
   }
 
   /** Keys whose value carries `gen`: the writes of an unknown-outcome transaction that did land. */
   private async landed(keys: string[], gen: string): Promise<KeyValue[]> {
-    const got = await this.client.txn([], keys.map((key) => ({ get: { key } })));
-    return got.responses.flatMap((r) => (r.kind === "get" ? r.kvs : []))
-      .filter((kv) => (parseJson<{ gen?: string }>(kv.value, kv.key)).gen === gen);
+    const got = await this.client.txn(
+      [],
+      keys.map((key) => ({ get: { key } })),
+    );
+    return got.responses
+      .flatMap((r) => (r.kind === "get" ? r.kvs : []))
+      .filter((kv) => parseJson<{ gen?: string }>(kv.value, kv.key).gen === gen);
   }
 
   /** Free-looking candidates, walking the pool from this node's cursor (which starts at a node-specific offset). */
@@ -451,7 +529,10 @@ export class ClusterOwnership {
     for (;;) {
       const [got] = await this.claim(pool, 1);
       if (got) return got;
-      if (!asked) { await this.requestHandback(pool); asked = true; }
+      if (!asked) {
+        await this.requestHandback(pool);
+        asked = true;
+      }
       if (this.now() >= deadline) {
         const owned = (await this.client.range(this.keys.poolIps(pool), { prefix: true, countOnly: true })).count;
         throw poolExhausted(pool, this.pool(pool).size, owned);
@@ -484,7 +565,10 @@ export class ClusterOwnership {
     // Addresses still in their cooldown stay: the pool gets them at the next handback after it.
     const entries = [...buf.entries()].filter(([ip]) => (this.cooling.get(`${pool} ${ip}`) ?? 0) <= now);
     for (const [ip] of entries) buf.delete(ip); // out of the buffer first: no local allocation can take them meanwhile
-    this.o.persist?.removed(pool, entries.map(([ip]) => ip));
+    this.o.persist?.removed(
+      pool,
+      entries.map(([ip]) => ip),
+    );
     this.reportBuffer(pool);
     let returned = 0;
     for (let i = 0; i < entries.length; i += 64) {
@@ -493,7 +577,8 @@ export class ClusterOwnership {
         const key = this.keys.ip(pool, ip);
         try {
           const r = await this.client.txn([{ key, target: "mod", equals: rev }], [{ del: { key } }]);
-          if (r.succeeded) returned++; else this.conflict("handback");
+          if (r.succeeded) returned++;
+          else this.conflict("handback");
         } catch {
           buf.set(ip, rev); // etcd unreachable: still ours
         }
@@ -531,11 +616,19 @@ export class ClusterOwnership {
         known = null;
         const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
         if (ipOwner && !(ipOwner.owner === "sticky" && ipOwner.identity === name)) {
-          throw new ClusterError("inconsistent", `sticky identity ${name} names ${rec.ip}, but etcd key ${ikey} is owned by ` +
-            `${ipOwner.owner} on node ${ipOwner.node}; release the identity (ipamctl release) to give it a new address`, false);
+          throw new ClusterError(
+            "inconsistent",
+            `sticky identity ${name} names ${rec.ip}, but etcd key ${ikey} is owned by ` +
+              `${ipOwner.owner} on node ${ipOwner.node}; release the identity (ipamctl release) to give it a new address`,
+            false,
+          );
         }
         const settled = {
-          identity, ip: rec.ip, created: false, stickyModRevision: cur.modRevision, ipModRevision: ipKv?.modRevision ?? cur.modRevision,
+          identity,
+          ip: rec.ip,
+          created: false,
+          stickyModRevision: cur.modRevision,
+          ipModRevision: ipKv?.modRevision ?? cur.modRevision,
         };
         if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         const old = rec.attachment;
@@ -544,12 +637,20 @@ export class ClusterOwnership {
         }
         if (old && old.containerID === attachment?.containerID && rec.node === this.node) return settled; // idempotent ADD
         const next: StickyRecord = {
-          ip: rec.ip, node: this.node, gen, at, ...(rec.pinned ? { pinned: true } : {}), ...(attachment ? { attachment } : {}),
+          ip: rec.ip,
+          node: this.node,
+          gen,
+          at,
+          ...(rec.pinned ? { pinned: true } : {}),
+          ...(attachment ? { attachment } : {}),
         };
         const compares: Compare[] = [
           { key: skey, target: "mod", equals: cur.modRevision },
-          ipKv === undefined ? { key: ikey, target: "mod", equals: cur.modRevision }
-            : ipKv ? { key: ikey, target: "mod", equals: ipKv.modRevision } : { key: ikey, target: "create", equals: 0 },
+          ipKv === undefined
+            ? { key: ikey, target: "mod", equals: cur.modRevision }
+            : ipKv
+              ? { key: ikey, target: "mod", equals: ipKv.modRevision }
+              : { key: ikey, target: "create", equals: 0 },
         ];
         const success: TxnOp[] = [
           { put: { key: skey, value: JSON.stringify(next) } },
@@ -565,13 +666,19 @@ export class ClusterOwnership {
           else continue;
         }
         if (r.succeeded) {
-          return { identity, ip: rec.ip, created: false, ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
-            stickyModRevision: r.revision, ipModRevision: r.revision };
+          return {
+            identity,
+            ip: rec.ip,
+            created: false,
+            ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
+            stickyModRevision: r.revision,
+            ipModRevision: r.revision,
+          };
         }
-        const [sNow, iNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+        const [sNow, iNow] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
         // A failed optimistic compare is expected after a detach: not a conflict with another node.
         if (ipKv !== undefined || sNow?.modRevision !== cur.modRevision) this.conflict("rebind");
-        known = { cur: sNow ?? null, ipKv: sNow && parseJson<StickyRecord>(sNow.value, skey).ip === rec.ip ? iNow ?? null : undefined };
+        known = { cur: sNow ?? null, ipKv: sNow && parseJson<StickyRecord>(sNow.value, skey).ip === rec.ip ? (iNow ?? null) : undefined };
         continue;
       }
       known = null;
@@ -581,10 +688,16 @@ export class ClusterOwnership {
       let r;
       try {
         r = await this.client.txn(
-          [{ key: skey, target: "create", equals: 0 }, { key: ikey, target: "mod", equals: b.modRevision }],
-          [{ put: { key: skey, value: JSON.stringify(rec) } },
-            { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } }],
-          [{ get: { key: skey, keysOnly: true } }, { get: { key: ikey } }]);
+          [
+            { key: skey, target: "create", equals: 0 },
+            { key: ikey, target: "mod", equals: b.modRevision },
+          ],
+          [
+            { put: { key: skey, value: JSON.stringify(rec) } },
+            { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } },
+          ],
+          [{ get: { key: skey, keysOnly: true } }, { get: { key: ikey } }],
+        );
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const landed = await this.landed([skey], gen);
@@ -604,8 +717,11 @@ export class ClusterOwnership {
       const ipNow = r.responses[1]?.kind === "get" ? r.responses[1].kvs[0] : undefined;
       if (ipNow && ipNow.modRevision === b.modRevision) this.putBack(b); // still ours: the identity was created elsewhere
     }
-    throw new ClusterError("inconsistent",
-      `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
+    throw new ClusterError(
+      "inconsistent",
+      `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`,
+      true,
+    );
   }
 
   /**
@@ -621,7 +737,11 @@ export class ClusterOwnership {
     for (let attempt = 0; ; attempt++) {
       const gen = this.gen();
       const value = JSON.stringify({
-        owner: "attachment", node: this.node, gen, at: this.now(), attachment: { ...attachment, node: this.node },
+        owner: "attachment",
+        node: this.node,
+        gen,
+        at: this.now(),
+        attachment: { ...attachment, node: this.node },
       } satisfies IpOwner);
       const kv = await this.client.get(key);
       const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
@@ -629,20 +749,31 @@ export class ClusterOwnership {
       const mine = v?.owner === "buffer" && v.node === this.node;
       if (v && !mine) {
         if (v.owner === "buffer" && this.now() < deadline) {
-          if (!asked) { await this.requestHandback(pool); asked = true; }
+          if (!asked) {
+            await this.requestHandback(pool);
+            asked = true;
+          }
           await new Promise((r) => setTimeout(r, 50));
           continue;
         }
         throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(v)}; request another address`, false);
       }
-      if (mine) { this.buffers.get(pool)!.delete(ip); this.cooling.delete(`${pool} ${ip}`); this.reportBuffer(pool); }
-      const rev = await this.casTxn("claim-exact", [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create",
-        equals: 0 }],
-        [{ put: { key, value } }], key, gen);
+      if (mine) {
+        this.buffers.get(pool)!.delete(ip);
+        this.cooling.delete(`${pool} ${ip}`);
+        this.reportBuffer(pool);
+      }
+      const rev = await this.casTxn(
+        "claim-exact",
+        [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }],
+        [{ put: { key, value } }],
+        key,
+        gen,
+      );
       if (mine) this.o.persist?.removed(pool, [ip]);
       if (rev) return rev;
-      if (attempt >= MAX_CAS_ATTEMPTS) throw new ClusterError("inconsistent", `claim of ${ip}: too many conflicting transactions; retry`,
-        true);
+      if (attempt >= MAX_CAS_ATTEMPTS)
+        throw new ClusterError("inconsistent", `claim of ${ip}: too many conflicting transactions; retry`, true);
     }
   }
 
@@ -652,15 +783,18 @@ export class ClusterOwnership {
    * the sandbox that still uses it (owner attachment) when `force` is given; without force an attached identity
    * is refused.
    */
-  async pinSticky(identity: StickyIdentity, ip: string, o: { attachment?: Omit<AttachmentRef, "node">; force?: boolean } = {}):
-    Promise<{ ip: string; revision: number; previousIp?: string; previousHeldBy?: AttachmentRef }> {
+  async pinSticky(
+    identity: StickyIdentity,
+    ip: string,
+    o: { attachment?: Omit<AttachmentRef, "node">; force?: boolean } = {},
+  ): Promise<{ ip: string; revision: number; previousIp?: string; previousHeldBy?: AttachmentRef }> {
     const name = this.keys.identityName(identity);
     const skey = this.keys.sticky(identity);
     const nkey = this.keys.ip(identity.pool, ip);
     const attachment = o.attachment ? { ...o.attachment, node: this.node } : undefined;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const r0 = await this.client.txn([], [{ get: { key: skey } }, { get: { key: nkey } }]);
-      const [cur, nkv] = r0.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+      const [cur, nkv] = r0.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
       const rec = cur ? parseJson<StickyRecord>(cur.value, skey) : null;
       const gen = this.gen();
       const at = this.now();
@@ -668,17 +802,27 @@ export class ClusterOwnership {
       const ownedByIdentity = nv?.owner === "sticky" && nv.identity === name;
       const mine = nv?.owner === "buffer" && nv.node === this.node;
       if (nv && !ownedByIdentity && !mine) {
-        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(nv)}; release it first or pin another address`,
-          false);
+        throw new ClusterError(
+          "ip_unavailable",
+          `${ip} is held in etcd by ${describeOwner(nv)}; release it first or pin another address`,
+          false,
+        );
       }
       const old = rec && rec.ip !== ip ? rec : null;
       if (old?.attachment && !o.force && old.attachment.containerID !== attachment?.containerID) {
-        throw new ClusterError("reservation_attached", `sticky identity ${name} is attached to sandbox ${old.attachment.containerID} on ` +
-          `node ${old.attachment.node} with ${old.ip}; delete the pod first, or pass force (that sandbox keeps ${old.ip} until its DEL)`,
-            false);
+        throw new ClusterError(
+          "reservation_attached",
+          `sticky identity ${name} is attached to sandbox ${old.attachment.containerID} on ` +
+            `node ${old.attachment.node} with ${old.ip}; delete the pod first, or pass force (that sandbox keeps ${old.ip} until its DEL)`,
+          false,
+        );
       }
       const next: StickyRecord = {
-        ip, node: this.node, gen, at, pinned: true,
+        ip,
+        node: this.node,
+        gen,
+        at,
+        pinned: true,
         ...(attachment ? { attachment } : rec && !old && rec.attachment ? { attachment: rec.attachment } : {}),
       };
       const compares: Compare[] = [
@@ -696,10 +840,16 @@ export class ClusterOwnership {
         if (okv && ov?.owner === "sticky" && ov.identity === name) {
           compares.push({ key: okey, target: "mod", equals: okv.modRevision });
           const held = old.attachment && old.attachment.containerID !== attachment?.containerID ? old.attachment : undefined;
-          ops.push(held
-            ? { put: { key: okey, value: JSON.stringify({ owner: "attachment", node: held.node, gen, at,
-              attachment: held } satisfies IpOwner) } }
-            : { del: { key: okey } });
+          ops.push(
+            held
+              ? {
+                  put: {
+                    key: okey,
+                    value: JSON.stringify({ owner: "attachment", node: held.node, gen, at, attachment: held } satisfies IpOwner),
+                  },
+                }
+              : { del: { key: okey } },
+          );
         }
       }
       if (mine) {
@@ -720,18 +870,32 @@ export class ClusterOwnership {
   /** Reads sticky identities by key, in one read transaction (absent ones are left out). */
   async getSticky(ids: StickyIdentity[]): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number; kv: KeyValue }[]> {
     if (ids.length === 0) return [];
-    const r = await this.client.txn([], ids.map((id) => ({ get: { key: this.keys.sticky(id) } })));
-    return r.responses.flatMap((x, i) => (x.kind === "get" && x.kvs[0]
-      ? [{ identity: ids[i]!, record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key), modRevision: x.kvs[0].modRevision,
-        kv: x.kvs[0] }]
-      : []));
+    const r = await this.client.txn(
+      [],
+      ids.map((id) => ({ get: { key: this.keys.sticky(id) } })),
+    );
+    return r.responses.flatMap((x, i) =>
+      x.kind === "get" && x.kvs[0]
+        ? [
+            {
+              identity: ids[i]!,
+              record: parseJson<StickyRecord>(x.kvs[0].value, x.kvs[0].key),
+              modRevision: x.kvs[0].modRevision,
+              kv: x.kvs[0],
+            },
+          ]
+        : [],
+    );
   }
 
   /** Runs a compare-and-swap txn; on an unknown outcome, checks whether `checkKey` carries `gen`. Revision or 0 on a failed compare. */
   private async casTxn(op: string, compares: Compare[], success: TxnOp[], checkKey: string, gen: string): Promise<number> {
     try {
       const r = await this.client.txn(compares, success);
-      if (!r.succeeded) { this.conflict(op); return 0; }
+      if (!r.succeeded) {
+        this.conflict(op);
+        return 0;
+      }
       return r.revision;
     } catch (e) {
       if (!(e instanceof EtcdOutcomeUnknown)) throw e;
@@ -745,7 +909,9 @@ export class ClusterOwnership {
     const prefix = pool ? this.keys.poolSticky(pool) : `${this.keys.prefix}/sticky/`;
     const r = await this.client.range(prefix, { prefix: true });
     return r.kvs.map((kv) => ({
-      identity: this.keys.identityFromKey(kv.key), record: parseJson<StickyRecord>(kv.value, kv.key), modRevision: kv.modRevision,
+      identity: this.keys.identityFromKey(kv.key),
+      record: parseJson<StickyRecord>(kv.value, kv.key),
+      modRevision: kv.modRevision,
     }));
   }
 
@@ -758,10 +924,14 @@ export class ClusterOwnership {
    */
   async applyOutbox(records: OutboxRecord[]): Promise<{ outcomes: OutboxOutcome[]; pending: number; error?: Error }> {
     const outcomes: OutboxOutcome[] = [];
-    for (let i = 0; i < records.length;) {
+    for (let i = 0; i < records.length; ) {
       const batch = this.addressBatch(records, i);
       try {
-        if (batch.length > 1) { outcomes.push(...(await this.applyBatch(batch))); i += batch.length; continue; }
+        if (batch.length > 1) {
+          outcomes.push(...(await this.applyBatch(batch)));
+          i += batch.length;
+          continue;
+        }
         outcomes.push({ id: records[i]!.id, ...(await this.applyOne(records[i]!)) });
         i++;
       } catch (e) {
@@ -791,8 +961,11 @@ export class ClusterOwnership {
 
   private async applyBatch(batch: (OutboxRecord & { op: "attach" | "release" })[]): Promise<OutboxOutcome[]> {
     const keys = batch.map((r) => this.keys.ip(r.pool, r.ip));
-    const read = await this.client.txn([], keys.map((key) => ({ get: { key } })));
-    const kvs = read.responses.map((x) => (x.kind === "get" ? x.kvs[0] ?? null : null));
+    const read = await this.client.txn(
+      [],
+      keys.map((key) => ({ get: { key } })),
+    );
+    const kvs = read.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
     const gen = this.gen();
     const at = this.now();
     const decided = batch.map((rec, i) => this.decideAddress(rec, keys[i]!, kvs[i]!, gen, at));
@@ -801,14 +974,18 @@ export class ClusterOwnership {
     let revision = 0;
     if (!ok) {
       try {
-        const r = await this.client.txn(writes.map((w) => w.compare), writes.map((w) => w.op));
+        const r = await this.client.txn(
+          writes.map((w) => w.compare),
+          writes.map((w) => w.op),
+        );
         ok = r.succeeded;
         revision = r.revision;
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
       }
     }
-    if (!ok) { // a compare failed (or the outcome is unknown): one by one, each re-reading
+    if (!ok) {
+      // a compare failed (or the outcome is unknown): one by one, each re-reading
       this.conflict("outbox-batch");
       const out: OutboxOutcome[] = [];
       for (const rec of batch) out.push({ id: rec.id, ...(await this.applyOne(rec)) });
@@ -823,23 +1000,32 @@ export class ClusterOwnership {
   }
 
   /** The compare-and-swap an attach/release record needs given the key's current value, or its outcome without one. */
-  private decideAddress(rec: OutboxOp & { op: "attach" | "release" }, key: string, kv: KeyValue | null, gen: string, at: number):
-    Omit<OutboxOutcome, "id"> | { compare: Compare; op: TxnOp } {
+  private decideAddress(
+    rec: OutboxOp & { op: "attach" | "release" },
+    key: string,
+    kv: KeyValue | null,
+    gen: string,
+    at: number,
+  ): Omit<OutboxOutcome, "id"> | { compare: Compare; op: TxnOp } {
     const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
     if (rec.op === "attach") {
       const attachment = { ...rec.attachment, node: this.node };
-      if (v?.owner === "attachment" && v.node === this.node
-        && v.attachment.containerID === rec.attachment.containerID) return { status: "noop" };
+      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID)
+        return { status: "noop" };
       if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
-        return { status: "conflict",
-          detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}` };
+        return {
+          status: "conflict",
+          detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`,
+        };
       }
       const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
-      return { compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }, op: { put: { key,
-        value } } };
+      return {
+        compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 },
+        op: { put: { key, value } },
+      };
     }
-    if (!v || v.node !== this.node || v.owner === "sticky" ||
-      (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };
+    if (!v || v.node !== this.node || v.owner === "sticky" || (v.owner === "attachment" && v.attachment.containerID !== rec.containerID))
+      return { status: "noop" };
     const op: TxnOp = rec.keepInBuffer
       ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
       : { del: { key } };
@@ -882,8 +1068,8 @@ export class ClusterOwnership {
         const cmp: Compare = kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 };
         return (await this.casTxn("attach", [cmp], [{ put: { key, value } }], key, gen)) ? { status: "applied" } : null;
       }
-      if (!v || v.node !== this.node || v.owner === "sticky" ||
-        (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)) return { status: "noop" };
+      if (!v || v.node !== this.node || v.owner === "sticky" || (v.owner === "attachment" && v.attachment.containerID !== rec.containerID))
+        return { status: "noop" };
       const op: TxnOp = rec.keepInBuffer
         ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
         : { del: { key } };
@@ -915,8 +1101,12 @@ export class ClusterOwnership {
       return (await this.casTxn("detach", compares, ops, skey, gen)) ? { status: "applied" } : null;
     }
     if (s.attachment && !rec.force) {
-      throw new ClusterError("reservation_attached", `sticky identity ${name} is attached to sandbox ${s.attachment.containerID} on node ` +
-        `${s.attachment.node}; delete the pod first, or pass force`, false);
+      throw new ClusterError(
+        "reservation_attached",
+        `sticky identity ${name} is attached to sandbox ${s.attachment.containerID} on node ` +
+          `${s.attachment.node}; delete the pod first, or pass force`,
+        false,
+      );
     }
     const ikey = this.keys.ip(rec.identity.pool, s.ip);
     const ipKv = await this.client.get(ikey);
@@ -926,15 +1116,29 @@ export class ClusterOwnership {
     if (ipKv && ipOwner?.owner === "sticky" && ipOwner.identity === name) {
       compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
       // An address a running sandbox uses stays held by that attachment until its DEL.
-      ops.push(s.attachment
-        ? { put: { key: ikey, value: JSON.stringify({
-          owner: "attachment", node: s.attachment.node, gen, at, attachment: s.attachment,
-        } satisfies IpOwner) } }
-        : { del: { key: ikey } });
+      ops.push(
+        s.attachment
+          ? {
+              put: {
+                key: ikey,
+                value: JSON.stringify({
+                  owner: "attachment",
+                  node: s.attachment.node,
+                  gen,
+                  at,
+                  attachment: s.attachment,
+                } satisfies IpOwner),
+              },
+            }
+          : { del: { key: ikey } },
+      );
     }
     try {
       const r = await this.client.txn(compares, ops);
-      if (!r.succeeded) { this.conflict("release-sticky"); return null; }
+      if (!r.succeeded) {
+        this.conflict("release-sticky");
+        return null;
+      }
     } catch (e) {
       if (!(e instanceof EtcdOutcomeUnknown)) throw e;
       return null; // re-read: absent means applied (noop next pass)

@@ -21,13 +21,20 @@ export class WatchLoop {
   /** Times the watched revision had been compacted away (each followed by a re-list). */
   compactions = 0;
 
-  constructor(private readonly client: EtcdClient, readonly prefix: string, private readonly h: WatchLoopHandlers,
-    private readonly maxBackoffMs = 5000) {}
+  constructor(
+    private readonly client: EtcdClient,
+    readonly prefix: string,
+    private readonly h: WatchLoopHandlers,
+    private readonly maxBackoffMs = 5000,
+  ) {}
 
   /** From `fromRevision` (the last revision a previous run reflected: a restart), or list first. */
   start(fromRevision?: number): void {
     this.stopped = false;
-    if (fromRevision) { this.revision = fromRevision; this.watch(); } else void this.list();
+    if (fromRevision) {
+      this.revision = fromRevision;
+      this.watch();
+    } else void this.list();
   }
 
   stop(): void {
@@ -58,19 +65,29 @@ export class WatchLoop {
 
   private watch(): void {
     if (this.stopped) return;
-    this.handle = this.client.watch(this.prefix, { prefix: true, startRevision: this.revision + 1 }, {
-      onCreated: () => { this.failures = 0; },
-      onEvents: (events, revision) => {
-        this.revision = Math.max(this.revision, revision, ...events.map((e) => e.kv.modRevision));
-        this.h.onEvents(events, revision);
+    this.handle = this.client.watch(
+      this.prefix,
+      { prefix: true, startRevision: this.revision + 1 },
+      {
+        onCreated: () => {
+          this.failures = 0;
+        },
+        onEvents: (events, revision) => {
+          this.revision = Math.max(this.revision, revision, ...events.map((e) => e.kv.modRevision));
+          this.h.onEvents(events, revision);
+        },
+        onCompacted: () => undefined,
+        onEnd: (err) => {
+          if (this.stopped) return;
+          this.h.onError?.(err);
+          if (err instanceof EtcdCompacted) {
+            this.compactions++;
+            void this.list();
+            return;
+          }
+          this.later(() => this.watch());
+        },
       },
-      onCompacted: () => undefined,
-      onEnd: (err) => {
-        if (this.stopped) return;
-        this.h.onError?.(err);
-        if (err instanceof EtcdCompacted) { this.compactions++; void this.list(); return; }
-        this.later(() => this.watch());
-      },
-    });
+    );
   }
 }

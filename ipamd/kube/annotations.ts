@@ -15,14 +15,23 @@ export const RESERVE = "berth.dev/reserve";
 
 /** A bad annotation: ADD fails with it, and the pod gets an InvalidAnnotation Event. */
 export class InvalidAnnotation extends ApiError {
-  constructor(readonly annotation: string, readonly where: string, why: string, example: string) {
+  constructor(
+    readonly annotation: string,
+    readonly where: string,
+    why: string,
+    example: string,
+  ) {
     super("invalid_request", `annotation ${annotation} on ${where} is invalid: ${why}; write it as e.g. ${example}`, annotation);
   }
 }
 
 export type RetentionAction = "Retain" | "Delete";
 
-export interface Retention { whenDeleted: RetentionAction; whenScaled: RetentionAction; ttlMs?: number }
+export interface Retention {
+  whenDeleted: RetentionAction;
+  whenScaled: RetentionAction;
+  ttlMs?: number;
+}
 
 /** As persistentVolumeClaimRetentionPolicy's defaults would be for addresses: a deleted StatefulSet's go, a scaled one's stay. */
 export const DEFAULT_RETENTION: Retention = { whenDeleted: "Delete", whenScaled: "Retain" };
@@ -31,9 +40,15 @@ const RETENTION_EXAMPLE = '{"whenDeleted":"Delete","whenScaled":"Retain","ttl":"
 
 export function parseRetention(value: string | undefined, where: string): Retention {
   if (value === undefined) return DEFAULT_RETENTION;
-  const bad = (why: string): never => { throw new InvalidAnnotation(RETENTION, where, why, RETENTION_EXAMPLE); };
+  const bad = (why: string): never => {
+    throw new InvalidAnnotation(RETENTION, where, why, RETENTION_EXAMPLE);
+  };
   let v: unknown;
-  try { v = JSON.parse(value); } catch { bad("not JSON"); }
+  try {
+    v = JSON.parse(value);
+  } catch {
+    bad("not JSON");
+  }
   if (typeof v !== "object" || v === null || Array.isArray(v)) bad("not a JSON object");
   const o = v as Record<string, unknown>;
   const unknown = Object.keys(o).filter((k) => !["whenDeleted", "whenScaled", "ttl"].includes(k));
@@ -72,7 +87,9 @@ type PerInterface<T> = Map<string, T>;
 
 function perInterface(annotation: string, value: string, where: string, example: string): PerInterface<unknown> {
   let v: unknown;
-  try { v = JSON.parse(value); } catch {
+  try {
+    v = JSON.parse(value);
+  } catch {
     throw new InvalidAnnotation(annotation, where, "not JSON", example);
   }
   if (Array.isArray(v)) return new Map([["*", v]]);
@@ -88,8 +105,12 @@ export function poolsFor(value: string | undefined, ifName: string, where: strin
   const all = perInterface(POOLS, value, where, POOLS_EXAMPLE);
   for (const [key, list] of all) {
     if (!Array.isArray(list) || list.length === 0 || !list.every((p) => typeof p === "string" && p !== "")) {
-      throw new InvalidAnnotation(POOLS, where, `${key === "*" ? "the list" : `"${key}"`} is not a non-empty list of pool names`,
-        POOLS_EXAMPLE);
+      throw new InvalidAnnotation(
+        POOLS,
+        where,
+        `${key === "*" ? "the list" : `"${key}"`} is not a non-empty list of pool names`,
+        POOLS_EXAMPLE,
+      );
     }
   }
   return (all.get(ifName) ?? all.get("*")) as string[] | undefined;
@@ -107,25 +128,35 @@ export function ipsFor(value: string | undefined, ifName: string, ordinal: numbe
     if (!Array.isArray(list) || !list.every((e) => typeof e === "string")) {
       throw new InvalidAnnotation(IPS, where, `${what} is not a list of strings`, IPS_EXAMPLE);
     }
-    checked.set(key, (list as string[]).map((entry, i) => {
-      const addresses = entry.split(",").map((a) => a.trim()).filter(Boolean);
-      const families = addresses.map((a) => {
-        const ip = parseIp(a.split("/")[0]!);
-        if (!ip) throw new InvalidAnnotation(IPS, where, `entry ${i} of ${what}: ${JSON.stringify(a)} is not an IP address`, IPS_EXAMPLE);
-        return ip.family;
-      });
-      if (new Set(families).size !== families.length) {
-        throw new InvalidAnnotation(IPS, where, `entry ${i} of ${what} has two addresses of one family`, IPS_EXAMPLE);
-      }
-      return addresses;
-    }));
+    checked.set(
+      key,
+      (list as string[]).map((entry, i) => {
+        const addresses = entry
+          .split(",")
+          .map((a) => a.trim())
+          .filter(Boolean);
+        const families = addresses.map((a) => {
+          const ip = parseIp(a.split("/")[0]!);
+          if (!ip) throw new InvalidAnnotation(IPS, where, `entry ${i} of ${what}: ${JSON.stringify(a)} is not an IP address`, IPS_EXAMPLE);
+          return ip.family;
+        });
+        if (new Set(families).size !== families.length) {
+          throw new InvalidAnnotation(IPS, where, `entry ${i} of ${what} has two addresses of one family`, IPS_EXAMPLE);
+        }
+        return addresses;
+      }),
+    );
   }
   const mine = checked.get(ifName) ?? checked.get("*");
   if (!mine) return undefined;
   const entry = mine[ordinal];
   if (!entry || entry.length === 0) {
-    throw new InvalidAnnotation(IPS, where, `it has no entry for ordinal ${ordinal} (${mine.length} entries); ` +
-      "give one per replica, or remove the annotation", IPS_EXAMPLE);
+    throw new InvalidAnnotation(
+      IPS,
+      where,
+      `it has no entry for ordinal ${ordinal} (${mine.length} entries); ` + "give one per replica, or remove the annotation",
+      IPS_EXAMPLE,
+    );
   }
   return entry;
 }

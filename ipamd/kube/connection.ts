@@ -4,7 +4,14 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {
-  AppsV1Api, CoordinationV1Api, CoreV1Api, createConfiguration, EventsV1Api, KubeConfig, ServerConfiguration, setHeaderMiddleware,
+  AppsV1Api,
+  CoordinationV1Api,
+  CoreV1Api,
+  createConfiguration,
+  EventsV1Api,
+  KubeConfig,
+  ServerConfiguration,
+  setHeaderMiddleware,
 } from "@kubernetes/client-node";
 import type { KubeSettings } from "../config";
 
@@ -36,8 +43,12 @@ export interface KubeConnection {
 export class KubeConnectionError extends Error {}
 
 /** The connection the settings and the environment give, or undefined (no API: today's behaviour). */
-export function connectKube(settings: KubeSettings, version: string, node: string,
-  env: NodeJS.ProcessEnv = process.env): KubeConnection | undefined {
+export function connectKube(
+  settings: KubeSettings,
+  version: string,
+  node: string,
+  env: NodeJS.ProcessEnv = process.env,
+): KubeConnection | undefined {
   if (!settings.enabled) return undefined;
   const kc = new BerthKubeConfig();
   let mode: KubeConnection["mode"];
@@ -46,35 +57,52 @@ export function connectKube(settings: KubeSettings, version: string, node: strin
   const file = settings.kubeconfig;
   try {
     if (file) {
-      mode = "kubeconfig"; source = file;
+      mode = "kubeconfig";
+      source = file;
       kc.loadFromFile(file);
     } else if (env.KUBERNETES_SERVICE_HOST && existsSync(join(saDir, "token"))) {
-      mode = "in-cluster"; source = saDir;
+      mode = "in-cluster";
+      source = saDir;
       kc.loadFromCluster(settings.inClusterRoot === "/" ? undefined : settings.inClusterRoot);
     } else if (env.KUBECONFIG) {
-      mode = "kubeconfig"; source = env.KUBECONFIG;
+      mode = "kubeconfig";
+      source = env.KUBECONFIG;
       kc.loadFromFile(env.KUBECONFIG);
     } else {
       return undefined;
     }
   } catch (e) {
-    throw new KubeConnectionError(`cannot load the Kubernetes ${mode!} config from ${source!}: ${(e as Error).message}; ` +
-      "fix the file (or pass --kubeconfig), or set kubernetes.enabled to false in the ipamd config to run without the API");
+    throw new KubeConnectionError(
+      `cannot load the Kubernetes ${mode!} config from ${source!}: ${(e as Error).message}; ` +
+        "fix the file (or pass --kubeconfig), or set kubernetes.enabled to false in the ipamd config to run without the API",
+    );
   }
   const cluster = kc.getCurrentCluster();
   if (!cluster) {
-    throw new KubeConnectionError(`the Kubernetes config from ${source} has no current cluster; set current-context, ` +
-      "or pass --kubeconfig with a file that has one");
+    throw new KubeConnectionError(
+      `the Kubernetes config from ${source} has no current cluster; set current-context, ` +
+        "or pass --kubeconfig with a file that has one",
+    );
   }
   kc.userAgent = `berth-ipamd/${version} (node ${node})`;
-  const make = <T>(Api: new (c: ReturnType<typeof createConfiguration>) => T): T => new Api(createConfiguration({
-    baseServer: new ServerConfiguration(cluster.server, {}),
-    authMethods: { default: kc },
-    middleware: [setHeaderMiddleware("User-Agent", kc.userAgent)],
-  }));
+  const make = <T>(Api: new (c: ReturnType<typeof createConfiguration>) => T): T =>
+    new Api(
+      createConfiguration({
+        baseServer: new ServerConfiguration(cluster.server, {}),
+        authMethods: { default: kc },
+        middleware: [setHeaderMiddleware("User-Agent", kc.userAgent)],
+      }),
+    );
   return {
-    mode, source, server: cluster.server, userAgent: kc.userAgent, kc,
-    core: make(CoreV1Api), apps: make(AppsV1Api), events: make(EventsV1Api), leases: make(CoordinationV1Api),
+    mode,
+    source,
+    server: cluster.server,
+    userAgent: kc.userAgent,
+    kc,
+    core: make(CoreV1Api),
+    apps: make(AppsV1Api),
+    events: make(EventsV1Api),
+    leases: make(CoordinationV1Api),
   };
 }
 

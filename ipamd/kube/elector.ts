@@ -18,9 +18,15 @@ export interface ReleaseElector {
 
 /** Single-node mode: this node alone holds its addresses, so it alone acts on them. */
 export class SoleNode implements ReleaseElector {
-  isLeader(): boolean { return true; }
-  start(): void { /* nothing to campaign for */ }
-  async stop(): Promise<void> { /* nothing held */ }
+  isLeader(): boolean {
+    return true;
+  }
+  start(): void {
+    /* nothing to campaign for */
+  }
+  async stop(): Promise<void> {
+    /* nothing held */
+  }
 }
 
 export interface LeaseOptions {
@@ -47,9 +53,15 @@ export class LeaseElector implements ReleaseElector {
   /** Told when this node gains or loses the lead (logs, tests). */
   onChange?: (leader: boolean) => void;
 
-  constructor(private readonly leases: CoordinationV1Api, private readonly o: LeaseOptions, private readonly log: Logger) {}
+  constructor(
+    private readonly leases: CoordinationV1Api,
+    private readonly o: LeaseOptions,
+    private readonly log: Logger,
+  ) {}
 
-  isLeader(): boolean { return Date.now() < this.leaderUntil; }
+  isLeader(): boolean {
+    return Date.now() < this.leaderUntil;
+  }
 
   start(): void {
     this.stopped = false;
@@ -62,20 +74,31 @@ export class LeaseElector implements ReleaseElector {
     if (!this.isLeader()) return;
     this.leaderUntil = 0;
     this.setLeader(false);
-    try { // release: an empty holder lets the next candidate acquire without waiting for expiry
+    try {
+      // release: an empty holder lets the next candidate acquire without waiting for expiry
       const lease = await this.get();
       if (lease?.spec?.holderIdentity === this.o.identity) {
-        await this.call(this.leases.replaceNamespacedLease({ namespace: this.o.namespace, name: this.o.name,
-          body: { ...lease, spec: { ...lease.spec, holderIdentity: "", renewTime: new V1MicroTime() } } }), "release the Lease");
+        await this.call(
+          this.leases.replaceNamespacedLease({
+            namespace: this.o.namespace,
+            name: this.o.name,
+            body: { ...lease, spec: { ...lease.spec, holderIdentity: "", renewTime: new V1MicroTime() } },
+          }),
+          "release the Lease",
+        );
       }
-    } catch (e) { this.log.warn({ err: (e as Error).message }, "cannot release the release-leader Lease"); }
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, "cannot release the release-leader Lease");
+    }
   }
 
   /** One round: acquire or renew; returns whether this node leads after it. */
   async tick(): Promise<boolean> {
     if (this.timer) clearTimeout(this.timer);
     let leading = false;
-    try { leading = await this.tryAcquireOrRenew(); } catch (e) {
+    try {
+      leading = await this.tryAcquireOrRenew();
+    } catch (e) {
       this.log.warn({ err: (e as Error).message, lease: `${this.o.namespace}/${this.o.name}` }, "release-leader election round failed");
     }
     if (leading) this.leaderUntil = Date.now() + this.o.leaseDurationMs - this.o.retryMs;
@@ -93,11 +116,22 @@ export class LeaseElector implements ReleaseElector {
     const lease = await this.get();
     if (!lease) {
       try {
-        await this.call(this.leases.createNamespacedLease({ namespace: this.o.namespace, body: {
-          metadata: { name: this.o.name, namespace: this.o.namespace },
-          spec: { holderIdentity: this.o.identity, leaseDurationSeconds: durationSeconds, acquireTime: now, renewTime: now,
-            leaseTransitions: 0 },
-        } }), "create the Lease");
+        await this.call(
+          this.leases.createNamespacedLease({
+            namespace: this.o.namespace,
+            body: {
+              metadata: { name: this.o.name, namespace: this.o.namespace },
+              spec: {
+                holderIdentity: this.o.identity,
+                leaseDurationSeconds: durationSeconds,
+                acquireTime: now,
+                renewTime: now,
+                leaseTransitions: 0,
+              },
+            },
+          }),
+          "create the Lease",
+        );
         return true;
       } catch (e) {
         if (statusOf(e) === 409) return false; // another node created it first
@@ -114,13 +148,18 @@ export class LeaseElector implements ReleaseElector {
     const next: V1Lease = {
       ...lease,
       spec: {
-        ...spec, holderIdentity: this.o.identity, leaseDurationSeconds: durationSeconds, renewTime: now,
+        ...spec,
+        holderIdentity: this.o.identity,
+        leaseDurationSeconds: durationSeconds,
+        renewTime: now,
         ...(mine ? {} : { acquireTime: now, leaseTransitions: (spec.leaseTransitions ?? 0) + 1 }),
       },
     };
     try {
-      await this.call(this.leases.replaceNamespacedLease({ namespace: this.o.namespace, name: this.o.name, body: next }),
-        mine ? "renew the Lease" : "acquire the Lease");
+      await this.call(
+        this.leases.replaceNamespacedLease({ namespace: this.o.namespace, name: this.o.name, body: next }),
+        mine ? "renew the Lease" : "acquire the Lease",
+      );
       return true;
     } catch (e) {
       if (statusOf(e) === 409) return false; // changed meanwhile: someone else renewed or took it
@@ -137,7 +176,9 @@ export class LeaseElector implements ReleaseElector {
     }
   }
 
-  private call<T>(p: Promise<T>, what: string): Promise<T> { return withDeadline(p, this.o.timeoutMs, what); }
+  private call<T>(p: Promise<T>, what: string): Promise<T> {
+    return withDeadline(p, this.o.timeoutMs, what);
+  }
 
   private setLeader(leader: boolean): void {
     const was = this.wasLeader;

@@ -6,10 +6,19 @@ import { V1MicroTime } from "@kubernetes/client-node";
 import type { Logger } from "pino";
 import { type KubeConnection, withDeadline } from "./connection";
 
-export type EventReason = "NoPoolForNode" | "StickyPoolNotOnNode" | "PoolExhausted" | "InvalidAnnotation" | "AddressTakeover"
+export type EventReason =
+  | "NoPoolForNode"
+  | "StickyPoolNotOnNode"
+  | "PoolExhausted"
+  | "InvalidAnnotation"
+  | "AddressTakeover"
   | "PreviousSandboxAttached";
 
-export interface PodRef { namespace: string; name: string; uid?: string }
+export interface PodRef {
+  namespace: string;
+  name: string;
+  uid?: string;
+}
 
 const REPEAT_AFTER_MS = 5 * 60_000;
 const NOTE_MAX_BYTES = 1024;
@@ -18,8 +27,12 @@ export class EventRecorder {
   private readonly lastSent = new Map<string, number>();
   private readonly pending = new Set<Promise<void>>();
 
-  constructor(private readonly kube: KubeConnection, private readonly node: string, private readonly log: Logger,
-    private readonly timeoutMs: number) {}
+  constructor(
+    private readonly kube: KubeConnection,
+    private readonly node: string,
+    private readonly log: Logger,
+    private readonly timeoutMs: number,
+  ) {}
 
   /** Sends (in the background) a Warning Event regarding the pod, unless one with this reason was sent lately. */
   warn(pod: PodRef, reason: EventReason, action: string, note: string | Promise<string>): void {
@@ -33,22 +46,31 @@ export class EventRecorder {
   }
 
   /** Waits for Events in flight (shutdown). */
-  async flush(): Promise<void> { await Promise.allSettled([...this.pending]); }
+  async flush(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
+  }
 
   private async send(pod: PodRef, reason: EventReason, action: string, noteOrPromise: string | Promise<string>): Promise<void> {
     try {
       const note = truncate(await noteOrPromise);
-      await withDeadline(this.kube.events.createNamespacedEvent({
-        namespace: pod.namespace,
-        body: {
-          metadata: { generateName: `${pod.name}.berth.` },
-          eventTime: new V1MicroTime(),
-          reportingController: "berth.dev/ipamd",
-          reportingInstance: `ipamd-${this.node}`,
-          action, reason, type: "Warning", note,
-          regarding: { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, ...(pod.uid ? { uid: pod.uid } : {}) },
-        },
-      }), this.timeoutMs, "create Event");
+      await withDeadline(
+        this.kube.events.createNamespacedEvent({
+          namespace: pod.namespace,
+          body: {
+            metadata: { generateName: `${pod.name}.berth.` },
+            eventTime: new V1MicroTime(),
+            reportingController: "berth.dev/ipamd",
+            reportingInstance: `ipamd-${this.node}`,
+            action,
+            reason,
+            type: "Warning",
+            note,
+            regarding: { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, ...(pod.uid ? { uid: pod.uid } : {}) },
+          },
+        }),
+        this.timeoutMs,
+        "create Event",
+      );
       this.log.info({ pod: `${pod.namespace}/${pod.name}`, reason }, "Event sent");
     } catch (e) {
       this.log.warn({ pod: `${pod.namespace}/${pod.name}`, reason, err: (e as Error).message }, "cannot send the Event");

@@ -53,27 +53,55 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   const elector = o.elector ?? new SoleNode();
   const timeoutMs = settings.apiTimeoutMs;
 
-  const nodeWatch = new ResilientWatch<V1Node>(kube, {
-    resource: "node", path: "/api/v1/nodes", fieldSelector: `metadata.name=${nodeName}`,
-    list: () => kube.core.listNode({ fieldSelector: `metadata.name=${nodeName}` }),
-  }, klog);
-  const podWatch = new ResilientWatch<V1Pod>(kube, {
-    resource: "pods", path: "/api/v1/pods", fieldSelector: `spec.nodeName=${nodeName}`,
-    list: () => kube.core.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${nodeName}` }),
-  }, klog);
-  const stsWatch = new ResilientWatch<V1StatefulSet>(kube, {
-    resource: "statefulsets", path: "/apis/apps/v1/statefulsets",
-    list: () => kube.apps.listStatefulSetForAllNamespaces(),
-  }, klog);
+  const nodeWatch = new ResilientWatch<V1Node>(
+    kube,
+    {
+      resource: "node",
+      path: "/api/v1/nodes",
+      fieldSelector: `metadata.name=${nodeName}`,
+      list: () => kube.core.listNode({ fieldSelector: `metadata.name=${nodeName}` }),
+    },
+    klog,
+  );
+  const podWatch = new ResilientWatch<V1Pod>(
+    kube,
+    {
+      resource: "pods",
+      path: "/api/v1/pods",
+      fieldSelector: `spec.nodeName=${nodeName}`,
+      list: () => kube.core.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${nodeName}` }),
+    },
+    klog,
+  );
+  const stsWatch = new ResilientWatch<V1StatefulSet>(
+    kube,
+    {
+      resource: "statefulsets",
+      path: "/apis/apps/v1/statefulsets",
+      list: () => kube.apps.listStatefulSetForAllNamespaces(),
+    },
+    klog,
+  );
   const watches = [nodeWatch, podWatch, stsWatch];
 
-  const up = new Gauge({ name: "berth_ipamd_kube_watch_up", help: "1 while the watch is listed and streaming, 0 while it is (re)starting",
-    labelNames: ["resource"], registers: [o.metrics.registry] });
-  const restarts = new Gauge({ name: "berth_ipamd_kube_watch_restarts", help: "Restarts of the watch after an error since ipamd started",
-    labelNames: ["resource"], registers: [o.metrics.registry] });
-  const releases = new Counter({ name: "berth_ipamd_kube_released_addresses_total",
-    help: "Addresses released by the Kubernetes side, by reason (deleted, scaled, ttl, leaked)", labelNames: ["reason"],
-    registers: [o.metrics.registry] });
+  const up = new Gauge({
+    name: "berth_ipamd_kube_watch_up",
+    help: "1 while the watch is listed and streaming, 0 while it is (re)starting",
+    labelNames: ["resource"],
+    registers: [o.metrics.registry],
+  });
+  const restarts = new Gauge({
+    name: "berth_ipamd_kube_watch_restarts",
+    help: "Restarts of the watch after an error since ipamd started",
+    labelNames: ["resource"],
+    registers: [o.metrics.registry],
+  });
+  const releases = new Counter({
+    name: "berth_ipamd_kube_released_addresses_total",
+    help: "Addresses released by the Kubernetes side, by reason (deleted, scaled, ttl, leaked)",
+    labelNames: ["reason"],
+    registers: [o.metrics.registry],
+  });
   for (const w of watches) {
     w.onState = (s) => {
       up.set({ resource: s.resource }, s.state === "watching" ? 1 : 0);
@@ -85,8 +113,18 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   node.statefulSets.source = pods;
   const events = new EventRecorder(kube, nodeName, klog, timeoutMs);
   const lifecycle = new StatefulSetLifecycle({
-    kube, statefulSets: stsWatch, pods, node, nodeName, mutate: o.mutate, elector, log: klog, timeoutMs,
-    released: (reason, ips) => { if (ips.length) releases.inc({ reason }, ips.length); },
+    kube,
+    statefulSets: stsWatch,
+    pods,
+    node,
+    nodeName,
+    mutate: o.mutate,
+    elector,
+    log: klog,
+    timeoutMs,
+    released: (reason, ips) => {
+      if (ips.length) releases.inc({ reason }, ips.length);
+    },
   });
   const leaks = new LeakReconciler(pods, node, o.mutate, settings.leakGraceMs, klog);
 
@@ -103,7 +141,8 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   stsWatch.on("add", stsChanged);
   stsWatch.on("update", stsChanged);
   stsWatch.on("delete", stsChanged);
-  podWatch.on("delete", (p) => { // a scale-down's pod is gone: its ordinal may be released now
+  podWatch.on("delete", (p) => {
+    // a scale-down's pod is gone: its ordinal may be released now
     const m = memberOfPod(p);
     if (m) lifecycle.enqueue(m.namespace, m.statefulset);
   });
@@ -113,10 +152,14 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     takeover?.(row, req);
     const a = req as AllocateRequest;
     if (a.podNamespace && a.podName) {
-      events.warn({ namespace: a.podNamespace, name: a.podName, uid: a.podUID }, "AddressTakeover", "AllocateAddress",
+      events.warn(
+        { namespace: a.podNamespace, name: a.podName, uid: a.podUID },
+        "AddressTakeover",
+        "AllocateAddress",
         `${row.owner}'s address ${row.ip} was still attached to container ${row.container_id} (pod ${row.pod_namespace}/` +
-        `${row.pod_name}${row.pod_uid ? `, UID ${row.pod_uid}` : ""}) and was taken over by this pod's container ` +
-        `${a.containerID}: the old sandbox's CNI DEL never came; make sure it is gone`);
+          `${row.pod_name}${row.pod_uid ? `, UID ${row.pod_uid}` : ""}) and was taken over by this pod's container ` +
+          `${a.containerID}: the old sandbox's CNI DEL never came; make sure it is gone`,
+      );
     }
   };
 
@@ -126,12 +169,15 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
       const pod = await pods.lookup(req.podNamespace, req.podName, req.podUID);
       if (!pod) return req;
       const m = memberOfPod(pod);
-      const sts = m ? stsWatch.get(m.statefulset, m.namespace) ?? await lifecycle.fetchStatefulSet(m.namespace, m.statefulset) : undefined;
+      const sts = m
+        ? (stsWatch.get(m.statefulset, m.namespace) ?? (await lifecycle.fetchStatefulSet(m.namespace, m.statefulset)))
+        : undefined;
       const own = pod.metadata?.annotations ?? {};
       const template = sts?.spec?.template?.metadata?.annotations ?? {};
-      const pick = (a: string): [string | undefined, string] => (a in own
-        ? [own[a], `pod ${req.podNamespace}/${req.podName}`]
-        : [template[a], `the pod template of statefulset ${m?.namespace}/${m?.statefulset}`]);
+      const pick = (a: string): [string | undefined, string] =>
+        a in own
+          ? [own[a], `pod ${req.podNamespace}/${req.podName}`]
+          : [template[a], `the pod template of statefulset ${m?.namespace}/${m?.statefulset}`];
       const [poolsValue, poolsWhere] = pick(POOLS);
       const pools = req.pools?.length ? req.pools : poolsFor(poolsValue, req.ifName, poolsWhere);
       const [ipsValue, ipsWhere] = pick(IPS);
@@ -144,8 +190,12 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
       const pod = { namespace: req.podNamespace, name: req.podName, uid: req.podUID };
       if (e instanceof InvalidAnnotation) events.warn(pod, "InvalidAnnotation", "AllocateAddress", e.message);
       else if (e instanceof StickyPoolOffNode) {
-        events.warn(pod, "StickyPoolNotOnNode", "AllocateAddress", nodesOf(kube, e.pool.selector, timeoutMs)
-          .then((nodes) => `${e.message}. Nodes the pool selects: ${nodes}`));
+        events.warn(
+          pod,
+          "StickyPoolNotOnNode",
+          "AllocateAddress",
+          nodesOf(kube, e.pool.selector, timeoutMs).then((nodes) => `${e.message}. Nodes the pool selects: ${nodes}`),
+        );
       } else if (e instanceof ApiError && e.code === "no_pool") events.warn(pod, "NoPoolForNode", "AllocateAddress", e.message);
       else if (e instanceof ApiError && e.code === "pool_exhausted") events.warn(pod, "PoolExhausted", "AllocateAddress", e.message);
       else if (e instanceof ApiError && e.code === "previous_sandbox_attached") {
@@ -153,7 +203,10 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
       }
     },
     status: () => ({
-      mode: kube.mode, server: kube.server, userAgent: kube.userAgent, watches: watches.map((w) => w.status()),
+      mode: kube.mode,
+      server: kube.server,
+      userAgent: kube.userAgent,
+      watches: watches.map((w) => w.status()),
       releaseLeader: elector.isLeader(),
     }),
   };
@@ -166,8 +219,13 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   };
   let round: Promise<void> | undefined;
   const tick = (): Promise<void> => {
-    round ??= reconcile().catch((e) => { klog.error({ err: e }, "Kubernetes reconcile round failed"); })
-      .finally(() => { round = undefined; });
+    round ??= reconcile()
+      .catch((e) => {
+        klog.error({ err: e }, "Kubernetes reconcile round failed");
+      })
+      .finally(() => {
+        round = undefined;
+      });
     return round;
   };
 
@@ -181,7 +239,8 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   klog.info({ mode: kube.mode, source: kube.source, server: kube.server, userAgent: kube.userAgent }, "watching the Kubernetes API");
 
   return {
-    hooks, connection: kube,
+    hooks,
+    connection: kube,
     reconcile: tick,
     async stop() {
       clearInterval(timer);

@@ -18,7 +18,15 @@ import type { OwnershipOp, OwnershipTicket } from "../ownership";
 import { selectorMatches } from "../pools";
 import type { Member } from "../statefulsets";
 import {
-  DEFAULT_RETENTION, InvalidAnnotation, parseReserve, parseRetention, POOLS, poolsFor, RESERVE, type Retention, RETENTION,
+  DEFAULT_RETENTION,
+  InvalidAnnotation,
+  parseReserve,
+  parseRetention,
+  POOLS,
+  poolsFor,
+  RESERVE,
+  type Retention,
+  RETENTION,
 } from "./annotations";
 import { type KubeConnection, statusOf, withDeadline } from "./connection";
 import type { ReleaseElector } from "./elector";
@@ -53,7 +61,9 @@ export class StatefulSetLifecycle {
   /** Looks at one StatefulSet again soon (after a watch event, a pod deletion, or a resync). */
   enqueue(namespace: string, name: string): void {
     this.queue.add(`${namespace}/${name}`);
-    this.draining ??= this.drain().finally(() => { this.draining = undefined; });
+    this.draining ??= this.drain().finally(() => {
+      this.draining = undefined;
+    });
   }
 
   /** Every StatefulSet the watch has, and every one seen before (a deletion missed while ipamd was down). */
@@ -63,7 +73,9 @@ export class StatefulSetLifecycle {
   }
 
   /** Resolves when the queue is empty (tests and shutdown). */
-  async idle(): Promise<void> { while (this.draining) await this.draining; }
+  async idle(): Promise<void> {
+    while (this.draining) await this.draining;
+  }
 
   /**
    * Before the ADD of a member: when the StatefulSet of that name last seen had another UID and said
@@ -84,9 +96,13 @@ export class StatefulSetLifecycle {
       if (next.done) return;
       this.queue.delete(next.value);
       const [namespace, name] = next.value.split("/") as [string, string];
-      try { await this.reconcile(namespace, name); } catch (e) {
-        this.d.log.warn({ statefulset: next.value, err: (e as Error).message },
-          "StatefulSet lifecycle step failed; retried at the next resync");
+      try {
+        await this.reconcile(namespace, name);
+      } catch (e) {
+        this.d.log.warn(
+          { statefulset: next.value, err: (e as Error).message },
+          "StatefulSet lifecycle step failed; retried at the next resync",
+        );
       }
     }
   }
@@ -96,8 +112,8 @@ export class StatefulSetLifecycle {
     if (!watch.synced) return; // never decide from a partial or stale cache
     const current = watch.get(name, namespace);
     const tracked = node.statefulSets.tracked(namespace, name);
-    const known = tracked ? JSON.parse(tracked.retention) as Retention : undefined;
-    const retention = current ? this.retentionOf(current, known) : known ?? DEFAULT_RETENTION;
+    const known = tracked ? (JSON.parse(tracked.retention) as Retention) : undefined;
+    const retention = current ? this.retentionOf(current, known) : (known ?? DEFAULT_RETENTION);
     const leader = elector.isLeader();
 
     if (tracked && (!current || current.metadata?.uid !== tracked.uid)) {
@@ -110,8 +126,9 @@ export class StatefulSetLifecycle {
         if (!all) return; // a pod still lives: the next event or resync tries again
       }
       if (!current && (known!.whenDeleted === "Delete" || !this.ordinalsHeld(namespace, name).length)) {
-        await this.d.mutate({ kind: "unregister", req: { namespace, statefulset: name } },
-          () => node.statefulSets.untrack(namespace, name));
+        await this.d.mutate({ kind: "unregister", req: { namespace, statefulset: name } }, () =>
+          node.statefulSets.untrack(namespace, name),
+        );
         return;
       }
     }
@@ -122,14 +139,20 @@ export class StatefulSetLifecycle {
       const { start, replicas } = range(current);
       for (const ordinal of this.ordinalsHeld(namespace, name)) {
         if (ordinal >= start && ordinal < start + replicas) continue;
-        await this.releaseChecked(namespace, name, ordinal, { kind: "scaled", uid: current.metadata!.uid! },
-          `scaled down to ${replicas} replicas from ordinal ${start}`);
+        await this.releaseChecked(
+          namespace,
+          name,
+          ordinal,
+          { kind: "scaled", uid: current.metadata!.uid! },
+          `scaled down to ${replicas} replicas from ordinal ${start}`,
+        );
       }
     }
     const ttlMs = retention.ttlMs;
     if (ttlMs) {
       const before = Date.now() - ttlMs;
-      const expired = node.store.byStatefulSet(namespace, name)
+      const expired = node.store
+        .byStatefulSet(namespace, name)
         .filter((r) => r.sticky && !r.pinned && !r.container_id && r.detached_at !== null && r.detached_at < before);
       for (const ordinal of new Set(expired.map((r) => r.ordinal!))) {
         await this.releaseChecked(namespace, name, ordinal, { kind: "ttl", ttlMs }, `detached for longer than its ttl (${ttlMs / 1000}s)`);
@@ -140,7 +163,9 @@ export class StatefulSetLifecycle {
 
   private retentionOf(sts: V1StatefulSet, fallback: Retention | undefined): Retention {
     const where = `statefulset ${sts.metadata!.namespace}/${sts.metadata!.name}`;
-    try { return parseRetention(sts.metadata?.annotations?.[RETENTION], where); } catch (e) {
+    try {
+      return parseRetention(sts.metadata?.annotations?.[RETENTION], where);
+    } catch (e) {
       if (!(e instanceof InvalidAnnotation)) throw e;
       this.d.log.warn({ statefulset: where, err: e.message }, "ignoring an invalid retention annotation; keeping the policy last seen");
       return fallback ?? DEFAULT_RETENTION;
@@ -152,8 +177,9 @@ export class StatefulSetLifecycle {
     const { namespace, name, uid } = sts.metadata as { namespace: string; name: string; uid: string };
     const policy = JSON.stringify(retention);
     if (tracked && tracked.uid === uid && tracked.retention === policy) return;
-    await this.d.mutate({ kind: "register", req: { namespace, statefulset: name } },
-      () => this.d.node.statefulSets.track({ namespace, name, uid, retention: policy, seen_at: Date.now() }));
+    await this.d.mutate({ kind: "register", req: { namespace, statefulset: name } }, () =>
+      this.d.node.statefulSets.track({ namespace, name, uid, retention: policy, seen_at: Date.now() }),
+    );
   }
 
   private ordinalsHeld(namespace: string, name: string): number[] {
@@ -187,8 +213,9 @@ export class StatefulSetLifecycle {
   private async release(namespace: string, name: string, ordinal: number, what: string, reason: Why["kind"]): Promise<boolean> {
     const req: ReleaseReservationRequest = { namespace, statefulset: name, ordinal };
     try {
-      const out = await this.d.mutate({ kind: "releaseReservations", req },
-        (t) => this.d.node.rules.releaseReservations(req, Date.now(), t));
+      const out = await this.d.mutate({ kind: "releaseReservations", req }, (t) =>
+        this.d.node.rules.releaseReservations(req, Date.now(), t),
+      );
       const ips = out.released.map((r) => r.ip);
       if (ips.length) {
         this.d.log.info({ member: `${namespace}/${name}/${ordinal}`, ips, why: what }, "released a StatefulSet member's addresses");
@@ -203,7 +230,9 @@ export class StatefulSetLifecycle {
 
   /** A StatefulSet the watch does not have yet (its pod's ADD came first): one GET; undefined when absent or the API cannot tell. */
   async fetchStatefulSet(namespace: string, name: string): Promise<V1StatefulSet | undefined> {
-    try { return await this.getStatefulSet(namespace, name, Math.min(this.d.timeoutMs, ADD_FETCH_MS)); } catch (e) {
+    try {
+      return await this.getStatefulSet(namespace, name, Math.min(this.d.timeoutMs, ADD_FETCH_MS));
+    } catch (e) {
       this.d.log.warn({ statefulset: `${namespace}/${name}`, err: (e as Error).message }, "cannot fetch the StatefulSet at ADD");
       return undefined;
     }
@@ -211,8 +240,11 @@ export class StatefulSetLifecycle {
 
   private async getStatefulSet(namespace: string, name: string, timeoutMs = this.d.timeoutMs): Promise<V1StatefulSet | undefined> {
     try {
-      return await withDeadline(this.d.kube.apps.readNamespacedStatefulSet({ namespace, name }), timeoutMs,
-        `get statefulset ${namespace}/${name}`);
+      return await withDeadline(
+        this.d.kube.apps.readNamespacedStatefulSet({ namespace, name }),
+        timeoutMs,
+        `get statefulset ${namespace}/${name}`,
+      );
     } catch (e) {
       if (statusOf(e) === 404) return undefined;
       throw e;

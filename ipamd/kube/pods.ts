@@ -29,8 +29,12 @@ export function memberOfPod(pod: V1Pod): Member | null {
 export class Pods implements MembershipSource {
   private readonly fetched = new Map<string, { pod: V1Pod; at: number }>();
 
-  constructor(readonly watch: ResilientWatch<V1Pod>, private readonly kube: KubeConnection, private readonly log: Logger,
-    private readonly timeoutMs: number) {
+  constructor(
+    readonly watch: ResilientWatch<V1Pod>,
+    private readonly kube: KubeConnection,
+    private readonly log: Logger,
+    private readonly timeoutMs: number,
+  ) {
     const forget = (p: V1Pod): void => {
       const k = key(p.metadata?.namespace, p.metadata?.name);
       if (this.fetched.get(k)?.pod.metadata?.uid === p.metadata?.uid) this.fetched.delete(k);
@@ -59,8 +63,10 @@ export class Pods implements MembershipSource {
       if (this.fetched.size > 10_000) this.fetched.clear();
       return pod;
     } catch (e) {
-      this.log.warn({ pod: `${namespace}/${name}`, err: (e as Error).message },
-        "cannot fetch the pod at ADD; membership from the config and registrations only");
+      this.log.warn(
+        { pod: `${namespace}/${name}`, err: (e as Error).message },
+        "cannot fetch the pod at ADD; membership from the config and registrations only",
+      );
       return undefined;
     }
   }

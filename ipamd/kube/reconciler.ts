@@ -15,8 +15,13 @@ export class LeakReconciler {
   /** When each suspect attachment was first seen without its pod. */
   private readonly goneSince = new Map<string, number>();
 
-  constructor(private readonly pods: Pods, private readonly node: NodeIpam, private readonly mutate: Mutate,
-    private readonly graceMs: number, private readonly log: Logger) {}
+  constructor(
+    private readonly pods: Pods,
+    private readonly node: NodeIpam,
+    private readonly mutate: Mutate,
+    private readonly graceMs: number,
+    private readonly log: Logger,
+  ) {}
 
   /** One round; the addresses released or detached. */
   async run(): Promise<string[]> {
@@ -32,7 +37,10 @@ export class LeakReconciler {
     for (const r of due) {
       try {
         const pod = await this.pods.get(r.pod_namespace!, r.pod_name!);
-        if (pod && (!r.pod_uid || pod.metadata?.uid === r.pod_uid)) { this.goneSince.delete(keyOf(r)); continue; } // it came back
+        if (pod && (!r.pod_uid || pod.metadata?.uid === r.pod_uid)) {
+          this.goneSince.delete(keyOf(r));
+          continue;
+        } // it came back
         confirmed.push(r);
       } catch (e) {
         this.log.warn({ pod: `${r.pod_namespace}/${r.pod_name}`, err: (e as Error).message }, "cannot re-check a leak suspect; next round");
@@ -41,16 +49,23 @@ export class LeakReconciler {
     const out: string[] = [];
     for (const network of new Set(confirmed.map((r) => r.network!))) {
       const leaked = new Set(confirmed.filter((r) => r.network === network).map(keyOf));
-      const validAttachments = rows.filter((r) => r.network === network && !leaked.has(keyOf(r)))
+      const validAttachments = rows
+        .filter((r) => r.network === network && !leaked.has(keyOf(r)))
         .map((r) => ({ containerID: r.container_id!, ifName: r.ifname! }));
       const req: GcRequest = { network, validAttachments };
       const res = await this.mutate({ kind: "gc", req }, (t) => this.node.rules.gc(req, startedAt, Date.now(), t));
       for (const r of confirmed.filter((c) => c.network === network)) this.goneSince.delete(keyOf(r));
       const ips = [...res.released, ...res.detached];
       if (ips.length) {
-        this.log.info({ network, released: res.released, detached: res.detached,
-          pods: confirmed.filter((c) => c.network === network).map((c) => `${c.pod_namespace}/${c.pod_name} (${c.pod_uid ?? "no uid"})`) },
-        "reconciled attachments whose pods are gone");
+        this.log.info(
+          {
+            network,
+            released: res.released,
+            detached: res.detached,
+            pods: confirmed.filter((c) => c.network === network).map((c) => `${c.pod_namespace}/${c.pod_name} (${c.pod_uid ?? "no uid"})`),
+          },
+          "reconciled attachments whose pods are gone",
+        );
       }
       out.push(...ips);
     }

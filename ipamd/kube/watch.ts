@@ -35,19 +35,31 @@ export class ResilientWatch<T extends KubernetesObject> {
   /** Called on every state change (metrics). */
   onState?: (status: KubeWatchStatus) => void;
 
-  constructor(kube: KubeConnection, private readonly spec: WatchSpec<T>, private readonly log: Logger) {
+  constructor(
+    kube: KubeConnection,
+    private readonly spec: WatchSpec<T>,
+    private readonly log: Logger,
+  ) {
     this.lw = new ListWatch<T>(spec.path, new Watch(kube.kc), spec.list, false, undefined, spec.fieldSelector);
     this.lw.on("error", (e) => this.failed(e));
   }
 
-  on(event: "add" | "update" | "delete", handler: Handler<T>): void { this.lw.on(event, handler); }
+  on(event: "add" | "update" | "delete", handler: Handler<T>): void {
+    this.lw.on(event, handler);
+  }
 
-  get(name: string, namespace?: string): T | undefined { return this.lw.get(name, namespace); }
+  get(name: string, namespace?: string): T | undefined {
+    return this.lw.get(name, namespace);
+  }
 
-  list(): readonly T[] { return this.lw.list(); }
+  list(): readonly T[] {
+    return this.lw.list();
+  }
 
   /** Listed and watching now: the cache is as fresh as the stream. */
-  get synced(): boolean { return this.state === "watching"; }
+  get synced(): boolean {
+    return this.state === "watching";
+  }
 
   /** Resolves once the first list has been applied (or at once when it has). */
   whenSynced(): Promise<void> {
@@ -68,7 +80,10 @@ export class ResilientWatch<T extends KubernetesObject> {
 
   status(): KubeWatchStatus {
     return {
-      resource: this.spec.resource, state: this.state, since: new Date(this.since).toISOString(), restarts: this.restarts,
+      resource: this.spec.resource,
+      state: this.state,
+      since: new Date(this.since).toISOString(),
+      restarts: this.restarts,
       objects: this.lw.list().length,
       ...(this.lastError ? { lastError: this.lastError } : {}),
       ...(this.retryAt && this.state === "backoff" ? { retryAt: new Date(this.retryAt).toISOString() } : {}),
@@ -104,12 +119,18 @@ export class ResilientWatch<T extends KubernetesObject> {
     this.setState("backoff");
     this.log.warn({ resource: this.spec.resource, error: message, retryInMs: delay }, "Kubernetes watch failed; restarting it");
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => { this.timer = undefined; void this.lw.stop().then(() => this.run()); }, delay);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.lw.stop().then(() => this.run());
+    }, delay);
     this.timer.unref();
   }
 
   private setState(state: KubeWatchStatus["state"]): void {
-    if (this.state !== state) { this.state = state; this.since = Date.now(); }
+    if (this.state !== state) {
+      this.state = state;
+      this.since = Date.now();
+    }
     this.onState?.(this.status());
   }
 }
@@ -119,7 +140,11 @@ function describe(e: unknown): string {
   if (typeof err?.statusCode === "number") return `HTTP ${err.statusCode}: ${err.message ?? ""}`; // Watch's own errors
   if (typeof err?.code === "number") {
     let reason = "";
-    try { reason = (JSON.parse(err.body ?? "") as { message?: string }).message ?? ""; } catch { /* not a Status */ }
+    try {
+      reason = (JSON.parse(err.body ?? "") as { message?: string }).message ?? "";
+    } catch {
+      /* not a Status */
+    }
     return `HTTP ${err.code}${reason ? `: ${reason}` : ""}`;
   }
   const cause = err?.cause?.message ? ` (${err.cause.message})` : "";

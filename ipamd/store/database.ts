@@ -20,9 +20,13 @@ export class DB {
     this.raw = new (sqlite().DatabaseSync)(path);
   }
 
-  prepare(sql: string): Statement { return this.raw.prepare(sql) as unknown as Statement; }
+  prepare(sql: string): Statement {
+    return this.raw.prepare(sql) as unknown as Statement;
+  }
 
-  exec(sql: string): void { this.raw.exec(sql); }
+  exec(sql: string): void {
+    this.raw.exec(sql);
+  }
 
   /** The pragma's rows, or with `simple` the first column of the first row. */
   pragma(source: string, options: { simple?: boolean } = {}): unknown {
@@ -50,9 +54,13 @@ export class DB {
     };
   }
 
-  get inTransaction(): boolean { return this.raw.isTransaction; }
+  get inTransaction(): boolean {
+    return this.raw.isTransaction;
+  }
 
-  close(): void { this.raw.close(); }
+  close(): void {
+    this.raw.close();
+  }
 }
 
 export class StoreError extends Error {}
@@ -62,8 +70,10 @@ function sqlite(): typeof import("node:sqlite") {
   const major = Number(process.versions.node.split(".")[0]);
   const mod = major >= 24 ? process.getBuiltinModule("node:sqlite") : undefined;
   if (!mod) {
-    throw new StoreError(`ipamd needs Node.js 24 or newer (its SQLite is node:sqlite); ${process.execPath} is ${process.version}. ` +
-      "Run it with a Node.js 24 LTS binary (the project's node_modules/.bin/node, or the node:24 image).");
+    throw new StoreError(
+      `ipamd needs Node.js 24 or newer (its SQLite is node:sqlite); ${process.execPath} is ${process.version}. ` +
+        "Run it with a Node.js 24 LTS binary (the project's node_modules/.bin/node, or the node:24 image).",
+    );
   }
   return mod;
 }
@@ -78,9 +88,11 @@ export function openStore(path: string, options: OpenOptions = {}): DB {
   if (path !== ":memory:" && !existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (path !== ":memory:" && existsSync(path) && statSync(path).size === 0) {
     // SQLite would take an empty file for a new database: ipamd would start with no reservations.
-    throw new StoreError(`database ${path} is an empty file (0 bytes), not a database: its reservations are gone (truncated, ` +
-      "or a failed copy/restore). Restore it from a backup; only if this node has no running pods on Berth networks, " +
-      "remove the file and start again with --accept-data-loss.");
+    throw new StoreError(
+      `database ${path} is an empty file (0 bytes), not a database: its reservations are gone (truncated, ` +
+        "or a failed copy/restore). Restore it from a backup; only if this node has no running pods on Berth networks, " +
+        "remove the file and start again with --accept-data-loss.",
+    );
   }
   let db: DB;
   try {
@@ -97,8 +109,10 @@ export function openStore(path: string, options: OpenOptions = {}): DB {
     const check = db.pragma("integrity_check", { simple: false }) as { integrity_check: string }[];
     const problems = check.map((r) => r.integrity_check).filter((s) => s !== "ok");
     if (problems.length > 0) {
-      throw new StoreError(`database ${path} failed PRAGMA integrity_check: ${problems.slice(0, 5).join("; ")}. ` +
-        "Stop here: restore the file from a backup or move it aside (its reservations are lost).");
+      throw new StoreError(
+        `database ${path} failed PRAGMA integrity_check: ${problems.slice(0, 5).join("; ")}. ` +
+          "Stop here: restore the file from a backup or move it aside (its reservations are lost).",
+      );
     }
     migrate(db, path);
     checkUniqueIndexes(db, path, options.onRepair);
@@ -113,7 +127,9 @@ export function openStore(path: string, options: OpenOptions = {}): DB {
 function migrate(db: DB, path: string): void {
   const current = db.pragma("user_version", { simple: true }) as number;
   if (current > MIGRATIONS.length) {
-    throw new StoreError(`database ${path} has schema version ${current}, newer than this ipamd knows (${MIGRATIONS.length}); run a newer ipamd`);
+    throw new StoreError(
+      `database ${path} has schema version ${current}, newer than this ipamd knows (${MIGRATIONS.length}); run a newer ipamd`,
+    );
   }
   for (let v = current; v < MIGRATIONS.length; v++) {
     db.transaction(() => {
@@ -135,11 +151,14 @@ function checkUniqueIndexes(db: DB, path: string, onRepair?: (message: string) =
     try {
       db.exec(sql);
     } catch (e) {
-      const dups = (db.prepare("SELECT ip, count(*) AS n FROM reservations GROUP BY ip HAVING n > 1 LIMIT 5").all() as { ip: string }[])
-        .map((r) => r.ip);
-      throw new StoreError(`database ${path} lacks its unique index ${name} and it cannot be re-created (${(e as Error).message})` +
-        (dups.length ? `: addresses held twice: ${dups.join(", ")}` : "") +
-        ". Stop here: release the duplicates with sqlite3 (keep the row of the pod that runs), or restore a backup.");
+      const dups = (
+        db.prepare("SELECT ip, count(*) AS n FROM reservations GROUP BY ip HAVING n > 1 LIMIT 5").all() as { ip: string }[]
+      ).map((r) => r.ip);
+      throw new StoreError(
+        `database ${path} lacks its unique index ${name} and it cannot be re-created (${(e as Error).message})` +
+          (dups.length ? `: addresses held twice: ${dups.join(", ")}` : "") +
+          ". Stop here: release the duplicates with sqlite3 (keep the row of the pod that runs), or restore a backup.",
+      );
     }
     onRepair?.(`database ${path} lacked its unique index ${name}; re-created it (no duplicates found)`);
   }

@@ -3,8 +3,19 @@
 // acknowledged commits that went missing), and the node's record of its attachments kept away
 // from the database (to see a database that went missing while pods still hold addresses).
 import {
-  chmodSync, closeSync, existsSync, fdatasyncSync, ftruncateSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync,
-  renameSync, type Stats, writeSync,
+  chmodSync,
+  closeSync,
+  existsSync,
+  fdatasyncSync,
+  ftruncateSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  type Stats,
+  writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import { EAGAIN, LOCK_EX, LOCK_NB, lastErrno, libc } from "../../lib/ffi/libc";
@@ -13,7 +24,9 @@ import { StoreError } from "./database";
 const ROOT = 0;
 
 function lstatOrUndefined(path: string): Stats | undefined {
-  try { return lstatSync(path); } catch (e) {
+  try {
+    return lstatSync(path);
+  } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw e;
   }
@@ -34,12 +47,16 @@ export function secureDirectory(dir: string, what: string): void {
   }
   if (!st.isDirectory()) throw new StoreError(`the ${what} ${dir} is not a directory`);
   if (st.uid !== ROOT) {
-    throw new StoreError(`the ${what} ${dir} is owned by uid ${st.uid}, not root: that user could lock or replace the database. ` +
-      `Check its contents, then chown root:root ${dir} && chmod 0700 ${dir}`);
+    throw new StoreError(
+      `the ${what} ${dir} is owned by uid ${st.uid}, not root: that user could lock or replace the database. ` +
+        `Check its contents, then chown root:root ${dir} && chmod 0700 ${dir}`,
+    );
   }
   if (st.mode & 0o022) {
-    throw new StoreError(`the ${what} ${dir} is writable by ${st.mode & 0o002 ? "every user" : "its group"} (mode ${octal(st.mode)}): ` +
-      `others could replace or lock the database. Check its contents, then chmod 0700 ${dir}`);
+    throw new StoreError(
+      `the ${what} ${dir} is writable by ${st.mode & 0o002 ? "every user" : "its group"} (mode ${octal(st.mode)}): ` +
+        `others could replace or lock the database. Check its contents, then chmod 0700 ${dir}`,
+    );
   }
   if (st.mode & 0o077) chmodSync(dir, 0o700);
 }
@@ -52,12 +69,15 @@ export function secureFiles(paths: string[]): void {
     if (st.isSymbolicLink()) throw new StoreError(`${path} is a symbolic link; ipamd does not follow links in its state directory`);
     if (!st.isFile()) throw new StoreError(`${path} is not a regular file; move it aside`);
     if (st.uid !== ROOT) {
-      throw new StoreError(`${path} is owned by uid ${st.uid}, not root: that user could lock or rewrite it. ` +
-        `Check it, then chown root:root ${path}`);
+      throw new StoreError(
+        `${path} is owned by uid ${st.uid}, not root: that user could lock or rewrite it. ` + `Check it, then chown root:root ${path}`,
+      );
     }
     if (st.mode & 0o022) {
-      throw new StoreError(`${path} is writable by others (mode ${octal(st.mode)}): its contents cannot be trusted. ` +
-        `Check it (PRAGMA integrity_check), then chmod 0600 ${path}`);
+      throw new StoreError(
+        `${path} is writable by others (mode ${octal(st.mode)}): its contents cannot be trusted. ` +
+          `Check it (PRAGMA integrity_check), then chmod 0600 ${path}`,
+      );
     }
     if (st.mode & 0o077) chmodSync(path, 0o600);
   }
@@ -80,8 +100,10 @@ export function lockDatabase(db: string): void {
     const pid = readFileSync(path, "utf8").trim();
     closeSync(fd);
     if (errno === EAGAIN) {
-      throw new StoreError(`another ipamd (pid ${pid || "unknown"}) is using the database ${db}; ` +
-        "one daemon per database: stop that one first (or give this one another --db and --socket)");
+      throw new StoreError(
+        `another ipamd (pid ${pid || "unknown"}) is using the database ${db}; ` +
+          "one daemon per database: stop that one first (or give this one another --db and --socket)",
+      );
     }
     throw new StoreError(`cannot lock ${path}: errno ${errno}; keep the database on a local filesystem`);
   }
@@ -94,9 +116,14 @@ export function lockDatabase(db: string): void {
 
 const RECORD_SIZE = 128;
 
-export function commitRecordPath(db: string): string { return `${db}.seq`; }
+export function commitRecordPath(db: string): string {
+  return `${db}.seq`;
+}
 
-export interface CommitMark { database: string; seq: number }
+export interface CommitMark {
+  database: string;
+  seq: number;
+}
 
 /**
  * `<db>.seq`: the database's identity and last acknowledged commit sequence, rewritten in place
@@ -108,7 +135,9 @@ export class CommitRecord {
 
   constructor(readonly path: string) {}
 
-  read(): CommitMark | undefined { return readMark(this.path); }
+  read(): CommitMark | undefined {
+    return readMark(this.path);
+  }
 
   write(mark: CommitMark): void {
     this.fd ??= openSync(this.path, existsSync(this.path) ? "r+" : "w+", 0o600);
@@ -119,22 +148,35 @@ export class CommitRecord {
     fdatasyncSync(this.fd);
   }
 
-  close(): void { if (this.fd !== undefined) closeSync(this.fd); this.fd = undefined; }
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
 }
 
 function readMark(path: string): CommitMark | undefined {
   let text: string;
-  try { text = readFileSync(path, "utf8"); } catch { return undefined; }
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
   try {
     const v = JSON.parse(text) as Partial<CommitMark>;
-    return typeof v.database === "string" && typeof v.seq === "number" ? v as CommitMark : undefined;
-  } catch { return undefined; }
+    return typeof v.database === "string" && typeof v.seq === "number" ? (v as CommitMark) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 // ---------- the node's record of its attachments, away from the database ----------
 
 /** What the node marker says: which database served this node and how many attachments it had per network. */
-export interface NodeMark extends CommitMark { path: string; attached: Record<string, number>; at: string }
+export interface NodeMark extends CommitMark {
+  path: string;
+  attached: Record<string, number>;
+  at: string;
+}
 
 /**
  * `<runtime dir>/ipamd.node.json` (beside the socket, e.g. /run/berth, not in the database's
@@ -153,7 +195,11 @@ export class NodeMarker {
   write(mark: NodeMark): void {
     const tmp = `${this.path}.${process.pid}.tmp`;
     const fd = openSync(tmp, "w", 0o600);
-    try { writeSync(fd, JSON.stringify(mark) + "\n"); } finally { closeSync(fd); }
+    try {
+      writeSync(fd, JSON.stringify(mark) + "\n");
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, this.path);
   }
 }
@@ -164,7 +210,9 @@ export function pluginAttachmentRecords(stateDir: string): string[] {
   for (const plugin of ["hostdev", "sriov"]) {
     try {
       for (const f of readdirSync(join(stateDir, plugin))) if (f.endsWith(".json")) found.push(join(stateDir, plugin, f));
-    } catch { /* no such directory */ }
+    } catch {
+      /* no such directory */
+    }
   }
   return found;
 }

@@ -36,21 +36,70 @@ export type ListingKey = [pool: string, namespace: string, statefulset: string, 
 
 /** The attachment columns of a row: who uses the address now. */
 export interface AttachmentColumns {
-  container_id: string; ifname: string; network: string;
-  pod_namespace: string | null; pod_name: string | null; pod_uid: string | null;
+  container_id: string;
+  ifname: string;
+  network: string;
+  pod_namespace: string | null;
+  pod_name: string | null;
+  pod_uid: string | null;
 }
 
-interface PoolCounts { pool: string; used: number; reserved: number }
-interface RegisteredStatefulSet { namespace: string; name: string; registered_at: number }
+interface PoolCounts {
+  pool: string;
+  used: number;
+  reserved: number;
+}
+interface RegisteredStatefulSet {
+  namespace: string;
+  name: string;
+  registered_at: number;
+}
 /** A StatefulSet last seen through the Kubernetes API. */
-export interface TrackedStatefulSet { namespace: string; name: string; uid: string; retention: string; seen_at: number }
+export interface TrackedStatefulSet {
+  namespace: string;
+  name: string;
+  uid: string;
+  retention: string;
+  seen_at: number;
+}
 
 export class Statements {
   private readonly q: Record<
-    | "byAttachment" | "byOwner" | "byId" | "byIp" | "ipTaken" | "insert" | "attach" | "detach" | "setPinned"
-    | "handToAttachment" | "remove" | "addReleased" | "oldestReleased" | "dropReleased" | "coolingCount" | "cursor"
-    | "saveCursor" | "stsKnown" | "stsRegister" | "stsUnregister" | "stsList" | "attachedOnNetwork" | "expired" | "usage"
-    | "cooling" | "count" | "kubeTrack" | "kubeUntrack" | "kubeTracked" | "kubeAllTracked" | "seq" | "saveSeq" | "meta" | "attachedByNetwork" | "held",
+    | "byAttachment"
+    | "byOwner"
+    | "byId"
+    | "byIp"
+    | "ipTaken"
+    | "insert"
+    | "attach"
+    | "detach"
+    | "setPinned"
+    | "handToAttachment"
+    | "remove"
+    | "addReleased"
+    | "oldestReleased"
+    | "dropReleased"
+    | "coolingCount"
+    | "cursor"
+    | "saveCursor"
+    | "stsKnown"
+    | "stsRegister"
+    | "stsUnregister"
+    | "stsList"
+    | "attachedOnNetwork"
+    | "expired"
+    | "usage"
+    | "cooling"
+    | "count"
+    | "kubeTrack"
+    | "kubeUntrack"
+    | "kubeTracked"
+    | "kubeAllTracked"
+    | "seq"
+    | "saveSeq"
+    | "meta"
+    | "attachedByNetwork"
+    | "held",
     Statement
   >;
 
@@ -126,20 +175,28 @@ export class Statements {
   }
 
   /** The batch begun with `seq` is durable. */
-  committed(seq: number): void { this.committedSeq = seq; this.batchSeq = seq + 1; }
+  committed(seq: number): void {
+    this.committedSeq = seq;
+    this.batchSeq = seq + 1;
+  }
 
   /** A value of the meta table (JSON text for structured ones), undefined when unset. */
-  meta(key: string): unknown { return (this.q.meta.get(key) as { value: unknown } | undefined)?.value; }
+  meta(key: string): unknown {
+    return (this.q.meta.get(key) as { value: unknown } | undefined)?.value;
+  }
 
   setMeta(key: string, value: string | number): void {
     this.db.prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(key, value);
   }
 
-  deleteMeta(key: string): void { this.db.prepare("DELETE FROM meta WHERE key = ?").run(key); }
+  deleteMeta(key: string): void {
+    this.db.prepare("DELETE FROM meta WHERE key = ?").run(key);
+  }
 
   /** Cooling addresses recorded under pool names other than `pools`. */
   releasedOutside(pools: string[]): { ip: string; pool: string }[] {
-    return this.db.prepare("SELECT ip, pool FROM released WHERE pool NOT IN (SELECT value FROM json_each(?))")
+    return this.db
+      .prepare("SELECT ip, pool FROM released WHERE pool NOT IN (SELECT value FROM json_each(?))")
       .all(JSON.stringify(pools)) as { ip: string; pool: string }[];
   }
 
@@ -150,7 +207,9 @@ export class Statements {
   }
 
   /** The random identity the database got when it was created. */
-  databaseId(): string { return String((this.q.meta.get("database_id") as { value: string }).value); }
+  databaseId(): string {
+    return String((this.q.meta.get("database_id") as { value: string }).value);
+  }
 
   // ---------- reservations ----------
 
@@ -159,18 +218,30 @@ export class Statements {
   }
 
   /** The sticky rows of one owner (a StatefulSet member's addresses, one per pool). */
-  stickyByOwner(owner: string): Row[] { return this.q.byOwner.all(owner) as Row[]; }
+  stickyByOwner(owner: string): Row[] {
+    return this.q.byOwner.all(owner) as Row[];
+  }
 
-  byId(id: number): Row { return this.q.byId.get(id) as Row; }
+  byId(id: number): Row {
+    return this.q.byId.get(id) as Row;
+  }
 
-  byIp(ip: string): Row | undefined { return this.q.byIp.get(ip) as Row | undefined; }
+  byIp(ip: string): Row | undefined {
+    return this.q.byIp.get(ip) as Row | undefined;
+  }
 
   /** A StatefulSet's rows, optionally one ordinal and/or one pool, by ordinal and family. */
   byStatefulSet(namespace: string, statefulset: string, ordinal?: number, pool?: string): Row[] {
     const where = ["namespace = ?", "statefulset = ?"];
     const args: unknown[] = [namespace, statefulset];
-    if (ordinal !== undefined) { where.push("ordinal = ?"); args.push(ordinal); }
-    if (pool) { where.push("pool = ?"); args.push(pool); }
+    if (ordinal !== undefined) {
+      where.push("ordinal = ?");
+      args.push(ordinal);
+    }
+    if (pool) {
+      where.push("pool = ?");
+      args.push(pool);
+    }
     return this.db.prepare(`SELECT * FROM reservations WHERE ${where.join(" AND ")} ORDER BY ordinal, family`).all(...args) as Row[];
   }
 
@@ -178,7 +249,10 @@ export class Statements {
   matching(f: ReservationFilter, limit: number, after?: ListingKey): Row[] {
     const where: string[] = [];
     const args: unknown[] = [];
-    const add = (sql: string, v: unknown): void => { where.push(sql); args.push(v); };
+    const add = (sql: string, v: unknown): void => {
+      where.push(sql);
+      args.push(v);
+    };
     if (f.namespace) add("namespace = ?", f.namespace);
     if (f.statefulset) add("statefulset = ?", f.statefulset);
     if (f.pool) add("pool = ?", f.pool);
@@ -187,20 +261,29 @@ export class Statements {
     if (f.state === "attached") where.push("container_id IS NOT NULL");
     if (f.state === "detached") where.push("container_id IS NULL");
     const order = "pool, coalesce(namespace, ''), coalesce(statefulset, ''), coalesce(ordinal, -1), id";
-    if (after) { where.push(`(${order}) > (?, ?, ?, ?, ?)`); args.push(...after); }
+    if (after) {
+      where.push(`(${order}) > (?, ?, ?, ?, ?)`);
+      args.push(...after);
+    }
     const sql = `SELECT * FROM reservations ${where.length ? "WHERE " + where.join(" AND ") : ""}
       ORDER BY ${order} LIMIT ?`;
     return this.db.prepare(sql).all(...args, limit) as Row[];
   }
 
   /** Rows attached on `network` by a commit at or before sequence `seq`. */
-  attachedOnNetwork(network: string, seq: number): Row[] { return this.q.attachedOnNetwork.all(network, seq) as Row[]; }
+  attachedOnNetwork(network: string, seq: number): Row[] {
+    return this.q.attachedOnNetwork.all(network, seq) as Row[];
+  }
 
   /** Attached rows per network. */
-  attachedByNetwork(): { network: string; n: number }[] { return this.q.attachedByNetwork.all() as { network: string; n: number }[]; }
+  attachedByNetwork(): { network: string; n: number }[] {
+    return this.q.attachedByNetwork.all() as { network: string; n: number }[];
+  }
 
   /** Rows held in pools other than `pools` (pools that left the config), at most `limit`. */
-  heldOutside(pools: string[], limit: number): Row[] { return this.q.held.all(JSON.stringify(pools), limit) as Row[]; }
+  heldOutside(pools: string[], limit: number): Row[] {
+    return this.q.held.all(JSON.stringify(pools), limit) as Row[];
+  }
 
   /**
    * After the wall clock stepped back (or at start): timestamps later than `now` become `now`, so
@@ -215,7 +298,9 @@ export class Statements {
   }
 
   /** Detached, sticky, unpinned rows detached before `before`, oldest first (at most 10,000). */
-  detachedBefore(before: number): Row[] { return this.q.expired.all(before) as Row[]; }
+  detachedBefore(before: number): Row[] {
+    return this.q.expired.all(before) as Row[];
+  }
 
   insert(row: Omit<Row, "id" | "attached_seq">): Row {
     const attached_seq = row.container_id ? this.batchSeq : null;
@@ -226,37 +311,59 @@ export class Statements {
     this.q.attach.run({ ...attachment, now, id, seq: this.batchSeq });
   }
 
-  detach(id: number, now: number): void { this.q.detach.run(now, id); }
+  detach(id: number, now: number): void {
+    this.q.detach.run(now, id);
+  }
 
-  setPinned(id: number): void { this.q.setPinned.run(id); }
+  setPinned(id: number): void {
+    this.q.setPinned.run(id);
+  }
 
   /** The row keeps its address and attachment but is owned by `owner` (containerID/ifName), not sticky. */
-  handToAttachment(id: number, owner: string): void { this.q.handToAttachment.run(owner, id); }
+  handToAttachment(id: number, owner: string): void {
+    this.q.handToAttachment.run(owner, id);
+  }
 
-  remove(id: number): void { this.q.remove.run(id); }
+  remove(id: number): void {
+    this.q.remove.run(id);
+  }
 
-  count(): number { return (this.q.count.get() as { n: number }).n; }
+  count(): number {
+    return (this.q.count.get() as { n: number }).n;
+  }
 
-  countsByPool(): PoolCounts[] { return this.q.usage.all() as PoolCounts[]; }
+  countsByPool(): PoolCounts[] {
+    return this.q.usage.all() as PoolCounts[];
+  }
 
   // ---------- released addresses (cooldown) ----------
 
-  addReleased(ip: string, pool: string, at: number): void { this.q.addReleased.run(ip, pool, at); }
+  addReleased(ip: string, pool: string, at: number): void {
+    this.q.addReleased.run(ip, pool, at);
+  }
 
   /** The least recently released address of `pool` released at or before `before`. */
   oldestReleased(pool: string, before: number): string | undefined {
     return (this.q.oldestReleased.get(pool, before) as { ip: string } | undefined)?.ip;
   }
 
-  dropReleased(ip: string): void { this.q.dropReleased.run(ip); }
+  dropReleased(ip: string): void {
+    this.q.dropReleased.run(ip);
+  }
 
   /** Addresses of `pool` released after `after`. */
-  coolingCount(pool: string, after: number): number { return (this.q.coolingCount.get(pool, after) as { n: number }).n; }
+  coolingCount(pool: string, after: number): number {
+    return (this.q.coolingCount.get(pool, after) as { n: number }).n;
+  }
 
-  coolingByPool(after: number): { pool: string; n: number }[] { return this.q.cooling.all(after) as { pool: string; n: number }[]; }
+  coolingByPool(after: number): { pool: string; n: number }[] {
+    return this.q.cooling.all(after) as { pool: string; n: number }[];
+  }
 
   /** Held by a reservation or waiting in the cooldown. */
-  ipTaken(ip: string): boolean { return this.q.ipTaken.get(ip, ip) !== undefined; }
+  ipTaken(ip: string): boolean {
+    return this.q.ipTaken.get(ip, ip) !== undefined;
+  }
 
   // ---------- per-pool cursor of never-used addresses ----------
 
@@ -264,31 +371,49 @@ export class Statements {
     return this.q.cursor.get(pool) as { next: string; fingerprint: string } | undefined;
   }
 
-  saveCursor(pool: string, next: string, fingerprint: string): void { this.q.saveCursor.run(pool, next, fingerprint); }
+  saveCursor(pool: string, next: string, fingerprint: string): void {
+    this.q.saveCursor.run(pool, next, fingerprint);
+  }
 
   // ---------- StatefulSets registered through the API ----------
 
-  statefulSetKnown(namespace: string, name: string): boolean { return this.q.stsKnown.get(namespace, name) !== undefined; }
+  statefulSetKnown(namespace: string, name: string): boolean {
+    return this.q.stsKnown.get(namespace, name) !== undefined;
+  }
 
-  registerStatefulSet(namespace: string, name: string, at: number): void { this.q.stsRegister.run(namespace, name, at); }
+  registerStatefulSet(namespace: string, name: string, at: number): void {
+    this.q.stsRegister.run(namespace, name, at);
+  }
 
   /** True when it was registered. */
-  unregisterStatefulSet(namespace: string, name: string): boolean { return this.q.stsUnregister.run(namespace, name).changes > 0; }
+  unregisterStatefulSet(namespace: string, name: string): boolean {
+    return this.q.stsUnregister.run(namespace, name).changes > 0;
+  }
 
-  registeredStatefulSets(): RegisteredStatefulSet[] { return this.q.stsList.all() as RegisteredStatefulSet[]; }
+  registeredStatefulSets(): RegisteredStatefulSet[] {
+    return this.q.stsList.all() as RegisteredStatefulSet[];
+  }
 
   // ---------- StatefulSets seen through the Kubernetes API ----------
 
-  trackStatefulSet(t: TrackedStatefulSet): void { this.q.kubeTrack.run(t.namespace, t.name, t.uid, t.retention, t.seen_at); }
+  trackStatefulSet(t: TrackedStatefulSet): void {
+    this.q.kubeTrack.run(t.namespace, t.name, t.uid, t.retention, t.seen_at);
+  }
 
-  untrackStatefulSet(namespace: string, name: string): void { this.q.kubeUntrack.run(namespace, name); }
+  untrackStatefulSet(namespace: string, name: string): void {
+    this.q.kubeUntrack.run(namespace, name);
+  }
 
   trackedStatefulSet(namespace: string, name: string): TrackedStatefulSet | undefined {
     return this.q.kubeTracked.get(namespace, name) as TrackedStatefulSet | undefined;
   }
 
-  trackedStatefulSets(): TrackedStatefulSet[] { return this.q.kubeAllTracked.all() as TrackedStatefulSet[]; }
+  trackedStatefulSets(): TrackedStatefulSet[] {
+    return this.q.kubeAllTracked.all() as TrackedStatefulSet[];
+  }
 
   /** Every attached row (for the leak reconciler: compared with the pods on this node). */
-  attached(): Row[] { return this.db.prepare("SELECT * FROM reservations WHERE container_id IS NOT NULL ORDER BY id").all() as Row[]; }
+  attached(): Row[] {
+    return this.db.prepare("SELECT * FROM reservations WHERE container_id IS NOT NULL ORDER BY id").all() as Row[];
+  }
 }

@@ -12,15 +12,29 @@ let etcd: EtcdCluster;
 let lab: Lab;
 let nodes: ClusterNodeHandle[] = [];
 const prefix = freshPrefix("sticky");
-const POOLS = [{ name: "vlan101-v4", subnet: "10.81.0.0/24", gateway: "10.81.0.1", ranges: [{ start: "10.81.0.10", end: "10.81.0.200" }],
-  networks: ["underlay"], nodeSelector: { matchLabels: { rack: "r1" } } }];
+const POOLS = [
+  {
+    name: "vlan101-v4",
+    subnet: "10.81.0.0/24",
+    gateway: "10.81.0.1",
+    ranges: [{ start: "10.81.0.10", end: "10.81.0.200" }],
+    networks: ["underlay"],
+    nodeSelector: { matchLabels: { rack: "r1" } },
+  },
+];
 
 beforeAll(async () => {
   etcd = await EtcdCluster.start();
   lab = makeLab("cls", ["10.81.0.1/24"]);
-  nodes = await startClusterNodes(etcd, ["a", "b", "c"].map((n) => ({ name: `node-${n}`, labels: { rack: "r1" } })), {
-    pools: POOLS, prefix, extra: { statefulSets: [{ namespace: "db", name: "web" }] },
-  });
+  nodes = await startClusterNodes(
+    etcd,
+    ["a", "b", "c"].map((n) => ({ name: `node-${n}`, labels: { rack: "r1" } })),
+    {
+      pools: POOLS,
+      prefix,
+      extra: { statefulSets: [{ namespace: "db", name: "web" }] },
+    },
+  );
 }, 120_000);
 afterAll(async () => {
   destroyLab(lab);
@@ -30,7 +44,11 @@ afterAll(async () => {
 });
 
 const conf = (n: ClusterNodeHandle) => ({
-  cniVersion: "1.0.0", name: "underlay", type: "berth-macvlan", master: "m0", ipam: { type: "berth-ipam", socket: n.socket },
+  cniVersion: "1.0.0",
+  name: "underlay",
+  type: "berth-macvlan",
+  master: "m0",
+  ipam: { type: "berth-ipam", socket: n.socket },
 });
 const args = (pod: string, uid: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=${pod};K8S_POD_UID=${uid}`;
 
@@ -38,8 +56,14 @@ describe("a StatefulSet member moves between nodes", () => {
   it("web-0 on node A, deleted, created on node B with a new container ID: same IP; node C lists it bound to B", async () => {
     const [a, b, c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
     const podA = newPod(lab, "wa");
-    const addA = cni(lab, macvlan(), { command: "ADD", config: conf(a), containerId: "ctr-on-a", netns: podA.path, ifName: "eth0",
-      cniArgs: args("web-0", "uid-1") });
+    const addA = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf(a),
+      containerId: "ctr-on-a",
+      netns: podA.path,
+      ifName: "eth0",
+      cniArgs: args("web-0", "uid-1"),
+    });
     expect(addA.code, addA.stdout + addA.stderr).toBe(0);
     const ip = addA.json.ips[0].address as string;
     expect(ip).toMatch(/^10\.81\.0\.\d+\/24$/);
@@ -50,40 +74,73 @@ describe("a StatefulSet member moves between nodes", () => {
     expect(sticky).toMatchObject({ ip: bare, node: "node-a", attachment: { containerID: "ctr-on-a", node: "node-a", podUID: "uid-1" } });
     expect(etcdIps(etcd, prefix, "vlan101-v4").get(bare)).toMatchObject({ owner: "sticky", node: "node-a", identity: "db/web/0/-" });
 
-    const delA = cni(lab, macvlan(), { command: "DEL", config: conf(a), containerId: "ctr-on-a", netns: podA.path, ifName: "eth0",
-      cniArgs: args("web-0", "uid-1") });
+    const delA = cni(lab, macvlan(), {
+      command: "DEL",
+      config: conf(a),
+      containerId: "ctr-on-a",
+      netns: podA.path,
+      ifName: "eth0",
+      cniArgs: args("web-0", "uid-1"),
+    });
     expect(delA.code, delA.stdout).toBe(0);
     // The DEL is local; its detach reaches etcd through the outbox right after (status shows nothing pending).
     await expect.poll(async () => (await a.client.status()).cluster?.outboxPending, { timeout: 5000 }).toBe(0);
     expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/vlan101-v4/db/web/0/-`)!).attachment).toBeUndefined();
 
     const podB = newPod(lab, "wb");
-    const addB = cni(lab, macvlan(), { command: "ADD", config: conf(b), containerId: "ctr-on-b", netns: podB.path, ifName: "eth0",
-      cniArgs: args("web-0", "uid-2") });
+    const addB = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf(b),
+      containerId: "ctr-on-b",
+      netns: podB.path,
+      ifName: "eth0",
+      cniArgs: args("web-0", "uid-2"),
+    });
     expect(addB.code, addB.stdout + addB.stderr).toBe(0);
     expect(addB.json.ips[0].address).toBe(ip);
     expect(addresses(podB)).toEqual([ip]);
-    expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/vlan101-v4/db/web/0/-`)!))
-      .toMatchObject({ ip: bare, node: "node-b", attachment: { containerID: "ctr-on-b", node: "node-b" } });
+    expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/vlan101-v4/db/web/0/-`)!)).toMatchObject({
+      ip: bare,
+      node: "node-b",
+      attachment: { containerID: "ctr-on-b", node: "node-b" },
+    });
     expect(sqliteRows(b)).toContainEqual(expect.objectContaining({ ip: bare, owner: "db/web/0", container_id: "ctr-on-b", sticky: 1 }));
 
     // Node C never saw the member: its listing (API and ipamctl) comes from etcd.
     const listed = await c.client.reservations({ namespace: "db", statefulset: "web" });
     expect(listed.cluster).toEqual({ source: "etcd" });
-    expect(listed.reservations).toEqual([expect.objectContaining({
-      ip: bare, owner: "db/web/0", sticky: true, state: "attached", containerID: "ctr-on-b", node: "node-b",
-    })]);
+    expect(listed.reservations).toEqual([
+      expect.objectContaining({
+        ip: bare,
+        owner: "db/web/0",
+        sticky: true,
+        state: "attached",
+        containerID: "ctr-on-b",
+        node: "node-b",
+      }),
+    ]);
     const table = await runIpamctl(["--socket", c.socket, "reservations", "--namespace", "db"]);
     expect(table.code, table.stderr).toBe(0);
     const row = table.stdout.split("\n").find((l) => l.includes("db/web/0"))!;
     // IP POOL OWNER STATE STICKY PINNED POD NODE AGE (the container is in -o wide and in the JSON above)
-    expect(row.split("│").map((x) => x.trim()).filter(Boolean).slice(0, 8)).toEqual([ip, "vlan101-v4", "db/web/0", "attached", "yes",
-      "no", "-", "node-b"]);
+    expect(
+      row
+        .split("│")
+        .map((x) => x.trim())
+        .filter(Boolean)
+        .slice(0, 8),
+    ).toEqual([ip, "vlan101-v4", "db/web/0", "attached", "yes", "no", "-", "node-b"]);
     // A's stale local row follows etcd: gone (the watch); B holds the only one.
     await expect.poll(() => sqliteRows(a).filter((r) => r.ip === bare), { timeout: 5000 }).toEqual([]);
 
-    const delB = cni(lab, macvlan(), { command: "DEL", config: conf(b), containerId: "ctr-on-b", netns: podB.path, ifName: "eth0",
-      cniArgs: args("web-0", "uid-2") });
+    const delB = cni(lab, macvlan(), {
+      command: "DEL",
+      config: conf(b),
+      containerId: "ctr-on-b",
+      netns: podB.path,
+      ifName: "eth0",
+      cniArgs: args("web-0", "uid-2"),
+    });
     expect(delB.code).toBe(0);
   }, 60_000);
 });

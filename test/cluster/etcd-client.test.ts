@@ -6,8 +6,12 @@ import { EtcdClient, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, type Wa
 import { EtcdCluster } from "../helpers/etcd";
 
 let etcd: EtcdCluster;
-beforeAll(async () => { etcd = await EtcdCluster.start(); });
-afterAll(async () => { await etcd?.destroy(); });
+beforeAll(async () => {
+  etcd = await EtcdCluster.start();
+});
+afterAll(async () => {
+  await etcd?.destroy();
+});
 
 const until = async (what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> => {
   const deadline = Date.now() + ms;
@@ -23,13 +27,22 @@ describe("etcd JSON-gateway client", () => {
     await c.put("/t/kv/a", "1");
     await c.put("/t/kv/b", "2");
     const r = await c.range("/t/kv/", { prefix: true });
-    expect(r.kvs.map((k) => [k.key, k.value])).toEqual([["/t/kv/a", "1"], ["/t/kv/b", "2"]]);
+    expect(r.kvs.map((k) => [k.key, k.value])).toEqual([
+      ["/t/kv/a", "1"],
+      ["/t/kv/b", "2"],
+    ]);
     const a = r.kvs[0]!;
-    const won = await c.txn([{ key: "/t/kv/a", target: "mod", equals: a.modRevision }], [{ put: { key: "/t/kv/a", value: "3" } }],
-      [{ get: { key: "/t/kv/a" } }]);
+    const won = await c.txn(
+      [{ key: "/t/kv/a", target: "mod", equals: a.modRevision }],
+      [{ put: { key: "/t/kv/a", value: "3" } }],
+      [{ get: { key: "/t/kv/a" } }],
+    );
     expect(won.succeeded).toBe(true);
-    const lost = await c.txn([{ key: "/t/kv/a", target: "mod", equals: a.modRevision }], [{ put: { key: "/t/kv/a", value: "4" } }],
-      [{ get: { key: "/t/kv/a" } }]);
+    const lost = await c.txn(
+      [{ key: "/t/kv/a", target: "mod", equals: a.modRevision }],
+      [{ put: { key: "/t/kv/a", value: "4" } }],
+      [{ get: { key: "/t/kv/a" } }],
+    );
     expect(lost.succeeded).toBe(false);
     expect(lost.responses[0]).toMatchObject({ kind: "get", kvs: [{ key: "/t/kv/a", value: "3" }] });
     const created = await c.txn([{ key: "/t/kv/new", target: "create", equals: 0 }], [{ put: { key: "/t/kv/new", value: "x" } }]);
@@ -60,7 +73,8 @@ describe("etcd JSON-gateway client", () => {
           expect((await c.get("/t/fo/x"))!.value).toBe("0");
           outcomes.ok++;
         } catch (e) {
-          if (e instanceof EtcdOutcomeUnknown) outcomes.unknown++; else outcomes.other.push((e as Error).message);
+          if (e instanceof EtcdOutcomeUnknown) outcomes.unknown++;
+          else outcomes.other.push((e as Error).message);
         }
       }
     })();
@@ -84,7 +98,13 @@ describe("etcd JSON-gateway client", () => {
       let last: unknown;
       // The survivor needs an election timeout to notice it has no leader; until then a write may time out.
       await until("no-leader answer", async () => {
-        try { await c.get("/t/q"); return false; } catch (e) { last = e; return /no leader/.test((e as Error).message); }
+        try {
+          await c.get("/t/q");
+          return false;
+        } catch (e) {
+          last = e;
+          return /no leader/.test((e as Error).message);
+        }
       });
       const t0 = performance.now();
       const err = await c.put("/t/q", "after").catch((e: unknown) => e);
@@ -112,16 +132,29 @@ describe("etcd JSON-gateway client", () => {
     const ended: string[] = [];
     const seen: WatchEvent[] = [];
     let created = false;
-    c.watch("/t/w/", { prefix: true }, {
-      onCreated: () => { created = true; },
-      onEvents: (ev) => seen.push(...ev),
-      onCompacted: () => ended.push("compacted"),
-      onEnd: (e) => ended.push(e.message),
-    });
+    c.watch(
+      "/t/w/",
+      { prefix: true },
+      {
+        onCreated: () => {
+          created = true;
+        },
+        onEvents: (ev) => seen.push(...ev),
+        onCompacted: () => ended.push("compacted"),
+        onEnd: (e) => ended.push(e.message),
+      },
+    );
     // Control: the same watch through the gateway without the hasleader header.
     let plainEnded = false;
-    const plain = request(`${survivor}/v3/watch`, { method: "POST" }, (res) => { res.on("end", () => { plainEnded = true; }); res.resume(); });
-    plain.on("error", () => { plainEnded = true; });
+    const plain = request(`${survivor}/v3/watch`, { method: "POST" }, (res) => {
+      res.on("end", () => {
+        plainEnded = true;
+      });
+      res.resume();
+    });
+    plain.on("error", () => {
+      plainEnded = true;
+    });
     plain.end(JSON.stringify({ create_request: { key: Buffer.from("/t/w/").toString("base64") } }));
     await until("watch created", () => created);
     await c.put("/t/w/1", "a");
@@ -147,11 +180,20 @@ describe("etcd JSON-gateway client", () => {
     const compactedAt = etcd.compact();
     const got: { compacted?: number; end?: unknown } = {};
     await new Promise<void>((resolve) => {
-      c.watch("/t/c/", { prefix: true, startRevision: first }, {
-        onEvents: () => undefined,
-        onCompacted: (rev) => { got.compacted = rev; },
-        onEnd: (e) => { got.end = e; resolve(); },
-      });
+      c.watch(
+        "/t/c/",
+        { prefix: true, startRevision: first },
+        {
+          onEvents: () => undefined,
+          onCompacted: (rev) => {
+            got.compacted = rev;
+          },
+          onEnd: (e) => {
+            got.end = e;
+            resolve();
+          },
+        },
+      );
     });
     expect(got.compacted).toBe(compactedAt);
     expect(got.end).toBeInstanceOf(EtcdCompacted);
@@ -188,8 +230,12 @@ describe("etcd JSON-gateway client", () => {
 
 describe("etcd client over TLS with client certificates", () => {
   let tlsEtcd: EtcdCluster;
-  beforeAll(async () => { tlsEtcd = await EtcdCluster.start({ tls: true, size: 1 }); });
-  afterAll(async () => { await tlsEtcd?.destroy(); });
+  beforeAll(async () => {
+    tlsEtcd = await EtcdCluster.start({ tls: true, size: 1 });
+  });
+  afterAll(async () => {
+    await tlsEtcd?.destroy();
+  });
 
   it("works with caFile/certFile/keyFile and names the TLS failure otherwise", async () => {
     const t = tlsEtcd.tlsFiles!;

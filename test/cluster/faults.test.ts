@@ -7,7 +7,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdUnreachable } from "../../api/client";
 import { cleanupIpamdTest } from "../helpers/ipamd";
 import {
-  type Acks, addWithRetries, type ClusterNodeHandle, expectConsistent, freshPrefix, restartNode, sqliteRows, startClusterNodes, until,
+  type Acks,
+  addWithRetries,
+  type ClusterNodeHandle,
+  expectConsistent,
+  freshPrefix,
+  restartNode,
+  sqliteRows,
+  startClusterNodes,
+  until,
 } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 import { createNetns, removeNetns, type TestNetns } from "../helpers/netns";
@@ -24,19 +32,32 @@ let seq = 0;
 beforeAll(async () => {
   etcd = await EtcdCluster.start();
   ns = createNetns("flt");
-  nodes = await startClusterNodes(etcd, ["a", "b", "c"].map((n) => ({ name: `node-${n}` })), {
-    pools: POOLS, prefix, extra: { statefulSets: [{ namespace: "db", name: "m" }] }, cluster: { buffer: { low: 8, high: 32 } },
-  });
+  nodes = await startClusterNodes(
+    etcd,
+    ["a", "b", "c"].map((n) => ({ name: `node-${n}` })),
+    {
+      pools: POOLS,
+      prefix,
+      extra: { statefulSets: [{ namespace: "db", name: "m" }] },
+      cluster: { buffer: { low: 8, high: 32 } },
+    },
+  );
 }, 120_000);
-afterAll(async () => { removeNetns(ns); await cleanupIpamdTest(); await etcd?.destroy(); });
+afterAll(async () => {
+  removeNetns(ns);
+  await cleanupIpamdTest();
+  await etcd?.destroy();
+});
 
 const check = () => expectConsistent(etcd, prefix, ["f"], nodes, acks, 30_000);
 const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
 const memberReq = (id: string, ordinal: number) => ({ ...att(id), podNamespace: "db", podName: `m-${ordinal}`, podUID: `uid-${id}` });
 
 /** Workers ADD (half members, each ordinal attached at most once at a time) and DEL, like kubelets on 3 nodes. */
-async function storm(ops: number, o: { onOp?: (i: number) => Promise<void> | void; retries?: number } = {}):
-  Promise<{ failedAdds: string[]; retries: number }> {
+async function storm(
+  ops: number,
+  o: { onOp?: (i: number) => Promise<void> | void; retries?: number } = {},
+): Promise<{ failedAdds: string[]; retries: number }> {
   const free = Array.from({ length: 60 }, (_, i) => i);
   const live: { id: string; node: number; ordinal?: number }[] = [];
   const failedAdds: string[] = [];
@@ -45,33 +66,43 @@ async function storm(ops: number, o: { onOp?: (i: number) => Promise<void> | voi
   const del = async (p: { id: string; node: number; ordinal?: number }): Promise<void> => {
     acks.delete(p.id); // a DEL may take effect even when its answer is lost
     for (let i = 0; ; i++) {
-      try { await nodes[p.node]!.client.release(att(p.id)); break; } catch (e) {
+      try {
+        await nodes[p.node]!.client.release(att(p.id));
+        break;
+      } catch (e) {
         if (!(e instanceof IpamdUnreachable) || i > 100) throw e;
         await new Promise((r) => setTimeout(r, 200)); // the runtime retries DEL until it succeeds
       }
     }
     if (p.ordinal !== undefined) free.push(p.ordinal);
   };
-  await Promise.all(Array.from({ length: 12 }, async () => {
-    for (let i = next++; i < ops; i = next++) {
-      await o.onOp?.(i);
-      if (live.length > 40 || (live.length > 0 && i % 3 === 2)) { await del(live.splice(Math.floor(Math.random() * live.length),
-        1)[0]!); continue; }
-      const node = i % 3;
-      const id = `s${seq++}`;
-      const ordinal = i % 2 === 0 ? free.shift() : undefined;
-      try {
-        const { r, retries: t } = await addWithRetries(nodes[node]!, ordinal === undefined ? att(id) : memberReq(id, ordinal),
-          o.retries ?? 20);
-        retries += t;
-        acks.set(id, { node: nodes[node]!.name, ip: r.ips[0]!.address.split("/")[0]!, owner: r.owner });
-        live.push({ id, node, ordinal });
-      } catch (e) {
-        failedAdds.push(`${id} on ${nodes[node]!.name}: ${(e as Error).message}`);
-        await del({ id, node, ordinal }); // a runtime DELs a sandbox whose ADD failed
+  await Promise.all(
+    Array.from({ length: 12 }, async () => {
+      for (let i = next++; i < ops; i = next++) {
+        await o.onOp?.(i);
+        if (live.length > 40 || (live.length > 0 && i % 3 === 2)) {
+          await del(live.splice(Math.floor(Math.random() * live.length), 1)[0]!);
+          continue;
+        }
+        const node = i % 3;
+        const id = `s${seq++}`;
+        const ordinal = i % 2 === 0 ? free.shift() : undefined;
+        try {
+          const { r, retries: t } = await addWithRetries(
+            nodes[node]!,
+            ordinal === undefined ? att(id) : memberReq(id, ordinal),
+            o.retries ?? 20,
+          );
+          retries += t;
+          acks.set(id, { node: nodes[node]!.name, ip: r.ips[0]!.address.split("/")[0]!, owner: r.owner });
+          live.push({ id, node, ordinal });
+        } catch (e) {
+          failedAdds.push(`${id} on ${nodes[node]!.name}: ${(e as Error).message}`);
+          await del({ id, node, ordinal }); // a runtime DELs a sandbox whose ADD failed
+        }
       }
-    }
-  }));
+    }),
+  );
   for (const p of live.splice(0)) await del(p); // the next storm starts with every ordinal free
   return { failedAdds, retries };
 }
@@ -84,7 +115,9 @@ describe("faults", () => {
         if (i !== 200) return;
         await nodes[1]!.kill9();
         // Back after a second, as systemd or the DaemonSet restarts it; workers meanwhile retry their DELs.
-        restarted = new Promise((res) => setTimeout(res, 1000)).then(async () => { nodes[1] = await restartNode(nodes[1]!); });
+        restarted = new Promise((res) => setTimeout(res, 1000)).then(async () => {
+          nodes[1] = await restartNode(nodes[1]!);
+        });
       },
     });
     await restarted;
@@ -95,14 +128,18 @@ describe("faults", () => {
 
   it("kill -9 of one etcd member (the leader) in the middle of a storm: no ADD fails beyond the client's retries", async () => {
     const leader = etcd.leader();
-    const r = await storm(600, { retries: 3, onOp: async (i) => { if (i === 150) await etcd.kill9(leader); } });
+    const r = await storm(600, {
+      retries: 3,
+      onOp: async (i) => {
+        if (i === 150) await etcd.kill9(leader);
+      },
+    });
     expect(r.failedAdds).toEqual([]);
     await check();
     await etcd.restart(leader);
   }, 180_000);
 
-  it("two of three etcd members stopped: buffer ADD works, cross-node sticky ADD fails with code 11 naming etcd, DEL works; then healed",
-    async () => {
+  it("two of three etcd members stopped: buffer ADD works, cross-node sticky ADD fails with code 11 naming etcd, DEL works; then healed", async () => {
     const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle];
     const m0 = await a.client.allocate(memberReq("q-m0-a", 59));
     acks.set("q-m0-a", { node: a.name, ip: m0.ips[0]!.address.split("/")[0]!, owner: m0.owner });
@@ -119,9 +156,12 @@ describe("faults", () => {
       }
       // Cross-node sticky ADD through the built plugin: CNI code 11 naming etcd and every endpoint tried.
       const add = runCni(pluginPath("berth-ipam"), {
-        command: "ADD", config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam",
-          socket: b.socket } },
-        containerId: "q-m0-b", netns: ns.path, ifName: "eth0", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=m-59",
+        command: "ADD",
+        config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam", socket: b.socket } },
+        containerId: "q-m0-b",
+        netns: ns.path,
+        ifName: "eth0",
+        cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=m-59",
       });
       expect(add.code).not.toBe(0);
       expect(add.json.code).toBe(11);
@@ -130,9 +170,11 @@ describe("faults", () => {
       // DEL works; its release waits in the outbox.
       expect(await b.client.release(att("q-plain-before"))).toEqual({ released: [plainBefore.ips[0]!.address.split("/")[0]], kept: [] });
       const del = runCni(pluginPath("berth-ipam"), {
-        command: "DEL", config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam",
-          socket: b.socket } },
-        containerId: "q-plain-0", netns: ns.path, ifName: "eth0",
+        command: "DEL",
+        config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam", socket: b.socket } },
+        containerId: "q-plain-0",
+        netns: ns.path,
+        ifName: "eth0",
       });
       expect(del.code, del.stdout).toBe(0);
       acks.delete("q-plain-0");
@@ -171,7 +213,8 @@ describe("faults", () => {
     await until("c to meet the compaction and list again", async () => (await nodes[2]!.client.status()).cluster!.watch.compactions >= 1);
     await until("c's stale row to go", () => !sqliteRows(nodes[2]!).some((r) => r.ip === ip));
     expect((await nodes[2]!.client.reservations({ owner: "db/m/58" })).reservations).toEqual([
-      expect.objectContaining({ ip, node: "node-a", containerID: "cmp-a" })]);
+      expect.objectContaining({ ip, node: "node-a", containerID: "cmp-a" }),
+    ]);
     await check();
   }, 120_000);
 });

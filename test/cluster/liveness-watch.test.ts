@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildConfig } from "../../ipamd/config";
 import type { Pool } from "../../ipamd/pools";
 import { EtcdClient, EtcdOutcomeUnknown, type WatchEvent } from "../../ipamd/cluster/etcd";
-import { ClusterError } from "../../ipamd/cluster/errors";
+import type { ClusterError } from "../../ipamd/cluster/errors";
 import type { IpOwner } from "../../ipamd/cluster/keys";
 import { NodeLiveness, Reaper } from "../../ipamd/cluster/liveness";
 import { ClusterOwnership } from "../../ipamd/cluster/ownership";
@@ -13,15 +13,27 @@ import { EtcdCluster } from "../helpers/etcd";
 
 let etcd: EtcdCluster;
 const clients: EtcdClient[] = [];
-beforeAll(async () => { etcd = await EtcdCluster.start(); });
-afterAll(async () => { for (const c of clients) c.close(); await etcd?.destroy(); });
+beforeAll(async () => {
+  etcd = await EtcdCluster.start();
+});
+afterAll(async () => {
+  for (const c of clients) c.close();
+  await etcd?.destroy();
+});
 
-const client = (endpoints = etcd.endpoints): EtcdClient => { const c = new EtcdClient({ endpoints }); clients.push(c); return c; };
+const client = (endpoints = etcd.endpoints): EtcdClient => {
+  const c = new EtcdClient({ endpoints });
+  clients.push(c);
+  return c;
+};
 const pool = (name: string, subnet: string): Pool => buildConfig({ node: { name: "x" }, pools: [{ name, subnet }] }).pools[0]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const until = async (what: string, cond: () => boolean, ms = 10_000): Promise<void> => {
   const deadline = Date.now() + ms;
-  while (!cond()) { if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`); await sleep(50); }
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
 };
 function ipKeys(prefix: string, poolName: string): Map<string, IpOwner> {
   const out = new Map<string, IpOwner>();
@@ -40,10 +52,14 @@ describe("node death", () => {
     await bLive.renew();
     await a.start({ background: false });
     await a.refill("r");
-    const sticky = await a.bindSticky({ pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
-      { selectsNode: true, attachment: { containerID: "sticky-ctr", ifName: "eth0", podUID: "u0" } });
+    const sticky = await a.bindSticky(
+      { pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
+      { selectsNode: true, attachment: { containerID: "sticky-ctr", ifName: "eth0", podUID: "u0" } },
+    );
     const att = a.takeBuffered("r")!;
-    await a.applyOutbox([{ id: 1, createdAt: 0, op: "attach", pool: "r", ip: att.ip, attachment: { containerID: "plain", ifName: "eth0" } }]);
+    await a.applyOutbox([
+      { id: 1, createdAt: 0, op: "attach", pool: "r", ip: att.ip, attachment: { containerID: "plain", ifName: "eth0" } },
+    ]);
     const before = ipKeys(prefix, "r");
     const aKeys = [...before].filter(([, v]) => v.owner !== "sticky").map(([ip]) => ip);
     expect(aKeys.length).toBe(1 + a.bufferSize("r"));
@@ -53,7 +69,10 @@ describe("node death", () => {
     await aLive.stop(false); // a dies: its lease expires in 2 s
     await until("a's liveness key to expire", () => !etcd.dump(`${prefix}/node/`).has(`${prefix}/node/a`));
     const first = await Promise.all(reapers.map((r) => r.reapOnce()));
-    for (const r of first) { expect(r.freed).toEqual([]); expect(r.waiting.map((w) => w.node)).toEqual(["a"]); }
+    for (const r of first) {
+      expect(r.freed).toEqual([]);
+      expect(r.waiting.map((w) => w.node)).toEqual(["a"]);
+    }
     await sleep(1600);
     const second = await Promise.all(reapers.map((r) => r.reapOnce()));
     const freed = second.flatMap((r) => r.freed.map((f) => f.ip)).sort();
@@ -65,8 +84,10 @@ describe("node death", () => {
 
     // The member's old node is dead: another node may take the identity over without waiting for a's DEL.
     const b = new ClusterOwnership({ client: client(), node: "b", pools: [p], prefix });
-    const moved = await b.bindSticky({ pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
-      { selectsNode: true, attachment: { containerID: "new", ifName: "eth0", podUID: "u1" } });
+    const moved = await b.bindSticky(
+      { pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
+      { selectsNode: true, attachment: { containerID: "new", ifName: "eth0", podUID: "u1" } },
+    );
     expect(moved).toMatchObject({ ip: sticky.ip, previousNode: "a" });
     await bLive.stop(true);
   });
@@ -93,13 +114,25 @@ describe("node death", () => {
 
   it("refuses buffered addresses once its liveness went unconfirmed for the fence period", async () => {
     let confirmed = Date.now();
-    const a = new ClusterOwnership({ client: client(), node: "a", pools: [pool("f", "10.52.0.0/24")], prefix: "/live3",
-      liveness: { lastConfirmedAt: () => confirmed, fenceAfterMs: 5000 } });
+    const a = new ClusterOwnership({
+      client: client(),
+      node: "a",
+      pools: [pool("f", "10.52.0.0/24")],
+      prefix: "/live3",
+      liveness: { lastConfirmedAt: () => confirmed, fenceAfterMs: 5000 },
+    });
     await a.start({ background: false });
     await a.refill("f");
     expect(a.takeBuffered("f")).not.toBeNull();
     confirmed = Date.now() - 6000;
-    const e = (() => { try { a.takeBuffered("f"); return null; } catch (err) { return err as ClusterError; } })();
+    const e = (() => {
+      try {
+        a.takeBuffered("f");
+        return null;
+      } catch (err) {
+        return err as ClusterError;
+      }
+    })();
     expect(e?.code).toBe("fenced");
     expect(e?.message).toMatch(/node a has not renewed its etcd liveness for 6 s/);
   });
@@ -122,7 +155,12 @@ describe("watch loop", () => {
     // (same key, same value: idempotent; the watch must still see the key's first write in order).
     for (let i = 5; i < 10; i++) {
       for (let tries = 0; ; tries++) {
-        try { await writer.put(`/wl/${i}`, "x"); break; } catch (e) { if (!(e instanceof EtcdOutcomeUnknown) || tries > 3) throw e; }
+        try {
+          await writer.put(`/wl/${i}`, "x");
+          break;
+        } catch (e) {
+          if (!(e instanceof EtcdOutcomeUnknown) || tries > 3) throw e;
+        }
       }
     }
     await until("10 keys", () => new Set(seen.map((e) => e.kv.key)).size === 10, 15_000);

@@ -5,7 +5,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdError } from "../../api/client";
 import { cleanupIpamdTest } from "../helpers/ipamd";
 import {
-  type Acks, addWithRetries, type ClusterNodeHandle, etcdIps, expectConsistent, freshPrefix, startClusterNodes,
+  type Acks,
+  addWithRetries,
+  type ClusterNodeHandle,
+  etcdIps,
+  expectConsistent,
+  freshPrefix,
+  startClusterNodes,
 } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 
@@ -19,11 +25,20 @@ const POOLS = [
 
 beforeAll(async () => {
   etcd = await EtcdCluster.start();
-  nodes = await startClusterNodes(etcd, ["a", "b", "c"].map((n) => ({ name: `node-${n}` })), {
-    pools: POOLS, prefix, extra: { statefulSets: [{ namespace: "db", name: "s" }] },
-  });
+  nodes = await startClusterNodes(
+    etcd,
+    ["a", "b", "c"].map((n) => ({ name: `node-${n}` })),
+    {
+      pools: POOLS,
+      prefix,
+      extra: { statefulSets: [{ namespace: "db", name: "s" }] },
+    },
+  );
 }, 120_000);
-afterAll(async () => { await cleanupIpamdTest(); await etcd?.destroy(); });
+afterAll(async () => {
+  await cleanupIpamdTest();
+  await etcd?.destroy();
+});
 
 const plain = (id: string) => ({ containerID: id, ifName: "eth0", network: "big" });
 const member = (id: string, ordinal: number) => ({ ...plain(id), podNamespace: "db", podName: `s-${ordinal}`, podUID: `${id}-uid` });
@@ -31,15 +46,19 @@ const member = (id: string, ordinal: number) => ({ ...plain(id), podNamespace: "
 describe("no address held twice", () => {
   it("3 nodes x 200 concurrent ADDs (half members), then DELs and re-ADDs across nodes", async () => {
     const acks: Acks = new Map();
-    const first = await Promise.all(nodes.flatMap((n, i) => Array.from({ length: 200 }, async (_, k) => {
-      const isMember = k % 2 === 0;
-      const ordinal = i * 100 + k / 2;
-      const id = `${n.name}-${k}`;
-      const r = await n.client.allocate(isMember ? member(id, ordinal) : plain(id));
-      const ip = r.ips[0]!.address.split("/")[0]!;
-      acks.set(id, { node: n.name, ip, owner: r.owner });
-      return { id, n, ip, isMember, ordinal, sticky: r.sticky };
-    })));
+    const first = await Promise.all(
+      nodes.flatMap((n, i) =>
+        Array.from({ length: 200 }, async (_, k) => {
+          const isMember = k % 2 === 0;
+          const ordinal = i * 100 + k / 2;
+          const id = `${n.name}-${k}`;
+          const r = await n.client.allocate(isMember ? member(id, ordinal) : plain(id));
+          const ip = r.ips[0]!.address.split("/")[0]!;
+          acks.set(id, { node: n.name, ip, owner: r.owner });
+          return { id, n, ip, isMember, ordinal, sticky: r.sticky };
+        }),
+      ),
+    );
     expect(first.filter((x) => x.sticky)).toHaveLength(300);
     const ips = first.map((x) => x.ip);
     expect(new Set(ips).size).toBe(600);
@@ -47,25 +66,29 @@ describe("no address held twice", () => {
     expect(etcd.dump(`${prefix}/sticky/big/`).size).toBe(300);
 
     // DEL everything (concurrently), then re-ADD: members on the next node with new container IDs, others anywhere.
-    await Promise.all(first.map(async (x) => {
-      const rel = await x.n.client.release(plain(x.id));
-      expect(x.isMember ? rel.kept : rel.released).toEqual([x.ip]);
-      acks.delete(x.id);
-    }));
+    await Promise.all(
+      first.map(async (x) => {
+        const rel = await x.n.client.release(plain(x.id));
+        expect(x.isMember ? rel.kept : rel.released).toEqual([x.ip]);
+        acks.delete(x.id);
+      }),
+    );
     await expectConsistent(etcd, prefix, ["big", "small"], nodes, acks);
     const byOrdinal = new Map(first.filter((x) => x.isMember).map((x) => [x.ordinal, x.ip]));
     let retries = 0;
-    const second = await Promise.all(first.map(async (x, j) => {
-      const i = nodes.indexOf(x.n);
-      const n = nodes[(i + (x.isMember ? 1 : 2)) % 3]!;
-      const id = `again-${j}`;
-      const { r, retries: tries } = await addWithRetries(n, x.isMember ? member(id, x.ordinal) : plain(id));
-      retries += tries;
-      const ip = r.ips[0]!.address.split("/")[0]!;
-      acks.set(id, { node: n.name, ip, owner: r.owner });
-      if (x.isMember) expect(ip).toBe(byOrdinal.get(x.ordinal)); // the member keeps its address on another node
-      return ip;
-    }));
+    const second = await Promise.all(
+      first.map(async (x, j) => {
+        const i = nodes.indexOf(x.n);
+        const n = nodes[(i + (x.isMember ? 1 : 2)) % 3]!;
+        const id = `again-${j}`;
+        const { r, retries: tries } = await addWithRetries(n, x.isMember ? member(id, x.ordinal) : plain(id));
+        retries += tries;
+        const ip = r.ips[0]!.address.split("/")[0]!;
+        acks.set(id, { node: n.name, ip, owner: r.owner });
+        if (x.isMember) expect(ip).toBe(byOrdinal.get(x.ordinal)); // the member keeps its address on another node
+        return ip;
+      }),
+    );
     expect(new Set(second).size).toBe(600);
     expect(retries).toBe(0); // every DEL had reached etcd before (the consistency check waited for the outboxes)
     await expectConsistent(etcd, prefix, ["big", "small"], nodes, acks);
@@ -77,16 +100,18 @@ describe("no address held twice", () => {
   }, 180_000);
 
   it("a pool of 32 shared by 3 nodes gives exactly 32, then pool_exhausted", async () => {
-    const results = await Promise.all(Array.from({ length: 48 }, async (_, k) => {
-      const n = nodes[k % 3]!;
-      try {
-        const r = await n.client.allocate({ containerID: `small-${k}`, ifName: "eth0", network: "small" });
-        return { ok: r.ips[0]!.address.split("/")[0]!, node: n.name };
-      } catch (e) {
-        expect(e).toBeInstanceOf(IpamdError);
-        return { err: (e as IpamdError).code, message: (e as Error).message };
-      }
-    }));
+    const results = await Promise.all(
+      Array.from({ length: 48 }, async (_, k) => {
+        const n = nodes[k % 3]!;
+        try {
+          const r = await n.client.allocate({ containerID: `small-${k}`, ifName: "eth0", network: "small" });
+          return { ok: r.ips[0]!.address.split("/")[0]!, node: n.name };
+        } catch (e) {
+          expect(e).toBeInstanceOf(IpamdError);
+          return { err: (e as IpamdError).code, message: (e as Error).message };
+        }
+      }),
+    );
     const ok = results.filter((r) => r.ok).map((r) => r.ok!);
     expect(ok).toHaveLength(32);
     expect(new Set(ok).size).toBe(32);
@@ -95,8 +120,9 @@ describe("no address held twice", () => {
       expect(r.message).toMatch(/pool "small" has no free address on any node \(32 of 32 owned in etcd/);
     }
     for (const n of nodes) {
-      const e = await n.client.allocate({ containerID: `small-extra-${n.name}`, ifName: "eth0",
-        network: "small" }).catch((x: unknown) => x);
+      const e = await n.client
+        .allocate({ containerID: `small-extra-${n.name}`, ifName: "eth0", network: "small" })
+        .catch((x: unknown) => x);
       expect((e as IpamdError).code).toBe("pool_exhausted");
     }
     const keys = etcdIps(etcd, prefix, "small");

@@ -13,7 +13,9 @@ import { EtcdCluster } from "../helpers/etcd";
 let etcd: EtcdCluster;
 const clients: EtcdClient[] = [];
 const nodes: ClusterOwnership[] = [];
-beforeAll(async () => { etcd = await EtcdCluster.start(); });
+beforeAll(async () => {
+  etcd = await EtcdCluster.start();
+});
 afterAll(async () => {
   for (const n of nodes) n.stop();
   for (const c of clients) c.close();
@@ -47,17 +49,22 @@ function ipKeys(prefix: string, poolName: string): Map<string, IpOwner> {
 describe("buffer claims", () => {
   it("3 nodes claiming concurrently over a /22 never get one address twice", async () => {
     const p = pool("big", "10.30.0.0/22");
-    const { prefix, nodes: [a, b, c] } = cluster([p], ["a", "b", "c"], { maxClaim: 40 });
+    const {
+      prefix,
+      nodes: [a, b, c],
+    } = cluster([p], ["a", "b", "c"], { maxClaim: 40 });
     const got = new Map<string, string[]>();
-    await Promise.all([a!, b!, c!].map(async (n) => {
-      const mine: string[] = [];
-      for (;;) {
-        const batch = await n.claim("big", 40);
-        if (batch.length === 0) break;
-        mine.push(...batch.map((x) => x.ip));
-      }
-      got.set(n.node, mine);
-    }));
+    await Promise.all(
+      [a!, b!, c!].map(async (n) => {
+        const mine: string[] = [];
+        for (;;) {
+          const batch = await n.claim("big", 40);
+          if (batch.length === 0) break;
+          mine.push(...batch.map((x) => x.ip));
+        }
+        got.set(n.node, mine);
+      }),
+    );
     const all = [...got.values()].flat();
     expect(new Set(all).size).toBe(all.length);
     expect(all.length).toBe(1022);
@@ -69,7 +76,10 @@ describe("buffer claims", () => {
 
   it("refills to the high watermark below the low one", async () => {
     const p = pool("rf", "10.31.0.0/24");
-    const { prefix, nodes: [a] } = cluster([p], ["a"], { buffer: { low: 3, high: 8 } });
+    const {
+      prefix,
+      nodes: [a],
+    } = cluster([p], ["a"], { buffer: { low: 3, high: 8 } });
     await a!.start({ background: false });
     await a!.refill("rf");
     expect(a!.bufferSize("rf")).toBe(8);
@@ -83,15 +93,23 @@ describe("buffer claims", () => {
   it("a 32-address pool shared by 3 buffering nodes gives exactly 32 to one of them, then pool_exhausted", async () => {
     const p = pool("small", "10.32.0.0/27", { ranges: [{ start: "10.32.0.0", end: "10.32.0.31" }] });
     expect(p.size).toBe(32n);
-    const { prefix, nodes: [a, b, c] } = cluster([p], ["a", "b", "c"], { buffer: { low: 4, high: 12 }, pollMs: 100, handbackWaitMs: 3000 });
-    for (const n of [b!, c!]) { await n.start(); await n.refill("small"); }
+    const {
+      prefix,
+      nodes: [a, b, c],
+    } = cluster([p], ["a", "b", "c"], { buffer: { low: 4, high: 12 }, pollMs: 100, handbackWaitMs: 3000 });
+    for (const n of [b!, c!]) {
+      await n.start();
+      await n.refill("small");
+    }
     await a!.start();
     expect(b!.bufferSize("small") + c!.bufferSize("small")).toBe(24);
     const taken: string[] = [];
     for (let i = 0; i < 32; i++) {
       const addr = await a!.claimFree("small");
       taken.push(addr.ip);
-      const r = await a!.applyOutbox([{ id: i, createdAt: Date.now(), op: "attach", pool: "small", ip: addr.ip, attachment: { containerID: `c${i}`, ifName: "eth0" } }]);
+      const r = await a!.applyOutbox([
+        { id: i, createdAt: Date.now(), op: "attach", pool: "small", ip: addr.ip, attachment: { containerID: `c${i}`, ifName: "eth0" } },
+      ]);
       expect(r.outcomes[0]!.status).toBe("applied");
     }
     expect(new Set(taken).size).toBe(32);
@@ -108,7 +126,9 @@ describe("buffer claims", () => {
 
   it("hands back through the poll alone when no watch runs", async () => {
     const p = pool("pollonly", "10.33.0.0/29", { ranges: [{ start: "10.33.0.0", end: "10.33.0.3" }] });
-    const { nodes: [a, b] } = cluster([p], ["a", "b"], { buffer: { low: 4, high: 4 } });
+    const {
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"], { buffer: { low: 4, high: 4 } });
     await b!.start({ background: false });
     await b!.refill("pollonly");
     expect(b!.bufferSize("pollonly")).toBe(4);
@@ -125,7 +145,10 @@ describe("sticky identities", () => {
 
   it("creates from the buffer, rebinds on another node with the same address, and refuses a node outside the L2 domain", async () => {
     const p = pool("st", "10.40.0.0/24");
-    const { prefix, nodes: [a, b, c] } = cluster([p], ["a", "b", "c"]);
+    const {
+      prefix,
+      nodes: [a, b, c],
+    } = cluster([p], ["a", "b", "c"]);
     for (const n of [a!, b!, c!]) await n.start({ background: false });
     await a!.refill("st");
     const before = a!.bufferSize("st");
@@ -139,8 +162,9 @@ describe("sticky identities", () => {
     // Still attached on a (a live node, another pod UID): b must wait.
     const alive = new NodeLiveness({ client: clients[0]!, node: "a", prefix, ttlSeconds: 30 });
     await alive.renew();
-    const busy = await b!.bindSticky(id(0), { selectsNode: true, attachment: { containerID: "ctr-b", ifName: "eth0", podUID: "uid-2" } })
-      .catch((e: unknown) => e) as ClusterError;
+    const busy = (await b!
+      .bindSticky(id(0), { selectsNode: true, attachment: { containerID: "ctr-b", ifName: "eth0", podUID: "uid-2" } })
+      .catch((e: unknown) => e)) as ClusterError;
     expect(busy.code).toBe("attached_elsewhere");
     expect(busy.retryable).toBe(true);
     expect(busy.message).toContain("sandbox ctr-a (pod UID uid-1) on node a");
@@ -156,7 +180,9 @@ describe("sticky identities", () => {
     // c lists it bound to b.
     expect((await c!.listSticky("st")).map((x) => [x.identity.ordinal, x.record.ip, x.record.node])).toEqual([[0, made.ip, "b"]]);
 
-    const l2 = await c!.bindSticky(id(0), { selectsNode: false, selector: { matchLabels: { rack: "r1" } } }).catch((e: unknown) => e) as ClusterError;
+    const l2 = (await c!
+      .bindSticky(id(0), { selectsNode: false, selector: { matchLabels: { rack: "r1" } } })
+      .catch((e: unknown) => e)) as ClusterError;
     expect(l2.code).toBe("l2_domain");
     expect(l2.message).toContain('pool "st" does not select node c (nodeSelector {"matchLabels":{"rack":"r1"}})');
     expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/st/db/redis/0/eth0`)!)).toMatchObject({ node: "b" });
@@ -164,8 +190,14 @@ describe("sticky identities", () => {
 
   it("two nodes creating the same identity at once: exactly one creates, the other gets the winner's address", async () => {
     const p = pool("st", "10.41.0.0/24");
-    const { prefix, nodes: [a, b] } = cluster([p], ["a", "b"]);
-    for (const n of [a!, b!]) { await n.start({ background: false }); await n.refill("st"); }
+    const {
+      prefix,
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"]);
+    for (const n of [a!, b!]) {
+      await n.start({ background: false });
+      await n.refill("st");
+    }
     for (let ordinal = 0; ordinal < 20; ordinal++) {
       const [ra, rb] = await Promise.all([a!, b!].map((n) => n.bindSticky(id(ordinal), { selectsNode: true })));
       expect([ra!.created, rb!.created].filter(Boolean)).toHaveLength(1);
@@ -184,7 +216,10 @@ describe("sticky identities", () => {
 
   it("reserve ahead on one node, used by a pod on another; release ends it cluster-wide", async () => {
     const p = pool("st", "10.42.0.0/24");
-    const { prefix, nodes: [a, b] } = cluster([p], ["a", "b"]);
+    const {
+      prefix,
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"]);
     for (const n of [a!, b!]) await n.start({ background: false });
     const r = await a!.bindSticky(id(3), { selectsNode: true, reserveOnly: true });
     expect(r.created).toBe(true);
@@ -208,23 +243,44 @@ describe("sticky identities", () => {
 describe("etcd without quorum", () => {
   it("buffer still serves, a sticky bind fails naming etcd and the endpoints, the outbox waits and applies once", async () => {
     const p = pool("q", "10.43.0.0/24");
-    const { prefix, nodes: [a] } = cluster([p], ["a"]);
+    const {
+      prefix,
+      nodes: [a],
+    } = cluster([p], ["a"]);
     await a!.start({ background: false });
     await a!.refill("q");
-    const sticky = await a!.bindSticky({ pool: "q", namespace: "db", statefulset: "pg", ordinal: 0, iface: "eth0" },
-      { selectsNode: true, attachment: { containerID: "s0", ifName: "eth0" } });
+    const sticky = await a!.bindSticky(
+      { pool: "q", namespace: "db", statefulset: "pg", ordinal: 0, iface: "eth0" },
+      { selectsNode: true, attachment: { containerID: "s0", ifName: "eth0" } },
+    );
     const first = a!.takeBuffered("q")!;
-    await a!.applyOutbox([{ id: 0, createdAt: 0, op: "attach", pool: "q", ip: first.ip, attachment: { containerID: "c0", ifName: "eth0" } }]);
+    await a!.applyOutbox([
+      { id: 0, createdAt: 0, op: "attach", pool: "q", ip: first.ip, attachment: { containerID: "c0", ifName: "eth0" } },
+    ]);
     await etcd.loseQuorum(1);
     const outbox: OutboxRecord[] = [];
     try {
       const local = a!.takeBuffered("q"); // ordinary ADD: no etcd round trip
       expect(local).not.toBeNull();
-      outbox.push({ id: 1, createdAt: Date.now(), op: "attach", pool: "q", ip: local!.ip, attachment: { containerID: "c1", ifName: "eth0" } });
+      outbox.push({
+        id: 1,
+        createdAt: Date.now(),
+        op: "attach",
+        pool: "q",
+        ip: local!.ip,
+        attachment: { containerID: "c1", ifName: "eth0" },
+      });
       outbox.push({ id: 2, createdAt: Date.now(), op: "release", pool: "q", ip: first.ip, containerID: "c0" }); // DEL of c0
-      outbox.push({ id: 3, createdAt: Date.now(), op: "detach-sticky", identity: { pool: "q", namespace: "db", statefulset: "pg", ordinal: 0, iface: "eth0" }, containerID: "s0" });
-      const err = await a!.bindSticky({ pool: "q", namespace: "db", statefulset: "pg", ordinal: 1, iface: "eth0" }, { selectsNode: true })
-        .catch((e: unknown) => e) as Error;
+      outbox.push({
+        id: 3,
+        createdAt: Date.now(),
+        op: "detach-sticky",
+        identity: { pool: "q", namespace: "db", statefulset: "pg", ordinal: 0, iface: "eth0" },
+        containerID: "s0",
+      });
+      const err = (await a!
+        .bindSticky({ pool: "q", namespace: "db", statefulset: "pg", ordinal: 1, iface: "eth0" }, { selectsNode: true })
+        .catch((e: unknown) => e)) as Error;
       expect(err.message).toMatch(/^etcd unreachable/);
       for (const e of etcd.endpoints) expect(err.message).toContain(e);
       const r = await a!.applyOutbox(outbox);
@@ -234,12 +290,22 @@ describe("etcd without quorum", () => {
       await etcd.restoreAll();
     }
     const r = await a!.applyOutbox(outbox);
-    expect(r).toMatchObject({ pending: 0, outcomes: [{ id: 1, status: "applied" }, { id: 2, status: "applied" }, { id: 3, status: "applied" }] });
+    expect(r).toMatchObject({
+      pending: 0,
+      outcomes: [
+        { id: 1, status: "applied" },
+        { id: 2, status: "applied" },
+        { id: 3, status: "applied" },
+      ],
+    });
     const again = await a!.applyOutbox(outbox); // idempotent
     expect(again.outcomes.map((o) => o.status)).toEqual(["noop", "noop", "noop"]);
     const keys = ipKeys(prefix, "q");
     expect(keys.has(first.ip)).toBe(false);
-    expect(keys.get(outbox[0]!.op === "attach" ? outbox[0]!.ip : "")).toMatchObject({ owner: "attachment", attachment: { containerID: "c1" } });
+    expect(keys.get(outbox[0]!.op === "attach" ? outbox[0]!.ip : "")).toMatchObject({
+      owner: "attachment",
+      attachment: { containerID: "c1" },
+    });
     const rec = JSON.parse(etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/q/db/pg/0/eth0`)!) as StickyRecord;
     expect(rec.ip).toBe(sticky.ip);
     expect(rec.attachment).toBeUndefined();

@@ -38,8 +38,13 @@ afterAll(() => {
 });
 
 const mvConf = (extra: Record<string, unknown> = {}) => ({
-  cniVersion: "1.0.0", name: "underlay", type: "berth-macvlan", master: "m0", stateDir: join(tmp, "mv"),
-  ipam: { type: "static", addresses: [{ address: "10.77.0.5/24", gateway: "10.77.0.1" }] }, ...extra,
+  cniVersion: "1.0.0",
+  name: "underlay",
+  type: "berth-macvlan",
+  master: "m0",
+  stateDir: join(tmp, "mv"),
+  ipam: { type: "static", addresses: [{ address: "10.77.0.5/24", gateway: "10.77.0.1" }] },
+  ...extra,
 });
 
 function mvAttach(config: Record<string, unknown>) {
@@ -49,7 +54,22 @@ function mvAttach(config: Record<string, unknown>) {
 }
 
 function measure(pod: TestNetns, reverse: boolean): number {
-  const args = ["netns", "exec", pod.name, "iperf3", "-c", "10.77.0.1", "-p", String(PORT), "-t", "4", "-O", "1", "-J", ...(reverse ? ["-R"] : [])];
+  const args = [
+    "netns",
+    "exec",
+    pod.name,
+    "iperf3",
+    "-c",
+    "10.77.0.1",
+    "-p",
+    String(PORT),
+    "-t",
+    "4",
+    "-O",
+    "1",
+    "-J",
+    ...(reverse ? ["-R"] : []),
+  ];
   for (let attempt = 0; ; attempt++) {
     try {
       return JSON.parse(execFileSync("ip", args, { encoding: "utf8", timeout: 20_000 })).end.sum_received.bits_per_second;
@@ -69,7 +89,9 @@ describe("berth-macvlan with the bandwidth capability", () => {
     expect(tcIn(pod, "qdisc", "show", "dev", "eth0")).toContain("qdisc ingress ffff:");
     expect(tcIn(pod, "qdisc", "show", "dev", "ifb-eth0")).toMatch(/qdisc tbf 1: root .*rate 10Mbit/);
     expect(tcIn(pod, "filter", "show", "dev", "eth0", "ingress")).toContain("mirred (Egress Redirect to device ifb-eth0)");
-    expect(ipJson<{ ifalias?: string; flags: string[] }[]>(pod, "link", "show", "ifb-eth0")[0]).toMatchObject({ ifalias: "berth: ingress of eth0" });
+    expect(ipJson<{ ifalias?: string; flags: string[] }[]>(pod, "link", "show", "ifb-eth0")[0]).toMatchObject({
+      ifalias: "berth: ingress of eth0",
+    });
 
     measured.egress = measure(pod, false);
     measured.ingress = measure(pod, true);
@@ -78,7 +100,8 @@ describe("berth-macvlan with the bandwidth capability", () => {
     expect(measured.ingress).toBeGreaterThan(0.8 * LIMIT);
     expect(measured.ingress).toBeLessThan(1.2 * LIMIT);
 
-    const check = (bw: unknown) => cni(lab, macvlan(), { command: "CHECK", config: { ...config, runtimeConfig: { bandwidth: bw }, prevResult: add.json }, ...call });
+    const check = (bw: unknown) =>
+      cni(lab, macvlan(), { command: "CHECK", config: { ...config, runtimeConfig: { bandwidth: bw }, prevResult: add.json }, ...call });
     expect(check(BOTH).code, check(BOTH).stdout).toBe(0);
     const slower = check({ ...BOTH, egressRate: 5_000_000 });
     expect(slower.json).toMatchObject({ code: 120 });
@@ -94,7 +117,13 @@ describe("berth-macvlan with the bandwidth capability", () => {
   }, 90_000);
 
   it("the config's own keys win over the capability; all four keys with 0 for one direction (as containerd sends them) shape only the other", () => {
-    const config = mvConf({ egressRate: 20_000_000, egressBurst: 200_000, ingressRate: 0, ingressBurst: 0, runtimeConfig: { bandwidth: BOTH } });
+    const config = mvConf({
+      egressRate: 20_000_000,
+      egressBurst: 200_000,
+      ingressRate: 0,
+      ingressBurst: 0,
+      runtimeConfig: { bandwidth: BOTH },
+    });
     const { pod, call, add } = mvAttach(config);
     expect(add.code, add.stdout).toBe(0);
     expect(tcIn(pod, "qdisc", "show", "dev", "eth0")).toMatch(/tbf 1: root .*rate 20Mbit/);
@@ -114,12 +143,37 @@ describe("berth-macvlan with the bandwidth capability", () => {
   });
 
   const bad: [string, Record<string, unknown>, string, string][] = [
-    ["a rate without a burst", { egressRate: LIMIT }, "runtimeConfig.bandwidth.egressBurst is missing but runtimeConfig.bandwidth.egressRate is 10000000: a rate needs a burst", "at least one full packet"],
-    ["a burst without a rate", { ingressBurst: BURST }, "runtimeConfig.bandwidth.ingressRate is missing but runtimeConfig.bandwidth.ingressBurst is 100000: a burst needs a rate", "leave out both"],
+    [
+      "a rate without a burst",
+      { egressRate: LIMIT },
+      "runtimeConfig.bandwidth.egressBurst is missing but runtimeConfig.bandwidth.egressRate is 10000000: a rate needs a burst",
+      "at least one full packet",
+    ],
+    [
+      "a burst without a rate",
+      { ingressBurst: BURST },
+      "runtimeConfig.bandwidth.ingressRate is missing but runtimeConfig.bandwidth.ingressBurst is 100000: a burst needs a rate",
+      "leave out both",
+    ],
     ["a zero rate with a burst", { ingressRate: 0, ingressBurst: BURST }, "runtimeConfig.bandwidth.ingressRate is 0 but", "> 0"],
-    ["a burst too small for the MTU", { egressRate: LIMIT, egressBurst: 8000 }, "runtimeConfig.bandwidth.egressBurst 8000 bits (1000 bytes) is smaller than one full-size packet on eth0 (MTU 1500 + 14 bytes Ethernet header = 1514 bytes)", "use at least 12112 bits"],
-    ["a rate over 2^32-1 bytes/s", { egressRate: 40_000_000_000, egressBurst: BURST }, "runtimeConfig.bandwidth.egressRate 40000000000 bit/s is over 2^32-1 bytes/s", "at most 34359738360 bit/s"],
-    ["a negative value", { egressRate: -1, egressBurst: BURST }, "runtimeConfig.bandwidth.egressRate -1 is not a non-negative integer", "bits per second"],
+    [
+      "a burst too small for the MTU",
+      { egressRate: LIMIT, egressBurst: 8000 },
+      "runtimeConfig.bandwidth.egressBurst 8000 bits (1000 bytes) is smaller than one full-size packet on eth0 (MTU 1500 + 14 bytes Ethernet header = 1514 bytes)",
+      "use at least 12112 bits",
+    ],
+    [
+      "a rate over 2^32-1 bytes/s",
+      { egressRate: 40_000_000_000, egressBurst: BURST },
+      "runtimeConfig.bandwidth.egressRate 40000000000 bit/s is over 2^32-1 bytes/s",
+      "at most 34359738360 bit/s",
+    ],
+    [
+      "a negative value",
+      { egressRate: -1, egressBurst: BURST },
+      "runtimeConfig.bandwidth.egressRate -1 is not a non-negative integer",
+      "bits per second",
+    ],
   ];
   for (const [what, bw, msg, fix] of bad) {
     it(`refuses ${what} with code 7 naming the field and the fix; nothing is left in the pod`, () => {
@@ -136,7 +190,8 @@ describe("berth-macvlan with the bandwidth capability", () => {
     const { pod, call, add } = mvAttach(config);
     expect(add.code, add.stdout).toBe(0);
     const ref = cni(lab, "/usr/lib/cni/bandwidth", {
-      command: "ADD", ...call,
+      command: "ADD",
+      ...call,
       config: { cniVersion: "1.0.0", name: "underlay", type: "bandwidth", runtimeConfig: { bandwidth: BOTH }, prevResult: add.json },
     });
     expect(ref.code).not.toBe(0);
@@ -148,7 +203,9 @@ describe("berth-macvlan with the bandwidth capability", () => {
 
 describe("berth-hostdev with the bandwidth capability", () => {
   let host: TestNetns;
-  beforeAll(() => { host = createNetns("bwhd"); });
+  beforeAll(() => {
+    host = createNetns("bwhd");
+  });
   afterAll(() => removeNetns(host));
   const run = (command: CniCall["command"], netns: string, config: unknown, containerId: string) =>
     runCni(pluginPath("berth-hostdev"), { command, config, containerId, netns, ifName: "eth1", via: ["ip", "netns", "exec", host.name] });
@@ -157,13 +214,25 @@ describe("berth-hostdev with the bandwidth capability", () => {
     ipIn(host, "link", "add", "eni0", "type", "veth", "peer", "name", "eni0p");
     const pod = createNetns("bwhdp");
     try {
-      const config = { cniVersion: "1.1.0", name: "eni-net", type: "berth-hostdev", device: "eni0", stateDir: join(tmp, "hd"), runtimeConfig: { bandwidth: BOTH } };
+      const config = {
+        cniVersion: "1.1.0",
+        name: "eni-net",
+        type: "berth-hostdev",
+        device: "eni0",
+        stateDir: join(tmp, "hd"),
+        runtimeConfig: { bandwidth: BOTH },
+      };
       const add = run("ADD", pod.path, config, "hd1");
       expect(add.code, add.stdout + add.stderr).toBe(0);
       expect(tcIn(pod, "qdisc", "show", "dev", "eth1")).toMatch(/tbf 1: root .*rate 10Mbit/);
       expect(tcIn(pod, "filter", "show", "dev", "eth1", "ingress")).toContain("Egress Redirect to device ifb-eth1");
       expect(run("CHECK", pod.path, { ...config, prevResult: add.json }, "hd1").code).toBe(0);
-      const changed = run("CHECK", pod.path, { ...config, runtimeConfig: { bandwidth: { ...BOTH, ingressBurst: 2 * BURST } }, prevResult: add.json }, "hd1");
+      const changed = run(
+        "CHECK",
+        pod.path,
+        { ...config, runtimeConfig: { bandwidth: { ...BOTH, ingressBurst: 2 * BURST } }, prevResult: add.json },
+        "hd1",
+      );
       expect(changed.json).toMatchObject({ code: 120 });
       expect(changed.json.msg).toContain("ingress limit: tbf on ifb-eth1 has burst 100000 bits, the config says 200000 bits");
       const del = run("DEL", pod.path, config, "hd1");
@@ -189,11 +258,19 @@ describe("berth-hostdev with the bandwidth capability", () => {
     ipIn(host, "link", "set", "eni1", "mtu", "9000");
     const pod = createNetns("bwhdq");
     try {
-      const config = { cniVersion: "1.1.0", name: "eni-net", type: "berth-hostdev", device: "eni1", stateDir: join(tmp, "hd"),
-        runtimeConfig: { bandwidth: { egressRate: LIMIT, egressBurst: 5000 * 8 } } }; // enough for MTU 1500, not for 9000
+      const config = {
+        cniVersion: "1.1.0",
+        name: "eni-net",
+        type: "berth-hostdev",
+        device: "eni1",
+        stateDir: join(tmp, "hd"),
+        runtimeConfig: { bandwidth: { egressRate: LIMIT, egressBurst: 5000 * 8 } },
+      }; // enough for MTU 1500, not for 9000
       const add = run("ADD", pod.path, config, "hd3");
       expect(add.json).toMatchObject({ code: 7 });
-      expect(add.json.msg).toContain("egressBurst 40000 bits (5000 bytes) is smaller than one full-size packet on eth1 (MTU 9000 + 14 bytes");
+      expect(add.json.msg).toContain(
+        "egressBurst 40000 bits (5000 bytes) is smaller than one full-size packet on eth1 (MTU 9000 + 14 bytes",
+      );
       expect(add.json.details).toContain("use at least 72112 bits");
       expect(hasLink(host, "eni1")).toBe(true);
       expect(ipJson<{ ifname: string }[]>(pod, "link", "show").map((l) => l.ifname)).toEqual(["lo"]);
@@ -205,12 +282,18 @@ describe("berth-hostdev with the bandwidth capability", () => {
 
 describe("berth-sriov with the bandwidth capability", () => {
   let host: TestNetns;
-  beforeAll(() => { host = createNetns("bwsv"); });
+  beforeAll(() => {
+    host = createNetns("bwsv");
+  });
   afterAll(() => removeNetns(host));
 
   /** A PF and a VF netdev (veths), the sysfs tree that links them, the fake PF's VF table (see sriov.test.ts). */
   function rig(n: number) {
-    const dir = join(tmp, `sv${n}`), sysfs = join(dir, "sys"), fake = join(dir, "pf"), pf = `bwpf${n}`, vf = `bwvf${n}`;
+    const dir = join(tmp, `sv${n}`),
+      sysfs = join(dir, "sys"),
+      fake = join(dir, "pf"),
+      pf = `bwpf${n}`,
+      vf = `bwvf${n}`;
     ipIn(host, "link", "add", pf, "type", "veth", "peer", "name", `${pf}p`);
     ipIn(host, "link", "add", vf, "type", "veth", "peer", "name", `${vf}p`);
     const dev = (a: string) => join(sysfs, "bus/pci/devices", a);
@@ -222,15 +305,45 @@ describe("berth-sriov with the bandwidth capability", () => {
     symlinkSync("../0000:3b:00.0", join(dev("0000:3b:02.0"), "physfn"));
     symlinkSync("../../../bus/pci/drivers/iavf", join(dev("0000:3b:02.0"), "driver"));
     mkdirSync(fake, { recursive: true });
-    const orig = { vf: 0, mac: "00:00:00:00:00:00", vlan: 0, qos: 0, vlanProto: "802.1Q", spoofChk: true, trust: false, linkState: "auto", minTxRate: 0, maxTxRate: 0 };
+    const orig = {
+      vf: 0,
+      mac: "00:00:00:00:00:00",
+      vlan: 0,
+      qos: 0,
+      vlanProto: "802.1Q",
+      spoofChk: true,
+      trust: false,
+      linkState: "auto",
+      minTxRate: 0,
+      maxTxRate: 0,
+    };
     writeFileSync(join(fake, `${pf}.json`), JSON.stringify({ vfs: [orig] }));
-    const ops = () => existsSync(join(fake, "ops.jsonl"))
-      ? readFileSync(join(fake, "ops.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).op as string) : [];
-    const conf = (extra: Record<string, unknown>) => ({ cniVersion: "1.1.0", name: "sriov-net", type: "berth-sriov", deviceID: "0000:3b:02.0",
-      stateDir: join(dir, "state"), sysfsRoot: sysfs, ...extra });
-    const run = (command: CniCall["command"], pod: TestNetns, config: unknown) => runCni(fakePfSriovPath(), {
-      command, config, containerId: `sv${n}`, netns: pod.path, ifName: "net1", via: ["ip", "netns", "exec", host.name], env: { BERTH_SRIOV_FAKE_PF: fake },
+    const ops = () =>
+      existsSync(join(fake, "ops.jsonl"))
+        ? readFileSync(join(fake, "ops.jsonl"), "utf8")
+            .trim()
+            .split("\n")
+            .map((l) => JSON.parse(l).op as string)
+        : [];
+    const conf = (extra: Record<string, unknown>) => ({
+      cniVersion: "1.1.0",
+      name: "sriov-net",
+      type: "berth-sriov",
+      deviceID: "0000:3b:02.0",
+      stateDir: join(dir, "state"),
+      sysfsRoot: sysfs,
+      ...extra,
     });
+    const run = (command: CniCall["command"], pod: TestNetns, config: unknown) =>
+      runCni(fakePfSriovPath(), {
+        command,
+        config,
+        containerId: `sv${n}`,
+        netns: pod.path,
+        ifName: "net1",
+        via: ["ip", "netns", "exec", host.name],
+        env: { BERTH_SRIOV_FAKE_PF: fake },
+      });
     return { ops, conf, run };
   }
 
@@ -238,7 +351,9 @@ describe("berth-sriov with the bandwidth capability", () => {
     const r = rig(0);
     const pod = createNetns("bwsvp");
     try {
-      const config = r.conf({ runtimeConfig: { bandwidth: { egressRate: 25_000_000, egressBurst: BURST, ingressRate: 0, ingressBurst: 0 } } });
+      const config = r.conf({
+        runtimeConfig: { bandwidth: { egressRate: 25_000_000, egressBurst: BURST, ingressRate: 0, ingressBurst: 0 } },
+      });
       const add = r.run("ADD", pod, config);
       expect(add.code, add.stdout + add.stderr).toBe(0);
       expect(r.ops()).toContain("min_tx_rate 0 max_tx_rate 25");
@@ -256,7 +371,9 @@ describe("berth-sriov with the bandwidth capability", () => {
     try {
       const refused = r.run("ADD", pod, r.conf({ runtimeConfig: { bandwidth: BOTH } }));
       expect(refused.json).toMatchObject({ code: 2 });
-      expect(refused.json.msg).toContain("runtimeConfig.bandwidth.ingressRate 10000000 is not supported by berth-sriov: a VF cannot shape the traffic it receives");
+      expect(refused.json.msg).toContain(
+        "runtimeConfig.bandwidth.ingressRate 10000000 is not supported by berth-sriov: a VF cannot shape the traffic it receives",
+      );
       expect(r.ops()).toEqual([]);
       const config = r.conf({ max_tx_rate: 300, runtimeConfig: { bandwidth: BOTH } });
       const add = r.run("ADD", pod, config);

@@ -5,7 +5,12 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Netns } from "../../cni/netns";
 import {
-  bandwidthLimits, checkPodShaping, ifbName, removePodShaping, shapePodInterface, type BandwidthLimits,
+  bandwidthLimits,
+  checkPodShaping,
+  ifbName,
+  removePodShaping,
+  shapePodInterface,
+  type BandwidthLimits,
 } from "../../cni/pod/bandwidth";
 import { parseConfig } from "../../cni/skel/config";
 import { CniError } from "../../cni/skel/errors";
@@ -34,7 +39,22 @@ function shape(l: BandwidthLimits): void {
 
 /** bits per second the receiver saw; `reverse`: the peer sends to the pod (the pod's ingress) */
 function measure(reverse: boolean): number {
-  const args = ["netns", "exec", pod.name, "iperf3", "-c", "10.88.0.2", "-p", String(PORT), "-t", "4", "-O", "1", "-J", ...(reverse ? ["-R"] : [])];
+  const args = [
+    "netns",
+    "exec",
+    pod.name,
+    "iperf3",
+    "-c",
+    "10.88.0.2",
+    "-p",
+    String(PORT),
+    "-t",
+    "4",
+    "-O",
+    "1",
+    "-J",
+    ...(reverse ? ["-R"] : []),
+  ];
   for (let attempt = 0; ; attempt++) {
     try {
       const out = JSON.parse(execFileSync("ip", args, { encoding: "utf8", timeout: 20_000 }));
@@ -103,8 +123,9 @@ describe("pod bandwidth shaping with real traffic", () => {
     const ifb = ifbName("eth0");
     expect(ifb).toBe("ifb-eth0");
     expect(ipIn(pod, "-d", "link", "show", ifb)).toContain("ifb");
-    expect(execFileSync("tc", ["-n", pod.name, "filter", "show", "dev", "eth0", "ingress"], { encoding: "utf8" }))
-      .toContain(`mirred (Egress Redirect to device ${ifb}) stolen`);
+    expect(execFileSync("tc", ["-n", pod.name, "filter", "show", "dev", "eth0", "ingress"], { encoding: "utf8" })).toContain(
+      `mirred (Egress Redirect to device ${ifb}) stolen`,
+    );
     withPod((nl) => checkPodShaping(nl, "eth0", l));
     measured.ingressLimited = measure(true);
     measured.egressWithIngressLimit = measure(false);
@@ -145,7 +166,9 @@ describe("pod bandwidth shaping with real traffic", () => {
     const e = cniErrorOf(() => shape(limits({ ingressRate: LIMIT, ingressBurst: 8000 })));
     expect(e).toBeInstanceOf(CniError);
     expect(e.code).toBe(7);
-    expect(e.message).toContain("runtimeConfig.bandwidth.ingressBurst 8000 bits (1000 bytes) is smaller than one full-size packet on eth0 (MTU 1500");
+    expect(e.message).toContain(
+      "runtimeConfig.bandwidth.ingressBurst 8000 bits (1000 bytes) is smaller than one full-size packet on eth0 (MTU 1500",
+    );
     expect(e.details).toContain("at least 12112 bits");
     expect(ipIn(pod, "link", "show")).not.toContain("ifb-eth0");
   });

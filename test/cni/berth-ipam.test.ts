@@ -18,12 +18,24 @@ let podMacvlan: TestNetns | undefined;
 const tmp = mkdtempSync(join(tmpdir(), "berth-ipam-test-"));
 let ipam: string;
 
-const POOL = { name: "rack1-v4", subnet: "10.250.7.0/24", gateway: "10.250.7.1", vlan: 101,
+const POOL = {
+  name: "rack1-v4",
+  subnet: "10.250.7.0/24",
+  gateway: "10.250.7.1",
+  vlan: 101,
   ranges: [{ start: "10.250.7.10", end: "10.250.7.200" }],
-  routes: [{ dst: "10.250.0.0/16", gw: "10.250.7.1" }], dns: { nameservers: ["10.250.7.53"], search: ["svc.example.net"] } };
+  routes: [{ dst: "10.250.0.0/16", gw: "10.250.7.1" }],
+  dns: { nameservers: ["10.250.7.53"], search: ["svc.example.net"] },
+};
 
 function conf(extra: Record<string, unknown> = {}, ipamExtra: Record<string, unknown> = {}, version = "1.1.0") {
-  return { cniVersion: version, name: "underlay", type: "macvlan", ipam: { type: "berth-ipam", socket: daemon!.socket, ...ipamExtra }, ...extra };
+  return {
+    cniVersion: version,
+    name: "underlay",
+    type: "macvlan",
+    ipam: { type: "berth-ipam", socket: daemon!.socket, ...ipamExtra },
+    ...extra,
+  };
 }
 
 const stsArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=0b5a";
@@ -54,7 +66,12 @@ describe("berth-ipam executable", () => {
   });
 
   it("ADD returns the IPAM result shape in the config's version; DEL and ADD again are idempotent", () => {
-    const call = { containerId: "ctr-plain-1", netns: pod!.path, ifName: "net1", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=nginx-7c5b" };
+    const call = {
+      containerId: "ctr-plain-1",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=nginx-7c5b",
+    };
     const add = runCni(ipam, { command: "ADD", config: conf(), ...call });
     expect(add.stderr).toBe("");
     expect(add.code).toBe(0);
@@ -71,12 +88,14 @@ describe("berth-ipam executable", () => {
     expect(again.json.ips[0].address).toBe(address);
 
     const old = runCni(ipam, { command: "ADD", config: conf({}, {}, "0.3.1"), ...call });
-    expect(old.stdout).toBe(JSON.stringify({
-      cniVersion: "0.3.1",
-      ips: [{ version: "4", address, gateway: "10.250.7.1" }],
-      routes: [{ dst: "10.250.0.0/16", gw: "10.250.7.1" }],
-      dns: { nameservers: ["10.250.7.53"], search: ["svc.example.net"] },
-    }) + "\n");
+    expect(old.stdout).toBe(
+      JSON.stringify({
+        cniVersion: "0.3.1",
+        ips: [{ version: "4", address, gateway: "10.250.7.1" }],
+        routes: [{ dst: "10.250.0.0/16", gw: "10.250.7.1" }],
+        dns: { nameservers: ["10.250.7.53"], search: ["svc.example.net"] },
+      }) + "\n",
+    );
 
     for (let i = 0; i < 2; i++) {
       const del = runCni(ipam, { command: "DEL", config: conf(), ...call });
@@ -86,36 +105,85 @@ describe("berth-ipam executable", () => {
   });
 
   it("a StatefulSet pod gets its IP back under a new container ID", async () => {
-    const first = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-web0-a", netns: pod!.path, ifName: "net1", cniArgs: stsArgs });
+    const first = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "ctr-web0-a",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: stsArgs,
+    });
     expect(first.code).toBe(0);
     const x: string = first.json.ips[0].address;
     const res = await daemon!.client.reservations({ namespace: "default", statefulset: "web" });
     expect(res.reservations.map((r) => [r.owner, r.address, r.state])).toEqual([["default/web/0", x, "attached"]]);
 
-    const del = runCni(ipam, { command: "DEL", config: conf(), containerId: "ctr-web0-a", netns: pod!.path, ifName: "net1", cniArgs: stsArgs });
+    const del = runCni(ipam, {
+      command: "DEL",
+      config: conf(),
+      containerId: "ctr-web0-a",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: stsArgs,
+    });
     expect(del.code).toBe(0);
     const detached = await daemon!.client.reservations({ namespace: "default", statefulset: "web" });
     expect(detached.reservations.map((r) => [r.address, r.state])).toEqual([[x, "detached"]]);
 
     // Another pod meanwhile must not get X.
-    const other = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-other", netns: pod!.path, ifName: "net1", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-5d9f" });
+    const other = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "ctr-other",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-5d9f",
+    });
     expect(other.json.ips[0].address).not.toBe(x);
 
-    const second = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-web0-b", netns: pod!.path, ifName: "net1", cniArgs: stsArgs });
+    const second = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "ctr-web0-b",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: stsArgs,
+    });
     expect(second.code).toBe(0);
     expect(second.json.ips[0].address).toBe(x);
   });
 
   it("a re-created StatefulSet pod whose old sandbox is still attached gets code 11 naming that sandbox", async () => {
     const args = (uid: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-3;K8S_POD_UID=${uid}`;
-    const old = runCni(ipam, { command: "ADD", config: conf(), containerId: "web3-old", netns: pod!.path, ifName: "net1", cniArgs: args("u-old") });
+    const old = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "web3-old",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: args("u-old"),
+    });
     expect(old.code).toBe(0);
-    const again = runCni(ipam, { command: "ADD", config: conf(), containerId: "web3-new", netns: pod!.path, ifName: "net1", cniArgs: args("u-new") });
+    const again = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "web3-new",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: args("u-new"),
+    });
     expect(again.code).toBe(1);
     expect(again.json.code).toBe(11);
     expect(again.json.msg).toContain("still attached to the previous sandbox web3-old");
     expect(runCni(ipam, { command: "DEL", config: conf(), containerId: "web3-old", netns: pod!.path, ifName: "net1" }).code).toBe(0);
-    const retried = runCni(ipam, { command: "ADD", config: conf(), containerId: "web3-new", netns: pod!.path, ifName: "net1", cniArgs: args("u-new") });
+    const retried = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "web3-new",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: args("u-new"),
+    });
     expect(retried.code).toBe(0);
     expect(retried.json.ips).toEqual(old.json.ips);
     expect(runCni(ipam, { command: "DEL", config: conf(), containerId: "web3-new", netns: pod!.path, ifName: "net1" }).code).toBe(0);
@@ -123,17 +191,36 @@ describe("berth-ipam executable", () => {
 
   it("honours a requested IP from runtimeConfig.ips, and names a taken one", () => {
     const want = "10.250.7.150/24";
-    const add = runCni(ipam, { command: "ADD", config: conf({ runtimeConfig: { ips: [want] } }), containerId: "ctr-pinned", netns: pod!.path, ifName: "net1" });
+    const add = runCni(ipam, {
+      command: "ADD",
+      config: conf({ runtimeConfig: { ips: [want] } }),
+      containerId: "ctr-pinned",
+      netns: pod!.path,
+      ifName: "net1",
+    });
     expect(add.code).toBe(0);
     expect(add.json.ips[0].address).toBe(want);
-    const clash = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-clash", netns: pod!.path, ifName: "net1", cniArgs: "IP=10.250.7.150" });
+    const clash = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "ctr-clash",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: "IP=10.250.7.150",
+    });
     expect(clash.code).toBe(1);
     expect(clash.json.code).toBe(104);
     expect(clash.json.msg).toContain("10.250.7.150");
   });
 
   it("an unknown pool in ipam.pools is code 102 with the daemon's explanation", () => {
-    const r = runCni(ipam, { command: "ADD", config: conf({}, { pools: ["rack9-v4"] }), containerId: "ctr-nopool", netns: pod!.path, ifName: "net1" });
+    const r = runCni(ipam, {
+      command: "ADD",
+      config: conf({}, { pools: ["rack9-v4"] }),
+      containerId: "ctr-nopool",
+      netns: pod!.path,
+      ifName: "net1",
+    });
     expect(r.code).toBe(1);
     expect(Object.keys(r.json)).toEqual(["cniVersion", "code", "msg", "details"]);
     expect(r.json.code).toBe(102);
@@ -154,7 +241,12 @@ describe("berth-ipam executable", () => {
     const unknown = runCni(ipam, { command: "CHECK", config: conf({ prevResult: add.json }), ...call, containerId: "ctr-never-added" });
     expect(unknown.json.code).toBe(107);
     const old = runCni(ipam, { command: "CHECK", config: conf({ prevResult: add.json }, {}, "0.3.1"), ...call });
-    expect(old.json).toEqual({ cniVersion: "0.3.1", code: 1, msg: "config version does not allow CHECK", details: expect.stringContaining("0.4.0") });
+    expect(old.json).toEqual({
+      cniVersion: "0.3.1",
+      code: 1,
+      msg: "config version does not allow CHECK",
+      details: expect.stringContaining("0.4.0"),
+    });
   });
 
   it("STATUS is silent when ipamd serves pools; GC releases what the runtime no longer lists", async () => {
@@ -166,7 +258,10 @@ describe("berth-ipam executable", () => {
       const r = runCni(ipam, { command: "ADD", config: conf({ name: network }), containerId: id, netns: pod!.path, ifName: "net1" });
       expect(r.code).toBe(0);
     }
-    const gc = runCni(ipam, { command: "GC", config: conf({ name: network, "cni.dev/valid-attachments": [{ containerID: "gc-keep", ifname: "net1" }] }) });
+    const gc = runCni(ipam, {
+      command: "GC",
+      config: conf({ name: network, "cni.dev/valid-attachments": [{ containerID: "gc-keep", ifname: "net1" }] }),
+    });
     expect(gc.code).toBe(0);
     const left = await daemon!.client.reservations({});
     const ids = left.reservations.filter((r) => r.network === network).map((r) => r.containerID);
@@ -177,16 +272,46 @@ describe("berth-ipam executable", () => {
   });
 
   it("refuses bad input before touching anything", () => {
-    const unknownArg = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-args", netns: pod!.path, ifName: "net1", cniArgs: "K8S_POD_NAME=web-0;FOO=bar" });
+    const unknownArg = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "ctr-args",
+      netns: pod!.path,
+      ifName: "net1",
+      cniArgs: "K8S_POD_NAME=web-0;FOO=bar",
+    });
     expect(unknownArg.code).toBe(1);
-    expect(unknownArg.json).toEqual({ cniVersion: "1.1.0", code: 2, msg: 'CNI_ARGS: unknown args ["FOO=bar"]', details: expect.stringContaining("IgnoreUnknown") });
+    expect(unknownArg.json).toEqual({
+      cniVersion: "1.1.0",
+      code: 2,
+      msg: 'CNI_ARGS: unknown args ["FOO=bar"]',
+      details: expect.stringContaining("IgnoreUnknown"),
+    });
     const badIf = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-args", netns: pod!.path, ifName: "net1:x" });
     expect(badIf.json.code).toBe(4);
-    const noNs = runCni(ipam, { command: "ADD", config: conf(), containerId: "ctr-args", netns: "/run/netns/berth-does-not-exist", ifName: "net1" });
+    const noNs = runCni(ipam, {
+      command: "ADD",
+      config: conf(),
+      containerId: "ctr-args",
+      netns: "/run/netns/berth-does-not-exist",
+      ifName: "net1",
+    });
     expect(noNs.json.code).toBe(3);
-    const version = runCni(ipam, { command: "ADD", config: conf({}, {}, "0.2.0"), containerId: "ctr-args", netns: pod!.path, ifName: "net1" });
+    const version = runCni(ipam, {
+      command: "ADD",
+      config: conf({}, {}, "0.2.0"),
+      containerId: "ctr-args",
+      netns: pod!.path,
+      ifName: "net1",
+    });
     expect(version.json.code).toBe(1);
-    const wrongType = runCni(ipam, { command: "ADD", config: { ...conf(), ipam: { type: "host-local" } }, containerId: "ctr-args", netns: pod!.path, ifName: "net1" });
+    const wrongType = runCni(ipam, {
+      command: "ADD",
+      config: { ...conf(), ipam: { type: "host-local" } },
+      containerId: "ctr-args",
+      netns: pod!.path,
+      ifName: "net1",
+    });
     expect(wrongType.json.code).toBe(7);
     const decode = runCni(ipam, { command: "ADD", config: "{not json", containerId: "ctr-args", netns: pod!.path, ifName: "net1" });
     expect(decode.json.code).toBe(6);
@@ -194,10 +319,19 @@ describe("berth-ipam executable", () => {
 
   it("logs JSON lines to logFile, never to stdout", () => {
     const logFile = join(tmp, "cni.log");
-    const add = runCni(ipam, { command: "ADD", config: conf({ logFile, logLevel: "debug" }), containerId: "ctr-log", netns: pod!.path, ifName: "net1" });
+    const add = runCni(ipam, {
+      command: "ADD",
+      config: conf({ logFile, logLevel: "debug" }),
+      containerId: "ctr-log",
+      netns: pod!.path,
+      ifName: "net1",
+    });
     expect(add.code).toBe(0);
     expect(add.stdout.trim().split("\n")).toHaveLength(1);
-    const lines = readFileSync(logFile, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    const lines = readFileSync(logFile, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(lines.some((l) => l.msg === "ipamd allocated" && l.containerID === "ctr-log" && l.plugin === "berth-ipam")).toBe(true);
   });
 });
@@ -205,16 +339,24 @@ describe("berth-ipam executable", () => {
 describe("STATUS asks ipamd whether ADD could allocate for this network on this node", () => {
   let small: DaemonHandle | undefined;
   beforeAll(async () => {
-    small = await startIpamd({ config: { cooldownSeconds: 0, pools: [
-      { name: "one-v4", subnet: "10.251.0.0/24", networks: ["tiny"], ranges: [{ start: "10.251.0.10", end: "10.251.0.10" }] },
-    ] } });
+    small = await startIpamd({
+      config: {
+        cooldownSeconds: 0,
+        pools: [{ name: "one-v4", subnet: "10.251.0.0/24", networks: ["tiny"], ranges: [{ start: "10.251.0.10", end: "10.251.0.10" }] }],
+      },
+    });
   }, 120_000);
   afterAll(async () => {
     await small?.stop();
     if (small) rmSync(small.dir, { recursive: true, force: true });
   });
-  const tiny = (extra: Record<string, unknown> = {}, ipamExtra: Record<string, unknown> = {}) =>
-    ({ cniVersion: "1.1.0", name: "tiny", type: "macvlan", ipam: { type: "berth-ipam", socket: small!.socket, ...ipamExtra }, ...extra });
+  const tiny = (extra: Record<string, unknown> = {}, ipamExtra: Record<string, unknown> = {}) => ({
+    cniVersion: "1.1.0",
+    name: "tiny",
+    type: "macvlan",
+    ipam: { type: "berth-ipam", socket: small!.socket, ...ipamExtra },
+    ...extra,
+  });
 
   it("50 when ipam.pools names an undefined pool or no pool serves the network here; 50 when the pools are exhausted; 0 otherwise", () => {
     expect(runCni(ipam, { command: "STATUS", config: tiny() }).code).toBe(0);
@@ -275,11 +417,21 @@ describe("daemon down", () => {
   it("ADD answers 11 naming a full backlog (EAGAIN), without the HTTP client's own guesses", async () => {
     const sock = join(tmp, "backlog.sock");
     // A listener that never accepts, its backlog filled: the next connect(2) fails with EAGAIN.
-    const server = spawn("python3", ["-c", [
-      "import socket,sys,time", "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(0)",
-      "c=socket.socket(socket.AF_UNIX); c.setblocking(False)", "try: c.connect(sys.argv[1])\nexcept BlockingIOError: pass",
-      "print('ready', flush=True); time.sleep(60)",
-    ].join("\n"), sock], { stdio: ["ignore", "pipe", "inherit"] });
+    const server = spawn(
+      "python3",
+      [
+        "-c",
+        [
+          "import socket,sys,time",
+          "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(0)",
+          "c=socket.socket(socket.AF_UNIX); c.setblocking(False)",
+          "try: c.connect(sys.argv[1])\nexcept BlockingIOError: pass",
+          "print('ready', flush=True); time.sleep(60)",
+        ].join("\n"),
+        sock,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     try {
       await new Promise((resolve) => server.stdout!.once("data", resolve));
       const r = runCni(ipam, { command: "ADD", config: conf({}, { socket: sock, timeoutMs: 500 }), ...call() });
@@ -295,8 +447,12 @@ describe("daemon down", () => {
     const r = runCni(ipam, { command: "DEL", config: conf({}, { socket: gone(), spoolDir }), ...call() });
     expect(r.code).toBe(0);
     expect(r.stdout).toBe("");
-    expect(JSON.parse(readFileSync(join(spoolDir, "ctr-down_net1_underlay.json"), "utf8")))
-      .toMatchObject({ version: 1, containerID: "ctr-down", ifName: "net1", network: "underlay" });
+    expect(JSON.parse(readFileSync(join(spoolDir, "ctr-down_net1_underlay.json"), "utf8"))).toMatchObject({
+      version: 1,
+      containerID: "ctr-down",
+      ifName: "net1",
+      network: "underlay",
+    });
   });
   it("STATUS answers 50 naming the socket", () => {
     const r = runCni(ipam, { command: "STATUS", config: conf({}, { socket: gone() }) });
@@ -313,12 +469,22 @@ describe("reference macvlan with ipam.type berth-ipam", () => {
     execFileSync("ip", ["-n", hostNs.name, "link", "add", "bmaster0", "type", "veth", "peer", "name", "bpeer0"]);
     execFileSync("ip", ["-n", hostNs.name, "link", "set", "bmaster0", "up"]);
     execFileSync("ip", ["-n", hostNs.name, "link", "set", "bpeer0", "up"]);
-    const config = { cniVersion: "1.0.0", name: "underlay", type: "macvlan", master: "bmaster0", mode: "bridge",
-      ipam: { type: "berth-ipam", socket: daemon!.socket } };
+    const config = {
+      cniVersion: "1.0.0",
+      name: "underlay",
+      type: "macvlan",
+      master: "bmaster0",
+      mode: "bridge",
+      ipam: { type: "berth-ipam", socket: daemon!.socket },
+    };
     const call = {
-      config, containerId: "ctr-macvlan", netns: podMacvlan.path, ifName: "eth0",
+      config,
+      containerId: "ctr-macvlan",
+      netns: podMacvlan.path,
+      ifName: "eth0",
       cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1",
-      path: [pluginDir(), "/usr/lib/cni"], via: ["ip", "netns", "exec", hostNs.name],
+      path: [pluginDir(), "/usr/lib/cni"],
+      via: ["ip", "netns", "exec", hostNs.name],
     };
     const add = runCni("/usr/lib/cni/macvlan", { command: "ADD", ...call });
     expect(add.stderr).toBe("");
@@ -328,7 +494,13 @@ describe("reference macvlan with ipam.type berth-ipam", () => {
     expect(add.json.interfaces[0].name).toBe("eth0");
 
     const [ip, prefix] = address.split("/");
-    const addrs = ipJson<{ ifname: string; addr_info: { family: string; local: string; prefixlen: number }[] }[]>(podMacvlan, "addr", "show", "dev", "eth0");
+    const addrs = ipJson<{ ifname: string; addr_info: { family: string; local: string; prefixlen: number }[] }[]>(
+      podMacvlan,
+      "addr",
+      "show",
+      "dev",
+      "eth0",
+    );
     expect(addrs[0]!.addr_info.filter((a) => a.family === "inet").map((a) => `${a.local}/${a.prefixlen}`)).toEqual([`${ip}/${prefix}`]);
     const routes = ipJson<{ dst: string; gateway?: string }[]>(podMacvlan, "route", "show");
     expect(routes).toContainEqual(expect.objectContaining({ dst: "10.250.0.0/16", gateway: "10.250.7.1" }));

@@ -3,7 +3,6 @@ import { configVersion, decodeConfig, parseConfig, requireVerbSupported } from "
 import { parseCniArgs } from "../../cni/skel/env";
 import { cniErrorOf } from "../helpers/cni-error";
 
-
 const base = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", ipam: { type: "berth-ipam" } };
 
 describe("decoding", () => {
@@ -35,18 +34,25 @@ describe("cniVersion", () => {
 
 describe("parseConfig", () => {
   it("reads the shared fields", () => {
-    const conf = parseConfig({
-      ...base,
-      runtimeConfig: { ips: ["10.1.0.9/24"], mac: "AA:BB:CC:DD:EE:01", deviceID: "0000:3b:02.1", portMappings: [] },
-      args: { cni: { ips: ["10.1.0.10"], mac: "aa:bb:cc:dd:ee:02" } },
-      logFile: "/var/log/berth.log",
-      logLevel: "debug",
-    }, "ADD");
+    const conf = parseConfig(
+      {
+        ...base,
+        runtimeConfig: { ips: ["10.1.0.9/24"], mac: "AA:BB:CC:DD:EE:01", deviceID: "0000:3b:02.1", portMappings: [] },
+        args: { cni: { ips: ["10.1.0.10"], mac: "aa:bb:cc:dd:ee:02" } },
+        logFile: "/var/log/berth.log",
+        logLevel: "debug",
+      },
+      "ADD",
+    );
     expect(conf).toMatchObject({
-      cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", ipam: { type: "berth-ipam" },
+      cniVersion: "1.1.0",
+      name: "underlay",
+      type: "berth-macvlan",
+      ipam: { type: "berth-ipam" },
       runtimeConfig: { ips: ["10.1.0.9/24"], mac: "aa:bb:cc:dd:ee:01", deviceID: "0000:3b:02.1" },
       argsCni: { ips: ["10.1.0.10"], mac: "aa:bb:cc:dd:ee:02" },
-      logFile: "/var/log/berth.log", logLevel: "debug",
+      logFile: "/var/log/berth.log",
+      logLevel: "debug",
     });
   });
 
@@ -78,10 +84,14 @@ describe("parseConfig", () => {
   });
 
   it("reads prevResult in the config's version", () => {
-    const conf = parseConfig({
-      ...base, cniVersion: "0.4.0",
-      prevResult: { cniVersion: "0.4.0", ips: [{ version: "4", address: "10.1.0.5/24" }], dns: {} },
-    }, "CHECK");
+    const conf = parseConfig(
+      {
+        ...base,
+        cniVersion: "0.4.0",
+        prevResult: { cniVersion: "0.4.0", ips: [{ version: "4", address: "10.1.0.5/24" }], dns: {} },
+      },
+      "CHECK",
+    );
     expect(conf.prevResult).toEqual({ ips: [{ address: "10.1.0.5/24" }], dns: {} });
   });
 

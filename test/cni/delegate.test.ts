@@ -22,15 +22,28 @@ const env = { CNI_CONTAINERID: "ctr-hl-1", CNI_NETNS: "/proc/self/ns/net", CNI_I
 
 function hostLocal(version = "1.0.0", network = "hl-net") {
   return {
-    cniVersion: version, name: network, type: "berth-macvlan",
-    ipam: { type: "host-local", dataDir, ranges: [[{ subnet: "10.98.0.0/24", rangeStart: "10.98.0.10", rangeEnd: "10.98.0.20", gateway: "10.98.0.1" }]], routes: [{ dst: "0.0.0.0/0" }] },
+    cniVersion: version,
+    name: network,
+    type: "berth-macvlan",
+    ipam: {
+      type: "host-local",
+      dataDir,
+      ranges: [[{ subnet: "10.98.0.0/24", rangeStart: "10.98.0.10", rangeEnd: "10.98.0.20", gateway: "10.98.0.1" }]],
+      routes: [{ dst: "0.0.0.0/0" }],
+    },
   };
 }
 
 function req(command: DelegateRequest["command"], config: Record<string, any>, extraEnv: Record<string, string> = {}): DelegateRequest {
-  return { command, ipamType: config.ipam.type, stdin: JSON.stringify(config), env: { ...env, ...extraEnv }, cniPath: CNI_PATH, cniVersion: config.cniVersion };
+  return {
+    command,
+    ipamType: config.ipam.type,
+    stdin: JSON.stringify(config),
+    env: { ...env, ...extraEnv },
+    cniPath: CNI_PATH,
+    cniVersion: config.cniVersion,
+  };
 }
-
 
 describe("delegateIpam with host-local", () => {
   it("ADD returns host-local's result; DEL releases it; DEL again succeeds", () => {
@@ -67,8 +80,17 @@ describe("delegateIpam with host-local", () => {
 
 describe("delegateIpam with static", () => {
   it("returns the configured addresses", () => {
-    const config = { cniVersion: "1.0.0", name: "st", type: "berth-hostdev",
-      ipam: { type: "static", addresses: [{ address: "10.97.0.5/24", gateway: "10.97.0.1" }, { address: "fd00:97::5/64" }], routes: [{ dst: "10.0.0.0/8" }], dns: { nameservers: ["10.97.0.53"] } } };
+    const config = {
+      cniVersion: "1.0.0",
+      name: "st",
+      type: "berth-hostdev",
+      ipam: {
+        type: "static",
+        addresses: [{ address: "10.97.0.5/24", gateway: "10.97.0.1" }, { address: "fd00:97::5/64" }],
+        routes: [{ dst: "10.0.0.0/8" }],
+        dns: { nameservers: ["10.97.0.53"] },
+      },
+    };
     expect(delegateIpam(req("ADD", config))).toEqual({
       ips: [{ address: "10.97.0.5/24", gateway: "10.97.0.1" }, { address: "fd00:97::5/64" }],
       routes: [{ dst: "10.0.0.0/8" }],
@@ -93,12 +115,14 @@ describe("ipamAdd / ipamDel through a plugin context", () => {
     expect(ok.vlan).toBeUndefined();
     expect(leases()).toEqual(["10.98.0.10"]);
 
-    await expect(withUndo(nullLogger, async (undo) => {
-      const got = await ipamOf(ctxFor("ADD", raw, "ctr-ctx-2"))!.add(undo);
-      expect(got.addresses[0]!.address).toBe("10.98.0.11/24");
-      expect(leases()).toEqual(["10.98.0.10", "10.98.0.11"]);
-      throw new CniError(140, "creating the macvlan failed");
-    })).rejects.toThrow("creating the macvlan failed");
+    await expect(
+      withUndo(nullLogger, async (undo) => {
+        const got = await ipamOf(ctxFor("ADD", raw, "ctr-ctx-2"))!.add(undo);
+        expect(got.addresses[0]!.address).toBe("10.98.0.11/24");
+        expect(leases()).toEqual(["10.98.0.10", "10.98.0.11"]);
+        throw new CniError(140, "creating the macvlan failed");
+      }),
+    ).rejects.toThrow("creating the macvlan failed");
     expect(leases()).toEqual(["10.98.0.10"]);
 
     await ipamOf(ctxFor("DEL", raw, "ctr-ctx-1"))!.del();

@@ -18,7 +18,8 @@ const plugin = definePlugin<{ mode: string }>({
   name: "test-plugin",
   parse(c) {
     const mode = c.raw.mode ?? "ok";
-    if (typeof mode !== "string") throw new CniError(CniCode.InvalidConfig, "invalid network config: mode is not a string", 'use "mode": "ok"');
+    if (typeof mode !== "string")
+      throw new CniError(CniCode.InvalidConfig, "invalid network config: mode is not a string", 'use "mode": "ok"');
     return { mode };
   },
   async add(ctx) {
@@ -39,13 +40,15 @@ describe("runPlugin", () => {
   it("ADD prints exactly one result in the config's version and exits 0", async () => {
     const x = io({ ...env, CNI_COMMAND: "ADD" }, { ...conf, cniVersion: "0.4.0" });
     expect(await runPlugin(plugin, x)).toBe(0);
-    expect(x.out).toEqual([JSON.stringify({
-      cniVersion: "0.4.0",
-      interfaces: [{ name: "net1", mac: "02:00:00:00:00:01", sandbox: "/proc/self/ns/net" }],
-      ips: [{ version: "4", interface: 0, address: "10.1.0.5/24", gateway: "10.1.0.1" }],
-      routes: [{ dst: "0.0.0.0/0", gw: "10.1.0.1" }],
-      dns: {},
-    }) + "\n"]);
+    expect(x.out).toEqual([
+      JSON.stringify({
+        cniVersion: "0.4.0",
+        interfaces: [{ name: "net1", mac: "02:00:00:00:00:01", sandbox: "/proc/self/ns/net" }],
+        ips: [{ version: "4", interface: 0, address: "10.1.0.5/24", gateway: "10.1.0.1" }],
+        routes: [{ dst: "0.0.0.0/0", gw: "10.1.0.1" }],
+        dns: {},
+      }) + "\n",
+    ]);
   });
 
   it("DEL, CHECK, STATUS print nothing on success", async () => {
@@ -92,7 +95,11 @@ describe("runPlugin", () => {
   });
 
   it("CHECK on a 0.3.x config and STATUS/GC before 1.1.0 are code 1", async () => {
-    for (const [command, version] of [["CHECK", "0.3.1"], ["STATUS", "1.0.0"], ["GC", "0.4.0"]]) {
+    for (const [command, version] of [
+      ["CHECK", "0.3.1"],
+      ["STATUS", "1.0.0"],
+      ["GC", "0.4.0"],
+    ]) {
       const x = io({ ...env, CNI_COMMAND: command! }, { ...conf, cniVersion: version, "cni.dev/valid-attachments": [] });
       expect(await runPlugin(plugin, x)).toBe(1);
       expect(JSON.parse(x.out[0]!)).toMatchObject({ cniVersion: version, code: 1, msg: `config version does not allow ${command}` });
@@ -100,9 +107,18 @@ describe("runPlugin", () => {
   });
 
   it("collects requested IPs, MAC and the pod from runtimeConfig, args.cni and CNI_ARGS", async () => {
-    const x = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=redis-2;K8S_POD_UID=u1;IP=10.1.0.9,10.1.0.7/24;MAC=02:00:00:00:00:09" }, {
-      ...conf, runtimeConfig: { ips: ["10.1.0.7/24"], mac: "02:00:00:00:00:07", deviceID: "0000:3b:02.1" }, args: { cni: { ips: ["10.1.0.8/24"], mac: "02:00:00:00:00:08" } },
-    });
+    const x = io(
+      {
+        ...env,
+        CNI_COMMAND: "ADD",
+        CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=redis-2;K8S_POD_UID=u1;IP=10.1.0.9,10.1.0.7/24;MAC=02:00:00:00:00:09",
+      },
+      {
+        ...conf,
+        runtimeConfig: { ips: ["10.1.0.7/24"], mac: "02:00:00:00:00:07", deviceID: "0000:3b:02.1" },
+        args: { cni: { ips: ["10.1.0.8/24"], mac: "02:00:00:00:00:08" } },
+      },
+    );
     expect(await runPlugin(plugin, x)).toBe(0);
     // One source, by the MAC's precedence: runtimeConfig, else args.cni, else CNI_ARGS.
     expect(seen!.requestedIps).toEqual(["10.1.0.7/24"]);
@@ -110,8 +126,10 @@ describe("runPlugin", () => {
     expect(seen!.deviceId).toBe("0000:3b:02.1");
     expect(seen!.pod).toEqual({ namespace: "db", name: "redis-2", uid: "u1" });
 
-    const fromArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" },
-      { ...conf, args: { cni: { ips: ["10.1.0.8/24"] } } });
+    const fromArgs = io(
+      { ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" },
+      { ...conf, args: { cni: { ips: ["10.1.0.8/24"] } } },
+    );
     expect(await runPlugin(plugin, fromArgs)).toBe(0);
     expect(seen!.requestedIps).toEqual(["10.1.0.8/24"]);
     const fromCniArgs = io({ ...env, CNI_COMMAND: "ADD", CNI_ARGS: "IP=10.1.0.9,10.1.0.7/24,10.1.0.9" }, conf);
@@ -124,9 +142,15 @@ describe("UndoStack", () => {
   it("reverts in reverse order and keeps going past a failing step", async () => {
     const done: string[] = [];
     const undo = new UndoStack();
-    undo.push("address", () => { done.push("address"); });
-    undo.push("link", () => { throw new Error("link busy"); });
-    undo.push("route", async () => { done.push("route"); });
+    undo.push("address", () => {
+      done.push("address");
+    });
+    undo.push("link", () => {
+      throw new Error("link busy");
+    });
+    undo.push("route", async () => {
+      done.push("route");
+    });
     expect(await undo.unwind()).toEqual([{ what: "link", error: "link busy" }]);
     expect(done).toEqual(["route", "address"]);
     expect(undo.size).toBe(0);
@@ -134,12 +158,19 @@ describe("UndoStack", () => {
 
   it("withUndo unwinds on failure and rethrows, commits on success", async () => {
     const done: string[] = [];
-    await expect(withUndo(undefined, async (u) => {
-      u.push("a", () => done.push("a"));
-      throw new CniError(140, "netlink failed");
-    })).rejects.toThrow("netlink failed");
+    await expect(
+      withUndo(undefined, async (u) => {
+        u.push("a", () => done.push("a"));
+        throw new CniError(140, "netlink failed");
+      }),
+    ).rejects.toThrow("netlink failed");
     expect(done).toEqual(["a"]);
-    expect(await withUndo(undefined, async (u) => { u.push("b", () => done.push("b")); return 5; })).toBe(5);
+    expect(
+      await withUndo(undefined, async (u) => {
+        u.push("b", () => done.push("b"));
+        return 5;
+      }),
+    ).toBe(5);
     expect(done).toEqual(["a"]);
   });
 });

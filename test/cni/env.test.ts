@@ -8,7 +8,6 @@ import { cniErrorOf } from "../helpers/cni-error";
 const dir = mkdtempSync(join(tmpdir(), "berth-env-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-
 const base = { CNI_CONTAINERID: "abc123", CNI_NETNS: "/proc/self/ns/net", CNI_IFNAME: "eth0", CNI_PATH: "/opt/cni/bin:/usr/lib/cni" };
 
 describe("CNI_COMMAND", () => {
@@ -111,10 +110,16 @@ describe("CNI_NETNS", () => {
 
 describe("CNI_ARGS", () => {
   it("reads the kubelet's keys", () => {
-    const args = parseCniArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=1234-5678");
+    const args = parseCniArgs(
+      "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=1234-5678",
+    );
     expect(args).toEqual({
-      IgnoreUnknown: true, K8S_POD_NAMESPACE: "default", K8S_POD_NAME: "web-0",
-      K8S_POD_INFRA_CONTAINER_ID: "abc", K8S_POD_UID: "1234-5678", other: {},
+      IgnoreUnknown: true,
+      K8S_POD_NAMESPACE: "default",
+      K8S_POD_NAME: "web-0",
+      K8S_POD_INFRA_CONTAINER_ID: "abc",
+      K8S_POD_UID: "1234-5678",
+      other: {},
     });
   });
   it("is empty when unset", () => {

@@ -31,7 +31,10 @@ beforeAll(() => {
 
 const pod = () => hx.pod();
 
-interface Eni { name: string; mac: string }
+interface Eni {
+  name: string;
+  mac: string;
+}
 
 /** A veth end standing in for an ENI: MTU 1400, 10.77.N.5/24, route 10.78.N.0/24 via .1, alias, up. */
 function makeEni(n: number): Eni {
@@ -47,14 +50,23 @@ function makeEni(n: number): Eni {
   return { name, mac };
 }
 
-
 function conf(extra: Record<string, unknown>) {
   return { cniVersion: "1.1.0", name: "eni-net", type: "berth-hostdev", stateDir, ...extra };
 }
 
-function run(command: CniCall["command"], p: TestNetns | string | undefined, config: unknown, containerId: string, ifName = "eth1", cniArgs?: string) {
+function run(
+  command: CniCall["command"],
+  p: TestNetns | string | undefined,
+  config: unknown,
+  containerId: string,
+  ifName = "eth1",
+  cniArgs?: string,
+) {
   return hx.run(exe, {
-    command, config, containerId, ifName,
+    command,
+    config,
+    containerId,
+    ifName,
     ...(p === undefined ? {} : { netns: typeof p === "string" ? p : p.path }),
     ...(cniArgs ? { cniArgs } : {}),
   });
@@ -76,7 +88,12 @@ describe("berth-hostdev ADD and DEL", () => {
   it("moves the ENI in with its static address, MTU and MAC, records the original state 0600, and DEL restores every attribute", () => {
     const eni = makeEni(1);
     const p = pod();
-    const config = conf({ device: eni.name, mtu: 1300, mac: "0a:58:0a:4d:01:64", addresses: { [eni.mac.toUpperCase()]: ["10.77.1.100/24"] } });
+    const config = conf({
+      device: eni.name,
+      mtu: 1300,
+      mac: "0a:58:0a:4d:01:64",
+      addresses: { [eni.mac.toUpperCase()]: ["10.77.1.100/24"] },
+    });
     const add = run("ADD", p, config, "ctr-a1");
     expect(add.stderr).toBe("");
     expect(add.json).toEqual({
@@ -92,13 +109,22 @@ describe("berth-hostdev ADD and DEL", () => {
     expect(inPod.flags).toContain("UP");
     expect(addrsIn(p, "eth1")).toEqual(["10.77.1.100/24"]);
     expect(readFileSync(`/proc/sys/net/ipv4/conf/all/arp_notify`, "utf8")).toBeDefined();
-    expect(execFileSync("ip", ["netns", "exec", p.name, "cat", "/proc/sys/net/ipv4/conf/eth1/arp_notify"], { encoding: "utf8" }).trim()).toBe("1");
+    expect(
+      execFileSync("ip", ["netns", "exec", p.name, "cat", "/proc/sys/net/ipv4/conf/eth1/arp_notify"], { encoding: "utf8" }).trim(),
+    ).toBe("1");
 
     const file = join(stateDir, "ctr-a1@eth1.json");
     expect(statSync(file).mode & 0o777).toBe(0o600);
     const st = JSON.parse(readFileSync(file, "utf8"));
-    expect(st.original).toMatchObject({ name: eni.name, mtu: 1400, mac: eni.mac, up: true, alias: "cloud-eni-0a1b", kind: "veth",
-      addresses: [{ cidr: "10.77.1.5/24" }] });
+    expect(st.original).toMatchObject({
+      name: eni.name,
+      mtu: 1400,
+      mac: eni.mac,
+      up: true,
+      alias: "cloud-eni-0a1b",
+      kind: "veth",
+      addresses: [{ cidr: "10.77.1.5/24" }],
+    });
     expect(st.original.routes).toContainEqual(expect.objectContaining({ dst: "10.78.1.0/24", gateway: "10.77.1.1" }));
 
     const check = run("CHECK", p, { ...config, prevResult: add.json }, "ctr-a1");
@@ -182,8 +208,11 @@ describe("berth-hostdev ADD and DEL", () => {
     const sysfs = join(tmp, "sysfs5");
     mkdirSync(join(sysfs, "bus/pci/devices/0000:00:05.0/net", eni.name), { recursive: true });
     // The last: Multus v4 injects the device plugin's deviceID next to the NAD's pciBusID (same device, short form).
-    const selections = [["pciBusID", { pciBusID: "0000:00:05.0" }], ["runtimeConfig", { runtimeConfig: { deviceID: "0000:00:05.0" } }],
-      ["both", { pciBusID: "00:05.0", runtimeConfig: { deviceID: "0000:00:05.0" } }]] as const;
+    const selections = [
+      ["pciBusID", { pciBusID: "0000:00:05.0" }],
+      ["runtimeConfig", { runtimeConfig: { deviceID: "0000:00:05.0" } }],
+      ["both", { pciBusID: "00:05.0", runtimeConfig: { deviceID: "0000:00:05.0" } }],
+    ] as const;
     for (const [key, selection] of selections) {
       const p = pod();
       const config = conf({ ...selection, sysfsRoot: sysfs });
@@ -204,8 +233,11 @@ describe("berth-hostdev ADD and DEL", () => {
       [{ device: eni.name, hwaddr: eni.mac }, 7, /ambiguous \(device and hwaddr/],
       [{ device: eni.name, runtimeConfig: { deviceID: "0000:00:05.0" } }, 7, /ambiguous/],
       [{ pciBusID: "3b:00" }, 7, /pciBusID "3b:00" is not a PCI address/],
-      [{ pciBusID: "0000:00:06.0", runtimeConfig: { deviceID: "0000:00:05.0" } },
-        7, /pciBusID 0000:00:06\.0 and runtimeConfig\.deviceID 0000:00:05\.0 name different devices/],
+      [
+        { pciBusID: "0000:00:06.0", runtimeConfig: { deviceID: "0000:00:05.0" } },
+        7,
+        /pciBusID 0000:00:06\.0 and runtimeConfig\.deviceID 0000:00:05\.0 name different devices/,
+      ],
       [{ device: eni.name, mtu: 20 }, 7, /mtu 20 is not an MTU/],
       [{ device: eni.name, addresses: { x: ["10.0.0.1"] } }, 7, /addresses\["x"\]/],
       [{ device: "nosuch0" }, 141, /device "nosuch0" not found/],
@@ -298,10 +330,21 @@ describe("berth-hostdev ADD and DEL", () => {
 describe("berth-hostdev with berth-ipam", () => {
   let daemon: DaemonHandle | undefined;
   beforeAll(async () => {
-    daemon = await startIpamd({ config: {
-      statefulSets: [{ namespace: "db", name: "redis" }], cooldownSeconds: 0,
-      pools: [{ name: "eni-v4", subnet: "10.79.0.0/24", gateway: "10.79.0.1", ranges: [{ start: "10.79.0.10", end: "10.79.0.50" }], routes: [{ dst: "10.80.0.0/16" }] }],
-    } });
+    daemon = await startIpamd({
+      config: {
+        statefulSets: [{ namespace: "db", name: "redis" }],
+        cooldownSeconds: 0,
+        pools: [
+          {
+            name: "eni-v4",
+            subnet: "10.79.0.0/24",
+            gateway: "10.79.0.1",
+            ranges: [{ start: "10.79.0.10", end: "10.79.0.50" }],
+            routes: [{ dst: "10.80.0.0/16" }],
+          },
+        ],
+      },
+    });
   }, 120_000);
   afterAll(async () => {
     await daemon?.stop();
@@ -339,17 +382,25 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
     const eni = makeEni(20);
     const p = pod();
     const prevResult = {
-      cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }],
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "up0" }],
+      ips: [{ interface: 0, address: "192.0.2.9/32" }],
       dns: { nameservers: ["192.0.2.53"] },
     };
     const config = { ...conf({ device: eni.name, mtu: 1350, addresses: { [eni.name]: ["10.77.20.100/24"] } }), cniVersion: "1.0.0" };
     const add = run("ADD", p, { ...config, prevResult }, "ctr-chain");
     expect(add.code, add.stdout).toBe(0);
     expect(add.json.interfaces).toEqual([{ name: "up0" }, { name: "eth1", mac: linkIn(p, "eth1").address, sandbox: p.path }]);
-    expect(add.json.ips).toEqual([{ interface: 0, address: "192.0.2.9/32" }, { interface: 1, address: "10.77.20.100/24" }]);
+    expect(add.json.ips).toEqual([
+      { interface: 0, address: "192.0.2.9/32" },
+      { interface: 1, address: "10.77.20.100/24" },
+    ]);
     expect(add.json.dns).toEqual({ nameservers: ["192.0.2.53"] });
     const tuning = hx.run("/usr/lib/cni/tuning", {
-      command: "ADD", containerId: "ctr-chain", netns: p.path, ifName: "eth1",
+      command: "ADD",
+      containerId: "ctr-chain",
+      netns: p.path,
+      ifName: "eth1",
       config: { cniVersion: "1.0.0", name: "eni-net", type: "tuning", mtu: 1300, prevResult: add.json },
     });
     expect(tuning.code, tuning.stdout + tuning.stderr).toBe(0);
@@ -373,7 +424,10 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
     const add = run("ADD", p, { ...config, cniVersion: "1.0.0" }, "ctr-dpdk");
     expect(add.code, add.stdout).toBe(0);
     expect(add.json).toEqual({
-      cniVersion: "1.0.0", interfaces: [{ name: "eth1", sandbox: p.path }], ips: [{ interface: 0, address: "10.77.21.5/24" }], dns: {},
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "eth1", sandbox: p.path }],
+      ips: [{ interface: 0, address: "10.77.21.5/24" }],
+      dns: {},
     });
     const p11 = pod();
     const v11 = run("ADD", p11, { ...config, ipam: undefined }, "ctr-dpdk-11");
@@ -388,8 +442,10 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
   });
 
   it("state files are unambiguous: container a + ifname x-eth0 and container a-x + eth0 are two attachments", () => {
-    const e1 = makeEni(22), e2 = makeEni(23);
-    const p1 = pod(), p2 = pod();
+    const e1 = makeEni(22),
+      e2 = makeEni(23);
+    const p1 = pod(),
+      p2 = pod();
     expect(run("ADD", p1, conf({ device: e1.name }), "a", "x-eth0").code).toBe(0);
     const second = run("ADD", p2, conf({ device: e2.name }), "a-x", "eth0");
     expect(second.code, second.stdout).toBe(0);
@@ -412,8 +468,10 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
   });
 
   it("GC gives back the devices of attachments the runtime no longer lists, and keeps the listed ones", () => {
-    const gone = makeEni(25), kept = makeEni(26);
-    const pg = pod(), pk = pod();
+    const gone = makeEni(25),
+      kept = makeEni(26);
+    const pg = pod(),
+      pk = pod();
     expect(run("ADD", pg, conf({ device: gone.name }), "ctr-gc-gone").code).toBe(0);
     expect(run("ADD", pk, conf({ device: kept.name }), "ctr-gc-kept").code).toBe(0);
     const valid = [{ containerID: "ctr-gc-kept", ifname: "eth1" }];
@@ -464,17 +522,27 @@ describe("berth-hostdev: every verb as the CNI spec means it", () => {
 /** A built plugin run in the host namespace without blocking this process (for a concurrent change). */
 function runAsync(executable: string, call: CniCall): Promise<{ code: number | null; stdout: string; json: any }> {
   const env: Record<string, string> = {
-    PATH: process.env.PATH ?? "/usr/bin:/bin", CNI_COMMAND: call.command, CNI_PATH: "/usr/lib/cni",
-    CNI_CONTAINERID: call.containerId!, CNI_NETNS: call.netns!, CNI_IFNAME: call.ifName!,
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    CNI_COMMAND: call.command,
+    CNI_PATH: "/usr/lib/cni",
+    CNI_CONTAINERID: call.containerId!,
+    CNI_NETNS: call.netns!,
+    CNI_IFNAME: call.ifName!,
   };
   return new Promise((resolve, reject) => {
     const child = spawn("ip", ["netns", "exec", host.name, executable], { env, stdio: ["pipe", "pipe", "inherit"] });
     let stdout = "";
-    child.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
+    child.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+    });
     child.on("error", reject);
     child.on("exit", (code) => {
       let json: any;
-      try { json = JSON.parse(stdout); } catch { json = undefined; }
+      try {
+        json = JSON.parse(stdout);
+      } catch {
+        json = undefined;
+      }
       resolve({ code, stdout, json });
     });
     child.stdin.end(JSON.stringify(call.config));

@@ -32,14 +32,22 @@ function freshNetns(opts: { ipv6?: boolean } = {}): string {
   return name;
 }
 
-interface Lo { up: boolean; addresses: string[] }
+interface Lo {
+  up: boolean;
+  addresses: string[];
+}
 
 function lo(ns: string): Lo {
   const [link] = JSON.parse(execFileSync("ip", ["-n", ns, "-j", "addr", "show", "dev", "lo"], { encoding: "utf8" }));
   return { up: link.flags.includes("UP"), addresses: link.addr_info.map((a: any) => `${a.local}/${a.prefixlen}`) };
 }
 
-const conf = (version = "1.0.0", extra: Record<string, unknown> = {}) => ({ cniVersion: version, name: "cni-loopback", type: "loopback", ...extra });
+const conf = (version = "1.0.0", extra: Record<string, unknown> = {}) => ({
+  cniVersion: version,
+  name: "cni-loopback",
+  type: "loopback",
+  ...extra,
+});
 
 function call(executable: string, c: Omit<CniCall, "config"> & { config?: unknown }) {
   return runCni(executable, { containerId: "sandbox-1", ifName: "lo", config: conf(), ...c });
@@ -95,8 +103,10 @@ describe("loopback vs the reference plugin", () => {
       routes: [{ dst: "0.0.0.0/0", gw: "10.1.0.1" }],
       dns: { nameservers: ["10.1.0.53"] },
     };
-    const { ref, ours: mine } = both({}, (exe, ns) =>
-      call(exe, { command: "ADD", netns: `/run/netns/${ns}`, config: conf("1.0.0", { prevResult }) }).json);
+    const { ref, ours: mine } = both(
+      {},
+      (exe, ns) => call(exe, { command: "ADD", netns: `/run/netns/${ns}`, config: conf("1.0.0", { prevResult }) }).json,
+    );
     expect(mine.out).toEqual(ref.out);
     expect(mine.out).toEqual(prevResult);
     expect(mine.lo.up).toBe(true);
@@ -174,14 +184,17 @@ describe("loopback verbs beyond the reference", () => {
   });
 
   it("VERSION answers like every Berth plugin", () => {
-    expect(runCni(ours, { command: "VERSION", config: conf() }).json)
-      .toEqual({ cniVersion: "1.1.0", supportedVersions: ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] });
+    expect(runCni(ours, { command: "VERSION", config: conf() }).json).toEqual({
+      cniVersion: "1.1.0",
+      supportedVersions: ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+    });
   });
 
   it("is also reachable as `berth loopback`", () => {
     const ns = freshNetns();
     const sub = execFileSync(pluginPath("berth"), ["loopback"], {
-      input: JSON.stringify(conf()), encoding: "utf8",
+      input: JSON.stringify(conf()),
+      encoding: "utf8",
       env: { CNI_COMMAND: "ADD", CNI_CONTAINERID: "c", CNI_NETNS: `/run/netns/${ns}`, CNI_IFNAME: "lo", CNI_PATH: "/nonexistent" },
     });
     expect(JSON.parse(sub).interfaces[0].name).toBe("lo");

@@ -38,8 +38,12 @@ function observe(executable: string, config: Record<string, unknown>): Observed 
   expect(add.code, `${executable}: ${add.stdout}${add.stderr}`).toBe(0);
   const link = podLink(pod, "net1")!;
   const seen: Observed = {
-    kind: link.linkinfo?.info_kind, mode: link.linkinfo?.info_data?.mode, mtu: link.mtu,
-    addresses: addresses(pod, "net1"), routes: routes(pod), result: add.json,
+    kind: link.linkinfo?.info_kind,
+    mode: link.linkinfo?.info_data?.mode,
+    mtu: link.mtu,
+    addresses: addresses(pod, "net1"),
+    routes: routes(pod),
+    result: add.json,
   };
   expect(add.json.interfaces[0].mac).toBe(link.address);
   expect(add.json.interfaces[0].sandbox).toBe(pod.path);
@@ -73,7 +77,8 @@ describe("berth-macvlan vs reference macvlan", () => {
       const base = { cniVersion: "1.0.0", name: "diffnet", master: "m0", ...variant };
       // Each plugin gets its own empty host-local store, so both receive the first address.
       const { ours } = compare(base, (who) => ({
-        type: "host-local", dataDir: join(tmp, `hl-${who}-${seq}`),
+        type: "host-local",
+        dataDir: join(tmp, `hl-${who}-${seq}`),
         ranges: [[{ subnet: "10.77.0.0/24", rangeStart: "10.77.0.20", rangeEnd: "10.77.0.30", gateway: "10.77.0.1" }]],
         routes: [{ dst: "0.0.0.0/0" }, { dst: "192.168.50.0/24", gw: "10.77.0.254" }],
       }));
@@ -86,7 +91,10 @@ describe("berth-macvlan vs reference macvlan", () => {
     const base = { cniVersion: "1.0.0", name: "diffnet", master: "m0", dns: { nameservers: ["10.77.0.53"] } };
     const { ours } = compare(base, () => ({
       type: "static",
-      addresses: [{ address: "10.77.0.40/24", gateway: "10.77.0.1" }, { address: "fd77::40/64", gateway: "fd77::1" }],
+      addresses: [
+        { address: "10.77.0.40/24", gateway: "10.77.0.1" },
+        { address: "fd77::40/64", gateway: "fd77::1" },
+      ],
       routes: [{ dst: "0.0.0.0/0" }, { dst: "::/0" }],
     }));
     expect(ours.addresses).toEqual(["10.77.0.40/24", "fd77::40/64"]);

@@ -52,21 +52,34 @@ export function cni(lab: Lab, executable: string, call: CniCall): PluginRun {
 
 /** Same, without blocking: for parallel ADDs. */
 export function cniAsync(lab: Lab, executable: string, call: CniCall): Promise<PluginRun> {
-  const env: Record<string, string> = { PATH: process.env.PATH ?? "/usr/bin:/bin", CNI_COMMAND: call.command, CNI_PATH: lab.path.join(":") };
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    CNI_COMMAND: call.command,
+    CNI_PATH: lab.path.join(":"),
+  };
   if (call.containerId !== undefined) env.CNI_CONTAINERID = call.containerId;
   if (call.netns !== undefined) env.CNI_NETNS = call.netns;
   if (call.ifName !== undefined) env.CNI_IFNAME = call.ifName;
   if (call.cniArgs !== undefined) env.CNI_ARGS = call.cniArgs;
   return new Promise((resolve, reject) => {
     const p = spawn("ip", ["netns", "exec", lab.host.name, executable], { env, stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "", stderr = "";
-    p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
-    p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
+    let stdout = "",
+      stderr = "";
+    p.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+    });
+    p.stderr.on("data", (c: Buffer) => {
+      stderr += c.toString();
+    });
     p.on("error", reject);
     // "close", not "exit": the process can exit before its stdout has been read to the end.
     p.on("close", (code) => {
       let json: any;
-      try { json = stdout.trim() ? JSON.parse(stdout) : undefined; } catch { json = undefined; }
+      try {
+        json = stdout.trim() ? JSON.parse(stdout) : undefined;
+      } catch {
+        json = undefined;
+      }
       if (code !== 0) recordCniCode(json?.code);
       resolve({ code, stdout, stderr, json });
     });
@@ -95,7 +108,10 @@ export function podLink(ns: TestNetns, name = "eth0"): IpLink | undefined {
 /** `ip -j addr` of one interface, as "addr/len" (link-local IPv6 left out). */
 export function addresses(ns: TestNetns, dev = "eth0"): string[] {
   const [l] = ipJson<any[]>(ns, "addr", "show", "dev", dev);
-  return (l?.addr_info ?? []).filter((a: any) => a.scope !== "link").map((a: any) => `${a.local}/${a.prefixlen}`).sort();
+  return (l?.addr_info ?? [])
+    .filter((a: any) => a.scope !== "link")
+    .map((a: any) => `${a.local}/${a.prefixlen}`)
+    .sort();
 }
 
 /** Routes of the main table, both families, reduced to what a CNI plugin sets. */
@@ -104,7 +120,13 @@ export function routes(ns: TestNetns): { dst: string; gateway?: string; dev: str
   for (const fam of ["-4", "-6"]) {
     for (const r of ipJson<any[]>(ns, fam, "route", "show", "table", "main")) {
       if (r.dst?.startsWith("fe80")) continue;
-      out.push({ dst: r.dst, ...(r.gateway ? { gateway: r.gateway } : {}), dev: r.dev, ...(r.scope ? { scope: r.scope } : {}), flags: r.flags ?? [] });
+      out.push({
+        dst: r.dst,
+        ...(r.gateway ? { gateway: r.gateway } : {}),
+        dev: r.dev,
+        ...(r.scope ? { scope: r.scope } : {}),
+        flags: r.flags ?? [],
+      });
     }
   }
   return out.sort((a, b) => a.dst.localeCompare(b.dst));
@@ -112,7 +134,9 @@ export function routes(ns: TestNetns): { dst: string; gateway?: string; dev: str
 
 /** Names of the macvlans (any name) in a namespace. */
 export function macvlans(ns: TestNetns): string[] {
-  return links(ns).filter((l) => l.linkinfo?.info_kind === "macvlan").map((l) => l.ifname);
+  return links(ns)
+    .filter((l) => l.linkinfo?.info_kind === "macvlan")
+    .map((l) => l.ifname);
 }
 
 export function stateFiles(dir: string): string[] {

@@ -6,7 +6,21 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
 import { ipIn } from "../helpers/netns";
-import { addresses, cni, cniAsync, destroyLab, links, macvlan, macvlans, makeLab, newPod, podLink, routes, stateFiles, type Lab } from "./macvlan-fixture";
+import {
+  addresses,
+  cni,
+  cniAsync,
+  destroyLab,
+  links,
+  macvlan,
+  macvlans,
+  makeLab,
+  newPod,
+  podLink,
+  routes,
+  stateFiles,
+  type Lab,
+} from "./macvlan-fixture";
 
 let lab: Lab;
 let daemon: DaemonHandle;
@@ -14,20 +28,38 @@ const stateDir = mkdtempSync(join(tmpdir(), "berth-macvlan-ipam-state-"));
 let seq = 0;
 
 const POOLS = [
-  { name: "lan-v4", subnet: "10.78.0.0/24", gateway: "10.78.0.1", ranges: [{ start: "10.78.0.10", end: "10.78.0.99" }],
-    routes: [{ dst: "0.0.0.0/0" }], dns: { nameservers: ["10.78.0.53"] }, networks: ["underlay"] },
+  {
+    name: "lan-v4",
+    subnet: "10.78.0.0/24",
+    gateway: "10.78.0.1",
+    ranges: [{ start: "10.78.0.10", end: "10.78.0.99" }],
+    routes: [{ dst: "0.0.0.0/0" }],
+    dns: { nameservers: ["10.78.0.53"] },
+    networks: ["underlay"],
+  },
   { name: "tagged-v4", subnet: "10.79.0.0/24", gateway: "10.79.0.1", vlan: 301, networks: ["tagged"] },
 ];
 
 function conf(extra: Record<string, unknown> = {}, name = "underlay") {
-  return { cniVersion: "1.1.0", name, type: "berth-macvlan", master: "m0", stateDir, ipam: { type: "berth-ipam", socket: daemon.socket }, ...extra };
+  return {
+    cniVersion: "1.1.0",
+    name,
+    type: "berth-macvlan",
+    master: "m0",
+    stateDir,
+    ipam: { type: "berth-ipam", socket: daemon.socket },
+    ...extra,
+  };
 }
 
 const stsArgs = (pod: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${pod};K8S_POD_UID=uid-${pod}`;
 
 async function held(): Promise<string[]> {
   const r = await daemon.client.reservations({});
-  return r.reservations.filter((x) => x.state === "attached").map((x) => x.ip).sort();
+  return r.reservations
+    .filter((x) => x.state === "attached")
+    .map((x) => x.ip)
+    .sort();
 }
 
 beforeAll(async () => {
@@ -45,13 +77,22 @@ afterAll(async () => {
 describe("berth-macvlan + berth-ipam (real ipamd)", () => {
   it("ADD / CHECK / DEL; the pool's gateway, routes and DNS reach the pod and the result", async () => {
     const pod = newPod(lab);
-    const call = { containerId: `c-${seq++}`, netns: pod.path, ifName: "eth0", cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-1" };
+    const call = {
+      containerId: `c-${seq++}`,
+      netns: pod.path,
+      ifName: "eth0",
+      cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-1",
+    };
     const add = cni(lab, macvlan(), { command: "ADD", config: conf(), ...call });
     expect(add.code, add.stdout).toBe(0);
     const ip = add.json.ips[0].address;
     expect(ip).toMatch(/^10\.78\.0\.\d+\/24$/);
-    expect(add.json).toMatchObject({ interfaces: [{ name: "eth0", sandbox: pod.path }], ips: [{ interface: 0, gateway: "10.78.0.1" }],
-      routes: [{ dst: "0.0.0.0/0", gw: "10.78.0.1" }], dns: { nameservers: ["10.78.0.53"] } });
+    expect(add.json).toMatchObject({
+      interfaces: [{ name: "eth0", sandbox: pod.path }],
+      ips: [{ interface: 0, gateway: "10.78.0.1" }],
+      routes: [{ dst: "0.0.0.0/0", gw: "10.78.0.1" }],
+      dns: { nameservers: ["10.78.0.53"] },
+    });
     expect(addresses(pod)).toEqual([ip]);
     expect(routes(pod)).toContainEqual({ dst: "default", gateway: "10.78.0.1", dev: "eth0", flags: [] });
     expect(ipIn(pod, "netns", "exec", pod.name, "ping", "-c1", "-W2", "10.78.0.1")).toContain("1 received");
@@ -70,7 +111,9 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
     for (const a of adds) expect(a.code, a.stdout).toBe(0);
     const ips = adds.map((a) => a.json.ips[0].address);
     expect(new Set(ips).size).toBe(20);
-    pods.forEach((p, i) => expect(addresses(p)).toEqual([ips[i]]));
+    pods.forEach((p, i) => {
+      expect(addresses(p)).toEqual([ips[i]]);
+    });
     const macs = pods.map((p) => podLink(p)!.address);
     expect(new Set(macs).size).toBe(20);
     const dels = await Promise.all(calls.map((c) => cniAsync(lab, macvlan(), { command: "DEL", config: conf(), ...c })));
@@ -81,23 +124,52 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
   it("sticky: web-0 of StatefulSet web gets the same IP (and with macFromIP the same MAC) after DEL and a new container", () => {
     const config = conf({ macFromIP: true });
     const first = newPod(lab);
-    const a1 = cni(lab, macvlan(), { command: "ADD", config, containerId: "web0-a", netns: first.path, ifName: "eth0", cniArgs: stsArgs("web-0") });
+    const a1 = cni(lab, macvlan(), {
+      command: "ADD",
+      config,
+      containerId: "web0-a",
+      netns: first.path,
+      ifName: "eth0",
+      cniArgs: stsArgs("web-0"),
+    });
     expect(a1.code, a1.stdout).toBe(0);
     const ip = a1.json.ips[0].address;
     const mac = podLink(first)!.address;
-    expect(mac).toBe(`0a:58:${ip.split("/")[0].split(".").map((o: string) => Number(o).toString(16).padStart(2, "0")).join(":")}`);
-    expect(cni(lab, macvlan(), { command: "DEL", config, containerId: "web0-a", netns: first.path, ifName: "eth0", cniArgs: stsArgs("web-0") }).code).toBe(0);
+    expect(mac).toBe(
+      `0a:58:${ip
+        .split("/")[0]
+        .split(".")
+        .map((o: string) => Number(o).toString(16).padStart(2, "0"))
+        .join(":")}`,
+    );
+    expect(
+      cni(lab, macvlan(), { command: "DEL", config, containerId: "web0-a", netns: first.path, ifName: "eth0", cniArgs: stsArgs("web-0") })
+        .code,
+    ).toBe(0);
     // others allocate meanwhile
     const other = newPod(lab);
     const o = cni(lab, macvlan(), { command: "ADD", config, containerId: "other-1", netns: other.path, ifName: "eth0" });
     expect(o.json.ips[0].address).not.toBe(ip);
     const second = newPod(lab);
-    const a2 = cni(lab, macvlan(), { command: "ADD", config, containerId: "web0-b", netns: second.path, ifName: "eth0", cniArgs: stsArgs("web-0") });
+    const a2 = cni(lab, macvlan(), {
+      command: "ADD",
+      config,
+      containerId: "web0-b",
+      netns: second.path,
+      ifName: "eth0",
+      cniArgs: stsArgs("web-0"),
+    });
     expect(a2.code, a2.stdout).toBe(0);
     expect(a2.json.ips[0].address).toBe(ip);
     expect(podLink(second)!.address).toBe(mac);
-    for (const [id, p, args] of [["other-1", other, undefined], ["web0-b", second, stsArgs("web-0")]] as const) {
-      expect(cni(lab, macvlan(), { command: "DEL", config, containerId: id, netns: p.path, ifName: "eth0", ...(args ? { cniArgs: args } : {}) }).code).toBe(0);
+    for (const [id, p, args] of [
+      ["other-1", other, undefined],
+      ["web0-b", second, stsArgs("web-0")],
+    ] as const) {
+      expect(
+        cni(lab, macvlan(), { command: "DEL", config, containerId: id, netns: p.path, ifName: "eth0", ...(args ? { cniArgs: args } : {}) })
+          .code,
+      ).toBe(0);
     }
   });
 
@@ -109,19 +181,33 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
     expect(add.json).toMatchObject({ code: 142 });
     expect(await held()).toEqual(before);
     expect(macvlans(pod)).toEqual([]);
-    expect(links(pod).map((l) => l.ifname).sort()).toEqual(["eth0", "lo", "x0"]);
+    expect(
+      links(pod)
+        .map((l) => l.ifname)
+        .sort(),
+    ).toEqual(["eth0", "lo", "x0"]);
   });
 
   it("the pool's VLAN is used when the config has none: on this kernel (no 8021q) the ADD fails cleanly and gives the IP back", async () => {
     const pod = newPod(lab);
     const before = await held();
-    const add = cni(lab, macvlan(), { command: "ADD", config: conf({}, "tagged"), containerId: "tagged-1", netns: pod.path, ifName: "eth0" });
+    const add = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf({}, "tagged"),
+      containerId: "tagged-1",
+      netns: pod.path,
+      ifName: "eth0",
+    });
     expect(add.json).toMatchObject({ code: 140 });
     expect(add.json.msg).toContain("m0.301");
     expect(add.json.msg).toContain("8021q");
     expect(await held()).toEqual(before);
     expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
-    expect(links(lab.host).map((l) => l.ifname).sort()).toEqual(["lo", "m0"]);
+    expect(
+      links(lab.host)
+        .map((l) => l.ifname)
+        .sort(),
+    ).toEqual(["lo", "m0"]);
     expect(stateFiles(stateDir)).toEqual([]);
   });
 

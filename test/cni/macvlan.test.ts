@@ -8,15 +8,29 @@ import { ownership } from "../../cni/plugins/macvlan";
 import { expectCniError } from "../helpers/cni-error";
 import { ipIn, ipJson, removeNetns } from "../helpers/netns";
 import {
-  addresses, cni, destroyLab, links, macvlan, macvlans, makeLab, newPod, podLink, routes, stateFiles, type Lab,
+  addresses,
+  cni,
+  destroyLab,
+  links,
+  macvlan,
+  macvlans,
+  makeLab,
+  newPod,
+  podLink,
+  routes,
+  stateFiles,
+  type Lab,
 } from "./macvlan-fixture";
 
 let lab: Lab;
 const stateDir = mkdtempSync(join(tmpdir(), "berth-macvlan-state-"));
 let seq = 0;
 
-const staticIpam = (addrs = [{ address: "10.77.0.5/24", gateway: "10.77.0.1" }], routesList: unknown[] = [{ dst: "0.0.0.0/0" }]) =>
-  ({ type: "static", addresses: addrs, routes: routesList });
+const staticIpam = (addrs = [{ address: "10.77.0.5/24", gateway: "10.77.0.1" }], routesList: unknown[] = [{ dst: "0.0.0.0/0" }]) => ({
+  type: "static",
+  addresses: addrs,
+  routes: routesList,
+});
 
 function conf(extra: Record<string, unknown> = {}, version = "1.0.0") {
   return { cniVersion: version, name: "underlay", type: "berth-macvlan", master: "m0", stateDir, ipam: staticIpam(), ...extra };
@@ -24,7 +38,12 @@ function conf(extra: Record<string, unknown> = {}, version = "1.0.0") {
 
 function attach(config: unknown, opts: { cniArgs?: string; ifName?: string } = {}) {
   const pod = newPod(lab);
-  const call = { containerId: `ctr-${process.pid}-${seq++}`, netns: pod.path, ifName: opts.ifName ?? "eth0", ...(opts.cniArgs ? { cniArgs: opts.cniArgs } : {}) };
+  const call = {
+    containerId: `ctr-${process.pid}-${seq++}`,
+    netns: pod.path,
+    ifName: opts.ifName ?? "eth0",
+    ...(opts.cniArgs ? { cniArgs: opts.cniArgs } : {}),
+  };
   const add = cni(lab, macvlan(), { command: "ADD", config, ...call });
   return { pod, call, add };
 }
@@ -128,7 +147,11 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
 
   it("MAC: runtimeConfig.mac > CNI_ARGS MAC > config mac", () => {
     const cases = [
-      { config: conf({ mac: "0a:00:00:00:00:03", runtimeConfig: { mac: "0a:00:00:00:00:01" } }), cniArgs: "IgnoreUnknown=1;MAC=0a:00:00:00:00:02", want: "0a:00:00:00:00:01" },
+      {
+        config: conf({ mac: "0a:00:00:00:00:03", runtimeConfig: { mac: "0a:00:00:00:00:01" } }),
+        cniArgs: "IgnoreUnknown=1;MAC=0a:00:00:00:00:02",
+        want: "0a:00:00:00:00:01",
+      },
       { config: conf({ mac: "0a:00:00:00:00:03" }), cniArgs: "IgnoreUnknown=1;MAC=0a:00:00:00:00:02", want: "0a:00:00:00:00:02" },
       { config: conf({ mac: "0A:00:00:00:00:03" }), cniArgs: undefined, want: "0a:00:00:00:00:03" },
     ];
@@ -156,7 +179,14 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
   it("host-local IPAM through delegation: ADD, CHECK, DEL gives the address back", () => {
     const dataDir = mkdtempSync(join(tmpdir(), "berth-hl-"));
     try {
-      const config = conf({ ipam: { type: "host-local", dataDir, ranges: [[{ subnet: "10.77.0.0/24", rangeStart: "10.77.0.100", rangeEnd: "10.77.0.110", gateway: "10.77.0.1" }]], routes: [{ dst: "0.0.0.0/0" }] } });
+      const config = conf({
+        ipam: {
+          type: "host-local",
+          dataDir,
+          ranges: [[{ subnet: "10.77.0.0/24", rangeStart: "10.77.0.100", rangeEnd: "10.77.0.110", gateway: "10.77.0.1" }]],
+          routes: [{ dst: "0.0.0.0/0" }],
+        },
+      });
       const a = attach(config);
       expect(a.add.code, a.add.stdout).toBe(0);
       expect(addresses(a.pod)).toEqual(["10.77.0.100/24"]);
@@ -171,9 +201,19 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
   });
 
   it("dual stack with ipv6DAD wait: IPv6 passes real DAD before ADD returns; default routes per family", () => {
-    const config = conf({ ipv6DAD: "wait", ipam: staticIpam(
-      [{ address: "10.77.0.6/24", gateway: "10.77.0.1" }, { address: "fd77::6/64", gateway: "fd77::1" }],
-      [{ dst: "0.0.0.0/0" }, { dst: "::/0" }]) }, "1.1.0");
+    const config = conf(
+      {
+        ipv6DAD: "wait",
+        ipam: staticIpam(
+          [
+            { address: "10.77.0.6/24", gateway: "10.77.0.1" },
+            { address: "fd77::6/64", gateway: "fd77::1" },
+          ],
+          [{ dst: "0.0.0.0/0" }, { dst: "::/0" }],
+        ),
+      },
+      "1.1.0",
+    );
     // static speaks up to 1.0.0: run the config at 1.0.0 for IPAM but ask our result in 1.1.0 below
     const cfg = { ...config, cniVersion: "1.0.0" };
     const { pod, call, add } = attach(cfg);
@@ -244,16 +284,27 @@ describe("berth-macvlan ADD / CHECK / DEL", () => {
       const { pod, call, add } = attach(config);
       expect(add.code, add.stdout).toBe(0);
       const mac = podLink(pod)!.address;
-      const ip = version.startsWith("0.") ? { version: "4", interface: 0, address: "10.77.0.5/24", gateway: "10.77.0.1" }
+      const ip = version.startsWith("0.")
+        ? { version: "4", interface: 0, address: "10.77.0.5/24", gateway: "10.77.0.1" }
         : { interface: 0, address: "10.77.0.5/24", gateway: "10.77.0.1" };
-      expect(add.json).toEqual({ cniVersion: version, interfaces: [{ name: "eth0", mac, sandbox: pod.path }], ips: [ip], routes: [{ dst: "0.0.0.0/0" }], dns: {} });
+      expect(add.json).toEqual({
+        cniVersion: version,
+        interfaces: [{ name: "eth0", mac, sandbox: pod.path }],
+        ips: [ip],
+        routes: [{ dst: "0.0.0.0/0" }],
+        dns: {},
+      });
       expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
     }
     // 1.1.0 (the static plugin stops at 1.0.0: IPAM-less config)
     const config = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", master: "m0", stateDir, mtu: 1450 };
     const { pod, call, add } = attach(config);
     expect(add.code, add.stdout).toBe(0);
-    expect(add.json).toEqual({ cniVersion: "1.1.0", interfaces: [{ name: "eth0", mac: podLink(pod)!.address, mtu: 1450, sandbox: pod.path }], dns: {} });
+    expect(add.json).toEqual({
+      cniVersion: "1.1.0",
+      interfaces: [{ name: "eth0", mac: podLink(pod)!.address, mtu: 1450, sandbox: pod.path }],
+      dns: {},
+    });
     expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
   });
 });
@@ -285,12 +336,18 @@ describe("berth-macvlan conformance", () => {
   it("ADD when CNI_IFNAME already exists fails and leaves the pod as it was", () => {
     const pod = newPod(lab);
     ipIn(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "other");
-    const before = links(pod).map((l) => l.ifname).sort();
+    const before = links(pod)
+      .map((l) => l.ifname)
+      .sort();
     const config = conf();
     const add = cni(lab, macvlan(), { command: "ADD", config, containerId: "ctr-exists", netns: pod.path, ifName: "eth0" });
     expect(add.json).toMatchObject({ code: 142 });
     expect(add.json.msg).toContain('interface "eth0" already exists');
-    expect(links(pod).map((l) => l.ifname).sort()).toEqual(before);
+    expect(
+      links(pod)
+        .map((l) => l.ifname)
+        .sort(),
+    ).toEqual(before);
     expect(macvlans(lab.host)).toEqual([]);
   });
 
@@ -361,17 +418,29 @@ describe("berth-macvlan conformance", () => {
     expect(add.json.msg).toContain("8021q");
     expect(add.json.details).toContain("modprobe 8021q");
     expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
-    expect(links(lab.host).map((l) => l.ifname).sort()).toEqual(["lo", "m0"]);
+    expect(
+      links(lab.host)
+        .map((l) => l.ifname)
+        .sort(),
+    ).toEqual(["lo", "m0"]);
     expect(stateFiles(stateDir)).toEqual([]);
   });
 
   it("GC drops VLAN records of attachments the runtime no longer lists, and keeps valid ones and other networks'", () => {
     const dir = mkdtempSync(join(tmpdir(), "berth-macvlan-gc-"));
     try {
-      writeFileSync(join(dir, "m0.2000.json"), JSON.stringify({ master: "m0", vlan: 2000,
-        attachments: ["underlay/gone-1/eth0", "underlay/live-1/eth0", "othernet/x/eth0"] }));
-      const config = { cniVersion: "1.1.0", name: "underlay", type: "berth-macvlan", master: "m0", stateDir: dir,
-        "cni.dev/valid-attachments": [{ containerID: "live-1", ifname: "eth0" }] };
+      writeFileSync(
+        join(dir, "m0.2000.json"),
+        JSON.stringify({ master: "m0", vlan: 2000, attachments: ["underlay/gone-1/eth0", "underlay/live-1/eth0", "othernet/x/eth0"] }),
+      );
+      const config = {
+        cniVersion: "1.1.0",
+        name: "underlay",
+        type: "berth-macvlan",
+        master: "m0",
+        stateDir: dir,
+        "cni.dev/valid-attachments": [{ containerID: "live-1", ifname: "eth0" }],
+      };
       const gc = cni(lab, macvlan(), { command: "GC", config });
       expect(gc.code, gc.stdout).toBe(0);
       expect(JSON.parse(readFileSync(join(dir, "m0.2000.json"), "utf8")).attachments).toEqual(["underlay/live-1/eth0", "othernet/x/eth0"]);
@@ -411,8 +480,11 @@ describe("names and derived MACs", () => {
 describe("berth-macvlan: every verb as the CNI spec means it", () => {
   it("ADD passes prevResult through: the earlier plugin's interface, IPs, routes and DNS stay, ours is appended", () => {
     const prevResult = {
-      cniVersion: "1.0.0", interfaces: [{ name: "up0" }], ips: [{ interface: 0, address: "192.0.2.9/32" }],
-      routes: [{ dst: "192.0.2.0/24" }], dns: { nameservers: ["192.0.2.53"] },
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "up0" }],
+      ips: [{ interface: 0, address: "192.0.2.9/32" }],
+      routes: [{ dst: "192.0.2.0/24" }],
+      dns: { nameservers: ["192.0.2.53"] },
     };
     const config = conf({ dns: { nameservers: ["10.77.0.53"] } });
     const { pod, call, add } = attach({ ...config, prevResult });
@@ -420,7 +492,10 @@ describe("berth-macvlan: every verb as the CNI spec means it", () => {
     expect(add.json).toEqual({
       cniVersion: "1.0.0",
       interfaces: [{ name: "up0" }, { name: "eth0", mac: podLink(pod)!.address, sandbox: pod.path }],
-      ips: [{ interface: 0, address: "192.0.2.9/32" }, { interface: 1, address: "10.77.0.5/24", gateway: "10.77.0.1" }],
+      ips: [
+        { interface: 0, address: "192.0.2.9/32" },
+        { interface: 1, address: "10.77.0.5/24", gateway: "10.77.0.1" },
+      ],
       routes: [{ dst: "192.0.2.0/24" }, { dst: "0.0.0.0/0" }],
       dns: { nameservers: ["192.0.2.53", "10.77.0.53"] },
     });
@@ -509,10 +584,18 @@ describe("berth-macvlan: every verb as the CNI spec means it", () => {
   it("the delegated IPAM plugin's stderr reaches the plugin's stderr on every verb", () => {
     const dir = mkdtempSync(join(tmpdir(), "berth-noisy-ipam-"));
     try {
-      writeFileSync(join(dir, "noisy"), [
-        "#!/bin/sh", 'echo "noisy-ipam says hello ($CNI_COMMAND)" >&2', "cat >/dev/null",
-        `[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.77.0.41/24","gateway":"10.77.0.1"}]}'`, "exit 0", "",
-      ].join("\n"), { mode: 0o755 });
+      writeFileSync(
+        join(dir, "noisy"),
+        [
+          "#!/bin/sh",
+          'echo "noisy-ipam says hello ($CNI_COMMAND)" >&2',
+          "cat >/dev/null",
+          `[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.77.0.41/24","gateway":"10.77.0.1"}]}'`,
+          "exit 0",
+          "",
+        ].join("\n"),
+        { mode: 0o755 },
+      );
       const config = conf({ ipam: { type: "noisy" } });
       const { pod, call, add } = attach(config);
       const path = [dir, ...lab.path];

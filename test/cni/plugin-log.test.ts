@@ -28,8 +28,14 @@ afterAll(() => {
 });
 
 function run(command: "ADD" | "DEL", logFile: string, masterName = master) {
-  const config = { cniVersion: "1.0.0", name: "plog", type: "berth-macvlan", master: masterName, logFile,
-    ipam: { type: "static", addresses: [{ address: "10.97.0.5/24" }] } };
+  const config = {
+    cniVersion: "1.0.0",
+    name: "plog",
+    type: "berth-macvlan",
+    master: masterName,
+    logFile,
+    ipam: { type: "static", addresses: [{ address: "10.97.0.5/24" }] },
+  };
   return runCni(pluginPath("berth-macvlan"), { command, config, containerId: `plog${seq}`, netns: pod.path, ifName: "eth0" });
 }
 
@@ -40,14 +46,37 @@ describe("plugin log", () => {
     expect(add.stderr).toBe("");
     expect(add.code).toBe(0);
     expect(run("DEL", logFile).code).toBe(0);
-    const lines = readFileSync(logFile, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    const lines = readFileSync(logFile, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(lines.map((l) => l.msg).filter((m) => m.endsWith(" done"))).toEqual(["ADD done", "DEL done"]);
-    expect(lines.find((l) => l.msg === "ADD done")).toMatchObject({ level: "info", plugin: "berth-macvlan", cmd: "ADD", network: "plog", containerID: `plog${seq}` });
+    expect(lines.find((l) => l.msg === "ADD done")).toMatchObject({
+      level: "info",
+      plugin: "berth-macvlan",
+      cmd: "ADD",
+      network: "plog",
+      containerID: `plog${seq}`,
+    });
   });
 
   const unwritable: [string, () => string][] = [
-    ["the log path is a directory", () => { const p = join(tmp, `isdir${seq}`); mkdirSync(p); return p; }],
-    ["a file is where its directory should be", () => { const f = join(tmp, `file${seq}`); writeFileSync(f, ""); return join(f, "cni.log"); }],
+    [
+      "the log path is a directory",
+      () => {
+        const p = join(tmp, `isdir${seq}`);
+        mkdirSync(p);
+        return p;
+      },
+    ],
+    [
+      "a file is where its directory should be",
+      () => {
+        const f = join(tmp, `file${seq}`);
+        writeFileSync(f, "");
+        return join(f, "cni.log");
+      },
+    ],
     // root ignores mode bits: nobody can create a directory or file under /proc/sys
     ["its directory cannot be created", () => `/proc/sys/berth-log-${seq}/cni.log`],
   ];

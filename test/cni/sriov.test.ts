@@ -31,9 +31,29 @@ beforeAll(() => {
 
 const pod = () => hx.pod();
 
-const ORIGINAL_VF = { mac: "00:00:00:00:00:00", vlan: 0, qos: 0, vlanProto: "802.1Q", spoofChk: true, trust: false, linkState: "auto", minTxRate: 0, maxTxRate: 0 };
+const ORIGINAL_VF = {
+  mac: "00:00:00:00:00:00",
+  vlan: 0,
+  qos: 0,
+  vlanProto: "802.1Q",
+  spoofChk: true,
+  trust: false,
+  linkState: "auto",
+  minTxRate: 0,
+  maxTxRate: 0,
+};
 
-interface Rig { sysfs: string; fake: string; stateDir: string; pf: string; vf0: string; vf0Mac: string; ops(): { op: string; hex: string; settings: Record<string, unknown> }[]; table(): any; clearOps(): void }
+interface Rig {
+  sysfs: string;
+  fake: string;
+  stateDir: string;
+  pf: string;
+  vf0: string;
+  vf0Mac: string;
+  ops(): { op: string; hex: string; settings: Record<string, unknown> }[];
+  table(): any;
+  clearOps(): void;
+}
 
 /** PF + VF netdevs as veths in the host namespace, the sysfs tree, the fake PF table. */
 function rig(): Rig {
@@ -42,7 +62,8 @@ function rig(): Rig {
   const sysfs = join(dir, "sys");
   const fake = join(dir, "pf");
   const stateDir = join(dir, "state");
-  const pf = `pf${n}x`, vf0 = `vf${n}x0`;
+  const pf = `pf${n}x`,
+    vf0 = `vf${n}x0`;
   ipIn(host, "link", "add", pf, "type", "veth", "peer", "name", `${pf}p`);
   ipIn(host, "link", "add", vf0, "type", "veth", "peer", "name", `${vf0}p`);
   ipIn(host, "link", "set", `${vf0}p`, "up");
@@ -62,25 +83,56 @@ function rig(): Rig {
   mkdirSync(join(sysfs, "class/net", pf), { recursive: true });
   symlinkSync("../../../bus/pci/devices/0000:3b:00.0", join(sysfs, "class/net", pf, "device"));
   mkdirSync(fake, { recursive: true });
-  writeFileSync(join(fake, `${pf}.json`), JSON.stringify({ vfs: [{ vf: 0, ...ORIGINAL_VF }, { vf: 1, ...ORIGINAL_VF }] }));
+  writeFileSync(
+    join(fake, `${pf}.json`),
+    JSON.stringify({
+      vfs: [
+        { vf: 0, ...ORIGINAL_VF },
+        { vf: 1, ...ORIGINAL_VF },
+      ],
+    }),
+  );
   const vf0Mac = ipJson<{ address: string }[]>(host, "link", "show", vf0)[0]!.address;
   return {
-    sysfs, fake, stateDir, pf, vf0, vf0Mac,
-    ops: () => existsSync(join(fake, "ops.jsonl")) ? readFileSync(join(fake, "ops.jsonl"), "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [],
+    sysfs,
+    fake,
+    stateDir,
+    pf,
+    vf0,
+    vf0Mac,
+    ops: () =>
+      existsSync(join(fake, "ops.jsonl"))
+        ? readFileSync(join(fake, "ops.jsonl"), "utf8")
+            .trim()
+            .split("\n")
+            .filter(Boolean)
+            .map((l) => JSON.parse(l))
+        : [],
     table: () => JSON.parse(readFileSync(join(fake, `${pf}.json`), "utf8")),
     clearOps: () => rmSync(join(fake, "ops.jsonl"), { force: true }),
   };
 }
 
-
 function conf(r: Rig, extra: Record<string, unknown>) {
   return { cniVersion: "1.1.0", name: "sriov-net", type: "berth-sriov", stateDir: r.stateDir, sysfsRoot: r.sysfs, ...extra };
 }
 
-function run(r: Rig, command: CniCall["command"], p: TestNetns | string | undefined, config: unknown, containerId: string, cniArgs?: string) {
+function run(
+  r: Rig,
+  command: CniCall["command"],
+  p: TestNetns | string | undefined,
+  config: unknown,
+  containerId: string,
+  cniArgs?: string,
+) {
   return hx.run(exe, {
-    command, config, containerId, ifName: "net1", env: { BERTH_SRIOV_FAKE_PF: r.fake },
-    ...(p === undefined ? {} : { netns: typeof p === "string" ? p : p.path }), ...(cniArgs ? { cniArgs } : {}),
+    command,
+    config,
+    containerId,
+    ifName: "net1",
+    env: { BERTH_SRIOV_FAKE_PF: r.fake },
+    ...(p === undefined ? {} : { netns: typeof p === "string" ? p : p.path }),
+    ...(cniArgs ? { cniArgs } : {}),
   });
 }
 
@@ -94,8 +146,18 @@ function fixtureHex(name: string, pfIndex: number): string {
 }
 const ifindex = (name: string) => ipJson<{ ifindex: number }[]>(host, "link", "show", name)[0]!.ifindex;
 
-const FULL = { deviceID: "0000:3b:02.0", vlan: 100, vlanQoS: 3, mac: "02:00:00:00:01:01", min_tx_rate: 100, max_tx_rate: 1000,
-  spoofchk: "off", trust: "on", link_state: "enable", mtu: 1400 };
+const FULL = {
+  deviceID: "0000:3b:02.0",
+  vlan: 100,
+  vlanQoS: 3,
+  mac: "02:00:00:00:01:01",
+  min_tx_rate: 100,
+  max_tx_rate: 1000,
+  spoofchk: "off",
+  trust: "on",
+  link_state: "enable",
+  mtu: 1400,
+};
 
 describe("berth-sriov", () => {
   it("ADD applies every VF setting through the PF byte-exact as iproute2, moves the VF netdev in; DEL restores in reverse order", () => {
@@ -104,26 +166,49 @@ describe("berth-sriov", () => {
     const config = conf(r, FULL);
     const add = run(r, "ADD", p, config, "ctr-s1");
     expect(add.stderr).toBe("");
-    expect(add.json).toEqual({ cniVersion: "1.1.0", interfaces: [{ name: "net1", mac: "02:00:00:00:01:01", mtu: 1400, sandbox: p.path, pciID: "0000:3b:02.0" }], dns: {} });
+    expect(add.json).toEqual({
+      cniVersion: "1.1.0",
+      interfaces: [{ name: "net1", mac: "02:00:00:00:01:01", mtu: 1400, sandbox: p.path, pciID: "0000:3b:02.0" }],
+      dns: {},
+    });
     expect(hasLink(host, r.vf0)).toBe(false);
     expect(linkIn(p, "net1")).toMatchObject({ address: "02:00:00:00:01:01", mtu: 1400 });
     expect(linkIn(p, "net1").flags).toContain("UP");
 
     const applied = r.ops();
-    expect(applied.map((o) => o.op)).toEqual(["vlan 100 qos 3 proto 802.1Q", "mac 02:00:00:00:01:01", "min_tx_rate 100 max_tx_rate 1000", "spoofchk off", "trust on", "state enable"]);
+    expect(applied.map((o) => o.op)).toEqual([
+      "vlan 100 qos 3 proto 802.1Q",
+      "mac 02:00:00:00:01:01",
+      "min_tx_rate 100 max_tx_rate 1000",
+      "spoofchk off",
+      "trust on",
+      "state enable",
+    ]);
     const pfIndex = ifindex(r.pf);
-    expect(applied.map((o) => o.hex)).toEqual(["vf-vlan", "vf-mac", "vf-rate", "vf-spoofchk-off", "vf-trust-on", "vf-state-enable"].map((f) => fixtureHex(f, pfIndex)));
+    expect(applied.map((o) => o.hex)).toEqual(
+      ["vf-vlan", "vf-mac", "vf-rate", "vf-spoofchk-off", "vf-trust-on", "vf-state-enable"].map((f) => fixtureHex(f, pfIndex)),
+    );
 
     const st = JSON.parse(readFileSync(join(r.stateDir, "ctr-s1@net1.json"), "utf8"));
     expect(st.extra.vf).toMatchObject({ vf: 0, ...ORIGINAL_VF });
     expect(st.original).toMatchObject({ name: r.vf0, mtu: 1500, mac: r.vf0Mac });
-    expect(JSON.parse(readFileSync(join(r.stateDir, "vf-0000:3b:02.0.json"), "utf8"))).toMatchObject({ containerId: "ctr-s1", ifName: "net1" });
+    expect(JSON.parse(readFileSync(join(r.stateDir, "vf-0000:3b:02.0.json"), "utf8"))).toMatchObject({
+      containerId: "ctr-s1",
+      ifName: "net1",
+    });
 
     r.clearOps();
     const del = run(r, "DEL", p, config, "ctr-s1");
     expect(del.stdout + del.stderr).toBe("");
     expect(del.code).toBe(0);
-    expect(r.ops().map((o) => o.op)).toEqual(["state auto", "trust off", "spoofchk on", "min_tx_rate 0 max_tx_rate 0", "mac 00:00:00:00:00:00", "vlan 0 qos 0 proto 802.1Q"]);
+    expect(r.ops().map((o) => o.op)).toEqual([
+      "state auto",
+      "trust off",
+      "spoofchk on",
+      "min_tx_rate 0 max_tx_rate 0",
+      "mac 00:00:00:00:00:00",
+      "vlan 0 qos 0 proto 802.1Q",
+    ]);
     expect(r.ops()[5]!.hex).toBe(fixtureHex("vf-vlan-clear", pfIndex));
     expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
     expect(hasLink(p, "net1")).toBe(false);
@@ -245,7 +330,15 @@ describe("berth-sriov", () => {
     removeNetns(p);
     ipIn(host, "link", "add", r.vf0, "type", "veth", "peer", "name", `${r.vf0}q`);
     ipIn(host, "link", "set", r.vf0, "mtu", "1450");
-    writeFileSync(join(r.fake, `${r.pf}.json`), JSON.stringify({ vfs: [{ vf: 0, ...ORIGINAL_VF }, { vf: 1, ...ORIGINAL_VF }] }));
+    writeFileSync(
+      join(r.fake, `${r.pf}.json`),
+      JSON.stringify({
+        vfs: [
+          { vf: 0, ...ORIGINAL_VF },
+          { vf: 1, ...ORIGINAL_VF },
+        ],
+      }),
+    );
     r.clearOps();
     const del = run(r, "DEL", p.path, config, "ctr-s6");
     expect(del.stdout + del.stderr).toBe("");
@@ -273,10 +366,21 @@ describe("berth-sriov", () => {
 describe("berth-sriov with berth-ipam", () => {
   let daemon: DaemonHandle | undefined;
   beforeAll(async () => {
-    daemon = await startIpamd({ config: {
-      statefulSets: [{ namespace: "db", name: "kafka" }], cooldownSeconds: 0,
-      pools: [{ name: "sriov-v4", subnet: "10.81.0.0/24", gateway: "10.81.0.1", vlan: 310, ranges: [{ start: "10.81.0.10", end: "10.81.0.50" }] }],
-    } });
+    daemon = await startIpamd({
+      config: {
+        statefulSets: [{ namespace: "db", name: "kafka" }],
+        cooldownSeconds: 0,
+        pools: [
+          {
+            name: "sriov-v4",
+            subnet: "10.81.0.0/24",
+            gateway: "10.81.0.1",
+            vlan: 310,
+            ranges: [{ start: "10.81.0.10", end: "10.81.0.50" }],
+          },
+        ],
+      },
+    });
   }, 120_000);
   afterAll(async () => {
     await daemon?.stop();
@@ -313,8 +417,13 @@ describe("the shipped berth-sriov", () => {
     const r = rig();
     const p = pod();
     const add = runCni(shipped, {
-      command: "ADD", config: conf(r, FULL), containerId: "ctr-shipped", ifName: "net1", netns: p.path,
-      via: ["ip", "netns", "exec", host.name], env: { BERTH_SRIOV_FAKE_PF: r.fake },
+      command: "ADD",
+      config: conf(r, FULL),
+      containerId: "ctr-shipped",
+      ifName: "net1",
+      netns: p.path,
+      via: ["ip", "netns", "exec", host.name],
+      env: { BERTH_SRIOV_FAKE_PF: r.fake },
     });
     expect(add.code).toBe(1);
     expect(add.json).toMatchObject({ code: 141 });
@@ -359,7 +468,10 @@ describe("berth-sriov: every verb as the CNI spec means it", () => {
     expect(add.json.interfaces).toEqual([{ name: "up0" }, { name: "net1", mac: r.vf0Mac, sandbox: p.path }]);
     expect(add.json.ips).toEqual([{ interface: 0, address: "192.0.2.9/32" }]);
     const tuning = hx.run("/usr/lib/cni/tuning", {
-      command: "ADD", containerId: "ctr-tune", netns: p.path, ifName: "net1",
+      command: "ADD",
+      containerId: "ctr-tune",
+      netns: p.path,
+      ifName: "net1",
       config: { cniVersion: "1.0.0", name: "sriov-net", type: "tuning", mtu: 1300, prevResult: add.json },
     });
     expect(tuning.code, tuning.stdout + tuning.stderr).toBe(0);

@@ -6,9 +6,11 @@ import { sriovPluginWith } from "../../cni/plugins/sriov";
 import { pluginMain } from "../../cni/skel/dispatch";
 import { RecordingPfOps } from "./fake-pf";
 
-void pluginMain(async () => sriovPluginWith((nl, log) => {
-  const dir = process.env.BERTH_SRIOV_FAKE_PF;
-  if (!dir) throw new Error("the fake-PF test build of berth-sriov needs BERTH_SRIOV_FAKE_PF=<dir>");
-  log.warn("test build: PF-side VF settings are recorded, not sent to the kernel", { dir });
-  return new RecordingPfOps(dir, nl);
-}));
+void pluginMain(async () =>
+  sriovPluginWith((nl, log) => {
+    const dir = process.env.BERTH_SRIOV_FAKE_PF;
+    if (!dir) throw new Error("the fake-PF test build of berth-sriov needs BERTH_SRIOV_FAKE_PF=<dir>");
+    log.warn("test build: PF-side VF settings are recorded, not sent to the kernel", { dir });
+    return new RecordingPfOps(dir, nl);
+  }),
+);

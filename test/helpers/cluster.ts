@@ -4,13 +4,20 @@ import { DatabaseSync } from "node:sqlite";
 import { type DaemonHandle, makeTempDir, startIpamd } from "./ipamd";
 import type { EtcdCluster } from "./etcd";
 
-export interface NodeSpec { name: string; labels?: Record<string, string> }
+export interface NodeSpec {
+  name: string;
+  labels?: Record<string, string>;
+}
 
-export interface ClusterNodeHandle extends DaemonHandle { name: string }
+export interface ClusterNodeHandle extends DaemonHandle {
+  name: string;
+}
 
 let prefixSeq = 0;
 /** A key prefix of its own per test, so tests on one etcd never see each other's keys. */
-export function freshPrefix(tag = "t"): string { return `/berth-${tag}-${process.pid}-${prefixSeq++}`; }
+export function freshPrefix(tag = "t"): string {
+  return `/berth-${tag}-${process.pid}-${prefixSeq++}`;
+}
 
 export function clusterSection(etcd: EtcdCluster, prefix: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const { etcd: etcdExtra, ...rest } = extra as { etcd?: Record<string, unknown> };
@@ -18,19 +25,36 @@ export function clusterSection(etcd: EtcdCluster, prefix: string, extra: Record<
 }
 
 /** Starts one ipamd per spec on `etcd` with the same pools (the shared ConfigMap) and its own identity. */
-export async function startClusterNodes(etcd: EtcdCluster, specs: NodeSpec[], o: {
-  pools: unknown[]; prefix: string; cluster?: Record<string, unknown>; extra?: Record<string, unknown>;
-}): Promise<ClusterNodeHandle[]> {
+export async function startClusterNodes(
+  etcd: EtcdCluster,
+  specs: NodeSpec[],
+  o: {
+    pools: unknown[];
+    prefix: string;
+    cluster?: Record<string, unknown>;
+    extra?: Record<string, unknown>;
+  },
+): Promise<ClusterNodeHandle[]> {
   return Promise.all(specs.map((s) => startClusterNode(etcd, s, o)));
 }
 
-export async function startClusterNode(etcd: EtcdCluster, s: NodeSpec, o: {
-  pools: unknown[]; prefix: string; cluster?: Record<string, unknown>; extra?: Record<string, unknown>;
-}): Promise<ClusterNodeHandle> {
+export async function startClusterNode(
+  etcd: EtcdCluster,
+  s: NodeSpec,
+  o: {
+    pools: unknown[];
+    prefix: string;
+    cluster?: Record<string, unknown>;
+    extra?: Record<string, unknown>;
+  },
+): Promise<ClusterNodeHandle> {
   const d = await startIpamd({
     dir: makeTempDir(`berth-cl-${s.name}-`),
     config: {
-      node: { name: s.name, labels: s.labels ?? {} }, pools: o.pools, cooldownSeconds: 0, ...o.extra,
+      node: { name: s.name, labels: s.labels ?? {} },
+      pools: o.pools,
+      cooldownSeconds: 0,
+      ...o.extra,
       cluster: clusterSection(etcd, o.prefix, o.cluster),
     },
   });
@@ -48,17 +72,26 @@ export function sqliteRows(n: DaemonHandle): { ip: string; owner: string; contai
   const db = new DatabaseSync(n.db, { readOnly: true });
   try {
     return db.prepare("SELECT ip, owner, container_id, sticky, pool FROM reservations").all() as never;
-  } finally { db.close(); }
+  } finally {
+    db.close();
+  }
 }
 
 export function sqliteCount(n: DaemonHandle, table: string): number {
   const db = new DatabaseSync(n.db, { readOnly: true });
-  try { return (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n; } finally { db.close(); }
+  try {
+    return (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
 }
 
 /** etcd's ip keys of a pool: ip -> owner value. */
-export function etcdIps(etcd: EtcdCluster, prefix: string, pool: string): Map<string, Record<string,
-  unknown> & { owner: string; node: string }> {
+export function etcdIps(
+  etcd: EtcdCluster,
+  prefix: string,
+  pool: string,
+): Map<string, Record<string, unknown> & { owner: string; node: string }> {
   const out = new Map<string, Record<string, unknown> & { owner: string; node: string }>();
   for (const [k, v] of etcd.dump(`${prefix}/ip/${pool}/`)) out.set(k.slice(k.lastIndexOf("/") + 1), JSON.parse(v));
   return out;
@@ -83,10 +116,15 @@ export type Acks = Map<string, { node: string; ip: string; owner: string }>;
  * ADD the way kubelet drives CNI: a retryable answer (CNI code 11: etcd unreachable, the old pod still attached
  * elsewhere) is retried, up to `tries`. Returns the answer and how many retries it took.
  */
-export async function addWithRetries(n: ClusterNodeHandle, req: AllocateRequest, tries = 20):
-  Promise<{ r: AllocateResponse; retries: number }> {
+export async function addWithRetries(
+  n: ClusterNodeHandle,
+  req: AllocateRequest,
+  tries = 20,
+): Promise<{ r: AllocateResponse; retries: number }> {
   for (let i = 0; ; i++) {
-    try { return { r: await n.client.allocate(req), retries: i }; } catch (e) {
+    try {
+      return { r: await n.client.allocate(req), retries: i };
+    } catch (e) {
       const retryable = e instanceof IpamdError && ["cluster_unavailable", "attached_elsewhere", "shutting_down"].includes(e.code);
       if (!retryable || i >= tries) throw e;
       await new Promise((r) => setTimeout(r, 200));
@@ -99,8 +137,14 @@ export async function addWithRetries(n: ClusterNodeHandle, req: AllocateRequest,
  * no address in two nodes' SQLite; every row agrees with etcd's key (owner, node, container); every attachment key
  * in etcd has its row; every acknowledged, not deleted ADD is still held with its address on its node.
  */
-export async function expectConsistent(etcd: EtcdCluster, prefix: string, pools: string[], nodes: ClusterNodeHandle[], acks: Acks,
-  timeoutMs = 20_000): Promise<void> {
+export async function expectConsistent(
+  etcd: EtcdCluster,
+  prefix: string,
+  pools: string[],
+  nodes: ClusterNodeHandle[],
+  acks: Acks,
+  timeoutMs = 20_000,
+): Promise<void> {
   let problems: string[] = [];
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -120,16 +164,22 @@ export async function expectConsistent(etcd: EtcdCluster, prefix: string, pools:
       for (const row of sqliteRows(n)) {
         holders.set(row.ip, [...(holders.get(row.ip) ?? []), n.name]);
         const k = keys.get(row.ip);
-        if (!k) { problems.push(`${n.name} holds ${row.ip} (${row.owner}) but etcd has no key for it`); continue; }
+        if (!k) {
+          problems.push(`${n.name} holds ${row.ip} (${row.owner}) but etcd has no key for it`);
+          continue;
+        }
         if (row.sticky) {
           const s = sticky.get(`${row.pool}/${row.owner}/-`);
-          if (!s || s.ip !== row.ip
-            || s.node !== n.name) problems.push(`${n.name}: sticky row ${row.owner} ${row.ip} vs etcd ${JSON.stringify(s)}`);
+          if (!s || s.ip !== row.ip || s.node !== n.name)
+            problems.push(`${n.name}: sticky row ${row.owner} ${row.ip} vs etcd ${JSON.stringify(s)}`);
           else if ((s.attachment?.containerID ?? null) !== row.container_id) {
             problems.push(`${n.name}: ${row.owner} attached to ${row.container_id} here, ${s.attachment?.containerID} in etcd`);
           }
-        } else if (k.owner !== "attachment" || k.node !== n.name ||
-          (k.attachment as { containerID: string }).containerID !== row.container_id) {
+        } else if (
+          k.owner !== "attachment" ||
+          k.node !== n.name ||
+          (k.attachment as { containerID: string }).containerID !== row.container_id
+        ) {
           problems.push(`${n.name}: ${row.ip} attached to ${row.container_id} here, etcd says ${JSON.stringify(k)}`);
         }
       }

@@ -8,7 +8,11 @@ import { expect } from "vitest";
 
 export const CODES_DIR_ENV = "BERTH_CNI_CODES_DIR";
 
-export interface SeenCode { code: number; file: string; test: string }
+export interface SeenCode {
+  code: number;
+  file: string;
+  test: string;
+}
 
 function dir(): string | undefined {
   return process.env[CODES_DIR_ENV];
@@ -18,7 +22,8 @@ function dir(): string | undefined {
 export function recordCniCode(code: unknown): void {
   const d = dir();
   if (!d || typeof code !== "number") return;
-  let file = "", test = "";
+  let file = "",
+    test = "";
   try {
     const state = expect.getState();
     file = state.testPath ?? "";
@@ -53,6 +58,12 @@ export function runFiles(): string[] {
 export function seenCodes(): SeenCode[] {
   const d = dir();
   if (!d || !existsSync(d)) return [];
-  return readdirSync(d).filter((f) => f.startsWith("codes-")).flatMap((f) =>
-    readFileSync(join(d, f), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as SeenCode));
+  return readdirSync(d)
+    .filter((f) => f.startsWith("codes-"))
+    .flatMap((f) =>
+      readFileSync(join(d, f), "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as SeenCode),
+    );
 }

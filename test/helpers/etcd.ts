@@ -31,36 +31,97 @@ export interface EtcdClusterOptions {
   tls?: boolean;
 }
 
-export interface EtcdTlsFiles { caFile: string; certFile: string; keyFile: string; serverCert: string; serverKey: string; otherCaFile: string }
+export interface EtcdTlsFiles {
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  serverCert: string;
+  serverKey: string;
+  otherCaFile: string;
+}
 
 /** A CA, a server cert for 127.0.0.1 and a client cert signed by it, and an unrelated CA (for the wrong-CA case). */
 function makeCerts(dir: string): EtcdTlsFiles {
-  const ssl = (args: string[]): void => { execFileSync("openssl", args, { cwd: dir, stdio: "pipe" }); };
+  const ssl = (args: string[]): void => {
+    execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  };
   for (const ca of ["ca", "other-ca"]) {
-    ssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-      "-subj", `/CN=berth-test-${ca}`, "-keyout", `${ca}.key`, "-out", `${ca}.crt`]);
+    ssl([
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "2",
+      "-subj",
+      `/CN=berth-test-${ca}`,
+      "-keyout",
+      `${ca}.key`,
+      "-out",
+      `${ca}.crt`,
+    ]);
   }
   writeFileSync(join(dir, "server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n");
   writeFileSync(join(dir, "client.ext"), "extendedKeyUsage=clientAuth\n");
   for (const who of ["server", "client"]) {
-    ssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", `/CN=berth-${who}`,
-      "-keyout", `${who}.key`, "-out", `${who}.csr`]);
-    ssl(["x509", "-req", "-in", `${who}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-      "-extfile", `${who}.ext`, "-out", `${who}.crt`]);
+    ssl([
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-subj",
+      `/CN=berth-${who}`,
+      "-keyout",
+      `${who}.key`,
+      "-out",
+      `${who}.csr`,
+    ]);
+    ssl([
+      "x509",
+      "-req",
+      "-in",
+      `${who}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-extfile",
+      `${who}.ext`,
+      "-out",
+      `${who}.crt`,
+    ]);
   }
   return {
-    caFile: join(dir, "ca.crt"), certFile: join(dir, "client.crt"), keyFile: join(dir, "client.key"),
-    serverCert: join(dir, "server.crt"), serverKey: join(dir, "server.key"), otherCaFile: join(dir, "other-ca.crt"),
+    caFile: join(dir, "ca.crt"),
+    certFile: join(dir, "client.crt"),
+    keyFile: join(dir, "client.key"),
+    serverCert: join(dir, "server.crt"),
+    serverKey: join(dir, "server.key"),
+    otherCaFile: join(dir, "other-ca.crt"),
   };
 }
 
 /** Ports the kernel just handed out, held until every port of the cluster is picked (no duplicates within a process). */
 async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<import("node:net").Server>((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => resolve(s));
-  })));
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<import("node:net").Server>((resolve, reject) => {
+          const s = createServer();
+          s.once("error", reject);
+          s.listen(0, "127.0.0.1", () => resolve(s));
+        }),
+    ),
+  );
   const ports = servers.map((s) => (s.address() as { port: number }).port);
   await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
   return ports;
@@ -71,9 +132,14 @@ let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.once("exit", () => { for (const c of clusters) c.killAllSync(); });
+  process.once("exit", () => {
+    for (const c of clusters) c.killAllSync();
+  });
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
-    process.once(sig, () => { for (const c of clusters) c.killAllSync(); process.exit(130); });
+    process.once(sig, () => {
+      for (const c of clusters) c.killAllSync();
+      process.exit(130);
+    });
   }
 }
 
@@ -84,23 +150,37 @@ export class EtcdCluster {
   tlsFiles: EtcdTlsFiles | null = null;
   private closed = false;
 
-  private constructor(readonly dir: string, members: EtcdMember[], private readonly opts: Required<EtcdClusterOptions>,
-    private readonly token: string) {
+  private constructor(
+    readonly dir: string,
+    members: EtcdMember[],
+    private readonly opts: Required<EtcdClusterOptions>,
+    private readonly token: string,
+  ) {
     this.members = members;
   }
 
   static async start(options: EtcdClusterOptions = {}): Promise<EtcdCluster> {
     const opts: Required<EtcdClusterOptions> = {
-      size: options.size ?? 3, heartbeatMs: options.heartbeatMs ?? 50, electionMs: options.electionMs ?? 500,
-      baseDir: options.baseDir ?? "/dev/shm", tls: options.tls ?? false,
+      size: options.size ?? 3,
+      heartbeatMs: options.heartbeatMs ?? 50,
+      electionMs: options.electionMs ?? 500,
+      baseDir: options.baseDir ?? "/dev/shm",
+      tls: options.tls ?? false,
     };
     for (let attempt = 0; ; attempt++) {
       const dir = mkdtempSync(join(opts.baseDir, `berth-etcd-${process.pid}-`));
       const ports = await freePorts(opts.size * 2);
-      const members = Array.from({ length: opts.size }, (_, i): EtcdMember => ({
-        name: `m${i}`, clientUrl: `${opts.tls ? "https" : "http"}://127.0.0.1:${ports[2 * i]}`, peerUrl: `http://127.0.0.1:${ports[2 * i + 1]}`,
-        dataDir: join(dir, `m${i}`), proc: null, log: [],
-      }));
+      const members = Array.from(
+        { length: opts.size },
+        (_, i): EtcdMember => ({
+          name: `m${i}`,
+          clientUrl: `${opts.tls ? "https" : "http"}://127.0.0.1:${ports[2 * i]}`,
+          peerUrl: `http://127.0.0.1:${ports[2 * i + 1]}`,
+          dataDir: join(dir, `m${i}`),
+          proc: null,
+          log: [],
+        }),
+      );
       const cluster = new EtcdCluster(dir, members, opts, `berth-${process.pid}-${Date.now().toString(36)}`);
       clusters.add(cluster);
       installExitHook();
@@ -119,12 +199,15 @@ export class EtcdCluster {
     }
   }
 
-  get endpoints(): string[] { return this.members.map((m) => m.clientUrl); }
+  get endpoints(): string[] {
+    return this.members.map((m) => m.clientUrl);
+  }
 
   private startGuardian(): void {
     mkdirSync(join(this.dir, "pids"), { recursive: true });
     // Polls this process; when it is gone (even after kill -9), kills the members and removes the dir.
-    const script = `while kill -0 ${process.pid} 2>/dev/null; do sleep 1; done; ` +
+    const script =
+      `while kill -0 ${process.pid} 2>/dev/null; do sleep 1; done; ` +
       `for f in "${this.dir}"/pids/*; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done; rm -rf "${this.dir}"`;
     this.guardian = spawn("sh", ["-c", script], { stdio: "ignore", detached: true });
     this.guardian.unref();
@@ -134,23 +217,60 @@ export class EtcdCluster {
     const m = this.members[i]!;
     const initialCluster = this.members.map((x) => `${x.name}=${x.peerUrl}`).join(",");
     const args = [
-      "--name", m.name, "--data-dir", m.dataDir,
-      "--listen-client-urls", m.clientUrl, "--advertise-client-urls", m.clientUrl,
-      "--listen-peer-urls", m.peerUrl, "--initial-advertise-peer-urls", m.peerUrl,
-      "--initial-cluster", initialCluster, "--initial-cluster-token", this.token, "--initial-cluster-state", "new",
-      "--heartbeat-interval", String(this.opts.heartbeatMs), "--election-timeout", String(this.opts.electionMs),
-      ...(this.tlsFiles ? ["--cert-file", this.tlsFiles.serverCert, "--key-file", this.tlsFiles.serverKey,
-        "--client-cert-auth", "--trusted-ca-file", this.tlsFiles.caFile] : []),
-      "--logger", "zap", "--log-level", "warn", "--log-outputs", "stderr",
+      "--name",
+      m.name,
+      "--data-dir",
+      m.dataDir,
+      "--listen-client-urls",
+      m.clientUrl,
+      "--advertise-client-urls",
+      m.clientUrl,
+      "--listen-peer-urls",
+      m.peerUrl,
+      "--initial-advertise-peer-urls",
+      m.peerUrl,
+      "--initial-cluster",
+      initialCluster,
+      "--initial-cluster-token",
+      this.token,
+      "--initial-cluster-state",
+      "new",
+      "--heartbeat-interval",
+      String(this.opts.heartbeatMs),
+      "--election-timeout",
+      String(this.opts.electionMs),
+      ...(this.tlsFiles
+        ? [
+            "--cert-file",
+            this.tlsFiles.serverCert,
+            "--key-file",
+            this.tlsFiles.serverKey,
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            this.tlsFiles.caFile,
+          ]
+        : []),
+      "--logger",
+      "zap",
+      "--log-level",
+      "warn",
+      "--log-outputs",
+      "stderr",
     ];
     m.log = [];
     const proc = spawn(ETCD, args, { stdio: ["ignore", "pipe", "pipe"] });
-    const keep = (b: Buffer): void => { m.log.push(b.toString()); if (m.log.length > 200) m.log.splice(0, 100); };
+    const keep = (b: Buffer): void => {
+      m.log.push(b.toString());
+      if (m.log.length > 200) m.log.splice(0, 100);
+    };
     proc.stdout!.on("data", keep);
     proc.stderr!.on("data", keep);
     m.proc = proc;
     writeFileSync(join(this.dir, "pids", m.name), String(proc.pid));
-    proc.once("exit", () => { if (m.proc === proc) m.proc = null; rmSync(join(this.dir, "pids", m.name), { force: true }); });
+    proc.once("exit", () => {
+      if (m.proc === proc) m.proc = null;
+      rmSync(join(this.dir, "pids", m.name), { force: true });
+    });
   }
 
   /** Waits until every running member answers /health with a leader (or `members` only). */
@@ -158,19 +278,23 @@ export class EtcdCluster {
     const deadline = Date.now() + timeoutMs;
     let last = "";
     for (;;) {
-      const results = await Promise.all(members.map(async (i) => {
-        try {
-          const body = await this.health(i);
-          return body.health === "true" ? "" : `${this.members[i]!.name}: ${JSON.stringify(body)}`;
-        } catch (e) {
-          return `${this.members[i]!.name}: ${(e as Error).message}`;
-        }
-      }));
+      const results = await Promise.all(
+        members.map(async (i) => {
+          try {
+            const body = await this.health(i);
+            return body.health === "true" ? "" : `${this.members[i]!.name}: ${JSON.stringify(body)}`;
+          } catch (e) {
+            return `${this.members[i]!.name}: ${(e as Error).message}`;
+          }
+        }),
+      );
       last = results.filter(Boolean).join("; ");
       if (!last) return;
       if (Date.now() > deadline) {
-        throw new Error(`etcd cluster in ${this.dir} not healthy after ${timeoutMs} ms: ${last}\n` +
-          this.members.map((m) => `--- ${m.name}\n${m.log.join("").slice(-2000)}`).join("\n"));
+        throw new Error(
+          `etcd cluster in ${this.dir} not healthy after ${timeoutMs} ms: ${last}\n` +
+            this.members.map((m) => `--- ${m.name}\n${m.log.join("").slice(-2000)}`).join("\n"),
+        );
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -181,30 +305,52 @@ export class EtcdCluster {
     const t = this.tlsFiles;
     return new Promise((resolve, reject) => {
       const get = t ? httpsGet : httpGet;
-      const req = get(url, { timeout: 1000, ...(t ? { ca: readFileSync(t.caFile), cert: readFileSync(t.certFile), key: readFileSync(t.keyFile) } : {}) },
+      const req = get(
+        url,
+        { timeout: 1000, ...(t ? { ca: readFileSync(t.caFile), cert: readFileSync(t.certFile), key: readFileSync(t.keyFile) } : {}) },
         (res) => {
           let text = "";
-          res.on("data", (c: Buffer) => { text += c.toString(); });
-          res.on("end", () => { try { resolve(JSON.parse(text)); } catch (e) { reject(e); } });
-        });
+          res.on("data", (c: Buffer) => {
+            text += c.toString();
+          });
+          res.on("end", () => {
+            try {
+              resolve(JSON.parse(text));
+            } catch (e) {
+              reject(e);
+            }
+          });
+        },
+      );
       req.on("timeout", () => req.destroy(new Error("no answer within 1000 ms")));
       req.on("error", reject);
     });
   }
 
   /** SIGSTOP: the member keeps its sockets (connects succeed) but answers nothing. */
-  pause(i: number): void { this.members[i]!.proc?.kill("SIGSTOP"); }
-  resume(i: number): void { this.members[i]!.proc?.kill("SIGCONT"); }
+  pause(i: number): void {
+    this.members[i]!.proc?.kill("SIGSTOP");
+  }
+  resume(i: number): void {
+    this.members[i]!.proc?.kill("SIGCONT");
+  }
 
   private async signal(i: number, sig: NodeJS.Signals): Promise<void> {
     const m = this.members[i]!;
     const proc = m.proc;
     if (!proc) return;
-    await new Promise<void>((resolve) => { proc.once("exit", () => resolve()); proc.kill(sig); });
+    await new Promise<void>((resolve) => {
+      proc.once("exit", () => resolve());
+      proc.kill(sig);
+    });
   }
 
-  kill9(i: number): Promise<void> { return this.signal(i, "SIGKILL"); }
-  stop(i: number): Promise<void> { return this.signal(i, "SIGTERM"); }
+  kill9(i: number): Promise<void> {
+    return this.signal(i, "SIGKILL");
+  }
+  stop(i: number): Promise<void> {
+    return this.signal(i, "SIGTERM");
+  }
 
   /** Starts a stopped member again on its data dir (the initial-cluster flags are then ignored). */
   async restart(i: number, waitHealthy = true): Promise<void> {
@@ -220,17 +366,23 @@ export class EtcdCluster {
 
   /** Starts every stopped member and waits for the whole cluster. */
   async restoreAll(): Promise<void> {
-    this.members.forEach((m, i) => { if (!m.proc) this.spawnMember(i); });
+    this.members.forEach((m, i) => {
+      if (!m.proc) this.spawnMember(i);
+    });
     await this.waitHealthy(20_000);
   }
 
   /** etcdctl against the running members (v3 API). */
   etcdctl(args: string[]): string {
-    const endpoints = this.members.filter((m) => m.proc).map((m) => m.clientUrl).join(",");
+    const endpoints = this.members
+      .filter((m) => m.proc)
+      .map((m) => m.clientUrl)
+      .join(",");
     const t = this.tlsFiles;
     const tls = t ? ["--cacert", t.caFile, "--cert", t.certFile, "--key", t.keyFile] : [];
     return execFileSync(ETCDCTL, ["--endpoints", endpoints, "--command-timeout=5s", ...tls, ...args], {
-      env: { ...process.env, ETCDCTL_API: "3" }, encoding: "utf8",
+      env: { ...process.env, ETCDCTL_API: "3" },
+      encoding: "utf8",
     });
   }
 
@@ -258,21 +410,35 @@ export class EtcdCluster {
 
   /** Index of the member that is leader now (-1 if none answers). */
   leader(): number {
-    const out = JSON.parse(this.etcdctl(["endpoint", "status", "-w", "json"])) as
-      { Endpoint: string; Status: { header: { member_id: number }; leader: number } }[];
+    const out = JSON.parse(this.etcdctl(["endpoint", "status", "-w", "json"])) as {
+      Endpoint: string;
+      Status: { header: { member_id: number }; leader: number };
+    }[];
     const lead = out.find((s) => s.Status.header.member_id === s.Status.leader);
     return lead ? this.members.findIndex((m) => m.clientUrl === lead.Endpoint) : -1;
   }
 
   killAllSync(): void {
-    for (const m of this.members) { try { m.proc?.kill("SIGKILL"); } catch { /* gone */ } }
-    try { rmSync(this.dir, { recursive: true, force: true }); } catch { /* best effort */ }
+    for (const m of this.members) {
+      try {
+        m.proc?.kill("SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+    try {
+      rmSync(this.dir, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
   }
 
   async destroy(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.members.forEach((_, i) => this.resume(i));
+    this.members.forEach((_, i) => {
+      this.resume(i);
+    });
     await Promise.all(this.members.map((_, i) => this.kill9(i)));
     this.guardian?.kill("SIGKILL");
     rmSync(this.dir, { recursive: true, force: true });

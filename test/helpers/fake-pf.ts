@@ -9,7 +9,10 @@ import { encodeSetVf, type VfInfo, type VfSettings } from "../../cni/netlink/sri
 import type { PfOps } from "../../cni/plugins/sriov";
 
 export class RecordingPfOps implements PfOps {
-  constructor(private readonly dir: string, private readonly nl: NetlinkSocket) {}
+  constructor(
+    private readonly dir: string,
+    private readonly nl: NetlinkSocket,
+  ) {}
   private table(pf: string): { vfs: VfInfo[] } {
     const file = join(this.dir, `${pf}.json`);
     return JSON.parse(readFileSync(file, "utf8")) as { vfs: VfInfo[] };
@@ -26,7 +29,11 @@ export class RecordingPfOps implements PfOps {
     const t = this.table(pf);
     const v = t.vfs.find((x) => x.vf === vf)!;
     if (s.mac !== undefined) v.mac = s.mac;
-    if (s.vlan !== undefined) { v.vlan = s.vlan; v.qos = s.qos ?? 0; v.vlanProto = s.vlanProto ?? "802.1Q"; }
+    if (s.vlan !== undefined) {
+      v.vlan = s.vlan;
+      v.qos = s.qos ?? 0;
+      v.vlanProto = s.vlanProto ?? "802.1Q";
+    }
     if (s.spoofChk !== undefined) v.spoofChk = s.spoofChk;
     if (s.trust !== undefined) v.trust = s.trust;
     if (s.linkState !== undefined) v.linkState = s.linkState;

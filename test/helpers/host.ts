@@ -8,7 +8,14 @@ import { afterAll, beforeAll } from "vitest";
 import { createNetns, ipJson, removeNetns, type TestNetns } from "./netns";
 import { cleanupPlugins, runCni, type CniCall, type PluginRun } from "./plugins";
 
-export interface LinkJson { ifname: string; address: string; mtu: number; flags: string[]; ifalias?: string; operstate: string }
+export interface LinkJson {
+  ifname: string;
+  address: string;
+  mtu: number;
+  flags: string[];
+  ifalias?: string;
+  operstate: string;
+}
 
 export interface HostHarness {
   /** the test's "host" namespace (set in beforeAll) */
@@ -56,6 +63,9 @@ export const linkIn = (ns: TestNetns, name: string) => ipJson<LinkJson[]>(ns, "l
 /** Global addresses of `name` as "addr/len". */
 export const addrsIn = (ns: TestNetns, name: string) =>
   ipJson<{ addr_info: { local: string; prefixlen: number; scope: string }[] }[]>(ns, "addr", "show", "dev", name)[0]!
-    .addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`);
+    .addr_info.filter((a) => a.scope === "global")
+    .map((a) => `${a.local}/${a.prefixlen}`);
 export const routesIn = (ns: TestNetns, name: string) =>
-  ipJson<{ dst: string; gateway?: string }[]>(ns, "route", "show", "dev", name).map((r) => `${r.dst}${r.gateway ? ` via ${r.gateway}` : ""}`);
+  ipJson<{ dst: string; gateway?: string }[]>(ns, "route", "show", "dev", name).map(
+    (r) => `${r.dst}${r.gateway ? ` via ${r.gateway}` : ""}`,
+  );

@@ -29,8 +29,12 @@ export function buildIpamd(): Promise<{ ipamd: string; ipamctl: string }> {
   built ??= (async () => {
     mkdirSync(OUT_DIR, { recursive: true });
     const common = {
-      bundle: true, platform: "node" as const, format: "esm" as const, target: "node24",
-      external: ["koffi", "@koromix/*"], logLevel: "error" as const,
+      bundle: true,
+      platform: "node" as const,
+      format: "esm" as const,
+      target: "node24",
+      external: ["koffi", "@koromix/*"],
+      logLevel: "error" as const,
       banner: { js: "import { createRequire as __berthRequire } from 'node:module'; const require = __berthRequire(import.meta.url);" },
     };
     const ipamd = join(OUT_DIR, "ipamd.mjs");
@@ -80,11 +84,19 @@ const running = new Set<ChildProcess>();
 
 /** Stops daemons still running, removes this process's temp dirs and bundles (for afterAll). */
 export async function cleanupIpamdTest(): Promise<void> {
-  await Promise.all([...running].map((p) => new Promise<void>((resolveExit) => {
-    if (p.exitCode !== null || p.signalCode !== null) { resolveExit(); return; }
-    p.once("exit", () => resolveExit());
-    p.kill("SIGTERM");
-  })));
+  await Promise.all(
+    [...running].map(
+      (p) =>
+        new Promise<void>((resolveExit) => {
+          if (p.exitCode !== null || p.signalCode !== null) {
+            resolveExit();
+            return;
+          }
+          p.once("exit", () => resolveExit());
+          p.kill("SIGTERM");
+        }),
+    ),
+  );
   for (const d of tempDirs.splice(0)) rmSync(d, { recursive: true, force: true });
   cleanupBuild();
   built = undefined;
@@ -107,25 +119,53 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
   const args = [...(opts.nodeArgs ?? []), ipamd, "--config", configPath, "--socket", socket, "--db", db, ...(opts.args ?? [])];
   const proc = spawn(NODE, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } });
   let err = "";
-  proc.stderr!.on("data", (c: Buffer) => { err += c.toString(); });
+  proc.stderr!.on("data", (c: Buffer) => {
+    err += c.toString();
+  });
   running.add(proc);
-  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => { running.delete(proc); r(code); }));
+  const exited = new Promise<number | null>((r) =>
+    proc.once("exit", (code) => {
+      running.delete(proc);
+      r(code);
+    }),
+  );
   const client = new IpamdClient(socket, { timeoutMs: 5000 });
   const handle: DaemonHandle = {
-    dir, socket, db, configPath, client, proc,
+    dir,
+    socket,
+    db,
+    configPath,
+    client,
+    proc,
     stderr: () => err,
-    async stop() { proc.kill("SIGTERM"); return exited; },
-    async kill9() { proc.kill("SIGKILL"); await exited; },
+    async stop() {
+      proc.kill("SIGTERM");
+      return exited;
+    },
+    async kill9() {
+      proc.kill("SIGKILL");
+      await exited;
+    },
     restart: (extraArgs) => startIpamd({ ...opts, dir, args: extraArgs ?? opts.args }),
     // (restart keeps env and nodeArgs)
   };
   const deadline = Date.now() + 15_000;
   let exitCode: number | null | undefined;
-  void exited.then((c) => { exitCode = c; });
+  void exited.then((c) => {
+    exitCode = c;
+  });
   for (;;) {
     if (exitCode !== undefined) throw new Error(`ipamd exited with ${exitCode} before serving:\n${err}`);
-    try { await client.status(); return handle; } catch { /* not yet */ }
-    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error(`ipamd did not serve ${socket} within 15s:\n${err}`); }
+    try {
+      await client.status();
+      return handle;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`ipamd did not serve ${socket} within 15s:\n${err}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -145,8 +185,12 @@ export async function runIpamctl(args: string[]): Promise<{ code: number | null;
     const p = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
-    p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
+    p.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+    });
+    p.stderr.on("data", (c: Buffer) => {
+      stderr += c.toString();
+    });
     p.on("close", (code) => resolvePromise({ code, stdout, stderr }));
   });
 }

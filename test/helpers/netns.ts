@@ -42,7 +42,11 @@ export function ipJson<T = unknown>(ns: TestNetns, ...args: string[]): T {
 // Safety net when a test file dies between create and afterAll.
 process.on("exit", () => {
   for (const name of created) {
-    try { execFileSync("ip", ["netns", "del", name], { stdio: "ignore" }); } catch { /* already gone */ }
+    try {
+      execFileSync("ip", ["netns", "del", name], { stdio: "ignore" });
+    } catch {
+      /* already gone */
+    }
   }
 });
 

@@ -17,7 +17,8 @@ function distDir(): string | undefined {
   const dist = process.env.BERTH_DIST ? resolve(process.env.BERTH_DIST) : join(ROOT, "dist");
   const bin = join(dist, "bin");
   if (process.env.BERTH_DIST) {
-    if (!existsSync(join(bin, "berth"))) throw new Error(`BERTH_DIST=${process.env.BERTH_DIST}: ${bin}/berth does not exist; run make build`);
+    if (!existsSync(join(bin, "berth")))
+      throw new Error(`BERTH_DIST=${process.env.BERTH_DIST}: ${bin}/berth does not exist; run make build`);
     return bin;
   }
   return existsSync(join(bin, "berth")) ? bin : undefined;
@@ -27,8 +28,10 @@ function buildOnce(): string {
   const dir = mkdtempSync(join(tmpdir(), "berth-bin-"));
   builtDir = dir;
   process.on("exit", cleanupPlugins);
-  const out = spawnSync("npx", ["--no-install", "bun", "build", "--compile", "cni/main.ts", "--outfile", join(dir, "berth")],
-    { cwd: ROOT, encoding: "utf8" });
+  const out = spawnSync("npx", ["--no-install", "bun", "build", "--compile", "cni/main.ts", "--outfile", join(dir, "berth")], {
+    cwd: ROOT,
+    encoding: "utf8",
+  });
   if (out.status !== 0) throw new Error(`bun build --compile cni/main.ts failed:\n${out.stdout}\n${out.stderr}`);
   for (const name of NAMES) symlinkSync("berth", join(dir, name));
   return dir;
@@ -110,8 +113,11 @@ export function fakePfSriovPath(): string {
   if (fakePfBuild) return join(fakePfBuild, "berth-sriov");
   const dir = mkdtempSync(join(tmpdir(), "berth-fakepf-"));
   process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
-  const out = spawnSync("npx", ["--no-install", "bun", "build", "--compile", "test/helpers/berth-sriov-fake-pf.ts", "--outfile", join(dir, "berth-sriov")],
-    { cwd: ROOT, encoding: "utf8" });
+  const out = spawnSync(
+    "npx",
+    ["--no-install", "bun", "build", "--compile", "test/helpers/berth-sriov-fake-pf.ts", "--outfile", join(dir, "berth-sriov")],
+    { cwd: ROOT, encoding: "utf8" },
+  );
   if (out.status !== 0) throw new Error(`bun build --compile test/helpers/berth-sriov-fake-pf.ts failed:\n${out.stdout}\n${out.stderr}`);
   fakePfBuild = dir;
   return join(dir, "berth-sriov");

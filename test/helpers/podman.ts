@@ -38,7 +38,9 @@ const BIND = { "/run": "run", "/var/lib": "varlib", "/var/log": "varlog" } as co
 
 /** Lowest of the process's hard limit and `want` (crun cannot raise a limit podman's chain has lowered). */
 function hardLimit(name: string, want: number): number {
-  const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith(name));
+  const line = readFileSync("/proc/self/limits", "utf8")
+    .split("\n")
+    .find((l) => l.startsWith(name));
   const hard = line?.trim().split(/\s{2,}/)[2];
   return hard === undefined || hard === "unlimited" ? want : Math.min(Number(hard), want);
 }
@@ -50,7 +52,7 @@ export function startPodman(pluginDirs: string[]): Podman {
   const nproc = hardLimit("Max processes", 4096);
   const settings = [
     "[containers]",
-    '# crun cannot create cgroups on this hybrid v1/v2 host; nothing here needs one',
+    "# crun cannot create cgroups on this hybrid v1/v2 host; nothing here needs one",
     'cgroups = "disabled"',
     `# podman's default rlimits are above this machine's hard limits (crun: setrlimit EPERM)`,
     `default_ulimits = ["nofile=${nofile}:${nofile}", "nproc=${nproc}:${nproc}"]`,
@@ -66,8 +68,10 @@ export function startPodman(pluginDirs: string[]): Podman {
     "",
   ].join("\n");
   writeFileSync(join(dir, "containers.conf"), settings);
-  writeFileSync(join(dir, "storage.conf"),
-    `[storage]\ndriver = "vfs"\ngraphroot = "${join(dir, "root")}"\nrunroot = "${join(dir, "runroot")}"\n`);
+  writeFileSync(
+    join(dir, "storage.conf"),
+    `[storage]\ndriver = "vfs"\ngraphroot = "${join(dir, "root")}"\nrunroot = "${join(dir, "runroot")}"\n`,
+  );
   mkdirSync(join(dir, "net.d"));
 
   const holder = spawn("unshare", ["--mount", "--propagation", "private", "sleep", "infinity"], { stdio: "ignore" });
@@ -84,21 +88,33 @@ export function startPodman(pluginDirs: string[]): Podman {
   inNs(["sh", "-c", "if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi"]);
   const mnt = readlinkSync(`/proc/${pid}/ns/mnt`);
   // A test process dying without afterAll still takes the namespace (and its mounts) with it.
-  const inNamespace = () => readdirSync("/proc").filter((n) => {
-    try { return /^\d+$/.test(n) && readlinkSync(`/proc/${n}/ns/mnt`) === mnt; } catch { return false; } // exited (a zombie has no ns)
-  });
-  const killNamespace = () => { for (const p of inNamespace()) process.kill(Number(p), "SIGKILL"); };
+  const inNamespace = () =>
+    readdirSync("/proc").filter((n) => {
+      try {
+        return /^\d+$/.test(n) && readlinkSync(`/proc/${n}/ns/mnt`) === mnt;
+      } catch {
+        return false;
+      } // exited (a zombie has no ns)
+    });
+  const killNamespace = () => {
+    for (const p of inNamespace()) process.kill(Number(p), "SIGKILL");
+  };
   process.once("exit", killNamespace);
 
   const env = { ...process.env, CONTAINERS_CONF: join(dir, "containers.conf"), CONTAINERS_STORAGE_CONF: join(dir, "storage.conf") };
   const run = (args: string[]): Run => {
-    const r = spawnSync("nsenter", ["-t", String(pid), "-m", "podman", "--root", join(dir, "root"), "--runroot", join(dir, "runroot"), ...args],
-      { env, encoding: "utf8", timeout: 120_000 });
+    const r = spawnSync(
+      "nsenter",
+      ["-t", String(pid), "-m", "podman", "--root", join(dir, "root"), "--runroot", join(dir, "runroot"), ...args],
+      { env, encoding: "utf8", timeout: 120_000 },
+    );
     if (r.error) throw r.error;
     return { code: r.status, stdout: r.stdout, stderr: r.stderr };
   };
   const podman: Podman = {
-    dir, settings, run,
+    dir,
+    settings,
+    run,
     ok(args) {
       const r = run(args);
       if (r.code !== 0) throw new Error(`podman ${args.join(" ")} exited ${r.code}:\n${r.stderr}${r.stdout}`);
@@ -109,12 +125,19 @@ export function startPodman(pluginDirs: string[]): Podman {
       inNs(["mount", "--bind", hostDir, target]);
     },
     hostPath(sandboxPath) {
-      const [target, sub] = Object.entries(BIND).find(([t]) => sandboxPath === t || sandboxPath.startsWith(`${t}/`))
-        ?? (() => { throw new Error(`${sandboxPath} is not under ${Object.keys(BIND).join(", ")}`); })();
+      const [target, sub] =
+        Object.entries(BIND).find(([t]) => sandboxPath === t || sandboxPath.startsWith(`${t}/`)) ??
+        (() => {
+          throw new Error(`${sandboxPath} is not under ${Object.keys(BIND).join(", ")}`);
+        })();
       return join(dir, sub, sandboxPath.slice(target.length));
     },
     destroy() {
-      try { run(["rm", "--all", "--force", "--time", "0"]); } catch { /* the namespace may be gone already */ }
+      try {
+        run(["rm", "--all", "--force", "--time", "0"]);
+      } catch {
+        /* the namespace may be gone already */
+      }
       // conmon and container processes left by a failed test, and the holder: all started in this namespace.
       killNamespace();
       process.off("exit", killNamespace);

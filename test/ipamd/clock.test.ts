@@ -21,7 +21,10 @@ function fakeClock(): { env: Record<string, string>; set(offset: string): void }
   };
 }
 
-const small = { cooldownSeconds: 1, pools: [{ name: "p", subnet: "10.180.0.0/24", ranges: [{ start: "10.180.0.10", end: "10.180.0.12" }] }] };
+const small = {
+  cooldownSeconds: 1,
+  pools: [{ name: "p", subnet: "10.180.0.0/24", ranges: [{ start: "10.180.0.10", end: "10.180.0.12" }] }],
+};
 
 describe("clock steps", () => {
   it("a step back: released addresses come back after the cooldown, GC still sees older attachments", async () => {
@@ -35,8 +38,12 @@ describe("clock steps", () => {
     await sleep(2500); // the step is seen within a second; then the 1 s cooldown
     const again = await Promise.all([d.client.allocate(at("x")), d.client.allocate(at("y"))]);
     expect(again.map((r) => r.ips[0]!.address).sort()).toEqual(["10.180.0.10/24", "10.180.0.11/24"]);
-    expect(await d.client.gc("n", [{ containerID: "x", ifName: "eth0" }, { containerID: "y", ifName: "eth0" }]))
-      .toEqual({ released: [old.ips[0]!.address.split("/")[0]], detached: [] });
+    expect(
+      await d.client.gc("n", [
+        { containerID: "x", ifName: "eth0" },
+        { containerID: "y", ifName: "eth0" },
+      ]),
+    ).toEqual({ released: [old.ips[0]!.address.split("/")[0]], detached: [] });
     const createdAt = Date.parse((await d.client.reservations({ owner: "x/eth0" })).reservations[0]!.createdAt);
     expect(Date.now() - createdAt).toBeGreaterThan(3_500_000); // the daemon's wall clock did step back an hour
     await d.stop();
@@ -58,7 +65,8 @@ describe("clock steps", () => {
   it("a step forward does not release detached sticky reservations before a TTL of real time", async () => {
     const clock = fakeClock();
     const d = await startIpamd({
-      config: { ...small, detachedTTLSeconds: 8, statefulSets: [{ namespace: "db", name: "web" }] }, env: clock.env,
+      config: { ...small, detachedTTLSeconds: 8, statefulSets: [{ namespace: "db", name: "web" }] },
+      env: clock.env,
     });
     await d.client.allocate(at("w0", { podNamespace: "db", podName: "web-0" }));
     await d.client.release(at("w0"));

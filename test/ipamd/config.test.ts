@@ -6,10 +6,19 @@ import { canonicalIp, formatIp, parseCidr, parseIp } from "../../lib/ip";
 
 describe("ip", () => {
   it.each([
-    ["fd00:0:0:0:0:0:0:1", "fd00::1"], ["2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"], ["::", "::"],
-    ["2001:0db8:0000:0000:0001:0000:0000:0001", "2001:db8::1:0:0:1"], ["::ffff:10.0.0.1", "::ffff:a00:1"],
-    ["10.001.0.1", null], ["256.0.0.1", null], ["1::2::3", null], ["fe80::1%eth0", null], ["10.0.0.1", "10.0.0.1"],
-  ])("canonical %s -> %s", (input, out) => { expect(canonicalIp(input)).toBe(out); });
+    ["fd00:0:0:0:0:0:0:1", "fd00::1"],
+    ["2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"],
+    ["::", "::"],
+    ["2001:0db8:0000:0000:0001:0000:0000:0001", "2001:db8::1:0:0:1"],
+    ["::ffff:10.0.0.1", "::ffff:a00:1"],
+    ["10.001.0.1", null],
+    ["256.0.0.1", null],
+    ["1::2::3", null],
+    ["fe80::1%eth0", null],
+    ["10.0.0.1", "10.0.0.1"],
+  ])("canonical %s -> %s", (input, out) => {
+    expect(canonicalIp(input)).toBe(out);
+  });
 
   it("parses CIDRs and keeps BigInt precision at the top of IPv6", () => {
     expect(parseCidr("10.0.0.0/33")).toBeNull();
@@ -25,7 +34,10 @@ describe("pool compilation", () => {
   it("removes network, broadcast, gateway and exclusions from the usable set", () => {
     const [p] = cfg([{ name: "a", subnet: "10.0.0.0/29", gateway: "10.0.0.1", exclude: ["10.0.0.4/31"] }]).pools;
     expect(p!.size).toBe(3n); // .2 .3 .6
-    expect(p!.segments.map((s) => [formatIp(4, s.first), formatIp(4, s.last)])).toEqual([["10.0.0.2", "10.0.0.3"], ["10.0.0.6", "10.0.0.6"]]);
+    expect(p!.segments.map((s) => [formatIp(4, s.first), formatIp(4, s.last)])).toEqual([
+      ["10.0.0.2", "10.0.0.3"],
+      ["10.0.0.6", "10.0.0.6"],
+    ]);
     expect(formatIp(4, firstUsableAtOrAfter(p!, parseIp("10.0.0.4")!.value)!)).toBe("10.0.0.6");
     expect(firstUsableAtOrAfter(p!, parseIp("10.0.0.7")!.value)).toBeNull();
   });
@@ -36,8 +48,9 @@ describe("pool compilation", () => {
   });
 
   it("reports every problem with its JSON path", () => {
-    expect(() => cfg([{ name: "a", subnet: "10.0.0.0/24", ranges: [{ start: "10.0.0.50", end: "10.0.0.10" }], gateway: "10.1.0.1" }]))
-      .toThrow(/pools\[0\]\.ranges\[0\]: start 10\.0\.0\.50 is after end 10\.0\.0\.10/);
+    expect(() =>
+      cfg([{ name: "a", subnet: "10.0.0.0/24", ranges: [{ start: "10.0.0.50", end: "10.0.0.10" }], gateway: "10.1.0.1" }]),
+    ).toThrow(/pools\[0\]\.ranges\[0\]: start 10\.0\.0\.50 is after end 10\.0\.0\.10/);
     expect(() => cfg([{ name: "a", subnet: "10.0.0.0/24", routes: [{ dst: "::/0" }] }])).toThrow(/pools\[0\]\.routes\[0\]\.dst/);
     expect(() => cfg([{ name: "A b", subnet: "10.0.0.0/24", extra: 1 }])).toThrow(ConfigError);
     expect(() => buildConfig({ node: { name: "n" }, pools: [] })).toThrow(/pools: define at least one pool/);

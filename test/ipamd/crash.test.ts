@@ -6,14 +6,19 @@ import { IpamdClient } from "../../api/client";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
 
 let d: DaemonHandle | undefined;
-afterAll(async () => { await d?.stop(); });
+afterAll(async () => {
+  await d?.stop();
+});
 
 describe("crash during an allocation storm", () => {
   it("keeps every acknowledged allocation after kill -9 and restart", async () => {
     d = await startIpamd({
       config: {
         statefulSets: [{ namespace: "db", name: "storm" }],
-        pools: [{ name: "big", subnet: "10.120.0.0/16" }, { name: "big6", subnet: "fd00:120::/64" }],
+        pools: [
+          { name: "big", subnet: "10.120.0.0/16" },
+          { name: "big6", subnet: "fd00:120::/64" },
+        ],
       },
     });
     // containerID -> what a 200 told the client: addresses, owner, and whether a DEL detached them.
@@ -34,9 +39,13 @@ describe("crash during an allocation storm", () => {
             ambiguous.add(containerID);
             const rel = await client.release({ containerID, ifName: "eth0", network: "n" });
             ambiguous.delete(containerID);
-            if (rel.kept.length) acked.get(containerID)!.detached = true; else acked.delete(containerID);
+            if (rel.kept.length) acked.get(containerID)!.detached = true;
+            else acked.delete(containerID);
           }
-        } catch { failures++; break; }
+        } catch {
+          failures++;
+          break;
+        }
       }
       client.close();
     };
@@ -52,7 +61,11 @@ describe("crash during an allocation storm", () => {
     d = await d.restart();
     const db = new DatabaseSync(d.db, { readOnly: true });
     try {
-      const rows = db.prepare("SELECT ip, container_id, owner FROM reservations").all() as { ip: string; container_id: string | null; owner: string }[];
+      const rows = db.prepare("SELECT ip, container_id, owner FROM reservations").all() as {
+        ip: string;
+        container_id: string | null;
+        owner: string;
+      }[];
       const byIp = new Map(rows.map((r) => [r.ip, r]));
       expect(byIp.size).toBe(rows.length); // no IP twice
       let checked = 0;
@@ -71,7 +84,9 @@ describe("crash during an allocation storm", () => {
       const all = [...acked.values()].flatMap((a) => a.ips);
       expect(new Set(all).size).toBe(all.length);
       expect(db.prepare("PRAGMA integrity_check").get()).toEqual({ integrity_check: "ok" });
-    } finally { db.close(); }
+    } finally {
+      db.close();
+    }
 
     // The restarted daemon answers the same attachments idempotently and keeps allocating fresh IPs.
     const [someId, some] = [...acked.entries()].find(([id, a]) => !a.detached && !ambiguous.has(id))!;

@@ -4,7 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cleanupIpamdTest, type DaemonHandle, runIpamctl, startIpamd } from "../helpers/ipamd";
 
 const ipOf = (address: string): string => address.split("/")[0]!;
-const errorOf = (p: Promise<unknown>) => p.then(() => { throw new Error("expected an error"); }, (e: unknown) => e);
+const errorOf = (p: Promise<unknown>) =>
+  p.then(
+    () => {
+      throw new Error("expected an error");
+    },
+    (e: unknown) => e,
+  );
 
 let d: DaemonHandle;
 const ctl = (...args: string[]) => runIpamctl(["--socket", d.socket, ...args]);
@@ -26,10 +32,18 @@ beforeAll(async () => {
     },
   });
 });
-afterAll(async () => { await d?.stop(); });
+afterAll(async () => {
+  await d?.stop();
+});
 
-const member = (containerID: string, network: string, podName: string, extra: Record<string, unknown> = {}) =>
-  ({ containerID, ifName: "eth0", network, podNamespace: "default", podName, ...extra });
+const member = (containerID: string, network: string, podName: string, extra: Record<string, unknown> = {}) => ({
+  containerID,
+  ifName: "eth0",
+  network,
+  podNamespace: "default",
+  podName,
+  ...extra,
+});
 
 /** Allocates plain pods on `network` until the pool is exhausted; returns the addresses handed out. */
 async function drain(network: string, prefix: string): Promise<string[]> {
@@ -61,20 +75,35 @@ describe("force release of an attached sticky address", () => {
 
     const r = await d.client.releaseReservations({ namespace: "default", statefulset: "web", ordinal: 0, pool: "rel", force: true });
     expect(r.released).toEqual([expect.objectContaining({ ip, owner: "default/web/0", sticky: true })]);
-    expect(r.heldByContainer).toEqual([expect.objectContaining({
-      ip, owner: "rel-a/eth0", kind: "attachment", sticky: false, pinned: false, state: "attached", containerID: "rel-a", network: "n-rel",
-    })]);
+    expect(r.heldByContainer).toEqual([
+      expect.objectContaining({
+        ip,
+        owner: "rel-a/eth0",
+        kind: "attachment",
+        sticky: false,
+        pinned: false,
+        state: "attached",
+        containerID: "rel-a",
+        network: "n-rel",
+      }),
+    ]);
     const listed = (await d.client.reservations({ ip })).reservations;
     expect(listed).toEqual([expect.objectContaining({ owner: "rel-a/eth0", sticky: false, state: "attached", containerID: "rel-a" })]);
     expect(listed[0]!.statefulset).toBeUndefined();
-    expect(await d.client.check({ containerID: "rel-a", ifName: "eth0", network: "n-rel" }))
-      .toMatchObject({ owner: "rel-a/eth0", sticky: false, ips: [expect.objectContaining({ address: first.ips[0]!.address })] });
+    expect(await d.client.check({ containerID: "rel-a", ifName: "eth0", network: "n-rel" })).toMatchObject({
+      owner: "rel-a/eth0",
+      sticky: false,
+      ips: [expect.objectContaining({ address: first.ips[0]!.address })],
+    });
 
     // Not allocatable, although the cooldown is 0: not on request, not to the member's next pod, not to anyone.
     const asked = await errorOf(d.client.allocate({ containerID: "rel-want", ifName: "eth0", network: "n-rel", ips: [ip] }));
     expect(asked).toMatchObject({ code: "ip_unavailable", field: "ips" });
     expect((asked as Error).message).toContain("in use by container rel-a");
-    expect(await errorOf(d.client.pin({ namespace: "default", statefulset: "web", ordinal: 5, ip }))).toMatchObject({ code: "ip_unavailable", field: "ip" });
+    expect(await errorOf(d.client.pin({ namespace: "default", statefulset: "web", ordinal: 5, ip }))).toMatchObject({
+      code: "ip_unavailable",
+      field: "ip",
+    });
     const next = await d.client.allocate(member("rel-b", "n-rel", "web-0"));
     expect(next).toMatchObject({ owner: "default/web/0", sticky: true });
     expect(ipOf(next.ips[0]!.address)).not.toBe(ip);
@@ -102,11 +131,13 @@ describe("pin --force of a running member", () => {
     expect(pinned.reservation).toMatchObject({ ip: "10.151.0.15", owner: "default/web/1", pinned: true, state: "detached" });
     expect(pinned.released).toEqual([old]);
     expect(pinned.heldByContainer).toEqual([old]);
-    expect((await d.client.reservations({ ip: old })).reservations)
-      .toEqual([expect.objectContaining({ owner: "pin-a/eth0", sticky: false, state: "attached", containerID: "pin-a" })]);
+    expect((await d.client.reservations({ ip: old })).reservations).toEqual([
+      expect.objectContaining({ owner: "pin-a/eth0", sticky: false, state: "attached", containerID: "pin-a" }),
+    ]);
 
-    expect(await errorOf(d.client.allocate({ containerID: "pin-want", ifName: "eth0", network: "n-pin", ips: [old] })))
-      .toMatchObject({ code: "ip_unavailable" });
+    expect(await errorOf(d.client.allocate({ containerID: "pin-want", ifName: "eth0", network: "n-pin", ips: [old] }))).toMatchObject({
+      code: "ip_unavailable",
+    });
     const others = await drain("n-pin", "pin-fill");
     expect(others).toHaveLength(4); // the old address and the pinned one are taken
     expect(others).not.toContain(old);
@@ -127,14 +158,20 @@ describe("pin --force of a running member", () => {
     const old = ipOf(a.ips[0]!.address);
     const pin = await ctl("pin", "--namespace", "default", "--statefulset", "web", "--ordinal", "2", "--ip", "10.152.0.14", "--force");
     expect(pin.code).toBe(0);
-    expect(pin.stdout).toContain(`pinned 10.152.0.14/24 (pool ctl) to default/web/2; still in use by the running container (freed at its CNI DEL or GC): ${old}`);
+    expect(pin.stdout).toContain(
+      `pinned 10.152.0.14/24 (pool ctl) to default/web/2; still in use by the running container (freed at its CNI DEL or GC): ${old}`,
+    );
     await d.client.allocate(member("ctl-b", "n-ctl", "web-2"));
     const rel = await ctl("release", "--ip", "10.152.0.14", "--force");
     expect(rel.code).toBe(0);
     expect(rel.stdout).toContain("released 1:");
-    expect(rel.stdout).toMatch(/still in use by running containers, freed at their CNI DEL or GC \(1\):[\s\S]*10\.152\.0\.14\/24.*ctl-b\/eth0.*attached/);
+    expect(rel.stdout).toMatch(
+      /still in use by running containers, freed at their CNI DEL or GC \(1\):[\s\S]*10\.152\.0\.14\/24.*ctl-b\/eth0.*attached/,
+    );
     const help = await ctl("release", "--help");
-    expect(help.stdout.replace(/\s+/g, " ")).toContain("the address stays held by that container (not reusable) until the container's CNI DEL or GC frees it");
+    expect(help.stdout.replace(/\s+/g, " ")).toContain(
+      "the address stays held by that container (not reusable) until the container's CNI DEL or GC frees it",
+    );
   });
 });
 
@@ -151,11 +188,13 @@ describe("pins replace addresses only on the same network(s)", () => {
 
     const pinA = await d.client.pin({ namespace: "default", statefulset: "web", ordinal: 3, ip: "10.153.0.200", force: true });
     expect(pinA.released).toEqual([ipOf(onA.ips[0]!.address)]);
-    expect(await rows()).toEqual(expect.arrayContaining([
-      { pool: "a", ip: "10.153.0.200", state: "detached" },
-      { pool: "b", ip: ipOf(onB.ips[0]!.address), state: "attached" },
-      { pool: "open", ip: ipOf(onOpen.ips[0]!.address), state: "attached" },
-    ]));
+    expect(await rows()).toEqual(
+      expect.arrayContaining([
+        { pool: "a", ip: "10.153.0.200", state: "detached" },
+        { pool: "b", ip: ipOf(onB.ips[0]!.address), state: "attached" },
+        { pool: "open", ip: ipOf(onOpen.ips[0]!.address), state: "attached" },
+      ]),
+    );
     expect(await rows()).toHaveLength(3);
 
     // A pin in the open pool replaces only the address there; no force needed while the member
@@ -178,8 +217,9 @@ describe("pins replace addresses only on the same network(s)", () => {
       ["b", "10.154.0.201", "m4-new"],
     ]);
     // The old net-b address is held by the old container, not freed.
-    expect((await d.client.reservations({ ip: ipOf(onB.ips[0]!.address) })).reservations)
-      .toEqual([expect.objectContaining({ owner: "m4/net1", state: "attached", sticky: false })]);
+    expect((await d.client.reservations({ ip: ipOf(onB.ips[0]!.address) })).reservations).toEqual([
+      expect.objectContaining({ owner: "m4/net1", state: "attached", sticky: false }),
+    ]);
   });
 });
 
@@ -191,12 +231,17 @@ describe("ipamctl unregister", () => {
     const list = JSON.parse((await ctl("-o", "json", "statefulsets")).stdout) as { statefulsets: { name: string }[] };
     expect(list.statefulsets.map((s) => s.name)).not.toContain("kafka");
     // kafka-0 is no longer a member: its address is owned by its attachment.
-    expect(await d.client.allocate(member("kafka-c", "net-a", "kafka-0", { podNamespace: "db" }))).toMatchObject({ owner: "kafka-c/eth0", sticky: false });
+    expect(await d.client.allocate(member("kafka-c", "net-a", "kafka-0", { podNamespace: "db" }))).toMatchObject({
+      owner: "kafka-c/eth0",
+      sticky: false,
+    });
 
     const again = await ctl("-o", "json", "unregister", "--namespace", "db", "--statefulset", "kafka");
     expect(again.code).toBe(0);
     expect(JSON.parse(again.stdout)).toEqual({ unregistered: false, configured: false });
-    expect((await ctl("unregister", "--namespace", "db", "--statefulset", "kafka")).stdout).toContain("was not registered through the API; nothing changed");
+    expect((await ctl("unregister", "--namespace", "db", "--statefulset", "kafka")).stdout).toContain(
+      "was not registered through the API; nothing changed",
+    );
 
     const configured = await ctl("unregister", "--namespace", "default", "--statefulset", "web");
     expect(configured.code).toBe(0);

@@ -13,8 +13,15 @@ const at = (containerID: string, extra: Record<string, unknown> = {}) => ({ cont
 /** Runs ipamd on `dir` (as startIpamd lays it out) expecting a refusal. */
 async function refused(dir: string, extra: string[] = []): Promise<{ code: number | null; stderr: string }> {
   writeFileSync(join(dir, "ipamd.json"), JSON.stringify({ node: { name: "test-node" }, ...config }));
-  return runIpamdExpectingFailure(["--config", join(dir, "ipamd.json"), "--socket", join(dir, "run", "ipamd.sock"),
-    "--db", join(dir, "lib", "ipamd.db"), ...extra]);
+  return runIpamdExpectingFailure([
+    "--config",
+    join(dir, "ipamd.json"),
+    "--socket",
+    join(dir, "run", "ipamd.sock"),
+    "--db",
+    join(dir, "lib", "ipamd.db"),
+    ...extra,
+  ]);
 }
 
 describe("state directory and files", () => {
@@ -36,10 +43,26 @@ describe("state directory and files", () => {
   });
 
   it.each([
-    ["a state dir others may write", (lib: string) => chmodSync(lib, 0o777), /state directory .*lib is writable by every user \(mode 0777\)/],
-    ["a state dir not owned by root", (lib: string) => chownSync(lib, 65534, 65534), /state directory .*lib is owned by uid 65534, not root/],
-    ["a database not owned by root", (lib: string) => chownSync(join(lib, "ipamd.db"), 65534, 0), /ipamd\.db is owned by uid 65534, not root/],
-    ["a WAL others may write", (lib: string) => chmodSync(join(lib, "ipamd.db-wal"), 0o666), /ipamd\.db-wal is writable by others \(mode 0666\)/],
+    [
+      "a state dir others may write",
+      (lib: string) => chmodSync(lib, 0o777),
+      /state directory .*lib is writable by every user \(mode 0777\)/,
+    ],
+    [
+      "a state dir not owned by root",
+      (lib: string) => chownSync(lib, 65534, 65534),
+      /state directory .*lib is owned by uid 65534, not root/,
+    ],
+    [
+      "a database not owned by root",
+      (lib: string) => chownSync(join(lib, "ipamd.db"), 65534, 0),
+      /ipamd\.db is owned by uid 65534, not root/,
+    ],
+    [
+      "a WAL others may write",
+      (lib: string) => chmodSync(join(lib, "ipamd.db-wal"), 0o666),
+      /ipamd\.db-wal is writable by others \(mode 0666\)/,
+    ],
   ])("refuses %s", async (_name, spoil, message) => {
     const dir = makeTempDir();
     const d = await startIpamd({ dir, config });

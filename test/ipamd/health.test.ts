@@ -26,11 +26,16 @@ describe("status follows whether a commit can succeed", () => {
       const probe = await runIpamctl(["--socket", d.socket, "status"]);
       expect(probe.code).toBe(1);
       expect(probe.stdout).toContain("commits:       FAILING");
-      const cni = runCni(pluginPath("berth-ipam"), { command: "STATUS",
-        config: { cniVersion: "1.1.0", name: "n", type: "macvlan", ipam: { type: "berth-ipam", socket: d.socket } } });
+      const cni = runCni(pluginPath("berth-ipam"), {
+        command: "STATUS",
+        config: { cniVersion: "1.1.0", name: "n", type: "macvlan", ipam: { type: "berth-ipam", socket: d.socket } },
+      });
       expect(cni.json).toMatchObject({ code: 50 });
       expect(cni.json.msg).toContain("database is locked");
-    } finally { other.exec("ROLLBACK"); other.close(); }
+    } finally {
+      other.exec("ROLLBACK");
+      other.close();
+    }
     expect((await d.client.status()).status).toBe("ok");
     expect((await runIpamctl(["--socket", d.socket, "status"])).code).toBe(0);
     await d.stop();
@@ -46,13 +51,20 @@ describe("status follows whether a commit can succeed", () => {
       const d = await startIpamd({ dir, config: { pools: [{ name: "p", subnet: "10.171.0.0/16" }] }, args: ["--log-file", logFile] });
       const acked: string[] = [];
       for (let i = 0; i < 20; i++) acked.push((await d.client.allocate(at(`ok-${i}`))).ips[0]!.address);
-      try { writeFileSync(join(lib, "filler"), Buffer.alloc(4 << 20)); } catch { /* filled to the last byte */ }
+      try {
+        writeFileSync(join(lib, "filler"), Buffer.alloc(4 << 20));
+      } catch {
+        /* filled to the last byte */
+      }
       let failed = 0;
       for (let i = 0; i < 300; i++) {
-        await d.client.allocate(at(`full-${i}`)).then((r) => acked.push(r.ips[0]!.address), (e: { code?: string; httpStatus?: number }) => {
-          expect(e).toMatchObject({ code: "internal", httpStatus: 500 });
-          failed++;
-        });
+        await d.client.allocate(at(`full-${i}`)).then(
+          (r) => acked.push(r.ips[0]!.address),
+          (e: { code?: string; httpStatus?: number }) => {
+            expect(e).toMatchObject({ code: "internal", httpStatus: 500 });
+            failed++;
+          },
+        );
       }
       expect(failed).toBeGreaterThan(250);
       const s = await d.client.status();

@@ -24,7 +24,9 @@ beforeAll(async () => {
     },
   });
 });
-afterAll(async () => { await d?.stop(); });
+afterAll(async () => {
+  await d?.stop();
+});
 
 describe("ipamctl", () => {
   it("status prints node and selected pools; -o json is machine readable", async () => {
@@ -48,7 +50,9 @@ describe("ipamctl", () => {
   it("pools shows used/reserved/free with a usage bar; pool show gives details", async () => {
     const r = await ctl("pools");
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/v4\s*│\s*10\.130\.0\.0\/24\s*│\s*130\s*│\s*selected\s*│\s*10\s*│\s*0\s*│\s*3\s*│\s*0\s*│\s*7\s*│\s*\[######\.+\] 30\.0%/);
+    expect(r.stdout).toMatch(
+      /v4\s*│\s*10\.130\.0\.0\/24\s*│\s*130\s*│\s*selected\s*│\s*10\s*│\s*0\s*│\s*3\s*│\s*0\s*│\s*7\s*│\s*\[######\.+\] 30\.0%/,
+    );
     const j = JSON.parse((await ctl("pools", "-o", "json")).stdout);
     expect(j.pools.find((p: { name: string }) => p.name === "v4")).toMatchObject({ reserved: 3, free: "7" });
     const show = await ctl("pool", "show", "v4");
@@ -130,11 +134,36 @@ describe("ipamctl conventions", () => {
     const yaml = parseYaml((await ctl("-o", "yaml", "reservations", "--owner", "fmt-a/eth0")).stdout);
     expect(yaml).toEqual(json);
     expect(json.reservations).toHaveLength(2);
-    const head = (text: string) => text.split("\n")[1]!.split("│").map((c) => c.trim()).filter(Boolean);
-    expect(head((await ctl("reservations", "--owner", "fmt-a/eth0")).stdout))
-      .toEqual(["IP", "POOL", "OWNER", "STATE", "STICKY", "PINNED", "POD", "AGE"]);
-    expect(head((await ctl("-o", "wide", "reservations", "--owner", "fmt-a/eth0")).stdout))
-      .toEqual(["IP", "POOL", "OWNER", "STATE", "STICKY", "PINNED", "POD", "AGE", "CONTAINER", "NETWORK", "SINCE", "CREATED"]);
+    const head = (text: string) =>
+      text
+        .split("\n")[1]!
+        .split("│")
+        .map((c) => c.trim())
+        .filter(Boolean);
+    expect(head((await ctl("reservations", "--owner", "fmt-a/eth0")).stdout)).toEqual([
+      "IP",
+      "POOL",
+      "OWNER",
+      "STATE",
+      "STICKY",
+      "PINNED",
+      "POD",
+      "AGE",
+    ]);
+    expect(head((await ctl("-o", "wide", "reservations", "--owner", "fmt-a/eth0")).stdout)).toEqual([
+      "IP",
+      "POOL",
+      "OWNER",
+      "STATE",
+      "STICKY",
+      "PINNED",
+      "POD",
+      "AGE",
+      "CONTAINER",
+      "NETWORK",
+      "SINCE",
+      "CREATED",
+    ]);
     expect(head((await ctl("pools", "-o", "wide")).stdout).slice(-2)).toEqual(["GATEWAY", "NETWORKS"]);
     const status = await ctl("-o", "yaml", "status");
     expect(parseYaml(status.stdout)).toMatchObject({ status: "ok", node: { name: "ctl-node" } });
@@ -156,9 +185,18 @@ describe("ipamctl conventions", () => {
   });
 
   it("usage errors all exit 2; ipamd's refusals 1; an unreachable ipamd 3", async () => {
-    const usage = [["--bogus"], ["reservations", "--state", "gone"], ["-o", "xml", "status"], ["describe"], ["nosuchcommand"],
-      ["reserve", "-n", "db", "--statefulset", "x", "--replicas", "lots"], ["release"], ["completion", "tcsh"], ["describe", "a/b/c"],
-      ["describe", "-n", "db", "web/redis-1"]];
+    const usage = [
+      ["--bogus"],
+      ["reservations", "--state", "gone"],
+      ["-o", "xml", "status"],
+      ["describe"],
+      ["nosuchcommand"],
+      ["reserve", "-n", "db", "--statefulset", "x", "--replicas", "lots"],
+      ["release"],
+      ["completion", "tcsh"],
+      ["describe", "a/b/c"],
+      ["describe", "-n", "db", "web/redis-1"],
+    ];
     for (const args of usage) {
       const r = await ctl(...args);
       expect({ args, code: r.code }).toEqual({ args, code: 2 });
@@ -173,9 +211,13 @@ describe("ipamctl conventions", () => {
   it("colours the STATE column only when asked and never with NO_COLOR", async () => {
     const { ipamctl } = await buildIpamd();
     const run = (env: Record<string, string>) => {
-      const [file, args] = ipamctl.endsWith(".mjs") ? [join(import.meta.dirname, "../../node_modules/.bin/node"), [ipamctl]] : [ipamctl, []];
-      return spawnSync(file, [...args, "--socket", d.socket, "reservations", "--owner", "fmt-a/eth0"],
-        { encoding: "utf8", env: { PATH: process.env.PATH, ...env } }).stdout;
+      const [file, args] = ipamctl.endsWith(".mjs")
+        ? [join(import.meta.dirname, "../../node_modules/.bin/node"), [ipamctl]]
+        : [ipamctl, []];
+      return spawnSync(file, [...args, "--socket", d.socket, "reservations", "--owner", "fmt-a/eth0"], {
+        encoding: "utf8",
+        env: { PATH: process.env.PATH, ...env },
+      }).stdout;
     };
     expect(run({})).not.toContain("\x1b["); // not a terminal
     expect(run({ FORCE_COLOR: "1" })).toContain("\x1b[32mattached\x1b[0m");
@@ -189,8 +231,15 @@ describe("ipamctl conventions", () => {
     writeFileSync(file, script.stdout);
     const complete = (line: string) => {
       const words = line.split(" ");
-      const r = spawnSync("bash", ["-c", `source ${file}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); ` +
-        `COMP_CWORD=${words.length - 1}; _ipamctl; printf '%s\\n' "\${COMPREPLY[@]}"`], { encoding: "utf8" });
+      const r = spawnSync(
+        "bash",
+        [
+          "-c",
+          `source ${file}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); ` +
+            `COMP_CWORD=${words.length - 1}; _ipamctl; printf '%s\\n' "\${COMPREPLY[@]}"`,
+        ],
+        { encoding: "utf8" },
+      );
       expect(r.stderr).toBe("");
       return r.stdout.trim().split("\n").filter(Boolean).sort();
     };
@@ -236,15 +285,30 @@ describe("ipamctl describe: what IP does db/redis-1 have, why, and since when", 
     const j = JSON.parse((await ctl("-o", "json", "explain", "db/redis-1")).stdout);
     expect(j.statefulSetMember).toEqual({ namespace: "db", statefulset: "redis", ordinal: 1, source: "config" });
     const a = j.addresses.find((x: any) => x.address === v4);
-    expect(a).toMatchObject({ owner: "db/redis/1", state: "attached", pool: { name: "v4", vlan: 130, subnet: "10.130.0.0/24", gateway: "10.130.0.1" } });
+    expect(a).toMatchObject({
+      owner: "db/redis/1",
+      state: "attached",
+      pool: { name: "v4", vlan: 130, subnet: "10.130.0.0/24", gateway: "10.130.0.1" },
+    });
     expect(a.history.map((h: any) => h.event.split(":")[0])).toEqual(["reserved for the member", "last attached"]);
 
     const rows = (await ctl("-o", "json", "reservations", "-n", "db", "--pod", "redis-1")).stdout;
-    expect(JSON.parse(rows).reservations.map((x: any) => `${x.owner} ${x.family}`).sort()).toEqual(["db/redis/1 4", "db/redis/1 6"]);
+    expect(
+      JSON.parse(rows)
+        .reservations.map((x: any) => `${x.owner} ${x.family}`)
+        .sort(),
+    ).toEqual(["db/redis/1 4", "db/redis/1 6"]);
   });
 
   it("explains a non-member pod's attachment and says so when a pod has nothing", async () => {
-    await d.client.allocate({ containerID: "dep-1", ifName: "eth0", network: "n", podNamespace: "web", podName: "api-5d8f-q7", pools: ["v6"] });
+    await d.client.allocate({
+      containerID: "dep-1",
+      ifName: "eth0",
+      network: "n",
+      podNamespace: "web",
+      podName: "api-5d8f-q7",
+      pools: ["v6"],
+    });
     const r = await ctl("describe", "-n", "web", "api-5d8f-q7");
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/why: +attachment: not a StatefulSet member known to ipamd, so the IP belongs to container dep-1\/eth0/);

@@ -11,7 +11,9 @@ function httpGet(port: number, path: string): Promise<{ status: number; body: st
   return new Promise((resolve, reject) => {
     const req = request({ host: "127.0.0.1", port, path }, (res) => {
       let body = "";
-      res.on("data", (c: Buffer) => { body += c; });
+      res.on("data", (c: Buffer) => {
+        body += c;
+      });
       res.on("end", () => resolve({ status: res.statusCode!, body }));
     });
     req.on("error", reject);
@@ -25,7 +27,11 @@ describe("daemon lifecycle", () => {
     const port = 20000 + (process.pid % 20000);
     const logFile = join(dir, "log", "ipamd.log");
     const config = { statefulSets: [{ namespace: "default", name: "web" }], pools: [{ name: "p", subnet: "10.140.0.0/24" }] };
-    const d = await startIpamd({ dir, config, args: ["--metrics-address", `127.0.0.1:${port}`, "--log-file", logFile, "--node-name", "flag-node"] });
+    const d = await startIpamd({
+      dir,
+      config,
+      args: ["--metrics-address", `127.0.0.1:${port}`, "--log-file", logFile, "--node-name", "flag-node"],
+    });
     expect((await d.client.status()).node.name).toBe("flag-node");
     const web = await d.client.allocate({ containerID: "w0", ifName: "eth0", network: "n", podNamespace: "default", podName: "web-0" });
     await d.client.release({ containerID: "w0", ifName: "eth0", network: "n" });
@@ -37,20 +43,33 @@ describe("daemon lifecycle", () => {
 
     expect(await d.stop()).toBe(0);
     expect(existsSync(d.socket)).toBe(false);
-    const lines = readFileSync(logFile, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { msg: string });
+    const lines = readFileSync(logFile, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { msg: string });
     expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(["ipamd serving", "shutting down", "stopped"]));
 
     const db = new DatabaseSync(d.db, { readOnly: true });
     try {
       expect(db.prepare("PRAGMA user_version").get()).toEqual({ user_version: MIGRATIONS.length });
       expect(db.prepare("SELECT owner, container_id FROM reservations").all()).toEqual([{ owner: "default/web/0", container_id: null }]);
-    } finally { db.close(); }
+    } finally {
+      db.close();
+    }
 
     const again = await d.restart([]);
     try {
-      const back = await again.client.allocate({ containerID: "w0-new", ifName: "eth0", network: "n", podNamespace: "default", podName: "web-0" });
+      const back = await again.client.allocate({
+        containerID: "w0-new",
+        ifName: "eth0",
+        network: "n",
+        podNamespace: "default",
+        podName: "web-0",
+      });
       expect(back.ips).toEqual(web.ips);
-    } finally { await again.stop(); }
+    } finally {
+      await again.stop();
+    }
   });
 });
 

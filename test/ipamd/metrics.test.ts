@@ -27,7 +27,9 @@ function scrape(): Promise<{ status: number; type: string; body: string }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: "127.0.0.1", port, path: "/metrics" }, (res) => {
       let body = "";
-      res.on("data", (c: Buffer) => { body += c; });
+      res.on("data", (c: Buffer) => {
+        body += c;
+      });
       res.on("end", () => resolve({ status: res.statusCode!, type: String(res.headers["content-type"]), body }));
     });
     req.on("error", reject);
@@ -43,7 +45,13 @@ function promtool(text: string): { code: number | null; out: string } {
 beforeAll(async () => {
   port = await freePort();
   d = await startIpamd({
-    config: { statefulSets: [{ namespace: "db", name: "redis" }], pools: [{ name: "p4", subnet: "10.150.0.0/24" }, { name: "p6", subnet: "fd00:150::/64" }] },
+    config: {
+      statefulSets: [{ namespace: "db", name: "redis" }],
+      pools: [
+        { name: "p4", subnet: "10.150.0.0/24" },
+        { name: "p6", subnet: "fd00:150::/64" },
+      ],
+    },
     args: ["--metrics-address", `127.0.0.1:${port}`],
   });
   for (let i = 0; i < 5; i++) await d.client.allocate({ containerID: `m${i}`, ifName: "eth0", network: "n" });
@@ -76,7 +84,11 @@ describe("the metrics scrape", () => {
     const { body } = await scrape();
     const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
     const line = body.split("\n").find((l) => l.startsWith("berth_ipamd_build_info{"));
-    expect(line).toMatch(new RegExp(`^berth_ipamd_build_info\\{version="${version.replace(/\./g, "\\.")}",commit="(?:[0-9a-f]{12}(?:-dirty)?|unknown)",nodejs="24\\.`));
+    expect(line).toMatch(
+      new RegExp(
+        `^berth_ipamd_build_info\\{version="${version.replace(/\./g, "\\.")}",commit="(?:[0-9a-f]{12}(?:-dirty)?|unknown)",nodejs="24\\.`,
+      ),
+    );
     expect(line).toMatch(/ 1$/);
   });
 

@@ -5,8 +5,13 @@ import { afterAll, describe, expect, it } from "vitest";
 import { cleanupIpamdTest, runIpamctl, startIpamd } from "../helpers/ipamd";
 
 const at = (containerID: string) => ({ containerID, ifName: "eth0", network: "n" });
-const pool = (name: string) => ({ name, subnet: "10.200.0.0/24", gateway: "10.200.0.1", routes: [{ dst: "0.0.0.0/0" }],
-  ranges: [{ start: "10.200.0.10", end: "10.200.0.15" }] });
+const pool = (name: string) => ({
+  name,
+  subnet: "10.200.0.0/24",
+  gateway: "10.200.0.1",
+  routes: [{ dst: "0.0.0.0/0" }],
+  ranges: [{ start: "10.200.0.10", end: "10.200.0.15" }],
+});
 
 describe("orphaned pools", () => {
   it("reports addresses of a renamed pool, counts them in the new one, and ADD keeps the old attachment's shape", async () => {
@@ -35,7 +40,9 @@ describe("orphaned pools", () => {
     expect(err).toMatchObject({ code: "no_pool" });
     expect((err as Error).message).toContain('holds 10.200.0.10 from pool "old", which is no longer in the ipamd config');
     expect((await f.client.status()).orphanedPools).toEqual([
-      { name: "new", held: 3, attached: 3, insidePools: [] }, { name: "old", held: 3, attached: 3, insidePools: [] }]);
+      { name: "new", held: 3, attached: 3, insidePools: [] },
+      { name: "old", held: 3, attached: 3, insidePools: [] },
+    ]);
     await f.stop();
   });
 });

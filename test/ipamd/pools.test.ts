@@ -2,9 +2,20 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
 
-const at = (containerID: string, network = "net1", extra: Record<string, unknown> = {}) => ({ containerID, ifName: "eth0", network, ...extra });
+const at = (containerID: string, network = "net1", extra: Record<string, unknown> = {}) => ({
+  containerID,
+  ifName: "eth0",
+  network,
+  ...extra,
+});
 const ipOf = (address: string): string => address.split("/")[0]!;
-const errorOf = (p: Promise<unknown>) => p.then(() => { throw new Error("expected an error"); }, (e: unknown) => e);
+const errorOf = (p: Promise<unknown>) =>
+  p.then(
+    () => {
+      throw new Error("expected an error");
+    },
+    (e: unknown) => e,
+  );
 
 describe("node labels and networks select pools", () => {
   let d: DaemonHandle;
@@ -15,20 +26,43 @@ describe("node labels and networks select pools", () => {
         pools: [
           { name: "rack2", subnet: "10.2.0.0/24", nodeSelector: { matchLabels: { rack: "r2" } } },
           { name: "rack1", subnet: "10.1.0.0/24", nodeSelector: { matchLabels: { rack: "r1" } } },
-          { name: "vm-only", subnet: "10.3.0.0/24", nodeSelector: { matchExpressions: [{ key: "machine-type", operator: "In", values: ["vm"] }] } },
-          { name: "rack1-v6", subnet: "fd00:1::/64", nodeSelector: { matchExpressions: [{ key: "rack", operator: "Exists" }, { key: "tainted", operator: "DoesNotExist" }] } },
-          { name: "storage", subnet: "10.4.0.0/24", networks: ["storage"], nodeSelector: { matchExpressions: [{ key: "rack", operator: "NotIn", values: ["r9"] }] } },
+          {
+            name: "vm-only",
+            subnet: "10.3.0.0/24",
+            nodeSelector: { matchExpressions: [{ key: "machine-type", operator: "In", values: ["vm"] }] },
+          },
+          {
+            name: "rack1-v6",
+            subnet: "fd00:1::/64",
+            nodeSelector: {
+              matchExpressions: [
+                { key: "rack", operator: "Exists" },
+                { key: "tainted", operator: "DoesNotExist" },
+              ],
+            },
+          },
+          {
+            name: "storage",
+            subnet: "10.4.0.0/24",
+            networks: ["storage"],
+            nodeSelector: { matchExpressions: [{ key: "rack", operator: "NotIn", values: ["r9"] }] },
+          },
         ],
       },
       // Flags override the config's labels: this is how the DaemonSet passes the node's labels.
       args: ["--node-label", "rack=r1", "--node-label", "machine-type=bare-metal"],
     });
   });
-  afterAll(async () => { await d?.stop(); });
+  afterAll(async () => {
+    await d?.stop();
+  });
 
   it("uses only pools whose selector matches the node labels, one address per family", async () => {
     const r = await d.client.allocate(at("sel-1"));
-    expect(r.ips.map((i) => [i.pool, i.family])).toEqual([["rack1", 4], ["rack1-v6", 6]]);
+    expect(r.ips.map((i) => [i.pool, i.family])).toEqual([
+      ["rack1", 4],
+      ["rack1-v6", 6],
+    ]);
     expect(ipOf(r.ips[0]!.address)).toBe("10.1.0.1");
     expect(r.ips[1]!.address).toBe("fd00:1::1/64");
     const status = await d.client.status();
@@ -71,13 +105,22 @@ describe("exhaustion, no pool, cooldown and reuse order", () => {
       config: {
         cooldownSeconds: 1,
         pools: [
-          { name: "tiny", subnet: "10.50.0.0/24", ranges: [{ start: "10.50.0.1", end: "10.50.0.5" }], exclude: ["10.50.0.2"], gateway: "10.50.0.1", networks: ["tiny"] },
+          {
+            name: "tiny",
+            subnet: "10.50.0.0/24",
+            ranges: [{ start: "10.50.0.1", end: "10.50.0.5" }],
+            exclude: ["10.50.0.2"],
+            gateway: "10.50.0.1",
+            networks: ["tiny"],
+          },
           { name: "other", subnet: "10.60.0.0/24", networks: ["other"] },
         ],
       },
     });
   });
-  afterAll(async () => { await d?.stop(); });
+  afterAll(async () => {
+    await d?.stop();
+  });
 
   it("hands out never-used addresses in order, skipping gateway and exclusions, then reports pool_exhausted", async () => {
     const got: string[] = [];
@@ -121,9 +164,13 @@ describe("exhaustion, no pool, cooldown and reuse order", () => {
 describe("IPv6-only /64 pool (no pre-population)", () => {
   let d: DaemonHandle;
   beforeAll(async () => {
-    d = await startIpamd({ config: { pools: [{ name: "v6", subnet: "fd00:99::/64", gateway: "fd00:99::1", exclude: ["fd00:99::2-fd00:99::ff"] }] } });
+    d = await startIpamd({
+      config: { pools: [{ name: "v6", subnet: "fd00:99::/64", gateway: "fd00:99::1", exclude: ["fd00:99::2-fd00:99::ff"] }] },
+    });
   });
-  afterAll(async () => { await d?.stop(); });
+  afterAll(async () => {
+    await d?.stop();
+  });
 
   it("allocates right after the exclusion and accepts an explicit address far into the /64", async () => {
     const a = await d.client.allocate(at("v6-1"));

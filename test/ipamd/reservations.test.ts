@@ -5,7 +5,13 @@ import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipam
 
 const at = (containerID: string, extra: Record<string, unknown> = {}) => ({ containerID, ifName: "eth0", network: "net1", ...extra });
 const ipOf = (address: string): string => address.split("/")[0]!;
-const errorOf = (p: Promise<unknown>) => p.then(() => { throw new Error("expected an error"); }, (e: unknown) => e);
+const errorOf = (p: Promise<unknown>) =>
+  p.then(
+    () => {
+      throw new Error("expected an error");
+    },
+    (e: unknown) => e,
+  );
 
 describe("reserve ahead, pin, release", () => {
   let d: DaemonHandle;
@@ -20,7 +26,9 @@ describe("reserve ahead, pin, release", () => {
       },
     });
   });
-  afterAll(async () => { await d?.stop(); });
+  afterAll(async () => {
+    await d?.stop();
+  });
 
   it("reserves IPs for ordinals before any pod exists, and each pod then gets its reserved IPs", async () => {
     const r = await d.client.reserve({ namespace: "db", statefulset: "redis", replicas: 3 });
@@ -51,8 +59,7 @@ describe("reserve ahead, pin, release", () => {
     expect(pinned.reservation).toMatchObject({ ip: "10.70.0.200", pinned: true, owner: "db/redis/2", pool: "a4" });
     expect(pinned.released).toEqual([old4]);
     const after = await d.client.reservations({ owner: "db/redis/2" });
-    expect(after.reservations.map((x) => x.ip).sort()).toEqual(
-      ["10.70.0.200", before.reservations.find((x) => x.family === 6)!.ip].sort());
+    expect(after.reservations.map((x) => x.ip).sort()).toEqual(["10.70.0.200", before.reservations.find((x) => x.family === 6)!.ip].sort());
     const pod = await d.client.allocate(at("redis-2-c", { podNamespace: "db", podName: "redis-2" }));
     expect(pod.ips.find((i) => i.family === 4)!.address).toBe("10.70.0.200/24");
   });
@@ -95,10 +102,16 @@ describe("TTL of detached sticky reservations", () => {
   let d: DaemonHandle;
   beforeAll(async () => {
     d = await startIpamd({
-      config: { detachedTTLSeconds: 1, statefulSets: [{ namespace: "default", name: "kafka" }], pools: [{ name: "p", subnet: "10.80.0.0/24" }] },
+      config: {
+        detachedTTLSeconds: 1,
+        statefulSets: [{ namespace: "default", name: "kafka" }],
+        pools: [{ name: "p", subnet: "10.80.0.0/24" }],
+      },
     });
   });
-  afterAll(async () => { await d?.stop(); });
+  afterAll(async () => {
+    await d?.stop();
+  });
 
   it("releases a detached reservation once the TTL has passed, but keeps attached and pinned ones", async () => {
     await d.client.allocate(at("k0", { podNamespace: "default", podName: "kafka-0" }));
@@ -123,7 +136,9 @@ describe("CNI GC", () => {
       config: { statefulSets: [{ namespace: "default", name: "web" }], pools: [{ name: "p", subnet: "10.90.0.0/24" }] },
     });
   });
-  afterAll(async () => { await d?.stop(); });
+  afterAll(async () => {
+    await d?.stop();
+  });
 
   it("releases unlisted non-sticky attachments, detaches unlisted sticky ones, keeps listed ones", async () => {
     const keep = await d.client.allocate(at("gc-keep"));
@@ -145,12 +160,21 @@ describe("CNI GC", () => {
     // Send the GC headers now and hold back the body; allocate meanwhile; then finish the GC.
     const body = JSON.stringify({ network: "net1", validAttachments: [] });
     const gcReply = new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = request({ socketPath: d.socket, method: "POST", path: "/v1/gc",
-        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
-        let text = "";
-        res.on("data", (c: Buffer) => { text += c.toString(); });
-        res.on("end", () => resolve({ status: res.statusCode!, body: text }));
-      });
+      const req = request(
+        {
+          socketPath: d.socket,
+          method: "POST",
+          path: "/v1/gc",
+          headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+        },
+        (res) => {
+          let text = "";
+          res.on("data", (c: Buffer) => {
+            text += c.toString();
+          });
+          res.on("end", () => resolve({ status: res.statusCode!, body: text }));
+        },
+      );
       req.on("error", reject);
       req.flushHeaders();
       setTimeout(async () => {
@@ -158,7 +182,9 @@ describe("CNI GC", () => {
           const late = await d.client.allocate(at("gc-late"));
           lateIp = ipOf(late.ips[0]!.address);
           req.end(body);
-        } catch (e) { reject(e); }
+        } catch (e) {
+          reject(e);
+        }
       }, 200);
     });
     let lateIp = "";

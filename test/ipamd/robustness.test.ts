@@ -10,7 +10,9 @@ let d: DaemonHandle;
 beforeAll(async () => {
   d = await startIpamd({ config: { pools: [{ name: "p", subnet: "10.110.0.0/24" }] } });
 });
-afterAll(async () => { await d?.stop(); });
+afterAll(async () => {
+  await d?.stop();
+});
 
 /** Sends raw bytes on a fresh connection and returns what comes back until the server closes or answers. */
 function rawExchange(socket: string, payload: string | Buffer): Promise<{ status: number; body: string }> {
@@ -23,7 +25,10 @@ function rawExchange(socket: string, payload: string | Buffer): Promise<{ status
       const len = /content-length: (\d+)/i.exec(text);
       if (head >= 0 && len && text.length >= head + 4 + Number(len[1])) s.end();
     });
-    s.on("error", (e: NodeJS.ErrnoException) => { if (e.code === "EPIPE" || e.code === "ECONNRESET") s.destroy(); else reject(e); });
+    s.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "EPIPE" || e.code === "ECONNRESET") s.destroy();
+      else reject(e);
+    });
     s.on("close", () => {
       const status = Number(/^HTTP\/1\.1 (\d+)/.exec(text)?.[1] ?? 0);
       resolve({ status, body: text.slice(text.indexOf("\r\n\r\n") + 4) });
@@ -39,15 +44,39 @@ describe("malformed requests get a 4xx and the daemon keeps serving", () => {
   it.each([
     ["bad JSON", post("/v1/allocate", "{not json"), 400, "invalid_request", /not valid JSON/],
     ["empty body", post("/v1/allocate", ""), 400, "invalid_request", /empty/],
-    ["wrong type", post("/v1/allocate", JSON.stringify({ containerID: 42, ifName: "eth0", network: "n" })), 400, "invalid_request", /^containerID: /],
+    [
+      "wrong type",
+      post("/v1/allocate", JSON.stringify({ containerID: 42, ifName: "eth0", network: "n" })),
+      400,
+      "invalid_request",
+      /^containerID: /,
+    ],
     ["missing field", post("/v1/release", JSON.stringify({ containerID: "c", network: "n" })), 400, "invalid_request", /^ifName: /],
     ["array body", post("/v1/check", "[1,2,3]"), 400, "invalid_request", /body/],
-    ["bad ifName", post("/v1/allocate", JSON.stringify({ containerID: "c", ifName: "a/b", network: "n" })), 400, "invalid_request", /ifName/],
-    ["bad ip", post("/v1/allocate", JSON.stringify({ containerID: "c", ifName: "eth0", network: "n", ips: ["1.2.3"] })), 400, "invalid_request", /ips\[0\]/],
+    [
+      "bad ifName",
+      post("/v1/allocate", JSON.stringify({ containerID: "c", ifName: "a/b", network: "n" })),
+      400,
+      "invalid_request",
+      /ifName/,
+    ],
+    [
+      "bad ip",
+      post("/v1/allocate", JSON.stringify({ containerID: "c", ifName: "eth0", network: "n", ips: ["1.2.3"] })),
+      400,
+      "invalid_request",
+      /ips\[0\]/,
+    ],
     ["unknown path", "GET /v1/nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", 404, "not_found", /no such API path/],
     ["unversioned path", "GET /status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", 404, "not_found", /\/v1\//],
     ["wrong method", "GET /v1/allocate HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", 405, "method_not_allowed", /use POST/],
-    ["huge declared body", `POST /v1/gc HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\nconnection: close\r\n\r\n{`, 413, "payload_too_large", /limit/],
+    [
+      "huge declared body",
+      `POST /v1/gc HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\nconnection: close\r\n\r\n{`,
+      413,
+      "payload_too_large",
+      /limit/,
+    ],
     ["garbage instead of HTTP", "\x00\x01hello\r\n\r\n", 400, "invalid_request", /malformed HTTP/],
   ])("%s", async (_name, payload, status, code, message) => {
     const r = await rawExchange(d.socket, payload as string);
@@ -59,7 +88,10 @@ describe("malformed requests get a 4xx and the daemon keeps serving", () => {
   });
 
   it("names the field in the error body", async () => {
-    const r = await rawExchange(d.socket, post("/v1/reservations/reserve", JSON.stringify({ namespace: "db", statefulset: "x", replicas: -1 })));
+    const r = await rawExchange(
+      d.socket,
+      post("/v1/reservations/reserve", JSON.stringify({ namespace: "db", statefulset: "x", replicas: -1 })),
+    );
     expect(r.status).toBe(400);
     expect(JSON.parse(r.body).error.field).toBe("replicas");
   });
@@ -75,7 +107,9 @@ describe("malformed requests get a 4xx and the daemon keeps serving", () => {
   });
 
   it("survives many concurrent bad requests and still allocates", async () => {
-    await Promise.all(Array.from({ length: 50 }, (_, i) => rawExchange(d.socket, post("/v1/allocate", i % 2 ? "{" : '{"containerID":[]}'))));
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) => rawExchange(d.socket, post("/v1/allocate", i % 2 ? "{" : '{"containerID":[]}'))),
+    );
     const r = await d.client.allocate({ containerID: "after-storm", ifName: "eth0", network: "n" });
     expect(r.ips).toHaveLength(1);
   });
@@ -109,9 +143,14 @@ describe("access control by peer credentials", () => {
       })().catch((e) => { console.error(e); process.exit(1); });`;
     const out = await new Promise<string>((resolve, reject) => {
       const p = spawn(process.execPath, ["-e", script, d.socket], { uid: 65534, gid: 65534, stdio: ["ignore", "pipe", "pipe"] });
-      let o = ""; let e = "";
-      p.stdout.on("data", (c: Buffer) => { o += c; });
-      p.stderr.on("data", (c: Buffer) => { e += c; });
+      let o = "";
+      let e = "";
+      p.stdout.on("data", (c: Buffer) => {
+        o += c;
+      });
+      p.stderr.on("data", (c: Buffer) => {
+        e += c;
+      });
       p.on("close", (code) => (code === 0 ? resolve(o) : reject(new Error(`client failed (${code}): ${e}`))));
     });
     const r = JSON.parse(out);
@@ -143,14 +182,17 @@ describe("refuses to start", () => {
   it("on an invalid config, naming the JSON path of each bad field", async () => {
     const dir = makeTempDir();
     const cfg = join(dir, "bad.json");
-    writeFileSync(cfg, JSON.stringify({
-      node: { name: "n" },
-      pools: [
-        { name: "ok", subnet: "10.1.0.0/24" },
-        { name: "bad", subnet: "10.2.0.5/24" },
-        { name: "x", subnet: "10.3.0.0/24", vlan: 5000, nodeSelector: { matchExpressions: [{ key: "a", operator: "In" }] } },
-      ],
-    }));
+    writeFileSync(
+      cfg,
+      JSON.stringify({
+        node: { name: "n" },
+        pools: [
+          { name: "ok", subnet: "10.1.0.0/24" },
+          { name: "bad", subnet: "10.2.0.5/24" },
+          { name: "x", subnet: "10.3.0.0/24", vlan: 5000, nodeSelector: { matchExpressions: [{ key: "a", operator: "In" }] } },
+        ],
+      }),
+    );
     const r = await runIpamdExpectingFailure(["--config", cfg, "--socket", join(dir, "s.sock"), "--db", join(dir, "db")]);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("pools[2].vlan");
@@ -160,10 +202,17 @@ describe("refuses to start", () => {
   it("on semantic config errors (host bits, overlap)", async () => {
     const dir = makeTempDir();
     const cfg = join(dir, "bad.json");
-    writeFileSync(cfg, JSON.stringify({
-      node: { name: "n" },
-      pools: [{ name: "a", subnet: "10.2.0.5/24" }, { name: "b", subnet: "10.9.0.0/24" }, { name: "c", subnet: "10.9.0.0/25" }],
-    }));
+    writeFileSync(
+      cfg,
+      JSON.stringify({
+        node: { name: "n" },
+        pools: [
+          { name: "a", subnet: "10.2.0.5/24" },
+          { name: "b", subnet: "10.9.0.0/24" },
+          { name: "c", subnet: "10.9.0.0/25" },
+        ],
+      }),
+    );
     const r = await runIpamdExpectingFailure(["--config", cfg, "--socket", join(dir, "s.sock"), "--db", join(dir, "db")]);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("pools[0].subnet: 10.2.0.5/24 has host bits set; did you mean 10.2.0.0/24?");
@@ -213,7 +262,9 @@ describe("refuses to start", () => {
     try {
       expect(statSync(sockDir).mode & 0o7777).toBe(0o755);
       expect(statSync(socket).mode & 0o777).toBe(0o660);
-    } finally { await e.stop(); }
+    } finally {
+      await e.stop();
+    }
   });
 
   it("when another daemon already serves the socket", async () => {

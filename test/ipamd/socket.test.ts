@@ -17,7 +17,9 @@ function raw(socket: string, payload: string): Promise<{ text: string; ms: numbe
     const started = performance.now();
     const s = connect(socket);
     let text = "";
-    s.on("data", (c) => { text += c.toString(); });
+    s.on("data", (c) => {
+      text += c.toString();
+    });
     s.on("error", (e: NodeJS.ErrnoException) => (e.code === "ECONNRESET" ? s.destroy() : reject(e)));
     s.on("close", () => resolve({ text, ms: performance.now() - started }));
     s.write(payload);
@@ -59,7 +61,8 @@ describe("clients trust only a root listener", () => {
     chownSync(fakeDir, 65534, 65534);
     const socket = join(fakeDir, "ipamd.sock");
     const body = JSON.stringify({ status: "ok", pools: 1, owner: "x", sticky: false, ips: [], routes: [], dns: {} });
-    const script = `require("node:http").createServer((q, s) => { s.writeHead(200, {"content-type": "application/json"}); ` +
+    const script =
+      `require("node:http").createServer((q, s) => { s.writeHead(200, {"content-type": "application/json"}); ` +
       `s.end(${JSON.stringify(body)}); }).listen(process.argv[1], () => console.log("up"));`;
     const fake = spawn(process.execPath, ["-e", script, socket], { uid: 65534, gid: 65534, stdio: ["ignore", "pipe", "inherit"] });
     try {
@@ -73,11 +76,19 @@ describe("clients trust only a root listener", () => {
       expect(ctl.stderr).toContain("runs as uid 65534, not root");
 
       const net = { cniVersion: "1.0.0", name: "n", type: "macvlan", ipam: { type: "berth-ipam", socket, spoolDir: join(dir, "spool") } };
-      const add = runCni(pluginPath("berth-ipam"), { command: "ADD", config: net, containerId: "c1", netns: "/proc/self/ns/net", ifName: "eth0" });
+      const add = runCni(pluginPath("berth-ipam"), {
+        command: "ADD",
+        config: net,
+        containerId: "c1",
+        netns: "/proc/self/ns/net",
+        ifName: "eth0",
+      });
       expect(add.code).toBe(1);
       expect(add.json).toMatchObject({ code: 11 });
       expect(add.json.msg).toContain("runs as uid 65534, not root");
-    } finally { fake.kill(); }
+    } finally {
+      fake.kill();
+    }
   });
 });
 
@@ -94,8 +105,11 @@ describe("abuse of the HTTP API", () => {
   it("refuses JSON nested deeper than 32 levels before parsing it", async () => {
     const d = await startIpamd({ config });
     const body = "[".repeat(100_000);
-    const r = await raw(d.socket, `POST /v1/gc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n` +
-      `content-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+    const r = await raw(
+      d.socket,
+      `POST /v1/gc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n` +
+        `content-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+    );
     expect(r.text).toMatch(/^HTTP\/1\.1 400 /);
     expect(r.text).toContain("nests JSON deeper than 32 levels");
     await d.stop();

@@ -17,10 +17,22 @@ describe("the release spool", () => {
     const d = await startIpamd({ config });
     const spool = join(d.dir, "lib", "spool");
     const net = { cniVersion: "1.0.0", name: "n", type: "macvlan", ipam: { type: "berth-ipam", socket: d.socket, spoolDir: spool } };
-    const add = runCni(pluginPath("berth-ipam"), { command: "ADD", config: net, containerId: "c-down", netns: "/proc/self/ns/net", ifName: "eth0" });
+    const add = runCni(pluginPath("berth-ipam"), {
+      command: "ADD",
+      config: net,
+      containerId: "c-down",
+      netns: "/proc/self/ns/net",
+      ifName: "eth0",
+    });
     expect(add.code).toBe(0);
     await d.stop();
-    const del = runCni(pluginPath("berth-ipam"), { command: "DEL", config: net, containerId: "c-down", netns: "/proc/self/ns/net", ifName: "eth0" });
+    const del = runCni(pluginPath("berth-ipam"), {
+      command: "DEL",
+      config: net,
+      containerId: "c-down",
+      netns: "/proc/self/ns/net",
+      ifName: "eth0",
+    });
     expect(del.code).toBe(0);
     expect(del.stdout).toBe("");
     expect(readdirSync(spool)).toEqual(["c-down_eth0_n.json"]);

@@ -12,16 +12,24 @@ beforeAll(async () => {
   d = await startIpamd({
     config: {
       statefulSets: [{ namespace: "default", name: "web" }],
-      pools: [{
-        name: "p4", subnet: "10.99.0.0/24", ranges: [{ start: "10.99.0.10", end: "10.99.0.60" }],
-        gateway: "10.99.0.1", vlan: 101, networks: [net],
-        routes: [{ dst: "0.0.0.0/0" }, { dst: "192.168.0.0/16", gw: "10.99.0.254" }],
-        dns: { nameservers: ["10.99.0.2"], search: ["svc.local"] },
-      }],
+      pools: [
+        {
+          name: "p4",
+          subnet: "10.99.0.0/24",
+          ranges: [{ start: "10.99.0.10", end: "10.99.0.60" }],
+          gateway: "10.99.0.1",
+          vlan: 101,
+          networks: [net],
+          routes: [{ dst: "0.0.0.0/0" }, { dst: "192.168.0.0/16", gw: "10.99.0.254" }],
+          dns: { nameservers: ["10.99.0.2"], search: ["svc.local"] },
+        },
+      ],
     },
   });
 });
-afterAll(async () => { await d?.stop(); });
+afterAll(async () => {
+  await d?.stop();
+});
 
 describe("allocate / release / sticky", () => {
   it("returns address, gateway, vlan, routes and dns of the pool", async () => {
@@ -29,7 +37,10 @@ describe("allocate / release / sticky", () => {
     expect(r.sticky).toBe(false);
     expect(r.owner).toBe("plain-1/eth0");
     expect(r.ips).toEqual([{ pool: "p4", family: 4, address: "10.99.0.10/24", gateway: "10.99.0.1", vlan: 101 }]);
-    expect(r.routes).toEqual([{ dst: "0.0.0.0/0", gw: "10.99.0.1" }, { dst: "192.168.0.0/16", gw: "10.99.0.254" }]);
+    expect(r.routes).toEqual([
+      { dst: "0.0.0.0/0", gw: "10.99.0.1" },
+      { dst: "192.168.0.0/16", gw: "10.99.0.254" },
+    ]);
     expect(r.dns).toEqual({ nameservers: ["10.99.0.2"], search: ["svc.local"] });
   });
 
@@ -107,7 +118,9 @@ describe("allocate / release / sticky", () => {
       const row = db.prepare("SELECT ip, pool, owner, container_id FROM reservations WHERE container_id = ?").get("disk-1");
       expect(row).toEqual({ ip: a.ips[0]!.address.split("/")[0], pool: "p4", owner: "disk-1/eth0", container_id: "disk-1" });
       expect(db.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
-    } finally { db.close(); }
+    } finally {
+      db.close();
+    }
   });
 });
 

@@ -2,8 +2,17 @@
 // Kubernetes side will rely on, and the client's behaviour docs/kubernetes.md writes down.
 import { request } from "node:https";
 import {
-  ApiException, CoordinationV1Api, CoreV1Api, EventsV1Api, KubeConfig, ListWatch, makeInformer, type V1Node, type V1Pod,
-  V1MicroTime, Watch,
+  ApiException,
+  CoordinationV1Api,
+  CoreV1Api,
+  EventsV1Api,
+  KubeConfig,
+  ListWatch,
+  makeInformer,
+  type V1Node,
+  type V1Pod,
+  V1MicroTime,
+  Watch,
 } from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { KubeApiServer } from "../helpers/kube/apiserver";
@@ -23,11 +32,17 @@ afterEach(async () => {
   await Promise.all(informers.splice(0).map((i) => i.stop()));
   api.clearFaults();
 });
-afterAll(async () => { await api?.close(); });
+afterAll(async () => {
+  await api?.close();
+});
 
 const node = (name: string, labels: Record<string, string> = {}) => ({ apiVersion: "v1", kind: "Node", metadata: { name, labels } });
-const pod = (name: string, nodeName: string, namespace = "default") =>
-  ({ apiVersion: "v1", kind: "Pod", metadata: { name, namespace }, spec: { nodeName, containers: [{ name: "c", image: "busybox" }] } });
+const pod = (name: string, nodeName: string, namespace = "default") => ({
+  apiVersion: "v1",
+  kind: "Pod",
+  metadata: { name, namespace },
+  spec: { nodeName, containers: [{ name: "c", image: "busybox" }] },
+});
 
 async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -38,7 +53,12 @@ async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void
 }
 
 async function rejection(p: Promise<unknown>): Promise<ApiException<string>> {
-  try { await p; } catch (e) { if (e instanceof ApiException) return e as ApiException<string>; throw e; }
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof ApiException) return e as ApiException<string>;
+    throw e;
+  }
   throw new Error("expected the call to fail");
 }
 
@@ -47,7 +67,9 @@ function rawGet(path: string, token?: string): Promise<{ status: number; body: s
   return new Promise((resolve, reject) => {
     const req = request(`${api.url}${path}`, { ca: api.ca, headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
       let body = "";
-      res.on("data", (c: Buffer) => { body += c.toString(); });
+      res.on("data", (c: Buffer) => {
+        body += c.toString();
+      });
       res.on("end", () => resolve({ status: res.statusCode!, body }));
     });
     req.on("error", reject);
@@ -61,8 +83,12 @@ describe("authentication and authorization", () => {
     expect(r.status).toBe(401);
     expect(JSON.parse(r.body)).toMatchObject({ kind: "Status", reason: "Unauthorized", code: 401 });
     const wrong = new KubeConfig();
-    wrong.loadFromOptions({ clusters: kc.clusters, contexts: kc.contexts, currentContext: kc.currentContext,
-      users: [{ name: kc.getCurrentUser()!.name, token: "not-the-token" }] });
+    wrong.loadFromOptions({
+      clusters: kc.clusters,
+      contexts: kc.contexts,
+      currentContext: kc.currentContext,
+      users: [{ name: kc.getCurrentUser()!.name, token: "not-the-token" }],
+    });
     expect((await rejection(wrong.makeApiClient(CoreV1Api).listNode())).code).toBe(401);
   });
 
@@ -73,8 +99,19 @@ describe("authentication and authorization", () => {
     expect(JSON.parse(e.body)).toMatchObject({ reason: "Forbidden", code: 403 });
     expect(JSON.parse(e.body).message).toContain('User "system:serviceaccount:kube-system:berth" cannot delete resource "pods"');
     expect((await rejection(core.listNamespacedSecret({ namespace: "default" }))).code).toBe(403);
-    expect((await rejection(core.createNamespacedEvent({ namespace: "default", body: {
-      metadata: { name: "x" }, involvedObject: { kind: "Pod", name: "victim", namespace: "default" } } }))).code).toBe(403);
+    expect(
+      (
+        await rejection(
+          core.createNamespacedEvent({
+            namespace: "default",
+            body: {
+              metadata: { name: "x" },
+              involvedObject: { kind: "Pod", name: "victim", namespace: "default" },
+            },
+          }),
+        )
+      ).code,
+    ).toBe(403);
     expect(api.get("pods", "default", "victim")).toBeDefined();
     api.remove("pods", "default", "victim");
   });
@@ -83,7 +120,11 @@ describe("authentication and authorization", () => {
     const inCluster = new KubeConfig();
     const saved = { ...process.env };
     Object.assign(process.env, api.inClusterEnv);
-    try { inCluster.loadFromCluster(api.inClusterRoot); } finally { process.env = saved; }
+    try {
+      inCluster.loadFromCluster(api.inClusterRoot);
+    } finally {
+      process.env = saved;
+    }
     const list = await inCluster.makeApiClient(CoreV1Api).listNode();
     expect(list.kind).toBe("NodeList");
   });
@@ -131,8 +172,14 @@ describe("list and watch", () => {
   });
 
   it("ListWatch takes a field selector: pods of one node, an object leaving the selector is a delete", async () => {
-    const lw = new ListWatch<V1Pod>("/api/v1/pods", new Watch(kc),
-      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=lw-node" }), false, undefined, "spec.nodeName=lw-node");
+    const lw = new ListWatch<V1Pod>(
+      "/api/v1/pods",
+      new Watch(kc),
+      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=lw-node" }),
+      false,
+      undefined,
+      "spec.nodeName=lw-node",
+    );
     informers.push(lw);
     const events: string[] = [];
     lw.on("add", (p) => events.push(`add ${p.metadata!.name}`));
@@ -150,8 +197,14 @@ describe("list and watch", () => {
 
   it("relists after 410 Expired, in the stream or as the answer, and sees what changed meanwhile", async () => {
     api.create("pods", pod("gone-0", "rl-node"));
-    const lw = new ListWatch<V1Pod>("/api/v1/pods", new Watch(kc),
-      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=rl-node" }), false, undefined, "spec.nodeName=rl-node");
+    const lw = new ListWatch<V1Pod>(
+      "/api/v1/pods",
+      new Watch(kc),
+      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=rl-node" }),
+      false,
+      undefined,
+      "spec.nodeName=rl-node",
+    );
     informers.push(lw);
     const events: string[] = [];
     lw.on("add", (p) => events.push(`add ${p.metadata!.name}`));
@@ -182,21 +235,36 @@ describe("list and watch", () => {
     const got: { type: string; rv: string }[] = [];
     let done = false;
     const from = api.resourceVersion;
-    const ctl = await new Watch(kc).watch("/api/v1/pods", { allowWatchBookmarks: true, resourceVersion: from },
-      (type, obj) => got.push({ type, rv: obj.metadata.resourceVersion }), () => { done = true; });
+    const ctl = await new Watch(kc).watch(
+      "/api/v1/pods",
+      { allowWatchBookmarks: true, resourceVersion: from },
+      (type, obj) => got.push({ type, rv: obj.metadata.resourceVersion }),
+      () => {
+        done = true;
+      },
+    );
     await until("the watch", () => api.openWatches("pods") === 1);
     api.create("pods", pod("bm-0", "bm-node"));
     api.bookmark();
     await until("the bookmark", () => got.some((g) => g.type === "BOOKMARK"));
-    expect(got).toEqual([{ type: "ADDED", rv: api.resourceVersion }, { type: "BOOKMARK", rv: api.resourceVersion }]);
+    expect(got).toEqual([
+      { type: "ADDED", rv: api.resourceVersion },
+      { type: "BOOKMARK", rv: api.resourceVersion },
+    ]);
     ctl.abort();
     await until("the end of the watch", () => done);
   });
 
   it("informers stop for good on any other error (500 on list or watch): the caller must restart them", async () => {
     for (const verb of ["list", "watch"] as const) {
-      const lw = new ListWatch<V1Pod>("/api/v1/pods", new Watch(kc),
-        () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=err-node" }), false, undefined, "spec.nodeName=err-node");
+      const lw = new ListWatch<V1Pod>(
+        "/api/v1/pods",
+        new Watch(kc),
+        () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=err-node" }),
+        false,
+        undefined,
+        "spec.nodeName=err-node",
+      );
       informers.push(lw);
       const errors: unknown[] = [];
       lw.on("error", (e) => errors.push(e));
@@ -216,8 +284,14 @@ describe("list and watch", () => {
   });
 
   it("a watch ended by the server is resumed from the last resourceVersion, without a relist", async () => {
-    const lw = new ListWatch<V1Pod>("/api/v1/pods", new Watch(kc),
-      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=end-node" }), false, undefined, "spec.nodeName=end-node");
+    const lw = new ListWatch<V1Pod>(
+      "/api/v1/pods",
+      new Watch(kc),
+      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=end-node" }),
+      false,
+      undefined,
+      "spec.nodeName=end-node",
+    );
     informers.push(lw);
     await lw.start();
     await until("the watch", () => api.openWatches("pods") === 1);
@@ -231,8 +305,14 @@ describe("list and watch", () => {
   });
 
   it("a dropped connection (or a delayed answer then a cut) stops the informer with an error: no reconnect", async () => {
-    const lw = new ListWatch<V1Pod>("/api/v1/pods", new Watch(kc),
-      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=drop-node" }), false, undefined, "spec.nodeName=drop-node");
+    const lw = new ListWatch<V1Pod>(
+      "/api/v1/pods",
+      new Watch(kc),
+      () => core.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=drop-node" }),
+      false,
+      undefined,
+      "spec.nodeName=drop-node",
+    );
     informers.push(lw);
     const errors: Error[] = [];
     lw.on("error", (e) => errors.push(e as Error));
@@ -250,21 +330,45 @@ describe("list and watch", () => {
 describe("writes", () => {
   it("Lease create and update with V1MicroTime; a stale resourceVersion is 409; a plain Date is 400", async () => {
     const leases = kc.makeApiClient(CoordinationV1Api);
-    const created = await leases.createNamespacedLease({ namespace: "kube-system", body: {
-      metadata: { name: "berth-release-leader" },
-      spec: { holderIdentity: "n1", leaseDurationSeconds: 15, acquireTime: new V1MicroTime(), renewTime: new V1MicroTime() },
-    } });
+    const created = await leases.createNamespacedLease({
+      namespace: "kube-system",
+      body: {
+        metadata: { name: "berth-release-leader" },
+        spec: { holderIdentity: "n1", leaseDurationSeconds: 15, acquireTime: new V1MicroTime(), renewTime: new V1MicroTime() },
+      },
+    });
     const stored = api.get("coordination.k8s.io/leases", "kube-system", "berth-release-leader")!;
     expect((stored.spec as { renewTime: string }).renewTime).toMatch(/\.\d{6}Z$/);
-    const renewed = await leases.replaceNamespacedLease({ name: "berth-release-leader", namespace: "kube-system", body: {
-      ...created, spec: { ...created.spec, renewTime: new V1MicroTime() } } });
+    const renewed = await leases.replaceNamespacedLease({
+      name: "berth-release-leader",
+      namespace: "kube-system",
+      body: {
+        ...created,
+        spec: { ...created.spec, renewTime: new V1MicroTime() },
+      },
+    });
     expect(Number(renewed.metadata!.resourceVersion)).toBeGreaterThan(Number(created.metadata!.resourceVersion));
-    const stale = await rejection(leases.replaceNamespacedLease({ name: "berth-release-leader", namespace: "kube-system", body: {
-      ...created, spec: { ...created.spec, holderIdentity: "n2" } } }));
+    const stale = await rejection(
+      leases.replaceNamespacedLease({
+        name: "berth-release-leader",
+        namespace: "kube-system",
+        body: {
+          ...created,
+          spec: { ...created.spec, holderIdentity: "n2" },
+        },
+      }),
+    );
     expect(stale.code).toBe(409);
     expect(JSON.parse(stale.body)).toMatchObject({ reason: "Conflict" });
-    const plainDate = await rejection(leases.createNamespacedLease({ namespace: "kube-system", body: {
-      metadata: { name: "plain-date" }, spec: { holderIdentity: "n1", renewTime: new Date() as V1MicroTime } } }));
+    const plainDate = await rejection(
+      leases.createNamespacedLease({
+        namespace: "kube-system",
+        body: {
+          metadata: { name: "plain-date" },
+          spec: { holderIdentity: "n1", renewTime: new Date() as V1MicroTime },
+        },
+      }),
+    );
     expect(plainDate.code).toBe(400);
     expect(JSON.parse(plainDate.body).message).toContain("spec.renewTime");
     const elsewhere = leases.createNamespacedLease({ namespace: "default", body: { metadata: { name: "elsewhere" } } });
@@ -275,9 +379,14 @@ describe("writes", () => {
     const events = kc.makeApiClient(EventsV1Api);
     const body = {
       metadata: { generateName: "web-0." },
-      eventTime: new V1MicroTime(), reportingController: "berth.dev/ipamd", reportingInstance: "ipamd-n1",
-      action: "AllocateAddress", reason: "NoPoolForNode", type: "Warning",
-      note: "no pool selects node n1 for network data", regarding: { kind: "Pod", namespace: "default", name: "web-0", apiVersion: "v1" },
+      eventTime: new V1MicroTime(),
+      reportingController: "berth.dev/ipamd",
+      reportingInstance: "ipamd-n1",
+      action: "AllocateAddress",
+      reason: "NoPoolForNode",
+      type: "Warning",
+      note: "no pool selects node n1 for network data",
+      regarding: { kind: "Pod", namespace: "default", name: "web-0", apiVersion: "v1" },
     };
     const created = await events.createNamespacedEvent({ namespace: "default", body });
     expect(created.metadata!.name).toMatch(/^web-0\./);

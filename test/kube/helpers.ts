@@ -3,8 +3,11 @@ import type { IpamdClient } from "../../api/client";
 import type { AllocateResponse } from "../../api/types";
 import type { KubeApiServer, KubeObject } from "../helpers/kube/apiserver";
 
-export const nodeObj = (name: string, labels: Record<string, string>): KubeObject =>
-  ({ apiVersion: "v1", kind: "Node", metadata: { name, labels } });
+export const nodeObj = (name: string, labels: Record<string, string>): KubeObject => ({
+  apiVersion: "v1",
+  kind: "Node",
+  metadata: { name, labels },
+});
 
 export interface PodOptions {
   owner?: { kind: string; name: string; uid: string; apiVersion?: string };
@@ -13,27 +16,48 @@ export interface PodOptions {
 
 export function podObj(namespace: string, name: string, nodeName: string, o: PodOptions = {}): KubeObject {
   return {
-    apiVersion: "v1", kind: "Pod",
+    apiVersion: "v1",
+    kind: "Pod",
     metadata: {
-      name, namespace, ...(o.annotations ? { annotations: o.annotations } : {}),
-      ...(o.owner ? { ownerReferences: [{ apiVersion: o.owner.apiVersion ?? "apps/v1", kind: o.owner.kind, name: o.owner.name,
-        uid: o.owner.uid, controller: true, blockOwnerDeletion: true }] } : {}),
+      name,
+      namespace,
+      ...(o.annotations ? { annotations: o.annotations } : {}),
+      ...(o.owner
+        ? {
+            ownerReferences: [
+              {
+                apiVersion: o.owner.apiVersion ?? "apps/v1",
+                kind: o.owner.kind,
+                name: o.owner.name,
+                uid: o.owner.uid,
+                controller: true,
+                blockOwnerDeletion: true,
+              },
+            ],
+          }
+        : {}),
     },
     spec: { nodeName, containers: [{ name: "c", image: "busybox" }] },
   };
 }
 
 export interface StsOptions {
-  replicas?: number; start?: number; annotations?: Record<string, string>; template?: Record<string, string>;
+  replicas?: number;
+  start?: number;
+  annotations?: Record<string, string>;
+  template?: Record<string, string>;
   nodeSelector?: Record<string, string>;
 }
 
 export function stsObj(namespace: string, name: string, o: StsOptions = {}): KubeObject {
   return {
-    apiVersion: "apps/v1", kind: "StatefulSet",
+    apiVersion: "apps/v1",
+    kind: "StatefulSet",
     metadata: { name, namespace, ...(o.annotations ? { annotations: o.annotations } : {}) },
     spec: {
-      replicas: o.replicas ?? 1, serviceName: name, selector: { matchLabels: { app: name } },
+      replicas: o.replicas ?? 1,
+      serviceName: name,
+      selector: { matchLabels: { app: name } },
       ...(o.start !== undefined ? { ordinals: { start: o.start } } : {}),
       template: {
         metadata: { labels: { app: name }, ...(o.template ? { annotations: o.template } : {}) },
@@ -44,11 +68,19 @@ export function stsObj(namespace: string, name: string, o: StsOptions = {}): Kub
 }
 
 /** Creates the StatefulSet and its member pod `ordinal` on `node`; returns the pod's UID. */
-export function memberPod(api: KubeApiServer, namespace: string, sts: string, ordinal: number, node: string,
-  annotations?: Record<string, string>): string {
+export function memberPod(
+  api: KubeApiServer,
+  namespace: string,
+  sts: string,
+  ordinal: number,
+  node: string,
+  annotations?: Record<string, string>,
+): string {
   const set = api.get("apps/statefulsets", namespace, sts)!;
-  const pod = api.create("pods", podObj(namespace, `${sts}-${ordinal}`, node,
-    { owner: { kind: "StatefulSet", name: sts, uid: set.metadata.uid! }, annotations }));
+  const pod = api.create(
+    "pods",
+    podObj(namespace, `${sts}-${ordinal}`, node, { owner: { kind: "StatefulSet", name: sts, uid: set.metadata.uid! }, annotations }),
+  );
   return pod.metadata.uid!;
 }
 
@@ -64,11 +96,24 @@ export async function until(what: string, ok: () => boolean | Promise<boolean>, 
 let containers = 0;
 
 /** ADD as a runtime would for the pod: a fresh container ID each time. */
-export function add(client: IpamdClient, namespace: string, name: string, uid: string | undefined,
-  extra: Record<string, unknown> = {}): Promise<AllocateResponse & { containerID: string }> {
+export function add(
+  client: IpamdClient,
+  namespace: string,
+  name: string,
+  uid: string | undefined,
+  extra: Record<string, unknown> = {},
+): Promise<AllocateResponse & { containerID: string }> {
   const containerID = `ctr-${name}-${++containers}`;
-  return client.allocate({ containerID, ifName: "eth0", network: "underlay", podNamespace: namespace, podName: name,
-    ...(uid ? { podUID: uid } : {}), ...extra })
+  return client
+    .allocate({
+      containerID,
+      ifName: "eth0",
+      network: "underlay",
+      podNamespace: namespace,
+      podName: name,
+      ...(uid ? { podUID: uid } : {}),
+      ...extra,
+    })
     .then((r) => ({ ...r, containerID }));
 }
 

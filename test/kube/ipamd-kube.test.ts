@@ -18,7 +18,9 @@ const ROOT = join(import.meta.dirname, "../..");
 let api: KubeApiServer;
 const daemons: DaemonHandle[] = [];
 
-beforeAll(async () => { api = await KubeApiServer.start({ bookmarkIntervalMs: 0 }); }, 60_000);
+beforeAll(async () => {
+  api = await KubeApiServer.start({ bookmarkIntervalMs: 0 });
+}, 60_000);
 afterAll(async () => {
   await Promise.all(daemons.map((d) => d.stop()));
   await cleanupIpamdTest();
@@ -37,7 +39,12 @@ async function daemon(node: string, pools: Record<string, unknown>[], extra: Rec
 }
 
 async function ipamdError(p: Promise<unknown>): Promise<IpamdError> {
-  try { await p; } catch (e) { if (e instanceof IpamdError) return e; throw e; }
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof IpamdError) return e;
+    throw e;
+  }
   throw new Error("expected the call to fail");
 }
 
@@ -57,9 +64,17 @@ describe("1. node labels from the Node object", () => {
     Object.assign(process.env, api.inClusterEnv);
     let d: DaemonHandle;
     try {
-      d = await startIpamd({ config: { node: { name: "n1", labels: { "berth.dev/rack": "r9" } }, pools, cooldownSeconds: 0,
-        kubernetes: { ...KUBE, inClusterRoot: api.inClusterRoot } } });
-    } finally { process.env = saved; }
+      d = await startIpamd({
+        config: {
+          node: { name: "n1", labels: { "berth.dev/rack": "r9" } },
+          pools,
+          cooldownSeconds: 0,
+          kubernetes: { ...KUBE, inClusterRoot: api.inClusterRoot },
+        },
+      });
+    } finally {
+      process.env = saved;
+    }
     daemons.push(d);
     const status = await d.client.status();
     expect(status.kubernetes).toMatchObject({ mode: "in-cluster", server: api.url, releaseLeader: true });
@@ -91,10 +106,11 @@ describe("1. node labels from the Node object", () => {
     expect(ev).toMatchObject({ type: "Warning", reportingController: "berth.dev/ipamd", reportingInstance: "ipamd-n1" });
 
     // Watches named by field selector, and every call says who made it.
-    const watched = ofNode("n1").filter((r) => r.verb === "watch").map((r) => `${r.resource} ${r.query.fieldSelector}`);
+    const watched = ofNode("n1")
+      .filter((r) => r.verb === "watch")
+      .map((r) => `${r.resource} ${r.query.fieldSelector}`);
     expect(watched).toEqual(expect.arrayContaining(["nodes metadata.name=n1", "pods spec.nodeName=n1"]));
-    const mine = api.requests.filter((r) => r.query.fieldSelector?.endsWith("=n1") || r.name?.startsWith("web-0") ||
-      r.namespace === "l1");
+    const mine = api.requests.filter((r) => r.query.fieldSelector?.endsWith("=n1") || r.name?.startsWith("web-0") || r.namespace === "l1");
     expect(mine.map((r) => r.verb)).toEqual(expect.arrayContaining(["list", "watch", "create"]));
     for (const r of mine) expect(r.userAgent).toBe("berth-ipamd/0.1.0 (node n1)");
     const { stdout } = await runIpamctl(["--socket", d.socket, "status"]);
@@ -121,8 +137,10 @@ describe("2. StatefulSet identity from the controller ownerReference", () => {
     const again = await add(d.client, "m2", "redis-0", uid2);
     expect(ip(again)).toBe(ip(first));
 
-    const rs = api.create("pods", podObj("m2", "web-6d5f8-24579", "n2",
-      { owner: { kind: "ReplicaSet", name: "web-6d5f8", uid: "rs-uid" } }));
+    const rs = api.create(
+      "pods",
+      podObj("m2", "web-6d5f8-24579", "n2", { owner: { kind: "ReplicaSet", name: "web-6d5f8", uid: "rs-uid" } }),
+    );
     const deployment = await add(d.client, "m2", "web-6d5f8-24579", rs.metadata.uid);
     expect(deployment.sticky).toBe(false);
     expect(deployment.owner).toBe(`${deployment.containerID}/eth0`);
@@ -158,32 +176,33 @@ describe("3. release policy (berth.dev/ip-retention)", () => {
     await until("the deletion's releases", async () => Object.keys(await reservedIps(d.client, "r3", "a")).length === 0);
   }, 60_000);
 
-  it("whenScaled: Delete releases ordinals >= start+replicas once their pods are gone; one recreated during the release keeps its address",
-    async () => {
-      api.create("apps/statefulsets", stsObj("r3", "b", { replicas: 3, start: 5,
-        annotations: { "berth.dev/ip-retention": '{"whenScaled":"Delete"}' } }));
-      const held = await members("r3", "b", [5, 6, 7]);
-      api.patch("apps/statefulsets", "r3", "b", { spec: { replicas: 1 } });
-      await new Promise((r) => setTimeout(r, 1000));
-      expect(await reservedIps(d.client, "r3", "b")).toEqual(held); // their pods still exist
-      api.remove("pods", "r3", "b-7");
-      await until("b-7 released", async () => !(7 in await reservedIps(d.client, "r3", "b")));
+  it("whenScaled: Delete releases ordinals >= start+replicas once their pods are gone; one recreated during the release keeps its address", async () => {
+    api.create(
+      "apps/statefulsets",
+      stsObj("r3", "b", { replicas: 3, start: 5, annotations: { "berth.dev/ip-retention": '{"whenScaled":"Delete"}' } }),
+    );
+    const held = await members("r3", "b", [5, 6, 7]);
+    api.patch("apps/statefulsets", "r3", "b", { spec: { replicas: 1 } });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await reservedIps(d.client, "r3", "b")).toEqual(held); // their pods still exist
+    api.remove("pods", "r3", "b-7");
+    await until("b-7 released", async () => !(7 in (await reservedIps(d.client, "r3", "b"))));
 
-      // b-6: the pod re-check finds none, then the StatefulSet re-check is slow; meanwhile the pod is
-      // recreated and its ADD attaches the address: the release must then free nothing.
-      api.inject({ verb: "get", resource: "apps/statefulsets", namespace: "r3", name: "b" }, { delayMs: 2000 });
-      const slowGets = () => api.requests.filter((r) => r.verb === "get" && r.resource === "apps/statefulsets" && r.name === "b").length;
-      const before = slowGets();
-      api.remove("pods", "r3", "b-6");
-      await until("the StatefulSet re-check", () => slowGets() > before);
-      const back = await add(d.client, "r3", "b-6", memberPod(api, "r3", "b", 6, "n3"));
-      expect(ip(back)).toBe(held[6]);
-      await new Promise((r) => setTimeout(r, 2500));
-      const now = await reservedIps(d.client, "r3", "b");
-      expect(now).toEqual({ 5: held[5], 6: held[6] });
-      const { reservations } = await d.client.reservations({ ip: held[6] });
-      expect(reservations).toMatchObject([{ owner: "r3/b/6", state: "attached", containerID: back.containerID }]);
-    }, 60_000);
+    // b-6: the pod re-check finds none, then the StatefulSet re-check is slow; meanwhile the pod is
+    // recreated and its ADD attaches the address: the release must then free nothing.
+    api.inject({ verb: "get", resource: "apps/statefulsets", namespace: "r3", name: "b" }, { delayMs: 2000 });
+    const slowGets = () => api.requests.filter((r) => r.verb === "get" && r.resource === "apps/statefulsets" && r.name === "b").length;
+    const before = slowGets();
+    api.remove("pods", "r3", "b-6");
+    await until("the StatefulSet re-check", () => slowGets() > before);
+    const back = await add(d.client, "r3", "b-6", memberPod(api, "r3", "b", 6, "n3"));
+    expect(ip(back)).toBe(held[6]);
+    await new Promise((r) => setTimeout(r, 2500));
+    const now = await reservedIps(d.client, "r3", "b");
+    expect(now).toEqual({ 5: held[5], 6: held[6] });
+    const { reservations } = await d.client.reservations({ ip: held[6] });
+    expect(reservations).toMatchObject([{ owner: "r3/b/6", state: "attached", containerID: back.containerID }]);
+  }, 60_000);
 
   it("whenDeleted: Retain keeps the addresses and a StatefulSet recreated with a new UID inherits them", async () => {
     const retain = { "berth.dev/ip-retention": '{"whenDeleted":"Retain","whenScaled":"Retain"}' };
@@ -222,26 +241,28 @@ describe("4. annotations berth.dev/ips and berth.dev/pools", () => {
   let d: DaemonHandle;
   beforeAll(async () => {
     api.create("nodes", nodeObj("n4", {}));
-    d = await daemon("n4", [{ name: "a4", subnet: "10.4.0.0/24" }, { name: "b4", subnet: "10.44.0.0/24" }]);
+    d = await daemon("n4", [
+      { name: "a4", subnet: "10.4.0.0/24" },
+      { name: "b4", subnet: "10.44.0.0/24" },
+    ]);
   }, 60_000);
 
-  it("pin by ordinal from the pod template; a changed annotation moves the member and frees the old address in the same transaction",
-    async () => {
-      api.create("apps/statefulsets", stsObj("a4", "e", { replicas: 2, template: { "berth.dev/ips": '["10.4.0.50","10.4.0.51"]' } }));
-      const first = await add(d.client, "a4", "e-1", memberPod(api, "a4", "e", 1, "n4"));
-      expect(ip(first)).toBe("10.4.0.51");
-      expect((await d.client.reservations({ ip: "10.4.0.51" })).reservations[0]).toMatchObject({ owner: "a4/e/1", pinned: true });
-      await d.client.release({ containerID: first.containerID, ifName: "eth0", network: "underlay" });
-      api.remove("pods", "a4", "e-1");
-      const uid = memberPod(api, "a4", "e", 1, "n4", { "berth.dev/ips": '["10.4.0.60","10.4.0.61"]' }); // the pod's own wins
-      const moved = await add(d.client, "a4", "e-1", uid);
-      expect(ip(moved)).toBe("10.4.0.61");
-      // In the answer's commit: the member holds only the new address, the old one is free (no stale reservation).
-      expect(await reservedIps(d.client, "a4", "e")).toEqual({ 1: "10.4.0.61" });
-      expect((await d.client.reservations({ ip: "10.4.0.51" })).reservations).toEqual([]);
-      const other = await add(d.client, "a4", "plain", undefined, { ips: ["10.4.0.51"] });
-      expect(ip(other)).toBe("10.4.0.51");
-    }, 60_000);
+  it("pin by ordinal from the pod template; a changed annotation moves the member and frees the old address in the same transaction", async () => {
+    api.create("apps/statefulsets", stsObj("a4", "e", { replicas: 2, template: { "berth.dev/ips": '["10.4.0.50","10.4.0.51"]' } }));
+    const first = await add(d.client, "a4", "e-1", memberPod(api, "a4", "e", 1, "n4"));
+    expect(ip(first)).toBe("10.4.0.51");
+    expect((await d.client.reservations({ ip: "10.4.0.51" })).reservations[0]).toMatchObject({ owner: "a4/e/1", pinned: true });
+    await d.client.release({ containerID: first.containerID, ifName: "eth0", network: "underlay" });
+    api.remove("pods", "a4", "e-1");
+    const uid = memberPod(api, "a4", "e", 1, "n4", { "berth.dev/ips": '["10.4.0.60","10.4.0.61"]' }); // the pod's own wins
+    const moved = await add(d.client, "a4", "e-1", uid);
+    expect(ip(moved)).toBe("10.4.0.61");
+    // In the answer's commit: the member holds only the new address, the old one is free (no stale reservation).
+    expect(await reservedIps(d.client, "a4", "e")).toEqual({ 1: "10.4.0.61" });
+    expect((await d.client.reservations({ ip: "10.4.0.51" })).reservations).toEqual([]);
+    const other = await add(d.client, "a4", "plain", undefined, { ips: ["10.4.0.51"] });
+    expect(ip(other)).toBe("10.4.0.51");
+  }, 60_000);
 
   it("berth.dev/pools picks the pools per interface; an invalid annotation fails the ADD naming it, with an Event", async () => {
     const p = api.create("pods", podObj("a4", "picky", "n4", { annotations: { "berth.dev/pools": '{"eth0":["b4"]}' } }));
@@ -260,10 +281,14 @@ describe("5. reserve at creation (berth.dev/reserve)", () => {
     api.create("nodes", nodeObj("n5", { zone: "z5" }));
     const d = await daemon("n5", [{ name: "p5", subnet: "10.5.0.0/24" }]);
     // Single-node mode: every node whose labels the pod template's nodeSelector matches reserves (its addresses are its own).
-    api.create("apps/statefulsets", stsObj("r5", "lb", { replicas: 3, start: 2, annotations: { "berth.dev/reserve": "true" },
-      nodeSelector: { zone: "z5" } }));
-    api.create("apps/statefulsets", stsObj("r5", "elsewhere", { replicas: 2, annotations: { "berth.dev/reserve": "true" },
-      nodeSelector: { zone: "z9" } }));
+    api.create(
+      "apps/statefulsets",
+      stsObj("r5", "lb", { replicas: 3, start: 2, annotations: { "berth.dev/reserve": "true" }, nodeSelector: { zone: "z5" } }),
+    );
+    api.create(
+      "apps/statefulsets",
+      stsObj("r5", "elsewhere", { replicas: 2, annotations: { "berth.dev/reserve": "true" }, nodeSelector: { zone: "z9" } }),
+    );
     await until("the reservations", async () => Object.keys(await reservedIps(d.client, "r5", "lb")).length === 3);
     const held = await reservedIps(d.client, "r5", "lb");
     expect(Object.keys(held)).toEqual(["2", "3", "4"]);
@@ -305,7 +330,9 @@ describe("6. leaks reconciled against the pods on this node", () => {
     await new Promise((r) => setTimeout(r, 1500));
     expect((await d.client.reservations({ ip: ip(h1) })).reservations).toMatchObject([{ state: "attached", containerID: h2!.containerID }]);
     expect((await d.client.reservations({ ip: ip(kept) })).reservations).toMatchObject([{ state: "attached" }]);
-    await until("the PreviousSandboxAttached Event", () => eventsFor(api, "l6", "h-0").some((ev) => ev.reason === "PreviousSandboxAttached"));
+    await until("the PreviousSandboxAttached Event", () =>
+      eventsFor(api, "l6", "h-0").some((ev) => ev.reason === "PreviousSandboxAttached"),
+    );
     // Two leaks: the gone pod's address, and h-0's previous sandbox (detached, the member keeps its address).
     expect(await d.client.metrics()).toMatch(/berth_ipamd_kube_released_addresses_total\{reason="leaked"\} 2/);
   }, 60_000);
@@ -314,17 +341,23 @@ describe("6. leaks reconciled against the pods on this node", () => {
 describe("7. Events and watch recovery", () => {
   it("NoPoolForNode and PoolExhausted Events on the pod", async () => {
     api.create("nodes", nodeObj("n7", { rack: "tiny" }));
-    const d = await daemon("n7", [{ name: "tiny", subnet: "10.7.0.0/30", networks: ["underlay"],
-      nodeSelector: { matchLabels: { rack: "tiny" } } },
-      { name: "other", subnet: "10.77.0.0/24", networks: ["storage"] }]);
+    const d = await daemon("n7", [
+      { name: "tiny", subnet: "10.7.0.0/30", networks: ["underlay"], nodeSelector: { matchLabels: { rack: "tiny" } } },
+      { name: "other", subnet: "10.77.0.0/24", networks: ["storage"] },
+    ]);
     for (const n of ["t-a", "t-b"]) await add(d.client, "e7", n, api.create("pods", podObj("e7", n, "n7")).metadata.uid);
     const full = api.create("pods", podObj("e7", "t-c", "n7"));
     expect((await ipamdError(add(d.client, "e7", "t-c", full.metadata.uid))).code).toBe("pool_exhausted");
     const nopool = api.create("pods", podObj("e7", "t-d", "n7"));
-    expect((await ipamdError(add(d.client, "e7", "t-d", nopool.metadata.uid, { network: "backup", pools: undefined }))).code)
-      .toBe("no_pool");
-    await until("the Events", () => eventsFor(api, "e7", "t-c").some((e) => e.reason === "PoolExhausted") &&
-      eventsFor(api, "e7", "t-d").some((e) => e.reason === "NoPoolForNode"));
+    expect((await ipamdError(add(d.client, "e7", "t-d", nopool.metadata.uid, { network: "backup", pools: undefined }))).code).toBe(
+      "no_pool",
+    );
+    await until(
+      "the Events",
+      () =>
+        eventsFor(api, "e7", "t-c").some((e) => e.reason === "PoolExhausted") &&
+        eventsFor(api, "e7", "t-d").some((e) => e.reason === "NoPoolForNode"),
+    );
     expect(eventsFor(api, "e7", "t-d")[0]!.note).toContain('no pool serves network "backup" on node n7');
     // The kubelet retries ADD every few seconds: one Event per pod and reason, not one per retry.
     await ipamdError(add(d.client, "e7", "t-c", full.metadata.uid));
@@ -337,8 +370,10 @@ describe("7. Events and watch recovery", () => {
     // Faults match by verb and resource: only this test's daemon may watch nodes and pods now.
     await Promise.all(daemons.splice(0).map((x) => x.stop()));
     api.create("nodes", nodeObj("n8", { rack: "a" }));
-    const d = await daemon("n8", [{ name: "pa", subnet: "10.8.0.0/24", nodeSelector: { matchLabels: { rack: "a" } } },
-      { name: "pb", subnet: "10.88.0.0/24", nodeSelector: { matchLabels: { rack: "b" } } }]);
+    const d = await daemon("n8", [
+      { name: "pa", subnet: "10.8.0.0/24", nodeSelector: { matchLabels: { rack: "a" } } },
+      { name: "pb", subnet: "10.88.0.0/24", nodeSelector: { matchLabels: { rack: "b" } } },
+    ]);
     const watchOf = async (resource: string) => (await d.client.status()).kubernetes.watches!.find((w) => w.resource === resource)!;
     const selected = async () => (await d.client.status()).poolsSelected.join();
     const nodeWatches = () => ofNode("n8").filter((r) => r.resource === "nodes" && r.verb === "watch").length;
@@ -393,11 +428,17 @@ describe("the release-leader Lease (cluster mode's elector; single-node mode nee
   it("exactly one of two nodes leads; MicroTime renewals; the other takes over when the leader stops", async () => {
     const log = pino({ level: "silent" });
     const make = (node: string) => {
-      const config = buildConfig({ node: { name: node }, pools: [{ name: "x", subnet: "10.9.0.0/24" }],
-        kubernetes: { kubeconfig: api.kubeconfigPath } });
+      const config = buildConfig({
+        node: { name: node },
+        pools: [{ name: "x", subnet: "10.9.0.0/24" }],
+        kubernetes: { kubeconfig: api.kubeconfigPath },
+      });
       const kube = connectKube(config.kubernetes, "0.1.0", node)!;
-      return new LeaseElector(kube.leases, { namespace: "kube-system", name: "berth-release-leader", identity: node,
-        leaseDurationMs: 2000, retryMs: 300, timeoutMs: 2000 }, log);
+      return new LeaseElector(
+        kube.leases,
+        { namespace: "kube-system", name: "berth-release-leader", identity: node, leaseDurationMs: 2000, retryMs: 300, timeoutMs: 2000 },
+        log,
+      );
     };
     const a = make("lease-a");
     const b = make("lease-b");
@@ -420,9 +461,12 @@ describe("RBAC: conf/kubernetes/rbac.yaml grants exactly what the code uses", ()
     const refused = api.requests.filter((r) => r.status === 401 || r.status === 403);
     expect(refused.map((r) => `${r.method} ${r.path} -> ${r.status}`)).toEqual([]);
     type Rule = { apiGroups: string[]; resources: string[]; verbs: string[] };
-    const docs = parseAllDocuments(readFileSync(join(ROOT, "conf/kubernetes/rbac.yaml"), "utf8")).map((x) => x.toJS() as
-      { kind?: string; rules?: Rule[] });
-    const granted = docs.filter((x) => x.kind === "ClusterRole" || x.kind === "Role").flatMap((x) => x.rules ?? [])
+    const docs = parseAllDocuments(readFileSync(join(ROOT, "conf/kubernetes/rbac.yaml"), "utf8")).map(
+      (x) => x.toJS() as { kind?: string; rules?: Rule[] },
+    );
+    const granted = docs
+      .filter((x) => x.kind === "ClusterRole" || x.kind === "Role")
+      .flatMap((x) => x.rules ?? [])
       .flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g ? `${g}/` : ""}${res} ${v}`))));
     // A request gets its resource once authorized (open watches are still streaming: no status yet).
     const used = new Set(api.requests.filter((r) => r.resource).map((r) => `${r.resource} ${r.verb}`));

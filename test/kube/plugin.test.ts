@@ -18,8 +18,11 @@ beforeAll(async () => {
   api = await KubeApiServer.start({ bookmarkIntervalMs: 0 });
   api.create("nodes", nodeObj("plugin-node", { "berth.dev/rack": "r1" }));
   daemon = await startIpamd({
-    config: { node: { name: "plugin-node" }, cooldownSeconds: 0,
-      pools: [{ name: "r1-v4", subnet: "10.60.0.0/24", gateway: "10.60.0.1", nodeSelector: { matchLabels: { "berth.dev/rack": "r1" } } }] },
+    config: {
+      node: { name: "plugin-node" },
+      cooldownSeconds: 0,
+      pools: [{ name: "r1-v4", subnet: "10.60.0.0/24", gateway: "10.60.0.1", nodeSelector: { matchLabels: { "berth.dev/rack": "r1" } } }],
+    },
     args: ["--kubeconfig", api.kubeconfigPath],
   });
   pod = createNetns("kubeplug");
@@ -34,27 +37,44 @@ afterAll(async () => {
 });
 
 /** As runCni, but without blocking this process: the test API server lives in it and must answer ipamd meanwhile. */
-function runPlugin(executable: string, env: Record<string, string>, config: unknown): Promise<{ code: number | null; stdout: string;
-  stderr: string }> {
+function runPlugin(
+  executable: string,
+  env: Record<string, string>,
+  config: unknown,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const p = spawn(executable, [], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", CNI_PATH: pluginDir(), ...env } });
     let stdout = "";
     let stderr = "";
-    p.stdout.on("data", (c: Buffer) => { stdout += c.toString(); });
-    p.stderr.on("data", (c: Buffer) => { stderr += c.toString(); });
+    p.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+    });
+    p.stderr.on("data", (c: Buffer) => {
+      stderr += c.toString();
+    });
     p.on("close", (code) => resolve({ code, stdout, stderr }));
     p.stdin.end(JSON.stringify(config));
   });
 }
 
 it("ADD through berth-ipam with K8S_POD_* CNI_ARGS: membership and the pinned address come from the API", async () => {
-  api.create("apps/statefulsets", stsObj("db", "pg", { replicas: 3, template: { "berth.dev/ips": '["10.60.0.40","10.60.0.41","10.60.0.42"]' } }));
+  api.create(
+    "apps/statefulsets",
+    stsObj("db", "pg", { replicas: 3, template: { "berth.dev/ips": '["10.60.0.40","10.60.0.41","10.60.0.42"]' } }),
+  );
   const uid = memberPod(api, "db", "pg", 2, "plugin-node");
   const config = { cniVersion: "1.0.0", name: "underlay", type: "macvlan", ipam: { type: "berth-ipam", socket: daemon.socket } };
-  const r = await runPlugin(pluginPath("berth-ipam"), {
-    CNI_COMMAND: "ADD", CNI_CONTAINERID: "ctr-pg-2", CNI_NETNS: pod!.path, CNI_IFNAME: "eth0",
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-2;K8S_POD_INFRA_CONTAINER_ID=ctr-pg-2;K8S_POD_UID=${uid}`,
-  }, config);
+  const r = await runPlugin(
+    pluginPath("berth-ipam"),
+    {
+      CNI_COMMAND: "ADD",
+      CNI_CONTAINERID: "ctr-pg-2",
+      CNI_NETNS: pod!.path,
+      CNI_IFNAME: "eth0",
+      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=pg-2;K8S_POD_INFRA_CONTAINER_ID=ctr-pg-2;K8S_POD_UID=${uid}`,
+    },
+    config,
+  );
   expect(r.stderr).toBe("");
   expect(r.code).toBe(0);
   expect(JSON.parse(r.stdout).ips).toEqual([{ address: "10.60.0.42/24", gateway: "10.60.0.1" }]);

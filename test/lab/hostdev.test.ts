@@ -27,8 +27,23 @@ const nics = ["52:54:00:be:00:01", "52:54:00:be:00:02", "52:54:00:be:00:03"];
 const stateDir = mkdtempSync(join(tmpdir(), "berth-lab-hostdev-"));
 const netnsNames: string[] = [];
 
-interface LinkJson { ifindex: number; ifname: string; address: string; permaddr?: string; mtu: number; flags: string[]; operstate: string }
-interface NicState { name: string; mac: string; mtu: number; up: boolean; addresses: string[]; routes: string[] }
+interface LinkJson {
+  ifindex: number;
+  ifname: string;
+  address: string;
+  permaddr?: string;
+  mtu: number;
+  flags: string[];
+  operstate: string;
+}
+interface NicState {
+  name: string;
+  mac: string;
+  mtu: number;
+  up: boolean;
+  addresses: string[];
+  routes: string[];
+}
 
 function ip(...args: string[]): string {
   return execFileSync("ip", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
@@ -45,16 +60,28 @@ function hostNic(mac: string): LinkJson | undefined {
 }
 
 function addresses(name: string, netns?: string): string[] {
-  const [l] = ipJson<{ addr_info: { local: string; prefixlen: number; scope: string }[] }[]>(...(netns ? ["-n", netns] : []), "addr", "show", "dev", name);
-  return l!.addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`).sort();
+  const [l] = ipJson<{ addr_info: { local: string; prefixlen: number; scope: string }[] }[]>(
+    ...(netns ? ["-n", netns] : []),
+    "addr",
+    "show",
+    "dev",
+    name,
+  );
+  return l!.addr_info
+    .filter((a) => a.scope === "global")
+    .map((a) => `${a.local}/${a.prefixlen}`)
+    .sort();
 }
 
 function routes(name: string, netns?: string): string[] {
   const ns = netns ? ["-n", netns] : [];
-  return [...ipJson<{ dst: string; gateway?: string; protocol?: string }[]>(...ns, "-4", "route", "show", "dev", name),
-    ...ipJson<{ dst: string; gateway?: string; protocol?: string }[]>(...ns, "-6", "route", "show", "dev", name)]
+  return [
+    ...ipJson<{ dst: string; gateway?: string; protocol?: string }[]>(...ns, "-4", "route", "show", "dev", name),
+    ...ipJson<{ dst: string; gateway?: string; protocol?: string }[]>(...ns, "-6", "route", "show", "dev", name),
+  ]
     .filter((r) => r.protocol !== "kernel" && !r.dst.startsWith("fe80:") && !r.dst.startsWith("ff00:"))
-    .map((r) => `${r.dst}${r.gateway ? ` via ${r.gateway}` : ""}`).sort();
+    .map((r) => `${r.dst}${r.gateway ? ` via ${r.gateway}` : ""}`)
+    .sort();
 }
 
 /** The NIC's PCI address, from /sys/class/net/<dev>/device (virtioN, a child of the PCI function). */
@@ -75,7 +102,10 @@ function prepareNic(n: number, up = true): NicState {
   const mac = nics[n - 1]!;
   const name = `eth${n - 1}`;
   const l = hostNic(mac);
-  if (!l) throw new Error(`lab NIC ${mac} is not in the host namespace: is this the kernel lab (scripts/kernel-lab.sh) with its virtio-net NICs?`);
+  if (!l)
+    throw new Error(
+      `lab NIC ${mac} is not in the host namespace: is this the kernel lab (scripts/kernel-lab.sh) with its virtio-net NICs?`,
+    );
   ip("link", "set", "dev", l.ifname, "down");
   if (l.ifname !== name) ip("link", "set", "dev", l.ifname, "name", name);
   ip("addr", "flush", "dev", name);
@@ -88,7 +118,10 @@ function prepareNic(n: number, up = true): NicState {
   if (!up) ip("link", "set", "dev", name, "down");
   const state = nicState(name);
   expect(state).toEqual({
-    name, mac, mtu: 1400, up,
+    name,
+    mac,
+    mtu: 1400,
+    up,
     // Down: the kernel drops the routes through the link, and its IPv6 addresses (keep_addr_on_down=0).
     addresses: up ? [`10.203.0.1${n}/24`, `fd00:203::1${n}/64`] : [`10.203.0.1${n}/24`],
     routes: up ? [`10.203.10${n}.0/24 via 10.203.0.1`, `fd00:203:10${n}::/64 via fd00:203::1`].sort() : [],
@@ -123,7 +156,11 @@ function newNetns(label: string): string {
 
 function conf(extra: Record<string, unknown>, address = "10.203.1.2/24") {
   return {
-    cniVersion: "1.0.0", name: "lab-eni", type: "berth-hostdev", stateDir, mtu: 1450,
+    cniVersion: "1.0.0",
+    name: "lab-eni",
+    type: "berth-hostdev",
+    stateDir,
+    mtu: 1450,
     ipam: { type: "static", addresses: [{ address, gateway: "10.203.1.1" }], routes: [{ dst: "10.203.200.0/24", gw: "10.203.1.1" }] },
     ...extra,
   };
@@ -131,7 +168,12 @@ function conf(extra: Record<string, unknown>, address = "10.203.1.2/24") {
 
 function call(command: CniCall["command"], netns: string, config: unknown, ifName = "net1"): PluginRun {
   return runCni(pluginPath("berth-hostdev"), {
-    command, config, containerId: `ctr-${netns}`, netns: `/run/netns/${netns}`, ifName, path: [pluginDir(), "/usr/lib/cni"],
+    command,
+    config,
+    containerId: `ctr-${netns}`,
+    netns: `/run/netns/${netns}`,
+    ifName,
+    path: [pluginDir(), "/usr/lib/cni"],
   });
 }
 
@@ -140,7 +182,10 @@ function expectAdded(r: PluginRun, netns: string, mac: string, ifName = "net1", 
   expect(r.code, `${r.stdout}${r.stderr}`).toBe(0);
   expect(r.json.interfaces[0]).toMatchObject({ name: ifName, mac, sandbox: `/run/netns/${netns}` }); // CNI 1.0: no mtu field
   expect(r.json.ips).toEqual([{ address, gateway: "10.203.1.1", interface: 0 }]);
-  expect(links().some((l) => l.address === mac || l.permaddr === mac), "NIC left the host").toBe(false);
+  expect(
+    links().some((l) => l.address === mac || l.permaddr === mac),
+    "NIC left the host",
+  ).toBe(false);
   const [inPod] = ipJson<LinkJson[]>("-n", netns, "link", "show", "dev", ifName);
   expect(inPod!.address).toBe(mac);
   expect(inPod!.mtu).toBe(1450);
@@ -175,7 +220,9 @@ describe("kernel lab: berth-hostdev on real PCI NICs (virtio-net)", () => {
   beforeAll(() => {
     for (const mac of nics) {
       if (!hostNic(mac)) {
-        throw new Error(`lab NIC ${mac} not found; test/lab runs only inside the kernel lab: scripts/kernel-lab.sh, which adds three virtio-net NICs`);
+        throw new Error(
+          `lab NIC ${mac} not found; test/lab runs only inside the kernel lab: scripts/kernel-lab.sh, which adds three virtio-net NICs`,
+        );
       }
     }
     pluginPath("berth-hostdev");

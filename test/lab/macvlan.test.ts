@@ -33,19 +33,38 @@ function newNetns(label: string): string {
 
 function conf(vlan: number, address: string) {
   return {
-    cniVersion: "1.0.0", name: "lab", type: "berth-macvlan", master, vlan, stateDir,
+    cniVersion: "1.0.0",
+    name: "lab",
+    type: "berth-macvlan",
+    master,
+    vlan,
+    stateDir,
     ipam: { type: "static", addresses: [{ address }] },
   };
 }
 
 function call(command: CniCall["command"], netns: string, config: unknown): PluginRun {
-  return runCni(pluginPath("berth-macvlan"), { command, config, containerId: `ctr-${netns}`, netns: `/run/netns/${netns}`, ifName: "eth0", path: [pluginDir(), "/usr/lib/cni"] });
+  return runCni(pluginPath("berth-macvlan"), {
+    command,
+    config,
+    containerId: `ctr-${netns}`,
+    netns: `/run/netns/${netns}`,
+    ifName: "eth0",
+    path: [pluginDir(), "/usr/lib/cni"],
+  });
 }
 
 function callAsync(command: CniCall["command"], netns: string, config: unknown): Promise<number | null> {
   return new Promise((resolve) => {
     const p = spawn(pluginPath("berth-macvlan"), [], {
-      env: { PATH: process.env.PATH, CNI_COMMAND: command, CNI_CONTAINERID: `ctr-${netns}`, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: "eth0", CNI_PATH: `${pluginDir()}:/usr/lib/cni` },
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: `ctr-${netns}`,
+        CNI_NETNS: `/run/netns/${netns}`,
+        CNI_IFNAME: "eth0",
+        CNI_PATH: `${pluginDir()}:/usr/lib/cni`,
+      },
       stdio: ["pipe", "ignore", "ignore"],
     });
     p.on("exit", (code) => resolve(code));
@@ -106,7 +125,11 @@ describe("kernel lab: berth-macvlan on 802.1Q sub-interfaces", () => {
     const ab = ping(ns.a!, "10.101.0.3");
     expect(ab.ok, ab.output).toBe(true);
     const add = JSON.parse(ip("-n", ns.a!, "-j", "link", "show", "eth0"))[0];
-    const prevResult = { cniVersion: "1.0.0", interfaces: [{ name: "eth0", mac: add.address, sandbox: `/run/netns/${ns.a}` }], ips: [{ interface: 0, address: pods.a.address }] };
+    const prevResult = {
+      cniVersion: "1.0.0",
+      interfaces: [{ name: "eth0", mac: add.address, sandbox: `/run/netns/${ns.a}` }],
+      ips: [{ interface: 0, address: pods.a.address }],
+    };
     expect(call("CHECK", ns.a!, { ...conf(101, pods.a.address), prevResult }).code).toBe(0);
     const wrong = call("CHECK", ns.a!, { ...conf(102, pods.a.address), prevResult });
     expect(wrong.json.code).toBe(120);

@@ -2,9 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addAddress, deleteAddress, listAddresses, waitForAddresses, IFA_F_NODAD } from "../../cni/netlink/addr";
 import { addVeth, getLinkByName, setLinkUp } from "../../cni/netlink/link";
 import { addRoute, deleteRoute, listRoutes } from "../../cni/netlink/route";
-import { NetlinkError, NetlinkSocket } from "../../cni/netlink/socket";
+import { NetlinkError, type NetlinkSocket } from "../../cni/netlink/socket";
 import { closeFd, ifaceSysctl, openNetnsFd } from "../../cni/netns";
-import { createNetns, ipJson, openNetlinkIn, removeNetns, setSysctlIn, TestNetns } from "../helpers/netns";
+import { createNetns, ipJson, openNetlinkIn, removeNetns, setSysctlIn, type TestNetns } from "../helpers/netns";
 
 let host: TestNetns, pod: TestNetns;
 let hnl: NetlinkSocket, pnl: NetlinkSocket;
@@ -52,10 +52,26 @@ describe("addresses", () => {
     addAddress(pnl, { index: pIndex, cidr: "10.50.0.2/24" });
     const [a] = listAddresses(pnl, { index: pIndex, family: 4 });
     expect(a).toEqual({
-      index: pIndex, family: 4, address: "10.50.0.2", prefixLen: 24, cidr: "10.50.0.2/24", scope: "global",
-      flags: expect.any(Number), tentative: false, dadFailed: false, permanent: true, broadcast: "10.50.0.255", label: "pv0",
+      index: pIndex,
+      family: 4,
+      address: "10.50.0.2",
+      prefixLen: 24,
+      cidr: "10.50.0.2/24",
+      scope: "global",
+      flags: expect.any(Number),
+      tentative: false,
+      dadFailed: false,
+      permanent: true,
+      broadcast: "10.50.0.255",
+      label: "pv0",
     });
-    const shown = ipJson<{ addr_info: { family: string; local: string; prefixlen: number; broadcast?: string }[] }[]>(pod, "addr", "show", "dev", "pv0");
+    const shown = ipJson<{ addr_info: { family: string; local: string; prefixlen: number; broadcast?: string }[] }[]>(
+      pod,
+      "addr",
+      "show",
+      "dev",
+      "pv0",
+    );
     expect(shown[0].addr_info.filter((x) => x.family === "inet")).toEqual([
       expect.objectContaining({ local: "10.50.0.2", prefixlen: 24, broadcast: "10.50.0.255" }),
     ]);
@@ -75,7 +91,15 @@ describe("addresses", () => {
   it("adds IPv6 with nodad: usable at once", () => {
     addAddress(pnl, { index: pIndex, cidr: "fd00:50::2/64", nodad: true });
     const a = listAddresses(pnl, { index: pIndex, family: 6 }).find((x) => x.address === "fd00:50::2")!;
-    expect(a).toMatchObject({ family: 6, prefixLen: 64, cidr: "fd00:50::2/64", scope: "global", tentative: false, dadFailed: false, permanent: true });
+    expect(a).toMatchObject({
+      family: 6,
+      prefixLen: 64,
+      cidr: "fd00:50::2/64",
+      scope: "global",
+      tentative: false,
+      dadFailed: false,
+      permanent: true,
+    });
     expect(a.flags & IFA_F_NODAD).toBe(IFA_F_NODAD);
   });
 
@@ -93,14 +117,17 @@ describe("addresses", () => {
     const find = () => listAddresses(pnl, { index: pIndex, family: 6 }).find((x) => x.address === "fd00:52::7")!;
     for (let i = 0; i < 50 && !find().dadFailed; i++) await sleep(100);
     expect(find()).toMatchObject({ dadFailed: true, tentative: true });
-    expect(() => waitForAddresses(pnl, pIndex, 1000)).toThrow('duplicate address detection failed for fd00:52::7/64 on "pv0": another host on the network uses it');
+    expect(() => waitForAddresses(pnl, pIndex, 1000)).toThrow(
+      'duplicate address detection failed for fd00:52::7/64 on "pv0": another host on the network uses it',
+    );
     deleteAddress(pnl, { index: pIndex, cidr: "fd00:52::7/64" });
   });
 
   it("EEXIST on a duplicate, EADDRNOTAVAIL deleting a missing one, with the address in the message", () => {
     expect(codeOf(() => addAddress(pnl, { index: pIndex, cidr: "10.50.0.2/24" }))).toBe("EEXIST");
-    expect(() => deleteAddress(pnl, { index: pIndex, cidr: "10.99.99.99/24" }))
-      .toThrow('RTM_DELADDR 10.99.99.99/24 on "pv0": EADDRNOTAVAIL (Cannot assign requested address)');
+    expect(() => deleteAddress(pnl, { index: pIndex, cidr: "10.99.99.99/24" })).toThrow(
+      'RTM_DELADDR 10.99.99.99/24 on "pv0": EADDRNOTAVAIL (Cannot assign requested address)',
+    );
     expect(() => addAddress(pnl, { index: pIndex, cidr: "10.1.2.300/24" })).toThrow(/invalid address "10.1.2.300\/24"/);
   });
 
@@ -114,7 +141,19 @@ describe("routes", () => {
   it("adds and lists an IPv4 default route via a gateway", () => {
     addRoute(pnl, { dst: "0.0.0.0/0", gateway: "10.50.0.1", index: pIndex });
     const def = listRoutes(pnl, { family: 4 }).filter((r) => r.dst === "0.0.0.0/0");
-    expect(def).toEqual([{ family: 4, dst: "0.0.0.0/0", gateway: "10.50.0.1", index: pIndex, table: 254, scope: "global", protocol: 3, type: 1, onLink: false }]);
+    expect(def).toEqual([
+      {
+        family: 4,
+        dst: "0.0.0.0/0",
+        gateway: "10.50.0.1",
+        index: pIndex,
+        table: 254,
+        scope: "global",
+        protocol: 3,
+        type: 1,
+        onLink: false,
+      },
+    ]);
     expect(ipJson<{ dst: string; gateway: string; dev: string }[]>(pod, "route", "show", "default")).toEqual([
       expect.objectContaining({ dst: "default", gateway: "10.50.0.1", dev: "pv0" }),
     ]);
@@ -131,7 +170,18 @@ describe("routes", () => {
     expect(main.find((r) => r.dst === "10.70.0.0/16")).toMatchObject({ gateway: "192.168.77.1", onLink: true, scope: "global" });
     expect(main.find((r) => r.dst === "10.80.0.0/16")).toBeUndefined();
     expect(listRoutes(pnl, { table: 100 })).toEqual([
-      { family: 4, dst: "10.80.0.0/16", gateway: "10.50.0.1", index: pIndex, metric: 100, table: 100, scope: "global", protocol: 3, type: 1, onLink: false },
+      {
+        family: 4,
+        dst: "10.80.0.0/16",
+        gateway: "10.50.0.1",
+        index: pIndex,
+        metric: 100,
+        table: 100,
+        scope: "global",
+        protocol: 3,
+        type: 1,
+        onLink: false,
+      },
     ]);
     expect(listRoutes(pnl, { table: 1000 })).toMatchObject([{ dst: "0.0.0.0/0", gateway: "10.50.0.1", table: 1000 }]);
     expect(listRoutes(pnl, { table: "all", family: 4 }).map((r) => r.table)).toEqual(expect.arrayContaining([100, 254, 255, 1000]));
@@ -149,10 +199,12 @@ describe("routes", () => {
 
   it("EEXIST on a duplicate, ESRCH deleting a missing one; errors name the route", () => {
     expect(codeOf(() => addRoute(pnl, { dst: "0.0.0.0/0", gateway: "10.50.0.1", index: pIndex }))).toBe("EEXIST");
-    expect(() => deleteRoute(pnl, { dst: "10.123.0.0/16", gateway: "10.50.0.1", index: pIndex }))
-      .toThrow('RTM_DELROUTE 10.123.0.0/16 via 10.50.0.1 dev "pv0": ESRCH (No such process)');
-    expect(() => addRoute(pnl, { dst: "10.124.0.0/16", gateway: "10.99.0.1", index: pIndex }))
-      .toThrow(/RTM_NEWROUTE 10.124.0.0\/16 via 10.99.0.1 dev "pv0": ENETUNREACH .*Nexthop has invalid gateway/);
+    expect(() => deleteRoute(pnl, { dst: "10.123.0.0/16", gateway: "10.50.0.1", index: pIndex })).toThrow(
+      'RTM_DELROUTE 10.123.0.0/16 via 10.50.0.1 dev "pv0": ESRCH (No such process)',
+    );
+    expect(() => addRoute(pnl, { dst: "10.124.0.0/16", gateway: "10.99.0.1", index: pIndex })).toThrow(
+      /RTM_NEWROUTE 10.124.0.0\/16 via 10.99.0.1 dev "pv0": ENETUNREACH .*Nexthop has invalid gateway/,
+    );
     expect(() => addRoute(pnl, { dst: "10.124.0.0/16", gateway: "fd00::1" })).toThrow(/must be an IPv4 address/);
   });
 

@@ -3,8 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addAddress, listAddresses } from "../../cni/netlink/addr";
 import { addVeth, getLinkByName, listLinks, setLinkUp } from "../../cni/netlink/link";
 import { addRoute, listRoutes } from "../../cni/netlink/route";
-import { NetlinkSocket } from "../../cni/netlink/socket";
-import { createNetns, ipJson, openNetlinkIn, removeNetns, TestNetns } from "../helpers/netns";
+import type { NetlinkSocket } from "../../cni/netlink/socket";
+import { createNetns, ipJson, openNetlinkIn, removeNetns, type TestNetns } from "../helpers/netns";
 
 let ns: TestNetns;
 let nl: NetlinkSocket;

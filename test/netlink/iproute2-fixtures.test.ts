@@ -5,8 +5,17 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
-  encodeAddMacvlan, encodeAddVeth, encodeAddVlan, encodeDeleteLink, encodeSetLinkAlias, encodeSetLinkDown,
-  encodeSetLinkMac, encodeSetLinkMtu, encodeSetLinkName, encodeSetLinkNetns, encodeSetLinkUp,
+  encodeAddMacvlan,
+  encodeAddVeth,
+  encodeAddVlan,
+  encodeDeleteLink,
+  encodeSetLinkAlias,
+  encodeSetLinkDown,
+  encodeSetLinkMac,
+  encodeSetLinkMtu,
+  encodeSetLinkName,
+  encodeSetLinkNetns,
+  encodeSetLinkUp,
 } from "../../cni/netlink/link";
 import { encodeAddAddress, encodeDeleteAddress } from "../../cni/netlink/addr";
 import { encodeAddRoute, encodeDeleteRoute } from "../../cni/netlink/route";
@@ -22,7 +31,9 @@ interface Fixture {
 }
 
 const dir = join(__dirname, "../fixtures/iproute2");
-const fixtures: Fixture[] = readdirSync(dir).filter((f) => f.endsWith(".json")).sort()
+const fixtures: Fixture[] = readdirSync(dir)
+  .filter((f) => f.endsWith(".json"))
+  .sort()
   .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")));
 
 const encoders: [RegExp, (i: Fixture["inputs"]) => MessageBuilder][] = [
@@ -50,12 +61,45 @@ const normalize = (hex: string) => hex.slice(0, 16) + "0".repeat(16) + hex.slice
 describe("request encoders equal iproute2 6.1", () => {
   it("has fixtures for every request type", () => {
     const names = fixtures.map((f) => f.name);
-    for (const prefix of ["link-add-macvlan-private", "link-add-macvlan-vepa", "link-add-macvlan-bridge", "link-add-macvlan-passthru",
-      "link-add-macvlan-source", "link-add-macvlan-netns", "link-add-vlan-8021q", "link-add-vlan-8021ad", "link-add-veth",
-      "link-set-up", "link-set-down", "link-set-name", "link-set-mtu", "link-set-address", "link-set-alias", "link-set-netns",
-      "link-del", "addr-add-v4", "addr-add-v6-nodad", "addr-del-v4", "addr-del-v6", "route-add-default-v4", "route-add-default-v6",
-      "route-add-scope-link", "route-add-onlink", "route-add-metric-table", "route-add-table-1000", "route-del-default-v4",
-      "route-del-v6", "vf-mac", "vf-vlan", "vf-vlan-8021ad", "vf-spoofchk-on", "vf-trust-on", "vf-rate", "vf-state-enable", "vf-all"]) {
+    for (const prefix of [
+      "link-add-macvlan-private",
+      "link-add-macvlan-vepa",
+      "link-add-macvlan-bridge",
+      "link-add-macvlan-passthru",
+      "link-add-macvlan-source",
+      "link-add-macvlan-netns",
+      "link-add-vlan-8021q",
+      "link-add-vlan-8021ad",
+      "link-add-veth",
+      "link-set-up",
+      "link-set-down",
+      "link-set-name",
+      "link-set-mtu",
+      "link-set-address",
+      "link-set-alias",
+      "link-set-netns",
+      "link-del",
+      "addr-add-v4",
+      "addr-add-v6-nodad",
+      "addr-del-v4",
+      "addr-del-v6",
+      "route-add-default-v4",
+      "route-add-default-v6",
+      "route-add-scope-link",
+      "route-add-onlink",
+      "route-add-metric-table",
+      "route-add-table-1000",
+      "route-del-default-v4",
+      "route-del-v6",
+      "vf-mac",
+      "vf-vlan",
+      "vf-vlan-8021ad",
+      "vf-spoofchk-on",
+      "vf-trust-on",
+      "vf-rate",
+      "vf-state-enable",
+      "vf-all",
+    ]) {
       expect(names).toContain(prefix);
     }
   });

@@ -1,13 +1,29 @@
 import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  MACVLAN_MODES, MacvlanMode, addMacvlan, addVeth, addVlan, deleteLink, findLinkByIndex, findLinkByMac, findLinkByName,
-  getLinkByIndex, getLinkByName, listLinks, setLinkAlias, setLinkDown, setLinkMac, setLinkMtu, setLinkName, setLinkNetns,
+  MACVLAN_MODES,
+  type MacvlanMode,
+  addMacvlan,
+  addVeth,
+  addVlan,
+  deleteLink,
+  findLinkByIndex,
+  findLinkByMac,
+  findLinkByName,
+  getLinkByIndex,
+  getLinkByName,
+  listLinks,
+  setLinkAlias,
+  setLinkDown,
+  setLinkMac,
+  setLinkMtu,
+  setLinkName,
+  setLinkNetns,
   setLinkUp,
 } from "../../cni/netlink/link";
 import { NetlinkError, NetlinkSocket } from "../../cni/netlink/socket";
 import { closeFd, openNetnsFd } from "../../cni/netns";
-import { createNetns, ipIn, ipJson, openNetlinkIn, removeNetns, TestNetns } from "../helpers/netns";
+import { createNetns, ipIn, ipJson, openNetlinkIn, removeNetns, type TestNetns } from "../helpers/netns";
 
 // "host" plays the node (parent links live there), "pod" the pod sandbox.
 let host: TestNetns, pod: TestNetns;
@@ -62,9 +78,22 @@ describe("link attributes", () => {
     setLinkDown(hnl, l.index);
     setLinkName(hnl, l.index, "renamed0");
     const after = getLinkByIndex(hnl, l.index);
-    expect(after).toMatchObject({ name: "renamed0", mtu: 1280, mac: "02:aa:bb:00:00:01", alias: "berth: pod default/web-0", up: false, kind: "veth" });
+    expect(after).toMatchObject({
+      name: "renamed0",
+      mtu: 1280,
+      mac: "02:aa:bb:00:00:01",
+      alias: "berth: pod default/web-0",
+      up: false,
+      kind: "veth",
+    });
     // cross-check with iproute2
-    const [shown] = ipJson<{ ifname: string; mtu: number; address: string; ifalias: string; flags: string[] }[]>(host, "link", "show", "dev", "renamed0");
+    const [shown] = ipJson<{ ifname: string; mtu: number; address: string; ifalias: string; flags: string[] }[]>(
+      host,
+      "link",
+      "show",
+      "dev",
+      "renamed0",
+    );
     expect(shown).toMatchObject({ ifname: "renamed0", mtu: 1280, address: "02:aa:bb:00:00:01", ifalias: "berth: pod default/web-0" });
     expect(shown.flags).not.toContain("UP");
     expect(findLinkByMac(hnl, "02-AA-BB-00-00-01")?.index).toBe(l.index);
@@ -108,7 +137,9 @@ describe("macvlan", () => {
       expect(l.macvlan).toEqual({ mode });
       expect(l.parentIndex).toBe(parentIndex);
       expect(l.linkNetnsId).toBeUndefined();
-      expect(ipJson<{ linkinfo: { info_data: { mode: string } } }[]>(host, "-d", "link", "show", name)[0].linkinfo.info_data.mode).toBe(mode);
+      expect(ipJson<{ linkinfo: { info_data: { mode: string } } }[]>(host, "-d", "link", "show", name)[0].linkinfo.info_data.mode).toBe(
+        mode,
+      );
     } finally {
       deleteLink(hnl, getLinkByName(hnl, name).index);
     }
@@ -148,8 +179,9 @@ describe("macvlan", () => {
   });
 
   it("reports a missing parent", () => {
-    expect(() => addMacvlan(hnl, { name: "orphan0", parentIndex: 4242, mode: "bridge" }))
-      .toThrow(/RTM_NEWLINK macvlan "orphan0" on ifindex 4242: (ENODEV|EINVAL)/);
+    expect(() => addMacvlan(hnl, { name: "orphan0", parentIndex: 4242, mode: "bridge" })).toThrow(
+      /RTM_NEWLINK macvlan "orphan0" on ifindex 4242: (ENODEV|EINVAL)/,
+    );
   });
 
   it("rejects bad input before the kernel sees it", () => {
@@ -188,8 +220,11 @@ describe("errors", () => {
 describe("dumps", () => {
   it("lists links of a namespace with what ip shows", () => {
     const ours = listLinks(hnl).map((l) => ({ index: l.index, name: l.name, mtu: l.mtu }));
-    const theirs = ipJson<{ ifindex: number; ifname: string; mtu: number }[]>(host, "link", "show")
-      .map((l) => ({ index: l.ifindex, name: l.ifname, mtu: l.mtu }));
+    const theirs = ipJson<{ ifindex: number; ifname: string; mtu: number }[]>(host, "link", "show").map((l) => ({
+      index: l.ifindex,
+      name: l.ifname,
+      mtu: l.mtu,
+    }));
     expect(ours).toEqual(theirs);
   });
 
@@ -197,8 +232,12 @@ describe("dumps", () => {
     const nl = NetlinkSocket.open();
     try {
       const links = listLinks(nl);
-      const theirs = JSON.parse(execFileSync("ip", ["-j", "-d", "link", "show"], { encoding: "utf8" })) as
-        { ifindex: number; ifname: string; address?: string; linkinfo?: { info_kind?: string } }[];
+      const theirs = JSON.parse(execFileSync("ip", ["-j", "-d", "link", "show"], { encoding: "utf8" })) as {
+        ifindex: number;
+        ifname: string;
+        address?: string;
+        linkinfo?: { info_kind?: string };
+      }[];
       expect(links.map((l) => [l.index, l.name])).toEqual(theirs.map((l) => [l.ifindex, l.ifname]));
       for (const t of theirs) {
         const l = links.find((x) => x.index === t.ifindex)!;

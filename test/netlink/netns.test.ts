@@ -3,7 +3,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Netns, NetnsError, closeFd, currentNetnsInode, getSysctl, ifaceSysctl, openNetnsFd, setSysctl } from "../../cni/netns";
 import { addVeth, getLinkByName, listLinks } from "../../cni/netlink/link";
 import { NetlinkSocket } from "../../cni/netlink/socket";
-import { createNetns, getSysctlIn, inNetns, ipIn, openNetlinkIn, removeNetns, setSysctlIn, TestNetns, withNetns } from "../helpers/netns";
+import {
+  createNetns,
+  getSysctlIn,
+  inNetns,
+  ipIn,
+  openNetlinkIn,
+  removeNetns,
+  setSysctlIn,
+  type TestNetns,
+  withNetns,
+} from "../helpers/netns";
 
 let ns: TestNetns;
 let hostInode: number;
@@ -25,7 +35,11 @@ describe("withNetns", () => {
   });
 
   it("returns to the original namespace when the callback throws", () => {
-    expect(() => withNetns(ns.path, () => { throw new Error("boom"); })).toThrow("boom");
+    expect(() =>
+      withNetns(ns.path, () => {
+        throw new Error("boom");
+      }),
+    ).toThrow("boom");
     expect(currentNetnsInode()).toBe(hostInode);
   });
 
@@ -85,7 +99,11 @@ describe("openNetlinkIn", () => {
     try {
       expect(currentNetnsInode()).toBe(hostInode);
       addVeth(nl, { name: "bound0", peerName: "bound1" });
-      expect(listLinks(nl).map((l) => l.name).sort()).toEqual(["bound0", "bound1", "lo"]);
+      expect(
+        listLinks(nl)
+          .map((l) => l.name)
+          .sort(),
+      ).toEqual(["bound0", "bound1", "lo"]);
       expect(ipIn(ns, "-o", "link", "show", "bound0")).toContain("bound0@bound1");
       // and not in the host namespace
       const host = NetlinkSocket.open();
@@ -124,7 +142,11 @@ describe("Netns (a pod namespace opened once per command)", () => {
       expect(inside).toBe(statSync(ns.path).ino);
       expect(currentNetnsInode()).toBe(hostInode);
       expect(getSysctlIn(ns.path, ifaceSysctl(4, "pod0", "arp_notify"))).toBe("1");
-      expect(() => pod.enter(() => { throw new Error("boom"); })).toThrow("boom");
+      expect(() =>
+        pod.enter(() => {
+          throw new Error("boom");
+        }),
+      ).toThrow("boom");
       expect(currentNetnsInode()).toBe(hostInode);
     } finally {
       pod.close();
@@ -161,7 +183,9 @@ describe("sysctl in a namespace", () => {
   });
 
   it("explains a failed write", () => {
-    expect(() => withNetns(ns.path, () => setSysctl("net.ipv4.conf.nonexistent0.arp_notify", 1))).toThrow(/set sysctl \/proc\/sys\/net\/ipv4\/conf\/nonexistent0\/arp_notify = 1: ENOENT/);
+    expect(() => withNetns(ns.path, () => setSysctl("net.ipv4.conf.nonexistent0.arp_notify", 1))).toThrow(
+      /set sysctl \/proc\/sys\/net\/ipv4\/conf\/nonexistent0\/arp_notify = 1: ENOENT/,
+    );
     expect(currentNetnsInode()).toBe(hostInode);
   });
 });

@@ -6,8 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addVeth, getLinkByName, parseLink } from "../../cni/netlink/link";
 import { encodeSetVf, getVf, listVfs, setVf } from "../../cni/netlink/sriov";
-import { NetlinkError, NetlinkSocket } from "../../cni/netlink/socket";
-import { createNetns, openNetlinkIn, removeNetns, TestNetns } from "../helpers/netns";
+import { NetlinkError, type NetlinkSocket } from "../../cni/netlink/socket";
+import { createNetns, openNetlinkIn, removeNetns, type TestNetns } from "../helpers/netns";
 
 /** One TLV, kernel style: u16 len, u16 type, payload, zero padding to 4. */
 function tlv(type: number, payload: Buffer): Buffer {
@@ -18,31 +18,61 @@ function tlv(type: number, payload: Buffer): Buffer {
   payload.copy(b, 4);
   return b;
 }
-const u32 = (...v: number[]) => { const b = Buffer.alloc(4 * v.length); v.forEach((x, i) => b.writeUInt32LE(x >>> 0, 4 * i)); return b; };
+const u32 = (...v: number[]) => {
+  const b = Buffer.alloc(4 * v.length);
+  v.forEach((x, i) => {
+    b.writeUInt32LE(x >>> 0, 4 * i);
+  });
+  return b;
+};
 
-interface KernelVf { vf: number; mac: number[]; vlan: number; qos: number; proto: number; min: number; max: number; spoofchk: number; linkstate: number; trust: number }
+interface KernelVf {
+  vf: number;
+  mac: number[];
+  vlan: number;
+  qos: number;
+  proto: number;
+  min: number;
+  max: number;
+  spoofchk: number;
+  linkstate: number;
+  trust: number;
+}
 
 /** IFLA_VF_INFO as rtnl_fill_vfinfo() emits it (Linux 6.x), attribute order included. */
 function kernelVfInfo(v: KernelVf): Buffer {
-  const mac = Buffer.alloc(36); mac.writeUInt32LE(v.vf); Buffer.from(v.mac).copy(mac, 4);
-  const bcast = Buffer.alloc(32); Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).copy(bcast);
-  const vlanInfo = Buffer.alloc(16); vlanInfo.writeUInt32LE(v.vf); vlanInfo.writeUInt32LE(v.vlan, 4); vlanInfo.writeUInt32LE(v.qos, 8); vlanInfo.writeUInt16BE(v.proto, 12);
-  return tlv(1, Buffer.concat([
-    tlv(1, mac), // IFLA_VF_MAC
-    tlv(13, bcast), // IFLA_VF_BROADCAST
-    tlv(2, u32(v.vf, v.vlan, v.qos)), // IFLA_VF_VLAN
-    tlv(6, u32(v.vf, v.min, v.max)), // IFLA_VF_RATE
-    tlv(3, u32(v.vf, v.max)), // IFLA_VF_TX_RATE
-    tlv(4, u32(v.vf, v.spoofchk)), // IFLA_VF_SPOOFCHK
-    tlv(5, u32(v.vf, v.linkstate)), // IFLA_VF_LINK_STATE
-    tlv(7, u32(v.vf, 0xffffffff)), // IFLA_VF_RSS_QUERY_EN
-    tlv(9, u32(v.vf, v.trust)), // IFLA_VF_TRUST
-    tlv(12, tlv(1, vlanInfo)), // IFLA_VF_VLAN_LIST { IFLA_VF_VLAN_INFO }
-  ]));
+  const mac = Buffer.alloc(36);
+  mac.writeUInt32LE(v.vf);
+  Buffer.from(v.mac).copy(mac, 4);
+  const bcast = Buffer.alloc(32);
+  Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).copy(bcast);
+  const vlanInfo = Buffer.alloc(16);
+  vlanInfo.writeUInt32LE(v.vf);
+  vlanInfo.writeUInt32LE(v.vlan, 4);
+  vlanInfo.writeUInt32LE(v.qos, 8);
+  vlanInfo.writeUInt16BE(v.proto, 12);
+  return tlv(
+    1,
+    Buffer.concat([
+      tlv(1, mac), // IFLA_VF_MAC
+      tlv(13, bcast), // IFLA_VF_BROADCAST
+      tlv(2, u32(v.vf, v.vlan, v.qos)), // IFLA_VF_VLAN
+      tlv(6, u32(v.vf, v.min, v.max)), // IFLA_VF_RATE
+      tlv(3, u32(v.vf, v.max)), // IFLA_VF_TX_RATE
+      tlv(4, u32(v.vf, v.spoofchk)), // IFLA_VF_SPOOFCHK
+      tlv(5, u32(v.vf, v.linkstate)), // IFLA_VF_LINK_STATE
+      tlv(7, u32(v.vf, 0xffffffff)), // IFLA_VF_RSS_QUERY_EN
+      tlv(9, u32(v.vf, v.trust)), // IFLA_VF_TRUST
+      tlv(12, tlv(1, vlanInfo)), // IFLA_VF_VLAN_LIST { IFLA_VF_VLAN_INFO }
+    ]),
+  );
 }
 
 function kernelPfMessage(vfs: KernelVf[]) {
-  const ifi = Buffer.alloc(16); ifi.writeUInt16LE(1, 2); ifi.writeInt32LE(7, 4); ifi.writeUInt32LE(0x1043, 8);
+  const ifi = Buffer.alloc(16);
+  ifi.writeUInt16LE(1, 2);
+  ifi.writeInt32LE(7, 4);
+  ifi.writeUInt32LE(0x1043, 8);
   const name = Buffer.from("ens1f0\0");
   const data = Buffer.concat([
     ifi,
@@ -57,16 +87,62 @@ function kernelPfMessage(vfs: KernelVf[]) {
 
 describe("IFLA_VFINFO_LIST parsing", () => {
   it("reads every VF's MAC, VLAN/QoS/protocol, rates, spoofchk, trust and link state", () => {
-    const link = parseLink(kernelPfMessage([
-      { vf: 0, mac: [2, 0, 0, 0, 1, 2], vlan: 200, qos: 1, proto: 0x88a8, min: 10, max: 500, spoofchk: 0, linkstate: 1, trust: 1 },
-      { vf: 1, mac: [0, 0, 0, 0, 0, 0], vlan: 0, qos: 0, proto: 0x8100, min: 0, max: 0, spoofchk: 0xffffffff, linkstate: 0, trust: 0xffffffff },
-      { vf: 2, mac: [2, 0, 0, 0, 1, 3], vlan: 101, qos: 0, proto: 0x8100, min: 0, max: 1000, spoofchk: 1, linkstate: 2, trust: 0 },
-    ]));
+    const link = parseLink(
+      kernelPfMessage([
+        { vf: 0, mac: [2, 0, 0, 0, 1, 2], vlan: 200, qos: 1, proto: 0x88a8, min: 10, max: 500, spoofchk: 0, linkstate: 1, trust: 1 },
+        {
+          vf: 1,
+          mac: [0, 0, 0, 0, 0, 0],
+          vlan: 0,
+          qos: 0,
+          proto: 0x8100,
+          min: 0,
+          max: 0,
+          spoofchk: 0xffffffff,
+          linkstate: 0,
+          trust: 0xffffffff,
+        },
+        { vf: 2, mac: [2, 0, 0, 0, 1, 3], vlan: 101, qos: 0, proto: 0x8100, min: 0, max: 1000, spoofchk: 1, linkstate: 2, trust: 0 },
+      ]),
+    );
     expect(link).toMatchObject({ index: 7, name: "ens1f0", mtu: 9000, mac: "0c:42:a1:00:00:01", up: true, numVfs: 3 });
     expect(link.vfs).toEqual([
-      { vf: 0, mac: "02:00:00:00:01:02", vlan: 200, qos: 1, vlanProto: "802.1ad", spoofChk: false, trust: true, linkState: "enable", minTxRate: 10, maxTxRate: 500 },
-      { vf: 1, mac: "00:00:00:00:00:00", vlan: 0, qos: 0, vlanProto: "802.1Q", spoofChk: undefined, trust: undefined, linkState: "auto", minTxRate: 0, maxTxRate: 0 },
-      { vf: 2, mac: "02:00:00:00:01:03", vlan: 101, qos: 0, vlanProto: "802.1Q", spoofChk: true, trust: false, linkState: "disable", minTxRate: 0, maxTxRate: 1000 },
+      {
+        vf: 0,
+        mac: "02:00:00:00:01:02",
+        vlan: 200,
+        qos: 1,
+        vlanProto: "802.1ad",
+        spoofChk: false,
+        trust: true,
+        linkState: "enable",
+        minTxRate: 10,
+        maxTxRate: 500,
+      },
+      {
+        vf: 1,
+        mac: "00:00:00:00:00:00",
+        vlan: 0,
+        qos: 0,
+        vlanProto: "802.1Q",
+        spoofChk: undefined,
+        trust: undefined,
+        linkState: "auto",
+        minTxRate: 0,
+        maxTxRate: 0,
+      },
+      {
+        vf: 2,
+        mac: "02:00:00:00:01:03",
+        vlan: 101,
+        qos: 0,
+        vlanProto: "802.1Q",
+        spoofChk: true,
+        trust: false,
+        linkState: "disable",
+        minTxRate: 0,
+        maxTxRate: 1000,
+      },
     ]);
   });
 

@@ -6,14 +6,28 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { encodeAddIfb } from "../../cni/netlink/ifb";
 import {
-  encodeAddIngressQdisc, encodeAddRedirectFilter, encodeAddTbf, encodeDeleteQdisc, encodeListFilters, encodeListQdiscs, INGRESS_HANDLE,
+  encodeAddIngressQdisc,
+  encodeAddRedirectFilter,
+  encodeAddTbf,
+  encodeDeleteQdisc,
+  encodeListFilters,
+  encodeListQdiscs,
+  INGRESS_HANDLE,
 } from "../../cni/netlink/tc";
 import type { MessageBuilder } from "../../cni/netlink/wire";
 
-interface Fixture { name: string; command: string; inputs: any; hex: string; exit: number }
+interface Fixture {
+  name: string;
+  command: string;
+  inputs: any;
+  hex: string;
+  exit: number;
+}
 
 const dir = join(__dirname, "../fixtures/iproute2/tc");
-const fixtures: Fixture[] = readdirSync(dir).filter((f) => f.endsWith(".json")).sort()
+const fixtures: Fixture[] = readdirSync(dir)
+  .filter((f) => f.endsWith(".json"))
+  .sort()
   .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")));
 
 const encoders: [RegExp, (i: Fixture["inputs"]) => MessageBuilder][] = [
@@ -32,9 +46,23 @@ const normalize = (hex: string) => hex.slice(0, 16) + "0".repeat(16) + hex.slice
 describe("tc and ifb encoders equal iproute2 6.1", () => {
   it("has a fixture for every request the bandwidth shaping sends", () => {
     const names = fixtures.map((f) => f.name);
-    for (const n of ["link-add-ifb", "link-add-ifb-mtu", "tc-qdisc-add-tbf", "tc-qdisc-add-tbf-ifb", "tc-qdisc-add-tbf-max32",
-      "tc-qdisc-add-tbf-rate64", "tc-qdisc-add-tbf-peakrate", "tc-qdisc-add-tbf-limit", "tc-qdisc-add-ingress", "tc-filter-add-redirect",
-      "tc-qdisc-show", "tc-filter-show-ingress", "tc-qdisc-del-ingress", "tc-qdisc-del-root"]) expect(names).toContain(n);
+    for (const n of [
+      "link-add-ifb",
+      "link-add-ifb-mtu",
+      "tc-qdisc-add-tbf",
+      "tc-qdisc-add-tbf-ifb",
+      "tc-qdisc-add-tbf-max32",
+      "tc-qdisc-add-tbf-rate64",
+      "tc-qdisc-add-tbf-peakrate",
+      "tc-qdisc-add-tbf-limit",
+      "tc-qdisc-add-ingress",
+      "tc-filter-add-redirect",
+      "tc-qdisc-show",
+      "tc-filter-show-ingress",
+      "tc-qdisc-del-ingress",
+      "tc-qdisc-del-root",
+    ])
+      expect(names).toContain(n);
     for (const f of fixtures) expect(f.exit, `${f.name}: ${f.command} failed when captured`).toBe(0);
   });
 

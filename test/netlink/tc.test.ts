@@ -4,10 +4,20 @@ import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addIfb } from "../../cni/netlink/ifb";
 import { addVeth, getLinkByName } from "../../cni/netlink/link";
-import { NetlinkSocket } from "../../cni/netlink/socket";
+import type { NetlinkSocket } from "../../cni/netlink/socket";
 import {
-  INGRESS_HANDLE, TCA_EGRESS_REDIR, TC_H_INGRESS, TC_H_ROOT, TBF_HANDLE, addIngressQdisc, addRedirectFilter, addTbf, deleteQdisc,
-  listFilters, listQdiscs, ticksToUsec,
+  INGRESS_HANDLE,
+  TCA_EGRESS_REDIR,
+  TC_H_INGRESS,
+  TC_H_ROOT,
+  TBF_HANDLE,
+  addIngressQdisc,
+  addRedirectFilter,
+  addTbf,
+  deleteQdisc,
+  listFilters,
+  listQdiscs,
+  ticksToUsec,
 } from "../../cni/netlink/tc";
 import { createNetns, openNetlinkIn, removeNetns, type TestNetns } from "../helpers/netns";
 
@@ -70,8 +80,26 @@ describe("tc codecs on a real kernel", () => {
   });
 
   it("reads a tbf that tc added (peak rate included)", () => {
-    tc("qdisc", "add", "dev", "tcifb", "root", "handle", "1:", "tbf", "rate", "8mbit", "burst", "20000", "latency", "10ms",
-      "peakrate", "16mbit", "mtu", "1514");
+    tc(
+      "qdisc",
+      "add",
+      "dev",
+      "tcifb",
+      "root",
+      "handle",
+      "1:",
+      "tbf",
+      "rate",
+      "8mbit",
+      "burst",
+      "20000",
+      "latency",
+      "10ms",
+      "peakrate",
+      "16mbit",
+      "mtu",
+      "1514",
+    );
     const [q] = listQdiscs(nl, getLinkByName(nl, "tcifb").index);
     expect(q?.tbf).toMatchObject({ rate: 1_000_000, peakRate: 2_000_000 });
     expect(ticksToUsec(q!.tbf!.bufferTicks)).toBeCloseTo(20_000, 0);

@@ -6,9 +6,17 @@ import { errnoName } from "../../lib/ffi/libc";
 
 describe("IP helpers", () => {
   it.each([
-    ["fd00::2", "fd00::2"], ["FD00:0:0:0:0:0:0:2", "fd00::2"], ["::", "::"], ["::1", "::1"], ["2001:db8::", "2001:db8::"],
-    ["2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"], ["2001:0:0:1:0:0:0:1", "2001:0:0:1::1"], ["1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"],
-    ["2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"], ["::ffff:10.1.2.3", "::ffff:10.1.2.3"], ["64:ff9b::10.0.0.1", "64:ff9b::a00:1"],
+    ["fd00::2", "fd00::2"],
+    ["FD00:0:0:0:0:0:0:2", "fd00::2"],
+    ["::", "::"],
+    ["::1", "::1"],
+    ["2001:db8::", "2001:db8::"],
+    ["2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"],
+    ["2001:0:0:1:0:0:0:1", "2001:0:0:1::1"],
+    ["1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"],
+    ["2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"],
+    ["::ffff:10.1.2.3", "::ffff:10.1.2.3"],
+    ["64:ff9b::10.0.0.1", "64:ff9b::a00:1"],
   ])("parses %s and formats it as %s (RFC 5952)", (input, out) => {
     const ip = parseIp(input);
     expect(ip?.family).toBe(6);
@@ -33,7 +41,10 @@ describe("IP helpers", () => {
 
 describe("wire format", () => {
   it("pads attributes and sizes nests like libnetlink", () => {
-    const msg = new MessageBuilder(16, 5, Buffer.alloc(16)).strz(3, "ab").nest(18, (n) => n.str(1, "veth").u16(2, 7)).build(9, 0);
+    const msg = new MessageBuilder(16, 5, Buffer.alloc(16))
+      .strz(3, "ab")
+      .nest(18, (n) => n.str(1, "veth").u16(2, 7))
+      .build(9, 0);
     expect(msg.length % 4).toBe(0);
     expect(msg.readUInt32LE(0)).toBe(msg.length);
     const [m] = parseMessages(msg);
@@ -43,7 +54,10 @@ describe("wire format", () => {
     expect(msg.subarray(32, 40).toString("hex")).toBe("0700030061620000");
     const nest = attrs.get(18)!;
     expect(nest.length).toBe(16); // 8 (kind) + 8 (u16 padded)
-    expect(attrList(nest).map(([t, b]) => [t, b.length])).toEqual([[1, 4], [2, 2]]);
+    expect(attrList(nest).map(([t, b]) => [t, b.length])).toEqual([
+      [1, 4],
+      [2, 2],
+    ]);
   });
 
   it("rejects a truncated message instead of reading past it", () => {

@@ -51,7 +51,11 @@ afterAll(async () => {
 });
 
 function spawnQuiet(cmd: string, args: string[]): void {
-  try { execFileSync(cmd, args, { stdio: "ignore" }); } catch { /* already gone */ }
+  try {
+    execFileSync(cmd, args, { stdio: "ignore" });
+  } catch {
+    /* already gone */
+  }
 }
 
 /**
@@ -59,14 +63,18 @@ function spawnQuiet(cmd: string, args: string[]): void {
  * temporary one) on MASTER, a veth port of BRIDGE. Other tests on this machine add and remove
  * their own links meanwhile, so the whole host list is not compared.
  */
-const hostLinks = () => (JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string; link?: string; master?: string }[])
-  .filter((l) => l.link === MASTER || l.master === BRIDGE).map((l) => l.ifname).sort();
+const hostLinks = () =>
+  (JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string; link?: string; master?: string }[])
+    .filter((l) => l.link === MASTER || l.master === BRIDGE)
+    .map((l) => l.ifname)
+    .sort();
 
 /** Every file under a dir, relative to it (empty when the dir does not exist). */
 function filesUnder(dir: string, prefix = ""): string[] {
   if (!existsSync(dir)) return [];
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? filesUnder(join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`]);
+    e.isDirectory() ? filesUnder(join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`],
+  );
 }
 
 /** The shipped list with only the device names replaced; asserts nothing else differs. */
@@ -76,7 +84,10 @@ function shipped(file: string, names: Record<string, string>): { name: string; t
   for (const plugin of list.plugins) {
     for (const [key, value] of Object.entries(names)) if (key in plugin) plugin[key] = value;
   }
-  const strip = (l: any) => ({ ...l, plugins: l.plugins.map((p: any) => Object.fromEntries(Object.entries(p).filter(([k]) => !(k in names)))) });
+  const strip = (l: any) => ({
+    ...l,
+    plugins: l.plugins.map((p: any) => Object.fromEntries(Object.entries(p).filter(([k]) => !(k in names)))),
+  });
   expect(strip(list)).toEqual(strip(original));
   return { name: list.name, text: JSON.stringify(list, null, 2), ipamPools: list.plugins.some((p: any) => p.ipam?.type === "berth-ipam") };
 }
@@ -133,7 +144,9 @@ describe("shipped conflists under podman 4 (CNI backend, libcni 1.1)", () => {
       for (const f of readdirSync(netDir)) execFileSync("rm", ["-f", join(netDir, f)]);
       writeFileSync(join(netDir, c.file), conf.text);
       const linksBefore = hostLinks();
-      const names = [1, 2].map((n) => `${tag}-${c.file.split("-")[0]}-${c.file.includes("bridge") ? "br" : c.file.includes("ipam") ? "ref" : "mv"}-${n}`);
+      const names = [1, 2].map(
+        (n) => `${tag}-${c.file.split("-")[0]}-${c.file.includes("bridge") ? "br" : c.file.includes("ipam") ? "ref" : "mv"}-${n}`,
+      );
 
       const seen = names.map((n) => startContainer(n, conf.name));
       if (c.names.bridge) expect(hostLinks()).toHaveLength(linksBefore.length + 2); // the two host-side veths

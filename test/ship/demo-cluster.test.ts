@@ -11,8 +11,8 @@ const DEMO = join(ROOT, "scripts/demo-cluster.sh");
 
 function leftovers(tag: string, workDir: string): string[] {
   const found: string[] = [];
-  for (const line of execFileSync("ip", ["netns", "list"],
-    { encoding: "utf8" }).split("\n")) if (line.startsWith(`${tag}-`)) found.push(`netns ${line}`);
+  for (const line of execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n"))
+    if (line.startsWith(`${tag}-`)) found.push(`netns ${line}`);
   const links = JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string }[];
   for (const l of links) if (l.ifname.startsWith(tag)) found.push(`link ${l.ifname}`);
   if (existsSync(workDir)) found.push(`dir ${workDir}`);
@@ -34,16 +34,27 @@ describe("make demo-cluster", () => {
     const r = spawnSync("bash", [DEMO], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
     const output = r.stdout + r.stderr;
     expect(r.status, output).toBe(0);
-    for (const h of ["starting a 3-member etcd", "1. web-0 on node-a", "2. delete web-0", "3. web-0 created on node-b",
+    for (const h of [
+      "starting a 3-member etcd",
+      "1. web-0 on node-a",
+      "2. delete web-0",
+      "3. web-0 created on node-b",
       "4. ipamctl reservations from node-c",
-      "cleaning up"]) expect(output).toContain(h);
+      "cleaning up",
+    ])
+      expect(output).toContain(h);
     const first = /web-0 on node-a \(netns \S+, container \w+\): eth0 (\d+\.\d+\.\d+\.\d+)/.exec(output);
     expect(first, output).not.toBeNull();
     expect(output).toContain(`web-0 came back on node-b with the same IP: ${first![1]}`);
     const row = output.split("\n").find((l) => l.includes("default/web/0"));
     // IP POOL OWNER STATE STICKY PINNED POD NODE AGE
-    expect(row?.split("│").map((c) => c.trim()).filter(Boolean).slice(0, 8)).toEqual(
-      [`${first![1]}/24`, "demo-v4", "default/web/0", "attached", "yes", "no", "-", "node-b"]);
+    expect(
+      row
+        ?.split("│")
+        .map((c) => c.trim())
+        .filter(Boolean)
+        .slice(0, 8),
+    ).toEqual([`${first![1]}/24`, "demo-v4", "default/web/0", "attached", "yes", "no", "-", "node-b"]);
     const { tag, workDir } = tagAndWorkDir(output);
     expect(leftovers(tag, workDir)).toEqual([]);
   }, 150_000);
@@ -55,7 +66,12 @@ describe("make demo-cluster", () => {
     child.stderr.on("data", (d) => (output += d));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`demo never reached step 2:\n${output}`)), 60_000);
-      child.stdout.on("data", () => { if (output.includes("2. delete web-0")) { clearTimeout(timer); resolve(); } });
+      child.stdout.on("data", () => {
+        if (output.includes("2. delete web-0")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
     });
     child.kill("SIGINT");
     const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));

@@ -26,7 +26,8 @@ afterAll(() => {
 /** The files a fresh clone has: tracked and new, not ignored (so node_modules and dist are not). */
 function copyCheckout(to: string): string[] {
   const files = execFileSync("git", ["ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: ROOT, encoding: "utf8" })
-    .split("\0").filter((f) => f && existsSync(join(ROOT, f)));
+    .split("\0")
+    .filter((f) => f && existsSync(join(ROOT, f)));
   for (const f of files) cpSync(join(ROOT, f), join(to, f), { verbatimSymlinks: true });
   return files;
 }
@@ -51,9 +52,12 @@ exec chroot "$r" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:
   /bin/bash -euo pipefail -c "$1"
 `;
   for (const d of ["npm", "apt-archives/partial"]) mkdirSync(join(CACHE, d), { recursive: true });
-  return spawnSync("unshare", ["-m", "--propagation", "private", "bash", "-c", setup, "setup", root, script],
-    { encoding: "utf8", timeout: timeoutMs, env: { PATH: process.env.PATH, CACHE, SITE_CA: process.env.NODE_EXTRA_CA_CERTS ?? "" },
-      maxBuffer: 64 * 1024 * 1024 });
+  return spawnSync("unshare", ["-m", "--propagation", "private", "bash", "-c", setup, "setup", root, script], {
+    encoding: "utf8",
+    timeout: timeoutMs,
+    env: { PATH: process.env.PATH, CACHE, SITE_CA: process.env.NODE_EXTRA_CA_CERTS ?? "" },
+    maxBuffer: 64 * 1024 * 1024,
+  });
 }
 
 describe("make demo on a fresh Debian 12", () => {
@@ -69,14 +73,17 @@ describe("make demo on a fresh Debian 12", () => {
     // Keep what apt downloads for the next run (the base is cleaned after debootstrap).
     writeFileSync(join(root, "etc/apt/apt.conf.d/99berth-keep-debs"), 'Binary::apt::APT::Keep-Downloaded-Packages "true";\n');
 
-    const fresh = inChroot("for c in ip ping npm node make; do command -v $c || echo \"no $c\"; done", 60_000);
+    const fresh = inChroot('for c in ip ping npm node make; do command -v $c || echo "no $c"; done', 60_000);
     expect(fresh.stdout.trim().split("\n")).toEqual(["no ip", "no ping", "no npm", "no node", "no make"]);
 
-    const r = inChroot([
-      "export DEBIAN_FRONTEND=noninteractive",
-      "apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null", // what the README's command needs
-      "cd /src/berth && make demo",
-    ].join("\n"), 1_500_000);
+    const r = inChroot(
+      [
+        "export DEBIAN_FRONTEND=noninteractive",
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null", // what the README's command needs
+        "cd /src/berth && make demo",
+      ].join("\n"),
+      1_500_000,
+    );
     const output = `${r.stdout}\n${r.stderr}`;
     expect(r.status, output.slice(-6000)).toBe(0);
     const installing = /^installing (.*) \(scripts\/packages\.txt says what needs each\)$/m.exec(output);

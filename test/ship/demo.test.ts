@@ -42,7 +42,12 @@ describe("make demo", () => {
     expect(output).toContain(`web-0 came back with the same IP: ${first![1]}`);
     expect(output).toMatch(/2 packets transmitted, 2 received/);
     const webRow = output.split("\n").find((line) => line.includes("default/web/0"));
-    expect(webRow?.split("│").map((cell) => cell.trim()).slice(1, 6)).toEqual([`${first![1]}/24`, "demo-v4", "default/web/0", "attached", "yes"]);
+    expect(
+      webRow
+        ?.split("│")
+        .map((cell) => cell.trim())
+        .slice(1, 6),
+    ).toEqual([`${first![1]}/24`, "demo-v4", "default/web/0", "attached", "yes"]);
     const { tag, workDir } = tagAndWorkDir(output);
     expect(leftovers(tag, workDir)).toEqual([]);
   }, 150_000);
@@ -55,7 +60,10 @@ describe("make demo", () => {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`demo never reached step 2:\n${output}`)), 60_000);
       child.stdout.on("data", () => {
-        if (output.includes("2. ping from")) { clearTimeout(timer); resolve(); }
+        if (output.includes("2. ping from")) {
+          clearTimeout(timer);
+          resolve();
+        }
       });
     });
     child.kill("SIGINT");

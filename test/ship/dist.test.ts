@@ -13,8 +13,11 @@ const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).ver
 
 function makeDist(out: string): string {
   pluginDir();
-  const r = spawnSync("make", ["--no-print-directory", "-o", "build", "-o", "dist/.built", "dist"],
-    { cwd: ROOT, encoding: "utf8", env: { ...process.env, BERTH_RELEASE_DIR: out } });
+  const r = spawnSync("make", ["--no-print-directory", "-o", "build", "-o", "dist/.built", "dist"], {
+    cwd: ROOT,
+    encoding: "utf8",
+    env: { ...process.env, BERTH_RELEASE_DIR: out },
+  });
   expect(r.status, r.stdout + r.stderr).toBe(0);
   return r.stdout.trim().split("\n").at(-1)!;
 }
@@ -41,16 +44,31 @@ describe("make dist", () => {
       expect(readlinkSync(join(top, "bin", name))).toBe("berth");
     }
     expect(readdirSync(join(top, "ipamd")).sort()).toEqual(["ipamd.mjs", "koffi.node", "package.json"]);
-    for (const f of ["conf/kubernetes/daemonset.yaml", "conf/kubernetes/uninstall.yaml", "conf/kubernetes/rbac.yaml",
-      "conf/kubernetes/configmap.yaml", "conf/kubernetes/multus/berth-macvlan.yaml", "conf/kubernetes/monitoring/metrics.yaml",
-      "conf/cni/10-berth.conflist", "conf/ipamd.json", "conf/systemd/berth-ipamd.service",
-      "scripts/install-cni.sh", "scripts/uninstall-cni.sh", "docs/API.md", "docs/ERRORS.md", "README.md"]) {
+    for (const f of [
+      "conf/kubernetes/daemonset.yaml",
+      "conf/kubernetes/uninstall.yaml",
+      "conf/kubernetes/rbac.yaml",
+      "conf/kubernetes/configmap.yaml",
+      "conf/kubernetes/multus/berth-macvlan.yaml",
+      "conf/kubernetes/monitoring/metrics.yaml",
+      "conf/cni/10-berth.conflist",
+      "conf/ipamd.json",
+      "conf/systemd/berth-ipamd.service",
+      "scripts/install-cni.sh",
+      "scripts/uninstall-cni.sh",
+      "docs/API.md",
+      "docs/ERRORS.md",
+      "README.md",
+    ]) {
       expect(readFileSync(join(top, f)).length, f).toBeGreaterThan(0);
     }
     expect(readFileSync(join(top, "LICENSE"), "utf8")).toContain("Apache License\n                           Version 2.0, January 2004");
     const sums = spawnSync("sha256sum", ["--strict", "-c", "SHA256SUMS"], { cwd: top, encoding: "utf8" });
     expect(sums.status, sums.stdout + sums.stderr).toBe(0);
-    const listed = readFileSync(join(top, "SHA256SUMS"), "utf8").trim().split("\n").map((l) => l.split(/\s+/)[1]);
+    const listed = readFileSync(join(top, "SHA256SUMS"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => l.split(/\s+/)[1]);
     expect(listed).toContain("bin/berth");
     expect(listed).toContain("ipamd/ipamd.mjs");
     const v = spawnSync(join(top, "bin/berth"), ["--version"], { encoding: "utf8", env: {} });

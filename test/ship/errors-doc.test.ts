@@ -12,7 +12,11 @@ import { CniCode } from "../../cni/skel/errors";
 import { doneFiles, runFiles, seenCodes } from "../helpers/cni-codes";
 import { ROOT } from "../helpers/plugins";
 
-interface DocRow { code: number; when: string; fix: string }
+interface DocRow {
+  code: number;
+  when: string;
+  fix: string;
+}
 
 function documented(): DocRow[] {
   const rows: DocRow[] = [];
@@ -53,17 +57,27 @@ describe("docs/ERRORS.md", () => {
     expect([...codes].sort((a, b) => a - b)).toEqual([...new Set(Object.values(CniCode))].sort((a, b) => a - b));
   });
 
-  it("agrees with what the tests saw the plugins answer", async () => {
-    const self = expect.getState().testPath!;
-    const others = await othersFinished(self);
-    const docs = new Set(documented().map((r) => r.code));
-    const seen = seenCodes();
-    const undocumented = seen.filter((s) => !docs.has(s.code));
-    expect(undocumented.map((s) => `${s.code} (${relative(ROOT, s.file)} > ${s.test})`), "codes seen by tests but not in ERRORS.md").toEqual([]);
-    const ran = new Set(others);
-    const all = hostSuiteFiles().filter((f) => f !== self);
-    if (!all.every((f) => ran.has(f))) return; // a partial run: not every test that produces a code ran
-    const seenSet = new Set(seen.map((s) => s.code));
-    expect([...docs].filter((c) => !seenSet.has(c)), "codes in ERRORS.md that no test produced").toEqual([]);
-  }, 30 * 60_000);
+  it(
+    "agrees with what the tests saw the plugins answer",
+    async () => {
+      const self = expect.getState().testPath!;
+      const others = await othersFinished(self);
+      const docs = new Set(documented().map((r) => r.code));
+      const seen = seenCodes();
+      const undocumented = seen.filter((s) => !docs.has(s.code));
+      expect(
+        undocumented.map((s) => `${s.code} (${relative(ROOT, s.file)} > ${s.test})`),
+        "codes seen by tests but not in ERRORS.md",
+      ).toEqual([]);
+      const ran = new Set(others);
+      const all = hostSuiteFiles().filter((f) => f !== self);
+      if (!all.every((f) => ran.has(f))) return; // a partial run: not every test that produces a code ran
+      const seenSet = new Set(seen.map((s) => s.code));
+      expect(
+        [...docs].filter((c) => !seenSet.has(c)),
+        "codes in ERRORS.md that no test produced",
+      ).toEqual([]);
+    },
+    30 * 60_000,
+  );
 });

@@ -33,7 +33,7 @@ let ipamd: DaemonHandle;
 const pods: TestNetns[] = [];
 let seq = 0;
 
-export function kernelHas8021q(): boolean {
+function kernelHas8021q(): boolean {
   const ns = `berth-q-${process.pid}`;
   try {
     execFileSync("ip", ["netns", "add", ns], { stdio: "ignore" });
@@ -111,15 +111,22 @@ function shipped(file: string, rig: Rig): { list: ConfList; logFile: string } {
   const ipam = plugin.ipam as Record<string, unknown> | undefined;
   if (ipam?.type === "berth-ipam") ipam.socket = ipamd.socket;
   const moved = new Set([...Object.keys(rig.replace), "stateDir", "logFile"]);
-  const strip = (l: ConfList) => l.plugins.map((p) => ({
-    ...Object.fromEntries(Object.entries(p).filter(([k]) => !moved.has(k))),
-    ipam: p.ipam ? { ...(p.ipam as object), socket: undefined } : undefined,
-  }));
+  const strip = (l: ConfList) =>
+    l.plugins.map((p) => ({
+      ...Object.fromEntries(Object.entries(p).filter(([k]) => !moved.has(k))),
+      ipam: p.ipam ? { ...(p.ipam as object), socket: undefined } : undefined,
+    }));
   expect(strip(list)).toEqual(strip(original));
   return { list, logFile };
 }
 
-interface Outcome { add: any; addresses: string[]; podLinks: string[]; afterDel: string[]; logFile: string }
+interface Outcome {
+  add: any;
+  addresses: string[];
+  podLinks: string[];
+  afterDel: string[];
+  logFile: string;
+}
 
 /** ADD, CHECK, DEL of a one-plugin list, as libcni 1.1 runs it; asserts each succeeds. */
 function addCheckDel(file: string, rig: Rig, inspect: (p: TestNetns, add: any) => void = () => {}): Outcome {
@@ -129,15 +136,23 @@ function addCheckDel(file: string, rig: Rig, inspect: (p: TestNetns, add: any) =
   const p = pod();
   const type = String(conf!.type);
   const executable = rig.executable ?? (type.startsWith("berth-") ? pluginPath(type) : `/usr/lib/cni/${type}`);
-  const call = (command: CniCall["command"], config: unknown) => runCni(executable, {
-    command, config, containerId: `ex-${file}-${seq}`, netns: p.path, ifName: rig.ifName ?? "eth0",
-    cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=example", path: [pluginDir(), "/usr/lib/cni"],
-    via: ["ip", "netns", "exec", host.name], ...(rig.env ? { env: rig.env } : {}),
-  });
+  const call = (command: CniCall["command"], config: unknown) =>
+    runCni(executable, {
+      command,
+      config,
+      containerId: `ex-${file}-${seq}`,
+      netns: p.path,
+      ifName: rig.ifName ?? "eth0",
+      cniArgs: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=example",
+      path: [pluginDir(), "/usr/lib/cni"],
+      via: ["ip", "netns", "exec", host.name],
+      ...(rig.env ? { env: rig.env } : {}),
+    });
   const add = call("ADD", conf);
   expect(add.code, `${file} ADD: ${add.stdout}${add.stderr}`).toBe(0);
   const addresses = ipJson<{ ifname: string; addr_info: { local: string; prefixlen: number; scope: string }[] }[]>(p, "addr", "show")
-    .filter((l) => l.ifname !== "lo").flatMap((l) => l.addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`));
+    .filter((l) => l.ifname !== "lo")
+    .flatMap((l) => l.addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`));
   const podLinks = ipJson<{ ifname: string }[]>(p, "link", "show").map((l) => l.ifname);
   inspect(p, add.json);
   const check = call("CHECK", { ...conf, prevResult: add.json });
@@ -154,8 +169,14 @@ const heldBy = async (file: string) => (await ipamd.client.reservations({})).res
 describe("conf/cni examples against conf/ipamd.json", () => {
   it("the directory holds exactly the examples below", () => {
     expect(readdirSync(CONF_DIR).sort()).toEqual([
-      "10-berth-ipam-macvlan.conflist", "10-berth.conflist", "20-berth-ipam-bridge-dualstack.conflist", "30-berth-hostdev-eni.conflist",
-      "30-berth-macvlan-vlan.conflist", "31-berth-hostdev-deviceid.conflist", "40-berth-macvlan-static.conflist", "40-berth-sriov.conflist",
+      "10-berth-ipam-macvlan.conflist",
+      "10-berth.conflist",
+      "20-berth-ipam-bridge-dualstack.conflist",
+      "30-berth-hostdev-eni.conflist",
+      "30-berth-macvlan-vlan.conflist",
+      "31-berth-hostdev-deviceid.conflist",
+      "40-berth-macvlan-static.conflist",
+      "40-berth-sriov.conflist",
     ]);
   });
 
@@ -209,9 +230,11 @@ describe("conf/cni examples against conf/ipamd.json", () => {
   it("31-berth-hostdev-deviceid: the device the device plugin chose (deviceID), addressed from eni-v4", async () => {
     const eni = veth("exdev");
     const sysfs = sysfsWith("0000:00:07.0", eni);
-    const o = addCheckDel("31-berth-hostdev-deviceid.conflist",
+    const o = addCheckDel(
+      "31-berth-hostdev-deviceid.conflist",
       { replace: { runtimeConfig: { deviceID: "0000:00:07.0" }, sysfsRoot: sysfs }, ifName: "net1" },
-      (p) => expect(ipJson<{ mtu: number }[]>(p, "link", "show", "dev", "net1")[0]!.mtu).toBe(9001));
+      (p) => expect(ipJson<{ mtu: number }[]>(p, "link", "show", "dev", "net1")[0]!.mtu).toBe(9001),
+    );
     expect(o.add.ips.map((i: any) => i.address)).toEqual([inSubnet("172.31.")]);
     expect(o.addresses).toEqual([o.add.ips[0].address]);
     expect(o.afterDel).toEqual(["lo"]);
@@ -220,8 +243,9 @@ describe("conf/cni examples against conf/ipamd.json", () => {
   });
 
   it("40-berth-macvlan-static: berth-macvlan with the reference static IPAM and a fixed MAC", () => {
-    const o = addCheckDel("40-berth-macvlan-static.conflist", { replace: { master: veth("exs") } },
-      (p) => expect(ipJson<{ address: string }[]>(p, "link", "show", "dev", "eth0")[0]!.address).toBe("0a:00:00:00:10:05"));
+    const o = addCheckDel("40-berth-macvlan-static.conflist", { replace: { master: veth("exs") } }, (p) =>
+      expect(ipJson<{ address: string }[]>(p, "link", "show", "dev", "eth0")[0]!.address).toBe("0a:00:00:00:10:05"),
+    );
     expect(o.addresses).toEqual(["192.168.10.5/24"]);
     expect(o.afterDel).toEqual(["lo"]);
   });
@@ -232,13 +256,31 @@ describe("conf/cni examples against conf/ipamd.json", () => {
     const sysfs = sysfsWith("0000:3b:02.0", vf, pf);
     const fake = join(tmp, `pf${seq++}`);
     mkdirSync(fake);
-    const original = { mac: "00:00:00:00:00:00", vlan: 0, qos: 0, vlanProto: "802.1Q", spoofChk: false, trust: false, linkState: "auto", minTxRate: 0, maxTxRate: 0 };
+    const original = {
+      mac: "00:00:00:00:00:00",
+      vlan: 0,
+      qos: 0,
+      vlanProto: "802.1Q",
+      spoofChk: false,
+      trust: false,
+      linkState: "auto",
+      minTxRate: 0,
+      maxTxRate: 0,
+    };
     writeFileSync(join(fake, `${pf}.json`), JSON.stringify({ vfs: [{ vf: 0, ...original }] }));
     let during: any;
-    const o = addCheckDel("40-berth-sriov.conflist", {
-      replace: { runtimeConfig: { deviceID: "0000:3b:02.0" }, sysfsRoot: sysfs }, ifName: "net1",
-      executable: fakePfSriovPath(), env: { BERTH_SRIOV_FAKE_PF: fake },
-    }, () => { during = JSON.parse(readFileSync(join(fake, `${pf}.json`), "utf8")).vfs[0]; });
+    const o = addCheckDel(
+      "40-berth-sriov.conflist",
+      {
+        replace: { runtimeConfig: { deviceID: "0000:3b:02.0" }, sysfsRoot: sysfs },
+        ifName: "net1",
+        executable: fakePfSriovPath(),
+        env: { BERTH_SRIOV_FAKE_PF: fake },
+      },
+      () => {
+        during = JSON.parse(readFileSync(join(fake, `${pf}.json`), "utf8")).vfs[0];
+      },
+    );
     expect(during).toMatchObject({ vlan: 300, qos: 5, spoofChk: true, trust: false, linkState: "auto", maxTxRate: 10000 });
     expect(o.add.ips.map((i: any) => i.address)).toEqual([inSubnet("10.30.0.")]);
     expect(o.addresses).toEqual([o.add.ips[0].address]);

@@ -66,6 +66,7 @@ beforeAll(async () => {
   mkdirSync(bin);
   copyFileSync(pluginPath("berth"), join(bin, "berth"));
   for (const name of ["berth-macvlan", "berth-hostdev", "berth-ipam"]) symlinkSync("berth", join(bin, name));
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script: ${TMPDIR:-/tmp} is for sh
   writeFileSync(join(bin, "noexec-probe"), '#!/bin/sh\nt=${TMPDIR:-/tmp}\ncp /bin/true "$t/probe" && exec "$t/probe"\n', { mode: 0o755 });
   mkdirSync(tmpdirPath);
   mkdirSync(join(root, "ipamd"));
@@ -88,7 +89,9 @@ function hardened(mode: Mode, plugin: string, call: CniCall, stateDir: string): 
   rmSync(join(stateDir, "trace"), { force: true });
   const env: Record<string, string> = { BERTH_STATE: stateDir, ...(mode.startsWith("tmpdir-") ? { TMPDIR: tmpdirPath } : {}) };
   return runCni(join(bin, plugin), {
-    path: [bin], ...call, env: { ...env, ...call.env },
+    path: [bin],
+    ...call,
+    env: { ...env, ...call.env },
     via: ["ip", "netns", "exec", lab.host.name, "unshare", "-m", "--propagation", "private", "sh", "-c", SETUP, "sh", mode],
   });
 }
@@ -100,7 +103,10 @@ function expectNothingWritten(mode: Mode, stateDir: string): void {
   if (mode === "tmpdir-traced") {
     const trace = readFileSync(join(stateDir, "trace"), "utf8");
     expect(trace.length, "strace wrote a trace").toBeGreaterThan(0);
-    expect(trace.split("\n").filter((l) => l.includes(tmpdirPath)), "system calls on paths under TMPDIR").toEqual([]);
+    expect(
+      trace.split("\n").filter((l) => l.includes(tmpdirPath)),
+      "system calls on paths under TMPDIR",
+    ).toEqual([]);
   }
 }
 
@@ -114,8 +120,14 @@ describe.each(MODES)("hardened node: %s", (mode) => {
     const stateDir = join(state, `mv-${mode}`);
     mkdirSync(stateDir, { recursive: true });
     const pod = newPod(lab);
-    const config = { cniVersion: "1.1.0", name: "hard", type: "berth-macvlan", master: lab.master, stateDir,
-      ipam: { type: "berth-ipam", socket: daemon.socket } };
+    const config = {
+      cniVersion: "1.1.0",
+      name: "hard",
+      type: "berth-macvlan",
+      master: lab.master,
+      stateDir,
+      ipam: { type: "berth-ipam", socket: daemon.socket },
+    };
     const cniArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=hard";
     const call = { containerId: `hard-${seq++}`, netns: pod.path, ifName: "eth0", cniArgs };
 
@@ -164,8 +176,9 @@ describe.each(MODES)("hardened node: %s", (mode) => {
     expectNothingWritten(mode, stateDir);
     expect(linkNames(pod)).not.toContain("eth1");
     expect(linkNames(lab.host)).toContain(eni);
-    expect(ipJson<{ addr_info: { local: string }[] }[]>(lab.host, "addr", "show", "dev", eni)[0]!.addr_info.map((a) => a.local))
-      .toContain("10.82.0.5");
+    expect(ipJson<{ addr_info: { local: string }[] }[]>(lab.host, "addr", "show", "dev", eni)[0]!.addr_info.map((a) => a.local)).toContain(
+      "10.82.0.5",
+    );
   });
 });
 

@@ -7,7 +7,18 @@
 // ipamd serves its socket in a host dir where its readiness/liveness probe, a client on the
 // "host" and the metrics address answer; it stops cleanly on SIGTERM.
 import { execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseAllDocuments } from "yaml";
@@ -22,23 +33,28 @@ const work = mkdtempSync(join(tmpdir(), "berth-image-"));
 const node = join(work, "node"); // the node's file system as the DaemonSet mounts it
 let podman: Podman;
 
-const daemonSet = parseAllDocuments(readFileSync(join(ROOT, "conf/kubernetes/daemonset.yaml"), "utf8")).map((d) => d.toJS())
+const daemonSet = parseAllDocuments(readFileSync(join(ROOT, "conf/kubernetes/daemonset.yaml"), "utf8"))
+  .map((d) => d.toJS())
   .find((d) => d.kind === "DaemonSet").spec.template.spec;
-const configMap = parseAllDocuments(readFileSync(join(ROOT, "conf/kubernetes/configmap.yaml"), "utf8")).map((d) => d.toJS())
+const configMap = parseAllDocuments(readFileSync(join(ROOT, "conf/kubernetes/configmap.yaml"), "utf8"))
+  .map((d) => d.toJS())
   .find((d) => d.kind === "ConfigMap");
 
 /** The DaemonSet's security context as podman flags. */
 function securityFlags(c: any): string[] {
   const s = c.securityContext;
   return [
-    "--user", String(s.runAsUser), ...(s.readOnlyRootFilesystem ? ["--read-only"] : []),
+    "--user",
+    String(s.runAsUser),
+    ...(s.readOnlyRootFilesystem ? ["--read-only"] : []),
     ...(s.capabilities.drop.includes("ALL") ? ["--cap-drop", "ALL"] : []),
     ...(s.allowPrivilegeEscalation === false ? ["--security-opt", "no-new-privileges"] : []),
   ];
 }
 
 /** Kubernetes' $(VAR) expansion of a container's command with the given values. */
-const expand = (args: string[], vars: Record<string, string>) => args.map((a) => a.replace(/\$\((\w+)\)/g, (_m, v: string) => vars[v] ?? _m));
+const expand = (args: string[], vars: Record<string, string>) =>
+  args.map((a) => a.replace(/\$\((\w+)\)/g, (_m, v: string) => vars[v] ?? _m));
 
 /** `-v` for each volumeMount of the container, from the node dir (hostPath) or the ConfigMap dir. */
 function volumeFlags(c: any, configDir: string): string[] {
@@ -69,8 +85,20 @@ beforeAll(() => {
   cpSync(join(dist, "bin"), join(ctx, "dist/bin"), { recursive: true, verbatimSymlinks: true });
   cpSync(join(dist, "ipamd"), join(ctx, "dist/ipamd"), { recursive: true });
   for (const f of ["scripts/install-cni.sh", "scripts/uninstall-cni.sh", "LICENSE"]) cpSync(join(ROOT, f), join(ctx, f));
-  podman.ok(["build", "--quiet", "--layers=false", "--network", "none", "-f", join(ROOT, "conf/kubernetes/Containerfile"),
-    "--build-arg", `NODE_IMAGE=${BASE}`, "-t", TAG, ctx]);
+  podman.ok([
+    "build",
+    "--quiet",
+    "--layers=false",
+    "--network",
+    "none",
+    "-f",
+    join(ROOT, "conf/kubernetes/Containerfile"),
+    "--build-arg",
+    `NODE_IMAGE=${BASE}`,
+    "-t",
+    TAG,
+    ctx,
+  ]);
 }, 900_000);
 
 afterAll(() => {
@@ -93,8 +121,18 @@ describe("the Berth image", () => {
     mkdirSync(config, { recursive: true });
     for (const [k, v] of Object.entries(configMap.data)) writeFileSync(join(config, k), v as string);
     const env = (primary: string) => init.env.flatMap((e: any) => ["-e", `${e.name}=${e.name === "BERTH_PRIMARY" ? primary : e.value}`]);
-    const run = (primary: string) => podman.ok(["run", "--rm", "--network", "none", ...securityFlags(init), ...volumeFlags(init, config),
-      ...env(primary), TAG, ...init.command]);
+    const run = (primary: string) =>
+      podman.ok([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        ...securityFlags(init),
+        ...volumeFlags(init, config),
+        ...env(primary),
+        TAG,
+        ...init.command,
+      ]);
 
     expect(run("0")).toContain("secondary network: nothing written to /host/etc/cni/net.d");
     const bin = join(node, "opt/cni/bin");
@@ -116,8 +154,9 @@ describe("the Berth image", () => {
     writeFileSync(join(config, "ipamd.json"), configMap.data["ipamd.json"]);
     // --network none: the container's own loopback stands for the node's address (NODE_IP).
     const command = expand(ipamd.command, { NODE_NAME: "image-test-node", NODE_IP: "127.0.0.1" });
-    const id = podman.ok(["run", "-d", "--name", "ipamd", "--network", "none", ...securityFlags(ipamd), ...volumeFlags(ipamd, config),
-      TAG, ...command]).trim();
+    const id = podman
+      .ok(["run", "-d", "--name", "ipamd", "--network", "none", ...securityFlags(ipamd), ...volumeFlags(ipamd, config), TAG, ...command])
+      .trim();
     const socket = join(node, "run/berth/ipamd.sock");
     const deadline = Date.now() + 30_000;
     while (!existsSync(socket) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
@@ -131,8 +170,13 @@ describe("the Berth image", () => {
     const status = await new IpamdClient(socket).status(); // a plugin on the node reaches the same socket
     expect(status.node.name).toBe("image-test-node");
     expect(existsSync(join(node, "var/lib/berth/ipamd.db"))).toBe(true);
-    const metrics = podman.ok(["exec", "ipamd", "node", "-e",
-      "fetch('http://127.0.0.1:9631/metrics').then(async (r) => process.stdout.write(r.status + '\\n' + await r.text()))"]);
+    const metrics = podman.ok([
+      "exec",
+      "ipamd",
+      "node",
+      "-e",
+      "fetch('http://127.0.0.1:9631/metrics').then(async (r) => process.stdout.write(r.status + '\\n' + await r.text()))",
+    ]);
     expect(metrics).toMatch(/^200\n/);
     expect(metrics).toContain("berth_ipamd_build_info{");
 

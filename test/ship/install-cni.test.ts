@@ -18,9 +18,14 @@ function script(name: string, binDir: string, env: Record<string, string> = {}) 
   return spawnSync("sh", [join(ROOT, "scripts", name)], {
     encoding: "utf8",
     env: {
-      PATH: process.env.PATH, BERTH_BIN_SRC: pluginDir(), CNI_BIN_DIR: binDir,
-      CNI_CONF_DIR: join(node, "etc/cni/net.d"), CNI_CONFLIST: join(ROOT, "conf/cni/10-berth.conflist"),
-      BERTH_STATE_DIR: join(node, "var/lib/berth"), BERTH_RUN_DIR: join(node, "run/berth"), ...env,
+      PATH: process.env.PATH,
+      BERTH_BIN_SRC: pluginDir(),
+      CNI_BIN_DIR: binDir,
+      CNI_CONF_DIR: join(node, "etc/cni/net.d"),
+      CNI_CONFLIST: join(ROOT, "conf/cni/10-berth.conflist"),
+      BERTH_STATE_DIR: join(node, "var/lib/berth"),
+      BERTH_RUN_DIR: join(node, "run/berth"),
+      ...env,
     },
   });
 }
@@ -92,11 +97,14 @@ describe("install-cni.sh", () => {
 
 describe("uninstall-cni.sh", () => {
   it("removes what a primary install added and nothing of the node's; keeps the database unless BERTH_PURGE=1", () => {
-    const { binDir } = install((dir) => {
-      writeFileSync(join(dir, "bridge"), "the node's\n", { mode: 0o755 });
-      mkdirSync(join(node, "etc/cni/net.d"), { recursive: true });
-      writeFileSync(join(node, "etc/cni/net.d/05-calico.conflist"), "{}\n");
-    }, { BERTH_PRIMARY: "1" });
+    const { binDir } = install(
+      (dir) => {
+        writeFileSync(join(dir, "bridge"), "the node's\n", { mode: 0o755 });
+        mkdirSync(join(node, "etc/cni/net.d"), { recursive: true });
+        writeFileSync(join(node, "etc/cni/net.d/05-calico.conflist"), "{}\n");
+      },
+      { BERTH_PRIMARY: "1" },
+    );
     mkdirSync(join(node, "var/lib/berth"), { recursive: true });
     writeFileSync(join(node, "var/lib/berth/ipamd.db"), "db");
     const r = script("uninstall-cni.sh", binDir);

@@ -19,7 +19,9 @@ function docs(file: string): any[] {
     return d.toJS();
   });
 }
-const all = readdirSync(K8S).filter((f) => f.endsWith(".yaml")).flatMap((f) => docs(join(K8S, f)));
+const all = readdirSync(K8S)
+  .filter((f) => f.endsWith(".yaml"))
+  .flatMap((f) => docs(join(K8S, f)));
 const find = (kind: string) => all.find((d) => d.kind === kind);
 const daemonSet = find("DaemonSet");
 const configMap = find("ConfigMap");
@@ -36,7 +38,10 @@ describe("conf/kubernetes", () => {
 
   it("the DaemonSet mounts exactly the host paths it needs", () => {
     expect(pod.hostNetwork).toBe(true);
-    const hostPaths = pod.volumes.filter((v: any) => v.hostPath).map((v: any) => v.hostPath.path).sort();
+    const hostPaths = pod.volumes
+      .filter((v: any) => v.hostPath)
+      .map((v: any) => v.hostPath.path)
+      .sort();
     expect(hostPaths).toEqual(["/etc/cni/net.d", "/opt/cni/bin", "/run/berth", "/run/netns", "/var/lib/berth"]);
     for (const c of [...pod.initContainers, ...pod.containers]) {
       expect(c.securityContext.privileged ?? false).toBe(false);
@@ -58,8 +63,12 @@ describe("conf/kubernetes", () => {
     expect(config.database?.startsWith("/var/lib/berth/")).toBe(true);
     const heap = ipamd.command.filter((a: string) => a.startsWith("--max-"));
     expect(heap).toContain("--max-old-space-size=128"); // fits the 256Mi limit (test/ipamd/health.test.ts measures it)
-    expect(ipamd.command.filter((a: string) => !a.startsWith("--max-")).slice(0, 4))
-      .toEqual(["node", "/usr/lib/berth/ipamd/ipamd.mjs", "--config", "/etc/berth/ipamd.json"]);
+    expect(ipamd.command.filter((a: string) => !a.startsWith("--max-")).slice(0, 4)).toEqual([
+      "node",
+      "/usr/lib/berth/ipamd/ipamd.mjs",
+      "--config",
+      "/etc/berth/ipamd.json",
+    ]);
   });
 
   it("the ConfigMap's ipamd.json is a valid daemon config", () => {
@@ -79,11 +88,18 @@ describe("conf/kubernetes", () => {
   });
 
   it("RBAC reads nodes, pods and statefulsets, writes only events.k8s.io Events and the kube-system Lease", () => {
-    const grants = (kind: string) => docs(join(K8S, "rbac.yaml")).filter((d: any) => d.kind === kind)
-      .flatMap((d: any) => d.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}: ${[...r.verbs].sort().join(",")}`)))
-      .sort();
+    const grants = (kind: string) =>
+      docs(join(K8S, "rbac.yaml"))
+        .filter((d: any) => d.kind === kind)
+        .flatMap((d: any) =>
+          d.rules.flatMap((r: any) => r.resources.map((res: any) => `${r.apiGroups[0]}/${res}: ${[...r.verbs].sort().join(",")}`)),
+        )
+        .sort();
     expect(grants("ClusterRole")).toEqual([
-      "/nodes: list,watch", "/pods: get,list,watch", "apps/statefulsets: get,list,watch", "events.k8s.io/events: create",
+      "/nodes: list,watch",
+      "/pods: get,list,watch",
+      "apps/statefulsets: get,list,watch",
+      "events.k8s.io/events: create",
     ]);
     expect(grants("Role")).toEqual(["coordination.k8s.io/leases: create,get,update"]);
     expect(find("ServiceAccount").metadata.name).toBe(pod.serviceAccountName);
@@ -215,8 +231,11 @@ describe("CNI versions in every shipped and documented config", () => {
 
   it('each says "cniVersion": "1.0.0" with "cniVersions": ["1.0.0", "1.1.0"]', () => {
     for (const [where, list] of lists) {
-      expect({ where, cniVersion: list.cniVersion, cniVersions: list.cniVersions })
-        .toEqual({ where, cniVersion: "1.0.0", cniVersions: ["1.0.0", "1.1.0"] });
+      expect({ where, cniVersion: list.cniVersion, cniVersions: list.cniVersions }).toEqual({
+        where,
+        cniVersion: "1.0.0",
+        cniVersions: ["1.0.0", "1.1.0"],
+      });
     }
   });
 

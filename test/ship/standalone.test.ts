@@ -49,11 +49,17 @@ describe("a copy of the executable outside the repo, empty PATH", () => {
 
   it("ADDs and DELs a macvlan through netlink with static IPAM", () => {
     const conf = JSON.stringify({
-      cniVersion: "1.0.0", name: "standalone", type: "berth-macvlan", master,
+      cniVersion: "1.0.0",
+      name: "standalone",
+      type: "berth-macvlan",
+      master,
       ipam: { type: "static", addresses: [{ address: "10.96.7.5/24" }] },
     });
     const env = (command: string) => ({
-      CNI_COMMAND: command, CNI_CONTAINERID: "standalone1", CNI_NETNS: pod.path, CNI_IFNAME: "eth0",
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: "standalone1",
+      CNI_NETNS: pod.path,
+      CNI_IFNAME: "eth0",
       CNI_PATH: "/usr/lib/cni",
     });
     const add = run(join(dir, "berth-macvlan"), env("ADD"), conf);

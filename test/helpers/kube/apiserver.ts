@@ -22,16 +22,29 @@ import { type Matcher, parseFieldSelector, parseLabelSelector, SelectorError } f
 import { mintPki } from "./tls";
 
 export type KubeObject = Record<string, unknown> & {
-  apiVersion?: string; kind?: string;
-  metadata: { name?: string; generateName?: string; namespace?: string; uid?: string; resourceVersion?: string;
-    labels?: Record<string, string>; annotations?: Record<string, string>; [k: string]: unknown };
+  apiVersion?: string;
+  kind?: string;
+  metadata: {
+    name?: string;
+    generateName?: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    [k: string]: unknown;
+  };
 };
 
 /** "nodes", "pods", "events" (core/v1) or "<group>/<resource>". */
 export type ResourceKey = "nodes" | "pods" | "events" | "apps/statefulsets" | "coordination.k8s.io/leases" | "events.k8s.io/events";
 
 interface ResourceType {
-  group: string; version: string; resource: string; kind: string; namespaced: boolean;
+  group: string;
+  version: string;
+  resource: string;
+  kind: string;
+  namespaced: boolean;
   fieldSelectors: readonly string[];
   /** PUT without metadata.resourceVersion is allowed (as for pods); leases require it. */
   unconditionalUpdate: boolean;
@@ -46,43 +59,84 @@ function microTime(obj: KubeObject, path: string, required: boolean): string | u
   if (value === undefined || value === null) return required ? `${path}: Required value` : undefined;
   if (typeof value !== "string" || !MICRO_TIME.test(value)) {
     // What kube-apiserver answers when a MicroTime is not RFC 3339 with 6 fraction digits.
-    return `${path}: Invalid value: ${JSON.stringify(value)}: parsing time ${JSON.stringify(value)} ` +
+    return (
+      `${path}: Invalid value: ${JSON.stringify(value)}: parsing time ${JSON.stringify(value)} ` +
       'as "2006-01-02T15:04:05.000000Z07:00": ' +
-      "cannot parse as MicroTime (exactly 6 fraction digits)";
+      "cannot parse as MicroTime (exactly 6 fraction digits)"
+    );
   }
   return undefined;
 }
 
 const RESOURCES: Record<ResourceKey, ResourceType> = {
   nodes: {
-    group: "", version: "v1", resource: "nodes", kind: "Node", namespaced: false, fieldSelectors: ["metadata.name"],
+    group: "",
+    version: "v1",
+    resource: "nodes",
+    kind: "Node",
+    namespaced: false,
+    fieldSelectors: ["metadata.name"],
     unconditionalUpdate: true,
   },
   pods: {
-    group: "", version: "v1", resource: "pods", kind: "Pod", namespaced: true, fieldSelectors: ["spec.nodeName"], unconditionalUpdate: true,
+    group: "",
+    version: "v1",
+    resource: "pods",
+    kind: "Pod",
+    namespaced: true,
+    fieldSelectors: ["spec.nodeName"],
+    unconditionalUpdate: true,
   },
   events: {
-    group: "", version: "v1", resource: "events", kind: "Event", namespaced: true, fieldSelectors: [], unconditionalUpdate: true,
-    validate: (o) => microTime(o, "eventTime", false) ?? ["firstTimestamp", "lastTimestamp"]
-      .map((f) => (o[f] == null || (typeof o[f] === "string" && TIME.test(o[f])) ? undefined : `${f}: Invalid value: not RFC 3339`))
-      .find(Boolean) ?? (o.involvedObject ? undefined : "involvedObject: Required value"),
+    group: "",
+    version: "v1",
+    resource: "events",
+    kind: "Event",
+    namespaced: true,
+    fieldSelectors: [],
+    unconditionalUpdate: true,
+    validate: (o) =>
+      microTime(o, "eventTime", false) ??
+      ["firstTimestamp", "lastTimestamp"]
+        .map((f) => (o[f] == null || (typeof o[f] === "string" && TIME.test(o[f])) ? undefined : `${f}: Invalid value: not RFC 3339`))
+        .find(Boolean) ??
+      (o.involvedObject ? undefined : "involvedObject: Required value"),
   },
   "apps/statefulsets": {
-    group: "apps", version: "v1", resource: "statefulsets", kind: "StatefulSet", namespaced: true, fieldSelectors: [],
+    group: "apps",
+    version: "v1",
+    resource: "statefulsets",
+    kind: "StatefulSet",
+    namespaced: true,
+    fieldSelectors: [],
     unconditionalUpdate: true,
   },
   "coordination.k8s.io/leases": {
-    group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, fieldSelectors: [],
+    group: "coordination.k8s.io",
+    version: "v1",
+    resource: "leases",
+    kind: "Lease",
+    namespaced: true,
+    fieldSelectors: [],
     unconditionalUpdate: false,
     validate: (o) => microTime(o, "spec.acquireTime", false) ?? microTime(o, "spec.renewTime", false),
   },
   "events.k8s.io/events": {
-    group: "events.k8s.io", version: "v1", resource: "events", kind: "Event", namespaced: true, fieldSelectors: [],
+    group: "events.k8s.io",
+    version: "v1",
+    resource: "events",
+    kind: "Event",
+    namespaced: true,
+    fieldSelectors: [],
     unconditionalUpdate: true,
-    validate: (o) => microTime(o, "eventTime", true) ?? microTime(o, "series.lastObservedTime", false) ??
+    validate: (o) =>
+      microTime(o, "eventTime", true) ??
+      microTime(o, "series.lastObservedTime", false) ??
       ["reportingController", "reportingInstance", "action", "reason"]
-        .map((f) => (o[f] ? undefined : `${f}: Required value`)).find(Boolean) ??
-      (o.type === "Normal" || o.type === "Warning" ? undefined
+        .map((f) => (o[f] ? undefined : `${f}: Required value`))
+        .find(Boolean) ??
+      (o.type === "Normal" || o.type === "Warning"
+        ? undefined
         : `type: Unsupported value: ${JSON.stringify(o.type)}: supported values: "Normal", "Warning"`) ??
       (typeof o.note === "string" && Buffer.byteLength(o.note) > 1024 ? "note: Too long: must have at most 1024 bytes" : undefined),
   },
@@ -97,16 +151,32 @@ function apiVersionOf(t: ResourceType): string {
 }
 
 export interface RecordedRequest {
-  method: string; path: string; query: Record<string, string>; verb: string; resource?: ResourceKey;
-  namespace?: string; name?: string; status: number; userAgent?: string; contentType?: string;
+  method: string;
+  path: string;
+  query: Record<string, string>;
+  verb: string;
+  resource?: ResourceKey;
+  namespace?: string;
+  name?: string;
+  status: number;
+  userAgent?: string;
+  contentType?: string;
 }
 
 /** Which requests a fault applies to; every field given must match. */
-export interface RequestMatch { verb?: string; resource?: ResourceKey; namespace?: string; name?: string; watch?: boolean }
+export interface RequestMatch {
+  verb?: string;
+  resource?: ResourceKey;
+  namespace?: string;
+  name?: string;
+  watch?: boolean;
+}
 
 export interface Fault {
   /** Answer with this status and a Status object instead of serving the request. */
-  status?: number; reason?: string; message?: string;
+  status?: number;
+  reason?: string;
+  message?: string;
   /** Hold the request this long before answering (or before serving it normally). */
   delayMs?: number;
   /** Cut the connection without an answer; for a watch, after this many ms of streaming (0: at once). */
@@ -115,11 +185,21 @@ export interface Fault {
   times?: number;
 }
 
-interface StoredEvent { rv: number; type: "ADDED" | "MODIFIED" | "DELETED"; key: ResourceKey; object: KubeObject; previous?: KubeObject }
+interface StoredEvent {
+  rv: number;
+  type: "ADDED" | "MODIFIED" | "DELETED";
+  key: ResourceKey;
+  object: KubeObject;
+  previous?: KubeObject;
+}
 
 interface OpenWatch {
-  type: ResourceType; namespace?: string; match: Matcher; bookmarks: boolean;
-  res: ServerResponse; socket: Socket;
+  type: ResourceType;
+  namespace?: string;
+  match: Matcher;
+  bookmarks: boolean;
+  res: ServerResponse;
+  socket: Socket;
 }
 
 export interface KubeApiServerOptions {
@@ -132,8 +212,16 @@ export interface KubeApiServerOptions {
 }
 
 const ROOT = resolve(import.meta.dirname, "../../..");
-const LIST_PARAMS = new Set(["labelSelector", "fieldSelector", "resourceVersion", "resourceVersionMatch", "watch",
-  "allowWatchBookmarks", "timeoutSeconds", "pretty"]);
+const LIST_PARAMS = new Set([
+  "labelSelector",
+  "fieldSelector",
+  "resourceVersion",
+  "resourceVersionMatch",
+  "watch",
+  "allowWatchBookmarks",
+  "timeoutSeconds",
+  "pretty",
+]);
 
 export class KubeApiServer {
   readonly url: string;
@@ -162,8 +250,12 @@ export class KubeApiServer {
   private readonly faults: { match: RequestMatch; fault: Fault; left: number }[] = [];
   private readonly bookmarkTimer?: NodeJS.Timeout;
 
-  private constructor(private readonly server: Server, private readonly dir: string, private readonly rbac: RbacType,
-    bookmarkIntervalMs: number) {
+  private constructor(
+    private readonly server: Server,
+    private readonly dir: string,
+    private readonly rbac: RbacType,
+    bookmarkIntervalMs: number,
+  ) {
     const { port } = server.address() as AddressInfo;
     this.url = `https://127.0.0.1:${port}`;
     this.caFile = join(dir, "ca.crt");
@@ -193,12 +285,30 @@ export class KubeApiServer {
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
     self = new KubeApiServer(server, dir, rbac, opts.bookmarkIntervalMs ?? 1000);
     Object.assign(self, { ca: pki.ca });
-    writeFileSync(self.kubeconfigPath, [
-      "apiVersion: v1", "kind: Config", "current-context: test",
-      "clusters:", "- name: test", "  cluster:", `    server: ${self.url}`, `    certificate-authority: ${pki.caFile}`,
-      "users:", `- name: ${rbac.user}`, "  user:", `    token: ${self.token}`,
-      "contexts:", "- name: test", "  context:", "    cluster: test", `    user: ${rbac.user}`, `    namespace: ${sa.namespace}`, "",
-    ].join("\n"));
+    writeFileSync(
+      self.kubeconfigPath,
+      [
+        "apiVersion: v1",
+        "kind: Config",
+        "current-context: test",
+        "clusters:",
+        "- name: test",
+        "  cluster:",
+        `    server: ${self.url}`,
+        `    certificate-authority: ${pki.caFile}`,
+        "users:",
+        `- name: ${rbac.user}`,
+        "  user:",
+        `    token: ${self.token}`,
+        "contexts:",
+        "- name: test",
+        "  context:",
+        "    cluster: test",
+        `    user: ${rbac.user}`,
+        `    namespace: ${sa.namespace}`,
+        "",
+      ].join("\n"),
+    );
     const saDir = join(self.inClusterRoot, "var/run/secrets/kubernetes.io/serviceaccount");
     mkdirSync(saDir, { recursive: true });
     writeFileSync(join(saDir, "token"), self.token);
@@ -259,12 +369,15 @@ export class KubeApiServer {
   }
 
   list(resource: ResourceKey, namespace?: string): KubeObject[] {
-    return [...this.objects.get(resource)!.values()].filter((o) => namespace === undefined || o.metadata.namespace === namespace)
+    return [...this.objects.get(resource)!.values()]
+      .filter((o) => namespace === undefined || o.metadata.namespace === namespace)
       .map((o) => structuredClone(o));
   }
 
   /** The newest resourceVersion handed out. */
-  get resourceVersion(): string { return String(this.rv); }
+  get resourceVersion(): string {
+    return String(this.rv);
+  }
 
   /**
    * As etcd compaction: forgets the change history, so a watch from any older resourceVersion gets
@@ -318,7 +431,9 @@ export class KubeApiServer {
     this.faults.push({ match, fault, left: fault.times ?? 1 });
   }
 
-  clearFaults(): void { this.faults.length = 0; }
+  clearFaults(): void {
+    this.faults.length = 0;
+  }
 
   // ---------- the wire ----------
 
@@ -326,18 +441,33 @@ export class KubeApiServer {
     const url = new URL(req.url ?? "/", this.url);
     const query = Object.fromEntries(url.searchParams);
     const record: RecordedRequest = {
-      method: req.method ?? "GET", path: url.pathname, query, verb: "", status: 0,
-      userAgent: req.headers["user-agent"], contentType: req.headers["content-type"],
+      method: req.method ?? "GET",
+      path: url.pathname,
+      query,
+      verb: "",
+      status: 0,
+      userAgent: req.headers["user-agent"],
+      contentType: req.headers["content-type"],
     };
     this.requests.push(record);
-    res.on("finish", () => { record.status = res.statusCode; });
-    res.on("close", () => { if (!record.status) record.status = res.headersSent ? res.statusCode : -1; });
+    res.on("finish", () => {
+      record.status = res.statusCode;
+    });
+    res.on("close", () => {
+      if (!record.status) record.status = res.headersSent ? res.statusCode : -1;
+    });
 
     const auth = req.headers.authorization ?? "";
-    if (auth !== `Bearer ${this.token}`) { this.status(res, 401, "Unauthorized", "Unauthorized"); return; }
+    if (auth !== `Bearer ${this.token}`) {
+      this.status(res, 401, "Unauthorized", "Unauthorized");
+      return;
+    }
 
     const route = parsePath(url.pathname);
-    if (!route) { this.status(res, 404, "NotFound", `the server could not find the requested resource (${url.pathname})`); return; }
+    if (!route) {
+      this.status(res, 404, "NotFound", `the server could not find the requested resource (${url.pathname})`);
+      return;
+    }
     const watch = query.watch === "1" || query.watch === "true";
     const verb = verbOf(req.method ?? "GET", route.name !== undefined, watch);
     Object.assign(record, { verb, namespace: route.namespace, name: route.name });
@@ -345,12 +475,18 @@ export class KubeApiServer {
       const where = route.namespace ? ` in the namespace "${route.namespace}"` : " at the cluster scope";
       const what = route.group ? `${route.resource}.${route.group}` : route.resource;
       const named = route.name ? ` "${route.name}"` : "";
-      this.status(res, 403, "Forbidden", `${what}${named} is forbidden: User "${this.rbac.user}" cannot ${verb} ` +
-        `resource "${route.resource}" in API group "${route.group}"${where}`);
+      this.status(
+        res,
+        403,
+        "Forbidden",
+        `${what}${named} is forbidden: User "${this.rbac.user}" cannot ${verb} ` +
+          `resource "${route.resource}" in API group "${route.group}"${where}`,
+      );
       return;
     }
-    const type = Object.values(RESOURCES)
-      .find((t) => t.group === route.group && t.version === route.version && t.resource === route.resource);
+    const type = Object.values(RESOURCES).find(
+      (t) => t.group === route.group && t.version === route.version && t.resource === route.resource,
+    );
     if (!type || (route.namespace !== undefined && !type.namespaced) || (route.namespace === undefined && type.namespaced && route.name)) {
       this.status(res, 404, "NotFound", `the server could not find the requested resource (${req.method} ${url.pathname})`);
       return;
@@ -359,7 +495,10 @@ export class KubeApiServer {
 
     const fault = this.takeFault({ verb, resource: keyOf(type), namespace: route.namespace, name: route.name, watch });
     if (fault?.delayMs) await new Promise((r) => setTimeout(r, fault.delayMs));
-    if (fault?.dropAfterMs !== undefined && !watch) { req.socket.destroy(); return; }
+    if (fault?.dropAfterMs !== undefined && !watch) {
+      req.socket.destroy();
+      return;
+    }
     if (fault?.status) {
       const reason = fault.reason ?? (fault.status === 410 ? "Expired" : fault.status >= 500 ? "InternalError" : "BadRequest");
       this.status(res, fault.status, reason, fault.message ?? `injected fault: ${fault.status} ${reason}`);
@@ -368,18 +507,32 @@ export class KubeApiServer {
 
     const body = await readBody(req);
     switch (verb) {
-      case "list": case "watch": return this.serveCollection(type, route.namespace, query, watch, res, fault);
-      case "get": return this.serveGet(type, route.namespace, route.name!, res);
-      case "create": return this.serveCreate(type, route.namespace, body, req.headers["content-type"], res);
-      case "update": return this.serveUpdate(type, route.namespace, route.name!, body, req.headers["content-type"], res);
-      case "patch": return this.servePatch(type, route.namespace, route.name!, body, req.headers["content-type"], res);
-      case "delete": return this.serveDelete(type, route.namespace, route.name!, res);
-      default: this.status(res, 405, "MethodNotAllowed", `the server does not allow this method on the requested resource`);
+      case "list":
+      case "watch":
+        return this.serveCollection(type, route.namespace, query, watch, res, fault);
+      case "get":
+        return this.serveGet(type, route.namespace, route.name!, res);
+      case "create":
+        return this.serveCreate(type, route.namespace, body, req.headers["content-type"], res);
+      case "update":
+        return this.serveUpdate(type, route.namespace, route.name!, body, req.headers["content-type"], res);
+      case "patch":
+        return this.servePatch(type, route.namespace, route.name!, body, req.headers["content-type"], res);
+      case "delete":
+        return this.serveDelete(type, route.namespace, route.name!, res);
+      default:
+        this.status(res, 405, "MethodNotAllowed", `the server does not allow this method on the requested resource`);
     }
   }
 
-  private serveCollection(t: ResourceType, namespace: string | undefined, q: Record<string, string>, watch: boolean,
-    res: ServerResponse, fault: Fault | undefined): void {
+  private serveCollection(
+    t: ResourceType,
+    namespace: string | undefined,
+    q: Record<string, string>,
+    watch: boolean,
+    res: ServerResponse,
+    fault: Fault | undefined,
+  ): void {
     const unknown = Object.keys(q).filter((k) => !LIST_PARAMS.has(k));
     if (unknown.length) {
       this.status(res, 400, "BadRequest", `this test API server does not serve the parameter(s) ${unknown.join(", ")}`);
@@ -395,21 +548,28 @@ export class KubeApiServer {
       const fields = q.fieldSelector ? parseFieldSelector(q.fieldSelector, t.fieldSelectors, t.resource) : () => true;
       match = (o) => labels(o) && fields(o) && (namespace === undefined || (o as KubeObject).metadata?.namespace === namespace);
     } catch (e) {
-      if (e instanceof SelectorError) { this.status(res, 400, "BadRequest", e.message); return; }
+      if (e instanceof SelectorError) {
+        this.status(res, 400, "BadRequest", e.message);
+        return;
+      }
       throw e;
     }
     const rvParam = q.resourceVersion;
     if (rvParam !== undefined && rvParam !== "" && !/^\d+$/.test(rvParam)) {
-      this.status(res, 400, "BadRequest", `invalid resource version ${JSON.stringify(rvParam)}`); return;
+      this.status(res, 400, "BadRequest", `invalid resource version ${JSON.stringify(rvParam)}`);
+      return;
     }
     const from = rvParam ? Number(rvParam) : 0;
     if (from > this.rv) {
-      this.status(res, 504, "Timeout", `Too large resource version: ${from}, current: ${this.rv}`); return;
+      this.status(res, 504, "Timeout", `Too large resource version: ${from}, current: ${this.rv}`);
+      return;
     }
     const items = [...this.objects.get(keyOf(t))!.values()].filter(match);
     if (!watch) {
       this.json(res, 200, {
-        kind: `${t.kind}List`, apiVersion: apiVersionOf(t), metadata: { resourceVersion: String(this.rv) },
+        kind: `${t.kind}List`,
+        apiVersion: apiVersionOf(t),
+        metadata: { resourceVersion: String(this.rv) },
         // The apiserver leaves kind/apiVersion off list items.
         items: items.map(({ kind: _k, apiVersion: _a, ...rest }) => rest),
       });
@@ -417,8 +577,14 @@ export class KubeApiServer {
     }
     res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked", "cache-control": "no-cache" });
     res.flushHeaders();
-    const w: OpenWatch = { type: t, namespace, match, bookmarks: q.allowWatchBookmarks === "true" || q.allowWatchBookmarks === "1",
-      res, socket: res.socket! };
+    const w: OpenWatch = {
+      type: t,
+      namespace,
+      match,
+      bookmarks: q.allowWatchBookmarks === "true" || q.allowWatchBookmarks === "1",
+      res,
+      socket: res.socket!,
+    };
     if (from === 0) {
       // No resourceVersion (or "0"): the current state as ADDED events first, then the changes.
       for (const o of items) this.send(w, "ADDED", o);
@@ -432,37 +598,62 @@ export class KubeApiServer {
     this.watches.add(w);
     res.on("close", () => this.watches.delete(w));
     if (q.timeoutSeconds) {
-      const timer = setTimeout(() => { this.watches.delete(w); res.end(); }, Number(q.timeoutSeconds) * 1000);
+      const timer = setTimeout(() => {
+        this.watches.delete(w);
+        res.end();
+      }, Number(q.timeoutSeconds) * 1000);
       res.on("close", () => clearTimeout(timer));
     }
     if (fault?.dropAfterMs !== undefined) {
-      setTimeout(() => { this.watches.delete(w); w.socket.destroy(); }, fault.dropAfterMs);
+      setTimeout(() => {
+        this.watches.delete(w);
+        w.socket.destroy();
+      }, fault.dropAfterMs);
     }
   }
 
   private serveGet(t: ResourceType, namespace: string | undefined, name: string, res: ServerResponse): void {
     const o = this.find(keyOf(t), namespace, name);
-    if (!o) { this.notFound(res, t, name); return; }
+    if (!o) {
+      this.notFound(res, t, name);
+      return;
+    }
     this.json(res, 200, o);
   }
 
-  private serveCreate(t: ResourceType, namespace: string | undefined, body: string, contentType: string | undefined,
-    res: ServerResponse): void {
+  private serveCreate(
+    t: ResourceType,
+    namespace: string | undefined,
+    body: string,
+    contentType: string | undefined,
+    res: ServerResponse,
+  ): void {
     const obj = this.parseObject(t, body, contentType, namespace, res);
     if (!obj) return;
     if (!obj.metadata.name && !obj.metadata.generateName) {
-      this.status(res, 422, "Invalid", `${t.kind} is invalid: metadata.name: Required value: name or generateName is required`); return;
+      this.status(res, 422, "Invalid", `${t.kind} is invalid: metadata.name: Required value: name or generateName is required`);
+      return;
     }
     if (obj.metadata.name && this.find(keyOf(t), namespace, obj.metadata.name)) {
-      this.status(res, 409, "AlreadyExists", `${t.resource}${t.group ? `.${t.group}` : ""} "${obj.metadata.name}" already exists`); return;
+      this.status(res, 409, "AlreadyExists", `${t.resource}${t.group ? `.${t.group}` : ""} "${obj.metadata.name}" already exists`);
+      return;
     }
     const r = this.doCreate(t, obj, namespace);
-    if (typeof r === "string") { this.status(res, 400, "BadRequest", r); return; }
+    if (typeof r === "string") {
+      this.status(res, 400, "BadRequest", r);
+      return;
+    }
     this.json(res, 201, r);
   }
 
-  private serveUpdate(t: ResourceType, namespace: string | undefined, name: string, body: string, contentType: string | undefined,
-    res: ServerResponse): void {
+  private serveUpdate(
+    t: ResourceType,
+    namespace: string | undefined,
+    name: string,
+    body: string,
+    contentType: string | undefined,
+    res: ServerResponse,
+  ): void {
     const obj = this.parseObject(t, body, contentType, namespace, res);
     if (!obj) return;
     if (obj.metadata.name !== name) {
@@ -470,35 +661,66 @@ export class KubeApiServer {
       return;
     }
     const current = this.find(keyOf(t), namespace, name);
-    if (!current) { this.notFound(res, t, name); return; }
+    if (!current) {
+      this.notFound(res, t, name);
+      return;
+    }
     if (!obj.metadata.resourceVersion && !t.unconditionalUpdate) {
-      this.status(res, 422, "Invalid", `${t.kind}.${t.group} "${name}" is invalid: ` +
-        "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update");
+      this.status(
+        res,
+        422,
+        "Invalid",
+        `${t.kind}.${t.group} "${name}" is invalid: ` + "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+      );
       return;
     }
     this.answerUpdate(res, t, name, this.doUpdate(t, current, obj));
   }
 
-  private servePatch(t: ResourceType, namespace: string | undefined, name: string, body: string, contentType: string | undefined,
-    res: ServerResponse): void {
+  private servePatch(
+    t: ResourceType,
+    namespace: string | undefined,
+    name: string,
+    body: string,
+    contentType: string | undefined,
+    res: ServerResponse,
+  ): void {
     const current = this.find(keyOf(t), namespace, name);
-    if (!current) { this.notFound(res, t, name); return; }
+    if (!current) {
+      this.notFound(res, t, name);
+      return;
+    }
     const type = (contentType ?? "").split(";")[0]!.trim();
     if (type !== "application/merge-patch+json" && type !== "application/strategic-merge-patch+json") {
-      this.status(res, 415, "UnsupportedMediaType", `the body of the request was in an unknown format - accepted media types by this ` +
-        `test API server: application/merge-patch+json, application/strategic-merge-patch+json (got ${contentType ?? "none"})`);
+      this.status(
+        res,
+        415,
+        "UnsupportedMediaType",
+        `the body of the request was in an unknown format - accepted media types by this ` +
+          `test API server: application/merge-patch+json, application/strategic-merge-patch+json (got ${contentType ?? "none"})`,
+      );
       return;
     }
     let patch: unknown;
-    try { patch = JSON.parse(body); } catch (e) {
+    try {
+      patch = JSON.parse(body);
+    } catch (e) {
       this.status(res, 400, "BadRequest", `invalid JSON patch body: ${(e as Error).message}`);
       return;
     }
-    if (!isPlainObject(patch)) { this.status(res, 400, "BadRequest", "a merge patch must be a JSON object"); return; }
+    if (!isPlainObject(patch)) {
+      this.status(res, 400, "BadRequest", "a merge patch must be a JSON object");
+      return;
+    }
     if (type === "application/strategic-merge-patch+json" && hasListOrDirective(patch)) {
-      this.status(res, 400, "BadRequest", "this test API server applies strategic merge patches to maps only " +
-        "(labels, annotations, fields), " +
-        "not to lists or $patch directives");
+      this.status(
+        res,
+        400,
+        "BadRequest",
+        "this test API server applies strategic merge patches to maps only " +
+          "(labels, annotations, fields), " +
+          "not to lists or $patch directives",
+      );
       return;
     }
     const next = mergePatch(structuredClone(current), patch) as KubeObject;
@@ -510,7 +732,10 @@ export class KubeApiServer {
 
   private serveDelete(t: ResourceType, namespace: string | undefined, name: string, res: ServerResponse): void {
     const current = this.find(keyOf(t), namespace, name);
-    if (!current) { this.notFound(res, t, name); return; }
+    if (!current) {
+      this.notFound(res, t, name);
+      return;
+    }
     this.json(res, 200, this.doDelete(t, current));
   }
 
@@ -542,8 +767,11 @@ export class KubeApiServer {
   private doUpdate(t: ResourceType, current: KubeObject, next: KubeObject): KubeObject | Refusal {
     const name = current.metadata.name!;
     if (next.metadata.resourceVersion && next.metadata.resourceVersion !== current.metadata.resourceVersion) {
-      return new Refusal(409, `Operation cannot be fulfilled on ${t.resource}${t.group ? `.${t.group}` : ""} "${name}": ` +
-        "the object has been modified; please apply your changes to the latest version and try again");
+      return new Refusal(
+        409,
+        `Operation cannot be fulfilled on ${t.resource}${t.group ? `.${t.group}` : ""} "${name}": ` +
+          "the object has been modified; please apply your changes to the latest version and try again",
+      );
     }
     const invalid = t.validate?.(next);
     if (invalid) return new Refusal(400, `${t.kind} "${name}" is invalid: ${invalid}`);
@@ -570,7 +798,7 @@ export class KubeApiServer {
 
   private find(resource: ResourceKey, namespace: string | undefined, name: string): KubeObject | undefined {
     const t = RESOURCES[resource];
-    return this.objects.get(resource)!.get(storeKey(t.namespaced ? namespace ?? "default" : undefined, name));
+    return this.objects.get(resource)!.get(storeKey(t.namespaced ? (namespace ?? "default") : undefined, name));
   }
 
   private publish(e: StoredEvent): void {
@@ -593,24 +821,40 @@ export class KubeApiServer {
   }
 
   private takeFault(r: Required<Pick<RequestMatch, "verb" | "resource" | "watch">> & RequestMatch): Fault | undefined {
-    const i = this.faults.findIndex(({ match: m }) => (m.verb === undefined || m.verb === r.verb) &&
-      (m.resource === undefined || m.resource === r.resource) && (m.namespace === undefined || m.namespace === r.namespace) &&
-      (m.name === undefined || m.name === r.name) && (m.watch === undefined || m.watch === r.watch));
+    const i = this.faults.findIndex(
+      ({ match: m }) =>
+        (m.verb === undefined || m.verb === r.verb) &&
+        (m.resource === undefined || m.resource === r.resource) &&
+        (m.namespace === undefined || m.namespace === r.namespace) &&
+        (m.name === undefined || m.name === r.name) &&
+        (m.watch === undefined || m.watch === r.watch),
+    );
     if (i < 0) return undefined;
     const f = this.faults[i]!;
     if (--f.left <= 0) this.faults.splice(i, 1);
     return f.fault;
   }
 
-  private parseObject(t: ResourceType, body: string, contentType: string | undefined, namespace: string | undefined,
-    res: ServerResponse): KubeObject | undefined {
+  private parseObject(
+    t: ResourceType,
+    body: string,
+    contentType: string | undefined,
+    namespace: string | undefined,
+    res: ServerResponse,
+  ): KubeObject | undefined {
     if (!(contentType ?? "").startsWith("application/json")) {
-      this.status(res, 415, "UnsupportedMediaType",
-        `this test API server accepts only application/json bodies (got ${contentType ?? "none"})`);
+      this.status(
+        res,
+        415,
+        "UnsupportedMediaType",
+        `this test API server accepts only application/json bodies (got ${contentType ?? "none"})`,
+      );
       return undefined;
     }
     let obj: unknown;
-    try { obj = JSON.parse(body); } catch (e) {
+    try {
+      obj = JSON.parse(body);
+    } catch (e) {
       this.status(res, 400, "BadRequest", `invalid JSON: ${(e as Error).message}`);
       return undefined;
     }
@@ -621,8 +865,12 @@ export class KubeApiServer {
     const o = obj as KubeObject;
     // As the apiserver's decoder: missing apiVersion/kind default to the endpoint's; others must match it.
     if ((o.kind !== undefined && o.kind !== t.kind) || (o.apiVersion !== undefined && o.apiVersion !== apiVersionOf(t))) {
-      this.status(res, 400, "BadRequest", `the API version in the data (${o.apiVersion}) and kind (${o.kind}) do not match ` +
-        `the endpoint (${apiVersionOf(t)}, ${t.kind})`);
+      this.status(
+        res,
+        400,
+        "BadRequest",
+        `the API version in the data (${o.apiVersion}) and kind (${o.kind}) do not match ` + `the endpoint (${apiVersionOf(t)}, ${t.kind})`,
+      );
       return undefined;
     }
     if (t.namespaced && o.metadata.namespace && o.metadata.namespace !== namespace) {
@@ -657,36 +905,62 @@ export class KubeApiServer {
 }
 
 class Refusal {
-  constructor(readonly code: number, readonly message: string) {}
+  constructor(
+    readonly code: number,
+    readonly message: string,
+  ) {}
 }
 
 function statusObject(code: number, reason: string, message: string, details?: Record<string, string>): Record<string, unknown> {
   return { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, ...(details ? { details } : {}), code };
 }
 
-interface Route { group: string; version: string; namespace?: string; resource: string; name?: string }
+interface Route {
+  group: string;
+  version: string;
+  namespace?: string;
+  resource: string;
+  name?: string;
+}
 
 /** /api/v1/[namespaces/NS/]RESOURCE[/NAME] and /apis/GROUP/VERSION/[namespaces/NS/]RESOURCE[/NAME]. */
 function parsePath(path: string): Route | undefined {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  let group: string; let version: string; let rest: string[];
-  if (parts[0] === "api" && parts.length >= 3) { group = ""; version = parts[1]!; rest = parts.slice(2); }
-  else if (parts[0] === "apis" && parts.length >= 4) { group = parts[1]!; version = parts[2]!; rest = parts.slice(3); }
-  else return undefined;
+  let group: string;
+  let version: string;
+  let rest: string[];
+  if (parts[0] === "api" && parts.length >= 3) {
+    group = "";
+    version = parts[1]!;
+    rest = parts.slice(2);
+  } else if (parts[0] === "apis" && parts.length >= 4) {
+    group = parts[1]!;
+    version = parts[2]!;
+    rest = parts.slice(3);
+  } else return undefined;
   let namespace: string | undefined;
-  if (rest[0] === "namespaces" && rest.length >= 3) { namespace = rest[1]; rest = rest.slice(2); }
+  if (rest[0] === "namespaces" && rest.length >= 3) {
+    namespace = rest[1];
+    rest = rest.slice(2);
+  }
   if (rest.length < 1 || rest.length > 2) return undefined; // no subresources (status, log, ...) here
   return { group, version, namespace, resource: rest[0]!, name: rest[1] };
 }
 
 function verbOf(method: string, item: boolean, watch: boolean): string {
   switch (method) {
-    case "GET": return item ? "get" : watch ? "watch" : "list";
-    case "POST": return item ? "(post to an item)" : "create";
-    case "PUT": return item ? "update" : "(put to a collection)";
-    case "PATCH": return item ? "patch" : "(patch to a collection)";
-    case "DELETE": return item ? "delete" : "deletecollection";
-    default: return method.toLowerCase();
+    case "GET":
+      return item ? "get" : watch ? "watch" : "list";
+    case "POST":
+      return item ? "(post to an item)" : "create";
+    case "PUT":
+      return item ? "update" : "(put to a collection)";
+    case "PATCH":
+      return item ? "patch" : "(patch to a collection)";
+    case "DELETE":
+      return item ? "delete" : "deletecollection";
+    default:
+      return method.toLowerCase();
   }
 }
 

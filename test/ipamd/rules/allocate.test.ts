@@ -47,10 +47,13 @@ describe("allocate", () => {
     const r = rulesOn({ pools: [{ ...pool(), gateway: "10.0.0.1" }] });
     await r.add("c1", { ips: ["10.0.0.12"] });
     await expect(r.add("c2", { ips: ["10.0.0.12"] })).rejects.toMatchObject({
-      code: "ip_unavailable", message: expect.stringContaining("10.0.0.12 is already held by c1/eth0"),
+      code: "ip_unavailable",
+      message: expect.stringContaining("10.0.0.12 is already held by c1/eth0"),
     });
-    await expect(r.add("c3", { ips: ["10.0.0.1"] }))
-      .rejects.toMatchObject({ code: "ip_unavailable", message: expect.stringContaining("not allocatable") });
+    await expect(r.add("c3", { ips: ["10.0.0.1"] })).rejects.toMatchObject({
+      code: "ip_unavailable",
+      message: expect.stringContaining("not allocatable"),
+    });
     await expect(r.add("c4", { ips: ["192.168.1.1"] })).rejects.toMatchObject({ code: "ip_unavailable" });
   });
 
@@ -64,8 +67,10 @@ describe("allocate", () => {
   it("refuses pools that do not select this node or are not open to the network (no_pool)", async () => {
     const r = rulesOn({
       node: { name: "n1", labels: { rack: "r1" } },
-      pools: [pool("here", 5, { networks: ["a"] }), { ...pool("elsewhere", 5), ranges: [{ start: "10.0.0.100", end: "10.0.0.104" }],
-        nodeSelector: { matchLabels: { rack: "r2" } } }],
+      pools: [
+        pool("here", 5, { networks: ["a"] }),
+        { ...pool("elsewhere", 5), ranges: [{ start: "10.0.0.100", end: "10.0.0.104" }], nodeSelector: { matchLabels: { rack: "r2" } } },
+      ],
     });
     await expect(r.add("c1", { pools: ["elsewhere"] })).rejects.toMatchObject({ code: "no_pool", field: "pools[0]" });
     await expect(r.add("c2", { pools: ["here"], network: "b" })).rejects.toMatchObject({ code: "no_pool", field: "pools[0]" });
@@ -78,8 +83,10 @@ describe("allocate", () => {
     await r.del("c4");
     r.now += 60_000;
     await r.add("c5"); // takes c4's released addresses once their cooldown has passed
-    await expect(r.add("c6"))
-      .rejects.toMatchObject({ code: "pool_exhausted", message: expect.stringContaining("no free IPv4 address in v4") });
+    await expect(r.add("c6")).rejects.toMatchObject({
+      code: "pool_exhausted",
+      message: expect.stringContaining("no free IPv4 address in v4"),
+    });
     expect(r.reservations().filter((x) => x.containerID === "c6")).toEqual([]);
   });
 
@@ -87,7 +94,8 @@ describe("allocate", () => {
     const r = rulesOn({ pools: [pool()] });
     const a = await r.add("c1");
     expect(r.node.rules.check({ containerID: "c1", ifName: "eth0", network: NET })).toEqual(a);
-    expect(() => r.node.rules.check({ containerID: "c9", ifName: "eth0", network: NET }))
-      .toThrow(expect.objectContaining({ code: "not_found" }));
+    expect(() => r.node.rules.check({ containerID: "c9", ifName: "eth0", network: NET })).toThrow(
+      expect.objectContaining({ code: "not_found" }),
+    );
   });
 });

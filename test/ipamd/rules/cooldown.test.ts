@@ -11,7 +11,8 @@ describe("cooldown and order of free addresses", () => {
     r.now += 1_000;
     await r.del("a");
     await expect(r.add("d")).rejects.toMatchObject({
-      code: "pool_exhausted", message: expect.stringContaining("2 released less than 30s ago"),
+      code: "pool_exhausted",
+      message: expect.stringContaining("2 released less than 30s ago"),
     });
     r.now += 29_500; // b's cooldown has passed, a's has not
     expect(r.ips(await r.add("d"))).toEqual(["10.0.0.11"]);

@@ -10,7 +10,10 @@ describe("gc", () => {
     await r.add("member", webPod(0));
     r.now += 1;
     expect(await r.gc(["keep"])).toEqual({ released: ["10.0.0.11"], detached: ["10.0.0.12"] });
-    expect(r.reservations().map((x) => [x.ip, x.state])).toEqual([["10.0.0.10", "attached"], ["10.0.0.12", "detached"]]);
+    expect(r.reservations().map((x) => [x.ip, x.state])).toEqual([
+      ["10.0.0.10", "attached"],
+      ["10.0.0.12", "detached"],
+    ]);
   });
 
   it("never touches attachments made after the GC began, nor other networks", async () => {

@@ -2,8 +2,19 @@
 // single-node ownership and the daemon's two steps (prepare, then the rule in a transaction).
 // No socket, no build: these tests read like the rules in api/API.md.
 import type {
-  AllocateRequest, AllocateResponse, AttachmentRequest, GcResponse, PinRequest, PinResponse, ReleaseReservationRequest,
-  ReleaseReservationsResponse, ReleaseResponse, Reservation, ReservationFilter, ReserveRequest, ReserveResponse,
+  AllocateRequest,
+  AllocateResponse,
+  AttachmentRequest,
+  GcResponse,
+  PinRequest,
+  PinResponse,
+  ReleaseReservationRequest,
+  ReleaseReservationsResponse,
+  ReleaseResponse,
+  Reservation,
+  ReservationFilter,
+  ReserveRequest,
+  ReserveResponse,
 } from "../../../api/types";
 import { buildConfig } from "../../../ipamd/config";
 import { assembleNode, type NodeIpam } from "../../../ipamd/node";
@@ -49,7 +60,9 @@ export function rulesOn(config: Record<string, unknown>, options: RulesOptions =
     node = assembleNode(db, cfg);
   }
   const h: Rules = {
-    db, node, now: 1_700_000_000_000,
+    db,
+    node,
+    now: 1_700_000_000_000,
     add: (containerID, extra = {}) => {
       const req = { containerID, ifName: "eth0", network: NET, ...extra };
       return apply({ kind: "allocate", req }, (t) => node.rules.allocate(req, h.now, t));
@@ -85,7 +98,10 @@ export function rulesOn(config: Record<string, unknown>, options: RulesOptions =
     let result: T;
     let seq = 0;
     try {
-      result = db.transaction(() => { seq = node.store.beginCommit(); return rule(ticket); })();
+      result = db.transaction(() => {
+        seq = node.store.beginCommit();
+        return rule(ticket);
+      })();
     } catch (e) {
       node.ownership.abandoned(ticket, e);
       throw e;

@@ -5,10 +5,22 @@ import { rulesOn } from "./harness";
 
 const sibling = {
   pools: [
-    { name: "a", subnet: "10.244.0.0/24", ranges: [{ start: "10.244.0.10", end: "10.244.0.100" }], gateway: "10.244.0.1",
-      dns: { nameservers: ["10.244.0.2"] }, networks: ["na"] },
-    { name: "b", subnet: "10.244.0.0/24", ranges: [{ start: "10.244.0.1", end: "10.244.0.9" }], gateway: "10.244.0.254",
-      routes: [{ dst: "192.168.0.0/16", gw: "10.244.0.3" }], networks: ["nb"] },
+    {
+      name: "a",
+      subnet: "10.244.0.0/24",
+      ranges: [{ start: "10.244.0.10", end: "10.244.0.100" }],
+      gateway: "10.244.0.1",
+      dns: { nameservers: ["10.244.0.2"] },
+      networks: ["na"],
+    },
+    {
+      name: "b",
+      subnet: "10.244.0.0/24",
+      ranges: [{ start: "10.244.0.1", end: "10.244.0.9" }],
+      gateway: "10.244.0.254",
+      routes: [{ dst: "192.168.0.0/16", gw: "10.244.0.3" }],
+      networks: ["nb"],
+    },
   ],
 };
 
@@ -23,9 +35,20 @@ describe("gateways and nameservers on a shared subnet", () => {
   });
 
   it("refuses a pool left with no address once they are excluded, with the reason", () => {
-    expect(() => buildConfig({ node: { name: "n" }, pools: [
-      { name: "a", subnet: "10.9.0.0/24", gateway: "10.9.0.1", dns: { nameservers: ["10.9.0.2"] }, ranges: [{ start: "10.9.0.10", end: "10.9.0.20" }] },
-      { name: "tiny", subnet: "10.9.0.0/24", ranges: [{ start: "10.9.0.1", end: "10.9.0.2" }] },
-    ] })).toThrow(/pools\[1\]: no usable address is left in pool "tiny" once the gateway of pool "a", nameserver of pool "a" are excluded/);
+    expect(() =>
+      buildConfig({
+        node: { name: "n" },
+        pools: [
+          {
+            name: "a",
+            subnet: "10.9.0.0/24",
+            gateway: "10.9.0.1",
+            dns: { nameservers: ["10.9.0.2"] },
+            ranges: [{ start: "10.9.0.10", end: "10.9.0.20" }],
+          },
+          { name: "tiny", subnet: "10.9.0.0/24", ranges: [{ start: "10.9.0.1", end: "10.9.0.2" }] },
+        ],
+      }),
+    ).toThrow(/pools\[1\]: no usable address is left in pool "tiny" once the gateway of pool "a", nameserver of pool "a" are excluded/);
   });
 });

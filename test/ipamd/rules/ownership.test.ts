@@ -8,15 +8,40 @@ import { pool, rulesOn, webPod } from "./harness";
 /** The real single-node ownership, with a log of the calls the rules make. */
 function watched(log: string[]) {
   return (local: AddressOwnership): AddressOwnership => ({
-    prepare: async (op) => { log.push(`prepare ${op.kind}`); return local.prepare(op); },
-    take: (pools, now, t) => { const got = local.take(pools, now, t); log.push(`take ${got.ip}`); return got; },
-    claim: (address, now, t) => { log.push(`claim ${address.ip}`); local.claim(address, now, t); },
-    giveBack: (ip, p, now, t) => { log.push(`giveBack ${ip}`); local.giveBack(ip, p, now, t); },
+    prepare: async (op) => {
+      log.push(`prepare ${op.kind}`);
+      return local.prepare(op);
+    },
+    take: (pools, now, t) => {
+      const got = local.take(pools, now, t);
+      log.push(`take ${got.ip}`);
+      return got;
+    },
+    claim: (address, now, t) => {
+      log.push(`claim ${address.ip}`);
+      local.claim(address, now, t);
+    },
+    giveBack: (ip, p, now, t) => {
+      log.push(`giveBack ${ip}`);
+      local.giveBack(ip, p, now, t);
+    },
     findSticky: (owner, t) => local.findSticky(owner, t),
-    bindSticky: (row, t) => { log.push(`bind ${row.owner} ${row.ip}`); local.bindSticky(row, t); },
-    endSticky: (row, t) => { log.push(`end ${row.owner} ${row.ip}`); local.endSticky(row, t); },
-    committed: (t: OwnershipTicket) => { log.push(`committed ${t.op.kind}`); local.committed(t); },
-    abandoned: (t: OwnershipTicket, e) => { log.push(`abandoned ${t.op.kind} ${(e as { code?: string }).code}`); local.abandoned(t, e); },
+    bindSticky: (row, t) => {
+      log.push(`bind ${row.owner} ${row.ip}`);
+      local.bindSticky(row, t);
+    },
+    endSticky: (row, t) => {
+      log.push(`end ${row.owner} ${row.ip}`);
+      local.endSticky(row, t);
+    },
+    committed: (t: OwnershipTicket) => {
+      log.push(`committed ${t.op.kind}`);
+      local.committed(t);
+    },
+    abandoned: (t: OwnershipTicket, e) => {
+      log.push(`abandoned ${t.op.kind} ${(e as { code?: string }).code}`);
+      local.abandoned(t, e);
+    },
   });
 }
 
@@ -27,8 +52,12 @@ describe("ownership seam", () => {
     await r.add("a");
     await r.del("a");
     expect(log).toEqual([
-      "prepare allocate", "take 10.0.0.10", "committed allocate",
-      "prepare release", "giveBack 10.0.0.10", "committed release",
+      "prepare allocate",
+      "take 10.0.0.10",
+      "committed allocate",
+      "prepare release",
+      "giveBack 10.0.0.10",
+      "committed release",
     ]);
   });
 
@@ -42,8 +71,12 @@ describe("ownership seam", () => {
     log.length = 0;
     await r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.20" });
     expect(log).toEqual([
-      "prepare pin", "claim 10.0.0.20", "end default/web/0 10.0.0.10", "giveBack 10.0.0.10",
-      "bind default/web/0 10.0.0.20", "committed pin",
+      "prepare pin",
+      "claim 10.0.0.20",
+      "end default/web/0 10.0.0.10",
+      "giveBack 10.0.0.10",
+      "bind default/web/0 10.0.0.20",
+      "committed pin",
     ]);
   });
 

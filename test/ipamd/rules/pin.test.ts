@@ -9,7 +9,9 @@ describe("pin", () => {
     await r.del("a");
     const p = await r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.20" });
     expect(p).toMatchObject({
-      reservation: { ip: "10.0.0.20", owner: "default/web/0", pinned: true, sticky: true }, released: ["10.0.0.10"], heldByContainer: [],
+      reservation: { ip: "10.0.0.20", owner: "default/web/0", pinned: true, sticky: true },
+      released: ["10.0.0.10"],
+      heldByContainer: [],
     });
     expect(r.ips(await r.add("b", webPod(0)))).toEqual(["10.0.0.20"]);
   });
@@ -37,20 +39,31 @@ describe("pin", () => {
     const r = rulesOn({ pools: [pool()] });
     await r.add("x");
     await expect(r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.10" })).rejects.toMatchObject({ code: "ip_unavailable", field: "ip" });
-    await expect(r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.200" }))
-      .rejects.toMatchObject({ code: "ip_unavailable", field: "ip" });
+    await expect(r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.200" })).rejects.toMatchObject({
+      code: "ip_unavailable",
+      field: "ip",
+    });
   });
 
   it("replaces only the address on the same network(s): the member's addresses on other networks are kept", async () => {
-    const r = rulesOn({ pools: [pool("a", 10, { networks: ["net1"] }),
-      { ...pool("b", 10), ranges: [{ start: "10.0.0.100", end: "10.0.0.109" }], networks: ["storage"] }] });
+    const r = rulesOn({
+      pools: [
+        pool("a", 10, { networks: ["net1"] }),
+        { ...pool("b", 10), ranges: [{ start: "10.0.0.100", end: "10.0.0.109" }], networks: ["storage"] },
+      ],
+    });
     await r.add("c", webPod(0));
     await r.add("c", webPod(0, { network: "storage" }));
     await r.del("c");
     await r.del("c", { network: "storage" });
     const p = await r.pin({ statefulset: "web", ordinal: 0, ip: "10.0.0.15" });
     expect(p.released).toEqual(["10.0.0.10"]);
-    expect(r.reservations({ owner: "default/web/0" }).map((x) => x.ip).sort()).toEqual(["10.0.0.100", "10.0.0.15"]);
+    expect(
+      r
+        .reservations({ owner: "default/web/0" })
+        .map((x) => x.ip)
+        .sort(),
+    ).toEqual(["10.0.0.100", "10.0.0.15"]);
   });
 
   it("pins on ADD: a member's ADD with ips replaces its previous address atomically", async () => {

@@ -27,7 +27,8 @@ describe("release reservations", () => {
     const r = rulesOn({ pools: [pool()] });
     await r.add("a", webPod(0));
     await expect(r.releaseReservations({ namespace: "default", statefulset: "web" })).rejects.toMatchObject({
-      code: "reservation_attached", message: expect.stringContaining("10.0.0.10 (default/web/0, container a)"),
+      code: "reservation_attached",
+      message: expect.stringContaining("10.0.0.10 (default/web/0, container a)"),
     });
     const out = await r.releaseReservations({ namespace: "default", statefulset: "web", force: true });
     expect(out.released).toMatchObject([{ ip: "10.0.0.10", owner: "default/web/0", sticky: true }]);

@@ -12,8 +12,9 @@ describe("reserve", () => {
       ["default/redis/1", "10.0.0.11", "detached"],
       ["default/redis/2", "10.0.0.12", "detached"],
     ]);
-    expect(r.node.statefulSets.list().statefulsets)
-      .toContainEqual(expect.objectContaining({ namespace: "default", name: "redis", source: "api" }));
+    expect(r.node.statefulSets.list().statefulsets).toContainEqual(
+      expect.objectContaining({ namespace: "default", name: "redis", source: "api" }),
+    );
     expect(r.ips(await r.add("p", { podNamespace: "default", podName: "redis-1" }))).toEqual(["10.0.0.11"]);
   });
 
@@ -22,8 +23,11 @@ describe("reserve", () => {
     await r.reserve({ statefulset: "web", replicas: 2 });
     await r.add("a", webPod(0));
     const again = await r.reserve({ statefulset: "web", replicas: 3 });
-    expect(again.reservations.map((x) => [x.ip, x.state]))
-      .toEqual([["10.0.0.10", "attached"], ["10.0.0.11", "detached"], ["10.0.0.12", "detached"]]);
+    expect(again.reservations.map((x) => [x.ip, x.state])).toEqual([
+      ["10.0.0.10", "attached"],
+      ["10.0.0.11", "detached"],
+      ["10.0.0.12", "detached"],
+    ]);
   });
 
   it("is all or nothing: more ordinals than free addresses reserve none", async () => {

@@ -36,7 +36,9 @@ describe("sticky members", () => {
     await r.add("old", webPod(1, { podUID: "uid-1" }));
     const refused = await r.add("new", webPod(1, { podUID: "uid-2" })).catch((e: unknown) => e);
     expect(refused).toMatchObject({ code: "previous_sandbox_attached", status: 409 });
-    expect((refused as Error).message).toMatch(/10\.0\.0\.10 of default\/web\/1 is still attached to the previous sandbox old \(interface eth0, network net1, pod default\/web-1 \(uid uid-1\)/);
+    expect((refused as Error).message).toMatch(
+      /10\.0\.0\.10 of default\/web\/1 is still attached to the previous sandbox old \(interface eth0, network net1, pod default\/web-1 \(uid uid-1\)/,
+    );
     expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "old" }]);
     expect(r.reservations({ state: "attached" })).toHaveLength(1); // nothing else was allocated for "new"
     expect(await r.del("old")).toEqual({ released: [], kept: ["10.0.0.10"] });

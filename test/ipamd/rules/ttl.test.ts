@@ -14,7 +14,10 @@ describe("detached TTL", () => {
     expect(await r.reap()).toEqual([]);
     r.now += 31_000;
     expect((await r.reap()).sort()).toEqual(["10.0.0.10", "10.0.0.12"]);
-    expect(r.reservations().map((x) => [x.owner, x.state])).toEqual([["default/other/0", "detached"], ["default/web/1", "attached"]]);
+    expect(r.reservations().map((x) => [x.owner, x.state])).toEqual([
+      ["default/other/0", "detached"],
+      ["default/web/1", "attached"],
+    ]);
   });
 
   it("keeps detached reservations forever with TTL 0 (the default)", async () => {
