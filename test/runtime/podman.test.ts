@@ -170,7 +170,8 @@ describe("shipped conflists under podman 4 (CNI backend, libcni 1.1)", () => {
       expect(linksBefore).toEqual([`${MASTER}p`]);
       for (const s of seen) expect(await ipamdRecord(s.id, conf.name)).toBe("none");
       expect((await ipamd.client.reservations({ state: "attached" })).reservations).toEqual([]);
-      expect(filesUnder(join(ipamd.dir, "run"))).toEqual(["ipamd.sock"]); // /run/berth: no plugin state left
+      // /run/berth: no plugin state left, only ipamd's socket and its node marker (api/API.md)
+      expect(filesUnder(join(ipamd.dir, "run"))).toEqual(["ipamd.node.json", "ipamd.sock"]);
       expect(filesUnder(podman.hostPath("/var/lib/berth"))).toEqual([]);
       expect(filesUnder(podman.hostPath("/var/lib/cni/results"))).toEqual([]);
       expect(filesUnder(podman.hostPath("/run/netns"))).toEqual([]);
