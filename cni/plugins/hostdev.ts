@@ -92,7 +92,8 @@ function parseHostdevConfig(conf: NetConf): HostdevConfig {
     throw invalid(
       "device selection",
       given.length === 0 ? "is missing" : `is ambiguous (${given.map((g) => g.by).join(" and ")} given)`,
-      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", or runtimeConfig.deviceID (from a device plugin through Multus)',
+      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", ' +
+        "or runtimeConfig.deviceID (from a device plugin through Multus)",
     );
   }
   const addresses: Record<string, string[]> = {};
@@ -139,7 +140,8 @@ function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
     const names = netdevsOfPci(cfg.sysfsRoot, s.value);
     hint = names.length
       ? `its netdev ${names.join(", ")} is not in the host namespace (already in a pod?)`
-      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value)} has no netdev (under net/, or virtioN/net/ for virtio-net): the device does not exist or is bound to a userspace driver (vfio-pci)`;
+      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value)} has no netdev (under net/, or virtioN/net/ for virtio-net): ` +
+        `the device does not exist or is bound to a userspace driver (vfio-pci)`;
     for (const n of names) link ??= findLinkByName(nl, n);
   }
   if (!link) {
@@ -326,7 +328,8 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
     if (other.netns && existsSync(other.netns)) {
       throw new CniError(
         CniCode.DeviceBusy,
-        `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
+        `${describeSelector(cfg.selector)} is recorded as attached to container ` +
+          `${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
         `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`,
       );
     }

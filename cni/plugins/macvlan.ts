@@ -273,7 +273,8 @@ function createMacvlan(
       throw new CniError(
         CniCode.DeviceBusy,
         `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
-        `passthru mode gives the whole parent to one pod and allows one macvlan only; ${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`,
+        `passthru mode gives the whole parent to one pod and allows one macvlan only; ` +
+          `${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`,
       );
     }
     if (isNetlinkError(e, "EADDRINUSE", "EADDRNOTAVAIL") && mac) {
@@ -444,17 +445,17 @@ async function check(ctx: Ctx): Promise<void> {
     });
     if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);
     const parent = findLinkByIndex(host, pod.parentIndex);
+    const parentNow = parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`;
     if (vlan) {
       const name = vlanLinkName(master.name, vlan);
       if (parent?.kind !== "vlan" || parent.vlan?.id !== vlan || parent.parentIndex !== master.index) {
+        const parentVlan = parent?.vlan ? ` (VLAN ${parent.vlan.id})` : "";
         throw mismatch(
-          `interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parent ? `"${parent.name}"${parent.vlan ? ` (VLAN ${parent.vlan.id})` : ""}` : `ifindex ${pod.parentIndex} (gone)`}, expected "${name}"`,
+          `interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parentNow}${parentVlan}, expected "${name}"`,
         );
       }
     } else if (!parent || parent.index !== master.index) {
-      throw mismatch(
-        `interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`}`,
-      );
+      throw mismatch(`interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parentNow}`);
     }
   } catch (e) {
     throw toCniError(e, `berth-macvlan CHECK ${ctx.ifName}`);

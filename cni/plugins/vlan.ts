@@ -136,7 +136,8 @@ export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, na
     if (isNetlinkError(e, "EOPNOTSUPP")) {
       throw new CniError(
         CniCode.NetlinkFailure,
-        `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
+        `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): ` +
+          `the kernel has no 802.1Q support (module 8021q not loaded)`,
         "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged",
       );
     }
@@ -166,7 +167,8 @@ function checkedAndUp(nl: NetlinkSocket, link: Link, master: Link, vlan: number,
     throw new CniError(
       CniCode.InvalidConfig,
       `interface "${link.name}" exists but is ${what}, not VLAN ${vlan} on "${master.name}" (ifindex ${master.index})`,
-      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`,
+      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; ` +
+        `rename or delete the other interface, or change master/vlan`,
     );
   }
   if (!link.up) {

@@ -167,7 +167,8 @@ function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
           .map((a) => a.cidr)
           .join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
         link.operState !== "up"
-          ? `${s.ifName} is ${link.operState}: its parent has no carrier; bring it up and check the cable, switch port or the PF's link state`
+          ? `${s.ifName} is ${link.operState}: its parent has no carrier; bring it up and check the cable, ` +
+              `switch port or the PF's link state`
           : "the link may be losing packets; check the parent NIC and the switch port",
       );
     }
