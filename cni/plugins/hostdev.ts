@@ -10,10 +10,12 @@ import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../devic
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
 import {
+  attachmentHeader,
   attachmentStatePath,
   ensureStateDir,
   isOwnRecord,
   listStateFiles,
+  noNetdev,
   readJson,
   writeDurable,
   type AttachmentState,
@@ -181,14 +183,9 @@ async function addUserspace(ctx: Ctx, dev: { pci: string; driver: string }): Pro
   return withUndo(ctx.log, async (undo) => {
     const alloc = await ipamOf(ctx)?.add(undo);
     const st: AttachmentState = {
-      version: 1,
-      plugin: PLUGIN,
-      network: ctx.conf.name,
-      containerId: ctx.containerId,
-      ifName: ctx.ifName,
-      netns: ctx.netns,
+      ...attachmentHeader(ctx, PLUGIN),
       pciAddress: dev.pci,
-      original: { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+      original: noNetdev(),
       podMac: "",
       extra: { userspaceDriver: dev.driver },
     };
@@ -269,12 +266,7 @@ async function add(ctx: Ctx): Promise<Result> {
         if (clearStaleRecords(host, cfg, (a) => sameDevice(a, link, pci), ctx)) link = findHostDevice(host, cfg);
         const ips: IpConfig[] = [...staticAddresses(cfg, link).map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
         const st: AttachmentState = {
-          version: 1,
-          plugin: PLUGIN,
-          network: ctx.conf.name,
-          containerId: ctx.containerId,
-          ifName: ctx.ifName,
-          netns: ctx.netns,
+          ...attachmentHeader(ctx, PLUGIN),
           ...(pci ? { pciAddress: pci } : {}),
           original: snapshotDevice(host, link),
           podMac: requestedMac ?? link.mac,

@@ -2,7 +2,7 @@
 // pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
 // before any link is made). See docs/plugins/macvlan.md for the config keys.
 import { ipToBytes, parseCidr } from "../../lib/ip";
-import { ipamOf, type IpamAllocation } from "../ipam/client";
+import { ipamOf, releaseMeanwhile, type IpamAllocation } from "../ipam/client";
 import {
   addMacvlan,
   deleteLink,
@@ -401,13 +401,7 @@ async function del(ctx: Ctx): Promise<void> {
   // The release goes out first and runs while the kernel deletes the link (~15 ms, blocking this
   // thread): in the compiled plugin, fetch sends it from Bun's HTTP thread. An IPAM failure does
   // not stop the interface removal; it is reported afterwards.
-  const ipam = ipamOf(ctx);
-  const released = ipam
-    ? ipam.del().then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-    : undefined;
+  const released = releaseMeanwhile(ctx);
   try {
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);

@@ -13,7 +13,15 @@ import { withFileLock } from "../../lib/lock";
 import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
-import { attachmentStatePath, ensureStateDir, readJson, writeDurable, type AttachmentState } from "../device/state";
+import {
+  attachmentHeader,
+  attachmentStatePath,
+  ensureStateDir,
+  noNetdev,
+  readJson,
+  writeDurable,
+  type AttachmentState,
+} from "../device/state";
 import { USERSPACE_DRIVERS, netdevsOfPci } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
@@ -447,16 +455,9 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
           set: Object.assign({}, ...steps.map((s) => s.settings)) as VfSettings,
         };
         const st: AttachmentState = {
-          version: 1,
-          plugin: PLUGIN,
-          network: ctx.conf.name,
-          containerId: ctx.containerId,
-          ifName: ctx.ifName,
-          netns: ctx.netns,
+          ...attachmentHeader(ctx, PLUGIN),
           pciAddress: vf.vfPci,
-          original: netdev
-            ? snapshotDevice(host, netdev)
-            : { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+          original: netdev ? snapshotDevice(host, netdev) : noNetdev(),
           podMac: mac ?? netdev?.mac ?? "",
           extra: extra as unknown as Record<string, unknown>,
         };

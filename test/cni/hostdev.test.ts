@@ -540,7 +540,7 @@ function runAsync(executable: string, call: CniCall): Promise<{ code: number | n
       stdout += c.toString();
     });
     child.on("error", reject);
-    child.on("exit", (code) => {
+    child.on("close", (code) => {
       let json: any;
       try {
         json = JSON.parse(stdout);
