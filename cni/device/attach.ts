@@ -11,7 +11,7 @@ import type { CniContext } from "../skel/plugin";
 import type { IpConfig, Result } from "../skel/result";
 import { isOwnRecord, listStateFiles, readJson, type AttachmentState } from "./state";
 
-export interface GiveBack {
+interface GiveBack {
   /** the attachment's state file */
   path: string;
   /** the flock serialising this device's ADD and DEL, and what it guards (for the timeout error) */

@@ -8,11 +8,11 @@ import type { Scope } from "../netlink/addr";
 import { CniError, CniCode } from "../skel/errors";
 import type { CniContext } from "../skel/plugin";
 
-export interface SavedAddress {
+interface SavedAddress {
   cidr: string;
   broadcast?: string;
 }
-export interface SavedRoute {
+interface SavedRoute {
   dst: string;
   gateway?: string;
   metric?: number;
@@ -81,7 +81,7 @@ export function ensureStateDir(dir: string, plugin: string, records = "each devi
  * <containerID>@<ifName>.json: a container ID never has '@' (CNI_CONTAINERID is letters, digits,
  * '_', '.', '-'), so no two attachments share a name ("a" + "x-eth0" and "a-x" + "eth0" did).
  */
-export function stateFileName(containerId: string, ifName: string): string {
+function stateFileName(containerId: string, ifName: string): string {
   return `${containerId}@${ifName}.json`;
 }
 

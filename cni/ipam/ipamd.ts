@@ -13,7 +13,7 @@ export const BERTH_IPAM = "berth-ipam";
 const DEFAULT_IPAMD_SOCKET = "/run/berth/ipamd.sock";
 const DEFAULT_TIMEOUT_MS = 10_000;
 
-export interface BerthIpamConf {
+interface BerthIpamConf {
   socket: string;
   pools?: string[];
   timeoutMs: number;

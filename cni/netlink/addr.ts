@@ -41,7 +41,7 @@ export function scopeName(n: number): Scope | `${number}` {
   return SCOPES[n] ?? (String(n) as `${number}`);
 }
 
-export interface AddressOptions {
+interface AddressOptions {
   index: number;
   /** "10.0.0.2/24" or "fd00::2/64" */
   cidr: string;

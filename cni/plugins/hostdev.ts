@@ -40,13 +40,13 @@ import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac
 const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
 const PLUGIN = "berth-hostdev";
 
-export type DeviceSelector =
+type DeviceSelector =
   | { by: "device"; value: string }
   | { by: "hwaddr"; value: string }
   | { by: "pciBusID"; value: string }
   | { by: "deviceID"; value: string };
 
-export interface HostdevConfig {
+interface HostdevConfig {
   selector: DeviceSelector;
   mtu?: number;
   mac?: string;

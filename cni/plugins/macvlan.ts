@@ -41,10 +41,10 @@ import {
   withVlanLock,
 } from "./vlan";
 
-export type PodMacvlanMode = Exclude<MacvlanMode, "source">;
+type PodMacvlanMode = Exclude<MacvlanMode, "source">;
 const MODES: PodMacvlanMode[] = ["bridge", "private", "vepa", "passthru"];
 
-export interface MacvlanConfig {
+interface MacvlanConfig {
   master: string;
   /** 0: untagged on the master (unless the pool carries a VLAN) */
   vlan: number;

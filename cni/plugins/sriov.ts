@@ -43,7 +43,7 @@ import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac
 const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";
 
-export interface SriovConfig {
+interface SriovConfig {
   /** VF PCI address from config or runtimeConfig.deviceID (which wins) */
   deviceID?: string;
   pf?: string;
@@ -141,7 +141,7 @@ function parseSriovConfig(conf: NetConf): SriovConfig {
 
 // ---- sysfs
 
-export interface VfDevice {
+interface VfDevice {
   vfPci: string;
   pfPci: string;
   pfName: string;
@@ -244,9 +244,9 @@ class NetlinkPfOps implements PfOps {
 }
 
 /** Makes the PF-side operations for a command (the shipped plugin: NetlinkPfOps over the host socket). */
-export type PfOpsFactory = (nl: NetlinkSocket, log: Logger) => PfOps;
+type PfOpsFactory = (nl: NetlinkSocket, log: Logger) => PfOps;
 
-export type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
+type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
 
 interface Step {
   step: VfStep;

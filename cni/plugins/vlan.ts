@@ -58,7 +58,7 @@ export function withVlanLock<T>(stateDir: string, name: string, fn: () => T): T 
 
 // ---- records
 
-export interface VlanRecord {
+interface VlanRecord {
   master: string;
   vlan: number;
   attachments: string[];

@@ -28,7 +28,7 @@ import type { Logger } from "../skel/log";
 import type { UndoStack } from "../skel/undo";
 
 /** One direction's token bucket, as given: bits per second and bits. */
-export interface RateLimit {
+interface RateLimit {
   rate: number;
   burst: number;
 }
@@ -45,10 +45,10 @@ export interface BandwidthLimits {
 const KEYS = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"] as const;
 const U32_MAX = 0xffffffff;
 /** bits per second: 2^32-1 bytes/s, the most a tbf rate holds without 64-bit attributes */
-export const MAX_RATE_BITS = U32_MAX * 8;
+const MAX_RATE_BITS = U32_MAX * 8;
 const MAX_BURST_BITS = U32_MAX * 8;
 /** The tbf queue holds what arrives in this time at the rate, plus the burst (as the reference plugin). */
-export const LATENCY_US = 25_000;
+const LATENCY_US = 25_000;
 const ETH_HLEN = 14;
 
 const invalid = (field: string, why: string, fix: string) =>

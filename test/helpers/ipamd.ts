@@ -47,7 +47,7 @@ export function buildIpamd(): Promise<{ ipamd: string; ipamctl: string }> {
   return built;
 }
 
-export function cleanupBuild(): void {
+function cleanupBuild(): void {
   rmSync(OUT_DIR, { recursive: true, force: true });
 }
 
@@ -197,8 +197,3 @@ export const errorOf = (p: Promise<unknown>): Promise<unknown> =>
     },
     (e: unknown) => e,
   );
-
-/** A pool config with a v4 subnet, open to every node and network unless told otherwise. */
-export function v4Pool(name: string, subnet: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return { name, subnet, ...extra };
-}
