@@ -54,7 +54,7 @@ export class IpamdUntrusted extends IpamdUnreachable {
 }
 
 /** Refuses a peer that is not root. */
-export function trustRootPeer(socketPath: string, peer: PeerCred | null): void {
+function trustRootPeer(socketPath: string, peer: PeerCred | null): void {
   if (!peer) throw new IpamdUntrusted(socketPath, "the credentials of the process listening on it cannot be read (SO_PEERCRED)");
   if (peer.uid !== 0) {
     throw new IpamdUntrusted(
@@ -78,7 +78,7 @@ export class IpamdError extends Error {
   }
 }
 
-export interface ClientOptions {
+interface ClientOptions {
   timeoutMs?: number;
   /** Reuse connections (for many calls from one process, e.g. ipamctl scripts, benchmarks). */
   keepAlive?: boolean;

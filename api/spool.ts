@@ -18,7 +18,7 @@ export interface ReleaseRecord {
 }
 
 /** The record's file name: one per attachment (a repeated DEL overwrites it). */
-export function releaseFileName(r: Pick<ReleaseRecord, "containerID" | "ifName" | "network">): string {
+function releaseFileName(r: Pick<ReleaseRecord, "containerID" | "ifName" | "network">): string {
   return `${encodeURIComponent(r.containerID)}_${encodeURIComponent(r.ifName)}_${encodeURIComponent(r.network)}.json`.slice(0, 250);
 }
 

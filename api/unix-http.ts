@@ -34,7 +34,7 @@ export class ExchangeError extends Error {
   }
 }
 
-export interface Exchange {
+interface Exchange {
   status: number;
   body: string;
 }
@@ -146,7 +146,7 @@ function receiveAll(fd: number, timeoutMs: number): Buffer {
 }
 
 /** Status and body of an HTTP/1.1 answer (content-length or chunked). */
-export function parseAnswer(raw: Buffer): Exchange {
+function parseAnswer(raw: Buffer): Exchange {
   const end = raw.indexOf("\r\n\r\n");
   if (end < 0) throw new ExchangeError(`the answer ended after ${raw.length} bytes, inside its headers`, "EPROTO");
   const [statusLine = "", ...lines] = raw.subarray(0, end).toString("latin1").split("\r\n");

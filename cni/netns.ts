@@ -39,14 +39,16 @@ export function openNetnsFd(nsPath: string): number {
     const magic = Number(st.readBigInt64LE(0));
     if (magic !== NSFS_MAGIC) {
       throw new NetnsError(
-        `"${nsPath}" is not a namespace file (filesystem magic 0x${magic.toString(16)}, expected nsfs): pass the path of a network namespace, such as /var/run/netns/NAME or /proc/PID/ns/net`,
+        `"${nsPath}" is not a namespace file (filesystem magic 0x${magic.toString(16)}, expected nsfs): ` +
+          `pass the path of a network namespace, such as /var/run/netns/NAME or /proc/PID/ns/net`,
         "EINVAL",
       );
     }
     const type = Number(libc.ioctl(fd, NS_GET_NSTYPE));
     if (type >= 0 && type !== CLONE_NEWNET) {
       throw new NetnsError(
-        `"${nsPath}" is a namespace but not a network namespace (type 0x${type.toString(16)}): pass a network namespace such as /proc/PID/ns/net`,
+        `"${nsPath}" is a namespace but not a network namespace (type 0x${type.toString(16)}): ` +
+          `pass a network namespace such as /proc/PID/ns/net`,
         "EINVAL",
       );
     }

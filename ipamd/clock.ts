@@ -5,7 +5,7 @@
 // forward step holds the TTL reaper for one TTL so that nothing is released early.
 
 /** A difference between wall and monotonic time above this is a step, not drift. */
-export const STEP_MS = 5_000;
+const STEP_MS = 5_000;
 
 export class WallClock {
   private lastWall = Date.now();

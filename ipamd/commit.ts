@@ -14,7 +14,7 @@ interface Pending {
 }
 
 /** Whether the last commit went through: what GET /v1/status reports. */
-export interface CommitOutcome {
+interface CommitOutcome {
   ok: boolean;
   at: number;
   error?: string;

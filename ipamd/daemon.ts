@@ -32,7 +32,7 @@ interface Daemon {
   close(): Promise<void>;
 }
 
-export interface StartFlags {
+interface StartFlags {
   /** The operator accepts the database as it is: lost commits, or a node whose pods may hold unknown addresses. */
   acceptDataLoss?: boolean;
 }

@@ -16,7 +16,7 @@ import type { NodePools } from "./pools";
 import type { ListingKey, Row, Statements } from "./store/statements";
 
 /** GET /v1/reservations pages: `limit` defaults to this, and is cut to MAX_PAGE (a `next` cursor gives the rest). */
-export const DEFAULT_PAGE = 1000;
+const DEFAULT_PAGE = 1000;
 export const MAX_PAGE = 5000;
 /** Orphaned rows examined per status / pools answer. */
 const ORPHANS_EXAMINED = 10_000;

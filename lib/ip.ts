@@ -10,7 +10,7 @@
 
 export type Family = 4 | 6;
 
-export interface Ip {
+interface Ip {
   family: Family;
   value: bigint;
 }

@@ -3,13 +3,13 @@
 // other accepts too. Each check returns why a name is refused, or undefined when it is fine.
 
 /** CNI_CONTAINERID: libcni's pattern, at most 256 characters (ipamd stores no longer key). */
-export const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
-export const CONTAINER_ID_MAX = 256;
+const CONTAINER_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+const CONTAINER_ID_MAX = 256;
 /** A network's name: libcni's pattern (so no NUL, '/' or spaces), at most 253 characters. */
-export const NETWORK_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
-export const NETWORK_NAME_MAX = 253;
+const NETWORK_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+const NETWORK_NAME_MAX = 253;
 /** Linux dev_valid_name: 1-15 bytes, not "." or "..", no '/', ':', whitespace or NUL. */
-export const IFNAME_MAX_BYTES = 15;
+const IFNAME_MAX_BYTES = 15;
 
 export function containerIdProblem(id: string): string | undefined {
   if (id === "") return "is empty";

@@ -3,7 +3,7 @@
 // (operation), on what (object) and the errno, so that the CNI skeleton can give it the right
 // CNI code in one place (cni/skel/errors.ts) instead of "internal error".
 
-export type OsErrorKind = "netlink" | "netns" | "file";
+type OsErrorKind = "netlink" | "netns" | "file";
 
 export class OsError extends Error {
   constructor(

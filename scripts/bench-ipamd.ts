@@ -98,7 +98,8 @@ async function main(): Promise<void> {
         if (!JSON_OUT) {
           console.log(
             `existing=${String(seeded).padStart(5)} clients=${String(c).padStart(3)}  ` +
-              `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  max ${r.maxms.toFixed(2)} ms  errors ${r.errors}`,
+              `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  ` +
+              `p99 ${r.p99ms.toFixed(2)} ms  max ${r.maxms.toFixed(2)} ms  errors ${r.errors}`,
           );
         }
         // Keep the number of existing reservations constant between runs.

@@ -106,7 +106,8 @@ function startupBench(): void {
       const { wall, cpu } = t[k]!;
       console.log(
         `  ${label.padEnd(18)} VERSION wall ${ms(median(wall)).padStart(8)} (p90 ${ms(percentile(wall, 0.9))})  ` +
-          `ratio ${(median(wall) / median(ref.wall)).toFixed(2)}   cpu ${ms(median(cpu)).padStart(8)}  ratio ${(median(cpu) / median(ref.cpu)).toFixed(2)}`,
+          `ratio ${(median(wall) / median(ref.wall)).toFixed(2)}   cpu ` +
+          `${ms(median(cpu)).padStart(8)}  ratio ${(median(cpu) / median(ref.cpu)).toFixed(2)}`,
       );
     });
     console.log("  (the empty binary runs no code at all: its ratio is the floor of any compiled Bun program against Go's;");

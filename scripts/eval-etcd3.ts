@@ -2,7 +2,8 @@
 // Not a dependency: install it aside and point at it:
 //   mkdir /tmp/etcd3-eval && (cd /tmp/etcd3-eval && npm init -y && npm i etcd3@1.1.2)
 //   node_modules/.bin/esbuild scripts/eval-etcd3.ts --bundle --platform=node --format=esm --outfile=/tmp/eval-etcd3.mjs \
-//     --banner:js="import{createRequire as r}from'module';const require=r(import.meta.url);" && ETCD3_DIR=/tmp/etcd3-eval node /tmp/eval-etcd3.mjs
+//     --banner:js="import{createRequire as r}from'module';const require=r(import.meta.url);" &&
+//   ETCD3_DIR=/tmp/etcd3-eval node /tmp/eval-etcd3.mjs
 import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { mkdtempSync, writeFileSync } from "node:fs";

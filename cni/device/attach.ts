@@ -2,7 +2,7 @@
 // and compare the pod's interface with prevResult.
 import { removeFile } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
-import { ipamOf } from "../ipam/client";
+import { ipamOf, releaseMeanwhile } from "../ipam/client";
 import { NetlinkSocket } from "../netlink/socket";
 import { checkPodInterface, usePodNetns } from "../pod/check";
 import { findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
@@ -11,7 +11,7 @@ import type { CniContext } from "../skel/plugin";
 import type { IpConfig, Result } from "../skel/result";
 import { isOwnRecord, listStateFiles, readJson, type AttachmentState } from "./state";
 
-export interface GiveBack {
+interface GiveBack {
   /** the attachment's state file */
   path: string;
   /** the flock serialising this device's ADD and DEL, and what it guards (for the timeout error) */
@@ -28,13 +28,7 @@ export interface GiveBack {
  * DEL); a device error is reported before an IPAM error.
  */
 export async function giveBackDevice(ctx: CniContext<unknown>, g: GiveBack): Promise<void> {
-  const ipam = ipamOf(ctx);
-  const released = ipam
-    ? ipam.del().then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-    : undefined;
+  const released = releaseMeanwhile(ctx);
   let deviceError: unknown;
   try {
     giveBackUnderLock(ctx, g);

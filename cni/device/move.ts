@@ -118,7 +118,7 @@ function findDevice(
   return byMac[0];
 }
 
-export interface ReturnOptions {
+interface ReturnOptions {
   /** where to look when the device is no longer in the pod (the host namespace) */
   sysfsRoot?: string;
   /** how long to wait for the kernel to return a physical device of a deleted namespace */

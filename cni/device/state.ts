@@ -6,12 +6,13 @@ import { join } from "node:path";
 import { readJsonFile, writeFileAtomic } from "../../lib/files";
 import type { Scope } from "../netlink/addr";
 import { CniError, CniCode } from "../skel/errors";
+import type { CniContext } from "../skel/plugin";
 
-export interface SavedAddress {
+interface SavedAddress {
   cidr: string;
   broadcast?: string;
 }
-export interface SavedRoute {
+interface SavedRoute {
   dst: string;
   gateway?: string;
   metric?: number;
@@ -55,14 +56,23 @@ export interface AttachmentState {
   extra?: Record<string, unknown>;
 }
 
-export function ensureStateDir(dir: string, plugin: string): void {
+/** The fields that name a record: the plugin, and the network, container, interface and netns of the attachment. */
+export function attachmentHeader(ctx: CniContext<unknown>, plugin: string) {
+  return { version: 1, plugin, network: ctx.conf.name, containerId: ctx.containerId, ifName: ctx.ifName, netns: ctx.netns } as const;
+}
+
+/** `original` of a device with no kernel netdev (bound to a userspace driver): nothing to give back. */
+export const noNetdev = (): DeviceSnapshot => ({ name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] });
+
+/** Creates a plugin's stateDir (0700); the error says what `plugin` records there (`records`). */
+export function ensureStateDir(dir: string, plugin: string, records = "each device's original state there before moving it"): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
     throw new CniError(
       CniCode.IOFailure,
       `cannot create the state directory ${dir}: ${(e as Error).message}`,
-      `${plugin} records each device's original state there before moving it; make it writable for root or set stateDir`,
+      `${plugin} records ${records}; make it writable for root or set stateDir`,
     );
   }
 }
@@ -71,7 +81,7 @@ export function ensureStateDir(dir: string, plugin: string): void {
  * <containerID>@<ifName>.json: a container ID never has '@' (CNI_CONTAINERID is letters, digits,
  * '_', '.', '-'), so no two attachments share a name ("a" + "x-eth0" and "a-x" + "eth0" did).
  */
-export function stateFileName(containerId: string, ifName: string): string {
+function stateFileName(containerId: string, ifName: string): string {
   return `${containerId}@${ifName}.json`;
 }
 

@@ -63,6 +63,20 @@ export function ipamOf(ctx: CniContext<unknown>): Ipam | undefined {
   return type === BERTH_IPAM ? new IpamdIpam(ctx) : new DelegatedIpam(ctx, type);
 }
 
+/**
+ * DEL: starts the IPAM release without waiting for it, so it runs while the plugin removes the
+ * interface; resolves to the release's error (undefined when it worked or there is no IPAM).
+ */
+export function releaseMeanwhile(ctx: CniContext<unknown>): Promise<unknown> {
+  const ipam = ipamOf(ctx);
+  return ipam
+    ? ipam.del().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    : Promise.resolve(undefined);
+}
+
 /** STATUS and GC that a plugin leaves out are its IPAM's: ready when IPAM is, GC of IPAM's leftovers. */
 export function withIpamDefaults<P>(plugin: CniPlugin<P>): CniPlugin<P> {
   return {

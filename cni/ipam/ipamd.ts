@@ -13,7 +13,7 @@ export const BERTH_IPAM = "berth-ipam";
 const DEFAULT_IPAMD_SOCKET = "/run/berth/ipamd.sock";
 const DEFAULT_TIMEOUT_MS = 10_000;
 
-export interface BerthIpamConf {
+interface BerthIpamConf {
   socket: string;
   pools?: string[];
   timeoutMs: number;
@@ -253,10 +253,12 @@ const DAEMON_CODES: Record<string, number> = {
 
 const DAEMON_FIXES: Record<string, string> = {
   no_pool:
-    "no pool matches this node's labels and the network (ipamctl pools shows which pools this node may use); check ipam.pools and the pools' nodeSelector",
+    "no pool matches this node's labels and the network (ipamctl pools shows which pools this node may use); " +
+    "check ipam.pools and the pools' nodeSelector",
   pool_exhausted: "the pool has no free address: add a range, release detached reservations (ipamctl reservations), or use another pool",
   ip_unavailable:
-    "the requested IP (runtimeConfig.ips, args.cni.ips or CNI_ARGS IP) is taken or outside this node's pools; request another or release it with ipamctl",
+    "the requested IP (runtimeConfig.ips, args.cni.ips or CNI_ARGS IP) is taken or outside this node's pools; " +
+    "request another or release it with ipamctl",
   forbidden: "ipamd refused the caller; run the plugin as root on the node",
   not_found: "ipamd holds no address for this attachment; delete and re-create the pod sandbox",
   shutting_down: "ipamd is restarting; the runtime retries",

@@ -41,7 +41,7 @@ export function scopeName(n: number): Scope | `${number}` {
   return SCOPES[n] ?? (String(n) as `${number}`);
 }
 
-export interface AddressOptions {
+interface AddressOptions {
   index: number;
   /** "10.0.0.2/24" or "fd00::2/64" */
   cidr: string;
@@ -169,14 +169,16 @@ export function waitForAddresses(nl: NetlinkSocket, index: number, timeoutMs = 1
     const failed = addrs.filter((a) => a.dadFailed);
     if (failed.length) {
       throw new Error(
-        `duplicate address detection failed for ${failed.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)}: another host on the network uses it; release it there or pick another address`,
+        `duplicate address detection failed for ${failed.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)}: ` +
+          `another host on the network uses it; release it there or pick another address`,
       );
     }
     const tentative = addrs.filter((a) => a.tentative && !(a.flags & IFA_F_OPTIMISTIC));
     if (tentative.length === 0) return addrs;
     if (Date.now() >= deadline) {
       throw new Error(
-        `addresses ${tentative.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)} still tentative after ${timeoutMs} ms (duplicate address detection); is the link up with carrier?`,
+        `addresses ${tentative.map((a) => a.cidr).join(", ")} on ${describeLink(nl, index)} still ` +
+          `tentative after ${timeoutMs} ms (duplicate address detection); is the link up with carrier?`,
       );
     }
     sleepSync(50);

@@ -4,7 +4,7 @@ import { IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, requestNaming } f
 import type { NetlinkSocket } from "./socket";
 import { AF_UNSPEC, MessageBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, RTM_NEWLINK } from "./wire";
 
-export interface IfbOptions {
+interface IfbOptions {
   name: string;
   mtu?: number;
 }

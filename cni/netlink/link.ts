@@ -61,8 +61,8 @@ const IFNAMSIZ = 16;
 
 export type MacvlanMode = "private" | "vepa" | "bridge" | "passthru" | "source";
 export const MACVLAN_MODES: Record<MacvlanMode, number> = { private: 1, vepa: 2, bridge: 4, passthru: 8, source: 16 };
-export type VlanProtocol = "802.1Q" | "802.1ad";
-export type OperState = "unknown" | "notpresent" | "down" | "lowerlayerdown" | "testing" | "dormant" | "up";
+type VlanProtocol = "802.1Q" | "802.1ad";
+type OperState = "unknown" | "notpresent" | "down" | "lowerlayerdown" | "testing" | "dormant" | "up";
 const OPER_STATES: OperState[] = ["unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"];
 
 export interface Link {
@@ -225,7 +225,7 @@ export function describeLink(nl: NetlinkSocket, index: number): string {
 
 // ---- creating
 
-export interface MacvlanOptions {
+interface MacvlanOptions {
   name: string;
   parentIndex: number;
   mode: MacvlanMode;
@@ -264,7 +264,7 @@ export function addMacvlan(nl: NetlinkSocket, o: MacvlanOptions): void {
   );
 }
 
-export interface VlanOptions {
+interface VlanOptions {
   name: string;
   parentIndex: number;
   id: number;
@@ -298,7 +298,7 @@ export function addVlan(nl: NetlinkSocket, o: VlanOptions): void {
   );
 }
 
-export interface VethOptions {
+interface VethOptions {
   name: string;
   peerName: string;
   /** create the peer directly in this namespace */

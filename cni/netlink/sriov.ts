@@ -127,7 +127,8 @@ export function getVf(nl: NetlinkSocket, pfIndex: number, vf: number): VfInfo {
   const info = link.vfs?.find((v) => v.vf === vf);
   if (!info) {
     throw new OsError(
-      `VF ${vf} not found on "${link.name}" (it has ${link.numVfs ?? 0} VFs): check the device ID and /sys/class/net/${link.name}/device/sriov_numvfs`,
+      `VF ${vf} not found on "${link.name}" (it has ${link.numVfs ?? 0} VFs): ` +
+        `check the device ID and /sys/class/net/${link.name}/device/sriov_numvfs`,
       "netlink",
       "ENODEV",
       `RTM_GETLINK "${link.name}" vf ${vf}`,

@@ -19,12 +19,11 @@ import {
   parseAttrs,
 } from "./wire";
 
-export const RTM_NEWQDISC = 36;
-export const RTM_DELQDISC = 37;
-export const RTM_GETQDISC = 38;
-export const RTM_NEWTFILTER = 44;
-export const RTM_DELTFILTER = 45;
-export const RTM_GETTFILTER = 46;
+const RTM_NEWQDISC = 36;
+const RTM_DELQDISC = 37;
+const RTM_GETQDISC = 38;
+const RTM_NEWTFILTER = 44;
+const RTM_GETTFILTER = 46;
 
 export const TC_H_ROOT = 0xffffffff;
 export const TC_H_INGRESS = 0xfffffff1;
@@ -75,7 +74,7 @@ let ticksPerUsecCache: number | undefined;
 const ticksPerUsecOnce = (): number => (ticksPerUsecCache ??= ticksPerUsec());
 
 /** tc_calc_xmittime: psched ticks to send `size` bytes at `rate` bytes/s (saturating at 2^32-1). */
-export function xmitTicks(rate: number, size: number): number {
+function xmitTicks(rate: number, size: number): number {
   const usec = Math.trunc(TIME_UNITS_PER_SEC * (size / rate));
   return Math.min(U32_MAX, Math.trunc(Math.min(usec, U32_MAX) * ticksPerUsecOnce()));
 }
@@ -116,7 +115,7 @@ function rateTable(rate: number, mtu: number): { table: Buffer; cellLog: number 
   return { table, cellLog };
 }
 
-export interface TbfOptions {
+interface TbfOptions {
   /** ifindex of the device */
   index: number;
   /** bytes per second */
@@ -191,7 +190,7 @@ export const encodeAddIngressQdisc = (index: number) =>
     "ingress",
   );
 
-export interface RedirectFilterOptions {
+interface RedirectFilterOptions {
   /** the device whose ingress qdisc gets the filter */
   index: number;
   /** where its packets go: the ifb */
@@ -230,7 +229,7 @@ export function encodeAddRedirectFilter(o: RedirectFilterOptions): MessageBuilde
   );
 }
 
-export type QdiscSlot = "root" | "ingress";
+type QdiscSlot = "root" | "ingress";
 
 /** = `tc qdisc del dev X root` / `tc qdisc del dev X ingress` */
 export function encodeDeleteQdisc(index: number, slot: QdiscSlot): MessageBuilder {
@@ -246,7 +245,7 @@ export const encodeListFilters = (index: number, parent: number) =>
 
 // ---- parsing dumps
 
-export interface Tbf {
+interface Tbf {
   /** bytes per second (TCA_TBF_RATE64 when it does not fit 32 bits) */
   rate: number;
   peakRate: number;
@@ -264,7 +263,7 @@ export interface Qdisc {
   tbf?: Tbf;
 }
 
-export function parseQdisc(m: NlMsg): Qdisc {
+function parseQdisc(m: NlMsg): Qdisc {
   const d = m.data;
   const a = parseAttrs(d, 20);
   const q: Qdisc = { index: d.readInt32LE(4), handle: d.readUInt32LE(8), parent: d.readUInt32LE(12), kind: attrStr(a, TCA_KIND) ?? "" };
@@ -287,13 +286,13 @@ export function parseQdisc(m: NlMsg): Qdisc {
   return q;
 }
 
-export interface MirredAction {
+interface MirredAction {
   /** TCA_EGRESS_REDIR (1), TCA_EGRESS_MIRROR (2), TCA_INGRESS_REDIR (3), TCA_INGRESS_MIRROR (4) */
   eaction: number;
   ifindex: number;
 }
 
-export interface Filter {
+interface Filter {
   index: number;
   kind: string;
   parent: number;
@@ -306,7 +305,7 @@ export interface Filter {
   actions: { kind: string; mirred?: MirredAction }[];
 }
 
-export function parseFilter(m: NlMsg): Filter {
+function parseFilter(m: NlMsg): Filter {
   const d = m.data;
   const a = parseAttrs(d, 20);
   const info = d.readUInt32LE(16);

@@ -10,10 +10,12 @@ import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../devic
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
 import {
+  attachmentHeader,
   attachmentStatePath,
   ensureStateDir,
   isOwnRecord,
   listStateFiles,
+  noNetdev,
   readJson,
   writeDurable,
   type AttachmentState,
@@ -38,13 +40,13 @@ import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac
 const DEFAULT_HOSTDEV_STATE_DIR = "/var/lib/berth/hostdev";
 const PLUGIN = "berth-hostdev";
 
-export type DeviceSelector =
+type DeviceSelector =
   | { by: "device"; value: string }
   | { by: "hwaddr"; value: string }
   | { by: "pciBusID"; value: string }
   | { by: "deviceID"; value: string };
 
-export interface HostdevConfig {
+interface HostdevConfig {
   selector: DeviceSelector;
   mtu?: number;
   mac?: string;
@@ -92,7 +94,8 @@ function parseHostdevConfig(conf: NetConf): HostdevConfig {
     throw invalid(
       "device selection",
       given.length === 0 ? "is missing" : `is ambiguous (${given.map((g) => g.by).join(" and ")} given)`,
-      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", or runtimeConfig.deviceID (from a device plugin through Multus)',
+      'name the host device by exactly one of "device" (name), "hwaddr" (MAC), "pciBusID", ' +
+        "or runtimeConfig.deviceID (from a device plugin through Multus)",
     );
   }
   const addresses: Record<string, string[]> = {};
@@ -139,7 +142,8 @@ function findHostDevice(nl: NetlinkSocket, cfg: HostdevConfig): Link {
     const names = netdevsOfPci(cfg.sysfsRoot, s.value);
     hint = names.length
       ? `its netdev ${names.join(", ")} is not in the host namespace (already in a pod?)`
-      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value)} has no netdev (under net/, or virtioN/net/ for virtio-net): the device does not exist or is bound to a userspace driver (vfio-pci)`;
+      : `${join(cfg.sysfsRoot, "bus/pci/devices", s.value)} has no netdev (under net/, or virtioN/net/ for virtio-net): ` +
+        `the device does not exist or is bound to a userspace driver (vfio-pci)`;
     for (const n of names) link ??= findLinkByName(nl, n);
   }
   if (!link) {
@@ -179,14 +183,9 @@ async function addUserspace(ctx: Ctx, dev: { pci: string; driver: string }): Pro
   return withUndo(ctx.log, async (undo) => {
     const alloc = await ipamOf(ctx)?.add(undo);
     const st: AttachmentState = {
-      version: 1,
-      plugin: PLUGIN,
-      network: ctx.conf.name,
-      containerId: ctx.containerId,
-      ifName: ctx.ifName,
-      netns: ctx.netns,
+      ...attachmentHeader(ctx, PLUGIN),
       pciAddress: dev.pci,
-      original: { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+      original: noNetdev(),
       podMac: "",
       extra: { userspaceDriver: dev.driver },
     };
@@ -267,12 +266,7 @@ async function add(ctx: Ctx): Promise<Result> {
         if (clearStaleRecords(host, cfg, (a) => sameDevice(a, link, pci), ctx)) link = findHostDevice(host, cfg);
         const ips: IpConfig[] = [...staticAddresses(cfg, link).map((address) => ({ address })), ...(alloc?.result.ips ?? [])];
         const st: AttachmentState = {
-          version: 1,
-          plugin: PLUGIN,
-          network: ctx.conf.name,
-          containerId: ctx.containerId,
-          ifName: ctx.ifName,
-          netns: ctx.netns,
+          ...attachmentHeader(ctx, PLUGIN),
           ...(pci ? { pciAddress: pci } : {}),
           original: snapshotDevice(host, link),
           podMac: requestedMac ?? link.mac,
@@ -326,7 +320,8 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
     if (other.netns && existsSync(other.netns)) {
       throw new CniError(
         CniCode.DeviceBusy,
-        `${describeSelector(cfg.selector)} is recorded as attached to container ${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
+        `${describeSelector(cfg.selector)} is recorded as attached to container ` +
+          `${other.containerId} (${other.ifName} in ${other.netns}), whose namespace still exists`,
         `run DEL for that attachment first, or remove ${file} if the device was taken back by hand`,
       );
     }

@@ -2,7 +2,7 @@
 // pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
 // before any link is made). See docs/plugins/macvlan.md for the config keys.
 import { ipToBytes, parseCidr } from "../../lib/ip";
-import { ipamOf, type IpamAllocation } from "../ipam/client";
+import { ipamOf, releaseMeanwhile, type IpamAllocation } from "../ipam/client";
 import {
   addMacvlan,
   deleteLink,
@@ -41,10 +41,10 @@ import {
   withVlanLock,
 } from "./vlan";
 
-export type PodMacvlanMode = Exclude<MacvlanMode, "source">;
+type PodMacvlanMode = Exclude<MacvlanMode, "source">;
 const MODES: PodMacvlanMode[] = ["bridge", "private", "vepa", "passthru"];
 
-export interface MacvlanConfig {
+interface MacvlanConfig {
   master: string;
   /** 0: untagged on the master (unless the pool carries a VLAN) */
   vlan: number;
@@ -273,7 +273,8 @@ function createMacvlan(
       throw new CniError(
         CniCode.DeviceBusy,
         `cannot create a passthru macvlan on ${parent.name}: ${(e as Error).message}`,
-        `passthru mode gives the whole parent to one pod and allows one macvlan only; ${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`,
+        `passthru mode gives the whole parent to one pod and allows one macvlan only; ` +
+          `${parent.name} already has one (or has other macvlans): use bridge mode or another master/vlan`,
       );
     }
     if (isNetlinkError(e, "EADDRINUSE", "EADDRNOTAVAIL") && mac) {
@@ -400,13 +401,7 @@ async function del(ctx: Ctx): Promise<void> {
   // The release goes out first and runs while the kernel deletes the link (~15 ms, blocking this
   // thread): in the compiled plugin, fetch sends it from Bun's HTTP thread. An IPAM failure does
   // not stop the interface removal; it is reported afterwards.
-  const ipam = ipamOf(ctx);
-  const released = ipam
-    ? ipam.del().then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-    : undefined;
+  const released = releaseMeanwhile(ctx);
   try {
     deleteFromPod(ctx);
     const key = attachmentKey(ctx.conf.name, ctx.containerId, ctx.ifName);
@@ -444,17 +439,17 @@ async function check(ctx: Ctx): Promise<void> {
     });
     if (pod.parentIndex === undefined) throw mismatch(`interface "${ctx.ifName}" has no parent link`);
     const parent = findLinkByIndex(host, pod.parentIndex);
+    const parentNow = parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`;
     if (vlan) {
       const name = vlanLinkName(master.name, vlan);
       if (parent?.kind !== "vlan" || parent.vlan?.id !== vlan || parent.parentIndex !== master.index) {
+        const parentVlan = parent?.vlan ? ` (VLAN ${parent.vlan.id})` : "";
         throw mismatch(
-          `interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parent ? `"${parent.name}"${parent.vlan ? ` (VLAN ${parent.vlan.id})` : ""}` : `ifindex ${pod.parentIndex} (gone)`}, expected "${name}"`,
+          `interface "${ctx.ifName}" is not on VLAN ${vlan} of ${master.name}: its parent is ${parentNow}${parentVlan}, expected "${name}"`,
         );
       }
     } else if (!parent || parent.index !== master.index) {
-      throw mismatch(
-        `interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parent ? `"${parent.name}"` : `ifindex ${pod.parentIndex} (gone)`}`,
-      );
+      throw mismatch(`interface "${ctx.ifName}" is not on master ${master.name}: its parent is ${parentNow}`);
     }
   } catch (e) {
     throw toCniError(e, `berth-macvlan CHECK ${ctx.ifName}`);

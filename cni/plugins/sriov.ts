@@ -13,7 +13,15 @@ import { withFileLock } from "../../lib/lock";
 import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
-import { attachmentStatePath, ensureStateDir, readJson, writeDurable, type AttachmentState } from "../device/state";
+import {
+  attachmentHeader,
+  attachmentStatePath,
+  ensureStateDir,
+  noNetdev,
+  readJson,
+  writeDurable,
+  type AttachmentState,
+} from "../device/state";
 import { USERSPACE_DRIVERS, netdevsOfPci } from "../device/sysfs";
 import { ipamOf, withIpamDefaults } from "../ipam/client";
 import { findLinkByName, getLinkByName, requestNaming } from "../netlink/link";
@@ -35,7 +43,7 @@ import { invalid, mtuFrom, normalizePci, stateDirFrom, sysfsRootFrom, unicastMac
 const DEFAULT_SRIOV_STATE_DIR = "/var/lib/berth/sriov";
 const PLUGIN = "berth-sriov";
 
-export interface SriovConfig {
+interface SriovConfig {
   /** VF PCI address from config or runtimeConfig.deviceID (which wins) */
   deviceID?: string;
   pf?: string;
@@ -133,7 +141,7 @@ function parseSriovConfig(conf: NetConf): SriovConfig {
 
 // ---- sysfs
 
-export interface VfDevice {
+interface VfDevice {
   vfPci: string;
   pfPci: string;
   pfName: string;
@@ -236,9 +244,9 @@ class NetlinkPfOps implements PfOps {
 }
 
 /** Makes the PF-side operations for a command (the shipped plugin: NetlinkPfOps over the host socket). */
-export type PfOpsFactory = (nl: NetlinkSocket, log: Logger) => PfOps;
+type PfOpsFactory = (nl: NetlinkSocket, log: Logger) => PfOps;
 
-export type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
+type VfStep = "vlan" | "mac" | "rate" | "spoofchk" | "trust" | "link_state";
 
 interface Step {
   step: VfStep;
@@ -447,16 +455,9 @@ async function add(ctx: Ctx, pfOps: PfOpsFactory): Promise<Result> {
           set: Object.assign({}, ...steps.map((s) => s.settings)) as VfSettings,
         };
         const st: AttachmentState = {
-          version: 1,
-          plugin: PLUGIN,
-          network: ctx.conf.name,
-          containerId: ctx.containerId,
-          ifName: ctx.ifName,
-          netns: ctx.netns,
+          ...attachmentHeader(ctx, PLUGIN),
           pciAddress: vf.vfPci,
-          original: netdev
-            ? snapshotDevice(host, netdev)
-            : { name: "", mac: "", mtu: 0, up: false, altNames: [], addresses: [], routes: [] },
+          original: netdev ? snapshotDevice(host, netdev) : noNetdev(),
           podMac: mac ?? netdev?.mac ?? "",
           extra: extra as unknown as Record<string, unknown>,
         };

@@ -16,7 +16,7 @@
 // sub-interface that is in use; at worst an unused one stays until the next DEL on that VLAN.
 // Only sub-interfaces carrying the alias "berth:created" are ever deleted: one that existed
 // before Berth (an operator's eth0.101) is reused and never touched.
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
@@ -24,6 +24,7 @@ import { writeFileAtomic } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
 import { Netns, currentNetnsInode } from "../netns";
 import { CniError, CniCode } from "../skel/errors";
+import { ensureStateDir } from "../device/state";
 import type { Logger } from "../skel/log";
 
 const BERTH_CREATED_ALIAS = "berth:created";
@@ -51,25 +52,13 @@ export function vlanLinkName(master: string, vlan: number): string {
 
 /** Runs `fn` holding the lock of sub-interface `name` (<stateDir>/<name>.lock). */
 export function withVlanLock<T>(stateDir: string, name: string, fn: () => T): T {
-  ensureDir(stateDir);
+  ensureStateDir(stateDir, "berth-macvlan", "which pods use each VLAN sub-interface there");
   return withFileLock(join(stateDir, `${name}.lock`), `VLAN sub-interface ${name}`, fn);
-}
-
-function ensureDir(dir: string): void {
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-  } catch (e) {
-    throw new CniError(
-      CniCode.IOFailure,
-      `cannot create the state directory ${dir}: ${(e as Error).message}`,
-      "berth-macvlan records which pods use each VLAN sub-interface there; make it writable for root or set stateDir",
-    );
-  }
 }
 
 // ---- records
 
-export interface VlanRecord {
+interface VlanRecord {
   master: string;
   vlan: number;
   attachments: string[];
@@ -136,7 +125,8 @@ export function ensureVlanLink(nl: NetlinkSocket, master: Link, vlan: number, na
     if (isNetlinkError(e, "EOPNOTSUPP")) {
       throw new CniError(
         CniCode.NetlinkFailure,
-        `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): the kernel has no 802.1Q support (module 8021q not loaded)`,
+        `cannot create VLAN sub-interface ${name} (VLAN ${vlan} on ${master.name}): ` +
+          `the kernel has no 802.1Q support (module 8021q not loaded)`,
         "load it with `modprobe 8021q` (and add 8021q to /etc/modules-load.d), or set vlan to 0 to attach pods untagged",
       );
     }
@@ -166,7 +156,8 @@ function checkedAndUp(nl: NetlinkSocket, link: Link, master: Link, vlan: number,
     throw new CniError(
       CniCode.InvalidConfig,
       `interface "${link.name}" exists but is ${what}, not VLAN ${vlan} on "${master.name}" (ifindex ${master.index})`,
-      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; rename or delete the other interface, or change master/vlan`,
+      `berth-macvlan uses "${link.name}" as the sub-interface for master ${master.name} vlan ${vlan}; ` +
+        `rename or delete the other interface, or change master/vlan`,
     );
   }
   if (!link.up) {

@@ -28,7 +28,7 @@ import type { Logger } from "../skel/log";
 import type { UndoStack } from "../skel/undo";
 
 /** One direction's token bucket, as given: bits per second and bits. */
-export interface RateLimit {
+interface RateLimit {
   rate: number;
   burst: number;
 }
@@ -45,10 +45,10 @@ export interface BandwidthLimits {
 const KEYS = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"] as const;
 const U32_MAX = 0xffffffff;
 /** bits per second: 2^32-1 bytes/s, the most a tbf rate holds without 64-bit attributes */
-export const MAX_RATE_BITS = U32_MAX * 8;
+const MAX_RATE_BITS = U32_MAX * 8;
 const MAX_BURST_BITS = U32_MAX * 8;
 /** The tbf queue holds what arrives in this time at the rate, plus the burst (as the reference plugin). */
-export const LATENCY_US = 25_000;
+const LATENCY_US = 25_000;
 const ETH_HLEN = 14;
 
 const invalid = (field: string, why: string, fix: string) =>
@@ -115,7 +115,8 @@ function direction(entry: Record<string, unknown>, dir: "ingress" | "egress", so
     throw invalid(
       rateKey,
       `is ${entry[`${dir}Rate`] === undefined ? "missing" : "0"} but ${burstKey} is ${burst}: a burst needs a rate`,
-      `set ${rateKey} to the limit in bits per second (> 0), or leave out both ${rateKey} and ${burstKey} (or set both to 0) for no ${dir} limit`,
+      `set ${rateKey} to the limit in bits per second (> 0), ` +
+        `or leave out both ${rateKey} and ${burstKey} (or set both to 0) for no ${dir} limit`,
     );
   }
   if (burst === 0) {
@@ -152,7 +153,8 @@ export function checkBurstFitsMtu(limits: BandwidthLimits | undefined, mtu: numb
     if (!l || toBytes(l.burst) >= min) continue;
     throw invalid(
       `${limits.source}${dir}Burst`,
-      `${l.burst} bits (${toBytes(l.burst)} bytes) is smaller than one full-size packet on ${ifName} (MTU ${mtu} + ${ETH_HLEN} bytes Ethernet header = ${min} bytes)`,
+      `${l.burst} bits (${toBytes(l.burst)} bytes) is smaller than one full-size packet ` +
+        `on ${ifName} (MTU ${mtu} + ${ETH_HLEN} bytes Ethernet header = ${min} bytes)`,
       `use at least ${min * 8} bits; rate x 10 ms or more keeps TCP near the rate`,
     );
   }
@@ -335,7 +337,8 @@ export function vfRateFromBandwidth(
     throw new CniError(
       CniCode.UnsupportedField,
       `${limits.source}ingressRate ${limits.ingress.rate} is not supported by berth-sriov: a VF cannot shape the traffic it receives`,
-      "remove the ingress limit (the kubernetes.io/ingress-bandwidth annotation) for pods on SR-IOV networks, or police ingress on the switch; egressRate maps to the VF's max_tx_rate",
+      "remove the ingress limit (the kubernetes.io/ingress-bandwidth annotation) for pods on SR-IOV networks, " +
+        "or police ingress on the switch; egressRate maps to the VF's max_tx_rate",
     );
   }
   const mbit = Math.floor(limits.egress!.rate / 1_000_000);

@@ -25,10 +25,10 @@ const DEFAULT_CARRIER_WAIT_MS = 1_000;
  * sriov-cni) makes the addresses usable at once while DAD runs; "wait" holds ADD until DAD is
  * done and fails it on a duplicate; "off" skips DAD.
  */
-export type DadMode = "optimistic" | "wait" | "off";
+type DadMode = "optimistic" | "wait" | "off";
 const DAD_MODES: DadMode[] = ["optimistic", "wait", "off"];
 
-export interface PodNetOptions {
+interface PodNetOptions {
   dad: DadMode;
   /** how long ADD waits for carrier to announce the addresses (gratuitous ARP, unsolicited NA) */
   carrierWaitMs: number;
@@ -63,7 +63,7 @@ export function podNetOptions(conf: NetConf): PodNetOptions {
 }
 const SCOPES: Record<number, "global" | "site" | "link" | "host"> = { 0: "global", 200: "site", 253: "link", 254: "host" };
 
-export interface PodNetSettings {
+interface PodNetSettings {
   ifName: string;
   mtu?: number;
   mac?: string;
@@ -167,7 +167,8 @@ function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
           .map((a) => a.cidr)
           .join(", ")} did not finish within ${DAD_TIMEOUT_MS / 1000} s`,
         link.operState !== "up"
-          ? `${s.ifName} is ${link.operState}: its parent has no carrier; bring it up and check the cable, switch port or the PF's link state`
+          ? `${s.ifName} is ${link.operState}: its parent has no carrier; bring it up and check the cable, ` +
+              `switch port or the PF's link state`
           : "the link may be losing packets; check the parent NIC and the switch port",
       );
     }

@@ -7,13 +7,13 @@ import { isObject, parseDns, parseResult, type Dns, type Result } from "./result
 import { atLeast, incompatibleVersion, isSupportedVersion, type CniVersion } from "./version";
 import type { Command } from "./env";
 
-export interface IpamConf {
+interface IpamConf {
   type: string;
   /** Every other key of the "ipam" object, as given. */
   [key: string]: unknown;
 }
 
-export interface RuntimeConfig {
+interface RuntimeConfig {
   /** Capability "ips": requested addresses, "10.1.0.5/24" or "10.1.0.5". */
   ips?: string[];
   /** Capability "mac". */
@@ -23,7 +23,7 @@ export interface RuntimeConfig {
   [key: string]: unknown;
 }
 
-export interface ValidAttachment {
+interface ValidAttachment {
   containerID: string;
   ifname: string;
 }

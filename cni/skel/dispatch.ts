@@ -31,7 +31,7 @@ function processIo(): PluginIo {
  * The plugin, or a function that loads it: an executable passes a loader so that VERSION (and
  * a request refused before the plugin runs) never loads the plugin's modules (netlink, koffi).
  */
-export type PluginSource<P> = CniPlugin<P> | (() => Promise<CniPlugin<P>>);
+type PluginSource<P> = CniPlugin<P> | (() => Promise<CniPlugin<P>>);
 
 export async function runPlugin<P>(source: PluginSource<P>, io: PluginIo = processIo()): Promise<number> {
   let stdin = "";

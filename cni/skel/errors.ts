@@ -73,7 +73,10 @@ function osErrorFix(e: OsError): string {
   if (e.kind === "netns") return "check CNI_NETNS: the container's network namespace must exist";
   const on = e.object ? ` ${e.object}` : "";
   if (DEVICE_GONE.has(e.code))
-    return `the device${on} is gone or was never there: check the node (ip link show) and the config; the plugin log (logFile) has the details`;
+    return (
+      `the device${on} is gone or was never there: check the node (ip link show) and the config; ` +
+      `the plugin log (logFile) has the details`
+    );
   if (DEVICE_BUSY.has(e.code))
     return `the device${on} is in use or in a state that does not allow this; free it and retry; the plugin log (logFile) has the details`;
   return "see the kernel's reason above; the plugin log (logFile) has the details";

@@ -3,7 +3,7 @@
 // no interface behind and no address allocated.
 import type { Logger } from "./log";
 
-export interface UndoStep {
+interface UndoStep {
   what: string;
   run: () => unknown | Promise<unknown>;
 }

@@ -1,7 +1,7 @@
 import { CniError, CniCode } from "./errors";
 
 export const CURRENT_VERSION = "1.1.0";
-export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
+const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
 export type CniVersion = (typeof SUPPORTED_VERSIONS)[number];
 
 const SEMVER = /^(\d+)\.(\d+)\.(\d+)$/;

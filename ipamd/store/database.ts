@@ -78,7 +78,7 @@ function sqlite(): typeof import("node:sqlite") {
   return mod;
 }
 
-export interface OpenOptions {
+interface OpenOptions {
   /** A unique index was missing and has been re-created (the message says which). */
   onRepair?: (message: string) => void;
 }

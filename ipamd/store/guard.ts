@@ -120,7 +120,7 @@ export function commitRecordPath(db: string): string {
   return `${db}.seq`;
 }
 
-export interface CommitMark {
+interface CommitMark {
   database: string;
   seq: number;
 }
@@ -172,7 +172,7 @@ function readMark(path: string): CommitMark | undefined {
 // ---------- the node's record of its attachments, away from the database ----------
 
 /** What the node marker says: which database served this node and how many attachments it had per network. */
-export interface NodeMark extends CommitMark {
+interface NodeMark extends CommitMark {
   path: string;
   attached: Record<string, number>;
   at: string;

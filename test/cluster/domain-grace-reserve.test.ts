@@ -30,7 +30,8 @@ const at = (id: string, pod?: string) => ({
 });
 
 describe("the L2-domain rule", () => {
-  it("a member's address is handed out only on a node its pool selects; elsewhere CNI error 102 names pool, selector and node", async () => {
+  it("a member's address is handed out only on a node its pool selects; elsewhere CNI error 102 names pool, " +
+    "selector and node", async () => {
     const prefix = freshPrefix("l2");
     const pools = [
       { name: "rack1", subnet: "10.84.0.0/24", networks: ["underlay"], nodeSelector: { matchLabels: { rack: "r1" } } },
@@ -71,7 +72,8 @@ describe("the L2-domain rule", () => {
 });
 
 describe("node death", () => {
-  it("within the grace period a node keeps everything; after it, its buffer and plain attachments return, its sticky identities stay", async () => {
+  it("within the grace period a node keeps everything; after it, its buffer and plain attachments return, " +
+    "its sticky identities stay", async () => {
     const prefix = freshPrefix("grace");
     const pools = [{ name: "g", subnet: "10.86.0.0/24", networks: ["underlay"] }];
     const o = { pools, prefix, extra: STS, cluster: { nodeGraceSeconds: 4, leaseTTLSeconds: 2, buffer: { low: 2, high: 4 } } };

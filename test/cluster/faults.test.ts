@@ -139,7 +139,8 @@ describe("faults", () => {
     await etcd.restart(leader);
   }, 180_000);
 
-  it("two of three etcd members stopped: buffer ADD works, cross-node sticky ADD fails with code 11 naming etcd, DEL works; then healed", async () => {
+  it("two of three etcd members stopped: buffer ADD works, cross-node sticky ADD fails with code 11 naming etcd, DEL works; " +
+    "then healed", async () => {
     const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle];
     const m0 = await a.client.allocate(memberReq("q-m0-a", 59));
     acks.set("q-m0-a", { node: a.name, ip: m0.ips[0]!.address.split("/")[0]!, owner: m0.owner });

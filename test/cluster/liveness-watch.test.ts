@@ -42,55 +42,58 @@ function ipKeys(prefix: string, poolName: string): Map<string, IpOwner> {
 }
 
 describe("node death", () => {
-  it("frees a dead node's buffer and attachments after the grace period, never its sticky identities; two reapers free each key once", async () => {
-    const prefix = "/live1";
-    const p = pool("r", "10.50.0.0/24");
-    const a = new ClusterOwnership({ client: client(), node: "a", pools: [p], prefix, buffer: { low: 2, high: 6 } });
-    const aLive = new NodeLiveness({ client: client(), node: "a", prefix, ttlSeconds: 2 });
-    const bLive = new NodeLiveness({ client: client(), node: "b", prefix, ttlSeconds: 30 });
-    await aLive.start();
-    await bLive.renew();
-    await a.start({ background: false });
-    await a.refill("r");
-    const sticky = await a.bindSticky(
-      { pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
-      { selectsNode: true, attachment: { containerID: "sticky-ctr", ifName: "eth0", podUID: "u0" } },
-    );
-    const att = a.takeBuffered("r")!;
-    await a.applyOutbox([
-      { id: 1, createdAt: 0, op: "attach", pool: "r", ip: att.ip, attachment: { containerID: "plain", ifName: "eth0" } },
-    ]);
-    const before = ipKeys(prefix, "r");
-    const aKeys = [...before].filter(([, v]) => v.owner !== "sticky").map(([ip]) => ip);
-    expect(aKeys.length).toBe(1 + a.bufferSize("r"));
+  it(
+    "frees a dead node's buffer and attachments after the grace period, never its sticky identities; " + "two reapers free each key once",
+    async () => {
+      const prefix = "/live1";
+      const p = pool("r", "10.50.0.0/24");
+      const a = new ClusterOwnership({ client: client(), node: "a", pools: [p], prefix, buffer: { low: 2, high: 6 } });
+      const aLive = new NodeLiveness({ client: client(), node: "a", prefix, ttlSeconds: 2 });
+      const bLive = new NodeLiveness({ client: client(), node: "b", prefix, ttlSeconds: 30 });
+      await aLive.start();
+      await bLive.renew();
+      await a.start({ background: false });
+      await a.refill("r");
+      const sticky = await a.bindSticky(
+        { pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
+        { selectsNode: true, attachment: { containerID: "sticky-ctr", ifName: "eth0", podUID: "u0" } },
+      );
+      const att = a.takeBuffered("r")!;
+      await a.applyOutbox([
+        { id: 1, createdAt: 0, op: "attach", pool: "r", ip: att.ip, attachment: { containerID: "plain", ifName: "eth0" } },
+      ]);
+      const before = ipKeys(prefix, "r");
+      const aKeys = [...before].filter(([, v]) => v.owner !== "sticky").map(([ip]) => ip);
+      expect(aKeys.length).toBe(1 + a.bufferSize("r"));
 
-    const reapers = [1, 2].map(() => new Reaper({ client: client(), pools: ["r"], graceMs: 1500, prefix }));
-    expect((await reapers[0]!.reapOnce()).freed).toEqual([]); // a is alive
-    await aLive.stop(false); // a dies: its lease expires in 2 s
-    await until("a's liveness key to expire", () => !etcd.dump(`${prefix}/node/`).has(`${prefix}/node/a`));
-    const first = await Promise.all(reapers.map((r) => r.reapOnce()));
-    for (const r of first) {
-      expect(r.freed).toEqual([]);
-      expect(r.waiting.map((w) => w.node)).toEqual(["a"]);
-    }
-    await sleep(1600);
-    const second = await Promise.all(reapers.map((r) => r.reapOnce()));
-    const freed = second.flatMap((r) => r.freed.map((f) => f.ip)).sort();
-    expect(freed).toEqual([...aKeys].sort()); // each key freed by exactly one reaper
-    const after = ipKeys(prefix, "r");
-    expect([...after.keys()]).toEqual([sticky.ip]);
-    expect(after.get(sticky.ip)).toMatchObject({ owner: "sticky", node: "a" });
-    expect(etcd.dump(`${prefix}/sticky/`).size).toBe(1);
+      const reapers = [1, 2].map(() => new Reaper({ client: client(), pools: ["r"], graceMs: 1500, prefix }));
+      expect((await reapers[0]!.reapOnce()).freed).toEqual([]); // a is alive
+      await aLive.stop(false); // a dies: its lease expires in 2 s
+      await until("a's liveness key to expire", () => !etcd.dump(`${prefix}/node/`).has(`${prefix}/node/a`));
+      const first = await Promise.all(reapers.map((r) => r.reapOnce()));
+      for (const r of first) {
+        expect(r.freed).toEqual([]);
+        expect(r.waiting.map((w) => w.node)).toEqual(["a"]);
+      }
+      await sleep(1600);
+      const second = await Promise.all(reapers.map((r) => r.reapOnce()));
+      const freed = second.flatMap((r) => r.freed.map((f) => f.ip)).sort();
+      expect(freed).toEqual([...aKeys].sort()); // each key freed by exactly one reaper
+      const after = ipKeys(prefix, "r");
+      expect([...after.keys()]).toEqual([sticky.ip]);
+      expect(after.get(sticky.ip)).toMatchObject({ owner: "sticky", node: "a" });
+      expect(etcd.dump(`${prefix}/sticky/`).size).toBe(1);
 
-    // The member's old node is dead: another node may take the identity over without waiting for a's DEL.
-    const b = new ClusterOwnership({ client: client(), node: "b", pools: [p], prefix });
-    const moved = await b.bindSticky(
-      { pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
-      { selectsNode: true, attachment: { containerID: "new", ifName: "eth0", podUID: "u1" } },
-    );
-    expect(moved).toMatchObject({ ip: sticky.ip, previousNode: "a" });
-    await bLive.stop(true);
-  });
+      // The member's old node is dead: another node may take the identity over without waiting for a's DEL.
+      const b = new ClusterOwnership({ client: client(), node: "b", pools: [p], prefix });
+      const moved = await b.bindSticky(
+        { pool: "r", namespace: "db", statefulset: "x", ordinal: 0, iface: "eth0" },
+        { selectsNode: true, attachment: { containerID: "new", ifName: "eth0", podUID: "u1" } },
+      );
+      expect(moved).toMatchObject({ ip: sticky.ip, previousNode: "a" });
+      await bLive.stop(true);
+    },
+  );
 
   it("a node back within the grace period keeps everything", async () => {
     const prefix = "/live2";

@@ -81,7 +81,8 @@ function measure(pod: TestNetns, reverse: boolean): number {
 }
 
 describe("berth-macvlan with the bandwidth capability", () => {
-  it("ADD shapes both directions in the pod, traffic runs at the limit; CHECK passes, then tells changed limits; DEL removes the ifb and the pod interface", () => {
+  it("ADD shapes both directions in the pod, traffic runs at the limit; CHECK passes, then tells changed limits; " +
+    "DEL removes the ifb and the pod interface", () => {
     const config = mvConf({ capabilities: { bandwidth: true }, runtimeConfig: { bandwidth: BOTH } });
     const { pod, call, add } = mvAttach(config);
     expect(add.code, add.stdout + add.stderr).toBe(0);
@@ -116,21 +117,25 @@ describe("berth-macvlan with the bandwidth capability", () => {
     expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
   }, 90_000);
 
-  it("the config's own keys win over the capability; all four keys with 0 for one direction (as containerd sends them) shape only the other", () => {
-    const config = mvConf({
-      egressRate: 20_000_000,
-      egressBurst: 200_000,
-      ingressRate: 0,
-      ingressBurst: 0,
-      runtimeConfig: { bandwidth: BOTH },
-    });
-    const { pod, call, add } = mvAttach(config);
-    expect(add.code, add.stdout).toBe(0);
-    expect(tcIn(pod, "qdisc", "show", "dev", "eth0")).toMatch(/tbf 1: root .*rate 20Mbit/);
-    expect(hasLink(pod, "ifb-eth0")).toBe(false);
-    expect(cni(lab, macvlan(), { command: "CHECK", config: { ...config, prevResult: add.json }, ...call }).code).toBe(0);
-    expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
-  });
+  it(
+    "the config's own keys win over the capability; " +
+      "all four keys with 0 for one direction (as containerd sends them) shape only the other",
+    () => {
+      const config = mvConf({
+        egressRate: 20_000_000,
+        egressBurst: 200_000,
+        ingressRate: 0,
+        ingressBurst: 0,
+        runtimeConfig: { bandwidth: BOTH },
+      });
+      const { pod, call, add } = mvAttach(config);
+      expect(add.code, add.stdout).toBe(0);
+      expect(tcIn(pod, "qdisc", "show", "dev", "eth0")).toMatch(/tbf 1: root .*rate 20Mbit/);
+      expect(hasLink(pod, "ifb-eth0")).toBe(false);
+      expect(cni(lab, macvlan(), { command: "CHECK", config: { ...config, prevResult: add.json }, ...call }).code).toBe(0);
+      expect(cni(lab, macvlan(), { command: "DEL", config, ...call }).code).toBe(0);
+    },
+  );
 
   it("DEL after the pod's namespace vanished succeeds", () => {
     const config = mvConf({ runtimeConfig: { bandwidth: BOTH } });
@@ -159,7 +164,8 @@ describe("berth-macvlan with the bandwidth capability", () => {
     [
       "a burst too small for the MTU",
       { egressRate: LIMIT, egressBurst: 8000 },
-      "runtimeConfig.bandwidth.egressBurst 8000 bits (1000 bytes) is smaller than one full-size packet on eth0 (MTU 1500 + 14 bytes Ethernet header = 1514 bytes)",
+      "runtimeConfig.bandwidth.egressBurst 8000 bits (1000 bytes) is smaller than " +
+        "one full-size packet on eth0 (MTU 1500 + 14 bytes Ethernet header = 1514 bytes)",
       "use at least 12112 bits",
     ],
     [
@@ -210,48 +216,52 @@ describe("berth-hostdev with the bandwidth capability", () => {
   const run = (command: CniCall["command"], netns: string, config: unknown, containerId: string) =>
     runCni(pluginPath("berth-hostdev"), { command, config, containerId, netns, ifName: "eth1", via: ["ip", "netns", "exec", host.name] });
 
-  it("ADD shapes the moved device in the pod, CHECK compares, DEL removes the ifb and gives the device back unshaped; DEL after the netns vanished works", () => {
-    ipIn(host, "link", "add", "eni0", "type", "veth", "peer", "name", "eni0p");
-    const pod = createNetns("bwhdp");
-    try {
-      const config = {
-        cniVersion: "1.1.0",
-        name: "eni-net",
-        type: "berth-hostdev",
-        device: "eni0",
-        stateDir: join(tmp, "hd"),
-        runtimeConfig: { bandwidth: BOTH },
-      };
-      const add = run("ADD", pod.path, config, "hd1");
-      expect(add.code, add.stdout + add.stderr).toBe(0);
-      expect(tcIn(pod, "qdisc", "show", "dev", "eth1")).toMatch(/tbf 1: root .*rate 10Mbit/);
-      expect(tcIn(pod, "filter", "show", "dev", "eth1", "ingress")).toContain("Egress Redirect to device ifb-eth1");
-      expect(run("CHECK", pod.path, { ...config, prevResult: add.json }, "hd1").code).toBe(0);
-      const changed = run(
-        "CHECK",
-        pod.path,
-        { ...config, runtimeConfig: { bandwidth: { ...BOTH, ingressBurst: 2 * BURST } }, prevResult: add.json },
-        "hd1",
-      );
-      expect(changed.json).toMatchObject({ code: 120 });
-      expect(changed.json.msg).toContain("ingress limit: tbf on ifb-eth1 has burst 100000 bits, the config says 200000 bits");
-      const del = run("DEL", pod.path, config, "hd1");
-      expect(del.code, del.stdout).toBe(0);
-      expect(hasLink(pod, "ifb-eth1")).toBe(false);
-      expect(hasLink(host, "eni0")).toBe(true);
-      expect(tcIn(host, "qdisc", "show", "dev", "eni0")).not.toMatch(/tbf|ingress/);
+  it(
+    "ADD shapes the moved device in the pod, CHECK compares, DEL removes the ifb and gives the device back unshaped; " +
+      "DEL after the netns vanished works",
+    () => {
+      ipIn(host, "link", "add", "eni0", "type", "veth", "peer", "name", "eni0p");
+      const pod = createNetns("bwhdp");
+      try {
+        const config = {
+          cniVersion: "1.1.0",
+          name: "eni-net",
+          type: "berth-hostdev",
+          device: "eni0",
+          stateDir: join(tmp, "hd"),
+          runtimeConfig: { bandwidth: BOTH },
+        };
+        const add = run("ADD", pod.path, config, "hd1");
+        expect(add.code, add.stdout + add.stderr).toBe(0);
+        expect(tcIn(pod, "qdisc", "show", "dev", "eth1")).toMatch(/tbf 1: root .*rate 10Mbit/);
+        expect(tcIn(pod, "filter", "show", "dev", "eth1", "ingress")).toContain("Egress Redirect to device ifb-eth1");
+        expect(run("CHECK", pod.path, { ...config, prevResult: add.json }, "hd1").code).toBe(0);
+        const changed = run(
+          "CHECK",
+          pod.path,
+          { ...config, runtimeConfig: { bandwidth: { ...BOTH, ingressBurst: 2 * BURST } }, prevResult: add.json },
+          "hd1",
+        );
+        expect(changed.json).toMatchObject({ code: 120 });
+        expect(changed.json.msg).toContain("ingress limit: tbf on ifb-eth1 has burst 100000 bits, the config says 200000 bits");
+        const del = run("DEL", pod.path, config, "hd1");
+        expect(del.code, del.stdout).toBe(0);
+        expect(hasLink(pod, "ifb-eth1")).toBe(false);
+        expect(hasLink(host, "eni0")).toBe(true);
+        expect(tcIn(host, "qdisc", "show", "dev", "eni0")).not.toMatch(/tbf|ingress/);
 
-      const again = run("ADD", pod.path, config, "hd2");
-      expect(again.code, again.stdout).toBe(0);
-      // the kernel hands a NIC back when its namespace goes; a veth is destroyed, so move it back as the kernel would
-      ipIn(pod, "link", "set", "eth1", "netns", host.name);
-      removeNetns(pod);
-      const gone = run("DEL", pod.path, config, "hd2");
-      expect(gone.code, gone.stdout).toBe(0);
-    } finally {
-      removeNetns(pod);
-    }
-  });
+        const again = run("ADD", pod.path, config, "hd2");
+        expect(again.code, again.stdout).toBe(0);
+        // the kernel hands a NIC back when its namespace goes; a veth is destroyed, so move it back as the kernel would
+        ipIn(pod, "link", "set", "eth1", "netns", host.name);
+        removeNetns(pod);
+        const gone = run("DEL", pod.path, config, "hd2");
+        expect(gone.code, gone.stdout).toBe(0);
+      } finally {
+        removeNetns(pod);
+      }
+    },
+  );
 
   it("a burst smaller than the device's MTU is refused with code 7 and the device goes back", () => {
     ipIn(host, "link", "add", "eni1", "type", "veth", "peer", "name", "eni1p");

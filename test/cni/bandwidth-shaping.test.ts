@@ -117,7 +117,8 @@ describe("pod bandwidth shaping with real traffic", () => {
     expect(execFileSync("tc", ["-n", pod.name, "qdisc", "show", "dev", "eth0"], { encoding: "utf8" })).not.toContain("tbf");
   }, 60_000);
 
-  it("ingress 10 Mbit/s: an ifb in the pod with a tbf, eth0's ingress redirected to it; what the pod receives arrives at 10 Mbit/s +-20%", () => {
+  it("ingress 10 Mbit/s: an ifb in the pod with a tbf, eth0's ingress redirected to it; " +
+    "what the pod receives arrives at 10 Mbit/s +-20%", () => {
     const l = limits({ ingressRate: LIMIT, ingressBurst: BURST });
     shape(l);
     const ifb = ifbName("eth0");

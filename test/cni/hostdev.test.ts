@@ -288,29 +288,33 @@ describe("berth-hostdev ADD and DEL", () => {
     expect(readdirSync(stateDir).filter((f) => f.startsWith("ctr-a11"))).toEqual([]);
   });
 
-  it("a pod that died without DEL: the next ADD restores the returned device from the stale record, and the old DEL leaves the new pod alone", () => {
-    const eni = makeEni(12);
-    const config = conf({ device: eni.name, mtu: 1280 });
-    const a = pod();
-    expect(run("ADD", a, config, "ctr-old").code).toBe(0);
-    const b = pod();
-    const busy = run("ADD", b, config, "ctr-new");
-    expect(busy.json.code).toBe(142);
-    expect(busy.json.msg).toMatch(/recorded as attached to container ctr-old/);
-    // the kernel returns the NIC under the pod's ifname when the namespace dies (simulated)
-    ipIn(a, "link", "set", "eth1", "netns", host.name);
-    removeNetns(a);
-    const add = run("ADD", b, config, "ctr-new");
-    expect(add.stderr).toBe("");
-    expect(add.code).toBe(0);
-    const st = JSON.parse(readFileSync(join(stateDir, "ctr-new@eth1.json"), "utf8"));
-    expect(st.original).toMatchObject({ name: eni.name, mtu: 1400, alias: "cloud-eni-0a1b", addresses: [{ cidr: "10.77.12.5/24" }] });
-    expect(readdirSync(stateDir).filter((f) => f.startsWith("ctr-old"))).toEqual([]);
-    expect(run("DEL", a.path, config, "ctr-old").code).toBe(0);
-    expect(linkIn(b, "eth1").mtu).toBe(1280);
-    expect(run("DEL", b, config, "ctr-new").code).toBe(0);
-    expectRestored(eni, 12);
-  });
+  it(
+    "a pod that died without DEL: the next ADD restores the returned device from the stale record, " +
+      "and the old DEL leaves the new pod alone",
+    () => {
+      const eni = makeEni(12);
+      const config = conf({ device: eni.name, mtu: 1280 });
+      const a = pod();
+      expect(run("ADD", a, config, "ctr-old").code).toBe(0);
+      const b = pod();
+      const busy = run("ADD", b, config, "ctr-new");
+      expect(busy.json.code).toBe(142);
+      expect(busy.json.msg).toMatch(/recorded as attached to container ctr-old/);
+      // the kernel returns the NIC under the pod's ifname when the namespace dies (simulated)
+      ipIn(a, "link", "set", "eth1", "netns", host.name);
+      removeNetns(a);
+      const add = run("ADD", b, config, "ctr-new");
+      expect(add.stderr).toBe("");
+      expect(add.code).toBe(0);
+      const st = JSON.parse(readFileSync(join(stateDir, "ctr-new@eth1.json"), "utf8"));
+      expect(st.original).toMatchObject({ name: eni.name, mtu: 1400, alias: "cloud-eni-0a1b", addresses: [{ cidr: "10.77.12.5/24" }] });
+      expect(readdirSync(stateDir).filter((f) => f.startsWith("ctr-old"))).toEqual([]);
+      expect(run("DEL", a.path, config, "ctr-old").code).toBe(0);
+      expect(linkIn(b, "eth1").mtu).toBe(1280);
+      expect(run("DEL", b, config, "ctr-new").code).toBe(0);
+      expectRestored(eni, 12);
+    },
+  );
 
   it("CHECK fails with 120 when an address from prevResult is gone", () => {
     const eni = makeEni(9);
@@ -536,7 +540,7 @@ function runAsync(executable: string, call: CniCall): Promise<{ code: number | n
       stdout += c.toString();
     });
     child.on("error", reject);
-    child.on("exit", (code) => {
+    child.on("close", (code) => {
       let json: any;
       try {
         json = JSON.parse(stdout);

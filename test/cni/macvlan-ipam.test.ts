@@ -188,28 +188,31 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
     ).toEqual(["eth0", "lo", "x0"]);
   });
 
-  it("the pool's VLAN is used when the config has none: on this kernel (no 8021q) the ADD fails cleanly and gives the IP back", async () => {
-    const pod = newPod(lab);
-    const before = await held();
-    const add = cni(lab, macvlan(), {
-      command: "ADD",
-      config: conf({}, "tagged"),
-      containerId: "tagged-1",
-      netns: pod.path,
-      ifName: "eth0",
-    });
-    expect(add.json).toMatchObject({ code: 140 });
-    expect(add.json.msg).toContain("m0.301");
-    expect(add.json.msg).toContain("8021q");
-    expect(await held()).toEqual(before);
-    expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
-    expect(
-      links(lab.host)
-        .map((l) => l.ifname)
-        .sort(),
-    ).toEqual(["lo", "m0"]);
-    expect(stateFiles(stateDir)).toEqual([]);
-  });
+  it(
+    "the pool's VLAN is used when the config has none: " + "on this kernel (no 8021q) the ADD fails cleanly and gives the IP back",
+    async () => {
+      const pod = newPod(lab);
+      const before = await held();
+      const add = cni(lab, macvlan(), {
+        command: "ADD",
+        config: conf({}, "tagged"),
+        containerId: "tagged-1",
+        netns: pod.path,
+        ifName: "eth0",
+      });
+      expect(add.json).toMatchObject({ code: 140 });
+      expect(add.json.msg).toContain("m0.301");
+      expect(add.json.msg).toContain("8021q");
+      expect(await held()).toEqual(before);
+      expect(links(pod).map((l) => l.ifname)).toEqual(["lo"]);
+      expect(
+        links(lab.host)
+          .map((l) => l.ifname)
+          .sort(),
+      ).toEqual(["lo", "m0"]);
+      expect(stateFiles(stateDir)).toEqual([]);
+    },
+  );
 
   it("GC releases addresses of attachments the runtime no longer has", async () => {
     const pod = newPod(lab);

@@ -409,30 +409,34 @@ describe("berth-sriov with berth-ipam", () => {
 });
 
 describe("the shipped berth-sriov", () => {
-  it("has no fake-PF code path: BERTH_SRIOV_FAKE_PF changes nothing, the real kernel is asked and the missing VF is a device error (141)", () => {
-    const shipped = pluginPath("berth-sriov");
-    const binary = readFileSync(realpathSync(shipped));
-    expect(binary.includes("BERTH_SRIOV_FAKE_PF")).toBe(false);
-    expect(binary.includes("RecordingPfOps")).toBe(false);
-    const r = rig();
-    const p = pod();
-    const add = runCni(shipped, {
-      command: "ADD",
-      config: conf(r, FULL),
-      containerId: "ctr-shipped",
-      ifName: "net1",
-      netns: p.path,
-      via: ["ip", "netns", "exec", host.name],
-      env: { BERTH_SRIOV_FAKE_PF: r.fake },
-    });
-    expect(add.code).toBe(1);
-    expect(add.json).toMatchObject({ code: 141 });
-    expect(add.json.msg).toContain(`VF 0 not found on "${r.pf}" (it has 0 VFs)`);
-    expect(add.json.details.length).toBeGreaterThan(10);
-    expect(r.ops()).toEqual([]);
-    expect(hasLink(host, r.vf0)).toBe(true);
-    expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
-  });
+  it(
+    "has no fake-PF code path: BERTH_SRIOV_FAKE_PF changes nothing, " +
+      "the real kernel is asked and the missing VF is a device error (141)",
+    () => {
+      const shipped = pluginPath("berth-sriov");
+      const binary = readFileSync(realpathSync(shipped));
+      expect(binary.includes("BERTH_SRIOV_FAKE_PF")).toBe(false);
+      expect(binary.includes("RecordingPfOps")).toBe(false);
+      const r = rig();
+      const p = pod();
+      const add = runCni(shipped, {
+        command: "ADD",
+        config: conf(r, FULL),
+        containerId: "ctr-shipped",
+        ifName: "net1",
+        netns: p.path,
+        via: ["ip", "netns", "exec", host.name],
+        env: { BERTH_SRIOV_FAKE_PF: r.fake },
+      });
+      expect(add.code).toBe(1);
+      expect(add.json).toMatchObject({ code: 141 });
+      expect(add.json.msg).toContain(`VF 0 not found on "${r.pf}" (it has 0 VFs)`);
+      expect(add.json.details.length).toBeGreaterThan(10);
+      expect(r.ops()).toEqual([]);
+      expect(hasLink(host, r.vf0)).toBe(true);
+      expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
+    },
+  );
 });
 
 describe("berth-sriov: every verb as the CNI spec means it", () => {

@@ -4,7 +4,7 @@ import { DatabaseSync } from "node:sqlite";
 import { type DaemonHandle, makeTempDir, startIpamd } from "./ipamd";
 import type { EtcdCluster } from "./etcd";
 
-export interface NodeSpec {
+interface NodeSpec {
   name: string;
   labels?: Record<string, string>;
 }
@@ -19,7 +19,7 @@ export function freshPrefix(tag = "t"): string {
   return `/berth-${tag}-${process.pid}-${prefixSeq++}`;
 }
 
-export function clusterSection(etcd: EtcdCluster, prefix: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+function clusterSection(etcd: EtcdCluster, prefix: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const { etcd: etcdExtra, ...rest } = extra as { etcd?: Record<string, unknown> };
   return { etcd: { endpoints: etcd.endpoints, prefix, ...(etcdExtra ?? {}) }, ...rest };
 }
@@ -38,7 +38,7 @@ export async function startClusterNodes(
   return Promise.all(specs.map((s) => startClusterNode(etcd, s, o)));
 }
 
-export async function startClusterNode(
+async function startClusterNode(
   etcd: EtcdCluster,
   s: NodeSpec,
   o: {
@@ -72,15 +72,6 @@ export function sqliteRows(n: DaemonHandle): { ip: string; owner: string; contai
   const db = new DatabaseSync(n.db, { readOnly: true });
   try {
     return db.prepare("SELECT ip, owner, container_id, sticky, pool FROM reservations").all() as never;
-  } finally {
-    db.close();
-  }
-}
-
-export function sqliteCount(n: DaemonHandle, table: string): number {
-  const db = new DatabaseSync(n.db, { readOnly: true });
-  try {
-    return (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
   } finally {
     db.close();
   }

@@ -5,7 +5,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BaseSequencer, type TestSpecification } from "vitest/node";
 
-export const ERRORS_DOC_TEST = "test/ship/errors-doc.test.ts";
+const ERRORS_DOC_TEST = "test/ship/errors-doc.test.ts";
 
 export class CodesLastSequencer extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {

@@ -6,9 +6,9 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, write
 import { join } from "node:path";
 import { expect } from "vitest";
 
-export const CODES_DIR_ENV = "BERTH_CNI_CODES_DIR";
+const CODES_DIR_ENV = "BERTH_CNI_CODES_DIR";
 
-export interface SeenCode {
+interface SeenCode {
   code: number;
   file: string;
   test: string;

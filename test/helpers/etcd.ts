@@ -11,7 +11,7 @@ import { join } from "node:path";
 const ETCD = process.env.BERTH_ETCD ?? "/usr/bin/etcd";
 const ETCDCTL = process.env.BERTH_ETCDCTL ?? "/usr/bin/etcdctl";
 
-export interface EtcdMember {
+interface EtcdMember {
   name: string;
   clientUrl: string;
   peerUrl: string;
@@ -20,7 +20,7 @@ export interface EtcdMember {
   log: string[];
 }
 
-export interface EtcdClusterOptions {
+interface EtcdClusterOptions {
   size?: number;
   /** ms; etcd's default is 100/1000. Tests use 50/500 so a lost leader is noticed within a second. */
   heartbeatMs?: number;
@@ -31,7 +31,7 @@ export interface EtcdClusterOptions {
   tls?: boolean;
 }
 
-export interface EtcdTlsFiles {
+interface EtcdTlsFiles {
   caFile: string;
   certFile: string;
   keyFile: string;

@@ -17,7 +17,7 @@ export interface LinkJson {
   operstate: string;
 }
 
-export interface HostHarness {
+interface HostHarness {
   /** the test's "host" namespace (set in beforeAll) */
   readonly host: TestNetns;
   /** a temp dir removed in afterAll */

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { build } from "esbuild";
 import { IpamdClient } from "../../api/client";
+import { outputOf } from "./child";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 // Inside the repo so the bundles' external imports (koffi) resolve to node_modules.
@@ -46,7 +47,7 @@ export function buildIpamd(): Promise<{ ipamd: string; ipamctl: string }> {
   return built;
 }
 
-export function cleanupBuild(): void {
+function cleanupBuild(): void {
   rmSync(OUT_DIR, { recursive: true, force: true });
 }
 
@@ -123,8 +124,9 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
     err += c.toString();
   });
   running.add(proc);
+  // "close": stderr() is read after stop(), so the pipe must be drained first
   const exited = new Promise<number | null>((r) =>
-    proc.once("exit", (code) => {
+    proc.once("close", (code) => {
       running.delete(proc);
       r(code);
     }),
@@ -180,22 +182,18 @@ export async function runIpamdExpectingFailure(args: string[]): Promise<{ code: 
 /** Runs the ipamctl bundle; returns exit code, stdout, stderr. */
 export async function runIpamctl(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const { ipamctl } = await buildIpamd();
-  return new Promise((resolvePromise) => {
-    const [file, argv] = ipamctl.endsWith(".mjs") ? [NODE, [ipamctl, ...args]] : [ipamctl, args];
-    const p = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (c: Buffer) => {
-      stdout += c.toString();
-    });
-    p.stderr.on("data", (c: Buffer) => {
-      stderr += c.toString();
-    });
-    p.on("close", (code) => resolvePromise({ code, stdout, stderr }));
-  });
+  const [file, argv] = ipamctl.endsWith(".mjs") ? [NODE, [ipamctl, ...args]] : [ipamctl, args];
+  return outputOf(spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] }));
 }
 
-/** A pool config with a v4 subnet, open to every node and network unless told otherwise. */
-export function v4Pool(name: string, subnet: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return { name, subnet, ...extra };
-}
+/** The address of a CIDR ("10.0.0.5/24" -> "10.0.0.5"). */
+export const ipOf = (address: string): string => address.split("/")[0]!;
+
+/** The error `p` is rejected with; fails when it resolves. */
+export const errorOf = (p: Promise<unknown>): Promise<unknown> =>
+  p.then(
+    () => {
+      throw new Error("expected an error");
+    },
+    (e: unknown) => e,
+  );

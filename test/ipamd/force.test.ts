@@ -1,16 +1,7 @@
 // `force` on release/pin never frees an address a running container uses; pins replace addresses
 // only on the same network(s). Cooldown 0: an address freed too early would be handed out at once.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cleanupIpamdTest, type DaemonHandle, runIpamctl, startIpamd } from "../helpers/ipamd";
-
-const ipOf = (address: string): string => address.split("/")[0]!;
-const errorOf = (p: Promise<unknown>) =>
-  p.then(
-    () => {
-      throw new Error("expected an error");
-    },
-    (e: unknown) => e,
-  );
+import { cleanupIpamdTest, type DaemonHandle, runIpamctl, startIpamd, errorOf, ipOf } from "../helpers/ipamd";
 
 let d: DaemonHandle;
 const ctl = (...args: string[]) => runIpamctl(["--socket", d.socket, ...args]);

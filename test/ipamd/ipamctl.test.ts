@@ -51,7 +51,10 @@ describe("ipamctl", () => {
     const r = await ctl("pools");
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(
-      /v4\s*│\s*10\.130\.0\.0\/24\s*│\s*130\s*│\s*selected\s*│\s*10\s*│\s*0\s*│\s*3\s*│\s*0\s*│\s*7\s*│\s*\[######\.+\] 30\.0%/,
+      new RegExp(
+        /v4\s*│\s*10\.130\.0\.0\/24\s*│\s*130\s*│\s*selected\s*│\s*/.source +
+          /10\s*│\s*0\s*│\s*3\s*│\s*0\s*│\s*7\s*│\s*\[######\.+\] 30\.0%/.source,
+      ),
     );
     const j = JSON.parse((await ctl("pools", "-o", "json")).stdout);
     expect(j.pools.find((p: { name: string }) => p.name === "v4")).toMatchObject({ reserved: 3, free: "7" });

@@ -1,6 +1,6 @@
 // Pool selection by node labels and network, dual-stack, exhaustion, cooldown ordering.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
+import { cleanupIpamdTest, type DaemonHandle, startIpamd, errorOf, ipOf } from "../helpers/ipamd";
 
 const at = (containerID: string, network = "net1", extra: Record<string, unknown> = {}) => ({
   containerID,
@@ -8,14 +8,6 @@ const at = (containerID: string, network = "net1", extra: Record<string, unknown
   network,
   ...extra,
 });
-const ipOf = (address: string): string => address.split("/")[0]!;
-const errorOf = (p: Promise<unknown>) =>
-  p.then(
-    () => {
-      throw new Error("expected an error");
-    },
-    (e: unknown) => e,
-  );
 
 describe("node labels and networks select pools", () => {
   let d: DaemonHandle;

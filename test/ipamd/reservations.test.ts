@@ -1,17 +1,9 @@
 // Reserve ahead, pins, operator release, TTL of detached reservations, CNI GC.
 import { request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipamd";
+import { cleanupIpamdTest, type DaemonHandle, startIpamd, errorOf, ipOf } from "../helpers/ipamd";
 
 const at = (containerID: string, extra: Record<string, unknown> = {}) => ({ containerID, ifName: "eth0", network: "net1", ...extra });
-const ipOf = (address: string): string => address.split("/")[0]!;
-const errorOf = (p: Promise<unknown>) =>
-  p.then(
-    () => {
-      throw new Error("expected an error");
-    },
-    (e: unknown) => e,
-  );
 
 describe("reserve ahead, pin, release", () => {
   let d: DaemonHandle;

@@ -38,7 +38,8 @@ function rawExchange(socket: string, payload: string | Buffer): Promise<{ status
 }
 
 const post = (path: string, body: string, extraHeaders = "") =>
-  `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n${extraHeaders}\r\n${body}`;
+  `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ` +
+  `${Buffer.byteLength(body)}\r\nconnection: close\r\n${extraHeaders}\r\n${body}`;
 
 describe("malformed requests get a 4xx and the daemon keeps serving", () => {
   it.each([

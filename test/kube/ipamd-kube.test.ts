@@ -176,7 +176,8 @@ describe("3. release policy (berth.dev/ip-retention)", () => {
     await until("the deletion's releases", async () => Object.keys(await reservedIps(d.client, "r3", "a")).length === 0);
   }, 60_000);
 
-  it("whenScaled: Delete releases ordinals >= start+replicas once their pods are gone; one recreated during the release keeps its address", async () => {
+  it("whenScaled: Delete releases ordinals >= start+replicas once their pods are gone; " +
+    "one recreated during the release keeps its address", async () => {
     api.create(
       "apps/statefulsets",
       stsObj("r3", "b", { replicas: 3, start: 5, annotations: { "berth.dev/ip-retention": '{"whenScaled":"Delete"}' } }),
@@ -247,7 +248,8 @@ describe("4. annotations berth.dev/ips and berth.dev/pools", () => {
     ]);
   }, 60_000);
 
-  it("pin by ordinal from the pod template; a changed annotation moves the member and frees the old address in the same transaction", async () => {
+  it("pin by ordinal from the pod template; " +
+    "a changed annotation moves the member and frees the old address in the same transaction", async () => {
     api.create("apps/statefulsets", stsObj("a4", "e", { replicas: 2, template: { "berth.dev/ips": '["10.4.0.50","10.4.0.51"]' } }));
     const first = await add(d.client, "a4", "e-1", memberPod(api, "a4", "e", 1, "n4"));
     expect(ip(first)).toBe("10.4.0.51");

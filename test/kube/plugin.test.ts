@@ -7,6 +7,7 @@ import { cleanupIpamdTest, type DaemonHandle, startIpamd } from "../helpers/ipam
 import { KubeApiServer } from "../helpers/kube/apiserver";
 import { createNetns, removeNetns, type TestNetns } from "../helpers/netns";
 import { spawn } from "node:child_process";
+import { outputOf } from "../helpers/child";
 import { cleanupPlugins, pluginDir, pluginPath } from "../helpers/plugins";
 import { memberPod, nodeObj, stsObj } from "./helpers";
 
@@ -42,19 +43,9 @@ function runPlugin(
   env: Record<string, string>,
   config: unknown,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(executable, [], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", CNI_PATH: pluginDir(), ...env } });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (c: Buffer) => {
-      stdout += c.toString();
-    });
-    p.stderr.on("data", (c: Buffer) => {
-      stderr += c.toString();
-    });
-    p.on("close", (code) => resolve({ code, stdout, stderr }));
-    p.stdin.end(JSON.stringify(config));
-  });
+  const p = spawn(executable, [], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", CNI_PATH: pluginDir(), ...env } });
+  p.stdin.end(JSON.stringify(config));
+  return outputOf(p);
 }
 
 it("ADD through berth-ipam with K8S_POD_* CNI_ARGS: membership and the pinned address come from the API", async () => {

@@ -270,67 +270,79 @@ describe("kernel lab: berth-hostdev on real PCI NICs (virtio-net)", () => {
     }
   });
 
-  it("the pod namespace dies without DEL: the kernel returns the NIC under its pod name, DOWN, bare; DEL restores it, DEL again succeeds", () => {
-    const want = prepareNic(2);
-    const ns = newNetns("c1");
-    const podMac = "52:54:00:be:aa:02";
-    const config = conf({ device: "eth1", mac: podMac });
-    expectAdded(call("ADD", ns, config), ns, podMac);
-    const back = killPodNetns(ns, want.mac);
-    // Real kernel: "net1" is free in init_net, so the NIC keeps its pod name; it is down, has no
-    // addresses or routes, keeps the pod's MTU and MAC; the factory MAC is its permaddr.
-    expect(back.ifname).toBe("net1");
-    expect(back.flags).not.toContain("UP");
-    expect(back.mtu).toBe(1450);
-    expect(back.address).toBe(podMac);
-    expect(back.permaddr).toBe(want.mac);
-    expect(addresses("net1")).toEqual([]);
-    expect(routes("net1")).toEqual([]);
-    const del = call("DEL", ns, config);
-    expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
-    expectRestored(want, want.mac);
-    expect(stateFiles()).toEqual([]);
-    const again = call("DEL", ns, config);
-    expect(again.code, `${again.stdout}${again.stderr}`).toBe(0);
-    expectRestored(want, want.mac);
-  });
+  it(
+    "the pod namespace dies without DEL: the kernel returns the NIC under its pod name, DOWN, bare; DEL restores it, " +
+      "DEL again succeeds",
+    () => {
+      const want = prepareNic(2);
+      const ns = newNetns("c1");
+      const podMac = "52:54:00:be:aa:02";
+      const config = conf({ device: "eth1", mac: podMac });
+      expectAdded(call("ADD", ns, config), ns, podMac);
+      const back = killPodNetns(ns, want.mac);
+      // Real kernel: "net1" is free in init_net, so the NIC keeps its pod name; it is down, has no
+      // addresses or routes, keeps the pod's MTU and MAC; the factory MAC is its permaddr.
+      expect(back.ifname).toBe("net1");
+      expect(back.flags).not.toContain("UP");
+      expect(back.mtu).toBe(1450);
+      expect(back.address).toBe(podMac);
+      expect(back.permaddr).toBe(want.mac);
+      expect(addresses("net1")).toEqual([]);
+      expect(routes("net1")).toEqual([]);
+      const del = call("DEL", ns, config);
+      expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
+      expectRestored(want, want.mac);
+      expect(stateFiles()).toEqual([]);
+      const again = call("DEL", ns, config);
+      expect(again.code, `${again.stdout}${again.stderr}`).toBe(0);
+      expectRestored(want, want.mac);
+    },
+  );
 
-  it("the pod namespace dies without DEL and the pod name is taken on the host: the NIC comes back as dev<ifindex>; DEL (by PCI) restores it", () => {
-    const want = prepareNic(3);
-    const pci = pciOf("eth2");
-    const ns = newNetns("c2");
-    const config = conf({ pciBusID: pci });
-    expectAdded(call("ADD", ns, config, "eth0"), ns, want.mac, "eth0"); // the host has its own eth0
-    const back = killPodNetns(ns, want.mac);
-    // Real kernel: init_net already has an "eth0", so the NIC comes back as "dev" + its ifindex.
-    expect(back.ifname).toBe(`dev${back.ifindex}`);
-    expect(back.flags).not.toContain("UP");
-    expect(back.mtu).toBe(1450);
-    expect(back.address).toBe(want.mac);
-    expect(addresses(back.ifname)).toEqual([]);
-    expect(pciOf(back.ifname)).toBe(pci);
-    const del = call("DEL", ns, config, "eth0");
-    expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
-    expectRestored(want, want.mac);
-    expect(call("DEL", ns, config, "eth0").code).toBe(0);
-    expectRestored(want, want.mac);
-  });
+  it(
+    "the pod namespace dies without DEL and the pod name is taken on the host: the NIC comes back as dev<ifindex>; " +
+      "DEL (by PCI) restores it",
+    () => {
+      const want = prepareNic(3);
+      const pci = pciOf("eth2");
+      const ns = newNetns("c2");
+      const config = conf({ pciBusID: pci });
+      expectAdded(call("ADD", ns, config, "eth0"), ns, want.mac, "eth0"); // the host has its own eth0
+      const back = killPodNetns(ns, want.mac);
+      // Real kernel: init_net already has an "eth0", so the NIC comes back as "dev" + its ifindex.
+      expect(back.ifname).toBe(`dev${back.ifindex}`);
+      expect(back.flags).not.toContain("UP");
+      expect(back.mtu).toBe(1450);
+      expect(back.address).toBe(want.mac);
+      expect(addresses(back.ifname)).toEqual([]);
+      expect(pciOf(back.ifname)).toBe(pci);
+      const del = call("DEL", ns, config, "eth0");
+      expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
+      expectRestored(want, want.mac);
+      expect(call("DEL", ns, config, "eth0").code).toBe(0);
+      expectRestored(want, want.mac);
+    },
+  );
 
-  it("the pod dies without DEL and its replacement ADDs the same NIC (by PCI): the stale record is restored first, the new DEL restores the host's state", () => {
-    const want = prepareNic(3);
-    const pci = pciOf("eth2");
-    const dead = newNetns("f1");
-    expectAdded(call("ADD", dead, conf({ pciBusID: pci, mac: "52:54:00:be:aa:03" })), dead, "52:54:00:be:aa:03");
-    killPodNetns(dead, want.mac);
-    const ns = newNetns("f2");
-    const config = conf({ pciBusID: pci }, "10.203.1.3/24");
-    expectAdded(call("ADD", ns, config), ns, want.mac, "net1", "10.203.1.3/24");
-    expect(stateFiles()).toEqual([`ctr-${ns}@net1.json`]);
-    expect(savedState(ns).original).toMatchObject({ name: "eth2", mtu: 1400, mac: want.mac, up: true });
-    const del = call("DEL", ns, config);
-    expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
-    expectRestored(want, want.mac);
-  });
+  it(
+    "the pod dies without DEL and its replacement ADDs the same NIC (by PCI): the stale record is restored first, " +
+      "the new DEL restores the host's state",
+    () => {
+      const want = prepareNic(3);
+      const pci = pciOf("eth2");
+      const dead = newNetns("f1");
+      expectAdded(call("ADD", dead, conf({ pciBusID: pci, mac: "52:54:00:be:aa:03" })), dead, "52:54:00:be:aa:03");
+      killPodNetns(dead, want.mac);
+      const ns = newNetns("f2");
+      const config = conf({ pciBusID: pci }, "10.203.1.3/24");
+      expectAdded(call("ADD", ns, config), ns, want.mac, "net1", "10.203.1.3/24");
+      expect(stateFiles()).toEqual([`ctr-${ns}@net1.json`]);
+      expect(savedState(ns).original).toMatchObject({ name: "eth2", mtu: 1400, mac: want.mac, up: true });
+      const del = call("DEL", ns, config);
+      expect(del.code, `${del.stdout}${del.stderr}`).toBe(0);
+      expectRestored(want, want.mac);
+    },
+  );
 
   it("DEL twice: the second DEL succeeds and changes nothing", () => {
     const want = prepareNic(1);

@@ -1,25 +1,13 @@
 // `make demo-cluster` (scripts/demo-cluster.sh on the built dist/) runs to the end, shows web-0 keeping its IP when
 // it moves from node-a to node-b, lists it bound to node-b from node-c, and leaves nothing behind: no namespaces,
 // no links, no ipamd or etcd process, no temp dir; also on Ctrl-C.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { interruptAt, leftovers } from "../helpers/demo";
 import { ROOT, pluginDir } from "../helpers/plugins";
 
 const DEMO = join(ROOT, "scripts/demo-cluster.sh");
-
-function leftovers(tag: string, workDir: string): string[] {
-  const found: string[] = [];
-  for (const line of execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n"))
-    if (line.startsWith(`${tag}-`)) found.push(`netns ${line}`);
-  const links = JSON.parse(execFileSync("ip", ["-j", "link", "show"], { encoding: "utf8" })) as { ifname: string }[];
-  for (const l of links) if (l.ifname.startsWith(tag)) found.push(`link ${l.ifname}`);
-  if (existsSync(workDir)) found.push(`dir ${workDir}`);
-  const procs = spawnSync("pgrep", ["-f", workDir], { encoding: "utf8" }).stdout.trim();
-  if (procs) found.push(`processes ${procs}`);
-  return found;
-}
 
 function tagAndWorkDir(output: string): { tag: string; workDir: string } {
   const nic = /\b(bc\d+)nic \(veth\)/.exec(output);
@@ -60,21 +48,7 @@ describe("make demo-cluster", () => {
   }, 150_000);
 
   it("cleans up when interrupted with Ctrl-C", async () => {
-    const child = spawn("bash", [DEMO], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    child.stdout.on("data", (d) => (output += d));
-    child.stderr.on("data", (d) => (output += d));
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`demo never reached step 2:\n${output}`)), 60_000);
-      child.stdout.on("data", () => {
-        if (output.includes("2. delete web-0")) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-    child.kill("SIGINT");
-    const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+    const { code, output } = await interruptAt(DEMO, "2. delete web-0");
     expect(code, output).toBe(130);
     expect(output).toContain("interrupted");
     const { tag, workDir } = tagAndWorkDir(output);

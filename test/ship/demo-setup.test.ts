@@ -4,8 +4,8 @@
 // must install the Debian packages it lacks (iproute2, iputils-ping, npm...), run npm ci, build, and
 // run the demo to the end. Like resolv.conf, this network's TLS trust is passed in: when
 // NODE_EXTRA_CA_CERTS names a CA bundle here (a TLS-inspecting egress proxy), the chroot gets a copy
-// and the same variable, as a machine on this network would be set up. It runs chrooted in a private mount namespace (its /proc, /sys, /dev,
-// /run are its own mounts, gone with it), in this host's kernel and network namespace like the
+// and the same variable, as a machine on this network would be set up. It runs chrooted in a private
+// mount namespace (its /proc, /sys, /dev, /run are its own mounts, gone with it), in this host's kernel and network namespace like the
 // demo on a real machine; the demo removes what it creates. apt's and npm's download caches are
 // kept under /var/cache/berth so a second run fetches nothing; nothing installed is kept.
 import { execFileSync, spawnSync } from "node:child_process";

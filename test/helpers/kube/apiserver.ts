@@ -37,7 +37,7 @@ export type KubeObject = Record<string, unknown> & {
 };
 
 /** "nodes", "pods", "events" (core/v1) or "<group>/<resource>". */
-export type ResourceKey = "nodes" | "pods" | "events" | "apps/statefulsets" | "coordination.k8s.io/leases" | "events.k8s.io/events";
+type ResourceKey = "nodes" | "pods" | "events" | "apps/statefulsets" | "coordination.k8s.io/leases" | "events.k8s.io/events";
 
 interface ResourceType {
   group: string;
@@ -150,7 +150,7 @@ function apiVersionOf(t: ResourceType): string {
   return t.group === "" ? t.version : `${t.group}/${t.version}`;
 }
 
-export interface RecordedRequest {
+interface RecordedRequest {
   method: string;
   path: string;
   query: Record<string, string>;
@@ -164,7 +164,7 @@ export interface RecordedRequest {
 }
 
 /** Which requests a fault applies to; every field given must match. */
-export interface RequestMatch {
+interface RequestMatch {
   verb?: string;
   resource?: ResourceKey;
   namespace?: string;
@@ -172,7 +172,7 @@ export interface RequestMatch {
   watch?: boolean;
 }
 
-export interface Fault {
+interface Fault {
   /** Answer with this status and a Status object instead of serving the request. */
   status?: number;
   reason?: string;
@@ -202,7 +202,7 @@ interface OpenWatch {
   socket: Socket;
 }
 
-export interface KubeApiServerOptions {
+interface KubeApiServerOptions {
   /** Defaults to conf/kubernetes/rbac.yaml; the fixture grants exactly what it binds to the service account. */
   rbacFile?: string;
   /** The service account the bearer token belongs to (default kube-system/berth, as in rbac.yaml). */
@@ -977,7 +977,7 @@ function hasListOrDirective(v: Record<string, unknown>): boolean {
 }
 
 /** RFC 7386 JSON merge patch. */
-export function mergePatch(target: unknown, patch: unknown): unknown {
+function mergePatch(target: unknown, patch: unknown): unknown {
   if (!isPlainObject(patch)) return patch;
   const out: Record<string, unknown> = isPlainObject(target) ? target : {};
   for (const [k, v] of Object.entries(patch)) {

@@ -14,7 +14,7 @@ interface Grant {
   rules: Rule[];
 } // namespace undefined: cluster-wide
 
-export interface AccessRequest {
+interface AccessRequest {
   verb: string;
   group: string;
   resource: string;

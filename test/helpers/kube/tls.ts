@@ -3,7 +3,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-export interface TestPki {
+interface TestPki {
   caFile: string;
   ca: string;
   cert: string;

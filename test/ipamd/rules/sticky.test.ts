@@ -31,20 +31,26 @@ describe("sticky members", () => {
     expect(await r.add("f", { podNamespace: "default", podName: "cache-1" })).toMatchObject({ owner: "default/cache/1", sticky: true });
   });
 
-  it("refuses a re-created member (another pod UID) while its previous sandbox still holds the address, and hands it over at that DEL", async () => {
-    const r = rulesOn({ pools: [pool()] });
-    await r.add("old", webPod(1, { podUID: "uid-1" }));
-    const refused = await r.add("new", webPod(1, { podUID: "uid-2" })).catch((e: unknown) => e);
-    expect(refused).toMatchObject({ code: "previous_sandbox_attached", status: 409 });
-    expect((refused as Error).message).toMatch(
-      /10\.0\.0\.10 of default\/web\/1 is still attached to the previous sandbox old \(interface eth0, network net1, pod default\/web-1 \(uid uid-1\)/,
-    );
-    expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "old" }]);
-    expect(r.reservations({ state: "attached" })).toHaveLength(1); // nothing else was allocated for "new"
-    expect(await r.del("old")).toEqual({ released: [], kept: ["10.0.0.10"] });
-    expect(r.ips(await r.add("new", webPod(1, { podUID: "uid-2" })))).toEqual(["10.0.0.10"]);
-    expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "new" }]);
-  });
+  it(
+    "refuses a re-created member (another pod UID) while its previous sandbox still holds the address, " + "and hands it over at that DEL",
+    async () => {
+      const r = rulesOn({ pools: [pool()] });
+      await r.add("old", webPod(1, { podUID: "uid-1" }));
+      const refused = await r.add("new", webPod(1, { podUID: "uid-2" })).catch((e: unknown) => e);
+      expect(refused).toMatchObject({ code: "previous_sandbox_attached", status: 409 });
+      expect((refused as Error).message).toMatch(
+        new RegExp(
+          /10\.0\.0\.10 of default\/web\/1 is still attached to the previous sandbox old /.source +
+            /\(interface eth0, network net1, pod default\/web-1 \(uid uid-1\)/.source,
+        ),
+      );
+      expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "old" }]);
+      expect(r.reservations({ state: "attached" })).toHaveLength(1); // nothing else was allocated for "new"
+      expect(await r.del("old")).toEqual({ released: [], kept: ["10.0.0.10"] });
+      expect(r.ips(await r.add("new", webPod(1, { podUID: "uid-2" })))).toEqual(["10.0.0.10"]);
+      expect(r.reservations({ owner: "default/web/1" })).toMatchObject([{ state: "attached", containerID: "new" }]);
+    },
+  );
 
   it("hands the address over at a GC that no longer lists the previous sandbox", async () => {
     const r = rulesOn({ pools: [pool()] });
