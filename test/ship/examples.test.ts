@@ -64,10 +64,11 @@ function pod(): TestNetns {
   return p;
 }
 
-function veth(prefix: string, mac?: string): string {
+function veth(prefix: string, mac?: string, mtu?: number): string {
   const name = `${prefix}${seq++}`;
   ipIn(host, "link", "add", name, "type", "veth", "peer", "name", `${name}p`);
   if (mac) ipIn(host, "link", "set", name, "address", mac);
+  if (mtu) for (const end of [name, `${name}p`]) ipIn(host, "link", "set", end, "mtu", String(mtu));
   ipIn(host, "link", "set", `${name}p`, "up");
   ipIn(host, "link", "set", name, "up");
   return name;
@@ -216,7 +217,7 @@ describe("conf/cni examples against conf/ipamd.json", () => {
 
   it("30-berth-macvlan-vlan: berth-macvlan on VLAN 101 of the master, from rack1-vlan101-v4/v6", async (t) => {
     if (!kernelHas8021q()) t.skip("this kernel has no 802.1Q: runs in the kernel lab (test/lab/examples.test.ts)");
-    const master = veth("exv");
+    const master = veth("exv", undefined, 9000); // the example's jumbo-frame trunk (its mtu is 9000)
     const o = addCheckDel("30-berth-macvlan-vlan.conflist", { replace: { master } }, (_p, add) => {
       expect(ipJson<{ ifname: string }[]>(host, "link", "show").map((l) => l.ifname)).toContain(`${master}.101`);
       expect(add.dns.nameservers).toEqual(["10.101.0.53"]);
