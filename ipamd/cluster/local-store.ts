@@ -6,7 +6,7 @@ import type { DB, Statement } from "../store/database";
 
 export class ClusterStore {
   private readonly q: Record<
-    "enqueue" | "pending" | "count" | "drop" | "bufAdd" | "bufDel" | "bufDelPool" | "bufAll" | "get" | "set",
+    "enqueue" | "pending" | "pendingAfter" | "count" | "drop" | "bufAdd" | "bufDel" | "bufDelPool" | "bufAll" | "get" | "set",
     Statement
   >;
 
@@ -15,6 +15,7 @@ export class ClusterStore {
     this.q = {
       enqueue: p("INSERT INTO cluster_outbox (created_at, op, json) VALUES (?, ?, ?)"),
       pending: p("SELECT id, created_at, json FROM cluster_outbox ORDER BY id LIMIT ?"),
+      pendingAfter: p("SELECT id, created_at, json FROM cluster_outbox WHERE id > ? ORDER BY id LIMIT ?"),
       count: p("SELECT count(*) AS n FROM cluster_outbox"),
       drop: p("DELETE FROM cluster_outbox WHERE id IN (SELECT value FROM json_each(?))"),
       bufAdd: p(`INSERT INTO cluster_buffer (pool, ip, mod_revision, not_before) VALUES (?, ?, ?, ?)
@@ -33,6 +34,15 @@ export class ClusterStore {
 
   pending(limit = 256): OutboxRecord[] {
     return (this.q.pending.all(limit) as { id: number; created_at: number; json: string }[]).map((r) => ({
+      ...(JSON.parse(r.json) as OutboxOp),
+      id: r.id,
+      createdAt: r.created_at,
+    }));
+  }
+
+  /** One page of the outbox after id `after` (start-up reads it all, page by page). */
+  pendingAfter(after: number, limit: number): OutboxRecord[] {
+    return (this.q.pendingAfter.all(after, limit) as { id: number; created_at: number; json: string }[]).map((r) => ({
       ...(JSON.parse(r.json) as OutboxOp),
       id: r.id,
       createdAt: r.created_at,

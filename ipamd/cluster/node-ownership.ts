@@ -3,12 +3,13 @@
 // what the commit changed back to etcd, through the SQLite outbox, after it.
 //
 // prepare(op), awaited outside the transaction, does every etcd round trip the request needs:
-//   ordinary ADD  -> an address from this node's buffer (claimed now when the buffer is empty; no etcd on the hot path)
+//   ordinary ADD  -> an address from this node's buffer (claimed now when the buffer is empty; no etcd on the hot path,
+//                    not even afterwards: the key stays "buffer of this node")
 //   sticky ADD    -> the member's identity bound to this node in one compare-and-swap (rebind, or create from the buffer)
 //   ADD with ips  -> the exact address claimed create-if-absent (a member's: pinned to its identity)
 // The synchronous calls inside the savepoint only hand the rules what prepare got, reconcile the member's local row
-// with what etcd said, and queue outbox records in the same commit: an ordinary ADD's `attach`, a DEL's `release` or
-// `detach-sticky`. After the commit the outbox is applied (ClusterNode drains it, with backoff while etcd is down).
+// with what etcd said, and queue outbox records in the same commit: a DEL's `release` or `detach-sticky`. After the
+// commit the outbox is applied (ClusterNode drains it, with backoff while etcd is down).
 import { ApiError } from "../errors";
 import type { Family } from "../../lib/ip";
 import type { AllocateRequest, GcRequest, ReleaseResponse, GcResponse } from "../../api/types";
@@ -63,7 +64,6 @@ export interface ClusterNodeDeps {
   local: ClusterStore;
   /** Outbox records were written: apply them soon. */
   kick: () => void;
-  kickSoon: () => void;
   /** Outbox rows already applied to etcd: deleted in the current commit. */
   takeApplied: () => number[];
   /** Applies the outbox now; resolves when it is empty, etcd is unreachable, or after `maxWaitMs`. */
@@ -266,10 +266,9 @@ export class ClusterNodeOwnership implements AddressOwnership {
     this.clearStale(a.ip, a.pool);
     this.d.local.bufferRemove(a.pool, a.ip);
     t.used.add(a.ip);
-    if (t.op.kind === "allocate") {
-      const { containerID, ifName, podUID } = t.op.req;
-      this.queue(t, { op: "attach", pool: a.pool, ip: a.ip, attachment: { containerID, ifName, ...(podUID ? { podUID } : {}) } });
-    }
+    // No outbox record and no etcd write: the address key already says "owned by this node" (its buffer), which is
+    // all other nodes need; which sandbox uses it is this node's SQLite's business. Node death frees buffered and
+    // plain attached addresses alike, after the grace period.
     return { pool, ip: a.ip };
   }
 
@@ -355,8 +354,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
     // A DEL answers once etcd has its release (a member recreated on another node then finds it detached), but
     // never waits long: with etcd unreachable it answers at once and the outbox applies it later.
     if (t.op.kind === "release" || t.op.kind === "gc") return this.d.flush(1000);
-    if (t.op.kind === "allocate" && t.bindings.length === 0) this.d.kickSoon();
-    else this.d.kick();
+    this.d.kick();
   }
 
   abandoned(ticket: OwnershipTicket): void {

@@ -98,6 +98,7 @@ export class ClusterNode {
       cooldownMs: config.cooldownMs,
       liveness: { lastConfirmedAt: () => this.fenceConfirmed, fenceAfterMs: this.graceMs },
       observer: this.metrics.ownershipObserver(),
+      usedLocally: (_pool, ip) => this.store?.byIp(ip) !== undefined,
       persist: {
         added: (entries) => this.local.bufferAdded(entries),
         removed: (pool, ips) => this.local.bufferRemoved(pool, ips),
@@ -118,7 +119,6 @@ export class ClusterNode {
       own: this.own,
       local: this.local,
       kick: () => this.kick(),
-      kickSoon: () => this.kickSoon(),
       flush: (ms) => this.flush(ms),
       takeApplied: () => this.takeApplied(),
       learnStatefulSet: (ns, podName) => this.learnStatefulSet(ns, podName),
@@ -141,7 +141,7 @@ export class ClusterNode {
     this.fenceConfirmed = Number(this.local.state("liveness_confirmed_at") ?? 0);
     const silentFor = Date.now() - this.fenceConfirmed;
     const stickyRevision = Number(this.local.state("sticky_revision") ?? 0) || undefined;
-    const inUse = (_pool: string, ip: string): boolean => this.store!.byIp(ip) !== undefined;
+    const inUse = this.inUse();
     const startOpts = {
       inUse,
       stickyRevision,
@@ -175,6 +175,21 @@ export class ClusterNode {
       { endpoints: this.config.cluster!.etcd.endpoints, prefix: this.keys.prefix, graceSeconds: this.graceMs / 1000 },
       "cluster mode: sharing pools through etcd",
     );
+  }
+
+  /**
+   * Addresses of this node's buffer keys in etcd that are not free here: used by a row (a plain attachment keeps its
+   * key as "buffer of this node"), or waiting in the outbox for their release (which puts them back, cooled down).
+   */
+  private inUse(): (pool: string, ip: string) => boolean {
+    const releasing = new Set<string>();
+    for (let after = 0; ; ) {
+      const page = this.local.pendingAfter(after, 1024);
+      if (page.length === 0) break;
+      for (const r of page) if (r.op === "release") releasing.add(`${r.pool} ${r.ip}`);
+      after = page[page.length - 1]!.id;
+    }
+    return (pool, ip) => releasing.has(`${pool} ${ip}`) || this.store!.byIp(ip) !== undefined;
   }
 
   private every(ms: number, fn: () => void | Promise<void>): void {
@@ -212,7 +227,7 @@ export class ClusterNode {
         { silentSeconds: Math.round((c - this.fenceConfirmed) / 1000) },
         "etcd liveness was lost for longer than the grace period: re-reading the buffer and re-asserting attachments",
       );
-      await this.own.resync((_pool, ip) => this.store!.byIp(ip) !== undefined);
+      await this.own.resync(this.inUse());
       await this.undoOrphans(true);
     }
     this.fenceConfirmed = c;
@@ -278,7 +293,6 @@ export class ClusterNode {
     this.closed = true;
     for (const t of this.timers) clearInterval(t);
     if (this.drainTimer) clearTimeout(this.drainTimer);
-    if (this.soonTimer) clearTimeout(this.soonTimer);
     if (this.dropTimer) clearTimeout(this.dropTimer);
     const ids = this.takeApplied();
     if (ids.length) this.local.drop(ids);
@@ -318,17 +332,6 @@ export class ClusterNode {
     }, 500);
     this.dropTimer.unref();
   }
-
-  /** An ordinary ADD's attach record: applied within ~50 ms, batched with the others of a burst. */
-  kickSoon(): void {
-    if (this.soonTimer || this.closed) return;
-    this.soonTimer = setTimeout(() => {
-      this.soonTimer = null;
-      this.kick();
-    }, 50);
-    this.soonTimer.unref();
-  }
-  private soonTimer: NodeJS.Timeout | null = null;
 
   /** Kicks the drain and waits for it to end (empty outbox, or etcd failing), at most `maxWaitMs`. */
   flush(maxWaitMs: number): Promise<void> {

@@ -83,6 +83,8 @@ export interface OwnershipOptions {
   /** An address released into this node's buffer is handed out again (or back) only after this long. */
   cooldownMs?: number;
   persist?: BufferPersistence;
+  /** Whether the node's local record uses an address now (a release applied late must not buffer it then). */
+  usedLocally?: (pool: string, ip: string) => boolean;
 }
 
 export interface StartOptions {
@@ -1010,7 +1012,11 @@ export class ClusterOwnership {
     const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
     if (rec.op === "attach") {
       const attachment = { ...rec.attachment, node: this.node };
-      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID)
+      // Owned by this node already (its buffer, or this attachment): that is all the key has to say.
+      if (
+        v?.node === this.node &&
+        (v.owner === "buffer" || (v.owner === "attachment" && v.attachment.containerID === rec.attachment.containerID))
+      )
         return { status: "noop" };
       if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
         return {
@@ -1026,6 +1032,7 @@ export class ClusterOwnership {
     }
     if (!v || v.node !== this.node || v.owner === "sticky" || (v.owner === "attachment" && v.attachment.containerID !== rec.containerID))
       return { status: "noop" };
+    if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" }; // handed out here again since
     const op: TxnOp = rec.keepInBuffer
       ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
       : { del: { key } };
@@ -1033,6 +1040,8 @@ export class ClusterOwnership {
   }
 
   private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): void {
+    // Used here again meanwhile (a plain attachment's key stays "buffer of this node"): not free, not buffered.
+    if (this.o.usedLocally?.(pool, ip)) return;
     const entry = { pool, ip, modRevision, notBefore: at + (this.o.cooldownMs ?? 0) };
     if (entry.notBefore > this.now()) this.cooling.set(`${pool} ${ip}`, entry.notBefore);
     this.putBack(entry);
@@ -1058,7 +1067,9 @@ export class ClusterOwnership {
       if (rec.op === "attach") {
         const attachment = { ...rec.attachment, node: this.node };
         const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
-        const same = v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === rec.attachment.containerID;
+        const same =
+          v?.node === this.node &&
+          (v.owner === "buffer" || (v.owner === "attachment" && v.attachment.containerID === rec.attachment.containerID));
         if (same) return { status: "noop" };
         if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
           const detail = `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`;
@@ -1070,6 +1081,7 @@ export class ClusterOwnership {
       }
       if (!v || v.node !== this.node || v.owner === "sticky" || (v.owner === "attachment" && v.attachment.containerID !== rec.containerID))
         return { status: "noop" };
+      if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" };
       const op: TxnOp = rec.keepInBuffer
         ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
         : { del: { key } };

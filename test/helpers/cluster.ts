@@ -77,6 +77,16 @@ export function sqliteRows(n: DaemonHandle): { ip: string; owner: string; contai
   }
 }
 
+/** The node's persisted buffer (cluster_buffer), read from its file. */
+export function sqliteBuffer(n: DaemonHandle): { pool: string; ip: string }[] {
+  const db = new DatabaseSync(n.db, { readOnly: true });
+  try {
+    return db.prepare("SELECT pool, ip FROM cluster_buffer").all() as never;
+  } finally {
+    db.close();
+  }
+}
+
 /** etcd's ip keys of a pool: ip -> owner value. */
 export function etcdIps(
   etcd: EtcdCluster,
@@ -125,8 +135,9 @@ export async function addWithRetries(
 
 /**
  * The no-duplicate and no-lost-acknowledgement check, once every node's outbox is applied and its rows follow etcd:
- * no address in two nodes' SQLite; every row agrees with etcd's key (owner, node, container); every attachment key
- * in etcd has its row; every acknowledged, not deleted ADD is still held with its address on its node.
+ * no address in two nodes' SQLite; every row agrees with etcd's key (its node; a sticky one's identity, an exact
+ * claim's container); every attachment key in etcd has its row; a persisted buffer holds only this node's buffer
+ * keys that no row uses; every acknowledged, not deleted ADD is still held with its address on its node.
  */
 export async function expectConsistent(
   etcd: EtcdCluster,
@@ -167,12 +178,21 @@ export async function expectConsistent(
             problems.push(`${n.name}: ${row.owner} attached to ${row.container_id} here, ${s.attachment?.containerID} in etcd`);
           }
         } else if (
-          k.owner !== "attachment" ||
           k.node !== n.name ||
-          (k.attachment as { containerID: string }).containerID !== row.container_id
+          !(
+            k.owner === "buffer" ||
+            (k.owner === "attachment" && (k.attachment as { containerID: string }).containerID === row.container_id)
+          )
         ) {
+          // A plain attachment's key says "owned by this node" (its buffer); one claimed exactly names its sandbox.
           problems.push(`${n.name}: ${row.ip} attached to ${row.container_id} here, etcd says ${JSON.stringify(k)}`);
         }
+      }
+      const rows = new Set(sqliteRows(n).map((r) => r.ip));
+      for (const b of sqliteBuffer(n)) {
+        if (rows.has(b.ip)) problems.push(`${n.name}: ${b.ip} is in its buffer and held by a row`);
+        const k = keys.get(b.ip);
+        if (k?.owner !== "buffer" || k.node !== n.name) problems.push(`${n.name} buffers ${b.ip}, etcd says ${JSON.stringify(k)}`);
       }
     }
     for (const [name, s] of sticky) {
@@ -186,7 +206,9 @@ export async function expectConsistent(
     for (const [ip, on] of holders) if (on.length > 1) problems.push(`${ip} is held on ${on.join(" and ")}`);
     for (const [ip, k] of keys) {
       if (k.owner === "attachment" && !holders.get(ip)?.includes(k.node)) problems.push(`etcd attaches ${ip} on ${k.node}, no row there`);
-      if (k.owner === "buffer" && holders.has(ip)) problems.push(`${ip} is buffered by ${k.node} in etcd but held on ${holders.get(ip)}`);
+      if (k.owner === "buffer" && holders.get(ip)?.some((h) => h !== k.node)) {
+        problems.push(`${ip} is buffered by ${k.node} in etcd but held on ${holders.get(ip)}`);
+      }
     }
     for (const [containerID, a] of acks) {
       const n = nodes.find((x) => x.name === a.node)!;
