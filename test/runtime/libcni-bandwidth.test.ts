@@ -109,7 +109,7 @@ function measure(pod: TestNetns, reverse: boolean): number {
 }
 
 describe("berth-macvlan + berth-ipam through libcni with the bandwidth capability", () => {
-  it("ADD shapes both ways, traffic runs at the limit; CHECK passes, tells a changed limit; DEL removes ifb, qdiscs, link, address", async () => {
+  it("ADD shapes both ways (iperf3 at the limit); CHECK passes, fails on a changed limit; DEL removes ifb, qdiscs, link, IP", async () => {
     const pod = newPod(lab);
     const id = `lcb-${process.pid}-${seq++}`;
     const add = libcni("add", pod, id, "underlay", BOTH);
