@@ -531,6 +531,9 @@ export class ClusterOwnership {
     for (;;) {
       const [got] = await this.claim(pool, 1);
       if (got) return got;
+      // A background refill (or a handback) may have put an address into this node's own buffer meanwhile.
+      const refilled = this.takeBuffered(pool);
+      if (refilled) return refilled;
       if (!asked) {
         await this.requestHandback(pool);
         asked = true;
