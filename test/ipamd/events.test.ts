@@ -215,3 +215,38 @@ describe("the audit trail and the counters", () => {
     expect(r.status).toBe(0);
   });
 });
+
+describe("ipamctl reservations --watch", () => {
+  it("prints the events as JSON lines and reconnects after a restart from the last sequence", async () => {
+    const { buildIpamd } = await import("../helpers/ipamd");
+    const { spawn } = await import("node:child_process");
+    const { ipamctl } = await buildIpamd();
+    const since = (await d.client.metrics()).match(/^berth_ipamd_reservation_event_sequence (\d+)$/m)![1]!;
+    const p = spawn(ipamctl, ["--socket", d.socket, "-o", "json", "reservations", "--watch", "--since", since], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    p.stdout.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    const events = (): ReservationEvent[] =>
+      out
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as ReservationEvent);
+    try {
+      await d.client.allocate({ containerID: "w1", ifName: "eth0", network: "n" });
+      await until(() => events().length >= 1);
+      await d.stop();
+      d = await d.restart();
+      await d.client.allocate({ containerID: "w2", ifName: "eth0", network: "n" });
+      await until(() => events().length >= 2, 10_000);
+      expect(events().map((e) => [e.seq, e.type, e.reservation.owner])).toEqual([
+        [Number(since) + 1, "attached", "w1/eth0"],
+        [Number(since) + 2, "attached", "w2/eth0"],
+      ]);
+    } finally {
+      p.kill("SIGTERM");
+    }
+  });
+});
