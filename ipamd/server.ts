@@ -211,9 +211,14 @@ export class ApiServer {
     return done.value;
   }
 
+  /** A change refused by its rule is audited; one that failed (a commit that could not be written) is logged, throttled. */
   private refused(op: OwnershipOp, actor: Actor, e: unknown): void {
-    this.audit.refused(op, actor, e);
-    if (e instanceof ApiError) this.o.metrics.countRefusal(e.code);
+    if (e instanceof ApiError && e.status < 500) {
+      this.audit.refused(op, actor, e);
+      this.o.metrics.countRefusal(e.code);
+    } else {
+      this.o.log.warn({ audit: "failed", op: op.kind, code: e instanceof ApiError ? e.code : "internal" }, "a change failed");
+    }
   }
 
   /** Cluster mode's operator calls change etcd, not this node's commit: audited here (the local record follows by sync). */
