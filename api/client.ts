@@ -29,6 +29,7 @@ import type {
   UnregisterResponse,
   NetworkStatusRequest,
   NetworkStatusResponse,
+  WatchLine,
 } from "./types";
 import { ExchangeError, send } from "./unix-http";
 
@@ -155,6 +156,68 @@ export class IpamdClient {
   }
   unregisterStatefulSet(namespace: string, statefulset: string): Promise<UnregisterResponse> {
     return this.call("POST", "/v1/statefulsets/unregister", { namespace, statefulset });
+  }
+  /**
+   * Follows GET /v1/reservations?watch=true (from `since`, else from now): calls `onLine` with each
+   * line (events and bookmarks) until the stream ends or `signal` aborts. Resolves when the stream
+   * ends (the daemon stopped: reconnect with the last seq); rejects with IpamdError on a refusal
+   * (410 events_expired: the events after `since` are gone) and IpamdUnreachable when it cannot connect.
+   */
+  async watchReservations(since: number | undefined, onLine: (line: WatchLine) => void, signal?: AbortSignal): Promise<void> {
+    const { request } = await import("node:http");
+    const { peerCredOf, socketFd } = await import("../lib/peercred");
+    const path = `/v1/reservations?watch=true${since === undefined ? "" : `&since=${since}`}`;
+    return new Promise((resolve, reject) => {
+      const req = request({ socketPath: this.socketPath, method: "GET", path, headers: { accept: "application/x-ndjson" }, signal });
+      req.on("socket", (socket: Socket) => {
+        const verify = (): void => {
+          const fd = socketFd(socket);
+          try {
+            trustRootPeer(this.socketPath, fd === undefined ? null : peerCredOf(fd));
+          } catch (e) {
+            req.destroy(e as Error);
+          }
+        };
+        if (socket.connecting) socket.once("connect", verify);
+        else verify();
+      });
+      req.on("response", (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        if (res.statusCode !== 200) {
+          res.on("data", (c: string) => {
+            text += c;
+          });
+          res.on("end", () => {
+            let err: Partial<ApiErrorBody["error"]> = {};
+            try {
+              err = (JSON.parse(text) as ApiErrorBody).error ?? {};
+            } catch {
+              /* not JSON */
+            }
+            reject(new IpamdError(err.code ?? "unknown", err.message ?? `HTTP ${res.statusCode}`, res.statusCode ?? 0, err.field));
+          });
+          return;
+        }
+        res.on("data", (c: string) => {
+          text += c;
+          let nl = text.indexOf("\n");
+          while (nl >= 0) {
+            const line = text.slice(0, nl);
+            text = text.slice(nl + 1);
+            if (line.trim()) onLine(JSON.parse(line) as WatchLine);
+            nl = text.indexOf("\n");
+          }
+        });
+        res.on("end", () => resolve());
+        res.on("error", () => resolve());
+      });
+      req.on("error", (e: NodeJS.ErrnoException) => {
+        if (signal?.aborted) resolve();
+        else reject(e instanceof IpamdUnreachable ? e : new IpamdUnreachable(this.socketPath, reasonOf(e)));
+      });
+      req.end();
+    });
   }
   async metrics(): Promise<string> {
     return this.raw("GET", "/metrics").then((r) => r.body);

@@ -224,6 +224,23 @@ export interface Reservation {
   node?: string;
 }
 
+/** One line of GET /v1/reservations?watch=true: a change of one reservation, under the daemon's sequence number. */
+export interface ReservationEvent {
+  seq: number;
+  type: "reserved" | "attached" | "detached" | "released";
+  at: string;
+  /** The node whose ipamd gave out the sequence number. */
+  node: string;
+  /** Why: cni-add, cni-del, spool, gc, leak-reconciled, reserve-ahead, operator, statefulset-lifecycle, ttl, cluster-sync. */
+  reason: string;
+  /** As it is after the change; for `released`, as it was. */
+  reservation: Reservation;
+  /** `released` of a sticky reservation whose address the running container keeps: its new owner (containerID/ifName). */
+  heldBy?: string;
+}
+/** Every line of the watch stream: an event, a bookmark (the current sequence), or the error that ends the stream. */
+export type WatchLine = ReservationEvent | { type: "bookmark"; seq: number } | { type: "error"; message: string };
+
 /** Query of GET /v1/reservations; every field narrows the list. */
 export interface ReservationFilter {
   namespace?: string;
@@ -295,7 +312,9 @@ export type ApiErrorCode =
   // cluster mode
   | "cluster_unavailable"
   | "attached_elsewhere"
-  | "l2_domain";
+  | "l2_domain"
+  // GET /v1/reservations?watch=true&since=: the events after `since` are no longer kept (410)
+  | "events_expired";
 
 /** The body of every non-2xx answer. */
 export interface ApiErrorBody {

@@ -4,7 +4,7 @@
 import { writeSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SOCKET, IpamdClient, IpamdError, IpamdUnreachable } from "../api/client";
-import type { OrphanedPool, PoolUsage, Reservation, ReservationsResponse, StatusResponse } from "../api/types";
+import type { OrphanedPool, PoolUsage, Reservation, ReservationsResponse, StatusResponse, WatchLine } from "../api/types";
 import { sleepSync } from "../lib/files";
 import { completionScript, SHELLS, type Shell } from "./completion";
 import { describePod, podStoryText } from "./describe";
@@ -284,6 +284,8 @@ export async function main(argv: string[]): Promise<number> {
     .option("--ip <ip>")
     .addOption(new Option("--state <state>").choices(["attached", "detached"]))
     .option("--limit <n>", "at most this many (default: all)", intArg("--limit"))
+    .option("-w, --watch", "follow the changes (reserved, attached, detached, released) as they happen; reconnects where it left off")
+    .option("--since <seq>", "with --watch: start after this event sequence number (default: from now)", intArg("--since"))
     .action(
       async (o: {
         namespace?: string;
@@ -294,9 +296,13 @@ export async function main(argv: string[]): Promise<number> {
         ip?: string;
         state?: "attached" | "detached";
         limit?: number;
+        watch?: boolean;
+        since?: number;
       }) => {
         const { c, g } = client();
-        const { pod, ...filter } = o;
+        if (o.watch) return watchReservations(c, g.output, o, out, err);
+        if (o.since !== undefined) throw new CommanderError(EXIT.usage, "ipamctl.usage", "--since needs --watch");
+        const { watch: _w, since: _s, pod, ...filter } = o;
         let r: ReservationsResponse;
         if (pod) {
           const { namespace, name } = podRef(pod, o.namespace);
@@ -556,6 +562,71 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 class NothingFound extends Error {}
+
+/**
+ * Follows the reservation stream: one line per event (a table row, or one JSON document per line
+ * with -o json), reconnecting after the last sequence seen when the daemon goes away.
+ */
+async function watchReservations(
+  c: IpamdClient,
+  format: Format,
+  o: { namespace?: string; statefulset?: string; pool?: string; owner?: string; ip?: string; pod?: string; since?: number },
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<void> {
+  const matches = (r: Reservation): boolean =>
+    (!o.namespace || r.namespace === o.namespace || r.podNamespace === o.namespace) &&
+    (!o.statefulset || r.statefulset === o.statefulset) &&
+    (!o.pool || r.pool === o.pool) &&
+    (!o.owner || r.owner === o.owner) &&
+    (!o.ip || r.ip === o.ip) &&
+    (!o.pod || r.podName === o.pod);
+  let last = o.since;
+  let header = false;
+  const show = (line: WatchLine): void => {
+    if (line.type === "bookmark") {
+      last = line.seq;
+      return;
+    }
+    if (line.type === "error") {
+      err(`ipamctl: ${line.message}`);
+      return;
+    }
+    last = line.seq;
+    if (!matches(line.reservation)) return;
+    if (format === "json") out(JSON.stringify(line));
+    else if (format === "yaml")
+      out(
+        `---\n${Object.entries(line)
+          .map(([k, v]) => `${k}: ${JSON.stringify(v)}`)
+          .join("\n")}`,
+      );
+    else {
+      const r = line.reservation;
+      if (!header) {
+        out(["SEQ", "EVENT", "IP", "POOL", "OWNER", "POD", "REASON", "AT"].join("\t"));
+        header = true;
+      }
+      out(
+        [line.seq, line.type, r.ip, r.pool, r.owner, r.podName ? `${r.podNamespace ?? ""}/${r.podName}` : "-", line.reason, line.at].join(
+          "\t",
+        ),
+      );
+    }
+  };
+  for (let delay = 250; ; ) {
+    try {
+      await c.watchReservations(last, show);
+      delay = 250; // the stream ended (ipamd restarted): resume at once
+      err(`ipamctl: the stream ended; reconnecting after ${last ?? "now"}`);
+    } catch (e) {
+      if (!(e instanceof IpamdUnreachable)) throw e;
+      err(`ipamctl: ${e.message}; retrying in ${delay} ms`);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}
 
 /** "ns/name" or "name" (+ -n, else the default namespace) as namespace and name. */
 function podRef(text: string, namespace: string | undefined): { namespace: string; name: string } {

@@ -71,6 +71,9 @@ const poolSchema = z.strictObject({
   nodeSelector: nodeSelectorSchema.optional(),
 }) satisfies z.ZodType<PoolSpec>;
 
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 export const configSchema = z.strictObject({
   node: z
     .strictObject({
@@ -88,6 +91,9 @@ export const configSchema = z.strictObject({
     })
     .optional(),
   logFile: z.string().optional(),
+  logLevel: z.enum(LOG_LEVELS).optional(),
+  /** Reservation events kept for watchers that resume (GET /v1/reservations?watch=true&since=). */
+  reservationEventsKept: z.number().int().min(1).max(1_000_000).default(10_000),
   cooldownSeconds: z
     .number()
     .min(0)
@@ -135,6 +141,9 @@ export interface Config {
   spoolDir: string;
   metricsAddress?: string;
   logFile?: string;
+  /** pino's level; the audit trail is at info. */
+  logLevel: LogLevel;
+  reservationEventsKept: number;
   cooldownMs: number;
   detachedTtlMs: number;
   maxBatch: number;
@@ -164,6 +173,7 @@ interface Overrides {
   nodeLabels?: Record<string, string>;
   metricsAddress?: string;
   logFile?: string;
+  logLevel?: LogLevel;
   kubeconfig?: string;
 }
 
@@ -203,6 +213,8 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
     spoolDir: overrides.spoolDir ?? raw.spoolDir ?? join(dirname(database), "spool"),
     metricsAddress: overrides.metricsAddress ?? raw.metricsAddress,
     logFile: overrides.logFile ?? raw.logFile,
+    logLevel: overrides.logLevel ?? raw.logLevel ?? "info",
+    reservationEventsKept: raw.reservationEventsKept,
     cooldownMs: Math.round(raw.cooldownSeconds * 1000),
     detachedTtlMs: Math.round(raw.detachedTTLSeconds * 1000),
     maxBatch: raw.maxBatch,

@@ -114,7 +114,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     config.spoolDir,
     (r) => {
       const req = { containerID: r.containerID, ifName: r.ifName, network: r.network };
-      return api.mutate({ kind: "release", req }, (t) => node.rules.release(req, clock.now(), t, r.at));
+      return api.mutate({ kind: "release", req }, (t) => node.rules.release(req, clock.now(), t, r.at), "spool");
     },
     tlog,
   );
@@ -122,7 +122,14 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   await cluster?.start((reason, fn) => api.mutate({ kind: "sync", reason }, fn));
 
   // Before the socket opens, so that the first ADD already sees the Node's labels and the pods.
-  const kube = await startKubernetes({ config, node, log, metrics, version: VERSION, mutate: (op, rule) => api.mutate(op, rule) });
+  const kube = await startKubernetes({
+    config,
+    node,
+    log,
+    metrics,
+    version: VERSION,
+    mutate: (op, rule) => api.mutate(op, rule, "kubernetes"),
+  });
   api.kube = kube?.hooks;
   await api.listen(config.socket);
 

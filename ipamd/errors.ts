@@ -18,6 +18,7 @@ const STATUS: Record<ApiErrorCode, number> = {
   cluster_unavailable: 503,
   attached_elsewhere: 409,
   l2_domain: 422,
+  events_expired: 410,
 };
 
 export class ApiError extends Error {

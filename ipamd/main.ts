@@ -1,7 +1,7 @@
 // ipamd entry point: node-local IPAM daemon for Berth.
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import pino from "pino";
-import { ConfigError, loadConfig } from "./config";
+import { ConfigError, LOG_LEVELS, type LogLevel, loadConfig } from "./config";
 import { startDaemon } from "./daemon";
 import { VERSION } from "./server";
 import { StoreError } from "./store/database";
@@ -25,6 +25,11 @@ async function main(): Promise<void> {
     .option("--kubeconfig <path>", "talk to the Kubernetes API with this kubeconfig (default: in-cluster config, else $KUBECONFIG)")
     .option("--spool-dir <path>", "release records of DELs made while ipamd was unreachable (default <db dir>/spool)")
     .option("--log-file <path>", "write JSON logs to this file instead of stderr")
+    .addOption(
+      new Option("--log-level <level>", "log level (default from config logLevel, else info; the audit trail is at info)").choices(
+        LOG_LEVELS,
+      ),
+    )
     .option(
       "--accept-data-loss",
       "start although the database lost acknowledged commits, or is missing or new while this node " +
@@ -39,6 +44,7 @@ async function main(): Promise<void> {
     nodeLabel: Record<string, string>;
     metricsAddress?: string;
     logFile?: string;
+    logLevel?: LogLevel;
     kubeconfig?: string;
     spoolDir?: string;
     acceptDataLoss?: boolean;
@@ -56,6 +62,7 @@ async function main(): Promise<void> {
       nodeLabels: Object.keys(opts.nodeLabel).length ? opts.nodeLabel : undefined,
       metricsAddress: opts.metricsAddress,
       logFile: opts.logFile,
+      logLevel: opts.logLevel,
       kubeconfig: opts.kubeconfig,
     });
   } catch (e) {
@@ -66,7 +73,7 @@ async function main(): Promise<void> {
     throw e;
   }
   const log = pino(
-    { base: { service: "ipamd", node: config.nodeName } },
+    { base: { service: "ipamd", node: config.nodeName }, level: config.logLevel },
     pino.destination({ dest: config.logFile ?? 2, sync: true, mkdir: true }),
   );
 

@@ -2,7 +2,9 @@
 // The whole scrape passes `promtool check metrics` (test/ipamd/metrics.test.ts); durations are in seconds.
 import type { ServerResponse } from "node:http";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import type { PoolUsage } from "../api/types";
+import type { AllocateResponse, PoolUsage } from "../api/types";
+import type { Change } from "./changes";
+import type { OwnershipOp } from "./ownership";
 
 declare const __BERTH_VERSION__: string | undefined;
 declare const __BERTH_COMMIT__: string | undefined;
@@ -50,6 +52,50 @@ export class Metrics {
     help: "Time from receiving an API request to sending its reply (committed, for changes), by route and HTTP status",
     labelNames: ["route", "status"],
     buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+
+  readonly allocations = new Counter({
+    name: "berth_ipamd_allocations_total",
+    help: "Addresses handed to CNI ADDs, by reason (new, sticky-again, pinned, idempotent)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+  readonly releases = new Counter({
+    name: "berth_ipamd_releases_total",
+    help:
+      "Addresses released (freed into the cooldown, or their reservation ended), by reason " +
+      "(cni-del, spool, gc, leak-reconciled, operator, statefulset-lifecycle, ttl, cni-add, cluster-sync)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+  readonly detaches = new Counter({
+    name: "berth_ipamd_detaches_total",
+    help: "Sticky addresses detached from their container and kept for their member, by reason (cni-del, spool, gc, leak-reconciled)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+  readonly reserved = new Counter({
+    name: "berth_ipamd_reservations_created_total",
+    help: "Reservations made without a container (reserve ahead, pin), by reason (reserve-ahead, operator, statefulset-lifecycle)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+  readonly gcRuns = new Counter({
+    name: "berth_ipamd_gc_runs_total",
+    help: "Committed garbage collections, by reason (gc: a CNI GC; leak-reconciled: the Kubernetes leak reconciler)",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+  readonly takeovers = new Counter({
+    name: "berth_ipamd_takeovers_total",
+    help: "Sticky addresses a new sandbox of the same pod took over from its previous sandbox",
+    registers: [this.registry],
+  });
+  readonly takeoversRefused = new Counter({
+    name: "berth_ipamd_takeovers_refused_total",
+    help: "ADDs refused because a previous pod still holds the member's address, by reason (previous_sandbox_attached, attached_elsewhere)",
+    labelNames: ["reason"],
     registers: [this.registry],
   });
 
@@ -102,6 +148,47 @@ export class Metrics {
     poolGauge("berth_ipamd_pool_cooling_addresses", "Released addresses waiting for the cooldown", (u) => u.cooling);
     poolGauge("berth_ipamd_pool_free_addresses", "Addresses available now", (u) => Number(u.free));
     poolGauge("berth_ipamd_pool_size_addresses", "Usable addresses in the pool", (u) => Number(u.total));
+  }
+
+  /** Counts the committed changes of one request (`reason` from changes.ts reasonOf). */
+  countChanges(op: OwnershipOp, reason: string, changes: Change[], result: unknown): void {
+    if (op.kind === "allocate" && changes.length === 0) {
+      const ips = (result as AllocateResponse | undefined)?.ips?.length ?? 0;
+      if (ips > 0) this.allocations.inc({ reason: "idempotent" }, ips);
+    }
+    if (op.kind === "gc") this.gcRuns.inc({ reason });
+    for (const c of changes) {
+      if (c.event === "attached" && op.kind === "allocate") this.allocations.inc({ reason: c.allocation ?? "new" });
+      else if (c.event === "released") this.releases.inc({ reason });
+      else if (c.event === "detached") this.detaches.inc({ reason });
+      else if (c.event === "reserved") this.reserved.inc({ reason });
+      if (c.takeover) this.takeovers.inc();
+    }
+  }
+
+  /** A change was refused: the refusals of a member's ADD while a previous pod holds its address are counted. */
+  countRefusal(code: string): void {
+    if (code === "previous_sandbox_attached" || code === "attached_elsewhere") this.takeoversRefused.inc({ reason: code });
+  }
+
+  /** The reservation stream's state, read at each scrape. */
+  watchEvents(events: { lastSeq: number; watching: number }): void {
+    new Gauge({
+      name: "berth_ipamd_reservation_event_sequence",
+      help: "The last sequence number of the reservation stream (GET /v1/reservations?watch=true)",
+      registers: [this.registry],
+      collect() {
+        this.set(events.lastSeq);
+      },
+    });
+    new Gauge({
+      name: "berth_ipamd_reservation_watchers",
+      help: "Clients following the reservation stream now",
+      registers: [this.registry],
+      collect() {
+        this.set(events.watching);
+      },
+    });
   }
 
   /** Answers GET /metrics with the Prometheus text of this registry. */

@@ -6,11 +6,14 @@ import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { z } from "zod";
 import type { AllocateRequest, ClusterStatus, KubeStatus, RegisterResponse, StatusResponse } from "../api/types";
+import { Audit } from "./audit";
+import { type Actor, capture, defaultActor, reasonOf } from "./changes";
 import type { WallClock } from "./clock";
 import type { ClusterOperator } from "./cluster/operator";
 import { GroupCommitter } from "./commit";
 import type { Config } from "./config";
 import { ApiError } from "./errors";
+import { ReservationEvents } from "./events";
 import type { Metrics } from "./metrics";
 import type { NodeIpam } from "./node";
 import type { OwnershipOp, OwnershipTicket } from "./ownership";
@@ -43,6 +46,8 @@ type Handler = (ctx: {
   params: string[];
   /** The last commit when the request arrived (its headers): what "before this request" means. */
   receivedSeq: number;
+  /** Who asks (SO_PEERCRED of the connection). */
+  actor: Actor;
 }) => unknown;
 interface Route {
   method: "GET" | "POST";
@@ -102,9 +107,15 @@ export class ApiServer {
   private created?: { path: string; ino: bigint; ctimeNs: bigint };
   /** Set by the daemon once the Kubernetes side runs. */
   kube?: KubeHooks;
+  /** The reservation stream (GET /v1/reservations?watch=true). */
+  readonly events: ReservationEvents;
+  private readonly audit: Audit;
 
   constructor(private readonly o: DaemonOptions) {
     this.committer = new GroupCommitter(o.db, o.node.store, o.config.maxBatch, o.metrics, o.log);
+    this.events = new ReservationEvents(o.db, o.config.nodeName, o.config.reservationEventsKept);
+    this.audit = new Audit(o.log.log, o.config.nodeName);
+    o.metrics.watchEvents(this.events);
     this.defineRoutes();
     this.server = createServer(
       {
@@ -159,24 +170,67 @@ export class ApiServer {
 
   /**
    * The two steps of every change (see ownership.ts): prepare outside the transaction, then the
-   * rule in the group commit; the ownership hears whether it became durable.
+   * rule in the group commit; the ownership hears whether it became durable. What the rule changed
+   * (changes.ts) is numbered into the reservation stream in the same commit, and once durable it
+   * goes to the audit log, the counters and the watchers; a refusal is audited too.
    */
-  async mutate<T>(op: OwnershipOp, rule: (ticket: OwnershipTicket) => T): Promise<T> {
-    const { ownership } = this.o.node;
-    const ticket = await ownership.prepare(op);
-    let result: T;
+  async mutate<T>(op: OwnershipOp, rule: (ticket: OwnershipTicket) => T, actor: Actor = defaultActor(op)): Promise<T> {
+    const { ownership, store, views } = this.o.node;
+    const reason = reasonOf(op, actor);
+    let ticket: OwnershipTicket;
     try {
-      result = await this.committer.submit(() => {
-        const r = rule(ticket);
-        ownership.inCommit?.(ticket, r);
-        return r;
+      ticket = await ownership.prepare(op);
+    } catch (e) {
+      this.refused(op, actor, e);
+      throw e;
+    }
+    let done: { value: T; changes: ReturnType<typeof capture>["changes"]; events: ReturnType<ReservationEvents["record"]> };
+    try {
+      done = await this.committer.submit(() => {
+        const { value, changes } = capture(store, () => {
+          const r = rule(ticket);
+          ownership.inCommit?.(ticket, r);
+          return r;
+        });
+        const events = this.events.record(changes, reason, (row) => views.reservation(row), this.o.clock.now());
+        return { value, changes, events };
       });
     } catch (e) {
       ownership.abandoned(ticket, e);
+      this.refused(op, actor, e);
       throw e;
     }
+    this.events.publish(done.events);
+    try {
+      this.audit.committed(op, actor, done.events);
+      this.o.metrics.countChanges(op, reason, done.changes, done.value);
+    } catch (e) {
+      this.o.log.error({ err: e }, "cannot log or count a committed change");
+    }
     await ownership.committed(ticket);
-    return result;
+    return done.value;
+  }
+
+  /** A change refused by its rule is audited; one that failed (a commit that could not be written) is logged, throttled. */
+  private refused(op: OwnershipOp, actor: Actor, e: unknown): void {
+    if (e instanceof ApiError && e.status < 500) {
+      this.audit.refused(op, actor, e);
+      this.o.metrics.countRefusal(e.code);
+    } else {
+      this.o.log.warn({ audit: "failed", op: op.kind, code: e instanceof ApiError ? e.code : "internal" }, "a change failed");
+    }
+  }
+
+  /** Cluster mode's operator calls change etcd, not this node's commit: audited here (the local record follows by sync). */
+  private async operated<T>(kind: OwnershipOp["kind"], actor: Actor, request: object, run: () => Promise<T> | T): Promise<T> {
+    try {
+      const result = await run();
+      this.audit.operated(kind, actor, request, { result });
+      return result;
+    } catch (e) {
+      this.audit.operated(kind, actor, request, { error: e });
+      throw e;
+    }
   }
 
   /** Commits `run` in the group commit without the ownership (the daemon's own housekeeping). */
@@ -258,6 +312,7 @@ export class ApiServer {
     const deadline = Date.now() + 10_000;
     while (!this.committer.idle && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     this.committer.close();
+    this.events.close();
     setTimeout(() => this.server.closeAllConnections(), 2_000).unref();
     await closed;
   }
@@ -284,31 +339,35 @@ export class ApiServer {
           `${hold.networks.length ? hold.networks.join(", ") : "the networks"} also clears it. The runtime retries`,
       );
     };
-    post("/v1/allocate", "allocate", async ({ body }) => {
+    post("/v1/allocate", "allocate", async ({ body, actor }) => {
       const asked = parse(allocateSchema, body);
       notHeld();
       const kube = this.kube;
-      if (!kube) return this.mutate({ kind: "allocate", req: asked }, (t) => rules.allocate(asked, clock.now(), t));
+      if (!kube) return this.mutate({ kind: "allocate", req: asked }, (t) => rules.allocate(asked, clock.now(), t), actor);
       try {
         const req = await kube.prepareAllocate(asked);
-        return await this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, clock.now(), t));
+        return await this.mutate({ kind: "allocate", req }, (t) => rules.allocate(req, clock.now(), t), actor);
       } catch (e) {
         kube.allocateFailed(asked, e);
         throw e;
       }
     });
-    post("/v1/release", "release", ({ body }) => {
+    post("/v1/release", "release", ({ body, actor }) => {
       const req = parse(attachmentSchema, body);
-      return this.mutate({ kind: "release", req }, (t) => rules.release(req, clock.now(), t));
+      return this.mutate({ kind: "release", req }, (t) => rules.release(req, clock.now(), t), actor);
     });
     post("/v1/check", "check", ({ body }) => rules.check(parse(attachmentSchema, body)));
-    post("/v1/gc", "gc", ({ body, receivedSeq }) => {
+    post("/v1/gc", "gc", ({ body, receivedSeq, actor }) => {
       const req = parse(gcSchema, body);
-      return this.mutate({ kind: "gc", req }, (t) => {
-        const out = rules.gc(req, receivedSeq, clock.now(), t);
-        if (hold.active) hold.gcSeen(req.network, req.validAttachments.length);
-        return out;
-      });
+      return this.mutate(
+        { kind: "gc", req },
+        (t) => {
+          const out = rules.gc(req, receivedSeq, clock.now(), t);
+          if (hold.active) hold.gcSeen(req.network, req.validAttachments.length);
+          return out;
+        },
+        actor,
+      );
     });
     post("/v1/database/accept", "database_accept", async () => {
       const was = hold.active ? [...hold.reasons] : [];
@@ -354,36 +413,40 @@ export class ApiServer {
       const filter = parse(reservationsQuerySchema, Object.fromEntries(query.entries()));
       return cluster ? cluster.reservations(filter) : views.reservations(filter);
     });
-    post("/v1/reservations/reserve", "reserve", ({ body }) => {
+    post("/v1/reservations/reserve", "reserve", ({ body, actor }) => {
       const req = parse(reserveSchema, body);
       notHeld();
-      if (cluster) return cluster.reserve(req);
-      return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, clock.now(), t));
+      if (cluster) return this.operated("reserve", actor, req, () => cluster.reserve(req));
+      return this.mutate({ kind: "reserve", req }, (t) => rules.reserve(req, clock.now(), t), actor);
     });
-    post("/v1/reservations/pin", "pin", ({ body }) => {
+    post("/v1/reservations/pin", "pin", ({ body, actor }) => {
       const req = parse(pinSchema, body);
       notHeld();
-      if (cluster) return cluster.pin(req);
-      return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, clock.now(), t));
+      if (cluster) return this.operated("pin", actor, req, () => cluster.pin(req));
+      return this.mutate({ kind: "pin", req }, (t) => rules.pin(req, clock.now(), t), actor);
     });
-    post("/v1/reservations/release", "reservations_release", ({ body }) => {
+    post("/v1/reservations/release", "reservations_release", ({ body, actor }) => {
       const req = parse(releaseReservationSchema, body);
-      if (cluster) return cluster.releaseReservations(req);
-      return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, clock.now(), t));
+      if (cluster) return this.operated("releaseReservations", actor, req, () => cluster.releaseReservations(req));
+      return this.mutate({ kind: "releaseReservations", req }, (t) => rules.releaseReservations(req, clock.now(), t), actor);
     });
     get("/v1/statefulsets", "statefulsets", () => statefulSets.list());
-    post("/v1/statefulsets/register", "statefulsets_register", ({ body }) => {
+    post("/v1/statefulsets/register", "statefulsets_register", ({ body, actor }) => {
       const req = parse(statefulSetSchema, body);
-      if (cluster) return cluster.register(req);
-      return this.mutate({ kind: "register", req }, (): RegisterResponse => {
-        statefulSets.register(req.namespace, req.statefulset, clock.now());
-        return { registered: req };
-      });
+      if (cluster) return this.operated("register", actor, req, () => cluster.register(req));
+      return this.mutate(
+        { kind: "register", req },
+        (): RegisterResponse => {
+          statefulSets.register(req.namespace, req.statefulset, clock.now());
+          return { registered: req };
+        },
+        actor,
+      );
     });
-    post("/v1/statefulsets/unregister", "statefulsets_unregister", ({ body }) => {
+    post("/v1/statefulsets/unregister", "statefulsets_unregister", ({ body, actor }) => {
       const req = parse(statefulSetSchema, body);
-      if (cluster) return cluster.unregister(req);
-      return this.mutate({ kind: "unregister", req }, () => statefulSets.unregister(req.namespace, req.statefulset));
+      if (cluster) return this.operated("unregister", actor, req, () => cluster.unregister(req));
+      return this.mutate({ kind: "unregister", req }, () => statefulSets.unregister(req.namespace, req.statefulset), actor);
     });
   }
 
@@ -396,6 +459,13 @@ export class ApiServer {
       if (req.method === "GET" && url.pathname === "/metrics") {
         routeName = "metrics";
         await this.o.metrics.serve(res);
+        this.o.metrics.requests.inc({ route: routeName, status: "200" });
+        return;
+      }
+      if (req.method === "GET" && url.pathname === "/v1/reservations" && url.searchParams.get("watch") === "true") {
+        routeName = "reservations_watch";
+        req.resume();
+        this.events.watch(req, res, sinceParam(url.searchParams.get("since")));
         this.o.metrics.requests.inc({ route: routeName, status: "200" });
         return;
       }
@@ -425,7 +495,9 @@ export class ApiServer {
         req.resume();
       }
       const params = route.pattern.exec(url.pathname)!.slice(1);
-      const result = await route.handler({ req, body, query: url.searchParams, params, receivedSeq });
+      const cred = this.creds.get(req.socket);
+      const actor: Actor = cred ? { uid: cred.uid, pid: cred.pid } : "ipamd";
+      const result = await route.handler({ req, body, query: url.searchParams, params, receivedSeq, actor });
       send(res, 200, result);
       this.o.metrics.requests.inc({ route: routeName, status: "200" });
       this.o.metrics.requestSeconds.observe({ route: routeName, status: "200" }, (performance.now() - t0) / 1000);
@@ -444,6 +516,14 @@ export class ApiServer {
       } else res.destroy();
     }
   }
+}
+
+function sinceParam(text: string | null): number | undefined {
+  if (text === null) return undefined;
+  if (!/^\d{1,15}$/.test(text)) {
+    throw new ApiError("invalid_request", `since must be a sequence number from the stream (a whole number), not "${text}"`, "since");
+  }
+  return Number(text);
 }
 
 function decodePathSegment(text: string): string {

@@ -100,6 +100,14 @@ export const MIGRATIONS: string[] = [
     value TEXT NOT NULL
   );
   `,
+  // 5: the reservation stream (ipamd/events.ts): the recent changes, each under the sequence number
+  // GET /v1/reservations?watch=true gives out; written in the commit of the change they describe.
+  `
+  CREATE TABLE reservation_events (
+    seq   INTEGER PRIMARY KEY,           -- never reused: the newest row is never pruned
+    json  TEXT NOT NULL                  -- the event as the stream sends it
+  );
+  `,
 ];
 
 /** Indexes whose absence would let an address be held twice, or a member hold two: checked at every start. */

@@ -63,7 +63,16 @@ export interface TrackedStatefulSet {
   seen_at: number;
 }
 
+/** One change of a reservation row: `before` is the row as it was (absent for an insert), `after` as it is now (absent for a remove). */
+export interface RowChange {
+  change: "insert" | "attach" | "detach" | "setPinned" | "handToAttachment" | "remove";
+  before?: Row;
+  after?: Row;
+}
+
 export class Statements {
+  /** Hears every change of a reservation row, inside its transaction (ipamd/changes.ts). */
+  observer?: (c: RowChange) => void;
   private readonly q: Record<
     | "byAttachment"
     | "byOwner"
@@ -304,28 +313,41 @@ export class Statements {
 
   insert(row: Omit<Row, "id" | "attached_seq">): Row {
     const attached_seq = row.container_id ? this.batchSeq : null;
-    return this.byId(Number(this.q.insert.run({ ...row, attached_seq }).lastInsertRowid));
+    const after = this.byId(Number(this.q.insert.run({ ...row, attached_seq }).lastInsertRowid));
+    this.observer?.({ change: "insert", after });
+    return after;
   }
 
   attach(id: number, attachment: AttachmentColumns, now: number): void {
-    this.q.attach.run({ ...attachment, now, id, seq: this.batchSeq });
+    this.observed("attach", id, () => this.q.attach.run({ ...attachment, now, id, seq: this.batchSeq }));
   }
 
   detach(id: number, now: number): void {
-    this.q.detach.run(now, id);
+    this.observed("detach", id, () => this.q.detach.run(now, id));
   }
 
   setPinned(id: number): void {
-    this.q.setPinned.run(id);
+    this.observed("setPinned", id, () => this.q.setPinned.run(id));
   }
 
   /** The row keeps its address and attachment but is owned by `owner` (containerID/ifName), not sticky. */
   handToAttachment(id: number, owner: string): void {
-    this.q.handToAttachment.run(owner, id);
+    this.observed("handToAttachment", id, () => this.q.handToAttachment.run(owner, id));
   }
 
   remove(id: number): void {
-    this.q.remove.run(id);
+    this.observed("remove", id, () => this.q.remove.run(id));
+  }
+
+  private observed(change: RowChange["change"], id: number, run: () => unknown): void {
+    if (!this.observer) {
+      run();
+      return;
+    }
+    const before = this.q.byId.get(id) as Row | undefined;
+    run();
+    const after = change === "remove" ? undefined : (this.q.byId.get(id) as Row | undefined);
+    this.observer({ change, ...(before ? { before } : {}), ...(after ? { after } : {}) });
   }
 
   count(): number {
