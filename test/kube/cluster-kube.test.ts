@@ -90,7 +90,7 @@ describe("1. the release leader (coordination.k8s.io Lease) in cluster mode", ()
 });
 
 describe("2. a StatefulSet pod found by its ownerReference moves to another node", () => {
-  it("web-0 on ck-a, deleted, recreated on ck-b (new pod UID): the same address, bound to ck-b in etcd, in ck-b's SQLite only", async () => {
+  it("web-0 on ck-a, recreated on ck-b (new pod UID): the same address, bound to ck-b in etcd, in ck-b's SQLite only", async () => {
     api.create("apps/statefulsets", stsObj("c2", "web"));
     const uid1 = memberPod(api, "c2", "web", 0, "ck-a");
     const first = await add(a.client, "c2", "web-0", uid1);
@@ -112,7 +112,7 @@ describe("2. a StatefulSet pod found by its ownerReference moves to another node
 });
 
 describe("3. scale-down and deletion under Delete, released once for the cluster", () => {
-  it("scale-down: a gone pod's ordinal is released; one whose pod lives is not; a pod recreated during the release keeps one address", async () => {
+  it("scale-down: a gone pod's ordinal is released, a living one's is not, one recreated meanwhile holds one address", async () => {
     const retention = { "berth.dev/ip-retention": JSON.stringify({ whenScaled: "Delete" }) };
     api.create("apps/statefulsets", stsObj("c3", "db", { replicas: 4, annotations: retention }));
     const on = [a, b, a, b];
@@ -181,7 +181,7 @@ describe("3. scale-down and deletion under Delete, released once for the cluster
     noneHeldTwice();
   }, 60_000);
 
-  it("recreated with a new UID under Delete: the new StatefulSet's pod on the other node gets a new address, the old one is freed", async () => {
+  it("recreated with a new UID under Delete: the new pod on the other node gets a new address, the old is freed", async () => {
     api.create("apps/statefulsets", stsObj("c3", "re"));
     const old = await add(a.client, "c3", "re-0", memberPod(api, "c3", "re", 0, "ck-a"));
     await del(a, old.containerID);
