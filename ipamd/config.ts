@@ -111,6 +111,8 @@ export const configSchema = z.strictObject({
       leakGraceSeconds: z.number().min(0).default(300),
       reconcileSeconds: z.number().min(0.2).default(60),
       apiTimeoutSeconds: z.number().min(0.1).max(60).default(5),
+      leaderLeaseSeconds: z.number().min(1).default(15),
+      leaderRetrySeconds: z.number().min(0.1).default(2),
     })
     .prefault({}),
   cluster: clusterConfigSchema.optional(),
@@ -131,6 +133,9 @@ export interface KubeSettings {
   reconcileMs: number;
   /** Deadline of one API call (the pod fetched at ADD, re-checks, Events). */
   apiTimeoutMs: number;
+  /** Cluster mode: the release-leader Lease's duration, and how often it is renewed or tried. */
+  leaderLeaseMs: number;
+  leaderRetryMs: number;
 }
 export interface Config {
   nodeName: string;
@@ -227,6 +232,8 @@ export function buildConfig(input: unknown, overrides: Overrides = {}, source = 
       leakGraceMs: Math.round(raw.kubernetes.leakGraceSeconds * 1000),
       reconcileMs: Math.round(raw.kubernetes.reconcileSeconds * 1000),
       apiTimeoutMs: Math.round(raw.kubernetes.apiTimeoutSeconds * 1000),
+      leaderLeaseMs: Math.round(raw.kubernetes.leaderLeaseSeconds * 1000),
+      leaderRetryMs: Math.round(raw.kubernetes.leaderRetrySeconds * 1000),
     },
     ...(raw.cluster ? { cluster: raw.cluster } : {}),
   };

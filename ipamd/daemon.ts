@@ -53,6 +53,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   // Cluster mode: addresses are shared through etcd (ipamd/cluster/); without a `cluster` section, single node.
   const cluster = config.cluster ? new ClusterNode(config, db, log, metrics.registry) : undefined;
   const node = assembleNode(db, config, cluster?.ownership);
+  const operator = cluster ? new ClusterOperator(cluster, node.views) : undefined;
   const { store } = node;
   const id = store.databaseId();
   const record = new CommitRecord(commitRecordPath(config.database));
@@ -76,7 +77,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     node,
     clock,
     hold,
-    ...(cluster ? { cluster: { status: () => cluster.status(), operator: new ClusterOperator(cluster, node.views) } } : {}),
+    ...(cluster && operator ? { cluster: { status: () => cluster.status(), operator } } : {}),
   });
   api.afterCommit = (seq) => record.write({ database: id, seq });
 
@@ -122,6 +123,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   await cluster?.start((reason, fn) => api.mutate({ kind: "sync", reason }, fn));
 
   // Before the socket opens, so that the first ADD already sees the Node's labels and the pods.
+  // Cluster mode: the release-leader Lease picks the one node acting on cluster-wide releases, done on etcd.
   const kube = await startKubernetes({
     config,
     node,
@@ -129,6 +131,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     metrics,
     version: VERSION,
     mutate: (op, rule) => api.mutate(op, rule, "kubernetes"),
+    ...(cluster && operator ? { cluster: { operator, node: cluster } } : {}),
   });
   api.kube = kube?.hooks;
   await api.listen(config.socket);

@@ -82,6 +82,8 @@ export interface ReapReport {
 export class Reaper {
   private readonly keys: KeyLayout;
   private readonly goneSince = new Map<string, number>();
+  /** Nodes whose Kubernetes Node object was deleted: no grace once their liveness key is gone. */
+  private readonly deleted = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: { client: EtcdClient; pools: string[]; graceMs: number; prefix?: string; now?: () => number }) {
@@ -111,6 +113,12 @@ export class Reaper {
     this.timer = null;
   }
 
+  /** The node's Node object was deleted (true) or exists again (false). */
+  nodeDeleted(node: string, deleted = true): void {
+    if (deleted) this.deleted.add(node);
+    else this.deleted.delete(node);
+  }
+
   async reapOnce(): Promise<ReapReport> {
     const report: ReapReport = { freed: [], waiting: [], conflicts: 0 };
     const live = new Set(
@@ -133,7 +141,7 @@ export class Reaper {
     for (const [node, keys] of orphans) {
       const since = this.goneSince.get(node) ?? now;
       this.goneSince.set(node, since);
-      if (now - since < this.o.graceMs) {
+      if (now - since < this.o.graceMs && !this.deleted.has(node)) {
         report.waiting.push({ node, goneForMs: now - since });
         continue;
       }
@@ -147,6 +155,7 @@ export class Reaper {
         else report.conflicts++;
       }
       this.goneSince.delete(node);
+      this.deleted.delete(node);
     }
     return report;
   }

@@ -136,9 +136,10 @@ export class ClusterNodeOwnership implements AddressOwnership {
   private async prepareAllocate(req: AllocateRequest, t: ClusterTicket): Promise<void> {
     const { store, pools, statefulSets, own } = this.d;
     if (store.byAttachment(req.containerID, req.ifName, req.network).length > 0) return; // idempotent ADD: local answer
-    let sts = statefulSets.memberOf(req.podNamespace, req.podName);
+    let sts = statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     if (!sts && req.podNamespace && req.podName && /-(0|[1-9][0-9]{0,6})$/.test(req.podName)) {
-      if (await this.d.learnStatefulSet(req.podNamespace, req.podName)) sts = statefulSets.memberOf(req.podNamespace, req.podName);
+      if (await this.d.learnStatefulSet(req.podNamespace, req.podName))
+        sts = statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     }
     const usable = pools.usable(req.network, req.pools);
     const wanted = pools.requested(req.ips, usable);

@@ -107,15 +107,19 @@ export class ClusterNode {
     });
   }
 
+  /** Who is a StatefulSet member at the etcd step of an ADD (the Kubernetes side plugs its pods in as the source). */
+  membership!: StatefulSets;
+
   /** The factory assembleNode takes: the seam implementation over this node's store and pools. */
   ownership = (store: Statements, pools: NodePools): ClusterNodeOwnership => {
     this.store = store;
     this.pools = pools;
+    this.membership = new StatefulSets(store, this.config.statefulSets);
     this.seam = new ClusterNodeOwnership({
       node: this.config.nodeName,
       store,
       pools,
-      statefulSets: new StatefulSets(store, this.config.statefulSets),
+      statefulSets: this.membership,
       own: this.own,
       local: this.local,
       kick: () => this.kick(),
@@ -234,13 +238,31 @@ export class ClusterNode {
     this.local.setState("liveness_confirmed_at", String(c));
   }
 
+  /**
+   * The Kubernetes Node object of `node` is gone (ipamd/kube): once its liveness key is gone too, its buffered and
+   * non-sticky addresses return without the grace period. `reapNow`: this node runs the pass at once (the release
+   * leader); the others only stop waiting for the grace.
+   */
+  async nodeDeleted(node: string, reapNow: boolean): Promise<ReapReport | undefined> {
+    this.reaper.nodeDeleted(node);
+    if (!reapNow || this.closed) return undefined;
+    const r = await this.reaper.reapOnce();
+    this.onReap(r);
+    return r;
+  }
+
+  /** A Node object of that name exists (again): the grace period applies to it as to any node. */
+  nodeSeen(node: string): void {
+    this.reaper.nodeDeleted(node, false);
+  }
+
   private onReap(r: ReapReport): void {
     this.lastReap = r;
     for (const f of r.freed) this.metrics.reaped.inc({ owner: f.owner });
     if (r.freed.length) {
       this.log.warn(
         { freed: r.freed.length, nodes: [...new Set(r.freed.map((f) => f.node))] },
-        "returned a dead node's buffered and non-sticky addresses to their pools after the grace period",
+        "returned a dead node's buffered and non-sticky addresses to their pools (grace period over, or its Node object deleted)",
       );
     }
   }

@@ -138,8 +138,11 @@ export class ClusterOperator {
 
   // ---------- reserve ahead ----------
 
-  /** Identities for ordinals 0..replicas-1 (existing ones kept, wherever bound); all or nothing. */
-  async reserve(req: ReserveRequest): Promise<ReserveResponse> {
+  /**
+   * Identities for ordinals 0..replicas-1 (existing ones kept, wherever bound); all or nothing. `unbound`: the new
+   * identities are bound to no node (node "") until a pod attaches (reserve at creation, done once for the cluster).
+   */
+  async reserve(req: ReserveRequest, o: { unbound?: boolean } = {}): Promise<ReserveResponse> {
     const usable = this.pools.usable(req.network, req.pools);
     await this.register({ namespace: req.namespace, statefulset: req.statefulset });
     const created: StickyIdentity[] = [];
@@ -160,7 +163,7 @@ export class ClusterOperator {
         }
         const missing = members.filter((m) => !existing.has(m.ordinal));
         await this.c.own.ensureBuffered(familyPools[0]!.name, Math.min(missing.length, 1024));
-        const results = await mapLimit(missing, 16, (m) => this.createReservation(m, familyPools, created));
+        const results = await mapLimit(missing, 16, (m) => this.createReservation(m, familyPools, created, o.unbound === true));
         for (const m of members) {
           const x = existing.get(m.ordinal) ?? results[missing.indexOf(m)]!;
           out.push(this.view(x));
@@ -179,11 +182,12 @@ export class ClusterOperator {
     m: { namespace: string; statefulset: string; ordinal: number },
     familyPools: Pool[],
     created: StickyIdentity[],
+    unbound: boolean,
   ): Promise<Listed> {
     for (let i = 0; i < familyPools.length; i++) {
       const identity = identityOf(m, familyPools[i]!.name);
       try {
-        const b = await this.c.own.bindSticky(identity, { selectsNode: true, reserveOnly: true });
+        const b = await this.c.own.bindSticky(identity, { selectsNode: true, reserveOnly: true, unbound });
         if (b.created) created.push(identity);
         const [x] = await this.c.own.getSticky([identity]);
         return x!;
@@ -218,6 +222,11 @@ export class ClusterOperator {
   }
 
   // ---------- release ----------
+
+  /** A StatefulSet's sticky identities as etcd has them now (the release policy's view, ipamd/kube/members.ts). */
+  async stickyOf(namespace: string, statefulset: string): Promise<Reservation[]> {
+    return (await this.byStatefulSet({ namespace, statefulset })).map((x) => this.view(x));
+  }
 
   async releaseReservations(req: ReleaseReservationRequest): Promise<ReleaseReservationsResponse> {
     const targets = req.ip ? await this.byIp(req.ip, req.force === true) : await this.byStatefulSet(req);

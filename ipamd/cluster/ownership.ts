@@ -123,6 +123,8 @@ export interface BindRequest {
   attachment?: Omit<AttachmentRef, "node">;
   /** Reserve ahead: create when absent, never move an existing identity. */
   reserveOnly?: boolean;
+  /** With reserveOnly: a new identity is bound to no node (node "") until a sandbox attaches it. */
+  unbound?: boolean;
   /** The identity's key as just read by the caller (null: absent): saves the first read. */
   current?: KeyValue | null;
 }
@@ -689,7 +691,8 @@ export class ClusterOwnership {
       known = null;
       const b = await this.claimFree(identity.pool);
       const ikey = this.keys.ip(identity.pool, b.ip);
-      const rec: StickyRecord = { ip: b.ip, node: this.node, gen, at, ...(attachment ? { attachment } : {}) };
+      const boundTo = req.reserveOnly && req.unbound ? "" : this.node;
+      const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at, ...(attachment ? { attachment } : {}) };
       let r;
       try {
         r = await this.client.txn(
@@ -699,7 +702,7 @@ export class ClusterOwnership {
           ],
           [
             { put: { key: skey, value: JSON.stringify(rec) } },
-            { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } },
+            { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: boundTo, gen, at, identity: name } satisfies IpOwner) } },
           ],
           [{ get: { key: skey, keysOnly: true } }, { get: { key: ikey } }],
         );

@@ -2,12 +2,16 @@
 // this node, every StatefulSet), membership from ownerReferences, annotations at ADD, the release
 // policy, the leak reconciler, Events, and their state in GET /v1/status and the metrics. Every
 // change it makes goes through the API server's two steps (ownership, then the rule in the group
-// commit), as any request does.
+// commit), as any request does. Cluster mode adds the release-leader Lease (one node acts on the
+// cluster-wide releases, through the operator calls on etcd) and a watch of every Node (a deleted
+// Node's buffered and non-sticky addresses return at once).
 import type { V1Node, V1Pod, V1StatefulSet } from "@kubernetes/client-node";
 import { Counter, Gauge } from "prom-client";
 import type { Logger } from "pino";
 import type { AllocateRequest } from "../../api/types";
 import { StickyPoolOffNode } from "../allocator";
+import type { ClusterNode } from "../cluster/node";
+import type { ClusterOperator } from "../cluster/operator";
 import type { Config } from "../config";
 import { ApiError } from "../errors";
 import type { Metrics } from "../metrics";
@@ -16,9 +20,10 @@ import type { NodeSelector } from "../pools";
 import type { KubeHooks } from "../server";
 import { InvalidAnnotation, IPS, ipsFor, POOLS, poolsFor } from "./annotations";
 import { connectKube, type KubeConnection, withDeadline } from "./connection";
-import { type ReleaseElector, SoleNode } from "./elector";
+import { LeaseElector, type ReleaseElector, SoleNode } from "./elector";
 import { EventRecorder } from "./events";
 import { type Mutate, StatefulSetLifecycle } from "./lifecycle";
+import { ClusterMembers, LocalMembers } from "./members";
 import { memberOfPod, Pods } from "./pods";
 import { LeakReconciler } from "./reconciler";
 import { ResilientWatch } from "./watch";
@@ -30,9 +35,14 @@ export interface KubeSideOptions {
   log: Logger;
   metrics: Metrics;
   version: string;
-  /** Who acts on cluster-wide releases; single-node mode: this node (SoleNode). */
+  /** Who acts on cluster-wide releases; default: the release-leader Lease in cluster mode, else this node (SoleNode). */
   elector?: ReleaseElector;
+  /** Cluster mode: the shared identities (operator calls) and the reaper of dead nodes. */
+  cluster?: { operator: ClusterOperator; node: Pick<ClusterNode, "nodeDeleted" | "nodeSeen" | "membership"> };
 }
+
+/** The coordination.k8s.io/v1 Lease that names the node acting on cluster-wide releases (RBAC: leases in kube-system). */
+export const RELEASE_LEASE = { namespace: "kube-system", name: "berth-release-leader" };
 
 export interface KubeSide {
   hooks: KubeHooks;
@@ -50,8 +60,22 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   if (!kube) return undefined;
   const klog = log.child({ component: "kubernetes" });
   const nodeName = config.nodeName;
-  const elector = o.elector ?? new SoleNode();
   const timeoutMs = settings.apiTimeoutMs;
+  const elector =
+    o.elector ??
+    (o.cluster
+      ? new LeaseElector(
+          kube.leases,
+          {
+            ...RELEASE_LEASE,
+            identity: nodeName,
+            leaseDurationMs: settings.leaderLeaseMs,
+            retryMs: settings.leaderRetryMs,
+            timeoutMs,
+          },
+          klog,
+        )
+      : new SoleNode());
 
   const nodeWatch = new ResilientWatch<V1Node>(
     kube,
@@ -82,7 +106,11 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     },
     klog,
   );
-  const watches = [nodeWatch, podWatch, stsWatch];
+  // Cluster mode: every Node, for the deletion of another node's object (the reaper's cue).
+  const allNodes = o.cluster
+    ? new ResilientWatch<V1Node>(kube, { resource: "nodes", path: "/api/v1/nodes", list: () => kube.core.listNode() }, klog)
+    : undefined;
+  const watches = [nodeWatch, podWatch, stsWatch, ...(allNodes ? [allNodes] : [])];
 
   const up = new Gauge({
     name: "berth_ipamd_kube_watch_up",
@@ -98,7 +126,7 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   });
   const releases = new Counter({
     name: "berth_ipamd_kube_released_addresses_total",
-    help: "Addresses released by the Kubernetes side, by reason (deleted, scaled, ttl, leaked)",
+    help: "Addresses released by the Kubernetes side, by reason (deleted, scaled, ttl, leaked, node-deleted)",
     labelNames: ["reason"],
     registers: [o.metrics.registry],
   });
@@ -111,6 +139,7 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
 
   const pods = new Pods(podWatch, kube, klog, timeoutMs);
   node.statefulSets.source = pods;
+  if (o.cluster) o.cluster.node.membership.source = pods; // the etcd step of an ADD asks the same pods
   const events = new EventRecorder(kube, nodeName, klog, timeoutMs);
   const lifecycle = new StatefulSetLifecycle({
     kube,
@@ -119,6 +148,7 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     node,
     nodeName,
     mutate: o.mutate,
+    members: o.cluster ? new ClusterMembers(o.cluster.operator) : new LocalMembers(node, o.mutate),
     elector,
     log: klog,
     timeoutMs,
@@ -137,6 +167,25 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   nodeWatch.on("add", relabel);
   nodeWatch.on("update", relabel);
   nodeWatch.on("delete", () => klog.warn({ node: nodeName }, "the Node object is gone; keeping the labels last seen"));
+  if (allNodes && o.cluster) {
+    const cluster = o.cluster.node;
+    const seen = (n: V1Node): void => cluster.nodeSeen(n.metadata!.name!);
+    allNodes.on("add", seen);
+    allNodes.on("update", seen);
+    allNodes.on("delete", (n) => {
+      const name = n.metadata!.name!;
+      if (name === nodeName) return;
+      const leader = elector.isLeader();
+      klog.info({ node: name, reapNow: leader }, "a Node object was deleted: its buffered and non-sticky addresses return without grace");
+      cluster.nodeDeleted(name, leader).then(
+        (r) => {
+          const freed = r?.freed.filter((f) => f.node === name).length ?? 0;
+          if (freed) releases.inc({ reason: "node-deleted" }, freed);
+        },
+        (e: unknown) => klog.warn({ node: name, err: (e as Error).message }, "cannot reap the deleted node now; the reaper retries"),
+      );
+    });
+  }
   const stsChanged = (s: V1StatefulSet): void => lifecycle.enqueue(s.metadata!.namespace!, s.metadata!.name!);
   stsWatch.on("add", stsChanged);
   stsWatch.on("update", stsChanged);
@@ -229,6 +278,8 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     return round;
   };
 
+  // A new leader looks at everything at once (what the previous one left, deletions while none led).
+  if (elector instanceof LeaseElector) elector.onChange = (leading) => void (leading && tick());
   for (const w of watches) w.start();
   elector.start();
   // The first ADDs should see the Node's labels: wait a little for them, never for long (the API may be down).

@@ -9,12 +9,15 @@
 // without force), and only after a fresh GET of the pod (it must not exist) and of the StatefulSet
 // (it must still call for the release): a pod recreated meanwhile keeps its address, either because
 // the re-check sees it or because its ADD attached the address and the rule then refuses.
+// Where the addresses are (members.ts): this node's SQLite, or in cluster mode the shared identities
+// in etcd (one release is then a compare-and-swap there); who acts: the ReleaseElector.
 import type { V1StatefulSet } from "@kubernetes/client-node";
 import type { Logger } from "pino";
 import type { ReleaseReservationRequest, ReserveRequest } from "../../api/types";
 import { ApiError } from "../errors";
 import type { NodeIpam } from "../node";
 import type { OwnershipOp, OwnershipTicket } from "../ownership";
+import type { MemberAddresses } from "./members";
 import { selectorMatches } from "../pools";
 import type { Member } from "../statefulsets";
 import {
@@ -45,6 +48,8 @@ export interface LifecycleDeps {
   node: NodeIpam;
   nodeName: string;
   mutate: Mutate;
+  /** Where members' addresses are read and ended (this node's rows, or etcd in cluster mode). */
+  members: MemberAddresses;
   elector: ReleaseElector;
   log: Logger;
   timeoutMs: number;
@@ -87,6 +92,7 @@ export class StatefulSetLifecycle {
     if (!m.uid || !tracked || tracked.uid === m.uid) return;
     const old = JSON.parse(tracked.retention) as Retention;
     if (old.whenDeleted !== "Delete") return;
+    if (!(await this.d.members.held(m.namespace, m.statefulset)).some((h) => h.ordinal === m.ordinal)) return;
     await this.release(m.namespace, m.statefulset, m.ordinal, `StatefulSet recreated (UID ${tracked.uid} -> ${m.uid})`, "deleted");
   }
 
@@ -120,12 +126,12 @@ export class StatefulSetLifecycle {
       if (known!.whenDeleted === "Delete" && leader) {
         const what = current ? `StatefulSet recreated (UID ${tracked.uid} -> ${current.metadata!.uid})` : "StatefulSet deleted";
         let all = true;
-        for (const ordinal of this.ordinalsHeld(namespace, name)) {
+        for (const ordinal of await this.ordinalsHeld(namespace, name)) {
           all = (await this.releaseChecked(namespace, name, ordinal, { kind: "deleted", uid: tracked.uid }, what)) && all;
         }
         if (!all) return; // a pod still lives: the next event or resync tries again
       }
-      if (!current && (known!.whenDeleted === "Delete" || !this.ordinalsHeld(namespace, name).length)) {
+      if (!current && (known!.whenDeleted === "Delete" || !(await this.ordinalsHeld(namespace, name)).length)) {
         await this.d.mutate({ kind: "unregister", req: { namespace, statefulset: name } }, () =>
           node.statefulSets.untrack(namespace, name),
         );
@@ -137,7 +143,7 @@ export class StatefulSetLifecycle {
 
     if (current && retention.whenScaled === "Delete") {
       const { start, replicas } = range(current);
-      for (const ordinal of this.ordinalsHeld(namespace, name)) {
+      for (const ordinal of await this.ordinalsHeld(namespace, name)) {
         if (ordinal >= start && ordinal < start + replicas) continue;
         await this.releaseChecked(
           namespace,
@@ -151,10 +157,10 @@ export class StatefulSetLifecycle {
     const ttlMs = retention.ttlMs;
     if (ttlMs) {
       const before = Date.now() - ttlMs;
-      const expired = node.store
-        .byStatefulSet(namespace, name)
-        .filter((r) => r.sticky && !r.pinned && !r.container_id && r.detached_at !== null && r.detached_at < before);
-      for (const ordinal of new Set(expired.map((r) => r.ordinal!))) {
+      const expired = (await this.d.members.held(namespace, name)).filter(
+        (h) => !h.pinned && h.detachedSince !== undefined && h.detachedSince < before,
+      );
+      for (const { ordinal } of expired) {
         await this.releaseChecked(namespace, name, ordinal, { kind: "ttl", ttlMs }, `detached for longer than its ttl (${ttlMs / 1000}s)`);
       }
     }
@@ -182,9 +188,8 @@ export class StatefulSetLifecycle {
     );
   }
 
-  private ordinalsHeld(namespace: string, name: string): number[] {
-    const rows = this.d.node.store.byStatefulSet(namespace, name).filter((r) => r.sticky && r.ordinal !== null);
-    return [...new Set(rows.map((r) => r.ordinal!))];
+  private async ordinalsHeld(namespace: string, name: string): Promise<number[]> {
+    return (await this.d.members.held(namespace, name)).map((h) => h.ordinal);
   }
 
   /** Re-checks the pod and the StatefulSet now, then releases the ordinal's identities. True when released. */
@@ -193,6 +198,7 @@ export class StatefulSetLifecycle {
     const podName = `${name}-${ordinal}`;
     let sts: V1StatefulSet | undefined;
     try {
+      // A GET by name, whatever node the pod is on (cluster mode: it may be on any node).
       if (await this.d.pods.get(namespace, podName)) return false; // the pod lives (or is back): its address stays
       sts = await this.getStatefulSet(namespace, name);
     } catch (e) {
@@ -213,10 +219,7 @@ export class StatefulSetLifecycle {
   private async release(namespace: string, name: string, ordinal: number, what: string, reason: Why["kind"]): Promise<boolean> {
     const req: ReleaseReservationRequest = { namespace, statefulset: name, ordinal };
     try {
-      const out = await this.d.mutate({ kind: "releaseReservations", req }, (t) =>
-        this.d.node.rules.releaseReservations(req, Date.now(), t),
-      );
-      const ips = out.released.map((r) => r.ip);
+      const ips = await this.d.members.release(req);
       if (ips.length) {
         this.d.log.info({ member: `${namespace}/${name}/${ordinal}`, ips, why: what }, "released a StatefulSet member's addresses");
       }
@@ -269,17 +272,18 @@ export class StatefulSetLifecycle {
       this.d.log.warn({ statefulset: where, err: (e as Error).message }, "not reserving at creation: invalid annotation");
       return;
     }
+    // Cluster mode: once, for the whole cluster (the leader), bound to no node until a pod attaches.
     const nodeSelector = sts.spec?.template?.spec?.nodeSelector;
-    if (nodeSelector && !selectorMatches({ matchLabels: nodeSelector }, this.d.node.pools.labels)) return;
+    if (!this.d.members.clusterWide && nodeSelector && !selectorMatches({ matchLabels: nodeSelector }, this.d.node.pools.labels)) return;
     const { start, replicas } = range(sts);
-    const held = new Set(this.ordinalsHeld(namespace, name));
+    const held = new Set(await this.ordinalsHeld(namespace, name));
     let missing = false;
     for (let o = start; o < start + replicas; o++) if (!held.has(o)) missing = true;
     if (!missing) return;
     const req: ReserveRequest = { namespace, statefulset: name, replicas, ordinalStart: start, ...(pools ? { pools } : {}) };
     try {
-      const out = await this.d.mutate({ kind: "reserve", req }, (t) => this.d.node.rules.reserve(req, Date.now(), t));
-      this.d.log.info({ statefulset: where, ips: out.reservations.map((r) => r.ip) }, "reserved addresses at creation");
+      const ips = await this.d.members.reserve(req);
+      this.d.log.info({ statefulset: where, ips, clusterWide: this.d.members.clusterWide }, "reserved addresses at creation");
     } catch (e) {
       this.d.log.warn({ statefulset: where, err: (e as Error).message }, "cannot reserve addresses at creation");
     }

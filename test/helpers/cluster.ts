@@ -19,7 +19,7 @@ export function freshPrefix(tag = "t"): string {
   return `/berth-${tag}-${process.pid}-${prefixSeq++}`;
 }
 
-function clusterSection(etcd: EtcdCluster, prefix: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+export function clusterSection(etcd: EtcdCluster, prefix: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const { etcd: etcdExtra, ...rest } = extra as { etcd?: Record<string, unknown> };
   return { etcd: { endpoints: etcd.endpoints, prefix, ...(etcdExtra ?? {}) }, ...rest };
 }
