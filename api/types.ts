@@ -268,13 +268,19 @@ export interface ReserveResponse {
   statefulset: { namespace: string; name: string };
   reservations: Reservation[];
 }
-/** `released`: the member's previous addresses it no longer owns; `heldByContainer`: those of them a running container still uses (freed by its CNI DEL or GC). */
+/**
+ * `released`: the member's previous addresses it no longer owns; `heldByContainer`: those of them a running
+ * container still uses (freed by its CNI DEL or GC).
+ */
 export interface PinResponse {
   reservation: Reservation;
   released: string[];
   heldByContainer: string[];
 }
-/** `released`: the reservations ended, as they were; `heldByContainer`: those whose address a running container still holds, as they are now. */
+/**
+ * `released`: the reservations ended, as they were; `heldByContainer`: those whose address a running container
+ * still holds, as they are now.
+ */
 export interface ReleaseReservationsResponse {
   released: Reservation[];
   heldByContainer: Reservation[];

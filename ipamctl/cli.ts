@@ -472,7 +472,8 @@ export async function main(argv: string[]): Promise<number> {
         g,
         r,
         () =>
-          `released ${r.released.length}: ${r.released.join(", ") || "-"}\ndetached (sticky, kept) ${r.detached.length}: ${r.detached.join(", ") || "-"}`,
+          `released ${r.released.length}: ${r.released.join(", ") || "-"}\n` +
+          `detached (sticky, kept) ${r.detached.length}: ${r.detached.join(", ") || "-"}`,
       );
     });
 

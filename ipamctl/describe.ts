@@ -118,7 +118,8 @@ export function podStoryText(s: PodStory): string {
   if (s.statefulSetMember) {
     const m = s.statefulSetMember;
     lines.push(
-      `member:  ordinal ${m.ordinal} of StatefulSet ${m.namespace}/${m.statefulset} (known from ${m.source === "config" ? "the config" : "the API"})`,
+      `member:  ordinal ${m.ordinal} of StatefulSet ${m.namespace}/${m.statefulset} ` +
+        `(known from ${m.source === "config" ? "the config" : "the API"})`,
     );
   }
   for (const a of s.addresses) {
@@ -132,7 +133,8 @@ export function podStoryText(s: PodStory): string {
       `  why:     ${a.rule}`,
       ...(a.container
         ? [
-            `  in use:  container ${a.container.id}/${a.container.ifName ?? "?"}${a.container.network ? ` on network ${a.container.network}` : ""}`,
+            `  in use:  container ${a.container.id}/${a.container.ifName ?? "?"}` +
+              (a.container.network ? ` on network ${a.container.network}` : ""),
           ]
         : []),
       "  since:",
