@@ -23,6 +23,8 @@ const cniPlugin =
   <P>(load: () => Promise<CniPlugin<P>>): Entry =>
   async () => {
     if (process.env.CNI_COMMAND === "VERSION") {
+      // Drain stdin (the runtime's cniVersion) before answering: a runtime still writing it must not get EPIPE.
+      await drainStdin();
       write(1, JSON.stringify(versionInfo()) + "\n");
       return 0;
     }
@@ -42,6 +44,14 @@ const ENTRIES: Record<string, Entry> = {
 /** console.log and console.error write synchronously under Bun, and need no module. */
 function write(fd: 1 | 2, text: string): void {
   (fd === 1 ? console.log : console.error)(text.endsWith("\n") ? text.slice(0, -1) : text);
+}
+
+declare const Bun: { stdin: { text(): Promise<string> } } | undefined;
+
+/** Reads stdin to its end with Bun's own reader (no node:fs); nothing to do without Bun or stdin. */
+async function drainStdin(): Promise<void> {
+  if (typeof Bun === "undefined") return;
+  await Bun.stdin.text().catch(() => "");
 }
 
 const basename = (path: string): string => path.slice(path.lastIndexOf("/") + 1);

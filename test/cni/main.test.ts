@@ -37,6 +37,16 @@ describe("berth multi-call entry", () => {
     expect(r.stdout).toBe(VERSION_OUT);
   });
 
+  it("VERSION reads the runtime's whole stdin before answering: a runtime writing a large config gets no EPIPE", () => {
+    const input = JSON.stringify({ cniVersion: "1.0.0", name: "n", type: "berth-macvlan", pad: "x".repeat(1 << 20) });
+    for (let i = 0; i < 5; i++) {
+      const r = spawnSync(pluginPath("berth-macvlan"), [], { input, env: { CNI_COMMAND: "VERSION" }, encoding: "utf8" });
+      expect(r.error).toBeUndefined();
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).supportedVersions).toContain("1.0.0");
+    }
+  });
+
   it("`berth berth-ipam` works too", () => {
     const r = spawnSync(berth, ["berth-ipam"], { env: { CNI_COMMAND: "VERSION" }, input: "{}", encoding: "utf8" });
     expect(r.status).toBe(0);
