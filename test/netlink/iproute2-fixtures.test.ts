@@ -1,8 +1,6 @@
 // Every request encoder against the bytes iproute2 6.1 sends for the same
 // operation (captured by scripts/capture-iproute2.sh). nlmsg_seq and nlmsg_pid
 // (bytes 8-15) differ per run and are ignored; everything else must be equal.
-import { readFileSync, readdirSync } from "node:fs";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   encodeAddMacvlan,
@@ -20,23 +18,11 @@ import {
 import { encodeAddAddress, encodeDeleteAddress } from "../../cni/netlink/addr";
 import { encodeAddRoute, encodeDeleteRoute } from "../../cni/netlink/route";
 import { encodeSetVf } from "../../cni/netlink/sriov";
-import type { MessageBuilder } from "../../cni/netlink/wire";
+import { type Encoders, itEncodesEachFixture, loadFixtures } from "../helpers/fixtures";
 
-interface Fixture {
-  name: string;
-  command: string;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  inputs: any;
-  hex: string;
-}
+const fixtures = loadFixtures();
 
-const dir = join(__dirname, "../fixtures/iproute2");
-const fixtures: Fixture[] = readdirSync(dir)
-  .filter((f) => f.endsWith(".json"))
-  .sort()
-  .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")));
-
-const encoders: [RegExp, (i: Fixture["inputs"]) => MessageBuilder][] = [
+const encoders: Encoders = [
   [/^link-add-macvlan/, (i) => encodeAddMacvlan(i)],
   [/^link-add-vlan/, (i) => encodeAddVlan(i)],
   [/^link-add-veth/, (i) => encodeAddVeth(i)],
@@ -54,9 +40,6 @@ const encoders: [RegExp, (i: Fixture["inputs"]) => MessageBuilder][] = [
   [/^route-del/, (i) => encodeDeleteRoute(i)],
   [/^vf-/, (i) => encodeSetVf(i.pfIndex, i.vf, i.settings)],
 ];
-
-/** hex with nlmsg_seq and nlmsg_pid zeroed */
-const normalize = (hex: string) => hex.slice(0, 16) + "0".repeat(16) + hex.slice(32);
 
 describe("request encoders equal iproute2 6.1", () => {
   it("has fixtures for every request type", () => {
@@ -104,12 +87,5 @@ describe("request encoders equal iproute2 6.1", () => {
     }
   });
 
-  for (const f of fixtures) {
-    it(`${f.name}: ${f.command}`, () => {
-      const enc = encoders.find(([re]) => re.test(f.name));
-      expect(enc, `no encoder mapped for fixture ${f.name}`).toBeDefined();
-      const ours = enc![1](f.inputs).build(0x11223344, 0x55667788).toString("hex");
-      expect(normalize(ours)).toBe(normalize(f.hex));
-    });
-  }
+  itEncodesEachFixture(fixtures, encoders);
 });

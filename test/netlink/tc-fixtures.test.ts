@@ -1,8 +1,6 @@
 // The traffic-control and ifb encoders against the bytes iproute2 6.1's `tc` and `ip` send for
 // the same setup (captured by scripts/capture-tc.sh). nlmsg_seq and nlmsg_pid (bytes 8-15)
 // differ per run and are ignored; everything else must be equal.
-import { readFileSync, readdirSync } from "node:fs";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { encodeAddIfb } from "../../cni/netlink/ifb";
 import {
@@ -14,23 +12,11 @@ import {
   encodeListQdiscs,
   INGRESS_HANDLE,
 } from "../../cni/netlink/tc";
-import type { MessageBuilder } from "../../cni/netlink/wire";
+import { type Encoders, itEncodesEachFixture, loadFixtures } from "../helpers/fixtures";
 
-interface Fixture {
-  name: string;
-  command: string;
-  inputs: any;
-  hex: string;
-  exit: number;
-}
+const fixtures = loadFixtures("tc");
 
-const dir = join(__dirname, "../fixtures/iproute2/tc");
-const fixtures: Fixture[] = readdirSync(dir)
-  .filter((f) => f.endsWith(".json"))
-  .sort()
-  .map((f) => JSON.parse(readFileSync(join(dir, f), "utf8")));
-
-const encoders: [RegExp, (i: Fixture["inputs"]) => MessageBuilder][] = [
+const encoders: Encoders = [
   [/^link-add-ifb/, (i) => encodeAddIfb(i)],
   [/^tc-qdisc-add-tbf/, (i) => encodeAddTbf(i)],
   [/^tc-qdisc-add-ingress$/, (i) => encodeAddIngressQdisc(i.index)],
@@ -40,8 +26,6 @@ const encoders: [RegExp, (i: Fixture["inputs"]) => MessageBuilder][] = [
   [/^tc-qdisc-show$/, (i) => encodeListQdiscs(i.index)],
   [/^tc-filter-show-ingress$/, (i) => encodeListFilters(i.index, INGRESS_HANDLE)],
 ];
-
-const normalize = (hex: string) => hex.slice(0, 16) + "0".repeat(16) + hex.slice(32);
 
 describe("tc and ifb encoders equal iproute2 6.1", () => {
   it("has a fixture for every request the bandwidth shaping sends", () => {
@@ -66,12 +50,5 @@ describe("tc and ifb encoders equal iproute2 6.1", () => {
     for (const f of fixtures) expect(f.exit, `${f.name}: ${f.command} failed when captured`).toBe(0);
   });
 
-  for (const f of fixtures) {
-    it(`${f.name}: ${f.command}`, () => {
-      const enc = encoders.find(([re]) => re.test(f.name));
-      expect(enc, `no encoder mapped for fixture ${f.name}`).toBeDefined();
-      const ours = enc![1](f.inputs).build(0x11223344, 0x55667788).toString("hex");
-      expect(normalize(ours)).toBe(normalize(f.hex));
-    });
-  }
+  itEncodesEachFixture(fixtures, encoders);
 });
