@@ -3,7 +3,7 @@
 // DEL removes (also after the namespace vanished), bad values are refused with code 7; berth-sriov
 // maps egressRate onto the VF's max_tx_rate and refuses ingress. And why chaining the reference
 // bandwidth plugin after berth-macvlan cannot work.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
 import { type CniCall, fakePfSriovPath, pluginPath, runCni } from "../helpers/plugins";
 import { cni, destroyLab, macvlan, makeLab, newPod, podLink, type Lab } from "./macvlan-fixture";
+import { iperfServer, measureBits } from "../helpers/iperf";
 
 const LIMIT = 10_000_000;
 const BURST = 100_000;
@@ -27,7 +28,7 @@ const hasLink = (ns: TestNetns, name: string) => ipJson<{ ifname: string }[]>(ns
 
 beforeAll(() => {
   lab = makeLab("bw");
-  server = spawn("ip", ["netns", "exec", lab.lan.name, "iperf3", "-s", "-p", String(PORT)], { stdio: "ignore" });
+  server = iperfServer(lab.lan.name, PORT);
 }, 120_000);
 
 afterAll(() => {
@@ -54,30 +55,7 @@ function mvAttach(config: Record<string, unknown>) {
 }
 
 function measure(pod: TestNetns, reverse: boolean): number {
-  const args = [
-    "netns",
-    "exec",
-    pod.name,
-    "iperf3",
-    "-c",
-    "10.77.0.1",
-    "-p",
-    String(PORT),
-    "-t",
-    "4",
-    "-O",
-    "1",
-    "-J",
-    ...(reverse ? ["-R"] : []),
-  ];
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return JSON.parse(execFileSync("ip", args, { encoding: "utf8", timeout: 20_000 })).end.sum_received.bits_per_second;
-    } catch (e) {
-      if (attempt >= 20) throw e;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
-    }
-  }
+  return measureBits(pod.name, "10.77.0.1", PORT, reverse);
 }
 
 describe("berth-macvlan with the bandwidth capability", () => {

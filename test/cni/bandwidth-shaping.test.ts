@@ -1,7 +1,7 @@
 // cni/pod/bandwidth.ts on real namespaces with real traffic: a "pod" and a "peer" namespace joined
 // by a veth, iperf3 between them. The measured rates judge the shaping (they are not timing
 // targets): limited to 10 Mbit/s they are within 20% of it, unlimited several times higher.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Netns } from "../../cni/netns";
 import {
@@ -18,6 +18,7 @@ import { nullLogger } from "../../cni/skel/log";
 import { UndoStack } from "../../cni/skel/undo";
 import { cniErrorOf } from "../helpers/cni-error";
 import { createNetns, ipIn, removeNetns, type TestNetns } from "../helpers/netns";
+import { iperfServer, measureBits } from "../helpers/iperf";
 
 const LIMIT = 10_000_000; // bit/s
 const BURST = 100_000; // bits: 10 ms at the rate
@@ -39,31 +40,7 @@ function shape(l: BandwidthLimits): void {
 
 /** bits per second the receiver saw; `reverse`: the peer sends to the pod (the pod's ingress) */
 function measure(reverse: boolean): number {
-  const args = [
-    "netns",
-    "exec",
-    pod.name,
-    "iperf3",
-    "-c",
-    "10.88.0.2",
-    "-p",
-    String(PORT),
-    "-t",
-    "4",
-    "-O",
-    "1",
-    "-J",
-    ...(reverse ? ["-R"] : []),
-  ];
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const out = JSON.parse(execFileSync("ip", args, { encoding: "utf8", timeout: 20_000 }));
-      return out.end.sum_received.bits_per_second as number;
-    } catch (e) {
-      if (attempt >= 20) throw e;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200); // the server is still starting
-    }
-  }
+  return measureBits(pod.name, "10.88.0.2", PORT, reverse);
 }
 
 function withPod<T>(fn: (nl: Netns["nl"]) => T): T {
@@ -85,7 +62,7 @@ beforeAll(() => {
   ipIn(peer, "addr", "add", "10.88.0.2/24", "dev", "peer0");
   ipIn(pod, "link", "set", "eth0", "up");
   ipIn(peer, "link", "set", "peer0", "up");
-  server = spawn("ip", ["netns", "exec", peer.name, "iperf3", "-s", "-p", String(PORT)], { stdio: "ignore" });
+  server = iperfServer(peer.name, PORT);
 });
 
 afterAll(() => {

@@ -4,7 +4,7 @@
 // with RuntimeConf.CapabilityArgs["bandwidth"] from CAP_ARGS. libcni injects runtimeConfig.bandwidth,
 // caches the result and hands it back as prevResult for CHECK and DEL. berth-macvlan takes its
 // address from a real ipamd through berth-ipam; the traffic is real (iperf3 to the lan namespace).
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import { destroyLab, type Lab, makeLab, newPod, podLink } from "../cni/macvlan-f
 import { type CnitoolCall, runCnitool } from "../helpers/cnitool";
 import { type DaemonHandle, startIpamd } from "../helpers/ipamd";
 import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
+import { iperfServer, measureBits } from "../helpers/iperf";
 
 const LIMIT = 10_000_000; // bit/s
 const BURST = 100_000; // bits
@@ -68,7 +69,7 @@ beforeAll(async () => {
   const macvlan = { type: "berth-macvlan", master: "m0", stateDir: join(tmp, "mv"), ipam: { type: "berth-ipam", socket: daemon.socket } };
   writeConflist("underlay", { ...macvlan, capabilities: { bandwidth: true } });
   writeConflist("nocap", { ...macvlan, ipam: { type: "static", addresses: [{ address: "10.76.0.200/24" }] } });
-  server = spawn("ip", ["netns", "exec", lab.lan.name, "iperf3", "-s", "-p", String(PORT)], { stdio: "ignore" });
+  server = iperfServer(lab.lan.name, PORT);
 }, 120_000);
 
 afterAll(async () => {
@@ -96,16 +97,7 @@ function libcni(command: CnitoolCall["command"], pod: TestNetns, containerId: st
 }
 
 function measure(pod: TestNetns, reverse: boolean): number {
-  const args = ["netns", "exec", pod.name, "iperf3", "-c", "10.76.0.1", "-p", String(PORT), "-t", "4", "-O", "1", "-J"];
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const out = execFileSync("ip", [...args, ...(reverse ? ["-R"] : [])], { encoding: "utf8", timeout: 20_000 });
-      return JSON.parse(out).end.sum_received.bits_per_second;
-    } catch (e) {
-      if (attempt >= 20) throw e; // the server is still starting, or busy with another test file's client
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
-    }
-  }
+  return measureBits(pod.name, "10.76.0.1", PORT, reverse);
 }
 
 describe("berth-macvlan + berth-ipam through libcni with the bandwidth capability", () => {
