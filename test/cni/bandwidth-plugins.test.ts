@@ -12,6 +12,7 @@ import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpe
 import { type CniCall, fakePfSriovPath, pluginPath, runCni } from "../helpers/plugins";
 import { cni, destroyLab, macvlan, makeLab, newPod, podLink, type Lab } from "./macvlan-fixture";
 import { iperfServer, measureBits } from "../helpers/iperf";
+import { UNCONFIGURED_VF } from "../helpers/fake-pf";
 
 const LIMIT = 10_000_000;
 const BURST = 100_000;
@@ -293,18 +294,7 @@ describe("berth-sriov with the bandwidth capability", () => {
     symlinkSync("../0000:3b:00.0", join(dev("0000:3b:02.0"), "physfn"));
     symlinkSync("../../../bus/pci/drivers/iavf", join(dev("0000:3b:02.0"), "driver"));
     mkdirSync(fake, { recursive: true });
-    const orig = {
-      vf: 0,
-      mac: "00:00:00:00:00:00",
-      vlan: 0,
-      qos: 0,
-      vlanProto: "802.1Q",
-      spoofChk: true,
-      trust: false,
-      linkState: "auto",
-      minTxRate: 0,
-      maxTxRate: 0,
-    };
+    const orig = { vf: 0, ...UNCONFIGURED_VF };
     writeFileSync(join(fake, `${pf}.json`), JSON.stringify({ vfs: [orig] }));
     const ops = () =>
       existsSync(join(fake, "ops.jsonl"))

@@ -16,6 +16,7 @@ import { addrsIn, hasLink, linkIn, useHostNamespace } from "../helpers/host";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
 import { ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
 import { fakePfSriovPath, pluginPath, runCni, type CniCall } from "../helpers/plugins";
+import { UNCONFIGURED_VF } from "../helpers/fake-pf";
 
 const ROOT = join(import.meta.dirname, "../..");
 const hx = useHostNamespace("sv");
@@ -30,18 +31,6 @@ beforeAll(() => {
 }, 180_000);
 
 const pod = () => hx.pod();
-
-const ORIGINAL_VF = {
-  mac: "00:00:00:00:00:00",
-  vlan: 0,
-  qos: 0,
-  vlanProto: "802.1Q",
-  spoofChk: true,
-  trust: false,
-  linkState: "auto",
-  minTxRate: 0,
-  maxTxRate: 0,
-};
 
 interface Rig {
   sysfs: string;
@@ -87,8 +76,8 @@ function rig(): Rig {
     join(fake, `${pf}.json`),
     JSON.stringify({
       vfs: [
-        { vf: 0, ...ORIGINAL_VF },
-        { vf: 1, ...ORIGINAL_VF },
+        { vf: 0, ...UNCONFIGURED_VF },
+        { vf: 1, ...UNCONFIGURED_VF },
       ],
     }),
   );
@@ -190,7 +179,7 @@ describe("berth-sriov", () => {
     );
 
     const st = JSON.parse(readFileSync(join(r.stateDir, "ctr-s1@net1.json"), "utf8"));
-    expect(st.extra.vf).toMatchObject({ vf: 0, ...ORIGINAL_VF });
+    expect(st.extra.vf).toMatchObject({ vf: 0, ...UNCONFIGURED_VF });
     expect(st.original).toMatchObject({ name: r.vf0, mtu: 1500, mac: r.vf0Mac });
     expect(JSON.parse(readFileSync(join(r.stateDir, "vf-0000:3b:02.0.json"), "utf8"))).toMatchObject({
       containerId: "ctr-s1",
@@ -210,7 +199,7 @@ describe("berth-sriov", () => {
       "vlan 0 qos 0 proto 802.1Q",
     ]);
     expect(r.ops()[5]!.hex).toBe(fixtureHex("vf-vlan-clear", pfIndex));
-    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...UNCONFIGURED_VF });
     expect(hasLink(p, "net1")).toBe(false);
     const back = linkIn(host, r.vf0);
     expect(back.mtu).toBe(1500);
@@ -316,7 +305,7 @@ describe("berth-sriov", () => {
     expect(r.table().vfs[0].vlan).toBe(300);
 
     expect(run(r, "DEL", b, config, "ctr-new").code).toBe(0);
-    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...UNCONFIGURED_VF });
     expect(hasLink(host, r.vf0)).toBe(true);
   });
 
@@ -334,8 +323,8 @@ describe("berth-sriov", () => {
       join(r.fake, `${r.pf}.json`),
       JSON.stringify({
         vfs: [
-          { vf: 0, ...ORIGINAL_VF },
-          { vf: 1, ...ORIGINAL_VF },
+          { vf: 0, ...UNCONFIGURED_VF },
+          { vf: 1, ...UNCONFIGURED_VF },
         ],
       }),
     );
@@ -404,7 +393,7 @@ describe("berth-sriov with berth-ipam", () => {
     expect(second.json.ips[0].address).toBe(ip);
     expect(addrsIn(p2, "net1")).toEqual([ip]);
     expect(run(r, "DEL", p2, config, "ctr-k2", args).code).toBe(0);
-    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...UNCONFIGURED_VF });
   });
 });
 
@@ -492,7 +481,7 @@ describe("berth-sriov: every verb as the CNI spec means it", () => {
     expect(run(r, "ADD", p, config, "ctr-gc").code).toBe(0);
     const gc = hx.run(exe, { command: "GC", config: { ...config, "cni.dev/valid-attachments": [] }, env: { BERTH_SRIOV_FAKE_PF: r.fake } });
     expect(gc.code, gc.stdout).toBe(0);
-    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF });
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...UNCONFIGURED_VF });
     expect(hasLink(host, r.vf0)).toBe(true);
     expect(readdirSync(r.stateDir).filter((f) => f.endsWith(".json"))).toEqual([]);
   });
@@ -506,7 +495,7 @@ describe("berth-sriov: every verb as the CNI spec means it", () => {
     rmSync(join(r.stateDir, "ctr-lost@net1.json"));
     const del = run(r, "DEL", p, config, "ctr-lost");
     expect(del.code, del.stdout).toBe(0);
-    expect(r.table().vfs[0]).toEqual({ vf: 0, ...ORIGINAL_VF }); // VLAN 0, spoofchk on, trust off, rates 0, MAC zero, state auto
+    expect(r.table().vfs[0]).toEqual({ vf: 0, ...UNCONFIGURED_VF }); // VLAN 0, spoofchk on, trust off, rates 0, MAC zero, state auto
     expect(hasLink(p, "net1")).toBe(false);
     expect(linkIn(host, r.vf0).mtu).toBe(linkIn(host, r.pf).mtu);
     expect(readFileSync(logFile, "utf8")).toContain("the attachment's state file is lost: resetting the VF to a neutral state");

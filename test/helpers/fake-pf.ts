@@ -8,6 +8,19 @@ import type { NetlinkSocket } from "../../cni/netlink/socket";
 import { encodeSetVf, type VfInfo, type VfSettings } from "../../cni/netlink/sriov";
 import type { PfOps } from "../../cni/plugins/sriov";
 
+/** A VF as a PF reports it before anyone configured it (the fake tables' starting state). */
+export const UNCONFIGURED_VF = {
+  mac: "00:00:00:00:00:00",
+  vlan: 0,
+  qos: 0,
+  vlanProto: "802.1Q",
+  spoofChk: true,
+  trust: false,
+  linkState: "auto",
+  minTxRate: 0,
+  maxTxRate: 0,
+} as const;
+
 export class RecordingPfOps implements PfOps {
   constructor(
     private readonly dir: string,

@@ -25,6 +25,7 @@ import { cleanupIpamdTest, startIpamd, type DaemonHandle } from "../helpers/ipam
 import { pluginConfigs, type ConfList } from "../helpers/libcni";
 import { createNetns, ipIn, ipJson, removeNetns, type TestNetns } from "../helpers/netns";
 import { ROOT, fakePfSriovPath, pluginDir, pluginPath, runCni, type CniCall } from "../helpers/plugins";
+import { UNCONFIGURED_VF } from "../helpers/fake-pf";
 
 const CONF_DIR = join(ROOT, "conf/cni");
 const tmp = mkdtempSync(join(tmpdir(), "berth-examples-"));
@@ -257,17 +258,7 @@ describe("conf/cni examples against conf/ipamd.json", () => {
     const sysfs = sysfsWith("0000:3b:02.0", vf, pf);
     const fake = join(tmp, `pf${seq++}`);
     mkdirSync(fake);
-    const original = {
-      mac: "00:00:00:00:00:00",
-      vlan: 0,
-      qos: 0,
-      vlanProto: "802.1Q",
-      spoofChk: false,
-      trust: false,
-      linkState: "auto",
-      minTxRate: 0,
-      maxTxRate: 0,
-    };
+    const original = { ...UNCONFIGURED_VF, spoofChk: false };
     writeFileSync(join(fake, `${pf}.json`), JSON.stringify({ vfs: [{ vf: 0, ...original }] }));
     let during: any;
     const o = addCheckDel(
