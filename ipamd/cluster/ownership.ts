@@ -406,23 +406,24 @@ export class ClusterOwnership {
    */
   async claim(pool: string, count: number): Promise<BufferedAddress[]> {
     const p = this.pool(pool);
-    const want = Math.min(count, this.o.maxClaim ?? 64, 128);
+    let want = Math.min(count, this.o.maxClaim ?? 64, 128);
     if (want <= 0) return [];
     // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read
-    // (keys only) after two failed compares, and always before answering that nothing is free.
+    // (keys only) again after every two failed compares, and always before answering that nothing is free.
     let owned = this.knownOwned.get(pool) ?? new Set<string>();
     this.knownOwned.set(pool, owned);
-    let fresh = false;
-    let failed = 0;
+    let fresh = false; // read from etcd in this call, and holding no guesses since
+    let failedSinceRead = 0;
     const readPool = async (): Promise<void> => {
       owned = new Set(
         (await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs.map((kv) => this.keys.ipFromKey(kv.key)),
       );
       this.knownOwned.set(pool, owned);
       fresh = true;
+      failedSinceRead = 0;
     };
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      if (!fresh && failed >= 2) await readPool();
+      if (failedSinceRead >= 2) await readPool();
       let candidates = this.candidates(p, owned, want);
       if (candidates.length === 0 && !fresh) {
         await readPool();
@@ -442,14 +443,26 @@ export class ClusterOwnership {
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const mine = await this.landed(keys, gen);
-        if (mine.length === keys.length) return mine.map((kv) => ({ pool, ip: this.keys.ipFromKey(kv.key), modRevision: kv.modRevision }));
+        if (mine.length === keys.length) {
+          for (const ip of candidates) owned.add(ip);
+          return mine.map((kv) => ({ pool, ip: this.keys.ipFromKey(kv.key), modRevision: kv.modRevision }));
+        }
         for (const ip of candidates) owned.add(ip); // unknown state: try elsewhere, leave these to the next re-read
+        fresh = false;
+        want = Math.max(1, want >> 1);
         continue;
       }
-      if (r.succeeded) return candidates.map((ip) => ({ pool, ip, modRevision: r.revision }));
-      failed++;
+      if (r.succeeded) {
+        // Ours now: a later claim (after its cursor wraps or jumps) must not race this node's own keys.
+        for (const ip of candidates) owned.add(ip);
+        return candidates.map((ip) => ({ pool, ip, modRevision: r.revision }));
+      }
+      failedSinceRead++;
       this.conflict("claim");
       this.jump(p);
+      // One taken key fails the whole all-or-nothing transaction: near the end of a pool several nodes walk the same
+      // few free addresses, so a node keeping its batch size could lose every round. Smaller batches stop colliding.
+      want = Math.max(1, want >> 1);
       r.responses.forEach((resp, i) => {
         if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!);
       });
