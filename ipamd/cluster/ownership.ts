@@ -400,14 +400,17 @@ export class ClusterOwnership {
   }
 
   /**
-   * Claims up to `count` free addresses of `pool` in one transaction per attempt: CreateRevision == 0 for every
-   * candidate; a failed compare re-reads which candidates were taken and tries others. The addresses are
-   * returned, not buffered (refill buffers them).
+   * Claims up to `count` free addresses of `pool`, each batch in one transaction: CreateRevision == 0 for every
+   * candidate; a failed compare learns which candidates were taken and tries others in a batch half the size (one
+   * taken key fails a whole all-or-nothing batch: near the end of a pool several nodes walk the same few free
+   * addresses, and a node keeping its batch size could lose every round). The addresses are returned, not buffered
+   * (refill buffers them).
    */
   async claim(pool: string, count: number): Promise<BufferedAddress[]> {
     const p = this.pool(pool);
-    let want = Math.min(count, this.o.maxClaim ?? 64, 128);
-    if (want <= 0) return [];
+    const want = Math.min(count, this.o.maxClaim ?? 64, 128);
+    const got: BufferedAddress[] = [];
+    let batch = want;
     // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read
     // (keys only) again after every two failed compares, and always before answering that nothing is free.
     let owned = this.knownOwned.get(pool) ?? new Set<string>();
@@ -418,18 +421,26 @@ export class ClusterOwnership {
       owned = new Set(
         (await this.client.range(this.keys.poolIps(pool), { prefix: true, keysOnly: true })).kvs.map((kv) => this.keys.ipFromKey(kv.key)),
       );
+      for (const a of got) owned.add(a.ip);
       this.knownOwned.set(pool, owned);
       fresh = true;
       failedSinceRead = 0;
     };
-    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+    const won = (ips: string[], revisionOf: (i: number) => number): void => {
+      for (const [i, ip] of ips.entries()) {
+        owned.add(ip); // ours now: a later claim (after its cursor wraps or jumps) must not race this node's own keys
+        got.push({ pool, ip, modRevision: revisionOf(i) });
+      }
+    };
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS && got.length < want; attempt++) {
       if (failedSinceRead >= 2) await readPool();
-      let candidates = this.candidates(p, owned, want);
+      const size = Math.min(batch, want - got.length);
+      let candidates = this.candidates(p, owned, size);
       if (candidates.length === 0 && !fresh) {
         await readPool();
-        candidates = this.candidates(p, owned, want);
+        candidates = this.candidates(p, owned, size);
       }
-      if (candidates.length === 0) return [];
+      if (candidates.length === 0) return got;
       const gen = this.gen();
       const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at: this.now() } satisfies IpOwner);
       const keys = candidates.map((ip) => this.keys.ip(pool, ip));
@@ -444,29 +455,27 @@ export class ClusterOwnership {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const mine = await this.landed(keys, gen);
         if (mine.length === keys.length) {
-          for (const ip of candidates) owned.add(ip);
-          return mine.map((kv) => ({ pool, ip: this.keys.ipFromKey(kv.key), modRevision: kv.modRevision }));
+          won(candidates, (i) => mine[i]!.modRevision);
+          continue;
         }
         for (const ip of candidates) owned.add(ip); // unknown state: try elsewhere, leave these to the next re-read
         fresh = false;
-        want = Math.max(1, want >> 1);
+        batch = Math.max(1, batch >> 1);
         continue;
       }
       if (r.succeeded) {
-        // Ours now: a later claim (after its cursor wraps or jumps) must not race this node's own keys.
-        for (const ip of candidates) owned.add(ip);
-        return candidates.map((ip) => ({ pool, ip, modRevision: r.revision }));
+        won(candidates, () => r.revision);
+        continue;
       }
       failedSinceRead++;
       this.conflict("claim");
       this.jump(p);
-      // One taken key fails the whole all-or-nothing transaction: near the end of a pool several nodes walk the same
-      // few free addresses, so a node keeping its batch size could lose every round. Smaller batches stop colliding.
-      want = Math.max(1, want >> 1);
+      batch = Math.max(1, batch >> 1);
       r.responses.forEach((resp, i) => {
         if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!);
       });
     }
+    if (got.length > 0 || want <= 0) return got;
     // Never "nothing free" for a claim that only kept losing races or meeting unknown outcomes: retryable.
     throw new ClusterError(
       "inconsistent",
