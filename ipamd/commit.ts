@@ -1,6 +1,8 @@
 // Group commit: requests that arrive together are applied in one SQLite transaction, each in its
 // own savepoint, and their replies are sent only after that commit. Every batch carries the next
-// commit sequence number (store meta), recorded outside the WAL before the replies go out.
+// commit sequence number (store meta), recorded outside the WAL before the replies go out. That
+// record's fdatasync runs off the event loop, so the next batch is applied and committed meanwhile;
+// replies still leave in commit order.
 import { ApiError } from "./errors";
 import type { Metrics } from "./metrics";
 import type { DB } from "./store/database";
@@ -27,8 +29,11 @@ export class GroupCommitter {
   private closed = false;
   /** The last commit's outcome (ok until a commit fails). */
   outcome: CommitOutcome = { ok: true, at: Date.now() };
-  /** After a durable commit, before its replies (the commit record). */
-  afterCommit?: (seq: number) => void;
+  /** After a durable commit, before its replies (the commit record); they wait for its promise. */
+  afterCommit?: (seq: number) => Promise<void> | void;
+  /** The replies of the last committed batch: each batch's go out after the previous one's. */
+  private replied: Promise<void> = Promise.resolve();
+  private replying = 0;
 
   constructor(
     private readonly db: DB,
@@ -50,7 +55,7 @@ export class GroupCommitter {
   }
 
   get idle(): boolean {
-    return this.queue.length === 0 && !this.scheduled;
+    return this.queue.length === 0 && !this.scheduled && this.replying === 0;
   }
 
   close(): void {
@@ -109,18 +114,26 @@ export class GroupCommitter {
     this.store.committed(seq);
     if (!this.outcome.ok) this.log?.log.info({ failedSince: new Date(this.outcome.at).toISOString() }, "database commits succeed again");
     this.outcome = { ok: true, at: Date.now() };
+    const reply = (): void => {
+      this.replying--;
+      this.metrics?.batchSize.observe(batch.length);
+      this.metrics?.commitSeconds.observe((performance.now() - started) / 1000);
+      batch.forEach((item, i) => {
+        if (outcomes[i]!.ok) item.resolve(outcomes[i]!.value);
+        else item.reject(outcomes[i]!.value);
+      });
+    };
+    this.replying++;
+    this.replied = Promise.all([this.replied, this.record(seq)]).then(reply);
+    this.reschedule();
+  }
+
+  private async record(seq: number): Promise<void> {
     try {
-      this.afterCommit?.(seq);
+      await this.afterCommit?.(seq);
     } catch (e) {
       this.log?.error({ err: e }, "cannot record the commit sequence");
     }
-    this.metrics?.batchSize.observe(batch.length);
-    this.metrics?.commitSeconds.observe((performance.now() - started) / 1000);
-    batch.forEach((item, i) => {
-      if (outcomes[i]!.ok) item.resolve(outcomes[i]!.value);
-      else item.reject(outcomes[i]!.value);
-    });
-    this.reschedule();
   }
 
   private reschedule(): void {

@@ -1,5 +1,7 @@
 // ipamd entry point: node-local IPAM daemon for Berth.
 import { Command, InvalidArgumentError, Option } from "commander";
+import { mkdirSync, openSync } from "node:fs";
+import { dirname } from "node:path";
 import pino from "pino";
 import { ConfigError, LOG_LEVELS, type LogLevel, loadConfig } from "./config";
 import { startDaemon } from "./daemon";
@@ -72,19 +74,28 @@ async function main(): Promise<void> {
     }
     throw e;
   }
-  const log = pino(
-    { base: { service: "ipamd", node: config.nodeName }, level: config.logLevel },
-    pino.destination({ dest: config.logFile ?? 2, sync: true, mkdir: true }),
-  );
+  // Asynchronous writes: a line per change (the audit trail) must not stall the daemon on a slow reader
+  // of stderr (journald, a full pipe). Every change is also an event in the database (events.ts); what is
+  // still buffered is written out before any exit but a kill -9.
+  const dest = pino.destination({ dest: openLog(config.logFile), sync: false });
+  const log = pino({ base: { service: "ipamd", node: config.nodeName }, level: config.logLevel }, dest);
+  const exit = (code: number): never => {
+    try {
+      dest.flushSync();
+    } catch {
+      // nothing more can be said: the log itself is what failed
+    }
+    process.exit(code);
+  };
 
-  let daemon;
+  let daemon: Awaited<ReturnType<typeof startDaemon>>;
   try {
     daemon = await startDaemon(config, log, { acceptDataLoss: opts.acceptDataLoss });
   } catch (e) {
     const msg = e instanceof StoreError ? e.message : `cannot start: ${(e as Error).message}`;
     log.fatal(msg);
     process.stderr.write(`ipamd: ${msg}\n`);
-    process.exit(1);
+    exit(1);
   }
 
   let stopping = false;
@@ -94,17 +105,17 @@ async function main(): Promise<void> {
     log.info({ signal }, "shutting down");
     const force = setTimeout(() => {
       log.error("shutdown took too long; exiting");
-      process.exit(1);
+      exit(1);
     }, 15_000);
     force.unref();
     daemon.close().then(
       () => {
         log.info("stopped");
-        process.exit(0);
+        exit(0);
       },
       (e) => {
         log.error({ err: e }, "shutdown failed");
-        process.exit(1);
+        exit(1);
       },
     );
   };
@@ -112,8 +123,20 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("uncaughtException", (e) => {
     log.fatal({ err: e }, "uncaught exception");
-    process.exit(70);
+    exit(70);
   });
+}
+
+/** The log file opened here, synchronously, so that even a failure at start-up reaches it; stderr without one. */
+function openLog(path: string | undefined): number {
+  if (!path) return 2;
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    return openSync(path, "a");
+  } catch (e) {
+    process.stderr.write(`ipamd: cannot open the log file ${path}: ${(e as Error).message}; fix its directory or set another logFile\n`);
+    process.exit(2);
+  }
 }
 
 void main();

@@ -239,7 +239,7 @@ export class ApiServer {
   }
 
   /** The commit sequence the log record must reach before replies go out (see store/guard.ts). */
-  set afterCommit(fn: (seq: number) => void) {
+  set afterCommit(fn: (seq: number) => Promise<void> | void) {
     this.committer.afterCommit = fn;
   }
 

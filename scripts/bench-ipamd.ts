@@ -2,8 +2,9 @@
 // latency at 1, 16 and 256 concurrent clients, on an empty /16 and with 50,000 existing
 // reservations. Drives a real daemon (esbuild bundle on node) with a real SQLite file.
 //
-//   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json]
+//   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json] [--cpu-prof DIR]
 import { rmSync } from "node:fs";
+import { resolve } from "node:path";
 import { IpamdClient } from "../api/client";
 import { type DaemonHandle, startIpamd } from "../test/helpers/ipamd";
 
@@ -27,17 +28,19 @@ const ALLOCATIONS = Number(arg("allocations", "5000"));
 const SEED = Number(arg("seed", "50000"));
 const CONCURRENCY = arg("concurrency", "1,16,256").split(",").map(Number);
 const JSON_OUT = process.argv.includes("--json");
+/** --cpu-prof DIR: the daemon writes a V8 CPU profile there when it stops (open it in Chrome's DevTools). */
+const CPU_PROF = process.argv.includes("--cpu-prof") ? resolve(arg("cpu-prof", "/tmp/berth-bench-prof")) : undefined;
 
 function quantile(sorted: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
 }
 
 /** Reserve-ahead in batches: 1,000 ordinals per request, each request one transaction. */
-async function seed(d: DaemonHandle, count: number): Promise<number> {
+async function seed(admin: IpamdClient, count: number): Promise<number> {
   const t0 = performance.now();
   for (let done = 0, sts = 0; done < count; sts++) {
     const replicas = Math.min(1000, count - done);
-    await d.client.reserve({ namespace: "seed", statefulset: `seed-${sts}`, replicas });
+    await admin.reserve({ namespace: "seed", statefulset: `seed-${sts}`, replicas });
     done += replicas;
   }
   return performance.now() - t0;
@@ -82,16 +85,19 @@ async function main(): Promise<void> {
   for (const seeded of [0, SEED]) {
     const d = await startIpamd({
       config: { node: { name: "bench" }, pools: [{ name: "bench16", subnet: "10.200.0.0/16", networks: ["bench"] }] },
+      ...(CPU_PROF ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] } : {}),
     });
+    // Set-up requests that reserve or release thousands at once: longer than the helper's 5 s.
+    const admin = new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 120_000 });
     try {
       if (seeded > 0) {
-        const ms = await seed(d, seeded);
+        const ms = await seed(admin, seeded);
         if (!JSON_OUT) console.log(`seeded ${seeded} reservations in ${(ms / 1000).toFixed(2)} s`);
       }
       // Measure a warm daemon, as on a node: JIT, and SQLite's files grown to their working size
       // (seeding does that for the second round). Then clear the warm-up allocations.
       await run(d, seeded, 16, seeded > 0 ? 500 : 20_000, "warm");
-      await d.client.gc("bench", []);
+      await admin.gc("bench", []);
       for (const c of CONCURRENCY) {
         const r = await run(d, seeded, c, ALLOCATIONS, `${seeded}-${c}`);
         results.push(r);
@@ -103,7 +109,7 @@ async function main(): Promise<void> {
           );
         }
         // Keep the number of existing reservations constant between runs.
-        await d.client.gc("bench", []);
+        await admin.gc("bench", []);
       }
       const status = await d.client.status();
       const metrics = await d.client.metrics();
@@ -117,6 +123,7 @@ async function main(): Promise<void> {
         );
       }
     } finally {
+      admin.close();
       await d.stop();
       rmSync(d.dir, { recursive: true, force: true });
     }

@@ -6,6 +6,7 @@ import {
   chmodSync,
   closeSync,
   existsSync,
+  fdatasync,
   fdatasyncSync,
   ftruncateSync,
   lstatSync,
@@ -140,12 +141,25 @@ export class CommitRecord {
   }
 
   write(mark: CommitMark): void {
+    fdatasyncSync(this.put(mark));
+  }
+
+  /**
+   * The same, with the fdatasync in libuv's thread pool: the event loop goes on (the next group commit's
+   * SQLite fsync overlaps this one) and the promise resolves once the mark is on disk.
+   */
+  writeAsync(mark: CommitMark): Promise<void> {
+    const fd = this.put(mark);
+    return new Promise((resolve, reject) => fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  private put(mark: CommitMark): number {
     this.fd ??= openSync(this.path, existsSync(this.path) ? "r+" : "w+", 0o600);
     const buf = Buffer.alloc(RECORD_SIZE, " ");
     buf.write(JSON.stringify(mark));
     buf[RECORD_SIZE - 1] = 0x0a;
     writeSync(this.fd, buf, 0, RECORD_SIZE, 0);
-    fdatasyncSync(this.fd);
+    return this.fd;
   }
 
   close(): void {

@@ -131,7 +131,9 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
       r(code);
     }),
   );
-  const client = new IpamdClient(socket, { timeoutMs: 5000 });
+  // Under Bun (the benchmarks) a client without keepAlive makes synchronous exchanges, during which this process
+  // does not read the daemon's stderr: a daemon logging a line per change would fill the pipe and block.
+  const client = new IpamdClient(socket, { timeoutMs: 5000, keepAlive: Boolean(process.versions.bun) });
   const handle: DaemonHandle = {
     dir,
     socket,
