@@ -96,7 +96,7 @@ export const MIGRATIONS: string[] = [
     PRIMARY KEY (pool, ip)
   );
   CREATE TABLE cluster_state (
-    key   TEXT PRIMARY KEY,              -- liveness_confirmed_at, sticky_revision
+    key   TEXT PRIMARY KEY,              -- liveness_confirmed_at, sticky_events_revision
     value TEXT NOT NULL
   );
   `,
@@ -106,6 +106,15 @@ export const MIGRATIONS: string[] = [
   CREATE TABLE reservation_events (
     seq   INTEGER PRIMARY KEY,           -- never reused: the newest row is never pruned
     json  TEXT NOT NULL                  -- the event as the stream sends it
+  );
+  `,
+  // 6: cluster mode's sticky events (ipamd/cluster/sticky-events.ts): each sticky identity as this node last saw it in
+  // etcd, so that a change (or a re-list) is compared with what was already emitted; cluster_state's
+  // sticky_events_revision is the revision it reflects.
+  `
+  CREATE TABLE cluster_sticky_seen (
+    name  TEXT PRIMARY KEY,              -- <pool>/<namespace>/<statefulset>/<ordinal>/<if>
+    json  TEXT NOT NULL                  -- the StickyRecord with its modRevision
   );
   `,
 ];
