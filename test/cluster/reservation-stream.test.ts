@@ -1,0 +1,316 @@
+// The reservation stream in cluster mode: three REAL ipamd daemons on one REAL 3-member etcd, a watcher on node C.
+// C's stream follows every sticky reservation of the cluster, whichever node changes it: a reserve-ahead on A, a
+// member's ADD on B through the BUILT berth-ipam plugin (the way a runtime runs it), its DEL, a re-ADD on A, the
+// release. A watcher that disconnects resumes with since= and gets every event exactly once, in order; so does one
+// that follows C across a SIGTERM, a kill -9 and an etcd compaction while A keeps changing reservations. What the
+// stream says is checked against etcd's keys (etcdctl) and C's GET /v1/reservations; the built ipamctl follows too.
+import { type ChildProcess, spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Reservation, ReservationEvent, WatchLine } from "../../api/types";
+import { type ClusterNodeHandle, freshPrefix, restartNode, startClusterNodes, until } from "../helpers/cluster";
+import { EtcdCluster } from "../helpers/etcd";
+import { buildIpamd, cleanupIpamdTest } from "../helpers/ipamd";
+import { pluginPath, runCni } from "../helpers/plugins";
+
+let etcd: EtcdCluster;
+let nodes: ClusterNodeHandle[] = [];
+const prefix = freshPrefix("stream");
+const POOL = "p4";
+const POOLS = [{ name: POOL, subnet: "10.83.0.0/24", ranges: [{ start: "10.83.0.10", end: "10.83.0.250" }] }];
+
+beforeAll(async () => {
+  etcd = await EtcdCluster.start();
+  nodes = await startClusterNodes(
+    etcd,
+    ["a", "b", "c"].map((n) => ({ name: `node-${n}` })),
+    {
+      pools: POOLS,
+      prefix,
+      extra: {
+        statefulSets: [
+          { namespace: "db", name: "web" },
+          { namespace: "db", name: "burst" },
+        ],
+      },
+    },
+  );
+}, 120_000);
+afterAll(async () => {
+  await cleanupIpamdTest();
+  await etcd?.destroy();
+  for (const n of nodes) rmSync(n.dir, { recursive: true, force: true });
+});
+
+/** A watcher of one node's stream (the HTTP client's watchReservations), collecting events until stopped. */
+function follow(n: ClusterNodeHandle, since?: number): { events: ReservationEvent[]; bookmarks: number[]; stop(): Promise<void> } {
+  const events: ReservationEvent[] = [];
+  const bookmarks: number[] = [];
+  const ac = new AbortController();
+  const ended = n.client
+    .watchReservations(
+      since,
+      (l: WatchLine) => {
+        if (l.type === "bookmark") bookmarks.push(l.seq);
+        else if (l.type !== "error") events.push(l);
+      },
+      ac.signal,
+    )
+    .catch(() => undefined);
+  return {
+    events,
+    bookmarks,
+    stop: async () => {
+      ac.abort();
+      await ended;
+    },
+  };
+}
+
+/** Every event after `since`, replayed from the node's database (ends at the first bookmark). */
+async function replay(n: ClusterNodeHandle, since: number): Promise<ReservationEvent[]> {
+  const w = follow(n, since);
+  await until("the replay's bookmark", () => w.bookmarks.length > 0);
+  await w.stop();
+  return w.events;
+}
+
+/** The last sequence a node gave out (its bookmark). */
+async function lastSeq(n: ClusterNodeHandle): Promise<number> {
+  const w = follow(n);
+  await until("a bookmark", () => w.bookmarks.length > 0);
+  await w.stop();
+  return w.bookmarks[0]!;
+}
+
+const short = (e: ReservationEvent) => [e.type, e.reservation.owner, e.node, e.reason];
+
+/** The sticky reservations the events leave behind: owner -> what a load balancer would keep. */
+function fold(events: ReservationEvent[], into = new Map<string, Reservation>()): Map<string, Reservation> {
+  for (const e of events) {
+    if (!e.reservation.sticky) continue;
+    if (e.type === "released") into.delete(e.reservation.owner);
+    else into.set(e.reservation.owner, e.reservation);
+  }
+  return into;
+}
+
+type Brief = { ip: string; node: string; containerID: string | null };
+const brief = (m: Map<string, Reservation>): Record<string, Brief> =>
+  Object.fromEntries([...m].sort().map(([o, r]) => [o, { ip: r.ip, node: r.node ?? "", containerID: r.containerID ?? null }]));
+
+/** etcd's sticky identities of pool p4 (etcdctl): owner -> ip, bound node, attached container. */
+function etcdSticky(statefulset: string): Record<string, Brief> {
+  const out: [string, Brief][] = [];
+  for (const [k, v] of etcd.dump(`${prefix}/sticky/${POOL}/db/${statefulset}/`)) {
+    const [ns, sts, ordinal] = k.slice(`${prefix}/sticky/${POOL}/`.length).split("/");
+    const r = JSON.parse(v) as { ip: string; node: string; attachment?: { containerID: string } };
+    out.push([`${ns}/${sts}/${ordinal}`, { ip: r.ip, node: r.node, containerID: r.attachment?.containerID ?? null }]);
+  }
+  return Object.fromEntries(out.sort());
+}
+
+/** What node C lists (GET /v1/reservations, cluster mode) of one StatefulSet. */
+async function listed(n: ClusterNodeHandle, statefulset: string): Promise<Record<string, Brief>> {
+  const r = await n.client.reservations({ namespace: "db", statefulset });
+  expect(r.cluster?.source).toBe("etcd");
+  return brief(new Map(r.reservations.map((x) => [x.owner, x])));
+}
+
+const ipam = (n: ClusterNodeHandle) => ({
+  cniVersion: "1.0.0",
+  name: "n",
+  type: "macvlan",
+  ipam: { type: "berth-ipam", socket: n.socket },
+});
+const member = (pod: string, uid: string) => `IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=${pod};K8S_POD_UID=${uid}`;
+function plugin(command: "ADD" | "DEL", n: ClusterNodeHandle, containerId: string, pod: string, uid: string) {
+  return runCni(pluginPath("berth-ipam"), {
+    command,
+    config: ipam(n),
+    containerId,
+    netns: "/proc/self/ns/net",
+    ifName: "eth0",
+    cniArgs: member(pod, uid),
+  });
+}
+const podReq = (containerID: string, pod: string, uid: string) => ({
+  containerID,
+  ifName: "eth0",
+  network: "n",
+  podNamespace: "db",
+  podName: pod,
+  podUID: uid,
+});
+/** A DEL's detach reaches etcd through the outbox: wait until it is applied. */
+const outboxApplied = (n: ClusterNodeHandle) =>
+  until(`${n.name}'s outbox applied`, async () => (await n.client.status()).cluster?.outboxPending === 0);
+
+describe("a watcher on node C follows every sticky reservation of the cluster", () => {
+  it("reserve-ahead on A, ADD and DEL on B (built plugin), re-ADD on A, release: each once, in order, across a reconnect", async () => {
+    const [a, b, c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
+    const start = await lastSeq(c);
+    const ctl = spawnIpamctl(c, start);
+    const first = follow(c, start);
+
+    const reserved = await a.client.reserve({ namespace: "db", statefulset: "web", replicas: 2 });
+    const ip0 = reserved.reservations.find((r) => r.ordinal === 0)!.ip;
+    const ip1 = reserved.reservations.find((r) => r.ordinal === 1)!.ip;
+    const addB = plugin("ADD", b, "ctr-on-b", "web-0", "uid-b");
+    expect(addB.code, addB.stdout + addB.stderr).toBe(0);
+    expect(addB.json.ips[0].address).toBe(`${ip0}/24`);
+    await until("C's stream shows the ADD on B", () => first.events.length >= 3);
+    // C's view now: from its stream, from etcd and from its own listing alike.
+    expect(brief(fold(first.events))).toEqual(etcdSticky("web"));
+    expect(await listed(c, "web")).toEqual(etcdSticky("web"));
+    expect(etcdSticky("web")["db/web/0"]).toEqual({ ip: ip0, node: "node-b", containerID: "ctr-on-b" });
+    await first.stop();
+    const resumeAt = first.events[first.events.length - 1]!.seq;
+
+    // While nobody watches: the DEL on B.
+    const delB = plugin("DEL", b, "ctr-on-b", "web-0", "uid-b");
+    expect(delB.code, delB.stdout + delB.stderr).toBe(0);
+    await outboxApplied(b);
+    const second = follow(c, resumeAt);
+    await a.client.allocate(podReq("ctr-on-a", "web-0", "uid-a"));
+    await until("C's stream shows the re-ADD on A", () => second.events.length >= 2);
+    expect(brief(fold(second.events, fold(first.events)))).toEqual(etcdSticky("web"));
+    expect(etcdSticky("web")["db/web/0"]).toEqual({ ip: ip0, node: "node-a", containerID: "ctr-on-a" });
+    await a.client.release(podReq("ctr-on-a", "web-0", "uid-a"));
+    await outboxApplied(a);
+    await b.client.releaseReservations({ namespace: "db", statefulset: "web" });
+    await until("C's stream shows the release", () => second.events.length >= 5);
+    await new Promise((r) => setTimeout(r, 500)); // nothing more may come
+    await second.stop();
+
+    const seen = [...first.events, ...second.events];
+    // Reserved in parallel: the two identities in either order; the rest in the order it happened.
+    expect(
+      seen
+        .slice(0, 2)
+        .map(short)
+        .sort((x, y) => String(x[1]).localeCompare(String(y[1]))),
+    ).toEqual([
+      ["reserved", "db/web/0", "node-a", "cluster-reserve"],
+      ["reserved", "db/web/1", "node-a", "cluster-reserve"],
+    ]);
+    expect(seen.slice(2).map(short)).toEqual([
+      ["attached", "db/web/0", "node-b", "cluster-attach"],
+      ["detached", "db/web/0", "node-b", "cluster-detach"],
+      ["attached", "db/web/0", "node-a", "cluster-attach"],
+      ["detached", "db/web/0", "node-a", "cluster-detach"],
+      ["released", "db/web/0", "node-a", "cluster-release"],
+      ["released", "db/web/1", "node-a", "cluster-release"],
+    ]);
+    for (const e of seen) expect(e.reservation.ip).toBe(e.reservation.ordinal === 0 ? ip0 : ip1);
+    expect(seen[2]!.reservation).toMatchObject({ state: "attached", containerID: "ctr-on-b", node: "node-b", sticky: true });
+    expect(seen[3]!.reservation).toMatchObject({ state: "detached", node: "node-b" });
+    // Exactly once, in order: the sequence numbers follow each other, and C's database replays the same events.
+    expect(seen.map((e) => e.seq)).toEqual(seen.map((_, i) => start + 1 + i));
+    expect(new Set(seen.map((e) => e.etcdRevision)).size).toBe(seen.length);
+    expect(await replay(c, start)).toEqual(seen);
+    expect(etcdSticky("web")).toEqual({});
+    expect(await listed(c, "web")).toEqual({});
+    // The built ipamctl, following C from the same sequence, printed the same lines.
+    await until("ipamctl printed every event", () => ctl.events().length >= seen.length);
+    ctl.proc.kill("SIGTERM");
+    expect(ctl.events()).toEqual(seen);
+    // A's and B's streams carry the same sticky events under their own sequence numbers.
+    for (const other of [a, b]) {
+      const theirs = (await replay(other, 0)).filter((e) => e.reservation.statefulset === "web");
+      expect(theirs.map((e) => [...short(e), e.etcdRevision])).toEqual(seen.map((e) => [...short(e), e.etcdRevision]));
+    }
+  }, 90_000);
+
+  it("across a SIGTERM, a kill -9 and an etcd compaction of C while A changes reservations: nothing missed or repeated", async () => {
+    const [a, , c0] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
+    let c = c0;
+    const start = await lastSeq(c);
+    const expected: (string | number)[][] = [];
+    const cycle = async (i: number): Promise<void> => {
+      await a.client.allocate(podReq(`ctr-burst-${i}`, `burst-${i}`, `u-${i}`));
+      await a.client.release(podReq(`ctr-burst-${i}`, `burst-${i}`, `u-${i}`));
+      await outboxApplied(a);
+      expected.push(["attached", `db/burst/${i}`, "node-a", "cluster-attach"], ["detached", `db/burst/${i}`, "node-a", "cluster-detach"]);
+    };
+    await cycle(0);
+    await until("C saw cycle 0", async () => (await replay(c, start)).length >= 2);
+    await c.stop(); // SIGTERM while A goes on
+    await cycle(1);
+    await cycle(2);
+    c = await restartNode(c);
+    nodes[2] = c;
+    const w = follow(c, start);
+    await cycle(3);
+    // kill -9 right after a change on A, whether or not C has recorded it yet.
+    await a.client.allocate(podReq("ctr-burst-4", "burst-4", "u-4"));
+    await c.kill9();
+    await a.client.release(podReq("ctr-burst-4", "burst-4", "u-4"));
+    await outboxApplied(a);
+    expected.push(["attached", "db/burst/4", "node-a", "cluster-attach"], ["detached", "db/burst/4", "node-a", "cluster-detach"]);
+    await w.stop();
+    c = await restartNode(c);
+    nodes[2] = c;
+    await until("C caught up after kill -9", async () => (await replay(c, start)).length >= expected.length);
+    await new Promise((r) => setTimeout(r, 500));
+    const got = await replay(c, start);
+    expect(got.map(short)).toEqual(expected);
+    expect(got.map((e) => e.seq)).toEqual(got.map((_, i) => start + 1 + i));
+    // The watcher that was cut by the kill resumes from the last sequence it read: the rest, once.
+    const cut = w.events.length ? w.events[w.events.length - 1]!.seq : start;
+    expect([...w.events, ...(await replay(c, cut))]).toEqual(got);
+
+    // C down, A changes, etcd compacts the history C would resume from: C re-lists and emits the net differences.
+    const beforeCompaction = await lastSeq(c);
+    await c.stop();
+    await a.client.reserve({ namespace: "db", statefulset: "burst", replicas: 6 }); // creates burst-5
+    await a.client.releaseReservations({ namespace: "db", statefulset: "burst", ordinal: 0 });
+    await a.client.allocate(podReq("ctr-burst-1b", "burst-1", "u-1b"));
+    etcd.compact();
+    c = await restartNode(c);
+    nodes[2] = c;
+    await until("C re-listed", async () => (await c.client.status()).cluster?.watch.compactions === 1);
+    await until("C emitted the differences", async () => (await replay(c, beforeCompaction)).length >= 3);
+    await new Promise((r) => setTimeout(r, 500));
+    const relisted = await replay(c, beforeCompaction);
+    expect(relisted.map(short).sort()).toEqual(
+      [
+        ["attached", "db/burst/1", "node-a", "cluster-relist"],
+        ["released", "db/burst/0", "node-a", "cluster-relist"],
+        ["reserved", "db/burst/5", "node-a", "cluster-relist"],
+      ].sort(),
+    );
+    expect(brief(fold(relisted, fold(got)))).toEqual(etcdSticky("burst"));
+    expect(await listed(c, "burst")).toEqual(etcdSticky("burst"));
+    // And it follows on from there.
+    await a.client.release(podReq("ctr-burst-1b", "burst-1", "u-1b"));
+    await until("C follows after the re-list", async () => (await replay(c, beforeCompaction)).length >= 4);
+    expect((await replay(c, beforeCompaction)).map(short)[3]).toEqual(["detached", "db/burst/1", "node-a", "cluster-detach"]);
+  }, 120_000);
+});
+
+/** The built ipamctl following a node's stream as JSON lines. */
+function spawnIpamctl(n: ClusterNodeHandle, since: number): { proc: ChildProcess; events(): ReservationEvent[] } {
+  let out = "";
+  let proc: ChildProcess | undefined;
+  const started = buildIpamd().then(({ ipamctl }) => {
+    const [file, argv] = ipamctl.endsWith(".mjs") ? [process.execPath, [ipamctl]] : [ipamctl, []];
+    proc = spawn(file, [...argv, "--socket", n.socket, "-o", "json", "reservations", "--watch", "--since", String(since)], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    proc.stdout!.on("data", (chunk: Buffer) => {
+      out += chunk.toString();
+    });
+  });
+  void started;
+  return {
+    get proc() {
+      return proc!;
+    },
+    events: () =>
+      out
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as ReservationEvent),
+  };
+}
