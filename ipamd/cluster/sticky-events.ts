@@ -131,9 +131,12 @@ export class StickyFeed {
       if ("change" in item) {
         const { name, record, revision } = item.change;
         const prev = get(name);
+        const reflected = b.revision;
         b.revision = Math.max(b.revision, revision);
         if (!b.baselined) continue; // watching before the first list: the list that follows is the baseline
-        if (record ? prev && record.modRevision <= prev.modRevision : !prev || prev.modRevision >= revision) continue; // seen already
+        // Seen already (a watch that resumed too early): older than what the seen identities reflect, or than the identity.
+        if (revision < reflected) continue;
+        if (record ? prev && record.modRevision <= prev.modRevision : !prev || prev.modRevision >= revision) continue;
         b.drafts.push(...this.events(name, prev ?? null, record, now, revision));
         set(name, record);
         continue;
