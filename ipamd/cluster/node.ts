@@ -5,8 +5,9 @@
 // Start-up, etcd reachable: liveness, then the buffer from etcd (minus what SQLite uses), orphans of a crash between
 // an etcd write and its commit are undone, the sticky watch resumes from the saved revision (a compacted one: list
 // again). The sticky watch's changes also become events of this node's reservation stream (sticky-events.ts), in the
-// commit that saves the revision the watch resumes from. etcd unreachable: the buffer from SQLite (always a subset of what etcd grants this node), fenced once
-// the last confirmed liveness is older than the grace period; everything else retries with backoff.
+// commit that saves the revision the watch resumes from. etcd unreachable: the buffer from SQLite (always a subset of
+// what etcd grants this node), fenced once the last confirmed liveness is older than the grace period; everything
+// else retries with backoff.
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { ClusterStatus } from "../../api/types";
