@@ -68,7 +68,7 @@ export class StickyFeed {
   revision: number;
   /** Whether the seen identities were ever listed (the first list is the baseline: no events). */
   private baselined: boolean;
-  private readonly q: Record<"upsert" | "delete" | "clear", Statement>;
+  private readonly q: Record<"all" | "upsert" | "delete" | "clear", Statement>;
 
   constructor(
     db: DB,
@@ -76,16 +76,23 @@ export class StickyFeed {
     private readonly pools: () => NodePools,
     private readonly revisionState: { get(): string | undefined; set(value: string): void },
   ) {
-    for (const r of db.prepare("SELECT name, json FROM cluster_sticky_seen").all() as { name: string; json: string }[]) {
-      this.seen.set(r.name, JSON.parse(r.json) as SeenRecord);
-    }
-    this.revision = Number(revisionState.get() ?? 0);
-    this.baselined = this.revision > 0;
     this.q = {
+      all: db.prepare("SELECT name, json FROM cluster_sticky_seen"),
       upsert: db.prepare("INSERT INTO cluster_sticky_seen (name, json) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET json = excluded.json"),
       delete: db.prepare("DELETE FROM cluster_sticky_seen WHERE name = ?"),
       clear: db.prepare("DELETE FROM cluster_sticky_seen"),
     };
+    this.revision = 0;
+    this.baselined = false;
+    this.reload();
+  }
+
+  /** Reads the seen identities and their revision from SQLite (at start, and after a batch whose outcome is unknown). */
+  reload(): void {
+    this.seen.clear();
+    for (const r of this.q.all.all() as { name: string; json: string }[]) this.seen.set(r.name, JSON.parse(r.json) as SeenRecord);
+    this.revision = Number(this.revisionState.get() ?? 0);
+    this.baselined = this.revision > 0;
   }
 
   /** Where the sticky watch resumes after a restart (undefined: list first, and take the list as the baseline). */
@@ -110,8 +117,12 @@ export class StickyFeed {
     return this.queue.splice(0);
   }
 
-  /** A batch whose commit failed: its items run again first. */
+  /**
+   * A batch whose commit failed (or whose outcome is unknown: the change failed after its commit): its items run
+   * again first, compared with what SQLite holds, so a batch that did commit emits nothing twice.
+   */
   putBack(items: Item[]): void {
+    this.reload();
     this.queue.unshift(...items);
   }
 
