@@ -4,6 +4,7 @@
 // release. A watcher that disconnects resumes with since= and gets every event exactly once, in order; so does one
 // that follows C across a SIGTERM, a kill -9 and an etcd compaction while A keeps changing reservations. What the
 // stream says is checked against etcd's keys (etcdctl) and C's GET /v1/reservations; the built ipamctl follows too.
+// A node's own member ADD is in its stream once; its ordinary attachments are in its stream only.
 import { type ChildProcess, spawn } from "node:child_process";
 import { rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -221,6 +222,46 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
       expect(theirs.map((e) => [...short(e), e.etcdRevision])).toEqual(seen.map((e) => [...short(e), e.etcdRevision]));
     }
   }, 90_000);
+
+  it("a node's own member ADD is one event (from etcd), its ordinary attachments stay its own, other nodes' are not in it", async () => {
+    const [a, , c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
+    const [fromA, fromC] = [await lastSeq(a), await lastSeq(c)];
+    const plainA = await a.client.allocate({ containerID: "plain-a", ifName: "eth0", network: "n" });
+    const plainC = await c.client.allocate({ containerID: "plain-c", ifName: "eth0", network: "n" });
+    await c.client.allocate(podReq("ctr-own-c", "web-3", "u-own"));
+    await until("C's own member ADD in its stream", async () => (await replay(c, fromC)).length >= 2);
+    await new Promise((r) => setTimeout(r, 500)); // nothing more may come
+    const onC = await replay(c, fromC);
+    expect(onC.map(short)).toEqual([
+      ["attached", "plain-c/eth0", "node-c", "cni-add"],
+      ["attached", "db/web/3", "node-c", "cluster-attach"],
+    ]);
+    expect(onC[0]!.reservation).toMatchObject({ ip: plainC.ips[0]!.address.split("/")[0], sticky: false });
+    expect(onC[1]!.reservation).toMatchObject({ containerID: "ctr-own-c", node: "node-c", state: "attached" });
+    expect(onC[1]!.etcdRevision).toBeGreaterThan(0);
+    // A's stream: its own plain ADD, and C's member ADD (read off etcd), nothing of C's plain one.
+    await until("A saw C's member ADD", async () => (await replay(a, fromA)).length >= 2);
+    const onA = await replay(a, fromA);
+    expect(onA.map(short)).toEqual([
+      ["attached", "plain-a/eth0", "node-a", "cni-add"],
+      ["attached", "db/web/3", "node-c", "cluster-attach"],
+    ]);
+    expect(onA[0]!.reservation.ip).toBe(plainA.ips[0]!.address.split("/")[0]);
+    expect(onA[1]).toEqual({ ...onC[1], seq: onA[1]!.seq });
+    await c.client.release(podReq("ctr-own-c", "web-3", "u-own"));
+    await a.client.release({ containerID: "plain-a", ifName: "eth0", network: "n" });
+    await c.client.release({ containerID: "plain-c", ifName: "eth0", network: "n" });
+    await outboxApplied(c);
+    await c.client.releaseReservations({ namespace: "db", statefulset: "web", ordinal: 3 });
+    await until("C's stream has the clean-up", async () => (await replay(c, fromC)).length >= 5);
+    expect((await replay(c, fromC)).slice(2).map(short).sort()).toEqual(
+      [
+        ["detached", "db/web/3", "node-c", "cluster-detach"],
+        ["released", "db/web/3", "node-c", "cluster-release"],
+        ["released", "plain-c/eth0", "node-c", "cni-del"],
+      ].sort(),
+    );
+  }, 60_000);
 
   it("across a SIGTERM, a kill -9 and an etcd compaction of C while A changes reservations: nothing missed or repeated", async () => {
     const [a, , c0] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
