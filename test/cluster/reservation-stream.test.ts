@@ -5,11 +5,11 @@
 // that follows C across a SIGTERM, a kill -9 and an etcd compaction while A keeps changing reservations. What the
 // stream says is checked against etcd's keys (etcdctl) and C's GET /v1/reservations; the built ipamctl follows too.
 // A node's own member ADD is in its stream once; its ordinary attachments are in its stream only.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Reservation, ReservationEvent, WatchLine } from "../../api/types";
-import { type ClusterNodeHandle, freshPrefix, restartNode, startClusterNodes, until } from "../helpers/cluster";
+import { addWithRetries, type ClusterNodeHandle, freshPrefix, restartNode, startClusterNodes, until } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 import { buildIpamd, cleanupIpamdTest } from "../helpers/ipamd";
 import { pluginPath, runCni } from "../helpers/plugins";
@@ -32,6 +32,7 @@ beforeAll(async () => {
         statefulSets: [
           { namespace: "db", name: "web" },
           { namespace: "db", name: "burst" },
+          { namespace: "db", name: "storm" },
         ],
       },
     },
@@ -151,7 +152,7 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
   it("reserve-ahead on A, ADD and DEL on B (built plugin), re-ADD on A, release: each once, in order, across a reconnect", async () => {
     const [a, b, c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
     const start = await lastSeq(c);
-    const ctl = spawnIpamctl(c, start);
+    const ctl = await spawnIpamctl(c, start);
     const first = follow(c, start);
 
     const reserved = await a.client.reserve({ namespace: "db", statefulset: "web", replicas: 2 });
@@ -328,26 +329,105 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
     await until("C follows after the re-list", async () => (await replay(c, beforeCompaction)).length >= 4);
     expect((await replay(c, beforeCompaction)).map(short)[3]).toEqual(["detached", "db/burst/1", "node-a", "cluster-detach"]);
   }, 120_000);
+
+  it("a storm of ADDs and DELs on A and B while C is killed and restarted: C's events are etcd's history, each once", async () => {
+    const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
+    let c = nodes[2]!;
+    const start = await lastSeq(c);
+    const fromA = await lastSeq(a);
+    const fromRevision = etcd.revision() + 1;
+    const free = [0, 1, 2, 3, 4, 5];
+    let op = 0;
+    const worker = async (): Promise<void> => {
+      while (op < 36) {
+        const ordinal = free.shift();
+        if (ordinal === undefined) {
+          await new Promise((r) => setTimeout(r, 20));
+          continue;
+        }
+        const i = op++;
+        const on = i % 3 === 0 ? b : a;
+        const req = podReq(`ctr-storm-${i}`, `storm-${ordinal}`, `u-storm-${i}`);
+        await addWithRetries(on, req);
+        await on.client.release(req);
+        await outboxApplied(on); // the next ADD elsewhere must find it detached
+        free.push(ordinal);
+        if (i === 10) await c.kill9();
+        if (i === 20) c = nodes[2] = await restartNode(c);
+        if (i === 28) {
+          await c.stop();
+          c = nodes[2] = await restartNode(c);
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker()]);
+    const history = etcdHistory(`${prefix}/sticky/${POOL}/db/storm/`, fromRevision);
+    expect(history.length).toBeGreaterThanOrEqual(72);
+    await until("C caught up", async () => (await replay(c, start)).length >= history.length, 20_000);
+    await new Promise((r) => setTimeout(r, 500));
+    const onC = await replay(c, start);
+    // Each change etcd made, once, in etcd's order, on C as on A.
+    const ordinalOf = (key: string): string => key.split("/").slice(-2, -1)[0]!;
+    expect(onC.map((e) => `${e.etcdRevision} ${e.type === "released" ? "gone" : "set"} ${e.reservation.ordinal}`)).toEqual(
+      history.map((h) => `${h.revision} ${h.deleted ? "gone" : "set"} ${ordinalOf(h.key)}`),
+    );
+    expect(onC.map((e) => e.seq)).toEqual(onC.map((_, i) => start + 1 + i));
+    const onA = (await replay(a, fromA)).filter((e) => e.reservation.statefulset === "storm");
+    expect(onA.map((e) => ({ ...e, seq: 0 }))).toEqual(onC.map((e) => ({ ...e, seq: 0 })));
+    expect(brief(fold(onC))).toEqual(etcdSticky("storm"));
+    expect(await listed(c, "storm")).toEqual(etcdSticky("storm"));
+  }, 180_000);
 });
 
-/** The built ipamctl following a node's stream as JSON lines. */
-function spawnIpamctl(n: ClusterNodeHandle, since: number): { proc: ChildProcess; events(): ReservationEvent[] } {
-  let out = "";
-  let proc: ChildProcess | undefined;
-  const started = buildIpamd().then(({ ipamctl }) => {
-    const [file, argv] = ipamctl.endsWith(".mjs") ? [process.execPath, [ipamctl]] : [ipamctl, []];
-    proc = spawn(file, [...argv, "--socket", n.socket, "-o", "json", "reservations", "--watch", "--since", String(since)], {
-      stdio: ["ignore", "pipe", "ignore"],
-    });
-    proc.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString();
-    });
+/**
+ * etcd's own history of one prefix from `rev` on (etcdctl watch --rev, cut after a few seconds), as the changes a
+ * watcher must be told of: per key, a create, a delete, or a new address, node, pinning or sandbox.
+ */
+function etcdHistory(prefix: string, rev: number): { key: string; revision: number; deleted: boolean }[] {
+  const endpoints = etcd.members.map((m) => m.clientUrl).join(",");
+  const r = spawnSync("/usr/bin/etcdctl", ["--endpoints", endpoints, "watch", "--prefix", prefix, "--rev", String(rev), "-w", "json"], {
+    env: { ...process.env, ETCDCTL_API: "3" },
+    encoding: "utf8",
+    timeout: 3000,
   });
-  void started;
+  type Wire = { Events?: { type?: number; kv: { key: string; value?: string; mod_revision: number } }[] };
+  const last = new Map<string, string>();
+  const out: { key: string; revision: number; deleted: boolean }[] = [];
+  for (const line of r.stdout.split("\n").filter((l) => l.startsWith("{"))) {
+    for (const e of (JSON.parse(line) as Wire).Events ?? []) {
+      const key = Buffer.from(e.kv.key, "base64").toString();
+      if (e.type === 1) {
+        out.push({ key, revision: e.kv.mod_revision, deleted: true });
+        last.delete(key);
+        continue;
+      }
+      const v = JSON.parse(Buffer.from(e.kv.value ?? "", "base64").toString()) as {
+        ip: string;
+        node: string;
+        pinned?: boolean;
+        attachment?: { containerID: string };
+      };
+      const seen = JSON.stringify([v.ip, v.node, v.pinned === true, v.attachment?.containerID ?? null]);
+      if (last.get(key) !== seen) out.push({ key, revision: e.kv.mod_revision, deleted: false });
+      last.set(key, seen);
+    }
+  }
+  return out;
+}
+
+/** The built ipamctl following a node's stream as JSON lines. */
+async function spawnIpamctl(n: ClusterNodeHandle, since: number): Promise<{ proc: ChildProcess; events(): ReservationEvent[] }> {
+  const { ipamctl } = await buildIpamd();
+  const [file, argv] = ipamctl.endsWith(".mjs") ? [process.execPath, [ipamctl]] : [ipamctl, []];
+  const proc = spawn(file, [...argv, "--socket", n.socket, "-o", "json", "reservations", "--watch", "--since", String(since)], {
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  let out = "";
+  proc.stdout.on("data", (chunk: Buffer) => {
+    out += chunk.toString();
+  });
   return {
-    get proc() {
-      return proc!;
-    },
+    proc,
     events: () =>
       out
         .split("\n")
