@@ -109,10 +109,6 @@ export class StickyFeed {
     this.queue.push({ relist: new Map(view), revision });
   }
 
-  get pending(): boolean {
-    return this.queue.length > 0;
-  }
-
   take(): Item[] {
     return this.queue.splice(0);
   }

@@ -4,7 +4,8 @@
 // release. A watcher that disconnects resumes with since= and gets every event exactly once, in order; so does one
 // that follows C across a SIGTERM, a kill -9 and an etcd compaction while A keeps changing reservations. What the
 // stream says is checked against etcd's keys (etcdctl) and C's GET /v1/reservations; the built ipamctl follows too.
-// A node's own member ADD is in its stream once; its ordinary attachments are in its stream only.
+// A node's own member ADD is in its stream once; its ordinary attachments are in its stream only. Under a storm of
+// member ADDs and DELs on A and B while C is killed and restarted, C's events are etcd's own history, each once.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -153,6 +154,7 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
     const [a, b, c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
     const start = await lastSeq(c);
     const ctl = await spawnIpamctl(c, start);
+    const table = await spawnIpamctl(c, start, []);
     const first = follow(c, start);
 
     const reserved = await a.client.reserve({ namespace: "db", statefulset: "web", replicas: 2 });
@@ -217,6 +219,18 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
     await until("ipamctl printed every event", () => ctl.events().length >= seen.length);
     ctl.proc.kill("SIGTERM");
     expect(ctl.events()).toEqual(seen);
+    // Its table names the node that made each change.
+    await until("ipamctl's table", () => table.text().split("\n").length > seen.length + 1);
+    table.proc.kill("SIGTERM");
+    const rows = table
+      .text()
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => l.split("\t"));
+    expect(rows[0]).toEqual(["SEQ", "EVENT", "IP", "POOL", "OWNER", "POD", "NODE", "REASON", "AT"]);
+    expect(rows.slice(1).map((r) => r.slice(0, 8))).toEqual(
+      seen.map((e) => [String(e.seq), e.type, e.reservation.ip, POOL, e.reservation.owner, "-", e.node, e.reason]),
+    );
     // A's and B's streams carry the same sticky events under their own sequence numbers.
     for (const other of [a, b]) {
       const theirs = (await replay(other, 0)).filter((e) => e.reservation.statefulset === "web");
@@ -352,15 +366,19 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
         await on.client.release(req);
         await outboxApplied(on); // the next ADD elsewhere must find it detached
         free.push(ordinal);
-        if (i === 10) await c.kill9();
-        if (i === 20) c = nodes[2] = await restartNode(c);
-        if (i === 28) {
-          await c.stop();
-          c = nodes[2] = await restartNode(c);
-        }
       }
     };
-    await Promise.all([worker(), worker(), worker()]);
+    // C meanwhile: kill -9, restarted, SIGTERM, restarted.
+    const chaos = async (): Promise<void> => {
+      await until("op 10", () => op >= 10);
+      await c.kill9();
+      await until("op 20", () => op >= 20);
+      c = nodes[2] = await restartNode(c);
+      await until("op 28", () => op >= 28);
+      await c.stop();
+      c = nodes[2] = await restartNode(c);
+    };
+    await Promise.all([worker(), worker(), worker(), chaos()]);
     const history = etcdHistory(`${prefix}/sticky/${POOL}/db/storm/`, fromRevision);
     expect(history.length).toBeGreaterThanOrEqual(72);
     await until("C caught up", async () => (await replay(c, start)).length >= history.length, 20_000);
@@ -416,10 +434,14 @@ function etcdHistory(prefix: string, rev: number): { key: string; revision: numb
 }
 
 /** The built ipamctl following a node's stream as JSON lines. */
-async function spawnIpamctl(n: ClusterNodeHandle, since: number): Promise<{ proc: ChildProcess; events(): ReservationEvent[] }> {
+async function spawnIpamctl(
+  n: ClusterNodeHandle,
+  since: number,
+  output: string[] = ["-o", "json"],
+): Promise<{ proc: ChildProcess; events(): ReservationEvent[]; text(): string }> {
   const { ipamctl } = await buildIpamd();
   const [file, argv] = ipamctl.endsWith(".mjs") ? [process.execPath, [ipamctl]] : [ipamctl, []];
-  const proc = spawn(file, [...argv, "--socket", n.socket, "-o", "json", "reservations", "--watch", "--since", String(since)], {
+  const proc = spawn(file, [...argv, "--socket", n.socket, ...output, "reservations", "--watch", "--since", String(since)], {
     stdio: ["ignore", "pipe", "ignore"],
   });
   let out = "";
@@ -428,6 +450,7 @@ async function spawnIpamctl(n: ClusterNodeHandle, since: number): Promise<{ proc
   });
   return {
     proc,
+    text: () => out,
     events: () =>
       out
         .split("\n")
