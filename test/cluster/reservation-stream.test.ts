@@ -4,7 +4,8 @@
 // release. A watcher that disconnects resumes with since= and gets every event exactly once, in order; so does one
 // that follows C across a SIGTERM, a kill -9 and an etcd compaction while A keeps changing reservations. What the
 // stream says is checked against etcd's keys (etcdctl) and C's GET /v1/reservations; the built ipamctl follows too.
-// A node's own member ADD is in its stream once; its ordinary attachments are in its stream only. Under a storm of
+// A node's own member ADD is in its stream once; its ordinary attachments are in its stream only. A pin, a pin to
+// another address and a forced release are the events etcd's changes describe (heldBy included). Under a storm of
 // member ADDs and DELs on A and B while C is killed and restarted, C's events are etcd's own history, each once.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
@@ -276,6 +277,31 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
         ["released", "plain-c/eth0", "node-c", "cni-del"],
       ].sort(),
     );
+  }, 60_000);
+
+  it("a pin, a pin to another address, and a forced release of an attached member: the events name what etcd did", async () => {
+    const [a, b, c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
+    const start = await lastSeq(c);
+    await a.client.pin({ namespace: "db", statefulset: "web", ordinal: 7, ip: "10.83.0.240" });
+    const add = plugin("ADD", b, "ctr-pinned", "web-7", "uid-p");
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    expect(add.json.ips[0].address).toBe("10.83.0.240/24");
+    await a.client.pin({ namespace: "db", statefulset: "web", ordinal: 7, ip: "10.83.0.241", force: true });
+    await a.client.releaseReservations({ namespace: "db", statefulset: "web", ordinal: 7, force: true });
+    await until("C's stream shows the forced release", async () => (await replay(c, start)).length >= 5);
+    await new Promise((r) => setTimeout(r, 500));
+    const got = await replay(c, start);
+    expect(got.map((e) => [...short(e), e.reservation.ip, e.reservation.pinned, e.heldBy ?? null])).toEqual([
+      ["reserved", "db/web/7", "node-a", "cluster-pin", "10.83.0.240", true, null],
+      ["attached", "db/web/7", "node-b", "cluster-attach", "10.83.0.240", true, null],
+      // Pinned elsewhere while its sandbox runs: the old address ends (the sandbox keeps it until its DEL).
+      ["released", "db/web/7", "node-a", "cluster-pin", "10.83.0.240", true, "ctr-pinned/eth0"],
+      ["reserved", "db/web/7", "node-a", "cluster-pin", "10.83.0.241", true, null],
+      ["released", "db/web/7", "node-a", "cluster-release", "10.83.0.241", true, null],
+    ]);
+    expect(etcdSticky("web")).toEqual({});
+    const del = plugin("DEL", b, "ctr-pinned", "web-7", "uid-p");
+    expect(del.code, del.stdout + del.stderr).toBe(0);
   }, 60_000);
 
   it("across a SIGTERM, a kill -9 and an etcd compaction of C while A changes reservations: nothing missed or repeated", async () => {
