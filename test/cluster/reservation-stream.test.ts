@@ -11,7 +11,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Reservation, ReservationEvent, WatchLine } from "../../api/types";
-import { addWithRetries, type ClusterNodeHandle, freshPrefix, restartNode, startClusterNodes, until } from "../helpers/cluster";
+import { addWithRetries, type ClusterNodeHandle, etcdIps, freshPrefix, restartNode, startClusterNodes, until } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 import { buildIpamd, cleanupIpamdTest } from "../helpers/ipamd";
 import { pluginPath, runCni } from "../helpers/plugins";
@@ -282,22 +282,25 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
   it("a pin, a pin to another address, and a forced release of an attached member: the events name what etcd did", async () => {
     const [a, b, c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
     const start = await lastSeq(c);
-    await a.client.pin({ namespace: "db", statefulset: "web", ordinal: 7, ip: "10.83.0.240" });
+    // Two addresses no node holds (a pin refuses an address in another node's buffer).
+    const held = etcdIps(etcd, prefix, POOL);
+    const [ipA, ipB] = Array.from({ length: 100 }, (_, i) => `10.83.0.${250 - i}`).filter((ip) => !held.has(ip)) as [string, string];
+    await a.client.pin({ namespace: "db", statefulset: "web", ordinal: 7, ip: ipA });
     const add = plugin("ADD", b, "ctr-pinned", "web-7", "uid-p");
     expect(add.code, add.stdout + add.stderr).toBe(0);
-    expect(add.json.ips[0].address).toBe("10.83.0.240/24");
-    await a.client.pin({ namespace: "db", statefulset: "web", ordinal: 7, ip: "10.83.0.241", force: true });
+    expect(add.json.ips[0].address).toBe(`${ipA}/24`);
+    await a.client.pin({ namespace: "db", statefulset: "web", ordinal: 7, ip: ipB, force: true });
     await a.client.releaseReservations({ namespace: "db", statefulset: "web", ordinal: 7, force: true });
     await until("C's stream shows the forced release", async () => (await replay(c, start)).length >= 5);
     await new Promise((r) => setTimeout(r, 500));
     const got = await replay(c, start);
     expect(got.map((e) => [...short(e), e.reservation.ip, e.reservation.pinned, e.heldBy ?? null])).toEqual([
-      ["reserved", "db/web/7", "node-a", "cluster-pin", "10.83.0.240", true, null],
-      ["attached", "db/web/7", "node-b", "cluster-attach", "10.83.0.240", true, null],
+      ["reserved", "db/web/7", "node-a", "cluster-pin", ipA, true, null],
+      ["attached", "db/web/7", "node-b", "cluster-attach", ipA, true, null],
       // Pinned elsewhere while its sandbox runs: the old address ends (the sandbox keeps it until its DEL).
-      ["released", "db/web/7", "node-a", "cluster-pin", "10.83.0.240", true, "ctr-pinned/eth0"],
-      ["reserved", "db/web/7", "node-a", "cluster-pin", "10.83.0.241", true, null],
-      ["released", "db/web/7", "node-a", "cluster-release", "10.83.0.241", true, null],
+      ["released", "db/web/7", "node-a", "cluster-pin", ipA, true, "ctr-pinned/eth0"],
+      ["reserved", "db/web/7", "node-a", "cluster-pin", ipB, true, null],
+      ["released", "db/web/7", "node-a", "cluster-release", ipB, true, null],
     ]);
     expect(etcdSticky("web")).toEqual({});
     const del = plugin("DEL", b, "ctr-pinned", "web-7", "uid-p");
