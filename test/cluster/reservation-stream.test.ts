@@ -234,7 +234,9 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
     );
     // A's and B's streams carry the same sticky events under their own sequence numbers.
     for (const other of [a, b]) {
-      const theirs = (await replay(other, 0)).filter((e) => e.reservation.statefulset === "web");
+      const web = async () => (await replay(other, 0)).filter((e) => e.reservation.statefulset === "web");
+      await until(`${other.name}'s stream`, async () => (await web()).length >= seen.length);
+      const theirs = await web();
       expect(theirs.map((e) => [...short(e), e.etcdRevision])).toEqual(seen.map((e) => [...short(e), e.etcdRevision]));
     }
   }, 90_000);
@@ -419,7 +421,9 @@ describe("a watcher on node C follows every sticky reservation of the cluster", 
       history.map((h) => `${h.revision} ${h.deleted ? "gone" : "set"} ${ordinalOf(h.key)}`),
     );
     expect(onC.map((e) => e.seq)).toEqual(onC.map((_, i) => start + 1 + i));
-    const onA = (await replay(a, fromA)).filter((e) => e.reservation.statefulset === "storm");
+    const storm = async () => (await replay(a, fromA)).filter((e) => e.reservation.statefulset === "storm");
+    await until("A's stream", async () => (await storm()).length >= onC.length);
+    const onA = await storm();
     expect(onA.map((e) => ({ ...e, seq: 0 }))).toEqual(onC.map((e) => ({ ...e, seq: 0 })));
     expect(brief(fold(onC))).toEqual(etcdSticky("storm"));
     expect(await listed(c, "storm")).toEqual(etcdSticky("storm"));
