@@ -96,7 +96,7 @@ export const MIGRATIONS: string[] = [
     PRIMARY KEY (pool, ip)
   );
   CREATE TABLE cluster_state (
-    key   TEXT PRIMARY KEY,              -- liveness_confirmed_at, sticky_events_revision
+    key   TEXT PRIMARY KEY,              -- liveness_confirmed_at, sticky_revision
     value TEXT NOT NULL
   );
   `,
@@ -110,7 +110,7 @@ export const MIGRATIONS: string[] = [
   `,
   // 6: cluster mode's sticky events (ipamd/cluster/sticky-events.ts): each sticky identity as this node last saw it in
   // etcd, so that a change (or a re-list) is compared with what was already emitted; cluster_state's
-  // sticky_events_revision is the revision it reflects.
+  // sticky_events_revision is the revision it reflects (it replaces sticky_revision, no longer read).
   `
   CREATE TABLE cluster_sticky_seen (
     name  TEXT PRIMARY KEY,              -- <pool>/<namespace>/<statefulset>/<ordinal>/<if>
