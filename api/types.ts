@@ -229,14 +229,23 @@ export interface ReservationEvent {
   seq: number;
   type: "reserved" | "attached" | "detached" | "released";
   at: string;
-  /** The node whose ipamd gave out the sequence number. */
+  /**
+   * The node that made the change: this ipamd for its own rows; in cluster mode, for a sticky reservation, the node
+   * that wrote it to etcd (for `released`, the node it was bound to: etcd does not record who deleted it).
+   */
   node: string;
-  /** Why: cni-add, cni-del, spool, gc, leak-reconciled, reserve-ahead, operator, statefulset-lifecycle, ttl, cluster-sync. */
+  /**
+   * Why: cni-add, cni-del, spool, gc, leak-reconciled, reserve-ahead, operator, statefulset-lifecycle, ttl, cluster-sync;
+   * in cluster mode, a sticky reservation's change in etcd: cluster-reserve, cluster-attach, cluster-detach, cluster-pin,
+   * cluster-rebind, cluster-release, or cluster-relist (the net change found by a re-list after an etcd compaction).
+   */
   reason: string;
   /** As it is after the change; for `released`, as it was. */
   reservation: Reservation;
   /** `released` of a sticky reservation whose address the running container keeps: its new owner (containerID/ifName). */
   heldBy?: string;
+  /** Cluster mode, a sticky reservation's event: the etcd revision of the change. */
+  etcdRevision?: number;
 }
 /** Every line of the watch stream: an event, a bookmark (the current sequence), or the error that ends the stream. */
 export type WatchLine = ReservationEvent | { type: "bookmark"; seq: number } | { type: "error"; message: string };

@@ -605,13 +605,21 @@ async function watchReservations(
     else {
       const r = line.reservation;
       if (!header) {
-        out(["SEQ", "EVENT", "IP", "POOL", "OWNER", "POD", "REASON", "AT"].join("\t"));
+        out(["SEQ", "EVENT", "IP", "POOL", "OWNER", "POD", "NODE", "REASON", "AT"].join("\t"));
         header = true;
       }
       out(
-        [line.seq, line.type, r.ip, r.pool, r.owner, r.podName ? `${r.podNamespace ?? ""}/${r.podName}` : "-", line.reason, line.at].join(
-          "\t",
-        ),
+        [
+          line.seq,
+          line.type,
+          r.ip,
+          r.pool,
+          r.owner,
+          r.podName ? `${r.podNamespace ?? ""}/${r.podName}` : "-",
+          line.node,
+          line.reason,
+          line.at,
+        ].join("\t"),
       );
     }
   };

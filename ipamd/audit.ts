@@ -1,11 +1,12 @@
 // The audit trail: one JSON log line per committed change of a reservation (field `audit` names
 // what happened), one per StatefulSet (un)registration, and one per refused change: who asked
 // (`actor`), the address, owner, pool, node, the attachment and pod, the reason and the event's
-// sequence number in the reservation stream (events.ts).
+// sequence number in the reservation stream (events.ts), when the stream carries it (cluster mode streams sticky
+// reservations from etcd instead).
 import type { Logger } from "pino";
-import type { ReservationEvent } from "../api/types";
 import { type Actor, actorFields } from "./changes";
 import { ApiError } from "./errors";
+import type { CommittedEvent } from "./events";
 import type { OwnershipOp } from "./ownership";
 
 export class Audit {
@@ -15,7 +16,7 @@ export class Audit {
   ) {}
 
   /** The committed events of one request. */
-  committed(op: OwnershipOp, actor: Actor, events: ReservationEvent[]): void {
+  committed(op: OwnershipOp, actor: Actor, events: CommittedEvent[]): void {
     const who = actorFields(actor);
     for (const e of events) {
       const r = e.reservation;

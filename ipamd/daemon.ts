@@ -120,7 +120,10 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     tlog,
   );
   await spool.start();
-  await cluster?.start((reason, fn) => api.mutate({ kind: "sync", reason }, fn));
+  await cluster?.start(
+    (reason, fn) => api.mutate({ kind: "sync", reason }, fn),
+    (drafts) => api.events.queue(drafts),
+  );
 
   // Before the socket opens, so that the first ADD already sees the Node's labels and the pods.
   // Cluster mode: the release-leader Lease picks the one node acting on cluster-wide releases, done on etcd.

@@ -1,7 +1,9 @@
 // The reservation stream (GET /v1/reservations?watch=true, api/API.md): every change of a
 // reservation is an event under a sequence number this daemon gives out. Events are written in
 // the commit of the change they describe (so a restart neither loses nor renumbers one), the
-// newest KEEP of them are kept in SQLite, and a watcher resumes with ?since=<seq>.
+// newest KEEP of them are kept in SQLite, and a watcher resumes with ?since=<seq>. In cluster mode the sticky
+// reservations' events are not read off this node's rows but off etcd (cluster/sticky-events.ts): queued by the
+// commit that records them, numbered with it.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Reservation, ReservationEvent, WatchLine } from "../api/types";
 import type { Change } from "./changes";
@@ -16,6 +18,11 @@ const BOOKMARK_MS = 15_000;
 /** A watcher that lets this much pile up unread is cut off (it resumes from its last sequence). */
 const MAX_UNREAD_BYTES = 4 * 1024 * 1024;
 
+/** An event before it is numbered. */
+export type EventDraft = Omit<ReservationEvent, "seq">;
+/** What the audit log gets of a commit: every change of this node's rows, with its sequence when it is streamed. */
+export type CommittedEvent = EventDraft & { seq?: number };
+
 interface Watcher {
   res: ServerResponse;
   /** The last sequence this watcher has been sent (or told about in a bookmark). */
@@ -29,6 +36,8 @@ export class ReservationEvents {
   private readonly watchers = new Set<Watcher>();
   private readonly bookmarks: NodeJS.Timeout;
   private readonly q: Record<"insert" | "since" | "prune", Statement>;
+  /** Events queued by the running commit (`queue`), numbered by its `record`. */
+  private queued: EventDraft[] = [];
 
   constructor(
     db: DB,
@@ -59,23 +68,51 @@ export class ReservationEvents {
     return this.watchers.size;
   }
 
+  /** Inside a commit: events not read off its row changes (cluster mode: etcd's sticky changes), numbered by its `record`. */
+  queue(drafts: EventDraft[]): void {
+    this.queued.push(...drafts);
+  }
+
+  /** A commit that failed: what it queued is dropped. */
+  dropQueued(): void {
+    this.queued = [];
+  }
+
   /**
-   * Inside the request's savepoint: numbers and stores the events of `changes`. A savepoint rolled
-   * back leaves a gap in the numbers, never a reuse.
+   * Inside the request's savepoint: numbers and stores the queued events, then those of `changes` that `streamed`
+   * keeps (all by default; cluster mode leaves out sticky rows, whose events come from etcd). Returns what goes
+   * to the watchers after the commit, and every change for the audit log. A savepoint rolled back leaves a gap in
+   * the numbers, never a reuse.
    */
-  record(changes: Change[], reason: string, reservation: (row: Row) => Reservation, now: number): ReservationEvent[] {
+  record(
+    changes: Change[],
+    reason: string,
+    reservation: (row: Row) => Reservation,
+    now: number,
+    streamed: (c: Change) => boolean = () => true,
+  ): { published: ReservationEvent[]; audited: CommittedEvent[] } {
     const at = new Date(now).toISOString();
-    const events = changes.map((c): ReservationEvent => {
-      const e: ReservationEvent = { seq: ++this.seq, type: c.event, at, node: this.node, reason, reservation: reservation(c.row) };
-      if (c.heldBy) e.heldBy = c.heldBy;
-      this.q.insert.run(e.seq, JSON.stringify(e));
+    const published = this.queued.splice(0).map((d) => this.store({ seq: 0, ...d }));
+    const audited = changes.map((c): CommittedEvent => {
+      const d: CommittedEvent = { type: c.event, at, node: this.node, reason, reservation: reservation(c.row) };
+      if (c.heldBy) d.heldBy = c.heldBy;
+      if (!streamed(c)) return d;
+      const e = this.store({ seq: 0, ...d });
+      published.push(e);
       return e;
     });
     if (this.seq - this.oldest >= this.keep + Math.ceil(this.keep / 10)) {
       this.q.prune.run(this.seq - this.keep);
       this.oldest = this.seq - this.keep + 1;
     }
-    return events;
+    return { published, audited };
+  }
+
+  /** Numbers and stores one event (`seq` first in its JSON, as the stream has always sent it). */
+  private store(e: ReservationEvent): ReservationEvent {
+    e.seq = ++this.seq;
+    this.q.insert.run(e.seq, JSON.stringify(e));
+    return e;
   }
 
   /** After the commit: the events go to every watcher (in sequence order; none twice). */

@@ -7,7 +7,7 @@ import { dirname } from "node:path";
 import type { z } from "zod";
 import type { AllocateRequest, ClusterStatus, KubeStatus, RegisterResponse, StatusResponse } from "../api/types";
 import { Audit } from "./audit";
-import { type Actor, capture, defaultActor, reasonOf } from "./changes";
+import { type Actor, capture, type Change, defaultActor, reasonOf } from "./changes";
 import type { WallClock } from "./clock";
 import type { ClusterOperator } from "./cluster/operator";
 import { GroupCommitter } from "./commit";
@@ -187,22 +187,27 @@ export class ApiServer {
     let done: { value: T; changes: ReturnType<typeof capture>["changes"]; events: ReturnType<ReservationEvents["record"]> };
     try {
       done = await this.committer.submit(() => {
-        const { value, changes } = capture(store, () => {
-          const r = rule(ticket);
-          ownership.inCommit?.(ticket, r);
-          return r;
-        });
-        const events = this.events.record(changes, reason, (row) => views.reservation(row), this.o.clock.now());
-        return { value, changes, events };
+        try {
+          const { value, changes } = capture(store, () => {
+            const r = rule(ticket);
+            ownership.inCommit?.(ticket, r);
+            return r;
+          });
+          const now = this.o.clock.now();
+          const events = this.events.record(changes, reason, (row) => views.reservation(row), now, this.streamed);
+          return { value, changes, events };
+        } finally {
+          this.events.dropQueued();
+        }
       });
     } catch (e) {
       ownership.abandoned(ticket, e);
       this.refused(op, actor, e);
       throw e;
     }
-    this.events.publish(done.events);
+    this.events.publish(done.events.published);
     try {
-      this.audit.committed(op, actor, done.events);
+      this.audit.committed(op, actor, done.events.audited);
       this.o.metrics.countChanges(op, reason, done.changes, done.value);
     } catch (e) {
       this.o.log.error({ err: e }, "cannot log or count a committed change");
@@ -210,6 +215,12 @@ export class ApiServer {
     await ownership.committed(ticket);
     return done.value;
   }
+
+  /**
+   * Which row changes the stream carries: all of them, except in cluster mode a sticky reservation's, whose events
+   * every node reads off etcd (cluster/sticky-events.ts) whichever node made the change, this one included.
+   */
+  private readonly streamed = (c: Change): boolean => !this.o.cluster || c.row.sticky !== 1;
 
   /** A change refused by its rule is audited; one that failed (a commit that could not be written) is logged, throttled. */
   private refused(op: OwnershipOp, actor: Actor, e: unknown): void {

@@ -4,12 +4,15 @@
 //
 // Start-up, etcd reachable: liveness, then the buffer from etcd (minus what SQLite uses), orphans of a crash between
 // an etcd write and its commit are undone, the sticky watch resumes from the saved revision (a compacted one: list
-// again). etcd unreachable: the buffer from SQLite (always a subset of what etcd grants this node), fenced once
-// the last confirmed liveness is older than the grace period; everything else retries with backoff.
+// again). The sticky watch's changes also become events of this node's reservation stream (sticky-events.ts), in the
+// commit that saves the revision the watch resumes from. etcd unreachable: the buffer from SQLite (always a subset of
+// what etcd grants this node), fenced once the last confirmed liveness is older than the grace period; everything
+// else retries with backoff.
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { ClusterStatus } from "../../api/types";
 import type { Config } from "../config";
+import type { EventDraft } from "../events";
 import { type NodePools, selectorMatches } from "../pools";
 import { StatefulSets } from "../statefulsets";
 import type { DB } from "../store/database";
@@ -22,6 +25,7 @@ import { ClusterStore } from "./local-store";
 import { ClusterMetrics } from "./metrics";
 import { ClusterNodeOwnership, identityOf } from "./node-ownership";
 import { ClusterOwnership } from "./ownership";
+import { type StickyChange, StickyFeed } from "./sticky-events";
 import { WatchLoop } from "./watch";
 
 /** Runs `fn` inside the group commit (a savepoint of its own), like a request. */
@@ -58,10 +62,14 @@ export class ClusterNode {
   private readonly registered = new Set<string>();
   private stsWatch?: WatchLoop;
   private livenessUp = false;
+  /** The sticky identities' changes as reservation events (created once the store is open). */
+  private feed?: StickyFeed;
+  /** Queues events into the running commit (ApiServer's reservation stream). */
+  private stream?: (drafts: EventDraft[]) => void;
 
   constructor(
     readonly config: Config,
-    db: DB,
+    private readonly db: DB,
     readonly log: Logger,
     registry: Registry,
   ) {
@@ -140,17 +148,23 @@ export class ClusterNode {
 
   // ---------- lifecycle ----------
 
-  async start(runLocal: LocalRunner): Promise<void> {
+  /** `stream` queues reservation events into the commit that runs (the sticky identities' changes). */
+  async start(runLocal: LocalRunner, stream?: (drafts: EventDraft[]) => void): Promise<void> {
     this.runLocal = runLocal;
+    this.stream = stream;
     this.fenceConfirmed = Number(this.local.state("liveness_confirmed_at") ?? 0);
     const silentFor = Date.now() - this.fenceConfirmed;
-    const stickyRevision = Number(this.local.state("sticky_revision") ?? 0) || undefined;
+    this.feed = new StickyFeed(this.db, this.keys, () => this.pools!, {
+      get: () => this.local.state("sticky_events_revision"),
+      set: (value) => this.local.setState("sticky_events_revision", value),
+    });
+    // Resumed right after what the stream has emitted; never listed (or before this version): list, as the baseline.
+    const stickyRevision = this.feed.resumeRevision;
     const inUse = this.inUse();
     const startOpts = {
       inUse,
       stickyRevision,
-      onSticky: (changes: { name: string; revision: number }[], revision: number, relisted: boolean) =>
-        this.onSticky(changes, revision, relisted),
+      onSticky: (changes: StickyChange[], revision: number, relisted: boolean) => this.onSticky(changes, revision, relisted),
       onWatchError: (e: Error) => this.log.debug({ err: e.message }, "sticky watch interrupted; resuming"),
     };
     try {
@@ -445,28 +459,38 @@ export class ClusterNode {
 
   // ---------- the local record follows etcd (watch) ----------
 
-  private onSticky(changes: { name: string; revision: number }[], revision: number, relisted: boolean): void {
+  private onSticky(changes: StickyChange[], revision: number, relisted: boolean): void {
     for (const c of changes) this.pendingSync.set(c.name, Math.max(c.revision, this.pendingSync.get(c.name) ?? 0));
-    if (relisted) this.relistPending = true;
-    this.syncRevision = Math.max(this.syncRevision, revision);
-    if (!this.syncTimer) {
-      this.syncTimer = setTimeout(() => {
-        this.syncTimer = null;
-        void this.flushSync();
-      }, 100);
-      this.syncTimer.unref();
+    this.feed?.changed(changes);
+    if (relisted) {
+      this.relistPending = true;
+      this.relistRevision = Math.max(this.relistRevision, revision);
+      this.feed?.relisted(this.own.stickyView, revision);
     }
+    this.scheduleSync();
   }
-  private syncRevision = 0;
-  private savedRevisionAt = 0;
+  private syncing = false;
+  private relistRevision = 0;
+
+  /** One batch at a time: the feed compares each batch with what the previous one committed. */
+  private scheduleSync(): void {
+    if (this.syncTimer) return;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = null;
+      if (this.syncing) this.scheduleSync();
+      else void this.flushSync();
+    }, 100);
+    this.syncTimer.unref();
+  }
 
   private async flushSync(): Promise<void> {
     if (!this.runLocal || this.closed) return;
+    this.syncing = true;
     const changes = this.pendingSync;
     this.pendingSync = new Map();
     const relisted = this.relistPending;
     this.relistPending = false;
-    const revision = this.syncRevision;
+    const items = this.feed?.take() ?? [];
     const view = this.own.stickyView;
     const follow = (name: string, eventRevision: number): void => {
       const record = view.get(name) ?? null;
@@ -479,19 +503,23 @@ export class ClusterNode {
         .map((r) => identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))
         .map((id) => `${id.pool}/${this.keys.identityName(id)}`);
     try {
-      await this.runLocal("sticky watch", () => {
+      const batch = await this.runLocal("sticky watch", () => {
         for (const [name, rev] of changes) follow(name, rev);
-        if (relisted) for (const name of mine()) follow(name, revision);
-        if (revision && (relisted || Date.now() - this.savedRevisionAt > 1000)) {
-          this.local.setState("sticky_revision", String(revision));
-          this.savedRevisionAt = Date.now();
-        }
+        if (relisted) for (const name of mine()) follow(name, this.relistRevision);
+        // The events and the revision the watch resumes from, in this commit: a restart repeats and skips nothing.
+        const b = this.feed?.apply(items, Date.now());
+        if (b?.drafts.length) this.stream?.(b.drafts);
+        return b;
       });
+      if (batch) this.feed!.committed(batch);
     } catch (e) {
       this.log.warn({ err: e }, "could not apply sticky identity changes locally; retrying");
-      for (const [n, r] of changes) this.pendingSync.set(n, r);
+      for (const [n, r] of changes) if (!this.pendingSync.has(n)) this.pendingSync.set(n, r);
       this.relistPending ||= relisted;
-      this.onSticky([], revision, false);
+      this.feed?.putBack(items);
+      this.scheduleSync();
+    } finally {
+      this.syncing = false;
     }
   }
 

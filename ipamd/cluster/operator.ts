@@ -25,6 +25,7 @@ import type { IpOwner, StickyIdentity, StickyRecord } from "./keys";
 import { parseJson } from "./keys";
 import type { ClusterNode } from "./node";
 import { clusterApiError, identityOf } from "./node-ownership";
+import { stickyReservation } from "./sticky-events";
 
 type Listed = { identity: StickyIdentity; record: StickyRecord };
 
@@ -96,27 +97,7 @@ export class ClusterOperator {
   }
 
   private view(x: Listed): Reservation {
-    const { identity: id, record: r } = x;
-    const pool = this.pools.get(id.pool);
-    const family = pool?.family ?? (r.ip.includes(":") ? 6 : 4);
-    return {
-      ip: r.ip,
-      address: `${r.ip}/${this.pools.prefixOf(id.pool, family, r.ip)}`,
-      pool: id.pool,
-      family,
-      owner: `${id.namespace}/${id.statefulset}/${id.ordinal}`,
-      kind: "statefulset",
-      sticky: true,
-      pinned: r.pinned === true,
-      state: r.attachment ? "attached" : "detached",
-      namespace: id.namespace,
-      statefulset: id.statefulset,
-      ordinal: id.ordinal,
-      ...(r.attachment ? { containerID: r.attachment.containerID, ifName: r.attachment.ifName } : {}),
-      ...(r.attachment?.podUID ? { podUID: r.attachment.podUID } : {}),
-      createdAt: new Date(r.at).toISOString(),
-      node: r.node,
-    };
+    return stickyReservation(this.pools, x.identity, x.record);
   }
 
   // ---------- StatefulSets ----------

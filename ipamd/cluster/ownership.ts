@@ -96,10 +96,14 @@ export interface StartOptions {
   /** Watch sticky identities from this revision + 1 (a restart) instead of listing them first. */
   stickyRevision?: number;
   /**
-   * Sticky identities changed (names under <prefix>/sticky/, with the revision of the change), or were re-listed
-   * (`relisted`, no changes: compare everything with stickyView).
+   * Sticky identities changed (names under <prefix>/sticky/, with the revision of the change and the value after it,
+   * null when deleted), or were re-listed (`relisted`, no changes: compare everything with stickyView).
    */
-  onSticky?: (changes: { name: string; revision: number }[], revision: number, relisted: boolean) => void;
+  onSticky?: (
+    changes: { name: string; revision: number; record: (StickyRecord & { modRevision: number }) | null }[],
+    revision: number,
+    relisted: boolean,
+  ) => void;
   onWatchError?: (e: Error) => void;
 }
 
@@ -234,7 +238,11 @@ export class ClusterOwnership {
             for (const e of events) this.observe(e.kv, e.type === "delete");
             if (prefix === sticky) {
               o.onSticky?.(
-                events.map((e) => ({ name: e.kv.key.slice(sticky.length), revision: e.kv.modRevision })),
+                events.map((e) => ({
+                  name: e.kv.key.slice(sticky.length),
+                  revision: e.kv.modRevision,
+                  record: e.type === "delete" ? null : { ...parseJson<StickyRecord>(e.kv.value, e.kv.key), modRevision: e.kv.modRevision },
+                })),
                 revision,
                 false,
               );

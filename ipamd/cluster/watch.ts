@@ -73,7 +73,9 @@ export class WatchLoop {
           this.failures = 0;
         },
         onEvents: (events, revision) => {
-          this.revision = Math.max(this.revision, revision, ...events.map((e) => e.kv.modRevision));
+          // Resume after the last event, not the header: a catch-up batch's header revision runs ahead of events still
+          // to come (etcd sends at most 1000 revisions per batch), and resuming there would skip them (clientv3 does the same).
+          this.revision = Math.max(this.revision, ...events.map((e) => e.kv.modRevision));
           this.h.onEvents(events, revision);
         },
         onCompacted: () => undefined,

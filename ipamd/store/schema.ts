@@ -108,6 +108,15 @@ export const MIGRATIONS: string[] = [
     json  TEXT NOT NULL                  -- the event as the stream sends it
   );
   `,
+  // 6: cluster mode's sticky events (ipamd/cluster/sticky-events.ts): each sticky identity as this node last saw it in
+  // etcd, so that a change (or a re-list) is compared with what was already emitted; cluster_state's
+  // sticky_events_revision is the revision it reflects (it replaces sticky_revision, no longer read).
+  `
+  CREATE TABLE cluster_sticky_seen (
+    name  TEXT PRIMARY KEY,              -- <pool>/<namespace>/<statefulset>/<ordinal>/<if>
+    json  TEXT NOT NULL                  -- the StickyRecord with its modRevision
+  );
+  `,
 ];
 
 /** Indexes whose absence would let an address be held twice, or a member hold two: checked at every start. */
