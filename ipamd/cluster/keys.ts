@@ -25,7 +25,9 @@ export interface AttachmentRef {
 export type IpOwner =
   | { owner: "buffer"; node: string; gen: string; at: number; releasedAt?: number }
   | { owner: "attachment"; node: string; gen: string; at: number; attachment: AttachmentRef }
-  | { owner: "sticky"; node: string; gen: string; at: number; identity: string };
+  | { owner: "sticky"; node: string; gen: string; at: number; identity: string }
+  /** A released sticky address in its cooldown: the key's lease deletes it when the cooldown ends (then it is free). */
+  | { owner: "cooling"; node: string; gen: string; at: number; identity: string; until: number };
 
 export interface StickyRecord {
   ip: string;

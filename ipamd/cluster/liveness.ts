@@ -131,7 +131,8 @@ export class Reaper {
     for (const pool of this.o.pools) {
       for (const kv of (await this.o.client.range(this.keys.poolIps(pool), { prefix: true })).kvs) {
         const v = parseJson<IpOwner>(kv.value, kv.key);
-        if (v.owner === "sticky" || live.has(v.node)) continue; // sticky identities never die with a node
+        // Sticky identities never die with a node; a cooldown ends by its lease.
+        if (v.owner === "sticky" || v.owner === "cooling" || live.has(v.node)) continue;
         const list = orphans.get(v.node) ?? [];
         list.push({ pool, key: kv.key, modRevision: kv.modRevision, owner: v.owner });
         orphans.set(v.node, list);

@@ -279,6 +279,14 @@ export class ClusterOperator {
       }
       return "held";
     }
+    if (v?.owner === "cooling") {
+      throw new ApiError(
+        "not_found",
+        `no reservation holds ${ip}: ${v.identity} released it, and it is free again from ${new Date(v.until).toISOString()} ` +
+          "(the cooldown, cooldownSeconds)",
+        "ip",
+      );
+    }
     throw new ApiError("not_found", `no reservation holds ${ip}`, "ip");
   }
 

@@ -1066,7 +1066,13 @@ export class ClusterOwnership {
         op: { put: { key, value } },
       };
     }
-    if (!v || v.node !== this.node || v.owner === "sticky" || (v.owner === "attachment" && v.attachment.containerID !== rec.containerID))
+    if (
+      !v ||
+      v.node !== this.node ||
+      v.owner === "sticky" ||
+      v.owner === "cooling" ||
+      (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)
+    )
       return { status: "noop" };
     if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" }; // handed out here again since
     const op: TxnOp = rec.keepInBuffer
@@ -1115,7 +1121,13 @@ export class ClusterOwnership {
         const cmp: Compare = kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 };
         return (await this.casTxn("attach", [cmp], [{ put: { key, value } }], key, gen)) ? { status: "applied" } : null;
       }
-      if (!v || v.node !== this.node || v.owner === "sticky" || (v.owner === "attachment" && v.attachment.containerID !== rec.containerID))
+      if (
+        !v ||
+        v.node !== this.node ||
+        v.owner === "sticky" ||
+        v.owner === "cooling" ||
+        (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)
+      )
         return { status: "noop" };
       if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" };
       const op: TxnOp = rec.keepInBuffer
@@ -1160,6 +1172,7 @@ export class ClusterOwnership {
     const ipKv = await this.client.get(ikey);
     const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
     const ops: TxnOp[] = [{ del: { key: skey } }];
+    const cooling = s.attachment ? undefined : await this.coolingOp(ikey, name, at, gen);
     const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
     if (ipKv && ipOwner?.owner === "sticky" && ipOwner.identity === name) {
       compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
@@ -1178,7 +1191,7 @@ export class ClusterOwnership {
                 } satisfies IpOwner),
               },
             }
-          : { del: { key: ikey } },
+          : (cooling ?? { del: { key: ikey } }),
       );
     }
     try {
@@ -1193,10 +1206,24 @@ export class ClusterOwnership {
     }
     return { status: "applied" };
   }
+
+  /**
+   * The address key of a released sticky identity, kept through the cooldown under a lease of that length: no node
+   * can claim it (a claim needs the key absent) until etcd deletes it, whichever node serves the pool next, so
+   * neighbours' ARP caches and peers' connections age out first. Undefined without a cooldown.
+   */
+  private async coolingOp(key: string, identity: string, at: number, gen: string): Promise<TxnOp | undefined> {
+    const ms = this.o.cooldownMs ?? 0;
+    if (ms <= 0) return undefined;
+    const lease = await this.client.leaseGrant(Math.ceil(ms / 1000));
+    const value = JSON.stringify({ owner: "cooling", node: this.node, gen, at, identity, until: at + ms } satisfies IpOwner);
+    return { put: { key, value, lease: lease.id } };
+  }
 }
 
 function describeOwner(v: IpOwner): string {
   if (v.owner === "buffer") return `node ${v.node}'s buffer`;
+  if (v.owner === "cooling") return `the cooldown after ${v.identity} was released (free from ${new Date(v.until).toISOString()})`;
   if (v.owner === "sticky") return `sticky identity ${v.identity} (bound to node ${v.node})`;
   return `sandbox ${v.attachment.containerID} on node ${v.node}`;
 }

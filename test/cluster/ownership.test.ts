@@ -238,6 +238,34 @@ describe("sticky identities", () => {
     expect(del.outcomes[0]!.status).toBe("applied");
     expect(ipKeys(prefix, "st").has(r.ip)).toBe(false);
   });
+
+  it("a released identity's address cools down cluster-wide: no node claims it until the key's lease ends it", async () => {
+    const p = pool("cool", "10.44.0.0/24", { ranges: [{ start: "10.44.0.9", end: "10.44.0.9" }] });
+    const {
+      prefix,
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"], { cooldownMs: 2000, buffer: { low: 0, high: 1 }, handbackWaitMs: 200 });
+    for (const n of [a!, b!]) await n.start({ background: false });
+    const member = { pool: "cool", namespace: "db", statefulset: "pg", ordinal: 0, iface: "eth0" };
+    const r = await a!.bindSticky(member, { selectsNode: true, reserveOnly: true });
+    expect(r.ip).toBe("10.44.0.9");
+    const released = await a!.applyOutbox([{ id: 1, createdAt: 0, op: "release-sticky", identity: member }]);
+    expect(released.outcomes).toEqual([{ id: 1, status: "applied" }]);
+    expect(etcd.dump(`${prefix}/sticky/`).size).toBe(0);
+    const key = `${prefix}/ip/cool/10.44.0.9`;
+    expect(ipKeys(prefix, "cool").get("10.44.0.9")).toMatchObject({ owner: "cooling", node: "a", identity: "db/pg/0/eth0" });
+    const held = JSON.parse(etcd.etcdctl(["get", key, "-w", "json"])) as { kvs: { lease?: number }[] };
+    expect(held.kvs[0]!.lease).toBeGreaterThan(0);
+    // Another node finds nothing free while it cools ...
+    expect(await b!.claim("cool", 1)).toEqual([]);
+    const err = await b!.bindSticky({ ...member, ordinal: 1 }, { selectsNode: true, reserveOnly: true }).catch((e: unknown) => e);
+    expect((err as ClusterError).code).toBe("pool_exhausted");
+    // ... and claims it once etcd has ended the lease.
+    const deadline = Date.now() + 10_000;
+    while (ipKeys(prefix, "cool").has("10.44.0.9") && Date.now() < deadline) await new Promise((res) => setTimeout(res, 200));
+    expect(ipKeys(prefix, "cool").has("10.44.0.9")).toBe(false);
+    expect((await b!.claim("cool", 1)).map((x) => x.ip)).toEqual(["10.44.0.9"]);
+  });
 });
 
 describe("etcd without quorum", () => {
