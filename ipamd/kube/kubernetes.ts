@@ -106,10 +106,13 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     },
     klog,
   );
-  // Cluster mode: every Node, for the deletion of another node's object (the reaper's cue).
+  // Cluster mode: every Node, for the deletion of another node's object (the reaper's cue). Only the release
+  // leader watches them (one watch of every Node in the cluster, not one per node); the others reap a dead node
+  // after the grace period, as without Kubernetes.
   const allNodes = o.cluster
     ? new ResilientWatch<V1Node>(kube, { resource: "nodes", path: "/api/v1/nodes", list: () => kube.core.listNode() }, klog)
     : undefined;
+  const leaderOnly = elector instanceof LeaseElector ? allNodes : undefined;
   const watches = [nodeWatch, podWatch, stsWatch, ...(allNodes ? [allNodes] : [])];
 
   const up = new Gauge({
@@ -279,8 +282,15 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
   };
 
   // A new leader looks at everything at once (what the previous one left, deletions while none led).
-  if (elector instanceof LeaseElector) elector.onChange = (leading) => void (leading && tick());
-  for (const w of watches) w.start();
+  if (elector instanceof LeaseElector) {
+    elector.onChange = (leading) => {
+      if (leading) {
+        leaderOnly?.start();
+        void tick();
+      } else void leaderOnly?.stop();
+    };
+  }
+  for (const w of watches) if (w !== leaderOnly) w.start();
   elector.start();
   // The first ADDs should see the Node's labels: wait a little for them, never for long (the API may be down).
   await Promise.race([nodeWatch.whenSynced(), new Promise((r) => setTimeout(r, timeoutMs).unref())]);

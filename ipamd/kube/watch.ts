@@ -22,7 +22,7 @@ const MAX_BACKOFF_MS = 30_000;
 
 export class ResilientWatch<T extends KubernetesObject> {
   private readonly lw: ListWatch<T>;
-  private state: KubeWatchStatus["state"] = "starting";
+  private state: KubeWatchStatus["state"] = "stopped"; // until start()
   private since = Date.now();
   private restarts = 0;
   private backoffMs = BASE_BACKOFF_MS;

@@ -86,6 +86,13 @@ describe("1. the release leader (coordination.k8s.io Lease) in cluster mode", ()
     const lease = api.get("coordination.k8s.io/leases", "kube-system", "berth-release-leader")!;
     expect((lease.spec as { holderIdentity: string }).holderIdentity).toBe(l!.name);
     expect((lease.spec as { renewTime: string }).renewTime).toMatch(/\.\d{6}Z$/);
+    // Only the leader watches every Node: each node watches its own Node object, one watch covers all of them.
+    const follower = [a, b].find((n) => n !== l)!;
+    const nodesWatch = async (n: ClusterNodeHandle) =>
+      (await n.client.status()).kubernetes?.watches?.find((w) => w.resource === "nodes")?.state;
+    await until("the leader's watch of every Node", async () => (await nodesWatch(l!)) === "watching");
+    expect(await nodesWatch(follower)).toBe("stopped");
+    expect(api.openWatches("nodes")).toBe(3);
   }, 30_000);
 });
 
