@@ -19,7 +19,7 @@ import type { Member, StatefulSets } from "../statefulsets";
 import type { Row, Statements } from "../store/statements";
 import { ClusterError, l2Domain } from "./errors";
 import { type EtcdError, EtcdOutcomeUnknown, EtcdUnavailable } from "./etcd";
-import type { StickyIdentity, StickyRecord } from "./keys";
+import { parseJson, type StickyIdentity, type StickyRecord } from "./keys";
 import type { ClusterStore } from "./local-store";
 import type { BufferedAddress, ClusterOwnership, OutboxOp } from "./ownership";
 
@@ -181,7 +181,15 @@ export class ClusterNodeOwnership implements AddressOwnership {
         p.family === family &&
         (req.pools?.length ? req.pools.includes(p.name) : req.network === undefined || !p.networks || p.networks.includes(req.network)),
     );
-    const found = await own.getSticky(candidates.map((p) => identityOf(sts, p.name)));
+    // One pool to look in (the common case): the sticky watch's view is the bind's starting guess, checked by its
+    // compares (no read first). Several pools: read them all (the L2-domain rule and a move between pools need them).
+    const guess = candidates.length === 1 && !want ? own.cachedSticky(identityOf(sts, candidates[0]!.name)) : undefined;
+    const found =
+      guess === undefined
+        ? await own.getSticky(candidates.map((p) => identityOf(sts, p.name)))
+        : guess
+          ? [{ identity: identityOf(sts, candidates[0]!.name), record: parseJson<StickyRecord>(guess.value, guess.key), kv: guess }]
+          : [];
     const here = found.find((f) => familyPools.some((p) => p.name === f.identity.pool));
     const outside = found.find((f) => !pools.selected.some((p) => p.name === f.identity.pool));
     if (!here && outside && !want) {
@@ -206,15 +214,15 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const order = here ? [here.identity.pool] : familyPools.map((p) => p.name);
     for (let i = 0; i < order.length; i++) {
       try {
-        // The read above is fresh: the bind starts from it (one compare-and-swap when nothing changed meanwhile).
+        // The bind starts from the read (or the guess) above: one compare-and-swap when nothing changed meanwhile.
         const current = here ? here.kv : order.length === 1 || i === 0 ? null : undefined;
         const b = await own.bindSticky(identityOf(sts, order[i]!), {
           selectsNode: true,
           attachment,
-          ...(current !== undefined ? { current } : {}),
+          ...(current !== undefined ? { current, guess: guess !== undefined } : {}),
         });
         this.d.bound(b.identity, b.stickyModRevision);
-        t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: here?.record.pinned === true });
+        t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: b.record.pinned === true });
         return;
       } catch (e) {
         if (!(e instanceof ClusterError && e.code === "pool_exhausted") || i === order.length - 1) throw e;
@@ -338,7 +346,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   private queueDetach(t: ClusterTicket, ip: string, containerID: string): void {
     const row = this.d.store.byIp(ip);
-    if (row?.sticky) this.queue(t, { op: "detach-sticky", identity: identityOf(memberOfRow(row), row.pool), containerID });
+    if (row?.sticky) this.queue(t, { op: "detach-sticky", identity: identityOf(memberOfRow(row), row.pool), containerID, ip });
   }
 
   private queue(t: ClusterTicket, rec: OutboxOp): void {
@@ -365,7 +373,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
       // etcd was changed for a request that did not commit: take the attachment back off (the binding stays, detached).
       for (const b of t.bindings) {
         this.d.local.enqueue(
-          { op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID },
+          { op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID, ip: b.ip },
           Date.now(),
         );
         t.wroteOutbox = true;

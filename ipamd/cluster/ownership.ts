@@ -112,6 +112,8 @@ export interface StickyBinding {
   previousNode?: string;
   stickyModRevision: number;
   ipModRevision: number;
+  /** The identity's record in etcd at stickyModRevision (as written by this bind, or as read when nothing changed). */
+  record: StickyRecord;
 }
 
 export interface BindRequest {
@@ -127,13 +129,19 @@ export interface BindRequest {
   unbound?: boolean;
   /** The identity's key as just read by the caller (null: absent): saves the first read. */
   current?: KeyValue | null;
+  /**
+   * `current` is a guess (the sticky watch's view, possibly behind): only a transaction's compares may act on it;
+   * any answer without a transaction (already bound here, attached elsewhere) reads the key first.
+   */
+  guess?: boolean;
 }
 
 /** A pending change of shared state, recorded in the node's SQLite with the local change, applied later. */
 export type OutboxOp =
   | { op: "attach"; pool: string; ip: string; attachment: Omit<AttachmentRef, "node"> }
   | { op: "release"; pool: string; ip: string; containerID: string; keepInBuffer?: boolean }
-  | { op: "detach-sticky"; identity: StickyIdentity; containerID: string }
+  /** `ip`: the address the node's row had (read with the identity in one request; a different one is read after). */
+  | { op: "detach-sticky"; identity: StickyIdentity; containerID: string; ip?: string }
   | { op: "release-sticky"; identity: StickyIdentity; force?: boolean };
 export type OutboxRecord = OutboxOp & { id: number; createdAt: number };
 export interface OutboxOutcome {
@@ -623,8 +631,11 @@ export class ClusterOwnership {
     const attachment = req.attachment ? { ...req.attachment, node: this.node } : undefined;
     // What the last failed compare returned: the next pass decides on it without reading again.
     let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = req.current !== undefined ? { cur: req.current } : null;
+    let guessed = req.guess === true && known !== null;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const cur: KeyValue | null = known ? known.cur : await this.client.get(skey);
+      const fromGuess = guessed;
+      guessed = false;
       const gen = this.gen();
       const at = this.now();
       if (cur) {
@@ -649,9 +660,16 @@ export class ClusterOwnership {
           created: false,
           stickyModRevision: cur.modRevision,
           ipModRevision: ipKv?.modRevision ?? cur.modRevision,
+          record: rec,
         };
-        if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         const old = rec.attachment;
+        const answerWithoutTxn =
+          req.reserveOnly ||
+          (!attachment && rec.node === this.node) ||
+          (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) ||
+          (old && old.containerID === attachment?.containerID && rec.node === this.node);
+        if (fromGuess && answerWithoutTxn) continue; // read the key: a guess decides nothing without a compare
+        if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         if (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) {
           if (await this.client.get(this.keys.node(old.node))) throw attachedElsewhere(name, old);
         }
@@ -693,6 +711,7 @@ export class ClusterOwnership {
             ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
             stickyModRevision: r.revision,
             ipModRevision: r.revision,
+            record: next,
           };
         }
         const [sNow, iNow] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
@@ -717,7 +736,7 @@ export class ClusterOwnership {
             { put: { key: skey, value: JSON.stringify(rec) } },
             { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: boundTo, gen, at, identity: name } satisfies IpOwner) } },
           ],
-          [{ get: { key: skey, keysOnly: true } }, { get: { key: ikey } }],
+          [{ get: { key: skey } }, { get: { key: ikey } }],
         );
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
@@ -725,18 +744,19 @@ export class ClusterOwnership {
         const rev = landed[0]?.modRevision;
         if (rev) {
           this.o.persist?.removed(identity.pool, [b.ip]);
-          return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev };
+          return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev, record: rec };
         }
         this.o.persist?.removed(identity.pool, [b.ip]);
         continue; // the buffer entry's state is unknown: dropped here, a later resync finds it if it is still ours
       }
       if (r.succeeded) {
         this.o.persist?.removed(identity.pool, [b.ip]);
-        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision };
+        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision, record: rec };
       }
-      this.conflict("sticky-create");
-      const ipNow = r.responses[1]?.kind === "get" ? r.responses[1].kvs[0] : undefined;
+      const [sNow, ipNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] : undefined));
+      if (!fromGuess) this.conflict("sticky-create"); // a guess of "absent" that was wrong is not a race with another node
       if (ipNow && ipNow.modRevision === b.modRevision) this.putBack(b); // still ours: the identity was created elsewhere
+      if (sNow) known = { cur: sNow }; // the identity exists: the next pass rebinds it from what the compare returned
     }
     throw new ClusterError(
       "inconsistent",
@@ -886,6 +906,19 @@ export class ClusterOwnership {
       }
     }
     throw new ClusterError("inconsistent", `pin of ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
+  }
+
+  /**
+   * The identity's key as the sticky watch last saw it (null: not seen), or undefined before the watch listed the
+   * prefix. A guess for a bind's compares (BindRequest.guess), never an answer.
+   */
+  cachedSticky(identity: StickyIdentity): KeyValue | null | undefined {
+    if (!this.watches[1] || this.watches[1].relists === 0) return undefined;
+    const key = this.keys.sticky(identity);
+    const seen = this.stickyView.get(key.slice(`${this.keys.prefix}/sticky/`.length));
+    if (!seen) return null;
+    const { modRevision, ...record } = seen;
+    return { key, value: JSON.stringify(record), createRevision: 0, modRevision, version: 0 };
   }
 
   /** Reads sticky identities by key, in one read transaction (absent ones are left out). */
@@ -1112,7 +1145,9 @@ export class ClusterOwnership {
     }
     const skey = this.keys.sticky(rec.identity);
     const name = this.keys.identityName(rec.identity);
-    const cur = await this.client.get(skey);
+    const hint = rec.op === "detach-sticky" && rec.ip ? this.keys.ip(rec.identity.pool, rec.ip) : undefined;
+    const read = hint ? await this.client.txn([], [{ get: { key: skey } }, { get: { key: hint } }]) : undefined;
+    const cur = read ? (read.responses[0]?.kind === "get" ? (read.responses[0].kvs[0] ?? null) : null) : await this.client.get(skey);
     if (!cur) return { status: "noop" };
     const s = parseJson<StickyRecord>(cur.value, skey);
     if (rec.op === "detach-sticky") {
@@ -1121,7 +1156,7 @@ export class ClusterOwnership {
       const next: StickyRecord = { ...rest, gen, at };
       // Rewrites the address key too, so both keep one ModRevision (the next bind's optimistic compare holds).
       const ikey = this.keys.ip(rec.identity.pool, s.ip);
-      const ipKv = await this.client.get(ikey);
+      const ipKv = ikey === hint && read?.responses[1]?.kind === "get" ? (read.responses[1].kvs[0] ?? null) : await this.client.get(ikey);
       const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
       const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
       const ops: TxnOp[] = [{ put: { key: skey, value: JSON.stringify(next) } }];
