@@ -13,6 +13,7 @@
 //   node_modules/.bin/bun scripts/bench-cluster-daemons.ts [--allocations 5000] [--baseline DIR] [--cpu-prof DIR]
 import { readFileSync, rmSync } from "node:fs";
 import { get as httpGet } from "node:http";
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { IpamdClient } from "../api/client";
 import type { AllocateRequest } from "../api/types";
@@ -151,20 +152,34 @@ async function etcdRequests(etcd: EtcdCluster): Promise<Map<string, number>> {
 }
 
 /** What a measured stretch cost: etcd requests (per op), CPU seconds of the etcd members and of the daemons. */
+/** CPU seconds the whole machine was busy so far (all cores; /proc/stat: user nice system irq softirq steal). */
+function machineBusySeconds(): number {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) / 100;
+}
+const CORES = availableParallelism();
+/** This load generator's own CPU seconds. */
+const benchCpu = (): number => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
 async function meter(etcd: EtcdCluster, daemons: () => DaemonHandle[]): Promise<(ops: number) => Promise<string>> {
   const etcdCpu = (): number => etcd.members.reduce((s, m) => s + cpuSeconds(m.proc?.pid), 0);
   const daemonCpu = (): number => daemons().reduce((s, d) => s + cpuSeconds(d.proc.pid), 0);
   const r0 = await etcdRequests(etcd);
-  const [e0, d0, t0] = [etcdCpu(), daemonCpu(), performance.now()];
+  const [e0, d0, b0, m0, t0] = [etcdCpu(), daemonCpu(), benchCpu(), machineBusySeconds(), performance.now()];
   return async (ops) => {
-    const [e1, d1, t1] = [etcdCpu(), daemonCpu(), performance.now()];
+    const [e1, d1, b1, m1, t1] = [etcdCpu(), daemonCpu(), benchCpu(), machineBusySeconds(), performance.now()];
     const r1 = await etcdRequests(etcd);
     const writes = ["Txn", "Put", "DeleteRange"].reduce((s, k) => s + (r1.get(k) ?? 0) - (r0.get(k) ?? 0), 0);
     const reads = (r1.get("Range") ?? 0) - (r0.get("Range") ?? 0);
     const wall = (t1 - t0) / 1000;
     return (
       `etcd ${((writes + reads) / ops).toFixed(3)} requests/op (${writes} txn/put/delete, ${reads} range), ` +
-      `CPU etcd x3 ${(e1 - e0).toFixed(2)} s, ipamd ${(d1 - d0).toFixed(2)} s in ${wall.toFixed(2)} s wall`
+      `CPU etcd x3 ${(e1 - e0).toFixed(2)} s, ipamd ${(d1 - d0).toFixed(2)} s, this load generator ${(b1 - b0).toFixed(2)} s, ` +
+      `other processes ${Math.max(0, m1 - m0 - (e1 - e0) - (d1 - d0) - (b1 - b0)).toFixed(2)} s ` +
+      `in ${wall.toFixed(2)} s wall x ${CORES} cores (machine ${((100 * (m1 - m0)) / (wall * CORES)).toFixed(0)}% busy)`
     );
   };
 }

@@ -68,7 +68,7 @@ export interface OwnershipOptions {
   buffer?: BufferOptions;
   /** Per-pool override of the buffer sizes. */
   bufferFor?: Record<string, BufferOptions>;
-  /** At most this many addresses per claim transaction (etcd's --max-txn-ops is 128). */
+  /** At most this many addresses per claim transaction (default and most: 128, etcd's default --max-txn-ops). */
   maxClaim?: number;
   /** A handback request from another node stops refills of that pool here for this long. */
   handbackHoldMs?: number;
@@ -367,11 +367,39 @@ export class ClusterOwnership {
   /** Claims until at least `n` addresses of `pool` are buffered (or the pool has no more): before a bulk reserve. */
   async ensureBuffered(pool: string, n: number): Promise<void> {
     while (this.bufferSize(pool) < n) {
-      const got = await this.claim(pool, Math.min(64, n - this.bufferSize(pool)));
+      const got = await this.claim(pool, n - this.bufferSize(pool));
       if (got.length === 0) return;
       for (const a of got) this.putBack(a);
       this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
     }
+  }
+
+  private unpersisting = new Map<string, string[]>();
+  private unpersisted: Promise<void> | null = null;
+
+  /**
+   * Removes an address from the persisted buffer; the removals of one turn of the event loop share one SQLite
+   * transaction (a reserve ahead binds many members at once: one fsync for them, not one each).
+   */
+  private unpersist(pool: string, ip: string): Promise<void> {
+    if (!this.o.persist) return Promise.resolve();
+    const ips = this.unpersisting.get(pool) ?? [];
+    ips.push(ip);
+    this.unpersisting.set(pool, ips);
+    this.unpersisted ??= new Promise<void>((resolve, reject) =>
+      setImmediate(() => {
+        const all = this.unpersisting;
+        this.unpersisting = new Map();
+        this.unpersisted = null;
+        try {
+          for (const [p, list] of all) this.o.persist!.removed(p, list);
+          resolve();
+        } catch (e) {
+          reject(e);
+        }
+      }),
+    );
+    return this.unpersisted;
   }
 
   /** Gives back an address taken with takeBuffered that the local commit did not use. */
@@ -394,11 +422,20 @@ export class ClusterOwnership {
     const { low, high } = this.bufferOpts(pool);
     const size = this.bufferSize(pool);
     if (size >= low || (this.holdUntil.get(pool) ?? 0) > this.now()) return 0;
-    const p = this.claim(pool, high - size).then((got) => {
-      for (const a of got) this.putBack(a);
-      if (got.length) this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
-      return got.length;
-    });
+    // The deficit found now, in as many claim transactions as it takes (at most 128 addresses each; a lost race claims
+    // fewer): not one batch per kick, which at thousands of ADDs per second left the buffer at the low watermark, and
+    // not topping up what ADDs took meanwhile, which made the later claims tiny.
+    const p = (async (): Promise<number> => {
+      let total = 0;
+      while (total < high - size && (this.holdUntil.get(pool) ?? 0) <= this.now()) {
+        const got = await this.claim(pool, high - size - total);
+        if (got.length === 0) break;
+        for (const a of got) this.putBack(a);
+        this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
+        total += got.length;
+      }
+      return total;
+    })();
     this.refilling.set(pool, p);
     try {
       return await p;
@@ -414,7 +451,7 @@ export class ClusterOwnership {
    */
   async claim(pool: string, count: number): Promise<BufferedAddress[]> {
     const p = this.pool(pool);
-    let want = Math.min(count, this.o.maxClaim ?? 64, 128);
+    let want = Math.min(count, this.o.maxClaim ?? 128, 128);
     if (want <= 0) return [];
     // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read
     // (keys only) again after every two failed compares, and always before answering that nothing is free.
@@ -722,6 +759,8 @@ export class ClusterOwnership {
       }
       known = null;
       const b = await this.claimFree(identity.pool);
+      // Out of the persisted buffer before etcd takes it out of the buffer (a crash in between leaves SQLite a subset).
+      await this.unpersist(identity.pool, b.ip);
       const ikey = this.keys.ip(identity.pool, b.ip);
       const boundTo = req.reserveOnly && req.unbound ? "" : this.node;
       const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at, ...(attachment ? { attachment } : {}) };
@@ -742,15 +781,10 @@ export class ClusterOwnership {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const landed = await this.landed([skey], gen);
         const rev = landed[0]?.modRevision;
-        if (rev) {
-          this.o.persist?.removed(identity.pool, [b.ip]);
-          return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev, record: rec };
-        }
-        this.o.persist?.removed(identity.pool, [b.ip]);
+        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev, record: rec };
         continue; // the buffer entry's state is unknown: dropped here, a later resync finds it if it is still ours
       }
       if (r.succeeded) {
-        this.o.persist?.removed(identity.pool, [b.ip]);
         return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision, record: rec };
       }
       const [sNow, ipNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] : undefined));
@@ -1045,12 +1079,16 @@ export class ClusterOwnership {
       for (const rec of batch) out.push({ id: rec.id, ...(await this.applyOne(rec)) });
       return out;
     }
-    return batch.map((rec, i) => {
+    const kept: BufferEntry[] = [];
+    const outcomes = batch.map((rec, i) => {
       const d = decided[i]!;
       if (!("op" in d)) return { id: rec.id, ...d };
-      if (rec.op === "release" && rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, revision, at);
+      const entry = rec.op === "release" && rec.keepInBuffer ? this.keptInBuffer(rec.pool, rec.ip, revision, at) : null;
+      if (entry) kept.push(entry);
       return { id: rec.id, status: "applied" as const };
     });
+    if (kept.length) this.o.persist?.added(kept); // one SQLite transaction for the batch, not one per address
+    return outcomes;
   }
 
   /** The compare-and-swap an attach/release record needs given the key's current value, or its outcome without one. */
@@ -1091,13 +1129,14 @@ export class ClusterOwnership {
     return { compare: { key, target: "mod", equals: kv!.modRevision }, op };
   }
 
-  private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): void {
+  /** A released address back in the buffer (in memory); the caller persists the returned entry. */
+  private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): BufferEntry | null {
     // Used here again meanwhile (a plain attachment's key stays "buffer of this node"): not free, not buffered.
-    if (this.o.usedLocally?.(pool, ip)) return;
+    if (this.o.usedLocally?.(pool, ip)) return null;
     const entry = { pool, ip, modRevision, notBefore: at + (this.o.cooldownMs ?? 0) };
     if (entry.notBefore > this.now()) this.cooling.set(`${pool} ${ip}`, entry.notBefore);
     this.putBack(entry);
-    this.o.persist?.added([entry]);
+    return entry;
   }
 
   private async applyOne(rec: OutboxOp): Promise<Omit<OutboxOutcome, "id">> {
@@ -1140,7 +1179,8 @@ export class ClusterOwnership {
       const rev = await this.casTxn("release", [{ key, target: "mod", equals: kv!.modRevision }], [op], key, gen);
       if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
       if (!rev) return null;
-      if (rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, rev, at);
+      const entry = rec.keepInBuffer ? this.keptInBuffer(rec.pool, rec.ip, rev, at) : null;
+      if (entry) this.o.persist?.added([entry]);
       return { status: "applied" };
     }
     const skey = this.keys.sticky(rec.identity);
