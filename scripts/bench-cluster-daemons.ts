@@ -175,11 +175,15 @@ async function meter(etcd: EtcdCluster, daemons: () => DaemonHandle[]): Promise<
     const writes = ["Txn", "Put", "DeleteRange"].reduce((s, k) => s + (r1.get(k) ?? 0) - (r0.get(k) ?? 0), 0);
     const reads = (r1.get("Range") ?? 0) - (r0.get("Range") ?? 0);
     const wall = (t1 - t0) / 1000;
+    const [etcdS, ipamdS, benchS] = [e1 - e0, d1 - d0, b1 - b0];
+    const perOp = (x: number): string => `${((1000 * x) / ops).toFixed(3)}`;
     return (
       `etcd ${((writes + reads) / ops).toFixed(3)} requests/op (${writes} txn/put/delete, ${reads} range), ` +
-      `CPU etcd x3 ${(e1 - e0).toFixed(2)} s, ipamd ${(d1 - d0).toFixed(2)} s, this load generator ${(b1 - b0).toFixed(2)} s, ` +
-      `other processes ${Math.max(0, m1 - m0 - (e1 - e0) - (d1 - d0) - (b1 - b0)).toFixed(2)} s ` +
-      `in ${wall.toFixed(2)} s wall x ${CORES} cores (machine ${((100 * (m1 - m0)) / (wall * CORES)).toFixed(0)}% busy)`
+      `CPU etcd x3 ${etcdS.toFixed(2)} s, ipamd ${ipamdS.toFixed(2)} s, this load generator ${benchS.toFixed(2)} s, ` +
+      `other processes ${Math.max(0, m1 - m0 - etcdS - ipamdS - benchS).toFixed(2)} s ` +
+      `in ${wall.toFixed(2)} s wall x ${CORES} cores (machine ${((100 * (m1 - m0)) / (wall * CORES)).toFixed(0)}% busy); ` +
+      `CPU ms/op: ipamd ${perOp(ipamdS)}, etcd ${perOp(etcdS)}, load generator ${perOp(benchS)}: with nothing else running ` +
+      `${CORES} cores fit at most ${Math.round(ops / ((etcdS + ipamdS + benchS) / CORES))} ops/s of that`
     );
   };
 }
@@ -193,7 +197,7 @@ async function main(): Promise<void> {
   try {
     const idle = await meter(etcd, () => []);
     await new Promise((r) => setTimeout(r, 2000));
-    console.log(`   idle for 2 s: ${(await idle(1)).replace(/^etcd .*?requests\/op \(/, "(")}`);
+    console.log(`   idle for 2 s: ${(await idle(1)).replace(/^etcd .*?requests\/op \(/, "(").replace(/; CPU ms\/op.*/, "")}`);
     // 1. ordinary ADD: single node vs cluster node(s), same load, interleaved rounds.
     if (ONLY.has(1)) {
       const single = await node(null, "single", "");
@@ -226,7 +230,7 @@ async function main(): Promise<void> {
         console.log(`${line(`cluster node (${b.label})`, x)}  ratio ${ratio.toFixed(3)} (${verdict(ratio <= 1.1)})`);
         console.log(`      last round: ${x.cost[2]}`);
       }
-      console.log(`      single node, last round: ipamd CPU ${rounds[0]!.cost[2]!.replace(/.*ipamd /, "")}`);
+      console.log(`      single node, last round: ${rounds[0]!.cost[2]!.replace(/^etcd .*?\), CPU etcd x3 \S+ s, /, "CPU ")}`);
       await single.stop();
       for (const d of members) await d.stop();
     }

@@ -21,7 +21,7 @@ import { NodeLiveness, type ReapReport, Reaper } from "./liveness";
 import { ClusterStore } from "./local-store";
 import { ClusterMetrics } from "./metrics";
 import { ClusterNodeOwnership, identityOf } from "./node-ownership";
-import { ClusterOwnership } from "./ownership";
+import { type BufferEntry, ClusterOwnership } from "./ownership";
 import { WatchLoop } from "./watch";
 
 /** Runs `fn` inside the group commit (a savepoint of its own), like a request. */
@@ -100,11 +100,20 @@ export class ClusterNode {
       observer: this.metrics.ownershipObserver(),
       usedLocally: (_pool, ip) => this.store?.byIp(ip) !== undefined,
       persist: {
-        added: (entries) => this.local.bufferAdded(entries),
+        // Rides the next group commit (no fsync of its own); what an allocation took meanwhile is left out.
+        added: (entries) => this.persistBuffered(entries),
         removed: (pool, ips) => this.local.bufferRemoved(pool, ips),
         reset: (pool, entries) => this.local.bufferReset(pool, entries),
       },
     });
+  }
+
+  private persistBuffered(entries: BufferEntry[]): void {
+    const write = (): void => this.local.bufferAdded(entries.filter((e) => this.own.isBuffered(e.pool, e.ip)));
+    if (!this.runLocal) return write();
+    this.runLocal("buffer claimed", write).catch((e: unknown) =>
+      this.log.warn({ err: e }, "could not record claimed buffer addresses in SQLite (a restart without etcd has fewer)"),
+    );
   }
 
   /** Who is a StatefulSet member at the etcd step of an ADD (the Kubernetes side plugs its pods in as the source). */

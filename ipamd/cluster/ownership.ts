@@ -333,6 +333,10 @@ export class ClusterOwnership {
   buffered(pool: string): string[] {
     return [...this.buffers.get(pool)!.keys()];
   }
+  /** Whether `ip` is in this node's in-memory buffer now. */
+  isBuffered(pool: string, ip: string): boolean {
+    return this.buffers.get(pool)?.has(ip) === true;
+  }
   bufferSize(pool: string): number {
     return this.buffers.get(pool)!.size;
   }
