@@ -135,14 +135,25 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   private async prepareAllocate(req: AllocateRequest, t: ClusterTicket): Promise<void> {
     const { store, pools, statefulSets, own } = this.d;
-    if (store.byAttachment(req.containerID, req.ifName, req.network).length > 0) return; // idempotent ADD: local answer
+    // An idempotent ADD gets the local answer without etcd. Only the etcd paths look (a sticky bind, an exact claim, a
+    // StatefulSet lookup): an ordinary ADD's buffered address goes back unused when the rules find the attachment.
+    const attached = (): boolean => store.byAttachment(req.containerID, req.ifName, req.network).length > 0;
     let sts = statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     if (!sts && req.podNamespace && req.podName && /-(0|[1-9][0-9]{0,6})$/.test(req.podName)) {
+      if (attached()) return;
       if (await this.d.learnStatefulSet(req.podNamespace, req.podName))
         sts = statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     }
-    const usable = pools.usable(req.network, req.pools);
-    const wanted = pools.requested(req.ips, usable);
+    if ((sts || req.ips?.length) && attached()) return;
+    let usable: Pool[];
+    let wanted: Map<Family, Located>;
+    try {
+      usable = pools.usable(req.network, req.pools);
+      wanted = pools.requested(req.ips, usable);
+    } catch (e) {
+      if (attached()) return; // the rules answer from the local record, as before any config change
+      throw e;
+    }
     const attachment = { containerID: req.containerID, ifName: req.ifName, ...(req.podUID ? { podUID: req.podUID } : {}) };
     for (const family of [4, 6] as const) {
       const familyPools = usable.filter((p) => p.family === family);
@@ -154,7 +165,9 @@ export class ClusterNodeOwnership implements AddressOwnership {
         await own.claimExact(want.pool.name, want.ip, attachment);
         t.claimed.set(want.ip, want.pool.name);
       } else {
-        t.taken.set(family, await this.takeFor(familyPools));
+        const a = await this.takeFor(familyPools, attached);
+        if (!a) return; // idempotent ADD with an empty buffer: the local answer, no claim
+        t.taken.set(family, a);
       }
     }
   }
@@ -230,12 +243,16 @@ export class ClusterNodeOwnership implements AddressOwnership {
     }
   }
 
-  /** A buffered address from the first pool that has one, else claimed now (pool by pool), else pool_exhausted. */
-  private async takeFor(familyPools: Pool[]): Promise<BufferedAddress> {
+  /**
+   * A buffered address from the first pool that has one, else (unless the ADD is one already answered: null) claimed
+   * now, pool by pool, else pool_exhausted.
+   */
+  private async takeFor(familyPools: Pool[], attached: () => boolean): Promise<BufferedAddress | null> {
     for (const p of familyPools) {
       const a = this.d.own.takeBuffered(p.name);
       if (a) return a;
     }
+    if (attached()) return null;
     const exhausted: string[] = [];
     for (const p of familyPools) {
       try {
