@@ -482,6 +482,10 @@ export class ClusterNode {
       if ((this.boundAt.get(name) ?? 0) > Math.max(eventRevision, record?.modRevision ?? 0)) return; // our newer bind wins
       this.seam!.followRecord(this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`), record);
     };
+    // Changes of identities this node holds no row of need no commit (every node sees every identity change).
+    const saveDue = revision > 0 && Date.now() - this.savedRevisionAt > 1000;
+    const owners = [...changes.keys()].map((name) => this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`));
+    if (!relisted && !saveDue && !owners.some((id) => this.store!.stickyByOwner(ownerOf(id)).some((r) => r.pool === id.pool))) return;
     const mine = (): string[] =>
       this.store!.matching({}, 10_000_000)
         .filter((r) => r.sticky === 1)
@@ -587,4 +591,8 @@ export class ClusterNode {
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
     };
   }
+}
+
+function ownerOf(id: StickyIdentity): string {
+  return `${id.namespace}/${id.statefulset}/${id.ordinal}`;
 }

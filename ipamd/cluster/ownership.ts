@@ -306,6 +306,7 @@ export class ClusterOwnership {
     }
     this.loadBuffer(pool, entries);
     this.o.persist?.reset(pool, entries);
+    for (const key of this.notPersisted) if (key.startsWith(`${pool} `)) this.notPersisted.delete(key);
   }
 
   /** Replaces the in-memory buffer of `pool` (start-up from SQLite when etcd is unreachable, or from etcd). */
@@ -374,8 +375,18 @@ export class ClusterOwnership {
       const got = await this.claim(pool, n - this.bufferSize(pool));
       if (got.length === 0) return;
       for (const a of got) this.putBack(a);
-      this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
+      // Not persisted: reserve binds them at once (a crash in between leaves them in etcd as this node's buffer,
+      // which a restart reads back; SQLite, without them, stays a subset), so no SQLite write on the way in or out.
+      for (const a of got) this.notPersisted.add(`${pool} ${a.ip}`);
     }
+  }
+
+  /** In the buffer but not in SQLite (ensureBuffered): taking one needs no SQLite removal. */
+  private readonly notPersisted = new Set<string>();
+
+  private persistAdded(entries: BufferEntry[]): void {
+    for (const e of entries) this.notPersisted.delete(`${e.pool} ${e.ip}`);
+    this.o.persist?.added(entries);
   }
 
   private unpersisting = new Map<string, string[]>();
@@ -386,7 +397,7 @@ export class ClusterOwnership {
    * transaction (a reserve ahead binds many members at once: one fsync for them, not one each).
    */
   private unpersist(pool: string, ip: string): Promise<void> {
-    if (!this.o.persist) return Promise.resolve();
+    if (!this.o.persist || this.notPersisted.delete(`${pool} ${ip}`)) return Promise.resolve();
     const ips = this.unpersisting.get(pool) ?? [];
     ips.push(ip);
     this.unpersisting.set(pool, ips);
@@ -435,7 +446,7 @@ export class ClusterOwnership {
         const got = await this.claim(pool, high - size - total);
         if (got.length === 0) break;
         for (const a of got) this.putBack(a);
-        this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
+        this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
         total += got.length;
       }
       return total;
@@ -1091,7 +1102,7 @@ export class ClusterOwnership {
       if (entry) kept.push(entry);
       return { id: rec.id, status: "applied" as const };
     });
-    if (kept.length) this.o.persist?.added(kept); // one SQLite transaction for the batch, not one per address
+    if (kept.length) this.persistAdded(kept); // one SQLite transaction for the batch, not one per address
     return outcomes;
   }
 
@@ -1184,7 +1195,7 @@ export class ClusterOwnership {
       if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
       if (!rev) return null;
       const entry = rec.keepInBuffer ? this.keptInBuffer(rec.pool, rec.ip, rev, at) : null;
-      if (entry) this.o.persist?.added([entry]);
+      if (entry) this.persistAdded([entry]);
       return { status: "applied" };
     }
     const skey = this.keys.sticky(rec.identity);
