@@ -110,7 +110,10 @@ export class ClusterNode {
 
   private persistBuffered(entries: BufferEntry[]): void {
     const write = (): void => this.local.bufferAdded(entries.filter((e) => this.own.isBuffered(e.pool, e.ip)));
-    if (!this.runLocal) return write();
+    if (!this.runLocal) {
+      write();
+      return;
+    }
     this.runLocal("buffer claimed", write).catch((e: unknown) =>
       this.log.warn({ err: e }, "could not record claimed buffer addresses in SQLite (a restart without etcd has fewer)"),
     );
