@@ -78,9 +78,15 @@ export class ClusterMetrics {
   }
 
   ownershipObserver(): OwnershipObserver {
+    // Set on every ADD that takes from the buffer: the labelled child is looked up once per pool.
+    const bufferOf = new Map<string, { set(v: number): void }>();
     return {
       conflict: (op) => this.conflicts.inc({ op }),
-      buffer: (pool, size) => this.buffer.set({ pool }, size),
+      buffer: (pool, size) => {
+        let g = bufferOf.get(pool);
+        if (!g) bufferOf.set(pool, (g = this.buffer.labels({ pool })));
+        g.set(size);
+      },
       outbox: () => undefined, // the daemon sets outboxPending from SQLite, which survives restarts
       handback: (pool, event, count) => this.handbacks.inc({ pool, event }, count),
     };

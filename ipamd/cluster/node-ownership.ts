@@ -19,7 +19,7 @@ import type { Member, StatefulSets } from "../statefulsets";
 import type { Row, Statements } from "../store/statements";
 import { ClusterError, l2Domain } from "./errors";
 import { type EtcdError, EtcdOutcomeUnknown, EtcdUnavailable } from "./etcd";
-import type { StickyIdentity, StickyRecord } from "./keys";
+import { parseJson, type StickyIdentity, type StickyRecord } from "./keys";
 import type { ClusterStore } from "./local-store";
 import type { BufferedAddress, ClusterOwnership, OutboxOp } from "./ownership";
 
@@ -135,14 +135,25 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   private async prepareAllocate(req: AllocateRequest, t: ClusterTicket): Promise<void> {
     const { store, pools, statefulSets, own } = this.d;
-    if (store.byAttachment(req.containerID, req.ifName, req.network).length > 0) return; // idempotent ADD: local answer
+    // An idempotent ADD gets the local answer without etcd. Only the etcd paths look (a sticky bind, an exact claim, a
+    // StatefulSet lookup): an ordinary ADD's buffered address goes back unused when the rules find the attachment.
+    const attached = (): boolean => store.byAttachment(req.containerID, req.ifName, req.network).length > 0;
     let sts = statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     if (!sts && req.podNamespace && req.podName && /-(0|[1-9][0-9]{0,6})$/.test(req.podName)) {
+      if (attached()) return;
       if (await this.d.learnStatefulSet(req.podNamespace, req.podName))
         sts = statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     }
-    const usable = pools.usable(req.network, req.pools);
-    const wanted = pools.requested(req.ips, usable);
+    if ((sts || req.ips?.length) && attached()) return;
+    let usable: Pool[];
+    let wanted: Map<Family, Located>;
+    try {
+      usable = pools.usable(req.network, req.pools);
+      wanted = pools.requested(req.ips, usable);
+    } catch (e) {
+      if (attached()) return; // the rules answer from the local record, as before any config change
+      throw e;
+    }
     const attachment = { containerID: req.containerID, ifName: req.ifName, ...(req.podUID ? { podUID: req.podUID } : {}) };
     for (const family of [4, 6] as const) {
       const familyPools = usable.filter((p) => p.family === family);
@@ -154,7 +165,9 @@ export class ClusterNodeOwnership implements AddressOwnership {
         await own.claimExact(want.pool.name, want.ip, attachment);
         t.claimed.set(want.ip, want.pool.name);
       } else {
-        t.taken.set(family, await this.takeFor(familyPools));
+        const a = await this.takeFor(familyPools, attached);
+        if (!a) return; // idempotent ADD with an empty buffer: the local answer, no claim
+        t.taken.set(family, a);
       }
     }
   }
@@ -181,7 +194,15 @@ export class ClusterNodeOwnership implements AddressOwnership {
         p.family === family &&
         (req.pools?.length ? req.pools.includes(p.name) : req.network === undefined || !p.networks || p.networks.includes(req.network)),
     );
-    const found = await own.getSticky(candidates.map((p) => identityOf(sts, p.name)));
+    // One pool to look in (the common case): the sticky watch's view is the bind's starting guess, checked by its
+    // compares (no read first). Several pools: read them all (the L2-domain rule and a move between pools need them).
+    const guess = candidates.length === 1 && !want ? own.cachedSticky(identityOf(sts, candidates[0]!.name)) : undefined;
+    const found =
+      guess === undefined
+        ? await own.getSticky(candidates.map((p) => identityOf(sts, p.name)))
+        : guess
+          ? [{ identity: identityOf(sts, candidates[0]!.name), record: parseJson<StickyRecord>(guess.value, guess.key), kv: guess }]
+          : [];
     const here = found.find((f) => familyPools.some((p) => p.name === f.identity.pool));
     const outside = found.find((f) => !pools.selected.some((p) => p.name === f.identity.pool));
     if (!here && outside && !want) {
@@ -206,15 +227,15 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const order = here ? [here.identity.pool] : familyPools.map((p) => p.name);
     for (let i = 0; i < order.length; i++) {
       try {
-        // The read above is fresh: the bind starts from it (one compare-and-swap when nothing changed meanwhile).
+        // The bind starts from the read (or the guess) above: one compare-and-swap when nothing changed meanwhile.
         const current = here ? here.kv : order.length === 1 || i === 0 ? null : undefined;
         const b = await own.bindSticky(identityOf(sts, order[i]!), {
           selectsNode: true,
           attachment,
-          ...(current !== undefined ? { current } : {}),
+          ...(current !== undefined ? { current, guess: guess !== undefined } : {}),
         });
         this.d.bound(b.identity, b.stickyModRevision);
-        t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: here?.record.pinned === true });
+        t.bindings.push({ owner: sts.owner, member: sts, pool: order[i]!, ip: b.ip, pinned: b.record.pinned === true });
         return;
       } catch (e) {
         if (!(e instanceof ClusterError && e.code === "pool_exhausted") || i === order.length - 1) throw e;
@@ -222,12 +243,16 @@ export class ClusterNodeOwnership implements AddressOwnership {
     }
   }
 
-  /** A buffered address from the first pool that has one, else claimed now (pool by pool), else pool_exhausted. */
-  private async takeFor(familyPools: Pool[]): Promise<BufferedAddress> {
+  /**
+   * A buffered address from the first pool that has one, else (unless the ADD is one already answered: null) claimed
+   * now, pool by pool, else pool_exhausted.
+   */
+  private async takeFor(familyPools: Pool[], attached: () => boolean): Promise<BufferedAddress | null> {
     for (const p of familyPools) {
       const a = this.d.own.takeBuffered(p.name);
       if (a) return a;
     }
+    if (attached()) return null;
     const exhausted: string[] = [];
     for (const p of familyPools) {
       try {
@@ -338,7 +363,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   private queueDetach(t: ClusterTicket, ip: string, containerID: string): void {
     const row = this.d.store.byIp(ip);
-    if (row?.sticky) this.queue(t, { op: "detach-sticky", identity: identityOf(memberOfRow(row), row.pool), containerID });
+    if (row?.sticky) this.queue(t, { op: "detach-sticky", identity: identityOf(memberOfRow(row), row.pool), containerID, ip });
   }
 
   private queue(t: ClusterTicket, rec: OutboxOp): void {
@@ -365,7 +390,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
       // etcd was changed for a request that did not commit: take the attachment back off (the binding stays, detached).
       for (const b of t.bindings) {
         this.d.local.enqueue(
-          { op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID },
+          { op: "detach-sticky", identity: identityOf(b.member, b.pool), containerID: t.op.req.containerID, ip: b.ip },
           Date.now(),
         );
         t.wroteOutbox = true;

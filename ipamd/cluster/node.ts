@@ -24,7 +24,7 @@ import { NodeLiveness, type ReapReport, Reaper } from "./liveness";
 import { ClusterStore } from "./local-store";
 import { ClusterMetrics } from "./metrics";
 import { ClusterNodeOwnership, identityOf } from "./node-ownership";
-import { ClusterOwnership } from "./ownership";
+import { type BufferEntry, ClusterOwnership } from "./ownership";
 import { type StickyChange, StickyFeed } from "./sticky-events";
 import { WatchLoop } from "./watch";
 
@@ -108,11 +108,23 @@ export class ClusterNode {
       observer: this.metrics.ownershipObserver(),
       usedLocally: (_pool, ip) => this.store?.byIp(ip) !== undefined,
       persist: {
-        added: (entries) => this.local.bufferAdded(entries),
+        // Rides the next group commit (no fsync of its own); what an allocation took meanwhile is left out.
+        added: (entries) => this.persistBuffered(entries),
         removed: (pool, ips) => this.local.bufferRemoved(pool, ips),
         reset: (pool, entries) => this.local.bufferReset(pool, entries),
       },
     });
+  }
+
+  private persistBuffered(entries: BufferEntry[]): void {
+    const write = (): void => this.local.bufferAdded(entries.filter((e) => this.own.isBuffered(e.pool, e.ip)));
+    if (!this.runLocal) {
+      write();
+      return;
+    }
+    this.runLocal("buffer claimed", write).catch((e: unknown) =>
+      this.log.warn({ err: e }, "could not record claimed buffer addresses in SQLite (a restart without etcd has fewer)"),
+    );
   }
 
   /** Who is a StatefulSet member at the etcd step of an ADD (the Kubernetes side plugs its pods in as the source). */
@@ -497,6 +509,12 @@ export class ClusterNode {
       if ((this.boundAt.get(name) ?? 0) > Math.max(eventRevision, record?.modRevision ?? 0)) return; // our newer bind wins
       this.seam!.followRecord(this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`), record);
     };
+    // Without events to record (no stream feed), changes of identities this node holds no row of need no commit.
+    const owners = [...changes.keys()].map((name) => this.keys.identityFromKey(`${this.keys.prefix}/sticky/${name}`));
+    if (!relisted && items.length === 0 && !owners.some((id) => this.store!.stickyByOwner(ownerOf(id)).some((r) => r.pool === id.pool))) {
+      this.syncing = false;
+      return;
+    }
     const mine = (): string[] =>
       this.store!.matching({}, 10_000_000)
         .filter((r) => r.sticky === 1)
@@ -606,4 +624,8 @@ export class ClusterNode {
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
     };
   }
+}
+
+function ownerOf(id: StickyIdentity): string {
+  return `${id.namespace}/${id.statefulset}/${id.ordinal}`;
 }

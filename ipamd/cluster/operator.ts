@@ -168,10 +168,11 @@ export class ClusterOperator {
     for (let i = 0; i < familyPools.length; i++) {
       const identity = identityOf(m, familyPools[i]!.name);
       try {
-        const b = await this.c.own.bindSticky(identity, { selectsNode: true, reserveOnly: true, unbound });
+        // The batch read in reserve found no identity of this member: the bind starts from that (a create that lost a
+        // race re-reads), and its result is what etcd holds: one transaction per new member.
+        const b = await this.c.own.bindSticky(identity, { selectsNode: true, reserveOnly: true, unbound, current: null });
         if (b.created) created.push(identity);
-        const [x] = await this.c.own.getSticky([identity]);
-        return x!;
+        return { identity, record: b.record };
       } catch (e) {
         if (!(e instanceof ClusterError && e.code === "pool_exhausted") || i === familyPools.length - 1) throw e;
       }

@@ -68,7 +68,7 @@ export interface OwnershipOptions {
   buffer?: BufferOptions;
   /** Per-pool override of the buffer sizes. */
   bufferFor?: Record<string, BufferOptions>;
-  /** At most this many addresses per claim transaction (etcd's --max-txn-ops is 128). */
+  /** At most this many addresses per claim transaction (default and most: 128, etcd's default --max-txn-ops). */
   maxClaim?: number;
   /** A handback request from another node stops refills of that pool here for this long. */
   handbackHoldMs?: number;
@@ -116,6 +116,8 @@ export interface StickyBinding {
   previousNode?: string;
   stickyModRevision: number;
   ipModRevision: number;
+  /** The identity's record in etcd at stickyModRevision (as written by this bind, or as read when nothing changed). */
+  record: StickyRecord;
 }
 
 export interface BindRequest {
@@ -131,13 +133,19 @@ export interface BindRequest {
   unbound?: boolean;
   /** The identity's key as just read by the caller (null: absent): saves the first read. */
   current?: KeyValue | null;
+  /**
+   * `current` is a guess (the sticky watch's view, possibly behind): only a transaction's compares may act on it;
+   * any answer without a transaction (already bound here, attached elsewhere) reads the key first.
+   */
+  guess?: boolean;
 }
 
 /** A pending change of shared state, recorded in the node's SQLite with the local change, applied later. */
 export type OutboxOp =
   | { op: "attach"; pool: string; ip: string; attachment: Omit<AttachmentRef, "node"> }
   | { op: "release"; pool: string; ip: string; containerID: string; keepInBuffer?: boolean }
-  | { op: "detach-sticky"; identity: StickyIdentity; containerID: string }
+  /** `ip`: the address the node's row had (read with the identity in one request; a different one is read after). */
+  | { op: "detach-sticky"; identity: StickyIdentity; containerID: string; ip?: string }
   | { op: "release-sticky"; identity: StickyIdentity; force?: boolean };
 export type OutboxRecord = OutboxOp & { id: number; createdAt: number };
 export interface OutboxOutcome {
@@ -306,6 +314,7 @@ export class ClusterOwnership {
     }
     this.loadBuffer(pool, entries);
     this.o.persist?.reset(pool, entries);
+    for (const key of this.notPersisted) if (key.startsWith(`${pool} `)) this.notPersisted.delete(key);
   }
 
   /** Replaces the in-memory buffer of `pool` (start-up from SQLite when etcd is unreachable, or from etcd). */
@@ -332,6 +341,10 @@ export class ClusterOwnership {
   }
   buffered(pool: string): string[] {
     return [...this.buffers.get(pool)!.keys()];
+  }
+  /** Whether `ip` is in this node's in-memory buffer now. */
+  isBuffered(pool: string, ip: string): boolean {
+    return this.buffers.get(pool)?.has(ip) === true;
   }
   bufferSize(pool: string): number {
     return this.buffers.get(pool)!.size;
@@ -367,11 +380,49 @@ export class ClusterOwnership {
   /** Claims until at least `n` addresses of `pool` are buffered (or the pool has no more): before a bulk reserve. */
   async ensureBuffered(pool: string, n: number): Promise<void> {
     while (this.bufferSize(pool) < n) {
-      const got = await this.claim(pool, Math.min(64, n - this.bufferSize(pool)));
+      const got = await this.claim(pool, n - this.bufferSize(pool));
       if (got.length === 0) return;
       for (const a of got) this.putBack(a);
-      this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
+      // Not persisted: reserve binds them at once (a crash in between leaves them in etcd as this node's buffer,
+      // which a restart reads back; SQLite, without them, stays a subset), so no SQLite write on the way in or out.
+      for (const a of got) this.notPersisted.add(`${pool} ${a.ip}`);
     }
+  }
+
+  /** In the buffer but not in SQLite (ensureBuffered): taking one needs no SQLite removal. */
+  private readonly notPersisted = new Set<string>();
+
+  private persistAdded(entries: BufferEntry[]): void {
+    for (const e of entries) this.notPersisted.delete(`${e.pool} ${e.ip}`);
+    this.o.persist?.added(entries);
+  }
+
+  private unpersisting = new Map<string, string[]>();
+  private unpersisted: Promise<void> | null = null;
+
+  /**
+   * Removes an address from the persisted buffer; the removals of one turn of the event loop share one SQLite
+   * transaction (a reserve ahead binds many members at once: one fsync for them, not one each).
+   */
+  private unpersist(pool: string, ip: string): Promise<void> {
+    if (!this.o.persist || this.notPersisted.delete(`${pool} ${ip}`)) return Promise.resolve();
+    const ips = this.unpersisting.get(pool) ?? [];
+    ips.push(ip);
+    this.unpersisting.set(pool, ips);
+    this.unpersisted ??= new Promise<void>((resolve, reject) =>
+      setImmediate(() => {
+        const all = this.unpersisting;
+        this.unpersisting = new Map();
+        this.unpersisted = null;
+        try {
+          for (const [p, list] of all) this.o.persist!.removed(p, list);
+          resolve();
+        } catch (e) {
+          reject(e);
+        }
+      }),
+    );
+    return this.unpersisted;
   }
 
   /** Gives back an address taken with takeBuffered that the local commit did not use. */
@@ -394,11 +445,20 @@ export class ClusterOwnership {
     const { low, high } = this.bufferOpts(pool);
     const size = this.bufferSize(pool);
     if (size >= low || (this.holdUntil.get(pool) ?? 0) > this.now()) return 0;
-    const p = this.claim(pool, high - size).then((got) => {
-      for (const a of got) this.putBack(a);
-      if (got.length) this.o.persist?.added(got.map((a) => ({ ...a, notBefore: 0 })));
-      return got.length;
-    });
+    // The deficit found now, in as many claim transactions as it takes (at most 128 addresses each; a lost race claims
+    // fewer): not one batch per kick, which at thousands of ADDs per second left the buffer at the low watermark, and
+    // not topping up what ADDs took meanwhile, which made the later claims tiny.
+    const p = (async (): Promise<number> => {
+      let total = 0;
+      while (total < high - size && (this.holdUntil.get(pool) ?? 0) <= this.now()) {
+        const got = await this.claim(pool, high - size - total);
+        if (got.length === 0) break;
+        for (const a of got) this.putBack(a);
+        this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
+        total += got.length;
+      }
+      return total;
+    })();
     this.refilling.set(pool, p);
     try {
       return await p;
@@ -416,7 +476,7 @@ export class ClusterOwnership {
    */
   async claim(pool: string, count: number): Promise<BufferedAddress[]> {
     const p = this.pool(pool);
-    const want = Math.min(count, this.o.maxClaim ?? 64, 128);
+    const want = Math.min(count, this.o.maxClaim ?? 128, 128);
     const got: BufferedAddress[] = [];
     let batch = want;
     // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read
@@ -640,8 +700,11 @@ export class ClusterOwnership {
     const attachment = req.attachment ? { ...req.attachment, node: this.node } : undefined;
     // What the last failed compare returned: the next pass decides on it without reading again.
     let known: { cur: KeyValue | null; ipKv?: KeyValue | null } | null = req.current !== undefined ? { cur: req.current } : null;
+    let guessed = req.guess === true && known !== null;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const cur: KeyValue | null = known ? known.cur : await this.client.get(skey);
+      const fromGuess = guessed;
+      guessed = false;
       const gen = this.gen();
       const at = this.now();
       if (cur) {
@@ -666,9 +729,16 @@ export class ClusterOwnership {
           created: false,
           stickyModRevision: cur.modRevision,
           ipModRevision: ipKv?.modRevision ?? cur.modRevision,
+          record: rec,
         };
-        if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         const old = rec.attachment;
+        const answerWithoutTxn =
+          req.reserveOnly ||
+          (!attachment && rec.node === this.node) ||
+          (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) ||
+          (old && old.containerID === attachment?.containerID && rec.node === this.node);
+        if (fromGuess && answerWithoutTxn) continue; // read the key: a guess decides nothing without a compare
+        if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
         if (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) {
           if (await this.client.get(this.keys.node(old.node))) throw attachedElsewhere(name, old);
         }
@@ -710,6 +780,7 @@ export class ClusterOwnership {
             ...(rec.node !== this.node ? { previousNode: rec.node } : {}),
             stickyModRevision: r.revision,
             ipModRevision: r.revision,
+            record: next,
           };
         }
         const [sNow, iNow] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
@@ -720,6 +791,8 @@ export class ClusterOwnership {
       }
       known = null;
       const b = await this.claimFree(identity.pool);
+      // Out of the persisted buffer before etcd takes it out of the buffer (a crash in between leaves SQLite a subset).
+      await this.unpersist(identity.pool, b.ip);
       const ikey = this.keys.ip(identity.pool, b.ip);
       const boundTo = req.reserveOnly && req.unbound ? "" : this.node;
       const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at, ...(attachment ? { attachment } : {}) };
@@ -734,26 +807,22 @@ export class ClusterOwnership {
             { put: { key: skey, value: JSON.stringify(rec) } },
             { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: boundTo, gen, at, identity: name } satisfies IpOwner) } },
           ],
-          [{ get: { key: skey, keysOnly: true } }, { get: { key: ikey } }],
+          [{ get: { key: skey } }, { get: { key: ikey } }],
         );
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const landed = await this.landed([skey], gen);
         const rev = landed[0]?.modRevision;
-        if (rev) {
-          this.o.persist?.removed(identity.pool, [b.ip]);
-          return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev };
-        }
-        this.o.persist?.removed(identity.pool, [b.ip]);
+        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev, record: rec };
         continue; // the buffer entry's state is unknown: dropped here, a later resync finds it if it is still ours
       }
       if (r.succeeded) {
-        this.o.persist?.removed(identity.pool, [b.ip]);
-        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision };
+        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision, record: rec };
       }
-      this.conflict("sticky-create");
-      const ipNow = r.responses[1]?.kind === "get" ? r.responses[1].kvs[0] : undefined;
+      const [sNow, ipNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] : undefined));
+      if (!fromGuess) this.conflict("sticky-create"); // a guess of "absent" that was wrong is not a race with another node
       if (ipNow && ipNow.modRevision === b.modRevision) this.putBack(b); // still ours: the identity was created elsewhere
+      if (sNow) known = { cur: sNow }; // the identity exists: the next pass rebinds it from what the compare returned
     }
     throw new ClusterError(
       "inconsistent",
@@ -905,6 +974,19 @@ export class ClusterOwnership {
     throw new ClusterError("inconsistent", `pin of ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`, true);
   }
 
+  /**
+   * The identity's key as the sticky watch last saw it (null: not seen), or undefined before the watch listed the
+   * prefix. A guess for a bind's compares (BindRequest.guess), never an answer.
+   */
+  cachedSticky(identity: StickyIdentity): KeyValue | null | undefined {
+    if (!this.watches[1] || this.watches[1].relists === 0) return undefined;
+    const key = this.keys.sticky(identity);
+    const seen = this.stickyView.get(key.slice(`${this.keys.prefix}/sticky/`.length));
+    if (!seen) return null;
+    const { modRevision, ...record } = seen;
+    return { key, value: JSON.stringify(record), createRevision: 0, modRevision, version: 0 };
+  }
+
   /** Reads sticky identities by key, in one read transaction (absent ones are left out). */
   async getSticky(ids: StickyIdentity[]): Promise<{ identity: StickyIdentity; record: StickyRecord; modRevision: number; kv: KeyValue }[]> {
     if (ids.length === 0) return [];
@@ -1029,12 +1111,16 @@ export class ClusterOwnership {
       for (const rec of batch) out.push({ id: rec.id, ...(await this.applyOne(rec)) });
       return out;
     }
-    return batch.map((rec, i) => {
+    const kept: BufferEntry[] = [];
+    const outcomes = batch.map((rec, i) => {
       const d = decided[i]!;
       if (!("op" in d)) return { id: rec.id, ...d };
-      if (rec.op === "release" && rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, revision, at);
+      const entry = rec.op === "release" && rec.keepInBuffer ? this.keptInBuffer(rec.pool, rec.ip, revision, at) : null;
+      if (entry) kept.push(entry);
       return { id: rec.id, status: "applied" as const };
     });
+    if (kept.length) this.persistAdded(kept); // one SQLite transaction for the batch, not one per address
+    return outcomes;
   }
 
   /** The compare-and-swap an attach/release record needs given the key's current value, or its outcome without one. */
@@ -1081,13 +1167,14 @@ export class ClusterOwnership {
     return { compare: { key, target: "mod", equals: kv!.modRevision }, op };
   }
 
-  private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): void {
+  /** A released address back in the buffer (in memory); the caller persists the returned entry. */
+  private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): BufferEntry | null {
     // Used here again meanwhile (a plain attachment's key stays "buffer of this node"): not free, not buffered.
-    if (this.o.usedLocally?.(pool, ip)) return;
+    if (this.o.usedLocally?.(pool, ip)) return null;
     const entry = { pool, ip, modRevision, notBefore: at + (this.o.cooldownMs ?? 0) };
     if (entry.notBefore > this.now()) this.cooling.set(`${pool} ${ip}`, entry.notBefore);
     this.putBack(entry);
-    this.o.persist?.added([entry]);
+    return entry;
   }
 
   private async applyOne(rec: OutboxOp): Promise<Omit<OutboxOutcome, "id">> {
@@ -1136,12 +1223,15 @@ export class ClusterOwnership {
       const rev = await this.casTxn("release", [{ key, target: "mod", equals: kv!.modRevision }], [op], key, gen);
       if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
       if (!rev) return null;
-      if (rec.keepInBuffer) this.keptInBuffer(rec.pool, rec.ip, rev, at);
+      const entry = rec.keepInBuffer ? this.keptInBuffer(rec.pool, rec.ip, rev, at) : null;
+      if (entry) this.persistAdded([entry]);
       return { status: "applied" };
     }
     const skey = this.keys.sticky(rec.identity);
     const name = this.keys.identityName(rec.identity);
-    const cur = await this.client.get(skey);
+    const hint = rec.op === "detach-sticky" && rec.ip ? this.keys.ip(rec.identity.pool, rec.ip) : undefined;
+    const read = hint ? await this.client.txn([], [{ get: { key: skey } }, { get: { key: hint } }]) : undefined;
+    const cur = read ? (read.responses[0]?.kind === "get" ? (read.responses[0].kvs[0] ?? null) : null) : await this.client.get(skey);
     if (!cur) return { status: "noop" };
     const s = parseJson<StickyRecord>(cur.value, skey);
     if (rec.op === "detach-sticky") {
@@ -1150,7 +1240,7 @@ export class ClusterOwnership {
       const next: StickyRecord = { ...rest, gen, at };
       // Rewrites the address key too, so both keep one ModRevision (the next bind's optimistic compare holds).
       const ikey = this.keys.ip(rec.identity.pool, s.ip);
-      const ipKv = await this.client.get(ikey);
+      const ipKv = ikey === hint && read?.responses[1]?.kind === "get" ? (read.responses[1].kvs[0] ?? null) : await this.client.get(ikey);
       const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
       const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
       const ops: TxnOp[] = [{ put: { key: skey, value: JSON.stringify(next) } }];

@@ -125,6 +125,10 @@ describe("no address held twice", () => {
         .catch((x: unknown) => x);
       expect((e as IpamdError).code).toBe("pool_exhausted");
     }
+    // A repeated ADD (the runtime retrying) in the exhausted pool is answered from the node's record: same address.
+    const first = results.findIndex((r) => r.ok);
+    const again = await nodes[first % 3]!.client.allocate({ containerID: `small-${first}`, ifName: "eth0", network: "small" });
+    expect(again.ips[0]!.address.split("/")[0]).toBe(results[first]!.ok);
     const keys = etcdIps(etcd, prefix, "small");
     expect(keys.size).toBe(32);
     // Each held by the node that handed it out; a plain attachment leaves its key "buffer of that node".
