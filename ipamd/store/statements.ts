@@ -163,7 +163,13 @@ export class Statements {
       meta: p("SELECT value FROM meta WHERE key = ?"),
       attachedByNetwork: p(`SELECT network, count(*) AS n FROM reservations WHERE container_id IS NOT NULL
         GROUP BY network ORDER BY network`),
-      held: p("SELECT * FROM reservations WHERE pool NOT IN (SELECT value FROM json_each(?)) ORDER BY pool, id LIMIT ?"),
+      // The pools held are found by skipping through the pool index (one lookup per pool, not a scan of every row).
+      held: p(
+        "WITH RECURSIVE held(pool) AS (SELECT (SELECT min(pool) FROM reservations) " +
+          "UNION ALL SELECT (SELECT min(pool) FROM reservations WHERE pool > held.pool) FROM held WHERE held.pool IS NOT NULL) " +
+          "SELECT r.* FROM held JOIN reservations r ON r.pool = held.pool " +
+          "WHERE held.pool IS NOT NULL AND held.pool NOT IN (SELECT value FROM json_each(?)) ORDER BY r.pool, r.id LIMIT ?",
+      ),
     };
     this.committedSeq = Number((this.q.seq.get() as { value: number }).value);
     this.batchSeq = this.committedSeq + 1;
