@@ -117,7 +117,7 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
 
   const up = new Gauge({
     name: "berth_ipamd_kube_watch_up",
-    help: "1 while the watch is listed and streaming, 0 while it is (re)starting",
+    help: "1 while the watch is listed and streaming, 0 while it is (re)starting or stopped (every Node: release leader only)",
     labelNames: ["resource"],
     registers: [o.metrics.registry],
   });
