@@ -329,7 +329,15 @@ export class NodePools {
   relabel(labels: Record<string, string>): string[] {
     this.node.labels = { ...labels };
     this.selection = this.all.filter((p) => selectorMatches(p.selector, labels));
-    return this.selection.map((p) => p.name);
+    const names = this.selection.map((p) => p.name);
+    for (const f of this.selectionListeners) f(names);
+    return names;
+  }
+
+  private readonly selectionListeners: ((selected: string[]) => void)[] = [];
+  /** Called with the selected pools' names after every relabel (cluster mode keeps its buffers to them). */
+  onSelection(f: (selected: string[]) => void): void {
+    this.selectionListeners.push(f);
   }
 
   get(name: string): Pool | undefined {

@@ -100,7 +100,8 @@ export class ClusterNode {
       client: this.client,
       node: config.nodeName,
       prefix: c.etcd.prefix,
-      pools: selected,
+      pools: config.pools,
+      selected: selected.map((p) => p.name),
       buffer: c.buffer,
       handbackWaitMs: c.handbackWaitSeconds * 1000,
       cooldownMs: config.cooldownMs,
@@ -134,6 +135,7 @@ export class ClusterNode {
   ownership = (store: Statements, pools: NodePools): ClusterNodeOwnership => {
     this.store = store;
     this.pools = pools;
+    pools.onSelection((selected) => this.own.select(selected));
     this.membership = new StatefulSets(store, this.config.statefulSets);
     this.seam = new ClusterNodeOwnership({
       node: this.config.nodeName,

@@ -63,7 +63,10 @@ export interface OwnershipObserver {
 export interface OwnershipOptions {
   client: EtcdClient;
   node: string;
+  /** Every pool of the config (a reserve may name one this node does not select). */
   pools: ClusterPool[];
+  /** The pools this node's labels select: the ones it keeps a buffer of (default: all). */
+  selected?: string[];
   prefix?: string;
   buffer?: BufferOptions;
   /** Per-pool override of the buffer sizes. */
@@ -161,6 +164,8 @@ export class ClusterOwnership {
   readonly node: string;
   private readonly client: EtcdClient;
   private readonly pools = new Map<string, ClusterPool>();
+  /** The pools buffered here (the node's labels select them); the buffer of any other is handed back. */
+  private selected: Set<string>;
   private readonly buffers = new Map<string, Map<string, number>>(); // pool -> ip -> modRevision
   private readonly cooling = new Map<string, number>(); // "pool ip" -> end of cooldown (ms)
   /** Addresses learnt to be owned (failed compares, pool reads): only steers candidate choice, never decides. */
@@ -188,6 +193,7 @@ export class ClusterOwnership {
       this.pools.set(p.name, p);
       this.buffers.set(p.name, new Map());
     }
+    this.selected = new Set(o.selected ?? o.pools.map((p) => p.name));
     this.now = o.now ?? Date.now;
     this.genBase = `${o.node}:${Date.now().toString(36)}`;
   }
@@ -296,7 +302,15 @@ export class ClusterOwnership {
   async poll(): Promise<void> {
     const r = await this.client.range(this.keys.handbacks(), { prefix: true });
     for (const kv of r.kvs) await this.onHandback(kv);
-    for (const pool of this.pools.keys()) await this.refill(pool);
+    for (const pool of this.pools.keys()) {
+      if (this.selected.has(pool)) await this.refill(pool);
+      else if (this.buffers.get(pool)!.size > 0) await this.handBack(pool);
+    }
+  }
+
+  /** The node's labels changed: the next poll buffers the pools they select now and hands back the others' buffer. */
+  select(pools: string[]): void {
+    this.selected = new Set(pools.filter((p) => this.pools.has(p)));
   }
 
   private async reloadBuffer(pool: string, inUse?: (pool: string, ip: string) => boolean): Promise<void> {

@@ -14,7 +14,12 @@ let api: KubeApiServer;
 let etcd: EtcdCluster;
 const prefix = freshPrefix("kube");
 const POOL = "ck-v4";
-const POOLS = [{ name: POOL, subnet: "10.111.0.0/24", networks: ["underlay"] }];
+const RACK_POOL = "ck-r7-v4";
+const POOLS = [
+  { name: POOL, subnet: "10.111.0.0/24", networks: ["underlay"] },
+  // Selected only by the Node object's labels (the config gives none): a relabel must make it usable in etcd too.
+  { name: RACK_POOL, subnet: "10.112.0.0/24", networks: ["rack7"], nodeSelector: { matchLabels: { rack: "r7" } } },
+];
 const nodes: ClusterNodeHandle[] = [];
 let a: ClusterNodeHandle;
 let b: ClusterNodeHandle;
@@ -248,7 +253,27 @@ describe("4. node deletion", () => {
   }, 60_000);
 });
 
-describe("5. RBAC in cluster mode", () => {
+describe("5. pools selected by the Node object's labels", () => {
+  it("a node labelled rack=r7 in the API (not in its config) allocates from the rack's pool; unlabelled, it hands the buffer back", async () => {
+    api.create("nodes", nodeObj("ck-d", { rack: "r7" }));
+    const d = await node("ck-d");
+    const got = await add(d.client, "c5", "web-x", undefined, { network: "rack7" });
+    expect(ip(got)).toMatch(/^10\.112\.0\./);
+    expect(etcdIps(etcd, prefix, RACK_POOL).get(ip(got))).toMatchObject({ node: "ck-d" });
+    const ofD = () => [...etcdIps(etcd, prefix, RACK_POOL)].filter(([, v]) => v.node === "ck-d" && v.owner === "buffer");
+    await until("ck-d's buffer of the rack pool", () => ofD().length > 1);
+    // Another node, not in rack r7, neither buffers nor allocates there.
+    expect([...etcdIps(etcd, prefix, RACK_POOL)].filter(([, v]) => v.node !== "ck-d")).toEqual([]);
+    const refused = await add(a.client, "c5", "web-y", undefined, { network: "rack7" }).catch((e: unknown) => e);
+    expect((refused as { code?: string }).code).toBe("no_pool");
+    // The label goes: the unused buffer goes back to the pool; the attached address stays with its pod.
+    api.patch("nodes", undefined, "ck-d", { metadata: { labels: { rack: "r8" } } });
+    await until("ck-d's unused rack-pool addresses handed back", () => ofD().filter(([k]) => k !== ip(got)).length === 0, 10_000);
+    expect(etcdIps(etcd, prefix, RACK_POOL).get(ip(got))).toMatchObject({ node: "ck-d" });
+  }, 60_000);
+});
+
+describe("6. RBAC in cluster mode", () => {
   it("no request was refused (401/403): the Lease, every Node, pods and StatefulSets are within conf/kubernetes/rbac.yaml", () => {
     const refused = api.requests.filter((r) => r.status === 401 || r.status === 403);
     expect(refused.map((r) => `${r.method} ${r.path} -> ${r.status}`)).toEqual([]);
