@@ -254,7 +254,7 @@ describe("4. node deletion", () => {
 });
 
 describe("5. pools selected by the Node object's labels", () => {
-  it("a node labelled rack=r7 in the API (not in its config) allocates from the rack's pool; unlabelled, it hands the buffer back", async () => {
+  it("a node labelled rack=r7 only in the API allocates from the rack's pool; unlabelled, it hands the buffer back", async () => {
     api.create("nodes", nodeObj("ck-d", { rack: "r7" }));
     const d = await node("ck-d");
     const got = await add(d.client, "c5", "web-x", undefined, { network: "rack7" });
