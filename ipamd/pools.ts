@@ -364,8 +364,11 @@ export class NodePools {
    * Pools a request may use: selecting this node, open to `network`, limited to `names` when given.
    * Per family, pools that name the network explicitly win over pools open to any network.
    */
-  usable(network: string | undefined, names: string[] | undefined): Pool[] {
-    const node = this.node.name;
+  usable(network: string | undefined, names: string[] | undefined, on?: { labels: Record<string, string>; what: string }): Pool[] {
+    // `on`: for the nodes that carry these labels (a pod template's nodeSelector), not for this node.
+    const chosen = on ? this.all.filter((p) => selectorMatches(p.selector, on.labels)) : this.selected;
+    const target = on ? on.what : `node ${this.node.name}`;
+    const labels = on ? on.labels : this.node.labels;
     const openTo = (p: Pool): boolean => network === undefined || !p.networks || p.networks.includes(network);
     if (names && names.length > 0) {
       return names.map((name, i) => {
@@ -375,10 +378,10 @@ export class NodePools {
           const defined = [...this.byName.keys()].join(", ");
           throw new ApiError("no_pool", `pool "${name}" is not defined in the ipamd config (defined: ${defined})`, field);
         }
-        if (!this.selected.includes(pool)) {
+        if (!chosen.includes(pool)) {
           throw new ApiError(
             "no_pool",
-            `pool "${name}" does not select node ${node} (its nodeSelector does not match labels ` + `${JSON.stringify(this.node.labels)})`,
+            `pool "${name}" does not select ${target} (its nodeSelector does not match labels ${JSON.stringify(labels)})`,
             field,
           );
         }
@@ -393,19 +396,17 @@ export class NodePools {
         return pool;
       });
     }
-    const usable = this.selected
+    const usable = chosen
       .filter(openTo)
       .filter(
         (p) =>
-          p.networks !== undefined ||
-          network === undefined ||
-          !this.selected.some((q) => q.family === p.family && q.networks?.includes(network)),
+          p.networks !== undefined || network === undefined || !chosen.some((q) => q.family === p.family && q.networks?.includes(network)),
       );
     if (usable.length === 0) {
-      const selected = this.selected.map((p) => p.name).join(", ") || "none";
+      const selected = chosen.map((p) => p.name).join(", ") || "none";
       throw new ApiError(
         "no_pool",
-        `no pool serves network "${network}" on node ${node}: pools selecting this node: ${selected}; ` +
+        `no pool serves network "${network}" on ${target}: pools selecting it: ${selected}; ` +
           "add the network to a pool's networks, or fix the pool nodeSelector / node labels",
         "network",
       );

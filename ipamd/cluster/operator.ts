@@ -123,8 +123,13 @@ export class ClusterOperator {
    * Identities for ordinals 0..replicas-1 (existing ones kept, wherever bound); all or nothing. `unbound`: the new
    * identities are bound to no node (node "") until a pod attaches (reserve at creation, done once for the cluster).
    */
-  async reserve(req: ReserveRequest, o: { unbound?: boolean } = {}): Promise<ReserveResponse> {
-    const usable = this.pools.usable(req.network, req.pools);
+  async reserve(req: ReserveRequest, o: { unbound?: boolean; nodeSelector?: Record<string, string> } = {}): Promise<ReserveResponse> {
+    const usable = o.nodeSelector
+      ? this.pools.usable(req.network, req.pools, {
+          labels: o.nodeSelector,
+          what: `the nodes of nodeSelector ${JSON.stringify(o.nodeSelector)}`,
+        })
+      : this.pools.usable(req.network, req.pools);
     await this.register({ namespace: req.namespace, statefulset: req.statefulset });
     const created: StickyIdentity[] = [];
     const out: Reservation[] = [];

@@ -282,7 +282,7 @@ export class StatefulSetLifecycle {
     if (!missing) return;
     const req: ReserveRequest = { namespace, statefulset: name, replicas, ordinalStart: start, ...(pools ? { pools } : {}) };
     try {
-      const ips = await this.d.members.reserve(req);
+      const ips = await this.d.members.reserve(req, nodeSelector);
       this.d.log.info({ statefulset: where, ips, clusterWide: this.d.members.clusterWide }, "reserved addresses at creation");
     } catch (e) {
       this.d.log.warn({ statefulset: where, err: (e as Error).message }, "cannot reserve addresses at creation");

@@ -22,8 +22,11 @@ export interface MemberAddresses {
   held(namespace: string, statefulset: string): Promise<HeldOrdinal[]>;
   /** Ends one ordinal's identities without force (ApiError reservation_attached when a sandbox uses one); the addresses freed. */
   release(req: ReleaseReservationRequest): Promise<string[]>;
-  /** Reserves every replica's identities (existing ones kept); the addresses. */
-  reserve(req: ReserveRequest): Promise<string[]>;
+  /**
+   * Reserves every replica's identities (existing ones kept); the addresses. `nodeSelector` (the pod template's):
+   * cluster-wide, the pools are those that select the nodes carrying these labels.
+   */
+  reserve(req: ReserveRequest, nodeSelector?: Record<string, string>): Promise<string[]>;
 }
 
 export class LocalMembers implements MemberAddresses {
@@ -90,8 +93,8 @@ export class ClusterMembers implements MemberAddresses {
     return out.released.map((r) => r.ip).filter((ip) => !held.has(ip));
   }
 
-  async reserve(req: ReserveRequest): Promise<string[]> {
-    const out = await this.operator.reserve(req, { unbound: true });
+  async reserve(req: ReserveRequest, nodeSelector?: Record<string, string>): Promise<string[]> {
+    const out = await this.operator.reserve(req, { unbound: true, ...(nodeSelector ? { nodeSelector } : {}) });
     return out.reservations.map((r) => r.ip);
   }
 }

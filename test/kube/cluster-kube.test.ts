@@ -266,9 +266,30 @@ describe("5. pools selected by the Node object's labels", () => {
     expect([...etcdIps(etcd, prefix, RACK_POOL)].filter(([, v]) => v.node !== "ck-d")).toEqual([]);
     const refused = await add(a.client, "c5", "web-y", undefined, { network: "rack7" }).catch((e: unknown) => e);
     expect((refused as { code?: string }).code).toBe("no_pool");
-    // The label goes: the unused buffer goes back to the pool; the attached address stays with its pod.
+    // Reserve at creation (by the leader, which rack r7 does not include) in the pools of the template's nodeSelector.
+    api.create(
+      "apps/statefulsets",
+      stsObj("c5", "zk", {
+        replicas: 2,
+        annotations: { "berth.dev/reserve": "true" },
+        template: { "berth.dev/pools": JSON.stringify([RACK_POOL]) },
+        nodeSelector: { rack: "r7" },
+      }),
+    );
+    const zk = () => {
+      const base = `${prefix}/sticky/${RACK_POOL}/c5/zk/`;
+      return new Map([...etcd.dump(base)].map(([k, v]) => [Number(k.slice(base.length).split("/")[0]), JSON.parse(v) as Sticky]));
+    };
+    await until("zk's two identities in the rack pool", () => zk().size === 2);
+    for (const r of zk().values()) expect(r).toMatchObject({ node: "" });
+    const zk1 = await add(d.client, "c5", "zk-1", memberPod(api, "c5", "zk", 1, "ck-d"), { network: "rack7" });
+    expect(ip(zk1)).toBe(zk().get(1)!.ip);
+    expect(zk().get(1)).toMatchObject({ node: "ck-d", attachment: { containerID: zk1.containerID } });
+    // The label goes: the unused buffer goes back to the pool; the attached addresses stay with their pods.
     api.patch("nodes", undefined, "ck-d", { metadata: { labels: { rack: "r8" } } });
     await until("ck-d's unused rack-pool addresses handed back", () => ofD().filter(([k]) => k !== ip(got)).length === 0, 10_000);
+    // No node (the leader included) keeps a buffer in a pool that does not select it.
+    expect([...etcdIps(etcd, prefix, RACK_POOL)].filter(([, v]) => v.owner === "buffer" && v.node !== "ck-d")).toEqual([]);
     expect(etcdIps(etcd, prefix, RACK_POOL).get(ip(got))).toMatchObject({ node: "ck-d" });
   }, 60_000);
 });
