@@ -61,7 +61,17 @@ export class StatefulSetLifecycle {
   private readonly queue = new Set<string>();
   private draining?: Promise<void>;
 
+  /** The last warning per StatefulSet and kind: one that repeats every resync is logged once, until it changes. */
+  private readonly warned = new Map<string, string>();
+
   constructor(private readonly d: LifecycleDeps) {}
+
+  private warnOnce(statefulset: string, kind: string, err: string, msg: string): void {
+    const key = `${statefulset} ${kind}`;
+    if (this.warned.get(key) === err) return;
+    this.warned.set(key, err);
+    this.d.log.warn({ statefulset, err }, msg);
+  }
 
   /** Looks at one StatefulSet again soon (after a watch event, a pod deletion, or a resync). */
   enqueue(namespace: string, name: string): void {
@@ -173,7 +183,7 @@ export class StatefulSetLifecycle {
       return parseRetention(sts.metadata?.annotations?.[RETENTION], where);
     } catch (e) {
       if (!(e instanceof InvalidAnnotation)) throw e;
-      this.d.log.warn({ statefulset: where, err: e.message }, "ignoring an invalid retention annotation; keeping the policy last seen");
+      this.warnOnce(where, "retention", e.message, "ignoring an invalid retention annotation; keeping the policy last seen");
       return fallback ?? DEFAULT_RETENTION;
     }
   }
@@ -269,7 +279,7 @@ export class StatefulSetLifecycle {
       if (!reserve) return;
       pools = poolsFor(sts.spec?.template?.metadata?.annotations?.[POOLS], "*", `the pod template of ${where}`);
     } catch (e) {
-      this.d.log.warn({ statefulset: where, err: (e as Error).message }, "not reserving at creation: invalid annotation");
+      this.warnOnce(where, "reserve", (e as Error).message, "not reserving at creation: invalid annotation");
       return;
     }
     // Cluster mode: once, for the whole cluster (the leader), bound to no node until a pod attaches.
@@ -285,7 +295,7 @@ export class StatefulSetLifecycle {
       const ips = await this.d.members.reserve(req, nodeSelector);
       this.d.log.info({ statefulset: where, ips, clusterWide: this.d.members.clusterWide }, "reserved addresses at creation");
     } catch (e) {
-      this.d.log.warn({ statefulset: where, err: (e as Error).message }, "cannot reserve addresses at creation");
+      this.warnOnce(where, "reserve", (e as Error).message, "cannot reserve addresses at creation");
     }
   }
 }

@@ -298,6 +298,17 @@ describe("5. reserve at creation (berth.dev/reserve)", () => {
     for (const addr of Object.values(held)) expect(stdout).toContain(addr);
     expect(await reservedIps(d.client, "r5", "elsewhere")).toEqual({}); // its pods cannot land on this node
     expect(ip(await add(d.client, "r5", "lb-3", memberPod(api, "r5", "lb", 3, "n5")))).toBe(held[3]);
+    // An invalid annotation is said once, not at every resync round (0.3 s here), and again when it changes.
+    api.create(
+      "apps/statefulsets",
+      stsObj("r5", "typo", { annotations: { "berth.dev/reserve": "true" }, template: { "berth.dev/pools": "p5" } }),
+    );
+    const said = () => d.stderr().split("\n").filter((l) => l.includes("r5/typo") && l.includes("not reserving at creation")).length;
+    await until("the warning", () => said() === 1);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(said()).toBe(1);
+    api.patch("apps/statefulsets", "r5", "typo", { spec: { template: { metadata: { annotations: { "berth.dev/pools": "5" } } } } });
+    await until("the changed warning", () => said() === 2);
   }, 60_000);
 });
 
