@@ -303,7 +303,11 @@ describe("5. reserve at creation (berth.dev/reserve)", () => {
       "apps/statefulsets",
       stsObj("r5", "typo", { annotations: { "berth.dev/reserve": "true" }, template: { "berth.dev/pools": "p5" } }),
     );
-    const said = () => d.stderr().split("\n").filter((l) => l.includes("r5/typo") && l.includes("not reserving at creation")).length;
+    const said = () =>
+      d
+        .stderr()
+        .split("\n")
+        .filter((l) => l.includes("r5/typo") && l.includes("not reserving at creation")).length;
     await until("the warning", () => said() === 1);
     await new Promise((r) => setTimeout(r, 1500));
     expect(said()).toBe(1);
