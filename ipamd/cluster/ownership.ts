@@ -1166,14 +1166,7 @@ export class ClusterOwnership {
         op: { put: { key, value } },
       };
     }
-    if (
-      !v ||
-      v.node !== this.node ||
-      v.owner === "sticky" ||
-      v.owner === "cooling" ||
-      (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)
-    )
-      return { status: "noop" };
+    if (!releasableBy(this.node, v, rec.containerID)) return { status: "noop" };
     if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" }; // handed out here again since
     const op: TxnOp = rec.keepInBuffer
       ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
@@ -1222,14 +1215,7 @@ export class ClusterOwnership {
         const cmp: Compare = kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 };
         return (await this.casTxn("attach", [cmp], [{ put: { key, value } }], key, gen)) ? { status: "applied" } : null;
       }
-      if (
-        !v ||
-        v.node !== this.node ||
-        v.owner === "sticky" ||
-        v.owner === "cooling" ||
-        (v.owner === "attachment" && v.attachment.containerID !== rec.containerID)
-      )
-        return { status: "noop" };
+      if (!releasableBy(this.node, v, rec.containerID)) return { status: "noop" };
       if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" };
       const op: TxnOp = rec.keepInBuffer
         ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
@@ -1323,6 +1309,12 @@ export class ClusterOwnership {
     const value = JSON.stringify({ owner: "cooling", node: this.node, gen, at, identity, until: at + ms } satisfies IpOwner);
     return { put: { key, value, lease: lease.id } };
   }
+}
+
+/** Whether `node`'s release of `containerID`'s address may change its key: the node holds it as buffer or as that attachment. */
+function releasableBy(node: string, v: IpOwner | null, containerID: string): v is Extract<IpOwner, { owner: "buffer" | "attachment" }> {
+  if (!v || v.node !== node) return false;
+  return v.owner === "buffer" || (v.owner === "attachment" && v.attachment.containerID === containerID);
 }
 
 function describeOwner(v: IpOwner): string {
