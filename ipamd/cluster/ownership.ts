@@ -1262,10 +1262,10 @@ export class ClusterOwnership {
     const ipKv = await this.client.get(ikey);
     const ipOwner = ipKv ? parseJson<IpOwner>(ipKv.value, ikey) : null;
     const ops: TxnOp[] = [{ del: { key: skey } }];
-    const cooling = s.attachment ? undefined : await this.coolingOp(ikey, name, at, gen);
     const compares: Compare[] = [{ key: skey, target: "mod", equals: cur.modRevision }];
     if (ipKv && ipOwner?.owner === "sticky" && ipOwner.identity === name) {
       compares.push({ key: ikey, target: "mod", equals: ipKv.modRevision });
+      const cooling = s.attachment ? undefined : await this.coolingOp(ikey, name, at, gen);
       // An address a running sandbox uses stays held by that attachment until its DEL.
       ops.push(
         s.attachment
