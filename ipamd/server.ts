@@ -1,6 +1,7 @@
 // HTTP/1.1 + JSON API on a unix socket (api/API.md). Every change goes through mutate(): the
 // ownership prepares it, the group commit applies its rule, the ownership learns the outcome.
-import { chmodSync, lstatSync, mkdirSync, readlinkSync, renameSync, type Stats, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readlinkSync, renameSync, unlinkSync } from "node:fs";
+import { lstatOrUndefined } from "../lib/files";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
 import { dirname } from "node:path";
@@ -640,15 +641,6 @@ function jsonDepthOver(raw: Buffer, max: number): boolean {
     } else if (c === 0x5d || c === 0x7d) depth--;
   }
   return false;
-}
-
-function lstatOrUndefined(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw e;
-  }
 }
 
 /**

@@ -1,7 +1,7 @@
 // File helpers shared by the plugins: durable atomic writes, JSON state files, and the blocking
 // sleep synchronous code waits with. The flock between plugin calls is lib/lock.ts: it loads the
 // FFI, which a plugin answering VERSION must not.
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fsyncSync, lstatSync, openSync, readFileSync, renameSync, type Stats, unlinkSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 import { OsError } from "./oserror";
 
@@ -37,6 +37,16 @@ export function readJsonFile<T>(path: string, fix: string): T | undefined {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "ENOENT") return undefined;
     throw new OsError(`cannot read state file ${path}: ${(e as Error).message}`, "file", code ?? "EINVAL", "read", path, fix);
+  }
+}
+
+/** lstat of `path`, undefined when it does not exist. */
+export function lstatOrUndefined(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw e;
   }
 }
 

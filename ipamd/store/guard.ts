@@ -15,23 +15,14 @@ import {
   readFileSync,
   readdirSync,
   renameSync,
-  type Stats,
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import { EAGAIN, LOCK_EX, LOCK_NB, lastErrno, libc } from "../../lib/ffi/libc";
+import { lstatOrUndefined } from "../../lib/files";
 import { StoreError } from "./database";
 
 const ROOT = 0;
-
-function lstatOrUndefined(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw e;
-  }
-}
 
 const octal = (mode: number): string => `0${(mode & 0o7777).toString(8)}`;
 
