@@ -20,7 +20,7 @@ import type {
   ReserveRequest,
   ReserveResponse,
 } from "../api/types";
-import { ApiError } from "./errors";
+import { ApiError, reservationsAttached } from "./errors";
 import type { AddressOwnership, OwnershipTicket } from "./ownership";
 import { type Located, type NodePools, parseRequested, type Pool } from "./pools";
 import { type Member, member, type StatefulSets } from "./statefulsets";
@@ -215,16 +215,7 @@ export class Allocator {
     }
     const attached = rows.filter((r) => r.container_id);
     if (attached.length > 0 && !req.force) {
-      const list = attached
-        .slice(0, 5)
-        .map((r) => `${r.ip} (${r.owner}, container ${r.container_id})`)
-        .join(", ");
-      throw new ApiError(
-        "reservation_attached",
-        `${attached.length} of these reservations are in use by running containers: ${list}; ` +
-          "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
-          "until the container's CNI DEL or GC frees it)",
-      );
+      throw reservationsAttached(attached.map((r) => `${r.ip} (${r.owner}, container ${r.container_id})`));
     }
     const heldByContainer: Reservation[] = [];
     for (const row of rows) {

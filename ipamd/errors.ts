@@ -35,3 +35,13 @@ export class ApiError extends Error {
     return { error: { code: this.code, message: this.message, ...(this.field ? { field: this.field } : {}) } };
   }
 }
+
+/** A release of reservations refused because running containers use some: `attached` described, the first 5 named. */
+export function reservationsAttached(attached: string[]): ApiError {
+  return new ApiError(
+    "reservation_attached",
+    `${attached.length} of these reservations are in use by running containers: ${attached.slice(0, 5).join(", ")}; ` +
+      "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
+      "until the container's CNI DEL or GC frees it)",
+  );
+}

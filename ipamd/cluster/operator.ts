@@ -17,7 +17,7 @@ import type {
   UnregisterResponse,
 } from "../../api/types";
 import { canonicalIp } from "../../lib/ip";
-import { ApiError } from "../errors";
+import { ApiError, reservationsAttached } from "../errors";
 import { type Pool, parseRequested } from "../pools";
 import { MAX_PAGE, type Views } from "../views";
 import { ClusterError } from "./errors";
@@ -220,19 +220,12 @@ export class ClusterOperator {
     if (targets === "held") return { released: [], heldByContainer: [] };
     const attached = targets.filter((x) => x.record.attachment);
     if (attached.length > 0 && !req.force) {
-      const list = attached
-        .slice(0, 5)
-        .map(
+      throw reservationsAttached(
+        attached.map(
           (x) =>
             `${x.record.ip} (${this.view(x).owner}, container ${x.record.attachment!.containerID} ` +
             `on node ${x.record.attachment!.node})`,
-        )
-        .join(", ");
-      throw new ApiError(
-        "reservation_attached",
-        `${attached.length} of these reservations are in use by running containers: ${list}; ` +
-          "delete the pods first, or pass force to end the reservations now (an address in use stays held by its container " +
-          "until the container's CNI DEL or GC frees it)",
+        ),
       );
     }
     for (const x of targets) {
