@@ -164,6 +164,19 @@ function userspaceDevice(cfg: HostdevConfig): { pci: string; driver: string } | 
   return driver && USERSPACE_DRIVERS.includes(driver) ? { pci: s.value, driver } : undefined;
 }
 
+/** This attachment's state file, refused when one exists (the attachment already holds a device). */
+function freeStatePath(ctx: Ctx): string {
+  const path = statePath(ctx.pluginConfig, ctx);
+  if (existsSync(path)) {
+    throw new CniError(
+      CniCode.DeviceBusy,
+      `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
+      "run DEL for this attachment first; ADD is not repeated for an existing attachment",
+    );
+  }
+  return path;
+}
+
 /**
  * A device bound to vfio-pci/uio (the DPDK path of Multus and the SR-IOV device plugin): as the
  * reference host-device, nothing moves; the pod gets the IPAM result and the device's PCI
@@ -172,14 +185,7 @@ function userspaceDevice(cfg: HostdevConfig): { pci: string; driver: string } | 
 async function addUserspace(ctx: Ctx, dev: { pci: string; driver: string }): Promise<Result> {
   const cfg = ctx.pluginConfig;
   ensureStateDir(cfg.stateDir, PLUGIN);
-  const path = statePath(cfg, ctx);
-  if (existsSync(path)) {
-    throw new CniError(
-      CniCode.DeviceBusy,
-      `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
-      "run DEL for this attachment first; ADD is not repeated for an existing attachment",
-    );
-  }
+  const path = freeStatePath(ctx);
   return withUndo(ctx.log, async (undo) => {
     const alloc = await ipamOf(ctx)?.add(undo);
     const st: AttachmentState = {
@@ -247,14 +253,7 @@ async function add(ctx: Ctx): Promise<Result> {
     findHostDevice(host, cfg); // refuse before allocating anything
     const podNs = (pod = openPodNetns(ctx.netns));
     refuseExistingIfName(podNs, ctx.ifName);
-    const path = statePath(cfg, ctx);
-    if (existsSync(path)) {
-      throw new CniError(
-        CniCode.DeviceBusy,
-        `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
-        "run DEL for this attachment first; ADD is not repeated for an existing attachment",
-      );
-    }
+    const path = freeStatePath(ctx);
     return await withUndo(log, async (undo) => {
       const alloc = await ipamOf(ctx)?.add(undo);
       // The lock covers choosing and moving the device; once the record names the pod's live
