@@ -4,13 +4,8 @@
 # node A through berth-macvlan (driven the way kubelet drives it), deleted, and created on node B with a new
 # container ID: it keeps its IP. Everything it creates is removed at the end, also on Ctrl-C.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
-
-fail() { echo "make demo-cluster: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || fail "run as root: the demo creates network namespaces and links (sudo make demo-cluster)"
-export PATH="$root/node_modules/.bin:$PATH" # ipamd runs on the project's Node 24
-[ -x node_modules/.bin/node ] || fail "node_modules/.bin/node (Node.js 24) is missing: run npm ci"
+DEMO=demo-cluster
+source "$(dirname "$0")/lib/demo.sh"
 ETCD=${BERTH_ETCD:-/usr/bin/etcd}
 ETCDCTL=${BERTH_ETCDCTL:-/usr/bin/etcdctl}
 [ -x "$ETCD" ] && [ -x "$ETCDCTL" ] || fail "etcd is missing: apt-get install -y etcd-server etcd-client (or set BERTH_ETCD/BERTH_ETCDCTL)"
@@ -23,9 +18,6 @@ nic=${tag}nic
 work=$(mktemp -d /tmp/berth-demo-cluster.XXXXXX)
 pids=()          # etcd members and ipamd daemons
 pods=()          # "netns containerID podName socket" of pods that currently exist
-
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say() { printf '   %s\n' "$*"; }
 
 cni() { # cni COMMAND CONTAINER_ID NETNS POD_NAME SOCKET
   sed "s#@SOCKET@#$5#" "$work/berth-macvlan.conf" | \

@@ -3,13 +3,8 @@
 # Pods are network namespaces; a veth end stands in for the host's trunked NIC.
 # Everything it creates is removed at the end, also on Ctrl-C.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
-
-fail() { echo "make demo: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || fail "run as root: the demo creates network namespaces and links (sudo make demo)"
-export PATH="$root/node_modules/.bin:$PATH" # ipamd runs on the project's Node 24
-[ -x node_modules/.bin/node ] || fail "node_modules/.bin/node (Node.js 24) is missing: run npm ci"
+DEMO=demo
+source "$(dirname "$0")/lib/demo.sh"
 for tool in ip ping; do
   command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install -y iproute2 iputils-ping"
 done
@@ -21,9 +16,6 @@ nic=${tag}nic
 work=$(mktemp -d /tmp/berth-demo.XXXXXX)
 daemon_pid=
 pods=()          # "netns containerID podName" of pods that currently exist
-
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say() { printf '   %s\n' "$*"; }
 
 cni() { # cni COMMAND CONTAINER_ID NETNS POD_NAME
   CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=/run/netns/$3 CNI_IFNAME=eth0 CNI_PATH=$bin \
