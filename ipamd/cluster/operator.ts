@@ -149,11 +149,25 @@ export class ClusterOperator {
         }
         const missing = members.filter((m) => !existing.has(m.ordinal));
         await this.c.own.ensureBuffered(familyPools[0]!.name, Math.min(missing.length, 1024));
-        const results = await mapLimit(missing, 16, (m) => this.createReservation(m, familyPools, created, o.unbound === true));
-        for (const m of members) {
-          const x = existing.get(m.ordinal) ?? results[missing.indexOf(m)]!;
-          out.push(this.view(x));
-        }
+        // Up to 64 members a transaction from the first pool's buffer; what a batch did not create (a race, an empty
+        // buffer, the next pool of the family) one transaction each.
+        const chunks = Array.from({ length: Math.ceil(missing.length / 64) }, (_, i) => missing.slice(i * 64, i * 64 + 64));
+        const batched = new Map<number, Listed>();
+        await mapLimit(chunks, 4, async (chunk) => {
+          const bound = await this.c.own.createSticky(
+            chunk.map((m) => identityOf(m, familyPools[0]!.name)),
+            { unbound: o.unbound === true },
+          );
+          for (const b of bound) {
+            if (!b) continue;
+            created.push(b.identity);
+            batched.set(b.identity.ordinal, { identity: b.identity, record: b.record });
+          }
+        });
+        const rest = missing.filter((m) => !batched.has(m.ordinal));
+        const results = await mapLimit(rest, 16, (m) => this.createReservation(m, familyPools, created, o.unbound === true));
+        for (const [i, m] of rest.entries()) batched.set(m.ordinal, results[i]!);
+        for (const m of members) out.push(this.view(existing.get(m.ordinal) ?? batched.get(m.ordinal)!));
       }
     } catch (e) {
       for (const identity of created)

@@ -158,6 +158,10 @@ export interface OutboxOutcome {
 }
 
 const MAX_CAS_ATTEMPTS = 16;
+const spanStart = (keys: string[]): string => keys.reduce((a, b) => (b < a ? b : a));
+const spanEnd = (keys: string[]): string => keys.reduce((a, b) => (b > a ? b : a));
+/** Identities one reserve-ahead transaction creates (two compares and two puts each). */
+const STICKY_BATCH = 64;
 
 export class ClusterOwnership {
   readonly keys: KeyLayout;
@@ -531,7 +535,10 @@ export class ClusterOwnership {
         r = await this.client.txn(
           keys.map((key) => ({ key, target: "create", equals: 0 })),
           keys.map((key) => ({ put: { key, value } })),
-          keys.map((key) => ({ get: { key, keysOnly: true } })),
+          // Which of them are taken: one keys-only read of the span they sort in, not a read each (the failure ops
+          // travel in every claim's raft entry, to every member, even when the compares hold). A hint only, so
+          // bounded: a span that sorts wide (10.0.9.x to 10.0.10.x) may miss some, which the next re-read finds.
+          [{ get: { key: spanStart(keys), rangeEnd: `${spanEnd(keys)}\0`, keysOnly: true, limit: 4 * keys.length } }],
         );
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
@@ -553,9 +560,8 @@ export class ClusterOwnership {
       this.conflict("claim");
       this.jump(p);
       batch = Math.max(1, batch >> 1);
-      r.responses.forEach((resp, i) => {
-        if (resp.kind === "get" && resp.kvs.length > 0) owned.add(candidates[i]!);
-      });
+      const taken = new Set(r.responses.flatMap((resp) => (resp.kind === "get" ? resp.kvs.map((kv) => kv.key) : [])));
+      for (const [i, key] of keys.entries()) if (taken.has(key)) owned.add(candidates[i]!);
     }
     if (got.length > 0 || want <= 0) return got;
     // Never "nothing free" for a claim that only kept losing races or meeting unknown outcomes: retryable.
@@ -843,6 +849,65 @@ export class ClusterOwnership {
       `sticky identity ${name}: gave up after ${MAX_CAS_ATTEMPTS} conflicting transactions; retry`,
       true,
     );
+  }
+
+  /**
+   * Reserve ahead in bulk: creates up to 64 absent identities with buffered addresses in one transaction, each with
+   * bindSticky's two compares (its identity's CreateRevision 0, its buffer key's ModRevision; 128 in all, etcd's
+   * default --max-txn-ops). All or nothing: after a failed compare, an unknown outcome or an empty buffer the entries
+   * are null, and the caller creates those one by one with bindSticky (which handles every race).
+   */
+  async createSticky(identities: StickyIdentity[], o: { unbound: boolean }): Promise<(StickyBinding | null)[]> {
+    const out: (StickyBinding | null)[] = identities.map(() => null);
+    const taken: { i: number; identity: StickyIdentity; b: BufferedAddress }[] = [];
+    for (const [i, identity] of identities.slice(0, STICKY_BATCH).entries()) {
+      const b = this.takeBuffered(identity.pool);
+      if (!b) break;
+      taken.push({ i, identity, b });
+    }
+    if (taken.length === 0) return out;
+    await Promise.all(taken.map(({ b }) => this.unpersist(b.pool, b.ip)));
+    const gen = this.gen();
+    const at = this.now();
+    const boundTo = o.unbound ? "" : this.node;
+    const compares: Compare[] = [];
+    const success: TxnOp[] = [];
+    const records = taken.map(({ identity, b }) => {
+      const skey = this.keys.sticky(identity);
+      const ikey = this.keys.ip(identity.pool, b.ip);
+      const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at };
+      const owner: IpOwner = { owner: "sticky", node: boundTo, gen, at, identity: this.keys.identityName(identity) };
+      compares.push({ key: skey, target: "create", equals: 0 }, { key: ikey, target: "mod", equals: b.modRevision });
+      success.push({ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } });
+      return { skey, ikey, rec };
+    });
+    let revision: number;
+    try {
+      const r = await this.client.txn(
+        compares,
+        success,
+        records.map(({ ikey }) => ({ get: { key: ikey } })),
+      );
+      if (!r.succeeded) {
+        this.conflict("sticky-create");
+        // The buffer entries no other node touched are still ours.
+        for (const [k, x] of r.responses.entries()) {
+          const kv = x.kind === "get" ? x.kvs[0] : undefined;
+          if (kv && kv.modRevision === taken[k]!.b.modRevision) this.putBack(taken[k]!.b);
+        }
+        return out;
+      }
+      revision = r.revision;
+    } catch (e) {
+      if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      const landed = await this.landed([records[0]!.skey], gen);
+      if (!landed[0]) return out; // the buffer entries' state is unknown: dropped here, a later resync finds them if still ours
+      revision = landed[0].modRevision;
+    }
+    for (const [k, { i, identity, b }] of taken.entries()) {
+      out[i] = { identity, ip: b.ip, created: true, stickyModRevision: revision, ipModRevision: revision, record: records[k]!.rec };
+    }
+    return out;
   }
 
   /**

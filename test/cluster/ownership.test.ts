@@ -214,6 +214,42 @@ describe("sticky identities", () => {
     for (const [ip, v] of keys) if (v.owner === "buffer") expect(buffered.has(ip)).toBe(true);
   });
 
+  it("reserve ahead in bulk: one transaction creates 64 identities; an identity another node created makes the batch create none", async () => {
+    const p = pool("st", "10.43.0.0/24");
+    const {
+      prefix,
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"], { buffer: { low: 4, high: 128 } });
+    for (const n of [a!, b!]) await n.start({ background: false });
+    await a!.ensureBuffered("st", 80);
+    const before = a!.bufferSize("st");
+    const ids = Array.from({ length: 70 }, (_, i) => id(100 + i));
+    const made = await a!.createSticky(ids, { unbound: true });
+    // At most 64 a transaction (128 compares): the rest are left to bindSticky.
+    expect(made.filter(Boolean)).toHaveLength(64);
+    expect(made.slice(64)).toEqual([null, null, null, null, null, null]);
+    expect(a!.bufferSize("st")).toBe(before - 64);
+    const sticky = etcd.dump(`${prefix}/sticky/`);
+    expect(sticky.size).toBe(64);
+    const keys = ipKeys(prefix, "st");
+    for (const x of made.slice(0, 64)) {
+      expect(x).toMatchObject({ created: true, stickyModRevision: made[0]!.stickyModRevision });
+      expect(JSON.parse(sticky.get(`${prefix}/sticky/st/db/redis/${x!.identity.ordinal}/eth0`)!)).toMatchObject({ ip: x!.ip, node: "" });
+      expect(keys.get(x!.ip)).toMatchObject({ owner: "sticky", node: "", identity: `db/redis/${x!.identity.ordinal}/eth0` });
+    }
+    expect(new Set(made.slice(0, 64).map((x) => x!.ip)).size).toBe(64);
+
+    // b creates ordinal 166 first: a's batch of 164..169 fails its compare, creates nothing, and keeps its buffer.
+    const other = await b!.bindSticky(id(166), { selectsNode: true, reserveOnly: true });
+    const size = a!.bufferSize("st");
+    const none = await a!.createSticky(ids.slice(64), { unbound: true });
+    expect(none).toEqual([null, null, null, null, null, null]);
+    expect(a!.bufferSize("st")).toBe(size);
+    expect(etcd.dump(`${prefix}/sticky/`).size).toBe(65);
+    for (const ip of a!.buffered("st")) expect(ipKeys(prefix, "st").get(ip)).toMatchObject({ owner: "buffer", node: "a" });
+    expect(ipKeys(prefix, "st").get(other.ip)).toMatchObject({ owner: "sticky", node: "b" });
+  });
+
   it("reserve ahead on one node, used by a pod on another; release ends it cluster-wide", async () => {
     const p = pool("st", "10.42.0.0/24");
     const {
