@@ -214,7 +214,7 @@ describe("sticky identities", () => {
     for (const [ip, v] of keys) if (v.owner === "buffer") expect(buffered.has(ip)).toBe(true);
   });
 
-  it("reserve ahead in bulk: one transaction creates 64 identities; an identity another node created makes the batch create none", async () => {
+  it("reserve ahead in bulk: 64 identities a transaction; one another node created makes the batch create none", async () => {
     const p = pool("st", "10.43.0.0/24");
     const {
       prefix,
