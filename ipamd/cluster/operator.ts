@@ -143,10 +143,13 @@ export class ClusterOperator {
           ordinal,
         }));
         const existing = new Map<number, Listed>();
-        for (let i = 0; i < members.length; i += 32) {
-          const batch = members.slice(i, i + 32).flatMap((m) => familyPools.map((p) => identityOf(m, p.name)));
-          for (const x of await this.c.own.getSticky(batch)) if (!existing.has(x.identity.ordinal)) existing.set(x.identity.ordinal, x);
-        }
+        // Which members exist already: one read transaction of at most 128 keys per group of members.
+        const perRead = Math.max(1, Math.floor(128 / familyPools.length));
+        const reads = Array.from({ length: Math.ceil(members.length / perRead) }, (_, i) => members.slice(i * perRead, (i + 1) * perRead));
+        const found = await mapLimit(reads, 4, (group) =>
+          this.c.own.getSticky(group.flatMap((m) => familyPools.map((p) => identityOf(m, p.name)))),
+        );
+        for (const x of found.flat()) if (!existing.has(x.identity.ordinal)) existing.set(x.identity.ordinal, x);
         const missing = members.filter((m) => !existing.has(m.ordinal));
         await this.c.own.ensureBuffered(familyPools[0]!.name, Math.min(missing.length, 1024));
         // Up to 64 members a transaction from the first pool's buffer; what a batch did not create (a race, an empty
