@@ -453,8 +453,12 @@ export class ClusterOwnership {
     if (this.pollTimer && !this.refilling.has(pool)) void this.refill(pool).catch(() => undefined);
   }
 
-  /** Claims up to the high watermark when below the low one (not while another node asked for a handback). */
+  /**
+   * Claims up to the high watermark when below the low one (not while another node asked for a handback), in a pool
+   * this node's labels select: a reserve ahead in another rack's pool (ensureBuffered) claims what it binds, no more.
+   */
   async refill(pool: string): Promise<number> {
+    if (!this.selected.has(pool)) return 0;
     const running = this.refilling.get(pool);
     if (running) {
       await running;
