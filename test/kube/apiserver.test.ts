@@ -30,6 +30,8 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   await Promise.all(informers.splice(0).map((i) => i.stop()));
+  // The server notices a stopped watch when its connection closes: the next test counts only its own.
+  await until("the stopped watches to close", () => api.openWatches("pods") === 0);
   api.clearFaults();
 });
 afterAll(async () => {
