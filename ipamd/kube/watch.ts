@@ -2,7 +2,7 @@
 // stops for good on any other error (a 500, a cut stream, a refused connection; docs/kubernetes.md),
 // so every error restarts it here after a backoff (0.5 s doubling to 30 s, reset once it is synced
 // again). Its cache survives restarts; a relist reports what vanished meanwhile as deletes.
-import { type KubernetesObject, type KubernetesListObject, ListWatch, Watch } from "@kubernetes/client-node";
+import { type KubeConfig, type KubernetesObject, type KubernetesListObject, ListWatch, Watch } from "@kubernetes/client-node";
 import type { Logger } from "pino";
 import type { KubeWatchStatus } from "../../api/types";
 import type { KubeConnection } from "./connection";
@@ -17,6 +17,28 @@ export interface WatchSpec<T extends KubernetesObject> {
 
 type Handler<T> = (obj: T) => void;
 
+/**
+ * client-node's ListWatch (2.0.1) can open a watch after its stop(): stopped while it lists, waits to reconnect or
+ * waits for the watch request's answer, it has nothing to abort yet, and the stream then runs for good (a follower
+ * would keep watching every Node). This Watch closes a stream asked for while its owner is stopped, or before its
+ * owner's last stop (a stop and a start while it was asked for: the new start opens its own).
+ */
+class StoppableWatch extends Watch {
+  constructor(
+    kc: KubeConfig,
+    private readonly generation: () => number | null,
+  ) {
+    super(kc);
+  }
+
+  override async watch(...args: Parameters<Watch["watch"]>): Promise<AbortController> {
+    const asked = this.generation();
+    const controller = await super.watch(...args);
+    if (asked === null || this.generation() !== asked) controller.abort();
+    return controller;
+  }
+}
+
 const BASE_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
 
@@ -30,6 +52,8 @@ export class ResilientWatch<T extends KubernetesObject> {
   private retryAt?: number;
   private timer?: NodeJS.Timeout;
   private stopped = false;
+  /** Counts the stops: a stream asked for before the last one is closed when it opens. */
+  private generation = 0;
   private running = false;
   private readonly syncedWaiters: (() => void)[] = [];
   /** Called on every state change (metrics). */
@@ -40,7 +64,8 @@ export class ResilientWatch<T extends KubernetesObject> {
     private readonly spec: WatchSpec<T>,
     private readonly log: Logger,
   ) {
-    this.lw = new ListWatch<T>(spec.path, new Watch(kube.kc), spec.list, false, undefined, spec.fieldSelector);
+    const watch = new StoppableWatch(kube.kc, () => (this.stopped ? null : this.generation));
+    this.lw = new ListWatch<T>(spec.path, watch, spec.list, false, undefined, spec.fieldSelector);
     this.lw.on("error", (e) => this.failed(e));
   }
 
@@ -73,6 +98,7 @@ export class ResilientWatch<T extends KubernetesObject> {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.generation++;
     if (this.timer) clearTimeout(this.timer);
     this.setState("stopped");
     await this.lw.stop();

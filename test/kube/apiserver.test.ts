@@ -14,7 +14,10 @@ import {
   V1MicroTime,
   Watch,
 } from "@kubernetes/client-node";
+import pino from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { connectKube } from "../../ipamd/kube/connection";
+import { ResilientWatch } from "../../ipamd/kube/watch";
 import { KubeApiServer } from "../helpers/kube/apiserver";
 
 let api: KubeApiServer;
@@ -327,6 +330,61 @@ describe("list and watch", () => {
     expect(api.requests.length).toBe(before);
     expect(api.openWatches("pods")).toBe(0);
   });
+});
+
+describe("a stopped watch stays stopped", () => {
+  const podsOn = (nodeName: string) => () => core.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${nodeName}` });
+  const settle = () => new Promise((r) => setTimeout(r, 1500));
+
+  it("client-node's ListWatch stopped while it lists opens its watch anyway (why ResilientWatch guards it)", async () => {
+    api.inject({ verb: "list", resource: "pods" }, { delayMs: 400 });
+    const lw = new ListWatch<V1Pod>("/api/v1/pods", new Watch(kc), podsOn("lw-stop"), false, undefined, "spec.nodeName=lw-stop");
+    const started = lw.start();
+    await until("the list", () => api.requests.some((r) => r.verb === "list" && r.query.fieldSelector === "spec.nodeName=lw-stop"));
+    await lw.stop();
+    await started;
+    await settle();
+    // If this fails, client-node fixed the race: StoppableWatch (ipamd/kube/watch.ts) can go.
+    expect(api.openWatches("pods")).toBe(1);
+    api.endWatches("pods");
+  });
+
+  for (const verb of ["list", "watch"] as const) {
+    it(`ResilientWatch stopped while its ${verb} request is answered holds no watch open`, async () => {
+      const selector = `spec.nodeName=rw-${verb}`;
+      const kube = connectKube(
+        {
+          enabled: true,
+          kubeconfig: api.kubeconfigPath,
+          inClusterRoot: "/",
+          leakGraceMs: 60_000,
+          reconcileMs: 60_000,
+          apiTimeoutMs: 5000,
+          leaderLeaseMs: 15_000,
+          leaderRetryMs: 2000,
+        },
+        "test",
+        "rw-node",
+      )!;
+      const w = new ResilientWatch<V1Pod>(
+        kube,
+        { resource: "pods", path: "/api/v1/pods", list: podsOn(`rw-${verb}`), fieldSelector: selector },
+        pino({ level: "silent" }),
+      );
+      api.inject({ verb, resource: "pods" }, { delayMs: 400 });
+      w.start();
+      await until(`the ${verb}`, () => api.requests.some((r) => r.verb === verb && r.query.fieldSelector === selector));
+      await w.stop();
+      await settle();
+      expect(api.openWatches("pods")).toBe(0);
+      expect(w.status().state).toBe("stopped");
+      // Started again, it watches (once).
+      w.start();
+      await w.whenSynced();
+      await until("the watch", () => api.openWatches("pods") === 1);
+      await w.stop();
+    });
+  }
 });
 
 describe("writes", () => {
