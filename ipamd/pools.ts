@@ -254,6 +254,123 @@ export function selectorMatches(selector: NodeSelector, labels: Record<string, s
   return true;
 }
 
+/** A node label requirement as Kubernetes writes it (a nodeSelectorTerm's matchExpressions; Gt/Lt tell nothing here). */
+export interface LabelRequirement {
+  key: string;
+  operator: string;
+  values?: string[];
+}
+
+/**
+ * Where a pod template's pods may run: on nodes carrying its nodeSelector's labels and, with required node affinity,
+ * matching any one of its terms (each term's requirements all hold).
+ */
+export interface Placement {
+  nodeSelector?: Record<string, string>;
+  affinityTerms?: LabelRequirement[][];
+}
+
+/** Whether a placement says anything about labels (else the pods may run anywhere). */
+export function placementConstrains(p: Placement): boolean {
+  return Object.keys(p.nodeSelector ?? {}).length > 0 || (p.affinityTerms ?? []).some((t) => t.length > 0);
+}
+
+/** The placement in words, for errors: "the nodes of nodeSelector {...} and node affinity rack In (r1, r2) or ...". */
+export function describePlacement(p: Placement): string {
+  const parts: string[] = [];
+  if (Object.keys(p.nodeSelector ?? {}).length > 0) parts.push(`nodeSelector ${JSON.stringify(p.nodeSelector)}`);
+  const terms = (p.affinityTerms ?? []).filter((t) => t.length > 0);
+  const req = (r: LabelRequirement): string => `${r.key} ${r.operator}${r.values?.length ? ` (${r.values.join(", ")})` : ""}`;
+  if (terms.length > 0) parts.push(`node affinity ${terms.map((t) => t.map(req).join(", ")).join(" or ")}`);
+  return `the nodes of ${parts.join(" and ")}`;
+}
+
+/** Whether a node with `labels` is one the pods of `placement` may run on. */
+export function placementMatches(p: Placement, labels: Record<string, string>): boolean {
+  const terms = p.affinityTerms?.length ? p.affinityTerms : [[]];
+  return terms.some((term) =>
+    selectorMatches(
+      {
+        matchLabels: p.nodeSelector ?? {},
+        matchExpressions: term.filter((r) =>
+          ["In", "NotIn", "Exists", "DoesNotExist"].includes(r.operator),
+        ) as NodeSelector["matchExpressions"],
+      },
+      labels,
+    ),
+  );
+}
+
+/** What one term with the nodeSelector says of a label key: the values it allows (undefined: any), those it excludes. */
+interface KeyConstraint {
+  values?: Set<string>;
+  excluded: Set<string>;
+  exists: boolean;
+  absent: boolean;
+}
+
+function constraintsOf(nodeSelector: Record<string, string>, term: LabelRequirement[]): Map<string, KeyConstraint> {
+  const out = new Map<string, KeyConstraint>();
+  const of = (key: string): KeyConstraint => {
+    let c = out.get(key);
+    if (!c) out.set(key, (c = { excluded: new Set(), exists: false, absent: false }));
+    return c;
+  };
+  const allow = (key: string, values: string[]): void => {
+    const c = of(key);
+    c.values = new Set(c.values ? values.filter((v) => c.values!.has(v)) : values);
+    c.exists = true;
+  };
+  for (const [k, v] of Object.entries(nodeSelector)) allow(k, [v]);
+  for (const r of term) {
+    if (r.operator === "In") allow(r.key, r.values ?? []);
+    else if (r.operator === "NotIn") for (const v of r.values ?? []) of(r.key).excluded.add(v);
+    else if (r.operator === "Exists") of(r.key).exists = true;
+    else if (r.operator === "DoesNotExist") of(r.key).absent = true;
+  }
+  return out;
+}
+
+/**
+ * Whether `selector` selects every node the pods of `placement` may run on: each of the pool's requirements follows
+ * from the pods' constraints, for every affinity term (a term no node can match counts as selected).
+ */
+export function selectsPlacement(selector: NodeSelector, p: Placement): boolean {
+  const terms = p.affinityTerms?.length ? p.affinityTerms : [[]];
+  return terms.every((term) => {
+    const c = constraintsOf(p.nodeSelector ?? {}, term);
+    const possible = (k: string): string[] | undefined => {
+      const x = c.get(k);
+      return x?.values ? [...x.values].filter((v) => !x.excluded.has(v)) : undefined;
+    };
+    const impossible = (x: KeyConstraint): boolean =>
+      (x.absent && x.exists) || (x.values !== undefined && [...x.values].every((v) => x.excluded.has(v)));
+    if ([...c.values()].some(impossible)) return true;
+    const requirements = [
+      ...Object.entries(selector.matchLabels ?? {}).map(([key, v]) => ({ key, operator: "In", values: [v] })),
+      ...(selector.matchExpressions ?? []),
+    ];
+    return requirements.every((r) => {
+      const x = c.get(r.key);
+      const vals = possible(r.key);
+      switch (r.operator) {
+        case "In":
+          return vals?.every((v) => r.values!.includes(v)) === true;
+        case "NotIn":
+          return (
+            x?.absent === true || vals?.every((v) => !r.values!.includes(v)) === true || (r.values ?? []).every((v) => x?.excluded.has(v))
+          );
+        case "Exists":
+          return x?.exists === true;
+        case "DoesNotExist":
+          return x?.absent === true;
+        default:
+          return false;
+      }
+    });
+  });
+}
+
 /** The first usable address at or after `value`, or null past the end. */
 export function firstUsableAtOrAfter(pool: Pool, value: bigint): bigint | null {
   const segs = pool.segments;
@@ -364,11 +481,14 @@ export class NodePools {
    * Pools a request may use: selecting this node, open to `network`, limited to `names` when given.
    * Per family, pools that name the network explicitly win over pools open to any network.
    */
-  usable(network: string | undefined, names: string[] | undefined, on?: { labels: Record<string, string>; what: string }): Pool[] {
-    // `on`: for the nodes that carry these labels (a pod template's nodeSelector), not for this node.
-    const chosen = on ? this.all.filter((p) => selectorMatches(p.selector, on.labels)) : this.selected;
+  usable(network: string | undefined, names: string[] | undefined, on?: { placement: Placement; what: string }): Pool[] {
+    // `on`: for every node a pod template's pods may run on (nodeSelector, required node affinity), not for this node.
+    const chosen = on ? this.all.filter((p) => selectsPlacement(p.selector, on.placement)) : this.selected;
     const target = on ? on.what : `node ${this.node.name}`;
-    const labels = on ? on.labels : this.node.labels;
+    const mismatch = (pool: Pool): string =>
+      on
+        ? `its nodeSelector ${JSON.stringify(pool.selector)} does not select every one of them`
+        : `its nodeSelector does not match labels ${JSON.stringify(this.node.labels)}`;
     const openTo = (p: Pool): boolean => network === undefined || !p.networks || p.networks.includes(network);
     if (names && names.length > 0) {
       return names.map((name, i) => {
@@ -379,11 +499,7 @@ export class NodePools {
           throw new ApiError("no_pool", `pool "${name}" is not defined in the ipamd config (defined: ${defined})`, field);
         }
         if (!chosen.includes(pool)) {
-          throw new ApiError(
-            "no_pool",
-            `pool "${name}" does not select ${target} (its nodeSelector does not match labels ${JSON.stringify(labels)})`,
-            field,
-          );
+          throw new ApiError("no_pool", `pool "${name}" does not select ${target} (${mismatch(pool)})`, field);
         }
         if (!openTo(pool)) {
           throw new ApiError(

@@ -18,7 +18,7 @@ import type {
 } from "../../api/types";
 import { canonicalIp } from "../../lib/ip";
 import { ApiError, reservationsAttached } from "../errors";
-import { type Pool, parseRequested } from "../pools";
+import { describePlacement, type Placement, type Pool, parseRequested, placementConstrains } from "../pools";
 import { MAX_PAGE, type Views } from "../views";
 import { ClusterError } from "./errors";
 import type { IpOwner, StickyIdentity, StickyRecord } from "./keys";
@@ -123,13 +123,11 @@ export class ClusterOperator {
    * Identities for ordinals 0..replicas-1 (existing ones kept, wherever bound); all or nothing. `unbound`: the new
    * identities are bound to no node (node "") until a pod attaches (reserve at creation, done once for the cluster).
    */
-  async reserve(req: ReserveRequest, o: { unbound?: boolean; nodeSelector?: Record<string, string> } = {}): Promise<ReserveResponse> {
-    const usable = o.nodeSelector
-      ? this.pools.usable(req.network, req.pools, {
-          labels: o.nodeSelector,
-          what: `the nodes of nodeSelector ${JSON.stringify(o.nodeSelector)}`,
-        })
-      : this.pools.usable(req.network, req.pools);
+  async reserve(req: ReserveRequest, o: { unbound?: boolean; placement?: Placement } = {}): Promise<ReserveResponse> {
+    const usable =
+      o.placement && placementConstrains(o.placement)
+        ? this.pools.usable(req.network, req.pools, { placement: o.placement, what: describePlacement(o.placement) })
+        : this.pools.usable(req.network, req.pools);
     await this.register({ namespace: req.namespace, statefulset: req.statefulset });
     const created: StickyIdentity[] = [];
     const out: Reservation[] = [];

@@ -18,7 +18,7 @@ import { ApiError } from "../errors";
 import type { NodeIpam } from "../node";
 import type { OwnershipOp, OwnershipTicket } from "../ownership";
 import type { MemberAddresses } from "./members";
-import { selectorMatches } from "../pools";
+import { type Placement, placementMatches } from "../pools";
 import type { Member } from "../statefulsets";
 import {
   DEFAULT_RETENTION,
@@ -266,8 +266,9 @@ export class StatefulSetLifecycle {
 
   /**
    * berth.dev/reserve: "true": addresses for every replica now, before any pod exists. A node reserves
-   * only when the pods may land on it (the template's nodeSelector matches its labels) and the pools
-   * (berth.dev/pools of the template, else the node's) select it.
+   * only when the pods may land on it (the template's nodeSelector and required node affinity match its
+   * labels) and the pools (berth.dev/pools of the template, else the node's) select it. Cluster-wide, the
+   * pools are those that select every node the template allows.
    */
   private async reserveAtCreation(sts: V1StatefulSet): Promise<void> {
     const { namespace, name } = sts.metadata as { namespace: string; name: string };
@@ -283,8 +284,8 @@ export class StatefulSetLifecycle {
       return;
     }
     // Cluster mode: once, for the whole cluster (the leader), bound to no node until a pod attaches.
-    const nodeSelector = sts.spec?.template?.spec?.nodeSelector;
-    if (!this.d.members.clusterWide && nodeSelector && !selectorMatches({ matchLabels: nodeSelector }, this.d.node.pools.labels)) return;
+    const placement = placementOf(sts);
+    if (!this.d.members.clusterWide && !placementMatches(placement, this.d.node.pools.labels)) return;
     const { start, replicas } = range(sts);
     const held = new Set(await this.ordinalsHeld(namespace, name));
     let missing = false;
@@ -292,12 +293,22 @@ export class StatefulSetLifecycle {
     if (!missing) return;
     const req: ReserveRequest = { namespace, statefulset: name, replicas, ordinalStart: start, ...(pools ? { pools } : {}) };
     try {
-      const ips = await this.d.members.reserve(req, nodeSelector);
+      const ips = await this.d.members.reserve(req, placement);
       this.d.log.info({ statefulset: where, ips, clusterWide: this.d.members.clusterWide }, "reserved addresses at creation");
     } catch (e) {
       this.warnOnce(where, "reserve", (e as Error).message, "cannot reserve addresses at creation");
     }
   }
+}
+
+/** Where the StatefulSet's pods may run: the template's nodeSelector and its required node affinity's terms. */
+function placementOf(sts: V1StatefulSet): Placement {
+  const spec = sts.spec?.template?.spec;
+  const terms = spec?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? [];
+  return {
+    ...(spec?.nodeSelector ? { nodeSelector: spec.nodeSelector } : {}),
+    ...(terms.length > 0 ? { affinityTerms: terms.map((t) => t.matchExpressions ?? []) } : {}),
+  };
 }
 
 function range(sts: V1StatefulSet): { start: number; replicas: number } {

@@ -6,6 +6,7 @@
 import type { ReleaseReservationRequest, ReserveRequest } from "../../api/types";
 import type { ClusterOperator } from "../cluster/operator";
 import type { NodeIpam } from "../node";
+import type { Placement } from "../pools";
 import type { Mutate } from "./lifecycle";
 
 export interface HeldOrdinal {
@@ -23,10 +24,10 @@ export interface MemberAddresses {
   /** Ends one ordinal's identities without force (ApiError reservation_attached when a sandbox uses one); the addresses freed. */
   release(req: ReleaseReservationRequest): Promise<string[]>;
   /**
-   * Reserves every replica's identities (existing ones kept); the addresses. `nodeSelector` (the pod template's):
-   * cluster-wide, the pools are those that select the nodes carrying these labels.
+   * Reserves every replica's identities (existing ones kept); the addresses. `placement` (the pod template's
+   * nodeSelector and required node affinity): cluster-wide, the pools are those that select every node it allows.
    */
-  reserve(req: ReserveRequest, nodeSelector?: Record<string, string>): Promise<string[]>;
+  reserve(req: ReserveRequest, placement?: Placement): Promise<string[]>;
 }
 
 export class LocalMembers implements MemberAddresses {
@@ -93,8 +94,8 @@ export class ClusterMembers implements MemberAddresses {
     return out.released.map((r) => r.ip).filter((ip) => !held.has(ip));
   }
 
-  async reserve(req: ReserveRequest, nodeSelector?: Record<string, string>): Promise<string[]> {
-    const out = await this.operator.reserve(req, { unbound: true, ...(nodeSelector ? { nodeSelector } : {}) });
+  async reserve(req: ReserveRequest, placement?: Placement): Promise<string[]> {
+    const out = await this.operator.reserve(req, { unbound: true, ...(placement ? { placement } : {}) });
     return out.reservations.map((r) => r.ip);
   }
 }

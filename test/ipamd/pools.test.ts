@@ -1,5 +1,6 @@
 // Pool selection by node labels and network, dual-stack, exhaustion, cooldown ordering.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describePlacement, type Placement, placementMatches, selectsPlacement } from "../../ipamd/pools";
 import { cleanupIpamdTest, type DaemonHandle, startIpamd, errorOf, ipOf } from "../helpers/ipamd";
 
 const at = (containerID: string, network = "net1", extra: Record<string, unknown> = {}) => ({
@@ -175,3 +176,63 @@ describe("IPv6-only /64 pool (no pre-population)", () => {
 });
 
 afterAll(cleanupIpamdTest);
+
+// Reserve at creation: which pools select every node a pod template's nodeSelector and required node affinity allow.
+describe("a pod template's placement against pool selectors", () => {
+  const rackIn = (...values: string[]) => [{ key: "rack", operator: "In", values }];
+  const rack = (r: string) => ({ matchLabels: { rack: r } });
+  const cases: [string, Placement, object, boolean][] = [
+    ["nodeSelector rack=r1, pool rack=r1", { nodeSelector: { rack: "r1" } }, rack("r1"), true],
+    ["nodeSelector rack=r1, pool rack=r2", { nodeSelector: { rack: "r1" } }, rack("r2"), false],
+    ["affinity rack In (r1), pool rack=r1", { affinityTerms: [rackIn("r1")] }, rack("r1"), true],
+    ["affinity rack In (r1, r2), pool rack=r1: pods may land in r2", { affinityTerms: [rackIn("r1", "r2")] }, rack("r1"), false],
+    [
+      "affinity rack In (r1, r2), pool rack In (r1, r2, r3)",
+      { affinityTerms: [rackIn("r1", "r2")] },
+      { matchExpressions: [{ key: "rack", operator: "In", values: ["r1", "r2", "r3"] }] },
+      true,
+    ],
+    ["two terms r1 or r2, pool rack=r1", { affinityTerms: [rackIn("r1"), rackIn("r2")] }, rack("r1"), false],
+    [
+      "affinity rack In (r1, r2) NotIn (r2), pool rack=r1",
+      { affinityTerms: [[...rackIn("r1", "r2"), { key: "rack", operator: "NotIn", values: ["r2"] }]] },
+      rack("r1"),
+      true,
+    ],
+    ["nodeSelector and affinity narrow together", { nodeSelector: { rack: "r1" }, affinityTerms: [rackIn("r1", "r2")] }, rack("r1"), true],
+    ["no constraint on rack, pool rack=r1", { nodeSelector: { zone: "a" } }, rack("r1"), false],
+    [
+      "pool rack NotIn (r9), pods on rack In (r1)",
+      { affinityTerms: [rackIn("r1")] },
+      { matchExpressions: [{ key: "rack", operator: "NotIn", values: ["r9"] }] },
+      true,
+    ],
+    [
+      "pool rack NotIn (r9), pods anywhere in zone a",
+      { nodeSelector: { zone: "a" } },
+      { matchExpressions: [{ key: "rack", operator: "NotIn", values: ["r9"] }] },
+      false,
+    ],
+    [
+      "pool gpu Exists, pods on gpu Exists",
+      { affinityTerms: [[{ key: "gpu", operator: "Exists" }]] },
+      { matchExpressions: [{ key: "gpu", operator: "Exists" }] },
+      true,
+    ],
+    ["pool without a selector, any placement", { affinityTerms: [rackIn("r1", "r2")] }, {}, true],
+  ];
+  for (const [what, placement, selector, selects] of cases) {
+    it(`${what}: ${selects ? "selects" : "does not select"} every node`, () => {
+      expect(selectsPlacement(selector, placement)).toBe(selects);
+    });
+  }
+
+  it("a node may host the pods when its labels match the nodeSelector and any one affinity term", () => {
+    const p: Placement = { nodeSelector: { zone: "a" }, affinityTerms: [rackIn("r1"), rackIn("r2")] };
+    expect(placementMatches(p, { zone: "a", rack: "r2" })).toBe(true);
+    expect(placementMatches(p, { zone: "a", rack: "r3" })).toBe(false);
+    expect(placementMatches(p, { zone: "b", rack: "r1" })).toBe(false);
+    expect(placementMatches({}, {})).toBe(true);
+    expect(describePlacement(p)).toBe('the nodes of nodeSelector {"zone":"a"} and node affinity rack In (r1) or rack In (r2)');
+  });
+});

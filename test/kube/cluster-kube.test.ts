@@ -285,6 +285,35 @@ describe("5. pools selected by the Node object's labels", () => {
     const zk1 = await add(d.client, "c5", "zk-1", memberPod(api, "c5", "zk", 1, "ck-d"), { network: "rack7" });
     expect(ip(zk1)).toBe(zk().get(1)!.ip);
     expect(zk().get(1)).toMatchObject({ node: "ck-d", attachment: { containerID: zk1.containerID } });
+    // Required node affinity instead of a nodeSelector: rack In (r7) is r7's pool; rack In (r7, r8) spans racks, so
+    // no pool selects every node the pods may run on, and nothing is reserved (an address must work where the pod lands).
+    const sticky = (sts: string) => etcd.dump(`${prefix}/sticky/${RACK_POOL}/c5/${sts}/`);
+    for (const [name, values] of [
+      ["kf", ["r7"]],
+      ["wide", ["r7", "r8"]],
+    ] as const) {
+      api.create(
+        "apps/statefulsets",
+        stsObj("c5", name, {
+          replicas: 2,
+          annotations: { "berth.dev/reserve": "true" },
+          template: { "berth.dev/pools": JSON.stringify([RACK_POOL]) },
+          affinity: [[{ key: "rack", operator: "In", values: [...values] }]],
+        }),
+      );
+    }
+    await until("kf's two identities in the rack pool", () => sticky("kf").size === 2);
+    for (const v of sticky("kf").values()) expect(JSON.parse(v)).toMatchObject({ node: "" });
+    const refusedWide = () =>
+      [a, b, d]
+        .flatMap((n) => n.stderr().split("\n"))
+        .find((l) => l.includes("c5/wide") && l.includes("cannot reserve addresses at creation"));
+    await until("the leader's refusal to reserve wide", () => refusedWide() !== undefined);
+    expect((JSON.parse(refusedWide()!) as { err: string }).err).toBe(
+      `pool "${RACK_POOL}" does not select the nodes of node affinity rack In (r7, r8) ` +
+        `(its nodeSelector {"matchLabels":{"rack":"r7"}} does not select every one of them)`,
+    );
+    expect(sticky("wide").size).toBe(0);
     // The label goes: the unused buffer goes back to the pool; the attached addresses stay with their pods.
     api.patch("nodes", undefined, "ck-d", { metadata: { labels: { rack: "r8" } } });
     await until("ck-d's unused rack-pool addresses handed back", () => ofD().filter(([k]) => k !== ip(got)).length === 0, 10_000);

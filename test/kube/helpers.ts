@@ -47,6 +47,8 @@ export interface StsOptions {
   annotations?: Record<string, string>;
   template?: Record<string, string>;
   nodeSelector?: Record<string, string>;
+  /** requiredDuringSchedulingIgnoredDuringExecution's nodeSelectorTerms: each term's matchExpressions. */
+  affinity?: { key: string; operator: string; values?: string[] }[][];
 }
 
 export function stsObj(namespace: string, name: string, o: StsOptions = {}): KubeObject {
@@ -61,7 +63,21 @@ export function stsObj(namespace: string, name: string, o: StsOptions = {}): Kub
       ...(o.start !== undefined ? { ordinals: { start: o.start } } : {}),
       template: {
         metadata: { labels: { app: name }, ...(o.template ? { annotations: o.template } : {}) },
-        spec: { ...(o.nodeSelector ? { nodeSelector: o.nodeSelector } : {}), containers: [{ name: "c", image: "busybox" }] },
+        spec: {
+          ...(o.nodeSelector ? { nodeSelector: o.nodeSelector } : {}),
+          ...(o.affinity
+            ? {
+                affinity: {
+                  nodeAffinity: {
+                    requiredDuringSchedulingIgnoredDuringExecution: {
+                      nodeSelectorTerms: o.affinity.map((matchExpressions) => ({ matchExpressions })),
+                    },
+                  },
+                },
+              }
+            : {}),
+          containers: [{ name: "c", image: "busybox" }],
+        },
       },
     },
   };
