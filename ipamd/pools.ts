@@ -333,42 +333,46 @@ function constraintsOf(nodeSelector: Record<string, string>, term: LabelRequirem
 
 /**
  * Whether `selector` selects every node the pods of `placement` may run on: each of the pool's requirements follows
- * from the pods' constraints, for every affinity term (a term no node can match counts as selected).
+ * from the pods' constraints, for every affinity term no node fails by itself. When every term contradicts itself (or
+ * the nodeSelector) the pods can run nowhere, and no pool is chosen for them.
  */
 export function selectsPlacement(selector: NodeSelector, p: Placement): boolean {
-  const terms = p.affinityTerms?.length ? p.affinityTerms : [[]];
-  return terms.every((term) => {
-    const c = constraintsOf(p.nodeSelector ?? {}, term);
-    const possible = (k: string): string[] | undefined => {
-      const x = c.get(k);
-      return x?.values ? [...x.values].filter((v) => !x.excluded.has(v)) : undefined;
-    };
-    const impossible = (x: KeyConstraint): boolean =>
-      (x.absent && x.exists) || (x.values !== undefined && [...x.values].every((v) => x.excluded.has(v)));
-    if ([...c.values()].some(impossible)) return true;
-    const requirements = [
-      ...Object.entries(selector.matchLabels ?? {}).map(([key, v]) => ({ key, operator: "In", values: [v] })),
-      ...(selector.matchExpressions ?? []),
-    ];
-    return requirements.every((r) => {
-      const x = c.get(r.key);
-      const vals = possible(r.key);
-      switch (r.operator) {
-        case "In":
-          return vals?.every((v) => r.values!.includes(v)) === true;
-        case "NotIn":
-          return (
-            x?.absent === true || vals?.every((v) => !r.values!.includes(v)) === true || (r.values ?? []).every((v) => x?.excluded.has(v))
-          );
-        case "Exists":
-          return x?.exists === true;
-        case "DoesNotExist":
-          return x?.absent === true;
-        default:
-          return false;
-      }
-    });
-  });
+  const impossible = (x: KeyConstraint): boolean =>
+    (x.absent && x.exists) || (x.values !== undefined && [...x.values].every((v) => x.excluded.has(v)));
+  const terms = (p.affinityTerms?.length ? p.affinityTerms : [[]])
+    .map((term) => constraintsOf(p.nodeSelector ?? {}, term))
+    .filter((c) => ![...c.values()].some(impossible));
+  return (
+    terms.length > 0 &&
+    terms.every((c) => {
+      const possible = (k: string): string[] | undefined => {
+        const x = c.get(k);
+        return x?.values ? [...x.values].filter((v) => !x.excluded.has(v)) : undefined;
+      };
+      const requirements = [
+        ...Object.entries(selector.matchLabels ?? {}).map(([key, v]) => ({ key, operator: "In", values: [v] })),
+        ...(selector.matchExpressions ?? []),
+      ];
+      return requirements.every((r) => {
+        const x = c.get(r.key);
+        const vals = possible(r.key);
+        switch (r.operator) {
+          case "In":
+            return vals?.every((v) => r.values!.includes(v)) === true;
+          case "NotIn":
+            return (
+              x?.absent === true || vals?.every((v) => !r.values!.includes(v)) === true || (r.values ?? []).every((v) => x?.excluded.has(v))
+            );
+          case "Exists":
+            return x?.exists === true;
+          case "DoesNotExist":
+            return x?.absent === true;
+          default:
+            return false;
+        }
+      });
+    })
+  );
 }
 
 /** The first usable address at or after `value`, or null past the end. */

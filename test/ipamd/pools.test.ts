@@ -220,6 +220,18 @@ describe("a pod template's placement against pool selectors", () => {
       true,
     ],
     ["pool without a selector, any placement", { affinityTerms: [rackIn("r1", "r2")] }, {}, true],
+    [
+      "pods that can run nowhere (rack=r1 and rack In (r2)): no pool",
+      { nodeSelector: { rack: "r1" }, affinityTerms: [rackIn("r2")] },
+      {},
+      false,
+    ],
+    [
+      "a term no node matches is left out",
+      { affinityTerms: [rackIn("r1"), [...rackIn("r2"), { key: "rack", operator: "DoesNotExist" }]] },
+      rack("r1"),
+      true,
+    ],
   ];
   for (const [what, placement, selector, selects] of cases) {
     it(`${what}: ${selects ? "selects" : "does not select"} every node`, () => {
