@@ -756,17 +756,13 @@ export class ClusterOwnership {
           record: rec,
         };
         const old = rec.attachment;
-        const answerWithoutTxn =
-          req.reserveOnly ||
-          (!attachment && rec.node === this.node) ||
-          (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) ||
-          (old && old.containerID === attachment?.containerID && rec.node === this.node);
-        if (fromGuess && answerWithoutTxn) continue; // read the key: a guess decides nothing without a compare
-        if (req.reserveOnly || (!attachment && rec.node === this.node)) return settled;
-        if (old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID)) {
-          if (await this.client.get(this.keys.node(old.node))) throw attachedElsewhere(name, old);
-        }
-        if (old && old.containerID === attachment?.containerID && rec.node === this.node) return settled; // idempotent ADD
+        const nothingToBind = req.reserveOnly || (!attachment && rec.node === this.node);
+        const heldElsewhere = old && old.node !== this.node && attachment && !(old.podUID && old.podUID === attachment.podUID);
+        const sameSandbox = old && old.containerID === attachment?.containerID && rec.node === this.node; // idempotent ADD
+        if (fromGuess && (nothingToBind || heldElsewhere || sameSandbox)) continue; // a guess decides nothing without a compare
+        if (nothingToBind) return settled;
+        if (heldElsewhere && (await this.client.get(this.keys.node(old.node)))) throw attachedElsewhere(name, old);
+        if (sameSandbox) return settled;
         const next: StickyRecord = {
           ip: rec.ip,
           node: this.node,
@@ -817,31 +813,19 @@ export class ClusterOwnership {
       const b = await this.claimFree(identity.pool);
       // Out of the persisted buffer before etcd takes it out of the buffer (a crash in between leaves SQLite a subset).
       await this.unpersist(identity.pool, b.ip);
-      const ikey = this.keys.ip(identity.pool, b.ip);
-      const boundTo = req.reserveOnly && req.unbound ? "" : this.node;
-      const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at, ...(attachment ? { attachment } : {}) };
+      const c = this.stickyCreate(identity, b, req.reserveOnly && req.unbound ? "" : this.node, gen, at, attachment);
       let r;
       try {
-        r = await this.client.txn(
-          [
-            { key: skey, target: "create", equals: 0 },
-            { key: ikey, target: "mod", equals: b.modRevision },
-          ],
-          [
-            { put: { key: skey, value: JSON.stringify(rec) } },
-            { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: boundTo, gen, at, identity: name } satisfies IpOwner) } },
-          ],
-          [{ get: { key: skey } }, { get: { key: ikey } }],
-        );
+        r = await this.client.txn(c.compares, c.puts, [{ get: { key: skey } }, { get: { key: c.ikey } }]);
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         const landed = await this.landed([skey], gen);
         const rev = landed[0]?.modRevision;
-        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev, record: rec };
+        if (rev) return { identity, ip: b.ip, created: true, stickyModRevision: rev, ipModRevision: rev, record: c.rec };
         continue; // the buffer entry's state is unknown: dropped here, a later resync finds it if it is still ours
       }
       if (r.succeeded) {
-        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision, record: rec };
+        return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision, record: c.rec };
       }
       const [sNow, ipNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] : undefined));
       if (!fromGuess) this.conflict("sticky-create"); // a guess of "absent" that was wrong is not a race with another node
@@ -874,22 +858,12 @@ export class ClusterOwnership {
     const gen = this.gen();
     const at = this.now();
     const boundTo = o.unbound ? "" : this.node;
-    const compares: Compare[] = [];
-    const success: TxnOp[] = [];
-    const records = taken.map(({ identity, b }) => {
-      const skey = this.keys.sticky(identity);
-      const ikey = this.keys.ip(identity.pool, b.ip);
-      const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at };
-      const owner: IpOwner = { owner: "sticky", node: boundTo, gen, at, identity: this.keys.identityName(identity) };
-      compares.push({ key: skey, target: "create", equals: 0 }, { key: ikey, target: "mod", equals: b.modRevision });
-      success.push({ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } });
-      return { skey, ikey, rec };
-    });
+    const records = taken.map(({ identity, b }) => this.stickyCreate(identity, b, boundTo, gen, at));
     let revision: number;
     try {
       const r = await this.client.txn(
-        compares,
-        success,
+        records.flatMap((c) => c.compares),
+        records.flatMap((c) => c.puts),
         records.map(({ ikey }) => ({ get: { key: ikey } })),
       );
       if (!r.succeeded) {
@@ -912,6 +886,34 @@ export class ClusterOwnership {
       out[i] = { identity, ip: b.ip, created: true, stickyModRevision: revision, ipModRevision: revision, record: records[k]!.rec };
     }
     return out;
+  }
+
+  /**
+   * A new sticky identity on buffered address `b`: its two compares (the identity absent, the buffer key unchanged)
+   * and its two puts (the identity's record, the address key owned by it), for bindSticky and createSticky.
+   */
+  private stickyCreate(
+    identity: StickyIdentity,
+    b: BufferedAddress,
+    boundTo: string,
+    gen: string,
+    at: number,
+    attachment?: AttachmentRef,
+  ): { skey: string; ikey: string; rec: StickyRecord; compares: Compare[]; puts: TxnOp[] } {
+    const skey = this.keys.sticky(identity);
+    const ikey = this.keys.ip(identity.pool, b.ip);
+    const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at, ...(attachment ? { attachment } : {}) };
+    const owner: IpOwner = { owner: "sticky", node: boundTo, gen, at, identity: this.keys.identityName(identity) };
+    return {
+      skey,
+      ikey,
+      rec,
+      compares: [
+        { key: skey, target: "create", equals: 0 },
+        { key: ikey, target: "mod", equals: b.modRevision },
+      ],
+      puts: [{ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } }],
+    };
   }
 
   /**
@@ -1217,18 +1219,8 @@ export class ClusterOwnership {
     const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
     if (rec.op === "attach") {
       const attachment = { ...rec.attachment, node: this.node };
-      // Owned by this node already (its buffer, or this attachment): that is all the key has to say.
-      if (
-        v?.node === this.node &&
-        (v.owner === "buffer" || (v.owner === "attachment" && v.attachment.containerID === rec.attachment.containerID))
-      )
-        return { status: "noop" };
-      if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
-        return {
-          status: "conflict",
-          detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`,
-        };
-      }
+      const decided = attachDecided(this.node, v, rec);
+      if (decided) return decided;
       const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
       return {
         compare: kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 },
@@ -1272,14 +1264,8 @@ export class ClusterOwnership {
       if (rec.op === "attach") {
         const attachment = { ...rec.attachment, node: this.node };
         const value = JSON.stringify({ owner: "attachment", node: this.node, gen, at, attachment } satisfies IpOwner);
-        const same =
-          v?.node === this.node &&
-          (v.owner === "buffer" || (v.owner === "attachment" && v.attachment.containerID === rec.attachment.containerID));
-        if (same) return { status: "noop" };
-        if (v && !(v.node === this.node && (v.owner === "buffer" || v.owner === "attachment"))) {
-          const detail = `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`;
-          return { status: "conflict", detail };
-        }
+        const decided = attachDecided(this.node, v, rec);
+        if (decided) return decided;
         // Absent: reaped while this node was unreachable past the grace period; take it back if still free.
         const cmp: Compare = kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 };
         return (await this.casTxn("attach", [cmp], [{ put: { key, value } }], key, gen)) ? { status: "applied" } : null;
@@ -1378,6 +1364,22 @@ export class ClusterOwnership {
     const value = JSON.stringify({ owner: "cooling", node: this.node, gen, at, identity, until: at + ms } satisfies IpOwner);
     return { put: { key, value, lease: lease.id } };
   }
+}
+
+/**
+ * An attach record's outcome when the key's owner alone decides it: noop when `node` owns the address already (its
+ * buffer, or this attachment), conflict when anything else does; undefined when the key is to be written.
+ */
+function attachDecided(node: string, v: IpOwner | null, rec: OutboxOp & { op: "attach" }): Omit<OutboxOutcome, "id"> | undefined {
+  if (v?.node === node && (v.owner === "buffer" || (v.owner === "attachment" && v.attachment.containerID === rec.attachment.containerID)))
+    return { status: "noop" };
+  if (v && !(v.node === node && (v.owner === "buffer" || v.owner === "attachment"))) {
+    return {
+      status: "conflict",
+      detail: `${rec.ip} is owned by ${v.owner} on node ${v.node} in etcd, but attached here to ${rec.attachment.containerID}`,
+    };
+  }
+  return undefined;
 }
 
 /** Whether `node`'s release of `containerID`'s address may change its key: the node holds it as buffer or as that attachment. */
