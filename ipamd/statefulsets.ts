@@ -23,7 +23,12 @@ export interface MembershipSource {
 const ORDINAL = /^(0|[1-9][0-9]{0,6})$/;
 
 export function member(namespace: string, statefulset: string, ordinal: number, uid?: string): Member {
-  return { namespace, statefulset, ordinal, owner: `${namespace}/${statefulset}/${ordinal}`, ...(uid ? { uid } : {}) };
+  return { namespace, statefulset, ordinal, owner: ownerOf({ namespace, statefulset, ordinal }), ...(uid ? { uid } : {}) };
+}
+
+/** A member's owner in the reservations table (and in listings): namespace/statefulset/ordinal. */
+export function ownerOf(m: { namespace: string; statefulset: string; ordinal: number }): string {
+  return `${m.namespace}/${m.statefulset}/${m.ordinal}`;
 }
 
 export class StatefulSets {

@@ -15,7 +15,7 @@ import type { Family } from "../../lib/ip";
 import type { AllocateRequest, GcRequest, ReleaseResponse, GcResponse } from "../../api/types";
 import type { AddressOwnership, OwnershipOp, OwnershipTicket } from "../ownership";
 import type { Located, NodePools, Pool } from "../pools";
-import type { Member, StatefulSets } from "../statefulsets";
+import { type Member, ownerOf, type StatefulSets } from "../statefulsets";
 import type { Row, Statements } from "../store/statements";
 import { ClusterError, l2Domain } from "./errors";
 import { type EtcdError, EtcdOutcomeUnknown, EtcdUnavailable } from "./etcd";
@@ -455,8 +455,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   /** Follows one identity as the watch (or a list) reports it; null record: deleted. */
   followRecord(identity: StickyIdentity, record: StickyRecord | null): void {
-    const owner = `${identity.namespace}/${identity.statefulset}/${identity.ordinal}`;
-    const rows = this.d.store.stickyByOwner(owner).filter((r) => r.pool === identity.pool);
+    const rows = this.d.store.stickyByOwner(ownerOf(identity)).filter((r) => r.pool === identity.pool);
     if (rows.length === 0) return;
     if (record && record.node === this.d.node) {
       // Bound here: a row at another address is stale (a pin elsewhere moved it); the same address is right.

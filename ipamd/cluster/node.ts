@@ -14,7 +14,7 @@ import type { ClusterStatus } from "../../api/types";
 import type { Config } from "../config";
 import type { EventDraft } from "../events";
 import { type NodePools, selectorMatches } from "../pools";
-import { StatefulSets } from "../statefulsets";
+import { ownerOf, StatefulSets } from "../statefulsets";
 import type { DB } from "../store/database";
 import type { Statements } from "../store/statements";
 import { ClusterError } from "./errors";
@@ -305,8 +305,7 @@ export class ClusterNode {
     const me = this.config.nodeName;
     for (const { identity, record } of await this.own.listSticky()) {
       if (record.attachment?.node !== me) continue;
-      const owner = `${identity.namespace}/${identity.statefulset}/${identity.ordinal}`;
-      const row = store.stickyByOwner(owner).find((r) => r.pool === identity.pool);
+      const row = store.stickyByOwner(ownerOf(identity)).find((r) => r.pool === identity.pool);
       if (row?.container_id === record.attachment.containerID) continue;
       this.local.enqueue({ op: "detach-sticky", identity, containerID: record.attachment.containerID }, Date.now());
     }
@@ -626,8 +625,4 @@ export class ClusterNode {
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
     };
   }
-}
-
-function ownerOf(id: StickyIdentity): string {
-  return `${id.namespace}/${id.statefulset}/${id.ordinal}`;
 }

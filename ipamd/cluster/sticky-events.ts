@@ -7,6 +7,7 @@
 import type { Reservation } from "../../api/types";
 import type { EventDraft } from "../events";
 import type { NodePools } from "../pools";
+import { ownerOf } from "../statefulsets";
 import type { DB, Statement } from "../store/database";
 import type { KeyLayout, StickyIdentity, StickyRecord } from "./keys";
 
@@ -38,7 +39,7 @@ export function stickyReservation(pools: NodePools, id: StickyIdentity, r: Stick
     address: `${r.ip}/${pools.prefixOf(id.pool, family, r.ip)}`,
     pool: id.pool,
     family,
-    owner: `${id.namespace}/${id.statefulset}/${id.ordinal}`,
+    owner: ownerOf(id),
     kind: "statefulset",
     sticky: true,
     pinned: r.pinned === true,
