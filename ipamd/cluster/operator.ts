@@ -143,8 +143,7 @@ export class ClusterOperator {
         const existing = new Map<number, Listed>();
         // Which members exist already: one read transaction of at most 128 keys per group of members.
         const perRead = Math.max(1, Math.floor(128 / familyPools.length));
-        const reads = Array.from({ length: Math.ceil(members.length / perRead) }, (_, i) => members.slice(i * perRead, (i + 1) * perRead));
-        const found = await mapLimit(reads, 4, (group) =>
+        const found = await mapLimit(chunks(members, perRead), 4, (group) =>
           this.c.own.getSticky(group.flatMap((m) => familyPools.map((p) => identityOf(m, p.name)))),
         );
         for (const x of found.flat()) if (!existing.has(x.identity.ordinal)) existing.set(x.identity.ordinal, x);
@@ -152,9 +151,8 @@ export class ClusterOperator {
         await this.c.own.ensureBuffered(familyPools[0]!.name, Math.min(missing.length, 1024));
         // Up to 64 members a transaction from the first pool's buffer; what a batch did not create (a race, an empty
         // buffer, the next pool of the family) one transaction each.
-        const chunks = Array.from({ length: Math.ceil(missing.length / 64) }, (_, i) => missing.slice(i * 64, i * 64 + 64));
         const batched = new Map<number, Listed>();
-        await mapLimit(chunks, 4, async (chunk) => {
+        await mapLimit(chunks(missing, 64), 4, async (chunk) => {
           const bound = await this.c.own.createSticky(
             chunk.map((m) => identityOf(m, familyPools[0]!.name)),
             { unbound: o.unbound === true },
@@ -339,6 +337,11 @@ export class ClusterOperator {
 
 function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** `items` in consecutive slices of `size` (the last one shorter). */
+function chunks<T>(items: T[], size: number): T[][] {
+  return Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
 }
 
 async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
