@@ -153,7 +153,6 @@ async function etcdRequests(etcd: EtcdCluster): Promise<Map<string, number>> {
   return out;
 }
 
-/** What a measured stretch cost: etcd requests (per op), CPU seconds of the etcd members and of the daemons. */
 /** CPU seconds the whole machine was busy so far (all cores; /proc/stat: user nice system irq softirq steal). */
 function machineBusySeconds(): number {
   const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
@@ -166,6 +165,10 @@ const benchCpu = (): number => {
   return (u.user + u.system) / 1e6;
 };
 
+/**
+ * What a measured stretch cost: etcd requests (per op), CPU seconds of the etcd members, the daemons, this load
+ * generator and the rest of the machine, and the most operations per second the cores fit at that cost.
+ */
 async function meter(etcd: EtcdCluster, daemons: () => DaemonHandle[]): Promise<(ops: number) => Promise<string>> {
   const etcdCpu = (): number => etcd.members.reduce((s, m) => s + cpuSeconds(m.proc?.pid), 0);
   const daemonCpu = (): number => daemons().reduce((s, d) => s + cpuSeconds(d.proc.pid), 0);
