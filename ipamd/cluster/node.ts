@@ -177,6 +177,7 @@ export class ClusterNode {
     const inUse = this.inUse();
     const startOpts = {
       inUse,
+      eachKey: this.orphanIp,
       stickyRevision,
       onSticky: (changes: StickyChange[], revision: number, relisted: boolean) => this.onSticky(changes, revision, relisted),
       onWatchError: (e: Error) => this.log.debug({ err: e.message }, "sticky watch interrupted; resuming"),
@@ -259,7 +260,7 @@ export class ClusterNode {
         { silentSeconds: Math.round((c - this.fenceConfirmed) / 1000) },
         "etcd liveness was lost for longer than the grace period: re-reading the buffer and re-asserting attachments",
       );
-      await this.own.resync(this.inUse());
+      await this.own.resync(this.inUse(), this.orphanIp);
       await this.undoOrphans(true);
     }
     this.fenceConfirmed = c;
@@ -298,7 +299,8 @@ export class ClusterNode {
   /**
    * After a crash or a long silence: etcd keys this node holds that SQLite does not know are undone (an etcd write
    * whose commit never happened), and with `reassert`, SQLite's attachments are written again (a reaper may have
-   * freed them). Runs before the node serves, or fenced.
+   * freed them). Runs before the node serves, or fenced, right after the buffer is read back from etcd: that read
+   * hands each address key to orphanIp.
    */
   private async undoOrphans(reassert: boolean): Promise<void> {
     const store = this.store!;
@@ -308,10 +310,6 @@ export class ClusterNode {
       const row = store.stickyByOwner(ownerOf(identity)).find((r) => r.pool === identity.pool);
       if (row?.container_id === record.attachment.containerID) continue;
       this.local.enqueue({ op: "detach-sticky", identity, containerID: record.attachment.containerID }, Date.now());
-    }
-    for (const pool of this.own.poolNames()) {
-      const r = await this.client.range(this.keys.poolIps(pool), { prefix: true });
-      for (const kv of r.kvs) this.orphanIp(pool, kv, reassert);
     }
     if (reassert) {
       for (const row of store.matching({ state: "attached" }, 10_000_000)) {
@@ -329,14 +327,15 @@ export class ClusterNode {
     }
   }
 
-  private orphanIp(pool: string, kv: KeyValue, _reassert: boolean): void {
+  /** An address key of this node's attachment that SQLite does not hold: its release is queued (kept in the buffer). */
+  private readonly orphanIp = (pool: string, kv: KeyValue): void => {
     const v = parseJson<IpOwner>(kv.value, kv.key);
     if (v.owner !== "attachment" || v.node !== this.config.nodeName) return;
     const ip = this.keys.ipFromKey(kv.key);
     const row = this.store!.byIp(ip);
     if (row?.container_id === v.attachment.containerID) return;
     this.local.enqueue({ op: "release", pool, ip, containerID: v.attachment.containerID, keepInBuffer: true }, Date.now());
-  }
+  };
 
   async close(): Promise<void> {
     this.closed = true;

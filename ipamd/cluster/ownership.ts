@@ -90,8 +90,12 @@ export interface OwnershipOptions {
   usedLocally?: (pool: string, ip: string) => boolean;
 }
 
+/** Every key of a pool's range as the buffer is read back from etcd (the node's orphan check, without a second read). */
+export type PoolKeyVisitor = (pool: string, kv: KeyValue) => void;
+
 export interface StartOptions {
   inUse?: (pool: string, ip: string) => boolean;
+  eachKey?: PoolKeyVisitor;
   /** Start from this persisted buffer instead of reading etcd (etcd unreachable at start-up). */
   buffer?: BufferEntry[];
   /** With false nothing runs on timers (tests drive refill/poll by hand). */
@@ -239,7 +243,7 @@ export class ClusterOwnership {
           o.buffer.filter((e) => e.pool === pool && !o.inUse?.(pool, e.ip)),
         );
     } else {
-      for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse);
+      for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse, o.eachKey);
     }
     if (o.background === false) return;
     const sticky = `${this.keys.prefix}/sticky/`;
@@ -317,12 +321,13 @@ export class ClusterOwnership {
     this.selected = new Set(pools.filter((p) => this.pools.has(p)));
   }
 
-  private async reloadBuffer(pool: string, inUse?: (pool: string, ip: string) => boolean): Promise<void> {
+  private async reloadBuffer(pool: string, inUse?: (pool: string, ip: string) => boolean, eachKey?: PoolKeyVisitor): Promise<void> {
     const r = await this.client.range(this.keys.poolIps(pool), { prefix: true });
     const buf = this.buffers.get(pool)!;
     buf.clear();
     const entries: BufferEntry[] = [];
     for (const kv of r.kvs) {
+      eachKey?.(pool, kv);
       const v = parseJson<IpOwner>(kv.value, kv.key);
       const ip = this.keys.ipFromKey(kv.key);
       if (v.owner === "buffer" && v.node === this.node && !inUse?.(pool, ip)) {
@@ -348,8 +353,8 @@ export class ClusterOwnership {
   }
 
   /** Reads this node's buffer back from etcd, minus what the local store uses (after a restart or a lost lease). */
-  resync(inUse?: (pool: string, ip: string) => boolean): Promise<void> {
-    return [...this.pools.keys()].reduce((p, pool) => p.then(() => this.reloadBuffer(pool, inUse)), Promise.resolve());
+  resync(inUse?: (pool: string, ip: string) => boolean, eachKey?: PoolKeyVisitor): Promise<void> {
+    return [...this.pools.keys()].reduce((p, pool) => p.then(() => this.reloadBuffer(pool, inUse, eachKey)), Promise.resolve());
   }
 
   // ---------- the buffer ----------

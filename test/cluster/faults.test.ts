@@ -2,14 +2,17 @@
 // kill -9 of an ipamd in the middle of a storm, then restart; kill -9 of one etcd member (quorum holds: no ADD fails
 // beyond the client's retries); two of three members stopped (ordinary ADD from the buffer works, a cross-node sticky
 // ADD fails with CNI code 11 naming etcd and the endpoints, DEL works), then started (pending releases applied,
-// nothing lost); compaction while a node is stopped (it re-lists and is correct).
+// nothing lost); an etcd attachment key SQLite never committed (undone at restart); compaction while a node is
+// stopped (it re-lists and is correct).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdUnreachable } from "../../api/client";
+import { EtcdClient } from "../../ipamd/cluster/etcd";
 import { cleanupIpamdTest } from "../helpers/ipamd";
 import {
   type Acks,
   addWithRetries,
   type ClusterNodeHandle,
+  etcdIps,
   expectConsistent,
   freshPrefix,
   restartNode,
@@ -193,6 +196,32 @@ describe("faults", () => {
     const moved = await addWithRetries(b, memberReq("q-m0-b", 59));
     expect(moved.r.ips[0]!.address).toBe(m0.ips[0]!.address);
     acks.set("q-m0-b", { node: b.name, ip: moved.r.ips[0]!.address.split("/")[0]!, owner: moved.r.owner });
+    await check();
+  }, 120_000);
+
+  it("an attachment key in etcd that the node's SQLite never committed (a crash between the two): undone at restart", async () => {
+    const b = nodes[1]!;
+    const bufferedInEtcd = () =>
+      [...etcdIps(etcd, prefix, "f")].filter(([, v]) => v.node === b.name && v.owner === "buffer").map(([ip]) => ip);
+    await until("b's buffer in etcd", () => bufferedInEtcd().length > 0);
+    expect(await b.stop()).toBe(0);
+    const ip = bufferedInEtcd().find((x) => !sqliteRows(b).some((r) => r.ip === x))!;
+    const attachment = { containerID: "never-committed", ifName: "eth0", node: b.name };
+    const writer = new EtcdClient({ endpoints: etcd.endpoints });
+    try {
+      await writer.put(
+        `${prefix}/ip/f/${ip}`,
+        JSON.stringify({ owner: "attachment", node: b.name, gen: "test", at: Date.now(), attachment }),
+      );
+    } finally {
+      writer.close();
+    }
+    nodes[1] = await restartNode(b);
+    await until("b to give the address back to its buffer", () => {
+      const v = etcdIps(etcd, prefix, "f").get(ip);
+      return v?.owner === "buffer" && v.node === b.name;
+    });
+    expect(sqliteRows(nodes[1]!).some((r) => r.ip === ip)).toBe(false);
     await check();
   }, 120_000);
 
