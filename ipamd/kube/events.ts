@@ -2,9 +2,13 @@
 // `kubectl describe pod` says why it sits in ContainerCreating. eventTime is a MicroTime (6 fraction
 // digits; a plain Date is refused with 400). The kubelet retries a failed ADD every few seconds:
 // one Event per pod and reason per interval, never one per retry.
+// On a StatefulSet (an annotation ipamd cannot use, addresses it cannot reserve), for `kubectl describe
+// statefulset`: every node may find the same problem, so the Event's name is made of the object's UID,
+// the reason and the note. The first node creates it; the others' create is 409 AlreadyExists.
+import { createHash } from "node:crypto";
 import { V1MicroTime } from "@kubernetes/client-node";
 import type { Logger } from "pino";
-import { type KubeConnection, withDeadline } from "./connection";
+import { type KubeConnection, statusOf, withDeadline } from "./connection";
 
 export type EventReason =
   | "NoPoolForNode"
@@ -12,12 +16,19 @@ export type EventReason =
   | "PoolExhausted"
   | "InvalidAnnotation"
   | "AddressTakeover"
-  | "PreviousSandboxAttached";
+  | "PreviousSandboxAttached"
+  | "ReserveFailed";
 
 export interface PodRef {
   namespace: string;
   name: string;
   uid?: string;
+}
+
+/** The object an Event is about (events.k8s.io/v1 `regarding`). */
+interface ObjectRef extends PodRef {
+  apiVersion: string;
+  kind: string;
 }
 
 const REPEAT_AFTER_MS = 5 * 60_000;
@@ -41,7 +52,24 @@ export class EventRecorder {
     if ((this.lastSent.get(key) ?? 0) > now - REPEAT_AFTER_MS) return;
     this.lastSent.set(key, now);
     if (this.lastSent.size > 10_000) this.lastSent.clear();
-    const p = this.send(pod, reason, action, note).finally(() => this.pending.delete(p));
+    this.track(this.send({ apiVersion: "v1", kind: "Pod", ...pod }, { generateName: `${pod.name}.berth.` }, reason, action, note));
+  }
+
+  /**
+   * Sends (in the background) a Warning Event regarding a StatefulSet, once for the cluster: nodes reporting
+   * the same reason and note for the same object create one Event of one name.
+   */
+  warnStatefulSet(sts: PodRef, reason: EventReason, action: string, note: string): void {
+    const digest = createHash("sha256")
+      .update(`${sts.uid ?? ""}\n${reason}\n${note}`)
+      .digest("hex")
+      .slice(0, 16);
+    const name = `${sts.name.slice(0, 200)}.berth.${digest}`;
+    this.track(this.send({ apiVersion: "apps/v1", kind: "StatefulSet", ...sts }, { name }, reason, action, note));
+  }
+
+  private track(sending: Promise<void>): void {
+    const p = sending.finally(() => this.pending.delete(p));
     this.pending.add(p);
   }
 
@@ -50,14 +78,22 @@ export class EventRecorder {
     await Promise.allSettled([...this.pending]);
   }
 
-  private async send(pod: PodRef, reason: EventReason, action: string, noteOrPromise: string | Promise<string>): Promise<void> {
+  private async send(
+    about: ObjectRef,
+    metadata: { name: string } | { generateName: string },
+    reason: EventReason,
+    action: string,
+    noteOrPromise: string | Promise<string>,
+  ): Promise<void> {
+    const { apiVersion, kind, namespace, name, uid } = about;
+    const what = `${kind.toLowerCase()} ${namespace}/${name}`;
     try {
       const note = truncate(await noteOrPromise);
       await withDeadline(
         this.kube.events.createNamespacedEvent({
-          namespace: pod.namespace,
+          namespace,
           body: {
-            metadata: { generateName: `${pod.name}.berth.` },
+            metadata,
             eventTime: new V1MicroTime(),
             reportingController: "berth.dev/ipamd",
             reportingInstance: `ipamd-${this.node}`,
@@ -65,15 +101,16 @@ export class EventRecorder {
             reason,
             type: "Warning",
             note,
-            regarding: { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, ...(pod.uid ? { uid: pod.uid } : {}) },
+            regarding: { apiVersion, kind, namespace, name, ...(uid ? { uid } : {}) },
           },
         }),
         this.timeoutMs,
         "create Event",
       );
-      this.log.info({ pod: `${pod.namespace}/${pod.name}`, reason }, "Event sent");
+      this.log.info({ regarding: what, reason }, "Event sent");
     } catch (e) {
-      this.log.warn({ pod: `${pod.namespace}/${pod.name}`, reason, err: (e as Error).message }, "cannot send the Event");
+      if (statusOf(e) === 409) this.log.debug({ regarding: what, reason }, "Event already sent (by another node)");
+      else this.log.warn({ regarding: what, reason, err: (e as Error).message }, "cannot send the Event");
     }
   }
 }

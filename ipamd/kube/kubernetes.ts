@@ -153,6 +153,7 @@ export async function startKubernetes(o: KubeSideOptions): Promise<KubeSide | un
     mutate: o.mutate,
     members: o.cluster ? new ClusterMembers(o.cluster.operator) : new LocalMembers(node, o.mutate),
     elector,
+    events,
     log: klog,
     timeoutMs,
     released: (reason, ips) => {

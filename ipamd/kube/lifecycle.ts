@@ -33,6 +33,7 @@ import {
 } from "./annotations";
 import { type KubeConnection, statusOf, withDeadline } from "./connection";
 import type { ReleaseElector } from "./elector";
+import type { EventReason, EventRecorder } from "./events";
 import { ADD_FETCH_MS, type Pods } from "./pods";
 import type { ResilientWatch } from "./watch";
 
@@ -51,6 +52,8 @@ export interface LifecycleDeps {
   /** Where members' addresses are read and ended (this node's rows, or etcd in cluster mode). */
   members: MemberAddresses;
   elector: ReleaseElector;
+  /** Warning Events on the StatefulSet, beside the log line, for what its owner must fix. */
+  events?: EventRecorder;
   log: Logger;
   timeoutMs: number;
   /** Counts each release by reason (metrics). */
@@ -61,16 +64,21 @@ export class StatefulSetLifecycle {
   private readonly queue = new Set<string>();
   private draining?: Promise<void>;
 
-  /** The last warning per StatefulSet and kind: one that repeats every resync is logged once, until it changes. */
+  /** The last warning per StatefulSet and kind: one that repeats every resync is said once, until it changes. */
   private readonly warned = new Map<string, string>();
 
   constructor(private readonly d: LifecycleDeps) {}
 
-  private warnOnce(statefulset: string, kind: string, err: string, msg: string): void {
+  /** Logs the warning and puts it on the StatefulSet as an Event (`msg`, then why: `err`). */
+  private warnOnce(sts: V1StatefulSet, kind: "retention" | "reserve", reason: EventReason, err: string, msg: string): void {
+    const { namespace, name, uid } = sts.metadata as { namespace: string; name: string; uid?: string };
+    const statefulset = `statefulset ${namespace}/${name}`;
     const key = `${statefulset} ${kind}`;
     if (this.warned.get(key) === err) return;
     this.warned.set(key, err);
     this.d.log.warn({ statefulset, err }, msg);
+    const action = kind === "retention" ? "ApplyRetentionPolicy" : "ReserveAddresses";
+    this.d.events?.warnStatefulSet({ namespace, name, ...(uid ? { uid } : {}) }, reason, action, `${msg}: ${err}`);
   }
 
   /** Looks at one StatefulSet again soon (after a watch event, a pod deletion, or a resync). */
@@ -183,7 +191,13 @@ export class StatefulSetLifecycle {
       return parseRetention(sts.metadata?.annotations?.[RETENTION], where);
     } catch (e) {
       if (!(e instanceof InvalidAnnotation)) throw e;
-      this.warnOnce(where, "retention", e.message, "ignoring an invalid retention annotation; keeping the policy last seen");
+      this.warnOnce(
+        sts,
+        "retention",
+        "InvalidAnnotation",
+        e.message,
+        "ignoring an invalid retention annotation; keeping the policy last seen",
+      );
       return fallback ?? DEFAULT_RETENTION;
     }
   }
@@ -280,7 +294,7 @@ export class StatefulSetLifecycle {
       if (!reserve) return;
       pools = poolsFor(sts.spec?.template?.metadata?.annotations?.[POOLS], "*", `the pod template of ${where}`);
     } catch (e) {
-      this.warnOnce(where, "reserve", (e as Error).message, "not reserving at creation: invalid annotation");
+      this.warnOnce(sts, "reserve", "InvalidAnnotation", (e as Error).message, "not reserving at creation: invalid annotation");
       return;
     }
     // Cluster mode: once, for the whole cluster (the leader), bound to no node until a pod attaches.
@@ -296,7 +310,7 @@ export class StatefulSetLifecycle {
       const ips = await this.d.members.reserve(req, placement);
       this.d.log.info({ statefulset: where, ips, clusterWide: this.d.members.clusterWide }, "reserved addresses at creation");
     } catch (e) {
-      this.warnOnce(where, "reserve", (e as Error).message, "cannot reserve addresses at creation");
+      this.warnOnce(sts, "reserve", "ReserveFailed", (e as Error).message, "cannot reserve addresses at creation");
     }
   }
 }

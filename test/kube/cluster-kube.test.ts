@@ -8,7 +8,7 @@ import { type ClusterNodeHandle, clusterSection, etcdIps, freshPrefix, sqliteRow
 import { EtcdCluster } from "../helpers/etcd";
 import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
 import { KubeApiServer } from "../helpers/kube/apiserver";
-import { add, ip, memberPod, nodeObj, podObj, stsObj, until } from "./helpers";
+import { add, eventsFor, ip, memberPod, nodeObj, podObj, stsObj, until } from "./helpers";
 
 let api: KubeApiServer;
 let etcd: EtcdCluster;
@@ -309,11 +309,30 @@ describe("5. pools selected by the Node object's labels", () => {
         .flatMap((n) => n.stderr().split("\n"))
         .find((l) => l.includes("c5/wide") && l.includes("cannot reserve addresses at creation"));
     await until("the leader's refusal to reserve wide", () => refusedWide() !== undefined);
-    expect((JSON.parse(refusedWide()!) as { err: string }).err).toBe(
+    const why =
       `pool "${RACK_POOL}" does not select the nodes of node affinity rack In (r7, r8) ` +
-        `(its nodeSelector {"matchLabels":{"rack":"r7"}} does not select every one of them)`,
-    );
+      `(its nodeSelector {"matchLabels":{"rack":"r7"}} does not select every one of them)`;
+    expect((JSON.parse(refusedWide()!) as { err: string }).err).toBe(why);
     expect(sticky("wide").size).toBe(0);
+    await until("the refusal as an Event on the StatefulSet", () => eventsFor(api, "c5", "wide", "StatefulSet").length > 0);
+    expect(eventsFor(api, "c5", "wide", "StatefulSet")).toEqual([
+      expect.objectContaining({ reason: "ReserveFailed", note: `cannot reserve addresses at creation: ${why}` }),
+    ]);
+    // Every node reads a retention annotation (each keeps the policy): all of them say it is invalid, in one Event.
+    api.create("apps/statefulsets", stsObj("c5", "odd", { annotations: { "berth.dev/ip-retention": "{not json" } }));
+    const saidOdd = () =>
+      [a, b, d].filter((n) =>
+        n
+          .stderr()
+          .split("\n")
+          .some((l) => l.includes("c5/odd") && l.includes("invalid retention annotation")),
+      );
+    await until("every node's warning", () => saidOdd().length === 3);
+    await until("the Event", () => eventsFor(api, "c5", "odd", "StatefulSet").length > 0);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(eventsFor(api, "c5", "odd", "StatefulSet")).toEqual([
+      expect.objectContaining({ reason: "InvalidAnnotation", action: "ApplyRetentionPolicy" }),
+    ]);
     // The label goes: the unused buffer goes back to the pool; the attached addresses stay with their pods.
     api.patch("nodes", undefined, "ck-d", { metadata: { labels: { rack: "r8" } } });
     await until("ck-d's unused rack-pool addresses handed back", () => ofD().filter(([k]) => k !== ip(got)).length === 0, 10_000);

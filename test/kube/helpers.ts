@@ -142,6 +142,9 @@ export async function reservedIps(client: IpamdClient, namespace: string, statef
 }
 
 /** Events (events.k8s.io/v1) the fixture holds for a pod. */
-export function eventsFor(api: KubeApiServer, namespace: string, pod: string): KubeObject[] {
-  return api.list("events.k8s.io/events", namespace).filter((e) => (e.regarding as { name?: string } | undefined)?.name === pod);
+export function eventsFor(api: KubeApiServer, namespace: string, pod: string, kind = "Pod"): KubeObject[] {
+  return api.list("events.k8s.io/events", namespace).filter((e) => {
+    const about = e.regarding as { kind?: string; name?: string } | undefined;
+    return about?.kind === kind && about.name === pod;
+  });
 }

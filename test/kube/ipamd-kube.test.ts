@@ -309,10 +309,24 @@ describe("5. reserve at creation (berth.dev/reserve)", () => {
         .split("\n")
         .filter((l) => l.includes("r5/typo") && l.includes("not reserving at creation")).length;
     await until("the warning", () => said() === 1);
+    const onTypo = () => eventsFor(api, "r5", "typo", "StatefulSet");
+    await until("the StatefulSet's Event", () => onTypo().length === 1);
     await new Promise((r) => setTimeout(r, 1500));
     expect(said()).toBe(1);
+    expect(onTypo()).toEqual([
+      expect.objectContaining({
+        type: "Warning",
+        reason: "InvalidAnnotation",
+        action: "ReserveAddresses",
+        regarding: expect.objectContaining({ apiVersion: "apps/v1", kind: "StatefulSet", name: "typo", uid: expect.any(String) }),
+      }),
+    ]);
+    expect(onTypo()[0]!.note).toMatch(
+      /^not reserving at creation: invalid annotation: annotation berth\.dev\/pools on the pod template of statefulset r5\/typo/,
+    );
     api.patch("apps/statefulsets", "r5", "typo", { spec: { template: { metadata: { annotations: { "berth.dev/pools": "5" } } } } });
     await until("the changed warning", () => said() === 2);
+    await until("an Event for the changed warning", () => onTypo().length === 2);
   }, 60_000);
 });
 
