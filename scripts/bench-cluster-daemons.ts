@@ -118,6 +118,13 @@ async function waitBuffered(d: DaemonHandle, n: number): Promise<void> {
   }
 }
 
+/** The daemon's requests per SQLite group commit so far (its batch-size histogram): what each commit's fsyncs are shared by. */
+async function perCommit(d: DaemonHandle): Promise<string> {
+  const metrics = await d.client.metrics();
+  const num = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1] ?? NaN);
+  return (num("berth_ipamd_commit_batch_size_sum") / num("berth_ipamd_commit_batch_size_count")).toFixed(1);
+}
+
 /** CPU seconds (user + system) a process used so far. */
 function cpuSeconds(pid: number | undefined): number {
   if (!pid) return 0;
@@ -301,6 +308,7 @@ async function main(): Promise<void> {
           `p99 ${ms(tp99)} (goal < 20 ms: ${verdict(tp99 < 20)})`,
       );
       console.log(`      ${cost}`);
+      console.log(`      requests per group commit since start (warm-up included), per node: ${(await Promise.all(three.map(perCommit))).join(", ")}`);
       for (const d of three) await d.stop();
     }
 
