@@ -308,7 +308,9 @@ async function main(): Promise<void> {
           `p99 ${ms(tp99)} (goal < 20 ms: ${verdict(tp99 < 20)})`,
       );
       console.log(`      ${cost}`);
-      console.log(`      requests per group commit since start (warm-up included), per node: ${(await Promise.all(three.map(perCommit))).join(", ")}`);
+      console.log(
+        `      requests per group commit since start (warm-up included), per node: ${(await Promise.all(three.map(perCommit))).join(", ")}`,
+      );
       for (const d of three) await d.stop();
     }
 
