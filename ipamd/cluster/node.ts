@@ -24,7 +24,7 @@ import { NodeLiveness, type ReapReport, Reaper } from "./liveness";
 import { ClusterStore } from "./local-store";
 import { ClusterMetrics } from "./metrics";
 import { ClusterNodeOwnership, identityOf } from "./node-ownership";
-import { type BufferEntry, ClusterOwnership } from "./ownership";
+import { type BufferEntry, ClusterOwnership, type JoinEntry, type JoinOutcome } from "./ownership";
 import { type StickyChange, StickyFeed } from "./sticky-events";
 import { WatchLoop } from "./watch";
 
@@ -168,6 +168,8 @@ export class ClusterNode {
     this.stream = stream;
     this.fenceConfirmed = Number(this.local.state("liveness_confirmed_at") ?? 0);
     const silentFor = Date.now() - this.fenceConfirmed;
+    // A database that never ran in cluster mode: its reservations go to etcd first.
+    const joining = this.fenceConfirmed === 0 && this.local.state("cluster_joined_at") === undefined ? this.joinEntries() : undefined;
     this.feed = new StickyFeed(this.db, this.keys, () => this.pools!, {
       get: () => this.local.state("sticky_events_revision"),
       set: (value) => this.local.setState("sticky_events_revision", value),
@@ -186,11 +188,14 @@ export class ClusterNode {
       await this.liveness.start();
       this.livenessUp = true;
       this.fenceConfirmed = this.liveness.lastConfirmedAt();
+      // Before the watches: a sticky row etcd does not know would be taken for one released elsewhere and dropped.
+      if (joining) await this.join(joining);
       this.local.setState("liveness_confirmed_at", String(this.fenceConfirmed));
       await this.own.start(startOpts);
       await this.undoOrphans(silentFor > this.graceMs / 2);
     } catch (e) {
       if (!(e instanceof EtcdError)) throw e;
+      if (joining?.length) throw cannotJoin(joining.length, e);
       this.log.warn({ err: e.message }, "etcd unreachable at start-up: serving from the SQLite buffer; retrying etcd with backoff");
       if (!this.livenessUp) this.retryLiveness(500);
       await this.own.start({ ...startOpts, buffer: this.local.buffer() });
@@ -208,6 +213,55 @@ export class ClusterNode {
       { endpoints: this.config.cluster!.etcd.endpoints, prefix: this.keys.prefix, graceSeconds: this.graceMs / 1000 },
       "cluster mode: sharing pools through etcd",
     );
+  }
+
+  /**
+   * The first start in cluster mode (never confirmed a lease before) of a database with reservations, made in
+   * single-node mode: they are written to etcd before the node serves, so no node takes their addresses for free
+   * ones. Sticky reservations become identities bound to this node. An address or identity etcd holds otherwise is
+   * logged as held twice (etcd's holder stays; a sandbox here keeps its address until its DEL). Without etcd the
+   * daemon does not start: those addresses must be in etcd first.
+   */
+  private joinEntries(): JoinEntry[] {
+    const pools = new Set(this.own.poolNames());
+    const entries: JoinEntry[] = [];
+    for (const row of this.store!.matching({}, 10_000_000)) {
+      if (!pools.has(row.pool)) continue;
+      const attachment = row.container_id
+        ? { containerID: row.container_id, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) }
+        : undefined;
+      if (row.sticky) {
+        const identity = identityOf({ namespace: row.namespace!, statefulset: row.statefulset!, ordinal: row.ordinal! }, row.pool);
+        entries.push({ identity, ip: row.ip, pinned: row.pinned === 1, ...(attachment ? { attachment } : {}) });
+      } else if (attachment) {
+        entries.push({ pool: row.pool, ip: row.ip, attachment });
+      }
+    }
+    return entries;
+  }
+
+  private async join(entries: JoinEntry[]): Promise<void> {
+    if (entries.length > 0) {
+      let outcomes: JoinOutcome[];
+      try {
+        outcomes = await this.own.join(entries);
+      } catch (e) {
+        throw cannotJoin(entries.length, e as Error);
+      }
+      const count = (status: JoinOutcome["status"]): number => outcomes.filter((o) => o.status === status).length;
+      for (const o of outcomes.filter((x) => x.status === "conflict")) {
+        this.log.error(
+          { ip: o.entry.ip, ...("identity" in o.entry ? { identity: this.keys.identityName(o.entry.identity) } : {}) },
+          `joining cluster mode: ${o.detail}; the address is held twice in the cluster: etcd's holder keeps it, ` +
+            "a sandbox here keeps it until its DEL (move one of them to another address)",
+        );
+      }
+      this.log.info(
+        { written: count("written"), present: count("present"), conflicts: count("conflict") },
+        "joined cluster mode: this node's reservations from single-node mode are in etcd",
+      );
+    }
+    this.local.setState("cluster_joined_at", String(Date.now()));
   }
 
   /**
@@ -624,4 +678,12 @@ export class ClusterNode {
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
     };
   }
+}
+
+function cannotJoin(reservations: number, e: Error): Error {
+  return new Error(
+    `cannot join cluster mode: ${e.message}. This database has ${reservations} reservations from single-node mode, ` +
+      "which ipamd writes to etcd before it serves (no other node may take their addresses); start ipamd again once " +
+      "etcd is reachable",
+  );
 }

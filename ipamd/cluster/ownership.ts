@@ -155,6 +155,16 @@ export type OutboxOp =
   | { op: "detach-sticky"; identity: StickyIdentity; containerID: string; ip?: string }
   | { op: "release-sticky"; identity: StickyIdentity; force?: boolean };
 export type OutboxRecord = OutboxOp & { id: number; createdAt: number };
+/** A reservation a node's SQLite had before it ran in cluster mode: written to etcd when the node joins. */
+export type JoinEntry =
+  | { identity: StickyIdentity; ip: string; pinned: boolean; attachment?: Omit<AttachmentRef, "node"> }
+  | { pool: string; ip: string; attachment: Omit<AttachmentRef, "node"> };
+export interface JoinOutcome {
+  entry: JoinEntry;
+  /** written: etcd has it now; present: etcd had it so already; conflict: etcd has the address or identity otherwise. */
+  status: "written" | "present" | "conflict";
+  detail?: string;
+}
 export interface OutboxOutcome {
   id: number;
   status: "applied" | "noop" | "conflict";
@@ -604,7 +614,8 @@ export class ClusterOwnership {
     while (out.length < want && walked < p.size) {
       cursor = this.usableAtOrAfter(p, cursor) ?? first;
       const ip = formatIp(p.family, cursor);
-      if (!owned.has(ip) && !buf.has(ip)) out.push(ip);
+      // Not one this node uses either: a row etcd has no key for (a conflict its join reported) is no buffer.
+      if (!owned.has(ip) && !buf.has(ip) && !this.o.usedLocally?.(p.name, ip)) out.push(ip);
       cursor = cursor >= last ? first : cursor + 1n;
       walked++;
     }
@@ -1123,6 +1134,79 @@ export class ClusterOwnership {
       record: parseJson<StickyRecord>(kv.value, kv.key),
       modRevision: kv.modRevision,
     }));
+  }
+
+  // ---------- joining cluster mode ----------
+
+  /**
+   * Writes reservations made in single-node mode to etcd, 16 transactions at a time: a sticky one as its identity
+   * bound to this node (with its attachment) and its address key, both create-if-absent; a plain attachment as its
+   * address key (the outbox's attach rule). What etcd holds otherwise is a conflict (the address or the identity is
+   * held twice in the cluster): etcd's holder stays, the caller reports it.
+   */
+  async join(entries: JoinEntry[]): Promise<JoinOutcome[]> {
+    const out: JoinOutcome[] = [];
+    for (let i = 0; i < entries.length; i += 16) {
+      out.push(...(await Promise.all(entries.slice(i, i + 16).map((e) => this.joinOne(e)))));
+    }
+    return out;
+  }
+
+  private async joinOne(entry: JoinEntry): Promise<JoinOutcome> {
+    if (!("identity" in entry)) {
+      const r = await this.applyOne({ op: "attach", ...entry });
+      return {
+        entry,
+        status: r.status === "conflict" ? "conflict" : r.status === "noop" ? "present" : "written",
+        ...(r.detail ? { detail: r.detail } : {}),
+      };
+    }
+    const { identity, ip } = entry;
+    const name = this.keys.identityName(identity);
+    const skey = this.keys.sticky(identity);
+    const ikey = this.keys.ip(identity.pool, ip);
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const gen = this.gen();
+      const at = this.now();
+      const attachment = entry.attachment ? { ...entry.attachment, node: this.node } : undefined;
+      const rec: StickyRecord = {
+        ip,
+        node: this.node,
+        gen,
+        at,
+        ...(entry.pinned ? { pinned: true } : {}),
+        ...(attachment ? { attachment } : {}),
+      };
+      const owner: IpOwner = { owner: "sticky", node: this.node, gen, at, identity: name };
+      let r;
+      try {
+        r = await this.client.txn(
+          [
+            { key: skey, target: "create", equals: 0 },
+            { key: ikey, target: "create", equals: 0 },
+          ],
+          [{ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } }],
+          [{ get: { key: skey } }, { get: { key: ikey } }],
+        );
+      } catch (e) {
+        if (e instanceof EtcdOutcomeUnknown) continue; // the next pass reads what landed: present, or written now
+        throw e;
+      }
+      if (r.succeeded) return { entry, status: "written" };
+      const [s, k] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
+      const now = s ? parseJson<StickyRecord>(s.value, skey) : null;
+      const held = k ? parseJson<IpOwner>(k.value, ikey) : null;
+      if (now?.ip === ip && held?.owner === "sticky" && held.identity === name) return { entry, status: "present" };
+      const detail = now
+        ? `etcd's sticky identity ${name} names ${now.ip} (bound to ${now.node ? `node ${now.node}` : "no node"}), this node's record ${ip}`
+        : `${ip} of ${name} is held in etcd by ${describeOwner(held!)}`;
+      return { entry, status: "conflict", detail };
+    }
+    throw new ClusterError(
+      "inconsistent",
+      `joining ${name}: ${MAX_CAS_ATTEMPTS} transactions in a row had an unknown outcome; retry`,
+      true,
+    );
   }
 
   // ---------- outbox: local changes carried to etcd ----------

@@ -1,0 +1,120 @@
+// Joining cluster mode: a node whose database has reservations from single-node mode (a running node switched to a
+// `cluster` section) writes them to etcd before it serves, against a REAL 3-member etcd: its sticky reservations
+// become identities bound to it (a member then keeps its address on another node), its plain attachments address
+// keys; no other node is handed one of those addresses. An address etcd already gives another node is logged as held
+// twice, and without etcd such a node does not start.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { IpamdError } from "../../api/client";
+import { clusterSection, etcdIps, freshPrefix, sqliteRows } from "../helpers/cluster";
+import { EtcdCluster } from "../helpers/etcd";
+import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
+
+let etcd: EtcdCluster;
+beforeAll(async () => {
+  etcd = await EtcdCluster.start();
+}, 120_000);
+afterAll(async () => {
+  await cleanupIpamdTest();
+  await etcd?.destroy();
+});
+
+const POOLS = [{ name: "j", subnet: "10.93.0.0/28", networks: ["underlay"] }]; // 14 usable addresses
+const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
+const member = (id: string, ordinal: number) => ({ ...att(id), podNamespace: "db", podName: `web-${ordinal}`, podUID: `uid-${id}` });
+const bare = (r: { ips: { address: string }[] }): string => r.ips[0]!.address.split("/")[0]!;
+const singleNode = (name: string) => ({
+  node: { name },
+  pools: POOLS,
+  cooldownSeconds: 0,
+  statefulSets: [{ namespace: "db", name: "web" }],
+});
+
+describe("a node with single-node reservations joins cluster mode", () => {
+  it("writes them to etcd before it serves; no other node gets their addresses; a member keeps its address on another node", async () => {
+    const prefix = freshPrefix("join");
+    const dir = makeTempDir("berth-join-a-");
+    let a = await startIpamd({ dir, config: singleNode("a") });
+    const plain = bare(await a.client.allocate(att("p1")));
+    const web0 = bare(await a.client.allocate(member("m0", 0)));
+    const reserved = (await a.client.reserve({ namespace: "db", statefulset: "web", replicas: 3 })).reservations;
+    const held = [plain, ...reserved.map((r) => r.ip)];
+    expect(reserved.map((r) => r.ip)[0]).toBe(web0);
+    expect(await a.stop()).toBe(0);
+
+    a = await startIpamd({ dir, config: { ...singleNode("a"), cluster: clusterSection(etcd, prefix) } });
+    const sticky = new Map([...etcd.dump(`${prefix}/sticky/j/db/web/`)].map(([k, v]) => [k.split("/").at(-2), JSON.parse(v)]));
+    expect(Object.fromEntries(sticky)).toEqual({
+      "0": expect.objectContaining({ ip: web0, node: "a", attachment: expect.objectContaining({ containerID: "m0", node: "a" }) }),
+      "1": expect.objectContaining({ ip: reserved[1]!.ip, node: "a" }),
+      "2": expect.objectContaining({ ip: reserved[2]!.ip, node: "a" }),
+    });
+    expect(sticky.get("1")!.attachment).toBeUndefined();
+    const keys = etcdIps(etcd, prefix, "j");
+    expect(keys.get(plain)).toMatchObject({ owner: "attachment", node: "a", attachment: { containerID: "p1" } });
+    for (const r of reserved) expect(keys.get(r.ip)).toMatchObject({ owner: "sticky", node: "a", identity: `db/web/${r.ordinal}/-` });
+    expect(
+      sqliteRows(a)
+        .map((r) => r.ip)
+        .sort(),
+    ).toEqual([...held].sort()); // SQLite keeps them all
+    expect(a.stderr()).toContain('"written":4,"present":0,"conflicts":0');
+
+    // Another node takes every free address of the pool, and none of a's.
+    const b = await startIpamd({
+      dir: makeTempDir("berth-join-b-"),
+      config: { ...singleNode("b"), cluster: clusterSection(etcd, prefix) },
+    });
+    const got: string[] = [];
+    for (let i = 0; i < 14; i++) {
+      const r = await b.client.allocate(att(`b${i}`)).catch((e: unknown) => e);
+      if (r instanceof IpamdError) {
+        expect(r.code).toBe("pool_exhausted");
+        break;
+      }
+      got.push(bare(r as { ips: { address: string }[] }));
+    }
+    expect(got.length).toBe(14 - held.length);
+    expect(got.filter((ip) => held.includes(ip))).toEqual([]);
+
+    // web-0 moves to b: the address it had in single-node mode follows it.
+    await a.client.release(att("m0"));
+    expect(bare(await b.client.allocate(member("m0-b", 0)))).toBe(web0);
+    // A restart is no second join.
+    a = await a.restart();
+    expect(a.stderr()).not.toContain("joined cluster mode");
+  }, 120_000);
+
+  it("an address etcd gives another node is logged as held twice and stays with etcd's holder; without etcd it does not start", async () => {
+    const prefix = freshPrefix("join2");
+    const a = await startIpamd({
+      dir: makeTempDir("berth-join2-a-"),
+      config: { ...singleNode("a"), cluster: clusterSection(etcd, prefix) },
+    });
+    const ofA = bare(await a.client.allocate(att("pa")));
+    // c ran in single-node mode on the same pool meanwhile, and handed out the same address.
+    const dir = makeTempDir("berth-join2-c-");
+    let c = await startIpamd({ dir, config: singleNode("c") });
+    let ofC = "";
+    for (let i = 0; ofC !== ofA && i < 14; i++) ofC = bare(await c.client.allocate(att(`pc${i}`)));
+    expect(ofC).toBe(ofA);
+    expect(await c.stop()).toBe(0);
+    // Without etcd (nothing listens on these ports) it refuses to start: its addresses must be in etcd first.
+    const down = { etcd: { endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], prefix } };
+    const refused = await startIpamd({ dir, config: { ...singleNode("c"), cluster: down } }).catch((e: unknown) => e as Error);
+    expect((refused as Error).message).toMatch(
+      /cannot join cluster mode: etcd unreachable: .*This database has \d+ reservations from single-node mode, which ipamd writes to etcd/,
+    );
+    c = await startIpamd({ dir, config: { ...singleNode("c"), cluster: clusterSection(etcd, prefix) } });
+    const conflict = c
+      .stderr()
+      .split("\n")
+      .find((l) => l.includes("joining cluster mode") && l.includes(ofA));
+    expect(JSON.parse(conflict!)).toMatchObject({
+      level: 50,
+      ip: ofA,
+      msg: expect.stringMatching(/is owned by buffer on node a in etcd, but attached here to pc\d+; the address is held twice/),
+    });
+    expect(etcdIps(etcd, prefix, "j").get(ofA)).toMatchObject({ owner: "buffer", node: "a" }); // a plain attachment's key
+    expect(sqliteRows(c).some((r) => r.ip === ofA)).toBe(true); // the sandbox here keeps it until its DEL
+  }, 120_000);
+});
