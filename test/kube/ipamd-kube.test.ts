@@ -3,6 +3,7 @@
 // fixture, not a cluster) that enforces conf/kubernetes/rbac.yaml and records every request.
 import { parseAllDocuments } from "yaml";
 import { readFileSync } from "node:fs";
+import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -218,9 +219,20 @@ describe("3. release policy (berth.dev/ip-retention)", () => {
   }, 60_000);
 
   it("a StatefulSet recreated with a new UID under whenDeleted: Delete does not inherit the old addresses", async () => {
-    api.create("apps/statefulsets", stsObj("r3", "e"));
+    const first = api.create("apps/statefulsets", stsObj("r3", "e"));
     const held = await members("r3", "e", [0]);
-    await new Promise((r) => setTimeout(r, 700)); // seen by the StatefulSet watch (its UID recorded)
+    const trackedUid = (): string | undefined => {
+      const db = new DatabaseSync(d.db, { readOnly: true });
+      try {
+        const row = db.prepare("SELECT uid FROM kube_statefulsets WHERE namespace = 'r3' AND name = 'e'").get() as
+          | { uid: string }
+          | undefined;
+        return row?.uid;
+      } finally {
+        db.close();
+      }
+    };
+    await until("the StatefulSet watch to record its UID", () => trackedUid() === first.metadata.uid);
     api.remove("pods", "r3", "e-0");
     api.remove("apps/statefulsets", "r3", "e");
     api.create("apps/statefulsets", stsObj("r3", "e"));
