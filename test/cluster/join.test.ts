@@ -84,7 +84,7 @@ describe("a node with single-node reservations joins cluster mode", () => {
     expect(a.stderr()).not.toContain("joined cluster mode");
   }, 120_000);
 
-  it("an address etcd gives another node is logged as held twice and stays with etcd's holder; without etcd it does not start", async () => {
+  it("an address etcd gives another node is logged as held twice, etcd's holder keeps it; without etcd no start", async () => {
     const prefix = freshPrefix("join2");
     const a = await startIpamd({
       dir: makeTempDir("berth-join2-a-"),
