@@ -1154,18 +1154,16 @@ export class ClusterOwnership {
 
   private async joinOne(entry: JoinEntry): Promise<JoinOutcome> {
     if (!("identity" in entry)) {
-      const r = await this.applyOne({ op: "attach", ...entry });
-      return {
-        entry,
-        status: r.status === "conflict" ? "conflict" : r.status === "noop" ? "present" : "written",
-        ...(r.detail ? { detail: r.detail } : {}),
-      };
+      const held = await this.joinAddress(entry.pool, entry.ip, entry.attachment);
+      return { entry, status: held.ok ? "written" : "conflict", ...(held.ok ? {} : { detail: held.why }) };
     }
     const { identity, ip } = entry;
     const name = this.keys.identityName(identity);
     const skey = this.keys.sticky(identity);
     const ikey = this.keys.ip(identity.pool, ip);
-    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+    const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
+    let asked = false;
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; ) {
       const gen = this.gen();
       const at = this.now();
       const attachment = entry.attachment ? { ...entry.attachment, node: this.node } : undefined;
@@ -1189,17 +1187,29 @@ export class ClusterOwnership {
           [{ get: { key: skey } }, { get: { key: ikey } }],
         );
       } catch (e) {
-        if (e instanceof EtcdOutcomeUnknown) continue; // the next pass reads what landed: present, or written now
-        throw e;
+        if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+        attempt++; // the next pass reads what landed: present, or written now
+        continue;
       }
       if (r.succeeded) return { entry, status: "written" };
       const [s, k] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
       const now = s ? parseJson<StickyRecord>(s.value, skey) : null;
       const held = k ? parseJson<IpOwner>(k.value, ikey) : null;
       if (now?.ip === ip && held?.owner === "sticky" && held.identity === name) return { entry, status: "present" };
-      const detail = now
-        ? `etcd's sticky identity ${name} names ${now.ip} (bound to ${now.node ? `node ${now.node}` : "no node"}), this node's record ${ip}`
-        : `${ip} of ${name} is held in etcd by ${describeOwner(held!)}`;
+      if (!now && held?.owner === "buffer" && held.node !== this.node && this.now() < deadline) {
+        // Another node's buffer: unused there (a plain attachment's key also says "buffer", but is never handed back).
+        if (!asked) await this.requestHandback(identity.pool);
+        asked = true;
+        await new Promise((res) => setTimeout(res, 50));
+        continue;
+      }
+      if (!now) return { entry, status: "conflict", detail: `${ip} of ${name} is held in etcd by ${describeOwner(held!)}` };
+      let detail = `etcd's sticky identity ${name} names ${now.ip} (bound to ${now.node ? `node ${now.node}` : "no node"}), this node's record ${ip}`;
+      // The identity is etcd's; a sandbox here uses this address until its DEL: its key keeps the other nodes off it.
+      if (entry.attachment && now.ip !== ip) {
+        const kept = await this.joinAddress(identity.pool, ip, entry.attachment);
+        detail += kept.ok ? `; ${ip} stays with sandbox ${entry.attachment.containerID} until its DEL` : `; ${kept.why}`;
+      }
       return { entry, status: "conflict", detail };
     }
     throw new ClusterError(
@@ -1207,6 +1217,22 @@ export class ClusterOwnership {
       `joining ${name}: ${MAX_CAS_ATTEMPTS} transactions in a row had an unknown outcome; retry`,
       true,
     );
+  }
+
+  /** A sandbox's address as its attachment in etcd, as an exact claim makes it (another node's unused buffer hands it back). */
+  private async joinAddress(
+    pool: string,
+    ip: string,
+    attachment: Omit<AttachmentRef, "node">,
+  ): Promise<{ ok: true } | { ok: false; why: string }> {
+    try {
+      await this.claimExact(pool, ip, attachment);
+      return { ok: true };
+    } catch (e) {
+      if (e instanceof ClusterError && e.code === "ip_unavailable")
+        return { ok: false, why: e.message.replace(/; request another address$/, "") };
+      throw e;
+    }
   }
 
   // ---------- outbox: local changes carried to etcd ----------

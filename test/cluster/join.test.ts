@@ -5,7 +5,7 @@
 // twice, and without etcd such a node does not start.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdError } from "../../api/client";
-import { clusterSection, etcdIps, freshPrefix, sqliteRows } from "../helpers/cluster";
+import { clusterSection, etcdIps, freshPrefix, sqliteRows, until } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
 
@@ -112,9 +112,53 @@ describe("a node with single-node reservations joins cluster mode", () => {
     expect(JSON.parse(conflict!)).toMatchObject({
       level: 50,
       ip: ofA,
-      msg: expect.stringMatching(/is owned by buffer on node a in etcd, but attached here to pc\d+; the address is held twice/),
+      msg: `joining cluster mode: ${ofA} is held in etcd by node a's buffer; the address is held twice in the cluster: etcd's holder keeps it, a sandbox here keeps it until its DEL (move one of them to another address)`,
     });
     expect(etcdIps(etcd, prefix, "j").get(ofA)).toMatchObject({ owner: "buffer", node: "a" }); // a plain attachment's key
     expect(sqliteRows(c).some((r) => r.ip === ofA)).toBe(true); // the sandbox here keeps it until its DEL
+
+    // The same member ran alone on e too, at an address of its own: the identity stays etcd's (bound to a), and
+    // e's sandbox keeps its address, held in etcd as that sandbox's attachment so that no node is handed it.
+    const onA = bare(await a.client.allocate(member("wa", 0)));
+    const dirE = makeTempDir("berth-join2-e-");
+    let e = await startIpamd({ dir: dirE, config: singleNode("e") });
+    expect(bare(await e.client.allocate({ ...member("we", 0), ips: ["10.93.0.12"] }))).toBe("10.93.0.12");
+    expect(await e.stop()).toBe(0);
+    e = await startIpamd({ dir: dirE, config: { ...singleNode("e"), cluster: clusterSection(etcd, prefix) } });
+    expect(e.stderr()).toContain(
+      `etcd's sticky identity db/web/0/- names ${onA} (bound to node a), this node's record 10.93.0.12; ` +
+        "10.93.0.12 stays with sandbox we until its DEL",
+    );
+    expect(etcdIps(etcd, prefix, "j").get("10.93.0.12")).toMatchObject({
+      owner: "attachment",
+      node: "e",
+      attachment: { containerID: "we" },
+    });
+    expect(JSON.parse(etcd.dump(`${prefix}/sticky/j/db/web/0/-`).values().next().value!)).toMatchObject({ ip: onA, node: "a" });
+    await until("e's row to become the sandbox's attachment", () =>
+      sqliteRows(e).some((r) => r.ip === "10.93.0.12" && r.owner === "we/eth0" && r.sticky === 0),
+    );
+  }, 120_000);
+
+  it("an address in another node's unused buffer is handed back to the joining node", async () => {
+    const prefix = freshPrefix("join3");
+    const h = await startIpamd({
+      dir: makeTempDir("berth-join3-h-"),
+      config: { ...singleNode("h"), cluster: clusterSection(etcd, prefix) },
+    });
+    await until("h to buffer the whole pool", async () => (await h.client.status()).cluster!.buffer.j === 14);
+    const dir = makeTempDir("berth-join3-f-");
+    let f = await startIpamd({ dir, config: singleNode("f") });
+    await f.client.allocate({ ...member("wf", 5), ips: ["10.93.0.13"] });
+    await f.client.reserve({ namespace: "db", statefulset: "web", replicas: 7 }); // 0-4 and 6 from f's first addresses
+    expect(await f.stop()).toBe(0);
+    f = await startIpamd({ dir, config: { ...singleNode("f"), cluster: clusterSection(etcd, prefix) } });
+    expect(f.stderr()).toContain('"written":7,"present":0,"conflicts":0');
+    const sticky = etcd.dump(`${prefix}/sticky/j/db/web/`);
+    expect(sticky.size).toBe(7);
+    for (const v of sticky.values()) expect(JSON.parse(v)).toMatchObject({ node: "f" });
+    expect(JSON.parse(sticky.get(`${prefix}/sticky/j/db/web/5/-`)!)).toMatchObject({ ip: "10.93.0.13", attachment: { containerID: "wf" } });
+    const keys = etcdIps(etcd, prefix, "j");
+    for (const r of sqliteRows(f)) expect(keys.get(r.ip)).toMatchObject({ owner: "sticky", node: "f" });
   }, 120_000);
 });
