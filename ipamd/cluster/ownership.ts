@@ -1204,7 +1204,8 @@ export class ClusterOwnership {
         continue;
       }
       if (!now) return { entry, status: "conflict", detail: `${ip} of ${name} is held in etcd by ${describeOwner(held!)}` };
-      let detail = `etcd's sticky identity ${name} names ${now.ip} (bound to ${now.node ? `node ${now.node}` : "no node"}), this node's record ${ip}`;
+      const boundTo = now.node ? `node ${now.node}` : "no node";
+      let detail = `etcd's sticky identity ${name} names ${now.ip} (bound to ${boundTo}), this node's record ${ip}`;
       // The identity is etcd's; a sandbox here uses this address until its DEL: its key keeps the other nodes off it.
       if (entry.attachment && now.ip !== ip) {
         const kept = await this.joinAddress(identity.pool, ip, entry.attachment);

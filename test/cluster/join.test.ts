@@ -112,7 +112,9 @@ describe("a node with single-node reservations joins cluster mode", () => {
     expect(JSON.parse(conflict!)).toMatchObject({
       level: 50,
       ip: ofA,
-      msg: `joining cluster mode: ${ofA} is held in etcd by node a's buffer; the address is held twice in the cluster: etcd's holder keeps it, a sandbox here keeps it until its DEL (move one of them to another address)`,
+      msg:
+        `joining cluster mode: ${ofA} is held in etcd by node a's buffer; the address is held twice in the cluster: ` +
+        "etcd's holder keeps it, a sandbox here keeps it until its DEL (move one of them to another address)",
     });
     expect(etcdIps(etcd, prefix, "j").get(ofA)).toMatchObject({ owner: "buffer", node: "a" }); // a plain attachment's key
     expect(sqliteRows(c).some((r) => r.ip === ofA)).toBe(true); // the sandbox here keeps it until its DEL
