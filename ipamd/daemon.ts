@@ -8,7 +8,6 @@ import type { Logger } from "pino";
 import { WallClock } from "./clock";
 import type { Config } from "./config";
 import { startKubernetes } from "./kube/kubernetes";
-import { ClusterStore } from "./cluster/local-store";
 import { ClusterNode } from "./cluster/node";
 import { ClusterOperator } from "./cluster/operator";
 import { Metrics } from "./metrics";
@@ -53,9 +52,6 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   const metrics = new Metrics(() => node.views.poolUsage(clock.now()));
   // Cluster mode: addresses are shared through etcd (ipamd/cluster/); without a `cluster` section, single node.
   const cluster = config.cluster ? new ClusterNode(config, db, log, metrics.registry) : undefined;
-  if (!cluster && ClusterStore.leave(db)) {
-    log.warn("this database ran in cluster mode before: single-node mode now; a later start in cluster mode joins again");
-  }
   const node = assembleNode(db, config, cluster?.ownership);
   const operator = cluster ? new ClusterOperator(cluster, node.views) : undefined;
   const { store } = node;

@@ -97,15 +97,6 @@ export class ClusterStore {
     }));
   }
 
-  /**
-   * Single-node mode on a database that ran in cluster mode: what it records of etcd is not followed any more, so
-   * the next start in cluster mode joins again (writes the reservations made meanwhile to etcd). True if it had any.
-   */
-  static leave(db: DB): boolean {
-    const r = db.prepare("DELETE FROM cluster_state WHERE key IN ('liveness_confirmed_at', 'cluster_joined_at')").run();
-    return Number(r.changes) > 0;
-  }
-
   state(key: string): string | undefined {
     return (this.q.get.get(key) as { value: string } | undefined)?.value;
   }

@@ -1163,8 +1163,6 @@ export class ClusterOwnership {
     const ikey = this.keys.ip(identity.pool, ip);
     const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
     let asked = false;
-    // Absent, or this node's own buffer entry (buffered before it last ran in single-node mode): its revision.
-    let ipCompare: Compare = { key: ikey, target: "create", equals: 0 };
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; ) {
       const gen = this.gen();
       const at = this.now();
@@ -1181,7 +1179,10 @@ export class ClusterOwnership {
       let r;
       try {
         r = await this.client.txn(
-          [{ key: skey, target: "create", equals: 0 }, ipCompare],
+          [
+            { key: skey, target: "create", equals: 0 },
+            { key: ikey, target: "create", equals: 0 },
+          ],
           [{ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } }],
           [{ get: { key: skey } }, { get: { key: ikey } }],
         );
@@ -1195,11 +1196,6 @@ export class ClusterOwnership {
       const now = s ? parseJson<StickyRecord>(s.value, skey) : null;
       const held = k ? parseJson<IpOwner>(k.value, ikey) : null;
       if (now?.ip === ip && held?.owner === "sticky" && held.identity === name) return { entry, status: "present" };
-      if (!now && held?.owner === "buffer" && held.node === this.node) {
-        ipCompare = { key: ikey, target: "mod", equals: k!.modRevision };
-        attempt++;
-        continue;
-      }
       if (!now && held?.owner === "buffer" && held.node !== this.node && this.now() < deadline) {
         // Another node's buffer: unused there (a plain attachment's key also says "buffer", but is never handed back).
         if (!asked) await this.requestHandback(identity.pool);

@@ -163,28 +163,4 @@ describe("a node with single-node reservations joins cluster mode", () => {
     const keys = etcdIps(etcd, prefix, "j");
     for (const r of sqliteRows(f)) expect(keys.get(r.ip)).toMatchObject({ owner: "sticky", node: "f" });
   }, 120_000);
-
-  it("cluster mode, then single-node mode, then cluster mode again: it joins again, with what it reserved meanwhile", async () => {
-    const prefix = freshPrefix("join4");
-    const dir = makeTempDir("berth-join4-x-");
-    let x = await startIpamd({ dir, config: { ...singleNode("x"), cluster: clusterSection(etcd, prefix) } });
-    const web1 = bare(await x.client.allocate(member("x1", 1)));
-    await until("x's buffer", async () => (await x.client.status()).cluster!.buffer.j! > 0);
-    expect(await x.stop()).toBe(0);
-    x = await startIpamd({ dir, config: singleNode("x") });
-    expect(x.stderr()).toContain("this database ran in cluster mode before: single-node mode now");
-    const web2 = bare(await x.client.allocate(member("x2", 2)));
-    expect(etcdIps(etcd, prefix, "j").get(web2)).toMatchObject({ owner: "buffer", node: "x" }); // x's buffer before
-    expect(await x.stop()).toBe(0);
-    x = await startIpamd({ dir, config: { ...singleNode("x"), cluster: clusterSection(etcd, prefix) } });
-    expect(x.stderr()).toContain('"written":1,"present":1,"conflicts":0');
-    const sticky = etcd.dump(`${prefix}/sticky/j/db/web/`);
-    expect(JSON.parse(sticky.get(`${prefix}/sticky/j/db/web/1/-`)!)).toMatchObject({ ip: web1, node: "x" });
-    expect(JSON.parse(sticky.get(`${prefix}/sticky/j/db/web/2/-`)!)).toMatchObject({
-      ip: web2,
-      node: "x",
-      attachment: { containerID: "x2" },
-    });
-    expect(etcdIps(etcd, prefix, "j").get(web2)).toMatchObject({ owner: "sticky", node: "x", identity: "db/web/2/-" });
-  }, 120_000);
 });
