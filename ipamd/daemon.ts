@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import { WallClock } from "./clock";
 import type { Config } from "./config";
 import { startKubernetes } from "./kube/kubernetes";
+import { ClusterStore } from "./cluster/local-store";
 import { ClusterNode } from "./cluster/node";
 import { ClusterOperator } from "./cluster/operator";
 import { Metrics } from "./metrics";
@@ -52,6 +53,12 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   const metrics = new Metrics(() => node.views.poolUsage(clock.now()));
   // Cluster mode: addresses are shared through etcd (ipamd/cluster/); without a `cluster` section, single node.
   const cluster = config.cluster ? new ClusterNode(config, db, log, metrics.registry) : undefined;
+  if (!cluster && new ClusterStore(db).state("liveness_confirmed_at") !== undefined) {
+    log.warn(
+      "this database ran in cluster mode before: in single-node mode it does not follow etcd, and what it reserves now " +
+        "is not written to etcd if it goes back to cluster mode (move the node to a fresh database to switch again)",
+    );
+  }
   const node = assembleNode(db, config, cluster?.ownership);
   const operator = cluster ? new ClusterOperator(cluster, node.views) : undefined;
   const { store } = node;

@@ -49,6 +49,8 @@ export interface HandbackRecord {
   node: string;
   pool: string;
   at: number;
+  /** Addresses sandboxes of the requesting node already use (it joins cluster mode): returned even while cooling. */
+  ips?: string[];
 }
 
 const SEGMENT = /^[^/\s]+$/;

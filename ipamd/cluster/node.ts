@@ -169,7 +169,7 @@ export class ClusterNode {
     this.fenceConfirmed = Number(this.local.state("liveness_confirmed_at") ?? 0);
     const silentFor = Date.now() - this.fenceConfirmed;
     // A database that never ran in cluster mode: its reservations go to etcd first.
-    const joining = this.fenceConfirmed === 0 && this.local.state("cluster_joined_at") === undefined ? this.joinEntries() : undefined;
+    let joining = this.fenceConfirmed === 0 && this.local.state("cluster_joined_at") === undefined ? this.joinEntries() : undefined;
     this.feed = new StickyFeed(this.db, this.keys, () => this.pools!, {
       get: () => this.local.state("sticky_events_revision"),
       set: (value) => this.local.setState("sticky_events_revision", value),
@@ -190,6 +190,7 @@ export class ClusterNode {
       this.fenceConfirmed = this.liveness.lastConfirmedAt();
       // Before the watches: a sticky row etcd does not know would be taken for one released elsewhere and dropped.
       if (joining) await this.join(joining);
+      joining = undefined; // joined: a later etcd failure is the ordinary start without etcd
       this.local.setState("liveness_confirmed_at", String(this.fenceConfirmed));
       await this.own.start(startOpts);
       await this.undoOrphans(silentFor > this.graceMs / 2);

@@ -164,7 +164,10 @@ export interface JoinOutcome {
   /** written: etcd has it now; present: etcd had it so already; conflict: etcd has the address or identity otherwise. */
   status: "written" | "present" | "conflict";
   detail?: string;
+  /** Who holds the address in etcd, for a conflict over it. */
+  heldBy?: IpOwner;
 }
+const poolOf = (e: JoinEntry): string => ("identity" in e ? e.identity.pool : e.pool);
 export interface OutboxOutcome {
   id: number;
   status: "applied" | "noop" | "conflict";
@@ -678,9 +681,9 @@ export class ClusterOwnership {
     }
   }
 
-  /** Asks the other nodes to return their unused buffered addresses of `pool`. */
-  async requestHandback(pool: string): Promise<void> {
-    const rec: HandbackRecord = { node: this.node, pool, at: this.now() };
+  /** Asks the other nodes to return their unused buffered addresses of `pool` (and `ips` even while they cool). */
+  async requestHandback(pool: string, ips?: string[]): Promise<void> {
+    const rec: HandbackRecord = { node: this.node, pool, at: this.now(), ...(ips?.length ? { ips } : {}) };
     const rev = await this.client.put(this.keys.handback(pool), JSON.stringify(rec));
     this.seenHandback.set(pool, rev);
     this.o.observer?.handback?.(pool, "requested", 1);
@@ -692,15 +695,18 @@ export class ClusterOwnership {
     this.seenHandback.set(rec.pool, kv.modRevision);
     if (rec.node === this.node) return;
     this.holdUntil.set(rec.pool, this.now() + (this.o.handbackHoldMs ?? 10_000));
-    await this.handBack(rec.pool);
+    await this.handBack(rec.pool, rec.ips);
   }
 
-  /** Returns every unused buffered address of `pool` to the pool (each delete compares its revision). */
-  async handBack(pool: string): Promise<number> {
+  /**
+   * Returns every unused buffered address of `pool` to the pool (each delete compares its revision). Addresses
+   * still in their cooldown stay, unless listed in `usedElsewhere` (another node's sandboxes use them already).
+   */
+  async handBack(pool: string, usedElsewhere: string[] = []): Promise<number> {
     const buf = this.buffers.get(pool)!;
     const now = this.now();
-    // Addresses still in their cooldown stay: the pool gets them at the next handback after it.
-    const entries = [...buf.entries()].filter(([ip]) => (this.cooling.get(`${pool} ${ip}`) ?? 0) <= now);
+    const listed = new Set(usedElsewhere);
+    const entries = [...buf.entries()].filter(([ip]) => listed.has(ip) || (this.cooling.get(`${pool} ${ip}`) ?? 0) <= now);
     for (const [ip] of entries) buf.delete(ip); // out of the buffer first: no local allocation can take them meanwhile
     this.o.persist?.removed(
       pool,
@@ -1145,25 +1151,44 @@ export class ClusterOwnership {
    * held twice in the cluster): etcd's holder stays, the caller reports it.
    */
   async join(entries: JoinEntry[]): Promise<JoinOutcome[]> {
-    const out: JoinOutcome[] = [];
-    for (let i = 0; i < entries.length; i += 16) {
-      out.push(...(await Promise.all(entries.slice(i, i + 16).map((e) => this.joinOne(e)))));
+    const outcomes: JoinOutcome[] = [];
+    const pass = async (indexes: number[]): Promise<void> => {
+      for (let i = 0; i < indexes.length; i += 16) {
+        const chunk = indexes.slice(i, i + 16);
+        const done = await Promise.all(chunk.map((k) => this.joinOne(entries[k]!)));
+        for (const [j, k] of chunk.entries()) outcomes[k] = done[j]!;
+      }
+    };
+    await pass(entries.map((_, k) => k));
+    // Addresses in other nodes' buffers (unused there, or cooling after a release there): asked back, one request per
+    // pool naming them all, then tried again until handbackWaitMs.
+    const blocked = (): number[] => outcomes.flatMap((o, k) => (o.heldBy?.owner === "buffer" && o.heldBy.node !== this.node ? [k] : []));
+    let waiting = blocked();
+    const byPool = new Map<string, string[]>();
+    for (const k of waiting) byPool.set(poolOf(entries[k]!), [...(byPool.get(poolOf(entries[k]!)) ?? []), entries[k]!.ip]);
+    for (const [pool, ips] of byPool) await this.requestHandback(pool, ips);
+    const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
+    while (waiting.length > 0 && this.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      await pass(waiting);
+      waiting = blocked();
     }
-    return out;
+    return outcomes;
   }
 
   private async joinOne(entry: JoinEntry): Promise<JoinOutcome> {
     if (!("identity" in entry)) {
       const held = await this.joinAddress(entry.pool, entry.ip, entry.attachment);
-      return { entry, status: held.ok ? "written" : "conflict", ...(held.ok ? {} : { detail: held.why }) };
+      if (held.ok) return { entry, status: "written" };
+      return { entry, status: "conflict", detail: `${entry.ip} is held in etcd by ${describeOwner(held.by)}`, heldBy: held.by };
     }
     const { identity, ip } = entry;
     const name = this.keys.identityName(identity);
     const skey = this.keys.sticky(identity);
     const ikey = this.keys.ip(identity.pool, ip);
-    const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
-    let asked = false;
-    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; ) {
+    // Absent, or a key that blocks only claims (a released identity's cooldown): the sandbox here uses the address.
+    let ipCompare: Compare = { key: ikey, target: "create", equals: 0 };
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const gen = this.gen();
       const at = this.now();
       const attachment = entry.attachment ? { ...entry.attachment, node: this.node } : undefined;
@@ -1179,61 +1204,81 @@ export class ClusterOwnership {
       let r;
       try {
         r = await this.client.txn(
-          [
-            { key: skey, target: "create", equals: 0 },
-            { key: ikey, target: "create", equals: 0 },
-          ],
+          [{ key: skey, target: "create", equals: 0 }, ipCompare],
           [{ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } }],
           [{ get: { key: skey } }, { get: { key: ikey } }],
         );
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
-        attempt++; // the next pass reads what landed: present, or written now
-        continue;
+        continue; // the next pass reads what landed: present, or written now
       }
       if (r.succeeded) return { entry, status: "written" };
       const [s, k] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
       const now = s ? parseJson<StickyRecord>(s.value, skey) : null;
       const held = k ? parseJson<IpOwner>(k.value, ikey) : null;
       if (now?.ip === ip && held?.owner === "sticky" && held.identity === name) return { entry, status: "present" };
-      if (!now && held?.owner === "buffer" && held.node !== this.node && this.now() < deadline) {
-        // Another node's buffer: unused there (a plain attachment's key also says "buffer", but is never handed back).
-        if (!asked) await this.requestHandback(identity.pool);
-        asked = true;
-        await new Promise((res) => setTimeout(res, 50));
+      if (!now) {
+        if (!held) ipCompare = { key: ikey, target: "create", equals: 0 };
+        else if (held.owner === "cooling") ipCompare = { key: ikey, target: "mod", equals: k!.modRevision };
+        else return { entry, status: "conflict", detail: `${ip} of ${name} is held in etcd by ${describeOwner(held)}`, heldBy: held };
         continue;
       }
-      if (!now) return { entry, status: "conflict", detail: `${ip} of ${name} is held in etcd by ${describeOwner(held!)}` };
       const boundTo = now.node ? `node ${now.node}` : "no node";
-      let detail = `etcd's sticky identity ${name} names ${now.ip} (bound to ${boundTo}), this node's record ${ip}`;
+      const detail = `etcd's sticky identity ${name} names ${now.ip} (bound to ${boundTo}), this node's record ${ip}`;
       // The identity is etcd's; a sandbox here uses this address until its DEL: its key keeps the other nodes off it.
-      if (entry.attachment && now.ip !== ip) {
-        const kept = await this.joinAddress(identity.pool, ip, entry.attachment);
-        detail += kept.ok ? `; ${ip} stays with sandbox ${entry.attachment.containerID} until its DEL` : `; ${kept.why}`;
-      }
-      return { entry, status: "conflict", detail };
+      if (!entry.attachment || now.ip === ip) return { entry, status: "conflict", detail };
+      const kept = await this.joinAddress(identity.pool, ip, entry.attachment);
+      if (kept.ok)
+        return { entry, status: "conflict", detail: `${detail}; ${ip} stays with sandbox ${entry.attachment.containerID} until its DEL` };
+      return { entry, status: "conflict", detail: `${detail}; ${ip} is held in etcd by ${describeOwner(kept.by)}`, heldBy: kept.by };
     }
     throw new ClusterError(
       "inconsistent",
-      `joining ${name}: ${MAX_CAS_ATTEMPTS} transactions in a row had an unknown outcome; retry`,
+      `joining ${name}: ${MAX_CAS_ATTEMPTS} transactions in a row conflicted or had an unknown outcome; retry`,
       true,
     );
   }
 
-  /** A sandbox's address as its attachment in etcd, as an exact claim makes it (another node's unused buffer hands it back). */
+  /**
+   * A sandbox's address as its attachment's key: created, or taken over from this node's own buffer entry or from a
+   * released identity's cooldown (both only keep claims off it); anything else holding it is returned.
+   */
   private async joinAddress(
     pool: string,
     ip: string,
     attachment: Omit<AttachmentRef, "node">,
-  ): Promise<{ ok: true } | { ok: false; why: string }> {
-    try {
-      await this.claimExact(pool, ip, attachment);
-      return { ok: true };
-    } catch (e) {
-      if (e instanceof ClusterError && e.code === "ip_unavailable")
-        return { ok: false, why: e.message.replace(/; request another address$/, "") };
-      throw e;
+  ): Promise<{ ok: true } | { ok: false; by: IpOwner }> {
+    const key = this.keys.ip(pool, ip);
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const kv = await this.client.get(key);
+      const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
+      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === attachment.containerID) return { ok: true };
+      const mine = v?.owner === "buffer" && v.node === this.node;
+      if (v && !mine && v.owner !== "cooling") return { ok: false, by: v };
+      if (mine) {
+        this.buffers.get(pool)!.delete(ip);
+        this.cooling.delete(`${pool} ${ip}`);
+        this.reportBuffer(pool);
+      }
+      const gen = this.gen();
+      const value = JSON.stringify({
+        owner: "attachment",
+        node: this.node,
+        gen,
+        at: this.now(),
+        attachment: { ...attachment, node: this.node },
+      } satisfies IpOwner);
+      const rev = await this.casTxn(
+        "join",
+        [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }],
+        [{ put: { key, value } }],
+        key,
+        gen,
+      );
+      if (mine) this.o.persist?.removed(pool, [ip]);
+      if (rev) return { ok: true };
     }
+    throw new ClusterError("inconsistent", `joining ${ip}: ${MAX_CAS_ATTEMPTS} conflicting transactions in a row; retry`, true);
   }
 
   // ---------- outbox: local changes carried to etcd ----------

@@ -64,7 +64,8 @@ export class EventRecorder {
       .update(`${sts.uid ?? ""}\n${reason}\n${note}`)
       .digest("hex")
       .slice(0, 16);
-    const name = `${sts.name.slice(0, 200)}.berth.${digest}`;
+    // A DNS subdomain: the cut name must not end in "-" or "." before the suffix.
+    const name = `${sts.name.slice(0, 200).replace(/[-.]+$/, "")}.berth.${digest}`;
     this.track(this.send({ apiVersion: "apps/v1", kind: "StatefulSet", ...sts }, { name }, reason, action, note));
   }
 

@@ -163,4 +163,39 @@ describe("a node with single-node reservations joins cluster mode", () => {
     const keys = etcdIps(etcd, prefix, "j");
     for (const r of sqliteRows(f)) expect(keys.get(r.ip)).toMatchObject({ owner: "sticky", node: "f" });
   }, 120_000);
+
+  it("an address cooling in another node's buffer, or after a released identity, is the joining sandbox's", async () => {
+    const prefix = freshPrefix("join5");
+    const cooling = { cooldownSeconds: 4 };
+    const h = await startIpamd({
+      dir: makeTempDir("berth-join5-h-"),
+      config: { ...singleNode("h"), ...cooling, cluster: clusterSection(etcd, prefix) },
+    });
+    const released = bare(await h.client.allocate(att("h0")));
+    await h.client.release(att("h0")); // cools in h's buffer
+    const ofMember = bare(await h.client.allocate(member("h3", 3)));
+    await h.client.release(att("h3"));
+    await h.client.releaseReservations({ namespace: "db", statefulset: "web", ordinal: 3 }); // a cooling key on a lease
+    expect(etcdIps(etcd, prefix, "j").get(ofMember)).toMatchObject({ owner: "cooling" });
+    const dir = makeTempDir("berth-join5-f-");
+    let f = await startIpamd({ dir, config: { ...singleNode("f"), ...cooling } });
+    await f.client.allocate({ ...att("pf"), ips: [released] });
+    await f.client.allocate({ ...member("wf", 4), ips: [ofMember] });
+    expect(await f.stop()).toBe(0);
+    f = await startIpamd({ dir, config: { ...singleNode("f"), ...cooling, cluster: clusterSection(etcd, prefix) } });
+    expect(f.stderr()).toContain('"written":2,"present":0,"conflicts":0');
+    expect(etcdIps(etcd, prefix, "j").get(released)).toMatchObject({ owner: "attachment", node: "f", attachment: { containerID: "pf" } });
+    expect(etcdIps(etcd, prefix, "j").get(ofMember)).toMatchObject({ owner: "sticky", node: "f", identity: "db/web/4/-" });
+    await new Promise((r) => setTimeout(r, 4500)); // both cooldowns over: the keys stay, h hands out neither
+    expect(etcdIps(etcd, prefix, "j").get(ofMember)).toMatchObject({ owner: "sticky", node: "f" });
+    const got: string[] = [];
+    for (let i = 0; i < 14; i++) {
+      const r = await h.client.allocate(att(`h${i + 10}`)).catch(() => undefined);
+      if (!r) break;
+      got.push(bare(r));
+    }
+    expect(got.length).toBeGreaterThan(0);
+    expect(got).not.toContain(released);
+    expect(got).not.toContain(ofMember);
+  }, 120_000);
 });
