@@ -82,6 +82,10 @@ describe("a node with single-node reservations joins cluster mode", () => {
     // A restart is no second join.
     a = await a.restart();
     expect(a.stderr()).not.toContain("joined cluster mode");
+    // Back to single-node mode, it says that it will not join again.
+    expect(await a.stop()).toBe(0);
+    a = await startIpamd({ dir, config: singleNode("a") });
+    expect(a.stderr()).toContain("this database ran in cluster mode before: in single-node mode it does not follow etcd");
   }, 120_000);
 
   it("an address etcd gives another node is logged as held twice, etcd's holder keeps it; without etcd no start", async () => {
