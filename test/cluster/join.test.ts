@@ -80,6 +80,7 @@ describe("a node with single-node reservations joins cluster mode", () => {
     await a.client.release(att("m0"));
     expect(bare(await b.client.allocate(member("m0-b", 0)))).toBe(web0);
     // A restart is no second join.
+    expect(await a.stop()).toBe(0);
     a = await a.restart();
     expect(a.stderr()).not.toContain("joined cluster mode");
     // Back to single-node mode, it says that it will not join again.
