@@ -1146,9 +1146,10 @@ export class ClusterOwnership {
 
   /**
    * Writes reservations made in single-node mode to etcd, 16 transactions at a time: a sticky one as its identity
-   * bound to this node (with its attachment) and its address key, both create-if-absent; a plain attachment as its
-   * address key (the outbox's attach rule). What etcd holds otherwise is a conflict (the address or the identity is
-   * held twice in the cluster): etcd's holder stays, the caller reports it.
+   * bound to this node (with its attachment) and its address key, a plain attachment as its address key; each
+   * create-if-absent (or over a key that only keeps claims off the address). Addresses in other nodes' buffers are
+   * asked back, then tried again. What etcd holds otherwise is a conflict (the address or the identity is held twice
+   * in the cluster): etcd's holder stays, the caller reports it.
    */
   async join(entries: JoinEntry[]): Promise<JoinOutcome[]> {
     const outcomes: JoinOutcome[] = [];
@@ -1216,7 +1217,9 @@ export class ClusterOwnership {
       const [s, k] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
       const now = s ? parseJson<StickyRecord>(s.value, skey) : null;
       const held = k ? parseJson<IpOwner>(k.value, ikey) : null;
-      if (now?.ip === ip && held?.owner === "sticky" && held.identity === name) return { entry, status: "present" };
+      // Present: written by an earlier, interrupted join of this node (another node's is a conflict, below).
+      if (now?.ip === ip && now.node === this.node && held?.owner === "sticky" && held.identity === name)
+        return { entry, status: "present" };
       if (!now) {
         if (!held) ipCompare = { key: ikey, target: "create", equals: 0 };
         else if (held.owner === "cooling") ipCompare = { key: ikey, target: "mod", equals: k!.modRevision };
