@@ -945,50 +945,67 @@ export class ClusterOwnership {
    */
   async claimExact(pool: string, ip: string, attachment: Omit<AttachmentRef, "node">): Promise<number> {
     this.pool(pool);
-    const key = this.keys.ip(pool, ip);
     const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
     let asked = false;
     for (let attempt = 0; ; attempt++) {
-      const gen = this.gen();
-      const value = JSON.stringify({
-        owner: "attachment",
-        node: this.node,
-        gen,
-        at: this.now(),
-        attachment: { ...attachment, node: this.node },
-      } satisfies IpOwner);
-      const kv = await this.client.get(key);
-      const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
-      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === attachment.containerID) return kv!.modRevision;
-      const mine = v?.owner === "buffer" && v.node === this.node;
-      if (v && !mine) {
-        if (v.owner === "buffer" && this.now() < deadline) {
+      const r = await this.exactClaimPass(pool, ip, attachment, false);
+      if (r && "rev" in r) return r.rev;
+      if (r) {
+        if (r.by.owner === "buffer" && this.now() < deadline) {
           if (!asked) {
             await this.requestHandback(pool);
             asked = true;
           }
-          await new Promise((r) => setTimeout(r, 50));
+          await new Promise((res) => setTimeout(res, 50));
           continue;
         }
-        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(v)}; request another address`, false);
+        throw new ClusterError("ip_unavailable", `${ip} is held in etcd by ${describeOwner(r.by)}; request another address`, false);
       }
-      if (mine) {
-        this.buffers.get(pool)!.delete(ip);
-        this.cooling.delete(`${pool} ${ip}`);
-        this.reportBuffer(pool);
-      }
-      const rev = await this.casTxn(
-        "claim-exact",
-        [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }],
-        [{ put: { key, value } }],
-        key,
-        gen,
-      );
-      if (mine) this.o.persist?.removed(pool, [ip]);
-      if (rev) return rev;
       if (attempt >= MAX_CAS_ATTEMPTS)
         throw new ClusterError("inconsistent", `claim of ${ip}: too many conflicting transactions; retry`, true);
     }
+  }
+
+  /**
+   * One pass of an exact claim of `ip` for `attachment`: ours already, or written (create-if-absent, over this node's
+   * buffer entry, with `overCooling` over a released identity's cooldown key) -> its revision; held otherwise -> by
+   * whom; null: the compare failed, read again.
+   */
+  private async exactClaimPass(
+    pool: string,
+    ip: string,
+    attachment: Omit<AttachmentRef, "node">,
+    overCooling: boolean,
+  ): Promise<{ rev: number } | { by: IpOwner } | null> {
+    const key = this.keys.ip(pool, ip);
+    const kv = await this.client.get(key);
+    const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
+    if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === attachment.containerID)
+      return { rev: kv!.modRevision };
+    const mine = v?.owner === "buffer" && v.node === this.node;
+    if (v && !mine && !(overCooling && v.owner === "cooling")) return { by: v };
+    if (mine) {
+      this.buffers.get(pool)!.delete(ip);
+      this.cooling.delete(`${pool} ${ip}`);
+      this.reportBuffer(pool);
+    }
+    const gen = this.gen();
+    const value = JSON.stringify({
+      owner: "attachment",
+      node: this.node,
+      gen,
+      at: this.now(),
+      attachment: { ...attachment, node: this.node },
+    } satisfies IpOwner);
+    const rev = await this.casTxn(
+      "claim-exact",
+      [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }],
+      [{ put: { key, value } }],
+      key,
+      gen,
+    );
+    if (mine) this.o.persist?.removed(pool, [ip]);
+    return rev ? { rev } : null;
   }
 
   /**
@@ -1251,35 +1268,10 @@ export class ClusterOwnership {
     ip: string,
     attachment: Omit<AttachmentRef, "node">,
   ): Promise<{ ok: true } | { ok: false; by: IpOwner }> {
-    const key = this.keys.ip(pool, ip);
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const kv = await this.client.get(key);
-      const v = kv ? parseJson<IpOwner>(kv.value, key) : null;
-      if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === attachment.containerID) return { ok: true };
-      const mine = v?.owner === "buffer" && v.node === this.node;
-      if (v && !mine && v.owner !== "cooling") return { ok: false, by: v };
-      if (mine) {
-        this.buffers.get(pool)!.delete(ip);
-        this.cooling.delete(`${pool} ${ip}`);
-        this.reportBuffer(pool);
-      }
-      const gen = this.gen();
-      const value = JSON.stringify({
-        owner: "attachment",
-        node: this.node,
-        gen,
-        at: this.now(),
-        attachment: { ...attachment, node: this.node },
-      } satisfies IpOwner);
-      const rev = await this.casTxn(
-        "join",
-        [kv ? { key, target: "mod", equals: kv.modRevision } : { key, target: "create", equals: 0 }],
-        [{ put: { key, value } }],
-        key,
-        gen,
-      );
-      if (mine) this.o.persist?.removed(pool, [ip]);
-      if (rev) return { ok: true };
+      const r = await this.exactClaimPass(pool, ip, attachment, true);
+      if (r && "rev" in r) return { ok: true };
+      if (r) return { ok: false, by: r.by };
     }
     throw new ClusterError("inconsistent", `joining ${ip}: ${MAX_CAS_ATTEMPTS} conflicting transactions in a row; retry`, true);
   }
