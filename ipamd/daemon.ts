@@ -56,7 +56,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
   if (!cluster && new ClusterStore(db).state("liveness_confirmed_at") !== undefined) {
     log.warn(
       "this database ran in cluster mode before: in single-node mode it does not follow etcd, and what it reserves now " +
-        "is not written to etcd if it goes back to cluster mode (move the node to a fresh database to switch again)",
+        "is not written to etcd if it goes back to cluster mode (drain the node and give it a new database to switch back)",
     );
   }
   const node = assembleNode(db, config, cluster?.ownership);
