@@ -150,7 +150,11 @@ export async function startIpamd(opts: StartOptions): Promise<DaemonHandle> {
       proc.kill("SIGKILL");
       await exited;
     },
-    restart: (extraArgs) => startIpamd({ ...opts, dir, args: extraArgs ?? opts.args }),
+    restart: (extraArgs) => {
+      // A second daemon on the same files fails on the database lock, while the status check reaches the first one.
+      if (running.has(proc)) throw new Error(`restart of the ipamd on ${socket} while it runs: stop() it first`);
+      return startIpamd({ ...opts, dir, args: extraArgs ?? opts.args });
+    },
     // (restart keeps env and nodeArgs)
   };
   const deadline = Date.now() + 15_000;
