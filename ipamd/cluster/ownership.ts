@@ -911,8 +911,9 @@ export class ClusterOwnership {
   }
 
   /**
-   * A new sticky identity on buffered address `b`: its two compares (the identity absent, the buffer key unchanged)
-   * and its two puts (the identity's record, the address key owned by it), for bindSticky and createSticky.
+   * A new sticky identity on address `b`: its two compares (the identity absent; the address key unchanged since
+   * `b.modRevision`, or absent when that is 0) and its two puts (the identity's record, the address key owned by
+   * it), for bindSticky, createSticky and the join.
    */
   private stickyCreate(
     identity: StickyIdentity,
@@ -921,10 +922,18 @@ export class ClusterOwnership {
     gen: string,
     at: number,
     attachment?: AttachmentRef,
+    pinned = false,
   ): { skey: string; ikey: string; rec: StickyRecord; compares: Compare[]; puts: TxnOp[] } {
     const skey = this.keys.sticky(identity);
     const ikey = this.keys.ip(identity.pool, b.ip);
-    const rec: StickyRecord = { ip: b.ip, node: boundTo, gen, at, ...(attachment ? { attachment } : {}) };
+    const rec: StickyRecord = {
+      ip: b.ip,
+      node: boundTo,
+      gen,
+      at,
+      ...(pinned ? { pinned: true } : {}),
+      ...(attachment ? { attachment } : {}),
+    };
     const owner: IpOwner = { owner: "sticky", node: boundTo, gen, at, identity: this.keys.identityName(identity) };
     return {
       skey,
@@ -932,7 +941,7 @@ export class ClusterOwnership {
       rec,
       compares: [
         { key: skey, target: "create", equals: 0 },
-        { key: ikey, target: "mod", equals: b.modRevision },
+        b.modRevision ? { key: ikey, target: "mod", equals: b.modRevision } : { key: ikey, target: "create", equals: 0 },
       ],
       puts: [{ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } }],
     };
@@ -1204,28 +1213,23 @@ export class ClusterOwnership {
     const name = this.keys.identityName(identity);
     const skey = this.keys.sticky(identity);
     const ikey = this.keys.ip(identity.pool, ip);
-    // Absent, or a key that blocks only claims (a released identity's cooldown): the sandbox here uses the address.
-    let ipCompare: Compare = { key: ikey, target: "create", equals: 0 };
+    // 0: absent; else the revision of a key that blocks only claims (a released identity's cooldown): the sandbox
+    // here uses the address.
+    let ipRevision = 0;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const gen = this.gen();
-      const at = this.now();
       const attachment = entry.attachment ? { ...entry.attachment, node: this.node } : undefined;
-      const rec: StickyRecord = {
-        ip,
-        node: this.node,
-        gen,
-        at,
-        ...(entry.pinned ? { pinned: true } : {}),
-        ...(attachment ? { attachment } : {}),
-      };
-      const owner: IpOwner = { owner: "sticky", node: this.node, gen, at, identity: name };
+      const c = this.stickyCreate(
+        identity,
+        { pool: identity.pool, ip, modRevision: ipRevision },
+        this.node,
+        this.gen(),
+        this.now(),
+        attachment,
+        entry.pinned,
+      );
       let r;
       try {
-        r = await this.client.txn(
-          [{ key: skey, target: "create", equals: 0 }, ipCompare],
-          [{ put: { key: skey, value: JSON.stringify(rec) } }, { put: { key: ikey, value: JSON.stringify(owner) } }],
-          [{ get: { key: skey } }, { get: { key: ikey } }],
-        );
+        r = await this.client.txn(c.compares, c.puts, [{ get: { key: skey } }, { get: { key: ikey } }]);
       } catch (e) {
         if (!(e instanceof EtcdOutcomeUnknown)) throw e;
         continue; // the next pass reads what landed: present, or written now
@@ -1238,8 +1242,8 @@ export class ClusterOwnership {
       if (now?.ip === ip && now.node === this.node && held?.owner === "sticky" && held.identity === name)
         return { entry, status: "present" };
       if (!now) {
-        if (!held) ipCompare = { key: ikey, target: "create", equals: 0 };
-        else if (held.owner === "cooling") ipCompare = { key: ikey, target: "mod", equals: k!.modRevision };
+        if (!held) ipRevision = 0;
+        else if (held.owner === "cooling") ipRevision = k!.modRevision;
         else return { entry, status: "conflict", detail: `${ip} of ${name} is held in etcd by ${describeOwner(held)}`, heldBy: held };
         continue;
       }
