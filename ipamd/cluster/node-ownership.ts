@@ -500,7 +500,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
   }
 }
 
-function memberOfRow(row: Row): Member {
+export function memberOfRow(row: Row): Member {
   return { namespace: row.namespace!, statefulset: row.statefulset!, ordinal: row.ordinal!, owner: row.owner };
 }
 

@@ -16,14 +16,14 @@ import type { EventDraft } from "../events";
 import { type NodePools, selectorMatches } from "../pools";
 import { ownerOf, StatefulSets } from "../statefulsets";
 import type { DB } from "../store/database";
-import type { Statements } from "../store/statements";
+import type { Row, Statements } from "../store/statements";
 import { ClusterError } from "./errors";
 import { type ConnectionState, EtcdClient, EtcdError, type KeyValue } from "./etcd";
-import { type IpOwner, KeyLayout, parseJson, type StickyIdentity } from "./keys";
+import { type AttachmentRef, type IpOwner, KeyLayout, parseJson, type StickyIdentity } from "./keys";
 import { NodeLiveness, type ReapReport, Reaper } from "./liveness";
 import { ClusterStore } from "./local-store";
 import { ClusterMetrics } from "./metrics";
-import { ClusterNodeOwnership, identityOf } from "./node-ownership";
+import { ClusterNodeOwnership, identityOf, memberOfRow } from "./node-ownership";
 import { type BufferEntry, ClusterOwnership, type JoinEntry, type JoinOutcome } from "./ownership";
 import { type StickyChange, StickyFeed } from "./sticky-events";
 import { WatchLoop } from "./watch";
@@ -228,11 +228,9 @@ export class ClusterNode {
     const entries: JoinEntry[] = [];
     for (const row of this.store!.matching({}, 10_000_000)) {
       if (!pools.has(row.pool)) continue;
-      const attachment = row.container_id
-        ? { containerID: row.container_id, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) }
-        : undefined;
+      const attachment = attachmentOf(row);
       if (row.sticky) {
-        const identity = identityOf({ namespace: row.namespace!, statefulset: row.statefulset!, ordinal: row.ordinal! }, row.pool);
+        const identity = identityOf(memberOfRow(row), row.pool);
         entries.push({ identity, ip: row.ip, pinned: row.pinned === 1, ...(attachment ? { attachment } : {}) });
       } else if (attachment) {
         entries.push({ pool: row.pool, ip: row.ip, attachment });
@@ -374,7 +372,7 @@ export class ClusterNode {
             op: "attach",
             pool: row.pool,
             ip: row.ip,
-            attachment: { containerID: row.container_id!, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) },
+            attachment: attachmentOf(row)!,
           },
           Date.now(),
         );
@@ -679,6 +677,12 @@ export class ClusterNode {
       nodesInGrace: this.lastReap.waiting.map((w) => ({ node: w.node, goneSeconds: Math.round(w.goneForMs / 1000) })),
     };
   }
+}
+
+/** The sandbox a row is attached to, as etcd records it (without the node), or undefined when detached. */
+function attachmentOf(row: Row): Omit<AttachmentRef, "node"> | undefined {
+  if (!row.container_id) return undefined;
+  return { containerID: row.container_id, ifName: row.ifname!, ...(row.pod_uid ? { podUID: row.pod_uid } : {}) };
 }
 
 function cannotJoin(reservations: number, e: Error): Error {
