@@ -19,7 +19,7 @@ export class DelegatedIpam implements Ipam {
   ) {}
 
   async add(undo?: UndoStack): Promise<IpamAllocation> {
-    const result = this.run("ADD")!;
+    const result = (await this.run("ADD"))!;
     undo?.push(`release addresses (${this.type})`, () => this.run("DEL"));
     const ips = result.ips ?? [];
     const addresses = ips.map((ip) => ({
@@ -36,23 +36,24 @@ export class DelegatedIpam implements Ipam {
   }
 
   async del(): Promise<void> {
-    this.run("DEL");
+    await this.run("DEL");
   }
 
   async check(): Promise<undefined> {
-    this.run("CHECK");
+    await this.run("CHECK");
     return undefined;
   }
 
   async status(): Promise<void> {
-    this.run("STATUS");
+    await this.run("STATUS");
   }
 
   async gc(): Promise<void> {
-    this.run("GC");
+    await this.run("GC");
   }
 
-  private run(command: DelegateRequest["command"]): Result | undefined {
+  /** Starts the plugin before it returns: it runs in its own process while the caller goes on. */
+  private run(command: DelegateRequest["command"]): Promise<Result | undefined> {
     const { ctx } = this;
     return delegateIpam({
       command,
@@ -112,44 +113,65 @@ interface PluginRun {
   stderr: string;
 }
 
-// The compiled plugins run under Bun, whose own spawnSync costs ~3 ms less CPU per call than
-// loading node:child_process (measured in `make bench`, plugin against plugin on host-local).
+// The compiled plugins run under Bun, whose own spawn costs ~3 ms less CPU per call than loading
+// node:child_process (measured in `make bench`, plugin against plugin on host-local).
 declare const Bun: {
-  spawnSync(
+  spawn(
     cmd: string[],
     o: { env: Record<string, string | undefined>; stdin: Buffer; stdout: "pipe"; stderr: "pipe" },
   ): {
+    exited: Promise<number>;
     exitCode: number | null;
     signalCode: string | null;
-    stdout: Buffer;
-    stderr: Buffer;
+    stdout: ReadableStream<Uint8Array>;
+    stderr: ReadableStream<Uint8Array>;
   };
 };
 
-function runPlugin(path: string, env: Record<string, string | undefined>, stdin: string): PluginRun {
+/**
+ * Runs the plugin. Under Bun the process starts (and gets its stdin, a config is far below a pipe's
+ * buffer) before this returns, so it works while the caller's thread is busy: DEL's link delete in
+ * the kernel, ADD's checks of the host and the pod.
+ */
+function runPlugin(path: string, env: Record<string, string | undefined>, stdin: string): Promise<PluginRun> {
   if (process.versions.bun) {
+    let child: ReturnType<typeof Bun.spawn>;
     try {
-      const r = Bun.spawnSync([path], { env, stdin: Buffer.from(stdin), stdout: "pipe", stderr: "pipe" });
-      return { status: r.exitCode, signal: r.signalCode, stdout: r.stdout.toString("utf8"), stderr: r.stderr.toString("utf8") };
+      child = Bun.spawn([path], { env, stdin: Buffer.from(stdin), stdout: "pipe", stderr: "pipe" });
     } catch (e) {
-      return { error: e as Error, status: null, signal: null, stdout: "", stderr: "" };
+      return Promise.resolve({ error: e as Error, status: null, signal: null, stdout: "", stderr: "" });
     }
+    const text = (s: ReadableStream<Uint8Array>) => new Response(s).text();
+    return Promise.all([text(child.stdout), text(child.stderr), child.exited]).then(([stdout, stderr]) => ({
+      status: child.signalCode ? null : child.exitCode,
+      signal: child.signalCode,
+      stdout,
+      stderr,
+    }));
   }
   // Loaded only for a delegated type: berth-ipam never needs child_process.
   const { spawnSync } = process.getBuiltinModule("node:child_process");
   const r = spawnSync(path, [], { input: stdin, env, encoding: "utf8", maxBuffer: 16 << 20 });
-  return { error: r.error, status: r.status, signal: r.signal, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
+  return Promise.resolve({ error: r.error, status: r.status, signal: r.signal, stdout: r.stdout ?? "", stderr: r.stderr ?? "" });
 }
 
 /**
  * Runs the IPAM plugin. ADD returns its result in the internal shape; the other verbs return
  * undefined. A CNI error from the plugin is rethrown with its own code.
  */
-export function delegateIpam(req: DelegateRequest): Result | undefined {
-  const path = findPlugin(req.ipamType, req.cniPath);
-  const env = { ...req.env, CNI_COMMAND: req.command, CNI_PATH: req.cniPath.join(":") };
-  req.log?.debug("delegating to IPAM plugin", { plugin: path, verb: req.command });
-  const run = runPlugin(path, env, req.stdin);
+export function delegateIpam(req: DelegateRequest): Promise<Result | undefined> {
+  try {
+    const path = findPlugin(req.ipamType, req.cniPath);
+    const env = { ...req.env, CNI_COMMAND: req.command, CNI_PATH: req.cniPath.join(":") };
+    req.log?.debug("delegating to IPAM plugin", { plugin: path, verb: req.command });
+    return runPlugin(path, env, req.stdin).then((run) => delegateOutcome(req, path, run));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/** The result of an ADD (internal shape) or undefined; the plugin's failure as a CniError. */
+function delegateOutcome(req: DelegateRequest, path: string, run: PluginRun): Result | undefined {
   const name = req.ipamType;
   if (run.error) {
     throw new CniError(

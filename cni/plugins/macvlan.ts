@@ -160,40 +160,66 @@ export function ownership(ctx: CniContext<unknown>): { alias: string; tmpName: s
   return { alias: `berth-macvlan ${hash}`, tmpName: `bmv${hash.slice(0, 8)}` };
 }
 
+/**
+ * What ADD checks on the host and in the pod before it makes a link: the master, MTU, burst and MAC
+ * against it, the pod's namespace and interface name, and a temporary link a killed ADD left.
+ * Returns the master, the attachment's ownership marks and the pod's namespace, opened once (its fd creates the macvlan inside, its
+ * socket does all pod-side netlink work; the caller closes it).
+ */
+function checkHostAndPod(ctx: Ctx, host: NetlinkSocket, bandwidth: ReturnType<typeof bandwidthLimits>, requested?: string) {
+  const cfg = ctx.pluginConfig;
+  const master = lookupMaster(host, cfg);
+  if (cfg.mtu > master.mtu) {
+    throw invalid(
+      "mtu",
+      `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
+      `use at most ${master.mtu}, or 0 for the master's MTU`,
+    );
+  }
+  checkBurstFitsMtu(bandwidth, cfg.mtu || master.mtu, ctx.ifName);
+  const wanted = requested ?? cfg.mac;
+  if (wanted && wanted === master.mac) {
+    throw new CniError(
+      CniCode.InvalidConfig,
+      `cannot use MAC ${wanted} for the pod: it is the MAC of master ${master.name}`,
+      `a macvlan needs its own MAC; ${PICK_ANOTHER_MAC}`,
+    );
+  }
+  const podNs = openPodNetns(ctx.netns);
+  try {
+    refuseExistingIfName(podNs, ctx.ifName);
+    const own = ownership(ctx);
+    deleteOwnLink(podNs.nl, own.tmpName, own, ctx.log); // a killed ADD of this attachment left it
+    return { master, podNs, own };
+  } catch (e) {
+    podNs.close();
+    throw e;
+  }
+}
+
 async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.pluginConfig;
   const log = ctx.log;
   const bandwidth = bandwidthLimits(ctx.conf);
-  // Everything that can be refused is refused before anything changes.
+  const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
-    const master = lookupMaster(host, cfg);
-    if (cfg.mtu > master.mtu) {
-      throw invalid(
-        "mtu",
-        `${cfg.mtu} is larger than the MTU of master ${master.name} (${master.mtu})`,
-        `use at most ${master.mtu}, or 0 for the master's MTU`,
-      );
-    }
-    checkBurstFitsMtu(bandwidth, cfg.mtu || master.mtu, ctx.ifName);
-    const requested = ctx.requestedMac ? unicastMac(ctx.requestedMac, "runtimeConfig.mac / CNI_ARGS MAC") : undefined;
-    const wanted = requested ?? cfg.mac;
-    if (wanted && wanted === master.mac) {
-      throw new CniError(
-        CniCode.InvalidConfig,
-        `cannot use MAC ${wanted} for the pod: it is the MAC of master ${master.name}`,
-        `a macvlan needs its own MAC; ${PICK_ANOTHER_MAC}`,
-      );
-    }
-    // Opened once: its fd creates the macvlan inside, its socket does all pod-side netlink work.
-    const podNs = (pod = openPodNetns(ctx.netns));
-    refuseExistingIfName(podNs, ctx.ifName);
-    const own = ownership(ctx);
-    deleteOwnLink(podNs.nl, own.tmpName, own, ctx.log); // a killed ADD of this attachment left it
-
     return await withUndo(log, async (undo) => {
-      const alloc = await ipamOf(ctx)?.add(undo);
+      // The IPAM request leaves first, and ipamd (or the delegated plugin, in its own process) works
+      // on it while this thread checks the host and the pod. A refusal there gives the addresses
+      // back, after the allocation has answered (its release is on the undo stack then).
+      const allocating = ipamOf(ctx)?.add(undo);
+      let checked: ReturnType<typeof checkHostAndPod>;
+      try {
+        checked = checkHostAndPod(ctx, host, bandwidth, requested);
+      } catch (e) {
+        await allocating?.catch(() => undefined);
+        throw e;
+      }
+      const { master, podNs, own } = checked;
+      pod = podNs;
+      const alloc = await allocating;
       const addresses = (alloc?.result.ips ?? []).map((ip) => ip.address);
       if (cfg.vlan && alloc?.vlan && alloc.vlan !== cfg.vlan) {
         log.warn("the config's vlan overrides the pool's", { configVlan: cfg.vlan, poolVlan: alloc.vlan });

@@ -12,7 +12,7 @@ import { CniError } from "../../cni/skel/errors";
 import { ipamOf } from "../../cni/ipam/client";
 import { nullLogger } from "../../cni/skel/log";
 import { withUndo } from "../../cni/skel/undo";
-import { cniErrorOf } from "../helpers/cni-error";
+import { cniRejectionOf } from "../helpers/cni-error";
 
 const dataDir = mkdtempSync(join(tmpdir(), "berth-hostlocal-"));
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -46,40 +46,40 @@ function req(command: DelegateRequest["command"], config: Record<string, any>, e
 }
 
 describe("delegateIpam with host-local", () => {
-  it("ADD returns host-local's result; DEL releases it; DEL again succeeds", () => {
-    const result = delegateIpam(req("ADD", hostLocal()));
+  it("ADD returns host-local's result; DEL releases it; DEL again succeeds", async () => {
+    const result = await delegateIpam(req("ADD", hostLocal()));
     expect(result).toEqual({ ips: [{ address: "10.98.0.10/24", gateway: "10.98.0.1" }], routes: [{ dst: "0.0.0.0/0" }], dns: {} });
     expect(existsSync(join(dataDir, "hl-net", "10.98.0.10"))).toBe(true);
-    expect(delegateIpam(req("DEL", hostLocal()))).toBeUndefined();
+    expect(await delegateIpam(req("DEL", hostLocal()))).toBeUndefined();
     expect(existsSync(join(dataDir, "hl-net", "10.98.0.10"))).toBe(false);
-    delegateIpam(req("DEL", hostLocal()));
+    await delegateIpam(req("DEL", hostLocal()));
   });
 
-  it("reads a 0.3.1 result (ips with version) into the internal shape", () => {
-    const result = delegateIpam(req("ADD", hostLocal("0.3.1", "hl-old"), { CNI_CONTAINERID: "ctr-old" }));
+  it("reads a 0.3.1 result (ips with version) into the internal shape", async () => {
+    const result = await delegateIpam(req("ADD", hostLocal("0.3.1", "hl-old"), { CNI_CONTAINERID: "ctr-old" }));
     expect(result?.ips).toEqual([{ address: "10.98.0.10/24", gateway: "10.98.0.1" }]);
-    delegateIpam(req("DEL", hostLocal("0.3.1", "hl-old"), { CNI_CONTAINERID: "ctr-old" }));
+    await delegateIpam(req("DEL", hostLocal("0.3.1", "hl-old"), { CNI_CONTAINERID: "ctr-old" }));
   });
 
-  it("passes host-local's own CNI error through with its code", () => {
-    const e = cniErrorOf(() => delegateIpam(req("ADD", hostLocal(), { CNI_ARGS: "IP=10.99.99.99" })));
+  it("passes host-local's own CNI error through with its code", async () => {
+    const e = await cniRejectionOf(delegateIpam(req("ADD", hostLocal(), { CNI_ARGS: "IP=10.99.99.99" })));
     expect(e.message).toMatch(/^IPAM plugin host-local ADD failed: /);
     expect(e.message).toContain("10.99.99.99");
     expect(e.code).toBe(999); // what host-local itself answered
     // host-local only speaks up to 1.0.0: its code 1 comes back unchanged.
-    expect(cniErrorOf(() => delegateIpam(req("ADD", hostLocal("1.1.0")))).code).toBe(1);
+    expect((await cniRejectionOf(delegateIpam(req("ADD", hostLocal("1.1.0"))))).code).toBe(1);
   });
 
-  it("code 100 when the plugin is not in CNI_PATH, 7 for a path in ipam.type", () => {
-    const missing = cniErrorOf(() => delegateIpam({ ...req("ADD", hostLocal()), ipamType: "whereabouts" }));
+  it("code 100 when the plugin is not in CNI_PATH, 7 for a path in ipam.type", async () => {
+    const missing = await cniRejectionOf(delegateIpam({ ...req("ADD", hostLocal()), ipamType: "whereabouts" }));
     expect(missing.code).toBe(100);
     expect(missing.message).toBe('failed to find IPAM plugin "whereabouts" in CNI_PATH [/nonexistent-dir /usr/lib/cni]');
-    expect(cniErrorOf(() => delegateIpam({ ...req("ADD", hostLocal()), ipamType: "../bin/sh" })).code).toBe(7);
+    expect((await cniRejectionOf(delegateIpam({ ...req("ADD", hostLocal()), ipamType: "../bin/sh" }))).code).toBe(7);
   });
 });
 
 describe("delegateIpam with static", () => {
-  it("returns the configured addresses", () => {
+  it("returns the configured addresses", async () => {
     const config = {
       cniVersion: "1.0.0",
       name: "st",
@@ -91,7 +91,7 @@ describe("delegateIpam with static", () => {
         dns: { nameservers: ["10.97.0.53"] },
       },
     };
-    expect(delegateIpam(req("ADD", config))).toEqual({
+    expect(await delegateIpam(req("ADD", config))).toEqual({
       ips: [{ address: "10.97.0.5/24", gateway: "10.97.0.1" }, { address: "fd00:97::5/64" }],
       routes: [{ dst: "10.0.0.0/8" }],
       dns: { nameservers: ["10.97.0.53"] },

@@ -180,6 +180,28 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
     const add = cni(lab, macvlan(), { command: "ADD", config: conf(), containerId: "exists-1", netns: pod.path, ifName: "eth0" });
     expect(add.json).toMatchObject({ code: 142 });
     expect(await held()).toEqual(before);
+    // A StatefulSet member: its reservation is not left attached to the failed sandbox either.
+    const member = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf(),
+      containerId: "exists-2",
+      netns: pod.path,
+      ifName: "eth0",
+      cniArgs: stsArgs("web-7"),
+    });
+    expect(member.json).toMatchObject({ code: 142 });
+    expect(await held()).toEqual(before);
+    // The master is gone: refused with code 7 naming it, the address given back.
+    const noMaster = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf({ master: "nosuchm0" }),
+      containerId: "exists-3",
+      netns: pod.path,
+      ifName: "eth1",
+    });
+    expect(noMaster.json).toMatchObject({ code: 7 });
+    expect(noMaster.json.msg).toContain('"nosuchm0" does not exist');
+    expect(await held()).toEqual(before);
     expect(macvlans(pod)).toEqual([]);
     expect(
       links(pod)

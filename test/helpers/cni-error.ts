@@ -17,6 +17,19 @@ export function cniErrorOf(fn: () => unknown): CniError {
   throw new Error("expected a CniError");
 }
 
+/** The same for a promise, which must reject with a CniError. */
+export async function cniRejectionOf(promise: Promise<unknown>): Promise<CniError> {
+  return promise.then(
+    () => {
+      throw new Error("expected a CniError");
+    },
+    (e: unknown) =>
+      cniErrorOf(() => {
+        throw e;
+      }),
+  );
+}
+
 /**
  * A built plugin's run must have failed with CNI error `code` (exit 1, one JSON error document on
  * stdout) and, when given, a message matching `msg`. Returns the error document.
