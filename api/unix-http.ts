@@ -60,7 +60,7 @@ export function send(
   }
   return () => {
     try {
-      return parseAnswer(receiveAll(fd, timeoutMs));
+      return receiveAnswer(fd, timeoutMs);
     } finally {
       libc.close(fd);
     }
@@ -125,30 +125,42 @@ function sendAll(fd: number, data: Buffer, timeoutMs: number): void {
   }
 }
 
-/** Everything until the daemon closes the connection (the request said `connection: close`). */
-function receiveAll(fd: number, timeoutMs: number): Buffer {
-  const chunks: Buffer[] = [];
+/**
+ * Reads the answer until its body is complete (content-length, or the last chunk of a chunked
+ * body): the plugin need not wait for the daemon to close the connection. Without either it reads
+ * until the close (the request said `connection: close`). One receive buffer for the whole answer.
+ */
+function receiveAnswer(fd: number, timeoutMs: number): Exchange {
+  const buf = Buffer.allocUnsafe(65536);
+  let raw = Buffer.alloc(0);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const buf = Buffer.allocUnsafe(65536);
     const n = libc.recv(fd, buf, buf.length, 0);
     if (n > 0) {
-      chunks.push(buf.subarray(0, n));
+      raw = Buffer.concat([raw, buf.subarray(0, n)]);
+      const answer = completeAnswer(raw);
+      if (answer) return answer;
       // SO_RCVTIMEO bounds each recv; this bounds a daemon that trickles its answer.
       if (Date.now() > deadline) throw new ExchangeError(`no complete answer within ${timeoutMs} ms`, "ETIMEDOUT");
       continue;
     }
-    if (n === 0) return Buffer.concat(chunks);
+    if (n === 0) return completeAnswer(raw, true)!;
     const errno = lastErrno();
     if (errno === EINTR) continue;
     throw timedOut(errno) ? new ExchangeError(`no answer within ${timeoutMs} ms`, "ETIMEDOUT") : fail("recv", errno);
   }
 }
 
-/** Status and body of an HTTP/1.1 answer (content-length or chunked). */
-function parseAnswer(raw: Buffer): Exchange {
+/**
+ * Status and body of an HTTP/1.1 answer (content-length or chunked); undefined while more is to
+ * come. At the connection's end (`closed`) an answer cut short is an error.
+ */
+function completeAnswer(raw: Buffer, closed = false): Exchange | undefined {
   const end = raw.indexOf("\r\n\r\n");
-  if (end < 0) throw new ExchangeError(`the answer ended after ${raw.length} bytes, inside its headers`, "EPROTO");
+  if (end < 0) {
+    if (closed) throw new ExchangeError(`the answer ended after ${raw.length} bytes, inside its headers`, "EPROTO");
+    return undefined;
+  }
   const [statusLine = "", ...lines] = raw.subarray(0, end).toString("latin1").split("\r\n");
   const status = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1];
   if (!status)
@@ -160,21 +172,32 @@ function parseAnswer(raw: Buffer): Exchange {
     }),
   );
   let body = raw.subarray(end + 4);
-  if (/chunked/i.test(headers.get("transfer-encoding") ?? "")) body = dechunk(body);
-  else if (headers.has("content-length")) {
+  if (/chunked/i.test(headers.get("transfer-encoding") ?? "")) {
+    const whole = dechunk(body, closed);
+    if (!whole) return undefined;
+    body = whole;
+  } else if (headers.has("content-length")) {
     const length = Number(headers.get("content-length"));
-    if (body.length < length) throw new ExchangeError(`the answer ended after ${body.length} of ${length} body bytes`, "EPROTO");
+    if (body.length < length) {
+      if (closed) throw new ExchangeError(`the answer ended after ${body.length} of ${length} body bytes`, "EPROTO");
+      return undefined;
+    }
     body = body.subarray(0, length);
+  } else if (!closed) {
+    return undefined;
   }
   return { status: Number(status), body: body.toString("utf8") };
 }
 
-function dechunk(data: Buffer): Buffer {
+/** The body of chunked `data`; undefined when its last chunk has not come yet (an error once `closed`). */
+function dechunk(data: Buffer, closed: boolean): Buffer | undefined {
   const parts: Buffer[] = [];
   for (let off = 0; ; ) {
     const eol = data.indexOf("\r\n", off);
     const size = eol < 0 ? NaN : parseInt(data.subarray(off, eol).toString("latin1"), 16);
-    if (!Number.isFinite(size)) throw new ExchangeError("the answer's chunked body is cut short or malformed", "EPROTO");
+    const cut = eol < 0 || (Number.isFinite(size) && data.length < eol + 2 + size + 2);
+    if (cut && !closed) return undefined;
+    if (!Number.isFinite(size) || cut) throw new ExchangeError("the answer's chunked body is cut short or malformed", "EPROTO");
     if (size === 0) return Buffer.concat(parts);
     parts.push(data.subarray(eol + 2, eol + 2 + size));
     off = eol + 2 + size + 2;

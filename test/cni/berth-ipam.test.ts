@@ -2,7 +2,7 @@
 // (own socket and SQLite file) and REAL network namespaces; and the reference macvlan plugin
 // using berth-ipam as its IPAM.
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -438,6 +438,53 @@ describe("daemon down", () => {
       expectCniError(r, 11, `ipamd is not reachable at ${sock}: the socket's connection backlog is full (EAGAIN)`);
       expect(r.json.msg).not.toMatch(/typo/i);
       expect(r.json.msg.match(/not reachable/g)).toHaveLength(1);
+    } finally {
+      server.kill();
+    }
+  });
+  it("reads an answer as soon as it is complete; an answer cut short is 11 naming what came", async () => {
+    const sock = join(tmp, "answers.sock");
+    // A daemon that answers each connection with the next scripted bytes; "hold" keeps it open.
+    const answers = [
+      { bytes: `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 27\r\n\r\n{"released":[],"kept":[]}  `, hold: true },
+      {
+        bytes: "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n" + '{"released":[],"' + '\r\n9\r\nkept":[]}\r\n0\r\n\r\n',
+        hold: true,
+      },
+      { bytes: 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"ips":', hold: false },
+    ];
+    const server = spawn(
+      "python3",
+      [
+        "-c",
+        [
+          "import json,socket,sys,time",
+          "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)",
+          "held=[]",
+          "print('ready', flush=True)",
+          "for a in json.loads(sys.argv[2]):",
+          "  c,_=s.accept(); data=b''",
+          "  while b'\\r\\n\\r\\n' not in data: data+=c.recv(65536)",
+          "  c.sendall(a['bytes'].encode())",
+          "  held.append(c) if a['hold'] else c.close()",
+          "time.sleep(60)",
+        ].join("\n"),
+        sock,
+        JSON.stringify(answers),
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    try {
+      await new Promise((resolve) => server.stdout!.once("data", resolve));
+      const spoolDir = join(tmp, "answers-spool");
+      // The connection stays open: waiting for its end would time out and spool the release.
+      for (const n of [1, 2]) {
+        const del = runCni(ipam, { command: "DEL", config: conf({}, { socket: sock, spoolDir, timeoutMs: 3000 }), ...call() });
+        expect(del.code, `answer ${n}: ${del.stdout}`).toBe(0);
+        expect(existsSync(spoolDir), `answer ${n} was spooled`).toBe(false);
+      }
+      const add = runCni(ipam, { command: "ADD", config: conf({}, { socket: sock, timeoutMs: 3000 }), ...call() });
+      expectCniError(add, 11, `ipamd is not reachable at ${sock}: the answer ended after 7 of 100 body bytes`);
     } finally {
       server.kill();
     }
