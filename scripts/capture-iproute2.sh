@@ -113,6 +113,9 @@ capture link-set-address $NEWLINK "{\"index\":$CAP2,\"mac\":\"02:00:00:00:00:99\
   "${RUN[@]}" link set dev cap2 address 02:00:00:00:00:99
 capture link-set-alias $NEWLINK "{\"index\":$CAP2,\"alias\":\"berth pod eth0\"}" "" -- \
   "${RUN[@]}" link set dev cap2 alias "berth pod eth0"
+capture link-set-name-alias $NEWLINK "{\"index\":$CAP2,\"name\":\"cap2x\",\"alias\":\"berth pod eth0\"}" "" -- \
+  "${RUN[@]}" link set dev cap2 name cap2x alias "berth pod eth0"
+ip "${RUN[@]}" link set dev cap2x name cap2
 NSFD_KEY=netnsFd capture link-set-netns $NEWLINK "{\"index\":$CAP1}" "$NSFD_NOTE" -- "${RUN[@]}" link set dev cap1 netns "$NSB"
 capture link-del $DELLINK "{\"index\":$CAP2}" "" -- "${RUN[@]}" link del dev cap2
 

@@ -38,6 +38,9 @@ const IFLA_OPERSTATE = 16;
 export const IFLA_LINKINFO = 18;
 export const IFLA_IFALIAS = 20;
 export const IFLA_NUM_VF = 21;
+const IFLA_AF_SPEC = 26;
+const IFLA_INET_CONF = 1;
+const AF_INET = 2;
 export const IFLA_VFINFO_LIST = 22;
 const IFLA_NET_NS_FD = 28;
 const IFLA_EXT_MASK = 29;
@@ -349,9 +352,33 @@ export function encodeSetLinkMtu(index: number, mtu: number): MessageBuilder {
 export const encodeSetLinkMac = (index: number, mac: string) => setMsg(index).attr(IFLA_ADDRESS, macToBuffer(mac));
 /** = `ip link set dev X alias ALIAS` (no terminating NUL, like iproute2) */
 export function encodeSetLinkAlias(index: number, alias: string): MessageBuilder {
-  if (Buffer.byteLength(alias) > 255) throw new TypeError(`interface alias too long (${Buffer.byteLength(alias)} bytes): at most 255`);
+  checkAlias(alias);
   return setMsg(index).str(IFLA_IFALIAS, alias);
 }
+function checkAlias(alias: string): void {
+  if (Buffer.byteLength(alias) > 255) throw new TypeError(`interface alias too long (${Buffer.byteLength(alias)} bytes): at most 255`);
+}
+/** = `ip link set dev X name NAME alias ALIAS`: both in one message (the alias first, as iproute2 sends it). */
+export function encodeRenameLink(index: number, name: string, alias: string): MessageBuilder {
+  checkName(name);
+  checkAlias(alias);
+  return setMsg(index).str(IFLA_IFALIAS, alias).strz(IFLA_IFNAME, name);
+}
+/**
+ * The interface's IPv4 settings (net.ipv4.conf.<if>.*) by their IPV4_DEVCONF_ ids, which the kernel
+ * takes in IFLA_AF_SPEC: no namespace switch and no /proc write for them (iproute2 has no command).
+ */
+export function encodeSetIpv4Conf(index: number, conf: [id: number, value: number][]): MessageBuilder {
+  return setMsg(index).nest(IFLA_AF_SPEC, (spec) =>
+    spec.nest(AF_INET, (inet) =>
+      inet.nest(IFLA_INET_CONF, (c) => {
+        for (const [id, value] of conf) c.u32(id, value);
+      }),
+    ),
+  );
+}
+/** IPV4_DEVCONF_ARP_NOTIFY (include/uapi/linux/ip.h): net.ipv4.conf.<if>.arp_notify */
+export const IPV4_DEVCONF_ARP_NOTIFY = 22;
 /** = `ip link set dev X netns NS` */
 export const encodeSetLinkNetns = (index: number, netnsFd: number) => setMsg(index).u32(IFLA_NET_NS_FD, netnsFd);
 /** = `ip link del dev X` */
@@ -397,6 +424,20 @@ export const setLinkAlias = (nl: NetlinkSocket, index: number, alias: string) =>
     nl,
     encodeSetLinkAlias(index, alias),
     () => `RTM_NEWLINK set ${describeLink(nl, index)} alias "${alias}"`,
+    () => describeLink(nl, index),
+  );
+export const renameLink = (nl: NetlinkSocket, index: number, name: string, alias: string) =>
+  requestNaming(
+    nl,
+    encodeRenameLink(index, name, alias),
+    () => `RTM_NEWLINK rename ${describeLink(nl, index)} to "${name}" (alias "${alias}")`,
+    () => describeLink(nl, index),
+  );
+export const setIpv4Conf = (nl: NetlinkSocket, index: number, conf: [id: number, value: number][]) =>
+  requestNaming(
+    nl,
+    encodeSetIpv4Conf(index, conf),
+    () => `RTM_NEWLINK set the IPv4 settings of ${describeLink(nl, index)}`,
     () => describeLink(nl, index),
   );
 /** Moves the link into the namespace of `netnsFd` (see openNetnsFd). Its index may change there. */

@@ -9,8 +9,7 @@ import {
   findLinkByIndex,
   findLinkByName,
   getLinkByName,
-  setLinkAlias,
-  setLinkName,
+  renameLink,
   type Link,
   type MacvlanMode,
 } from "../netlink/link";
@@ -150,7 +149,7 @@ function fnv1a(text: string, seed = 0x811c9dc5): string {
 }
 
 /**
- * What marks the pod's macvlan as this attachment's: its alias (set before the rename), and the
+ * What marks the pod's macvlan as this attachment's: its alias (set with the rename), and the
  * temporary name it has until then. DEL deletes only links that carry them, so a DEL after a
  * failed ADD never takes another network's eth0, and a killed ADD's temporary link goes too.
  */
@@ -327,9 +326,8 @@ function configurePod(
   const { ifName, log } = ctx;
   const nl = pod.nl;
   const tmp = getLinkByName(nl, tmpName);
-  setLinkAlias(nl, tmp.index, alias);
   try {
-    setLinkName(nl, tmp.index, ifName);
+    renameLink(nl, tmp.index, ifName, alias);
   } catch (e) {
     if (isNetlinkError(e, "EEXIST")) {
       throw new CniError(

@@ -4,7 +4,7 @@
 import { sleepSync } from "../../lib/files";
 import { canonicalCidr, cidrContains, parseCidr, parseIp } from "../../lib/ip";
 import { addAddress, listAddresses } from "../netlink/addr";
-import { getLinkByIndex, setLinkMac, setLinkMtu, setLinkUp, type Link } from "../netlink/link";
+import { IPV4_DEVCONF_ARP_NOTIFY, getLinkByIndex, setIpv4Conf, setLinkMac, setLinkMtu, setLinkUp, type Link } from "../netlink/link";
 import { addRoute } from "../netlink/route";
 import { isNetlinkError, type NetlinkSocket } from "../netlink/socket";
 import { ifaceSysctl, setSysctl, type Netns } from "../netns";
@@ -82,27 +82,11 @@ export function configurePodInterface(pod: Netns, index: number, s: PodNetSettin
   if (s.mac) setLinkMac(nl, index, s.mac);
   const hasV6 = s.ips.some((ip) => parseCidr(ip.address)?.family === 6);
   // Neighbours learn the pod's MAC for a returning (sticky) IP at once: gratuitous ARP and
-  // unsolicited NA when the link comes up with its addresses.
-  pod.enter(() => {
-    setSysctl(ifaceSysctl(4, s.ifName, "arp_notify"), 1);
-    if (!hasV6) return;
-    for (const dev of ["lo", s.ifName]) {
-      try {
-        setSysctl(ifaceSysctl(6, dev, "disable_ipv6"), 0);
-      } catch (e) {
-        throw new CniError(
-          CniCode.NetnsFailure,
-          `cannot enable IPv6 on ${dev} in ${pod.path}: ${(e as Error).message}`,
-          "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)",
-        );
-      }
-    }
-    setSysctl(ifaceSysctl(6, s.ifName, "ndisc_notify"), 1);
-    if (dad === "optimistic") {
-      setSysctl(ifaceSysctl(6, s.ifName, "optimistic_dad"), 1);
-      setSysctl(ifaceSysctl(6, s.ifName, "use_optimistic"), 1);
-    }
-  });
+  // unsolicited NA when the link comes up with its addresses. arp_notify goes over netlink; the
+  // IPv6 settings have no netlink form, they are written in /proc/sys inside the pod.
+  setIpv4Conf(nl, index, [[IPV4_DEVCONF_ARP_NOTIFY, 1]]);
+  if (hasV6) setIpv6Notify(pod, s.ifName, dad);
+
   for (const ip of s.ips) {
     try {
       addAddress(nl, { index, cidr: ip.address, ...(dad === "off" ? { nodad: true } : dad === "optimistic" ? { optimistic: true } : {}) });
@@ -113,16 +97,38 @@ export function configurePodInterface(pod: Netns, index: number, s: PodNetSettin
   setLinkUp(nl, index);
   if (hasV6 && dad === "wait") waitForDad(nl, index, s);
   addRoutes(nl, index, s.ips, s.routes, s.log);
-  if (s.ips.length) announceAfterCarrier(nl, index, s);
-  return getLinkByIndex(nl, index);
+  return s.ips.length ? announceAfterCarrier(nl, index, s) : getLinkByIndex(nl, index);
+}
+
+/** IPv6 on (lo too) in the pod, unsolicited NA, and with optimistic DAD its two switches. */
+function setIpv6Notify(pod: Netns, ifName: string, dad: DadMode): void {
+  pod.enter(() => {
+    for (const dev of ["lo", ifName]) {
+      try {
+        setSysctl(ifaceSysctl(6, dev, "disable_ipv6"), 0);
+      } catch (e) {
+        throw new CniError(
+          CniCode.NetnsFailure,
+          `cannot enable IPv6 on ${dev} in ${pod.path}: ${(e as Error).message}`,
+          "the pod gets an IPv6 address; IPv6 must not be disabled on the node (ipv6.disable=1 kernel parameter)",
+        );
+      }
+    }
+    setSysctl(ifaceSysctl(6, ifName, "ndisc_notify"), 1);
+    if (dad === "optimistic") {
+      setSysctl(ifaceSysctl(6, ifName, "optimistic_dad"), 1);
+      setSysctl(ifaceSysctl(6, ifName, "use_optimistic"), 1);
+    }
+  });
 }
 
 /**
  * The kernel announces (arp_notify, ndisc_notify) at admin-up, when a NIC or VF often has no
  * carrier yet and the packets are lost. Once carrier is there, setting the MAC it already has
  * (NETDEV_CHANGEADDR) makes the kernel send the gratuitous ARP and the unsolicited NA again.
+ * Returns the link as last read (setting the MAC it has changes nothing ADD reports).
  */
-function announceAfterCarrier(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
+function announceAfterCarrier(nl: NetlinkSocket, index: number, s: PodNetSettings): Link {
   const deadline = Date.now() + (s.carrierWaitMs ?? DEFAULT_CARRIER_WAIT_MS);
   let link = getLinkByIndex(nl, index);
   while (!(link.flags & IFF_LOWER_UP) && Date.now() < deadline) {
@@ -134,14 +140,15 @@ function announceAfterCarrier(nl: NetlinkSocket, index: number, s: PodNetSetting
       ifName: s.ifName,
       waitedMs: s.carrierWaitMs ?? DEFAULT_CARRIER_WAIT_MS,
     });
-    return;
+    return link;
   }
-  if (!link.mac) return;
+  if (!link.mac) return link;
   try {
     setLinkMac(nl, index, link.mac);
   } catch (e) {
     s.log.warn("could not re-announce the pod's addresses", { ifName: s.ifName, error: (e as Error).message });
   }
+  return link;
 }
 
 function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {

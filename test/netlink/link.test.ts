@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  IPV4_DEVCONF_ARP_NOTIFY,
   MACVLAN_MODES,
   type MacvlanMode,
   addMacvlan,
@@ -13,6 +14,8 @@ import {
   getLinkByIndex,
   getLinkByName,
   listLinks,
+  renameLink,
+  setIpv4Conf,
   setLinkAlias,
   setLinkDown,
   setLinkMac,
@@ -98,6 +101,25 @@ describe("link attributes", () => {
     expect(shown.flags).not.toContain("UP");
     expect(findLinkByMac(hnl, "02-AA-BB-00-00-01")?.index).toBe(l.index);
     expect(findLinkByIndex(hnl, 99999)).toBeUndefined();
+  });
+
+  it("renames with an alias in one request; sets an interface's IPv4 settings (arp_notify) over netlink", () => {
+    addVeth(hnl, { name: "ren0", peerName: "ren1" });
+    const l = getLinkByName(hnl, "ren0");
+    renameLink(hnl, l.index, "ren0x", "berth-macvlan 0123");
+    expect(getLinkByIndex(hnl, l.index)).toMatchObject({ name: "ren0x", alias: "berth-macvlan 0123" });
+    const sysctl = () => ipIn(host, "netns", "exec", host.name, "sysctl", "-n", "net.ipv4.conf.ren0x.arp_notify").trim();
+    expect(sysctl()).toBe("0");
+    setIpv4Conf(hnl, l.index, [[IPV4_DEVCONF_ARP_NOTIFY, 1]]);
+    expect(sysctl()).toBe("1");
+    // the kernel refuses an id it does not know, naming the link
+    expect(() => setIpv4Conf(hnl, l.index, [[9999, 1]])).toThrow(/IPv4 settings of .*ren0x.*EINVAL/);
+    // a name taken: EEXIST, nothing changed
+    addVeth(hnl, { name: "ren2", peerName: "ren3" });
+    expect(() => renameLink(hnl, getLinkByName(hnl, "ren2").index, "ren0x", "other")).toThrow(/EEXIST/);
+    expect(getLinkByName(hnl, "ren2").alias).toBeUndefined();
+    deleteLink(hnl, l.index);
+    deleteLink(hnl, getLinkByName(hnl, "ren2").index);
   });
 
   it("finds a link by altname", () => {
