@@ -16,7 +16,7 @@ import {
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError } from "../netns";
 import { checkPodInterface, isOwnNetns, openPodNetns, refuseExistingIfName, usePodNetns } from "../pod/check";
-import { bandwidthLimits, checkBurstFitsMtu, checkPodShaping, removePodShaping, shapePodInterface } from "../pod/bandwidth";
+import { bandwidthLimits, checkBurstFitsMtu, checkPodShaping, removePodIfb, shapePodInterface } from "../pod/bandwidth";
 import { configurePodInterface, podNetOptions } from "../pod/setup";
 import { extendResult, findInterface, ipsForInterface, mismatch, requirePrevResult } from "../skel/chain";
 import type { NetConf } from "../skel/config";
@@ -414,7 +414,7 @@ function deleteFromPod(ctx: Ctx): void {
     const prevMac = ctx.conf.prevResult ? findInterface(ctx.conf.prevResult, ctx.ifName, ctx.netns)?.iface.mac : undefined;
     deleteOwnLink(pod.nl, own.tmpName, own, ctx.log);
     // the ifb of its shaping first, and only for our own link
-    deleteOwnLink(pod.nl, ctx.ifName, own, ctx.log, prevMac, () => removePodShaping(ctx.netns, ctx.ifName, ctx.log));
+    deleteOwnLink(pod.nl, ctx.ifName, own, ctx.log, prevMac, () => removePodIfb(pod.nl, ctx.ifName, ctx.log));
   } finally {
     pod.close();
   }

@@ -212,6 +212,23 @@ function deleteIfb(nl: NetlinkSocket, name: string): Link | undefined {
 }
 
 /**
+ * DEL of a pod interface that is deleted next (its qdiscs and filters go with it): only the ifb of
+ * its ingress shaping is a device of its own, in the pod's namespace (`nl`).
+ */
+export function removePodIfb(nl: NetlinkSocket, ifName: string, log: Logger): void {
+  try {
+    const ifb = deleteIfb(nl, ifbName(ifName));
+    if (ifb) log.info("deleted ifb", { name: ifb.name });
+  } catch (e) {
+    throw new CniError(
+      CniCode.NetlinkFailure,
+      `remove the ingress shaping device of ${ifName}: ${(e as Error).message}`,
+      "the plugin log (logFile) has the details",
+    );
+  }
+}
+
+/**
  * DEL: the ifb first, then the ingress qdisc (when it redirected to that ifb) and our tbf on
  * `ifName`. Nothing to do, and no error, when there is no namespace or it is gone.
  */
