@@ -2,9 +2,9 @@
 // as a small file in a directory on the node, atomically (temp file, fsync, rename), and the DEL
 // succeeds. ipamd applies every record at start and whenever one appears, idempotently (a release
 // of an attachment it does not hold is a no-op), then removes it. Shared by the plugins and ipamd.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { makeDirs } from "../lib/fileio";
 import { writeFileAtomic } from "../lib/files";
+import { join } from "../lib/paths";
 
 export const DEFAULT_SPOOL_DIR = "/var/lib/berth/spool";
 
@@ -24,7 +24,7 @@ function releaseFileName(r: Pick<ReleaseRecord, "containerID" | "ifName" | "netw
 
 /** Writes the record durably into `dir` (created 0700 when missing); returns its path. */
 export function spoolRelease(dir: string, record: ReleaseRecord): string {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  makeDirs(dir, 0o700);
   const path = join(dir, releaseFileName(record));
   writeFileAtomic(path, JSON.stringify(record) + "\n");
   return path;

@@ -4,8 +4,19 @@
 //
 // setns(2) moves only the calling thread. The function given to Netns.enter must therefore be
 // synchronous: async fs calls or worker threads would run in the original namespace.
-import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
-import { CLONE_NEWNET, NSFS_MAGIC, NS_GET_NSTYPE, O_CLOEXEC, O_RDONLY, SyscallError, check, lastErrno, libc } from "../lib/ffi/libc";
+import { readLink, readTextFile, writeTextFile } from "../lib/fileio";
+import {
+  CLONE_NEWNET,
+  NSFS_MAGIC,
+  NS_GET_NSTYPE,
+  O_CLOEXEC,
+  O_RDONLY,
+  SyscallError,
+  check,
+  lastErrno,
+  libc,
+  strerror,
+} from "../lib/ffi/libc";
 import { NetlinkSocket } from "./netlink/socket";
 import { OsError } from "../lib/oserror";
 
@@ -150,7 +161,7 @@ export class Netns {
 /** Inode of the calling thread's network namespace (to compare namespaces). */
 export function currentNetnsInode(): number {
   // "net:[4026531840]"
-  const link = readlinkSync(SELF_NETNS);
+  const link = readLink(SELF_NETNS);
   const m = /\[(\d+)\]/.exec(link);
   if (!m) throw new Error(`unexpected namespace link ${SELF_NETNS} -> ${link}`);
   return Number(m[1]);
@@ -172,16 +183,16 @@ function sysctlPath(key: string | string[]): string {
 }
 
 export function getSysctl(key: string | string[]): string {
-  return readFileSync(sysctlPath(key), "utf8").trim();
+  return readTextFile(sysctlPath(key)).trim();
 }
 
 export function setSysctl(key: string | string[], value: string | number): void {
   const path = sysctlPath(key);
   try {
-    writeFileSync(path, `${value}\n`);
+    writeTextFile(path, `${value}\n`);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? "EIO";
-    throw new NetnsError(`set sysctl ${path} = ${value}: ${code} (${(e as Error).message})`, code);
+    const err = e as SyscallError;
+    throw new NetnsError(`set sysctl ${path} = ${value}: ${err.code} (${strerror(err.errno)})`, err.code, "write", path);
   }
 }
 

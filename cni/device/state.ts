@@ -1,9 +1,9 @@
 // Per-attachment state files of berth-hostdev and berth-sriov: the device's host state as ADD
 // found it, recorded before the first change (<stateDir>/<containerID>@<ifName>.json, 0600,
 // written to a temp file, fsync-ed, renamed, directory fsync-ed).
-import { existsSync, mkdirSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { exists, makeDirs, readDir } from "../../lib/fileio";
 import { readJsonFile, writeFileAtomic } from "../../lib/files";
+import { join } from "../../lib/paths";
 import type { Scope } from "../netlink/addr";
 import { CniError, CniCode } from "../skel/errors";
 import type { CniContext } from "../skel/plugin";
@@ -67,7 +67,7 @@ export const noNetdev = (): DeviceSnapshot => ({ name: "", mac: "", mtu: 0, up: 
 /** Creates a plugin's stateDir (0700); the error says what `plugin` records there (`records`). */
 export function ensureStateDir(dir: string, plugin: string, records = "each device's original state there before moving it"): void {
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirs(dir, 0o700);
   } catch (e) {
     throw new CniError(
       CniCode.IOFailure,
@@ -96,10 +96,10 @@ export function isOwnRecord(st: AttachmentState, a: { network: string; container
  */
 export function attachmentStatePath(dir: string, a: { network: string; containerId: string; ifName: string }): string {
   const path = join(dir, stateFileName(a.containerId, a.ifName));
-  if (existsSync(path)) return path;
+  if (exists(path)) return path;
   const legacy = join(dir, `${a.containerId}-${a.ifName}.json`);
   try {
-    const st = existsSync(legacy) ? readJson<AttachmentState>(legacy) : undefined;
+    const st = exists(legacy) ? readJson<AttachmentState>(legacy) : undefined;
     if (st && isOwnRecord(st, a)) return legacy;
   } catch {
     // a damaged legacy file is not this attachment's to judge
@@ -119,7 +119,7 @@ export function readJson<T>(path: string): T | undefined {
 
 export function listStateFiles(dir: string): string[] {
   try {
-    return readdirSync(dir)
+    return readDir(dir)
       .filter((f) => f.endsWith(".json"))
       .map((f) => join(dir, f));
   } catch {

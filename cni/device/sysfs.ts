@@ -1,6 +1,6 @@
 // Host devices in sysfs: the PCI address of a netdev and the netdevs of a PCI function.
-import { readdirSync, readlinkSync, realpathSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { readDir, readLink, realPath } from "../../lib/fileio";
+import { basename, dirname, join } from "../../lib/paths";
 
 // A virtio-net netdev (KVM clouds, the kernel lab) hangs off a virtio device, virtioN, which is
 // the child of the PCI function: <pci>/virtioN/net/<name> instead of <pci>/net/<name>.
@@ -10,10 +10,10 @@ const VIRTIO_DEVICE = /^virtio\d+$/;
 export function pciAddressOf(sysfsRoot: string, name: string): string | undefined {
   const device = join(sysfsRoot, "class/net", name, "device");
   try {
-    const target = basename(readlinkSync(device));
+    const target = basename(readLink(device));
     if (PCI_ADDRESS.test(target)) return target;
     if (!VIRTIO_DEVICE.test(target)) return undefined;
-    const parent = basename(dirname(realpathSync(device)));
+    const parent = basename(dirname(realPath(device)));
     return PCI_ADDRESS.test(parent) ? parent : undefined;
   } catch {
     return undefined;
@@ -24,7 +24,7 @@ export const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 
 function readdirOrEmpty(dir: string): string[] {
   try {
-    return readdirSync(dir);
+    return readDir(dir);
   } catch {
     return [];
   }
@@ -46,7 +46,7 @@ export const USERSPACE_DRIVERS = ["vfio-pci", "uio_pci_generic", "igb_uio"];
 /** The driver a PCI function is bound to (<sysfs>/bus/pci/devices/<addr>/driver), if any. */
 export function driverOfPci(sysfsRoot: string, addr: string): string | undefined {
   try {
-    return basename(readlinkSync(join(sysfsRoot, "bus/pci/devices", addr, "driver")));
+    return basename(readLink(join(sysfsRoot, "bus/pci/devices", addr, "driver")));
   } catch {
     return undefined;
   }

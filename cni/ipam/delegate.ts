@@ -1,8 +1,8 @@
 // Delegation to another IPAM plugin the standard way (libcni invoke.Delegate*): find the
 // executable named by ipam.type in CNI_PATH, run it with the same environment (CNI_COMMAND set
 // to the verb) and the whole network config on stdin, and read its result or error.
-import { accessSync, constants, statSync, writeSync } from "node:fs";
-import { join } from "node:path";
+import { isExecutable, statOrUndefined, writeAll } from "../../lib/fileio";
+import { join } from "../../lib/paths";
 import { CniError, CniCode } from "../skel/errors";
 import type { Logger } from "../skel/log";
 import type { CniContext } from "../skel/plugin";
@@ -93,10 +93,10 @@ function findPlugin(type: string, cniPath: string[]): string {
   for (const dir of cniPath) {
     const path = join(dir, type);
     try {
-      if (!statSync(path).isFile()) continue;
-      accessSync(path, constants.X_OK);
-      return path;
-    } catch {}
+      if (statOrUndefined(path)?.type === "file" && isExecutable(path)) return path;
+    } catch {
+      // unreadable directory: the next one
+    }
   }
   throw new CniError(
     CniCode.IpamPluginNotFound,
@@ -240,7 +240,7 @@ function parseCniError(stdout: string): { code: number; msg: string; details: st
 
 function passStderr(text: string): void {
   try {
-    writeSync(2, text.endsWith("\n") ? text : `${text}\n`);
+    writeAll(2, text.endsWith("\n") ? text : `${text}\n`, "stderr");
   } catch {
     // no stderr to write to
   }

@@ -1,7 +1,7 @@
 // Traffic control: qdiscs (tbf, ingress) and filters (u32 match-all with a mirred redirect),
 // their requests byte for byte as iproute2 6.1's `tc` sends them (test/fixtures/iproute2/tc-*,
 // scripts/capture-tc.sh), and their dumps parsed back for CHECK.
-import { readFileSync } from "node:fs";
+import { readTextFile } from "../../lib/fileio";
 import type { NetlinkSocket } from "./socket";
 import { requestNaming } from "./link";
 import {
@@ -57,7 +57,7 @@ const U32_MAX = 0xffffffff;
 /** tc's tick_in_usec from /proc/net/psched (15.625 on every kernel since 2.6.31: 64 ns ticks). */
 function ticksPerUsec(): number {
   try {
-    const [t2us, us2t, clockRes] = readFileSync("/proc/net/psched", "utf8")
+    const [t2us, us2t, clockRes] = readTextFile("/proc/net/psched")
       .trim()
       .split(/\s+/)
       .map((h) => parseInt(h, 16));

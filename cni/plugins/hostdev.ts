@@ -1,10 +1,10 @@
 // berth-hostdev: moves a whole host NIC (a cloud ENI, a spare port) into the pod and gives it back
 // on DEL exactly as it was: name, MTU, MAC, up/down, alias, altnames, addresses and routes. The
 // original state is on disk before the first change (cni/device/). See docs/plugins/hostdev.md.
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { exists } from "../../lib/fileio";
 import { removeFile } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
+import { join } from "../../lib/paths";
 import { canonicalCidr, normalizeMac, parseCidr } from "../../lib/ip";
 import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
@@ -167,7 +167,7 @@ function userspaceDevice(cfg: HostdevConfig): { pci: string; driver: string } | 
 /** This attachment's state file, refused when one exists (the attachment already holds a device). */
 function freeStatePath(ctx: Ctx): string {
   const path = statePath(ctx.pluginConfig, ctx);
-  if (existsSync(path)) {
+  if (exists(path)) {
     throw new CniError(
       CniCode.DeviceBusy,
       `container ${ctx.containerId} interface ${ctx.ifName} already holds a host device (${path})`,
@@ -316,7 +316,7 @@ function clearStaleRecords(host: NetlinkSocket, cfg: HostdevConfig, matches: (a:
   for (const file of listStateFiles(cfg.stateDir)) {
     const other = readJson<AttachmentState>(file);
     if (!other || isUserspace(other) || !matches(other)) continue;
-    if (other.netns && existsSync(other.netns)) {
+    if (other.netns && exists(other.netns)) {
       throw new CniError(
         CniCode.DeviceBusy,
         `${describeSelector(cfg.selector)} is recorded as attached to container ` +

@@ -6,10 +6,10 @@
 // under the flock <stateDir>/vf-<pci>.lock. A VF held by a live namespace is refused (code 11); a
 // record whose namespace is gone is stale and is cleared (the VF restored first); an old pod's DEL
 // never resets a VF that a new pod holds.
-import { existsSync, readdirSync, readlinkSync } from "node:fs";
-import { basename, join } from "node:path";
+import { exists, readDir, readLink } from "../../lib/fileio";
 import { removeFile } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
+import { basename, join } from "../../lib/paths";
 import { checkMovedDevice, collectDeviceGarbage, giveBackDevice } from "../device/attach";
 import { moveIntoPod, returnToHost } from "../device/move";
 import { snapshotDevice } from "../device/snapshot";
@@ -154,7 +154,7 @@ interface VfDevice {
 
 function link(path: string): string | undefined {
   try {
-    return basename(readlinkSync(path));
+    return basename(readLink(path));
   } catch {
     return undefined;
   }
@@ -167,7 +167,7 @@ function resolveVf(cfg: SriovConfig): VfDevice {
   let pfPci: string;
   if (cfg.deviceID) {
     vfPci = cfg.deviceID;
-    if (!existsSync(join(devices, vfPci))) {
+    if (!exists(join(devices, vfPci))) {
       throw new CniError(
         CniCode.DeviceNotFound,
         `PCI device ${vfPci} does not exist (${join(devices, vfPci)})`,
@@ -201,7 +201,7 @@ function resolveVf(cfg: SriovConfig): VfDevice {
     vfPci = vf;
   }
   let vfIndex = -1;
-  for (const entry of readdirSync(join(devices, pfPci))) {
+  for (const entry of readDir(join(devices, pfPci))) {
     const m = /^virtfn(\d+)$/.exec(entry);
     if (m && link(join(devices, pfPci, entry)) === vfPci) vfIndex = Number(m[1]);
   }
@@ -343,7 +343,7 @@ function restoreVf(host: NetlinkSocket, ops: PfOps, st: AttachmentState, cfg: Sr
   let error: unknown;
   // PF side first: once the admin MAC is back, drivers that pin an administratively set MAC
   // (iavf/ice without trust) accept the netdev's own MAC being set back.
-  if (!existsSync(join(cfg.sysfsRoot, "bus/pci/devices", x.pfPci, `virtfn${x.vfIndex}`))) {
+  if (!exists(join(cfg.sysfsRoot, "bus/pci/devices", x.pfPci, `virtfn${x.vfIndex}`))) {
     log.warn("VF no longer exists (sriov_numvfs changed or the node rebooted); PF-side settings not restored", { pf: x.pf, vf: x.vfIndex });
   } else {
     for (const s of restoreSteps(x.applied, x.vf)) {
@@ -376,7 +376,7 @@ function claimVf(host: NetlinkSocket, ops: PfOps, cfg: SriovConfig, ctx: Ctx, vf
       "run DEL for this attachment first",
     );
   }
-  if (rec.netns && existsSync(rec.netns)) {
+  if (rec.netns && exists(rec.netns)) {
     throw new CniError(
       CniCode.TryAgainLater,
       `VF ${vf.vfPci} (${vf.pfName} vf ${vf.vfIndex}) is held by container ${rec.containerId} ` +
@@ -532,7 +532,7 @@ const vfLock = (cfg: SriovConfig, st: AttachmentState) => ({ file: lockPath(cfg.
 async function del(ctx: Ctx, pfOps: PfOpsFactory): Promise<void> {
   const cfg = ctx.pluginConfig;
   const path = statePath(cfg, ctx);
-  if (!existsSync(path)) {
+  if (!exists(path)) {
     try {
       resetWithoutState(ctx, pfOps);
     } catch (e) {

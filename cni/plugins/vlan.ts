@@ -16,12 +16,12 @@
 // sub-interface that is in use; at worst an unused one stays until the next DEL on that VLAN.
 // Only sub-interfaces carrying the alias "berth:created" are ever deleted: one that existed
 // before Berth (an operator's eth0.101) is reused and never touched.
-import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { addVlan, deleteLink, findLinkByName, getLinkByName, listLinks, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
-import { writeFileAtomic } from "../../lib/files";
+import { readDir, readTextFile, statPath } from "../../lib/fileio";
+import { removeFile, writeFileAtomic } from "../../lib/files";
 import { withFileLock } from "../../lib/lock";
+import { join } from "../../lib/paths";
 import { Netns, currentNetnsInode } from "../netns";
 import { CniError, CniCode } from "../skel/errors";
 import { ensureStateDir } from "../device/state";
@@ -74,7 +74,7 @@ function recordPath(stateDir: string, name: string): string {
 
 export function readRecord(stateDir: string, name: string): VlanRecord | undefined {
   try {
-    const r = JSON.parse(readFileSync(recordPath(stateDir, name), "utf8")) as VlanRecord;
+    const r = JSON.parse(readTextFile(recordPath(stateDir, name))) as VlanRecord;
     if (!Array.isArray(r.attachments)) return undefined;
     return r;
   } catch {
@@ -89,7 +89,7 @@ function writeRecord(stateDir: string, name: string, record: VlanRecord): void {
 /** Sub-interface names that have a record. */
 export function recordNames(stateDir: string): string[] {
   try {
-    return readdirSync(stateDir)
+    return readDir(stateDir)
       .filter((f) => f.endsWith(".json"))
       .map((f) => f.slice(0, -5));
   } catch {
@@ -177,7 +177,7 @@ export function releaseVlanLink(stateDir: string, name: string, key: string, log
     if (record) {
       record.attachments = record.attachments.filter((k) => k !== key);
       if (record.attachments.length > 0) return writeRecord(stateDir, name, record);
-      rmSync(recordPath(stateDir, name), { force: true });
+      removeFile(recordPath(stateDir, name));
     }
     const nl = NetlinkSocket.open();
     try {
@@ -214,7 +214,7 @@ function linkUsers(nl: NetlinkSocket, index: number): string[] {
   for (const path of namespacePaths()) {
     let ino: number;
     try {
-      ino = statSync(path).ino;
+      ino = statPath(path).ino;
     } catch {
       continue;
     }
@@ -245,13 +245,13 @@ function namespacePaths(): string[] {
   const out: string[] = [];
   for (const dir of ["/run/netns", "/var/run/netns"]) {
     try {
-      for (const f of readdirSync(dir)) out.push(join(dir, f));
+      for (const f of readDir(dir)) out.push(join(dir, f));
     } catch {
       // no such directory
     }
   }
   try {
-    for (const pid of readdirSync("/proc")) if (/^\d+$/.test(pid)) out.push(`/proc/${pid}/ns/net`);
+    for (const pid of readDir("/proc")) if (/^\d+$/.test(pid)) out.push(`/proc/${pid}/ns/net`);
   } catch {
     // no /proc
   }

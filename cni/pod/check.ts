@@ -4,7 +4,7 @@ import { listAddresses } from "../netlink/addr";
 import { findLinkByName, type Link } from "../netlink/link";
 import { listRoutes } from "../netlink/route";
 import type { NetlinkSocket } from "../netlink/socket";
-import { statSync } from "node:fs";
+import { statPath } from "../../lib/fileio";
 import { Netns } from "../netns";
 import { mismatch } from "../skel/chain";
 import { CniError, CniCode } from "../skel/errors";
@@ -14,8 +14,8 @@ import { canonical, gatewayOf } from "./setup";
 /** True when `path` is the network namespace the plugin itself runs in (the host's). */
 export function isOwnNetns(path: string): boolean {
   try {
-    const a = statSync(path),
-      b = statSync("/proc/thread-self/ns/net");
+    const a = statPath(path),
+      b = statPath("/proc/thread-self/ns/net");
     return a.dev === b.dev && a.ino === b.ino;
   } catch {
     return false;

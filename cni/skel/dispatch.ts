@@ -1,8 +1,8 @@
 // runPlugin: the one place that talks CNI to the runtime. Reads stdin, validates the
 // environment and the config, calls the plugin, prints exactly one JSON document (the result,
 // the version info or the error) on stdout, and returns the exit code. It never throws.
-import { readFileSync, readSync, writeSync } from "node:fs";
-import { sleepSync } from "../../lib/files";
+import type { SyscallError } from "../../lib/ffi/libc";
+import { readAll, writeAll } from "../../lib/fileio";
 import { decodeConfig, parseConfig, type NetConf } from "./config";
 import { parseCniArgs, readCommand, readEnv, type Command } from "./env";
 import { CniError, CniCode, toCniError } from "./errors";
@@ -23,7 +23,7 @@ function processIo(): PluginIo {
   return {
     env: process.env,
     readStdin: readAllStdin,
-    write: (text) => writeAll(1, text),
+    write: (text) => writeAll(1, text, "stdout"),
   };
 }
 
@@ -170,47 +170,14 @@ function peekVersion(stdin: string): string | undefined {
   }
 }
 
+/** All of stdin through libc (no node:fs; a non-blocking stdin is polled); "" when there is none. */
 function readAllStdin(): string {
   try {
-    return readFileSync(0, "utf8");
+    return readAll(0, "stdin").toString("utf8");
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "EAGAIN") return readNonBlocking();
-    if (code === "EOF" || code === "EBADF" || code === "ENXIO") return ""; // no stdin at all
+    const code = (e as SyscallError).code;
+    if (code === "EBADF" || code === "ENXIO") return ""; // no stdin at all
     throw e;
-  }
-}
-
-// stdin left in O_NONBLOCK mode by the parent: poll until EOF.
-function readNonBlocking(): string {
-  const chunks: Buffer[] = [];
-  const buf = Buffer.alloc(65536);
-  for (;;) {
-    let n: number;
-    try {
-      n = readSync(0, buf, 0, buf.length, null);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
-        sleepSync(5);
-        continue;
-      }
-      throw e;
-    }
-    if (n === 0) break;
-    chunks.push(Buffer.from(buf.subarray(0, n)));
-  }
-  return Buffer.concat(chunks).toString("utf8");
-}
-
-function writeAll(fd: number, text: string): void {
-  const data = Buffer.from(text);
-  let off = 0;
-  while (off < data.length) {
-    try {
-      off += writeSync(fd, data, off, data.length - off);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
-    }
   }
 }
 

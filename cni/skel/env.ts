@@ -1,5 +1,5 @@
 // CNI_* environment: validated before anything else is touched.
-import { statfsSync, statSync } from "node:fs";
+import { exists, filesystemType } from "../../lib/fileio";
 import { ipFamily, normalizeMac, parseCidr } from "../../lib/ip";
 import { containerIdProblem, ifNameProblem, networkNameProblem } from "../../lib/names";
 import { CniError, CniCode } from "./errors";
@@ -120,9 +120,7 @@ function validateNetns(path: string): void {
       "CNI_NETNS must be the path of the container's network namespace, e.g. /var/run/netns/cni-1234 or /proc/<pid>/ns/net",
     );
   }
-  try {
-    statSync(path);
-  } catch {
+  if (!exists(path)) {
     throw new CniError(
       CniCode.ContainerUnknown,
       `network namespace CNI_NETNS=${path} does not exist`,
@@ -131,7 +129,7 @@ function validateNetns(path: string): void {
   }
   let type: number | undefined;
   try {
-    type = statfsSync(path).type;
+    type = filesystemType(path);
   } catch {
     type = undefined; // statfs unsupported here: the open in the plugin will fail with its own error
   }

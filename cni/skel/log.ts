@@ -2,8 +2,8 @@
 // written to stdout/stderr (stdout carries the CNI result). Its directory is created on the first
 // line (/var/log/berth exists on no fresh node). A failing log write is ignored: the log must never
 // change what the plugin answers.
-import { appendFileSync, mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { appendTextFile, makeDirs } from "../../lib/fileio";
+import { dirname } from "../../lib/paths";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 const LEVELS: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
@@ -31,9 +31,9 @@ export function createLogger(file: string | undefined, level: LogLevel = "info",
     try {
       if (!directoryReady.has(file)) {
         directoryReady.add(file);
-        mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
+        makeDirs(dirname(file), 0o750);
       }
-      appendFileSync(
+      appendTextFile(
         file,
         JSON.stringify({ time: new Date().toISOString(), level: lvl, pid: process.pid, ...base, msg, ...fields }) + "\n",
       );

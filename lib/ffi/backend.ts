@@ -15,7 +15,24 @@ export interface LibcBackend {
   sendto(fd: number, buf: Buffer, len: number, flags: number, addr: Buffer | null, addrLen: number): number;
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
   close(fd: number): number;
+  read(fd: number, buf: Buffer, len: number): number;
+  write(fd: number, buf: Buffer, len: number): number;
+  fsync(fd: number): number;
+  /** getdents64(2) (through syscall(2): glibc before 2.30 has no wrapper); fills `buf` with struct linux_dirent64 records. */
+  getdents64(fd: number, buf: Buffer, len: number): number;
   open(path: string, flags: number, mode: number): number;
+  rename(from: string, to: string): number;
+  unlink(path: string): number;
+  mkdir(path: string, mode: number): number;
+  /** The link's target into `buf` (not NUL-terminated); returns its length. */
+  readlink(path: string, buf: Buffer, len: number): number;
+  /** statx(2) into `buf` (256 bytes, the same layout on every architecture). */
+  statx(dirfd: number, path: string, flags: number, mask: number, buf: Buffer): number;
+  /** statfs(2); f_type is the first 8 bytes of `buf` (120 bytes) on x86_64 and aarch64. */
+  statfs(path: string, buf: Buffer): number;
+  access(path: string, mode: number): number;
+  /** realpath(3) into `buf` (PATH_MAX bytes, NUL-terminated); 0, or -1 with errno set. */
+  realpath(path: string, buf: Buffer): number;
   setns(fd: number, nstype: number): number;
   fstatfs(fd: number, buf: Buffer): number;
   /** ioctl(2) with no argument beyond the request. */
@@ -26,8 +43,11 @@ export interface LibcBackend {
   errno(): number;
 }
 
-/** The calls both backends pass straight through (`open`, `strerror` and `errno` differ by backend). */
-type Direct = Exclude<keyof LibcBackend, "open" | "strerror" | "errno">;
+/** Calls that take a path: each backend passes a C string its own way. */
+type PathCalls = "open" | "rename" | "unlink" | "mkdir" | "readlink" | "statx" | "statfs" | "access" | "realpath";
+
+/** The calls both backends pass straight through (path calls, `getdents64`, `strerror` and `errno` differ by backend). */
+type Direct = Exclude<keyof LibcBackend, PathCalls | "getdents64" | "strerror" | "errno">;
 // biome-ignore lint: each FFI library types its functions its own way; the contract above is what counts.
 type RawCalls = Record<Direct, (...args: any[]) => unknown>;
 
@@ -43,9 +63,19 @@ export function directCalls(c: RawCalls): Pick<LibcBackend, Direct> {
     sendto: (fd, buf, len, flags, addr, addrLen) => Number(c.sendto(fd, buf, len, flags, addr, addrLen)),
     recv: (fd, buf, len, flags) => Number(c.recv(fd, buf, len, flags)),
     close: (fd) => Number(c.close(fd)),
+    read: (fd, buf, len) => Number(c.read(fd, buf, len)),
+    write: (fd, buf, len) => Number(c.write(fd, buf, len)),
+    fsync: (fd) => Number(c.fsync(fd)),
     setns: (fd, nstype) => Number(c.setns(fd, nstype)),
     fstatfs: (fd, buf) => Number(c.fstatfs(fd, buf)),
     ioctl: (fd, request) => Number(c.ioctl(fd, request)),
     flock: (fd, operation) => Number(c.flock(fd, operation)),
   };
+}
+
+/** syscall(2) number of getdents64: the two architectures the binary is built for. */
+export function getdents64Number(arch: string): number {
+  if (arch === "x64") return 217;
+  if (arch === "arm64") return 61;
+  throw new Error(`getdents64: no syscall number for architecture ${arch}`);
 }

@@ -1,7 +1,7 @@
 // The part of bun:ffi that lib/ffi/bun.ts uses (Bun's own typings would replace @types/node's globals).
 declare module "bun:ffi" {
   type Pointer = number & { readonly __pointer: unique symbol };
-  type ArgType = "i32" | "u32" | "u64" | "usize" | "ptr";
+  type ArgType = "i32" | "u32" | "i64" | "u64" | "usize" | "ptr";
   type ReturnType = "i32" | "i64_fast" | "ptr";
   type Arg<T> = T extends "ptr" ? NodeJS.TypedArray | Pointer | null : number;
   type Ret<T> = T extends "ptr" ? Pointer | null : number;

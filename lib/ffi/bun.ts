@@ -1,6 +1,6 @@
 // libc through Bun's built-in FFI (bun:ffi): dlopen of the system's libc.so.6, no addon.
 import { CString, dlopen, read } from "bun:ffi";
-import { directCalls, type LibcBackend } from "./backend";
+import { directCalls, getdents64Number, type LibcBackend } from "./backend";
 
 const { symbols: c } = dlopen("libc.so.6", {
   socket: { args: ["i32", "i32", "i32"], returns: "i32" },
@@ -12,7 +12,20 @@ const { symbols: c } = dlopen("libc.so.6", {
   sendto: { args: ["i32", "ptr", "usize", "i32", "ptr", "u32"], returns: "i64_fast" },
   recv: { args: ["i32", "ptr", "usize", "i32"], returns: "i64_fast" },
   close: { args: ["i32"], returns: "i32" },
+  read: { args: ["i32", "ptr", "usize"], returns: "i64_fast" },
+  write: { args: ["i32", "ptr", "usize"], returns: "i64_fast" },
+  fsync: { args: ["i32"], returns: "i32" },
+  // Variadic in C; with only integer and pointer arguments the x86_64 and aarch64 conventions match.
+  syscall: { args: ["i64", "i32", "ptr", "usize"], returns: "i64_fast" },
   open: { args: ["ptr", "i32", "i32"], returns: "i32" },
+  rename: { args: ["ptr", "ptr"], returns: "i32" },
+  unlink: { args: ["ptr"], returns: "i32" },
+  mkdir: { args: ["ptr", "u32"], returns: "i32" },
+  readlink: { args: ["ptr", "ptr", "usize"], returns: "i64_fast" },
+  statx: { args: ["i32", "ptr", "i32", "u32", "ptr"], returns: "i32" },
+  statfs: { args: ["ptr", "ptr"], returns: "i32" },
+  access: { args: ["ptr", "i32"], returns: "i32" },
+  realpath: { args: ["ptr", "ptr"], returns: "ptr" },
   setns: { args: ["i32", "i32"], returns: "i32" },
   fstatfs: { args: ["i32", "ptr"], returns: "i32" },
   // Variadic in C; with only integer arguments the x86_64 and aarch64 calling conventions match.
@@ -25,9 +38,21 @@ const { symbols: c } = dlopen("libc.so.6", {
 // errno is thread-local; its address is fixed for the thread, and all of Berth's calls run on one.
 const errnoAddress = c.__errno_location()!;
 
+/** A path as a NUL-terminated C string. */
+const cstr = (path: string): Buffer => Buffer.from(`${path}\0`);
+
 export const backend: LibcBackend = {
   ...directCalls(c),
-  open: (path, flags, mode) => c.open(Buffer.from(`${path}\0`), flags, mode),
+  getdents64: (fd, buf, len) => Number(c.syscall(getdents64Number(process.arch), fd, buf, len)),
+  open: (path, flags, mode) => c.open(cstr(path), flags, mode),
+  rename: (from, to) => c.rename(cstr(from), cstr(to)),
+  unlink: (path) => c.unlink(cstr(path)),
+  mkdir: (path, mode) => c.mkdir(cstr(path), mode),
+  readlink: (path, buf, len) => Number(c.readlink(cstr(path), buf, len)),
+  statx: (dirfd, path, flags, mask, buf) => c.statx(dirfd, cstr(path), flags, mask, buf),
+  statfs: (path, buf) => c.statfs(cstr(path), buf),
+  access: (path, mode) => c.access(cstr(path), mode),
+  realpath: (path, buf) => (c.realpath(cstr(path), buf) === null ? -1 : 0),
   strerror: (errno) => new CString(c.strerror(errno)!).toString(),
   errno: () => read.i32(errnoAddress, 0),
 };

@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import type * as Koffi from "koffi";
-import { directCalls, type LibcBackend } from "./backend";
+import { directCalls, getdents64Number, type LibcBackend } from "./backend";
 
 function loadKoffi(): typeof Koffi {
   const require = createRequire(import.meta.url);
@@ -25,7 +25,19 @@ const c = {
   sendto: lib.func("long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t alen)"),
   recv: lib.func("long recv(int fd, void *buf, size_t len, int flags)"),
   close: lib.func("int close(int fd)"),
+  read: lib.func("long read(int fd, void *buf, size_t len)"),
+  write: lib.func("long write(int fd, const void *buf, size_t len)"),
+  fsync: lib.func("int fsync(int fd)"),
+  syscall: lib.func("long syscall(long number, ...)"),
   open: lib.func("int open(const char *path, int flags, int mode)"),
+  rename: lib.func("int rename(const char *from, const char *to)"),
+  unlink: lib.func("int unlink(const char *path)"),
+  mkdir: lib.func("int mkdir(const char *path, uint32_t mode)"),
+  readlink: lib.func("long readlink(const char *path, void *buf, size_t len)"),
+  statx: lib.func("int statx(int dirfd, const char *path, int flags, uint32_t mask, void *buf)"),
+  statfs: lib.func("int statfs(const char *path, void *buf)"),
+  access: lib.func("int access(const char *path, int mode)"),
+  realpath: lib.func("void *realpath(const char *path, void *resolved)"),
   setns: lib.func("int setns(int fd, int nstype)"),
   fstatfs: lib.func("int fstatfs(int fd, void *buf)"),
   ioctl: lib.func("int ioctl(int fd, unsigned long request, ...)"),
@@ -35,7 +47,16 @@ const c = {
 
 export const backend: LibcBackend = {
   ...directCalls(c),
+  getdents64: (fd, buf, len) => Number(c.syscall(getdents64Number(process.arch), "int", fd, "void *", buf, "size_t", len)),
   open: (path, flags, mode) => c.open(path, flags, mode),
+  rename: (from, to) => c.rename(from, to),
+  unlink: (path) => c.unlink(path),
+  mkdir: (path, mode) => c.mkdir(path, mode),
+  readlink: (path, buf, len) => Number(c.readlink(path, buf, len)),
+  statx: (dirfd, path, flags, mask, buf) => c.statx(dirfd, path, flags, mask, buf),
+  statfs: (path, buf) => c.statfs(path, buf),
+  access: (path, mode) => c.access(path, mode),
+  realpath: (path, buf) => (c.realpath(path, buf) === null ? -1 : 0),
   strerror: (errno) => String(c.strerror(errno)),
   errno: () => koffi.errno(),
 };
