@@ -128,7 +128,7 @@ function sendAll(fd: number, data: Buffer, timeoutMs: number): void {
 /**
  * Reads the answer until its body is complete (content-length, or the last chunk of a chunked
  * body): the plugin need not wait for the daemon to close the connection. Without either it reads
- * until the close (the request said `connection: close`). One receive buffer for the whole answer.
+ * until the close (the request said `connection: close`). One receive buffer, reused for each recv.
  */
 function receiveAnswer(fd: number, timeoutMs: number): Exchange {
   const buf = Buffer.allocUnsafe(65536);

@@ -25,8 +25,9 @@ import { dirname } from "./paths";
 import { sleepSync } from "./sleep";
 
 const ENOENT = 2;
-const EEXIST = 17;
 const EIO = 5;
+const EEXIST = 17;
+const ENAMETOOLONG = 36;
 const PATH_MAX = 4096;
 const CHUNK = 65536;
 
@@ -233,6 +234,7 @@ export function readLink(path: string): string {
   const buf = Buffer.allocUnsafe(PATH_MAX);
   const n = libc.readlink(path, buf, buf.length);
   if (n < 0) fail(`readlink ${q(path)}`);
+  if (n === buf.length) fail(`readlink ${q(path)}`, ENAMETOOLONG); // readlink(2) cuts a longer target silently
   return buf.toString("utf8", 0, n);
 }
 

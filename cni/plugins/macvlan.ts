@@ -204,21 +204,12 @@ async function add(ctx: Ctx): Promise<Result> {
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
+    // Everything that can be refused is refused before anything changes, IPAM included: ipamd answers
+    // a repeated ADD of a live attachment with its addresses, which an undo would then release.
+    const { master, podNs, own } = checkHostAndPod(ctx, host, bandwidth, requested);
+    pod = podNs;
     return await withUndo(log, async (undo) => {
-      // The IPAM request leaves first, and ipamd (or the delegated plugin, in its own process) works
-      // on it while this thread checks the host and the pod. A refusal there gives the addresses
-      // back, after the allocation has answered (its release is on the undo stack then).
-      const allocating = ipamOf(ctx)?.add(undo);
-      let checked: ReturnType<typeof checkHostAndPod>;
-      try {
-        checked = checkHostAndPod(ctx, host, bandwidth, requested);
-      } catch (e) {
-        await allocating?.catch(() => undefined);
-        throw e;
-      }
-      const { master, podNs, own } = checked;
-      pod = podNs;
-      const alloc = await allocating;
+      const alloc = await ipamOf(ctx)?.add(undo);
       const addresses = (alloc?.result.ips ?? []).map((ip) => ip.address);
       if (cfg.vlan && alloc?.vlan && alloc.vlan !== cfg.vlan) {
         log.warn("the config's vlan overrides the pool's", { configVlan: cfg.vlan, poolVlan: alloc.vlan });
@@ -313,7 +304,7 @@ function createMacvlan(
   }
 }
 
-/** Inside the pod namespace: alias, rename, sysctls, addresses, up, DAD, routes. Returns the final link. */
+/** Inside the pod namespace: rename with the alias, arp_notify, addresses, up, DAD, routes, announcement. Returns the final link. */
 function configurePod(
   pod: Netns,
   ctx: Ctx,
@@ -336,6 +327,10 @@ function configurePod(
         "another plugin created it meanwhile; CNI_IFNAME must name a new interface in the pod",
       );
     }
+    // The kernel renames before it sets the alias: renamed without it, the link no longer shows it is
+    // this attachment's and the undo would leave it. It goes here.
+    const now = findLinkByIndex(nl, tmp.index);
+    if (now?.name === ifName && now.alias !== alias) deleteLink(nl, tmp.index);
     throw e;
   }
   try {
@@ -422,9 +417,10 @@ function deleteFromPod(ctx: Ctx): void {
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.pluginConfig;
-  // The release goes out first and runs while the kernel deletes the link (~15 ms, blocking this
-  // thread): in the compiled plugin, fetch sends it from Bun's HTTP thread. An IPAM failure does
-  // not stop the interface removal; it is reported afterwards.
+  // The release goes out first and runs while the kernel deletes the link (~20 ms, blocking this
+  // thread): ipamd commits it meanwhile (the request is sent, its answer read afterwards), a
+  // delegated IPAM plugin runs in its own process. An IPAM failure does not stop the interface
+  // removal; it is reported afterwards.
   const released = releaseMeanwhile(ctx);
   try {
     deleteFromPod(ctx);

@@ -5,7 +5,7 @@
 // same keys in the config, which win, as with the reference bandwidth plugin): bits per second
 // and bits. See docs/bandwidth.md.
 import { addIfb } from "../netlink/ifb";
-import { deleteLink, findLinkByName, getLinkByName, setLinkAlias, setLinkUp, type Link } from "../netlink/link";
+import { deleteLink, findLinkByName, getLinkByName, setLinkAlias, setLinkUp } from "../netlink/link";
 import { type NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import {
   INGRESS_HANDLE,
@@ -183,7 +183,7 @@ export function shapePodInterface(pod: Netns, ifName: string, limits: BandwidthL
   if (limits.ingress) {
     const name = ifbName(ifName);
     addIfb(nl, { name, mtu: link.mtu });
-    undo.push(`delete ifb ${name}`, () => deleteIfb(nl, name));
+    undo.push(`delete ifb ${name}`, () => deleteIfbOf(nl, ifName, log));
     const ifb = getLinkByName(nl, name);
     setLinkAlias(nl, ifb.index, `berth: ingress of ${ifName}`);
     setLinkUp(nl, ifb.index);
@@ -204,11 +204,12 @@ function ignoreGone(fn: () => void): void {
   }
 }
 
-function deleteIfb(nl: NetlinkSocket, name: string): Link | undefined {
-  const ifb = findLinkByName(nl, name);
-  if (ifb?.kind !== "ifb") return undefined;
+/** Deletes the ifb of `ifName`'s ingress shaping, when there is one. */
+function deleteIfbOf(nl: NetlinkSocket, ifName: string, log: Logger): void {
+  const ifb = findLinkByName(nl, ifbName(ifName));
+  if (ifb?.kind !== "ifb") return;
   ignoreGone(() => deleteLink(nl, ifb.index));
-  return ifb;
+  log.info("deleted ifb", { name: ifb.name });
 }
 
 /**
@@ -217,8 +218,7 @@ function deleteIfb(nl: NetlinkSocket, name: string): Link | undefined {
  */
 export function removePodIfb(nl: NetlinkSocket, ifName: string, log: Logger): void {
   try {
-    const ifb = deleteIfb(nl, ifbName(ifName));
-    if (ifb) log.info("deleted ifb", { name: ifb.name });
+    deleteIfbOf(nl, ifName, log);
   } catch (e) {
     throw new CniError(
       CniCode.NetlinkFailure,
@@ -253,8 +253,7 @@ export function removePodShaping(netns: string, ifName: string, log: Logger): vo
       link &&
       ifbIndex !== undefined &&
       listFilters(nl, link.index, INGRESS_HANDLE).some((f) => f.actions.some((a) => a.mirred?.ifindex === ifbIndex));
-    const ifb = deleteIfb(nl, ifbName(ifName));
-    if (ifb) log.info("deleted ifb", { name: ifb.name });
+    deleteIfbOf(nl, ifName, log);
     if (!link) return;
     if (redirects) ignoreGone(() => deleteQdisc(nl, link.index, "ingress"));
     const root = listQdiscs(nl, link.index).find((q) => q.parent === TC_H_ROOT);

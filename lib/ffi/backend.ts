@@ -26,7 +26,7 @@ export interface LibcBackend {
   mkdir(path: string, mode: number): number;
   /** The link's target into `buf` (not NUL-terminated); returns its length. */
   readlink(path: string, buf: Buffer, len: number): number;
-  /** statx(2) into `buf` (256 bytes, the same layout on every architecture). */
+  /** statx(2) into `buf` (256 bytes, the same layout on every architecture), through syscall(2). */
   statx(dirfd: number, path: string, flags: number, mask: number, buf: Buffer): number;
   /** statfs(2); f_type is the first 8 bytes of `buf` (120 bytes) on x86_64 and aarch64. */
   statfs(path: string, buf: Buffer): number;
@@ -44,10 +44,10 @@ export interface LibcBackend {
 }
 
 /** Calls that take a path: each backend passes a C string its own way. */
-type PathCalls = "open" | "rename" | "unlink" | "mkdir" | "readlink" | "statx" | "statfs" | "access" | "realpath";
+type PathCalls = "open" | "rename" | "unlink" | "mkdir" | "readlink" | "statfs" | "access" | "realpath";
 
 /** The calls both backends pass straight through (path calls, `getdents64`, `strerror` and `errno` differ by backend). */
-type Direct = Exclude<keyof LibcBackend, PathCalls | "getdents64" | "strerror" | "errno">;
+type Direct = Exclude<keyof LibcBackend, PathCalls | "getdents64" | "statx" | "strerror" | "errno">;
 // biome-ignore lint: each FFI library types its functions its own way; the contract above is what counts.
 type RawCalls = Record<Direct, (...args: any[]) => unknown>;
 
@@ -73,9 +73,16 @@ export function directCalls(c: RawCalls): Pick<LibcBackend, Direct> {
   };
 }
 
-/** syscall(2) number of getdents64: the two architectures the binary is built for. */
-export function getdents64Number(arch: string): number {
-  if (arch === "x64") return 217;
-  if (arch === "arm64") return 61;
-  throw new Error(`getdents64: no syscall number for architecture ${arch}`);
+/**
+ * syscall(2) numbers of the calls made through it (glibc before 2.28 has no statx, before 2.30 no
+ * getdents64 wrapper; the plugins need only glibc 2.17): the two architectures the binary is built for.
+ */
+const SYSCALLS: Record<string, { getdents64: number; statx: number }> = {
+  x64: { getdents64: 217, statx: 332 },
+  arm64: { getdents64: 61, statx: 291 },
+};
+export function syscallNumber(name: "getdents64" | "statx", arch = process.arch): number {
+  const n = SYSCALLS[arch]?.[name];
+  if (n === undefined) throw new Error(`${name}: no syscall number for architecture ${arch}`);
+  return n;
 }

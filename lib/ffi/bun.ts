@@ -1,6 +1,6 @@
 // libc through Bun's built-in FFI (bun:ffi): dlopen of the system's libc.so.6, no addon.
 import { CString, dlopen, read } from "bun:ffi";
-import { directCalls, getdents64Number, type LibcBackend } from "./backend";
+import { directCalls, syscallNumber, type LibcBackend } from "./backend";
 
 const { symbols: c } = dlopen("libc.so.6", {
   socket: { args: ["i32", "i32", "i32"], returns: "i32" },
@@ -16,13 +16,13 @@ const { symbols: c } = dlopen("libc.so.6", {
   write: { args: ["i32", "ptr", "usize"], returns: "i64_fast" },
   fsync: { args: ["i32"], returns: "i32" },
   // Variadic in C; with only integer and pointer arguments the x86_64 and aarch64 conventions match.
-  syscall: { args: ["i64", "i32", "ptr", "usize"], returns: "i64_fast" },
+  // One signature for both calls made through it: (number, int, pointer, long, long, pointer).
+  syscall: { args: ["i64", "i64", "ptr", "i64", "i64", "ptr"], returns: "i64_fast" },
   open: { args: ["ptr", "i32", "i32"], returns: "i32" },
   rename: { args: ["ptr", "ptr"], returns: "i32" },
   unlink: { args: ["ptr"], returns: "i32" },
   mkdir: { args: ["ptr", "u32"], returns: "i32" },
   readlink: { args: ["ptr", "ptr", "usize"], returns: "i64_fast" },
-  statx: { args: ["i32", "ptr", "i32", "u32", "ptr"], returns: "i32" },
   statfs: { args: ["ptr", "ptr"], returns: "i32" },
   access: { args: ["ptr", "i32"], returns: "i32" },
   realpath: { args: ["ptr", "ptr"], returns: "ptr" },
@@ -43,13 +43,13 @@ const cstr = (path: string): Buffer => Buffer.from(`${path}\0`);
 
 export const backend: LibcBackend = {
   ...directCalls(c),
-  getdents64: (fd, buf, len) => Number(c.syscall(getdents64Number(process.arch), fd, buf, len)),
+  getdents64: (fd, buf, len) => Number(c.syscall(syscallNumber("getdents64"), fd, buf, len, 0, null)),
+  statx: (dirfd, path, flags, mask, buf) => Number(c.syscall(syscallNumber("statx"), dirfd, cstr(path), flags, mask, buf)),
   open: (path, flags, mode) => c.open(cstr(path), flags, mode),
   rename: (from, to) => c.rename(cstr(from), cstr(to)),
   unlink: (path) => c.unlink(cstr(path)),
   mkdir: (path, mode) => c.mkdir(cstr(path), mode),
   readlink: (path, buf, len) => Number(c.readlink(cstr(path), buf, len)),
-  statx: (dirfd, path, flags, mask, buf) => c.statx(dirfd, cstr(path), flags, mask, buf),
   statfs: (path, buf) => c.statfs(cstr(path), buf),
   access: (path, mode) => c.access(cstr(path), mode),
   realpath: (path, buf) => (c.realpath(cstr(path), buf) === null ? -1 : 0),

@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import type * as Koffi from "koffi";
-import { directCalls, getdents64Number, type LibcBackend } from "./backend";
+import { directCalls, syscallNumber, type LibcBackend } from "./backend";
 
 function loadKoffi(): typeof Koffi {
   const require = createRequire(import.meta.url);
@@ -34,7 +34,6 @@ const c = {
   unlink: lib.func("int unlink(const char *path)"),
   mkdir: lib.func("int mkdir(const char *path, uint32_t mode)"),
   readlink: lib.func("long readlink(const char *path, void *buf, size_t len)"),
-  statx: lib.func("int statx(int dirfd, const char *path, int flags, uint32_t mask, void *buf)"),
   statfs: lib.func("int statfs(const char *path, void *buf)"),
   access: lib.func("int access(const char *path, int mode)"),
   realpath: lib.func("void *realpath(const char *path, void *resolved)"),
@@ -47,13 +46,14 @@ const c = {
 
 export const backend: LibcBackend = {
   ...directCalls(c),
-  getdents64: (fd, buf, len) => Number(c.syscall(getdents64Number(process.arch), "int", fd, "void *", buf, "size_t", len)),
+  getdents64: (fd, buf, len) => Number(c.syscall(syscallNumber("getdents64"), "int", fd, "void *", buf, "size_t", len)),
+  statx: (dirfd, path, flags, mask, buf) =>
+    Number(c.syscall(syscallNumber("statx"), "int", dirfd, "const char *", path, "int", flags, "unsigned int", mask, "void *", buf)),
   open: (path, flags, mode) => c.open(path, flags, mode),
   rename: (from, to) => c.rename(from, to),
   unlink: (path) => c.unlink(path),
   mkdir: (path, mode) => c.mkdir(path, mode),
   readlink: (path, buf, len) => Number(c.readlink(path, buf, len)),
-  statx: (dirfd, path, flags, mask, buf) => c.statx(dirfd, path, flags, mask, buf),
   statfs: (path, buf) => c.statfs(path, buf),
   access: (path, mode) => c.access(path, mode),
   realpath: (path, buf) => (c.realpath(path, buf) === null ? -1 : 0),

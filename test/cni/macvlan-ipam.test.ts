@@ -62,6 +62,15 @@ async function held(): Promise<string[]> {
     .sort();
 }
 
+/** ipamd's count of allocations made (its metrics): what a refused ADD must not change. */
+async function allocationsMade(): Promise<number> {
+  const text = await daemon.client.metrics();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("berth_ipamd_allocations_total"))
+    .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+}
+
 beforeAll(async () => {
   lab = makeLab("mvi", ["10.78.0.1/24"]);
   daemon = await startIpamd({ config: { pools: POOLS, statefulSets: [{ namespace: "default", name: "web" }], cooldownSeconds: 0 } });
@@ -171,6 +180,22 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
           .code,
       ).toBe(0);
     }
+  });
+
+  it("a repeated ADD of a live attachment is refused and keeps the pod's address; refusals ask ipamd for nothing", async () => {
+    const pod = newPod(lab);
+    const call = { containerId: "live-1", netns: pod.path, ifName: "eth0" };
+    const first = cni(lab, macvlan(), { command: "ADD", config: conf(), ...call });
+    expect(first.code, first.stdout).toBe(0);
+    const ip = first.json.ips[0].address.split("/")[0];
+    const allocations = await allocationsMade();
+    expect(allocations).toBeGreaterThan(0);
+    expect(cni(lab, macvlan(), { command: "ADD", config: conf(), ...call }).json).toMatchObject({ code: 142 });
+    expect(cni(lab, macvlan(), { command: "ADD", config: conf({ master: "nosuchm0" }), ...call }).json).toMatchObject({ code: 7 });
+    expect(await held()).toContain(ip);
+    // Nothing was allocated for them, so nothing cools down in the pool either.
+    expect(await allocationsMade()).toBe(allocations);
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(), ...call }).code).toBe(0);
   });
 
   it("ADD when CNI_IFNAME exists leaves nothing behind: no IP held, no temporary link", async () => {
