@@ -330,7 +330,7 @@ function phasesOf(calls: Call[]): Record<string, number> {
   const exit = last((c) => c.name === "exit_group");
   const out: Record<string, number> = {};
   if (stdin) out["runtime start + dispatcher (execve to reading stdin)"] = stdin.start;
-  if (stdin && netns) out["config parse, plugin modules, FFI load, (ADD) ipamd request, master"] = netns.start - stdin.end;
+  if (stdin && netns) out["config parse, plugin modules, FFI load, master lookup"] = netns.start - stdin.end;
   if (netns && setnsBack) out["netns entry (open, setns in, netlink socket, setns back)"] = setnsBack.end - netns.start;
   out["netlink requests (time in sendto/recvfrom, all sockets)"] = calls.filter(onNl).reduce((s, c) => s + (c.end - c.start), 0);
   if (dellink) out["  of which the kernel's macvlan delete (RTM_DELLINK)"] = dellink.end - dellink.start;
@@ -339,10 +339,6 @@ function phasesOf(calls: Call[]): Record<string, number> {
     const overlap = Math.min(answer.end, dellink.end) - Math.max(connect.start, dellink.start);
     out["  of which overlapped with the kernel's delete"] = Math.max(0, overlap);
   }
-  // ADD: the request leaves, the host and pod checks run, then the answer is read.
-  const request = unixFd ? first((c) => c.name === "sendto" && c.text.startsWith(`sendto(${unixFd},`)) : undefined;
-  const firstRead = unixFd ? first((c) => c.name === "recvfrom" && c.text.startsWith(`recvfrom(${unixFd},`)) : undefined;
-  if (!dellink && request && firstRead) out["  of which overlapped with the host and pod checks"] = firstRead.start - request.end;
   if (output && exit && output.start > (answer?.end ?? 0)) out["result written to exit"] = exit.start - output.start;
   if (exit) out["total under strace (execve to exit_group)"] = exit.start;
   return out;
