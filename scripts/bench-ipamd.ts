@@ -2,13 +2,20 @@
 // latency at 1, 16 and 256 concurrent clients, on an empty /16 and with 50,000 existing
 // reservations. Drives a real daemon (esbuild bundle on node) with a real SQLite file.
 //
+// With --baseline DIR (a dist/ of another build: DIR/ipamd/ipamd.mjs) every figure is measured for that build ("before")
+// and this one (BERTH_DIST or dist/, "after") in --rounds rounds (default 5), one daemon per build taking turns; the
+// median round of each build is what counts (other work on the machine moves single rounds).
+// Each figure also says the daemon's CPU time per allocation (user + system, /proc/<pid>/stat).
+//
 //   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json] [--cpu-prof DIR]
-import { rmSync } from "node:fs";
+//     [--baseline DIR] [--rounds 5]
+import { readFileSync, rmSync } from "node:fs";
 import { resolve } from "node:path";
 import { IpamdClient } from "../api/client";
 import { type DaemonHandle, startIpamd } from "../test/helpers/ipamd";
 
 interface Result {
+  build: string;
   seeded: number;
   concurrency: number;
   allocations: number;
@@ -17,6 +24,8 @@ interface Result {
   p99ms: number;
   maxms: number;
   errors: number;
+  /** The daemon's CPU milliseconds per allocation during the run. */
+  cpuMsPer: number;
 }
 
 function arg(name: string, fallback: string): string {
@@ -30,6 +39,26 @@ const CONCURRENCY = arg("concurrency", "1,16,256").split(",").map(Number);
 const JSON_OUT = process.argv.includes("--json");
 /** --cpu-prof DIR: the daemon writes a V8 CPU profile there when it stops (open it in Chrome's DevTools). */
 const CPU_PROF = process.argv.includes("--cpu-prof") ? resolve(arg("cpu-prof", "/tmp/berth-bench-prof")) : undefined;
+const THIS_BUILD = process.env.BERTH_DIST ? resolve(process.env.BERTH_DIST) : undefined;
+/** The builds measured: this one (BERTH_DIST, else built from source), and with --baseline the other one first. */
+const BUILDS: { label: string; dist: string | undefined }[] = process.argv.includes("--baseline")
+  ? [
+      { label: "before", dist: resolve(arg("baseline", "")) },
+      { label: "after", dist: THIS_BUILD ?? resolve("dist") },
+    ]
+  : [{ label: "this build", dist: THIS_BUILD }];
+const ROUNDS = Number(arg("rounds", process.argv.includes("--baseline") ? "5" : "1"));
+
+/** CPU milliseconds (user + system) a process used so far. */
+function cpuMs(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return 0;
+  }
+}
 
 function quantile(sorted: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
@@ -46,11 +75,12 @@ async function seed(admin: IpamdClient, count: number): Promise<number> {
   return performance.now() - t0;
 }
 
-async function run(d: DaemonHandle, seeded: number, concurrency: number, total: number, tag: string): Promise<Result> {
+async function run(d: DaemonHandle, build: string, seeded: number, concurrency: number, total: number, tag: string): Promise<Result> {
   const latencies: number[] = [];
   let next = 0;
   let errors = 0;
   const clients = Array.from({ length: concurrency }, () => new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 30_000 }));
+  const cpu0 = cpuMs(d.proc.pid);
   const t0 = performance.now();
   await Promise.all(
     clients.map(async (client) => {
@@ -66,9 +96,11 @@ async function run(d: DaemonHandle, seeded: number, concurrency: number, total: 
     }),
   );
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuMs(d.proc.pid) - cpu0;
   for (const c of clients) c.close();
   latencies.sort((a, b) => a - b);
   return {
+    build,
     seeded,
     concurrency,
     allocations: latencies.length,
@@ -77,40 +109,75 @@ async function run(d: DaemonHandle, seeded: number, concurrency: number, total: 
     p99ms: +quantile(latencies, 0.99).toFixed(3),
     maxms: +(latencies.at(-1) ?? NaN).toFixed(3),
     errors,
+    cpuMsPer: +(cpu / Math.max(1, latencies.length)).toFixed(3),
   };
 }
 
+function line(r: Result): string {
+  return (
+    `${BUILDS.length > 1 ? r.build.padEnd(7) : ""}existing=${String(r.seeded).padStart(5)} clients=${String(r.concurrency).padStart(3)}  ` +
+    `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ` +
+    `max ${r.maxms.toFixed(2)} ms  cpu ${r.cpuMsPer.toFixed(3)} ms/alloc  errors ${r.errors}`
+  );
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 async function main(): Promise<void> {
   const results: Result[] = [];
-  for (const seeded of [0, SEED]) {
-    const d = await startIpamd({
-      config: { node: { name: "bench" }, pools: [{ name: "bench16", subnet: "10.200.0.0/16", networks: ["bench"] }] },
-      ...(CPU_PROF ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] } : {}),
-    });
-    // Set-up requests that reserve or release thousands at once: longer than the helper's 5 s.
-    const admin = new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 120_000 });
-    try {
+  for (const seeded of [...new Set([0, SEED])]) results.push(...(await measure(seeded)));
+  if (BUILDS.length > 1 && !JSON_OUT) {
+    console.log(`-- median of ${ROUNDS} rounds`);
+    for (const seeded of [...new Set(results.map((r) => r.seeded))]) {
+      for (const c of CONCURRENCY) {
+        for (const b of BUILDS) {
+          const rs = results.filter((r) => r.build === b.label && r.seeded === seeded && r.concurrency === c);
+          const m = (k: "perSecond" | "p50ms" | "p99ms" | "maxms" | "errors" | "cpuMsPer"): number => median(rs.map((r) => r[k]));
+          const keys = ["perSecond", "p50ms", "p99ms", "maxms", "errors", "cpuMsPer"] as const;
+          console.log(line({ ...rs[0]!, ...Object.fromEntries(keys.map((k) => [k, m(k)])) }));
+        }
+      }
+    }
+  }
+  if (JSON_OUT) console.log(JSON.stringify(results, null, 2));
+}
+
+/** One daemon per build, each seeded and warmed; then the rounds, the builds taking turns within each. */
+async function measure(seeded: number): Promise<Result[]> {
+  const daemons: { label: string; d: DaemonHandle; admin: IpamdClient }[] = [];
+  const results: Result[] = [];
+  try {
+    for (const build of BUILDS) {
+      if (build.dist) process.env.BERTH_DIST = build.dist; // startIpamd runs dist/ipamd/ipamd.mjs of BERTH_DIST
+      const d = await startIpamd({
+        config: { node: { name: "bench" }, pools: [{ name: "bench16", subnet: "10.200.0.0/16", networks: ["bench"] }] },
+        ...(CPU_PROF ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] } : {}),
+      });
+      // Set-up requests that reserve or release thousands at once: longer than the helper's 5 s.
+      const admin = new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 120_000 });
+      daemons.push({ label: build.label, d, admin });
       if (seeded > 0) {
         const ms = await seed(admin, seeded);
-        if (!JSON_OUT) console.log(`seeded ${seeded} reservations in ${(ms / 1000).toFixed(2)} s`);
+        if (!JSON_OUT) console.log(`${build.label}: seeded ${seeded} reservations in ${(ms / 1000).toFixed(2)} s`);
       }
       // Measure a warm daemon, as on a node: JIT, and SQLite's files grown to their working size
       // (seeding does that for the second round). Then clear the warm-up allocations.
-      await run(d, seeded, 16, seeded > 0 ? 500 : 20_000, "warm");
+      await run(d, build.label, seeded, 16, seeded > 0 ? 500 : 20_000, "warm");
       await admin.gc("bench", []);
+    }
+    for (let round = 0; round < ROUNDS; round++) {
       for (const c of CONCURRENCY) {
-        const r = await run(d, seeded, c, ALLOCATIONS, `${seeded}-${c}`);
-        results.push(r);
-        if (!JSON_OUT) {
-          console.log(
-            `existing=${String(seeded).padStart(5)} clients=${String(c).padStart(3)}  ` +
-              `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  ` +
-              `p99 ${r.p99ms.toFixed(2)} ms  max ${r.maxms.toFixed(2)} ms  errors ${r.errors}`,
-          );
+        // ABBA: neither build always runs first after the other one's run.
+        for (const { label, d, admin } of round % 2 ? [...daemons].reverse() : daemons) {
+          const r = await run(d, label, seeded, c, ALLOCATIONS, `${seeded}-${c}-${round}`);
+          results.push(r);
+          if (!JSON_OUT) console.log(line(r));
+          // Keep the number of existing reservations constant between runs.
+          await admin.gc("bench", []);
         }
-        // Keep the number of existing reservations constant between runs.
-        await admin.gc("bench", []);
       }
+    }
+    for (const { label, d } of daemons) {
       const status = await d.client.status();
       const metrics = await d.client.metrics();
       const num = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1] ?? NaN);
@@ -118,17 +185,19 @@ async function main(): Promise<void> {
       const batched = num("berth_ipamd_commit_batch_size_sum");
       if (!JSON_OUT) {
         console.log(
-          `  (reservations after runs: ${status.reservations}; ${batched} requests committed in ${batches} ` +
-            `transactions, ${(batched / batches).toFixed(1)} per commit on average)`,
+          `  (${BUILDS.length > 1 ? `${label}: ` : ""}reservations after runs: ${status.reservations}; ${batched} requests ` +
+            `committed in ${batches} transactions, ${(batched / batches).toFixed(1)} per commit on average)`,
         );
       }
-    } finally {
+    }
+  } finally {
+    for (const { d, admin } of daemons) {
       admin.close();
       await d.stop();
       rmSync(d.dir, { recursive: true, force: true });
     }
   }
-  if (JSON_OUT) console.log(JSON.stringify(results, null, 2));
+  return results;
 }
 
 main().catch((e: unknown) => {
