@@ -24,8 +24,9 @@ interface Result {
   p99ms: number;
   maxms: number;
   errors: number;
-  /** The daemon's CPU milliseconds per allocation during the run. */
+  /** The daemon's CPU milliseconds per allocation during the run, and of them in the kernel. */
   cpuMsPer: number;
+  sysMsPer: number;
 }
 
 function arg(name: string, fallback: string): string {
@@ -49,14 +50,14 @@ const BUILDS: { label: string; dist: string | undefined }[] = process.argv.inclu
   : [{ label: "this build", dist: THIS_BUILD }];
 const ROUNDS = Number(arg("rounds", process.argv.includes("--baseline") ? "5" : "1"));
 
-/** CPU milliseconds (user + system) a process used so far. */
-function cpuMs(pid: number | undefined): number {
-  if (!pid) return 0;
+/** CPU milliseconds a process used so far: user + system, and system. */
+function cpuMs(pid: number | undefined): { all: number; sys: number } {
+  if (!pid) return { all: 0, sys: 0 };
   try {
     const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(f[11]) + Number(f[12])) * 10; // utime, stime in clock ticks (USER_HZ 100)
+    return { all: (Number(f[11]) + Number(f[12])) * 10, sys: Number(f[12]) * 10 }; // utime, stime in clock ticks (USER_HZ 100)
   } catch {
-    return 0;
+    return { all: 0, sys: 0 };
   }
 }
 
@@ -96,7 +97,7 @@ async function run(d: DaemonHandle, build: string, seeded: number, concurrency: 
     }),
   );
   const seconds = (performance.now() - t0) / 1000;
-  const cpu = cpuMs(d.proc.pid) - cpu0;
+  const cpu1 = cpuMs(d.proc.pid);
   for (const c of clients) c.close();
   latencies.sort((a, b) => a - b);
   return {
@@ -109,7 +110,8 @@ async function run(d: DaemonHandle, build: string, seeded: number, concurrency: 
     p99ms: +quantile(latencies, 0.99).toFixed(3),
     maxms: +(latencies.at(-1) ?? NaN).toFixed(3),
     errors,
-    cpuMsPer: +(cpu / Math.max(1, latencies.length)).toFixed(3),
+    cpuMsPer: +((cpu1.all - cpu0.all) / Math.max(1, latencies.length)).toFixed(3),
+    sysMsPer: +((cpu1.sys - cpu0.sys) / Math.max(1, latencies.length)).toFixed(3),
   };
 }
 
@@ -117,7 +119,7 @@ function line(r: Result): string {
   return (
     `${BUILDS.length > 1 ? r.build.padEnd(7) : ""}existing=${String(r.seeded).padStart(5)} clients=${String(r.concurrency).padStart(3)}  ` +
     `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ` +
-    `max ${r.maxms.toFixed(2)} ms  cpu ${r.cpuMsPer.toFixed(3)} ms/alloc  errors ${r.errors}`
+    `max ${r.maxms.toFixed(2)} ms  cpu ${r.cpuMsPer.toFixed(3)} ms/alloc (sys ${r.sysMsPer.toFixed(3)})  errors ${r.errors}`
   );
 }
 
@@ -132,8 +134,9 @@ async function main(): Promise<void> {
       for (const c of CONCURRENCY) {
         for (const b of BUILDS) {
           const rs = results.filter((r) => r.build === b.label && r.seeded === seeded && r.concurrency === c);
-          const m = (k: "perSecond" | "p50ms" | "p99ms" | "maxms" | "errors" | "cpuMsPer"): number => median(rs.map((r) => r[k]));
-          const keys = ["perSecond", "p50ms", "p99ms", "maxms", "errors", "cpuMsPer"] as const;
+          const m = (k: "perSecond" | "p50ms" | "p99ms" | "maxms" | "errors" | "cpuMsPer" | "sysMsPer"): number =>
+            median(rs.map((r) => r[k]));
+          const keys = ["perSecond", "p50ms", "p99ms", "maxms", "errors", "cpuMsPer", "sysMsPer"] as const;
           console.log(line({ ...rs[0]!, ...Object.fromEntries(keys.map((k) => [k, m(k)])) }));
         }
       }
