@@ -124,15 +124,15 @@ export class Statements {
         container_id, ifname, network, pod_namespace, pod_name, pod_uid, created_at, attached_at, detached_at, attached_seq)
         VALUES (@ip, @pool, @family, @owner, @kind, @sticky, @pinned, @namespace, @statefulset, @ordinal,
         @container_id, @ifname, @network, @pod_namespace, @pod_name, @pod_uid, @created_at, @attached_at, @detached_at,
-        @attached_seq)`),
+        @attached_seq) RETURNING *`),
       attach: p(`UPDATE reservations SET container_id = @container_id, ifname = @ifname, network = @network,
         pod_namespace = @pod_namespace, pod_name = @pod_name, pod_uid = @pod_uid, attached_at = @now, detached_at = NULL,
-        attached_seq = @seq WHERE id = @id`),
-      detach: p("UPDATE reservations SET container_id = NULL, ifname = NULL, network = NULL, detached_at = ? WHERE id = ?"),
-      setPinned: p("UPDATE reservations SET pinned = 1 WHERE id = ?"),
+        attached_seq = @seq WHERE id = @id RETURNING *`),
+      detach: p("UPDATE reservations SET container_id = NULL, ifname = NULL, network = NULL, detached_at = ? WHERE id = ? RETURNING *"),
+      setPinned: p("UPDATE reservations SET pinned = 1 WHERE id = ? RETURNING *"),
       handToAttachment: p(`UPDATE reservations SET owner = ?, kind = 'attachment', sticky = 0, pinned = 0,
-        namespace = NULL, statefulset = NULL, ordinal = NULL WHERE id = ?`),
-      remove: p("DELETE FROM reservations WHERE id = ?"),
+        namespace = NULL, statefulset = NULL, ordinal = NULL WHERE id = ? RETURNING *`),
+      remove: p("DELETE FROM reservations WHERE id = ? RETURNING *"),
       addReleased: p(`INSERT INTO released (ip, pool, released_at) VALUES (?, ?, ?)
         ON CONFLICT(ip) DO UPDATE SET pool = excluded.pool, released_at = excluded.released_at`),
       oldestReleased: p("SELECT ip FROM released WHERE pool = ? AND released_at <= ? ORDER BY released_at, ip LIMIT 1"),
@@ -319,41 +319,39 @@ export class Statements {
 
   insert(row: Omit<Row, "id" | "attached_seq">): Row {
     const attached_seq = row.container_id ? this.batchSeq : null;
-    const after = this.byId(Number(this.q.insert.run({ ...row, attached_seq }).lastInsertRowid));
+    const after = this.q.insert.get({ ...row, attached_seq }) as Row;
     this.observer?.({ change: "insert", after });
     return after;
   }
 
   attach(id: number, attachment: AttachmentColumns, now: number): void {
-    this.observed("attach", id, () => this.q.attach.run({ ...attachment, now, id, seq: this.batchSeq }));
+    this.observed("attach", id, () => this.q.attach.get({ ...attachment, now, id, seq: this.batchSeq }));
   }
 
   detach(id: number, now: number): void {
-    this.observed("detach", id, () => this.q.detach.run(now, id));
+    this.observed("detach", id, () => this.q.detach.get(now, id));
   }
 
   setPinned(id: number): void {
-    this.observed("setPinned", id, () => this.q.setPinned.run(id));
+    this.observed("setPinned", id, () => this.q.setPinned.get(id));
   }
 
   /** The row keeps its address and attachment but is owned by `owner` (containerID/ifName), not sticky. */
   handToAttachment(id: number, owner: string): void {
-    this.observed("handToAttachment", id, () => this.q.handToAttachment.run(owner, id));
+    this.observed("handToAttachment", id, () => this.q.handToAttachment.get(owner, id));
   }
 
   remove(id: number): void {
-    this.observed("remove", id, () => this.q.remove.run(id));
+    this.observed("remove", id, () => this.q.remove.get(id));
   }
 
-  private observed(change: RowChange["change"], id: number, run: () => unknown): void {
-    if (!this.observer) {
-      run();
-      return;
-    }
-    const before = this.q.byId.get(id) as Row | undefined;
-    run();
-    const after = change === "remove" ? undefined : (this.q.byId.get(id) as Row | undefined);
-    this.observer({ change, ...(before ? { before } : {}), ...(after ? { after } : {}) });
+  /** `write` returns the row as it leaves the statement (RETURNING *): the removed row, or the updated one. */
+  private observed(change: RowChange["change"], id: number, write: () => unknown): void {
+    const before = this.observer && change !== "remove" ? (this.q.byId.get(id) as Row | undefined) : undefined;
+    const row = write() as Row | undefined;
+    if (!this.observer) return;
+    if (change === "remove") this.observer({ change, ...(row ? { before: row } : {}) });
+    else this.observer({ change, ...(before ? { before } : {}), ...(row ? { after: row } : {}) });
   }
 
   count(): number {
