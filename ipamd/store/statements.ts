@@ -70,6 +70,33 @@ export interface RowChange {
   after?: Row;
 }
 
+/**
+ * The columns of an inserted row, bound by position: node:sqlite binds an object's named parameters by
+ * looking each name up under every prefix ($, :, @), about 9 µs for these 20 on every ADD.
+ */
+const INSERT_COLUMNS = [
+  "ip",
+  "pool",
+  "family",
+  "owner",
+  "kind",
+  "sticky",
+  "pinned",
+  "namespace",
+  "statefulset",
+  "ordinal",
+  "container_id",
+  "ifname",
+  "network",
+  "pod_namespace",
+  "pod_name",
+  "pod_uid",
+  "created_at",
+  "attached_at",
+  "detached_at",
+  "attached_seq",
+] as const satisfies readonly (keyof Omit<Row, "id">)[];
+
 export class Statements {
   /** Hears every change of a reservation row, inside its transaction (ipamd/changes.ts). */
   observer?: (c: RowChange) => void;
@@ -120,11 +147,8 @@ export class Statements {
       byId: p("SELECT * FROM reservations WHERE id = ?"),
       byIp: p("SELECT * FROM reservations WHERE ip = ?"),
       ipTaken: p("SELECT 1 FROM reservations WHERE ip = ? UNION ALL SELECT 1 FROM released WHERE ip = ? LIMIT 1"),
-      insert: p(`INSERT INTO reservations (ip, pool, family, owner, kind, sticky, pinned, namespace, statefulset, ordinal,
-        container_id, ifname, network, pod_namespace, pod_name, pod_uid, created_at, attached_at, detached_at, attached_seq)
-        VALUES (@ip, @pool, @family, @owner, @kind, @sticky, @pinned, @namespace, @statefulset, @ordinal,
-        @container_id, @ifname, @network, @pod_namespace, @pod_name, @pod_uid, @created_at, @attached_at, @detached_at,
-        @attached_seq) RETURNING *`),
+      insert: p(`INSERT INTO reservations (${INSERT_COLUMNS.join(", ")})
+        VALUES (${INSERT_COLUMNS.map(() => "?").join(", ")}) RETURNING *`),
       attach: p(`UPDATE reservations SET container_id = @container_id, ifname = @ifname, network = @network,
         pod_namespace = @pod_namespace, pod_name = @pod_name, pod_uid = @pod_uid, attached_at = @now, detached_at = NULL,
         attached_seq = @seq WHERE id = @id RETURNING *`),
@@ -318,8 +342,8 @@ export class Statements {
   }
 
   insert(row: Omit<Row, "id" | "attached_seq">): Row {
-    const attached_seq = row.container_id ? this.batchSeq : null;
-    const after = this.q.insert.get({ ...row, attached_seq }) as Row;
+    const values: Omit<Row, "id"> = { ...row, attached_seq: row.container_id ? this.batchSeq : null };
+    const after = this.q.insert.get(...INSERT_COLUMNS.map((c) => values[c])) as Row;
     this.observer?.({ change: "insert", after });
     return after;
   }
