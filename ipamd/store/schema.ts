@@ -117,6 +117,13 @@ export const MIGRATIONS: string[] = [
     json  TEXT NOT NULL                  -- the StickyRecord with its modRevision
   );
   `,
+  // 7: the next released address to reuse (least recently released, then the lowest) is one index seek: with
+  // (pool, released_at) alone, SQLite sorted every address released at the same instant (a GC or a scale-down
+  // releases thousands at once) on each ADD once the pool's never-used addresses ran out.
+  `
+  CREATE INDEX released_pool_time_ip ON released(pool, released_at, ip);
+  DROP INDEX released_pool_time;
+  `,
 ];
 
 /** Indexes whose absence would let an address be held twice, or a member hold two: checked at every start. */

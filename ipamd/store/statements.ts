@@ -97,6 +97,9 @@ const INSERT_COLUMNS = [
   "attached_seq",
 ] as const satisfies readonly (keyof Omit<Row, "id">)[];
 
+/** The released address a pool reuses next: past its cooldown, least recently released, then the lowest. */
+export const OLDEST_RELEASED = "SELECT ip FROM released WHERE pool = ? AND released_at <= ? ORDER BY released_at, ip LIMIT 1";
+
 export class Statements {
   /** Hears every change of a reservation row, inside its transaction (ipamd/changes.ts). */
   observer?: (c: RowChange) => void;
@@ -159,7 +162,7 @@ export class Statements {
       remove: p("DELETE FROM reservations WHERE id = ? RETURNING *"),
       addReleased: p(`INSERT INTO released (ip, pool, released_at) VALUES (?, ?, ?)
         ON CONFLICT(ip) DO UPDATE SET pool = excluded.pool, released_at = excluded.released_at`),
-      oldestReleased: p("SELECT ip FROM released WHERE pool = ? AND released_at <= ? ORDER BY released_at, ip LIMIT 1"),
+      oldestReleased: p(OLDEST_RELEASED),
       dropReleased: p("DELETE FROM released WHERE ip = ?"),
       coolingCount: p("SELECT count(*) AS n FROM released WHERE pool = ? AND released_at > ?"),
       cursor: p("SELECT next, fingerprint FROM pool_cursor WHERE pool = ?"),

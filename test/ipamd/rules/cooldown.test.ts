@@ -1,6 +1,7 @@
 // Free address order (api/API.md, Concepts): never-used first, then released ones past the
 // cooldown, least recently released first; an explicit request skips the cooldown.
 import { describe, expect, it } from "vitest";
+import { OLDEST_RELEASED } from "../../../ipamd/store/statements";
 import { pool, rulesOn } from "./harness";
 
 describe("cooldown and order of free addresses", () => {
@@ -19,6 +20,18 @@ describe("cooldown and order of free addresses", () => {
     await expect(r.add("e")).rejects.toMatchObject({ code: "pool_exhausted" });
     r.now += 1_000;
     expect(r.ips(await r.add("e"))).toEqual(["10.0.0.10"]);
+  });
+
+  it("reuses the lowest of addresses released at the same instant, found by one index seek (no sort)", async () => {
+    const r = rulesOn({ pools: [pool("p4", 40)], cooldownSeconds: 1 });
+    for (let i = 0; i < 40; i++) await r.add(`c${i}`);
+    for (let i = 39; i >= 0; i -= 1) await r.del(`c${i}`); // one instant: the rules' clock does not move
+    r.now += 2_000;
+    expect(r.ips(await r.add("again"))).toEqual(["10.0.0.10"]);
+    const plan = r.db.prepare(`EXPLAIN QUERY PLAN ${OLDEST_RELEASED}`).all("p4", r.now) as { detail: string }[];
+    expect(plan.map((p) => p.detail).join("; ")).toMatch(
+      /^SEARCH released USING COVERING INDEX released_pool_time_ip \(pool=\? AND released_at<\?\)$/,
+    );
   });
 
   it("prefers never-used addresses over released ones even after the cooldown", async () => {
