@@ -9,6 +9,8 @@
 //     machine disturbs less;
 //  3. where an ADD and a DEL spend their time: phases cut at system calls in an strace of the
 //     compiled plugin (strace --seccomp-bpf stops only at the calls it marks, so it adds little).
+// With --baseline DIR (a dist/ of another build: DIR/bin/berth-macvlan), that build's berth-macvlan +
+// berth-ipam takes its turn in the same rounds, and this build is also given against it.
 import { spawn, spawnSync, execFileSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,6 +20,8 @@ const root = resolve(import.meta.dirname, "..");
 const bin = join(root, "dist/bin");
 const REFERENCE = "/usr/lib/cni";
 const rounds = Number(process.env.BENCH_ROUNDS ?? 40);
+const baselineAt = process.argv.indexOf("--baseline");
+const baseline = baselineAt >= 0 && process.argv[baselineAt + 1] ? join(resolve(process.argv[baselineAt + 1]!), "bin") : undefined;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -216,7 +220,8 @@ async function addDelBench(): Promise<void> {
       ours: { file: berth, path: bin, conf: ours },
       oursHl: { file: berth, path: `${bin}:${REFERENCE}`, conf: oursHostLocal },
       ref: { file: reference, path: REFERENCE, conf: theirs },
-    };
+      ...(baseline ? { base: { file: join(baseline, "berth-macvlan"), path: baseline, conf: ours } } : {}),
+    } as Record<"ours" | "oursHl" | "ref" | "base", { file: string; path: string; conf: string }>;
     type Samples = { add: number[]; del: number[]; addCpu: number[]; delCpu: number[] };
     const t = Object.fromEntries(Object.keys(kinds).map((k) => [k, { add: [], del: [], addCpu: [], delCpu: [] }])) as unknown as Record<
       keyof typeof kinds,
@@ -236,7 +241,7 @@ async function addDelBench(): Promise<void> {
     for (let i = 0; i < 3; i++) for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) once(k, `warm${k}${i}`, false);
     for (let i = 0; i < rounds; i++) for (const k of Object.keys(kinds) as (keyof typeof kinds)[]) once(k, `bench${k}${i}`, true);
     const pair = (a: number[], d: number[]) => a.map((x, i) => x + d[i]!);
-    const table = (title: string, o: Samples, r: Samples) => {
+    const table = (title: string, o: Samples, r: Samples, names = ["berth", "reference"]) => {
       console.log(title);
       const rows = [
         ["ADD", o.add, r.add, o.addCpu, r.addCpu],
@@ -245,15 +250,22 @@ async function addDelBench(): Promise<void> {
       ] as const;
       for (const [label, a, b, ac, bc] of rows) {
         console.log(
-          `  ${label.padEnd(8)} berth ${ms(median(a)).padStart(9)}   reference ${ms(median(b)).padStart(9)}   ` +
+          `  ${label.padEnd(8)} ${names[0]} ${ms(median(a)).padStart(9)}   ${names[1]} ${ms(median(b)).padStart(9)}   ` +
             `ratio ${(median(a) / median(b)).toFixed(2)}    cpu ${ms(median(ac)).padStart(8)} vs ${ms(median(bc)).padStart(8)}  ` +
             `ratio ${(median(ac) / median(bc)).toFixed(2)}`,
         );
       }
     };
-    console.log(`  ${rounds} rounds, the three pairs in turn (after 3 warm-up rounds); medians of wall time and of CPU time:`);
+    console.log(`  ${rounds} rounds, the pairs in turn (after 3 warm-up rounds); medians of wall time and of CPU time:`);
     table("  berth-macvlan + berth-ipam (ipamd) vs macvlan + host-local:", t.ours, t.ref);
     table("  plugin against plugin, both on host-local (berth-macvlan + host-local vs macvlan + host-local):", t.oursHl, t.ref);
+    if (baseline) {
+      table(`  the baseline build (${baseline}), berth-macvlan + berth-ipam, against the reference:`, t.base, t.ref);
+      table("  this build against the baseline build (ratio < 1: this build is faster), both on ipamd:", t.ours, t.base, [
+        "this",
+        "baseline",
+      ]);
+    }
 
     console.log("\nwhere the time goes (median of 10 ADD and 10 DEL of berth-macvlan + berth-ipam under strace --seccomp-bpf):");
     phaseBreakdown((command, id) => ({ file: berth, env: env(command, id, bin), stdin: ours }));
