@@ -176,6 +176,8 @@ const benchCpu = (): number => {
  * What a measured stretch cost: etcd requests (per op), CPU seconds of the etcd members, the daemons, this load
  * generator and the rest of the machine, and the most operations per second the cores fit at that cost.
  */
+/** CPU ms per operation of the last stretch meter() measured: ipamd, etcd (3 members), load generator, etcd requests. */
+let lastPerOp = { ipamd: 0, etcd: 0, bench: 0, requests: 0 };
 async function meter(etcd: EtcdCluster, daemons: () => DaemonHandle[]): Promise<(ops: number) => Promise<string>> {
   const etcdCpu = (): number => etcd.members.reduce((s, m) => s + cpuSeconds(m.proc?.pid), 0);
   const daemonCpu = (): number => daemons().reduce((s, d) => s + cpuSeconds(d.proc.pid), 0);
@@ -189,6 +191,12 @@ async function meter(etcd: EtcdCluster, daemons: () => DaemonHandle[]): Promise<
     const wall = (t1 - t0) / 1000;
     const [etcdS, ipamdS, benchS] = [e1 - e0, d1 - d0, b1 - b0];
     const perOp = (x: number): string => `${((1000 * x) / ops).toFixed(3)}`;
+    lastPerOp = {
+      ipamd: (1000 * ipamdS) / ops,
+      etcd: (1000 * etcdS) / ops,
+      bench: (1000 * benchS) / ops,
+      requests: (writes + reads) / ops,
+    };
     return (
       `etcd ${((writes + reads) / ops).toFixed(3)} requests/op (${writes} txn/put/delete, ${reads} range), ` +
       `CPU etcd x3 ${etcdS.toFixed(2)} s, ipamd ${ipamdS.toFixed(2)} s, this load generator ${benchS.toFixed(2)} s, ` +
@@ -217,13 +225,19 @@ async function main(): Promise<void> {
       // No GC between rounds: every round takes addresses never used before, so the cluster node's buffer is refilled
       // from etcd in the background while it serves (a GC would put thousands of released addresses into its buffer).
       for (const d of [single, ...members]) await load([d], 16, 2000, "warm");
-      const rounds = [single, ...members].map(() => ({ perSecond: [] as number[], lat: [] as number[], cost: [] as string[] }));
+      const rounds = [single, ...members].map(() => ({
+        perSecond: [] as number[],
+        lat: [] as number[],
+        cost: [] as string[],
+        perOp: [] as (typeof lastPerOp)[],
+      }));
       for (let r = 0; r < ROUNDS1; r++) {
         for (const [i, d] of [single, ...members].entries()) {
           if (i > 0) await waitBuffered(d, BUFFER.high - 16);
           const m = await meter(etcd, () => [d]);
           const x = await load([d], 16, N, `r${r}`);
           rounds[i]!.cost.push(await m(N));
+          rounds[i]!.perOp.push(lastPerOp);
           rounds[i]!.perSecond.push(x.perSecond);
           rounds[i]!.lat.push(...x.lat);
         }
@@ -241,6 +255,14 @@ async function main(): Promise<void> {
         const ratio = med(rounds[0]!.perSecond) / med(x.perSecond);
         console.log(`${line(`cluster node (${b.label})`, x)}  ratio ${ratio.toFixed(3)} (${verdict(ratio <= 1.1)})`);
         console.log(`      last round: ${x.cost[ROUNDS1 - 1]}`);
+      }
+      // Timings move with whatever else runs on the machine; CPU per operation much less: the median of the rounds.
+      for (const [i, label] of ["single node", ...BUILDS.map((b) => `cluster node (${b.label})`)].entries()) {
+        const p = (k: keyof typeof lastPerOp): string => med(rounds[i]!.perOp.map((x) => x[k])).toFixed(3);
+        console.log(
+          `      median CPU ms/op, ${label}: ipamd ${p("ipamd")}, etcd ${p("etcd")}, ` +
+            `load generator ${p("bench")} (${p("requests")} etcd requests/op)`,
+        );
       }
       console.log(`      single node, last round: ${rounds[0]!.cost[ROUNDS1 - 1]!.replace(/^etcd .*?\), CPU etcd x3 \S+ s, /, "CPU ")}`);
       await single.stop();

@@ -63,9 +63,10 @@ export interface RangeOptions {
   revision?: number;
 }
 
+/** With `rangeEnd`, the compare holds for every key in [key, rangeEnd), and when none exists (not for "value"). */
 export type Compare =
-  | { key: string; target: "create" | "mod" | "version"; equals: number }
-  | { key: string; target: "value"; equals: string };
+  | { key: string; rangeEnd?: string; target: "create" | "mod" | "version"; equals: number }
+  | { key: string; rangeEnd?: string; target: "value"; equals: string };
 
 export type TxnOp =
   | { put: { key: string; value: string; lease?: string } }
@@ -203,6 +204,7 @@ function rangeBody(key: string, o: RangeOptions = {}): Record<string, unknown> {
 function compareBody(c: Compare): Record<string, unknown> {
   const target = { create: "CREATE", mod: "MOD", version: "VERSION", value: "VALUE" }[c.target];
   const body: Record<string, unknown> = { key: b64(c.key), target, result: "EQUAL" };
+  if (c.rangeEnd !== undefined) body.range_end = b64(c.rangeEnd);
   if (c.target === "value") body.value = b64(c.equals);
   else body[{ create: "create_revision", mod: "mod_revision", version: "version" }[c.target]] = c.equals;
   return body;

@@ -175,6 +175,30 @@ export interface OutboxOutcome {
 }
 
 const MAX_CAS_ATTEMPTS = 16;
+/**
+ * "None of `keys` exists" as few compares as possible: CreateRevision == 0 over a key range holds only when no key in
+ * the range exists, so a run of candidates adjacent in key order (no key known to exist sorts between them) is one
+ * compare, not one each. An unknown key inside a run fails the compare, as a taken candidate does.
+ */
+export function absentCompares(prefix: string, ips: string[], known: Iterable<string>[]): Compare[] {
+  const sorted = [...ips].sort(); // the keys' order: they share the prefix
+  const first = sorted[0]!;
+  const last = sorted[sorted.length - 1]!;
+  const blockers: string[] = [];
+  for (const set of known) for (const ip of set) if (ip > first && ip < last) blockers.push(ip);
+  blockers.sort();
+  const out: Compare[] = [];
+  let b = 0;
+  let start = 0;
+  for (let i = 1; i <= sorted.length; i++) {
+    while (i < sorted.length && b < blockers.length && blockers[b]! <= sorted[i - 1]!) b++;
+    if (i < sorted.length && !(b < blockers.length && blockers[b]! < sorted[i]!)) continue;
+    const [a, z] = [prefix + sorted[start]!, prefix + sorted[i - 1]!];
+    out.push(a === z ? { key: a, target: "create", equals: 0 } : { key: a, rangeEnd: `${z}\0`, target: "create", equals: 0 });
+    start = i;
+  }
+  return out;
+}
 const spanStart = (keys: string[]): string => keys.reduce((a, b) => (b < a ? b : a));
 const spanEnd = (keys: string[]): string => keys.reduce((a, b) => (b > a ? b : a));
 /** Identities one reserve-ahead transaction creates (two compares and two puts each). */
@@ -555,7 +579,7 @@ export class ClusterOwnership {
       let r;
       try {
         r = await this.client.txn(
-          keys.map((key) => ({ key, target: "create", equals: 0 })),
+          absentCompares(this.keys.poolIps(pool), candidates, [owned, this.buffers.get(pool)!.keys()]),
           keys.map((key) => ({ put: { key, value } })),
           // Which of them are taken: one keys-only read of the span they sort in, not a read each (the failure ops
           // travel in every claim's raft entry, to every member, even when the compares hold). A hint only, so
@@ -582,8 +606,8 @@ export class ClusterOwnership {
       this.conflict("claim");
       this.jump(p);
       batch = Math.max(1, batch >> 1);
-      const taken = new Set(r.responses.flatMap((resp) => (resp.kind === "get" ? resp.kvs.map((kv) => kv.key) : [])));
-      for (const [i, key] of keys.entries()) if (taken.has(key)) owned.add(candidates[i]!);
+      // Every key of the span is an owned address: a range compare fails on any of them, candidate or not.
+      for (const resp of r.responses) if (resp.kind === "get") for (const kv of resp.kvs) owned.add(this.keys.ipFromKey(kv.key));
     }
     if (got.length > 0 || want <= 0) return got;
     // Never "nothing free" for a claim that only kept losing races or meeting unknown outcomes: retryable.
