@@ -21,7 +21,7 @@ const until = async (what: string, cond: () => boolean | Promise<boolean>, ms = 
   }
 };
 
-describe("etcd JSON-gateway client", () => {
+describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", () => {
   it("does range, put, delete, txn (both branches) and leases as etcd sees them", async () => {
     const c = new EtcdClient({ endpoints: etcd.endpoints });
     await c.put("/t/kv/a", "1");
@@ -48,6 +48,22 @@ describe("etcd JSON-gateway client", () => {
     const created = await c.txn([{ key: "/t/kv/new", target: "create", equals: 0 }], [{ put: { key: "/t/kv/new", value: "x" } }]);
     expect(created.succeeded).toBe(true);
     expect(etcd.dump("/t/kv/").get("/t/kv/new")).toBe("x");
+    // A compare over a range: holds only when no key in it exists (how a claim checks a run of candidates).
+    const none = await c.txn(
+      [{ key: "/t/kv/c1", rangeEnd: "/t/kv/c9\0", target: "create", equals: 0 }],
+      [{ put: { key: "/t/kv/c1", value: "1" } }, { put: { key: "/t/kv/c5", value: "5" } }],
+    );
+    expect(none.succeeded).toBe(true);
+    const some = await c.txn(
+      [{ key: "/t/kv/c2", rangeEnd: "/t/kv/c9\0", target: "create", equals: 0 }],
+      [{ put: { key: "/t/kv/c2", value: "2" } }],
+      [{ get: { key: "/t/kv/c2", rangeEnd: "/t/kv/c9\0", keysOnly: true } }],
+    );
+    expect(some.succeeded).toBe(false);
+    expect(some.responses[0]).toMatchObject({ kind: "get", kvs: [{ key: "/t/kv/c5", value: "" }] });
+    expect(etcd.dump("/t/kv/").has("/t/kv/c2")).toBe(false);
+    const del = await c.txn([], [{ del: { key: "/t/kv/c", prefix: true } }]);
+    expect(del.responses[0]).toEqual({ kind: "del", deleted: 2 });
     expect(await c.delete("/t/kv/", { prefix: true })).toBe(3);
     expect(etcd.dump("/t/kv/").size).toBe(0);
 
