@@ -265,6 +265,8 @@ async function main(): Promise<void> {
         );
       }
       console.log(`      single node, last round: ${rounds[0]!.cost[ROUNDS1 - 1]!.replace(/^etcd .*?\), CPU etcd x3 \S+ s, /, "CPU ")}`);
+      const commits = await Promise.all([single, ...members].map(perCommit));
+      console.log(`      requests per group commit (single, ${BUILDS.map((b) => b.label).join(", ")}): ${commits.join(", ")}`);
       await single.stop();
       for (const d of members) await d.stop();
     }

@@ -2,33 +2,35 @@
 // RangeRequest, PutRequest, DeleteRangeRequest, TxnRequest (Compare, RequestOp) and their responses. Field numbers
 // are etcd's, common to 3.4 and 3.5. Only what the client uses is encoded; unknown fields in answers are skipped.
 
+/** Writes one message into a growing buffer (no allocation per field: a claim's txn has hundreds of them). */
 export class ProtoWriter {
-  private readonly parts: Buffer[] = [];
+  private buf = Buffer.allocUnsafe(256);
   length = 0;
 
-  private push(b: Buffer): void {
-    this.parts.push(b);
-    this.length += b.length;
+  private ensure(n: number): void {
+    if (this.length + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(2 * this.buf.length, this.length + n));
+    this.buf.copy(next, 0, 0, this.length);
+    this.buf = next;
   }
 
   private varint(n: number | bigint): void {
-    const out: number[] = [];
+    this.ensure(10);
     if (typeof n === "bigint") {
       let v = BigInt.asUintN(64, n);
       while (v > 127n) {
-        out.push(Number(v & 127n) | 128);
+        this.buf[this.length++] = Number(v & 127n) | 128;
         v >>= 7n;
       }
-      out.push(Number(v));
-    } else {
-      let v = n;
-      while (v > 127) {
-        out.push((v % 128) | 128);
-        v = Math.floor(v / 128);
-      }
-      out.push(v);
+      this.buf[this.length++] = Number(v);
+      return;
     }
-    this.push(Buffer.from(out));
+    let v = n;
+    while (v > 127) {
+      this.buf[this.length++] = (v % 128) | 128;
+      v = Math.floor(v / 128);
+    }
+    this.buf[this.length++] = v;
   }
 
   /** A varint field; `always` writes a zero too (a oneof member is present even when 0). */
@@ -44,17 +46,22 @@ export class ProtoWriter {
   }
 
   bytes(field: number, s: string | Buffer): this {
-    const b = typeof s === "string" ? Buffer.from(s, "utf8") : s;
+    const len = typeof s === "string" ? Buffer.byteLength(s, "utf8") : s.length;
     this.varint(field * 8 + 2);
-    this.varint(b.length);
-    this.push(b);
+    this.varint(len);
+    this.ensure(len);
+    if (typeof s === "string") this.buf.write(s, this.length, len, "utf8");
+    else s.copy(this.buf, this.length);
+    this.length += len;
     return this;
   }
 
   message(field: number, m: ProtoWriter): this {
     this.varint(field * 8 + 2);
     this.varint(m.length);
-    for (const p of m.parts) this.push(p);
+    this.ensure(m.length);
+    m.buf.copy(this.buf, this.length, 0, m.length);
+    this.length += m.length;
     return this;
   }
 
@@ -63,11 +70,7 @@ export class ProtoWriter {
     const out = Buffer.allocUnsafe(5 + this.length);
     out[0] = 0;
     out.writeUInt32BE(this.length, 1);
-    let at = 5;
-    for (const p of this.parts) {
-      p.copy(out, at);
-      at += p.length;
-    }
+    this.buf.copy(out, 5, 0, this.length);
     return out;
   }
 }
