@@ -180,7 +180,7 @@ const MAX_CAS_ATTEMPTS = 16;
  * the range exists, so a run of candidates adjacent in key order (no key known to exist sorts between them) is one
  * compare, not one each. An unknown key inside a run fails the compare, as a taken candidate does.
  */
-export function absentCompares(prefix: string, ips: string[], known: Iterable<string>[]): Compare[] {
+function absentCompares(prefix: string, ips: string[], known: Iterable<string>[]): Compare[] {
   const sorted = [...ips].sort(); // the keys' order: they share the prefix
   const first = sorted[0]!;
   const last = sorted[sorted.length - 1]!;
