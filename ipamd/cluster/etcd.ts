@@ -263,6 +263,8 @@ export class EtcdClient {
   private readonly retryBudgetMs: number;
   private readonly agents = new Map<string, http.Agent>();
   private readonly sessions = new Map<string, http2.ClientHttp2Session>();
+  /** Sessions whose connection was established (a request on one may have reached etcd). */
+  private readonly connected = new WeakSet<http2.ClientHttp2Session>();
   private readonly tls: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   private current = 0;
   private state: ConnectionState | null = null;
@@ -494,6 +496,7 @@ export class EtcdClient {
     s.on("error", forget); // each stream reports it
     s.on("close", forget);
     s.on("goaway", forget);
+    s.once("connect", () => this.connected.add(created));
     s.unref();
     this.sessions.set(endpoint, s);
     return s;
@@ -502,8 +505,9 @@ export class EtcdClient {
   private attemptGrpc(endpoint: string, path: string, frame: Buffer): Promise<Attempt<Buffer>> {
     return new Promise((resolve) => {
       let settled = false;
-      let connected = false;
       let stream: http2.ClientHttp2Stream | undefined;
+      let session: http2.ClientHttp2Session | undefined;
+      const isConnected = (): boolean => session !== undefined && this.connected.has(session);
       const done = (r: Attempt<Buffer>): void => {
         if (settled) return;
         settled = true;
@@ -512,15 +516,13 @@ export class EtcdClient {
       };
       const failed = (kind: "unsent" | "unknown", reason: string): void => done({ ok: false, failure: { kind, reason } });
       const timer = setTimeout(() => {
+        const connected = isConnected();
         stream?.close(http2.constants.NGHTTP2_CANCEL);
         if (!connected) session?.destroy(); // never connected: the next call connects again
         failed(connected ? "unknown" : "unsent", `no answer within ${this.timeoutMs} ms`);
       }, this.timeoutMs);
-      let session: http2.ClientHttp2Session | undefined;
       try {
         session = this.sessionFor(endpoint);
-        connected = !session.connecting;
-        if (!connected) session.once("connect", () => (connected = true));
         stream = session.request({
           ":method": "POST",
           ":path": path,
@@ -553,7 +555,7 @@ export class EtcdClient {
         if (!code.startsWith("ERR_HTTP2_STREAM")) sessionLost();
         // Refused, or never on a connection etcd accepted: nothing reached etcd.
         const unsent =
-          !connected ||
+          !isConnected() ||
           pending() ||
           UNSENT_CODES.has(code) ||
           /certificate|SSL|TLS/i.test(e.message) ||
@@ -568,7 +570,7 @@ export class EtcdClient {
           if (settled) return;
           sessionLost();
           failed(
-            connected && !pending() ? "unknown" : "unsent",
+            isConnected() && !pending() ? "unknown" : "unsent",
             `stream closed without a gRPC status (HTTP ${headers[":status"] ?? "none"})`,
           );
           return;

@@ -3,7 +3,7 @@
 // transaction, attachment updates and returns as compare-and-swaps, and the outbox that carries a node's local
 // changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
 import { createHash, randomBytes } from "node:crypto";
-import { formatIp, type Family } from "../../lib/ip";
+import { formatIp, type Family, parseIp } from "../../lib/ip";
 import { type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp } from "./etcd";
 import { attachedElsewhere, ClusterError, fenced, l2Domain, poolExhausted } from "./errors";
 import {
@@ -175,29 +175,51 @@ export interface OutboxOutcome {
 }
 
 const MAX_CAS_ATTEMPTS = 16;
+/** IPv4 last octets in the order their keys sort ("0", "1", "10", "100", ..., "99"). */
+const OCTETS_IN_KEY_ORDER = Array.from({ length: 256 }, (_, i) => String(i)).sort();
+
 /**
- * "None of `keys` exists" as few compares as possible: CreateRevision == 0 over a key range holds only when no key in
- * the range exists, so a run of candidates adjacent in key order (no key known to exist sorts between them) is one
- * compare, not one each. An unknown key inside a run fails the compare, as a taken candidate does.
+ * "None of these addresses has a key" in fewer compares: CreateRevision == 0 over a key range holds only when no key
+ * in the range exists. A range covers a run of candidates of one IPv4 /24 adjacent in key order with no other address
+ * of the pool sorting between them, so it checks exactly the keys the per-key compares would (a key outside the pool
+ * in it fails the claim, as a taken candidate does). IPv6 candidates keep a compare each.
  */
-function absentCompares(prefix: string, ips: string[], known: Iterable<string>[]): Compare[] {
-  const sorted = [...ips].sort(); // the keys' order: they share the prefix
-  const first = sorted[0]!;
-  const last = sorted[sorted.length - 1]!;
-  const blockers: string[] = [];
-  for (const set of known) for (const ip of set) if (ip > first && ip < last) blockers.push(ip);
-  blockers.sort();
+function absentCompares(prefix: string, p: ClusterPool, ips: string[]): Compare[] {
   const out: Compare[] = [];
-  let b = 0;
-  let start = 0;
-  for (let i = 1; i <= sorted.length; i++) {
-    while (i < sorted.length && b < blockers.length && blockers[b]! <= sorted[i - 1]!) b++;
-    if (i < sorted.length && !(b < blockers.length && blockers[b]! < sorted[i]!)) continue;
-    const [a, z] = [prefix + sorted[start]!, prefix + sorted[i - 1]!];
-    out.push(a === z ? { key: a, target: "create", equals: 0 } : { key: a, rangeEnd: `${z}\0`, target: "create", equals: 0 });
-    start = i;
+  const byNet = new Map<string, Set<string>>();
+  for (const ip of ips) {
+    const dot = ip.lastIndexOf(".");
+    if (p.family !== 4 || dot < 0) {
+      out.push({ key: prefix + ip, target: "create", equals: 0 });
+      continue;
+    }
+    const net = ip.slice(0, dot + 1);
+    const octets = byNet.get(net) ?? new Set<string>();
+    octets.add(ip.slice(dot + 1));
+    byNet.set(net, octets);
+  }
+  for (const [net, octets] of byNet) {
+    const base = parseIp(`${net}0`)!.value;
+    let run: string[] = [];
+    const flush = (): void => {
+      if (run.length === 1) out.push({ key: prefix + net + run[0]!, target: "create", equals: 0 });
+      else if (run.length > 1) {
+        const [a, z] = [prefix + net + run[0]!, prefix + net + run[run.length - 1]!];
+        out.push({ key: a, rangeEnd: `${z}\0`, target: "create", equals: 0 });
+      }
+      run = [];
+    };
+    for (const o of OCTETS_IN_KEY_ORDER) {
+      if (octets.has(o)) run.push(o);
+      else if (inPool(p, base + BigInt(o))) flush(); // an address that is not a candidate: the range stops before it
+    }
+    flush();
   }
   return out;
+}
+
+function inPool(p: ClusterPool, v: bigint): boolean {
+  return p.segments.some((s) => v >= s.first && v <= s.last);
 }
 const spanStart = (keys: string[]): string => keys.reduce((a, b) => (b < a ? b : a));
 const spanEnd = (keys: string[]): string => keys.reduce((a, b) => (b > a ? b : a));
@@ -579,7 +601,7 @@ export class ClusterOwnership {
       let r;
       try {
         r = await this.client.txn(
-          absentCompares(this.keys.poolIps(pool), candidates, [owned, this.buffers.get(pool)!.keys()]),
+          absentCompares(this.keys.poolIps(pool), p, candidates),
           keys.map((key) => ({ put: { key, value } })),
           // Which of them are taken: one keys-only read of the span they sort in, not a read each (the failure ops
           // travel in every claim's raft entry, to every member, even when the compares hold). A hint only, so
@@ -606,7 +628,7 @@ export class ClusterOwnership {
       this.conflict("claim");
       this.jump(p);
       batch = Math.max(1, batch >> 1);
-      // Every key of the span is an owned address: a range compare fails on any of them, candidate or not.
+      // Every key of the span is an owned address (a hint for the next candidates, candidate or not).
       for (const resp of r.responses) if (resp.kind === "get") for (const kv of resp.kvs) owned.add(this.keys.ipFromKey(kv.key));
     }
     if (got.length > 0 || want <= 0) return got;
