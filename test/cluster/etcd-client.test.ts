@@ -80,7 +80,7 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
   it("moves to the next endpoint when the member in use is killed mid-use", async () => {
     const c = new EtcdClient({ endpoints: etcd.endpoints, requestTimeoutMs: 3000 });
     await c.put("/t/fo/x", "0");
-    const outcomes = { ok: 0, unknown: 0, other: [] as string[] };
+    const outcomes = { ok: 0, unknown: [] as string[], other: [] as string[] };
     let stop = false;
     const loop = (async () => {
       for (let i = 0; !stop; i++) {
@@ -89,21 +89,24 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
           expect((await c.get("/t/fo/x"))!.value).toBe("0");
           outcomes.ok++;
         } catch (e) {
-          if (e instanceof EtcdOutcomeUnknown) outcomes.unknown++;
+          if (e instanceof EtcdOutcomeUnknown) outcomes.unknown.push(e.message);
           else outcomes.other.push((e as Error).message);
         }
       }
     })();
-    await until("some traffic", () => outcomes.ok > 20);
-    await etcd.kill9(0); // endpoint 0 is the one in use: the client starts there
-    const okAtKill = outcomes.ok;
-    await until("traffic after the kill", () => outcomes.ok > okAtKill + 50);
-    stop = true;
-    await loop;
+    try {
+      await until("some traffic", () => outcomes.ok > 20);
+      await etcd.kill9(0); // endpoint 0 is the one in use: the client starts there
+      const okAtKill = outcomes.ok;
+      await until("traffic after the kill", () => outcomes.ok > okAtKill + 50);
+    } finally {
+      stop = true;
+      await loop;
+      await etcd.restart(0);
+      c.close();
+    }
     expect(outcomes.other).toEqual([]);
-    expect(outcomes.unknown).toBeLessThanOrEqual(1); // only a write in flight at the kill
-    await etcd.restart(0);
-    c.close();
+    expect(outcomes.unknown.length, outcomes.unknown.join("; ")).toBeLessThanOrEqual(1); // only a write in flight at the kill
   });
 
   it("fails fast with every endpoint and its reason when 2 of 3 members are down", async () => {
