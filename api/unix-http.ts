@@ -6,6 +6,7 @@
 import {
   AF_UNIX,
   EAGAIN,
+  EINPROGRESS,
   EINTR,
   MSG_NOSIGNAL,
   SOCK_CLOEXEC,
@@ -21,7 +22,6 @@ import {
 import { peerCredOf, type PeerCred } from "../lib/peercred";
 
 const SUN_PATH_MAX = 108;
-const EINPROGRESS = 115;
 
 /** A failed system call or a broken answer; `code` is the errno name (ETIMEDOUT when no answer came in time). */
 export class ExchangeError extends Error {

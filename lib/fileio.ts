@@ -8,7 +8,11 @@ import {
   AT_FDCWD,
   AT_SYMLINK_NOFOLLOW,
   EAGAIN,
+  EEXIST,
   EINTR,
+  EIO,
+  ENAMETOOLONG,
+  ENOENT,
   O_APPEND,
   O_CLOEXEC,
   O_CREAT,
@@ -24,10 +28,6 @@ import {
 import { dirname } from "./paths";
 import { sleepSync } from "./sleep";
 
-const ENOENT = 2;
-const EIO = 5;
-const EEXIST = 17;
-const ENAMETOOLONG = 36;
 const PATH_MAX = 4096;
 const CHUNK = 65536;
 
@@ -115,17 +115,16 @@ export function readTextFile(path: string): string {
 
 /** Replaces the file's content (created with `mode` when missing; no fsync: see lib/files writeFileAtomic). */
 export function writeTextFile(path: string, text: string, mode = 0o666): void {
-  const fd = openFile(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
-  try {
-    writeAll(fd, text, q(path));
-  } finally {
-    closeFile(fd);
-  }
+  writeText(path, text, O_TRUNC, mode);
 }
 
 /** Appends `text` to the file (created with `mode` when missing). */
 export function appendTextFile(path: string, text: string, mode = 0o666): void {
-  const fd = openFile(path, O_WRONLY | O_CREAT | O_APPEND, mode);
+  writeText(path, text, O_APPEND, mode);
+}
+
+function writeText(path: string, text: string, how: typeof O_TRUNC | typeof O_APPEND, mode: number): void {
+  const fd = openFile(path, O_WRONLY | O_CREAT | how, mode);
   try {
     writeAll(fd, text, q(path));
   } finally {

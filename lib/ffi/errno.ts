@@ -133,8 +133,13 @@ const ERRNO_NAMES: Record<number, string> = {
   132: "ERFKILL",
 };
 
+export const ENOENT = 2;
 export const EINTR = 4;
+export const EIO = 5;
 export const EAGAIN = 11;
+export const EEXIST = 17;
+export const ENAMETOOLONG = 36;
+export const EINPROGRESS = 115;
 
 export function errnoName(errno: number): string {
   return ERRNO_NAMES[errno] ?? `E${errno}`;

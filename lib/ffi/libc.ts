@@ -4,7 +4,7 @@
 import { backend } from "#ffi-backend";
 import { errnoName } from "./errno";
 
-export { EAGAIN, EINTR, errnoName } from "./errno";
+export { EAGAIN, EEXIST, EINPROGRESS, EINTR, EIO, ENAMETOOLONG, ENOENT, errnoName } from "./errno";
 
 export const libc = backend;
 
