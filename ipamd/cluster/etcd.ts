@@ -1,15 +1,22 @@
-// A small etcd v3 client over etcd's JSON gateway (/v3/kv/*, /v3/lease/*, streaming /v3/watch), on node:http(s)
-// with keep-alive. Why not the npm etcd3 client: see docs/cluster.md. Only v3 API common to etcd 3.4 and 3.5.
+// A small etcd v3 client. The KV calls (Range, Put, DeleteRange, Txn) are gRPC over node:http2, one connection per
+// endpoint, with a hand-written protobuf subset (etcd-proto.ts); leases and the streaming watch go over etcd's JSON
+// gateway (/v3/lease/*, /v3/watch) on node:http(s) with keep-alive. Why gRPC for KV: the gateway decodes every
+// request from JSON into protobuf by reflection and encodes the answer back, which cost etcd ~45% more CPU per
+// claim transaction (docs/cluster.md). Why not the npm etcd3 client: see docs/cluster.md. Only v3 API common to
+// etcd 3.4 and 3.5.
 //
-// Every request carries `Grpc-Metadata-hasleader: true` (the gateway turns it into gRPC metadata hasleader=true):
+// Every request carries the gRPC metadata hasleader=true (through the gateway: `Grpc-Metadata-hasleader: true`):
 // a member without a leader then fails a request at once with "etcdserver: no leader" and cancels a watch
 // instead of leaving it silent.
-// Retries: a request that never reached etcd (connect refused/timed out, TLS failure, no leader) goes to the next
-// endpoint, for every kind of request. One that may have been applied (reset or timeout after sending) is retried
-// only when it is an idempotent read; a write then fails with EtcdOutcomeUnknown and the caller re-reads.
+// Retries: a request that never reached etcd (connect refused/timed out, TLS failure, no leader, a stream never
+// given an ID) goes to the next endpoint, for every kind of request. One that may have been applied (reset or
+// timeout after sending) is retried only when it is an idempotent read; a write then fails with EtcdOutcomeUnknown
+// and the caller re-reads.
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
+import * as http2 from "node:http2";
 import * as https from "node:https";
+import { ProtoWriter, readRange, readRevisionAnd, readTxn, unframe } from "./etcd-proto";
 
 export interface EtcdTls {
   caFile?: string;
@@ -157,18 +164,19 @@ const b64 = (s: string): string => Buffer.from(s, "utf8").toString("base64");
 const unb64 = (s: string | undefined): string => (s ? Buffer.from(s, "base64").toString("utf8") : "");
 const num = (s: string | number | undefined): number => (s === undefined ? 0 : Number(s));
 
-/** base64 of the key just after every key with this prefix (etcd's --prefix); "\0" (all keys) for an all-0xff prefix. */
-function prefixEndB64(prefix: string): string {
+/** The key just after every key with this prefix (etcd's --prefix); "\0" (all keys) for an all-0xff prefix. */
+function prefixEnd(prefix: string): Buffer {
   const bytes = Buffer.from(prefix, "utf8");
   for (let i = bytes.length - 1; i >= 0; i--) {
     if (bytes[i]! < 0xff) {
       const end = Buffer.from(bytes.subarray(0, i + 1));
       end[i]! += 1;
-      return end.toString("base64");
+      return end;
     }
   }
-  return Buffer.from([0]).toString("base64");
+  return Buffer.from([0]);
 }
+const prefixEndB64 = (prefix: string): string => prefixEnd(prefix).toString("base64");
 
 interface WireKv {
   key: string;
@@ -201,28 +209,51 @@ function rangeBody(key: string, o: RangeOptions = {}): Record<string, unknown> {
   return body;
 }
 
-function compareBody(c: Compare): Record<string, unknown> {
-  const target = { create: "CREATE", mod: "MOD", version: "VERSION", value: "VALUE" }[c.target];
-  const body: Record<string, unknown> = { key: b64(c.key), target, result: "EQUAL" };
-  if (c.rangeEnd !== undefined) body.range_end = b64(c.rangeEnd);
-  if (c.target === "value") body.value = b64(c.equals);
-  else body[{ create: "create_revision", mod: "mod_revision", version: "version" }[c.target]] = c.equals;
-  return body;
+// ---------- protobuf (gRPC) encoders: etcdserverpb field numbers ----------
+
+function rangeProto(key: string, o: RangeOptions = {}): ProtoWriter {
+  const m = new ProtoWriter().bytes(1, key);
+  if (o.prefix) m.bytes(2, prefixEnd(key));
+  else if (o.rangeEnd !== undefined) m.bytes(2, o.rangeEnd);
+  return m
+    .int(3, o.limit ?? 0)
+    .int(4, o.revision ?? 0)
+    .bool(8, o.keysOnly)
+    .bool(9, o.countOnly);
 }
 
-function opBody(op: TxnOp): Record<string, unknown> {
-  if ("put" in op) {
-    return { request_put: { key: b64(op.put.key), value: b64(op.put.value), ...(op.put.lease ? { lease: op.put.lease } : {}) } };
-  }
+function putProto(key: string, value: string, lease?: string): ProtoWriter {
+  const m = new ProtoWriter().bytes(1, key).bytes(2, value);
+  return lease ? m.int(3, BigInt(lease)) : m;
+}
+
+function deleteProto(key: string, prefix?: boolean): ProtoWriter {
+  const m = new ProtoWriter().bytes(1, key);
+  return prefix ? m.bytes(2, prefixEnd(key)) : m;
+}
+
+/** Compare: result 1 (EQUAL = 0), target 2, key 3, version 4 | create_revision 5 | mod_revision 6 | value 7, range_end 64. */
+function compareProto(c: Compare): ProtoWriter {
+  const target = { version: 0, create: 1, mod: 2, value: 3 }[c.target];
+  const m = new ProtoWriter().int(2, target).bytes(3, c.key);
+  if (c.target === "value") m.bytes(7, c.equals);
+  else m.int({ version: 4, create: 5, mod: 6 }[c.target], c.equals, true);
+  return c.rangeEnd !== undefined ? m.bytes(64, c.rangeEnd) : m;
+}
+
+/** RequestOp: request_range 1, request_put 2, request_delete_range 3. */
+function opProto(op: TxnOp): ProtoWriter {
+  if ("put" in op) return new ProtoWriter().message(2, putProto(op.put.key, op.put.value, op.put.lease));
   if ("get" in op) {
     const { key, ...o } = op.get;
-    return { request_range: rangeBody(key, o) };
+    return new ProtoWriter().message(1, rangeProto(key, o));
   }
-  return { request_delete_range: { key: b64(op.del.key), ...(op.del.prefix ? { range_end: prefixEndB64(op.del.key) } : {}) } };
+  return new ProtoWriter().message(3, deleteProto(op.del.key, op.del.prefix));
 }
 
 /** How a failed attempt ended: `unsent` never reached etcd's state machine, `unknown` may have. */
 type Failure = { kind: "unsent" | "unknown"; reason: string } | { kind: "answer"; code: number; message: string };
+type Attempt<T> = { ok: true; value: T } | { ok: false; failure: Failure };
 
 const UNSENT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ECONNABORTED"]);
 
@@ -231,6 +262,9 @@ export class EtcdClient {
   private readonly timeoutMs: number;
   private readonly retryBudgetMs: number;
   private readonly agents = new Map<string, http.Agent>();
+  private readonly sessions = new Map<string, http2.ClientHttp2Session>();
+  /** Sessions whose connection was established (a request on one may have reached etcd). */
+  private readonly connected = new WeakSet<http2.ClientHttp2Session>();
   private readonly tls: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   private current = 0;
   private state: ConnectionState | null = null;
@@ -269,18 +303,16 @@ export class EtcdClient {
     this.closed = true;
     for (const a of this.agents.values()) a.destroy();
     this.agents.clear();
+    for (const s of this.sessions.values()) s.destroy();
+    this.sessions.clear();
   }
 
   // ---------- KV ----------
 
   async range(key: string, o: RangeOptions = {}): Promise<RangeResult> {
-    const r = (await this.call("range", "/v3/kv/range", rangeBody(key, o), true)) as {
-      header: { revision: string };
-      kvs?: WireKv[];
-      count?: string;
-      more?: boolean;
-    };
-    return { kvs: (r.kvs ?? []).map(kvOf), count: num(r.count), more: r.more === true, revision: num(r.header.revision) };
+    const buf = await this.unary("range", "Range", rangeProto(key, o), true);
+    const r = readRange(buf, ...unframe(buf));
+    return { kvs: r.kvs, count: r.count, more: r.more, revision: r.revision };
   }
 
   async get(key: string): Promise<KeyValue | null> {
@@ -288,43 +320,25 @@ export class EtcdClient {
   }
 
   async put(key: string, value: string, o: { lease?: string } = {}): Promise<number> {
-    const r = (await this.call(
-      "put",
-      "/v3/kv/put",
-      { key: b64(key), value: b64(value), ...(o.lease ? { lease: o.lease } : {}) },
-      false,
-    )) as { header: { revision: string } };
-    return num(r.header.revision);
+    const buf = await this.unary("put", "Put", putProto(key, value, o.lease), false);
+    return readRevisionAnd(buf, ...unframe(buf)).revision;
   }
 
   async delete(key: string, o: { prefix?: boolean } = {}): Promise<number> {
-    const r = (await this.call("delete", "/v3/kv/deleterange", opBody({ del: { key, ...o } }).request_delete_range as object, false)) as {
-      deleted?: string;
-    };
-    return num(r.deleted);
+    const buf = await this.unary("delete", "DeleteRange", deleteProto(key, o.prefix), false);
+    return readRevisionAnd(buf, ...unframe(buf), 2).n;
   }
 
   /** If every compare holds, the success ops, else the failure ops; all at one revision. */
   async txn(compare: Compare[], success: TxnOp[], failure: TxnOp[] = []): Promise<TxnResult> {
-    const readOnly = [...success, ...failure].every((op) => "get" in op);
-    const r = (await this.call(
-      "txn",
-      "/v3/kv/txn",
-      {
-        compare: compare.map(compareBody),
-        success: success.map(opBody),
-        failure: failure.map(opBody),
-      },
-      readOnly,
-    )) as { header: { revision: string }; succeeded?: boolean; responses?: Record<string, unknown>[] };
-    const ops = r.succeeded ? success : failure;
-    const responses = (r.responses ?? []).map((resp, i): TxnOpResult => {
-      const op = ops[i]!;
-      if ("get" in op) return { kind: "get", kvs: ((resp.response_range as { kvs?: WireKv[] })?.kvs ?? []).map(kvOf) };
-      if ("put" in op) return { kind: "put" };
-      return { kind: "del", deleted: num((resp.response_delete_range as { deleted?: string } | undefined)?.deleted) };
-    });
-    return { succeeded: r.succeeded === true, revision: num(r.header.revision), responses };
+    const readOnly = success.every((op) => "get" in op) && failure.every((op) => "get" in op);
+    const m = new ProtoWriter();
+    for (const c of compare) m.message(1, compareProto(c));
+    for (const op of success) m.message(2, opProto(op));
+    for (const op of failure) m.message(3, opProto(op));
+    const buf = await this.unary("txn", "Txn", m, readOnly);
+    const r = readTxn(buf, ...unframe(buf));
+    return { succeeded: r.succeeded, revision: r.revision, responses: r.responses };
   }
 
   // ---------- leases ----------
@@ -469,6 +483,113 @@ export class EtcdClient {
     return a;
   }
 
+  /** One HTTP/2 connection per endpoint for gRPC, reused; a closed or failed one is replaced on the next call. */
+  private sessionFor(endpoint: string): http2.ClientHttp2Session {
+    let s = this.sessions.get(endpoint);
+    if (s && !s.closed && !s.destroyed) return s;
+    const tls = endpoint.startsWith("https:") ? { ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key } : {};
+    const created = http2.connect(endpoint, tls);
+    s = created;
+    const forget = (): void => {
+      if (this.sessions.get(endpoint) === created) this.sessions.delete(endpoint);
+    };
+    s.on("error", forget); // each stream reports it
+    s.on("close", forget);
+    s.on("goaway", forget);
+    s.once("connect", () => this.connected.add(created));
+    s.unref();
+    this.sessions.set(endpoint, s);
+    return s;
+  }
+
+  private attemptGrpc(endpoint: string, path: string, frame: Buffer): Promise<Attempt<Buffer>> {
+    return new Promise((resolve) => {
+      let settled = false;
+      let stream: http2.ClientHttp2Stream | undefined;
+      let session: http2.ClientHttp2Session | undefined;
+      const isConnected = (): boolean => session !== undefined && this.connected.has(session);
+      const done = (r: Attempt<Buffer>): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(r);
+      };
+      const failed = (kind: "unsent" | "unknown", reason: string): void => done({ ok: false, failure: { kind, reason } });
+      const timer = setTimeout(() => {
+        const connected = isConnected();
+        stream?.close(http2.constants.NGHTTP2_CANCEL);
+        if (!connected) session?.destroy(); // never connected: the next call connects again
+        failed(connected ? "unknown" : "unsent", `no answer within ${this.timeoutMs} ms`);
+      }, this.timeoutMs);
+      try {
+        session = this.sessionFor(endpoint);
+        stream = session.request({
+          ":method": "POST",
+          ":path": path,
+          "content-type": "application/grpc",
+          te: "trailers",
+          hasleader: "true",
+        });
+      } catch (e) {
+        failed("unsent", (e as Error).message);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let headers: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      stream.on("response", (h) => {
+        headers = h;
+      });
+      stream.on("trailers", (t) => {
+        trailers = t;
+      });
+      stream.on("data", (c: Buffer) => chunks.push(c));
+      // Not yet given a stream ID: its request never left this process.
+      const pending = (): boolean => stream!.pending || stream!.id === undefined;
+      const sessionLost = (): void => {
+        if (this.sessions.get(endpoint) === session) this.sessions.delete(endpoint); // the next call connects again
+        session!.destroy();
+      };
+      stream.on("error", (e: NodeJS.ErrnoException) => {
+        const code = e.code ?? e.name;
+        if (!code.startsWith("ERR_HTTP2_STREAM")) sessionLost();
+        // Refused, or never on a connection etcd accepted: nothing reached etcd.
+        const unsent =
+          !isConnected() ||
+          pending() ||
+          UNSENT_CODES.has(code) ||
+          /certificate|SSL|TLS/i.test(e.message) ||
+          /REFUSED_STREAM/.test(e.message) ||
+          code === "ERR_HTTP2_GOAWAY_SESSION" ||
+          code === "ERR_HTTP2_INVALID_SESSION";
+        failed(unsent ? "unsent" : "unknown", `${code}: ${e.message}`);
+      });
+      stream.on("close", () => {
+        const status = trailers["grpc-status"] ?? headers["grpc-status"];
+        if (status === undefined) {
+          if (settled) return;
+          sessionLost();
+          failed(
+            isConnected() && !pending() ? "unknown" : "unsent",
+            `stream closed without a gRPC status (HTTP ${headers[":status"] ?? "none"})`,
+          );
+          return;
+        }
+        if (String(status) !== "0") {
+          const raw = String(trailers["grpc-message"] ?? headers["grpc-message"] ?? "");
+          let message = raw;
+          try {
+            message = decodeURIComponent(raw);
+          } catch {}
+          done({ ok: false, failure: { kind: "answer", code: Number(status), message } });
+          return;
+        }
+        done({ ok: true, value: Buffer.concat(chunks) });
+      });
+      stream.end(frame);
+    });
+  }
+
   private request(endpoint: string, path: string, body: string, timeoutMs: number | null): http.ClientRequest {
     const u = new URL(endpoint + path);
     const mod = u.protocol === "https:" ? https : http;
@@ -485,7 +606,7 @@ export class EtcdClient {
     return req;
   }
 
-  private attempt(endpoint: string, path: string, body: string): Promise<{ ok: true; value: unknown } | { ok: false; failure: Failure }> {
+  private attempt(endpoint: string, path: string, body: string): Promise<Attempt<unknown>> {
     return new Promise((resolve) => {
       let connected = false;
       const req = this.request(endpoint, path, body, this.timeoutMs);
@@ -534,13 +655,24 @@ export class EtcdClient {
     });
   }
 
-  private async call(op: string, path: string, body: object, idempotent: boolean): Promise<unknown> {
-    if (this.closed) throw new EtcdError(`etcd ${op}: client closed`);
+  /** A JSON-gateway request (leases; the watch has its own stream). */
+  private call(op: string, path: string, body: object, idempotent: boolean): Promise<unknown> {
     const text = JSON.stringify(body);
+    return this.withRetries(op, idempotent, (endpoint) => this.attempt(endpoint, path, text));
+  }
+
+  /** A unary gRPC call of etcdserverpb.KV (`method`: Range, Put, DeleteRange, Txn); the answer's bytes. */
+  private unary(op: string, method: string, message: ProtoWriter, idempotent: boolean): Promise<Buffer> {
+    const frame = message.frame();
+    return this.withRetries(op, idempotent, (endpoint) => this.attemptGrpc(endpoint, `/etcdserverpb.KV/${method}`, frame));
+  }
+
+  private async withRetries<T>(op: string, idempotent: boolean, attempt: (endpoint: string) => Promise<Attempt<T>>): Promise<T> {
+    if (this.closed) throw new EtcdError(`etcd ${op}: client closed`);
     const deadline = performance.now() + this.retryBudgetMs;
     for (let round = 0; ; round++) {
       try {
-        return await this.callRound(op, path, text, idempotent);
+        return await this.callRound(op, idempotent, attempt);
       } catch (e) {
         const wait = Math.min(50 * 2 ** round, 400);
         if (!(e instanceof EtcdUnavailable) || this.closed || performance.now() + wait > deadline) {
@@ -553,13 +685,13 @@ export class EtcdClient {
   }
 
   /** One pass over the endpoints, from the current one. */
-  private async callRound(op: string, path: string, text: string, idempotent: boolean): Promise<unknown> {
+  private async callRound<T>(op: string, idempotent: boolean, attempt: (endpoint: string) => Promise<Attempt<T>>): Promise<T> {
     const tried: { endpoint: string; reason: string }[] = [];
     const start = this.current;
     for (let i = 0; i < this.endpoints.length; i++) {
       const endpoint = this.endpoints[(start + i) % this.endpoints.length]!;
       const t0 = performance.now();
-      const r = await this.attempt(endpoint, path, text);
+      const r = await attempt(endpoint);
       const seconds = (performance.now() - t0) / 1000;
       if (r.ok) {
         this.o.observer?.request?.(op, endpoint, seconds, "ok");

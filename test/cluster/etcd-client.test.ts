@@ -21,7 +21,7 @@ const until = async (what: string, cond: () => boolean | Promise<boolean>, ms = 
   }
 };
 
-describe("etcd JSON-gateway client", () => {
+describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", () => {
   it("does range, put, delete, txn (both branches) and leases as etcd sees them", async () => {
     const c = new EtcdClient({ endpoints: etcd.endpoints });
     await c.put("/t/kv/a", "1");
