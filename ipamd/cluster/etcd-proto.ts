@@ -176,6 +176,23 @@ export function readHeaderRevision(buf: Buffer, start: number, end: number): num
   return revision;
 }
 
+/**
+ * ResponseHeader.member_id (field 2 of the header, which is field 1 of every response): the member that answered, as
+ * the unsigned decimal etcd's JSON gateway prints.
+ */
+export function readMemberId(buf: Buffer, start: number, end: number): string | undefined {
+  let id: string | undefined;
+  const r = new ProtoReader(buf, start, end);
+  r.fields((f, w) => {
+    if (f !== 1 || w !== 2) return;
+    const h = new ProtoReader(buf, ...r.sub());
+    h.fields((hf, hw) => {
+      if (hf === 2 && hw === 0) id = BigInt.asUintN(64, BigInt(h.varintString())).toString();
+    });
+  });
+  return id;
+}
+
 export interface ProtoRange {
   revision: number;
   kvs: ProtoKeyValue[];

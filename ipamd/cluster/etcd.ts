@@ -12,11 +12,13 @@
 // given an ID) goes to the next endpoint, for every kind of request. One that may have been applied (reset or
 // timeout after sending) is retried only when it is an idempotent read; a write then fails with EtcdOutcomeUnknown
 // and the caller re-reads.
+// After the member in use stops answering, requests wait until the next member names a leader other than it (see
+// settleLeader): a leader's death otherwise sends them into the void until their deadline.
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as https from "node:https";
-import { ProtoWriter, readRange, readRevisionAnd, readTxn, unframe } from "./etcd-proto";
+import { ProtoWriter, readMemberId, readRange, readRevisionAnd, readTxn, unframe } from "./etcd-proto";
 
 export interface EtcdTls {
   caFile?: string;
@@ -30,7 +32,8 @@ export interface EtcdClientOptions extends EtcdTls {
   requestTimeoutMs?: number;
   /**
    * When every endpoint refused (no leader, connect refused), try all again with backoff for this long before
-   * failing: rides out a leader election, still fails fast when the quorum is gone. Default 1000 ms.
+   * failing: rides out a leader election (etcd's default election timeout is 1 s, and a dead leader takes up to two
+   * of them to notice, plus the vote), still fails fast when the quorum is gone. Default 3000 ms.
    */
   retryBudgetMs?: number;
   observer?: EtcdObserver;
@@ -266,6 +269,13 @@ export class EtcdClient {
   /** Sessions whose connection was established (a request on one may have reached etcd). */
   private readonly connected = new WeakSet<http2.ClientHttp2Session>();
   private readonly tls: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  /** The member ID behind each endpoint, from its answers' headers (learned once per connection over gRPC). */
+  private readonly memberOf = new Map<string, string>();
+  private readonly learned = new WeakSet<http2.ClientHttp2Session>();
+  /** The endpoint whose connection failed last, until another member names a leader that is not it. */
+  private lostEndpoint: string | null = null;
+  /** The status poll of each endpoint in progress: concurrent requests share it. */
+  private readonly settling = new Map<string, Promise<void>>();
   private current = 0;
   private state: ConnectionState | null = null;
   private closed = false;
@@ -278,7 +288,7 @@ export class EtcdClient {
       if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`etcd endpoint ${e}: expected http:// or https://`);
     }
     this.timeoutMs = o.requestTimeoutMs ?? 2000;
-    this.retryBudgetMs = o.retryBudgetMs ?? 1000;
+    this.retryBudgetMs = o.retryBudgetMs ?? 3000;
     const read = (what: string, path?: string): Buffer | undefined => {
       if (!path) return undefined;
       try {
@@ -584,7 +594,15 @@ export class EtcdClient {
           done({ ok: false, failure: { kind: "answer", code: Number(status), message } });
           return;
         }
-        done({ ok: true, value: Buffer.concat(chunks) });
+        const answer = Buffer.concat(chunks);
+        if (!this.learned.has(session!)) {
+          this.learned.add(session!);
+          try {
+            const id = readMemberId(answer, ...unframe(answer));
+            if (id) this.memberOf.set(endpoint, id);
+          } catch {} // the caller's own decoding reports a bad answer
+        }
+        done({ ok: true, value: answer });
       });
       stream.end(frame);
     });
@@ -640,6 +658,8 @@ export class EtcdClient {
             return;
           }
           if (res.statusCode === 200 && !(json.error && typeof json.error === "object" && !json.result)) {
+            const id = (json as { header?: { member_id?: string } }).header?.member_id;
+            if (id) this.memberOf.set(endpoint, id);
             resolve({ ok: true, value: json });
             return;
           }
@@ -690,6 +710,7 @@ export class EtcdClient {
     const start = this.current;
     for (let i = 0; i < this.endpoints.length; i++) {
       const endpoint = this.endpoints[(start + i) % this.endpoints.length]!;
+      if (this.lostEndpoint && this.lostEndpoint !== endpoint) await this.settleLeader(endpoint);
       const t0 = performance.now();
       const r = await attempt(endpoint);
       const seconds = (performance.now() - t0) / 1000;
@@ -716,6 +737,7 @@ export class EtcdClient {
         }
         tried.push({ endpoint, reason: f.message });
       } else {
+        this.lostEndpoint = endpoint;
         if (f.kind === "unknown" && !idempotent) {
           this.o.observer?.request?.(op, endpoint, seconds, "error");
           this.rotate(endpoint);
@@ -727,6 +749,39 @@ export class EtcdClient {
       this.rotate(endpoint);
     }
     throw new EtcdUnavailable(op, tried);
+  }
+
+  /**
+   * The member at `lostEndpoint` stopped answering. When it was the leader, the others go on forwarding requests to
+   * it until their election timeout, and a request sent meanwhile hangs until its deadline with an unknown outcome.
+   * So `next` is asked for its leader first, and requests wait (at most one request timeout, all of them on one
+   * status poll) while it still names the lost member. "No leader" ends the wait for that member (requests to it are
+   * refused at once, nothing applied); the next one is asked in turn, until one names another leader. The retries
+   * ride out the election, or fail fast when the quorum is gone.
+   */
+  private settleLeader(next: string): Promise<void> {
+    let p = this.settling.get(next);
+    if (!p) {
+      p = this.leaderOtherThanLost(next).finally(() => this.settling.delete(next));
+      this.settling.set(next, p);
+    }
+    return p;
+  }
+
+  private async leaderOtherThanLost(next: string): Promise<void> {
+    const lost = this.lostEndpoint;
+    const lostId = lost ? this.memberOf.get(lost) : undefined;
+    const deadline = performance.now() + this.timeoutMs;
+    while (lostId && !this.closed && performance.now() < deadline) {
+      const r = await this.attempt(next, "/v3/maintenance/status", "{}");
+      // Not ok: no leader yet, or `next` is down too (the request itself finds out).
+      if (!r.ok) return;
+      const leader = String((r.value as { leader?: string }).leader ?? "0");
+      if (leader === "0") return;
+      if (leader !== lostId) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    if (this.lostEndpoint === lost) this.lostEndpoint = null;
   }
 
   private rotate(failed: string): void {

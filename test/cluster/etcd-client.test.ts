@@ -77,8 +77,8 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     c.close();
   });
 
-  it("moves to the next endpoint when the member in use is killed mid-use", async () => {
-    const c = new EtcdClient({ endpoints: etcd.endpoints, requestTimeoutMs: 3000 });
+  /** Writes and reads in a loop on `c`; kills member `victim` mid-use, goes on until 50 more succeed, restarts it. */
+  const writesAcrossKill = async (c: EtcdClient, victim: number) => {
     await c.put("/t/fo/x", "0");
     const outcomes = { ok: 0, unknown: [] as string[], other: [] as string[] };
     let stop = false;
@@ -96,17 +96,36 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     })();
     try {
       await until("some traffic", () => outcomes.ok > 20);
-      await etcd.kill9(0); // endpoint 0 is the one in use: the client starts there
+      await etcd.kill9(victim);
       const okAtKill = outcomes.ok;
       await until("traffic after the kill", () => outcomes.ok > okAtKill + 50);
     } finally {
       stop = true;
       await loop;
-      await etcd.restart(0);
+      await etcd.restart(victim);
       c.close();
     }
+    return outcomes;
+  };
+
+  it("moves to the next endpoint when the member in use is killed mid-use", async () => {
+    // Endpoint 0 is the one in use: the client starts there.
+    const outcomes = await writesAcrossKill(new EtcdClient({ endpoints: etcd.endpoints, requestTimeoutMs: 3000 }), 0);
     expect(outcomes.other).toEqual([]);
     expect(outcomes.unknown.length, outcomes.unknown.join("; ")).toBeLessThanOrEqual(1); // only a write in flight at the kill
+  });
+
+  it("waits for the election when the member in use was the leader: the next writes are not sent into the void", async () => {
+    // The followers forward writes to a dead leader until their election timeout; sent then, a write hangs until its
+    // deadline with an unknown outcome. The client asks the next member for its leader first.
+    await etcd.waitHealthy();
+    const leader = etcd.leader();
+    expect(leader).toBeGreaterThanOrEqual(0);
+    const endpoints = [etcd.endpoints[leader]!, ...etcd.endpoints.filter((_, i) => i !== leader)];
+    const outcomes = await writesAcrossKill(new EtcdClient({ endpoints, requestTimeoutMs: 3000 }), leader);
+    expect(outcomes.other).toEqual([]);
+    expect(outcomes.unknown.length, outcomes.unknown.join("; ")).toBeLessThanOrEqual(1); // only a write in flight at the kill
+    expect(outcomes.unknown.join("; ")).not.toContain("no answer within");
   });
 
   it("fails fast with every endpoint and its reason when 2 of 3 members are down", async () => {
