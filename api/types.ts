@@ -76,6 +76,11 @@ export interface AllocatedIp {
 export interface AllocateResponse {
   owner: string;
   sticky: boolean;
+  /**
+   * true: the attachment already held these addresses and this request allocated nothing (a repeated
+   * ADD; CHECK always says true). Daemons before this field omit it: treat that as false.
+   */
+  existing?: boolean;
   ips: AllocatedIp[];
   routes: { dst: string; gw?: string }[];
   dns: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };

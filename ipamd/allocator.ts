@@ -71,7 +71,7 @@ export class Allocator {
   /** ADD: one address per family of the usable pools, committed before the answer. */
   allocate(req: AllocateRequest, now: number, ticket: OwnershipTicket): AllocateResponse {
     const held = this.store.byAttachment(req.containerID, req.ifName, req.network);
-    if (held.length > 0) return this.views.allocation(held); // idempotent ADD: the same addresses again
+    if (held.length > 0) return this.views.allocation(held, true); // idempotent ADD: the same addresses again
 
     const sts = this.statefulSets.memberOf(req.podNamespace, req.podName, req.podUID);
     const usable = this.usableFor(req, sts, ticket);
@@ -99,7 +99,7 @@ export class Allocator {
       else if (want) rows.push(this.pinOnAdd(sts, want, existing, req, attachment, now, ticket));
       else rows.push(this.newSticky(sts, this.ownership.take(familyPools, now, ticket), attachment, now, ticket));
     }
-    return this.views.allocation(rows);
+    return this.views.allocation(rows, false);
   }
 
   /**
@@ -125,7 +125,7 @@ export class Allocator {
         `no addresses are allocated to container ${req.containerID} interface ${req.ifName} on network ${req.network}`,
       );
     }
-    return this.views.allocation(rows);
+    return this.views.allocation(rows, true);
   }
 
   /**

@@ -58,8 +58,8 @@ export class Views {
     return v;
   }
 
-  /** An attachment's addresses, with the routes and DNS of their pools (merged, without repeats). */
-  allocation(rows: Row[]): AllocateResponse {
+  /** An attachment's addresses, with the routes and DNS of their pools (merged, without repeats); `existing`: held before the request. */
+  allocation(rows: Row[], existing: boolean): AllocateResponse {
     const shapes = rows.map((r) => {
       const pool = this.pools.shapeOf(r.pool, r.ip);
       if (!pool) {
@@ -98,7 +98,7 @@ export class Views {
       if (pool.dns.domain && !dns.domain) dns.domain = pool.dns.domain;
     }
     const first = rows[0]!;
-    return { owner: first.owner, sticky: first.sticky === 1, ips, routes, dns };
+    return { owner: first.owner, sticky: first.sticky === 1, existing, ips, routes, dns };
   }
 
   /**

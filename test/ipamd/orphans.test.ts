@@ -29,7 +29,7 @@ describe("orphaned pools", () => {
     expect(ctl.stdout).toContain("old: 3 address(es) held (3 attached) under a pool no longer in the config; they lie in new now");
     expect((await runIpamctl(["--socket", e.socket, "pools"])).stdout).toContain("orphaned pools");
 
-    expect(await e.client.allocate(at("a"))).toEqual({ ...first, ips: [{ ...first.ips[0]!, pool: "old" }] });
+    expect(await e.client.allocate(at("a"))).toEqual({ ...first, existing: true, ips: [{ ...first.ips[0]!, pool: "old" }] });
     for (const c of ["x", "y", "z"]) await e.client.allocate(at(c));
     await expect(e.client.allocate(at("w"))).rejects.toMatchObject({ code: "pool_exhausted" });
     expect((await e.client.pools()).pools[0]).toMatchObject({ free: "0" });

@@ -141,8 +141,8 @@ describe("CNI GC", () => {
     const r = await d.client.gc("net1", [{ containerID: "gc-keep", ifName: "eth0" }]);
     expect(r.released.sort()).toEqual([drop1, drop2].map((x) => ipOf(x.ips[0]!.address)).sort());
     expect(r.detached).toEqual([ipOf(web.ips[0]!.address)]);
-    expect(await d.client.check(at("gc-keep"))).toEqual(keep);
-    expect(await d.client.check({ ...at("gc-other"), network: "net2" })).toEqual(otherNet);
+    expect(await d.client.check(at("gc-keep"))).toEqual({ ...keep, existing: true });
+    expect(await d.client.check({ ...at("gc-other"), network: "net2" })).toEqual({ ...otherNet, existing: true });
     const w = await d.client.reservations({ owner: "default/web/0" });
     expect(w.reservations[0]).toMatchObject({ state: "detached", ip: ipOf(web.ips[0]!.address) });
   });

@@ -81,7 +81,8 @@ describe("allocate / release / sticky", () => {
   it("is idempotent: ADD twice returns the same IPs, DEL of unknown or twice succeeds", async () => {
     const a = await d.client.allocate(at("idem-1"));
     const b = await d.client.allocate(at("idem-1"));
-    expect(b).toEqual(a);
+    expect(a.existing).toBe(false);
+    expect(b).toEqual({ ...a, existing: true });
     const ip = a.ips[0]!.address.split("/")[0];
     expect(await d.client.release(at("idem-1"))).toEqual({ released: [ip], kept: [] });
     expect(await d.client.release(at("idem-1"))).toEqual({ released: [], kept: [] });
@@ -90,7 +91,7 @@ describe("allocate / release / sticky", () => {
 
   it("CHECK returns the attachment's IPs or 404 not_found", async () => {
     const a = await d.client.allocate(at("check-1"));
-    expect(await d.client.check(at("check-1"))).toEqual(a);
+    expect(await d.client.check(at("check-1"))).toEqual({ ...a, existing: true });
     const err = await d.client.check(at("check-missing")).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(IpamdError);
     expect(err).toMatchObject({ code: "not_found", httpStatus: 404 });
@@ -108,7 +109,7 @@ describe("allocate / release / sticky", () => {
     expect(eth0.sticky).toBe(true);
     expect(net1.sticky).toBe(false);
     expect(net1.ips[0]!.address).not.toBe(eth0.ips[0]!.address);
-    expect(await d.client.check(at("web1-c"))).toEqual(eth0);
+    expect(await d.client.check(at("web1-c"))).toEqual({ ...eth0, existing: true });
   });
 
   it("records every allocation in the SQLite file", async () => {

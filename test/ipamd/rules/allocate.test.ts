@@ -24,9 +24,25 @@ describe("allocate", () => {
   it("is idempotent: the same attachment gets the same addresses again and takes no more", async () => {
     const r = rulesOn(dualStack);
     const first = await r.add("c1");
-    expect(await r.add("c1")).toEqual(first);
+    expect(first.existing).toBe(false);
+    expect(await r.add("c1")).toEqual({ ...first, existing: true });
     expect(r.reservations()).toHaveLength(2);
     expect(r.ips(await r.add("c2"))).toEqual(["10.0.0.11", "fd00::11"]);
+  });
+
+  it("says existing only when this attachment (containerID, ifName, network) held the addresses before the request", async () => {
+    const r = rulesOn(dualStack);
+    expect((await r.add("c1")).existing).toBe(false);
+    expect((await r.add("c1")).existing).toBe(true);
+    // The same container's other interface, and the same interface on another network, are new attachments.
+    expect((await r.add("c1", { ifName: "net1" })).existing).toBe(false);
+    expect((await r.add("c1", { network: "net2" })).existing).toBe(false);
+    expect((await r.add("c1", { ifName: "net1" })).existing).toBe(true);
+    // Requested addresses are answered from what the attachment holds; a request differing from it allocates nothing.
+    expect(await r.add("c1", { ips: ["10.0.0.13"] })).toMatchObject({ existing: true, ips: [{ address: "10.0.0.10/24" }, {}] });
+    // After DEL, an ADD of the same attachment allocates anew.
+    await r.del("c1");
+    expect((await r.add("c1")).existing).toBe(false);
   });
 
   it("makes the attachment (containerID/ifName) the owner of an ordinary pod's address, not sticky", async () => {
@@ -93,7 +109,7 @@ describe("allocate", () => {
   it("answers CHECK with the attachment's addresses, or not_found", async () => {
     const r = rulesOn({ pools: [pool()] });
     const a = await r.add("c1");
-    expect(r.node.rules.check({ containerID: "c1", ifName: "eth0", network: NET })).toEqual(a);
+    expect(r.node.rules.check({ containerID: "c1", ifName: "eth0", network: NET })).toEqual({ ...a, existing: true });
     expect(() => r.node.rules.check({ containerID: "c9", ifName: "eth0", network: NET })).toThrow(
       expect.objectContaining({ code: "not_found" }),
     );

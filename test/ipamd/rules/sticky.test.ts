@@ -6,10 +6,12 @@ describe("sticky members", () => {
   it("keeps a member's address across DEL and an ADD with a new container ID", async () => {
     const r = rulesOn({ pools: [pool()] });
     const first = await r.add("a", webPod(0));
-    expect(first).toMatchObject({ owner: "default/web/0", sticky: true });
+    expect(first).toMatchObject({ owner: "default/web/0", sticky: true, existing: false });
+    expect(await r.add("a", webPod(0))).toMatchObject({ owner: "default/web/0", existing: true });
     expect(await r.del("a")).toEqual({ released: [], kept: ["10.0.0.10"] });
     expect(r.reservations({ owner: "default/web/0" })[0]).toMatchObject({ state: "detached", sticky: true, kind: "statefulset" });
-    expect(r.ips(await r.add("b", webPod(0)))).toEqual(["10.0.0.10"]);
+    // Its reservation is the member's, but this ADD attached it: a failed ADD would let it go again.
+    expect(await r.add("b", webPod(0))).toMatchObject({ existing: false, ips: [{ address: "10.0.0.10/24" }] });
     expect(r.reservations({ owner: "default/web/0" })).toMatchObject([{ state: "attached", containerID: "b" }]);
   });
 
@@ -65,7 +67,7 @@ describe("sticky members", () => {
     const moved: string[] = [];
     r.node.rules.onTakeover = (row, req) => moved.push(`${row.ip} ${row.container_id} -> ${req.containerID}`);
     await r.add("old", webPod(1, { podUID: "uid-1" }));
-    expect(r.ips(await r.add("new", webPod(1, { podUID: "uid-1" })))).toEqual(["10.0.0.10"]);
+    expect(await r.add("new", webPod(1, { podUID: "uid-1" }))).toMatchObject({ existing: false, ips: [{ address: "10.0.0.10/24" }] });
     expect(moved).toEqual(["10.0.0.10 old -> new"]);
     expect(await r.del("old")).toEqual({ released: [], kept: [] }); // the old DEL no longer touches it
   });
