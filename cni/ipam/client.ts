@@ -36,7 +36,8 @@ export interface IpamAllocation {
 export interface Ipam {
   /**
    * Allocates addresses for the attachment. With `undo`, registers their release so a later
-   * failure in the plugin gives them back.
+   * failure in the plugin gives them back; berth-ipam does not when ipamd says the attachment
+   * already held them (a repeated ADD).
    */
   add(undo?: UndoStack): Promise<IpamAllocation>;
   /** Releases the attachment's addresses; succeeds when there are none (berth-ipam: and when ipamd is down). */

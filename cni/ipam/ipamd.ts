@@ -97,8 +97,13 @@ export class IpamdIpam implements Ipam {
     } catch (e) {
       throw daemonError(e, conf, "ADD");
     }
-    undo?.push("release addresses (ipamd)", () => this.client.release(this.attachment()));
-    ctx.log.info("ipamd allocated", { owner: response.owner, sticky: response.sticky, ips: response.ips });
+    // A repeated ADD of a live attachment gets that pod's addresses: a failure now must not free them.
+    if (response.existing !== true) undo?.push("release addresses (ipamd)", () => this.client.release(this.attachment()));
+    ctx.log.info(response.existing ? "ipamd answered with the attachment's existing addresses" : "ipamd allocated", {
+      owner: response.owner,
+      sticky: response.sticky,
+      ips: response.ips,
+    });
     return fromDaemon(ctx, response);
   }
 

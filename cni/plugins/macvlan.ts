@@ -204,8 +204,8 @@ async function add(ctx: Ctx): Promise<Result> {
   const host = NetlinkSocket.open();
   let pod: Netns | undefined;
   try {
-    // Everything that can be refused is refused before anything changes, IPAM included: ipamd answers
-    // a repeated ADD of a live attachment with its addresses, which an undo would then release.
+    // Everything that can be refused is refused before anything changes, IPAM included: IPAM answers a
+    // repeated ADD of a live attachment with its addresses, and only ipamd says so (an undo keeps them then).
     const { master, podNs, own } = checkHostAndPod(ctx, host, bandwidth, requested);
     pod = podNs;
     return await withUndo(log, async (undo) => {

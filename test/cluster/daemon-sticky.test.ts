@@ -6,7 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cleanupIpamdTest, runIpamctl } from "../helpers/ipamd";
 import { type ClusterNodeHandle, etcdIps, freshPrefix, sqliteRows, startClusterNodes } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
-import { addresses, cni, destroyLab, type Lab, macvlan, makeLab, newPod } from "../cni/macvlan-fixture";
+import { ownership } from "../../cni/plugins/macvlan";
+import { addresses, cni, destroyLab, type Lab, macvlan, makeLab, newPod, podLink } from "../cni/macvlan-fixture";
+import { ipIn } from "../helpers/netns";
 
 let etcd: EtcdCluster;
 let lab: Lab;
@@ -143,4 +145,54 @@ describe("a StatefulSet member moves between nodes", () => {
     });
     expect(delB.code).toBe(0);
   }, 60_000);
+
+  it("a repeated ADD of the live member that fails after IPAM keeps it attached in etcd: its next pod on B waits", async () => {
+    const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle];
+    const call = { containerId: "ctr-live", ifName: "eth0", cniArgs: args("web-1", "uid-11") };
+    const podA = newPod(lab, "wl");
+    const first = cni(lab, macvlan(), { command: "ADD", config: conf(a), ...call, netns: podA.path });
+    expect(first.code, first.stdout + first.stderr).toBe(0);
+    const bare = (first.json.ips[0].address as string).split("/")[0]!;
+    // The same attachment again, into a namespace where a foreign link has its temporary name: the macvlan
+    // cannot be created (EEXIST) after ipamd answered with the live pod's address.
+    const other = newPod(lab, "wx");
+    const { tmpName } = ownership({ conf: { name: "underlay" }, containerId: "ctr-live", ifName: "eth0" } as never);
+    ipIn(other, "link", "add", tmpName, "type", "veth", "peer", "name", "x0");
+    const again = cni(lab, macvlan(), { command: "ADD", config: conf(a), ...call, netns: other.path });
+    expect(again.code, again.stdout).not.toBe(0);
+    await expect.poll(async () => (await a.client.status()).cluster?.outboxPending, { timeout: 5000 }).toBe(0);
+    const key = `${prefix}/sticky/vlan101-v4/db/web/1/-`;
+    expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(key)!)).toMatchObject({
+      ip: bare,
+      node: "node-a",
+      attachment: { containerID: "ctr-live", node: "node-a" },
+    });
+    expect(sqliteRows(a)).toContainEqual(expect.objectContaining({ ip: bare, container_id: "ctr-live" }));
+    // The member's next pod (another UID) on node B does not get the address while A's pod runs with it.
+    const podB = newPod(lab, "wy");
+    const addB = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf(b),
+      containerId: "ctr-next",
+      netns: podB.path,
+      ifName: "eth0",
+      cniArgs: args("web-1", "uid-12"),
+    });
+    expect(addB.json, addB.stdout).toMatchObject({ code: 11 });
+    expect(addB.json.msg).toContain("node-a");
+    expect(podLink(podB)).toBeUndefined();
+    // What the plugin was answered: the live attachment's addresses, which this request did not allocate.
+    const req = { containerID: "ctr-live", ifName: "eth0", network: "underlay", podNamespace: "db", podName: "web-1", podUID: "uid-11" };
+    expect(await a.client.allocate(req)).toMatchObject({ sticky: true, existing: true, ips: [{ address: first.json.ips[0].address }] });
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(a), ...call, netns: podA.path }).code).toBe(0);
+  }, 60_000);
+
+  it("an ordinary attachment's repeated ADD says existing in cluster mode too", async () => {
+    const [a] = nodes as [ClusterNodeHandle];
+    const req = { containerID: "ctr-plain", ifName: "eth0", network: "underlay" };
+    const first = await a.client.allocate(req);
+    expect(first).toMatchObject({ sticky: false, existing: false });
+    expect(await a.client.allocate(req)).toEqual({ ...first, existing: true });
+    await a.client.release(req);
+  });
 });

@@ -1,9 +1,11 @@
 // berth-macvlan with berth-ipam against a REAL ipamd: parallel ADDs, sticky StatefulSet IPs, the
 // pool's VLAN, and no leaked address on failure.
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ownership } from "../../cni/plugins/macvlan";
 import { startIpamd, type DaemonHandle } from "../helpers/ipamd";
 import { ipIn } from "../helpers/netns";
 import {
@@ -198,6 +200,40 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
     expect(cni(lab, macvlan(), { command: "DEL", config: conf(), ...call }).code).toBe(0);
   });
 
+  it("a repeated ADD of a live attachment that fails after IPAM leaves the pod its address: nobody else gets it", async () => {
+    const pod = newPod(lab);
+    const call = { containerId: "live-2", netns: pod.path, ifName: "eth0" };
+    const first = cni(lab, macvlan(), { command: "ADD", config: conf(), ...call });
+    expect(first.code, first.stdout).toBe(0);
+    const ip = first.json.ips[0].address.split("/")[0];
+    // The same attachment ADDed again, into a namespace where a link that is not this attachment's
+    // already has its temporary name: the checks before IPAM pass, ipamd answers with the live
+    // pod's address, and the kernel refuses the macvlan (EEXIST) after that.
+    const other = newPod(lab);
+    const { tmpName } = ownership({ conf: { name: "underlay" }, containerId: call.containerId, ifName: "eth0" } as never);
+    ipIn(other, "link", "add", tmpName, "type", "veth", "peer", "name", "x0");
+    const again = cni(lab, macvlan(), { command: "ADD", config: conf(), ...call, netns: other.path });
+    expect(again.code, again.stdout).not.toBe(0);
+    expect(addresses(pod)).toEqual([first.json.ips[0].address]);
+    const mine = (await daemon.client.reservations({ ip })).reservations;
+    expect(mine).toMatchObject([{ ip, state: "attached", containerID: "live-2", ifName: "eth0", network: "underlay" }]);
+    // Another pod asking for exactly that address is refused: it is still in use.
+    const thief = newPod(lab);
+    const steal = cni(lab, macvlan(), {
+      command: "ADD",
+      config: conf(),
+      containerId: "thief-2",
+      netns: thief.path,
+      ifName: "eth0",
+      cniArgs: `IgnoreUnknown=1;IP=${ip}`,
+    });
+    expect(steal.json, steal.stdout).toMatchObject({ code: 104 });
+    expect(steal.json.msg).toContain("in use by container live-2");
+    expect(podLink(thief)).toBeUndefined();
+    expect(cni(lab, macvlan(), { command: "DEL", config: conf(), ...call }).code).toBe(0);
+    expect(await held()).not.toContain(ip);
+  });
+
   it("ADD when CNI_IFNAME exists leaves nothing behind: no IP held, no temporary link", async () => {
     const pod = newPod(lab);
     ipIn(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "x0");
@@ -270,5 +306,53 @@ describe("berth-macvlan + berth-ipam (real ipamd)", () => {
     expect(gc.code, gc.stdout).toBe(0);
     expect(await held()).not.toContain(ip);
     expect(cni(lab, macvlan(), { command: "DEL", config: conf(), containerId: "gc-1", netns: pod.path, ifName: "eth0" }).code).toBe(0);
+  });
+});
+
+describe("berth-macvlan + an ipamd that predates `existing`", () => {
+  it("a failed ADD releases unless the answer says existing: true (an old daemon's answer has no such field)", async () => {
+    const socket = join(stateDir, "old-ipamd.sock");
+    const calls: string[] = [];
+    let existing: boolean | undefined;
+    // Scripted: an ipamd of an older version is not in this tree to run.
+    const server = createServer((req, res) => {
+      calls.push(req.url ?? "");
+      req.resume();
+      req.on("end", () => {
+        const body =
+          req.url === "/v1/allocate"
+            ? {
+                owner: "old-1/eth0",
+                sticky: false,
+                ...(existing === undefined ? {} : { existing }),
+                ips: [{ pool: "lan-v4", family: 4, address: "10.78.0.98/24", gateway: "10.78.0.1" }],
+                routes: [],
+                dns: {},
+              }
+            : { released: ["10.78.0.98"], kept: [] };
+        res.setHeader("content-type", "application/json");
+        res.end(JSON.stringify(body));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    try {
+      const other = newPod(lab);
+      const { tmpName } = ownership({ conf: { name: "underlay" }, containerId: "old-1", ifName: "eth0" } as never);
+      ipIn(other, "link", "add", tmpName, "type", "veth", "peer", "name", "x0"); // the macvlan cannot be made: EEXIST
+      const config = { ...conf(), ipam: { type: "berth-ipam", socket } };
+      for (const [answer, released] of [
+        [undefined, true],
+        [false, true],
+        [true, false],
+      ] as const) {
+        existing = answer;
+        calls.length = 0;
+        const add = await cniAsync(lab, macvlan(), { command: "ADD", config, containerId: "old-1", netns: other.path, ifName: "eth0" });
+        expect(add.code, add.stdout).not.toBe(0);
+        expect(calls, `existing: ${answer}`).toEqual(released ? ["/v1/allocate", "/v1/release"] : ["/v1/allocate"]);
+      }
+    } finally {
+      server.close();
+    }
   });
 });

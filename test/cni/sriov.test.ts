@@ -395,6 +395,24 @@ describe("berth-sriov with berth-ipam", () => {
     expect(run(r, "DEL", p2, config, "ctr-k2", args).code).toBe(0);
     expect(r.table().vfs[0]).toEqual({ vf: 0, ...UNCONFIGURED_VF });
   });
+
+  it("a repeated ADD of a live DPDK VF attachment is refused (142) after IPAM and the pod keeps its address", async () => {
+    const r = rig();
+    const ipam = { type: "berth-ipam", socket: daemon!.socket };
+    const config = conf(r, { deviceID: "0000:3b:02.1", ipam });
+    const p = pod();
+    const first = run(r, "ADD", p, config, "ctr-dpdk");
+    expect(first.stderr).toBe("");
+    const ip = first.json.ips[0].address.split("/")[0];
+    // A DPDK VF puts nothing into the pod, so only the VF record (checked after IPAM) sees the repeat.
+    expectCniError(run(r, "ADD", p, config, "ctr-dpdk"), 142, "already attached to this container");
+    const held = (await daemon!.client.reservations({ ip })).reservations;
+    expect(held).toMatchObject([{ ip, state: "attached", containerID: "ctr-dpdk", ifName: "net1" }]);
+    const other = run(r, "ADD", pod(), conf(r, { deviceID: "0000:3b:02.0", ipam }), "ctr-thief", `IgnoreUnknown=1;IP=${ip}`);
+    expectCniError(other, 104, "in use by container ctr-dpdk");
+    expect(run(r, "DEL", p, config, "ctr-dpdk").code).toBe(0);
+    expect((await daemon!.client.reservations({ ip })).reservations).toEqual([]);
+  });
 });
 
 describe("the shipped berth-sriov", () => {
