@@ -6,11 +6,19 @@
 // and this one (BERTH_DIST or dist/, "after") in --rounds rounds (default 5), one daemon per build taking turns; the
 // median round of each build is what counts (other work on the machine moves single rounds).
 // Each figure also says the daemon's CPU time per allocation (user + system, /proc/<pid>/stat).
+// The clients are lean (one keep-alive unix-socket connection each, the request written by hand, the answer read
+// to its content-length), and a first line measures them against a node:http server that answers at once without
+// work: the floor of this load generator and Node's HTTP on this machine. (An IpamdClient over Bun's node:http
+// costs several times more: against that empty server it stopped near 5,000/s with p99 10-14 ms, so it measured
+// itself more than ipamd.)
 //
 //   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json] [--cpu-prof DIR]
 //     [--baseline DIR] [--rounds 5]
-import { readFileSync, rmSync } from "node:fs";
-import { resolve } from "node:path";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { IpamdClient } from "../api/client";
 import { type DaemonHandle, startIpamd } from "../test/helpers/ipamd";
 
@@ -76,12 +84,71 @@ async function seed(admin: IpamdClient, count: number): Promise<number> {
   return performance.now() - t0;
 }
 
+/** One keep-alive connection to a unix socket, one allocate request at a time. */
+class LeanConnection {
+  private readonly socket: Socket;
+  private pending: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  private buf: Buffer = Buffer.alloc(0);
+
+  constructor(path: string) {
+    this.socket = connect(path);
+    this.socket.on("data", (d: Buffer) => this.received(d));
+    this.socket.on("error", (e) => this.settle(e));
+    this.socket.on("close", () => this.settle(new Error("connection closed")));
+  }
+
+  allocate(body: object): Promise<void> {
+    const text = JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      this.socket.write(
+        `POST /v1/allocate HTTP/1.1\r\nhost: ipamd\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
+      );
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private received(d: Buffer): void {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    const end = this.buf.indexOf("\r\n\r\n");
+    if (end < 0) return;
+    const head = this.buf.toString("latin1", 0, end);
+    const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+    if (this.buf.length < end + 4 + length) return;
+    const answer = this.buf.toString("utf8", end + 4, end + 4 + length);
+    this.buf = this.buf.subarray(end + 4 + length);
+    this.settle(head.startsWith("HTTP/1.1 200") ? undefined : new Error(`${head.split("\r\n")[0]}: ${answer}`));
+  }
+
+  private settle(e?: Error): void {
+    const p = this.pending;
+    this.pending = null;
+    if (e) p?.reject(e);
+    else p?.resolve();
+  }
+}
+
 async function run(d: DaemonHandle, build: string, seeded: number, concurrency: number, total: number, tag: string): Promise<Result> {
+  return runOn(d.socket, d.proc.pid, build, seeded, concurrency, total, tag);
+}
+
+async function runOn(
+  socket: string,
+  pid: number | undefined,
+  build: string,
+  seeded: number,
+  concurrency: number,
+  total: number,
+  tag: string,
+): Promise<Result> {
   const latencies: number[] = [];
   let next = 0;
   let errors = 0;
-  const clients = Array.from({ length: concurrency }, () => new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 30_000 }));
-  const cpu0 = cpuMs(d.proc.pid);
+  const clients = Array.from({ length: concurrency }, () => new LeanConnection(socket));
+  const cpu0 = cpuMs(pid);
   const t0 = performance.now();
   await Promise.all(
     clients.map(async (client) => {
@@ -97,7 +164,7 @@ async function run(d: DaemonHandle, build: string, seeded: number, concurrency: 
     }),
   );
   const seconds = (performance.now() - t0) / 1000;
-  const cpu1 = cpuMs(d.proc.pid);
+  const cpu1 = cpuMs(pid);
   for (const c of clients) c.close();
   latencies.sort((a, b) => a - b);
   return {
@@ -125,8 +192,38 @@ function line(r: Result): string {
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+/** The same clients against a node:http server that answers every request at once with a fixed body. */
+async function floor(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "berth-bench-floor-"));
+  const socket = join(dir, "empty.sock");
+  const server = spawn(
+    resolve(import.meta.dirname, "../node_modules/.bin/node"), // the Node ipamd runs on
+    [
+      "-e",
+      `const body = '{"owner":"x","sticky":false,"ips":[],"routes":[],"dns":{}}';
+       require("node:http").createServer((q, a) => { q.resume(); q.on("end", () => {
+         a.writeHead(200, { "content-type": "application/json", "content-length": body.length }); a.end(body); }); })
+       .listen(process.argv[1]);`,
+      socket,
+    ],
+    { stdio: "ignore" },
+  );
+  try {
+    for (let i = 0; i < 100 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+    await runOn(socket, server.pid, "floor", 0, 16, 20_000, "warm");
+    for (const c of CONCURRENCY) {
+      const r = await runOn(socket, server.pid, "floor", 0, c, ALLOCATIONS, `floor-${c}`);
+      if (!JSON_OUT) console.log(`${line(r)}   <- floor: a node:http server doing no work, same clients`);
+    }
+  } finally {
+    server.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const results: Result[] = [];
+  await floor();
   for (const seeded of [...new Set([0, SEED])]) results.push(...(await measure(seeded)));
   if (BUILDS.length > 1 && !JSON_OUT) {
     console.log(`-- median of ${ROUNDS} rounds`);
