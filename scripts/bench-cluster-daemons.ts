@@ -16,6 +16,7 @@ import { get as httpGet } from "node:http";
 import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { IpamdClient } from "../api/client";
+import { LeanConnection } from "./lib/lean-client";
 import type { AllocateRequest } from "../api/types";
 import { EtcdCluster } from "../test/helpers/etcd";
 import { cleanupIpamdTest, type DaemonHandle, makeTempDir, startIpamd } from "../test/helpers/ipamd";
@@ -79,9 +80,7 @@ async function load(
 ): Promise<{ perSecond: number; lat: number[] }> {
   const lat: number[] = [];
   let next = 0;
-  const clients = daemons.flatMap((d) =>
-    Array.from({ length: clientsPer }, () => new IpamdClient(d.socket, { keepAlive: true, timeoutMs: 30_000 })),
-  );
+  const clients = daemons.flatMap((d) => Array.from({ length: clientsPer }, () => new LeanConnection(d.socket)));
   const t0 = performance.now();
   await Promise.all(
     clients.map(async (c) => {

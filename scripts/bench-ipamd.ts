@@ -6,20 +6,17 @@
 // and this one (BERTH_DIST or dist/, "after") in --rounds rounds (default 5), one daemon per build taking turns; the
 // median round of each build is what counts (other work on the machine moves single rounds).
 // Each figure also says the daemon's CPU time per allocation (user + system, /proc/<pid>/stat).
-// The clients are lean (one keep-alive unix-socket connection each, the request written by hand, the answer read
-// to its content-length), and a first line measures them against a node:http server that answers at once without
-// work: the floor of this load generator and Node's HTTP on this machine. (An IpamdClient over Bun's node:http
-// costs several times more: against that empty server it stopped near 5,000/s with p99 10-14 ms, so it measured
-// itself more than ipamd.)
+// The clients are lean (scripts/lib/lean-client.ts), and a first line measures them against a node:http server that
+// answers at once without work: the floor of this load generator and Node's HTTP on this machine.
 //
 //   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json] [--cpu-prof DIR]
 //     [--baseline DIR] [--rounds 5]
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { IpamdClient } from "../api/client";
+import { LeanConnection } from "./lib/lean-client";
 import { type DaemonHandle, startIpamd } from "../test/helpers/ipamd";
 
 interface Result {
@@ -82,53 +79,6 @@ async function seed(admin: IpamdClient, count: number): Promise<number> {
     done += replicas;
   }
   return performance.now() - t0;
-}
-
-/** One keep-alive connection to a unix socket, one allocate request at a time. */
-class LeanConnection {
-  private readonly socket: Socket;
-  private pending: { resolve: () => void; reject: (e: Error) => void } | null = null;
-  private buf: Buffer = Buffer.alloc(0);
-
-  constructor(path: string) {
-    this.socket = connect(path);
-    this.socket.on("data", (d: Buffer) => this.received(d));
-    this.socket.on("error", (e) => this.settle(e));
-    this.socket.on("close", () => this.settle(new Error("connection closed")));
-  }
-
-  allocate(body: object): Promise<void> {
-    const text = JSON.stringify(body);
-    return new Promise((resolve, reject) => {
-      this.pending = { resolve, reject };
-      this.socket.write(
-        `POST /v1/allocate HTTP/1.1\r\nhost: ipamd\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
-      );
-    });
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-
-  private received(d: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-    const end = this.buf.indexOf("\r\n\r\n");
-    if (end < 0) return;
-    const head = this.buf.toString("latin1", 0, end);
-    const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-    if (this.buf.length < end + 4 + length) return;
-    const answer = this.buf.toString("utf8", end + 4, end + 4 + length);
-    this.buf = this.buf.subarray(end + 4 + length);
-    this.settle(head.startsWith("HTTP/1.1 200") ? undefined : new Error(`${head.split("\r\n")[0]}: ${answer}`));
-  }
-
-  private settle(e?: Error): void {
-    const p = this.pending;
-    this.pending = null;
-    if (e) p?.reject(e);
-    else p?.resolve();
-  }
 }
 
 async function run(d: DaemonHandle, build: string, seeded: number, concurrency: number, total: number, tag: string): Promise<Result> {
