@@ -272,8 +272,11 @@ export class EtcdClient {
   /** The member ID behind each endpoint, from its answers' headers (learned once per connection over gRPC). */
   private readonly memberOf = new Map<string, string>();
   private readonly learned = new WeakSet<http2.ClientHttp2Session>();
-  /** The endpoint whose connection failed last, until another member names a leader that is not it. */
-  private lostEndpoint: string | null = null;
+  /**
+   * The endpoints whose connection failed since a member last named a leader that is none of them (several: a dead
+   * endpoint the client fails over through must not take the lost leader's place).
+   */
+  private readonly lost = new Set<string>();
   /** The status poll of each endpoint in progress: concurrent requests share it. */
   private readonly settling = new Map<string, Promise<void>>();
   private current = 0;
@@ -710,7 +713,7 @@ export class EtcdClient {
     const start = this.current;
     for (let i = 0; i < this.endpoints.length; i++) {
       const endpoint = this.endpoints[(start + i) % this.endpoints.length]!;
-      if (this.lostEndpoint && this.lostEndpoint !== endpoint) await this.settleLeader(endpoint);
+      if (this.lost.size) await this.settleLeader(endpoint);
       const t0 = performance.now();
       const r = await attempt(endpoint);
       const seconds = (performance.now() - t0) / 1000;
@@ -737,7 +740,7 @@ export class EtcdClient {
         }
         tried.push({ endpoint, reason: f.message });
       } else {
-        this.lostEndpoint = endpoint;
+        this.lost.add(endpoint);
         if (f.kind === "unknown" && !idempotent) {
           this.o.observer?.request?.(op, endpoint, seconds, "error");
           this.rotate(endpoint);
@@ -752,12 +755,13 @@ export class EtcdClient {
   }
 
   /**
-   * The member at `lostEndpoint` stopped answering. When it was the leader, the others go on forwarding requests to
-   * it until their election timeout, and a request sent meanwhile hangs until its deadline with an unknown outcome.
+   * The members at `lost` stopped answering. When one was the leader, the others go on forwarding requests to it
+   * until their election timeout, and a request sent meanwhile hangs until its deadline with an unknown outcome.
    * So `next` is asked for its leader first, and requests wait (at most one request timeout, all of them on one
-   * status poll) while it still names the lost member. "No leader" ends the wait for that member (requests to it are
-   * refused at once, nothing applied); the next one is asked in turn, until one names another leader. The retries
-   * ride out the election, or fail fast when the quorum is gone.
+   * status poll) while it still names a lost member other than itself (a lost member that names itself is alive and
+   * leads). "No leader" ends the wait for that member (requests to it are refused at once, nothing applied); the next
+   * one is asked in turn, until one names another leader. The retries ride out the election, or fail fast when the
+   * quorum is gone.
    */
   private settleLeader(next: string): Promise<void> {
     let p = this.settling.get(next);
@@ -769,19 +773,20 @@ export class EtcdClient {
   }
 
   private async leaderOtherThanLost(next: string): Promise<void> {
-    const lost = this.lostEndpoint;
-    const lostId = lost ? this.memberOf.get(lost) : undefined;
+    const lost = [...this.lost];
+    const lostIds = new Set(lost.flatMap((e) => this.memberOf.get(e) ?? []));
     const deadline = performance.now() + this.timeoutMs;
-    while (lostId && !this.closed && performance.now() < deadline) {
+    while (lostIds.size && !this.closed && performance.now() < deadline) {
       const r = await this.attempt(next, "/v3/maintenance/status", "{}");
       // Not ok: no leader yet, or `next` is down too (the request itself finds out).
       if (!r.ok) return;
-      const leader = String((r.value as { leader?: string }).leader ?? "0");
+      const status = r.value as { leader?: string; header?: { member_id?: string } };
+      const leader = String(status.leader ?? "0");
       if (leader === "0") return;
-      if (leader !== lostId) break;
+      if (!lostIds.has(leader) || leader === status.header?.member_id) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    if (this.lostEndpoint === lost) this.lostEndpoint = null;
+    for (const e of lost) this.lost.delete(e);
   }
 
   private rotate(failed: string): void {

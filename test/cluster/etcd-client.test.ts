@@ -1,6 +1,7 @@
 // The etcd client's failover behaviour against a REAL 3-member etcd (and a TLS one): what decided the client
 // choice (docs/cluster.md). Each case asserts what a caller sees and what is in etcd.
 import { request } from "node:http";
+import { type AddressInfo, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EtcdClient, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, type WatchEvent } from "../../ipamd/cluster/etcd";
 import { EtcdCluster } from "../helpers/etcd";
@@ -12,6 +13,16 @@ beforeAll(async () => {
 afterAll(async () => {
   await etcd?.destroy();
 });
+
+const unusedPort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const s = createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
 
 const until = async (what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> => {
   const deadline = Date.now() + ms;
@@ -126,6 +137,28 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     expect(outcomes.other).toEqual([]);
     expect(outcomes.unknown.length, outcomes.unknown.join("; ")).toBeLessThanOrEqual(1); // only a write in flight at the kill
     expect(outcomes.unknown.join("; ")).not.toContain("no answer within");
+  });
+
+  it("waits for the election also when a dead endpoint comes between the lost leader and the next member", async () => {
+    // A member down for good (or a stale address) in the list: the client fails over through it. It must not take the
+    // place of the lost leader, or the wait ends at once and the next write hangs on a follower that forwards to the
+    // dead leader.
+    await etcd.waitHealthy();
+    const leader = etcd.leader();
+    const dead = `http://127.0.0.1:${await unusedPort()}`;
+    const endpoints = [etcd.endpoints[leader]!, dead, ...etcd.endpoints.filter((_, i) => i !== leader)];
+    const c = new EtcdClient({ endpoints, requestTimeoutMs: 3000 });
+    await c.put("/t/dead", "0"); // on the leader: its member ID is known
+    await etcd.kill9(leader);
+    await new Promise((r) => setTimeout(r, 100)); // its connection seen closed: the next put is refused, not reset
+    try {
+      // Refused by the dead leader and the closed port, then a follower once it names the new leader.
+      await c.put("/t/dead", "1");
+      expect((await c.get("/t/dead"))!.value).toBe("1");
+    } finally {
+      await etcd.restart(leader);
+      c.close();
+    }
   });
 
   it("fails fast with every endpoint and its reason when 2 of 3 members are down", async () => {
