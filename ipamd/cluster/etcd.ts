@@ -254,8 +254,11 @@ function opProto(op: TxnOp): ProtoWriter {
   return new ProtoWriter().message(3, deleteProto(op.del.key, op.del.prefix));
 }
 
-/** How a failed attempt ended: `unsent` never reached etcd's state machine, `unknown` may have. */
-type Failure = { kind: "unsent" | "unknown"; reason: string } | { kind: "answer"; code: number; message: string };
+/**
+ * How a failed attempt ended: `unsent` never reached etcd's state machine, `unknown` may have (`responded`: an HTTP
+ * answer came, unreadable).
+ */
+type Failure = { kind: "unsent" | "unknown"; reason: string; responded?: boolean } | { kind: "answer"; code: number; message: string };
 type Attempt<T> = { ok: true; value: T } | { ok: false; failure: Failure };
 
 const UNSENT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ECONNABORTED"]);
@@ -278,7 +281,7 @@ export class EtcdClient {
    */
   private readonly lost = new Set<string>();
   /** The status poll of each endpoint in progress: concurrent requests share it. */
-  private readonly settling = new Map<string, Promise<void>>();
+  private readonly settling = new Map<string, Promise<string | null>>();
   private current = 0;
   private state: ConnectionState | null = null;
   private closed = false;
@@ -650,14 +653,15 @@ export class EtcdClient {
       req.on("response", (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", (e) => resolve({ ok: false, failure: { kind: "unknown", reason: e.message } }));
+        res.on("error", (e) => resolve({ ok: false, failure: { kind: "unknown", reason: e.message, responded: true } }));
         res.on("end", () => {
           const text = Buffer.concat(chunks).toString("utf8");
           let json: { code?: number; message?: string; error?: unknown; result?: unknown };
           try {
             json = JSON.parse(text.split("\n")[0]!);
           } catch {
-            resolve({ ok: false, failure: { kind: "unknown", reason: `HTTP ${res.statusCode}: unreadable answer ${text.slice(0, 200)}` } });
+            const reason = `HTTP ${res.statusCode}: unreadable answer ${text.slice(0, 200)}`;
+            resolve({ ok: false, failure: { kind: "unknown", reason, responded: true } });
             return;
           }
           if (res.statusCode === 200 && !(json.error && typeof json.error === "object" && !json.result)) {
@@ -713,7 +717,17 @@ export class EtcdClient {
     const start = this.current;
     for (let i = 0; i < this.endpoints.length; i++) {
       const endpoint = this.endpoints[(start + i) % this.endpoints.length]!;
-      if (this.lost.size) await this.settleLeader(endpoint);
+      if (this.lost.size) {
+        const silent = await this.settleLeader(endpoint);
+        if (silent !== null) {
+          // Its status poll got no answer: a request would fare no better, and a write would end with an unknown outcome.
+          this.lost.add(endpoint);
+          tried.push({ endpoint, reason: silent });
+          this.o.observer?.request?.(op, endpoint, 0, "unreachable");
+          this.rotate(endpoint);
+          continue;
+        }
+      }
       const t0 = performance.now();
       const r = await attempt(endpoint);
       const seconds = (performance.now() - t0) / 1000;
@@ -761,9 +775,10 @@ export class EtcdClient {
    * status poll) while it still names a lost member other than itself (a lost member that names itself is alive and
    * leads). "No leader" ends the wait for that member (requests to it are refused at once, nothing applied); the next
    * one is asked in turn, until one names another leader. The retries ride out the election, or fail fast when the
-   * quorum is gone.
+   * quorum is gone. Resolves to why `next` did not answer its status (connection failed, no answer in time): the
+   * request skips it then; null otherwise.
    */
-  private settleLeader(next: string): Promise<void> {
+  private settleLeader(next: string): Promise<string | null> {
     let p = this.settling.get(next);
     if (!p) {
       p = this.leaderOtherThanLost(next).finally(() => this.settling.delete(next));
@@ -772,21 +787,22 @@ export class EtcdClient {
     return p;
   }
 
-  private async leaderOtherThanLost(next: string): Promise<void> {
+  private async leaderOtherThanLost(next: string): Promise<string | null> {
     const lost = [...this.lost];
     const lostIds = new Set(lost.flatMap((e) => this.memberOf.get(e) ?? []));
     const deadline = performance.now() + this.timeoutMs;
     while (lostIds.size && !this.closed && performance.now() < deadline) {
       const r = await this.attempt(next, "/v3/maintenance/status", "{}");
-      // Not ok: no leader yet, or `next` is down too (the request itself finds out).
-      if (!r.ok) return;
+      // An answer that is not ok: no leader yet (the request is refused at once). No answer: `next` is down too.
+      if (!r.ok) return r.failure.kind === "answer" || r.failure.responded ? null : r.failure.reason;
       const status = r.value as { leader?: string; header?: { member_id?: string } };
       const leader = String(status.leader ?? "0");
-      if (leader === "0") return;
+      if (leader === "0") return null;
       if (!lostIds.has(leader) || leader === status.header?.member_id) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     for (const e of lost) this.lost.delete(e);
+    return null;
   }
 
   private rotate(failed: string): void {
