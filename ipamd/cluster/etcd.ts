@@ -717,8 +717,11 @@ export class EtcdClient {
     const start = this.current;
     for (let i = 0; i < this.endpoints.length; i++) {
       const endpoint = this.endpoints[(start + i) % this.endpoints.length]!;
+      // Closed meanwhile (an attempt in flight fails then): no new connection to the next member.
+      if (this.closed) throw new EtcdError(`etcd ${op}: client closed`);
       if (this.lost.size) {
         const silent = await this.settleLeader(endpoint);
+        if (this.closed) throw new EtcdError(`etcd ${op}: client closed`);
         if (silent !== null) {
           // Its status poll got no answer: a request would fare no better, and a write would end with an unknown outcome.
           this.lost.add(endpoint);

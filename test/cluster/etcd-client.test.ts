@@ -192,6 +192,28 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     }
   });
 
+  it("close() ends a request in flight: it is not sent to the next member on a new connection", async () => {
+    const held: Socket[] = [];
+    const hole = createServer((s) => held.push(s));
+    await new Promise<void>((r) => hole.listen(0, "127.0.0.1", r));
+    const stuck = `http://127.0.0.1:${(hole.address() as AddressInfo).port}`;
+    try {
+      const c = new EtcdClient({ endpoints: [stuck, ...etcd.endpoints], requestTimeoutMs: 3000 });
+      const read = c.get("/t/closed").then(
+        () => "answered",
+        (e: Error) => e.message,
+      );
+      await until("request on the stuck member", () => held.length > 0);
+      c.close();
+      expect(await read).toMatch(/client closed/);
+      const sessions = (c as unknown as { sessions: Map<string, unknown> }).sessions;
+      expect([...sessions.keys()]).toEqual([]);
+    } finally {
+      for (const s of held) s.destroy();
+      hole.close();
+    }
+  });
+
   it("fails fast with every endpoint and its reason when 2 of 3 members are down", async () => {
     const c = new EtcdClient({ endpoints: etcd.endpoints, requestTimeoutMs: 8000 });
     await c.put("/t/q", "before");
