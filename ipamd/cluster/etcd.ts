@@ -742,8 +742,9 @@ export class EtcdClient {
       }
       const f = r.failure;
       if (f.kind === "answer") {
-        // "no leader" (hasleader) and "too many requests" are refusals before anything is applied: try the next member.
-        const refused = f.code === 14 && /no leader|too many requests|not capable/.test(f.message);
+        // "no leader" (hasleader, Unavailable) and "too many requests" (ResourceExhausted: the member's apply queue is
+        // far behind) are refusals before anything is applied: try the next member.
+        const refused = (f.code === 14 && /no leader|not capable/.test(f.message)) || (f.code === 8 && /too many requests/.test(f.message));
         if (!refused) {
           this.o.observer?.request?.(op, endpoint, seconds, "error");
           if (f.code === 11 && /compacted/.test(f.message)) throw new EtcdCompacted(0, endpoint);

@@ -1,6 +1,7 @@
 // The etcd client's failover behaviour against a REAL 3-member etcd (and a TLS one): what decided the client
 // choice (docs/cluster.md). Each case asserts what a caller sees and what is in etcd.
 import { request } from "node:http";
+import { createServer as createHttp2Server } from "node:http2";
 import { type AddressInfo, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EtcdClient, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, type WatchEvent } from "../../ipamd/cluster/etcd";
@@ -189,6 +190,28 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     } finally {
       for (const s of held) s.destroy();
       hole.close();
+    }
+  });
+
+  it("takes 'too many requests' (ResourceExhausted) as a refusal: the write goes to the next member", async () => {
+    // etcd refuses a request with gRPC code 8 when its apply queue runs far behind its commits; nothing is applied.
+    // No real member can be made to do that on demand: a gRPC server that answers only that stands first in the list.
+    let refused = 0;
+    const busy = createHttp2Server((_req, res) => {
+      refused++;
+      res.writeHead(200, { "content-type": "application/grpc" });
+      res.addTrailers({ "grpc-status": "8", "grpc-message": "etcdserver: too many requests" });
+      res.end();
+    });
+    await new Promise<void>((r) => busy.listen(0, "127.0.0.1", r));
+    const c = new EtcdClient({ endpoints: [`http://127.0.0.1:${(busy.address() as AddressInfo).port}`, ...etcd.endpoints] });
+    try {
+      await c.put("/t/busy", "1");
+      expect(refused).toBe(1);
+      expect(etcd.dump("/t/busy").get("/t/busy")).toBe("1");
+    } finally {
+      c.close();
+      busy.close();
     }
   });
 
