@@ -22,9 +22,8 @@ export class LeanConnection {
     const text = JSON.stringify(body);
     return new Promise((resolve, reject) => {
       this.pending = { resolve, reject };
-      this.socket.write(
-        `POST /v1/allocate HTTP/1.1\r\nhost: ipamd\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
-      );
+      const head = "POST /v1/allocate HTTP/1.1\r\nhost: ipamd\r\ncontent-type: application/json\r\n";
+      this.socket.write(`${head}content-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`);
     });
   }
 
