@@ -2,9 +2,12 @@
 //   <prefix>/ip/<pool>/<ip>                                          one per owned address   -> IpOwner
 //   <prefix>/sticky/<pool>/<namespace>/<statefulset>/<ordinal>/<if>  one per sticky identity -> StickyRecord
 //   <prefix>/node/<name>                                             liveness, on a lease    -> NodeRecord
+//   <prefix>/owners/<name>                                           "may hold address keys" -> OwnerRecord
 //   <prefix>/handback/<pool>                                         "this pool runs low"    -> HandbackRecord
+//   <prefix>/reaper/full-scan                                        the last backstop scan  -> FullScanRecord
 // A pool's owned addresses are one range (<prefix>/ip/<pool>/); a node's are found by reading that range's values
-// (owner.node). Nothing but the liveness key is ever written with a lease.
+// (owner.node), which the reaper does only for a registered node whose liveness key is gone. Nothing but the liveness
+// key (and a cooling address key) is ever written with a lease.
 
 export interface StickyIdentity {
   pool: string;
@@ -44,6 +47,17 @@ export interface NodeRecord {
   node: string;
   startedAt: number;
   labels?: Record<string, string>;
+}
+/** A node's registration: durable (no lease), deleted only by the reaper once the node is dead and its keys reaped. */
+export interface OwnerRecord {
+  node: string;
+  at: number;
+  /** Written by another node: the reaper for a node of a version without registrations, or a node writing an address key for it. */
+  by?: string;
+}
+export interface FullScanRecord {
+  node: string;
+  at: number;
 }
 export interface HandbackRecord {
   node: string;
@@ -96,6 +110,16 @@ export class KeyLayout {
   }
   node(name: string): string {
     return this.nodes() + this.seg(name, "node name");
+  }
+
+  owners(): string {
+    return `${this.prefix}/owners/`;
+  }
+  owner(name: string): string {
+    return this.owners() + this.seg(name, "node name");
+  }
+  fullScan(): string {
+    return `${this.prefix}/reaper/full-scan`;
   }
 
   statefulSets(): string {

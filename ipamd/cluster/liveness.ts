@@ -1,8 +1,21 @@
-// Node liveness (a key on a lease, kept alive; liveness only, never a reservation) and the reaper that returns a
-// dead node's buffered and non-sticky attachment addresses after a grace period and a re-check. Several reapers
-// may run at once: each delete compares the key's ModRevision, so at most one succeeds and nothing else is touched.
-import type { EtcdClient } from "./etcd";
-import { type IpOwner, KeyLayout, type NodeRecord, parseJson } from "./keys";
+// Node liveness (a key on a lease, kept alive; liveness only, never a reservation), the node's registration (a
+// durable key that says the node may hold address keys) and the reaper that returns a dead node's buffered and
+// non-sticky attachment addresses after a grace period and a re-check. Several reapers may run at once: each delete
+// compares the key's ModRevision, so at most one succeeds and nothing else is touched.
+//
+// What the reaper reads: every pass, the liveness keys and the registrations, keys only (two small ranges, one key
+// per node). The pools' address keys (with values: the key names no node) only when a registered node's liveness key
+// is gone past the grace period, and for the backstop: one reaper of the cluster every `fullScanMs` (the turn is a
+// compare-and-swap on <prefix>/reaper/full-scan) reads them all and registers every holder found without a
+// registration (nodes of a version before registrations, or a write that raced an unregistration).
+import type { EtcdClient, TxnOp } from "./etcd";
+import { type FullScanRecord, type IpOwner, KeyLayout, type NodeRecord, type OwnerRecord, parseJson } from "./keys";
+
+/** The put of `node`'s registration, for a transaction that writes an address key for it (by: the writer). */
+export function registrationOp(keys: KeyLayout, node: string, at: number, by?: string): TxnOp {
+  const rec: OwnerRecord = { node, at, ...(by && by !== node ? { by } : {}) };
+  return { put: { key: keys.owner(node), value: JSON.stringify(rec) } };
+}
 
 export class NodeLiveness {
   private lease: string | null = null;
@@ -49,7 +62,10 @@ export class NodeLiveness {
     this.timer = setTimeout(tick, (this.ttl * 1000) / 3);
   }
 
-  /** One keepalive; grants a new lease and rewrites the key when the old lease is gone. */
+  /**
+   * One keepalive; grants a new lease and rewrites the key when the old lease is gone, with the node's registration in
+   * the same transaction: a node is registered before it claims anything, and again whenever it comes back.
+   */
   async renew(): Promise<void> {
     const started = this.now();
     if (this.lease && (await this.o.client.leaseKeepAlive(this.lease)) > 0) {
@@ -59,7 +75,13 @@ export class NodeLiveness {
     if (this.lease) this.leaseLost++;
     const { id } = await this.o.client.leaseGrant(this.ttl);
     const rec: NodeRecord = { node: this.o.node, startedAt: started, ...(this.o.labels ? { labels: this.o.labels } : {}) };
-    await this.o.client.put(this.keys.node(this.o.node), JSON.stringify(rec), { lease: id });
+    await this.o.client.txn(
+      [],
+      [
+        { put: { key: this.keys.node(this.o.node), value: JSON.stringify(rec), lease: id } },
+        registrationOp(this.keys, this.o.node, started),
+      ],
+    );
     this.lease = id;
     this.confirmedAt = started;
   }
@@ -77,7 +99,16 @@ export interface ReapReport {
   /** Dead-looking nodes still inside the grace period. */
   waiting: { node: string; goneForMs: number }[];
   conflicts: number;
+  /** The pools were read with values this pass: for dead nodes past their grace, or the backstop scan of all holders. */
+  scan?: "dead-nodes" | "full";
+  /** Nodes found holding keys (or alive) without a registration, registered by this pass. */
+  adopted: string[];
 }
+
+type HeldKey = { pool: string; key: string; modRevision: number; owner: "buffer" | "attachment" };
+
+/** The backstop's period by default: an upgraded cluster's unregistered holders are found within this long. */
+const FULL_SCAN_MS = 3_600_000;
 
 export class Reaper {
   private readonly keys: KeyLayout;
@@ -85,9 +116,23 @@ export class Reaper {
   /** Nodes whose Kubernetes Node object was deleted: no grace once their liveness key is gone. */
   private readonly deleted = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
+  private nextFullScan = 0;
+  private readonly fullScanMs: number;
 
-  constructor(private readonly o: { client: EtcdClient; pools: string[]; graceMs: number; prefix?: string; now?: () => number }) {
+  constructor(
+    private readonly o: {
+      client: EtcdClient;
+      pools: string[];
+      graceMs: number;
+      prefix?: string;
+      now?: () => number;
+      /** This reaper's node (recorded with the backstop scan it takes). */
+      node?: string;
+      fullScanMs?: number;
+    },
+  ) {
     this.keys = new KeyLayout(o.prefix);
+    this.fullScanMs = o.fullScanMs ?? Math.max(FULL_SCAN_MS, 4 * o.graceMs);
   }
 
   private now(): number {
@@ -119,45 +164,117 @@ export class Reaper {
     else this.deleted.delete(node);
   }
 
-  async reapOnce(): Promise<ReapReport> {
-    const report: ReapReport = { freed: [], waiting: [], conflicts: 0 };
-    const live = new Set(
-      (await this.o.client.range(this.keys.nodes(), { prefix: true, keysOnly: true })).kvs.map((kv) =>
-        kv.key.slice(this.keys.nodes().length),
-      ),
+  /**
+   * One pass. `findDeleted`: a node whose Node object was deleted and that is neither live nor registered is looked
+   * for in the pools now (the release leader, at the deletion) instead of at the next backstop scan.
+   */
+  async reapOnce(o: { findDeleted?: boolean } = {}): Promise<ReapReport> {
+    const report: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [] };
+    const live = await this.names(this.keys.nodes());
+    const registered = await this.names(this.keys.owners());
+    for (const n of [...this.goneSince.keys()]) if (live.has(n) || !registered.has(n)) this.goneSince.delete(n);
+    // A live node without a registration runs a version without them: registered now, it is found once it dies.
+    for (const n of live.keys()) if (!registered.has(n)) await this.adopt(n, registered, report);
+    const now = this.now();
+    const due: string[] = [];
+    for (const n of registered.keys()) {
+      if (live.has(n)) continue;
+      const since = this.goneSince.get(n) ?? now;
+      this.goneSince.set(n, since);
+      if (now - since < this.o.graceMs && !this.deleted.has(n)) report.waiting.push({ node: n, goneForMs: now - since });
+      else due.push(n);
+    }
+    const unknown = o.findDeleted ? [...this.deleted].filter((n) => !live.has(n) && !registered.has(n)) : [];
+    const full = unknown.length > 0 || (await this.fullScanTurn(now));
+    let held = full ? await this.held() : undefined;
+    if (held) {
+      report.scan = "full";
+      for (const n of held.keys()) {
+        if (registered.has(n) || !(await this.adopt(n, registered, report)) || live.has(n)) continue;
+        this.goneSince.set(n, now);
+        if (this.deleted.has(n)) due.push(n);
+        else report.waiting.push({ node: n, goneForMs: 0 });
+      }
+      for (const n of unknown) if (!held.has(n)) this.deleted.delete(n); // holds nothing: nothing to wait for
+    }
+    const gone: string[] = [];
+    for (const n of due) {
+      const back = (await this.o.client.get(this.keys.node(n))) !== null; // the re-check wins
+      if (back) this.goneSince.delete(n);
+      else gone.push(n);
+    }
+    if (gone.length === 0) return report;
+    report.scan ??= "dead-nodes";
+    held ??= await this.held();
+    for (const n of gone) {
+      for (const k of held.get(n) ?? []) {
+        const r = await this.o.client.txn([{ key: k.key, target: "mod", equals: k.modRevision }], [{ del: { key: k.key } }]);
+        if (r.succeeded) report.freed.push({ pool: k.pool, ip: this.keys.ipFromKey(k.key), node: n, owner: k.owner });
+        else report.conflicts++;
+      }
+      // Unregistered only as read before the pools were: a node that came back (its liveness key), or a key written
+      // for it since (registration rewritten with it), keeps its registration.
+      await this.o.client.txn(
+        [
+          { key: this.keys.owner(n), target: "mod", equals: registered.get(n)! },
+          { key: this.keys.node(n), target: "create", equals: 0 },
+        ],
+        [{ del: { key: this.keys.owner(n) } }],
+      );
+      this.goneSince.delete(n);
+      this.deleted.delete(n);
+    }
+    return report;
+  }
+
+  /** Names under a prefix of one key per node, keys only, with each key's ModRevision. */
+  private async names(prefix: string): Promise<Map<string, number>> {
+    const r = await this.o.client.range(prefix, { prefix: true, keysOnly: true });
+    return new Map(r.kvs.map((kv) => [kv.key.slice(prefix.length), kv.modRevision]));
+  }
+
+  /** Registers a node found without a registration (create-if-absent); false when another writer was first. */
+  private async adopt(node: string, registered: Map<string, number>, report: ReapReport): Promise<boolean> {
+    const r = await this.o.client.txn(
+      [{ key: this.keys.owner(node), target: "create", equals: 0 }],
+      [registrationOp(this.keys, node, this.now(), this.o.node ?? "reaper")],
     );
-    for (const n of [...this.goneSince.keys()]) if (live.has(n)) this.goneSince.delete(n);
-    const orphans = new Map<string, { pool: string; key: string; modRevision: number; owner: "buffer" | "attachment" }[]>();
+    if (!r.succeeded) return false;
+    registered.set(node, r.revision);
+    report.adopted.push(node);
+    return true;
+  }
+
+  /** Whether this reaper takes the backstop scan now: one reaper of the cluster per `fullScanMs`. */
+  private async fullScanTurn(now: number): Promise<boolean> {
+    if (now < this.nextFullScan) return false;
+    const kv = await this.o.client.get(this.keys.fullScan());
+    const last = kv ? parseJson<FullScanRecord>(kv.value, kv.key).at : 0;
+    if (kv && now - last < this.fullScanMs) {
+      this.nextFullScan = last + this.fullScanMs;
+      return false;
+    }
+    this.nextFullScan = now + this.fullScanMs;
+    const rec: FullScanRecord = { node: this.o.node ?? "reaper", at: now };
+    const r = await this.o.client.txn(
+      [kv ? { key: kv.key, target: "mod", equals: kv.modRevision } : { key: this.keys.fullScan(), target: "create", equals: 0 }],
+      [{ put: { key: this.keys.fullScan(), value: JSON.stringify(rec) } }],
+    );
+    return r.succeeded;
+  }
+
+  /** Every pool's buffer and attachment keys by node (sticky identities never die with a node; a cooldown ends by its lease). */
+  private async held(): Promise<Map<string, HeldKey[]>> {
+    const out = new Map<string, HeldKey[]>();
     for (const pool of this.o.pools) {
       for (const kv of (await this.o.client.range(this.keys.poolIps(pool), { prefix: true })).kvs) {
         const v = parseJson<IpOwner>(kv.value, kv.key);
-        // Sticky identities never die with a node; a cooldown ends by its lease.
-        if (v.owner === "sticky" || v.owner === "cooling" || live.has(v.node)) continue;
-        const list = orphans.get(v.node) ?? [];
+        if (v.owner === "sticky" || v.owner === "cooling") continue;
+        const list = out.get(v.node) ?? [];
         list.push({ pool, key: kv.key, modRevision: kv.modRevision, owner: v.owner });
-        orphans.set(v.node, list);
+        out.set(v.node, list);
       }
     }
-    const now = this.now();
-    for (const [node, keys] of orphans) {
-      const since = this.goneSince.get(node) ?? now;
-      this.goneSince.set(node, since);
-      if (now - since < this.o.graceMs && !this.deleted.has(node)) {
-        report.waiting.push({ node, goneForMs: now - since });
-        continue;
-      }
-      if (await this.o.client.get(this.keys.node(node))) {
-        this.goneSince.delete(node);
-        continue;
-      } // back: re-check wins
-      for (const k of keys) {
-        const r = await this.o.client.txn([{ key: k.key, target: "mod", equals: k.modRevision }], [{ del: { key: k.key } }]);
-        if (r.succeeded) report.freed.push({ pool: k.pool, ip: this.keys.ipFromKey(k.key), node, owner: k.owner });
-        else report.conflicts++;
-      }
-      this.goneSince.delete(node);
-      this.deleted.delete(node);
-    }
-    return report;
+    return out;
   }
 }

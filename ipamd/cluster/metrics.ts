@@ -1,5 +1,5 @@
 // Prometheus metrics of cluster mode, on the daemon's registry: etcd round trips, transaction conflicts, buffer size
-// per pool, outbox (pending releases), etcd connection state, handbacks and reaped addresses.
+// per pool, outbox (pending releases), etcd connection state, handbacks, reaped addresses and the reaper's pool scans.
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type { ConnectionState, EtcdObserver } from "./etcd";
 import type { OwnershipObserver } from "./ownership";
@@ -15,6 +15,7 @@ export class ClusterMetrics {
   readonly state: Gauge<"state">;
   readonly handbacks: Counter<"pool" | "event">;
   readonly reaped: Counter<"owner">;
+  readonly reaperScans: Counter<"kind">;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -63,6 +64,12 @@ export class ClusterMetrics {
       name: "berth_ipamd_cluster_reaped_addresses_total",
       help: "Addresses of dead nodes returned to their pools after the grace period",
       labelNames: ["owner"],
+      registers,
+    });
+    this.reaperScans = new Counter({
+      name: "berth_ipamd_cluster_reaper_pool_scans_total",
+      help: "Reaper passes that read every pool's address keys: for dead nodes past the grace period, or the hourly backstop (full)",
+      labelNames: ["kind"],
       registers,
     });
   }

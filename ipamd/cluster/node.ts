@@ -53,7 +53,7 @@ export class ClusterNode {
   private drainBackoffMs = 0;
   private drainTimer: NodeJS.Timeout | null = null;
   outboxConflicts = 0;
-  private lastReap: ReapReport = { freed: [], waiting: [], conflicts: 0 };
+  private lastReap: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [] };
   /** Identities this node bound, with the revision: a watch event older than that must not undo the local row. */
   private readonly boundAt = new Map<string, number>();
   private pendingSync = new Map<string, number>();
@@ -94,7 +94,13 @@ export class ClusterNode {
       labels: config.nodeLabels,
       onError: (e) => this.log.warn({ err: e.message }, "etcd liveness renewal failed; retrying"),
     });
-    this.reaper = new Reaper({ client: this.client, pools: config.pools.map((p) => p.name), graceMs: this.graceMs, prefix: c.etcd.prefix });
+    this.reaper = new Reaper({
+      client: this.client,
+      pools: config.pools.map((p) => p.name),
+      graceMs: this.graceMs,
+      prefix: c.etcd.prefix,
+      node: config.nodeName,
+    });
     const selected = config.pools.filter((p) => selectorMatches(p.selector, config.nodeLabels));
     this.own = new ClusterOwnership({
       client: this.client,
@@ -328,7 +334,7 @@ export class ClusterNode {
   async nodeDeleted(node: string, reapNow: boolean): Promise<ReapReport | undefined> {
     this.reaper.nodeDeleted(node);
     if (!reapNow || this.closed) return undefined;
-    const r = await this.reaper.reapOnce();
+    const r = await this.reaper.reapOnce({ findDeleted: true });
     this.onReap(r);
     return r;
   }
@@ -341,6 +347,10 @@ export class ClusterNode {
   private onReap(r: ReapReport): void {
     this.lastReap = r;
     for (const f of r.freed) this.metrics.reaped.inc({ owner: f.owner });
+    if (r.scan) this.metrics.reaperScans.inc({ kind: r.scan });
+    if (r.adopted.length) {
+      this.log.info({ nodes: r.adopted }, "registered nodes found without a registration (a version before registrations)");
+    }
     if (r.freed.length) {
       this.log.warn(
         { freed: r.freed.length, nodes: [...new Set(r.freed.map((f) => f.node))] },
@@ -456,7 +466,10 @@ export class ClusterNode {
 
   private async drain(): Promise<void> {
     try {
-      await this.drainOnce();
+      // Fenced (silent longer than the grace period, maybe reaped and unregistered): the outbox waits for the liveness
+      // renewal, which registers this node again before any of its records writes an address key of it.
+      if (Date.now() - this.fenceConfirmed > this.graceMs) this.retryDrain(1000);
+      else await this.drainOnce();
     } catch (e) {
       this.log.error({ err: e }, "applying the outbox to etcd failed; it is retried");
     }
@@ -466,6 +479,14 @@ export class ClusterNode {
       return;
     }
     for (const f of this.drained.splice(0)) f();
+  }
+
+  private retryDrain(ms: number): void {
+    this.drainTimer = setTimeout(() => {
+      this.drainTimer = null;
+      this.kick();
+    }, ms);
+    this.drainTimer.unref();
   }
 
   private async drainOnce(): Promise<void> {
@@ -509,11 +530,7 @@ export class ClusterNode {
             { pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
             "outbox waits for etcd",
           );
-          this.drainTimer = setTimeout(() => {
-            this.drainTimer = null;
-            this.kick();
-          }, this.drainBackoffMs);
-          this.drainTimer.unref();
+          this.retryDrain(this.drainBackoffMs);
           return;
         }
       }

@@ -15,6 +15,7 @@ import {
   type StickyIdentity,
   type StickyRecord,
 } from "./keys";
+import { registrationOp } from "./liveness";
 import { WatchLoop } from "./watch";
 
 /** Structurally a subset of the config's Pool. */
@@ -432,11 +433,16 @@ export class ClusterOwnership {
     return this.buffers.get(pool)!.size;
   }
 
+  /** Refuses once liveness went unconfirmed for `fenceAfterMs` (other nodes may have reaped this node's keys). */
+  private checkFence(): void {
+    const l = this.o.liveness;
+    if (l && this.now() - l.lastConfirmedAt() > l.fenceAfterMs) throw fenced(this.node, this.now() - l.lastConfirmedAt());
+  }
+
   /** A buffered address for a local allocation (no etcd round trip), or null when the buffer is empty. */
   takeBuffered(pool: string): BufferedAddress | null {
     this.pool(pool);
-    const l = this.o.liveness;
-    if (l && this.now() - l.lastConfirmedAt() > l.fenceAfterMs) throw fenced(this.node, this.now() - l.lastConfirmedAt());
+    this.checkFence();
     const buf = this.buffers.get(pool)!;
     let found: [string, number] | undefined;
     const now = this.now();
@@ -562,6 +568,9 @@ export class ClusterOwnership {
    */
   async claim(pool: string, count: number): Promise<BufferedAddress[]> {
     const p = this.pool(pool);
+    // Fenced, this node may have been reaped and unregistered: it claims again once its liveness (which registers it
+    // again first) is confirmed, so no key of it is ever written while it has no registration.
+    this.checkFence();
     const want = Math.min(count, this.o.maxClaim ?? 128, 128);
     const got: BufferedAddress[] = [];
     let batch = want;
@@ -1000,6 +1009,7 @@ export class ClusterOwnership {
    */
   async claimExact(pool: string, ip: string, attachment: Omit<AttachmentRef, "node">): Promise<number> {
     this.pool(pool);
+    this.checkFence();
     const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
     let asked = false;
     for (let attempt = 0; ; attempt++) {
@@ -1136,6 +1146,8 @@ export class ClusterOwnership {
                 }
               : { del: { key: okey } },
           );
+          // The holder may be a dead node the reaper already unregistered: registered again, its key is found.
+          if (held) ops.push(registrationOp(this.keys, held.node, at, this.node));
         }
       }
       if (mine) {
@@ -1544,6 +1556,7 @@ export class ClusterOwnership {
             }
           : (cooling ?? { del: { key: ikey } }),
       );
+      if (s.attachment) ops.push(registrationOp(this.keys, s.attachment.node, at, this.node));
     }
     try {
       const r = await this.client.txn(compares, ops);
