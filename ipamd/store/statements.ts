@@ -191,10 +191,12 @@ export class Statements {
       attachedByNetwork: p(`SELECT network, count(*) AS n FROM reservations WHERE container_id IS NOT NULL
         GROUP BY network ORDER BY network`),
       // The pools held are found by skipping through the pool index (one lookup per pool, not a scan of every row).
+      // CROSS JOIN keeps that order: with statistics (ANALYZE) the planner put reservations outside and read every
+      // row on each status call (160 ms at 100,000 rows).
       held: p(
         "WITH RECURSIVE held(pool) AS (SELECT (SELECT min(pool) FROM reservations) " +
           "UNION ALL SELECT (SELECT min(pool) FROM reservations WHERE pool > held.pool) FROM held WHERE held.pool IS NOT NULL) " +
-          "SELECT r.* FROM held JOIN reservations r ON r.pool = held.pool " +
+          "SELECT r.* FROM held CROSS JOIN reservations r ON r.pool = held.pool " +
           "WHERE held.pool IS NOT NULL AND held.pool NOT IN (SELECT value FROM json_each(?)) ORDER BY r.pool, r.id LIMIT ?",
       ),
     };
