@@ -57,8 +57,18 @@ function recorded(c: EtcdClient, beforeTxn?: (success: TxnOp[]) => Promise<void>
   };
   const client = new Proxy(c, {
     get(target, p) {
-      if (p === "range") return (key: string, o?: RangeOptions) => (note(key, o), target.range(key, o));
-      if (p === "get") return (key: string) => (note(key), target.get(key));
+      if (p === "range") {
+        return (key: string, o?: RangeOptions) => {
+          note(key, o);
+          return target.range(key, o);
+        };
+      }
+      if (p === "get") {
+        return (key: string) => {
+          note(key);
+          return target.get(key);
+        };
+      }
       if (p === "txn") {
         return async (compare: Compare[], success: TxnOp[], failure: TxnOp[] = []) => {
           for (const op of [...success, ...failure]) if ("get" in op) note(op.get.key, op.get);
