@@ -5,6 +5,7 @@
 //   <prefix>/owners/<name>                                           "may hold address keys" -> OwnerRecord
 //   <prefix>/handback/<pool>                                         "this pool runs low"    -> HandbackRecord
 //   <prefix>/reaper/full-scan                                        the last backstop scan  -> FullScanRecord
+//   <prefix>/join/<pool>/<ip>                                        a joined sandbox's claim   -> IpOwner (the key to be)
 // A pool's owned addresses are one range (<prefix>/ip/<pool>/); a node's are found by reading that range's values
 // (owner.node), which the reaper does only for a registered node whose liveness key is gone. Nothing but the liveness
 // key (and a cooling address key) is ever written with a lease.
@@ -117,6 +118,12 @@ export class KeyLayout {
   }
   owner(name: string): string {
     return this.owners() + this.seg(name, "node name");
+  }
+  joinClaims(): string {
+    return `${this.prefix}/join/`;
+  }
+  joinClaim(pool: string, ip: string): string {
+    return `${this.joinClaims()}${this.seg(pool, "pool name")}/${ip}`;
   }
   fullScan(): string {
     return `${this.prefix}/reaper/full-scan`;

@@ -8,7 +8,7 @@
 // is gone past the grace period, and for the backstop: one reaper of the cluster every `fullScanMs` (the turn is a
 // compare-and-swap on <prefix>/reaper/full-scan) reads them all and registers every holder found without a
 // registration (nodes of a version before registrations, or a write that raced an unregistration).
-import type { EtcdClient, TxnOp } from "./etcd";
+import type { Compare, EtcdClient, KeyValue, TxnOp } from "./etcd";
 import { type FullScanRecord, type IpOwner, KeyLayout, type NodeRecord, type OwnerRecord, parseJson } from "./keys";
 
 /** The put of `node`'s registration, for a transaction that writes an address key for it (by: the writer). */
@@ -99,6 +99,8 @@ export interface ReapReport {
   /** Dead-looking nodes still inside the grace period. */
   waiting: { node: string; goneForMs: number }[];
   conflicts: number;
+  /** Addresses of dead nodes that sandboxes of a joined node use: their keys became those sandboxes' attachments. */
+  handedOver: { pool: string; ip: string; node: string; to: string }[];
   /** The pools were read with values this pass: for dead nodes past their grace, or the backstop scan of all holders. */
   scan?: "dead-nodes" | "full";
   /** Nodes found holding keys (or alive) without a registration, registered by this pass. */
@@ -169,7 +171,7 @@ export class Reaper {
    * for in the pools now (the release leader, at the deletion) instead of at the next backstop scan.
    */
   async reapOnce(o: { findDeleted?: boolean } = {}): Promise<ReapReport> {
-    const report: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [] };
+    const report: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [], handedOver: [] };
     const live = await this.names(this.keys.nodes());
     const registered = await this.names(this.keys.owners());
     for (const n of [...this.goneSince.keys()]) if (live.has(n) || !registered.has(n)) this.goneSince.delete(n);
@@ -206,11 +208,27 @@ export class Reaper {
     if (gone.length === 0) return report;
     report.scan ??= "dead-nodes";
     held ??= await this.held();
+    const claims = await this.joinClaims();
     for (const n of gone) {
       for (const k of held.get(n) ?? []) {
-        const r = await this.o.client.txn([{ key: k.key, target: "mod", equals: k.modRevision }], [{ del: { key: k.key } }]);
-        if (r.succeeded) report.freed.push({ pool: k.pool, ip: this.keys.ipFromKey(k.key), node: n, owner: k.owner });
-        else report.conflicts++;
+        const ip = this.keys.ipFromKey(k.key);
+        const claim = claims.get(this.keys.joinClaim(k.pool, ip));
+        const compare: Compare[] = [{ key: k.key, target: "mod", equals: k.modRevision }];
+        // A sandbox of a node that joined cluster mode uses the address: the key becomes its attachment in the same
+        // transaction, so no claim can take the address between the delete and a write of the joined node.
+        const r = claim
+          ? await this.o.client.txn(
+              [...compare, { key: claim.kv.key, target: "mod", equals: claim.kv.modRevision }],
+              [
+                { put: { key: k.key, value: claim.kv.value } },
+                registrationOp(this.keys, claim.owner.node, now, this.o.node ?? "reaper"),
+                { del: { key: claim.kv.key } },
+              ],
+            )
+          : await this.o.client.txn(compare, [{ del: { key: k.key } }]);
+        if (!r.succeeded) report.conflicts++;
+        else if (claim) report.handedOver.push({ pool: k.pool, ip, node: n, to: claim.owner.node });
+        else report.freed.push({ pool: k.pool, ip, node: n, owner: k.owner });
       }
       // Unregistered only as read before the pools were: a node that came back (its liveness key), or a key written
       // for it since (registration rewritten with it), keeps its registration.
@@ -225,6 +243,12 @@ export class Reaper {
       this.deleted.delete(n);
     }
     return report;
+  }
+
+  /** The joined nodes' claims on addresses held by other nodes' buffers (few, usually none), by claim key. */
+  private async joinClaims(): Promise<Map<string, { kv: KeyValue; owner: IpOwner }>> {
+    const r = await this.o.client.range(this.keys.joinClaims(), { prefix: true });
+    return new Map(r.kvs.map((kv) => [kv.key, { kv, owner: parseJson<IpOwner>(kv.value, kv.key) }]));
   }
 
   /** Names under a prefix of one key per node, keys only, with each key's ModRevision. */

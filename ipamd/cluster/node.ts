@@ -53,7 +53,7 @@ export class ClusterNode {
   private drainBackoffMs = 0;
   private drainTimer: NodeJS.Timeout | null = null;
   outboxConflicts = 0;
-  private lastReap: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [] };
+  private lastReap: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [], handedOver: [] };
   /** Identities this node bound, with the revision: a watch event older than that must not undo the local row. */
   private readonly boundAt = new Map<string, number>();
   private pendingSync = new Map<string, number>();
@@ -258,7 +258,10 @@ export class ClusterNode {
         this.log.error(
           { ip: o.entry.ip, ...("identity" in o.entry ? { identity: this.keys.identityName(o.entry.identity) } : {}) },
           `joining cluster mode: ${o.detail}; the address is held twice in the cluster: etcd's holder keeps it, ` +
-            "a sandbox here keeps it until its DEL (move one of them to another address)",
+            "a sandbox here keeps it until its DEL (move one of them to another address)" +
+            (o.claimed
+              ? `; claimed for that sandbox (${this.keys.joinClaims()}): the key becomes its attachment once that buffer gives it up`
+              : ""),
         );
       }
       this.log.info(
@@ -356,6 +359,25 @@ export class ClusterNode {
         { freed: r.freed.length, nodes: [...new Set(r.freed.map((f) => f.node))] },
         "returned a dead node's buffered and non-sticky addresses to their pools (grace period over, or its Node object deleted)",
       );
+    }
+    if (r.handedOver.length) {
+      this.log.warn({ handedOver: r.handedOver }, "a dead node's addresses that joined nodes' sandboxes use became their attachments");
+    }
+    if (this.own.joinClaimsPending > 0 && !this.retryingJoins) void this.retryJoinClaims();
+  }
+  private retryingJoins = false;
+
+  /** This node's join claims, after each reaper pass: written when the buffer key is gone, forgotten once carried out. */
+  private async retryJoinClaims(): Promise<void> {
+    this.retryingJoins = true;
+    try {
+      const done = await this.own.retryJoinClaims();
+      if (done.length)
+        this.log.info({ ips: done }, "joined sandboxes' addresses held by another node's buffer are their attachments in etcd now");
+    } catch (e) {
+      this.log.debug({ err: (e as Error).message }, "join claims not retried now; the next reaper pass retries");
+    } finally {
+      this.retryingJoins = false;
     }
   }
 

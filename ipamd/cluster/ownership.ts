@@ -167,6 +167,8 @@ export interface JoinOutcome {
   detail?: string;
   /** Who holds the address in etcd, for a conflict over it. */
   heldBy?: IpOwner;
+  /** A conflict with another node's buffer: a join claim asks for the key when that buffer gives it up (reaper). */
+  claimed?: boolean;
 }
 const poolOf = (e: JoinEntry): string => ("identity" in e ? e.identity.pool : e.pool);
 export interface OutboxOutcome {
@@ -247,6 +249,8 @@ export class ClusterOwnership {
   private readonly genBase: string;
   private pollTimer: NodeJS.Timeout | null = null;
   private watches: WatchLoop[] = [];
+  /** This node's join claims in etcd (claim key -> the sandbox and the claim's revision), read at start. */
+  private readonly joinClaims = new Map<string, { pool: string; ip: string; containerID: string; modRevision: number }>();
   /** Sticky identities as last seen by list/watch (a cache for listings; never used to decide). */
   readonly stickyView = new Map<string, StickyRecord & { modRevision: number }>();
   conflicts = 0;
@@ -304,6 +308,7 @@ export class ClusterOwnership {
         );
     } else {
       for (const pool of this.pools.keys()) await this.reloadBuffer(pool, o.inUse, o.eachKey);
+      await this.loadJoinClaims();
     }
     if (o.background === false) return;
     const sticky = `${this.keys.prefix}/sticky/`;
@@ -1258,7 +1263,106 @@ export class ClusterOwnership {
       await pass(waiting);
       waiting = blocked();
     }
+    for (const k of waiting) {
+      const attachment = entries[k]!.attachment;
+      if (attachment) outcomes[k]!.claimed = await this.putJoinClaim(poolOf(entries[k]!), entries[k]!.ip, attachment);
+    }
     return outcomes;
+  }
+
+  /**
+   * A joined sandbox's address still held by another node's buffer (a dead node cannot hand it back): the claim
+   * `<prefix>/join/<pool>/<ip>` holds the key it should become. The reaper writes that instead of deleting the
+   * buffer key (one transaction: no other node can claim the address between), and retryJoinClaims writes it when
+   * the key is gone otherwise; this node's DEL of the sandbox deletes the claim. In etcd, so it survives a restart.
+   */
+  private async putJoinClaim(pool: string, ip: string, attachment: Omit<AttachmentRef, "node">): Promise<boolean> {
+    const key = this.keys.joinClaim(pool, ip);
+    const value: IpOwner = {
+      owner: "attachment",
+      node: this.node,
+      gen: this.gen(),
+      at: this.now(),
+      attachment: { ...attachment, node: this.node },
+    };
+    const r = await this.client.txn(
+      [{ key, target: "create", equals: 0 }],
+      [{ put: { key, value: JSON.stringify(value) } }],
+      [{ get: { key } }],
+    );
+    const kv = r.succeeded
+      ? { value: JSON.stringify(value), modRevision: r.revision }
+      : r.responses[0]?.kind === "get"
+        ? r.responses[0].kvs[0]
+        : undefined;
+    const v = kv ? parseJson<IpOwner>(kv.value, key) : undefined;
+    // Another joined node's sandbox claimed it first: held twice among the joined nodes, reported as the conflict is.
+    if (!kv || v?.owner !== "attachment" || v.node !== this.node || v.attachment.containerID !== attachment.containerID) return false;
+    this.joinClaims.set(key, { pool, ip, containerID: attachment.containerID, modRevision: kv.modRevision });
+    return true;
+  }
+
+  private async loadJoinClaims(): Promise<void> {
+    this.joinClaims.clear();
+    for (const kv of (await this.client.range(this.keys.joinClaims(), { prefix: true })).kvs) {
+      const v = parseJson<IpOwner>(kv.value, kv.key);
+      if (v.owner !== "attachment" || v.node !== this.node) continue;
+      const [pool, ip] = kv.key.slice(this.keys.joinClaims().length).split("/");
+      this.joinClaims.set(kv.key, { pool: pool!, ip: ip!, containerID: v.attachment.containerID, modRevision: kv.modRevision });
+    }
+  }
+
+  /** Whether this node has join claims waiting (retryJoinClaims has work). */
+  get joinClaimsPending(): number {
+    return this.joinClaims.size;
+  }
+
+  /**
+   * Writes this node's claimed addresses whose buffer key is gone (handed back, released) and forgets the claims the
+   * reaper carried out. Returns the addresses now held by their sandboxes' attachment keys.
+   */
+  async retryJoinClaims(): Promise<string[]> {
+    const done: string[] = [];
+    for (const [ckey, c] of this.joinClaims) {
+      const ikey = this.keys.ip(c.pool, c.ip);
+      const r = await this.client.txn([], [{ get: { key: ikey } }, { get: { key: ckey } }]);
+      const [kv, claim] = r.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
+      const v = kv ? parseJson<IpOwner>(kv.value, ikey) : null;
+      const ours = v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === c.containerID;
+      if (claim?.modRevision !== c.modRevision) {
+        this.joinClaims.delete(ckey); // carried out by a reaper, or gone with the sandbox
+        if (ours) done.push(c.ip);
+        continue;
+      }
+      if (kv && !ours) continue; // still held: waits
+      const w = ours
+        ? await this.client.txn([{ key: ckey, target: "mod", equals: c.modRevision }], [{ del: { key: ckey } }])
+        : await this.client.txn(
+            [
+              { key: ikey, target: "create", equals: 0 },
+              { key: ckey, target: "mod", equals: c.modRevision },
+            ],
+            [{ put: { key: ikey, value: claim.value } }, { del: { key: ckey } }],
+          );
+      if (w.succeeded) {
+        this.joinClaims.delete(ckey);
+        done.push(c.ip);
+      }
+    }
+    return done;
+  }
+
+  /** The sandbox of a join claim is gone (its release): the claim goes first, so no reaper hands the address to it. */
+  private async dropJoinClaims(records: OutboxRecord[]): Promise<void> {
+    for (const rec of records) {
+      if (rec.op !== "release") continue;
+      const ckey = this.keys.joinClaim(rec.pool, rec.ip);
+      const c = this.joinClaims.get(ckey);
+      if (c?.containerID !== rec.containerID) continue;
+      // Failing compare: a reaper (or the retry) wrote the key already; the release then finds it as the attachment.
+      await this.client.txn([{ key: ckey, target: "mod", equals: c.modRevision }], [{ del: { key: ckey } }]);
+      this.joinClaims.delete(ckey);
+    }
   }
 
   private async joinOne(entry: JoinEntry): Promise<JoinOutcome> {
@@ -1347,6 +1451,11 @@ export class ClusterOwnership {
    */
   async applyOutbox(records: OutboxRecord[]): Promise<{ outcomes: OutboxOutcome[]; pending: number; error?: Error }> {
     const outcomes: OutboxOutcome[] = [];
+    try {
+      if (this.joinClaims.size) await this.dropJoinClaims(records);
+    } catch (e) {
+      return { outcomes, pending: records.length, error: e as Error };
+    }
     for (let i = 0; i < records.length; ) {
       const batch = this.addressBatch(records, i);
       try {

@@ -119,7 +119,8 @@ describe("a node with single-node reservations joins cluster mode", () => {
       ip: ofA,
       msg:
         `joining cluster mode: ${ofA} is held in etcd by node a's buffer; the address is held twice in the cluster: ` +
-        "etcd's holder keeps it, a sandbox here keeps it until its DEL (move one of them to another address)",
+        "etcd's holder keeps it, a sandbox here keeps it until its DEL (move one of them to another address); " +
+        `claimed for that sandbox (${prefix}/join/): the key becomes its attachment once that buffer gives it up`,
     });
     expect(etcdIps(etcd, prefix, "j").get(ofA)).toMatchObject({ owner: "buffer", node: "a" }); // a plain attachment's key
     expect(sqliteRows(c).some((r) => r.ip === ofA)).toBe(true); // the sandbox here keeps it until its DEL
@@ -202,5 +203,53 @@ describe("a node with single-node reservations joins cluster mode", () => {
     expect(got.length).toBeGreaterThan(0);
     expect(got).not.toContain(released);
     expect(got).not.toContain(ofMember);
+  }, 120_000);
+
+  it("a joined sandbox's address in a dead node's buffer is its attachment once that node is reaped, no other node's", async () => {
+    const prefix = freshPrefix("join6");
+    const fast = { nodeGraceSeconds: 3, leaseTTLSeconds: 2, handbackWaitSeconds: 0.5 };
+    const b = await startIpamd({
+      dir: makeTempDir("berth-join6-b-"),
+      config: { ...singleNode("b"), cluster: clusterSection(etcd, prefix, fast) },
+    });
+    await until("b to buffer the whole pool", async () => (await b.client.status()).cluster!.buffer.j === 14);
+    await b.kill9(); // b cannot hand its buffer back; its liveness key expires with its lease
+    const [x, y] = ["10.93.0.5", "10.93.0.6"];
+    const dir = makeTempDir("berth-join6-a-");
+    let a = await startIpamd({ dir, config: singleNode("a") });
+    await a.client.allocate({ ...att("ax"), ips: [x] });
+    await a.client.allocate({ ...att("ay"), ips: [y] });
+    expect(await a.stop()).toBe(0);
+    a = await startIpamd({ dir, config: { ...singleNode("a"), cluster: clusterSection(etcd, prefix, fast) } });
+    const joined = a.stderr();
+    const claims = [...etcd.dump(`${prefix}/join/`).keys()].sort();
+    // The claims are etcd's: they outlive a restart; the sandbox on y goes, its claim with it.
+    expect(await a.stop()).toBe(0);
+    a = await a.restart();
+    await a.client.release(att("ay"));
+    await until("the release applied", async () => (await a.client.status()).cluster!.outboxPending === 0);
+    const c = await startIpamd({
+      dir: makeTempDir("berth-join6-c-"),
+      config: { ...singleNode("c"), cluster: clusterSection(etcd, prefix, fast) },
+    });
+    await until("b to be reaped", () => ![...etcdIps(etcd, prefix, "j").values()].some((v) => v.node === "b"), 30_000);
+    // c takes every address it can get: never x (its key is a's sandbox's attachment), y is free again.
+    const got: string[] = [];
+    for (let i = 0; i < 14; i++) {
+      const r = await c.client.allocate(att(`c${i}`)).catch((e: unknown) => e);
+      if (r instanceof IpamdError) {
+        expect(r.code).toBe("pool_exhausted");
+        break;
+      }
+      got.push(bare(r as { ips: { address: string }[] }));
+    }
+    expect(got).not.toContain(x);
+    expect(got).toContain(y);
+    expect(etcdIps(etcd, prefix, "j").get(x)).toMatchObject({ owner: "attachment", node: "a", attachment: { containerID: "ax" } });
+    expect(joined).toContain('"written":0,"present":0,"conflicts":2');
+    expect(joined).toContain(`${x} is held in etcd by node b's buffer`);
+    expect(claims).toEqual([`${prefix}/join/j/${x}`, `${prefix}/join/j/${y}`]);
+    expect(etcd.dump(`${prefix}/join/`).size).toBe(0);
+    expect(a.stderr() + c.stderr()).toContain("became their attachments");
   }, 120_000);
 });

@@ -372,3 +372,25 @@ describe("etcd without quorum", () => {
     expect(rec.attachment).toBeUndefined();
   });
 });
+
+describe("join claims", () => {
+  it("an address another node's buffer gives up later (a late handback) is written as the joined sandbox's by the retry", async () => {
+    const p = pool("jc", "10.36.0.0/29");
+    const {
+      prefix,
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"], { handbackWaitMs: 200 });
+    await b!.start({ background: false }); // b answers no handback: it only polls when told to here
+    await b!.refill("jc");
+    const x = b!.buffered("jc")[0]!;
+    await a!.start({ background: false });
+    const [joined] = await a!.join([{ pool: "jc", ip: x, attachment: { containerID: "ax", ifName: "eth0" } }]);
+    expect(joined).toMatchObject({ status: "conflict", claimed: true, heldBy: { owner: "buffer", node: "b" } });
+    expect(await a!.retryJoinClaims()).toEqual([]); // still b's
+    expect(await b!.handBack("jc", [x])).toBeGreaterThan(0);
+    expect(await a!.retryJoinClaims()).toEqual([x]);
+    expect(ipKeys(prefix, "jc").get(x)).toMatchObject({ owner: "attachment", node: "a", attachment: { containerID: "ax" } });
+    expect(etcd.dump(`${prefix}/join/`).size).toBe(0);
+    expect(a!.joinClaimsPending).toBe(0);
+  });
+});
