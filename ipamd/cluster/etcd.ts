@@ -323,12 +323,26 @@ export class EtcdClient {
     this.sessions.clear();
   }
 
+  /** The highest header revision of any KV answer (history.ts compares it with a fresh read: a restored etcd). */
+  get highestRevision(): number {
+    return this.highest;
+  }
+  /** After etcd lost history (restored from a snapshot): its revision counts from `revision` again. */
+  resetHighestRevision(revision: number): void {
+    this.highest = revision;
+  }
+  private highest = 0;
+  private saw(revision: number): number {
+    if (revision > this.highest) this.highest = revision;
+    return revision;
+  }
+
   // ---------- KV ----------
 
   async range(key: string, o: RangeOptions = {}): Promise<RangeResult> {
     const buf = await this.unary("range", "Range", rangeProto(key, o), true);
     const r = readRange(buf, ...unframe(buf));
-    return { kvs: r.kvs, count: r.count, more: r.more, revision: r.revision };
+    return { kvs: r.kvs, count: r.count, more: r.more, revision: this.saw(r.revision) };
   }
 
   async get(key: string): Promise<KeyValue | null> {
@@ -337,12 +351,14 @@ export class EtcdClient {
 
   async put(key: string, value: string, o: { lease?: string } = {}): Promise<number> {
     const buf = await this.unary("put", "Put", putProto(key, value, o.lease), false);
-    return readRevisionAnd(buf, ...unframe(buf)).revision;
+    return this.saw(readRevisionAnd(buf, ...unframe(buf)).revision);
   }
 
   async delete(key: string, o: { prefix?: boolean } = {}): Promise<number> {
     const buf = await this.unary("delete", "DeleteRange", deleteProto(key, o.prefix), false);
-    return readRevisionAnd(buf, ...unframe(buf), 2).n;
+    const r = readRevisionAnd(buf, ...unframe(buf), 2);
+    this.saw(r.revision);
+    return r.n;
   }
 
   /** If every compare holds, the success ops, else the failure ops; all at one revision. */
@@ -354,7 +370,7 @@ export class EtcdClient {
     for (const op of failure) m.message(3, opProto(op));
     const buf = await this.unary("txn", "Txn", m, readOnly);
     const r = readTxn(buf, ...unframe(buf));
-    return { succeeded: r.succeeded, revision: r.revision, responses: r.responses };
+    return { succeeded: r.succeeded, revision: this.saw(r.revision), responses: r.responses };
   }
 
   // ---------- leases ----------

@@ -16,6 +16,7 @@ export class ClusterMetrics {
   readonly handbacks: Counter<"pool" | "event">;
   readonly reaped: Counter<"owner">;
   readonly reaperScans: Counter<"kind">;
+  readonly historyLosses: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -70,6 +71,11 @@ export class ClusterMetrics {
       name: "berth_ipamd_cluster_reaper_pool_scans_total",
       help: "Reaper passes that read every pool's address keys: for dead nodes past the grace period, or the hourly backstop (full)",
       labelNames: ["kind"],
+      registers,
+    });
+    this.historyLosses = new Counter({
+      name: "berth_ipamd_etcd_history_lost_total",
+      help: "Times etcd's revision was lower than one this node had seen (restored from an older snapshot); see the log",
       registers,
     });
   }

@@ -19,6 +19,7 @@ import type { DB } from "../store/database";
 import type { Row, Statements } from "../store/statements";
 import { ClusterError } from "./errors";
 import { type ConnectionState, EtcdClient, EtcdError, type KeyValue } from "./etcd";
+import { type HistoryLoss, RevisionGuard } from "./history";
 import { type AttachmentRef, type IpOwner, KeyLayout, parseJson, type StickyIdentity } from "./keys";
 import { NodeLiveness, type ReapReport, Reaper } from "./liveness";
 import { ClusterStore } from "./local-store";
@@ -27,6 +28,9 @@ import { ClusterNodeOwnership, identityOf, memberOfRow } from "./node-ownership"
 import { type BufferEntry, ClusterOwnership, type JoinEntry, type JoinOutcome } from "./ownership";
 import { type StickyChange, StickyFeed } from "./sticky-events";
 import { WatchLoop } from "./watch";
+
+/** How often a node compares etcd's revision with the highest it has seen (one linearizable read, keys only). */
+const HISTORY_CHECK_MS = 2000;
 
 /** Runs `fn` inside the group commit (a savepoint of its own), like a request. */
 export type LocalRunner = <T>(reason: string, fn: () => T) => Promise<T>;
@@ -66,6 +70,11 @@ export class ClusterNode {
   private feed?: StickyFeed;
   /** Queues events into the running commit (ApiServer's reservation stream). */
   private stream?: (drafts: EventDraft[]) => void;
+  private readonly history: RevisionGuard;
+  /** Set while this node re-asserts its addresses after etcd lost history: no claims of new addresses meanwhile. */
+  private recovering: Promise<void> | null = null;
+  private claimsPausedUntil = 0;
+  historyLosses = 0;
 
   constructor(
     readonly config: Config,
@@ -114,6 +123,7 @@ export class ClusterNode {
       liveness: { lastConfirmedAt: () => this.fenceConfirmed, fenceAfterMs: this.graceMs },
       observer: this.metrics.ownershipObserver(),
       usedLocally: (_pool, ip) => this.store?.byIp(ip) !== undefined,
+      beforeClaim: () => this.beforeClaim(),
       persist: {
         // Rides the next group commit (no fsync of its own); what an allocation took meanwhile is left out.
         added: (entries) => this.persistBuffered(entries),
@@ -121,6 +131,7 @@ export class ClusterNode {
         reset: (pool, entries) => this.local.bufferReset(pool, entries),
       },
     });
+    this.history = new RevisionGuard(this.client, this.local, this.keys.node(config.nodeName));
   }
 
   private persistBuffered(entries: BufferEntry[]): void {
@@ -188,7 +199,10 @@ export class ClusterNode {
       eachKey: this.orphanIp,
       stickyRevision,
       onSticky: (changes: StickyChange[], revision: number, relisted: boolean) => this.onSticky(changes, revision, relisted),
-      onWatchError: (e: Error) => this.log.debug({ err: e.message }, "sticky watch interrupted; resuming"),
+      onWatchError: (e: Error) => {
+        this.log.debug({ err: e.message }, "sticky watch interrupted; resuming");
+        void this.checkHistory().catch(() => undefined);
+      },
     };
     try {
       await this.liveness.start();
@@ -198,8 +212,10 @@ export class ClusterNode {
       if (joining) await this.join(joining);
       joining = undefined; // joined: a later etcd failure is the ordinary start without etcd
       this.local.setState("liveness_confirmed_at", String(this.fenceConfirmed));
-      await this.own.start(startOpts);
+      const loss = await this.history.check();
+      await this.own.start(loss ? { ...startOpts, stickyRevision: undefined } : startOpts);
       await this.undoOrphans(silentFor > this.graceMs / 2);
+      if (loss) await this.recoverHistory(loss);
     } catch (e) {
       if (!(e instanceof EtcdError)) throw e;
       if (joining?.length) throw cannotJoin(joining.length, e);
@@ -214,6 +230,7 @@ export class ClusterNode {
       (e) => this.log.debug({ err: e.message }, "reaper pass failed"),
     );
     this.every(1000, () => this.checkLiveness());
+    this.every(HISTORY_CHECK_MS, () => this.checkHistory());
     this.every(5000, () => this.kick());
     this.kick();
     this.log.info(
@@ -245,19 +262,20 @@ export class ClusterNode {
     return entries;
   }
 
-  private async join(entries: JoinEntry[]): Promise<void> {
+  private async join(entries: JoinEntry[], why = "joining cluster mode"): Promise<void> {
     if (entries.length > 0) {
       let outcomes: JoinOutcome[];
+      const restored = why !== "joining cluster mode";
       try {
-        outcomes = await this.own.join(entries);
+        outcomes = await this.own.join(entries, { restored });
       } catch (e) {
-        throw cannotJoin(entries.length, e as Error);
+        throw restored ? e : cannotJoin(entries.length, e as Error);
       }
       const count = (status: JoinOutcome["status"]): number => outcomes.filter((o) => o.status === status).length;
       for (const o of outcomes.filter((x) => x.status === "conflict")) {
         this.log.error(
           { ip: o.entry.ip, ...("identity" in o.entry ? { identity: this.keys.identityName(o.entry.identity) } : {}) },
-          `joining cluster mode: ${o.detail}; the address is held twice in the cluster: etcd's holder keeps it, ` +
+          `${why}: ${o.detail}; the address is held twice in the cluster: etcd's holder keeps it, ` +
             "a sandbox here keeps it until its DEL (move one of them to another address)" +
             (o.claimed
               ? `; claimed for that sandbox (${this.keys.joinClaims()}): the key becomes its attachment once that buffer gives it up`
@@ -266,7 +284,9 @@ export class ClusterNode {
       }
       this.log.info(
         { written: count("written"), present: count("present"), conflicts: count("conflict") },
-        "joined cluster mode: this node's reservations from single-node mode are in etcd",
+        !restored
+          ? "joined cluster mode: this node's reservations from single-node mode are in etcd"
+          : `${why}: this node's reservations are in etcd again`,
       );
     }
     this.local.setState("cluster_joined_at", String(Date.now()));
@@ -327,6 +347,71 @@ export class ClusterNode {
     }
     this.fenceConfirmed = c;
     this.local.setState("liveness_confirmed_at", String(c));
+  }
+
+  /** Compares etcd's revision now with the highest seen; lower: etcd lost history, this node recovers. */
+  private async checkHistory(): Promise<void> {
+    if (this.recovering || this.closed || !this.store) return;
+    const loss = await this.history.check();
+    if (loss) await this.recoverHistory(loss);
+  }
+
+  private async beforeClaim(): Promise<void> {
+    if (!this.recovering && this.store && this.livenessUp) await this.checkHistory();
+    const wait = this.recovering ? this.config.cluster!.leaseTTLSeconds * 1000 : this.claimsPausedUntil - Date.now();
+    if (wait > 0)
+      throw new ClusterError(
+        "inconsistent",
+        `etcd was restored from an older snapshot: claims of new addresses wait ${Math.ceil(wait / 1000)} s more, until every ` +
+          "node has written its addresses back; addresses already buffered on this node are handed out meanwhile; retry",
+        true,
+      );
+  }
+
+  /**
+   * etcd lost history (restored from an older snapshot): what this node's SQLite holds is written again (the buffer,
+   * then plain attachments and sticky identities, as the join does: create-if-absent; an address another node holds
+   * meanwhile is logged as held twice), the buffer is read back, orphans undone, the watches list again and the
+   * revision seen starts over. Claims wait meanwhile and one lease TTL after: every live node notices within that
+   * time and writes its own addresses back before anyone claims them.
+   */
+  private recoverHistory(loss: HistoryLoss): Promise<void> {
+    if (this.recovering) return this.recovering;
+    this.historyLosses++;
+    this.metrics.historyLosses.inc();
+    this.claimsPausedUntil = Date.now() + this.config.cluster!.leaseTTLSeconds * 1000;
+    this.log.error(
+      { seenRevision: loss.seen, etcdRevision: loss.current },
+      `etcd's revision ${loss.current} is lower than revision ${loss.seen} this node has seen: etcd lost history ` +
+        "(restored from an older snapshot?); writing this node's addresses back to etcd, claims of new addresses " +
+        `paused for ${this.config.cluster!.leaseTTLSeconds} s`,
+    );
+    const run = async (): Promise<void> => {
+      this.boundAt.clear();
+      this.feed?.restored();
+      this.own.forgetRevisions();
+      this.stsWatch?.relist();
+      const buffered = await this.own.reassertBuffer();
+      await this.join(this.joinEntries(), "etcd restored");
+      await this.own.resync(this.inUse(), this.orphanIp);
+      await this.undoOrphans(false);
+      this.kick();
+      const after = await this.client.range(this.keys.node(this.config.nodeName), { keysOnly: true, limit: 1 });
+      this.history.reset(after.revision);
+      this.claimsPausedUntil = Math.max(this.claimsPausedUntil, Date.now());
+      this.log.warn(
+        { bufferWritten: buffered, etcdRevision: after.revision },
+        'etcd restored: this node\'s addresses are back in etcd (see "held twice" errors for any another node took meanwhile)',
+      );
+    };
+    this.recovering = run()
+      .catch((e: unknown) =>
+        this.log.error({ err: e }, "writing this node's addresses back to the restored etcd failed; retried at the next check"),
+      )
+      .finally(() => {
+        this.recovering = null;
+      });
+    return this.recovering;
   }
 
   /**

@@ -89,6 +89,8 @@ export interface OwnershipOptions {
   persist?: BufferPersistence;
   /** Whether the node's local record uses an address now (a release applied late must not buffer it then). */
   usedLocally?: (pool: string, ip: string) => boolean;
+  /** Before every claim of new addresses: throws while claims must wait (etcd lost history, history.ts). */
+  beforeClaim?: () => Promise<void>;
 }
 
 /** Every key of a pool's range as the buffer is read back from etcd (the node's orphan check, without a second read). */
@@ -350,6 +352,43 @@ export class ClusterOwnership {
     this.pollTimer = setTimeout(tick, 0);
   }
 
+  /**
+   * etcd lost history (restored from an older snapshot): every buffered address is written again where its key is
+   * absent (create-if-absent; one taken meanwhile leaves the buffer at the resync that follows). Returns how many
+   * were written.
+   */
+  async reassertBuffer(): Promise<number> {
+    const entries = [...this.buffers].flatMap(([pool, buf]) => [...buf.keys()].map((ip) => ({ pool, ip })));
+    let written = 0;
+    for (let i = 0; i < entries.length; i += 16) {
+      const done = await Promise.all(
+        entries.slice(i, i + 16).map(async ({ pool, ip }) => {
+          const key = this.keys.ip(pool, ip);
+          const until = this.cooling.get(`${pool} ${ip}`);
+          const at = this.now();
+          const v: IpOwner = {
+            owner: "buffer",
+            node: this.node,
+            gen: this.gen(),
+            at,
+            ...(until ? { releasedAt: until - (this.o.cooldownMs ?? 0) } : {}),
+          };
+          const r = await this.client.txn([{ key, target: "create", equals: 0 }], [{ put: { key, value: JSON.stringify(v) } }]);
+          return r.succeeded;
+        }),
+      );
+      written += done.filter(Boolean).length;
+    }
+    return written;
+  }
+
+  /** After etcd lost history: revisions remembered from before mean nothing; the watches list again. */
+  forgetRevisions(): void {
+    this.seenHandback.clear();
+    this.knownOwned.clear();
+    for (const w of this.watches) w.relist();
+  }
+
   /** The sticky watch (revision, relists), once started. */
   get stickyWatch(): WatchLoop | undefined {
     return this.watches[1];
@@ -576,6 +615,7 @@ export class ClusterOwnership {
     // Fenced, this node may have been reaped and unregistered: it claims again once its liveness (which registers it
     // again first) is confirmed, so no key of it is ever written while it has no registration.
     this.checkFence();
+    await this.o.beforeClaim?.();
     const want = Math.min(count, this.o.maxClaim ?? 128, 128);
     const got: BufferedAddress[] = [];
     let batch = want;
@@ -1046,6 +1086,7 @@ export class ClusterOwnership {
     ip: string,
     attachment: Omit<AttachmentRef, "node">,
     overCooling: boolean,
+    overOwnAttachment = false,
   ): Promise<{ rev: number } | { by: IpOwner } | null> {
     const key = this.keys.ip(pool, ip);
     const kv = await this.client.get(key);
@@ -1053,7 +1094,8 @@ export class ClusterOwnership {
     if (v?.owner === "attachment" && v.node === this.node && v.attachment.containerID === attachment.containerID)
       return { rev: kv!.modRevision };
     const mine = v?.owner === "buffer" && v.node === this.node;
-    if (v && !mine && !(overCooling && v.owner === "cooling")) return { by: v };
+    const ownOlder = overOwnAttachment && v?.owner === "attachment" && v.node === this.node;
+    if (v && !mine && !ownOlder && !(overCooling && v.owner === "cooling")) return { by: v };
     if (mine) {
       this.buffers.get(pool)!.delete(ip);
       this.cooling.delete(`${pool} ${ip}`);
@@ -1240,12 +1282,12 @@ export class ClusterOwnership {
    * asked back, then tried again. What etcd holds otherwise is a conflict (the address or the identity is held twice
    * in the cluster): etcd's holder stays, the caller reports it.
    */
-  async join(entries: JoinEntry[]): Promise<JoinOutcome[]> {
+  async join(entries: JoinEntry[], o: { restored?: boolean } = {}): Promise<JoinOutcome[]> {
     const outcomes: JoinOutcome[] = [];
     const pass = async (indexes: number[]): Promise<void> => {
       for (let i = 0; i < indexes.length; i += 16) {
         const chunk = indexes.slice(i, i + 16);
-        const done = await Promise.all(chunk.map((k) => this.joinOne(entries[k]!)));
+        const done = await Promise.all(chunk.map((k) => this.joinOne(entries[k]!, o.restored === true)));
         for (const [j, k] of chunk.entries()) outcomes[k] = done[j]!;
       }
     };
@@ -1365,9 +1407,10 @@ export class ClusterOwnership {
     }
   }
 
-  private async joinOne(entry: JoinEntry): Promise<JoinOutcome> {
+  /** `restored`: etcd lost history; this node's own older attachment key of the address is SQLite's to replace. */
+  private async joinOne(entry: JoinEntry, restored: boolean): Promise<JoinOutcome> {
     if (!("identity" in entry)) {
-      const held = await this.joinAddress(entry.pool, entry.ip, entry.attachment);
+      const held = await this.joinAddress(entry.pool, entry.ip, entry.attachment, restored);
       if (held.ok) return { entry, status: "written" };
       return { entry, status: "conflict", detail: `${entry.ip} is held in etcd by ${describeOwner(held.by)}`, heldBy: held.by };
     }
@@ -1413,7 +1456,7 @@ export class ClusterOwnership {
       const detail = `etcd's sticky identity ${name} names ${now.ip} (bound to ${boundTo}), this node's record ${ip}`;
       // The identity is etcd's; a sandbox here uses this address until its DEL: its key keeps the other nodes off it.
       if (!entry.attachment || now.ip === ip) return { entry, status: "conflict", detail };
-      const kept = await this.joinAddress(identity.pool, ip, entry.attachment);
+      const kept = await this.joinAddress(identity.pool, ip, entry.attachment, restored);
       if (kept.ok)
         return { entry, status: "conflict", detail: `${detail}; ${ip} stays with sandbox ${entry.attachment.containerID} until its DEL` };
       return { entry, status: "conflict", detail: `${detail}; ${ip} is held in etcd by ${describeOwner(kept.by)}`, heldBy: kept.by };
@@ -1433,9 +1476,10 @@ export class ClusterOwnership {
     pool: string,
     ip: string,
     attachment: Omit<AttachmentRef, "node">,
+    overOwn = false,
   ): Promise<{ ok: true } | { ok: false; by: IpOwner }> {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const r = await this.exactClaimPass(pool, ip, attachment, true);
+      const r = await this.exactClaimPass(pool, ip, attachment, true, overOwn);
       if (r && "rev" in r) return { ok: true };
       if (r) return { ok: false, by: r.by };
     }

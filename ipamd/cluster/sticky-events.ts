@@ -105,6 +105,11 @@ export class StickyFeed {
     for (const change of changes) this.queue.push({ change });
   }
 
+  /** etcd lost history (history.ts): its revisions count from lower again; the re-list that follows sets the revision. */
+  restored(): void {
+    this.revision = 0;
+  }
+
   /** The whole prefix as of `revision` (a copy: the view moves on before the batch runs). */
   relisted(view: Map<string, SeenRecord>, revision: number): void {
     this.queue.push({ relist: new Map(view), revision });

@@ -43,21 +43,36 @@ export class WatchLoop {
     if (this.timer) clearTimeout(this.timer);
   }
 
+  /** etcd lost history (history.ts): the saved revision means nothing now; list again and watch from there. */
+  relist(): void {
+    if (this.stopped) return;
+    this.handle?.close();
+    if (this.timer) clearTimeout(this.timer);
+    this.revision = 0;
+    this.listing++;
+    void this.list();
+  }
+
   private later(fn: () => void): void {
     const wait = Math.min(100 * 2 ** this.failures++, this.maxBackoffMs);
     this.timer = setTimeout(fn, wait);
   }
 
+  /** Bumped by relist: a list still in flight from before is dropped. */
+  private listing = 0;
+
   private async list(): Promise<void> {
     if (this.stopped) return;
+    const listing = this.listing;
     try {
       const r = await this.client.range(this.prefix, { prefix: true });
-      if (this.stopped) return;
+      if (this.stopped || listing !== this.listing) return;
       this.relists++;
       this.revision = r.revision;
       this.h.onList(r.kvs, r.revision);
       this.watch();
     } catch (e) {
+      if (listing !== this.listing) return;
       this.h.onError?.(e as Error);
       this.later(() => void this.list());
     }
