@@ -399,6 +399,15 @@ export class EtcdCluster {
     return file;
   }
 
+  /** The revision a snapshot file was taken at (`etcdctl snapshot status`). */
+  snapshotRevision(file: string): number {
+    const out = execFileSync(ETCDCTL, ["snapshot", "status", file, "-w", "json"], {
+      env: { ...process.env, ETCDCTL_API: "3" },
+      encoding: "utf8",
+    });
+    return (JSON.parse(out) as { revision: number }).revision;
+  }
+
   /**
    * Disaster recovery as an operator does it: every member stopped, `etcdctl snapshot restore` of `file` into a new
    * data dir per member (same names, peer URLs and token), the members started on them. Every key written after the
