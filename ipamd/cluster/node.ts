@@ -213,7 +213,7 @@ export class ClusterNode {
       joining = undefined; // joined: a later etcd failure is the ordinary start without etcd
       this.local.setState("liveness_confirmed_at", String(this.fenceConfirmed));
       const loss = await this.history.check();
-      await this.own.start(loss ? { ...startOpts, stickyRevision: undefined } : startOpts);
+      await this.own.start(startOpts);
       await this.undoOrphans(silentFor > this.graceMs / 2);
       if (loss) await this.recoverHistory(loss);
     } catch (e) {
@@ -230,7 +230,12 @@ export class ClusterNode {
       (e) => this.log.debug({ err: e.message }, "reaper pass failed"),
     );
     this.every(1000, () => this.checkLiveness());
-    this.every(HISTORY_CHECK_MS, () => this.checkHistory());
+    // etcd unreachable: its state is logged already; the next check retries.
+    this.every(HISTORY_CHECK_MS, () =>
+      this.checkHistory().catch((e: unknown) => {
+        if (!(e instanceof EtcdError)) throw e;
+      }),
+    );
     this.every(5000, () => this.kick());
     this.kick();
     this.log.info(
@@ -387,21 +392,23 @@ export class ClusterNode {
         `paused for ${this.config.cluster!.leaseTTLSeconds} s`,
     );
     const run = async (): Promise<void> => {
-      this.boundAt.clear();
-      this.feed?.restored();
-      this.own.forgetRevisions();
-      this.stsWatch?.relist();
       const buffered = await this.own.reassertBuffer();
       await this.join(this.joinEntries(), "etcd restored");
       await this.own.resync(this.inUse(), this.orphanIp);
       await this.undoOrphans(false);
       this.kick();
+      // Only now: a re-list before the identities are back would take this node's sticky rows for released ones.
+      this.boundAt.clear();
+      this.relistRevision = 0;
+      this.feed?.restored();
+      this.own.forgetRevisions();
+      this.stsWatch?.relist();
       const after = await this.client.range(this.keys.node(this.config.nodeName), { keysOnly: true, limit: 1 });
       this.history.reset(after.revision);
       this.claimsPausedUntil = Math.max(this.claimsPausedUntil, Date.now());
       this.log.warn(
         { bufferWritten: buffered, etcdRevision: after.revision },
-        'etcd restored: this node\'s addresses are back in etcd (see "held twice" errors for any another node took meanwhile)',
+        "etcd restored: this node's addresses are back in etcd (one another node took meanwhile was logged as held twice)",
       );
     };
     this.recovering = run()

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdError } from "../../api/client";
 import { cleanupIpamdTest } from "../helpers/ipamd";
-import { addWithRetries, type ClusterNodeHandle, etcdIps, freshPrefix, startClusterNodes, until } from "../helpers/cluster";
+import { addWithRetries, type ClusterNodeHandle, etcdIps, freshPrefix, sqliteRows, startClusterNodes, until } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 
 let etcd: EtcdCluster;
@@ -78,11 +78,14 @@ describe("etcd restored from an older snapshot", () => {
     await until("A notices etcd lost history", () => /etcd lost history/.test(a.stderr()), 20_000);
     expect(a.stderr()).toMatch(/etcd's revision \d+ is lower than revision \d+ this node has seen/);
     expect(await a.client.metrics()).toMatch(/berth_ipamd_etcd_history_lost_total 1/);
+    await until("A's recovery done", () => /addresses are back in etcd/.test(a.stderr()), 20_000);
     // Every address A holds is A's in etcd again; the sticky identity is back, bound to A.
     const keys = etcdIps(etcd, prefix, "p");
     for (const ip of held.values()) expect(keys.get(ip), ip).toMatchObject({ node: "node-a" });
     expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(stickyKey)!)).toMatchObject({ ip: held.get("a-web-0"), node: "node-a" });
-    // A's record is untouched: every address still attached to its container there.
+    // A's record is untouched: every address still attached to its container there, the member's still sticky.
+    expect(sqliteRows(a)).toContainEqual(expect.objectContaining({ ip: held.get("a-web-0"), owner: "db/web/0", sticky: 1 }));
+    expect(a.stderr()).not.toMatch(/the address is held twice|released in etcd/);
     const rows = (await a.client.reservations({})).reservations;
     for (const [id, ip] of held) expect(rows).toContainEqual(expect.objectContaining({ ip, containerID: id }));
   }, 180_000);
