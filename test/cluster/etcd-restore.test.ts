@@ -1,10 +1,20 @@
 // etcd restored from an older snapshot (disaster recovery): every key written after the snapshot is gone while node A's
 // SQLite still holds those addresses. A notices (its revision seen is above etcd's), writes them back, and node B
-// taking the rest of a small pool never gets an address A holds. A REAL 3-member etcd, restored with etcdctl.
+// taking the rest of a small pool never gets an address A holds; also when A was stopped across the restore.
+// A REAL 3-member etcd, restored with etcdctl.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdError } from "../../api/client";
 import { cleanupIpamdTest } from "../helpers/ipamd";
-import { addWithRetries, type ClusterNodeHandle, etcdIps, freshPrefix, sqliteRows, startClusterNodes, until } from "../helpers/cluster";
+import {
+  addWithRetries,
+  type ClusterNodeHandle,
+  etcdIps,
+  freshPrefix,
+  restartNode,
+  sqliteRows,
+  startClusterNodes,
+  until,
+} from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 
 let etcd: EtcdCluster;
@@ -33,60 +43,96 @@ afterAll(async () => {
 
 const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
 const bare = (r: { ips: { address: string }[] }): string => r.ips[0]!.address.split("/")[0]!;
+const held = new Map<string, string>(); // container -> ip on A
+
+async function addOnA(id: string, podName?: string): Promise<void> {
+  const r = await nodes[0]!.client.allocate({ ...att(id), ...(podName ? { podNamespace: "db", podName, podUID: `uid-${id}` } : {}) });
+  held.set(id, bare(r));
+}
+const outboxApplied = (n: ClusterNodeHandle) =>
+  until(`${n.name}'s outbox applied`, async () => (await n.client.status()).cluster?.outboxPending === 0);
+// A node compares every 2 s (HISTORY_CHECK_MS): after this, each has seen the newest revision, as every node has
+// when a disaster-recovery snapshot is minutes or hours old (one that saw nothing past the snapshot cannot tell).
+const everyNodeChecked = () => new Promise((r) => setTimeout(r, 2500));
+
+/** B ADDs until pool_exhausted (a paused claim is retried as kubelet retries code 11): the addresses it got. */
+async function takeTheRest(b: ClusterNodeHandle, tag: string): Promise<string[]> {
+  const got: string[] = [];
+  for (let k = 0; k < POOL_SIZE + 4; k++) {
+    try {
+      got.push(bare((await addWithRetries(b, att(`${tag}-${k}`), 50)).r));
+    } catch (e) {
+      expect(e).toBeInstanceOf(IpamdError);
+      expect((e as IpamdError).code).toBe("pool_exhausted");
+      break;
+    }
+  }
+  return got;
+}
+
+/** B got the rest of the pool, none of it an address A holds; A's addresses are A's in etcd; nothing held twice. */
+function expectNothingTwice(got: string[], a: ClusterNodeHandle): void {
+  const mine = new Set(held.values());
+  expect(got.filter((ip) => mine.has(ip))).toEqual([]);
+  expect(new Set(got).size).toBe(got.length);
+  expect(got.length).toBe(POOL_SIZE - held.size);
+  const keys = etcdIps(etcd, prefix, "p");
+  for (const ip of held.values()) expect(keys.get(ip), ip).toMatchObject({ node: "node-a" });
+  expect(a.stderr()).not.toMatch(/the address is held twice|released in etcd/);
+}
+
+const sticky = (ordinal: number) => {
+  const v = etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/p/db/web/${ordinal}/-`);
+  return v ? JSON.parse(v) : undefined;
+};
 
 describe("etcd restored from an older snapshot", () => {
   it("node A notices, writes its addresses back, and node B never gets one of them", async () => {
     const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle];
-    const held = new Map<string, string>(); // container -> ip on A
-    const add = async (id: string, podName?: string): Promise<void> => {
-      const r = await a.client.allocate({ ...att(id), ...(podName ? { podNamespace: "db", podName, podUID: `uid-${id}` } : {}) });
-      held.set(id, bare(r));
-    };
-    const applied = () => until("A's outbox applied", async () => (await a.client.status()).cluster?.outboxPending === 0);
-    await add("a-1");
-    await add("a-2");
-    await applied();
+    await addOnA("a-1");
+    await addOnA("a-2");
+    await outboxApplied(a);
     const snapshot = etcd.snapshotSave();
     // After the snapshot: plain attachments (new buffer claims among them) and a StatefulSet member.
-    for (const id of ["a-3", "a-4", "a-5", "a-6"]) await add(id);
-    await add("a-web-0", "web-0");
-    await applied();
-    const stickyKey = `${prefix}/sticky/p/db/web/0/-`;
-    expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(stickyKey)!)).toMatchObject({ ip: held.get("a-web-0"), node: "node-a" });
-    const revisionBefore = etcd.revision();
-
-    expect(etcd.snapshotRevision(snapshot)).toBeLessThan(revisionBefore);
+    for (const id of ["a-3", "a-4", "a-5", "a-6"]) await addOnA(id);
+    await addOnA("a-web-0", "web-0");
+    await outboxApplied(a);
+    expect(sticky(0)).toMatchObject({ ip: held.get("a-web-0"), node: "node-a" });
+    expect(etcd.snapshotRevision(snapshot)).toBeLessThan(etcd.revision());
+    await everyNodeChecked();
 
     await etcd.restoreSnapshot(snapshot);
-    // At once, racing A: B takes the rest of the pool (claims wait a lease TTL after the restore: retried like
-    // kubelet retries code 11).
-    const got: string[] = [];
-    for (let k = 0; k < POOL_SIZE + 4; k++) {
-      try {
-        got.push(bare((await addWithRetries(b, att(`b-${k}`), 50)).r));
-      } catch (e) {
-        expect(e).toBeInstanceOf(IpamdError);
-        expect((e as IpamdError).code).toBe("pool_exhausted");
-        break;
-      }
-    }
-    const mine = new Set(held.values());
-    expect(got.filter((ip) => mine.has(ip))).toEqual([]);
-    expect(new Set(got).size).toBe(got.length);
-    expect(got.length).toBe(POOL_SIZE - held.size);
+    // At once, racing A's recovery: B takes the rest of the pool.
+    expectNothingTwice(await takeTheRest(b, "b"), a);
 
-    await until("A notices etcd lost history", () => /etcd lost history/.test(a.stderr()), 20_000);
-    expect(a.stderr()).toMatch(/etcd's revision \d+ is lower than revision \d+ this node has seen/);
+    expect(a.stderr()).toMatch(/etcd's revision \d+ is lower than revision \d+ this node has seen: etcd lost history/);
+    expect(b.stderr()).toMatch(/etcd lost history/); // B saw it too: it paused its claims
     expect(await a.client.metrics()).toMatch(/berth_ipamd_etcd_history_lost_total 1/);
     await until("A's recovery done", () => /addresses are back in etcd/.test(a.stderr()), 20_000);
-    // Every address A holds is A's in etcd again; the sticky identity is back, bound to A.
-    const keys = etcdIps(etcd, prefix, "p");
-    for (const ip of held.values()) expect(keys.get(ip), ip).toMatchObject({ node: "node-a" });
-    expect(JSON.parse(etcd.dump(`${prefix}/sticky/`).get(stickyKey)!)).toMatchObject({ ip: held.get("a-web-0"), node: "node-a" });
+    expect(sticky(0)).toMatchObject({ ip: held.get("a-web-0"), node: "node-a" });
     // A's record is untouched: every address still attached to its container there, the member's still sticky.
     expect(sqliteRows(a)).toContainEqual(expect.objectContaining({ ip: held.get("a-web-0"), owner: "db/web/0", sticky: 1 }));
-    expect(a.stderr()).not.toMatch(/the address is held twice|released in etcd/);
     const rows = (await a.client.reservations({})).reservations;
     for (const [id, ip] of held) expect(rows).toContainEqual(expect.objectContaining({ ip, containerID: id }));
+  }, 180_000);
+
+  it("a node stopped across the restore notices at start-up (its revision seen is in SQLite)", async () => {
+    const b = nodes[1]!;
+    for (let k = 0; k < POOL_SIZE; k++) await b.client.release(att(`b-${k}`));
+    await outboxApplied(b);
+    const snapshot = etcd.snapshotSave();
+    await addOnA("a-7");
+    await addOnA("a-web-1", "web-1");
+    await outboxApplied(nodes[0]!);
+    await everyNodeChecked();
+    expect(await nodes[0]!.stop()).toBe(0);
+    await etcd.restoreSnapshot(snapshot);
+    const a = await restartNode(nodes[0]!);
+    nodes[0] = a;
+    await until("A's recovery at start-up", () => /addresses are back in etcd/.test(a.stderr()), 20_000);
+    expect(a.stderr()).toMatch(/etcd's revision \d+ is lower than revision \d+ this node has seen/);
+    expectNothingTwice(await takeTheRest(b, "b2"), a);
+    expect(sticky(1)).toMatchObject({ ip: held.get("a-web-1"), node: "node-a" });
+    expect(sticky(0)).toMatchObject({ ip: held.get("a-web-0"), node: "node-a" });
   }, 180_000);
 });
