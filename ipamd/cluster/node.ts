@@ -74,7 +74,6 @@ export class ClusterNode {
   /** Set while this node re-asserts its addresses after etcd lost history: no claims of new addresses meanwhile. */
   private recovering: Promise<void> | null = null;
   private claimsPausedUntil = 0;
-  historyLosses = 0;
 
   constructor(
     readonly config: Config,
@@ -382,7 +381,6 @@ export class ClusterNode {
    */
   private recoverHistory(loss: HistoryLoss): Promise<void> {
     if (this.recovering) return this.recovering;
-    this.historyLosses++;
     this.metrics.historyLosses.inc();
     this.claimsPausedUntil = Date.now() + this.config.cluster!.leaseTTLSeconds * 1000;
     this.log.error(
