@@ -81,6 +81,7 @@ async function load(
   const lat: number[] = [];
   let next = 0;
   const clients = daemons.flatMap((d) => Array.from({ length: clientsPer }, () => new LeanConnection(d.socket)));
+  await Promise.all(clients.map((c) => c.ready));
   const t0 = performance.now();
   await Promise.all(
     clients.map(async (c) => {

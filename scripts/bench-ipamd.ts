@@ -98,6 +98,7 @@ async function runOn(
   let next = 0;
   let errors = 0;
   const clients = Array.from({ length: concurrency }, () => new LeanConnection(socket));
+  await Promise.all(clients.map((c) => c.ready));
   const cpu0 = cpuMs(pid);
   const t0 = performance.now();
   await Promise.all(

@@ -10,8 +10,15 @@ export class LeanConnection {
   private pending: { resolve: (answer: string) => void; reject: (e: Error) => void } | null = null;
   private buf: Buffer = Buffer.alloc(0);
 
+  /** Resolves once connected: callers wait for it before they time anything (256 connects at once take a while). */
+  readonly ready: Promise<void>;
+
   constructor(path: string) {
     this.socket = connect(path);
+    this.ready = new Promise((resolve, reject) => {
+      this.socket.once("connect", resolve);
+      this.socket.once("error", reject);
+    });
     this.socket.on("data", (d: Buffer) => this.received(d));
     this.socket.on("error", (e) => this.settle(e));
     this.socket.on("close", () => this.settle(new Error("connection closed")));
