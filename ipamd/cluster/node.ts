@@ -266,10 +266,11 @@ export class ClusterNode {
     return entries;
   }
 
-  private async join(entries: JoinEntry[], why = "joining cluster mode"): Promise<void> {
+  /** `restored`: written again into an etcd restored from an older snapshot, not a first join. */
+  private async join(entries: JoinEntry[], restored = false): Promise<void> {
+    const why = restored ? "etcd restored" : "joining cluster mode";
     if (entries.length > 0) {
       let outcomes: JoinOutcome[];
-      const restored = why !== "joining cluster mode";
       try {
         outcomes = await this.own.join(entries, { restored });
       } catch (e) {
@@ -391,7 +392,7 @@ export class ClusterNode {
     );
     const run = async (): Promise<void> => {
       const buffered = await this.own.reassertBuffer();
-      await this.join(this.joinEntries(), "etcd restored");
+      await this.join(this.joinEntries(), true);
       await this.own.resync(this.inUse(), this.orphanIp);
       await this.undoOrphans(false);
       this.kick();
