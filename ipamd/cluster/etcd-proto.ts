@@ -137,7 +137,8 @@ export class ProtoReader {
   }
 }
 
-export interface ProtoKeyValue {
+/** A key as etcd answers it (mvccpb.KeyValue); the client hands these out as they are decoded. */
+export interface KeyValue {
   key: string;
   value: string;
   createRevision: number;
@@ -147,8 +148,8 @@ export interface ProtoKeyValue {
 }
 
 /** mvccpb.KeyValue: key 1, create_revision 2, mod_revision 3, version 4, value 5, lease 6. */
-export function readKeyValue(buf: Buffer, start: number, end: number): ProtoKeyValue {
-  const kv: ProtoKeyValue = { key: "", value: "", createRevision: 0, modRevision: 0, version: 0 };
+export function readKeyValue(buf: Buffer, start: number, end: number): KeyValue {
+  const kv: KeyValue = { key: "", value: "", createRevision: 0, modRevision: 0, version: 0 };
   const r = new ProtoReader(buf, start, end);
   r.fields((f, w) => {
     if (w === 2 && (f === 1 || f === 5)) {
@@ -195,7 +196,7 @@ export function readMemberId(buf: Buffer, start: number, end: number): string | 
 
 export interface ProtoRange {
   revision: number;
-  kvs: ProtoKeyValue[];
+  kvs: KeyValue[];
   more: boolean;
   count: number;
 }
@@ -224,11 +225,11 @@ export function readRevisionAnd(buf: Buffer, start: number, end: number, numberF
   return out;
 }
 
-export type ProtoOpResult = { kind: "get"; kvs: ProtoKeyValue[] } | { kind: "put" } | { kind: "del"; deleted: number };
+export type TxnOpResult = { kind: "get"; kvs: KeyValue[] } | { kind: "put" } | { kind: "del"; deleted: number };
 
 /** TxnResponse: header 1, succeeded 2, responses 3 (ResponseOp: response_range 1, response_put 2, response_delete_range 3). */
-export function readTxn(buf: Buffer, start: number, end: number): { revision: number; succeeded: boolean; responses: ProtoOpResult[] } {
-  const out = { revision: 0, succeeded: false, responses: [] as ProtoOpResult[] };
+export function readTxn(buf: Buffer, start: number, end: number): { revision: number; succeeded: boolean; responses: TxnOpResult[] } {
+  const out = { revision: 0, succeeded: false, responses: [] as TxnOpResult[] };
   const r = new ProtoReader(buf, start, end);
   r.fields((f, w) => {
     if (f === 1 && w === 2) out.revision = readHeaderRevision(buf, ...r.sub());
@@ -236,7 +237,7 @@ export function readTxn(buf: Buffer, start: number, end: number): { revision: nu
     else if (f === 3 && w === 2) {
       const [s, e] = r.sub();
       const op = new ProtoReader(buf, s, e);
-      let result: ProtoOpResult = { kind: "put" };
+      let result: TxnOpResult = { kind: "put" };
       op.fields((of, ow) => {
         if (ow !== 2) return;
         const [os, oe] = op.sub();

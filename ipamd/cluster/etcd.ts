@@ -18,7 +18,9 @@ import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as https from "node:https";
-import { ProtoWriter, readMemberId, readRange, readRevisionAnd, readTxn, unframe } from "./etcd-proto";
+import { type KeyValue, ProtoWriter, readMemberId, readRange, readRevisionAnd, readTxn, type TxnOpResult, unframe } from "./etcd-proto";
+
+export type { KeyValue, TxnOpResult };
 
 export interface EtcdTls {
   caFile?: string;
@@ -47,15 +49,6 @@ export interface EtcdObserver {
   state?(state: ConnectionState, detail: string): void;
 }
 
-export interface KeyValue {
-  key: string;
-  value: string;
-  createRevision: number;
-  modRevision: number;
-  version: number;
-  lease?: string;
-}
-
 export interface RangeResult {
   kvs: KeyValue[];
   count: number;
@@ -82,8 +75,6 @@ export type TxnOp =
   | { put: { key: string; value: string; lease?: string } }
   | { get: { key: string } & RangeOptions }
   | { del: { key: string; prefix?: boolean } };
-
-export type TxnOpResult = { kind: "get"; kvs: KeyValue[] } | { kind: "put" } | { kind: "del"; deleted: number };
 
 export interface TxnResult {
   succeeded: boolean;
