@@ -31,12 +31,16 @@ export class RevisionGuard {
     return Math.max(this.stored, this.client.highestRevision);
   }
 
-  /** One linearizable read (the default range, never serializable: a lagging member must not answer). */
+  /** etcd's revision now: one linearizable read (the default range, never serializable: a lagging member must not answer). */
+  async current(): Promise<number> {
+    return (await this.client.range(this.probeKey, { keysOnly: true, limit: 1 })).revision;
+  }
+
   async check(): Promise<HistoryLoss | null> {
     const seen = this.seen;
-    const r = await this.client.range(this.probeKey, { keysOnly: true, limit: 1 });
-    if (r.revision < seen) return { seen, current: r.revision };
-    if (r.revision > this.stored) this.save(Math.max(r.revision, this.client.highestRevision));
+    const current = await this.current();
+    if (current < seen) return { seen, current };
+    if (current > this.stored) this.save(Math.max(current, this.client.highestRevision));
     return null;
   }
 

@@ -402,11 +402,11 @@ export class ClusterNode {
       this.feed?.restored();
       this.own.forgetRevisions();
       this.stsWatch?.relist();
-      const after = await this.client.range(this.keys.node(this.config.nodeName), { keysOnly: true, limit: 1 });
-      this.history.reset(after.revision);
+      const after = await this.history.current();
+      this.history.reset(after);
       this.claimsPausedUntil = Math.max(this.claimsPausedUntil, Date.now());
       this.log.warn(
-        { bufferWritten: buffered, etcdRevision: after.revision },
+        { bufferWritten: buffered, etcdRevision: after },
         "etcd restored: this node's addresses are back in etcd (one another node took meanwhile was logged as held twice)",
       );
     };
