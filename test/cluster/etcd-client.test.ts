@@ -25,6 +25,18 @@ const unusedPort = (): Promise<number> =>
     });
   });
 
+/** A TCP server that accepts connections and never answers (a frozen member, a stuck host); `held`: its connections. */
+const silentServer = async (): Promise<{ url: string; held: Socket[]; close: () => void }> => {
+  const held: Socket[] = [];
+  const hole = createServer((s) => held.push(s));
+  await new Promise<void>((r) => hole.listen(0, "127.0.0.1", r));
+  const close = (): void => {
+    for (const s of held) s.destroy();
+    hole.close();
+  };
+  return { url: `http://127.0.0.1:${(hole.address() as AddressInfo).port}`, held, close };
+};
+
 const until = async (what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> => {
   const deadline = Date.now() + ms;
   while (!(await cond())) {
@@ -168,10 +180,7 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     // an unknown outcome.
     await etcd.waitHealthy();
     const leader = etcd.leader();
-    const held: Socket[] = [];
-    const hole = createServer((s) => held.push(s));
-    await new Promise<void>((r) => hole.listen(0, "127.0.0.1", r));
-    const stuck = `http://127.0.0.1:${(hole.address() as AddressInfo).port}`;
+    const { url: stuck, close } = await silentServer();
     try {
       const endpoints = [etcd.endpoints[leader]!, stuck, ...etcd.endpoints.filter((_, i) => i !== leader)];
       const c = new EtcdClient({ endpoints, requestTimeoutMs: 1500 });
@@ -188,8 +197,7 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
         c.close();
       }
     } finally {
-      for (const s of held) s.destroy();
-      hole.close();
+      close();
     }
   });
 
@@ -216,10 +224,7 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
   });
 
   it("close() ends a request in flight: it is not sent to the next member on a new connection", async () => {
-    const held: Socket[] = [];
-    const hole = createServer((s) => held.push(s));
-    await new Promise<void>((r) => hole.listen(0, "127.0.0.1", r));
-    const stuck = `http://127.0.0.1:${(hole.address() as AddressInfo).port}`;
+    const { url: stuck, held, close } = await silentServer();
     try {
       const c = new EtcdClient({ endpoints: [stuck, ...etcd.endpoints], requestTimeoutMs: 3000 });
       const read = c.get("/t/closed").then(
@@ -232,8 +237,7 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
       const sessions = (c as unknown as { sessions: Map<string, unknown> }).sessions;
       expect([...sessions.keys()]).toEqual([]);
     } finally {
-      for (const s of held) s.destroy();
-      hole.close();
+      close();
     }
   });
 

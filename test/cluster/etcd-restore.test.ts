@@ -9,10 +9,12 @@ import {
   addWithRetries,
   type ClusterNodeHandle,
   etcdIps,
+  firstIp,
   freshPrefix,
   restartNode,
   sqliteRows,
   startClusterNodes,
+  underlayAttachment,
   until,
 } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
@@ -41,13 +43,14 @@ afterAll(async () => {
   await etcd?.destroy();
 });
 
-const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
-const bare = (r: { ips: { address: string }[] }): string => r.ips[0]!.address.split("/")[0]!;
 const held = new Map<string, string>(); // container -> ip on A
 
 async function addOnA(id: string, podName?: string): Promise<void> {
-  const r = await nodes[0]!.client.allocate({ ...att(id), ...(podName ? { podNamespace: "db", podName, podUID: `uid-${id}` } : {}) });
-  held.set(id, bare(r));
+  const r = await nodes[0]!.client.allocate({
+    ...underlayAttachment(id),
+    ...(podName ? { podNamespace: "db", podName, podUID: `uid-${id}` } : {}),
+  });
+  held.set(id, firstIp(r));
 }
 const outboxApplied = (n: ClusterNodeHandle) =>
   until(`${n.name}'s outbox applied`, async () => (await n.client.status()).cluster?.outboxPending === 0);
@@ -60,7 +63,7 @@ async function takeTheRest(b: ClusterNodeHandle, tag: string): Promise<string[]>
   const got: string[] = [];
   for (let k = 0; k < POOL_SIZE + 4; k++) {
     try {
-      got.push(bare((await addWithRetries(b, att(`${tag}-${k}`), 50)).r));
+      got.push(firstIp((await addWithRetries(b, underlayAttachment(`${tag}-${k}`), 50)).r));
     } catch (e) {
       expect(e).toBeInstanceOf(IpamdError);
       expect((e as IpamdError).code).toBe("pool_exhausted");
@@ -118,7 +121,7 @@ describe("etcd restored from an older snapshot", () => {
 
   it("a node stopped across the restore notices at start-up (its revision seen is in SQLite)", async () => {
     const b = nodes[1]!;
-    for (let k = 0; k < POOL_SIZE; k++) await b.client.release(att(`b-${k}`));
+    for (let k = 0; k < POOL_SIZE; k++) await b.client.release(underlayAttachment(`b-${k}`));
     await outboxApplied(b);
     const snapshot = etcd.snapshotSave();
     await addOnA("a-7");

@@ -18,6 +18,7 @@ import {
   restartNode,
   sqliteRows,
   startClusterNodes,
+  underlayAttachment,
   until,
 } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
@@ -53,8 +54,12 @@ afterAll(async () => {
 });
 
 const check = () => expectConsistent(etcd, prefix, ["f"], nodes, acks, 30_000);
-const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
-const memberReq = (id: string, ordinal: number) => ({ ...att(id), podNamespace: "db", podName: `m-${ordinal}`, podUID: `uid-${id}` });
+const memberReq = (id: string, ordinal: number) => ({
+  ...underlayAttachment(id),
+  podNamespace: "db",
+  podName: `m-${ordinal}`,
+  podUID: `uid-${id}`,
+});
 
 /** Workers ADD (half members, each ordinal attached at most once at a time) and DEL, like kubelets on 3 nodes. */
 async function storm(
@@ -70,7 +75,7 @@ async function storm(
     acks.delete(p.id); // a DEL may take effect even when its answer is lost
     for (let i = 0; ; i++) {
       try {
-        await nodes[p.node]!.client.release(att(p.id));
+        await nodes[p.node]!.client.release(underlayAttachment(p.id));
         break;
       } catch (e) {
         if (!(e instanceof IpamdUnreachable) || i > 100) throw e;
@@ -93,7 +98,7 @@ async function storm(
         try {
           const { r, retries: t } = await addWithRetries(
             nodes[node]!,
-            ordinal === undefined ? att(id) : memberReq(id, ordinal),
+            ordinal === undefined ? underlayAttachment(id) : memberReq(id, ordinal),
             o.retries ?? 20,
           );
           retries += t;
@@ -147,15 +152,15 @@ describe("faults", () => {
     const [a, b] = nodes as [ClusterNodeHandle, ClusterNodeHandle];
     const m0 = await a.client.allocate(memberReq("q-m0-a", 59));
     acks.set("q-m0-a", { node: a.name, ip: m0.ips[0]!.address.split("/")[0]!, owner: m0.owner });
-    await a.client.release(att("q-m0-a"));
+    await a.client.release(underlayAttachment("q-m0-a"));
     acks.delete("q-m0-a");
-    const plainBefore = await b.client.allocate(att("q-plain-before"));
+    const plainBefore = await b.client.allocate(underlayAttachment("q-plain-before"));
     await until("b's outbox applied", async () => (await b.client.status()).cluster!.outboxPending === 0);
     await etcd.loseQuorum(2);
     try {
       // Ordinary ADD: from the node's buffer, no etcd round trip.
       for (let i = 0; i < 5; i++) {
-        const r = await b.client.allocate(att(`q-plain-${i}`));
+        const r = await b.client.allocate(underlayAttachment(`q-plain-${i}`));
         acks.set(`q-plain-${i}`, { node: b.name, ip: r.ips[0]!.address.split("/")[0]!, owner: r.owner });
       }
       // Cross-node sticky ADD through the built plugin: CNI code 11 naming etcd and every endpoint tried.
@@ -172,7 +177,10 @@ describe("faults", () => {
       expect(add.json.msg).toMatch(/needs etcd: etcd unreachable/);
       for (const e of etcd.endpoints) expect(add.json.msg).toContain(e);
       // DEL works; its release waits in the outbox.
-      expect(await b.client.release(att("q-plain-before"))).toEqual({ released: [plainBefore.ips[0]!.address.split("/")[0]], kept: [] });
+      expect(await b.client.release(underlayAttachment("q-plain-before"))).toEqual({
+        released: [plainBefore.ips[0]!.address.split("/")[0]],
+        kept: [],
+      });
       const del = runCni(pluginPath("berth-ipam"), {
         command: "DEL",
         config: { cniVersion: "1.0.0", name: "underlay", type: "berth-ipam", ipam: { type: "berth-ipam", socket: b.socket } },
@@ -229,7 +237,7 @@ describe("faults", () => {
     const [a, , c] = nodes as [ClusterNodeHandle, ClusterNodeHandle, ClusterNodeHandle];
     const onC = await c.client.allocate(memberReq("cmp-c", 58));
     const ip = onC.ips[0]!.address.split("/")[0]!;
-    await c.client.release(att("cmp-c"));
+    await c.client.release(underlayAttachment("cmp-c"));
     await until("c's outbox applied", async () => (await c.client.status()).cluster!.outboxPending === 0);
     expect(await c.stop()).toBe(0);
     // While c is down the member moves to a and the history is compacted past c's saved revision.

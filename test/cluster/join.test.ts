@@ -5,7 +5,7 @@
 // twice, and without etcd such a node does not start.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IpamdError } from "../../api/client";
-import { clusterSection, etcdIps, freshPrefix, sqliteRows, until } from "../helpers/cluster";
+import { clusterSection, etcdIps, firstIp, freshPrefix, sqliteRows, underlayAttachment, until } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
 import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
 
@@ -19,9 +19,12 @@ afterAll(async () => {
 });
 
 const POOLS = [{ name: "j", subnet: "10.93.0.0/28", networks: ["underlay"] }]; // 14 usable addresses
-const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
-const member = (id: string, ordinal: number) => ({ ...att(id), podNamespace: "db", podName: `web-${ordinal}`, podUID: `uid-${id}` });
-const bare = (r: { ips: { address: string }[] }): string => r.ips[0]!.address.split("/")[0]!;
+const member = (id: string, ordinal: number) => ({
+  ...underlayAttachment(id),
+  podNamespace: "db",
+  podName: `web-${ordinal}`,
+  podUID: `uid-${id}`,
+});
 const singleNode = (name: string) => ({
   node: { name },
   pools: POOLS,
@@ -34,8 +37,8 @@ describe("a node with single-node reservations joins cluster mode", () => {
     const prefix = freshPrefix("join");
     const dir = makeTempDir("berth-join-a-");
     let a = await startIpamd({ dir, config: singleNode("a") });
-    const plain = bare(await a.client.allocate(att("p1")));
-    const web0 = bare(await a.client.allocate(member("m0", 0)));
+    const plain = firstIp(await a.client.allocate(underlayAttachment("p1")));
+    const web0 = firstIp(await a.client.allocate(member("m0", 0)));
     const reserved = (await a.client.reserve({ namespace: "db", statefulset: "web", replicas: 3 })).reservations;
     const held = [plain, ...reserved.map((r) => r.ip)];
     expect(reserved.map((r) => r.ip)[0]).toBe(web0);
@@ -66,19 +69,19 @@ describe("a node with single-node reservations joins cluster mode", () => {
     });
     const got: string[] = [];
     for (let i = 0; i < 14; i++) {
-      const r = await b.client.allocate(att(`b${i}`)).catch((e: unknown) => e);
+      const r = await b.client.allocate(underlayAttachment(`b${i}`)).catch((e: unknown) => e);
       if (r instanceof IpamdError) {
         expect(r.code).toBe("pool_exhausted");
         break;
       }
-      got.push(bare(r as { ips: { address: string }[] }));
+      got.push(firstIp(r as { ips: { address: string }[] }));
     }
     expect(got.length).toBe(14 - held.length);
     expect(got.filter((ip) => held.includes(ip))).toEqual([]);
 
     // web-0 moves to b: the address it had in single-node mode follows it.
-    await a.client.release(att("m0"));
-    expect(bare(await b.client.allocate(member("m0-b", 0)))).toBe(web0);
+    await a.client.release(underlayAttachment("m0"));
+    expect(firstIp(await b.client.allocate(member("m0-b", 0)))).toBe(web0);
     // A restart is no second join.
     expect(await a.stop()).toBe(0);
     a = await a.restart();
@@ -95,12 +98,12 @@ describe("a node with single-node reservations joins cluster mode", () => {
       dir: makeTempDir("berth-join2-a-"),
       config: { ...singleNode("a"), cluster: clusterSection(etcd, prefix) },
     });
-    const ofA = bare(await a.client.allocate(att("pa")));
+    const ofA = firstIp(await a.client.allocate(underlayAttachment("pa")));
     // c ran in single-node mode on the same pool meanwhile, and handed out the same address.
     const dir = makeTempDir("berth-join2-c-");
     let c = await startIpamd({ dir, config: singleNode("c") });
     let ofC = "";
-    for (let i = 0; ofC !== ofA && i < 14; i++) ofC = bare(await c.client.allocate(att(`pc${i}`)));
+    for (let i = 0; ofC !== ofA && i < 14; i++) ofC = firstIp(await c.client.allocate(underlayAttachment(`pc${i}`)));
     expect(ofC).toBe(ofA);
     expect(await c.stop()).toBe(0);
     // Without etcd (nothing listens on these ports) it refuses to start: its addresses must be in etcd first.
@@ -127,10 +130,10 @@ describe("a node with single-node reservations joins cluster mode", () => {
 
     // The same member ran alone on e too, at an address of its own: the identity stays etcd's (bound to a), and
     // e's sandbox keeps its address, held in etcd as that sandbox's attachment so that no node is handed it.
-    const onA = bare(await a.client.allocate(member("wa", 0)));
+    const onA = firstIp(await a.client.allocate(member("wa", 0)));
     const dirE = makeTempDir("berth-join2-e-");
     let e = await startIpamd({ dir: dirE, config: singleNode("e") });
-    expect(bare(await e.client.allocate({ ...member("we", 0), ips: ["10.93.0.12"] }))).toBe("10.93.0.12");
+    expect(firstIp(await e.client.allocate({ ...member("we", 0), ips: ["10.93.0.12"] }))).toBe("10.93.0.12");
     expect(await e.stop()).toBe(0);
     e = await startIpamd({ dir: dirE, config: { ...singleNode("e"), cluster: clusterSection(etcd, prefix) } });
     expect(e.stderr()).toContain(
@@ -177,15 +180,15 @@ describe("a node with single-node reservations joins cluster mode", () => {
       dir: makeTempDir("berth-join5-h-"),
       config: { ...singleNode("h"), ...cooling, cluster: clusterSection(etcd, prefix) },
     });
-    const released = bare(await h.client.allocate(att("h0")));
-    await h.client.release(att("h0")); // cools in h's buffer
-    const ofMember = bare(await h.client.allocate(member("h3", 3)));
-    await h.client.release(att("h3"));
+    const released = firstIp(await h.client.allocate(underlayAttachment("h0")));
+    await h.client.release(underlayAttachment("h0")); // cools in h's buffer
+    const ofMember = firstIp(await h.client.allocate(member("h3", 3)));
+    await h.client.release(underlayAttachment("h3"));
     await h.client.releaseReservations({ namespace: "db", statefulset: "web", ordinal: 3 }); // a cooling key on a lease
     expect(etcdIps(etcd, prefix, "j").get(ofMember)).toMatchObject({ owner: "cooling" });
     const dir = makeTempDir("berth-join5-f-");
     let f = await startIpamd({ dir, config: { ...singleNode("f"), ...cooling } });
-    await f.client.allocate({ ...att("pf"), ips: [released] });
+    await f.client.allocate({ ...underlayAttachment("pf"), ips: [released] });
     await f.client.allocate({ ...member("wf", 4), ips: [ofMember] });
     expect(await f.stop()).toBe(0);
     f = await startIpamd({ dir, config: { ...singleNode("f"), ...cooling, cluster: clusterSection(etcd, prefix) } });
@@ -196,9 +199,9 @@ describe("a node with single-node reservations joins cluster mode", () => {
     expect(etcdIps(etcd, prefix, "j").get(ofMember)).toMatchObject({ owner: "sticky", node: "f" });
     const got: string[] = [];
     for (let i = 0; i < 14; i++) {
-      const r = await h.client.allocate(att(`h${i + 10}`)).catch(() => undefined);
+      const r = await h.client.allocate(underlayAttachment(`h${i + 10}`)).catch(() => undefined);
       if (!r) break;
-      got.push(bare(r));
+      got.push(firstIp(r));
     }
     expect(got.length).toBeGreaterThan(0);
     expect(got).not.toContain(released);
@@ -217,8 +220,8 @@ describe("a node with single-node reservations joins cluster mode", () => {
     const [x, y] = ["10.93.0.5", "10.93.0.6"];
     const dir = makeTempDir("berth-join6-a-");
     let a = await startIpamd({ dir, config: singleNode("a") });
-    await a.client.allocate({ ...att("ax"), ips: [x] });
-    await a.client.allocate({ ...att("ay"), ips: [y] });
+    await a.client.allocate({ ...underlayAttachment("ax"), ips: [x] });
+    await a.client.allocate({ ...underlayAttachment("ay"), ips: [y] });
     expect(await a.stop()).toBe(0);
     a = await startIpamd({ dir, config: { ...singleNode("a"), cluster: clusterSection(etcd, prefix, fast) } });
     const joined = a.stderr();
@@ -226,7 +229,7 @@ describe("a node with single-node reservations joins cluster mode", () => {
     // The claims are etcd's: they outlive a restart; the sandbox on y goes, its claim with it.
     expect(await a.stop()).toBe(0);
     a = await a.restart();
-    await a.client.release(att("ay"));
+    await a.client.release(underlayAttachment("ay"));
     await until("the release applied", async () => (await a.client.status()).cluster!.outboxPending === 0);
     const c = await startIpamd({
       dir: makeTempDir("berth-join6-c-"),
@@ -236,12 +239,12 @@ describe("a node with single-node reservations joins cluster mode", () => {
     // c takes every address it can get: never x (its key is a's sandbox's attachment), y is free again.
     const got: string[] = [];
     for (let i = 0; i < 14; i++) {
-      const r = await c.client.allocate(att(`c${i}`)).catch((e: unknown) => e);
+      const r = await c.client.allocate(underlayAttachment(`c${i}`)).catch((e: unknown) => e);
       if (r instanceof IpamdError) {
         expect(r.code).toBe("pool_exhausted");
         break;
       }
-      got.push(bare(r as { ips: { address: string }[] }));
+      got.push(firstIp(r as { ips: { address: string }[] }));
     }
     expect(got).not.toContain(x);
     expect(got).toContain(y);

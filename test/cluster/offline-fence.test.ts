@@ -10,10 +10,12 @@ import {
   addWithRetries,
   etcdIps,
   expectConsistent,
+  firstIp,
   freshPrefix,
   restartNode,
   sqliteBuffer,
   startClusterNodes,
+  underlayAttachment,
   until,
 } from "../helpers/cluster";
 import { EtcdCluster } from "../helpers/etcd";
@@ -28,9 +30,6 @@ afterAll(async () => {
   await etcd?.destroy();
 });
 
-const att = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
-const bare = (r: { ips: { address: string }[] }): string => r.ips[0]!.address.split("/")[0]!;
-
 describe("a node without etcd", () => {
   it("restarted while etcd has no quorum: ordinary ADDs from its SQLite buffer, never another node's address", async () => {
     const prefix = freshPrefix("offline");
@@ -43,8 +42,8 @@ describe("a node without etcd", () => {
       [b!, "b-0"],
       [b!, "b-1"],
     ] as const) {
-      const r = await n.client.allocate(att(id));
-      acks.set(id, { node: n.name, ip: bare(r), owner: r.owner });
+      const r = await n.client.allocate(underlayAttachment(id));
+      acks.set(id, { node: n.name, ip: firstIp(r), owner: r.owner });
     }
     // 8 claimed, one used: 7 left (no refill above the low mark of 4)
     await until("a's buffer", async () => (await a!.client.status()).cluster!.buffer.o! >= 6);
@@ -59,12 +58,12 @@ describe("a node without etcd", () => {
       a = await restartNode(a!);
       await until("a to report etcd unreachable", async () => (await a!.client.status()).cluster!.etcd.state === "unreachable");
       for (let i = 1; i <= 5; i++) {
-        const r = await a.client.allocate(att(`a-${i}`));
-        expect(persisted.has(bare(r))).toBe(true); // from the persisted buffer
-        expect(ofB.has(bare(r))).toBe(false);
-        acks.set(`a-${i}`, { node: "a", ip: bare(r), owner: r.owner });
+        const r = await a.client.allocate(underlayAttachment(`a-${i}`));
+        expect(persisted.has(firstIp(r))).toBe(true); // from the persisted buffer
+        expect(ofB.has(firstIp(r))).toBe(false);
+        acks.set(`a-${i}`, { node: "a", ip: firstIp(r), owner: r.owner });
       }
-      expect(bare(await a.client.allocate(att("a-0")))).toBe(acks.get("a-0")!.ip); // the same answer as before
+      expect(firstIp(await a.client.allocate(underlayAttachment("a-0")))).toBe(acks.get("a-0")!.ip); // the same answer as before
       expect(new Set([...acks.values()].map((x) => x.ip)).size).toBe(acks.size);
     } finally {
       await etcd.restoreAll();
@@ -93,8 +92,8 @@ describe("a node without etcd", () => {
       await until("y's reaper to free x's buffer after the grace period", () => ofX().length === 0, 30_000);
       // y takes what is free, x's former buffer with it (a /27 has 30 usable addresses).
       for (let i = 0; i < 26; i++) {
-        const r = await y!.client.allocate(att(`y-${i}`));
-        acks.set(`y-${i}`, { node: "y", ip: bare(r), owner: r.owner });
+        const r = await y!.client.allocate(underlayAttachment(`y-${i}`));
+        acks.set(`y-${i}`, { node: "y", ip: firstIp(r), owner: r.owner });
       }
       stolen = [...acks.values()].map((a) => a.ip).filter((ip) => bufferedByX.has(ip));
       expect(stolen.length).toBeGreaterThan(0);
@@ -102,13 +101,13 @@ describe("a node without etcd", () => {
       process.kill(x!.proc.pid!, "SIGCONT");
     }
     // Running again, its lease long gone: no buffered address before etcd confirmed it and the buffer was re-read.
-    const first = await x!.client.allocate(att("x-0")).catch((e: unknown) => e);
+    const first = await x!.client.allocate(underlayAttachment("x-0")).catch((e: unknown) => e);
     expect(first).toBeInstanceOf(IpamdError);
     expect((first as IpamdError).code).toBe("cluster_unavailable");
     expect((first as Error).message).toMatch(/node x has not renewed its etcd liveness for \d+ s/);
-    const { r } = await addWithRetries(x!, att("x-0"), 60);
-    expect(stolen).not.toContain(bare(r));
-    acks.set("x-0", { node: "x", ip: bare(r), owner: r.owner });
+    const { r } = await addWithRetries(x!, underlayAttachment("x-0"), 60);
+    expect(stolen).not.toContain(firstIp(r));
+    acks.set("x-0", { node: "x", ip: firstIp(r), owner: r.owner });
     expect((await x!.client.status()).cluster!.liveness.fenced).toBe(false);
     for (const ip of stolen) expect(sqliteBuffer(x!).map((e) => e.ip)).not.toContain(ip);
     await expectConsistent(etcd, prefix, ["f"], [x!, y!], acks);

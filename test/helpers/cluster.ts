@@ -15,6 +15,12 @@ export interface ClusterNodeHandle extends DaemonHandle {
 
 let prefixSeq = 0;
 /** A key prefix of its own per test, so tests on one etcd never see each other's keys. */
+/** The attachment the cluster tests use: container `id`'s eth0 on network "underlay". */
+export const underlayAttachment = (id: string) => ({ containerID: id, ifName: "eth0", network: "underlay" });
+
+/** The first address of an ADD answer, without its prefix length. */
+export const firstIp = (r: { ips: { address: string }[] }): string => r.ips[0]!.address.split("/")[0]!;
+
 export function freshPrefix(tag = "t"): string {
   return `/berth-${tag}-${process.pid}-${prefixSeq++}`;
 }
