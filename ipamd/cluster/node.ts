@@ -362,7 +362,7 @@ export class ClusterNode {
   }
 
   private async beforeClaim(): Promise<void> {
-    if (!this.recovering && this.store && this.livenessUp) await this.checkHistory();
+    if (!this.recovering && this.store && this.livenessUp && this.history.due(HISTORY_CHECK_MS)) await this.checkHistory();
     const wait = this.recovering ? this.config.cluster!.leaseTTLSeconds * 1000 : this.claimsPausedUntil - Date.now();
     if (wait > 0)
       throw new ClusterError(
@@ -526,6 +526,7 @@ export class ClusterNode {
     this.own.stop();
     // The liveness key is left to expire with its lease: a restart within the grace period keeps everything.
     await this.liveness.stop(false);
+    this.history.persist();
     this.client.close();
   }
 
