@@ -1,8 +1,11 @@
 // Group commit: requests that arrive together are applied in one SQLite transaction, each in its
-// own savepoint, and their replies are sent only after that commit. Every batch carries the next
-// commit sequence number (store meta), recorded outside the WAL before the replies go out. That
-// record's fdatasync runs off the event loop, so the next batch is applied and committed meanwhile;
-// replies still leave in commit order.
+// own savepoint, and their replies are sent only after that commit. The commit sequence number
+// (store meta) of the last durable commit is also recorded outside the WAL (the commit record,
+// store/guard.ts), so that a database found behind it is known to have lost acknowledged commits.
+// That record trails by one batch: while a batch's COMMIT syncs the WAL on the event loop, the
+// record of the batch before it syncs in libuv's thread pool (the two fsyncs overlap instead of
+// adding up), and the batch's replies wait for both. Once no batch follows, the last one is
+// recorded too, after its replies. Replies leave in commit order.
 import { ApiError } from "./errors";
 import type { Metrics } from "./metrics";
 import type { DB } from "./store/database";
@@ -29,8 +32,11 @@ export class GroupCommitter {
   private closed = false;
   /** The last commit's outcome (ok until a commit fails). */
   outcome: CommitOutcome = { ok: true, at: Date.now() };
-  /** After a durable commit, before its replies (the commit record); they wait for its promise. */
-  afterCommit?: (seq: number) => Promise<void> | void;
+  /** Writes the commit record: `seq` is durable (resolves once the record is on disk). */
+  recordCommit?: (seq: number) => Promise<void> | void;
+  /** The sequence the commit record was last written with, and its writes not yet on disk. */
+  private recordedSeq = -1;
+  private recording = 0;
   /** The replies of the last committed batch: each batch's go out after the previous one's. */
   private replied: Promise<void> = Promise.resolve();
   private replying = 0;
@@ -55,7 +61,7 @@ export class GroupCommitter {
   }
 
   get idle(): boolean {
-    return this.queue.length === 0 && !this.scheduled && this.replying === 0;
+    return this.queue.length === 0 && !this.scheduled && this.replying === 0 && this.recording === 0;
   }
 
   close(): void {
@@ -92,6 +98,7 @@ export class GroupCommitter {
     const outcomes: { ok: boolean; value: unknown }[] = [];
     const started = performance.now();
     let seq = 0;
+    let recorded: Promise<void> = Promise.resolve();
     try {
       this.db.transaction(() => {
         seq = this.store.beginCommit();
@@ -102,6 +109,7 @@ export class GroupCommitter {
             outcomes.push({ ok: false, value: e });
           }
         }
+        recorded = this.record(seq - 1); // the batch before this one; its fsync overlaps this COMMIT's
       })();
     } catch (e) {
       // The commit itself failed (disk full, I/O error, locked): nothing of this batch is durable.
@@ -122,17 +130,26 @@ export class GroupCommitter {
         if (outcomes[i]!.ok) item.resolve(outcomes[i]!.value);
         else item.reject(outcomes[i]!.value);
       });
+      // No batch follows (none queued, none committing): record this one now. A batch that starts later
+      // writes the record after this write, so the record never goes back.
+      if (this.replying === 0 && this.queue.length === 0 && !this.scheduled) void this.record(seq);
     };
     this.replying++;
-    this.replied = Promise.all([this.replied, this.record(seq)]).then(reply);
+    this.replied = Promise.all([this.replied, recorded]).then(reply);
     this.reschedule();
   }
 
+  /** The commit record says `seq`; written once per sequence (the idle record and the next batch's agree). */
   private async record(seq: number): Promise<void> {
+    if (seq <= this.recordedSeq || !this.recordCommit) return;
+    this.recordedSeq = seq;
+    this.recording++;
     try {
-      await this.afterCommit?.(seq);
+      await this.recordCommit(seq);
     } catch (e) {
       this.log?.error({ err: e }, "cannot record the commit sequence");
+    } finally {
+      this.recording--;
     }
   }
 

@@ -86,7 +86,7 @@ export async function startDaemon(config: Config, log: Logger, flags: StartFlags
     hold,
     ...(cluster && operator ? { cluster: { status: () => cluster.status(), operator } } : {}),
   });
-  api.afterCommit = (seq) => record.writeAsync({ database: id, seq });
+  api.recordCommit = (seq) => record.writeAsync({ database: id, seq });
 
   // The node marker: what this node has, kept beside the socket (this boot's tmpfs), not the database.
   let markedSeq = -1;

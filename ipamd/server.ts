@@ -250,9 +250,9 @@ export class ApiServer {
     return this.committer.submit(run);
   }
 
-  /** The commit sequence the log record must reach before replies go out (see store/guard.ts). */
-  set afterCommit(fn: (seq: number) => Promise<void> | void) {
-    this.committer.afterCommit = fn;
+  /** Writes the commit record (store/guard.ts) with a durable commit sequence; see commit.ts for when. */
+  set recordCommit(fn: (seq: number) => Promise<void> | void) {
+    this.committer.recordCommit = fn;
   }
 
   /**

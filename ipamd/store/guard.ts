@@ -118,9 +118,10 @@ interface CommitMark {
 }
 
 /**
- * `<db>.seq`: the database's identity and last acknowledged commit sequence, rewritten in place
- * and fdatasync-ed after every group commit, before its replies go out. A database found behind
- * it lost acknowledged commits (a damaged or deleted -wal).
+ * `<db>.seq`: the database's identity and a commit sequence it has made durable, rewritten in place
+ * and fdatasync-ed: the batch before each group commit's, while that commit syncs (commit.ts), and the
+ * last batch's once none follows. A database found behind it lost acknowledged commits (a damaged
+ * or deleted -wal). It may trail the database by the last batch until that batch's record is written.
  */
 export class CommitRecord {
   private fd: number | undefined;
@@ -136,7 +137,7 @@ export class CommitRecord {
   }
 
   /**
-   * The same, with the fdatasync in libuv's thread pool: the event loop goes on (the next group commit's
+   * The same, with the fdatasync in libuv's thread pool: the event loop goes on (the group commit's
    * SQLite fsync overlaps this one) and the promise resolves once the mark is on disk.
    */
   writeAsync(mark: CommitMark): Promise<void> {

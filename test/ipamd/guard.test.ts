@@ -161,6 +161,16 @@ describe("acknowledged commits that the database lost", () => {
     await e.stop();
   });
 
+  it("records the last commit once none follows: one ADD, killed as soon as it is answered, -wal deleted: refused", async () => {
+    // The record of a batch is written with the next batch's commit, or after its replies when no batch follows.
+    const d = await withAcknowledged(1);
+    unlinkSync(`${d.db}-wal`);
+    const r = await refused(d.dir);
+    expect(r.code).toBe(1);
+    // The database's identity was in the -wal too: the record names commit 1 of the database that is gone.
+    expect(r.stderr).toMatch(/lost acknowledged commits: commit 1 of database \w+ was acknowledged \(recorded in .*ipamd\.db\.seq\)/);
+  });
+
   it("refuses to start when a byte of the -wal is flipped", async () => {
     const d = await withAcknowledged(40);
     const wal = readFileSync(`${d.db}-wal`);
