@@ -14,6 +14,9 @@
 // and the caller re-reads.
 // After the member in use stops answering, requests wait until the next member names a leader other than it (see
 // settleLeader): a leader's death otherwise sends them into the void until their deadline.
+// A request that times out on an established connection is followed by an HTTP/2 PING: no answer (member frozen or
+// partitioned, the TCP connection never reset) drops the connection and every request on it; an answer means the
+// member is alive but slow, so no election is waited for.
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -249,7 +252,9 @@ function opProto(op: TxnOp): ProtoWriter {
  * How a failed attempt ended: `unsent` never reached etcd's state machine, `unknown` may have (`responded`: an HTTP
  * answer came, unreadable).
  */
-type Failure = { kind: "unsent" | "unknown"; reason: string; responded?: boolean } | { kind: "answer"; code: number; message: string };
+type Failure =
+  | { kind: "unsent" | "unknown"; reason: string; responded?: boolean; alive?: boolean }
+  | { kind: "answer"; code: number; message: string };
 type Attempt<T> = { ok: true; value: T } | { ok: false; failure: Failure };
 
 const UNSENT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ECONNABORTED"]);
@@ -266,6 +271,8 @@ export class EtcdClient {
   /** The member ID behind each endpoint, from its answers' headers (learned once per connection over gRPC). */
   private readonly memberOf = new Map<string, string>();
   private readonly learned = new WeakSet<http2.ClientHttp2Session>();
+  /** The PING in progress on a session after a request on it timed out: concurrent timeouts share it. */
+  private readonly pinging = new WeakMap<http2.ClientHttp2Session, Promise<boolean>>();
   /**
    * The endpoints whose connection failed since a member last named a leader that is none of them (several: a dead
    * endpoint the client fails over through must not take the lost leader's place).
@@ -549,9 +556,21 @@ export class EtcdClient {
       const failed = (kind: "unsent" | "unknown", reason: string): void => done({ ok: false, failure: { kind, reason } });
       const timer = setTimeout(() => {
         const connected = isConnected();
-        stream?.close(http2.constants.NGHTTP2_CANCEL);
-        if (!connected) session?.destroy(); // never connected: the next call connects again
-        failed(connected ? "unknown" : "unsent", `no answer within ${this.timeoutMs} ms`);
+        const reason = `no answer within ${this.timeoutMs} ms`;
+        if (!connected) {
+          stream?.close(http2.constants.NGHTTP2_CANCEL);
+          session?.destroy(); // never connected: the next call connects again
+          failed("unsent", reason);
+          return;
+        }
+        settled = true; // the cancelled stream's close reports nothing; the PING decides what this attempt says
+        stream!.close(http2.constants.NGHTTP2_CANCEL);
+        void this.answersPing(endpoint, session!).then((alive) =>
+          resolve({
+            ok: false,
+            failure: { kind: "unknown", reason: alive ? `${reason} (it answers PING: alive but slow)` : this.silence(), alive },
+          }),
+        );
       }, this.timeoutMs);
       try {
         session = this.sessionFor(endpoint);
@@ -628,6 +647,48 @@ export class EtcdClient {
       });
       stream.end(frame);
     });
+  }
+
+  private get pingTimeoutMs(): number {
+    return Math.max(50, Math.floor(this.timeoutMs / 4));
+  }
+
+  private silence(): string {
+    return (
+      `a request on this connection got no answer within ${this.timeoutMs} ms, nor a PING within ${this.pingTimeoutMs} ms: ` +
+      "connection dropped (member frozen or partitioned?)"
+    );
+  }
+
+  /**
+   * After a request on `session` timed out: does the member still answer an HTTP/2 PING (within a quarter of the
+   * request timeout)? One that does not (frozen, partitioned: the TCP connection is never reset) would hold every
+   * request on that connection for a full timeout, so the session is destroyed: the requests in flight on it fail
+   * at once and the next ones connect again.
+   */
+  private answersPing(endpoint: string, session: http2.ClientHttp2Session): Promise<boolean> {
+    let p = this.pinging.get(session);
+    if (p) return p;
+    p = new Promise<boolean>((resolve) => {
+      const dead = (): void => {
+        clearTimeout(timer);
+        if (this.sessions.get(endpoint) === session) this.sessions.delete(endpoint);
+        session.destroy(Object.assign(new Error(this.silence()), { code: "ETIMEDOUT" }));
+        resolve(false);
+      };
+      const timer = setTimeout(dead, this.pingTimeoutMs);
+      try {
+        session.ping((err) => {
+          if (err) return dead();
+          clearTimeout(timer);
+          resolve(true);
+        });
+      } catch {
+        dead(); // destroyed meanwhile
+      }
+    });
+    this.pinging.set(session, p);
+    return p;
   }
 
   private request(endpoint: string, path: string, body: string, timeoutMs: number | null): http.ClientRequest {
@@ -774,7 +835,8 @@ export class EtcdClient {
         }
         tried.push({ endpoint, reason: f.message });
       } else {
-        this.lost.add(endpoint);
+        // A member that answered PING is alive (slow): no election to wait for before the next member is used.
+        if (!f.alive) this.lost.add(endpoint);
         if (f.kind === "unknown" && !idempotent) {
           this.o.observer?.request?.(op, endpoint, seconds, "error");
           this.rotate(endpoint);

@@ -1,7 +1,7 @@
 // The etcd client's failover behaviour against a REAL 3-member etcd (and a TLS one): what decided the client
 // choice (docs/cluster.md). Each case asserts what a caller sees and what is in etcd.
 import { request } from "node:http";
-import { createServer as createHttp2Server } from "node:http2";
+import { connect as connectHttp2, createServer as createHttp2Server, type ServerHttp2Stream } from "node:http2";
 import { type AddressInfo, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EtcdClient, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, type WatchEvent } from "../../ipamd/cluster/etcd";
@@ -375,6 +375,98 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
       fresh.close();
     } finally {
       etcd.resume(frozen);
+    }
+  });
+
+  it("drops a connection that answers no PING after a timeout (a frozen member): requests on it end, the next go elsewhere", async () => {
+    // SIGSTOP keeps the member's socket open (the kernel still ACKs): without the PING every request sent on that
+    // connection meanwhile waits its own full timeout. A follower, so no election comes into it.
+    const frozen = (etcd.leader() + 1) % 3;
+    const endpoints = [0, 1, 2].map((i) => etcd.endpoints[(frozen + i) % 3]!);
+    const timeoutMs = 2000;
+    const attempts: string[] = [];
+    const c = new EtcdClient({
+      endpoints,
+      requestTimeoutMs: timeoutMs,
+      observer: { request: (_op, endpoint, _s, outcome) => attempts.push(`${endpoint === endpoints[0] ? "frozen" : "other"} ${outcome}`) },
+    });
+    await c.put("/t/ping/0", "0"); // on the member about to freeze: its connection is up and in use
+    attempts.length = 0;
+    etcd.pause(frozen);
+    try {
+      const first = c.put("/t/ping/1", "1").catch((e: Error) => e);
+      await new Promise((r) => setTimeout(r, timeoutMs / 2));
+      // Sent on the same connection while the first waits: each ends when the PING finds the connection dead.
+      const started = performance.now();
+      const timed = <T>(p: Promise<T>) => p.then((v) => ({ v, ms: performance.now() - started }));
+      const [write, read] = await Promise.all([
+        timed(c.put("/t/ping/2", "2").catch((e: Error) => e)),
+        timed(c.get("/t/ping/0").then((kv) => kv?.value)),
+      ]);
+      const e1 = await first;
+      expect(e1).toBeInstanceOf(EtcdOutcomeUnknown);
+      expect((e1 as Error).message).toMatch(/no answer within 2000 ms, nor a PING within 500 ms: connection dropped/);
+      expect(write.v).toBeInstanceOf(EtcdOutcomeUnknown); // sent: etcd may apply it when it wakes
+      expect((write.v as Error).message).toMatch(/nor a PING within 500 ms/);
+      expect(read.v).toBe("0"); // a read goes on to the next member
+      expect(write.ms).toBeLessThan(timeoutMs); // before their own deadline
+      expect(read.ms).toBeLessThan(timeoutMs);
+      // The next requests go to another member at once: none to the frozen one, none waits.
+      for (let i = 0; i < 10; i++) {
+        await c.put(`/t/ping/n${i}`, String(i));
+        expect((await c.get(`/t/ping/n${i}`))!.value).toBe(String(i));
+      }
+      // Two writes ended with an unknown outcome there, one read moved on.
+      expect(attempts.filter((a) => a.startsWith("frozen")).sort()).toEqual(["frozen error", "frozen error", "frozen unreachable"]);
+      expect(attempts.filter((a) => a.startsWith("other"))).toEqual(Array(21).fill("other ok"));
+    } finally {
+      etcd.resume(frozen);
+      c.close();
+    }
+  });
+
+  it("a slow but alive leader (it answers PING) costs one timeout: the next request waits for no election", async () => {
+    // No real member can be made slow but alive on demand: a gRPC proxy in front of the leader forwards the first
+    // request (the client learns the leader's member ID from its answer), then holds every request unanswered.
+    await etcd.waitHealthy();
+    const leader = etcd.leader();
+    const upstream = connectHttp2(etcd.endpoints[leader]!);
+    let forward = true;
+    const held: ServerHttp2Stream[] = [];
+    const slow = createHttp2Server();
+    slow.on("stream", (stream, h) => {
+      if (!forward) return void held.push(stream);
+      const up = upstream.request({ ":method": "POST", ":path": h[":path"], "content-type": h["content-type"], te: "trailers" });
+      let trailers = {};
+      const grpc = { "content-type": "application/grpc" };
+      up.on("response", (headers) => stream.respond({ ":status": headers[":status"], ...grpc }, { waitForTrailers: true }));
+      up.on("trailers", (t) => {
+        trailers = { "grpc-status": t["grpc-status"], "grpc-message": t["grpc-message"] ?? "" };
+      });
+      stream.on("wantTrailers", () => stream.sendTrailers(trailers));
+      stream.pipe(up);
+      up.pipe(stream);
+    });
+    await new Promise<void>((r) => slow.listen(0, "127.0.0.1", r));
+    const timeoutMs = 1000;
+    const endpoints = [`http://127.0.0.1:${(slow.address() as AddressInfo).port}`, ...etcd.endpoints.filter((_, i) => i !== leader)];
+    const c = new EtcdClient({ endpoints, requestTimeoutMs: timeoutMs });
+    try {
+      await c.put("/t/slow", "0"); // through to the leader: the client knows that endpoint is the leader
+      forward = false;
+      const err = await c.put("/t/slow", "1").catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(EtcdOutcomeUnknown);
+      expect((err as Error).message).toContain("no answer within 1000 ms (it answers PING: alive but slow)");
+      // It is alive: no election is coming, the next member serves at once (not after polling for a new leader).
+      const t0 = performance.now();
+      await c.put("/t/slow", "2");
+      expect(performance.now() - t0).toBeLessThan(timeoutMs);
+      expect(etcd.dump("/t/slow").get("/t/slow")).toBe("2");
+    } finally {
+      c.close();
+      for (const s of held) s.destroy();
+      upstream.close();
+      slow.close();
     }
   });
 });
