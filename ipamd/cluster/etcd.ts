@@ -330,14 +330,6 @@ export class EtcdClient {
     this.highest = revision;
   }
   private highest = 0;
-  /**
-   * How many gRPC connections this client has opened. A restored etcd is a restarted one: every connection to it
-   * broke, so a caller that compared revisions on connection N need not compare again while N is the newest.
-   */
-  get connections(): number {
-    return this.opened;
-  }
-  private opened = 0;
   private saw(revision: number): number {
     if (revision > this.highest) this.highest = revision;
     return revision;
@@ -527,7 +519,6 @@ export class EtcdClient {
     if (s && !s.closed && !s.destroyed) return s;
     const tls = endpoint.startsWith("https:") ? { ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key } : {};
     const created = http2.connect(endpoint, tls);
-    this.opened++;
     s = created;
     const forget = (): void => {
       if (this.sessions.get(endpoint) === created) this.sessions.delete(endpoint);

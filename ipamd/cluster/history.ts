@@ -2,30 +2,46 @@
 // snapshot is gone while the nodes' SQLite still holds those addresses. etcd's revision only ever grows in normal
 // life (compaction does not lower it), so a fresh linearizable read whose header revision is below one this node has
 // already seen means exactly that. The highest revision seen is kept in SQLite, so a restart notices it too.
-// A restore restarts every member, so it breaks every connection to etcd: a claim compares first only on a
-// connection opened since the last compare (or once that compare is older than the periodic one), not every time.
+// The node that notices first writes the marker key (its id and etcd's revision then) before it writes its addresses
+// back: those writes push etcd's revision past what a node checking later had seen, which could then not tell. A node
+// that finds a marker it has not handled, whose revision is below the highest it had seen, lost history too.
+import { randomUUID } from "node:crypto";
 import type { EtcdClient } from "./etcd";
 import type { ClusterStore } from "./local-store";
 
 const STATE_KEY = "etcd_revision_seen";
+const MARKER_STATE_KEY = "etcd_history_lost_handled";
+
+interface Marker {
+  id: string;
+  /** etcd's revision when the loss was noticed. */
+  revision: number;
+}
 
 export interface HistoryLoss {
   /** The highest revision this node had seen. */
   seen: number;
-  /** etcd's revision now, lower. */
+  /** etcd's revision when the loss was noticed (by this node, or by the one whose marker this node found), lower. */
   current: number;
+  /** The marker to write (noticed here), or the one found (already in etcd). */
+  marker: Marker;
+  found: boolean;
+  /** The marker key's mod revision when this node read it (0: absent): written only over that one. */
+  markerModRevision: number;
 }
+
+/** How often a check writes the revision seen to SQLite (an fsync): not at every claim's check. */
+const SAVE_EVERY_MS = 2000;
 
 export class RevisionGuard {
   private stored: number;
-  /** The client's connection count and the time of the last compare that found no loss. */
-  private verified = { connections: -1, at: 0 };
+  private savedAt = 0;
 
   constructor(
     private readonly client: EtcdClient,
     private readonly local: ClusterStore,
-    /** A key to read (any key: only the header revision matters); keys-only, at most one. */
-    private readonly probeKey: string,
+    /** The marker key, read by every check (its header revision is etcd's revision now). */
+    private readonly markerKey: string,
   ) {
     this.stored = Number(local.state(STATE_KEY) ?? 0);
   }
@@ -37,37 +53,76 @@ export class RevisionGuard {
 
   /** etcd's revision now: one linearizable read (the default range, never serializable: a lagging member must not answer). */
   async current(): Promise<number> {
-    return (await this.client.range(this.probeKey, { keysOnly: true, limit: 1 })).revision;
-  }
-
-  /** Whether a claim compares first: a connection to etcd opened since the last compare, or that compare older than `maxAgeMs`. */
-  due(maxAgeMs: number): boolean {
-    return this.client.connections !== this.verified.connections || Date.now() - this.verified.at >= maxAgeMs;
+    return (await this.read()).revision;
   }
 
   async check(): Promise<HistoryLoss | null> {
     const seen = this.seen;
-    const connections = this.client.connections; // one opened by this read is counted as unverified: compared again
-    const current = await this.current();
-    if (current < seen) return { seen, current };
-    this.verified = { connections, at: Date.now() };
-    if (current > this.stored) this.save(Math.max(current, this.client.highestRevision));
+    const { revision: current, marker, modRevision } = await this.read();
+    const handled = this.local.state(MARKER_STATE_KEY);
+    if (marker && marker.id !== handled) {
+      if (marker.revision < seen) return { seen, current: marker.revision, marker, found: true, markerModRevision: modRevision };
+      this.local.setState(MARKER_STATE_KEY, marker.id); // a loss of history this node had seen nothing of
+    }
+    if (current < seen) {
+      return { seen, current, marker: { id: randomUUID(), revision: current }, found: false, markerModRevision: modRevision };
+    }
+    if (current > this.stored && Date.now() - this.savedAt >= SAVE_EVERY_MS) this.save(Math.max(current, this.client.highestRevision));
     return null;
   }
 
-  /** At a clean stop: the highest revision seen since the last compare, for the next start's check. */
+  /** At a clean stop: the highest revision seen, for the next start's check (a crash loses at most SAVE_EVERY_MS of it). */
   persist(): void {
     if (this.seen > this.stored) this.save(this.seen);
   }
 
+  /**
+   * Noticed here: the marker goes to etcd before this node writes its addresses back, unless another node noticed at
+   * the same time and wrote its own first: then this node takes that one as the loss it handles (one loss, one
+   * recovery on each node, not a second when the other marker is found later).
+   */
+  async announce(loss: HistoryLoss): Promise<void> {
+    if (loss.found) return;
+    const r = await this.client.txn(
+      [{ key: this.markerKey, target: "mod", equals: loss.markerModRevision }],
+      [{ put: { key: this.markerKey, value: JSON.stringify(loss.marker) } }],
+      [{ get: { key: this.markerKey } }],
+    );
+    if (r.succeeded) return;
+    const kv = r.responses.flatMap((x) => (x.kind === "get" ? x.kvs : []))[0];
+    const theirs = kv && parseMarker(kv.value);
+    if (theirs) {
+      loss.marker = theirs;
+      loss.found = true;
+    }
+  }
+
   /** Recovered: etcd's revision counts from `current` again, the check stops firing. */
-  reset(current: number): void {
+  reset(current: number, loss: HistoryLoss): void {
     this.client.resetHighestRevision(current);
     this.save(current);
+    this.local.setState(MARKER_STATE_KEY, loss.marker.id);
+  }
+
+  private async read(): Promise<{ revision: number; marker?: Marker; modRevision: number }> {
+    const r = await this.client.range(this.markerKey, { limit: 1 });
+    const kv = r.kvs[0];
+    const marker = kv && parseMarker(kv.value);
+    return { revision: r.revision, modRevision: kv?.modRevision ?? 0, ...(marker ? { marker } : {}) };
   }
 
   private save(revision: number): void {
     this.stored = revision;
+    this.savedAt = Date.now();
     this.local.setState(STATE_KEY, String(revision));
   }
+}
+
+/** A marker written by a node; anything else at the key is not one of ours and is ignored. */
+function parseMarker(value: string): Marker | undefined {
+  try {
+    const m = JSON.parse(value) as Partial<Marker>;
+    if (typeof m.id === "string" && typeof m.revision === "number") return { id: m.id, revision: m.revision };
+  } catch {}
+  return undefined;
 }

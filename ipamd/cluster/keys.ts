@@ -125,6 +125,10 @@ export class KeyLayout {
   joinClaim(pool: string, ip: string): string {
     return `${this.joinClaims()}${this.seg(pool, "pool name")}/${ip}`;
   }
+  /** Written by the node that noticed etcd lost history, so a node that cannot tell by itself learns it (history.ts). */
+  historyLost(): string {
+    return `${this.prefix}/history-lost`;
+  }
   fullScan(): string {
     return `${this.prefix}/reaper/full-scan`;
   }

@@ -74,6 +74,8 @@ export class ClusterNode {
   /** Set while this node re-asserts its addresses after etcd lost history: no claims of new addresses meanwhile. */
   private recovering: Promise<void> | null = null;
   private claimsPausedUntil = 0;
+  /** Set once start-up is done: the history is checked every HISTORY_CHECK_MS and when etcd answers again. */
+  private checkingHistory = false;
 
   constructor(
     readonly config: Config,
@@ -130,7 +132,7 @@ export class ClusterNode {
         reset: (pool, entries) => this.local.bufferReset(pool, entries),
       },
     });
-    this.history = new RevisionGuard(this.client, this.local, this.keys.node(config.nodeName));
+    this.history = new RevisionGuard(this.client, this.local, this.keys.historyLost());
   }
 
   private persistBuffered(entries: BufferEntry[]): void {
@@ -171,9 +173,23 @@ export class ClusterNode {
   };
 
   private onState(state: ConnectionState, detail: string): void {
+    const wasUnreachable = this.etcdUnreachable;
+    this.etcdUnreachable = state === "unreachable";
     this.stateDetail = detail;
     if (state === "unreachable") this.log.warn({ detail }, "etcd unreachable");
     else this.log.info({ state, detail }, `etcd ${state}`);
+    // Back after an outage (a restore from a snapshot is one): etcd may have lost history; check now, not at the next tick.
+    if (wasUnreachable && !this.etcdUnreachable && this.checkingHistory) void this.checkHistory().catch(() => undefined);
+  }
+  private etcdUnreachable = false;
+
+  /**
+   * How long claims of new addresses wait after this node noticed that etcd lost history: every other live node
+   * notices within one check interval (or when etcd answers it again) and then has one lease TTL to write its
+   * addresses back.
+   */
+  private get claimPauseMs(): number {
+    return HISTORY_CHECK_MS + this.config.cluster!.leaseTTLSeconds * 1000;
   }
 
   // ---------- lifecycle ----------
@@ -230,6 +246,7 @@ export class ClusterNode {
     );
     this.every(1000, () => this.checkLiveness());
     // etcd unreachable: its state is logged already; the next check retries.
+    this.checkingHistory = true;
     this.every(HISTORY_CHECK_MS, () =>
       this.checkHistory().catch((e: unknown) => {
         if (!(e instanceof EtcdError)) throw e;
@@ -362,8 +379,8 @@ export class ClusterNode {
   }
 
   private async beforeClaim(): Promise<void> {
-    if (!this.recovering && this.store && this.livenessUp && this.history.due(HISTORY_CHECK_MS)) await this.checkHistory();
-    const wait = this.recovering ? this.config.cluster!.leaseTTLSeconds * 1000 : this.claimsPausedUntil - Date.now();
+    if (!this.recovering && this.store && this.livenessUp) await this.checkHistory();
+    const wait = this.recovering ? this.claimPauseMs : this.claimsPausedUntil - Date.now();
     if (wait > 0)
       throw new ClusterError(
         "inconsistent",
@@ -377,20 +394,21 @@ export class ClusterNode {
    * etcd lost history (restored from an older snapshot): what this node's SQLite holds is written again (the buffer,
    * then plain attachments and sticky identities, as the join does: create-if-absent; an address another node holds
    * meanwhile is logged as held twice), the buffer is read back, orphans undone, the watches list again and the
-   * revision seen starts over. Claims wait meanwhile and one lease TTL after: every live node notices within that
-   * time and writes its own addresses back before anyone claims them.
+   * revision seen starts over. Claims wait meanwhile, and claimPauseMs from the notice at least: every live node
+   * notices and writes its own addresses back before anyone claims them.
    */
   private recoverHistory(loss: HistoryLoss): Promise<void> {
     if (this.recovering) return this.recovering;
     this.metrics.historyLosses.inc();
-    this.claimsPausedUntil = Date.now() + this.config.cluster!.leaseTTLSeconds * 1000;
+    this.claimsPausedUntil = Date.now() + this.claimPauseMs;
     this.log.error(
       { seenRevision: loss.seen, etcdRevision: loss.current },
       `etcd's revision ${loss.current} is lower than revision ${loss.seen} this node has seen: etcd lost history ` +
-        "(restored from an older snapshot?); writing this node's addresses back to etcd, claims of new addresses " +
-        `paused for ${this.config.cluster!.leaseTTLSeconds} s`,
+        `(restored from an older snapshot?${loss.found ? `; noticed first by another node: ${this.keys.historyLost()}` : ""}); ` +
+        `writing this node's addresses back to etcd, claims of new addresses paused for ${this.claimPauseMs / 1000} s`,
     );
     const run = async (): Promise<void> => {
+      await this.history.announce(loss);
       const buffered = await this.own.reassertBuffer();
       await this.join(this.joinEntries(), true);
       await this.own.resync(this.inUse(), this.orphanIp);
@@ -403,7 +421,7 @@ export class ClusterNode {
       this.own.forgetRevisions();
       this.stsWatch?.relist();
       const after = await this.history.current();
-      this.history.reset(after);
+      this.history.reset(after, loss);
       this.claimsPausedUntil = Math.max(this.claimsPausedUntil, Date.now());
       this.log.warn(
         { bufferWritten: buffered, etcdRevision: after },
