@@ -152,6 +152,17 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     expect(outcomes.unknown.join("; ")).not.toContain("no answer within");
   });
 
+  it("keeps working on a follower when the leader dies: through the new leader once elected", async () => {
+    await etcd.waitHealthy();
+    const leader = etcd.leader();
+    const follower = (leader + 1) % 3;
+    const endpoints = [0, 1, 2].map((i) => etcd.endpoints[(follower + i) % 3]!);
+    const outcomes = await writesAcrossKill(new EtcdClient({ endpoints, requestTimeoutMs: 3000 }), leader);
+    expect(outcomes.other).toEqual([]);
+    // The follower forwards to the dead leader until the election: a write in flight then may end unknown.
+    expect(outcomes.unknown.length, outcomes.unknown.join("; ")).toBeLessThanOrEqual(1);
+  });
+
   it("waits for the election also when a dead endpoint comes between the lost leader and the next member", async () => {
     // A member down for good (or a stale address) in the list: the client fails over through it. It must not take the
     // place of the lost leader, or the wait ends at once and the next write hangs on a follower that forwards to the
