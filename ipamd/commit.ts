@@ -130,8 +130,10 @@ export class GroupCommitter {
         if (outcomes[i]!.ok) item.resolve(outcomes[i]!.value);
         else item.reject(outcomes[i]!.value);
       });
-      // No batch follows (none queued, none committing): record this one now. A batch that starts later
-      // writes the record after this write, so the record never goes back.
+      // No batch follows (none queued, none committing): record this one now. The record's write happens
+      // here, before the replies reach their sockets (in later ticks), so a daemon that crashes never leaves
+      // it behind an answered batch; only a power loss before its fdatasync ends can. A batch that starts
+      // later writes the record after this write, so the record never goes back.
       if (this.replying === 0 && this.queue.length === 0 && !this.scheduled) void this.record(seq);
     };
     this.replying++;
