@@ -210,7 +210,9 @@ describe("a node with single-node reservations joins cluster mode", () => {
 
   it("a joined sandbox's address in a dead node's buffer is its attachment once that node is reaped, no other node's", async () => {
     const prefix = freshPrefix("join6");
-    const fast = { nodeGraceSeconds: 3, leaseTTLSeconds: 2, handbackWaitSeconds: 0.5 };
+    // c's claims wait up to 2 s for a handback: a buffers free addresses once b is reaped, and under CPU load a
+    // handback within 0.5 s was too tight (y stayed in a's buffer, c was told pool_exhausted).
+    const fast = { nodeGraceSeconds: 3, leaseTTLSeconds: 2, handbackWaitSeconds: 2 };
     const b = await startIpamd({
       dir: makeTempDir("berth-join6-b-"),
       config: { ...singleNode("b"), cluster: clusterSection(etcd, prefix, fast) },
