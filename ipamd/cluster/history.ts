@@ -35,6 +35,8 @@ const SAVE_EVERY_MS = 2000;
 
 export class RevisionGuard {
   private stored: number;
+  /** The id of the last marker this node handled (kept in SQLite; read here once, not at every claim's check). */
+  private handled: string | undefined;
   private savedAt = 0;
 
   constructor(
@@ -44,6 +46,7 @@ export class RevisionGuard {
     private readonly markerKey: string,
   ) {
     this.stored = Number(local.state(STATE_KEY) ?? 0);
+    this.handled = local.state(MARKER_STATE_KEY);
   }
 
   /** The highest revision seen, persisted or in this run. */
@@ -59,10 +62,9 @@ export class RevisionGuard {
   async check(): Promise<HistoryLoss | null> {
     const seen = this.seen;
     const { revision: current, marker, modRevision } = await this.read();
-    const handled = this.local.state(MARKER_STATE_KEY);
-    if (marker && marker.id !== handled) {
+    if (marker && marker.id !== this.handled) {
       if (marker.revision < seen) return { seen, current: marker.revision, marker, found: true, markerModRevision: modRevision };
-      this.local.setState(MARKER_STATE_KEY, marker.id); // a loss of history this node had seen nothing of
+      this.handle(marker.id); // a loss of history this node had seen nothing of
     }
     if (current < seen) {
       return { seen, current, marker: { id: randomUUID(), revision: current }, found: false, markerModRevision: modRevision };
@@ -101,7 +103,12 @@ export class RevisionGuard {
   reset(current: number, loss: HistoryLoss): void {
     this.client.resetHighestRevision(current);
     this.save(current);
-    this.local.setState(MARKER_STATE_KEY, loss.marker.id);
+    this.handle(loss.marker.id);
+  }
+
+  private handle(markerId: string): void {
+    this.handled = markerId;
+    this.local.setState(MARKER_STATE_KEY, markerId);
   }
 
   private async read(): Promise<{ revision: number; marker?: Marker; modRevision: number }> {

@@ -76,6 +76,8 @@ export class ClusterNode {
   private claimsPausedUntil = 0;
   /** Set once start-up is done: the history is checked every HISTORY_CHECK_MS and when etcd answers again. */
   private checkingHistory = false;
+  /** The last etcd connection state was "unreachable": the next other state is etcd answering again. */
+  private etcdUnreachable = false;
 
   constructor(
     readonly config: Config,
@@ -181,7 +183,6 @@ export class ClusterNode {
     // Back after an outage (a restore from a snapshot is one): etcd may have lost history; check now, not at the next tick.
     if (wasUnreachable && !this.etcdUnreachable && this.checkingHistory) void this.checkHistory().catch(() => undefined);
   }
-  private etcdUnreachable = false;
 
   /**
    * How long claims of new addresses wait after this node noticed that etcd lost history: every other live node
