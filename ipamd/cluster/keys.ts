@@ -101,6 +101,10 @@ export class KeyLayout {
   sticky(id: StickyIdentity): string {
     return this.poolSticky(id.pool) + this.identityName(id);
   }
+  /** The identity's key below `<prefix>/sticky/` (pool first): how the sticky watch's view names it. */
+  stickyName(id: StickyIdentity): string {
+    return `${this.seg(id.pool, "pool name")}/${this.identityName(id)}`;
+  }
   identityFromKey(key: string): StickyIdentity {
     const [pool, namespace, statefulset, ordinal, iface] = key.slice(`${this.prefix}/sticky/`.length).split("/");
     return { pool: pool!, namespace: namespace!, statefulset: statefulset!, ordinal: Number(ordinal), iface: iface! };

@@ -58,7 +58,10 @@ export class ClusterNode {
   private drainTimer: NodeJS.Timeout | null = null;
   outboxConflicts = 0;
   private lastReap: ReapReport = { freed: [], waiting: [], conflicts: 0, adopted: [], handedOver: [] };
-  /** Identities this node bound, with the revision: a watch event older than that must not undo the local row. */
+  /**
+   * Identities this node bound (by keys.stickyName, as the watch's view names them), with the revision: a watch
+   * event or view older than that (a watch lags the transaction's answer) must not undo the local row.
+   */
   private readonly boundAt = new Map<string, number>();
   private pendingSync = new Map<string, number>();
   private relistPending = false;
@@ -169,7 +172,7 @@ export class ClusterNode {
       takeApplied: () => this.takeApplied(),
       learnStatefulSet: (ns, podName) => this.learnStatefulSet(ns, podName),
       onInconsistency: (message, detail) => this.log.error(detail, message),
-      bound: (identity, revision) => this.boundAt.set(this.keys.identityName(identity), revision),
+      bound: (identity, revision) => this.markBound(identity, revision),
     });
     return this.seam;
   };
@@ -553,8 +556,9 @@ export class ClusterNode {
 
   /** Applies the outbox soon (after a commit that wrote to it, on a timer, after a backoff). */
   kick(): void {
-    if (this.draining || this.closed || this.drainTimer) return;
-    void this.drain();
+    if (this.closed || this.drainTimer) return;
+    if (this.draining) this.again = true;
+    else void this.drain();
   }
 
   private drained: (() => void)[] = [];
@@ -591,25 +595,31 @@ export class ClusterNode {
         clearTimeout(this.drainTimer);
         this.drainTimer = null;
       }
-      if (this.draining) this.again = true;
-      else this.kick();
+      this.kick();
     });
   }
   private again = false;
 
+  /**
+   * One drain at a time, `draining` for all of it: a flush that comes while it runs makes it go round once more,
+   * and its waiters are answered only by a pass that started after their records were queued.
+   */
   private async drain(): Promise<void> {
+    this.draining = true;
     try {
-      // Fenced (silent longer than the grace period, maybe reaped and unregistered): the outbox waits for the liveness
-      // renewal, which registers this node again before any of its records writes an address key of it.
-      if (Date.now() - this.fenceConfirmed > this.graceMs) this.retryDrain(1000);
-      else await this.drainOnce();
-    } catch (e) {
-      this.log.error({ err: e }, "applying the outbox to etcd failed; it is retried");
-    }
-    if (this.again && !this.closed) {
-      this.again = false;
-      void this.drain();
-      return;
+      do {
+        this.again = false;
+        try {
+          // Fenced (silent longer than the grace period, maybe reaped and unregistered): the outbox waits for the
+          // liveness renewal, which registers this node again before any of its records writes an address key of it.
+          if (Date.now() - this.fenceConfirmed > this.graceMs) this.retryDrain(1000);
+          else await this.drainOnce();
+        } catch (e) {
+          this.log.error({ err: e }, "applying the outbox to etcd failed; it is retried");
+        }
+      } while (this.again && !this.closed && !this.drainTimer);
+    } finally {
+      this.draining = false;
     }
     for (const f of this.drained.splice(0)) f();
   }
@@ -623,52 +633,47 @@ export class ClusterNode {
   }
 
   private async drainOnce(): Promise<void> {
-    this.draining = true;
-    try {
-      for (;;) {
-        const skip = new Set(this.applied);
-        const records = this.local
-          .pending(256 + skip.size)
-          .filter((r) => !skip.has(r.id))
-          .slice(0, 256);
-        this.metrics.outboxPending.set(this.local.pendingCount() - this.applied.length);
-        if (records.length === 0) {
-          this.drainBackoffMs = 0;
-          return;
-        }
-        const r = await this.own.applyOutbox(records);
-        const done = r.outcomes.map((o) => o.id);
-        for (const o of r.outcomes.filter((x) => x.status === "conflict")) {
-          this.outboxConflicts++;
-          this.metrics.outboxConflicts.inc();
-          this.log.error(
-            { record: records.find((x) => x.id === o.id), detail: o.detail },
-            "outbox record contradicted by etcd: this node's record and etcd disagree about an address; " +
-              "check it with ipamctl reservations",
-          );
-        }
-        if (r.error instanceof ClusterError && !r.error.retryable) {
-          const bad = records[r.outcomes.length]!;
-          this.outboxConflicts++;
-          this.metrics.outboxConflicts.inc();
-          this.log.error({ record: bad, err: r.error.message }, "outbox record cannot be applied; dropped");
-          done.push(bad.id);
-        }
-        this.applied.push(...done);
-        this.dropApplied();
-        if (r.error && !(r.error instanceof ClusterError && !r.error.retryable)) {
-          this.metrics.outboxPending.set(this.local.pendingCount());
-          this.drainBackoffMs = Math.min(5000, Math.max(100, this.drainBackoffMs * 2));
-          this.log.debug(
-            { pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
-            "outbox waits for etcd",
-          );
-          this.retryDrain(this.drainBackoffMs);
-          return;
-        }
+    for (;;) {
+      const skip = new Set(this.applied);
+      const records = this.local
+        .pending(256 + skip.size)
+        .filter((r) => !skip.has(r.id))
+        .slice(0, 256);
+      this.metrics.outboxPending.set(this.local.pendingCount() - this.applied.length);
+      if (records.length === 0) {
+        this.drainBackoffMs = 0;
+        return;
       }
-    } finally {
-      this.draining = false;
+      const r = await this.own.applyOutbox(records);
+      const done = r.outcomes.map((o) => o.id);
+      for (const o of r.outcomes.filter((x) => x.status === "conflict")) {
+        this.outboxConflicts++;
+        this.metrics.outboxConflicts.inc();
+        this.log.error(
+          { record: records.find((x) => x.id === o.id), detail: o.detail },
+          "outbox record contradicted by etcd: this node's record and etcd disagree about an address; " +
+            "check it with ipamctl reservations",
+        );
+      }
+      if (r.error instanceof ClusterError && !r.error.retryable) {
+        const bad = records[r.outcomes.length]!;
+        this.outboxConflicts++;
+        this.metrics.outboxConflicts.inc();
+        this.log.error({ record: bad, err: r.error.message }, "outbox record cannot be applied; dropped");
+        done.push(bad.id);
+      }
+      this.applied.push(...done);
+      this.dropApplied();
+      if (r.error && !(r.error instanceof ClusterError && !r.error.retryable)) {
+        this.metrics.outboxPending.set(this.local.pendingCount());
+        this.drainBackoffMs = Math.min(5000, Math.max(100, this.drainBackoffMs * 2));
+        this.log.debug(
+          { pending: this.local.pendingCount(), err: r.error.message, retryInMs: this.drainBackoffMs },
+          "outbox waits for etcd",
+        );
+        this.retryDrain(this.drainBackoffMs);
+        return;
+      }
     }
   }
 
@@ -722,7 +727,7 @@ export class ClusterNode {
       this.store!.matching({}, 10_000_000)
         .filter((r) => r.sticky === 1)
         .map((r) => identityOf({ namespace: r.namespace!, statefulset: r.statefulset!, ordinal: r.ordinal! }, r.pool))
-        .map((id) => `${id.pool}/${this.keys.identityName(id)}`);
+        .map((id) => this.keys.stickyName(id));
     try {
       const batch = await this.runLocal("sticky watch", () => {
         for (const [name, rev] of changes) follow(name, rev);
@@ -795,7 +800,7 @@ export class ClusterNode {
   }
 
   markBound(identity: StickyIdentity, revision: number): void {
-    this.boundAt.set(this.keys.identityName(identity), revision);
+    this.boundAt.set(this.keys.stickyName(identity), revision);
   }
 
   // ---------- status ----------

@@ -4,8 +4,16 @@
 import { rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cleanupIpamdTest, runIpamctl } from "../helpers/ipamd";
-import { type ClusterNodeHandle, etcdIps, freshPrefix, sqliteRows, startClusterNodes } from "../helpers/cluster";
-import { EtcdCluster } from "../helpers/etcd";
+import {
+  type ClusterNodeHandle,
+  etcdIps,
+  firstIp,
+  freshPrefix,
+  sqliteRows,
+  startClusterNodes,
+  underlayAttachment,
+} from "../helpers/cluster";
+import { EtcdCluster, laggingWatchProxy } from "../helpers/etcd";
 import { ownership } from "../../cni/plugins/macvlan";
 import { addresses, cni, destroyLab, type Lab, macvlan, makeLab, newPod, podLink } from "../cni/macvlan-fixture";
 import { ipIn } from "../helpers/netns";
@@ -195,4 +203,56 @@ describe("a StatefulSet member moves between nodes", () => {
     expect(await a.client.allocate(req)).toEqual({ ...first, existing: true });
     await a.client.release(req);
   });
+});
+
+describe("a node's own bind wins over its watch when the watch lags", () => {
+  // Node A's watch streams come through a proxy that delays them 600 ms (a lagging follower, a slow link): A sees
+  // B's bind of web-2 only after A bound it again itself. A sync that took that older view for the truth turned A's
+  // live row into a plain attachment, so A's DEL never detached the identity and web-2 could not start on B again.
+  it("web-2 moves A -> B -> A while A's watch is 600 ms behind: A keeps its row, and its DEL lets B bind", async () => {
+    const lagged = await Promise.all(etcd.endpoints.map((e) => laggingWatchProxy(e, 600)));
+    const movePrefix = freshPrefix("lag");
+    const opts = { pools: POOLS, prefix: movePrefix, extra: { statefulSets: [{ namespace: "db", name: "web" }] } };
+    const [a] = await startClusterNodes(etcd, [{ name: "lag-a", labels: { rack: "r1" } }], {
+      ...opts,
+      cluster: { etcd: { endpoints: lagged.map((p) => p.endpoint) } },
+    });
+    const [b] = await startClusterNodes(etcd, [{ name: "lag-b", labels: { rack: "r1" } }], opts);
+    const member = (containerID: string) => ({
+      containerID,
+      ifName: "eth0",
+      network: "underlay",
+      podNamespace: "db",
+      podName: "web-2",
+      podUID: containerID,
+    });
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    try {
+      const ip = firstIp(await a!.client.allocate(member("lag-1")));
+      await sleep(1500);
+      await a!.client.release(underlayAttachment("lag-1"));
+      expect(firstIp(await b!.client.allocate(member("lag-2")))).toBe(ip);
+      // A's next sync runs while its view still shows B's bind, after A has bound the member again below.
+      await sleep(150);
+      await b!.client.release(underlayAttachment("lag-2"));
+      expect(firstIp(await a!.client.allocate(member("lag-3")))).toBe(ip);
+      await sleep(1500);
+      expect(a!.stderr()).not.toContain("here still uses");
+      expect(sqliteRows(a!)).toContainEqual(expect.objectContaining({ ip, container_id: "lag-3", sticky: 1 }));
+      await a!.client.release(underlayAttachment("lag-3"));
+      expect(firstIp(await b!.client.allocate(member("lag-4")))).toBe(ip);
+      const key = `${movePrefix}/sticky/vlan101-v4/db/web/2/-`;
+      expect(JSON.parse(etcd.dump(`${movePrefix}/sticky/`).get(key)!)).toMatchObject({
+        ip,
+        node: "lag-b",
+        attachment: { containerID: "lag-4", node: "lag-b" },
+      });
+    } finally {
+      for (const n of [a, b]) {
+        await n?.stop();
+        if (n) rmSync(n.dir, { recursive: true, force: true });
+      }
+      for (const p of lagged) p.close();
+    }
+  }, 60_000);
 });

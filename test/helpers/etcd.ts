@@ -5,7 +5,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { get as httpGet } from "node:http";
 import { get as httpsGet } from "node:https";
-import { createServer } from "node:net";
+import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 
 const ETCD = process.env.BERTH_ETCD ?? "/usr/bin/etcd";
@@ -502,4 +502,44 @@ export class EtcdCluster {
     rmSync(this.dir, { recursive: true, force: true });
     clusters.delete(this);
   }
+}
+
+/**
+ * A TCP proxy in front of one member that delays what the member sends on watch streams (connections whose request
+ * is `POST /v3/watch`, etcd's JSON gateway) by `delayMs`, in order; KV calls (gRPC) and leases pass at once. What a
+ * watch on a lagging follower, or behind a slow link, looks like: events arrive after the transaction's answer.
+ */
+export async function laggingWatchProxy(endpoint: string, delayMs: number): Promise<{ endpoint: string; close(): void }> {
+  const target = new URL(endpoint);
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    sockets.add(client).add(upstream);
+    let watch = false;
+    let last = 0; // when the previous delayed chunk leaves: chunks never overtake each other
+    client.on("data", (chunk: Buffer) => {
+      if (chunk.subarray(0, 14).toString("latin1") === "POST /v3/watch") watch = true;
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk: Buffer) => {
+      if (!watch) return void client.write(chunk);
+      const at = Math.max(last, Date.now() + delayMs);
+      last = at;
+      setTimeout(() => client.writable && client.write(chunk), at - Date.now());
+    });
+    const end = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("close", end).on("error", end);
+    upstream.on("close", end).on("error", end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => {
+      server.close();
+      for (const s of sockets) s.destroy();
+    },
+  };
 }
