@@ -248,10 +248,7 @@ describe("a node's own bind wins over its watch when the watch lags", () => {
         attachment: { containerID: "lag-4", node: "lag-b" },
       });
     } finally {
-      for (const n of [a, b]) {
-        await n?.stop();
-        if (n) rmSync(n.dir, { recursive: true, force: true });
-      }
+      for (const n of [a, b]) await n?.stop();
       for (const p of lagged) p.close();
     }
   }, 60_000);
