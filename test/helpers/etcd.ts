@@ -508,6 +508,7 @@ export class EtcdCluster {
  * A TCP proxy in front of one member that delays what the member sends on watch streams (connections whose request
  * is `POST /v3/watch`, etcd's JSON gateway) by `delayMs`, in order; KV calls (gRPC) and leases pass at once. What a
  * watch on a lagging follower, or behind a slow link, looks like: events arrive after the transaction's answer.
+ * It runs in the test's own process: a test that blocks its event loop (a synchronous spawn of a plugin) stalls it.
  */
 export async function laggingWatchProxy(endpoint: string, delayMs: number): Promise<{ endpoint: string; close(): void }> {
   const target = new URL(endpoint);
