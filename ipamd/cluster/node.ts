@@ -681,6 +681,9 @@ export class ClusterNode {
 
   private onSticky(changes: StickyChange[], revision: number, relisted: boolean): void {
     for (const c of changes) this.pendingSync.set(c.name, Math.max(c.revision, this.pendingSync.get(c.name) ?? 0));
+    // A bind the view has caught up with needs no guard any more (the view holds it, or something newer).
+    const seen = this.own.stickyWatch?.revision ?? 0;
+    for (const [name, rev] of this.boundAt) if (rev <= seen) this.boundAt.delete(name);
     this.feed?.changed(changes);
     if (relisted) {
       this.relistPending = true;
