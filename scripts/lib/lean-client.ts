@@ -27,10 +27,21 @@ export class LeanConnection {
   /** POST /v1/allocate; resolves to the answer's body (a 200), rejects with the status line and body otherwise. */
   allocate(body: object): Promise<string> {
     const text = JSON.stringify(body);
+    return this.send(
+      `POST /v1/allocate HTTP/1.1\r\nhost: ipamd\r\ncontent-type: application/json\r\n` +
+        `content-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
+    );
+  }
+
+  /** GET `path` (no body); answered as allocate is. */
+  get(path: string): Promise<string> {
+    return this.send(`GET ${path} HTTP/1.1\r\nhost: ipamd\r\n\r\n`);
+  }
+
+  private send(request: string): Promise<string> {
     return new Promise((resolve, reject) => {
       this.pending = { resolve, reject };
-      const head = "POST /v1/allocate HTTP/1.1\r\nhost: ipamd\r\ncontent-type: application/json\r\n";
-      this.socket.write(`${head}content-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`);
+      this.socket.write(request);
     });
   }
 
