@@ -7,9 +7,10 @@
 // median round of each build is what counts (other work on the machine moves single rounds).
 // Each figure also says the daemon's CPU time per allocation (user + system, /proc/<pid>/stat).
 // The clients are lean (scripts/lib/lean-client.ts), and a first line measures them against a node:http server that
-// answers at once without work: the floor of this load generator and Node's HTTP on this machine.
+// answers at once without work: the floor of this load generator and Node's HTTP on this machine. "16n" is 16 clients
+// that open a new connection for every request, as the plugins do (each CNI call is a new process).
 //
-//   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256] [--json] [--cpu-prof DIR]
+//   npx bun scripts/bench-ipamd.ts [--allocations 5000] [--seed 50000] [--concurrency 1,16,256,16n] [--json] [--cpu-prof DIR]
 //     [--baseline DIR] [--rounds 5]
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -23,6 +24,8 @@ interface Result {
   build: string;
   seeded: number;
   concurrency: number;
+  /** A new connection per request (the plugins' way), not one kept open per client. */
+  fresh: boolean;
   allocations: number;
   perSecond: number;
   p50ms: number;
@@ -41,7 +44,10 @@ function arg(name: string, fallback: string): string {
 
 const ALLOCATIONS = Number(arg("allocations", "5000"));
 const SEED = Number(arg("seed", "50000"));
-const CONCURRENCY = arg("concurrency", "1,16,256").split(",").map(Number);
+/** Concurrent clients per run; "16n": 16 clients that open a new connection for every request, as the plugins do. */
+const MODES = arg("concurrency", "1,16,256,16n")
+  .split(",")
+  .map((m) => ({ clients: Number.parseInt(m, 10), fresh: m.endsWith("n") }));
 const JSON_OUT = process.argv.includes("--json");
 /** --cpu-prof DIR: the daemon writes a V8 CPU profile there when it stops (open it in Chrome's DevTools). */
 const CPU_PROF = process.argv.includes("--cpu-prof") ? resolve(arg("cpu-prof", "/tmp/berth-bench-prof")) : undefined;
@@ -81,8 +87,8 @@ async function seed(admin: IpamdClient, count: number): Promise<number> {
   return performance.now() - t0;
 }
 
-async function run(d: DaemonHandle, build: string, seeded: number, concurrency: number, total: number, tag: string): Promise<Result> {
-  return runOn(d.socket, d.proc.pid, build, seeded, concurrency, total, tag);
+async function run(d: DaemonHandle, build: string, seeded: number, mode: Mode, total: number, tag: string): Promise<Result> {
+  return runOn(d.socket, d.proc.pid, build, seeded, mode, total, tag);
 }
 
 async function runOn(
@@ -90,14 +96,14 @@ async function runOn(
   pid: number | undefined,
   build: string,
   seeded: number,
-  concurrency: number,
+  { clients: concurrency, fresh }: Mode,
   total: number,
   tag: string,
 ): Promise<Result> {
   const latencies: number[] = [];
   let next = 0;
   let errors = 0;
-  const clients = Array.from({ length: concurrency }, () => new LeanConnection(socket));
+  const clients = Array.from({ length: fresh ? 0 : concurrency }, () => new LeanConnection(socket));
   await Promise.all(clients.map((c) => c.ready));
   // One untimed request per connection first (a read: it takes no address). A connect completes in the kernel's
   // backlog, and under load ipamd's event loop accepts about one waiting connection per turn, so the last of 256 new
@@ -106,14 +112,18 @@ async function runOn(
   const cpu0 = cpuMs(pid);
   const t0 = performance.now();
   await Promise.all(
-    clients.map(async (client) => {
+    Array.from({ length: concurrency }, async (_, k) => {
       for (let i = next++; i < total; i = next++) {
         const start = performance.now();
+        const client = fresh ? new LeanConnection(socket) : clients[k]!;
         try {
+          if (fresh) await client.ready;
           await client.allocate({ containerID: `bench-${tag}-${i}`, ifName: "eth0", network: "bench" });
           latencies.push(performance.now() - start);
         } catch {
           errors++;
+        } finally {
+          if (fresh) client.close();
         }
       }
     }),
@@ -126,6 +136,7 @@ async function runOn(
     build,
     seeded,
     concurrency,
+    fresh,
     allocations: latencies.length,
     perSecond: Math.round(latencies.length / seconds),
     p50ms: +quantile(latencies, 0.5).toFixed(3),
@@ -139,10 +150,17 @@ async function runOn(
 
 function line(r: Result): string {
   return (
-    `${BUILDS.length > 1 ? r.build.padEnd(7) : ""}existing=${String(r.seeded).padStart(5)} clients=${String(r.concurrency).padStart(3)}  ` +
+    `${BUILDS.length > 1 ? r.build.padEnd(7) : ""}existing=${String(r.seeded).padStart(5)} clients=${String(r.concurrency).padStart(3)}` +
+    `${r.fresh ? "n" : " "} ` +
     `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ` +
-    `max ${r.maxms.toFixed(2)} ms  cpu ${r.cpuMsPer.toFixed(3)} ms/alloc (sys ${r.sysMsPer.toFixed(3)})  errors ${r.errors}`
+    `max ${r.maxms.toFixed(2)} ms  cpu ${r.cpuMsPer.toFixed(3)} ms/alloc (sys ${r.sysMsPer.toFixed(3)})  errors ${r.errors}` +
+    (r.fresh ? "   <- a new connection per request, as the plugins make" : "")
   );
+}
+
+interface Mode {
+  clients: number;
+  fresh: boolean;
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -165,9 +183,9 @@ async function floor(): Promise<void> {
   );
   try {
     for (let i = 0; i < 100 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
-    await runOn(socket, server.pid, "floor", 0, 16, 20_000, "warm");
-    for (const c of CONCURRENCY) {
-      const r = await runOn(socket, server.pid, "floor", 0, c, ALLOCATIONS, `floor-${c}`);
+    await runOn(socket, server.pid, "floor", 0, { clients: 16, fresh: false }, 20_000, "warm");
+    for (const m of MODES) {
+      const r = await runOn(socket, server.pid, "floor", 0, m, ALLOCATIONS, `floor-${m.clients}${m.fresh ? "n" : ""}`);
       if (!JSON_OUT) console.log(`${line(r)}   <- floor: a node:http server doing no work, same clients`);
     }
   } finally {
@@ -183,9 +201,11 @@ async function main(): Promise<void> {
   if (BUILDS.length > 1 && !JSON_OUT) {
     console.log(`-- median of ${ROUNDS} rounds`);
     for (const seeded of [...new Set(results.map((r) => r.seeded))]) {
-      for (const c of CONCURRENCY) {
+      for (const mode of MODES) {
         for (const b of BUILDS) {
-          const rs = results.filter((r) => r.build === b.label && r.seeded === seeded && r.concurrency === c);
+          const rs = results.filter(
+            (r) => r.build === b.label && r.seeded === seeded && r.concurrency === mode.clients && r.fresh === mode.fresh,
+          );
           const m = (k: "perSecond" | "p50ms" | "p99ms" | "maxms" | "errors" | "cpuMsPer" | "sysMsPer"): number =>
             median(rs.map((r) => r[k]));
           const keys = ["perSecond", "p50ms", "p99ms", "maxms", "errors", "cpuMsPer", "sysMsPer"] as const;
@@ -217,14 +237,15 @@ async function measure(seeded: number): Promise<Result[]> {
       }
       // Measure a warm daemon, as on a node: JIT, and SQLite's files grown to their working size
       // (seeding does that for the second round). Then clear the warm-up allocations.
-      await run(d, build.label, seeded, 16, seeded > 0 ? 500 : 20_000, "warm");
+      await run(d, build.label, seeded, { clients: 16, fresh: false }, seeded > 0 ? 500 : 20_000, "warm");
       await admin.gc("bench", []);
     }
     for (let round = 0; round < ROUNDS; round++) {
-      for (const c of CONCURRENCY) {
+      for (const mode of MODES) {
         // ABBA: neither build always runs first after the other one's run.
         for (const { label, d, admin } of round % 2 ? [...daemons].reverse() : daemons) {
-          const r = await run(d, label, seeded, c, ALLOCATIONS, `${seeded}-${c}-${round}`);
+          const tag = `${seeded}-${mode.clients}${mode.fresh ? "n" : ""}-${round}`;
+          const r = await run(d, label, seeded, mode, ALLOCATIONS, tag);
           results.push(r);
           if (!JSON_OUT) console.log(line(r));
           // Keep the number of existing reservations constant between runs.

@@ -179,6 +179,33 @@ describe("metrics", () => {
   });
 });
 
+describe("a burst of CNI calls, a connection each", () => {
+  // Node accepts one waiting connection per turn of its event loop: without the commit delay each commit (and its
+  // fsync) held about one request of plugins that keep coming, and they waited for one fsync each in a row.
+  it("shares commits: 16 plugins at a time, 64 ADDs each on a new connection, take at most 32 commits", async () => {
+    const commits = async () => {
+      const text = await d.client.metrics();
+      const num = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+      return { count: num("berth_ipamd_commit_batch_size_count"), sum: num("berth_ipamd_commit_batch_size_sum") };
+    };
+    const before = await commits();
+    const statuses: number[] = [];
+    await Promise.all(
+      Array.from({ length: 16 }, async (_, w) => {
+        for (let k = 0; k < 4; k++) {
+          const body = JSON.stringify({ containerID: `burst-${w * 4 + k}`, ifName: "eth0", network: "n" });
+          statuses.push((await rawExchange(d.socket, post("/v1/allocate", body))).status);
+        }
+      }),
+    );
+    expect(statuses).toEqual(Array(64).fill(200));
+    const after = await commits();
+    expect(after.sum - before.sum).toBe(64);
+    expect(after.count - before.count).toBeLessThanOrEqual(32);
+    for (let i = 0; i < 64; i++) await d.client.release({ containerID: `burst-${i}`, ifName: "eth0", network: "n" });
+  });
+});
+
 describe("refuses to start", () => {
   it("on an invalid config, naming the JSON path of each bad field", async () => {
     const dir = makeTempDir();
