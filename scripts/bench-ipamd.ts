@@ -148,13 +148,15 @@ async function runOn(
   };
 }
 
-function line(r: Result): string {
+const FRESH_NOTE = "a new connection per request, as the plugins make";
+
+function line(r: Result, note = ""): string {
   return (
     `${BUILDS.length > 1 ? r.build.padEnd(7) : ""}existing=${String(r.seeded).padStart(5)} clients=${String(r.concurrency).padStart(3)}` +
     `${r.fresh ? "n" : " "} ` +
     `${String(r.perSecond).padStart(6)} alloc/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ` +
     `max ${r.maxms.toFixed(2)} ms  cpu ${r.cpuMsPer.toFixed(3)} ms/alloc (sys ${r.sysMsPer.toFixed(3)})  errors ${r.errors}` +
-    (r.fresh ? "   <- a new connection per request, as the plugins make" : "")
+    (r.fresh || note ? `   <- ${[r.fresh ? FRESH_NOTE : "", note].filter(Boolean).join("; ")}` : "")
   );
 }
 
@@ -186,7 +188,7 @@ async function floor(): Promise<void> {
     await runOn(socket, server.pid, "floor", 0, { clients: 16, fresh: false }, 20_000, "warm");
     for (const m of MODES) {
       const r = await runOn(socket, server.pid, "floor", 0, m, ALLOCATIONS, `floor-${m.clients}${m.fresh ? "n" : ""}`);
-      if (!JSON_OUT) console.log(`${line(r)}   <- floor: a node:http server doing no work, same clients`);
+      if (!JSON_OUT) console.log(line(r, "floor: a node:http server doing no work, same clients"));
     }
   } finally {
     server.kill();
@@ -225,7 +227,8 @@ async function measure(seeded: number): Promise<Result[]> {
     for (const build of BUILDS) {
       if (build.dist) process.env.BERTH_DIST = build.dist; // startIpamd runs dist/ipamd/ipamd.mjs of BERTH_DIST
       const d = await startIpamd({
-        config: { node: { name: "bench" }, pools: [{ name: "bench16", subnet: "10.200.0.0/16", networks: ["bench"] }] },
+        // A /15: the seeded 50,000 plus every run's addresses, which cool down after each run's GC, fit without reuse.
+        config: { node: { name: "bench" }, pools: [{ name: "bench15", subnet: "10.200.0.0/15", networks: ["bench"] }] },
         ...(CPU_PROF ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] } : {}),
       });
       // Set-up requests that reserve or release thousands at once: longer than the helper's 5 s.
