@@ -133,6 +133,20 @@ export class ClusterNodeOwnership implements AddressOwnership {
     return t;
   }
 
+  /**
+   * Addresses taken from the buffer by requests that have not committed yet: in neither the buffer nor SQLite, and
+   * still this node's buffer keys in etcd (what a write-back after an etcd restore must put there again).
+   */
+  private readonly taking = new Map<string, BufferedAddress>();
+
+  inFlight(): BufferedAddress[] {
+    return [...this.taking.values()];
+  }
+
+  isTaking(pool: string, ip: string): boolean {
+    return this.taking.has(`${pool} ${ip}`);
+  }
+
   private async prepareAllocate(req: AllocateRequest, t: ClusterTicket): Promise<void> {
     const { store, pools, statefulSets, own } = this.d;
     // An idempotent ADD gets the local answer without etcd. Only the etcd paths look (a sticky bind, an exact claim, a
@@ -168,6 +182,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
         const a = await this.takeFor(familyPools, attached);
         if (!a) return; // idempotent ADD with an empty buffer: the local answer, no claim
         t.taken.set(family, a);
+        this.taking.set(`${a.pool} ${a.ip}`, a);
       }
     }
   }
@@ -289,6 +304,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
       );
     }
     t.taken.delete(family);
+    this.taking.delete(`${a.pool} ${a.ip}`);
     this.clearStale(a.ip, a.pool);
     this.d.local.bufferRemove(a.pool, a.ip);
     t.used.add(a.ip);
@@ -401,7 +417,10 @@ export class ClusterNodeOwnership implements AddressOwnership {
 
   /** Buffered addresses the rules did not use go back; exact claims they did not use are released (outbox). */
   private returnUnused(t: ClusterTicket): void {
-    for (const a of t.taken.values()) this.d.own.putBack(a);
+    for (const a of t.taken.values()) {
+      this.taking.delete(`${a.pool} ${a.ip}`);
+      this.d.own.putBack(a);
+    }
     t.taken.clear();
     if (t.op.kind !== "allocate") return;
     for (const [ip, pool] of t.claimed) {

@@ -330,7 +330,7 @@ export class ClusterNode {
       for (const r of page) if (r.op === "release") releasing.add(`${r.pool} ${r.ip}`);
       after = page[page.length - 1]!.id;
     }
-    return (pool, ip) => releasing.has(`${pool} ${ip}`) || this.store!.byIp(ip) !== undefined;
+    return (pool, ip) => releasing.has(`${pool} ${ip}`) || this.store!.byIp(ip) !== undefined || this.seam?.isTaking(pool, ip) === true;
   }
 
   private every(ms: number, fn: () => void | Promise<void>): void {
@@ -413,7 +413,8 @@ export class ClusterNode {
     );
     const run = async (): Promise<void> => {
       await this.history.announce(loss);
-      const buffered = await this.own.reassertBuffer();
+      // With the addresses requests took from the buffer and have not committed yet: in neither list below.
+      const buffered = await this.own.reassertBuffer(this.seam?.inFlight() ?? []);
       await this.join(this.joinEntries(), true);
       await this.own.resync(this.inUse(), this.orphanIp);
       await this.undoOrphans(false);

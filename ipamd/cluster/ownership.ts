@@ -353,12 +353,13 @@ export class ClusterOwnership {
   }
 
   /**
-   * etcd lost history (restored from an older snapshot): every buffered address is written again where its key is
-   * absent (create-if-absent; one taken meanwhile leaves the buffer at the resync that follows). Returns how many
-   * were written.
+   * etcd lost history (restored from an older snapshot): every buffered address, and those `inFlight` (taken by
+   * requests that have not committed yet), is written again where its key is absent (create-if-absent; one taken
+   * meanwhile leaves the buffer at the resync that follows). Returns how many were written.
    */
-  async reassertBuffer(): Promise<number> {
+  async reassertBuffer(inFlight: { pool: string; ip: string }[] = []): Promise<number> {
     const entries = [...this.buffers].flatMap(([pool, buf]) => [...buf.keys()].map((ip) => ({ pool, ip })));
+    entries.push(...inFlight.map(({ pool, ip }) => ({ pool, ip })));
     let written = 0;
     for (let i = 0; i < entries.length; i += 16) {
       const done = await Promise.all(
@@ -1418,8 +1419,9 @@ export class ClusterOwnership {
     const name = this.keys.identityName(identity);
     const skey = this.keys.sticky(identity);
     const ikey = this.keys.ip(identity.pool, ip);
-    // 0: absent; else the revision of a key that blocks only claims (a released identity's cooldown): the sandbox
-    // here uses the address.
+    // 0: absent; else the revision of a key that blocks only claims (a released identity's cooldown, or this node's
+    // own buffer entry: after a restore, the key of an address the member took from the buffer after the snapshot):
+    // the sandbox here uses the address.
     let ipRevision = 0;
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const attachment = entry.attachment ? { ...entry.attachment, node: this.node } : undefined;
@@ -1448,7 +1450,7 @@ export class ClusterOwnership {
         return { entry, status: "present" };
       if (!now) {
         if (!held) ipRevision = 0;
-        else if (held.owner === "cooling") ipRevision = k!.modRevision;
+        else if (held.owner === "cooling" || (held.owner === "buffer" && held.node === this.node)) ipRevision = k!.modRevision;
         else return { entry, status: "conflict", detail: `${ip} of ${name} is held in etcd by ${describeOwner(held)}`, heldBy: held };
         continue;
       }

@@ -373,6 +373,30 @@ describe("etcd without quorum", () => {
   });
 });
 
+describe("the write-back after an etcd restore", () => {
+  // After a restore etcd has the key of an address a member took from the node's buffer after the snapshot as that
+  // node's buffer again. It once took that for another holder ("held twice") and the member's row lost its identity.
+  it("turns the node's own buffer key of a sticky row's address into the identity's", async () => {
+    const p = pool("wb", "10.37.0.0/29");
+    const {
+      prefix,
+      nodes: [a],
+    } = cluster([p], ["a"]);
+    await a!.start({ background: false });
+    await a!.refill("wb");
+    const x = a!.buffered("wb")[0]!;
+    expect(ipKeys(prefix, "wb").get(x)).toMatchObject({ owner: "buffer", node: "a" });
+    const identity = { pool: "wb", namespace: "db", statefulset: "pg", ordinal: 3, iface: "-" };
+    const [out] = await a!.join([{ identity, ip: x, pinned: false, attachment: { containerID: "c3", ifName: "eth0" } }], {
+      restored: true,
+    });
+    expect(out).toMatchObject({ status: "written" });
+    expect(ipKeys(prefix, "wb").get(x)).toMatchObject({ owner: "sticky", node: "a", identity: "db/pg/3/-" });
+    const rec = JSON.parse(etcd.dump(`${prefix}/sticky/`).get(`${prefix}/sticky/wb/db/pg/3/-`)!) as StickyRecord;
+    expect(rec).toMatchObject({ ip: x, node: "a", attachment: { containerID: "c3", node: "a" } });
+  });
+});
+
 describe("join claims", () => {
   it("an address another node's buffer gives up later (a late handback) is written as the joined sandbox's by the retry", async () => {
     const p = pool("jc", "10.36.0.0/29");
