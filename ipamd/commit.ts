@@ -108,8 +108,7 @@ export class GroupCommitter {
     if (this.lingerSince === 0) this.lingerSince = now;
     if (waiting > this.lingerSeen && waiting < this.maxBatch && now - this.lingerSince < LINGER_MS) {
       this.lingerSeen = waiting;
-      this.scheduled = true;
-      setImmediate(() => this.flush());
+      this.reschedule();
       return;
     }
     this.lingerSince = 0;

@@ -359,7 +359,7 @@ export class ClusterOwnership {
    */
   async reassertBuffer(inFlight: { pool: string; ip: string }[] = []): Promise<number> {
     const entries = [...this.buffers].flatMap(([pool, buf]) => [...buf.keys()].map((ip) => ({ pool, ip })));
-    entries.push(...inFlight.map(({ pool, ip }) => ({ pool, ip })));
+    entries.push(...inFlight);
     let written = 0;
     for (let i = 0; i < entries.length; i += 16) {
       const done = await Promise.all(
