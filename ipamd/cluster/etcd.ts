@@ -17,11 +17,11 @@
 // A request that times out on an established connection is followed by an HTTP/2 PING: no answer (member frozen or
 // partitioned, the TCP connection never reset) drops the connection and every request on it; an answer means the
 // member is alive but slow, so no election is waited for.
-import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import { type KeyValue, ProtoWriter, readMemberId, readRange, readRevisionAnd, readTxn, type TxnOpResult, unframe } from "./etcd-proto";
+import { TlsFiles } from "./tls-files";
 
 export type { KeyValue, TxnOpResult };
 
@@ -50,6 +50,8 @@ export type ConnectionState = "connected" | "degraded" | "unreachable";
 export interface EtcdObserver {
   request?(op: string, endpoint: string, seconds: number, outcome: "ok" | "error" | "unreachable"): void;
   state?(state: ConnectionState, detail: string): void;
+  /** The TLS files changed: read again (ok), or unusable and the previous ones kept. */
+  tlsReload?(ok: boolean, detail: string): void;
 }
 
 export interface RangeResult {
@@ -257,17 +259,39 @@ type Failure =
   | { kind: "answer"; code: number; message: string };
 type Attempt<T> = { ok: true; value: T } | { ok: false; failure: Failure };
 
+/** The member's certificate failed verification: not signed by the CA this node trusts, expired, or another name. */
+const UNTRUSTED_SERVER = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_HAS_EXPIRED",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
+/** A connection failure as the error names it, without Node's advice about its own flags (not what a node can act on). */
+function failureText(code: string, message: string): string {
+  const text = `${code}: ${message.replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca/, "")}`;
+  return UNTRUSTED_SERVER.has(code) ? `${text} (the member's certificate, checked against cluster.etcd.caFile)` : text;
+}
+
+/** An agent made with TLS files since replaced: its idle connections close now, its busy ones once their request ends. */
+function retire(agent: http.Agent): void {
+  for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
+  agent.on("free", (socket) => socket.destroy());
+}
+
 const UNSENT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ECONNABORTED"]);
 
 export class EtcdClient {
   readonly endpoints: string[];
   private readonly timeoutMs: number;
   private readonly retryBudgetMs: number;
-  private readonly agents = new Map<string, http.Agent>();
+  private readonly agents = new Map<string, { agent: http.Agent; generation: number }>();
   private readonly sessions = new Map<string, http2.ClientHttp2Session>();
   /** Sessions whose connection was established (a request on one may have reached etcd). */
   private readonly connected = new WeakSet<http2.ClientHttp2Session>();
-  private readonly tls: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  private readonly tls: TlsFiles;
   /** The member ID behind each endpoint, from its answers' headers (learned once per connection over gRPC). */
   private readonly memberOf = new Map<string, string>();
   private readonly learned = new WeakSet<http2.ClientHttp2Session>();
@@ -293,16 +317,8 @@ export class EtcdClient {
     }
     this.timeoutMs = o.requestTimeoutMs ?? 2000;
     this.retryBudgetMs = o.retryBudgetMs ?? 3000;
-    const read = (what: string, path?: string): Buffer | undefined => {
-      if (!path) return undefined;
-      try {
-        return readFileSync(path);
-      } catch (e) {
-        throw new Error(`etcd ${what} ${path}: ${(e as Error).message}; fix cluster.etcd.${what}`);
-      }
-    };
-    this.tls = { ca: read("caFile", o.caFile), cert: read("certFile", o.certFile), key: read("keyFile", o.keyFile) };
-    if (!!this.tls.cert !== !!this.tls.key) throw new Error("etcd: certFile and keyFile go together; set both or neither");
+    const { caFile, certFile, keyFile } = o;
+    this.tls = new TlsFiles({ caFile, certFile, keyFile }, (ok, detail) => o.observer?.tlsReload?.(ok, detail));
   }
 
   get connectionState(): ConnectionState | null {
@@ -315,7 +331,7 @@ export class EtcdClient {
 
   close(): void {
     this.closed = true;
-    for (const a of this.agents.values()) a.destroy();
+    for (const a of this.agents.values()) a.agent.destroy();
     this.agents.clear();
     for (const s of this.sessions.values()) s.destroy();
     this.sessions.clear();
@@ -503,22 +519,23 @@ export class EtcdClient {
   // ---------- transport ----------
 
   private agentFor(endpoint: string): http.Agent {
-    let a = this.agents.get(endpoint);
-    if (!a) {
-      a = endpoint.startsWith("https:")
-        ? new https.Agent({ keepAlive: true, maxSockets: 64, ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key })
-        : new http.Agent({ keepAlive: true, maxSockets: 64 });
-      this.agents.set(endpoint, a);
-    }
-    return a;
+    const secure = endpoint.startsWith("https:");
+    const tls = secure ? this.tls.current() : {};
+    const had = this.agents.get(endpoint);
+    if (had && had.generation === this.tls.generation) return had.agent;
+    if (had) retire(had.agent);
+    const agent = secure
+      ? new https.Agent({ keepAlive: true, maxSockets: 64, ...tls })
+      : new http.Agent({ keepAlive: true, maxSockets: 64 });
+    this.agents.set(endpoint, { agent, generation: this.tls.generation });
+    return agent;
   }
 
   /** One HTTP/2 connection per endpoint for gRPC, reused; a closed or failed one is replaced on the next call. */
   private sessionFor(endpoint: string): http2.ClientHttp2Session {
     let s = this.sessions.get(endpoint);
     if (s && !s.closed && !s.destroyed) return s;
-    const tls = endpoint.startsWith("https:") ? { ca: this.tls.ca, cert: this.tls.cert, key: this.tls.key } : {};
-    const created = http2.connect(endpoint, tls);
+    const created = http2.connect(endpoint, endpoint.startsWith("https:") ? this.tls.current() : {});
     s = created;
     const forget = (): void => {
       if (this.sessions.get(endpoint) === created) this.sessions.delete(endpoint);
@@ -604,7 +621,7 @@ export class EtcdClient {
           /REFUSED_STREAM/.test(e.message) ||
           code === "ERR_HTTP2_GOAWAY_SESSION" ||
           code === "ERR_HTTP2_INVALID_SESSION";
-        failed(unsent ? "unsent" : "unknown", `${code}: ${e.message}`);
+        failed(unsent ? "unsent" : "unknown", failureText(code, e.message));
       });
       stream.on("close", () => {
         const status = trailers["grpc-status"] ?? headers["grpc-status"];
@@ -712,7 +729,7 @@ export class EtcdClient {
       req.on("error", (e: NodeJS.ErrnoException) => {
         const code = e.code ?? e.name;
         const aborted = e.name === "AbortError" || code === "ABORT_ERR" || e.name === "TimeoutError";
-        const reason = aborted ? `no answer within ${this.timeoutMs} ms` : `${code}: ${e.message}`;
+        const reason = aborted ? `no answer within ${this.timeoutMs} ms` : failureText(code, e.message);
         // A reused keep-alive socket the server had closed fails before etcd saw anything (Node's documented retry case).
         const unsent =
           !connected || UNSENT_CODES.has(code) || (req.reusedSocket && code === "ECONNRESET") || /certificate|SSL|TLS/i.test(e.message);

@@ -1,5 +1,6 @@
 // Prometheus metrics of cluster mode, on the daemon's registry: etcd round trips, transaction conflicts, buffer size
-// per pool, outbox (pending releases), etcd connection state, handbacks, reaped addresses and the reaper's pool scans.
+// per pool, outbox (pending releases), etcd connection state and TLS reloads, handbacks, reaped addresses and the
+// reaper's pool scans.
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type { ConnectionState, EtcdObserver } from "./etcd";
 import type { OwnershipObserver } from "./ownership";
@@ -17,6 +18,7 @@ export class ClusterMetrics {
   readonly reaped: Counter<"owner">;
   readonly reaperScans: Counter<"kind">;
   readonly historyLosses: Counter;
+  readonly tlsReloads: Counter<"outcome">;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -78,10 +80,23 @@ export class ClusterMetrics {
       help: "Times etcd's revision was lower than one this node had seen (restored from an older snapshot); see the log",
       registers,
     });
+    this.tlsReloads = new Counter({
+      name: "berth_ipamd_etcd_tls_reloads_total",
+      help: "Times the etcd TLS files changed: read again (ok), or unusable and the previous ones kept (failed); see the log",
+      labelNames: ["outcome"],
+      registers,
+    });
   }
 
-  etcdObserver(onState: (state: ConnectionState, detail: string) => void): EtcdObserver {
+  etcdObserver(
+    onState: (state: ConnectionState, detail: string) => void,
+    onTlsReload: (ok: boolean, detail: string) => void,
+  ): EtcdObserver {
     return {
+      tlsReload: (ok, detail) => {
+        this.tlsReloads.inc({ outcome: ok ? "ok" : "failed" });
+        onTlsReload(ok, detail);
+      },
       request: (op, _endpoint, seconds, outcome) => this.etcdSeconds.observe({ op, outcome }, seconds),
       state: (state, detail) => {
         for (const s of STATES) this.state.set({ state: s }, s === state ? 1 : 0);

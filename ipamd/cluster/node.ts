@@ -99,7 +99,10 @@ export class ClusterNode {
       certFile: c.etcd.certFile,
       keyFile: c.etcd.keyFile,
       requestTimeoutMs: c.etcd.requestTimeoutSeconds * 1000,
-      observer: this.metrics.etcdObserver((state, detail) => this.onState(state, detail)),
+      observer: this.metrics.etcdObserver(
+        (state, detail) => this.onState(state, detail),
+        (ok, detail) => (ok ? this.log.info(detail) : this.log.warn(detail)),
+      ),
     });
     this.liveness = new NodeLiveness({
       client: this.client,

@@ -1,8 +1,11 @@
 // The etcd client's failover behaviour against a REAL 3-member etcd (and a TLS one): what decided the client
 // choice (docs/cluster.md). Each case asserts what a caller sees and what is in etcd.
+import { copyFileSync, mkdtempSync, renameSync } from "node:fs";
 import { request } from "node:http";
 import { connect as connectHttp2, createServer as createHttp2Server, type ServerHttp2Stream } from "node:http2";
 import { type AddressInfo, createServer, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EtcdClient, EtcdCompacted, EtcdOutcomeUnknown, EtcdUnavailable, type WatchEvent } from "../../ipamd/cluster/etcd";
 import { EtcdCluster } from "../helpers/etcd";
@@ -513,5 +516,49 @@ describe("etcd client over TLS with client certificates", () => {
 
     expect(() => new EtcdClient({ endpoints: tlsEtcd.endpoints, caFile: "/nonexistent/ca.crt" })).toThrow(/caFile \/nonexistent\/ca.crt/);
     expect(() => new EtcdClient({ endpoints: tlsEtcd.endpoints, certFile: t.certFile })).toThrow(/certFile and keyFile go together/);
+  });
+
+  it("uses rotated TLS files from the next connection on, and keeps the last good ones while a rotation is half done", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "berth-etcd-tls-"));
+    const files = { caFile: join(dir, "ca.crt"), certFile: join(dir, "client.crt"), keyFile: join(dir, "client.key") };
+    // As a secret volume or cert-manager updates a file: a new file renamed over the old one.
+    const install = (from: string, to: string): void => {
+      copyFileSync(from, `${to}.new`);
+      renameSync(`${to}.new`, to);
+    };
+    const old = tlsEtcd.tlsFiles!;
+    for (const k of ["caFile", "certFile", "keyFile"] as const) install(old[k], files[k]);
+    const reloads: { ok: boolean; detail: string }[] = [];
+    const client = new EtcdClient({
+      endpoints: tlsEtcd.endpoints,
+      ...files,
+      retryBudgetMs: 300,
+      observer: { tlsReload: (ok, detail) => reloads.push({ ok, detail }) },
+    });
+    const past = (ms: number) => new Promise((r) => setTimeout(r, ms)); // the files are looked at once a second at most
+    try {
+      await client.put("/t/rotated", "kept");
+
+      // The member restarts with a new CA, server and client certificate: the old client certificate is refused.
+      const next = tlsEtcd.rotateTls();
+      await tlsEtcd.stop(0);
+      await tlsEtcd.restart(0);
+      expect(await client.get("/t/rotated").catch((e: unknown) => e)).toBeInstanceOf(EtcdUnavailable);
+
+      // Half a rotation (the new certificate beside the old key): unusable, so the old pair stays, and it is reported.
+      install(next.certFile, files.certFile);
+      await past(1100);
+      expect(await client.get("/t/rotated").catch((e: unknown) => e)).toBeInstanceOf(EtcdUnavailable);
+      expect(reloads).toEqual([{ ok: false, detail: expect.stringMatching(/changed but cannot be used .*client\.key/) }]);
+
+      // The rest of it: the next connection uses the new files.
+      install(next.keyFile, files.keyFile);
+      install(next.caFile, files.caFile);
+      await past(1100);
+      expect((await client.get("/t/rotated"))?.value).toBe("kept");
+      expect(reloads.at(-1)).toEqual({ ok: true, detail: expect.stringContaining("new connections use them") });
+    } finally {
+      client.close();
+    }
   });
 });

@@ -273,6 +273,18 @@ export class EtcdCluster {
     });
   }
 
+  /**
+   * A new PKI (CA, server and client certificates) in a new directory: members started from now on serve with it and
+   * trust only its CA (stop and restart them to rotate). Returns the new files.
+   */
+  rotateTls(): EtcdTlsFiles {
+    if (!this.tlsFiles) throw new Error("rotateTls: the cluster was started without tls: true");
+    const dir = join(this.dir, `pki-${Date.now()}`);
+    mkdirSync(dir);
+    this.tlsFiles = makeCerts(dir);
+    return this.tlsFiles;
+  }
+
   /** Waits until every running member answers /health with a leader (or `members` only). */
   async waitHealthy(timeoutMs = 15_000, members: number[] = this.members.map((_, i) => i)): Promise<void> {
     const deadline = Date.now() + timeoutMs;
