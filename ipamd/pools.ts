@@ -263,42 +263,76 @@ export interface LabelRequirement {
 
 /**
  * Where a pod template's pods may run: on nodes carrying its nodeSelector's labels and, with required node affinity,
- * matching any one of its terms (each term's requirements all hold).
+ * matching any one of its terms (each term's requirements all hold). A term's `matchFields` (the only field is
+ * metadata.name) are in `affinityFields`, by the same index; `nodes` has the labels of the nodes they name with In (a
+ * node missing from it has no Node object: no pod runs there).
  */
 export interface Placement {
   nodeSelector?: Record<string, string>;
   affinityTerms?: LabelRequirement[][];
+  affinityFields?: LabelRequirement[][];
+  nodes?: Map<string, Record<string, string>>;
 }
 
-/** Whether a placement says anything about labels (else the pods may run anywhere). */
+/** The terms, each with its label requirements and its node-name requirements ([[]]: one term that allows any node). */
+function termsOf(p: Placement): { labels: LabelRequirement[]; names: LabelRequirement[] }[] {
+  const n = Math.max(p.affinityTerms?.length ?? 0, p.affinityFields?.length ?? 0, 1);
+  return Array.from({ length: n }, (_, i) => ({ labels: p.affinityTerms?.[i] ?? [], names: p.affinityFields?.[i] ?? [] }));
+}
+
+/** The node names a term's matchFields allow (undefined: any name, as far as In goes), those NotIn excluded. */
+function namesAllowed(names: LabelRequirement[]): string[] | undefined {
+  let allowed: string[] | undefined;
+  for (const r of names.filter((x) => x.operator === "In")) {
+    allowed = allowed ? allowed.filter((v) => r.values?.includes(v)) : [...(r.values ?? [])];
+  }
+  const excluded = new Set(names.filter((x) => x.operator === "NotIn").flatMap((x) => x.values ?? []));
+  return allowed?.filter((v) => !excluded.has(v));
+}
+
+/** The node names a placement's In requirements name (whose labels selectsPlacement needs in `nodes`). */
+export function namedNodes(p: Placement): string[] {
+  return [...new Set(termsOf(p).flatMap((t) => namesAllowed(t.names) ?? []))];
+}
+
+/** Whether a placement says anything about labels or node names (else the pods may run anywhere). */
 export function placementConstrains(p: Placement): boolean {
-  return Object.keys(p.nodeSelector ?? {}).length > 0 || (p.affinityTerms ?? []).some((t) => t.length > 0);
+  return (
+    Object.keys(p.nodeSelector ?? {}).length > 0 || termsOf(p).some((t) => t.labels.length > 0 || t.names.some((r) => r.operator === "In"))
+  );
 }
 
 /** The placement in words, for errors: "the nodes of nodeSelector {...} and node affinity rack In (r1, r2) or ...". */
 export function describePlacement(p: Placement): string {
   const parts: string[] = [];
   if (Object.keys(p.nodeSelector ?? {}).length > 0) parts.push(`nodeSelector ${JSON.stringify(p.nodeSelector)}`);
-  const terms = (p.affinityTerms ?? []).filter((t) => t.length > 0);
   const req = (r: LabelRequirement): string => `${r.key} ${r.operator}${r.values?.length ? ` (${r.values.join(", ")})` : ""}`;
-  if (terms.length > 0) parts.push(`node affinity ${terms.map((t) => t.map(req).join(", ")).join(" or ")}`);
+  const terms = termsOf(p)
+    .map((t) => [...t.labels, ...t.names].map(req).join(", "))
+    .filter(Boolean);
+  if (terms.length > 0) parts.push(`node affinity ${terms.join(" or ")}`);
   return `the nodes of ${parts.join(" and ")}`;
 }
 
-/** Whether a node with `labels` is one the pods of `placement` may run on. */
-export function placementMatches(p: Placement, labels: Record<string, string>): boolean {
-  const terms = p.affinityTerms?.length ? p.affinityTerms : [[]];
-  return terms.some((term) =>
-    selectorMatches(
-      {
-        matchLabels: p.nodeSelector ?? {},
-        matchExpressions: term.filter((r) =>
-          ["In", "NotIn", "Exists", "DoesNotExist"].includes(r.operator),
-        ) as NodeSelector["matchExpressions"],
-      },
-      labels,
-    ),
+/** Whether one term (with the nodeSelector) admits the node `name` with `labels`. */
+function termAdmits(p: Placement, term: ReturnType<typeof termsOf>[number], labels: Record<string, string>, name: string): boolean {
+  const allowed = namesAllowed(term.names);
+  const excluded = term.names.filter((r) => r.operator === "NotIn").flatMap((r) => r.values ?? []);
+  if ((allowed && !allowed.includes(name)) || excluded.includes(name)) return false;
+  return selectorMatches(
+    {
+      matchLabels: p.nodeSelector ?? {},
+      matchExpressions: term.labels.filter((r) =>
+        ["In", "NotIn", "Exists", "DoesNotExist"].includes(r.operator),
+      ) as NodeSelector["matchExpressions"],
+    },
+    labels,
   );
+}
+
+/** Whether the node `name` with `labels` is one the pods of `placement` may run on. */
+export function placementMatches(p: Placement, labels: Record<string, string>, name: string): boolean {
+  return termsOf(p).some((term) => termAdmits(p, term, labels, name));
 }
 
 /** What one term with the nodeSelector says of a label key: the values it allows (undefined: any), those it excludes. */
@@ -333,18 +367,27 @@ function constraintsOf(nodeSelector: Record<string, string>, term: LabelRequirem
 
 /**
  * Whether `selector` selects every node the pods of `placement` may run on: each of the pool's requirements follows
- * from the pods' constraints, for every affinity term no node fails by itself. When every term contradicts itself (or
- * the nodeSelector) the pods can run nowhere, and no pool is chosen for them.
+ * from the pods' constraints, for every affinity term no node fails by itself. A term that names its nodes (matchFields
+ * metadata.name In) is judged by their labels instead: the pool selects each node of it the term admits. When every
+ * term contradicts itself (or the nodeSelector) the pods can run nowhere, and no pool is chosen for them.
  */
 export function selectsPlacement(selector: NodeSelector, p: Placement): boolean {
   const impossible = (x: KeyConstraint): boolean =>
     (x.absent && x.exists) || (x.values !== undefined && [...x.values].every((v) => x.excluded.has(v)));
-  const terms = (p.affinityTerms?.length ? p.affinityTerms : [[]])
-    .map((term) => constraintsOf(p.nodeSelector ?? {}, term))
+  const terms = termsOf(p);
+  // A term that names its nodes (matchFields metadata.name In): the nodes it admits, by their labels.
+  const named = terms
+    .filter((t) => namesAllowed(t.names) !== undefined)
+    .map((t) => namesAllowed(t.names)!.filter((n) => p.nodes?.has(n) && termAdmits(p, t, p.nodes.get(n)!, n)))
+    .filter((admitted) => admitted.length > 0);
+  const symbolic = terms
+    .filter((t) => namesAllowed(t.names) === undefined)
+    .map((t) => constraintsOf(p.nodeSelector ?? {}, t.labels))
     .filter((c) => ![...c.values()].some(impossible));
   return (
-    terms.length > 0 &&
-    terms.every((c) => {
+    named.length + symbolic.length > 0 &&
+    named.every((admitted) => admitted.every((n) => selectorMatches(selector, p.nodes!.get(n)!))) &&
+    symbolic.every((c) => {
       const possible = (k: string): string[] | undefined => {
         const x = c.get(k);
         return x?.values ? [...x.values].filter((v) => !x.excluded.has(v)) : undefined;

@@ -18,7 +18,7 @@ import { ApiError } from "../errors";
 import type { NodeIpam } from "../node";
 import type { OwnershipOp, OwnershipTicket } from "../ownership";
 import type { MemberAddresses } from "./members";
-import { type Placement, placementMatches } from "../pools";
+import { namedNodes, type Placement, placementMatches } from "../pools";
 import type { Member } from "../statefulsets";
 import {
   DEFAULT_RETENTION,
@@ -299,7 +299,16 @@ export class StatefulSetLifecycle {
     }
     // Cluster mode: once, for the whole cluster (the leader), bound to no node until a pod attaches.
     const placement = placementOf(sts);
-    if (!this.d.members.clusterWide && !placementMatches(placement, this.d.node.pools.labels)) return;
+    if (!this.d.members.clusterWide && !placementMatches(placement, this.d.node.pools.labels, this.d.nodeName)) return;
+    if (this.d.members.clusterWide && namedNodes(placement).length > 0) {
+      try {
+        placement.nodes = await this.nodeLabels(namedNodes(placement));
+      } catch (e) {
+        const err = `cannot read the nodes its node affinity names (matchFields metadata.name): ${(e as Error).message}`;
+        this.warnOnce(sts, "reserve", "ReserveFailed", err, "cannot reserve addresses at creation");
+        return;
+      }
+    }
     const { start, replicas } = range(sts);
     const held = new Set(await this.ordinalsHeld(namespace, name));
     let missing = false;
@@ -313,15 +322,35 @@ export class StatefulSetLifecycle {
       this.warnOnce(sts, "reserve", "ReserveFailed", (e as Error).message, "cannot reserve addresses at creation");
     }
   }
+
+  /** The labels of the nodes named (a name with no Node object is left out: no pod of the template runs there). */
+  private async nodeLabels(names: string[]): Promise<Map<string, Record<string, string>>> {
+    const out = new Map<string, Record<string, string>>();
+    for (const name of names) {
+      const list = await withDeadline(
+        this.d.kube.core.listNode({ fieldSelector: `metadata.name=${name}` }),
+        this.d.timeoutMs,
+        `get node ${name}`,
+      );
+      for (const n of list.items) if (n.metadata?.name === name) out.set(name, n.metadata.labels ?? {});
+    }
+    return out;
+  }
 }
 
-/** Where the StatefulSet's pods may run: the template's nodeSelector and its required node affinity's terms. */
+/**
+ * Where the StatefulSet's pods may run: the template's nodeSelector and its required node affinity's terms, with their
+ * matchFields (metadata.name, the only field the scheduler takes there). Preferred terms say nothing of where pods
+ * may not run, so they do not narrow the pools.
+ */
 function placementOf(sts: V1StatefulSet): Placement {
   const spec = sts.spec?.template?.spec;
   const terms = spec?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? [];
+  const fields = terms.map((t) => t.matchFields ?? []);
   return {
     ...(spec?.nodeSelector ? { nodeSelector: spec.nodeSelector } : {}),
     ...(terms.length > 0 ? { affinityTerms: terms.map((t) => t.matchExpressions ?? []) } : {}),
+    ...(fields.some((f) => f.length > 0) ? { affinityFields: fields } : {}),
   };
 }
 

@@ -181,6 +181,11 @@ afterAll(cleanupIpamdTest);
 describe("a pod template's placement against pool selectors", () => {
   const rackIn = (...values: string[]) => [{ key: "rack", operator: "In", values }];
   const rack = (r: string) => ({ matchLabels: { rack: r } });
+  const nameIn = (...values: string[]) => [{ key: "metadata.name", operator: "In", values }];
+  const NODES = new Map([
+    ["n1", { rack: "r1" }],
+    ["n2", { rack: "r2" }],
+  ]);
   const cases: [string, Placement, object, boolean][] = [
     ["nodeSelector rack=r1, pool rack=r1", { nodeSelector: { rack: "r1" } }, rack("r1"), true],
     ["nodeSelector rack=r1, pool rack=r2", { nodeSelector: { rack: "r1" } }, rack("r2"), false],
@@ -232,6 +237,34 @@ describe("a pod template's placement against pool selectors", () => {
       rack("r1"),
       true,
     ],
+    // matchFields metadata.name In: judged by the labels of the nodes named (`nodes`: their Node objects).
+    ["pinned to n1 (rack r1), pool rack=r1", { affinityFields: [nameIn("n1")], nodes: NODES }, rack("r1"), true],
+    ["pinned to n1 or n2 (racks r1, r2), pool rack=r1", { affinityFields: [nameIn("n1", "n2")], nodes: NODES }, rack("r1"), false],
+    [
+      "n1 or n2 with rack In (r1): n2 is not admitted, pool rack=r1",
+      { affinityTerms: [rackIn("r1")], affinityFields: [nameIn("n1", "n2")], nodes: NODES },
+      rack("r1"),
+      true,
+    ],
+    [
+      "n1 or n3 (no Node object): pods run on n1 only, pool rack=r1",
+      { affinityFields: [nameIn("n1", "n3")], nodes: NODES },
+      rack("r1"),
+      true,
+    ],
+    ["pinned to n3 (no Node object): the pods run nowhere", { affinityFields: [nameIn("n3")], nodes: NODES }, {}, false],
+    [
+      "a named term or a label term: both must be covered",
+      { affinityTerms: [[], rackIn("r2")], affinityFields: [nameIn("n1")], nodes: NODES },
+      rack("r1"),
+      false,
+    ],
+    [
+      "metadata.name NotIn only narrows: rack In (r1) decides",
+      { affinityTerms: [rackIn("r1")], affinityFields: [[{ key: "metadata.name", operator: "NotIn", values: ["n1"] }]] },
+      rack("r1"),
+      true,
+    ],
   ];
   for (const [what, placement, selector, selects] of cases) {
     it(`${what}: ${selects ? "selects" : "does not select"} every node`, () => {
@@ -241,10 +274,24 @@ describe("a pod template's placement against pool selectors", () => {
 
   it("a node may host the pods when its labels match the nodeSelector and any one affinity term", () => {
     const p: Placement = { nodeSelector: { zone: "a" }, affinityTerms: [rackIn("r1"), rackIn("r2")] };
-    expect(placementMatches(p, { zone: "a", rack: "r2" })).toBe(true);
-    expect(placementMatches(p, { zone: "a", rack: "r3" })).toBe(false);
-    expect(placementMatches(p, { zone: "b", rack: "r1" })).toBe(false);
-    expect(placementMatches({}, {})).toBe(true);
+    expect(placementMatches(p, { zone: "a", rack: "r2" }, "n")).toBe(true);
+    expect(placementMatches(p, { zone: "a", rack: "r3" }, "n")).toBe(false);
+    expect(placementMatches(p, { zone: "b", rack: "r1" }, "n")).toBe(false);
+    expect(placementMatches({}, {}, "n")).toBe(true);
     expect(describePlacement(p)).toBe('the nodes of nodeSelector {"zone":"a"} and node affinity rack In (r1) or rack In (r2)');
+  });
+
+  it("a term's matchFields admit the nodes it names (In) and not those it excludes (NotIn)", () => {
+    const p: Placement = {
+      affinityTerms: [rackIn("r1"), []],
+      affinityFields: [[], [{ key: "metadata.name", operator: "In", values: ["n7", "n8"] }]],
+    };
+    expect(placementMatches(p, { rack: "r1" }, "n1")).toBe(true); // the first term
+    expect(placementMatches(p, {}, "n7")).toBe(true); // the second
+    expect(placementMatches(p, {}, "n9")).toBe(false);
+    const notHere: Placement = { affinityFields: [[{ key: "metadata.name", operator: "NotIn", values: ["n1"] }]] };
+    expect(placementMatches(notHere, {}, "n1")).toBe(false);
+    expect(placementMatches(notHere, {}, "n2")).toBe(true);
+    expect(describePlacement(p)).toBe("the nodes of node affinity rack In (r1) or metadata.name In (n7, n8)");
   });
 });

@@ -304,10 +304,11 @@ describe("5. pools selected by the Node object's labels", () => {
     }
     await until("kf's two identities in the rack pool", () => sticky("kf").size === 2);
     for (const v of sticky("kf").values()) expect(JSON.parse(v)).toMatchObject({ node: "" });
-    const refusedWide = () =>
+    const refusal = (sts: string) =>
       [a, b, d]
         .flatMap((n) => n.stderr().split("\n"))
-        .find((l) => l.includes("c5/wide") && l.includes("cannot reserve addresses at creation"));
+        .find((l) => l.includes(`c5/${sts}`) && l.includes("cannot reserve addresses at creation"));
+    const refusedWide = () => refusal("wide");
     await until("the leader's refusal to reserve wide", () => refusedWide() !== undefined);
     const why =
       `pool "${RACK_POOL}" does not select the nodes of node affinity rack In (r7, r8) ` +
@@ -318,6 +319,28 @@ describe("5. pools selected by the Node object's labels", () => {
     expect(eventsFor(api, "c5", "wide", "StatefulSet")).toEqual([
       expect.objectContaining({ reason: "ReserveFailed", note: `cannot reserve addresses at creation: ${why}` }),
     ]);
+    // Pinned by node name (matchFields metadata.name, as the scheduler takes it): the leader reads the named Node
+    // objects. ck-d is in rack r7, so r7's pool works wherever the pods land; ck-d or ck-a (no rack) spans racks.
+    const named = (sts: string, names: string[]) =>
+      api.create(
+        "apps/statefulsets",
+        stsObj("c5", sts, {
+          replicas: 2,
+          annotations: { "berth.dev/reserve": "true" },
+          template: { "berth.dev/pools": JSON.stringify([RACK_POOL]) },
+          affinityFields: [[{ key: "metadata.name", operator: "In", values: names }]],
+        }),
+      );
+    named("pinned", ["ck-d"]);
+    named("spread", ["ck-d", "ck-a"]);
+    await until("pinned's two identities in the rack pool", () => sticky("pinned").size === 2);
+    for (const v of sticky("pinned").values()) expect(JSON.parse(v)).toMatchObject({ node: "" });
+    await until("the leader's refusal to reserve spread", () => refusal("spread") !== undefined);
+    expect((JSON.parse(refusal("spread")!) as { err: string }).err).toBe(
+      `pool "${RACK_POOL}" does not select the nodes of node affinity metadata.name In (ck-d, ck-a) ` +
+        `(its nodeSelector {"matchLabels":{"rack":"r7"}} does not select every one of them)`,
+    );
+    expect(sticky("spread").size).toBe(0);
     // Every node reads a retention annotation (each keeps the policy): all of them say it is invalid, in one Event.
     api.create("apps/statefulsets", stsObj("c5", "odd", { annotations: { "berth.dev/ip-retention": "{not json" } }));
     const saidOdd = () =>

@@ -49,6 +49,8 @@ export interface StsOptions {
   nodeSelector?: Record<string, string>;
   /** requiredDuringSchedulingIgnoredDuringExecution's nodeSelectorTerms: each term's matchExpressions. */
   affinity?: { key: string; operator: string; values?: string[] }[][];
+  /** The same terms' matchFields, by index (metadata.name). */
+  affinityFields?: { key: string; operator: string; values?: string[] }[][];
 }
 
 export function stsObj(namespace: string, name: string, o: StsOptions = {}): KubeObject {
@@ -65,12 +67,18 @@ export function stsObj(namespace: string, name: string, o: StsOptions = {}): Kub
         metadata: { labels: { app: name }, ...(o.template ? { annotations: o.template } : {}) },
         spec: {
           ...(o.nodeSelector ? { nodeSelector: o.nodeSelector } : {}),
-          ...(o.affinity
+          ...(o.affinity || o.affinityFields
             ? {
                 affinity: {
                   nodeAffinity: {
                     requiredDuringSchedulingIgnoredDuringExecution: {
-                      nodeSelectorTerms: o.affinity.map((matchExpressions) => ({ matchExpressions })),
+                      nodeSelectorTerms: Array.from(
+                        { length: Math.max(o.affinity?.length ?? 0, o.affinityFields?.length ?? 0) },
+                        (_, i) => ({
+                          ...(o.affinity?.[i] ? { matchExpressions: o.affinity[i] } : {}),
+                          ...(o.affinityFields?.[i] ? { matchFields: o.affinityFields[i] } : {}),
+                        }),
+                      ),
                     },
                   },
                 },
