@@ -1,6 +1,7 @@
 // `make bench`, cluster mode: REAL ipamd daemons (node, SQLite on disk) on a REAL 3-member etcd on this machine,
 // driven through their unix sockets. Figures with their goals, side by side in one run; never a timed test.
-//   1. ordinary ADD, cluster node vs single-node daemon (16 clients): ratio of throughput, goal <= 1.1
+//   1. ordinary ADD, cluster node vs single-node daemon (16 clients): ratio of throughput, goal <= 1.1; 1b the same from
+//      addresses back in the node's buffer (pod churn: no refill, etcd idle), the ADD path alone, for scale
 //   2. sticky ADD that moves a member to another node: p50/p99, goal p99 < 10 ms
 //   3. 3 nodes x 16 clients against one pool: total allocations/s (goal >= 5,000) and p99 (goal < 20 ms); 3 rounds
 //   4. 1,000 StatefulSet members over 10 nodes: reserve ahead, then attach through the daemons (goal < 5 s, IPAM time);
@@ -113,6 +114,12 @@ async function gcAll(d: DaemonHandle): Promise<void> {
     await c.gc("bench", []);
   } finally {
     c.close();
+  }
+}
+
+async function outboxApplied(d: DaemonHandle): Promise<void> {
+  for (let i = 0; i < 1200 && ((await d.client.status()).cluster?.outboxPending ?? 0) > 0; i++) {
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
@@ -252,7 +259,7 @@ async function main(): Promise<void> {
         `1. ordinary ADD, 16 clients, ${N} x ${ROUNDS1} rounds (median round) of addresses never used before (the cluster node ` +
           `refills its buffer of ${BUFFER.high} from etcd meanwhile), goal: cluster/single time ratio <= 1.1`,
       );
-      const line = (label: string, x: (typeof rounds)[0]): string =>
+      const line = (label: string, x: { perSecond: number[]; lat: number[] }): string =>
         `   ${label.padEnd(22)} ${String(Math.round(med(x.perSecond))).padStart(6)} alloc/s  ` +
         `p50 ${ms(q(x.lat, 0.5))}  p99 ${ms(q(x.lat, 0.99))}`;
       console.log(line("single node", rounds[0]!));
@@ -273,6 +280,34 @@ async function main(): Promise<void> {
       console.log(`      single node, last round: ${rounds[0]!.cost[ROUNDS1 - 1]!.replace(/^etcd .*?\), CPU etcd x3 \S+ s, /, "CPU ")}`);
       const commits = await Promise.all([single, ...members].map(perCommit));
       console.log(`      requests per group commit (single, ${BUILDS.map((b) => b.label).join(", ")}): ${commits.join(", ")}`);
+      // 1b. The same load from addresses back in the node's buffer: pod churn, where each DEL puts its address back, so
+      // no refill runs and etcd is idle. What the ordinary ADD path itself costs in cluster mode; figure 1 keeps the goal.
+      const churn = [single, ...members].map(() => ({ perSecond: [] as number[], lat: [] as number[], perOp: [] as (typeof lastPerOp)[] }));
+      for (let r = 0; r < ROUNDS1; r++) {
+        for (const [i, d] of [single, ...members].entries()) {
+          await gcAll(d);
+          if (i > 0) await outboxApplied(d); // the releases are etcd writes: before the round, not during it
+          const m = await meter(etcd, () => [d]);
+          const x = await load([d], 16, N, `b${r}`);
+          await m(N);
+          churn[i]!.perOp.push(lastPerOp);
+          churn[i]!.perSecond.push(x.perSecond);
+          churn[i]!.lat.push(...x.lat);
+        }
+      }
+      console.log(
+        `1b. the same, ${N} x ${ROUNDS1} rounds, from addresses back in the node's buffer (pod churn: each DEL, here a GC, puts its ` +
+          "address back; no refill, etcd idle): the ADD path alone, for scale (figure 1 has the goal)",
+      );
+      console.log(line("single node", churn[0]!));
+      for (const [i, b] of BUILDS.entries()) {
+        const x = churn[i + 1]!;
+        const p = (k: keyof typeof lastPerOp, j: number): string => med(churn[j]!.perOp.map((o) => o[k])).toFixed(3);
+        console.log(
+          `${line(`cluster node (${b.label})`, x)}  ratio ${(med(churn[0]!.perSecond) / med(x.perSecond)).toFixed(3)}; ` +
+            `median CPU ms/op ipamd ${p("ipamd", i + 1)} (single ${p("ipamd", 0)}), etcd requests/op ${p("requests", i + 1)}`,
+        );
+      }
       await single.stop();
       for (const d of members) await d.stop();
     }

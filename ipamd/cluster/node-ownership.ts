@@ -306,11 +306,11 @@ export class ClusterNodeOwnership implements AddressOwnership {
     t.taken.delete(family);
     this.taking.delete(`${a.pool} ${a.ip}`);
     this.clearStale(a.ip, a.pool);
-    this.d.local.bufferRemove(a.pool, a.ip);
     t.used.add(a.ip);
     // No outbox record and no etcd write: the address key already says "owned by this node" (its buffer), which is
     // all other nodes need; which sandbox uses it is this node's SQLite's business. Node death frees buffered and
-    // plain attached addresses alike, after the grace period.
+    // plain attached addresses alike, after the grace period. Its row in the persisted buffer stays too, as the key
+    // does (one write less per ADD): a start without etcd takes that copy minus what the rows use.
     return { pool, ip: a.ip };
   }
 

@@ -194,9 +194,11 @@ export async function expectConsistent(
           problems.push(`${n.name}: ${row.ip} attached to ${row.container_id} here, etcd says ${JSON.stringify(k)}`);
         }
       }
-      const rows = new Set(sqliteRows(n).map((r) => r.ip));
+      // The persisted buffer mirrors this node's "buffer" keys: a plain attachment keeps its row, as it keeps its key.
+      const held = new Map(sqliteRows(n).map((r) => [r.ip, r]));
       for (const b of sqliteBuffer(n)) {
-        if (rows.has(b.ip)) problems.push(`${n.name}: ${b.ip} is in its buffer and held by a row`);
+        const row = held.get(b.ip);
+        if (row?.sticky) problems.push(`${n.name}: ${b.ip} is in its buffer and held by the sticky row of ${row.owner}`);
         const k = keys.get(b.ip);
         if (k?.owner !== "buffer" || k.node !== n.name) problems.push(`${n.name} buffers ${b.ip}, etcd says ${JSON.stringify(k)}`);
       }
