@@ -131,7 +131,7 @@ export class ClusterNode {
       cooldownMs: config.cooldownMs,
       liveness: { lastConfirmedAt: () => this.fenceConfirmed, fenceAfterMs: this.graceMs },
       observer: this.metrics.ownershipObserver(),
-      usedLocally: (_pool, ip) => this.store?.byIp(ip) !== undefined,
+      usedLocally: (_pool, ips) => this.store?.heldAmong(ips) ?? new Set(),
       beforeClaim: () => this.beforeClaim(),
       persist: {
         // Rides the next group commit (no fsync of its own); what an allocation took meanwhile is left out.

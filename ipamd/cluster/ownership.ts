@@ -87,8 +87,8 @@ export interface OwnershipOptions {
   /** An address released into this node's buffer is handed out again (or back) only after this long. */
   cooldownMs?: number;
   persist?: BufferPersistence;
-  /** Whether the node's local record uses an address now (a release applied late must not buffer it then). */
-  usedLocally?: (pool: string, ip: string) => boolean;
+  /** Which of `ips` the node's local record uses now (a release applied late must not buffer one; a claim skips them). */
+  usedLocally?: (pool: string, ips: string[]) => Set<string>;
   /** Before every claim of new addresses: throws while claims must wait (etcd lost history, history.ts). */
   beforeClaim?: () => Promise<void>;
 }
@@ -716,15 +716,25 @@ export class ClusterOwnership {
     const last = p.segments[p.segments.length - 1]!.last;
     let walked = 0n;
     while (out.length < want && walked < p.size) {
-      cursor = this.usableAtOrAfter(p, cursor) ?? first;
-      const ip = formatIp(p.family, cursor);
-      // Not one this node uses either: a row etcd has no key for (a conflict its join reported) is no buffer.
-      if (!owned.has(ip) && !buf.has(ip) && !this.o.usedLocally?.(p.name, ip)) out.push(ip);
-      cursor = cursor >= last ? first : cursor + 1n;
-      walked++;
+      const looked: string[] = [];
+      while (out.length + looked.length < want && walked < p.size) {
+        cursor = this.usableAtOrAfter(p, cursor) ?? first;
+        const ip = formatIp(p.family, cursor);
+        if (!owned.has(ip) && !buf.has(ip)) looked.push(ip);
+        cursor = cursor >= last ? first : cursor + 1n;
+        walked++;
+      }
+      // Not one this node uses either (a row etcd has no key for, a conflict its join reported, is no buffer): one
+      // read of the local record for the lot, not one per address.
+      const used = this.o.usedLocally?.(p.name, looked);
+      for (const ip of looked) if (!used?.has(ip)) out.push(ip);
     }
     this.cursors.set(p.name, cursor);
     return out;
+  }
+
+  private usedHere(pool: string, ip: string): boolean {
+    return this.o.usedLocally?.(pool, [ip]).has(ip) === true;
   }
 
   private startOffset(p: ClusterPool): bigint {
@@ -1601,7 +1611,7 @@ export class ClusterOwnership {
       };
     }
     if (!releasableBy(this.node, v, rec.containerID)) return { status: "noop" };
-    if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" }; // handed out here again since
+    if (v.owner === "buffer" && this.usedHere(rec.pool, rec.ip)) return { status: "noop" }; // handed out here again since
     const op: TxnOp = rec.keepInBuffer
       ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
       : { del: { key } };
@@ -1611,7 +1621,7 @@ export class ClusterOwnership {
   /** A released address back in the buffer (in memory); the caller persists the returned entry. */
   private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): BufferEntry | null {
     // Used here again meanwhile (a plain attachment's key stays "buffer of this node"): not free, not buffered.
-    if (this.o.usedLocally?.(pool, ip)) return null;
+    if (this.usedHere(pool, ip)) return null;
     const entry = { pool, ip, modRevision, notBefore: at + (this.o.cooldownMs ?? 0) };
     if (entry.notBefore > this.now()) this.cooling.set(`${pool} ${ip}`, entry.notBefore);
     this.putBack(entry);
@@ -1644,7 +1654,7 @@ export class ClusterOwnership {
         return (await this.casTxn("attach", [cmp], [{ put: { key, value } }], key, gen)) ? { status: "applied" } : null;
       }
       if (!releasableBy(this.node, v, rec.containerID)) return { status: "noop" };
-      if (v.owner === "buffer" && this.o.usedLocally?.(rec.pool, rec.ip)) return { status: "noop" };
+      if (v.owner === "buffer" && this.usedHere(rec.pool, rec.ip)) return { status: "noop" };
       const op: TxnOp = rec.keepInBuffer
         ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
         : { del: { key } };

@@ -114,6 +114,7 @@ export class Statements {
     | "byOwner"
     | "byId"
     | "byIp"
+    | "heldAmong"
     | "ipTaken"
     | "insert"
     | "attach"
@@ -155,6 +156,7 @@ export class Statements {
       byOwner: p("SELECT * FROM reservations WHERE owner = ? AND sticky = 1"),
       byId: p("SELECT * FROM reservations WHERE id = ?"),
       byIp: p("SELECT * FROM reservations WHERE ip = ?"),
+      heldAmong: p("SELECT ip FROM reservations WHERE ip IN (SELECT value FROM json_each(?))"),
       ipTaken: p("SELECT 1 FROM reservations WHERE ip = ? UNION ALL SELECT 1 FROM released WHERE ip = ? LIMIT 1"),
       insert: p(`INSERT INTO reservations (${INSERT_COLUMNS.join(", ")})
         VALUES (${INSERT_COLUMNS.map(() => "?").join(", ")}) RETURNING *`),
@@ -273,6 +275,12 @@ export class Statements {
 
   byIp(ip: string): Row | undefined {
     return this.q.byIp.get(ip) as Row | undefined;
+  }
+
+  /** Which of `ips` a reservation holds (one statement for many). */
+  heldAmong(ips: string[]): Set<string> {
+    if (ips.length === 0) return new Set();
+    return new Set((this.q.heldAmong.all(JSON.stringify(ips)) as { ip: string }[]).map((r) => r.ip));
   }
 
   /** A StatefulSet's rows, optionally one ordinal and/or one pool, by ordinal and family. */
