@@ -22,21 +22,20 @@ export class TlsFiles {
   /** What the files were when last read (inode, size, change time): a secret volume swaps a symlink, so the inode moves. */
   private stamps: string;
   private checkedAt = 0;
-  /** Counts the reloads: a connection made with an older generation is not reused for new requests' material. */
+  /** Counts the reloads: the client replaces a keep-alive agent made before the last one. */
   generation = 0;
 
   /** Reads the files once; a missing or unreadable one is a config error (thrown, naming the setting). */
   constructor(
     private readonly files: EtcdTls,
     private readonly onReload?: (ok: boolean, detail: string) => void,
-    private readonly now: () => number = Date.now,
   ) {
     this.stamps = this.stampAll();
     this.material = this.readAll((which, path, e) => {
       throw new Error(`etcd ${which} ${path}: ${e.message}; fix cluster.etcd.${which}`);
     });
     if (!!this.material.cert !== !!this.material.key) throw new Error("etcd: certFile and keyFile go together; set both or neither");
-    this.checkedAt = this.now();
+    this.checkedAt = Date.now();
   }
 
   get configured(): boolean {
@@ -49,8 +48,8 @@ export class TlsFiles {
    * files change again, and is reported through onReload.
    */
   current(): TlsMaterial {
-    if (!this.configured || this.now() - this.checkedAt < CHECK_MS) return this.material;
-    this.checkedAt = this.now();
+    if (!this.configured || Date.now() - this.checkedAt < CHECK_MS) return this.material;
+    this.checkedAt = Date.now();
     const stamps = this.stampAll();
     if (stamps === this.stamps) return this.material;
     this.stamps = stamps;
