@@ -374,14 +374,14 @@ function constraintsOf(nodeSelector: Record<string, string>, term: LabelRequirem
 export function selectsPlacement(selector: NodeSelector, p: Placement): boolean {
   const impossible = (x: KeyConstraint): boolean =>
     (x.absent && x.exists) || (x.values !== undefined && [...x.values].every((v) => x.excluded.has(v)));
-  const terms = termsOf(p);
+  const terms = termsOf(p).map((t) => ({ ...t, allowed: namesAllowed(t.names) }));
   // A term that names its nodes (matchFields metadata.name In): the nodes it admits, by their labels.
   const named = terms
-    .filter((t) => namesAllowed(t.names) !== undefined)
-    .map((t) => namesAllowed(t.names)!.filter((n) => p.nodes?.has(n) && termAdmits(p, t, p.nodes.get(n)!, n)))
+    .filter((t) => t.allowed !== undefined)
+    .map((t) => t.allowed!.filter((n) => p.nodes?.has(n) && termAdmits(p, t, p.nodes.get(n)!, n)))
     .filter((admitted) => admitted.length > 0);
   const symbolic = terms
-    .filter((t) => namesAllowed(t.names) === undefined)
+    .filter((t) => t.allowed === undefined)
     .map((t) => constraintsOf(p.nodeSelector ?? {}, t.labels))
     .filter((c) => ![...c.values()].some(impossible));
   return (

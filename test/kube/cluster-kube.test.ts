@@ -8,7 +8,7 @@ import { type ClusterNodeHandle, clusterSection, etcdIps, freshPrefix, sqliteRow
 import { EtcdCluster } from "../helpers/etcd";
 import { cleanupIpamdTest, makeTempDir, startIpamd } from "../helpers/ipamd";
 import { KubeApiServer } from "../helpers/kube/apiserver";
-import { add, eventsFor, ip, memberPod, nodeObj, podObj, stsObj, until } from "./helpers";
+import { add, eventsFor, ip, memberPod, nodeObj, podObj, type StsOptions, stsObj, until } from "./helpers";
 
 let api: KubeApiServer;
 let etcd: EtcdCluster;
@@ -288,20 +288,19 @@ describe("5. pools selected by the Node object's labels", () => {
     // Required node affinity instead of a nodeSelector: rack In (r7) is r7's pool; rack In (r7, r8) spans racks, so
     // no pool selects every node the pods may run on, and nothing is reserved (an address must work where the pod lands).
     const sticky = (sts: string) => etcd.dump(`${prefix}/sticky/${RACK_POOL}/c5/${sts}/`);
-    for (const [name, values] of [
-      ["kf", ["r7"]],
-      ["wide", ["r7", "r8"]],
-    ] as const) {
+    /** Two replicas reserved at creation in the rack pool, placed by `placement`. */
+    const reserving = (sts: string, placement: Pick<StsOptions, "affinity" | "affinityFields">) =>
       api.create(
         "apps/statefulsets",
-        stsObj("c5", name, {
+        stsObj("c5", sts, {
           replicas: 2,
           annotations: { "berth.dev/reserve": "true" },
           template: { "berth.dev/pools": JSON.stringify([RACK_POOL]) },
-          affinity: [[{ key: "rack", operator: "In", values: [...values] }]],
+          ...placement,
         }),
       );
-    }
+    reserving("kf", { affinity: [[{ key: "rack", operator: "In", values: ["r7"] }]] });
+    reserving("wide", { affinity: [[{ key: "rack", operator: "In", values: ["r7", "r8"] }]] });
     await until("kf's two identities in the rack pool", () => sticky("kf").size === 2);
     for (const v of sticky("kf").values()) expect(JSON.parse(v)).toMatchObject({ node: "" });
     const refusal = (sts: string) =>
@@ -322,15 +321,7 @@ describe("5. pools selected by the Node object's labels", () => {
     // Pinned by node name (matchFields metadata.name, as the scheduler takes it): the leader reads the named Node
     // objects. ck-d is in rack r7, so r7's pool works wherever the pods land; ck-d or ck-a (no rack) spans racks.
     const named = (sts: string, names: string[]) =>
-      api.create(
-        "apps/statefulsets",
-        stsObj("c5", sts, {
-          replicas: 2,
-          annotations: { "berth.dev/reserve": "true" },
-          template: { "berth.dev/pools": JSON.stringify([RACK_POOL]) },
-          affinityFields: [[{ key: "metadata.name", operator: "In", values: names }]],
-        }),
-      );
+      reserving(sts, { affinityFields: [[{ key: "metadata.name", operator: "In", values: names }]] });
     named("pinned", ["ck-d"]);
     named("spread", ["ck-d", "ck-a"]);
     await until("pinned's two identities in the rack pool", () => sticky("pinned").size === 2);
