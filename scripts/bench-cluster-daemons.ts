@@ -1,7 +1,8 @@
 // `make bench`, cluster mode: REAL ipamd daemons (node, SQLite on disk) on a REAL 3-member etcd on this machine,
 // driven through their unix sockets. Figures with their goals, side by side in one run; never a timed test.
 //   1. ordinary ADD, cluster node vs single-node daemon (16 clients): ratio of throughput, goal <= 1.1; 1b the same from
-//      addresses back in the node's buffer (pod churn: no refill, etcd idle), the ADD path alone, for scale
+//      addresses back in the node's buffer (pod churn: no refill, etcd idle), the ADD path alone, for scale; 1c a control:
+//      the single node with etcd serving figure 1's claim load beside it (what the shared cores alone cost)
 //   2. sticky ADD that moves a member to another node: p50/p99, goal p99 < 10 ms
 //   3. 3 nodes x 16 clients against one pool: total allocations/s (goal >= 5,000) and p99 (goal < 20 ms); 3 rounds
 //   4. 1,000 StatefulSet members over 10 nodes: reserve ahead, then attach through the daemons (goal < 5 s, IPAM time);
@@ -21,6 +22,7 @@ import { resolve } from "node:path";
 import { IpamdClient } from "../api/client";
 import { LeanConnection } from "./lib/lean-client";
 import type { AllocateRequest } from "../api/types";
+import { EtcdClient } from "../ipamd/cluster/etcd";
 import { EtcdCluster } from "../test/helpers/etcd";
 import { cleanupIpamdTest, type DaemonHandle, makeTempDir, startIpamd } from "../test/helpers/ipamd";
 
@@ -308,6 +310,54 @@ async function main(): Promise<void> {
             `median CPU ms/op ipamd ${p("ipamd", i + 1)} (single ${p("ipamd", 0)}), etcd requests/op ${p("requests", i + 1)}`,
         );
       }
+      // 1c. A control: the single-node daemon (etcd not in its path at all) while etcd serves, beside it, the claim
+      // transactions figure 1's cluster node made (128 keys each, at its rate), sent by this load generator. What the
+      // cores shared with 3 etcd members explain of figure 1's ratio: on a node etcd runs elsewhere.
+      const claimsPerSecond = med(rounds[BUILDS.length]!.perSecond) / 128;
+      const alone = { perSecond: [] as number[], lat: [] as number[] };
+      const beside = { perSecond: [] as number[], lat: [] as number[] };
+      const etcdLoad = new EtcdClient({ endpoints: etcd.endpoints });
+      let nextKey = 0;
+      const claimLike = async (running: () => boolean): Promise<void> => {
+        while (running()) {
+          const t = performance.now();
+          const value = JSON.stringify({ owner: "buffer", node: "c1", gen: "0123456789ab", at: Date.now() });
+          const keys = Array.from({ length: 128 }, () => {
+            const i = nextKey++;
+            return `/bench1c/pools/bench/ips/10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+          });
+          await etcdLoad.txn(
+            [{ key: keys[0]!, rangeEnd: `${keys[keys.length - 1]}\0`, target: "create", equals: 0 }],
+            keys.map((key) => ({ put: { key, value } })),
+          );
+          const wait = 1000 / claimsPerSecond - (performance.now() - t);
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        }
+      };
+      for (let r = 0; r < ROUNDS1; r++) {
+        const x = await load([single], 16, N, `ca${r}`);
+        alone.perSecond.push(x.perSecond);
+        alone.lat.push(...x.lat);
+        let running = true;
+        const claims = claimLike(() => running);
+        const y = await load([single], 16, N, `cb${r}`);
+        running = false;
+        await claims;
+        beside.perSecond.push(y.perSecond);
+        beside.lat.push(...y.lat);
+      }
+      etcdLoad.close();
+      const machine = med(alone.perSecond) / med(beside.perSecond);
+      const fig1 = med(rounds[0]!.perSecond) / med(rounds[BUILDS.length]!.perSecond);
+      console.log(
+        `1c. control, ${N} x ${ROUNDS1} rounds: the single node (etcd not in its path) alone, then with etcd serving figure 1's claim ` +
+          `load beside it (${claimsPerSecond.toFixed(0)} transactions/s of 128 keys, from this load generator)`,
+      );
+      console.log(line("single node alone", alone));
+      console.log(
+        `${line("single, etcd busy", beside)}  ratio ${machine.toFixed(3)}: of figure 1's ${fig1.toFixed(3)}, this much is the ` +
+          "machine (2 cores shared with 3 etcd members), the rest the cluster node's own refill work",
+      );
       await single.stop();
       for (const d of members) await d.stop();
     }

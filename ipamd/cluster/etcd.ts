@@ -346,6 +346,11 @@ export class EtcdClient {
     this.highest = revision;
   }
   private highest = 0;
+  /**
+   * gRPC connections established so far. A restore from a snapshot restarts every member, so while this stays the
+   * same, the members that answer are the processes that answered before (history.ts: a check still holds).
+   */
+  connectionsMade = 0;
   private saw(revision: number): number {
     if (revision > this.highest) this.highest = revision;
     return revision;
@@ -543,7 +548,10 @@ export class EtcdClient {
     s.on("error", forget); // each stream reports it
     s.on("close", forget);
     s.on("goaway", forget);
-    s.once("connect", () => this.connected.add(created));
+    s.once("connect", () => {
+      this.connected.add(created);
+      this.connectionsMade++;
+    });
     s.unref();
     this.sessions.set(endpoint, s);
     return s;

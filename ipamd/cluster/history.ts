@@ -32,12 +32,16 @@ export interface HistoryLoss {
 
 /** How often a check writes the revision seen to SQLite (an fsync): not at every claim's check. */
 const SAVE_EVERY_MS = 2000;
+/** How long a passed check vouches for the claims after it, over the same connections (a refill claims in bursts). */
+const VOUCH_MS = 1000;
 
 export class RevisionGuard {
   private stored: number;
   /** The id of the last marker this node handled (kept in SQLite; read here once, not at every claim's check). */
   private handled: string | undefined;
   private savedAt = 0;
+  /** The last check that found no loss: when, and over which connections (EtcdClient.connectionsMade). */
+  private passed = { at: -Infinity, connections: -1 };
 
   constructor(
     private readonly client: EtcdClient,
@@ -60,6 +64,7 @@ export class RevisionGuard {
   }
 
   async check(): Promise<HistoryLoss | null> {
+    this.passed = { at: -Infinity, connections: -1 };
     const seen = this.seen;
     const { revision: current, marker, modRevision } = await this.read();
     if (marker && marker.id !== this.handled) {
@@ -70,7 +75,16 @@ export class RevisionGuard {
       return { seen, current, marker: { id: randomUUID(), revision: current }, found: false, markerModRevision: modRevision };
     }
     if (current > this.stored && Date.now() - this.savedAt >= SAVE_EVERY_MS) this.save(Math.max(current, this.client.highestRevision));
+    this.passed = { at: Date.now(), connections: this.client.connectionsMade };
     return null;
+  }
+
+  /**
+   * Whether a check passed less than VOUCH_MS ago and no connection to etcd was made since: etcd cannot have been
+   * restored in between (that restarts every member, and so every connection), so a claim needs no read of its own.
+   */
+  vouched(): boolean {
+    return this.passed.connections === this.client.connectionsMade && Date.now() - this.passed.at < VOUCH_MS;
   }
 
   /** At a clean stop: the highest revision seen, for the next start's check (a crash loses at most SAVE_EVERY_MS of it). */

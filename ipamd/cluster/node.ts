@@ -386,7 +386,7 @@ export class ClusterNode {
   }
 
   private async beforeClaim(): Promise<void> {
-    if (!this.recovering && this.store && this.livenessUp) await this.checkHistory();
+    if (!this.recovering && this.store && this.livenessUp && !this.history.vouched()) await this.checkHistory();
     const wait = this.recovering ? this.claimPauseMs : this.claimsPausedUntil - Date.now();
     if (wait > 0)
       throw new ClusterError(

@@ -564,6 +564,11 @@ export class ClusterOwnership {
     this.reportBuffer(a.pool);
   }
 
+  /** Addresses per claim transaction: etcd's --max-txn-ops (128 by default) caps it. */
+  private maxClaim(): number {
+    return Math.min(this.o.maxClaim ?? 128, 128);
+  }
+
   private kickRefill(pool: string): void {
     if (this.pollTimer && !this.refilling.has(pool)) void this.refill(pool).catch(() => undefined);
   }
@@ -584,11 +589,14 @@ export class ClusterOwnership {
     if (size >= low || (this.holdUntil.get(pool) ?? 0) > this.now()) return 0;
     // The deficit found now, in as many claim transactions as it takes (at most 128 addresses each; a lost race claims
     // fewer): not one batch per kick, which at thousands of ADDs per second left the buffer at the low watermark, and
-    // not topping up what ADDs took meanwhile, which made the later claims tiny.
+    // not topping up what ADDs took meanwhile, which made the later claims tiny. A deficit of more than one batch is
+    // claimed in whole batches (385 is 3 of 128, not 3 and 1): a transaction costs etcd about as much as 128 keys do.
+    const batch = this.maxClaim();
+    const deficit = high - size > batch ? Math.floor((high - size) / batch) * batch : high - size;
     const p = (async (): Promise<number> => {
       let total = 0;
-      while (total < high - size && (this.holdUntil.get(pool) ?? 0) <= this.now()) {
-        const got = await this.claim(pool, high - size - total);
+      while (total < deficit && (this.holdUntil.get(pool) ?? 0) <= this.now()) {
+        const got = await this.claim(pool, deficit - total);
         if (got.length === 0) break;
         for (const a of got) this.putBack(a);
         this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
@@ -617,7 +625,7 @@ export class ClusterOwnership {
     // again first) is confirmed, so no key of it is ever written while it has no registration.
     this.checkFence();
     await this.o.beforeClaim?.();
-    const want = Math.min(count, this.o.maxClaim ?? 128, 128);
+    const want = Math.min(count, this.maxClaim());
     const got: BufferedAddress[] = [];
     let batch = want;
     // Optimistic: candidates from this node's cursor minus the addresses it learnt are owned; the pool is read

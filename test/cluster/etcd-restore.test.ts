@@ -145,6 +145,32 @@ describe("etcd restored from an older snapshot", () => {
 });
 
 describe("the revision seen, in SQLite", () => {
+  it("vouches for the claims after a passed check for 1 s, and not once a connection to etcd was made again", async () => {
+    const client = new EtcdClient({ endpoints: [etcd.endpoints[2]!] });
+    const guard = new RevisionGuard(client, new ClusterStore(openStore(":memory:")), `${prefix}/probe-marker`);
+    try {
+      expect(guard.vouched()).toBe(false); // never checked
+      expect(await guard.check()).toBeNull();
+      expect(guard.vouched()).toBe(true);
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(guard.vouched()).toBe(false); // too long ago
+      expect(await guard.check()).toBeNull();
+      expect(guard.vouched()).toBe(true);
+      // The member restarts (as every member does in a restore from a snapshot): the next request connects again.
+      await etcd.stop(2);
+      await etcd.restart(2);
+      await until("the client reconnected", async () => {
+        await client.range(`${prefix}/probe-marker`).catch(() => undefined);
+        return client.connectionsMade >= 2;
+      });
+      expect(guard.vouched()).toBe(false);
+      expect(await guard.check()).toBeNull();
+      expect(guard.vouched()).toBe(true);
+    } finally {
+      client.close();
+    }
+  }, 60_000);
+
   it("is written by a check at most every 2 s (not at every claim's check), and at a clean stop", async () => {
     const client = new EtcdClient({ endpoints: etcd.endpoints });
     const local = new ClusterStore(openStore(":memory:"));

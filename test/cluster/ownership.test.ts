@@ -90,6 +90,21 @@ describe("buffer claims", () => {
     expect(ipKeys(prefix, "rf").size).toBe(14);
   });
 
+  it("claims a deficit of more than one transaction's worth in whole transactions", async () => {
+    const p = pool("whole", "10.33.0.0/22");
+    const {
+      prefix,
+      nodes: [a],
+    } = cluster([p], ["a"], { buffer: { low: 20, high: 100 }, maxClaim: 40 });
+    await a!.start({ background: false });
+    expect(await a!.refill("whole")).toBe(80); // 100 short: 2 transactions of 40, not 2 and one of 20
+    for (let i = 0; i < 61; i++) a!.takeBuffered("whole");
+    expect(await a!.refill("whole")).toBe(80); // 19 left, 81 short: not 2 and one of 1
+    expect(a!.bufferSize("whole")).toBe(99);
+    expect(ipKeys(prefix, "whole").size).toBe(160);
+    // A deficit of one transaction's worth or less is claimed whole (the test above: 6 of 8).
+  });
+
   it("a 32-address pool shared by 3 buffering nodes gives exactly 32 to one of them, then pool_exhausted", async () => {
     const p = pool("small", "10.32.0.0/27", { ranges: [{ start: "10.32.0.0", end: "10.32.0.31" }] });
     expect(p.size).toBe(32n);
