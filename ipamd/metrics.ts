@@ -15,6 +15,9 @@ declare const __BERTH_COMMIT__: string | undefined;
  */
 const GAUGES_NAMED_LIKE_COUNTERS = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
 
+/** How often the event loop lag is sampled (nodejs_eventloop_lag_*): 10 wakeups a second when idle. */
+const LAG_SAMPLE_MS = 100;
+
 export class Metrics {
   readonly registry = new Registry();
   readonly allocationSeconds = new Histogram({
@@ -101,7 +104,8 @@ export class Metrics {
 
   constructor(usage: () => PoolUsage[]) {
     const prefix = "berth_ipamd_";
-    collectDefaultMetrics({ register: this.registry, prefix });
+    // The event loop lag is sampled by a timer: prom-client's 10 ms woke an idle daemon 100 times a second.
+    collectDefaultMetrics({ register: this.registry, prefix, eventLoopMonitoringPrecision: LAG_SAMPLE_MS });
     for (const name of GAUGES_NAMED_LIKE_COUNTERS) this.registry.removeSingleMetric(prefix + name);
     new Gauge({
       name: "berth_ipamd_build_info",
