@@ -245,7 +245,7 @@ export class ClusterOwnership {
   private readonly cursors = new Map<string, bigint>();
   private readonly holdUntil = new Map<string, number>();
   private readonly seenHandback = new Map<string, number>(); // pool -> mod revision handled
-  private readonly refilling = new Map<string, Promise<unknown>>();
+  private readonly refilling = new Map<string, Promise<number>>();
   private readonly now: () => number;
   private genCounter = 0;
   private readonly genBase: string;
@@ -783,11 +783,11 @@ export class ClusterOwnership {
     const deadline = this.now() + (this.o.handbackWaitMs ?? 3000);
     let asked = false;
     for (;;) {
-      const [got] = await this.claim(pool, 1);
+      const claimed = await this.claimForWaiters(pool);
+      // What it claimed, or what a background refill (or a handback) put into this node's own buffer meanwhile.
+      const got = this.takeBuffered(pool);
       if (got) return got;
-      // A background refill (or a handback) may have put an address into this node's own buffer meanwhile.
-      const refilled = this.takeBuffered(pool);
-      if (refilled) return refilled;
+      if (claimed > 0 && this.now() < deadline) continue; // the other ADDs waiting took them all: claim again
       if (!asked) {
         await this.requestHandback(pool);
         asked = true;
@@ -797,6 +797,38 @@ export class ClusterOwnership {
         throw poolExhausted(pool, this.pool(pool).size, owned);
       }
       await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** ADDs of a pool waiting in claimFree, and the one claim that serves them (or the refill running). */
+  private readonly waiting = new Map<string, number>();
+  private readonly claimingFor = new Map<string, Promise<number>>();
+
+  /**
+   * Waits for one claim into the buffer sized for the ADDs waiting (at most a transaction's worth), or for the
+   * refill running: an empty buffer under a burst of ADDs costs a claim or two, not one each. (One each, near the
+   * end of a /16, had 16 ADDs per node read the pool's ~50,000 keys at once, until etcd answered none of them.)
+   */
+  private async claimForWaiters(pool: string): Promise<number> {
+    this.waiting.set(pool, (this.waiting.get(pool) ?? 0) + 1);
+    try {
+      const refill = this.refilling.get(pool);
+      const refilled = refill ? await refill : 0;
+      if (refilled > 0) return refilled;
+      let claiming = this.claimingFor.get(pool);
+      if (!claiming) {
+        claiming = (async (): Promise<number> => {
+          await new Promise((r) => setImmediate(r)); // the ADDs woken with this one join before it is sized
+          const got = await this.claim(pool, Math.min(this.waiting.get(pool) ?? 1, this.maxClaim()));
+          for (const a of got) this.putBack(a);
+          this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
+          return got.length;
+        })().finally(() => this.claimingFor.delete(pool));
+        this.claimingFor.set(pool, claiming);
+      }
+      return await claiming;
+    } finally {
+      this.waiting.set(pool, this.waiting.get(pool)! - 1);
     }
   }
 

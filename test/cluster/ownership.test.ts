@@ -105,6 +105,27 @@ describe("buffer claims", () => {
     // A deficit of one transaction's worth or less is claimed whole (the test above: 6 of 8).
   });
 
+  it("concurrent ADDs on an empty buffer share a claim or two, not one each", async () => {
+    const p = pool("herd", "10.34.0.0/22");
+    const {
+      prefix,
+      nodes: [a],
+    } = cluster([p], ["a"]);
+    await a!.start({ background: false });
+    const client = clients.at(-1)!;
+    const txn = client.txn.bind(client);
+    let txns = 0;
+    client.txn = (...args) => {
+      txns++;
+      return txn(...args);
+    };
+    const got = await Promise.all(Array.from({ length: 24 }, () => a!.claimFree("herd")));
+    expect(new Set(got.map((x) => x.ip)).size).toBe(24);
+    expect(txns).toBeLessThanOrEqual(3); // one each was 24
+    const keys = ipKeys(prefix, "herd");
+    for (const x of got) expect(keys.get(x.ip)).toMatchObject({ owner: "buffer", node: "a" });
+  });
+
   it("a 32-address pool shared by 3 buffering nodes gives exactly 32 to one of them, then pool_exhausted", async () => {
     const p = pool("small", "10.32.0.0/27", { ranges: [{ start: "10.32.0.0", end: "10.32.0.31" }] });
     expect(p.size).toBe(32n);
