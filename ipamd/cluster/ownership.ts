@@ -558,6 +558,12 @@ export class ClusterOwnership {
     return this.unpersisted;
   }
 
+  /** Freshly claimed addresses into the buffer, and into SQLite with the next group commit. */
+  private bufferClaimed(got: BufferedAddress[]): void {
+    for (const a of got) this.putBack(a);
+    this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
+  }
+
   /** Gives back an address taken with takeBuffered that the local commit did not use. */
   putBack(a: BufferedAddress): void {
     this.buffers.get(a.pool)!.set(a.ip, a.modRevision);
@@ -598,8 +604,7 @@ export class ClusterOwnership {
       while (total < deficit && (this.holdUntil.get(pool) ?? 0) <= this.now()) {
         const got = await this.claim(pool, deficit - total);
         if (got.length === 0) break;
-        for (const a of got) this.putBack(a);
-        this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
+        this.bufferClaimed(got);
         total += got.length;
       }
       return total;
@@ -820,8 +825,7 @@ export class ClusterOwnership {
         claiming = (async (): Promise<number> => {
           await new Promise((r) => setImmediate(r)); // the ADDs woken with this one join before it is sized
           const got = await this.claim(pool, Math.min(this.waiting.get(pool) ?? 1, this.maxClaim()));
-          for (const a of got) this.putBack(a);
-          this.persistAdded(got.map((a) => ({ ...a, notBefore: 0 })));
+          this.bufferClaimed(got);
           return got.length;
         })().finally(() => this.claimingFor.delete(pool));
         this.claimingFor.set(pool, claiming);
