@@ -4,6 +4,7 @@ import { mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
 import pino from "pino";
 import { ConfigError, LOG_LEVELS, type LogLevel, loadConfig } from "./config";
+import { LogSink } from "./log-sink";
 import { startDaemon } from "./daemon";
 import { VERSION } from "./server";
 import { StoreError } from "./store/database";
@@ -77,7 +78,7 @@ async function main(): Promise<void> {
   // Asynchronous writes: a line per change (the audit trail) must not stall the daemon on a slow reader
   // of stderr (journald, a full pipe). Every change is also an event in the database (events.ts); what is
   // still buffered is written out before any exit but a kill -9.
-  const dest = pino.destination({ dest: openLog(config.logFile), sync: false });
+  const dest = new LogSink(openLog(config.logFile));
   const log = pino({ base: { service: "ipamd", node: config.nodeName }, level: config.logLevel }, dest);
   const exit = (code: number): never => {
     try {
