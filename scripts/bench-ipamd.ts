@@ -59,7 +59,9 @@ const BUILDS: { label: string; dist: string | undefined }[] = process.argv.inclu
       { label: "after", dist: THIS_BUILD ?? resolve("dist") },
     ]
   : [{ label: "this build", dist: THIS_BUILD }];
-const ROUNDS = Number(arg("rounds", process.argv.includes("--baseline") ? "5" : "1"));
+// Several rounds even for one build: the p99 of one round of 5,000 moved from 3.5 to 6.5 ms between two identical
+// builds on this 2-core machine, so a single round cannot say whether a goal is met; the median round can, with its range.
+const ROUNDS = Number(arg("rounds", process.argv.includes("--baseline") ? "5" : "3"));
 
 /** CPU milliseconds a process used so far: user + system, and system. */
 function cpuMs(pid: number | undefined): { all: number; sys: number } {
@@ -200,8 +202,8 @@ async function main(): Promise<void> {
   const results: Result[] = [];
   await floor();
   for (const seeded of [...new Set([0, SEED])]) results.push(...(await measure(seeded)));
-  if (BUILDS.length > 1 && !JSON_OUT) {
-    console.log(`-- median of ${ROUNDS} rounds`);
+  if (ROUNDS > 1 && !JSON_OUT) {
+    console.log(`-- median of ${ROUNDS} rounds (p99 range over the rounds after each line)`);
     for (const seeded of [...new Set(results.map((r) => r.seeded))]) {
       for (const mode of MODES) {
         for (const b of BUILDS) {
@@ -211,7 +213,11 @@ async function main(): Promise<void> {
           const m = (k: "perSecond" | "p50ms" | "p99ms" | "maxms" | "errors" | "cpuMsPer" | "sysMsPer"): number =>
             median(rs.map((r) => r[k]));
           const keys = ["perSecond", "p50ms", "p99ms", "maxms", "errors", "cpuMsPer", "sysMsPer"] as const;
-          console.log(line({ ...rs[0]!, ...Object.fromEntries(keys.map((k) => [k, m(k)])) }));
+          const p99s = rs.map((r) => r.p99ms);
+          const p99 = m("p99ms");
+          const goal = mode.clients === 16 && !mode.fresh ? `; goal p99 < 4 ms: ${p99 < 4 ? "meets" : "MISSES"} the goal` : "";
+          const range = `p99 ${Math.min(...p99s).toFixed(2)}-${Math.max(...p99s).toFixed(2)} ms over the rounds${goal}`;
+          console.log(line({ ...rs[0]!, ...Object.fromEntries(keys.map((k) => [k, m(k)])) }, range));
         }
       }
     }
