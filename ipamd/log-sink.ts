@@ -6,8 +6,6 @@
 // side: 2-6% more allocations/s); and its exit flush slept until a full pipe was read, forever.
 import { write, writeSync } from "node:fs";
 
-type ErrnoException = NodeJS.ErrnoException;
-
 /**
  * What the log may hold in memory while nothing can be written (a reader that stopped); more is dropped, and counted.
  * Counted in characters (the lines are JSON, nearly all ASCII).
@@ -71,7 +69,7 @@ export class LogSink {
       try {
         offset += writeSync(this.fd, data, offset, data.length - offset);
       } catch (e) {
-        if ((e as ErrnoException).code !== "EAGAIN" || Date.now() > deadline) return;
+        if ((e as NodeJS.ErrnoException).code !== "EAGAIN" || Date.now() > deadline) return;
       }
     }
   }

@@ -246,6 +246,9 @@ export class ClusterOwnership {
   private readonly holdUntil = new Map<string, number>();
   private readonly seenHandback = new Map<string, number>(); // pool -> mod revision handled
   private readonly refilling = new Map<string, Promise<number>>();
+  /** ADDs of a pool waiting in claimFree, and the one claim that serves them (or the refill running). */
+  private readonly waiting = new Map<string, number>();
+  private readonly claimingFor = new Map<string, Promise<number>>();
   private readonly now: () => number;
   private genCounter = 0;
   private readonly genBase: string;
@@ -804,10 +807,6 @@ export class ClusterOwnership {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-
-  /** ADDs of a pool waiting in claimFree, and the one claim that serves them (or the refill running). */
-  private readonly waiting = new Map<string, number>();
-  private readonly claimingFor = new Map<string, Promise<number>>();
 
   /**
    * Waits for one claim into the buffer sized for the ADDs waiting (at most a transaction's worth), or for the
