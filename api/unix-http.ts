@@ -161,16 +161,18 @@ function completeAnswer(raw: Buffer, closed = false): Exchange | undefined {
     if (closed) throw new ExchangeError(`the answer ended after ${raw.length} bytes, inside its headers`, "EPROTO");
     return undefined;
   }
-  const [statusLine = "", ...lines] = raw.subarray(0, end).toString("latin1").split("\r\n");
+  // Plain loops, no map or rest destructuring: each plugin call runs this once (see docs/architecture.md, "Plugins").
+  const lines = raw.subarray(0, end).toString("latin1").split("\r\n");
+  const statusLine = lines[0]!;
   const status = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1];
   if (!status)
     throw new ExchangeError(`the answer does not start with an HTTP status line: ${JSON.stringify(statusLine.slice(0, 60))}`, "EPROTO");
-  const headers = new Map(
-    lines.map((l) => {
-      const i = l.indexOf(":");
-      return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()] as const;
-    }),
-  );
+  const headers = new Map<string, string>();
+  for (let n = 1; n < lines.length; n++) {
+    const l = lines[n]!;
+    const i = l.indexOf(":");
+    headers.set(l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim());
+  }
   let body = raw.subarray(end + 4);
   if (/chunked/i.test(headers.get("transfer-encoding") ?? "")) {
     const whole = dechunk(body, closed);

@@ -269,6 +269,7 @@ async function addDelBench(): Promise<void> {
 
     console.log("\nwhere the time goes (median of 10 ADD and 10 DEL of berth-macvlan + berth-ipam under strace --seccomp-bpf):");
     phaseBreakdown((command, id) => ({ file: berth, env: env(command, id, bin), stdin: ours }));
+    builtinsFirstCalled((command, id) => ({ file: berth, env: env(command, id, bin), stdin: ours }));
   } finally {
     daemon.kill("SIGTERM");
     spawnSync("ip", ["netns", "del", netns]);
@@ -354,6 +355,35 @@ function phasesOf(calls: Call[]): Record<string, number> {
   if (output && exit && output.start > (answer?.end ?? 0)) out["result written to exit"] = exit.start - output.start;
   if (exit) out["total under strace (execve to exit_group)"] = exit.start;
   return out;
+}
+
+/**
+ * The JavaScript builtins one ADD and one DEL call for the first time: JSC logs every function it links
+ * (BUN_JSC_dumpGeneratedBytecodes), builtins under their own names.
+ */
+function builtinsFirstCalled(run: (command: string, id: string) => { file: string; env: Record<string, string>; stdin: string }): void {
+  // JavaScriptCore's builtins written in JavaScript that the plugins' ADD/DEL path keeps out (docs/architecture.md,
+  // "Plugins"): a process compiles each from source the first time it calls it.
+  const JS_BUILTINS = new Set(
+    "map filter some every find findIndex findLast findLastIndex forEach reduce reduceRight flat flatMap from of fromEntries next arrayIteratorNextHelper performIteration padStart padEnd matchAll values entries keys".split(
+      " ",
+    ),
+  );
+  const found: string[] = [];
+  for (const command of ["ADD", "DEL"]) {
+    const { file, env, stdin } = run(command, "builtins");
+    const r = spawnSync(file, [], {
+      env: { ...env, BUN_JSC_dumpGeneratedBytecodes: "1" },
+      input: stdin,
+      encoding: "utf8",
+      maxBuffer: 1 << 28,
+    });
+    if (r.status !== 0) throw new Error(`${command} with BUN_JSC_dumpGeneratedBytecodes failed (${r.status}): ${r.stdout}`);
+    const names = [...r.stderr.matchAll(/^([^\s#]+)#[A-Za-z0-9]+:\[/gm)].map((m) => m[1]!);
+    const builtins = [...new Set(names.filter((n) => JS_BUILTINS.has(n)))];
+    found.push(`${command} ${builtins.length ? builtins.join(", ") : "none"} (of ${names.length} functions first called)`);
+  }
+  console.log(`  JavaScript builtins compiled at run time (each ~0.02-0.12 ms the first time a process calls it): ${found.join("; ")}`);
 }
 
 function phaseBreakdown(run: (command: string, id: string) => { file: string; env: Record<string, string>; stdin: string }): void {

@@ -5,7 +5,7 @@ import type { AllocateResponse } from "../../api/types";
 import { canonicalCidr } from "../../lib/ip";
 import { CniError, CniCode } from "../skel/errors";
 import type { CniContext } from "../skel/plugin";
-import type { IpConfig } from "../skel/result";
+import type { IpConfig, Route } from "../skel/result";
 import type { UndoStack } from "../skel/undo";
 import type { Ipam, IpamAddress, IpamAllocation } from "./client";
 
@@ -219,21 +219,25 @@ export class IpamdIpam implements Ipam {
 }
 
 function fromDaemon(ctx: CniContext<unknown>, r: AllocateResponse): IpamAllocation {
-  const addresses: IpamAddress[] = r.ips.map((ip) => ({
-    address: ip.address,
-    family: ip.family,
-    pool: ip.pool,
-    ...(ip.gateway ? { gateway: ip.gateway } : {}),
-    ...(ip.vlan !== undefined && ip.vlan !== null ? { vlan: ip.vlan } : {}),
-  }));
-  const ips: IpConfig[] = addresses.map((a) => ({ address: a.address, ...(a.gateway ? { gateway: a.gateway } : {}) }));
+  // Loops, not map/filter/spread: every ADD runs this once (see docs/architecture.md, "Plugins").
+  const addresses: IpamAddress[] = [];
+  const ips: IpConfig[] = [];
+  const vlans: number[] = [];
+  for (const ip of r.ips) {
+    const gateway = ip.gateway ? { gateway: ip.gateway } : {};
+    const vlan = ip.vlan ?? undefined;
+    addresses.push({ address: ip.address, family: ip.family, pool: ip.pool, ...gateway, ...(vlan !== undefined ? { vlan } : {}) });
+    ips.push({ address: ip.address, ...gateway });
+    if (vlan !== undefined && !vlans.includes(vlan)) vlans.push(vlan);
+  }
+  const routes: Route[] = [];
+  for (const rt of r.routes) routes.push({ dst: rt.dst, ...(rt.gw ? { gw: rt.gw } : {}) });
   const dns = r.dns && Object.keys(r.dns).length ? r.dns : ctx.conf.dns;
-  const vlans = [...new Set(addresses.map((a) => a.vlan).filter((v): v is number => v !== undefined))];
   if (vlans.length > 1) {
     ctx.log.warn("pools of this attachment carry different VLANs; using the first", { vlans });
   }
   return {
-    result: { ips, routes: r.routes.map((rt) => ({ dst: rt.dst, ...(rt.gw ? { gw: rt.gw } : {}) })), ...(dns ? { dns } : {}) },
+    result: { ips, routes, ...(dns ? { dns } : {}) },
     addresses,
     vlan: vlans[0],
     owner: r.owner,

@@ -148,8 +148,9 @@ function parseLinkInfo(link: Link, info: Attrs): void {
   const d = parseAttrs(data);
   if (link.kind === "macvlan" || link.kind === "macvtap") {
     const mode = attrU32(d, IFLA_MACVLAN_MODE) ?? 0;
-    const name = (Object.keys(MACVLAN_MODES) as MacvlanMode[]).find((k) => MACVLAN_MODES[k] === mode);
-    link.macvlan = { mode: name ?? "unknown" };
+    let name: MacvlanMode | "unknown" = "unknown"; // a loop, not find(): see docs/architecture.md, "Plugins"
+    for (const k of Object.keys(MACVLAN_MODES) as MacvlanMode[]) if (MACVLAN_MODES[k] === mode) name = k;
+    link.macvlan = { mode: name };
   } else if (link.kind === "vlan") {
     const proto = d.get(IFLA_VLAN_PROTOCOL)?.readUInt16BE(0);
     link.vlan = { id: attrU16(d, IFLA_VLAN_ID) ?? 0, protocol: proto === ETH_P_8021AD ? "802.1ad" : "802.1Q" };

@@ -209,9 +209,15 @@ export function cString(b: Buffer): string {
 export function macToBuffer(mac: string, what = "MAC address"): Buffer {
   const m = normalizeMac(mac.trim());
   if (!m) throw new TypeError(`invalid ${what} "${mac}": expected six hex bytes like 02:42:ac:11:00:02`);
-  return Buffer.from(m.split(":").map((h) => parseInt(h, 16)));
+  const b = Buffer.alloc(6);
+  for (let i = 0; i < 6; i++) b[i] = parseInt(m.slice(i * 3, i * 3 + 2), 16); // not map(): see docs/architecture.md, "Plugins"
+  return b;
 }
 
-export function bufferToMac(b: Buffer): string {
-  return [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
+// Plain loops here and in the other code every ADD and DEL runs (docs/architecture.md, "Plugins"): JavaScriptCore
+// compiles a builtin such as Array.prototype.map, or a Buffer's iterator, the first time a process uses it.
+export function bufferToMac(b: Uint8Array): string {
+  let mac = "";
+  for (let i = 0; i < b.length; i++) mac += (i ? ":" : "") + (b[i]! < 16 ? "0" : "") + b[i]!.toString(16);
+  return mac;
 }

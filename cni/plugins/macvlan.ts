@@ -1,7 +1,7 @@
 // berth-macvlan: puts a macvlan of a host NIC, or of its VLAN sub-interface master.vlan, into the
 // pod. The VLAN comes from the config, else from the pool ipamd allocated from (so IPAM runs
 // before any link is made). See docs/plugins/macvlan.md for the config keys.
-import { ipToBytes, parseCidr } from "../../lib/ip";
+import { ipToBytes, parseCidr, type Cidr } from "../../lib/ip";
 import { ipamOf, releaseMeanwhile, type IpamAllocation } from "../ipam/client";
 import {
   addMacvlan,
@@ -13,6 +13,7 @@ import {
   type Link,
   type MacvlanMode,
 } from "../netlink/link";
+import { bufferToMac } from "../netlink/wire";
 import { NetlinkSocket, isNetlinkError } from "../netlink/socket";
 import { Netns, NetnsError } from "../netns";
 import { checkPodInterface, isOwnNetns, openPodNetns, refuseExistingIfName, usePodNetns } from "../pod/check";
@@ -122,12 +123,14 @@ function parseMacvlanConfig(conf: NetConf): MacvlanConfig {
  * caches stay right.
  */
 export function macFromIp(addresses: string[]): string | undefined {
-  const cidrs = addresses.map((a) => parseCidr(a)).filter((c) => c !== null);
-  const v4 = cidrs.find((c) => c.family === 4);
-  const v6 = cidrs.find((c) => c.family === 6);
+  let v4: Cidr | undefined, v6: Cidr | undefined; // loops, not find(): see docs/architecture.md, "Plugins"
+  for (const a of addresses) {
+    const c = parseCidr(a);
+    if (c?.family === 4) v4 ??= c;
+    else if (c?.family === 6) v6 ??= c;
+  }
   const bytes = v4 ? ipToBytes(4, v4.address) : v6 ? ipToBytes(6, v6.address).subarray(12) : undefined;
-  if (!bytes) return undefined;
-  return ["0a", "58", ...[...bytes].map((b) => b.toString(16).padStart(2, "0"))].join(":");
+  return bytes && `0a:58:${bufferToMac(bytes)}`;
 }
 
 type Ctx = CniContext<MacvlanConfig>;
@@ -144,7 +147,8 @@ function lookupMaster(nl: NetlinkSocket, cfg: MacvlanConfig): Link {
 /** FNV-1a over `text` with a seed: a cheap stable hash (node:crypto costs every plugin start). */
 function fnv1a(text: string, seed = 0x811c9dc5): string {
   let h = seed >>> 0;
-  for (const byte of Buffer.from(text)) h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+  const bytes = Buffer.from(text);
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193) >>> 0; // no iterator: docs/architecture.md, "Plugins"
   return h.toString(16).padStart(8, "0");
 }
 
@@ -210,7 +214,13 @@ async function add(ctx: Ctx): Promise<Result> {
     pod = podNs;
     return await withUndo(log, async (undo) => {
       const alloc = await ipamOf(ctx)?.add(undo);
-      const addresses = (alloc?.result.ips ?? []).map((ip) => ip.address);
+      // Loops here and below, not map(): see docs/architecture.md, "Plugins".
+      const addresses: string[] = [];
+      const ips: IpConfig[] = [];
+      for (const ip of alloc?.result.ips ?? []) {
+        addresses.push(ip.address);
+        ips.push({ ...ip, interface: 0 });
+      }
       if (cfg.vlan && alloc?.vlan && alloc.vlan !== cfg.vlan) {
         log.warn("the config's vlan overrides the pool's", { configVlan: cfg.vlan, poolVlan: alloc.vlan });
       }
@@ -253,7 +263,7 @@ async function add(ctx: Ctx): Promise<Result> {
       if (bandwidth) shapePodInterface(podNs, ctx.ifName, bandwidth, undo, log);
       return extendResult(ctx.conf.prevResult, {
         interfaces: [{ name: ctx.ifName, mac: link.mac, mtu: link.mtu, sandbox: ctx.netns }],
-        ips: (alloc?.result.ips ?? []).map((ip): IpConfig => ({ ...ip, interface: 0 })),
+        ips,
         routes: alloc?.result.routes ?? [],
         dns: ctx.conf.dns ?? alloc?.result.dns ?? {},
       });

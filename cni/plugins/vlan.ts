@@ -88,18 +88,21 @@ function writeRecord(stateDir: string, name: string, record: VlanRecord): void {
 
 /** Sub-interface names that have a record. */
 export function recordNames(stateDir: string): string[] {
+  // Loops, not filter/map, here and below: every DEL runs this (see docs/architecture.md, "Plugins").
+  const names: string[] = [];
   try {
-    return readDir(stateDir)
-      .filter((f) => f.endsWith(".json"))
-      .map((f) => f.slice(0, -5));
+    for (const f of readDir(stateDir)) if (f.endsWith(".json")) names.push(f.slice(0, -5));
   } catch {
-    return [];
+    // no state dir yet: no records
   }
+  return names;
 }
 
 /** Sub-interface names whose record lists `key` (DEL finds its VLAN without IPAM or the netns). */
 export function recordsHolding(stateDir: string, key: string): string[] {
-  return recordNames(stateDir).filter((name) => readRecord(stateDir, name)?.attachments.includes(key));
+  const holding: string[] = [];
+  for (const name of recordNames(stateDir)) if (readRecord(stateDir, name)?.attachments.includes(key)) holding.push(name);
+  return holding;
 }
 
 /** Adds `key` to the record (call with the lock held). */

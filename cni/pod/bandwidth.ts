@@ -66,7 +66,8 @@ const tbfLimit = (l: RateLimit) => Math.trunc((toBytes(l.rate) * LATENCY_US) / 1
  * both 0 is unlimited (runtimes send all four keys, 0 for the direction that has no annotation).
  */
 export function bandwidthLimits(conf: NetConf): BandwidthLimits | undefined {
-  const top = KEYS.some((k) => conf.raw[k] !== undefined && conf.raw[k] !== null);
+  let top = false; // a loop, not some(): see docs/architecture.md, "Plugins"
+  for (const k of KEYS) if (conf.raw[k] !== undefined && conf.raw[k] !== null) top = true;
   const rc = conf.runtimeConfig.bandwidth;
   let entry: Record<string, unknown>;
   let source: string;

@@ -2,7 +2,7 @@
 // neighbour announcements (arp_notify/ndisc_notify), addresses, up, IPv6 DAD, routes. Shared by
 // berth-macvlan, berth-hostdev and berth-sriov.
 import { sleepSync } from "../../lib/files";
-import { canonicalCidr, cidrContains, parseCidr, parseIp } from "../../lib/ip";
+import { canonicalCidr, cidrContains, parseCidr, parseIp, type Cidr } from "../../lib/ip";
 import { addAddress, listAddresses } from "../netlink/addr";
 import { IPV4_DEVCONF_ARP_NOTIFY, getLinkByIndex, setIpv4Conf, setLinkMac, setLinkMtu, setLinkUp, type Link } from "../netlink/link";
 import { addRoute } from "../netlink/route";
@@ -80,7 +80,8 @@ export function configurePodInterface(pod: Netns, index: number, s: PodNetSettin
   const dad = s.dad ?? "optimistic";
   if (s.mtu) setLinkMtu(nl, index, s.mtu);
   if (s.mac) setLinkMac(nl, index, s.mac);
-  const hasV6 = s.ips.some((ip) => parseCidr(ip.address)?.family === 6);
+  let hasV6 = false; // a loop, not some(): see docs/architecture.md, "Plugins"
+  for (const ip of s.ips) if (parseCidr(ip.address)?.family === 6) hasV6 = true;
   // Neighbours learn the pod's MAC for a returning (sticky) IP at once: gratuitous ARP and
   // unsolicited NA when the link comes up with its addresses. arp_notify goes over netlink; the
   // IPv6 settings have no netlink form, they are written in /proc/sys inside the pod.
@@ -188,12 +189,18 @@ function waitForDad(nl: NetlinkSocket, index: number, s: PodNetSettings): void {
  * address prefix of the interface covers is added on-link instead of failing.
  */
 function addRoutes(nl: NetlinkSocket, index: number, ips: IpConfig[], routes: Route[], log: Logger): void {
-  const prefixes = ips.map((ip) => parseCidr(ip.address)).filter((c) => c !== null);
+  // Loops, not map/filter/some/find, here and in gatewayOf: see docs/architecture.md, "Plugins".
+  const prefixes: Cidr[] = [];
+  for (const ip of ips) {
+    const c = parseCidr(ip.address);
+    if (c) prefixes.push(c);
+  }
   for (const r of routes) {
     const family = parseCidr(r.dst)?.family as 4 | 6;
     const gw = r.gw ?? gatewayOf(ips, family);
     const via = gw === undefined ? null : parseIp(gw);
-    const onLink = via !== null && !prefixes.some((p) => cidrContains(p, via.family, via.value));
+    let onLink = via !== null;
+    for (const p of prefixes) if (via && cidrContains(p, via.family, via.value)) onLink = false;
     if (r.mtu || r.advmss) log.warn("route mtu/advmss are not applied", { route: r });
     try {
       addRoute(nl, {
@@ -212,5 +219,6 @@ function addRoutes(nl: NetlinkSocket, index: number, ips: IpConfig[], routes: Ro
 }
 
 export function gatewayOf(ips: IpConfig[], family: 4 | 6): string | undefined {
-  return ips.find((ip) => ip.gateway && parseCidr(ip.address)?.family === family)?.gateway;
+  for (const ip of ips) if (ip.gateway && parseCidr(ip.address)?.family === family) return ip.gateway;
+  return undefined;
 }

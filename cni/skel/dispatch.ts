@@ -127,7 +127,8 @@ export function buildContext<P>(
     ["args.cni.ips", conf.argsCni.ips],
     ["CNI_ARGS IP", args.IP],
   ];
-  const given = sources.filter(([, ips]) => ips?.length);
+  const given: typeof sources = []; // a loop, not filter(): see docs/architecture.md, "Plugins"
+  for (const source of sources) if (source[1]?.length) given.push(source);
   const requested = [...new Set(given[0]?.[1] ?? [])];
   if (given.length > 1) {
     log.warn(

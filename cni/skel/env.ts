@@ -69,14 +69,16 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Command): CniEnv {
   const out: CniEnv = { command, containerId: "", netns: "", ifName: "", path: [], argsRaw: env.CNI_ARGS ?? "" };
   if (command === "VERSION") return out;
 
-  const missing = REQUIRED[command].filter((k) => !env[k]);
+  // Loops rather than filter here and below: see docs/architecture.md, "Plugins".
+  const missing: string[] = [];
+  for (const k of REQUIRED[command]) if (!env[k]) missing.push(k);
   if (missing.length) {
     throw invalidEnv(
       `required env variables [${missing.join(" ")}] missing`,
       `CNI ${command} needs ${REQUIRED[command].join(", ")} set by the container runtime`,
     );
   }
-  out.path = (env.CNI_PATH ?? "").split(":").filter((d) => d !== "");
+  for (const d of (env.CNI_PATH ?? "").split(":")) if (d !== "") out.path.push(d);
 
   if (command === "ADD" || command === "CHECK" || command === "DEL") {
     out.containerId = env.CNI_CONTAINERID!;

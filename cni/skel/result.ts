@@ -55,40 +55,50 @@ export function encodeResult(result: Result, version: string): Json {
   const v11 = atLeast(version, "1.1.0");
   const v1 = atLeast(version, "1.0.0");
   const out: Json = { cniVersion: version };
+  // Loops, not map(): every ADD runs this once (see docs/architecture.md, "Plugins").
   if (result.interfaces?.length) {
-    out.interfaces = result.interfaces.map((i) =>
-      compact({
-        name: i.name,
-        mac: i.mac || undefined,
-        mtu: v11 && i.mtu ? i.mtu : undefined,
-        sandbox: i.sandbox || undefined,
-        socketPath: v11 && i.socketPath ? i.socketPath : undefined,
-        pciID: v11 && i.pciID ? i.pciID : undefined,
-      }),
-    );
+    const interfaces: Json[] = [];
+    for (const i of result.interfaces)
+      interfaces.push(
+        compact({
+          name: i.name,
+          mac: i.mac || undefined,
+          mtu: v11 && i.mtu ? i.mtu : undefined,
+          sandbox: i.sandbox || undefined,
+          socketPath: v11 && i.socketPath ? i.socketPath : undefined,
+          pciID: v11 && i.pciID ? i.pciID : undefined,
+        }),
+      );
+    out.interfaces = interfaces;
   }
   if (result.ips?.length) {
-    out.ips = result.ips.map((ip) =>
-      compact({
-        version: v1 ? undefined : String(parseCidr(ip.address)?.family ?? 4),
-        interface: ip.interface,
-        address: ip.address,
-        gateway: ip.gateway || undefined,
-      }),
-    );
+    const ips: Json[] = [];
+    for (const ip of result.ips)
+      ips.push(
+        compact({
+          version: v1 ? undefined : String(parseCidr(ip.address)?.family ?? 4),
+          interface: ip.interface,
+          address: ip.address,
+          gateway: ip.gateway || undefined,
+        }),
+      );
+    out.ips = ips;
   }
   if (result.routes?.length) {
-    out.routes = result.routes.map((r) =>
-      compact({
-        dst: r.dst,
-        gw: r.gw || undefined,
-        mtu: v11 && r.mtu ? r.mtu : undefined,
-        advmss: v11 && r.advmss ? r.advmss : undefined,
-        priority: v11 && r.priority ? r.priority : undefined,
-        table: v11 ? r.table : undefined,
-        scope: v11 ? r.scope : undefined,
-      }),
-    );
+    const routes: Json[] = [];
+    for (const r of result.routes)
+      routes.push(
+        compact({
+          dst: r.dst,
+          gw: r.gw || undefined,
+          mtu: v11 && r.mtu ? r.mtu : undefined,
+          advmss: v11 && r.advmss ? r.advmss : undefined,
+          priority: v11 && r.priority ? r.priority : undefined,
+          table: v11 ? r.table : undefined,
+          scope: v11 ? r.scope : undefined,
+        }),
+      );
+    out.routes = routes;
   }
   const dns = result.dns ?? {};
   out.dns = compact({
