@@ -365,9 +365,10 @@ function builtinsFirstCalled(run: (command: string, id: string) => { file: strin
   // JavaScriptCore's builtins written in JavaScript that the plugins' ADD/DEL path keeps out (docs/architecture.md,
   // "Plugins"): a process compiles each from source the first time it calls it.
   const JS_BUILTINS = new Set(
-    "map filter some every find findIndex findLast findLastIndex forEach reduce reduceRight flat flatMap from of fromEntries next arrayIteratorNextHelper performIteration padStart padEnd matchAll values entries keys".split(
-      " ",
-    ),
+    (
+      "map filter some every find findIndex findLast findLastIndex forEach reduce reduceRight flat flatMap from of fromEntries " +
+      "next arrayIteratorNextHelper performIteration padStart padEnd matchAll values entries keys"
+    ).split(" "),
   );
   const found: string[] = [];
   for (const command of ["ADD", "DEL"]) {
