@@ -174,7 +174,7 @@ export function ipToBytes(family: Family, value: bigint): Buffer {
 export function ipFromBytes(b: Uint8Array): Ip {
   if (b.length !== 4 && b.length !== 16) throw new TypeError(`not an IP address: ${b.length} bytes`);
   let value = 0n;
-  for (let i = 0; i < b.length; i++) value = (value << 8n) | BigInt(b[i]!); // no typed-array iterator: each plugin call runs this
+  for (let i = 0; i < b.length; i++) value = (value << 8n) | BigInt(b[i]!); // no typed-array iterator: docs/architecture.md, "Plugins"
   return { family: b.length === 4 ? 4 : 6, value };
 }
 
