@@ -55,50 +55,34 @@ export function encodeResult(result: Result, version: string): Json {
   const v11 = atLeast(version, "1.1.0");
   const v1 = atLeast(version, "1.0.0");
   const out: Json = { cniVersion: version };
-  // Loops, not map(): every ADD runs this once (see docs/architecture.md, "Plugins").
   if (result.interfaces?.length) {
-    const interfaces: Json[] = [];
-    for (const i of result.interfaces)
-      interfaces.push(
-        compact({
-          name: i.name,
-          mac: i.mac || undefined,
-          mtu: v11 && i.mtu ? i.mtu : undefined,
-          sandbox: i.sandbox || undefined,
-          socketPath: v11 && i.socketPath ? i.socketPath : undefined,
-          pciID: v11 && i.pciID ? i.pciID : undefined,
-        }),
-      );
-    out.interfaces = interfaces;
+    out.interfaces = compactEach(result.interfaces, (i) => ({
+      name: i.name,
+      mac: i.mac || undefined,
+      mtu: v11 && i.mtu ? i.mtu : undefined,
+      sandbox: i.sandbox || undefined,
+      socketPath: v11 && i.socketPath ? i.socketPath : undefined,
+      pciID: v11 && i.pciID ? i.pciID : undefined,
+    }));
   }
   if (result.ips?.length) {
-    const ips: Json[] = [];
-    for (const ip of result.ips)
-      ips.push(
-        compact({
-          version: v1 ? undefined : String(parseCidr(ip.address)?.family ?? 4),
-          interface: ip.interface,
-          address: ip.address,
-          gateway: ip.gateway || undefined,
-        }),
-      );
-    out.ips = ips;
+    out.ips = compactEach(result.ips, (ip) => ({
+      version: v1 ? undefined : String(parseCidr(ip.address)?.family ?? 4),
+      interface: ip.interface,
+      address: ip.address,
+      gateway: ip.gateway || undefined,
+    }));
   }
   if (result.routes?.length) {
-    const routes: Json[] = [];
-    for (const r of result.routes)
-      routes.push(
-        compact({
-          dst: r.dst,
-          gw: r.gw || undefined,
-          mtu: v11 && r.mtu ? r.mtu : undefined,
-          advmss: v11 && r.advmss ? r.advmss : undefined,
-          priority: v11 && r.priority ? r.priority : undefined,
-          table: v11 ? r.table : undefined,
-          scope: v11 ? r.scope : undefined,
-        }),
-      );
-    out.routes = routes;
+    out.routes = compactEach(result.routes, (r) => ({
+      dst: r.dst,
+      gw: r.gw || undefined,
+      mtu: v11 && r.mtu ? r.mtu : undefined,
+      advmss: v11 && r.advmss ? r.advmss : undefined,
+      priority: v11 && r.priority ? r.priority : undefined,
+      table: v11 ? r.table : undefined,
+      scope: v11 ? r.scope : undefined,
+    }));
   }
   const dns = result.dns ?? {};
   out.dns = compact({
@@ -107,6 +91,13 @@ export function encodeResult(result: Result, version: string): Json {
     search: dns.search?.length ? dns.search : undefined,
     options: dns.options?.length ? dns.options : undefined,
   });
+  return out;
+}
+
+/** `items.map((x) => compact(encode(x)))` as a loop: every ADD runs this once (docs/architecture.md, "Plugins"). */
+function compactEach<T>(items: T[], encode: (item: T) => Json): Json[] {
+  const out: Json[] = [];
+  for (const item of items) out.push(compact(encode(item)));
   return out;
 }
 
