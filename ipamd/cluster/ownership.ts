@@ -4,7 +4,7 @@
 // changes to etcd when it is reachable. Every change of shared state compares revisions; a failed compare re-reads.
 import { createHash, randomBytes } from "node:crypto";
 import { formatIp, type Family, parseIp } from "../../lib/ip";
-import { type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp } from "./etcd";
+import { type Compare, type EtcdClient, EtcdOutcomeUnknown, type KeyValue, type TxnOp, type TxnResult } from "./etcd";
 import { attachedElsewhere, ClusterError, fenced, l2Domain, poolExhausted } from "./errors";
 import {
   type AttachmentRef,
@@ -180,6 +180,8 @@ export interface OutboxOutcome {
 }
 
 const MAX_CAS_ATTEMPTS = 16;
+/** Binds remembered for a one-transaction detach (a node with more sticky pods reads before detaching the oldest). */
+const BOUND_HINTS = 4096;
 /** IPv4 last octets in the order their keys sort ("0", "1", "10", "100", ..., "99"). */
 const OCTETS_IN_KEY_ORDER = Array.from({ length: 256 }, (_, i) => String(i)).sort();
 
@@ -256,6 +258,12 @@ export class ClusterOwnership {
   private watches: WatchLoop[] = [];
   /** This node's join claims in etcd (claim key -> the sandbox and the claim's revision), read at start. */
   private readonly joinClaims = new Map<string, { pool: string; ip: string; containerID: string; modRevision: number }>();
+  /**
+   * What this node's last bind wrote to a sticky identity and its address key, in one transaction (so both keys
+   * carry `revision`): the DEL's detach compares against it and writes in one transaction instead of reading first.
+   * A hint only: a compare that fails falls back to what etcd returned. Insertion order; at most BOUND_HINTS.
+   */
+  private readonly boundHints = new Map<string, { revision: number; record: StickyRecord; owner: IpOwner }>();
   /** Sticky identities as last seen by list/watch (a cache for listings; never used to decide). */
   readonly stickyView = new Map<string, StickyRecord & { modRevision: number }>();
   conflicts = 0;
@@ -955,9 +963,10 @@ export class ClusterOwnership {
               ? { key: ikey, target: "mod", equals: ipKv.modRevision }
               : { key: ikey, target: "create", equals: 0 },
         ];
+        const ipOwnerWritten: IpOwner = { owner: "sticky", node: this.node, gen, at, identity: name };
         const success: TxnOp[] = [
           { put: { key: skey, value: JSON.stringify(next) } },
-          { put: { key: ikey, value: JSON.stringify({ owner: "sticky", node: this.node, gen, at, identity: name } satisfies IpOwner) } },
+          { put: { key: ikey, value: JSON.stringify(ipOwnerWritten) } },
         ];
         let r;
         try {
@@ -969,6 +978,7 @@ export class ClusterOwnership {
           else continue;
         }
         if (r.succeeded) {
+          this.rememberBound(name, r.revision, next, ipOwnerWritten);
           return {
             identity,
             ip: rec.ip,
@@ -1001,6 +1011,7 @@ export class ClusterOwnership {
         continue; // the buffer entry's state is unknown: dropped here, a later resync finds it if it is still ours
       }
       if (r.succeeded) {
+        this.rememberBound(name, r.revision, c.rec, c.owner);
         return { identity, ip: b.ip, created: true, stickyModRevision: r.revision, ipModRevision: r.revision, record: c.rec };
       }
       const [sNow, ipNow] = r.responses.map((x) => (x.kind === "get" ? x.kvs[0] : undefined));
@@ -1077,7 +1088,7 @@ export class ClusterOwnership {
     at: number,
     attachment?: AttachmentRef,
     pinned = false,
-  ): { skey: string; ikey: string; rec: StickyRecord; compares: Compare[]; puts: TxnOp[] } {
+  ): { skey: string; ikey: string; rec: StickyRecord; owner: IpOwner; compares: Compare[]; puts: TxnOp[] } {
     const skey = this.keys.sticky(identity);
     const ikey = this.keys.ip(identity.pool, b.ip);
     const rec: StickyRecord = {
@@ -1093,6 +1104,7 @@ export class ClusterOwnership {
       skey,
       ikey,
       rec,
+      owner,
       compares: [
         { key: skey, target: "create", equals: 0 },
         b.modRevision ? { key: ikey, target: "mod", equals: b.modRevision } : { key: ikey, target: "create", equals: 0 },
@@ -1661,6 +1673,50 @@ export class ClusterOwnership {
     return { compare: { key, target: "mod", equals: kv!.modRevision }, op };
   }
 
+  private rememberBound(name: string, revision: number, record: StickyRecord, owner: IpOwner): void {
+    this.boundHints.delete(name);
+    this.boundHints.set(name, { revision, record, owner });
+    if (this.boundHints.size > BOUND_HINTS) this.boundHints.delete(this.boundHints.keys().next().value!);
+  }
+
+  /**
+   * A detach of what this node's last bind wrote, when nothing changed since: both keys still carry the bind's
+   * revision, so one transaction compares them and writes what applyAttempt would have written after reading them.
+   * Otherwise what the compare met (the failure reads the two keys) for applyAttempt to decide on, or "unknown".
+   */
+  private async detachAsBound(
+    rec: OutboxOp & { op: "detach-sticky" },
+    name: string,
+    skey: string,
+    ikey: string,
+    gen: string,
+    at: number,
+  ): Promise<"applied" | "unknown" | TxnResult | undefined> {
+    const bound = this.boundHints.get(name);
+    this.boundHints.delete(name); // one use: whatever the outcome, etcd's keys have moved on from it
+    if (!bound || bound.record.attachment?.containerID !== rec.containerID || this.keys.ip(rec.identity.pool, bound.record.ip) !== ikey) {
+      return undefined;
+    }
+    const { attachment: _gone, ...rest } = bound.record;
+    try {
+      const r = await this.client.txn(
+        [
+          { key: skey, target: "mod", equals: bound.revision },
+          { key: ikey, target: "mod", equals: bound.revision },
+        ],
+        [
+          { put: { key: skey, value: JSON.stringify({ ...rest, gen, at } satisfies StickyRecord) } },
+          { put: { key: ikey, value: JSON.stringify({ ...bound.owner, gen, at }) } },
+        ],
+        [{ get: { key: skey } }, { get: { key: ikey } }],
+      );
+      return r.succeeded ? "applied" : r;
+    } catch (e) {
+      if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      return (await this.landed([skey], gen))[0] ? "applied" : "unknown";
+    }
+  }
+
   /** A released address back in the buffer (in memory); the caller persists the returned entry. */
   private keptInBuffer(pool: string, ip: string, modRevision: number, at: number): BufferEntry | null {
     // Used here again meanwhile (a plain attachment's key stays "buffer of this node"): not free, not buffered.
@@ -1711,7 +1767,14 @@ export class ClusterOwnership {
     const skey = this.keys.sticky(rec.identity);
     const name = this.keys.identityName(rec.identity);
     const hint = rec.op === "detach-sticky" && rec.ip ? this.keys.ip(rec.identity.pool, rec.ip) : undefined;
-    const read = hint ? await this.client.txn([], [{ get: { key: skey } }, { get: { key: hint } }]) : undefined;
+    let read: TxnResult | undefined;
+    if (rec.op === "detach-sticky" && hint) {
+      const known = await this.detachAsBound(rec, name, skey, hint, gen, at);
+      if (known === "applied") return { status: "applied" };
+      if (known === "unknown") return null;
+      read = known;
+    }
+    read ??= hint ? await this.client.txn([], [{ get: { key: skey } }, { get: { key: hint } }]) : undefined;
     const cur = read ? (read.responses[0]?.kind === "get" ? (read.responses[0].kvs[0] ?? null) : null) : await this.client.get(skey);
     if (!cur) return { status: "noop" };
     const s = parseJson<StickyRecord>(cur.value, skey);

@@ -311,6 +311,57 @@ describe("sticky identities", () => {
     expect(ipKeys(prefix, "st").has(r.ip)).toBe(false);
   });
 
+  it("a DEL of the pod this node bound detaches in one transaction; after another write since, from what its compare met", async () => {
+    const p = pool("st", "10.45.0.0/24");
+    const {
+      prefix,
+      nodes: [a, b],
+    } = cluster([p], ["a", "b"]);
+    for (const n of [a!, b!]) await n.start({ background: false });
+    const skey = `${prefix}/sticky/st/db/redis/5/eth0`;
+    /** The key's value and ModRevision as etcdctl reads them. */
+    const read = (key: string): { value: Record<string, unknown>; modRevision: number } => {
+      const kv = (JSON.parse(etcd.etcdctl(["get", key, "-w", "json"])) as { kvs: { value: string; mod_revision: number }[] }).kvs[0]!;
+      return { value: JSON.parse(Buffer.from(kv.value, "base64").toString()) as Record<string, unknown>, modRevision: kv.mod_revision };
+    };
+    const txns = async (): Promise<number> => (await etcd.requests()).get("Txn") ?? 0;
+    const attach = (containerID: string) => ({ selectsNode: true, attachment: { containerID, ifName: "eth0", podUID: containerID } });
+
+    const bound = await a!.bindSticky(id(5), attach("ctr-1"));
+    const ikey = `${prefix}/ip/st/${bound.ip}`;
+    let before = await txns();
+    const del = await a!.applyOutbox([{ id: 1, createdAt: 0, op: "detach-sticky", identity: id(5), containerID: "ctr-1", ip: bound.ip }]);
+    expect(del).toMatchObject({ pending: 0, outcomes: [{ id: 1, status: "applied" }] });
+    expect((await txns()) - before).toBe(1); // compare and write, no read first
+    let s = read(skey);
+    expect(s.value).toMatchObject({ ip: bound.ip, node: "a" });
+    expect(s.value).not.toHaveProperty("attachment");
+    expect(read(ikey)).toEqual({
+      value: expect.objectContaining({ owner: "sticky", node: "a", identity: "db/redis/5/eth0" }),
+      modRevision: s.modRevision,
+    });
+    // The next bind, on another node, meets both keys at one revision: the address moves with the identity.
+    expect(await b!.bindSticky(id(5), attach("ctr-2"))).toMatchObject({ ip: bound.ip, previousNode: "a" });
+
+    // Written since this node's bind (pinned from another node): the one transaction's compare fails, and the detach
+    // is decided on what it returned, keeping the pin.
+    await a!.bindSticky(id(5), attach("ctr-3"));
+    await b!.pinSticky(id(5), bound.ip);
+    before = await txns();
+    const late = await a!.applyOutbox([{ id: 2, createdAt: 0, op: "detach-sticky", identity: id(5), containerID: "ctr-3", ip: bound.ip }]);
+    expect(late.outcomes).toEqual([{ id: 2, status: "applied" }]);
+    expect((await txns()) - before).toBe(2); // the failed compare (it returned both keys) and the write
+    s = read(skey);
+    expect(s.value).toMatchObject({ ip: bound.ip, node: "b", pinned: true }); // the pin binds it where it was made
+    expect(s.value).not.toHaveProperty("attachment");
+    expect(read(ikey).modRevision).toBe(s.modRevision);
+
+    // Applied again (a retried outbox record): nothing to detach, nothing written.
+    const again = await a!.applyOutbox([{ id: 3, createdAt: 0, op: "detach-sticky", identity: id(5), containerID: "ctr-3", ip: bound.ip }]);
+    expect(again.outcomes).toEqual([{ id: 3, status: "noop" }]);
+    expect(read(skey).modRevision).toBe(s.modRevision);
+  });
+
   it("a released identity's address cools down cluster-wide: no node claims it until the key's lease ends it", async () => {
     const p = pool("cool", "10.44.0.0/24", { ranges: [{ start: "10.44.0.9", end: "10.44.0.9" }] });
     const {

@@ -462,6 +462,22 @@ export class EtcdCluster {
     return Math.max(...out.map((s) => s.Status.header.revision));
   }
 
+  /**
+   * Requests served so far by gRPC method (Range, Txn, Put, LeaseKeepAlive, Watch...), summed over the members: etcd's
+   * own grpc_server_handled_total from each member's /metrics (a plain-http cluster).
+   */
+  async requests(): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (const m of this.members) {
+      const text = await (await fetch(`${m.clientUrl}/metrics`)).text();
+      for (const line of text.split("\n")) {
+        const x = /^grpc_server_handled_total\{.*grpc_method="(\w+)".*\} (\S+)$/.exec(line);
+        if (x) out.set(x[1]!, (out.get(x[1]!) ?? 0) + Number(x[2]));
+      }
+    }
+    return out;
+  }
+
   /** Compacts the history up to `revision` (default: the current one), physically. */
   compact(revision = this.revision()): number {
     this.etcdctl(["compact", String(revision), "--physical"]);
