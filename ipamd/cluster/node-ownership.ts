@@ -143,6 +143,12 @@ export class ClusterNodeOwnership implements AddressOwnership {
     return [...this.taking.values()];
   }
 
+  /**
+   * The address key's ModRevision when an ordinary ADD took it from the buffer ("pool ip"; no etcd write since, in
+   * the usual case): its DEL's release compares against it instead of reading the key first. Lost at a restart.
+   */
+  private readonly takenAt = new Map<string, number>();
+
   isTaking(pool: string, ip: string): boolean {
     return this.taking.has(`${pool} ${ip}`);
   }
@@ -305,6 +311,7 @@ export class ClusterNodeOwnership implements AddressOwnership {
     }
     t.taken.delete(family);
     this.taking.delete(`${a.pool} ${a.ip}`);
+    if (a.modRevision) this.takenAt.set(`${a.pool} ${a.ip}`, a.modRevision);
     this.clearStale(a.ip, a.pool);
     t.used.add(a.ip);
     // No outbox record and no etcd write: the address key already says "owned by this node" (its buffer), which is
@@ -332,7 +339,9 @@ export class ClusterNodeOwnership implements AddressOwnership {
     const t = ticket as ClusterTicket;
     if (t.settled.has(ip)) return;
     const containerID = t.op.kind === "release" ? t.op.req.containerID : (t.containers.get(ip) ?? "");
-    this.queue(t, { op: "release", pool, ip, containerID, keepInBuffer: true });
+    const modRevision = this.takenAt.get(`${pool} ${ip}`);
+    this.takenAt.delete(`${pool} ${ip}`);
+    this.queue(t, { op: "release", pool, ip, containerID, keepInBuffer: true, ...(modRevision ? { modRevision } : {}) });
   }
 
   findSticky(owner: string, ticket: OwnershipTicket): Row[] {

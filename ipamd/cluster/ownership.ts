@@ -153,7 +153,11 @@ export interface BindRequest {
 /** A pending change of shared state, recorded in the node's SQLite with the local change, applied later. */
 export type OutboxOp =
   | { op: "attach"; pool: string; ip: string; attachment: Omit<AttachmentRef, "node"> }
-  | { op: "release"; pool: string; ip: string; containerID: string; keepInBuffer?: boolean }
+  /**
+   * `modRevision`: the address key's ModRevision when this node took it from its buffer (an ordinary ADD writes no
+   * key): the release compares against it and writes in one transaction instead of reading first.
+   */
+  | { op: "release"; pool: string; ip: string; containerID: string; keepInBuffer?: boolean; modRevision?: number }
   /** `ip`: the address the node's row had (read with the identity in one request; a different one is read after). */
   | { op: "detach-sticky"; identity: StickyIdentity; containerID: string; ip?: string }
   | { op: "release-sticky"; identity: StickyIdentity; force?: boolean };
@@ -1570,7 +1574,7 @@ export class ClusterOwnership {
     for (let i = 0; i < records.length; ) {
       const batch = this.addressBatch(records, i);
       try {
-        if (batch.length > 1) {
+        if (batch.length > 1 || this.releasesAsKnown(batch)) {
           outcomes.push(...(await this.applyBatch(batch)));
           i += batch.length;
           continue;
@@ -1602,15 +1606,39 @@ export class ClusterOwnership {
     return out;
   }
 
+  /**
+   * Releases back into this node's buffer of keys whose revision the records carry, none used here again: the
+   * normal path would read each key, find this node's buffer value at that revision and write the release.
+   */
+  private releasesAsKnown(batch: (OutboxRecord & { op: "attach" | "release" })[]): boolean {
+    for (const r of batch) {
+      if (r.op !== "release" || !r.keepInBuffer || !r.modRevision || this.usedHere(r.pool, r.ip)) return false;
+    }
+    return batch.length > 0;
+  }
+
   private async applyBatch(batch: (OutboxRecord & { op: "attach" | "release" })[]): Promise<OutboxOutcome[]> {
     const keys = batch.map((r) => this.keys.ip(r.pool, r.ip));
-    const read = await this.client.txn(
-      [],
-      keys.map((key) => ({ get: { key } })),
-    );
-    const kvs = read.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
+    const gets: TxnOp[] = keys.map((key) => ({ get: { key } }));
     const gen = this.gen();
     const at = this.now();
+    let read: TxnResult | undefined;
+    if (this.releasesAsKnown(batch)) {
+      // One transaction: each key still at the revision its record carries, or the keys as they are (decided below).
+      const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner);
+      try {
+        read = await this.client.txn(
+          batch.map((r, i) => ({ key: keys[i]!, target: "mod", equals: (r as { modRevision: number }).modRevision })),
+          keys.map((key) => ({ put: { key, value } })),
+          gets,
+        );
+      } catch (e) {
+        if (!(e instanceof EtcdOutcomeUnknown)) throw e;
+      }
+      if (read?.succeeded) return this.appliedBatch(batch, [], read.revision, at);
+    }
+    if (!read || read.succeeded) read = await this.client.txn([], gets); // no hint, or an unknown outcome: read them
+    const kvs = read.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
     const decided = batch.map((rec, i) => this.decideAddress(rec, keys[i]!, kvs[i]!, gen, at));
     const writes = decided.filter((d) => "op" in d) as { compare: Compare; op: TxnOp; keepInBuffer?: boolean }[];
     let ok = writes.length === 0;
@@ -1634,10 +1662,20 @@ export class ClusterOwnership {
       for (const rec of batch) out.push({ id: rec.id, ...(await this.applyOne(rec)) });
       return out;
     }
+    return this.appliedBatch(batch, decided, revision, at);
+  }
+
+  /** The outcomes of a batch: a record decided without a write has its own, the others went through at `revision`. */
+  private appliedBatch(
+    batch: (OutboxRecord & { op: "attach" | "release" })[],
+    decided: (Omit<OutboxOutcome, "id"> | { compare: Compare; op: TxnOp })[],
+    revision: number,
+    at: number,
+  ): OutboxOutcome[] {
     const kept: BufferEntry[] = [];
     const outcomes = batch.map((rec, i) => {
-      const d = decided[i]!;
-      if (!("op" in d)) return { id: rec.id, ...d };
+      const d = decided[i];
+      if (d && !("op" in d)) return { id: rec.id, ...d };
       const entry = rec.op === "release" && rec.keepInBuffer ? this.keptInBuffer(rec.pool, rec.ip, revision, at) : null;
       if (entry) kept.push(entry);
       return { id: rec.id, status: "applied" as const };

@@ -176,6 +176,43 @@ describe("buffer claims", () => {
   });
 });
 
+describe("an ordinary DEL's release", () => {
+  it("carries its address's revision from the buffer: one transaction; a key written since, decided on what the compare met", async () => {
+    const p = pool("rel", "10.46.0.0/24");
+    const {
+      prefix,
+      nodes: [a],
+    } = cluster([p], ["a"]);
+    await a!.start({ background: false });
+    await a!.refill("rel");
+    const txns = async (): Promise<number> => (await etcd.requests()).get("Txn") ?? 0;
+    const [one, two] = [a!.takeBuffered("rel")!, a!.takeBuffered("rel")!]; // two ordinary ADDs: no etcd write
+    const release = (id: number, x: typeof one, modRevision: number): OutboxRecord => ({
+      id,
+      createdAt: 0,
+      op: "release",
+      pool: "rel",
+      ip: x.ip,
+      containerID: `c${id}`,
+      keepInBuffer: true,
+      modRevision,
+    });
+    let before = await txns();
+    expect((await a!.applyOutbox([release(1, one, one.modRevision)])).outcomes).toEqual([{ id: 1, status: "applied" }]);
+    expect((await txns()) - before).toBe(1);
+    expect(ipKeys(prefix, "rel").get(one.ip)).toMatchObject({ owner: "buffer", node: "a", releasedAt: expect.any(Number) });
+    expect(a!.isBuffered("rel", one.ip)).toBe(true);
+
+    // The revision is stale (the key was written since): the compare fails, returning the key, and the release is
+    // written from what it returned, without another read.
+    before = await txns();
+    expect((await a!.applyOutbox([release(2, two, two.modRevision - 1)])).outcomes).toEqual([{ id: 2, status: "applied" }]);
+    expect((await txns()) - before).toBe(2);
+    expect(ipKeys(prefix, "rel").get(two.ip)).toMatchObject({ owner: "buffer", node: "a", releasedAt: expect.any(Number) });
+    expect(a!.isBuffered("rel", two.ip)).toBe(true);
+  });
+});
+
 describe("sticky identities", () => {
   const id = (ordinal: number) => ({ pool: "st", namespace: "db", statefulset: "redis", ordinal, iface: "eth0" });
 
