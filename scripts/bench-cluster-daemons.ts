@@ -354,7 +354,7 @@ async function main(): Promise<void> {
           [{ put: { key: skey, value: "s".repeat(170) } }, { put: { key: ikey, value: "i".repeat(100) } }],
         );
         txns.push(performance.now() - t);
-        if (i % 250 === 249) await c.txn([], [{ del: { key: "/bench2a/", rangeEnd: "/bench2a0" } }]);
+        if (i % 250 === 249) await c.txn([], [{ del: { key: "/bench2a/", prefix: true } }]);
       }
       c.close();
       console.log(

@@ -1637,7 +1637,7 @@ export class ClusterOwnership {
       }
       if (read?.succeeded) return this.appliedBatch(batch, [], read.revision, at);
     }
-    if (!read || read.succeeded) read = await this.client.txn([], gets); // no hint, or an unknown outcome: read them
+    read ??= await this.client.txn([], gets); // no revisions to compare, or an unknown outcome: read the keys
     const kvs = read.responses.map((x) => (x.kind === "get" ? (x.kvs[0] ?? null) : null));
     const decided = batch.map((rec, i) => this.decideAddress(rec, keys[i]!, kvs[i]!, gen, at));
     const writes = decided.filter((d) => "op" in d) as { compare: Compare; op: TxnOp; keepInBuffer?: boolean }[];
