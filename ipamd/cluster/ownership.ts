@@ -1574,8 +1574,9 @@ export class ClusterOwnership {
     for (let i = 0; i < records.length; ) {
       const batch = this.addressBatch(records, i);
       try {
-        if (batch.length > 1 || this.releasesAsKnown(batch)) {
-          outcomes.push(...(await this.applyBatch(batch)));
+        const known = this.releasesAsKnown(batch);
+        if (batch.length > 1 || known) {
+          outcomes.push(...(await this.applyBatch(batch, known)));
           i += batch.length;
           continue;
         }
@@ -1617,15 +1618,15 @@ export class ClusterOwnership {
     return batch.length > 0;
   }
 
-  private async applyBatch(batch: (OutboxRecord & { op: "attach" | "release" })[]): Promise<OutboxOutcome[]> {
+  private async applyBatch(batch: (OutboxRecord & { op: "attach" | "release" })[], known: boolean): Promise<OutboxOutcome[]> {
     const keys = batch.map((r) => this.keys.ip(r.pool, r.ip));
     const gets: TxnOp[] = keys.map((key) => ({ get: { key } }));
     const gen = this.gen();
     const at = this.now();
     let read: TxnResult | undefined;
-    if (this.releasesAsKnown(batch)) {
+    if (known) {
       // One transaction: each key still at the revision its record carries, or the keys as they are (decided below).
-      const value = JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner);
+      const value = this.releasedValue(gen, at);
       try {
         read = await this.client.txn(
           batch.map((r, i) => ({ key: keys[i]!, target: "mod", equals: (r as { modRevision: number }).modRevision })),
@@ -1663,6 +1664,11 @@ export class ClusterOwnership {
       return out;
     }
     return this.appliedBatch(batch, decided, revision, at);
+  }
+
+  /** An address key's value once its release is applied: back in this node's buffer, released at `at`. */
+  private releasedValue(gen: string, at: number): string {
+    return JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner);
   }
 
   /** The outcomes of a batch: a record decided without a write has its own, the others went through at `revision`. */
@@ -1705,9 +1711,7 @@ export class ClusterOwnership {
     }
     if (!releasableBy(this.node, v, rec.containerID)) return { status: "noop" };
     if (v.owner === "buffer" && this.usedHere(rec.pool, rec.ip)) return { status: "noop" }; // handed out here again since
-    const op: TxnOp = rec.keepInBuffer
-      ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
-      : { del: { key } };
+    const op: TxnOp = rec.keepInBuffer ? { put: { key, value: this.releasedValue(gen, at) } } : { del: { key } };
     return { compare: { key, target: "mod", equals: kv!.modRevision }, op };
   }
 
@@ -1732,10 +1736,7 @@ export class ClusterOwnership {
   ): Promise<"applied" | "unknown" | TxnResult | undefined> {
     const bound = this.boundHints.get(name);
     this.boundHints.delete(name); // one use: whatever the outcome, etcd's keys have moved on from it
-    if (!bound || bound.record.attachment?.containerID !== rec.containerID || this.keys.ip(rec.identity.pool, bound.record.ip) !== ikey) {
-      return undefined;
-    }
-    const { attachment: _gone, ...rest } = bound.record;
+    if (!bound || bound.record.attachment?.containerID !== rec.containerID || bound.record.ip !== rec.ip) return undefined;
     try {
       const r = await this.client.txn(
         [
@@ -1743,7 +1744,7 @@ export class ClusterOwnership {
           { key: ikey, target: "mod", equals: bound.revision },
         ],
         [
-          { put: { key: skey, value: JSON.stringify({ ...rest, gen, at } satisfies StickyRecord) } },
+          { put: { key: skey, value: JSON.stringify(detached(bound.record, gen, at)) } },
           { put: { key: ikey, value: JSON.stringify({ ...bound.owner, gen, at }) } },
         ],
         [{ get: { key: skey } }, { get: { key: ikey } }],
@@ -1792,9 +1793,7 @@ export class ClusterOwnership {
       }
       if (!releasableBy(this.node, v, rec.containerID)) return { status: "noop" };
       if (v.owner === "buffer" && this.usedHere(rec.pool, rec.ip)) return { status: "noop" };
-      const op: TxnOp = rec.keepInBuffer
-        ? { put: { key, value: JSON.stringify({ owner: "buffer", node: this.node, gen, at, releasedAt: at } satisfies IpOwner) } }
-        : { del: { key } };
+      const op: TxnOp = rec.keepInBuffer ? { put: { key, value: this.releasedValue(gen, at) } } : { del: { key } };
       const rev = await this.casTxn("release", [{ key, target: "mod", equals: kv!.modRevision }], [op], key, gen);
       if (!rev && !rec.keepInBuffer && !(await this.client.get(key))) return { status: "applied" };
       if (!rev) return null;
@@ -1818,8 +1817,7 @@ export class ClusterOwnership {
     const s = parseJson<StickyRecord>(cur.value, skey);
     if (rec.op === "detach-sticky") {
       if (s.attachment?.containerID !== rec.containerID) return { status: "noop" };
-      const { attachment: _gone, ...rest } = s;
-      const next: StickyRecord = { ...rest, gen, at };
+      const next = detached(s, gen, at);
       // Rewrites the address key too, so both keep one ModRevision (the next bind's optimistic compare holds).
       const ikey = this.keys.ip(rec.identity.pool, s.ip);
       const ipKv = ikey === hint && read?.responses[1]?.kind === "get" ? (read.responses[1].kvs[0] ?? null) : await this.client.get(ikey);
@@ -1908,6 +1906,12 @@ function attachDecided(node: string, v: IpOwner | null, rec: OutboxOp & { op: "a
     };
   }
   return undefined;
+}
+
+/** A sticky identity's record once its sandbox's DEL is applied: the same binding, no attachment. */
+function detached(s: StickyRecord, gen: string, at: number): StickyRecord {
+  const { attachment: _gone, ...rest } = s;
+  return { ...rest, gen, at };
 }
 
 /** Whether `node`'s release of `containerID`'s address may change its key: the node holds it as buffer or as that attachment. */
