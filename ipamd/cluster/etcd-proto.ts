@@ -259,3 +259,39 @@ export function unframe(buf: Buffer): [number, number] {
   if (buf.length < 5 + len) throw new Error("etcd answer: truncated gRPC message");
   return [5, 5 + len];
 }
+
+export interface ProtoWatchResponse {
+  revision: number;
+  created: boolean;
+  canceled: boolean;
+  compactRevision: number;
+  cancelReason: string;
+  events: { type: "put" | "delete"; kv: KeyValue }[];
+}
+
+/**
+ * WatchResponse: header 1, watch_id 2, created 3, canceled 4, compact_revision 5, cancel_reason 6, events 11
+ * (mvccpb.Event: type 1 (PUT 0, DELETE 1), kv 2).
+ */
+export function readWatchResponse(buf: Buffer, start: number, end: number): ProtoWatchResponse {
+  const out: ProtoWatchResponse = { revision: 0, created: false, canceled: false, compactRevision: 0, cancelReason: "", events: [] };
+  const r = new ProtoReader(buf, start, end);
+  r.fields((f, w) => {
+    if (f === 1 && w === 2) out.revision = readHeaderRevision(buf, ...r.sub());
+    else if (f === 3 && w === 0) out.created = r.varint() !== 0;
+    else if (f === 4 && w === 0) out.canceled = r.varint() !== 0;
+    else if (f === 5 && w === 0) out.compactRevision = r.varint();
+    else if (f === 6 && w === 2) out.cancelReason = buf.toString("utf8", ...r.sub());
+    else if (f === 11 && w === 2) {
+      const e = new ProtoReader(buf, ...r.sub());
+      let type: "put" | "delete" = "put";
+      let kv: KeyValue | undefined;
+      e.fields((ef, ew) => {
+        if (ef === 1 && ew === 0) type = e.varint() === 1 ? "delete" : "put";
+        else if (ef === 2 && ew === 2) kv = readKeyValue(buf, ...e.sub());
+      });
+      if (kv) out.events.push({ type, kv });
+    }
+  });
+  return out;
+}

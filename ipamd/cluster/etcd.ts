@@ -1,9 +1,9 @@
-// A small etcd v3 client. The KV calls (Range, Put, DeleteRange, Txn) are gRPC over node:http2, one connection per
-// endpoint, with a hand-written protobuf subset (etcd-proto.ts); leases and the streaming watch go over etcd's JSON
-// gateway (/v3/lease/*, /v3/watch) on node:http(s) with keep-alive. Why gRPC for KV: the gateway decodes every
-// request from JSON into protobuf by reflection and encodes the answer back, which cost etcd ~45% more CPU per
-// claim transaction (docs/cluster.md). Why not the npm etcd3 client: see docs/cluster.md. Only v3 API common to
-// etcd 3.4 and 3.5.
+// A small etcd v3 client. The KV calls (Range, Put, DeleteRange, Txn) and the streaming watch are gRPC over
+// node:http2, one connection per endpoint, with a hand-written protobuf subset (etcd-proto.ts); leases go over etcd's
+// JSON gateway (/v3/lease/*) on node:http(s) with keep-alive. Why gRPC: the gateway decodes every request from JSON
+// into protobuf by reflection and encodes the answer back, which cost etcd ~45% more CPU per claim transaction, and
+// it re-encodes every watch event for every watcher (docs/cluster.md). Why not the npm etcd3 client: see
+// docs/cluster.md. Only v3 API common to etcd 3.4 and 3.5.
 //
 // Every request carries the gRPC metadata hasleader=true (through the gateway: `Grpc-Metadata-hasleader: true`):
 // a member without a leader then fails a request at once with "etcdserver: no leader" and cancels a watch
@@ -20,7 +20,18 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as https from "node:https";
-import { type KeyValue, ProtoWriter, readMemberId, readRange, readRevisionAnd, readTxn, type TxnOpResult, unframe } from "./etcd-proto";
+import {
+  type KeyValue,
+  type ProtoWatchResponse,
+  ProtoWriter,
+  readMemberId,
+  readRange,
+  readRevisionAnd,
+  readTxn,
+  readWatchResponse,
+  type TxnOpResult,
+  unframe,
+} from "./etcd-proto";
 import { TlsFiles } from "./tls-files";
 
 export type { KeyValue, TxnOpResult };
@@ -159,8 +170,6 @@ export class EtcdCompacted extends EtcdError {
 
 // ---------- wire helpers ----------
 
-const b64 = (s: string): string => Buffer.from(s, "utf8").toString("base64");
-const unb64 = (s: string | undefined): string => (s ? Buffer.from(s, "base64").toString("utf8") : "");
 const num = (s: string | number | undefined): number => (s === undefined ? 0 : Number(s));
 
 /** The key just after every key with this prefix (etcd's --prefix); "\0" (all keys) for an all-0xff prefix. */
@@ -174,38 +183,6 @@ function prefixEnd(prefix: string): Buffer {
     }
   }
   return Buffer.from([0]);
-}
-const prefixEndB64 = (prefix: string): string => prefixEnd(prefix).toString("base64");
-
-interface WireKv {
-  key: string;
-  value?: string;
-  create_revision?: string;
-  mod_revision?: string;
-  version?: string;
-  lease?: string;
-}
-function kvOf(w: WireKv): KeyValue {
-  const kv: KeyValue = {
-    key: unb64(w.key),
-    value: unb64(w.value),
-    createRevision: num(w.create_revision),
-    modRevision: num(w.mod_revision),
-    version: num(w.version),
-  };
-  if (w.lease && w.lease !== "0") kv.lease = w.lease;
-  return kv;
-}
-
-function rangeBody(key: string, o: RangeOptions = {}): Record<string, unknown> {
-  const body: Record<string, unknown> = { key: b64(key) };
-  if (o.prefix) body.range_end = prefixEndB64(key);
-  else if (o.rangeEnd !== undefined) body.range_end = b64(o.rangeEnd);
-  if (o.keysOnly) body.keys_only = true;
-  if (o.countOnly) body.count_only = true;
-  if (o.limit) body.limit = o.limit;
-  if (o.revision) body.revision = o.revision;
-  return body;
 }
 
 // ---------- protobuf (gRPC) encoders: etcdserverpb field numbers ----------
@@ -432,93 +409,117 @@ export class EtcdClient {
   watch(key: string, o: { prefix?: boolean; startRevision?: number; prevKv?: boolean }, h: WatchHandlers): WatchHandle {
     const endpoint = this.endpoints[this.current]!;
     let done = false;
-    let req: http.ClientRequest | null = null;
+    let stream: http2.ClientHttp2Stream | null = null;
     const finish = (err: EtcdError): void => {
       if (done) return;
       done = true;
-      req?.destroy();
+      clearTimeout(connectTimer);
+      if (stream && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
       h.onEnd(err);
     };
-    const body: Record<string, unknown> = rangeBody(key, { prefix: o.prefix });
-    if (o.startRevision) body.start_revision = o.startRevision;
-    if (o.prevKv) body.prev_kv = true;
-    const started = performance.now();
-    req = this.request(endpoint, "/v3/watch", JSON.stringify({ create_request: body }), null);
-    const noAnswer = `etcd watch on ${endpoint}: no answer within ${this.timeoutMs} ms`;
-    const connectTimer = setTimeout(() => finish(new EtcdError(noAnswer, endpoint)), this.timeoutMs);
-    req.on("error", (e) => {
-      clearTimeout(connectTimer);
-      this.rotate(endpoint);
-      finish(new EtcdError(`etcd watch on ${endpoint} failed: ${(e as Error).message}`, endpoint));
-    });
-    req.on("response", (res) => {
-      let buf = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk: string) => {
-        buf += chunk;
-        for (let nl = buf.indexOf("\n"); nl >= 0 && !done; nl = buf.indexOf("\n")) {
-          const line = buf.slice(0, nl).trim();
-          buf = buf.slice(nl + 1);
-          if (line)
-            this.watchMessage(line, endpoint, h, finish, () => {
-              clearTimeout(connectTimer);
-              this.o.observer?.request?.("watch", endpoint, (performance.now() - started) / 1000, "ok");
-            });
-        }
-      });
-      res.on("end", () => {
-        clearTimeout(connectTimer);
-        if (buf.trim() && !done) this.watchMessage(buf.trim(), endpoint, h, finish, () => undefined);
-        finish(new EtcdError(`etcd watch on ${endpoint}: stream closed`, endpoint));
-      });
-      res.on("error", (e) => finish(new EtcdError(`etcd watch on ${endpoint}: ${e.message}`, endpoint)));
-    });
-    return {
+    const handle: WatchHandle = {
       endpoint,
       close: () => {
         done = true;
         clearTimeout(connectTimer);
-        req?.destroy();
+        if (stream && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
       },
     };
+    const started = performance.now();
+    const noAnswer = `etcd watch on ${endpoint}: no answer within ${this.timeoutMs} ms`;
+    const connectTimer = setTimeout(() => finish(new EtcdError(noAnswer, endpoint)), this.timeoutMs);
+    const created = (): void => {
+      clearTimeout(connectTimer);
+      this.o.observer?.request?.("watch", endpoint, (performance.now() - started) / 1000, "ok");
+    };
+    let session: http2.ClientHttp2Session;
+    try {
+      session = this.sessionFor(endpoint);
+      stream = session.request(
+        { ":method": "POST", ":path": "/etcdserverpb.Watch/Watch", "content-type": "application/grpc", te: "trailers", hasleader: "true" },
+        { endStream: false },
+      );
+    } catch (e) {
+      this.rotate(endpoint);
+      queueMicrotask(() => finish(new EtcdError(`etcd watch on ${endpoint} failed: ${(e as Error).message}`, endpoint)));
+      return handle;
+    }
+    let headers: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    stream.on("response", (hd) => {
+      headers = hd;
+    });
+    stream.on("trailers", (t) => {
+      trailers = t;
+    });
+    // gRPC length-prefixed messages; one may span DATA frames, or a frame hold several.
+    let pending: Buffer = Buffer.alloc(0);
+    stream.on("data", (chunk: Buffer) => {
+      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      while (!done && pending.length >= 5) {
+        const len = pending.readUInt32BE(1);
+        if (pending.length < 5 + len) return;
+        let msg: ProtoWatchResponse;
+        try {
+          if (pending[0] !== 0) throw new Error("compressed gRPC message (not requested)");
+          msg = readWatchResponse(pending, 5, 5 + len);
+        } catch (e) {
+          finish(new EtcdError(`etcd watch on ${endpoint}: unreadable message: ${(e as Error).message}`, endpoint));
+          return;
+        }
+        pending = pending.subarray(5 + len);
+        this.watchMessage(msg, endpoint, h, finish, created);
+      }
+    });
+    stream.on("error", (e: NodeJS.ErrnoException) => {
+      const code = e.code ?? e.name;
+      if (!code.startsWith("ERR_HTTP2_STREAM") && this.sessions.get(endpoint) === session) this.sessions.delete(endpoint);
+      this.rotate(endpoint);
+      finish(new EtcdError(`etcd watch on ${endpoint} failed: ${failureText(code, e.message)}`, endpoint));
+    });
+    stream.on("close", () => {
+      const status = trailers["grpc-status"] ?? headers["grpc-status"];
+      if (status !== undefined && String(status) !== "0") {
+        const raw = String(trailers["grpc-message"] ?? headers["grpc-message"] ?? "");
+        let message = raw;
+        try {
+          message = decodeURIComponent(raw);
+        } catch {}
+        if (/no leader/.test(message)) this.rotate(endpoint);
+        finish(new EtcdError(`etcd watch on ${endpoint} ended: ${message || `gRPC status ${status}`}`, endpoint));
+        return;
+      }
+      finish(new EtcdError(`etcd watch on ${endpoint}: stream closed`, endpoint));
+    });
+    // WatchRequest.create_request 1: WatchCreateRequest key 1, range_end 2, start_revision 3, prev_kv 6.
+    const create = new ProtoWriter().bytes(1, key);
+    if (o.prefix) create.bytes(2, prefixEnd(key));
+    create.int(3, o.startRevision ?? 0).bool(6, o.prevKv);
+    stream.write(new ProtoWriter().message(1, create).frame());
+    return handle;
   }
 
-  private watchMessage(line: string, endpoint: string, h: WatchHandlers, finish: (e: EtcdError) => void, created: () => void): void {
-    let msg: { result?: WireWatch; error?: { message?: string; grpc_code?: number } };
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      finish(new EtcdError(`etcd watch on ${endpoint}: unreadable message ${line.slice(0, 200)}`, endpoint));
-      return;
-    }
-    if (msg.error) {
-      if (/no leader/.test(msg.error.message ?? "")) this.rotate(endpoint);
-      finish(new EtcdError(`etcd watch on ${endpoint} ended: ${msg.error.message ?? JSON.stringify(msg.error)}`, endpoint));
-      return;
-    }
-    const r = msg.result;
-    if (!r) return;
-    const revision = num(r.header?.revision);
-    const compact = num(r.compact_revision);
-    if (compact > 0) {
-      h.onCompacted(compact);
-      finish(new EtcdCompacted(compact, endpoint));
+  private watchMessage(
+    r: ProtoWatchResponse,
+    endpoint: string,
+    h: WatchHandlers,
+    finish: (e: EtcdError) => void,
+    created: () => void,
+  ): void {
+    if (r.compactRevision > 0) {
+      h.onCompacted(r.compactRevision);
+      finish(new EtcdCompacted(r.compactRevision, endpoint));
       return;
     }
     if (r.created) {
       created();
-      h.onCreated?.(revision, endpoint);
+      h.onCreated?.(r.revision, endpoint);
     }
     if (r.canceled) {
-      finish(new EtcdError(`etcd watch on ${endpoint} canceled: ${r.cancel_reason ?? "no reason given"}`, endpoint));
+      finish(new EtcdError(`etcd watch on ${endpoint} canceled: ${r.cancelReason || "no reason given"}`, endpoint));
       return;
     }
-    if (r.events?.length) {
-      h.onEvents(
-        r.events.map((e) => ({ type: e.type === "DELETE" ? "delete" : "put", kv: kvOf(e.kv) })),
-        revision,
-      );
-    }
+    if (r.events.length) h.onEvents(r.events, r.revision);
   }
 
   // ---------- transport ----------
@@ -914,11 +915,3 @@ export class EtcdClient {
   }
 }
 
-interface WireWatch {
-  header?: { revision?: string };
-  created?: boolean;
-  canceled?: boolean;
-  cancel_reason?: string;
-  compact_revision?: string;
-  events?: { type?: "PUT" | "DELETE"; kv: WireKv }[];
-}

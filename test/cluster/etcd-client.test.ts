@@ -405,6 +405,23 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
       observer: { request: (_op, endpoint, _s, outcome) => attempts.push(`${endpoint === endpoints[0] ? "frozen" : "other"} ${outcome}`) },
     });
     await c.put("/t/ping/0", "0"); // on the member about to freeze: its connection is up and in use
+    // A watch shares that connection: when the PING drops it, the watch ends too (its loop resumes elsewhere).
+    let watchCreated = false;
+    const watchEnded: string[] = [];
+    const watch = c.watch(
+      "/t/ping/",
+      { prefix: true },
+      {
+        onCreated: () => {
+          watchCreated = true;
+        },
+        onEvents: () => undefined,
+        onCompacted: () => undefined,
+        onEnd: (e) => watchEnded.push(e.message),
+      },
+    );
+    await until("watch created", () => watchCreated);
+    expect(watch.endpoint).toBe(endpoints[0]);
     attempts.length = 0;
     etcd.pause(frozen);
     try {
@@ -425,6 +442,8 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
       expect(read.v).toBe("0"); // a read goes on to the next member
       expect(write.ms).toBeLessThan(timeoutMs); // before their own deadline
       expect(read.ms).toBeLessThan(timeoutMs);
+      expect(watchEnded).toHaveLength(1);
+      expect(watchEnded[0]).toContain(endpoints[0]);
       // The next requests go to another member at once: none to the frozen one, none waits.
       for (let i = 0; i < 10; i++) {
         await c.put(`/t/ping/n${i}`, String(i));
