@@ -914,4 +914,3 @@ export class EtcdClient {
     this.o.observer?.state?.(state, detail);
   }
 }
-
