@@ -342,11 +342,18 @@ export class ClusterOwnership {
             for (const e of events) this.observe(e.kv, e.type === "delete");
             if (prefix === sticky) {
               o.onSticky?.(
-                events.map((e) => ({
-                  name: e.kv.key.slice(sticky.length),
-                  revision: e.kv.modRevision,
-                  record: e.type === "delete" ? null : { ...parseJson<StickyRecord>(e.kv.value, e.kv.key), modRevision: e.kv.modRevision },
-                })),
+                events.map((e) => {
+                  const name = e.kv.key.slice(sticky.length);
+                  // observe() above parsed the value into the view; a later event of the same batch may have replaced it
+                  const seen = this.stickyView.get(name);
+                  const record =
+                    e.type === "delete"
+                      ? null
+                      : seen?.modRevision === e.kv.modRevision
+                        ? seen
+                        : { ...parseJson<StickyRecord>(e.kv.value, e.kv.key), modRevision: e.kv.modRevision };
+                  return { name, revision: e.kv.modRevision, record };
+                }),
                 revision,
                 false,
               );
