@@ -47,6 +47,14 @@ export interface EtcdClientOptions extends EtcdTls {
   /** Per-request deadline, connect included. */
   requestTimeoutMs?: number;
   /**
+   * How often a connection that carries a watch is sent an HTTP/2 PING (etcd's Go client: DialKeepAliveTime). One
+   * unanswered within a quarter of the request timeout drops the connection, and its watches end (to resume on the
+   * next member): a member frozen or cut off without a reset otherwise leaves them silent. Default 10,000 ms; at
+   * least 5,000 ms, etcd's default --grpc-keepalive-min-time (a client that pings more often is sent GOAWAY
+   * ENHANCE_YOUR_CALM and loses the connection).
+   */
+  keepAliveMs?: number;
+  /**
    * When every endpoint refused (no leader, connect refused), try all again with backoff for this long before
    * failing: rides out a leader election (etcd's default election timeout is 1 s, and a dead leader takes up to two
    * of them to notice, plus the vote), still fails fast when the quorum is gone. Default 3000 ms.
@@ -272,7 +280,7 @@ export class EtcdClient {
   /** The member ID behind each endpoint, from its answers' headers (learned once per connection over gRPC). */
   private readonly memberOf = new Map<string, string>();
   private readonly learned = new WeakSet<http2.ClientHttp2Session>();
-  /** The PING in progress on a session after a request on it timed out: concurrent timeouts share it. */
+  /** The PING in progress on a session (a request on it timed out, or the keep-alive): concurrent callers share it. */
   private readonly pinging = new WeakMap<http2.ClientHttp2Session, Promise<boolean>>();
   /**
    * The endpoints whose connection failed since a member last named a leader that is none of them (several: a dead
@@ -308,6 +316,7 @@ export class EtcdClient {
 
   close(): void {
     this.closed = true;
+    if (this.keepAliveTimer) clearInterval(this.keepAliveTimer);
     for (const a of this.agents.values()) a.agent.destroy();
     this.agents.clear();
     for (const s of this.sessions.values()) s.destroy();
@@ -328,6 +337,35 @@ export class EtcdClient {
    * same, the members that answer are the processes that answered before (history.ts: a check still holds).
    */
   connectionsMade = 0;
+  /** The connections with watch streams open (their endpoint, how many streams): those the keep-alive PINGs. */
+  private readonly watching = new Map<http2.ClientHttp2Session, { endpoint: string; streams: number }>();
+  private keepAliveTimer: NodeJS.Timeout | null = null;
+
+  private watchOpened(endpoint: string, session: http2.ClientHttp2Session): () => void {
+    this.watching.set(session, { endpoint, streams: (this.watching.get(session)?.streams ?? 0) + 1 });
+    if (!this.keepAliveTimer) {
+      this.keepAliveTimer = setInterval(
+        () => {
+          for (const [s, w] of this.watching) if (!s.destroyed) void this.answersPing(w.endpoint, s, this.keepAliveSilence());
+        },
+        Math.max(5000, this.o.keepAliveMs ?? 10_000),
+      );
+      this.keepAliveTimer.unref();
+    }
+    let closed = false;
+    return () => {
+      if (closed) return;
+      closed = true;
+      const left = (this.watching.get(session)?.streams ?? 1) - 1;
+      if (left > 0) this.watching.set(session, { endpoint, streams: left });
+      else this.watching.delete(session);
+      if (this.watching.size === 0 && this.keepAliveTimer) {
+        clearInterval(this.keepAliveTimer);
+        this.keepAliveTimer = null;
+      }
+    };
+  }
+
   private saw(revision: number): number {
     if (revision > this.highest) this.highest = revision;
     return revision;
@@ -410,9 +448,11 @@ export class EtcdClient {
     const endpoint = this.endpoints[this.current]!;
     let done = false;
     let stream: http2.ClientHttp2Stream | null = null;
+    let unwatch = (): void => undefined;
     const finish = (err: EtcdError): void => {
       if (done) return;
       done = true;
+      unwatch();
       clearTimeout(connectTimer);
       if (stream && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
       h.onEnd(err);
@@ -421,6 +461,7 @@ export class EtcdClient {
       endpoint,
       close: () => {
         done = true;
+        unwatch();
         clearTimeout(connectTimer);
         if (stream && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
       },
@@ -444,6 +485,7 @@ export class EtcdClient {
       queueMicrotask(() => finish(new EtcdError(`etcd watch on ${endpoint} failed: ${(e as Error).message}`, endpoint)));
       return handle;
     }
+    unwatch = this.watchOpened(endpoint, session);
     let headers: http2.IncomingHttpHeaders = {};
     let trailers: http2.IncomingHttpHeaders = {};
     stream.on("response", (hd) => {
@@ -670,6 +712,10 @@ export class EtcdClient {
     return Math.max(50, Math.floor(this.timeoutMs / 4));
   }
 
+  private keepAliveSilence(): string {
+    return `no answer to a keep-alive PING within ${this.pingTimeoutMs} ms: ` + "connection dropped (member frozen or partitioned?)";
+  }
+
   private silence(): string {
     return (
       `a request on this connection got no answer within ${this.timeoutMs} ms, nor a PING within ${this.pingTimeoutMs} ms: ` +
@@ -678,19 +724,20 @@ export class EtcdClient {
   }
 
   /**
-   * After a request on `session` timed out: does the member still answer an HTTP/2 PING (within a quarter of the
-   * request timeout)? One that does not (frozen, partitioned: the TCP connection is never reset) would hold every
-   * request on that connection for a full timeout, so the session is destroyed: the requests in flight on it fail
-   * at once and the next ones connect again.
+   * After a request on `session` timed out, and every keepAliveMs while it carries a watch: does the member still
+   * answer an HTTP/2 PING (within a quarter of the request timeout)? One that does not (frozen, partitioned: the TCP
+   * connection is never reset) would hold every request on that connection for a full timeout, and its watches
+   * silent, so the session is destroyed: the requests and watches on it end at once and the next ones connect again.
    */
-  private answersPing(endpoint: string, session: http2.ClientHttp2Session): Promise<boolean> {
+  private answersPing(endpoint: string, session: http2.ClientHttp2Session, silence = this.silence()): Promise<boolean> {
     let p = this.pinging.get(session);
     if (p) return p;
     p = new Promise<boolean>((resolve) => {
       const dead = (): void => {
         clearTimeout(timer);
+        this.pinging.delete(session);
         if (this.sessions.get(endpoint) === session) this.sessions.delete(endpoint);
-        session.destroy(Object.assign(new Error(this.silence()), { code: "ETIMEDOUT" }));
+        session.destroy(Object.assign(new Error(silence), { code: "ETIMEDOUT" }));
         resolve(false);
       };
       const timer = setTimeout(dead, this.pingTimeoutMs);
@@ -698,6 +745,7 @@ export class EtcdClient {
         session.ping((err) => {
           if (err) return dead();
           clearTimeout(timer);
+          this.pinging.delete(session); // the next timeout (or keep-alive) pings again
           resolve(true);
         });
       } catch {

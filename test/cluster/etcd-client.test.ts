@@ -458,6 +458,45 @@ describe("etcd client (KV over gRPC, leases and watch over the JSON gateway)", (
     }
   });
 
+  it("a watch on a member that freezes ends at the next keep-alive PING, with no other request on its connection", async () => {
+    // The watch's member freezes while every other request goes elsewhere: only the keep-alive notices. It pings
+    // (and is answered) before the freeze: the next PING is a new one, not the first answer remembered. 5 s is the
+    // shortest etcd accepts by default (--grpc-keepalive-min-time).
+    const frozen = (etcd.leader() + 1) % 3;
+    const endpoints = [0, 1, 2].map((i) => etcd.endpoints[(frozen + i) % 3]!);
+    const c = new EtcdClient({ endpoints, requestTimeoutMs: 2000, keepAliveMs: 5000 });
+    let created = false;
+    const ended: string[] = [];
+    const seen: WatchEvent[] = [];
+    const watch = c.watch(
+      "/t/keepalive/",
+      { prefix: true },
+      {
+        onCreated: () => {
+          created = true;
+        },
+        onEvents: (ev) => seen.push(...ev),
+        onCompacted: () => undefined,
+        onEnd: (e) => ended.push(e.message),
+      },
+    );
+    await until("watch created", () => created);
+    expect(watch.endpoint).toBe(endpoints[0]);
+    await new Promise((r) => setTimeout(r, 5600)); // one answered keep-alive
+    expect(ended).toEqual([]);
+    etcd.pause(frozen);
+    try {
+      const started = performance.now();
+      await until("watch ended", () => ended.length > 0, 10_000);
+      expect(performance.now() - started).toBeLessThan(5000 + 500 + 1000); // one interval, one PING timeout, slack
+      expect(ended[0]).toContain(endpoints[0]);
+      expect(ended[0]).toMatch(/no answer to a keep-alive PING within 500 ms: connection dropped/);
+    } finally {
+      etcd.resume(frozen);
+      c.close();
+    }
+  });
+
   it("a slow but alive leader (it answers PING) costs one timeout: the next request waits for no election", async () => {
     // No real member can be made slow but alive on demand: a gRPC proxy in front of the leader forwards the first
     // request (the client learns the leader's member ID from its answer), then holds every request unanswered.
