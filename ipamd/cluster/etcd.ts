@@ -260,6 +260,30 @@ function failureText(code: string, message: string): string {
   return UNTRUSTED_SERVER.has(code) ? `${text} (the member's certificate, checked against cluster.etcd.caFile)` : text;
 }
 
+/**
+ * Follows a gRPC stream's headers and trailers; once it closed, the call's outcome: grpc-status (undefined when
+ * none came: not a gRPC answer), its message (percent-decoded), the HTTP status.
+ */
+function grpcOutcome(stream: http2.ClientHttp2Stream): () => { status?: string; message: string; httpStatus: string } {
+  let headers: http2.IncomingHttpHeaders = {};
+  let trailers: http2.IncomingHttpHeaders = {};
+  stream.on("response", (h) => {
+    headers = h;
+  });
+  stream.on("trailers", (t) => {
+    trailers = t;
+  });
+  return () => {
+    const status = trailers["grpc-status"] ?? headers["grpc-status"];
+    const raw = String(trailers["grpc-message"] ?? headers["grpc-message"] ?? "");
+    let message = raw;
+    try {
+      message = decodeURIComponent(raw);
+    } catch {}
+    return { ...(status !== undefined ? { status: String(status) } : {}), message, httpStatus: String(headers[":status"] ?? "none") };
+  };
+}
+
 /** An agent made with TLS files since replaced: its idle connections close now, its busy ones once their request ends. */
 function retire(agent: http.Agent): void {
   for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
@@ -486,14 +510,7 @@ export class EtcdClient {
       return handle;
     }
     unwatch = this.watchOpened(endpoint, session);
-    let headers: http2.IncomingHttpHeaders = {};
-    let trailers: http2.IncomingHttpHeaders = {};
-    stream.on("response", (hd) => {
-      headers = hd;
-    });
-    stream.on("trailers", (t) => {
-      trailers = t;
-    });
+    const outcome = grpcOutcome(stream);
     // gRPC length-prefixed messages; one may span DATA frames, or a frame hold several.
     let pending: Buffer = Buffer.alloc(0);
     stream.on("data", (chunk: Buffer) => {
@@ -520,13 +537,8 @@ export class EtcdClient {
       finish(new EtcdError(`etcd watch on ${endpoint} failed: ${failureText(code, e.message)}`, endpoint));
     });
     stream.on("close", () => {
-      const status = trailers["grpc-status"] ?? headers["grpc-status"];
-      if (status !== undefined && String(status) !== "0") {
-        const raw = String(trailers["grpc-message"] ?? headers["grpc-message"] ?? "");
-        let message = raw;
-        try {
-          message = decodeURIComponent(raw);
-        } catch {}
+      const { status, message } = outcome();
+      if (status !== undefined && status !== "0") {
         if (/no leader/.test(message)) this.rotate(endpoint);
         finish(new EtcdError(`etcd watch on ${endpoint} ended: ${message || `gRPC status ${status}`}`, endpoint));
         return;
@@ -645,14 +657,7 @@ export class EtcdClient {
         return;
       }
       const chunks: Buffer[] = [];
-      let headers: http2.IncomingHttpHeaders = {};
-      let trailers: http2.IncomingHttpHeaders = {};
-      stream.on("response", (h) => {
-        headers = h;
-      });
-      stream.on("trailers", (t) => {
-        trailers = t;
-      });
+      const outcome = grpcOutcome(stream);
       stream.on("data", (c: Buffer) => chunks.push(c));
       // Not yet given a stream ID: its request never left this process.
       const pending = (): boolean => stream!.pending || stream!.id === undefined;
@@ -675,22 +680,14 @@ export class EtcdClient {
         failed(unsent ? "unsent" : "unknown", failureText(code, e.message));
       });
       stream.on("close", () => {
-        const status = trailers["grpc-status"] ?? headers["grpc-status"];
+        const { status, message, httpStatus } = outcome();
         if (status === undefined) {
           if (settled) return;
           sessionLost();
-          failed(
-            isConnected() && !pending() ? "unknown" : "unsent",
-            `stream closed without a gRPC status (HTTP ${headers[":status"] ?? "none"})`,
-          );
+          failed(isConnected() && !pending() ? "unknown" : "unsent", `stream closed without a gRPC status (HTTP ${httpStatus})`);
           return;
         }
-        if (String(status) !== "0") {
-          const raw = String(trailers["grpc-message"] ?? headers["grpc-message"] ?? "");
-          let message = raw;
-          try {
-            message = decodeURIComponent(raw);
-          } catch {}
+        if (status !== "0") {
           done({ ok: false, failure: { kind: "answer", code: Number(status), message } });
           return;
         }
